@@ -1,0 +1,5 @@
+import sys
+
+from plasma.cli import main
+
+sys.exit(main())

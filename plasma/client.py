@@ -1,0 +1,420 @@
+"""The blocking client: ``plasma.connect(path)``.
+
+Requests that need an answer make one round trip; ``seal``, ``release`` and small
+``create_and_seal`` calls are sent without waiting (their errors surface on the next reply,
+or at once with :meth:`Client.flush`). Not safe for concurrent use from several threads
+without the built-in lock, which serialises requests.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any, overload
+
+import msgspec
+
+from plasma import protocol as p
+from plasma import serialization
+from plasma.client_state import (
+    ANCILLARY_SPACE,
+    ARENA_OBJECT_LIMIT,
+    ARENA_SIZE,
+    RECV_SIZE,
+    Arena,
+    ClientState,
+    align,
+    fds_from_ancillary,
+)
+from plasma.errors import PlasmaError, PlasmaTimeout, error_for
+from plasma.ids import ObjectID, as_id_bytes
+
+ObjectRef = ObjectID | bytes
+
+
+class Client:
+    """A connection to a coordinator. Use :func:`connect` to make one."""
+
+    def __init__(self, socket_path: str, client_name: str = "") -> None:
+        self.socket_path = socket_path
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self._sock.connect(socket_path)
+        except OSError as exc:
+            self._sock.close()
+            raise ConnectionError(f"cannot connect to plasma-coord at {socket_path}: {exc}") from exc
+        self._state = ClientState()
+        self._lock = threading.RLock()
+        self._closed = False
+        reply = self._request(
+            p.Connect(
+                seq=self._state.next_seq(),
+                protocol_version=p.PROTOCOL_VERSION,
+                client_name=client_name,
+                cpus=sorted(os.sched_getaffinity(0)),
+            )
+        )
+        assert isinstance(reply, p.Connected)
+        self.info: p.Connected = reply
+        self.client_id = reply.client_id
+
+    # ------------------------------------------------------------ transport
+
+    def _send(self, data: bytes) -> None:
+        self._sock.sendall(data)
+
+    def _receive(self, timeout: float | None = None) -> list[Any]:
+        """Block for the next chunk of bytes (or until ``timeout``); returns replies in it."""
+        if timeout is not None:
+            ready, _, _ = select.select([self._sock], [], [], max(timeout, 0))
+            if not ready:
+                return []
+        data, ancdata, flags, _ = self._sock.recvmsg(RECV_SIZE, ANCILLARY_SPACE, socket.MSG_CMSG_CLOEXEC)
+        fds = fds_from_ancillary(ancdata)
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            raise ConnectionError("the coordinator closed the connection")
+        if flags & socket.MSG_CTRUNC:
+            raise PlasmaError("segment descriptors were truncated (too many in one message)")
+        return self._state.feed(data, fds)
+
+    def _request(self, msg: msgspec.Struct) -> Any:
+        """Send ``msg`` (after any queued releases) and wait for its reply."""
+        with self._lock:
+            self._raise_deferred()
+            seq = msg.seq  # type: ignore[attr-defined]
+            self._send(self._state.frames(msg))
+            while True:
+                for reply in self._receive():
+                    if reply.seq == seq:
+                        if isinstance(reply, p.Error):
+                            raise error_for(reply.code, reply.message)
+                        return reply
+                    self._state.unexpected(reply)
+
+    def _send_nowait(self, *msgs: msgspec.Struct) -> None:
+        with self._lock:
+            self._raise_deferred()
+            self._send(self._state.frames(*msgs))
+
+    def _raise_deferred(self) -> None:
+        if self._closed:
+            raise ConnectionError("the client is closed")
+        err = self._state.take_deferred_error()
+        if err is not None:
+            raise err
+
+    def _seq(self) -> int:
+        return self._state.next_seq()
+
+    # ------------------------------------------------------------ objects
+
+    def create(
+        self,
+        object_id: ObjectRef,
+        size: int,
+        metadata: bytes = b"",
+        *,
+        node: int | None = None,
+        timeout: float | None = 0.0,
+    ) -> memoryview:
+        """Create an object of ``size`` bytes; returns its writable buffer. Seal it when filled.
+
+        ``timeout`` is how long to wait for space when the store is full (None: forever).
+        """
+        reply = self._request(
+            p.Create(
+                seq=self._seq(),
+                id=as_id_bytes(object_id),
+                data_size=size,
+                metadata_size=len(metadata),
+                node=node,
+                timeout=timeout,
+            )
+        )
+        return self._state.write_object(reply.locations[0], metadata)
+
+    def seal(self, object_id: ObjectRef) -> None:
+        """Make the object immutable and visible; the creator keeps its reference."""
+        self._send_nowait(p.Seal(seq=self._seq(), ids=[as_id_bytes(object_id)], ack=False))
+
+    def abort(self, object_id: ObjectRef) -> None:
+        """Drop an unsealed object this client created."""
+        self._request(p.Abort(seq=self._seq(), id=as_id_bytes(object_id)))
+
+    def release(self, object_id: ObjectRef) -> None:
+        """Drop one reference this client holds (views already handed out stay mapped)."""
+        oid = as_id_bytes(object_id)
+        prefetched = self._state.prefetched.get(oid)
+        if prefetched:
+            prefetched.pop()
+            if not prefetched:
+                del self._state.prefetched[oid]
+        self._send_nowait(p.Release(seq=self._seq(), ids=[oid], ack=False))
+
+    def create_and_seal(
+        self, object_id: ObjectRef, data: bytes | memoryview, metadata: bytes = b"", *, node: int | None = None
+    ) -> None:
+        """Create, fill and seal in one go; small objects need no round trip."""
+        self.create_and_seal_many([(object_id, data, metadata)], node=node)
+
+    def create_and_seal_many(
+        self, items: Sequence[tuple[ObjectRef, bytes | memoryview, bytes]], *, node: int | None = None
+    ) -> None:
+        """Create, fill and seal many objects with at most one round trip (plus arena refills)."""
+        small = [(as_id_bytes(o), memoryview(d).cast("B"), m) for o, d, m in items]
+        large = [it for it in small if len(it[1]) + len(it[2]) > ARENA_OBJECT_LIMIT]
+        small = [it for it in small if len(it[1]) + len(it[2]) <= ARENA_OBJECT_LIMIT]
+        msgs: list[msgspec.Struct] = []
+        batch: list[p.ArenaObject] = []
+        for oid, data, meta in small:
+            size = len(data) + len(meta)
+            arena = self._state.arena
+            offset = arena.take(size) if arena is not None and arena.segment in self._state.maps else None
+            if offset is None:
+                if batch:
+                    assert arena is not None
+                    msgs.append(p.SealArena(seq=self._seq(), segment=arena.segment, objects=batch))
+                    batch = []
+                arena = self._new_arena(size, node, pending=msgs)
+                msgs = []
+                offset = arena.take(size)
+                assert offset is not None
+            mm = self._state.maps[arena.segment]
+            mm[offset : offset + len(data)] = data
+            if meta:
+                mm[offset + len(data) : offset + size] = meta
+            batch.append(p.ArenaObject(id=oid, offset=offset, data_size=len(data), metadata_size=len(meta)))
+        if batch:
+            assert self._state.arena is not None
+            msgs.append(p.SealArena(seq=self._seq(), segment=self._state.arena.segment, objects=batch))
+        if large:
+            reply = self._request(
+                p.CreateMany(
+                    seq=self._seq(),
+                    items=[p.CreateItem(oid, len(d), len(m)) for oid, d, m in large],
+                    node=node,
+                )
+            )
+            for (_, data, meta), loc in zip(large, reply.locations, strict=True):
+                self._state.write_object(loc, meta)[:] = data
+            ids = [oid for oid, _, _ in large]
+            msgs += [p.Seal(seq=self._seq(), ids=ids, ack=False), p.Release(seq=self._seq(), ids=ids)]
+        if msgs:
+            self._send_nowait(*msgs)
+
+    def _new_arena(self, size: int, node: int | None, pending: list[msgspec.Struct]) -> Arena:
+        """Ask for a fresh arena, sending ``pending`` messages in the same write."""
+        with self._lock:
+            self._raise_deferred()
+            msg = p.Arena(seq=self._seq(), size=max(ARENA_SIZE, align(size)), node=node)
+            self._send(self._state.frames(*pending, msg))
+            reply = self._wait_reply(msg.seq)
+        arena = Arena(reply.segment, reply.offset, reply.offset + reply.size, reply.offset)
+        self._state.arena = arena
+        return arena
+
+    def _wait_reply(self, seq: int) -> Any:
+        while True:
+            for reply in self._receive():
+                if reply.seq == seq:
+                    if isinstance(reply, p.Error):
+                        raise error_for(reply.code, reply.message)
+                    return reply
+                self._state.unexpected(reply)
+
+    @overload
+    def get(self, object_ids: ObjectRef, timeout: float | None = None, *, with_metadata: bool = False) -> Any: ...
+    @overload
+    def get(
+        self, object_ids: Sequence[ObjectRef], timeout: float | None = None, *, with_metadata: bool = False
+    ) -> list[Any]: ...
+
+    def get(self, object_ids: Any, timeout: float | None = None, *, with_metadata: bool = False) -> Any:
+        """Zero-copy read-only buffers of sealed objects, waiting up to ``timeout`` seconds.
+
+        Returns one buffer (or ``(data, metadata)`` pair) per id; a single id gives a single
+        result. Raises ``ObjectNotSealed``, ``ObjectNotFound`` or ``PlasmaTimeout`` when an
+        object is not available; the references already taken are then released.
+        """
+        single = isinstance(object_ids, (ObjectID, bytes))
+        ids = [object_ids] if single else list(object_ids)
+        results = self.get_buffers(ids, timeout, with_metadata=with_metadata, _raise=True)
+        return results[0] if single else results
+
+    def get_buffers(
+        self,
+        object_ids: Iterable[ObjectRef],
+        timeout: float | None = None,
+        *,
+        with_metadata: bool = False,
+        _raise: bool = False,
+    ) -> list[Any]:
+        """Like :meth:`get` but returns None for objects that are not available."""
+        ids = [as_id_bytes(o) for o in object_ids]
+        locations = self._take_prefetched(ids)
+        if locations is None:
+            reply = self._request(p.Get(seq=self._seq(), ids=ids, timeout=timeout))
+            locations = reply.results
+        out: list[Any] = []
+        failure: PlasmaError | None = None
+        for oid, loc in zip(ids, locations, strict=True):
+            if isinstance(loc, str):
+                if failure is None:
+                    failure = error_for(loc, f"object {oid.hex()} is not available ({loc}, timeout={timeout})")
+                out.append(None)
+                continue
+            data, meta = self._state.readable(oid, loc)
+            out.append((data, meta) if with_metadata else data)
+        if failure is not None and _raise:
+            out.clear()  # drop the views: their references go back
+            raise failure
+        return out
+
+    def _take_prefetched(self, ids: list[bytes]) -> list[p.ObjectLocation | str] | None:
+        """Locations handed over by a with_locations subscription: no round trip needed."""
+        prefetched = self._state.prefetched
+        if not prefetched or any(not prefetched.get(oid) for oid in ids):
+            return None
+        locations: list[p.ObjectLocation | str] = []
+        for oid in ids:
+            locations.append(prefetched[oid].pop())
+            if not prefetched[oid]:
+                del prefetched[oid]
+        return locations
+
+    def get_metadata(self, object_ids: Sequence[ObjectRef], timeout: float | None = None) -> list[bytes]:
+        return [bytes(meta) for _, meta in self.get(list(object_ids), timeout, with_metadata=True)]
+
+    def contains(self, object_id: ObjectRef) -> bool:
+        """True when the object exists and is sealed."""
+        return self._request(p.Contains(seq=self._seq(), id=as_id_bytes(object_id))).present
+
+    def delete(self, object_ids: ObjectRef | Iterable[ObjectRef]) -> list[ObjectID]:
+        """Delete objects (deferred while referenced); returns the ids whose delete was deferred.
+
+        Raises ``ObjectNotFound`` naming ids that are absent or unsealed, after deleting the rest.
+        """
+        ids = [as_id_bytes(object_ids)] if isinstance(object_ids, (ObjectID, bytes)) else [as_id_bytes(o) for o in object_ids]
+        reply = self._request(p.Delete(seq=self._seq(), ids=ids))
+        if reply.missing:
+            raise error_for(
+                "object_not_found",
+                "not found or not sealed: " + ", ".join(m.hex() for m in reply.missing),
+            )
+        return [ObjectID(d) for d in reply.deferred]
+
+    def list(self) -> dict[ObjectID, dict[str, Any]]:
+        """Every object: data_size, metadata_size, node, state, ref_count, create_time, owner."""
+        reply = self._request(p.List(seq=self._seq()))
+        return {
+            ObjectID(o.id): {f: getattr(o, f) for f in o.__struct_fields__ if f != "id"}
+            for o in reply.objects
+        }
+
+    def evict(self, nbytes: int) -> int:
+        """Evict sealed unreferenced objects (LRU first) until ``nbytes`` are freed; returns bytes freed."""
+        return self._request(p.Evict(seq=self._seq(), nbytes=nbytes)).nbytes
+
+    def stats(self) -> dict[str, Any]:
+        return self._request(p.Stats(seq=self._seq())).stats
+
+    def flush(self) -> None:
+        """Wait until the coordinator handled everything sent so far; raise its deferred errors."""
+        self._request(p.Sync(seq=self._seq()))
+        self._raise_deferred()
+
+    def subscribe(self, *, with_locations: bool = False) -> Subscription:
+        """Start receiving seal and delete notifications.
+
+        With ``with_locations`` each seal notification also hands this client a reference to
+        the object, so a following :meth:`get` of it needs no round trip (release it if unused).
+        """
+        self._request(p.Subscribe(seq=self._seq(), with_locations=with_locations))
+        return Subscription(self)
+
+    def run_call(self, run_id: str, payload: Any) -> Any:
+        """Ask the owner of ``run_id`` (a DAG runner) something and wait for its answer."""
+        return self._request(p.RunCall(seq=self._seq(), run_id=run_id, payload=payload)).payload
+
+    # ------------------------------------------------------------ values
+
+    def put(self, value: Any, object_id: ObjectRef | None = None, *, node: int | None = None) -> ObjectID:
+        """Store a numpy array, Arrow object or bytes; returns its id."""
+        oid = ObjectID(as_id_bytes(object_id)) if object_id is not None else ObjectID.from_random()
+        enc = serialization.encode(value)
+        if enc.data_size + len(enc.metadata) <= ARENA_OBJECT_LIMIT:
+            buf = bytearray(enc.data_size)
+            enc.write(memoryview(buf))
+            self.create_and_seal(oid, buf, enc.metadata, node=node)
+            return oid
+        view = self.create(oid, enc.data_size, enc.metadata, node=node)
+        enc.write(view)
+        view.release()
+        ids = [oid.binary()]
+        self._send_nowait(p.Seal(seq=self._seq(), ids=ids, ack=False), p.Release(seq=self._seq(), ids=ids))
+        return oid
+
+    def get_object(self, object_id: ObjectRef, timeout: float | None = None) -> Any:
+        """The value stored by :meth:`put`, as a zero-copy read-only view."""
+        data, meta = self.get(object_id, timeout, with_metadata=True)
+        return serialization.decode(data, meta)
+
+    # ------------------------------------------------------------ lifetime
+
+    def close(self) -> None:
+        """Send pending releases and disconnect (the coordinator drops this client's references)."""
+        if self._closed:
+            return
+        with self._lock:
+            try:
+                if self._state.has_releases:
+                    self._send(self._state.frames())
+            except OSError:
+                pass
+            self._closed = True
+            self._sock.close()
+            self._state.close_maps()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Subscription:
+    """Seal/delete notifications of a :class:`Client`, in order."""
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+
+    def next(self, timeout: float | None = None) -> p.Notification:
+        """The next notification; raises ``PlasmaTimeout`` when none arrives in ``timeout`` seconds."""
+        client = self._client
+        state = client._state
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with client._lock:
+            while not state.notifications:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise PlasmaTimeout(f"no notification within {timeout} s")
+                for reply in client._receive(remaining):
+                    state.unexpected(reply)
+            return state.notifications.popleft()
+
+    def __iter__(self) -> Subscription:
+        return self
+
+    def __next__(self) -> p.Notification:
+        return self.next()
+
+
+def connect(socket_path: str, client_name: str = "") -> Client:
+    """Connect to the coordinator listening on ``socket_path``."""
+    return Client(socket_path, client_name)

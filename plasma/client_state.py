@@ -1,0 +1,174 @@
+"""Client-side connection state shared by the blocking and the trio client (sans-I/O).
+
+It numbers requests, decodes reply frames, maps each segment fd once, builds zero-copy views
+of objects, queues releases from views that died (sent piggy-backed on the next request) and
+keeps the small-object arena. The two clients only move bytes and fds.
+"""
+
+from __future__ import annotations
+
+import array
+import collections
+import mmap
+import os
+import socket
+import threading
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from plasma import protocol as p
+from plasma.errors import PlasmaError, error_for
+
+REPLY_MAX_FRAME = 1 << 30  # replies such as a full List can be large; requests are capped by the coordinator
+MAX_FDS = 253
+ANCILLARY_SPACE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
+RECV_SIZE = 256 * 1024
+ALIGN = 64
+ARENA_SIZE = 1 << 20  # bytes a client reserves at a time for small objects
+ARENA_OBJECT_LIMIT = 64 << 10  # objects up to this size (data + metadata) go through the arena
+
+
+def align(n: int) -> int:
+    return (n + ALIGN - 1) & ~(ALIGN - 1)
+
+
+def fds_from_ancillary(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
+    fds: list[int] = []
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            arr = array.array("i")
+            arr.frombytes(data[: len(data) - (len(data) % arr.itemsize)])
+            fds.extend(arr)
+    return fds
+
+
+@dataclass
+class Arena:
+    segment: int
+    start: int
+    end: int
+    cursor: int
+
+    def take(self, nbytes: int) -> int | None:
+        if self.cursor + nbytes > self.end:
+            return None
+        offset = self.cursor
+        self.cursor += align(nbytes) if nbytes else ALIGN
+        return offset
+
+
+class ClientState:
+    """Everything a client knows about its connection, without doing any I/O."""
+
+    def __init__(self) -> None:
+        self.decoder = p.FrameDecoder(p.Reply, REPLY_MAX_FRAME)
+        self.maps: dict[int, mmap.mmap] = {}
+        self.segments: dict[int, p.SegmentInfo] = {}
+        self.notifications: collections.deque[p.Notification] = collections.deque()
+        self.run_requests: collections.deque[p.RunRequest] = collections.deque()
+        self.deferred_errors: list[PlasmaError] = []
+        self.arena: Arena | None = None
+        self.prefetched: dict[bytes, list[p.ObjectLocation]] = {}
+        self._fds: collections.deque[int] = collections.deque()
+        self._releases: collections.deque[bytes] = collections.deque()  # appended by finalizers
+        self._seq = 0
+        self._seq_lock = threading.Lock()
+
+    # ---------------------------------------------------------------- outgoing
+
+    def next_seq(self) -> int:
+        with self._seq_lock:
+            self._seq += 1
+            return self._seq
+
+    def frames(self, *msgs: msgspec.Struct) -> bytes:
+        """Encoded frames for ``msgs``, preceded by a Release for views that died meanwhile."""
+        out = []
+        if self._releases:
+            ids = []
+            while self._releases:
+                ids.append(self._releases.popleft())
+            out.append(p.encode(p.Release(seq=self.next_seq(), ids=ids, ack=False)))
+        out.extend(p.encode(m) for m in msgs)
+        return b"".join(out)
+
+    @property
+    def has_releases(self) -> bool:
+        return bool(self._releases)
+
+    def take_deferred_error(self) -> PlasmaError | None:
+        """An error of an earlier request sent without waiting, to raise now."""
+        return self.deferred_errors.pop(0) if self.deferred_errors else None
+
+    # ---------------------------------------------------------------- incoming
+
+    def feed(self, data: bytes, fds: list[int]) -> list[Any]:
+        """Decode received bytes; returns replies to requests (pushes are queued here)."""
+        self._fds.extend(fds)
+        self.decoder.feed(data)
+        replies = []
+        for msg in self.decoder.messages():
+            segments = getattr(msg, "segments", None)
+            if segments:
+                self._map_segments(segments)
+            if isinstance(msg, p.Notification):
+                if msg.location is not None:
+                    self.prefetched.setdefault(msg.id, []).append(msg.location)
+                self.notifications.append(msg)
+            elif isinstance(msg, p.RunRequest):
+                self.run_requests.append(msg)
+            else:
+                replies.append(msg)
+        return replies
+
+    def unexpected(self, reply: Any) -> None:
+        """A reply nobody waits for: an Error of a request sent without waiting."""
+        if isinstance(reply, p.Error):
+            self.deferred_errors.append(error_for(reply.code, reply.message))
+
+    def _map_segments(self, segments: list[p.SegmentInfo]) -> None:
+        for info in segments:
+            if not self._fds:
+                raise PlasmaError(f"segment {info.id} arrived without its file descriptor")
+            fd = self._fds.popleft()
+            try:
+                self.maps[info.id] = mmap.mmap(fd, info.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+            finally:
+                os.close(fd)
+            self.segments[info.id] = info
+
+    # ---------------------------------------------------------------- views
+
+    def writable(self, segment: int, offset: int, size: int) -> memoryview:
+        return memoryview(self.maps[segment])[offset : offset + size]
+
+    def write_object(self, loc: p.ObjectLocation, metadata: bytes) -> memoryview:
+        """The writable data view of a created object, its metadata already in place."""
+        if metadata:
+            start = loc.offset + loc.data_size
+            self.maps[loc.segment][start : start + len(metadata)] = metadata
+        return self.writable(loc.segment, loc.offset, loc.data_size)
+
+    def readable(self, oid: bytes, loc: p.ObjectLocation) -> tuple[memoryview, memoryview]:
+        """Read-only (data, metadata) views; the reference is released when both are gone."""
+        total = loc.data_size + loc.metadata_size
+        owner = np.frombuffer(self.maps[loc.segment], np.uint8, count=max(total, 1), offset=loc.offset)
+        owner.flags.writeable = False
+        weakref.finalize(owner, self._releases.append, oid)
+        view = memoryview(owner)
+        return view[: loc.data_size], view[loc.data_size : total]
+
+    def release_later(self, oid: bytes) -> None:
+        self._releases.append(oid)
+
+    def close_maps(self) -> None:
+        for mm in self.maps.values():
+            try:
+                mm.close()
+            except BufferError:
+                pass  # views are still alive: the mapping goes when they do
+        self.maps.clear()

@@ -1,0 +1,604 @@
+"""The trio coordinator: accepts clients on a Unix socket and moves frames and fds.
+
+All object state lives in the sans-I/O :class:`plasma.store.Store`; this module only decodes
+requests, calls the store, encodes replies, attaches segment fds (SCM_RIGHTS, once per segment
+per client), routes the store's events (finished waits, notifications) to their sessions and
+relays ``RunCall``s to run owners.
+"""
+
+from __future__ import annotations
+
+import array
+import collections
+import contextlib
+import logging
+import math
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import trio
+
+from plasma import errors
+from plasma import protocol as p
+from plasma.errors import PlasmaError
+from plasma.linux.peercred import peer_credentials
+from plasma.segments import BASE_PAGE, SegmentPool
+from plasma.store import CreateDone, GetDone, Notify, Pending, Store
+
+log = logging.getLogger("plasma.coordinator")
+
+MAX_FDS_PER_SEND = 250  # below the kernel's SCM_MAX_FD (253)
+RECV_SIZE = 256 * 1024
+
+
+@dataclass
+class CoordinatorConfig:
+    """What ``plasma-coord serve`` was asked for."""
+
+    socket_path: str
+    memory: dict[int, int]  # NUMA node -> byte budget
+    hugepage_size: int | None = None
+    hugepage_fallback: bool = False
+    allow_uids: frozenset[int] = frozenset()
+    max_frame: int = p.DEFAULT_MAX_FRAME
+    max_object_size: int | None = None
+    segment_size: int = 64 << 20
+    bind_memory: bool = True
+    node_cpus: dict[int, list[int]] = field(default_factory=dict)
+    node_of_cpus: Callable[[list[int]], int | None] | None = None
+
+
+class Session:
+    """One connected client: its socket, decoder, outgoing queue and the segments it knows."""
+
+    def __init__(self, sock: socket.socket, client_id: int, creds: tuple[int, int, int], max_frame: int) -> None:
+        self.sock = sock
+        self.client_id = client_id
+        self.pid, self.uid, self.gid = creds
+        self.name = ""
+        self.connected = False
+        self.decoder = p.FrameDecoder(p.Request, max_frame)
+        self.seen_segments: set[int] = set()
+        self._out: collections.deque[tuple[bytes, list[int]]] = collections.deque()
+        self._wake_writer = trio.Event()
+        self.closed = False
+
+    def send(self, msg: msgspec.Struct, fds: list[int] | None = None) -> None:
+        self._out.append((p.encode(msg), fds or []))
+
+    def flush(self) -> None:
+        """Send what the socket takes now; leave the rest to the writer task."""
+        if self._out and not self._try_send():
+            self._wake_writer.set()
+
+    def _try_send(self) -> bool:
+        """Non-blocking send of queued frames; True when the queue is empty."""
+        while self._out:
+            frames: list[bytes] = []
+            fds: list[int] = []
+            while self._out and len(fds) + len(self._out[0][1]) <= MAX_FDS_PER_SEND:
+                frame, frame_fds = self._out.popleft()
+                frames.append(frame)
+                fds.extend(frame_fds)
+            if not frames:  # a single frame with too many fds cannot happen: segments per reply are bounded
+                raise AssertionError("frame carries more fds than one sendmsg allows")
+            data = b"".join(frames)
+            anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+            try:
+                sent = self.sock.sendmsg([data], anc)
+            except BlockingIOError:
+                self._out.appendleft((data, fds))
+                return False
+            except OSError:
+                self._out.clear()  # peer gone; the reader will notice and clean up
+                return True
+            if sent < len(data):
+                self._out.appendleft((data[sent:], []))  # fds travelled with the first byte
+                return False
+        return True
+
+    async def writer(self) -> None:
+        """Waits for the socket to drain when a client reads slower than we reply."""
+        while True:
+            await self._wake_writer.wait()
+            self._wake_writer = trio.Event()
+            while not self._try_send():
+                await trio.lowlevel.wait_writable(self.sock)
+
+
+class Coordinator:
+    """Dispatches requests of all sessions against one store."""
+
+    def __init__(self, config: CoordinatorConfig) -> None:
+        self.config = config
+        self.pool = SegmentPool(
+            bind=config.bind_memory,
+            hugepage_size=config.hugepage_size,
+            hugepage_fallback=config.hugepage_fallback,
+        )
+        self.max_object_size = config.max_object_size or max(config.memory.values())
+        self.store = Store(
+            dict(config.memory),
+            self.pool,
+            page_size=self.pool.page_size,
+            segment_size=max(config.segment_size, self.pool.page_size),
+            max_object_size=self.max_object_size,
+        )
+        self.sessions: dict[int, Session] = {}
+        self.started = time.time()
+        self.uid = os.getuid()
+        self.op_counts: collections.Counter[str] = collections.Counter()
+        self.error_counts: collections.Counter[str] = collections.Counter()
+        self._next_client = 1
+        self._waits: dict[int, tuple[int, int]] = {}  # store token -> (client, seq)
+        self._deadline_changed = trio.Event()
+        self._runs: dict[str, int] = {}  # run id -> owner client
+        self._calls: dict[int, tuple[int, int, str]] = {}  # relay id -> (caller, seq, run id)
+        self._next_call = 1
+        self._handlers: dict[type, Callable[[Session, Any], None]] = {
+            p.Create: self._create,
+            p.CreateMany: self._create_many,
+            p.Seal: self._seal,
+            p.Abort: self._abort,
+            p.Get: self._get,
+            p.Release: self._release,
+            p.Delete: self._delete,
+            p.Contains: self._contains,
+            p.List: self._list,
+            p.Evict: self._evict,
+            p.Subscribe: self._subscribe,
+            p.Arena: self._arena,
+            p.SealArena: self._seal_arena,
+            p.Stats: self._stats,
+            p.Sync: self._sync,
+            p.RunRegister: self._run_register,
+            p.RunCall: self._run_call,
+            p.RunRespond: self._run_respond,
+        }
+
+    # ------------------------------------------------------------ serving
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        listener = _listen(self.config.socket_path)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._expiry_loop)
+                task_status.started()
+                while True:
+                    await trio.lowlevel.wait_readable(listener)
+                    try:
+                        conn, _ = listener.accept()
+                    except BlockingIOError:
+                        continue
+                    nursery.start_soon(self._run_session, conn)
+        finally:
+            listener.close()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.config.socket_path)
+            for session in list(self.sessions.values()):
+                session.sock.close()
+            self.pool.close()
+
+    async def _run_session(self, conn: socket.socket) -> None:
+        conn.setblocking(False)
+        creds = peer_credentials(conn)
+        client_id = self._next_client
+        self._next_client += 1
+        session = Session(conn, client_id, creds, self.config.max_frame)
+        if session.uid not in (self.uid, *self.config.allow_uids):
+            session.send(
+                p.Error(
+                    seq=0,
+                    code=errors.PERMISSION_DENIED,
+                    message=f"uid {session.uid} may not use this store (owner uid {self.uid}; "
+                    "allow it with `serve --allow-uid`)",
+                )
+            )
+            await _hang_up(session)
+            conn.close()
+            return
+        self.sessions[client_id] = session
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(session.writer)
+                await self._read_loop(session)
+                nursery.cancel_scope.cancel()
+        except Exception:  # one broken session must not stop the store
+            log.exception("session %d (pid %d) failed", client_id, session.pid)
+        finally:
+            self._disconnect(session)
+
+    async def _read_loop(self, session: Session) -> None:
+        sock = session.sock
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            try:
+                data = sock.recv(RECV_SIZE)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return
+            if not data:
+                return
+            session.decoder.feed(data)
+            try:
+                while (msg := session.decoder.next_message()) is not None:
+                    self._handle(session, msg)
+            except (p.ProtocolError, _Hangup) as exc:
+                self.error_counts[errors.BAD_REQUEST] += 1
+                session.send(p.Error(seq=0, code=errors.BAD_REQUEST, message=str(exc)))
+                self._deliver_events()
+                await _hang_up(session)
+                return
+            self._deliver_events()
+            session.flush()
+
+    def _disconnect(self, session: Session) -> None:
+        session.closed = True
+        self.sessions.pop(session.client_id, None)
+        self._waits = {t: w for t, w in self._waits.items() if w[0] != session.client_id}
+        for run_id in [r for r, owner in self._runs.items() if owner == session.client_id]:
+            del self._runs[run_id]
+            for call_id, (caller, seq, call_run) in list(self._calls.items()):
+                if call_run == run_id:
+                    del self._calls[call_id]
+                    self._reply_error(caller, seq, errors.OBJECT_NOT_FOUND, f"run {run_id} ended")
+        self._calls = {c: v for c, v in self._calls.items() if v[0] != session.client_id}
+        if session.connected:
+            self.store.disconnect(session.client_id)
+            self._deliver_events()
+        session.sock.close()
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            deadline = self.store.next_deadline()
+            with trio.move_on_at(math.inf if deadline is None else deadline):
+                await self._deadline_changed.wait()
+            self._deadline_changed = trio.Event()
+            self.store.expire(trio.current_time())
+            self._deliver_events()
+
+    # ------------------------------------------------------------ dispatch
+
+    def _handle(self, session: Session, msg: Any) -> None:
+        kind = type(msg)
+        self.op_counts[kind.__name__] += 1
+        if not session.connected:
+            if kind is not p.Connect:
+                raise _Hangup(f"the first message must be Connect, got {kind.__name__}")
+            handler: Callable[[Session, Any], None] = self._connect
+        elif kind in self._handlers:
+            handler = self._handlers[kind]
+        else:
+            raise _Hangup(f"unexpected {kind.__name__} after Connect")
+        try:
+            handler(session, msg)
+        except PlasmaError as exc:
+            self.error_counts[exc.code] += 1
+            session.send(p.Error(seq=msg.seq, code=exc.code, message=exc.message))
+        except Exception as exc:  # a bug must not take the whole store down
+            log.exception("internal error handling %s", kind.__name__)
+            self.error_counts[errors.BAD_REQUEST] += 1
+            session.send(p.Error(seq=msg.seq, code=errors.BAD_REQUEST, message=f"internal error: {exc!r}"))
+
+    def _connect(self, session: Session, msg: p.Connect) -> None:
+        if msg.protocol_version != p.PROTOCOL_VERSION:
+            raise _Hangup(
+                f"protocol version {msg.protocol_version} is not supported "
+                f"(this coordinator speaks {p.PROTOCOL_VERSION})"
+            )
+        node = None
+        if msg.cpus and self.config.node_of_cpus is not None:
+            node = self.config.node_of_cpus(msg.cpus)
+        if node not in self.config.memory:
+            node = None
+        session.name = msg.client_name
+        session.connected = True
+        self.store.register_client(session.client_id, node)
+        session.send(
+            p.Connected(
+                seq=msg.seq,
+                client_id=session.client_id,
+                protocol_version=p.PROTOCOL_VERSION,
+                capacity=sum(self.config.memory.values()),
+                nodes=[
+                    p.NodeInfo(id=n, capacity=b, cpus=self.config.node_cpus.get(n, []))
+                    for n, b in sorted(self.config.memory.items())
+                ],
+                page_sizes=sorted({self.pool.page_size, BASE_PAGE}),
+                max_frame=self.config.max_frame,
+                max_object_size=self.max_object_size,
+                node=node,
+            )
+        )
+
+    def _send_with_segments(self, session: Session, make: Callable[[list[p.SegmentInfo]], msgspec.Struct], segment_ids: list[int]) -> None:
+        """Send a reply, attaching the fds of segments this session has not seen yet."""
+        new: list[p.SegmentInfo] = []
+        fds: list[int] = []
+        for seg_id in segment_ids:
+            if seg_id not in session.seen_segments:
+                session.seen_segments.add(seg_id)
+                seg = self.pool.get(seg_id)
+                new.append(seg.info())
+                fds.append(seg.fd)
+        session.send(make(new), fds)
+
+    def _reply_locations(self, session: Session, seq: int, locations: list[p.ObjectLocation]) -> None:
+        self._send_with_segments(
+            session,
+            lambda segs: p.Created(seq=seq, locations=locations, segments=segs),
+            [loc.segment for loc in locations],
+        )
+
+    def _reply_got(self, session: Session, seq: int, results: list[p.ObjectLocation | str]) -> None:
+        self._send_with_segments(
+            session,
+            lambda segs: p.Got(seq=seq, results=results, segments=segs),
+            [r.segment for r in results if isinstance(r, p.ObjectLocation)],
+        )
+
+    def _reply_error(self, client: int, seq: int, code: str, message: str) -> None:
+        session = self.sessions.get(client)
+        if session is not None:
+            self.error_counts[code] += 1
+            session.send(p.Error(seq=seq, code=code, message=message))
+            session.flush()
+
+    def _park(self, session: Session, seq: int, pending: Pending) -> None:
+        self._waits[pending.token] = (session.client_id, seq)
+        self._deadline_changed.set()
+
+    def _create(self, session: Session, msg: p.Create) -> None:
+        res = self.store.create(
+            session.client_id,
+            msg.id,
+            msg.data_size,
+            msg.metadata_size,
+            msg.node,
+            timeout=msg.timeout,
+            now=trio.current_time(),
+        )
+        if isinstance(res, Pending):
+            self._park(session, msg.seq, res)
+        else:
+            self._reply_locations(session, msg.seq, [res])
+
+    def _create_many(self, session: Session, msg: p.CreateMany) -> None:
+        res = self.store.create_many(
+            session.client_id, msg.items, msg.node, timeout=msg.timeout, now=trio.current_time()
+        )
+        if isinstance(res, Pending):
+            self._park(session, msg.seq, res)
+        else:
+            self._reply_locations(session, msg.seq, res)
+
+    def _for_each(self, session: Session, seq: int, ids: list[bytes], op: Callable[[int, bytes], object], ack: bool) -> None:
+        """Apply ``op`` to every id; report the failures in one Error, else Ok when asked."""
+        failures: list[PlasmaError] = []
+        for oid in ids:
+            try:
+                op(session.client_id, oid)
+            except PlasmaError as exc:
+                failures.append(exc)
+        if failures:
+            first = failures[0]
+            more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+            raise type(first)(first.message + more)
+        if ack:
+            session.send(p.Ok(seq=seq))
+
+    def _seal(self, session: Session, msg: p.Seal) -> None:
+        self._for_each(session, msg.seq, msg.ids, self.store.seal, msg.ack)
+
+    def _release(self, session: Session, msg: p.Release) -> None:
+        self._for_each(session, msg.seq, msg.ids, self.store.release, msg.ack)
+
+    def _abort(self, session: Session, msg: p.Abort) -> None:
+        self.store.abort(session.client_id, msg.id)
+        session.send(p.Ok(seq=msg.seq))
+
+    def _get(self, session: Session, msg: p.Get) -> None:
+        res = self.store.get(session.client_id, msg.ids, timeout=msg.timeout, now=trio.current_time())
+        if isinstance(res, Pending):
+            self._park(session, msg.seq, res)
+        else:
+            self._reply_got(session, msg.seq, res)
+
+    def _delete(self, session: Session, msg: p.Delete) -> None:
+        deleted, deferred, missing = self.store.delete(session.client_id, msg.ids)
+        session.send(p.Deleted(seq=msg.seq, deleted=deleted, deferred=deferred, missing=missing))
+
+    def _contains(self, session: Session, msg: p.Contains) -> None:
+        session.send(p.Contained(seq=msg.seq, present=self.store.contains(msg.id)))
+
+    def _list(self, session: Session, msg: p.List) -> None:
+        session.send(p.Listing(seq=msg.seq, objects=self.store.list()))
+
+    def _evict(self, session: Session, msg: p.Evict) -> None:
+        session.send(p.Evicted(seq=msg.seq, nbytes=self.store.evict(msg.nbytes)))
+
+    def _subscribe(self, session: Session, msg: p.Subscribe) -> None:
+        self.store.subscribe(session.client_id, msg.with_locations)
+        session.send(p.Ok(seq=msg.seq))
+
+    def _arena(self, session: Session, msg: p.Arena) -> None:
+        segment, offset, size = self.store.grant_arena(session.client_id, msg.size, msg.node)
+        self._send_with_segments(
+            session,
+            lambda segs: p.ArenaGranted(seq=msg.seq, segment=segment, offset=offset, size=size, segments=segs),
+            [segment],
+        )
+
+    def _seal_arena(self, session: Session, msg: p.SealArena) -> None:
+        self.store.seal_arena(session.client_id, msg.segment, msg.objects)
+        if msg.ack:
+            session.send(p.Ok(seq=msg.seq))
+
+    def _sync(self, session: Session, msg: p.Sync) -> None:
+        session.send(p.Ok(seq=msg.seq))
+
+    def _stats(self, session: Session, msg: p.Stats) -> None:
+        session.send(p.StatsReply(seq=msg.seq, stats=self.stats()))
+
+    def stats(self) -> dict[str, Any]:
+        """Everything ``plasma-coord stats`` shows."""
+        stats = self.store.stats()
+        stats["uptime"] = time.time() - self.started
+        stats["page_size"] = self.pool.page_size
+        stats["segments"] = [
+            {"id": s.id, "node": s.node, "size": s.size, "page_size": s.page_size} for s in self.pool
+        ]
+        stats["clients"] = [
+            {"id": s.client_id, "name": s.name, "pid": s.pid, "uid": s.uid}
+            for s in self.sessions.values()
+        ]
+        stats["operations"] = dict(self.op_counts)
+        stats["errors"] = dict(self.error_counts)
+        return stats
+
+    # ------------------------------------------------------------ run relay
+
+    def _check_may_run(self, session: Session) -> None:
+        if session.uid != self.uid:
+            raise errors.PermissionDenied(
+                f"uid {session.uid} may not start or steer tasks: only the coordinator's user "
+                f"(uid {self.uid}) may"
+            )
+
+    def _run_register(self, session: Session, msg: p.RunRegister) -> None:
+        self._check_may_run(session)
+        owner = self._runs.get(msg.run_id)
+        if owner is not None and owner != session.client_id:
+            raise errors.ObjectExists(f"run {msg.run_id!r} already has an owner")
+        self._runs[msg.run_id] = session.client_id
+        session.send(p.Ok(seq=msg.seq))
+
+    def _run_call(self, session: Session, msg: p.RunCall) -> None:
+        self._check_may_run(session)
+        owner = self._runs.get(msg.run_id)
+        if owner is None:
+            raise errors.ObjectNotFound(f"no live run {msg.run_id!r}")
+        call_id = self._next_call
+        self._next_call += 1
+        self._calls[call_id] = (session.client_id, msg.seq, msg.run_id)
+        owner_session = self.sessions[owner]
+        owner_session.send(p.RunRequest(seq=0, request=call_id, client=session.client_id, payload=msg.payload))
+        owner_session.flush()
+
+    def _run_respond(self, session: Session, msg: p.RunRespond) -> None:
+        call = self._calls.get(msg.request)
+        if call is None or self._runs.get(call[2]) != session.client_id:
+            raise errors.ObjectNotFound(f"no pending run call {msg.request} for this client")
+        del self._calls[msg.request]
+        caller, seq, _ = call
+        target = self.sessions.get(caller)
+        if target is None:
+            return
+        if msg.code is not None:
+            self._reply_error(caller, seq, msg.code, msg.message)
+        else:
+            target.send(p.RunResult(seq=seq, payload=msg.payload))
+            target.flush()
+
+    # ------------------------------------------------------------ store events
+
+    def _deliver_events(self) -> None:
+        touched: set[Session] = set()
+        for event in self.store.drain_events():
+            session = self.sessions.get(event.client)
+            if session is None:
+                continue
+            if isinstance(event, Notify):
+                loc = event.location
+                self._send_with_segments(
+                    session,
+                    lambda segs, e=event: p.Notification(
+                        seq=0,
+                        kind=e.kind,
+                        id=e.oid,
+                        data_size=e.data_size,
+                        metadata_size=e.metadata_size,
+                        location=e.location,
+                        segments=segs,
+                    ),
+                    [loc.segment] if loc is not None else [],
+                )
+            else:
+                waiter = self._waits.pop(event.token, None)
+                if waiter is None:
+                    continue
+                seq = waiter[1]
+                if isinstance(event, GetDone):
+                    self._reply_got(session, seq, event.results)
+                elif isinstance(event.result, PlasmaError):
+                    assert isinstance(event, CreateDone)
+                    self.error_counts[event.result.code] += 1
+                    session.send(p.Error(seq=seq, code=event.result.code, message=event.result.message))
+                else:
+                    self._reply_locations(session, seq, event.result)
+            touched.add(session)
+        for session in touched:
+            session.flush()
+
+
+class _Hangup(Exception):
+    """A protocol violation after which the connection is closed."""
+
+
+HANG_UP_GRACE = 2.0  # seconds a refused peer gets to read our last Error before we close
+
+
+async def _hang_up(session: Session) -> None:
+    """Deliver the final Error, then close gracefully.
+
+    Closing a socket with unread input makes the kernel send RST, which can destroy our reply
+    before the peer reads it; so stop writing, discard input until the peer closes (or the
+    grace period ends), and only then close.
+    """
+    with trio.move_on_after(HANG_UP_GRACE):
+        while not session._try_send():
+            await trio.lowlevel.wait_writable(session.sock)
+        with contextlib.suppress(OSError):
+            session.sock.shutdown(socket.SHUT_WR)
+            while True:
+                await trio.lowlevel.wait_readable(session.sock)
+                try:
+                    if not session.sock.recv(RECV_SIZE):
+                        break
+                except BlockingIOError:
+                    continue
+
+
+def _listen(path: str) -> socket.socket:
+    """A non-blocking listening socket at ``path``, mode 0600; a stale socket file is replaced."""
+    if os.path.exists(path):
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except (ConnectionRefusedError, FileNotFoundError):
+            os.unlink(path)  # left behind by a coordinator that died
+        else:
+            raise errors.BadRequest(f"{path} is in use by a running coordinator")
+        finally:
+            probe.close()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(config: CoordinatorConfig, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """Run a coordinator until cancelled; ``task_status.started()`` once it accepts clients."""
+    await Coordinator(config).serve(task_status=task_status)

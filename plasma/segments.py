@@ -1,0 +1,145 @@
+"""Shared-memory segments: memfd-backed, bound to a NUMA node, pre-faulted.
+
+A :class:`SegmentPool` is the store's ``SegmentProvider``: it creates segments on request,
+keeps their fds (the coordinator hands them to clients with SCM_RIGHTS), and closes them when
+the store frees a segment. The coordinator never keeps segments mapped: the pages belong to the
+memfd, so its own RSS stays small however much data the store holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import mmap
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from plasma.errors import StoreFull, Unsupported
+from plasma.linux import memfd, numa
+from plasma.protocol import SegmentInfo
+
+BASE_PAGE = mmap.PAGESIZE
+
+
+@dataclass(slots=True)
+class Segment:
+    """One memfd of ``size`` bytes whose pages live on ``node``."""
+
+    id: int
+    fd: int
+    size: int
+    node: int
+    page_size: int
+
+    def info(self) -> SegmentInfo:
+        return SegmentInfo(id=self.id, size=self.size, node=self.node, page_size=self.page_size)
+
+
+@dataclass
+class SegmentPool:
+    """Creates and owns the store's segments.
+
+    ``bind`` makes every segment's memory policy MPOL_BIND to its node (needed on multi-node
+    hosts; harmless on one node). ``hugepage_size`` selects MFD_HUGETLB segments; when the
+    kernel cannot supply the pages, creation fails with ``StoreFull`` (or falls back to normal
+    pages when ``hugepage_fallback``) instead of a later SIGBUS.
+    """
+
+    bind: bool = True
+    hugepage_size: int | None = None
+    hugepage_fallback: bool = False
+    _segments: dict[int, Segment] = field(default_factory=dict)
+    _next_id: int = 1
+
+    @property
+    def page_size(self) -> int:
+        return self.hugepage_size or BASE_PAGE
+
+    def new_segment(self, node: int, size: int) -> int:
+        """Create a segment of ``size`` bytes (a multiple of ``page_size``) on ``node``."""
+        seg_id = self._next_id
+        self._next_id += 1
+        if self.hugepage_size:
+            try:
+                fd = self._create_hugepage(seg_id, node, size)
+                page_size = self.hugepage_size
+            except StoreFull:
+                if not self.hugepage_fallback:
+                    raise
+                fd, page_size = self._create_normal(seg_id, node, size), BASE_PAGE
+        else:
+            fd, page_size = self._create_normal(seg_id, node, size), BASE_PAGE
+        self._segments[seg_id] = Segment(seg_id, fd, size, node, page_size)
+        return seg_id
+
+    def _create_normal(self, seg_id: int, node: int, size: int) -> int:
+        fd = memfd.memfd_create(f"plasma-{os.getpid()}-{seg_id}")
+        try:
+            os.ftruncate(fd, size)
+            with mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE) as mm:
+                if self.bind:
+                    self._bind(mm, size, node)
+                memfd.prefault(mm)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _bind(self, mm: mmap.mmap, size: int, node: int) -> None:
+        try:
+            numa.mbind(numa.buffer_address(mm), size, numa.MPOL_BIND, [node], numa.MPOL_MF_STRICT)
+        except Unsupported:
+            if node != 0:
+                raise
+            # A kernel without NUMA support has exactly one node: nothing to bind.
+
+    def _create_hugepage(self, seg_id: int, node: int, size: int) -> int:
+        assert self.hugepage_size is not None
+        fd = memfd.memfd_create(f"plasma-{os.getpid()}-{seg_id}", hugepage_size=self.hugepage_size)
+        try:
+            os.ftruncate(fd, size)
+            with _thread_bound_to(node) if self.bind else contextlib.nullcontext():
+                try:
+                    memfd.fallocate(fd, 0, size)
+                except OSError as exc:
+                    if exc.errno in (errno.ENOSPC, errno.ENOMEM):
+                        raise StoreFull(
+                            f"not enough {self.hugepage_size >> 20} MiB hugepages on node {node} "
+                            f"for a {size >> 20} MiB segment (reserve more with "
+                            f"`plasma-coord hugepages`)"
+                        ) from None
+                    raise
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def free_segment(self, segment: int) -> None:
+        seg = self._segments.pop(segment)
+        os.close(seg.fd)
+
+    def get(self, segment: int) -> Segment:
+        return self._segments[segment]
+
+    def __iter__(self) -> Iterator[Segment]:
+        return iter(list(self._segments.values()))
+
+    def close(self) -> None:
+        """Release every segment (their memory goes once no client maps it)."""
+        for seg in list(self._segments.values()):
+            self.free_segment(seg.id)
+
+
+@contextlib.contextmanager
+def _thread_bound_to(node: int) -> Iterator[None]:
+    """Bind the calling thread's memory policy to ``node``, restoring the previous one after.
+
+    hugetlbfs takes the node of a reservation from the faulting (here: fallocating) thread.
+    """
+    mode, nodes = numa.get_mempolicy()
+    numa.set_mempolicy(numa.MPOL_BIND, [node])
+    try:
+        yield
+    finally:
+        numa.set_mempolicy(mode, nodes)

@@ -1,0 +1,78 @@
+"""Shared fixtures: a real coordinator process on a Unix socket in a temporary directory."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class RunningCoordinator:
+    socket: str
+    proc: subprocess.Popen[str]
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=30)
+
+
+def start_coordinator(socket_path: str, *args: str) -> RunningCoordinator:
+    """Start ``plasma-coord serve`` and wait for its ``ready`` line."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "plasma", "serve", "--socket", socket_path, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("ready"):
+        proc.kill()
+        _, err = proc.communicate(timeout=10)
+        raise RuntimeError(f"coordinator did not start: {line!r} {err}")
+    return RunningCoordinator(socket_path, proc)
+
+
+@pytest.fixture
+def coordinator_factory(tmp_path: Path) -> Iterator[Callable[..., RunningCoordinator]]:
+    started: list[RunningCoordinator] = []
+
+    def factory(*args: str, name: str = "plasma.sock") -> RunningCoordinator:
+        coord = start_coordinator(str(tmp_path / name), *args)
+        started.append(coord)
+        return coord
+
+    yield factory
+    for coord in started:
+        if coord.proc.poll() is None:
+            coord.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def coordinator(coordinator_factory: Callable[..., RunningCoordinator]) -> Iterator[RunningCoordinator]:
+    """A coordinator with 64 MiB in 4 MiB segments; checks it stops cleanly with status 0."""
+    coord = coordinator_factory("--memory", "64MiB", "--segment-size", "4MiB")
+    yield coord
+    assert coord.stop() == 0
+    assert not os.path.exists(coord.socket)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until true: for effects of another process we cannot be told about."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
