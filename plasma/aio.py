@@ -171,8 +171,25 @@ class AsyncClient:
     async def evict(self, nbytes: int) -> int:
         return (await self._request(p.Evict(seq=self._seq(), nbytes=nbytes))).nbytes
 
-    async def stats(self) -> dict[str, Any]:
-        return (await self._request(p.Stats(seq=self._seq()))).stats
+    async def stats(self, placement: bool = False) -> dict[str, Any]:
+        """See :meth:`plasma.client.Client.stats`."""
+        return (await self._request(p.Stats(seq=self._seq(), placement=placement))).stats
+
+    async def register_task(
+        self, task_id: str, pid: int, node: int | None = None, run_id: str = ""
+    ) -> None:
+        """Have the coordinator sample process ``pid`` as ``task_id`` (placed on ``node``)."""
+        msg = p.TaskRegister(seq=self._seq(), task_id=task_id, pid=pid, node=node, run_id=run_id)
+        await self._request(msg)
+
+    async def task_done(self, task_id: str) -> None:
+        """``task_id`` ended: the coordinator takes a final sample and stops sampling it."""
+        await self._request(p.TaskDone(seq=self._seq(), task_id=task_id))
+
+    async def submit_sample(self, task_id: str, sample: Any) -> None:
+        """Record a sample taken by the caller (a ``plasma.perf.PerfSample`` or its dict)."""
+        data = msgspec.to_builtins(sample)
+        await self._request(p.SubmitSample(seq=self._seq(), task_id=task_id, sample=data))
 
     async def flush(self) -> None:
         await self._request(p.Sync(seq=self._seq()))

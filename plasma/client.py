@@ -23,6 +23,7 @@ from plasma import serialization
 from plasma.client_state import (
     ANCILLARY_SPACE,
     ARENA_OBJECT_LIMIT,
+    ALIGN,
     ARENA_SIZE,
     RECV_SIZE,
     Arena,
@@ -166,33 +167,48 @@ class Client:
     def create_and_seal_many(
         self, items: Sequence[tuple[ObjectRef, bytes | memoryview, bytes]], *, node: int | None = None
     ) -> None:
-        """Create, fill and seal many objects with at most one round trip (plus arena refills)."""
-        small = [(as_id_bytes(o), memoryview(d).cast("B"), m) for o, d, m in items]
-        large = [it for it in small if len(it[1]) + len(it[2]) > ARENA_OBJECT_LIMIT]
-        small = [it for it in small if len(it[1]) + len(it[2]) <= ARENA_OBJECT_LIMIT]
+        """Create, fill and seal many objects with at most one round trip (plus arena refills).
+
+        Objects up to ``ARENA_OBJECT_LIMIT`` bytes are written into this client's arena and
+        registered by one ``SealArena`` message; an error (say, an id that exists) surfaces on
+        the next reply or :meth:`flush`.
+        """
+        state = self._state
         msgs: list[msgspec.Struct] = []
         batch: list[p.ArenaObject] = []
-        for oid, data, meta in small:
-            size = len(data) + len(meta)
-            arena = self._state.arena
-            offset = arena.take(size) if arena is not None and arena.segment in self._state.maps else None
-            if offset is None:
+        large: list[tuple[bytes, memoryview, bytes]] = []
+        arena = state.arena
+        mm = state.maps.get(arena.segment) if arena is not None else None
+        for object_id, data, meta in items:
+            oid = object_id.binary() if type(object_id) is ObjectID else as_id_bytes(object_id)
+            if type(data) is not bytes:
+                data = memoryview(data).cast("B")
+            dlen = len(data)
+            size = dlen + len(meta)
+            if size > ARENA_OBJECT_LIMIT:
+                large.append((oid, memoryview(data), meta))
+                continue
+            if arena is not None and mm is not None and arena.cursor + size <= arena.end:
+                offset = arena.cursor
+                arena.cursor += (size + ALIGN - 1) & -ALIGN or ALIGN  # Arena.take, inlined
+            else:
                 if batch:
                     assert arena is not None
-                    msgs.append(p.SealArena(seq=self._seq(), segment=arena.segment, objects=batch))
+                    msgs.append(p.SealArena(self._seq(), arena.segment, batch))
                     batch = []
                 arena = self._new_arena(size, node, pending=msgs)
+                mm = state.maps[arena.segment]
                 msgs = []
                 offset = arena.take(size)
                 assert offset is not None
-            mm = self._state.maps[arena.segment]
-            mm[offset : offset + len(data)] = data
+            assert mm is not None
+            mm[offset : offset + dlen] = data
             if meta:
-                mm[offset + len(data) : offset + size] = meta
-            batch.append(p.ArenaObject(id=oid, offset=offset, data_size=len(data), metadata_size=len(meta)))
+                mm[offset + dlen : offset + size] = meta
+            batch.append(p.ArenaObject(oid, offset, dlen, len(meta)))
         if batch:
-            assert self._state.arena is not None
-            msgs.append(p.SealArena(seq=self._seq(), segment=self._state.arena.segment, objects=batch))
+            assert arena is not None
+            msgs.append(p.SealArena(self._seq(), arena.segment, batch))
         if large:
             reply = self._request(
                 p.CreateMany(
@@ -202,7 +218,7 @@ class Client:
                 )
             )
             for (_, data, meta), loc in zip(large, reply.locations, strict=True):
-                self._state.write_object(loc, meta)[:] = data
+                state.write_object(loc, meta)[:] = data
             ids = [oid for oid, _, _ in large]
             msgs += [p.Seal(seq=self._seq(), ids=ids, ack=False), p.Release(seq=self._seq(), ids=ids)]
         if msgs:
@@ -256,25 +272,26 @@ class Client:
         _raise: bool = False,
     ) -> list[Any]:
         """Like :meth:`get` but returns None for objects that are not available."""
+        state = self._state
         ids = [as_id_bytes(o) for o in object_ids]
-        locations = self._take_prefetched(ids)
-        if locations is None:
-            reply = self._request(p.Get(seq=self._seq(), ids=ids, timeout=timeout))
-            locations = reply.results
-        out: list[Any] = []
+        views: list[tuple[memoryview, memoryview] | None] = [state.reuse(oid) for oid in ids]
+        wanted = [i for i, v in enumerate(views) if v is None]
         failure: PlasmaError | None = None
-        for oid, loc in zip(ids, locations, strict=True):
-            if isinstance(loc, str):
-                if failure is None:
-                    failure = error_for(loc, f"object {oid.hex()} is not available ({loc}, timeout={timeout})")
-                out.append(None)
-                continue
-            data, meta = self._state.readable(oid, loc)
-            out.append((data, meta) if with_metadata else data)
+        if wanted:
+            want_ids = [ids[i] for i in wanted]
+            locations = self._take_prefetched(want_ids)
+            if locations is None:
+                locations = self._request(p.Get(seq=self._seq(), ids=want_ids, timeout=timeout)).results
+            for i, loc in zip(wanted, locations, strict=True):
+                if isinstance(loc, str):
+                    if failure is None:
+                        failure = error_for(loc, f"object {ids[i].hex()} is not available ({loc}, timeout={timeout})")
+                    continue
+                views[i] = state.readable(ids[i], loc)
         if failure is not None and _raise:
-            out.clear()  # drop the views: their references go back
+            views.clear()  # drop the views: their references go back
             raise failure
-        return out
+        return [v if v is None or with_metadata else v[0] for v in views]
 
     def _take_prefetched(self, ids: list[bytes]) -> list[p.ObjectLocation | str] | None:
         """Locations handed over by a with_locations subscription: no round trip needed."""
@@ -321,8 +338,28 @@ class Client:
         """Evict sealed unreferenced objects (LRU first) until ``nbytes`` are freed; returns bytes freed."""
         return self._request(p.Evict(seq=self._seq(), nbytes=nbytes)).nbytes
 
-    def stats(self) -> dict[str, Any]:
-        return self._request(p.Stats(seq=self._seq())).stats
+    def stats(self, placement: bool = False) -> dict[str, Any]:
+        """Store, segments, clients, operations, errors, tasks with their latest perf sample.
+
+        With ``placement`` also where each segment's pages are (slower: it asks the kernel).
+        """
+        return self._request(p.Stats(seq=self._seq(), placement=placement)).stats
+
+    def register_task(
+        self, task_id: str, pid: int, node: int | None = None, run_id: str = ""
+    ) -> None:
+        """Have the coordinator sample process ``pid`` as ``task_id`` (placed on ``node``)."""
+        msg = p.TaskRegister(seq=self._seq(), task_id=task_id, pid=pid, node=node, run_id=run_id)
+        self._request(msg)
+
+    def task_done(self, task_id: str) -> None:
+        """Tell the coordinator ``task_id`` ended: it takes a final sample and stops sampling."""
+        self._request(p.TaskDone(seq=self._seq(), task_id=task_id))
+
+    def submit_sample(self, task_id: str, sample: Any) -> None:
+        """Record a sample taken by the caller (a ``plasma.perf.PerfSample`` or its dict)."""
+        data = msgspec.to_builtins(sample)
+        self._request(p.SubmitSample(seq=self._seq(), task_id=task_id, sample=data))
 
     def flush(self) -> None:
         """Wait until the coordinator handled everything sent so far; raise its deferred errors."""

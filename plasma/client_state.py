@@ -32,6 +32,10 @@ ARENA_SIZE = 1 << 20  # bytes a client reserves at a time for small objects
 ARENA_OBJECT_LIMIT = 64 << 10  # objects up to this size (data + metadata) go through the arena
 
 
+# Map segments with their page tables filled in: a put then writes at memcpy speed.
+MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+
+
 def align(n: int) -> int:
     return (n + ALIGN - 1) & ~(ALIGN - 1)
 
@@ -73,6 +77,7 @@ class ClientState:
         self.deferred_errors: list[PlasmaError] = []
         self.arena: Arena | None = None
         self.prefetched: dict[bytes, list[p.ObjectLocation]] = {}
+        self.held: dict[bytes, list[Any]] = {}  # id -> [location, live views]: one reference each
         self._fds: collections.deque[int] = collections.deque()
         self._releases: collections.deque[bytes] = collections.deque()  # appended by finalizers
         self._seq = 0
@@ -136,7 +141,7 @@ class ClientState:
                 raise PlasmaError(f"segment {info.id} arrived without its file descriptor")
             fd = self._fds.popleft()
             try:
-                self.maps[info.id] = mmap.mmap(fd, info.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+                self.maps[info.id] = mmap.mmap(fd, info.size, MAP_FLAGS, mmap.PROT_READ | mmap.PROT_WRITE)
             finally:
                 os.close(fd)
             self.segments[info.id] = info
@@ -154,13 +159,43 @@ class ClientState:
         return self.writable(loc.segment, loc.offset, loc.data_size)
 
     def readable(self, oid: bytes, loc: p.ObjectLocation) -> tuple[memoryview, memoryview]:
-        """Read-only (data, metadata) views; the reference is released when both are gone."""
+        """Read-only (data, metadata) views of an object for which the coordinator gave us a
+        reference. While views of it are alive the client holds exactly one reference: a
+        second reference (from a concurrent get) is handed back at once.
+        """
+        held = self.held.get(oid)
+        if held is None:
+            self.held[oid] = [loc, 1]
+        else:
+            held[1] += 1
+            self._releases.append(oid)
+        return self._views(oid, loc)
+
+    def reuse(self, oid: bytes) -> tuple[memoryview, memoryview] | None:
+        """Views of an object this client already holds, with no round trip; else None."""
+        held = self.held.get(oid)
+        if held is None:
+            return None
+        held[1] += 1
+        return self._views(oid, held[0])
+
+    def _views(self, oid: bytes, loc: p.ObjectLocation) -> tuple[memoryview, memoryview]:
         total = loc.data_size + loc.metadata_size
         owner = np.frombuffer(self.maps[loc.segment], np.uint8, count=max(total, 1), offset=loc.offset)
         owner.flags.writeable = False
-        weakref.finalize(owner, self._releases.append, oid)
+        weakref.finalize(owner, self._drop_view, oid)
         view = memoryview(owner)
         return view[: loc.data_size], view[loc.data_size : total]
+
+    def _drop_view(self, oid: bytes) -> None:
+        """Finalizer of a view owner (any thread, any time): queue the release of the last one."""
+        held = self.held.get(oid)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] == 0:
+            del self.held[oid]
+            self._releases.append(oid)
 
     def release_later(self, oid: bytes) -> None:
         self._releases.append(oid)

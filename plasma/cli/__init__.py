@@ -47,6 +47,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PlasmaError as exc:
         print(f"plasma-coord: error [{exc.code}]: {exc}", file=sys.stderr)
         return 1
+    except (ValueError, OSError) as exc:  # bad sizes, unreadable sysfs, socket in use...
+        print(f"plasma-coord: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -1,0 +1,99 @@
+"""Anonymous shared memory: memfd_create (optionally hugetlb), fallocate and prefaulting."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import functools
+import mmap
+import os
+from pathlib import Path
+
+from plasma.errors import BadRequest, Unsupported
+from plasma.linux._syscall import libc, libc_call, os_error
+
+MFD_CLOEXEC = 0x0001
+MFD_ALLOW_SEALING = 0x0002
+MFD_HUGETLB = 0x0004
+MFD_HUGE_SHIFT = 26
+MFD_HUGE_2MB = 21 << MFD_HUGE_SHIFT
+MFD_HUGE_1GB = 30 << MFD_HUGE_SHIFT
+
+MADV_POPULATE_WRITE = 23  # Linux 5.14+
+
+HUGEPAGES_SYSFS = Path("/sys/kernel/mm/hugepages")
+
+
+def hugepage_flags(hugepage_size: int) -> int:
+    """The ``MFD_HUGETLB | MFD_HUGE_<size>`` flags for a power-of-two page size in bytes."""
+    if hugepage_size <= 0 or hugepage_size & (hugepage_size - 1):
+        raise BadRequest(f"hugepage size must be a power of two in bytes, got {hugepage_size}")
+    return MFD_HUGETLB | (hugepage_size.bit_length() - 1) << MFD_HUGE_SHIFT
+
+
+def memfd_create(name: str, *, hugepage_size: int | None = None, cloexec: bool = True) -> int:
+    """A new anonymous memory file; with ``hugepage_size`` (bytes) it is backed by hugetlbfs.
+
+    Raises Unsupported when the kernel has no memfd or no hugepages of that size.
+    """
+    flags = MFD_CLOEXEC if cloexec else 0
+    if hugepage_size is not None:
+        flags |= hugepage_flags(hugepage_size)
+        if not (HUGEPAGES_SYSFS / f"hugepages-{hugepage_size // 1024}kB").is_dir():
+            raise Unsupported(
+                f"memfd_create: this kernel has no {hugepage_size // 1024} kB hugepages "
+                f"(no {HUGEPAGES_SYSFS}/hugepages-{hugepage_size // 1024}kB)"
+            )
+    create = getattr(os, "memfd_create", None)
+    if create is None:
+        raise Unsupported("memfd_create: not available on this platform")
+    try:
+        fd: int = create(name, flags)
+    except OSError as exc:
+        raise os_error(exc.errno or 0, f"memfd_create({name!r}, flags={flags:#x})") from None
+    return fd
+
+
+@functools.cache
+def _declare_fallocate() -> None:
+    func = libc().fallocate
+    func.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    func.restype = ctypes.c_int
+
+
+def fallocate(fd: int, offset: int, length: int) -> None:
+    """Allocate ``[offset, offset + length)`` of ``fd`` now, growing the file if needed.
+
+    On a hugetlb memfd this reserves the hugepages (under the calling thread's memory
+    policy), so a shortage is ``OSError(ENOSPC)`` here rather than a SIGBUS on first touch.
+    """
+    if offset < 0 or length <= 0:
+        raise BadRequest(f"fallocate needs offset >= 0 and length > 0, got {offset}, {length}")
+    _declare_fallocate()
+    call = f"fallocate(fd={fd}, offset={offset}, length={length})"
+    try:
+        libc_call("fallocate", fd, 0, offset, length, call=call)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise OSError(
+                errno.ENOSPC,
+                f"{exc.strerror}; for a hugetlb memfd: not enough free hugepages on the "
+                f"allowed nodes (see HugePages_Free in /proc/meminfo)",
+            ) from None
+        raise
+
+
+def prefault(mm: mmap.mmap) -> None:
+    """Fault in every page of a writable mapping now (MADV_POPULATE_WRITE, else touch)."""
+    if len(mm) == 0:
+        return
+    try:
+        mm.madvise(MADV_POPULATE_WRITE)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:  # EINVAL: kernel older than 5.14
+            raise os_error(
+                exc.errno or 0, f"madvise(MADV_POPULATE_WRITE, {len(mm)} bytes)"
+            ) from None
+    for offset in range(0, len(mm), mmap.PAGESIZE):
+        mm[offset] = mm[offset]
