@@ -1,0 +1,67 @@
+"""``plasma-coord dag run PIPELINE``: run a pipeline and print what happened."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import trio
+
+from plasma.dag.report import summary
+from plasma.dag.runner import EXIT_STATUS, RunOptions, run_pipeline
+from plasma.dag.spec import load_pipeline
+from plasma.errors import PlasmaError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    dag = sub.add_parser("dag", help="run DAG pipelines of pinned tasks near their data")
+    dag_sub = dag.add_subparsers(dest="dag_command", required=True, metavar="SUBCOMMAND")
+    p = dag_sub.add_parser("run", help="run a pipeline file (YAML, JSON or TOML)")
+    p.add_argument("pipeline", type=Path, help="the pipeline spec")
+    store = p.add_mutually_exclusive_group()
+    store.add_argument("--socket", "-s", help="a running coordinator (default: start one)")
+    store.add_argument(
+        "--memory", "-m", default="512MiB", help="capacity of the embedded coordinator"
+    )
+    p.add_argument("--prom-file", type=Path, help="write Prometheus textfile metrics here")
+    p.add_argument("--record", type=Path, help="write the JSON run record here")
+    p.add_argument("--run-id", help="run id (default: pipeline name, time and a random suffix)")
+    p.add_argument("--quiet", "-q", action="store_true", help="do not relay the tasks' output")
+    p.add_argument("--json", action="store_true", help="print the run record instead of a table")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = load_pipeline(args.pipeline)
+    options = RunOptions(
+        socket_path=args.socket,
+        memory=args.memory,
+        workdir=args.pipeline.resolve().parent,
+        prom_file=args.prom_file,
+        record_file=args.record,
+        log=(lambda line: None) if args.quiet else (lambda line: print(line, flush=True)),
+    )
+    try:
+        record = trio.run(run_pipeline, spec, options, args.run_id)
+    except BaseExceptionGroup as group:
+        cause = _root_cause(group)
+        if not isinstance(cause, (PlasmaError, OSError)):
+            raise
+        print(f"plasma-coord dag run: {type(cause).__name__}: {cause}", file=sys.stderr)
+        return 1
+    if args.json:
+        json.dump(record, sys.stdout, indent=2)
+        print()
+    else:
+        print(summary(record))
+    return EXIT_STATUS.get(record["status"], 1)
+
+
+def _root_cause(group: BaseExceptionGroup) -> BaseException:
+    """The first leaf exception of a (nested) trio exception group."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc

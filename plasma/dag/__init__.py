@@ -1,0 +1,10 @@
+"""DAG pipelines: specs, validation, a sans-I/O scheduler and a trio runner.
+
+``plasma-coord dag run PIPELINE`` runs a pipeline file; inside a task,
+``plasma.task.current()`` gives the task its inputs, outputs and dynamic branches.
+"""
+
+from plasma.dag.graph import Graph
+from plasma.dag.spec import PipelineSpec, TaskSpec, decode_pipeline, load_pipeline
+
+__all__ = ["Graph", "PipelineSpec", "TaskSpec", "decode_pipeline", "load_pipeline"]
