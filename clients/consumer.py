@@ -18,7 +18,9 @@ import plasma
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--socket", "-s", default="/tmp/plasma-coord.sock")
     ap.add_argument("--name", "-n", required=True)
     ap.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the object")
@@ -34,7 +36,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"consumer: cannot get {args.name!r}: {exc}", file=sys.stderr)
             return 1
         if not isinstance(array, np.ndarray):
-            print(f"consumer: {args.name!r} holds a {type(array).__name__}, not an array", file=sys.stderr)
+            print(
+                f"consumer: {args.name!r} holds a {type(array).__name__}, not an array",
+                file=sys.stderr,
+            )
             return 1
         summary = {
             "name": args.name,
@@ -52,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary))
     else:
         print(
-            f"consumer: got {summary['name']!r} shape={tuple(summary['shape'])} dtype={summary['dtype']} "
+            f"consumer: got {summary['name']!r} shape={tuple(summary['shape'])} "
+            f"dtype={summary['dtype']} "
             f"sum={summary['sum']:.6g} zero_copy={summary['zero_copy']}"
         )
     return 0

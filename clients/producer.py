@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Put a numpy array into a running plasma-coord store under a name.
 
-    python clients/producer.py --socket /tmp/plasma-coord.sock --name frame --shape 1024,1024 --dtype float32
+    python clients/producer.py --name frame --shape 1024,1024 --dtype float32
     python clients/producer.py --name weights --from-file weights.npy
 
 Consumers read it back with ``clients/consumer.py --name frame``.
@@ -19,10 +19,14 @@ import plasma
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--socket", "-s", default="/tmp/plasma-coord.sock")
     ap.add_argument("--name", "-n", required=True, help="object name (its id is derived from it)")
-    ap.add_argument("--shape", default="1024,1024", help="comma-separated shape of a generated array")
+    ap.add_argument(
+        "--shape", default="1024,1024", help="comma-separated shape of a generated array"
+    )
     ap.add_argument("--dtype", default="float64")
     ap.add_argument("--order", choices=["C", "F"], default="C")
     ap.add_argument("--from-file", help="put this .npy file instead of a generated array")

@@ -42,7 +42,9 @@ class AsyncClient:
     async def _reader(self) -> None:
         try:
             while True:
-                data, ancdata, _, _ = await self._sock.recvmsg(RECV_SIZE, ANCILLARY_SPACE, socket.MSG_CMSG_CLOEXEC)
+                data, ancdata, _, _ = await self._sock.recvmsg(
+                    RECV_SIZE, ANCILLARY_SPACE, socket.MSG_CMSG_CLOEXEC
+                )
                 fds = fds_from_ancillary(ancdata)
                 if not data:
                     for fd in fds:
@@ -104,9 +106,15 @@ class AsyncClient:
     # ------------------------------------------------------------ objects
 
     async def create(
-        self, object_id: ObjectRef, size: int, metadata: bytes = b"", *, node: int | None = None, timeout: float | None = 0.0
+        self,
+        object_id: ObjectRef,
+        size: int,
+        metadata: bytes = b"",
+        *,
+        node: int | None = None,
+        timeout: float | None = 0.0,
     ) -> memoryview:
-        """Create an object; returns its writable buffer. See :meth:`plasma.client.Client.create`."""
+        """Create an object; returns its writable buffer (see ``Client.create``)."""
         reply = await self._request(
             p.Create(
                 seq=self._seq(),
@@ -129,15 +137,24 @@ class AsyncClient:
         await self._send(p.Release(seq=self._seq(), ids=[as_id_bytes(object_id)]))
 
     async def create_and_seal(
-        self, object_id: ObjectRef, data: bytes | memoryview, metadata: bytes = b"", *, node: int | None = None
+        self,
+        object_id: ObjectRef,
+        data: bytes | memoryview,
+        metadata: bytes = b"",
+        *,
+        node: int | None = None,
     ) -> None:
         view = await self.create(object_id, len(memoryview(data).cast("B")), metadata, node=node)
         view[:] = memoryview(data).cast("B")
         view.release()
         ids = [as_id_bytes(object_id)]
-        await self._send(p.Seal(seq=self._seq(), ids=ids, ack=False), p.Release(seq=self._seq(), ids=ids))
+        await self._send(
+            p.Seal(seq=self._seq(), ids=ids, ack=False), p.Release(seq=self._seq(), ids=ids)
+        )
 
-    async def get(self, object_ids: Any, timeout: float | None = None, *, with_metadata: bool = False) -> Any:
+    async def get(
+        self, object_ids: Any, timeout: float | None = None, *, with_metadata: bool = False
+    ) -> Any:
         """Zero-copy read-only buffers; see :meth:`plasma.client.Client.get`."""
         single = isinstance(object_ids, (ObjectID, bytes))
         ids = [as_id_bytes(o) for o in ([object_ids] if single else object_ids)]
@@ -146,7 +163,9 @@ class AsyncClient:
         for oid, loc in zip(ids, reply.results, strict=True):
             if isinstance(loc, str):
                 out.clear()
-                raise error_for(loc, f"object {oid.hex()} is not available ({loc}, timeout={timeout})")
+                raise error_for(
+                    loc, f"object {oid.hex()} is not available ({loc}, timeout={timeout})"
+                )
             data, meta = self._state.readable(oid, loc)
             out.append((data, meta) if with_metadata else data)
         return out[0] if single else out
@@ -158,7 +177,10 @@ class AsyncClient:
         ids = [as_id_bytes(o) for o in object_ids]
         reply = await self._request(p.Delete(seq=self._seq(), ids=ids))
         if reply.missing:
-            raise error_for("object_not_found", "not found or not sealed: " + ", ".join(m.hex() for m in reply.missing))
+            raise error_for(
+                "object_not_found",
+                "not found or not sealed: " + ", ".join(m.hex() for m in reply.missing),
+            )
         return [ObjectID(d) for d in reply.deferred]
 
     async def list(self) -> dict[ObjectID, dict[str, Any]]:
@@ -195,14 +217,18 @@ class AsyncClient:
         await self._request(p.Sync(seq=self._seq()))
         self._check_open()
 
-    async def put(self, value: Any, object_id: ObjectRef | None = None, *, node: int | None = None) -> ObjectID:
+    async def put(
+        self, value: Any, object_id: ObjectRef | None = None, *, node: int | None = None
+    ) -> ObjectID:
         oid = ObjectID(as_id_bytes(object_id)) if object_id is not None else ObjectID.from_random()
         enc = serialization.encode(value)
         view = await self.create(oid, enc.data_size, enc.metadata, node=node)
         enc.write(view)
         view.release()
         ids = [oid.binary()]
-        await self._send(p.Seal(seq=self._seq(), ids=ids, ack=False), p.Release(seq=self._seq(), ids=ids))
+        await self._send(
+            p.Seal(seq=self._seq(), ids=ids, ack=False), p.Release(seq=self._seq(), ids=ids)
+        )
         return oid
 
     async def get_object(self, object_id: ObjectRef, timeout: float | None = None) -> Any:
@@ -217,7 +243,9 @@ class AsyncClient:
     # ------------------------------------------------------------ run relay
 
     async def run_call(self, run_id: str, payload: Any) -> Any:
-        return (await self._request(p.RunCall(seq=self._seq(), run_id=run_id, payload=payload))).payload
+        return (
+            await self._request(p.RunCall(seq=self._seq(), run_id=run_id, payload=payload))
+        ).payload
 
     async def register_run(self, run_id: str) -> None:
         """Become the owner of ``run_id``: tasks' ``run_call``s arrive in :meth:`run_requests`."""
@@ -230,7 +258,9 @@ class AsyncClient:
         await self._send(p.RunRespond(seq=self._seq(), request=request.request, payload=payload))
 
     async def respond_error(self, request: p.RunRequest, code: str, message: str) -> None:
-        await self._send(p.RunRespond(seq=self._seq(), request=request.request, code=code, message=message))
+        await self._send(
+            p.RunRespond(seq=self._seq(), request=request.request, code=code, message=message)
+        )
 
     async def _pushed(self, queue: Any, event_name: str) -> AsyncIterator[Any]:
         while True:
@@ -280,4 +310,3 @@ async def connect(socket_path: str, client_name: str = "") -> AsyncIterator[Asyn
         finally:
             nursery.cancel_scope.cancel()
             await client.aclose()
-

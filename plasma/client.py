@@ -21,9 +21,9 @@ import msgspec
 from plasma import protocol as p
 from plasma import serialization
 from plasma.client_state import (
+    ALIGN,
     ANCILLARY_SPACE,
     ARENA_OBJECT_LIMIT,
-    ALIGN,
     ARENA_SIZE,
     RECV_SIZE,
     Arena,
@@ -47,7 +47,9 @@ class Client:
             self._sock.connect(socket_path)
         except OSError as exc:
             self._sock.close()
-            raise ConnectionError(f"cannot connect to plasma-coord at {socket_path}: {exc}") from exc
+            raise ConnectionError(
+                f"cannot connect to plasma-coord at {socket_path}: {exc}"
+            ) from exc
         self._state = ClientState()
         self._lock = threading.RLock()
         self._closed = False
@@ -74,7 +76,9 @@ class Client:
             ready, _, _ = select.select([self._sock], [], [], max(timeout, 0))
             if not ready:
                 return []
-        data, ancdata, flags, _ = self._sock.recvmsg(RECV_SIZE, ANCILLARY_SPACE, socket.MSG_CMSG_CLOEXEC)
+        data, ancdata, flags, _ = self._sock.recvmsg(
+            RECV_SIZE, ANCILLARY_SPACE, socket.MSG_CMSG_CLOEXEC
+        )
         fds = fds_from_ancillary(ancdata)
         if not data:
             for fd in fds:
@@ -159,13 +163,21 @@ class Client:
         self._send_nowait(p.Release(seq=self._seq(), ids=[oid], ack=False))
 
     def create_and_seal(
-        self, object_id: ObjectRef, data: bytes | memoryview, metadata: bytes = b"", *, node: int | None = None
+        self,
+        object_id: ObjectRef,
+        data: bytes | bytearray | memoryview,
+        metadata: bytes = b"",
+        *,
+        node: int | None = None,
     ) -> None:
         """Create, fill and seal in one go; small objects need no round trip."""
         self.create_and_seal_many([(object_id, data, metadata)], node=node)
 
     def create_and_seal_many(
-        self, items: Sequence[tuple[ObjectRef, bytes | memoryview, bytes]], *, node: int | None = None
+        self,
+        items: Sequence[tuple[ObjectRef, bytes | bytearray | memoryview, bytes]],
+        *,
+        node: int | None = None,
     ) -> None:
         """Create, fill and seal many objects with at most one round trip (plus arena refills).
 
@@ -199,8 +211,9 @@ class Client:
                 arena = self._new_arena(size, node, pending=msgs)
                 mm = state.maps[arena.segment]
                 msgs = []
-                offset = arena.take(size)
-                assert offset is not None
+                taken = arena.take(size)
+                assert taken is not None
+                offset = taken
             assert mm is not None
             mm[offset : offset + dlen] = data
             if meta:
@@ -220,7 +233,10 @@ class Client:
             for (_, data, meta), loc in zip(large, reply.locations, strict=True):
                 state.write_object(loc, meta)[:] = data
             ids = [oid for oid, _, _ in large]
-            msgs += [p.Seal(seq=self._seq(), ids=ids, ack=False), p.Release(seq=self._seq(), ids=ids)]
+            msgs += [
+                p.Seal(seq=self._seq(), ids=ids, ack=False),
+                p.Release(seq=self._seq(), ids=ids),
+            ]
         if msgs:
             self._send_nowait(*msgs)
 
@@ -245,13 +261,21 @@ class Client:
                 self._state.unexpected(reply)
 
     @overload
-    def get(self, object_ids: ObjectRef, timeout: float | None = None, *, with_metadata: bool = False) -> Any: ...
+    def get(
+        self, object_ids: ObjectRef, timeout: float | None = None, *, with_metadata: bool = False
+    ) -> Any: ...
     @overload
     def get(
-        self, object_ids: Sequence[ObjectRef], timeout: float | None = None, *, with_metadata: bool = False
+        self,
+        object_ids: Sequence[ObjectRef],
+        timeout: float | None = None,
+        *,
+        with_metadata: bool = False,
     ) -> list[Any]: ...
 
-    def get(self, object_ids: Any, timeout: float | None = None, *, with_metadata: bool = False) -> Any:
+    def get(
+        self, object_ids: Any, timeout: float | None = None, *, with_metadata: bool = False
+    ) -> Any:
         """Zero-copy read-only buffers of sealed objects, waiting up to ``timeout`` seconds.
 
         Returns one buffer (or ``(data, metadata)`` pair) per id; a single id gives a single
@@ -281,11 +305,16 @@ class Client:
             want_ids = [ids[i] for i in wanted]
             locations = self._take_prefetched(want_ids)
             if locations is None:
-                locations = self._request(p.Get(seq=self._seq(), ids=want_ids, timeout=timeout)).results
+                locations = self._request(
+                    p.Get(seq=self._seq(), ids=want_ids, timeout=timeout)
+                ).results
             for i, loc in zip(wanted, locations, strict=True):
                 if isinstance(loc, str):
                     if failure is None:
-                        failure = error_for(loc, f"object {ids[i].hex()} is not available ({loc}, timeout={timeout})")
+                        failure = error_for(
+                            loc,
+                            f"object {ids[i].hex()} is not available ({loc}, timeout={timeout})",
+                        )
                     continue
                 views[i] = state.readable(ids[i], loc)
         if failure is not None and _raise:
@@ -305,7 +334,9 @@ class Client:
                 del prefetched[oid]
         return locations
 
-    def get_metadata(self, object_ids: Sequence[ObjectRef], timeout: float | None = None) -> list[bytes]:
+    def get_metadata(
+        self, object_ids: Sequence[ObjectRef], timeout: float | None = None
+    ) -> list[bytes]:
         return [bytes(meta) for _, meta in self.get(list(object_ids), timeout, with_metadata=True)]
 
     def contains(self, object_id: ObjectRef) -> bool:
@@ -317,7 +348,11 @@ class Client:
 
         Raises ``ObjectNotFound`` naming ids that are absent or unsealed, after deleting the rest.
         """
-        ids = [as_id_bytes(object_ids)] if isinstance(object_ids, (ObjectID, bytes)) else [as_id_bytes(o) for o in object_ids]
+        ids = (
+            [as_id_bytes(object_ids)]
+            if isinstance(object_ids, (ObjectID, bytes))
+            else [as_id_bytes(o) for o in object_ids]
+        )
         reply = self._request(p.Delete(seq=self._seq(), ids=ids))
         if reply.missing:
             raise error_for(
@@ -335,7 +370,8 @@ class Client:
         }
 
     def evict(self, nbytes: int) -> int:
-        """Evict sealed unreferenced objects (LRU first) until ``nbytes`` are freed; returns bytes freed."""
+        """Evict sealed unreferenced objects, LRU first, until ``nbytes`` are freed; returns the
+        bytes freed."""
         return self._request(p.Evict(seq=self._seq(), nbytes=nbytes)).nbytes
 
     def stats(self, placement: bool = False) -> dict[str, Any]:
@@ -381,7 +417,9 @@ class Client:
 
     # ------------------------------------------------------------ values
 
-    def put(self, value: Any, object_id: ObjectRef | None = None, *, node: int | None = None) -> ObjectID:
+    def put(
+        self, value: Any, object_id: ObjectRef | None = None, *, node: int | None = None
+    ) -> ObjectID:
         """Store a numpy array, Arrow object or bytes; returns its id."""
         oid = ObjectID(as_id_bytes(object_id)) if object_id is not None else ObjectID.from_random()
         enc = serialization.encode(value)
@@ -394,7 +432,9 @@ class Client:
         enc.write(view)
         view.release()
         ids = [oid.binary()]
-        self._send_nowait(p.Seal(seq=self._seq(), ids=ids, ack=False), p.Release(seq=self._seq(), ids=ids))
+        self._send_nowait(
+            p.Seal(seq=self._seq(), ids=ids, ack=False), p.Release(seq=self._seq(), ids=ids)
+        )
         return oid
 
     def get_object(self, object_id: ObjectRef, timeout: float | None = None) -> Any:
@@ -432,7 +472,7 @@ class Subscription:
         self._client = client
 
     def next(self, timeout: float | None = None) -> p.Notification:
-        """The next notification; raises ``PlasmaTimeout`` when none arrives in ``timeout`` seconds."""
+        """The next notification; ``PlasmaTimeout`` when none arrives within ``timeout`` s."""
         client = self._client
         state = client._state
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import array
 import collections
+import contextlib
 import mmap
 import os
 import socket
@@ -23,7 +24,9 @@ import numpy as np
 from plasma import protocol as p
 from plasma.errors import PlasmaError, error_for
 
-REPLY_MAX_FRAME = 1 << 30  # replies such as a full List can be large; requests are capped by the coordinator
+REPLY_MAX_FRAME = (
+    1 << 30
+)  # replies such as a full List can be large; requests are capped by the coordinator
 MAX_FDS = 253
 ANCILLARY_SPACE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
 RECV_SIZE = 256 * 1024
@@ -141,7 +144,9 @@ class ClientState:
                 raise PlasmaError(f"segment {info.id} arrived without its file descriptor")
             fd = self._fds.popleft()
             try:
-                self.maps[info.id] = mmap.mmap(fd, info.size, MAP_FLAGS, mmap.PROT_READ | mmap.PROT_WRITE)
+                self.maps[info.id] = mmap.mmap(
+                    fd, info.size, MAP_FLAGS, mmap.PROT_READ | mmap.PROT_WRITE
+                )
             finally:
                 os.close(fd)
             self.segments[info.id] = info
@@ -181,10 +186,12 @@ class ClientState:
 
     def _views(self, oid: bytes, loc: p.ObjectLocation) -> tuple[memoryview, memoryview]:
         total = loc.data_size + loc.metadata_size
-        owner = np.frombuffer(self.maps[loc.segment], np.uint8, count=max(total, 1), offset=loc.offset)
+        owner = np.frombuffer(
+            self.maps[loc.segment], np.uint8, count=max(total, 1), offset=loc.offset
+        )
         owner.flags.writeable = False
         weakref.finalize(owner, self._drop_view, oid)
-        view = memoryview(owner)
+        view = owner.data  # a memoryview that keeps ``owner`` alive
         return view[: loc.data_size], view[loc.data_size : total]
 
     def _drop_view(self, oid: bytes) -> None:
@@ -197,13 +204,8 @@ class ClientState:
             del self.held[oid]
             self._releases.append(oid)
 
-    def release_later(self, oid: bytes) -> None:
-        self._releases.append(oid)
-
     def close_maps(self) -> None:
         for mm in self.maps.values():
-            try:
+            with contextlib.suppress(BufferError):  # views still alive: unmapped when they go
                 mm.close()
-            except BufferError:
-                pass  # views are still alive: the mapping goes when they do
         self.maps.clear()

@@ -61,7 +61,9 @@ def coordinator_factory(tmp_path: Path) -> Iterator[Callable[..., RunningCoordin
 
 
 @pytest.fixture
-def coordinator(coordinator_factory: Callable[..., RunningCoordinator]) -> Iterator[RunningCoordinator]:
+def coordinator(
+    coordinator_factory: Callable[..., RunningCoordinator],
+) -> Iterator[RunningCoordinator]:
     """A coordinator with 64 MiB in 4 MiB segments; checks it stops cleanly with status 0."""
     coord = coordinator_factory("--memory", "64MiB", "--segment-size", "4MiB")
     yield coord
@@ -69,7 +71,9 @@ def coordinator(coordinator_factory: Callable[..., RunningCoordinator]) -> Itera
     assert not os.path.exists(coord.socket)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition"
+) -> None:
     """Poll ``predicate`` until true: for effects of another process we cannot be told about."""
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -46,7 +46,10 @@ def test_numpy_round_trip_is_zero_copy_and_read_only(coordinator: RunningCoordin
         np.zeros((0, 3), dtype=np.uint8),
         np.array([(1, 2.0), (3, 4.0)], dtype=[("a", "i4"), ("b", "f8")]),
     ]
-    with plasma.connect(coordinator.socket) as producer, plasma.connect(coordinator.socket) as consumer:
+    with (
+        plasma.connect(coordinator.socket) as producer,
+        plasma.connect(coordinator.socket) as consumer,
+    ):
         ids = [producer.put(a) for a in arrays]
         for original, object_id in zip(arrays, ids, strict=True):
             got = consumer.get_object(object_id, timeout=5)
@@ -57,7 +60,8 @@ def test_numpy_round_trip_is_zero_copy_and_read_only(coordinator: RunningCoordin
             if got.nbytes:
                 addr = got.__array_interface__["data"][0]
                 assert any(
-                    _address(mm) <= addr < _address(mm) + len(mm) for mm in consumer._state.maps.values()
+                    _address(mm) <= addr < _address(mm) + len(mm)
+                    for mm in consumer._state.maps.values()
                 ), "the consumer's array does not point into a shared segment"
 
 
@@ -165,7 +169,9 @@ def _read_error_and_eof(s: socket.socket) -> p.Error:
     ],
     ids=["oversized", "garbage", "no-connect"],
 )
-def test_bad_frames_are_refused_and_others_keep_working(coordinator: RunningCoordinator, payload: bytes):
+def test_bad_frames_are_refused_and_others_keep_working(
+    coordinator: RunningCoordinator, payload: bytes
+):
     with plasma.connect(coordinator.socket) as c:
         c.put(b"still here", oid(9))
         s = _raw_connection(coordinator.socket)
@@ -206,7 +212,10 @@ def test_client_killed_mid_write_and_holding_refs_leaks_nothing(coordinator: Run
         assert rows[plasma.ObjectID(b"u" * 20)]["state"] == "created"
         victim.kill()
         victim.wait()
-        wait_until(lambda: plasma.ObjectID(b"u" * 20) not in c.list(), what="the unsealed object to be aborted")
+        wait_until(
+            lambda: plasma.ObjectID(b"u" * 20) not in c.list(),
+            what="the unsealed object to be aborted",
+        )
         assert c.list()[plasma.ObjectID(b"s" * 20)]["ref_count"] == 0
         assert used(c) == base
         assert c.delete([plasma.ObjectID(b"s" * 20)]) == []
@@ -248,12 +257,21 @@ def test_create_timeout_gives_store_full(coordinator_factory):
 
 
 def test_notifications_and_prefetched_get(coordinator: RunningCoordinator):
-    with plasma.connect(coordinator.socket) as producer, plasma.connect(coordinator.socket) as consumer:
+    with (
+        plasma.connect(coordinator.socket) as producer,
+        plasma.connect(coordinator.socket) as consumer,
+    ):
         sub = consumer.subscribe(with_locations=True)
         producer.put(b"hello", oid(5))
         note = sub.next(timeout=5)
-        assert (note.kind, note.id, note.data_size) == ("sealed", oid(5).binary(), len(note_bytes := b"hello"))
-        assert bytes(consumer.get(oid(5))) == note_bytes  # served from the notification, no round trip
+        assert (note.kind, note.id, note.data_size) == (
+            "sealed",
+            oid(5).binary(),
+            len(note_bytes := b"hello"),
+        )
+        assert (
+            bytes(consumer.get(oid(5))) == note_bytes
+        )  # served from the notification, no round trip
         consumer.flush()
         producer.delete([oid(5)])
         assert sub.next(timeout=5).kind == "deleted"

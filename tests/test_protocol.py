@@ -16,7 +16,13 @@ timeouts = st.none() | st.floats(min_value=0, max_value=1e6, allow_nan=False)
 locations = st.builds(p.ObjectLocation, sizes, sizes, sizes, sizes, st.integers(0, 1023))
 
 requests = st.one_of(
-    st.builds(p.Connect, seqs, st.integers(0, 9), st.text(max_size=20), st.lists(st.integers(0, 4095), max_size=8)),
+    st.builds(
+        p.Connect,
+        seqs,
+        st.integers(0, 9),
+        st.text(max_size=20),
+        st.lists(st.integers(0, 4095), max_size=8),
+    ),
     st.builds(p.Create, seqs, ids, sizes, sizes, st.none() | st.integers(0, 7), timeouts),
     st.builds(p.CreateMany, seqs, st.lists(st.builds(p.CreateItem, ids, sizes, sizes), max_size=5)),
     st.builds(p.Seal, seqs, st.lists(ids, max_size=5), st.booleans()),
@@ -31,12 +37,29 @@ requests = st.one_of(
         st.lists(st.builds(p.ArenaObject, ids, sizes, sizes, sizes), max_size=5),
         st.booleans(),
     ),
-    st.builds(p.RunCall, seqs, st.text(max_size=10), st.dictionaries(st.text(max_size=5), st.integers(-(2**63), 2**63 - 1))),
+    st.builds(
+        p.RunCall,
+        seqs,
+        st.text(max_size=10),
+        st.dictionaries(st.text(max_size=5), st.integers(-(2**63), 2**63 - 1)),
+    ),
 )
 replies = st.one_of(
-    st.builds(p.Got, seqs, st.lists(locations | st.sampled_from(["timeout", "object_not_sealed"]), max_size=5)),
+    st.builds(
+        p.Got,
+        seqs,
+        st.lists(locations | st.sampled_from(["timeout", "object_not_sealed"]), max_size=5),
+    ),
     st.builds(p.Error, seqs, st.sampled_from(["store_full", "bad_request"]), st.text(max_size=30)),
-    st.builds(p.Notification, seqs, st.sampled_from(["sealed", "deleted"]), ids, sizes, sizes, st.none() | locations),
+    st.builds(
+        p.Notification,
+        seqs,
+        st.sampled_from(["sealed", "deleted"]),
+        ids,
+        sizes,
+        sizes,
+        st.none() | locations,
+    ),
 )
 
 

@@ -12,6 +12,7 @@ import trio
 
 from plasma.coordinator import CoordinatorConfig, serve
 from plasma.errors import BadRequest
+from plasma.metrics import parse_address
 from plasma.protocol import DEFAULT_MAX_FRAME
 from plasma.topology import Topology
 from plasma.units import parse_size
@@ -21,15 +22,24 @@ DEFAULT_SOCKET = "/tmp/plasma-coord.sock"
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the shared-memory store coordinator")
-    p.add_argument("--socket", "-s", default=DEFAULT_SOCKET, help="Unix socket path (created mode 0600)")
+    p.add_argument(
+        "--socket", "-s", default=DEFAULT_SOCKET, help="Unix socket path (created mode 0600)"
+    )
     p.add_argument(
         "--memory",
         "-m",
         default="1GiB",
-        help="store capacity: a size split evenly across --nodes (e.g. 4GiB), or per node (0=2GiB,1=2GiB)",
+        help="store capacity: a size split evenly over --nodes (4GiB), or per node (0=2GiB,1=2GiB)",
     )
-    p.add_argument("--nodes", help="NUMA nodes to keep memory on, e.g. 0,1 (default: every node with memory)")
-    p.add_argument("--hugepages", choices=["off", "2M", "1G"], default="off", help="back segments with hugepages")
+    p.add_argument(
+        "--nodes", help="NUMA nodes to keep memory on, e.g. 0,1 (default: every node with memory)"
+    )
+    p.add_argument(
+        "--hugepages",
+        choices=["off", "2M", "1G"],
+        default="off",
+        help="back segments with hugepages",
+    )
     p.add_argument(
         "--hugepages-fallback",
         action="store_true",
@@ -37,10 +47,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--segment-size", default="64MiB", help="size of each shared-memory segment")
     p.add_argument("--max-object-size", help="largest object accepted (default: the node budget)")
-    p.add_argument("--max-frame", default=str(DEFAULT_MAX_FRAME), help="largest request frame accepted")
-    p.add_argument("--allow-uid", type=int, action="append", default=[], help="also accept clients of this uid")
-    p.add_argument("--sysfs-root", default="/", help="read the topology from this root (for testing)")
+    p.add_argument(
+        "--max-frame", default=str(DEFAULT_MAX_FRAME), help="largest request frame accepted"
+    )
+    p.add_argument(
+        "--allow-uid", type=int, action="append", default=[], help="also accept clients of this uid"
+    )
+    p.add_argument(
+        "--sysfs-root", default="/", help="read the topology from this root (for testing)"
+    )
     p.add_argument("--no-bind", action="store_true", help="do not bind segment memory to its node")
+    p.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics here; a bare PORT listens on 127.0.0.1",
+    )
+    p.add_argument(
+        "--sample-interval",
+        type=float,
+        default=1.0,
+        help="seconds between perf samples of registered tasks (default 1)",
+    )
     p.add_argument("--log-level", default="WARNING")
     p.set_defaults(func=run)
 
@@ -57,7 +84,9 @@ def node_budgets(memory: str, nodes: list[int]) -> dict[int, int]:
                 raise BadRequest(f"--memory: bad per-node entry {part!r}: {exc}") from None
         unknown = sorted(set(budgets) - set(nodes))
         if unknown:
-            raise BadRequest(f"--memory names node(s) {unknown} that this machine does not have ({nodes})")
+            raise BadRequest(
+                f"--memory names node(s) {unknown} that this machine does not have ({nodes})"
+            )
         return budgets
     total = parse_size(memory)
     share = total // len(nodes)
@@ -66,12 +95,16 @@ def node_budgets(memory: str, nodes: list[int]) -> dict[int, int]:
 
 def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
     topo = Topology.from_sysfs(args.sysfs_root)
-    memory_nodes = sorted(n.id for n in topo.nodes.values() if n.memory_total > 0) or sorted(topo.nodes)
+    memory_nodes = sorted(n.id for n in topo.nodes.values() if n.memory_total > 0) or sorted(
+        topo.nodes
+    )
     if args.nodes:
         nodes = sorted({int(n) for n in args.nodes.split(",")})
         missing = sorted(set(nodes) - set(topo.nodes))
         if missing:
-            raise BadRequest(f"--nodes {missing} not present on this machine (nodes: {sorted(topo.nodes)})")
+            raise BadRequest(
+                f"--nodes {missing} not present on this machine (nodes: {sorted(topo.nodes)})"
+            )
     else:
         nodes = memory_nodes
     hugepage = {"off": None, "2M": 2 << 20, "1G": 1 << 30}[args.hugepages]
@@ -87,7 +120,23 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
         bind_memory=not args.no_bind,
         node_cpus={n.id: sorted(n.cpus) for n in topo.nodes.values()},
         node_of_cpus=topo.node_for_cpus,
+        sample_interval=_positive(args.sample_interval, "--sample-interval"),
+        metrics=_metrics_address(args.metrics),
+        sysfs_root=args.sysfs_root,
     )
+
+
+def _positive(value: float, option: str) -> float:
+    if not value > 0:
+        raise BadRequest(f"{option} must be a positive number of seconds, got {value}")
+    return value
+
+
+def _metrics_address(text: str | None) -> str | None:
+    """Validate ``--metrics`` now, so a typo fails before the store starts."""
+    if text is not None:
+        parse_address(text)
+    return text
 
 
 async def _serve_until_signal(config: CoordinatorConfig) -> None:
@@ -96,7 +145,9 @@ async def _serve_until_signal(config: CoordinatorConfig) -> None:
             await nursery.start(lambda task_status: serve(config, task_status=task_status))
             print(f"ready {config.socket_path}", flush=True)
             async for signum in signals:
-                logging.getLogger("plasma.coordinator").info("stopping on %s", signal.Signals(signum).name)
+                logging.getLogger("plasma.coordinator").info(
+                    "stopping on %s", signal.Signals(signum).name
+                )
                 nursery.cancel_scope.cancel()
                 break
 
