@@ -1,0 +1,1039 @@
+"""Sans-I/O store core: every operation, its errors, waiters, eviction, arenas, no leaks."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from plasma.errors import (
+    BadRequest,
+    ObjectExists,
+    ObjectNotFound,
+    ObjectNotSealed,
+    PlacementImpossible,
+    StoreFull,
+)
+from plasma.protocol import ArenaObject, CreateItem, ObjectLocation
+from plasma.store import CreateDone, GetDone, Notify, Pending, Store
+
+KIB = 1024
+PAGE = 4096
+
+
+class FakeProvider:
+    """Hands out segment ids and records which are live."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.live: dict[int, tuple[int, int]] = {}
+        self.next_id = 1
+        self.fail = fail
+
+    def new_segment(self, node: int, size: int) -> int:
+        assert size % PAGE == 0 and size > 0
+        if self.fail:
+            raise StoreFull("provider refuses")
+        sid = self.next_id
+        self.next_id += 1
+        self.live[sid] = (node, size)
+        return sid
+
+    def free_segment(self, segment: int) -> None:
+        del self.live[segment]
+
+
+def oid(n: int) -> bytes:
+    return n.to_bytes(20, "big")
+
+
+def make(
+    budget: int = 64 * KIB, segment_size: int = 64 * KIB, nodes: int = 1, **kw: object
+) -> tuple[Store, FakeProvider]:
+    provider = FakeProvider()
+    store = Store({n: budget for n in range(nodes)}, provider, segment_size=segment_size, **kw)  # type: ignore[arg-type]
+    return store, provider
+
+
+def loc(result: object) -> ObjectLocation:
+    assert isinstance(result, ObjectLocation), result
+    return result
+
+
+def put(store: Store, client: int, n: int, size: int = 64, **kw: object) -> ObjectLocation:
+    """create + seal + release: a sealed, unreferenced object."""
+    where = loc(store.create(client, oid(n), size, **kw))  # type: ignore[arg-type]
+    store.seal(client, oid(n))
+    store.release(client, oid(n))
+    return where
+
+
+def live_bytes(store: Store) -> int:
+    """Allocation bytes of every object, from the public listing (64-byte rounding)."""
+    return sum(-(-max(1, o.data_size + o.metadata_size) // 64) * 64 for o in store.list())
+
+
+# ---------------------------------------------------------------- basic lifecycle
+
+
+def test_create_seal_get_release_roundtrip() -> None:
+    store, provider = make()
+    store.register_client(1)
+    where = loc(store.create(1, oid(1), 100, 10, now=5.0))
+    assert (where.offset % 64, where.data_size, where.metadata_size, where.node) == (0, 100, 10, 0)
+    assert where.segment in provider.live
+    info = store.info(oid(1))
+    assert (info.state, info.ref_count, info.owner, info.create_time) == ("created", 1, 1, 5.0)
+    assert not store.contains(oid(1))
+    store.seal(1, oid(1))
+    assert store.contains(oid(1))
+    assert store.info(oid(1)).ref_count == 1  # seal keeps the creator's reference
+    assert store.get(1, [oid(1), oid(1)]) == [where, where]
+    assert store.info(oid(1)).ref_count == 3
+    for _ in range(3):
+        store.release(1, oid(1))
+    with pytest.raises(ObjectNotFound):
+        store.release(1, oid(1))
+    assert store.stats()["used"] == 128
+    assert [o.id for o in store.list()] == [oid(1)]
+
+
+def test_zero_size_object_takes_one_aligned_block() -> None:
+    store, _ = make()
+    store.register_client(1)
+    a = loc(store.create(1, oid(1), 0))
+    b = loc(store.create(1, oid(2), 0))
+    assert b.offset - a.offset == 64
+    assert store.stats()["used"] == 128
+
+
+def test_create_errors() -> None:
+    store, _ = make(max_object_size=1000)
+    store.register_client(1)
+    store.create(1, oid(1), 10)
+    with pytest.raises(ObjectExists):
+        store.create(1, oid(1), 10)
+    with pytest.raises(BadRequest, match="maximum"):
+        store.create(1, oid(2), 1001)
+    with pytest.raises(BadRequest, match="negative"):
+        store.create(1, oid(2), -1)
+    with pytest.raises(BadRequest, match="20 bytes"):
+        store.create(1, b"short", 1)
+    with pytest.raises(BadRequest, match="unknown client"):
+        store.create(9, oid(2), 1)
+    with pytest.raises(PlacementImpossible):
+        store.create(1, oid(2), 1, node=3)
+    with pytest.raises(BadRequest, match="timeout"):
+        store.create(1, oid(2), 1, timeout=-1)
+    assert store.stats()["used"] == 64  # nothing leaked by the failures
+
+
+def test_seal_and_abort_errors() -> None:
+    store, _ = make()
+    store.register_client(1)
+    store.register_client(2)
+    store.create(1, oid(1), 10)
+    with pytest.raises(BadRequest, match="another client"):
+        store.seal(2, oid(1))
+    with pytest.raises(BadRequest, match="another client"):
+        store.abort(2, oid(1))
+    with pytest.raises(ObjectNotFound):
+        store.seal(1, oid(2))
+    with pytest.raises(ObjectNotFound):
+        store.abort(1, oid(2))
+    with pytest.raises(ObjectNotSealed):
+        store.release(1, oid(1))
+    store.seal(1, oid(1))
+    with pytest.raises(BadRequest, match="already sealed"):
+        store.seal(1, oid(1))
+    with pytest.raises(BadRequest, match="sealed"):
+        store.abort(1, oid(1))
+
+
+def test_abort_frees_and_id_is_reusable() -> None:
+    store, _ = make()
+    store.register_client(1)
+    store.create(1, oid(1), 1000)
+    store.abort(1, oid(1))
+    assert store.stats()["used"] == 0
+    assert store.list() == []
+    with pytest.raises(ObjectNotFound):
+        store.info(oid(1))
+    store.create(1, oid(1), 10)
+    assert store.stats()["objects"] == 1
+
+
+def test_register_client_errors() -> None:
+    store, _ = make()
+    store.register_client(1)
+    with pytest.raises(BadRequest, match="already"):
+        store.register_client(1)
+    with pytest.raises(PlacementImpossible):
+        store.register_client(2, node=5)
+
+
+def test_bad_construction() -> None:
+    provider = FakeProvider()
+    with pytest.raises(ValueError, match="budgets"):
+        Store({}, provider)
+    with pytest.raises(ValueError, match="page_size"):
+        Store({0: 1}, provider, page_size=1000)
+    with pytest.raises(ValueError, match="alignment"):
+        Store({0: 1}, provider, alignment=3)
+
+
+def test_create_many_all_or_nothing() -> None:
+    store, _ = make(budget=4 * KIB, segment_size=4 * KIB)
+    store.register_client(1)
+    locs = store.create_many(1, [CreateItem(oid(i), 1000) for i in range(3)])
+    assert isinstance(locs, list) and len(locs) == 3
+    assert len({x.offset for x in locs}) == 3
+    with pytest.raises(StoreFull):
+        store.create_many(1, [CreateItem(oid(10), 500), CreateItem(oid(11), 2000)])
+    assert store.stats()["used"] == 3 * 1024  # the partial allocation was rolled back
+    assert not any(o.id == oid(10) for o in store.list())
+    with pytest.raises(BadRequest, match="twice"):
+        store.create_many(1, [CreateItem(oid(20), 1), CreateItem(oid(20), 1)])
+    with pytest.raises(ObjectExists):
+        store.create_many(1, [CreateItem(oid(21), 1), CreateItem(oid(1), 1)])
+    assert store.create_many(1, []) == []
+
+
+# ---------------------------------------------------------------- get
+
+
+def test_get_timeout_zero_codes_and_references() -> None:
+    store, _ = make()
+    store.register_client(1)
+    put(store, 1, 1)
+    store.create(1, oid(2), 10)
+    res = store.get(1, [oid(1), oid(2), oid(3)], timeout=0)
+    assert isinstance(res, list)
+    assert isinstance(res[0], ObjectLocation)
+    assert res[1:] == ["object_not_sealed", "object_not_found"]
+    assert store.info(oid(1)).ref_count == 1  # reference taken for the sealed one
+
+
+def test_get_waiter_completed_by_seal() -> None:
+    store, _ = make()
+    store.register_client(1)
+    store.register_client(2)
+    pending = store.get(2, [oid(1), oid(2), oid(1)], timeout=10, now=0)
+    assert isinstance(pending, Pending)
+    assert store.next_deadline() == 10
+    put(store, 1, 2)
+    assert store.drain_events() == []
+    store.create(1, oid(1), 5)
+    store.seal(1, oid(1))
+    (done,) = store.drain_events()
+    assert isinstance(done, GetDone) and (done.client, done.token) == (2, pending.token)
+    assert all(isinstance(r, ObjectLocation) for r in done.results)
+    assert done.results[0] == done.results[2]
+    assert store.info(oid(1)).ref_count == 3  # creator + two occurrences
+    assert store.stats()["get_waiters"] == 0
+    store.expire(100)  # the finished waiter's deadline does nothing
+    assert store.drain_events() == []
+    assert store.next_deadline() is None
+
+
+def test_get_partial_results_after_expire() -> None:
+    store, _ = make()
+    store.register_client(1)
+    put(store, 1, 1)
+    pending = store.get(1, [oid(1), oid(2)], timeout=1.5, now=10)
+    assert isinstance(pending, Pending)
+    store.expire(11.4)
+    assert store.drain_events() == []
+    store.expire(11.5)
+    (done,) = store.drain_events()
+    assert isinstance(done, GetDone)
+    assert isinstance(done.results[0], ObjectLocation) and done.results[1] == "timeout"
+    # the found object stayed referenced while waiting and after: not evictable
+    assert store.evict(10**6) == 0
+    store.create(1, oid(2), 1)
+    store.seal(1, oid(2))
+    assert store.drain_events() == []  # the expired waiter is gone
+
+
+def test_get_waits_forever_and_ignores_deleted() -> None:
+    store, _ = make()
+    store.register_client(1)
+    pending = store.get(1, [oid(1)])
+    assert isinstance(pending, Pending)
+    assert store.next_deadline() is None
+    store.register_client(2)
+    store.create(2, oid(1), 8)
+    store.abort(2, oid(1))
+    assert store.drain_events() == []
+    put(store, 2, 1)
+    (done,) = store.drain_events()
+    assert isinstance(done, GetDone) and isinstance(done.results[0], ObjectLocation)
+
+
+def test_get_does_not_see_delete_pending_objects() -> None:
+    store, _ = make()
+    store.register_client(1)
+    store.create(1, oid(1), 8)
+    store.seal(1, oid(1))
+    assert store.delete(1, [oid(1)]) == ([], [oid(1)], [])
+    assert store.get(1, [oid(1)], timeout=0) == ["object_not_found"]
+    assert not store.contains(oid(1))
+    assert store.list() == []
+    with pytest.raises(ObjectNotFound):
+        store.info(oid(1))
+    with pytest.raises(ObjectExists):
+        store.create(1, oid(1), 8)
+
+
+def test_many_finished_waiters_leave_one_deadline() -> None:
+    store, _ = make()
+    store.register_client(1)
+    live = store.get(1, [oid(999)], timeout=50, now=0)
+    for i in range(200):
+        assert isinstance(store.get(1, [oid(i)], timeout=10 + i, now=0), Pending)
+    for i in range(200):
+        put(store, 1, i)
+    assert len(store.drain_events()) == 200
+    assert store.next_deadline() == 50
+    store.expire(49)
+    assert store.drain_events() == []
+    store.expire(50)
+    (done,) = store.drain_events()
+    assert isinstance(done, GetDone) and isinstance(live, Pending) and done.token == live.token
+    assert store.next_deadline() is None
+    assert store.stats()["get_waiters"] == 0
+
+
+# ---------------------------------------------------------------- release / delete / evict
+
+
+def test_delete_deferred_until_last_release() -> None:
+    store, _ = make()
+    store.register_client(1)
+    store.register_client(2)
+    put(store, 1, 1)
+    put(store, 1, 2)
+    store.get(2, [oid(1)])
+    assert store.delete(1, [oid(1), oid(2), oid(3), oid(2)]) == (
+        [oid(2)],
+        [oid(1)],
+        [oid(3), oid(2)],
+    )
+    assert store.stats()["used"] == 64  # oid(1) still occupies memory
+    assert store.stats()["objects"] == 1
+    store.release(2, oid(1))
+    assert store.stats()["used"] == 0
+    assert store.stats()["objects"] == 0
+
+
+def test_delete_unsealed_is_missing() -> None:
+    store, _ = make()
+    store.register_client(1)
+    store.create(1, oid(1), 8)
+    assert store.delete(1, [oid(1)]) == ([], [], [oid(1)])
+
+
+def test_lru_eviction_order_on_create() -> None:
+    store, _ = make(budget=4 * KIB, segment_size=4 * KIB)
+    store.register_client(1)
+    for i in range(4):
+        put(store, 1, i, 1024)
+    # touch 0: it becomes most recently used
+    store.get(1, [oid(0)])
+    store.release(1, oid(0))
+    store.create(1, oid(10), 2048)
+    assert sorted(o.id for o in store.list()) == [oid(0), oid(3), oid(10)]
+    assert store.stats()["evictions"] == 2
+
+
+def test_referenced_and_unsealed_objects_are_not_evicted() -> None:
+    store, _ = make(budget=4 * KIB, segment_size=4 * KIB)
+    store.register_client(1)
+    store.create(1, oid(1), 1024)  # unsealed
+    store.create(1, oid(2), 1024)
+    store.seal(1, oid(2))  # sealed, referenced by its creator
+    put(store, 1, 3, 2048)
+    with pytest.raises(StoreFull):
+        store.create(1, oid(4), 3000)
+    assert not store.contains(oid(3))  # evicted trying
+    assert store.evict(10**9) == 0
+    assert store.stats()["used"] == 2048
+
+
+def test_evict_global_lru_across_nodes() -> None:
+    store, _ = make(nodes=2)
+    store.register_client(1)
+    put(store, 1, 1, node=1)
+    put(store, 1, 2, node=0)
+    put(store, 1, 3, node=1)
+    assert store.evict(100) == 128  # the two oldest 64-byte objects, across both nodes
+    assert [o.id for o in store.list()] == [oid(3)]
+    with pytest.raises(BadRequest):
+        store.evict(-1)
+
+
+def test_evict_returns_bytes_freed() -> None:
+    store, _ = make()
+    store.register_client(1)
+    put(store, 1, 1, 1000)
+    put(store, 1, 2, 1000)
+    assert store.evict(1) == 1024
+    assert store.evict(0) == 0
+    assert store.evict(10**6) == 1024
+
+
+# ---------------------------------------------------------------- backpressure
+
+
+def test_pending_create_satisfied_by_release() -> None:
+    store, _ = make(budget=4 * KIB, segment_size=4 * KIB)
+    store.register_client(1)
+    store.register_client(2)
+    store.create(1, oid(1), 4096)
+    store.seal(1, oid(1))
+    with pytest.raises(StoreFull):
+        store.create(2, oid(2), 100)
+    pending = store.create(2, oid(2), 100, timeout=5, now=1)
+    assert isinstance(pending, Pending)
+    assert store.stats()["create_waiters"] == 1
+    assert store.drain_events() == []
+    store.release(1, oid(1))  # now evictable: the pending create evicts it
+    events = store.drain_events()
+    done = [e for e in events if isinstance(e, CreateDone)]
+    assert len(done) == 1 and done[0].token == pending.token and done[0].client == 2
+    assert isinstance(done[0].result, list)
+    assert store.info(oid(2)).create_time == 1
+    assert store.info(oid(2)).ref_count == 1
+    store.expire(10)
+    assert store.drain_events() == []
+
+
+def test_pending_create_fails_after_expire() -> None:
+    store, _ = make(budget=4 * KIB, segment_size=4 * KIB)
+    store.register_client(1)
+    store.create(1, oid(1), 4096)
+    pending = store.create(1, oid(2), 100, timeout=2, now=1)
+    assert isinstance(pending, Pending)
+    assert store.next_deadline() == 3
+    store.expire(3)
+    (done,) = store.drain_events()
+    assert isinstance(done, CreateDone) and isinstance(done.result, StoreFull)
+    store.abort(1, oid(1))
+    assert store.drain_events() == []
+    assert store.stats()["create_waiters"] == 0
+
+
+def test_pending_creates_fifo_and_existing_id() -> None:
+    store, _ = make(budget=4 * KIB, segment_size=4 * KIB)
+    store.register_client(1)
+    store.register_client(2)
+    store.create(1, oid(1), 4096)
+    first = store.create(2, oid(2), 3000, timeout=None)
+    second = store.create(2, oid(3), 100, timeout=None)
+    racer = store.create(1, oid(2), 100, timeout=None)
+    assert isinstance(first, Pending) and isinstance(second, Pending)
+    assert isinstance(racer, Pending)
+    store.abort(1, oid(1))
+    done = {e.token: e.result for e in store.drain_events() if isinstance(e, CreateDone)}
+    assert isinstance(done[first.token], list) and isinstance(done[second.token], list)
+    assert isinstance(done[racer.token], ObjectExists)
+
+
+def test_pending_head_blocks_later_creates_on_same_node() -> None:
+    store, _ = make(budget=4 * KIB, segment_size=4 * KIB)
+    store.register_client(1)
+    store.create(1, oid(1), 2048)
+    store.create(1, oid(2), 2048)
+    big = store.create(1, oid(3), 4096, timeout=None)
+    small = store.create(1, oid(4), 64, timeout=None)
+    store.abort(1, oid(1))  # 2 KiB free: enough for small, but big is first
+    assert store.drain_events() == []
+    store.abort(1, oid(2))
+    events = store.drain_events()
+    assert [e.token for e in events if isinstance(e, CreateDone)] == [big.token]  # type: ignore[union-attr]
+    assert isinstance(small, Pending)
+
+
+def test_object_larger_than_budget_fails_at_once() -> None:
+    store, _ = make(budget=4 * KIB, segment_size=4 * KIB)
+    store.register_client(1)
+    with pytest.raises(StoreFull, match="budget"):
+        store.create(1, oid(1), 5000, timeout=None)
+    with pytest.raises(StoreFull, match="budget"):
+        store.create_many(1, [CreateItem(oid(1), 3000), CreateItem(oid(2), 3000)], timeout=None)
+
+
+# ---------------------------------------------------------------- segments
+
+
+def test_segments_created_lazily_sized_and_capped() -> None:
+    store, provider = make(budget=40 * KIB, segment_size=16 * KIB)
+    store.register_client(1)
+    assert store.segments() == [] and provider.live == {}
+    store.create(1, oid(1), 10)
+    store.create(1, oid(2), 20 * KIB - 100)  # bigger than segment_size: a page-rounded segment
+    store.create(1, oid(3), 15 * KIB)  # fits in the first segment
+    store.create(1, oid(4), 3 * KIB)  # a new segment, capped to the 4 KiB of budget left
+    assert [size for _, _, size in store.segments()] == [16 * KIB, 20 * KIB, 4 * KIB]
+    with pytest.raises(StoreFull):
+        store.create(1, oid(5), 3 * KIB)
+    assert store.stats()["nodes"][0]["segment_bytes"] == 40 * KIB
+    assert {sid: (0, size) for sid, _, size in store.segments()} == provider.live
+
+
+def test_segment_capped_to_remaining_budget() -> None:
+    store, _ = make(budget=24 * KIB, segment_size=16 * KIB)
+    store.register_client(1)
+    store.create(1, oid(1), 16 * KIB)
+    store.create(1, oid(2), 100)
+    assert sorted(s for _, _, s in store.segments()) == [8 * KIB, 16 * KIB]
+
+
+def test_empty_segment_freed_to_regain_budget() -> None:
+    store, provider = make(budget=16 * KIB, segment_size=8 * KIB)
+    store.register_client(1)
+    put(store, 1, 1, 8 * KIB)
+    put(store, 1, 2, 8 * KIB)
+    assert len(provider.live) == 2
+    store.delete(1, [oid(1), oid(2)])
+    store.create(1, oid(3), 12 * KIB)
+    assert [s for _, _, s in store.segments()] == [12 * KIB]
+    assert len(provider.live) == 1
+
+
+def test_eviction_frees_segments_for_a_bigger_object() -> None:
+    store, _ = make(budget=16 * KIB, segment_size=8 * KIB)
+    store.register_client(1)
+    put(store, 1, 1, 8 * KIB)
+    put(store, 1, 2, 8 * KIB)
+    store.create(1, oid(3), 16 * KIB)
+    assert [s for _, _, s in store.segments()] == [16 * KIB]
+    assert store.stats()["used"] == 16 * KIB
+
+
+def test_provider_refusal_is_store_full() -> None:
+    provider = FakeProvider(fail=True)
+    store = Store({0: 64 * KIB}, provider)
+    store.register_client(1)
+    with pytest.raises(StoreFull):
+        store.create(1, oid(1), 10)
+
+
+# ---------------------------------------------------------------- nodes
+
+
+def test_node_choice_default_explicit_and_most_free() -> None:
+    store, _ = make(nodes=2)
+    store.register_client(1, node=1)
+    store.register_client(2)
+    assert loc(store.create(1, oid(1), 1000)).node == 1
+    assert loc(store.create(1, oid(2), 10, node=0)).node == 0
+    # node 0 has 64 used, node 1 has 1024: client 2 goes to node 0 (most free) ...
+    assert loc(store.create(2, oid(3), 2000)).node == 0
+    # ... and now node 1 has more free bytes
+    assert loc(store.create(2, oid(4), 10)).node == 1
+    stats = store.stats()
+    assert stats["nodes"][0]["used"] == 64 + 2048
+    assert stats["nodes"][1]["used"] == 1024 + 64
+    assert stats["nodes"][0]["objects"] == 2
+    assert stats["capacity"] == 2 * 64 * KIB
+    assert {o.id: o.node for o in store.list()} == {oid(1): 1, oid(2): 0, oid(3): 0, oid(4): 1}
+
+
+def test_eviction_is_per_node() -> None:
+    store, _ = make(budget=4 * KIB, segment_size=4 * KIB, nodes=2)
+    store.register_client(1)
+    put(store, 1, 1, 4096, node=1)
+    put(store, 1, 2, 4096, node=0)
+    store.create(1, oid(3), 4096, node=1)
+    assert store.contains(oid(2)) and not store.contains(oid(1))
+
+
+# ---------------------------------------------------------------- subscriptions
+
+
+def test_notifications_without_locations() -> None:
+    store, _ = make(budget=4 * KIB, segment_size=4 * KIB)
+    store.register_client(1)
+    store.register_client(2)
+    store.subscribe(2)
+    put(store, 1, 1, 4096)
+    (n,) = store.drain_events()
+    assert n == Notify(2, "sealed", oid(1), 4096, 0, None)
+    store.create(1, oid(2), 10)  # evicts oid(1)
+    assert store.drain_events() == [Notify(2, "deleted", oid(1), 4096, 0, None)]
+    store.seal(1, oid(2))
+    store.drain_events()
+    store.delete(1, [oid(2)])  # deferred: still notified now
+    assert store.drain_events() == [Notify(2, "deleted", oid(2), 10, 0, None)]
+
+
+def test_notifications_with_locations_take_a_reference() -> None:
+    store, _ = make()
+    store.register_client(1)
+    store.register_client(2)
+    store.subscribe(2, with_locations=True)
+    where = put(store, 1, 1, 10)
+    assert store.drain_events() == [Notify(2, "sealed", oid(1), 10, 0, where)]
+    assert store.info(oid(1)).ref_count == 1
+    assert store.evict(10**6) == 0
+    store.release(2, oid(1))
+    assert store.evict(10**6) == 64
+    with pytest.raises(BadRequest):
+        store.subscribe(9)
+
+
+# ---------------------------------------------------------------- disconnect
+
+
+def test_disconnect_cleans_everything() -> None:
+    store, _ = make()
+    store.register_client(1)
+    store.register_client(2)
+    put(store, 1, 1, 1000)
+    put(store, 1, 2, 1000)
+    store.create(2, oid(3), 5000)  # unsealed: aborted
+    store.create(2, oid(4), 100)
+    store.seal(2, oid(4))  # sealed, creator reference dropped
+    store.get(2, [oid(1), oid(1)])
+    store.delete(1, [oid(1)])  # deferred on client 2's references
+    store.get(2, [oid(9)], timeout=5)  # waiter cancelled
+    store.grant_arena(2, 4096)
+    store.subscribe(2, with_locations=True)
+    store.disconnect(2)
+    stats = store.stats()
+    assert stats["clients"] == 1 and stats["subscribers"] == 0 and stats["get_waiters"] == 0
+    assert sorted(o.id for o in store.list()) == [oid(2), oid(4)]
+    assert stats["used"] == live_bytes(store) == 1024 + 128
+    assert all(o.ref_count == 0 for o in store.list())
+    assert store.evict(10**6) == 1024 + 128
+    assert store.stats()["used"] == 0
+    store.create(1, oid(9), 1)
+    store.seal(1, oid(9))
+    assert store.drain_events() == []  # no waiter, no subscriber left
+    store.disconnect(2)  # unknown: ignored
+
+
+def test_disconnect_cancels_pending_create_and_retries_others() -> None:
+    store, _ = make(budget=4 * KIB, segment_size=4 * KIB)
+    store.register_client(1)
+    store.register_client(2)
+    store.create(1, oid(1), 4096)
+    p2 = store.create(2, oid(2), 4096, timeout=None)
+    p1 = store.create(1, oid(3), 64, timeout=9)
+    assert isinstance(p1, Pending) and isinstance(p2, Pending)
+    store.disconnect(2)
+    assert store.drain_events() == []
+    store.abort(1, oid(1))
+    (done,) = store.drain_events()
+    assert isinstance(done, CreateDone) and done.token == p1.token
+
+
+# ---------------------------------------------------------------- arenas
+
+
+def test_arena_objects_sealed_unreferenced_and_freed_exactly() -> None:
+    store, _ = make()
+    store.register_client(1)
+    store.register_client(2)
+    store.subscribe(2)
+    seg, off, size = store.grant_arena(1, 1000)
+    assert size == 1024 and off % 64 == 0
+    assert store.stats()["used"] == 1024 and store.stats()["arena_bytes"] == 1024
+    objs = [
+        ArenaObject(oid(1), off, 100, 10),
+        ArenaObject(oid(2), off + 128, 0, 0),
+        ArenaObject(oid(3), off + 512, 64, 0),  # skips [192, 512): freed at once
+    ]
+    store.seal_arena(1, seg, objs, now=3.0)
+    assert store.stats()["used"] == 1024 - 320
+    assert [e.kind for e in store.drain_events() if isinstance(e, Notify)] == ["sealed"] * 3
+    infos = {o.id: o for o in store.list()}
+    assert infos[oid(1)].state == "sealed" and infos[oid(1)].ref_count == 0
+    assert infos[oid(1)].create_time == 3.0
+    res = store.get(1, [oid(1)], timeout=0)
+    assert res == [ObjectLocation(seg, off, 100, 10, 0)]
+    store.release(1, oid(1))
+    assert store.delete(1, [oid(1)]) == ([oid(1)], [], [])
+    assert store.stats()["used"] == 1024 - 320 - 128
+    seg2, _, _ = store.grant_arena(1, 64)  # the old arena's tail comes back
+    assert store.stats()["used"] == 64 + 64 + 64
+    assert store.stats()["arena_bytes"] == 64
+    with pytest.raises(BadRequest, match="no arena"):
+        store.seal_arena(1, seg2 + 100, [])
+    store.disconnect(1)
+    assert store.stats()["used"] == live_bytes(store) == 128
+
+
+@pytest.mark.parametrize(
+    ("offset", "size", "error", "match"),
+    [
+        (-64, 10, BadRequest, "outside"),
+        (960, 100, BadRequest, "outside"),
+        (1024, 1, BadRequest, "outside"),
+        (32, 10, BadRequest, "aligned"),
+        (0, 10, BadRequest, "overlaps"),  # before the cursor after the first object
+        (64, -1, BadRequest, "negative"),
+    ],
+)
+def test_arena_validation(offset: int, size: int, error: type, match: str) -> None:
+    store, _ = make()
+    store.register_client(1)
+    seg, off, _ = store.grant_arena(1, 1024)
+    with pytest.raises(error, match=match):
+        store.seal_arena(
+            1, seg, [ArenaObject(oid(1), off, 60, 0), ArenaObject(oid(2), off + offset, size, 0)]
+        )
+    assert store.contains(oid(1))  # earlier objects stay registered
+    assert not store.contains(oid(2))
+    store.disconnect(1)
+    assert store.stats()["used"] == live_bytes(store) == 64
+
+
+def test_arena_duplicate_id_and_other_client() -> None:
+    store, _ = make()
+    store.register_client(1)
+    store.register_client(2)
+    put(store, 1, 7)
+    seg, off, _ = store.grant_arena(1, 1024)
+    with pytest.raises(ObjectExists):
+        store.seal_arena(
+            1, seg, [ArenaObject(oid(1), off, 8, 0), ArenaObject(oid(7), off + 64, 8, 0)]
+        )
+    assert store.contains(oid(1))
+    with pytest.raises(BadRequest, match="no arena"):
+        store.seal_arena(2, seg, [ArenaObject(oid(2), off + 128, 8, 0)])
+    store.seal_arena(1, seg, [ArenaObject(oid(2), off + 64, 8, 0)])  # the slot is still usable
+    assert store.contains(oid(2))
+
+
+def test_arena_seal_wakes_getters_and_is_evictable() -> None:
+    store, _ = make(budget=4 * KIB, segment_size=4 * KIB)
+    store.register_client(1)
+    store.register_client(2)
+    pending = store.get(2, [oid(1)], timeout=None)
+    seg, off, _ = store.grant_arena(1, 2048)
+    store.seal_arena(
+        1, seg, [ArenaObject(oid(1), off, 10, 0), ArenaObject(oid(2), off + 64, 10, 0)]
+    )
+    (done,) = store.drain_events()
+    assert isinstance(done, GetDone) and isinstance(pending, Pending)
+    assert done.token == pending.token
+    assert store.info(oid(1)).ref_count == 1 and store.info(oid(2)).ref_count == 0
+    with pytest.raises(StoreFull):
+        store.grant_arena(2, 4096)  # oid(1) referenced, client 1's arena tail is live
+    assert store.contains(oid(1))
+    assert not store.contains(oid(2))  # evicted while trying
+    store.disconnect(1)
+    assert store.grant_arena(2, 1024)[2] == 1024
+
+
+def test_arena_errors() -> None:
+    store, _ = make(budget=4 * KIB, segment_size=4 * KIB)
+    store.register_client(1)
+    with pytest.raises(BadRequest):
+        store.grant_arena(1, 0)
+    with pytest.raises(StoreFull):
+        store.grant_arena(1, 8192)
+    with pytest.raises(PlacementImpossible):
+        store.grant_arena(1, 64, node=4)
+
+
+# ---------------------------------------------------------------- scale
+
+
+def test_hundred_thousand_objects_batched() -> None:
+    store, _ = make(budget=2**30, segment_size=64 * 2**20)
+    store.register_client(1)
+    n = 100_000
+    for start in range(0, n, 1000):
+        items = [CreateItem(oid(i), 64) for i in range(start, start + 1000)]
+        locs = store.create_many(1, items)
+        assert isinstance(locs, list)
+        for it in items:
+            store.seal(1, it.id)
+            store.release(1, it.id)
+    assert store.stats()["objects"] == n
+    assert store.stats()["used"] == 64 * n
+    deleted, deferred, missing = store.delete(1, [oid(i) for i in range(n)])
+    assert len(deleted) == n and not deferred and not missing
+    assert store.stats()["used"] == 0
+
+
+# ---------------------------------------------------------------- model-based
+
+
+class StoreMachine(RuleBasedStateMachine):
+    """Random operations by three clients against a model of live allocations.
+
+    After every step (events applied to the model first): each object the store lists is
+    in the model with the model's reference count, objects that vanished were evictable,
+    allocations never overlap, ``used`` equals the model, and no get still waits for ids
+    that are all sealed.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.provider = FakeProvider()
+        self.store = Store({0: 8 * KIB, 1: 4 * KIB}, self.provider, segment_size=4 * KIB)
+        for c in (1, 2, 3):
+            self.store.register_client(c)
+        # oid -> [segment, offset, alloc size, sealed, owner, deleting]
+        self.objects: dict[bytes, list] = {}
+        self.refs: dict[tuple[int, bytes], int] = {}
+        self.arenas: dict[int, tuple[int, int, int, int]] = {}  # client -> seg, start, end, cursor
+        self.next_id = 0
+        self.now = 0.0
+        # token -> client, ids, which ids were found (a reference is taken when found)
+        self.waiting_gets: dict[int, tuple[int, list[bytes], list[bool]]] = {}
+        self.waiting_creates: dict[int, tuple[int, bytes]] = {}  # token -> client, id
+        self.subscribers: set[int] = set()  # with locations
+
+    def _size(self, n: int) -> int:
+        return -(-max(1, n) // 64) * 64
+
+    def _new_id(self) -> bytes:
+        self.next_id += 1
+        return oid(self.next_id)
+
+    def _ref_count(self, o: bytes) -> int:
+        return sum(n for (_, x), n in self.refs.items() if x == o)
+
+    def _add(self, o: bytes, where: ObjectLocation, sealed: bool, owner: int) -> None:
+        size = self._size(where.data_size + where.metadata_size)
+        self.objects[o] = [where.segment, where.offset, size, sealed, owner, False]
+
+    @rule(client=st.integers(1, 3), size=st.integers(0, 3000), node=st.sampled_from([None, 0, 1]))
+    def create(self, client: int, size: int, node: int | None) -> None:
+        o = self._new_id()
+        try:
+            where = self.store.create(client, o, size, node=node)
+        except StoreFull:
+            return
+        assert isinstance(where, ObjectLocation)
+        self._add(o, where, False, client)
+        self.refs[(client, o)] = 1
+
+    @rule(client=st.integers(1, 3), size=st.integers(0, 6000), timeout=st.sampled_from([None, 2]))
+    def create_waiting(self, client: int, size: int, timeout: float | None) -> None:
+        o = self._new_id()
+        try:
+            res = self.store.create(client, o, size, timeout=timeout, now=self.now)
+        except StoreFull:
+            assert size > 4 * KIB  # only too big for every node fails at once
+            return
+        if isinstance(res, Pending):
+            self.waiting_creates[res.token] = (client, o)
+        else:
+            self._add(o, res, False, client)
+            self.refs[(client, o)] = 1
+
+    @rule(
+        client=st.integers(1, 3),
+        ahead=st.integers(0, 3),
+        timeout=st.sampled_from([None, 1, 3]),
+    )
+    def get_waiting(self, client: int, ahead: int, timeout: float | None) -> None:
+        ids = [oid(self.next_id + ahead), oid(max(1, self.next_id))]
+        res = self.store.get(client, ids, timeout=timeout, now=self.now)
+        found = [self._visible(o) for o in ids]
+        for o, f in zip(ids, found, strict=True):
+            if f:
+                self.refs[(client, o)] = self.refs.get((client, o), 0) + 1
+        if isinstance(res, Pending):
+            self.waiting_gets[res.token] = (client, ids, found)
+        else:
+            assert all(found)
+
+    def _visible(self, o: bytes) -> bool:
+        rec = self.objects.get(o)
+        return rec is not None and rec[3] and not rec[5]
+
+    def _sealed(self, o: bytes) -> None:
+        """Waiting gets take their reference when the object is sealed."""
+        for client, ids, found in self.waiting_gets.values():
+            for i, x in enumerate(ids):
+                if x == o and not found[i]:
+                    found[i] = True
+                    self.refs[(client, o)] = self.refs.get((client, o), 0) + 1
+
+    @rule(dt=st.sampled_from([0.5, 1, 2.5]))
+    def expire(self, dt: float) -> None:
+        self.now += dt
+        deadline = self.store.next_deadline()
+        self.store.expire(self.now)
+        after = self.store.next_deadline()
+        assert after is None or after > self.now
+        assert deadline is None or deadline > self.now or after != deadline or after is None
+
+    @rule(client=st.integers(1, 3))
+    def subscribe(self, client: int) -> None:
+        self.store.subscribe(client, with_locations=True)
+        self.subscribers.add(client)
+
+    def _apply_events(self) -> None:
+        for e in self.store.drain_events():
+            if isinstance(e, GetDone):
+                client, _, found = self.waiting_gets.pop(e.token)
+                assert e.client == client
+                assert [isinstance(r, ObjectLocation) for r in e.results] == found
+                assert all(r == "timeout" for r in e.results if not isinstance(r, ObjectLocation))
+            elif isinstance(e, CreateDone):
+                client, o = self.waiting_creates.pop(e.token)
+                if isinstance(e.result, list):
+                    self._add(o, e.result[0], False, client)
+                    self.refs[(client, o)] = 1
+                else:
+                    assert isinstance(e.result, StoreFull)
+            elif e.kind == "sealed":
+                assert e.client in self.subscribers and e.location is not None
+                self.refs[(e.client, e.oid)] = self.refs.get((e.client, e.oid), 0) + 1
+
+    @precondition(lambda self: any(not v[3] for v in self.objects.values()))
+    @rule(data=st.data(), abort=st.booleans())
+    def seal_or_abort(self, data: st.DataObject, abort: bool) -> None:
+        o = data.draw(st.sampled_from(sorted(k for k, v in self.objects.items() if not v[3])))
+        owner = self.objects[o][4]
+        if abort:
+            self.store.abort(owner, o)
+            del self.objects[o]
+            del self.refs[(owner, o)]
+        else:
+            self.store.seal(owner, o)
+            self.objects[o][3] = True
+            self._sealed(o)
+
+    @precondition(lambda self: any(v[3] for v in self.objects.values()))
+    @rule(data=st.data(), client=st.integers(1, 3))
+    def get(self, data: st.DataObject, client: int) -> None:
+        o = data.draw(st.sampled_from(sorted(self.objects)))
+        res = self.store.get(client, [o], timeout=0)
+        assert isinstance(res, list)
+        visible = self.objects[o][3] and not self.objects[o][5]
+        assert isinstance(res[0], ObjectLocation) == visible
+        if visible:
+            self.refs[(client, o)] = self.refs.get((client, o), 0) + 1
+
+    @precondition(lambda self: any(o[3] for o in self.objects.values()) and self.refs)
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        held = sorted(k for k in self.refs if self.objects[k[1]][3])
+        if not held:
+            return
+        client, o = data.draw(st.sampled_from(held))
+        self.store.release(client, o)
+        self.refs[(client, o)] -= 1
+        if not self.refs[(client, o)]:
+            del self.refs[(client, o)]
+        if self.objects[o][5] and not self._ref_count(o):
+            del self.objects[o]
+
+    @precondition(lambda self: self.objects)
+    @rule(data=st.data())
+    def delete(self, data: st.DataObject) -> None:
+        o = data.draw(st.sampled_from(sorted(self.objects)))
+        deleted, deferred, missing = self.store.delete(1, [o])
+        rec = self.objects[o]
+        if not rec[3] or rec[5]:
+            assert missing == [o]
+        elif self._ref_count(o):
+            assert deferred == [o]
+            rec[5] = True
+        else:
+            assert deleted == [o]
+            del self.objects[o]
+
+    @rule(nbytes=st.integers(0, 5000))
+    def evict(self, nbytes: int) -> None:
+        self.store.evict(nbytes)
+
+    @rule(client=st.integers(1, 3), size=st.integers(1, 2048))
+    def grant_arena(self, client: int, size: int) -> None:
+        self.arenas.pop(client, None)
+        try:
+            seg, start, n = self.store.grant_arena(client, size)
+        except StoreFull:
+            return
+        self.arenas[client] = (seg, start, start + n, start)
+
+    @precondition(lambda self: self.arenas)
+    @rule(data=st.data(), size=st.integers(0, 300), skip=st.integers(0, 2))
+    def seal_arena(self, data: st.DataObject, size: int, skip: int) -> None:
+        client = data.draw(st.sampled_from(sorted(self.arenas)))
+        seg, start, end, cursor = self.arenas[client]
+        offset = cursor + 64 * skip
+        o = self._new_id()
+        if offset + self._size(size) > end:
+            with pytest.raises(BadRequest):
+                self.store.seal_arena(client, seg, [ArenaObject(o, offset, size, 0)])
+            return
+        self.store.seal_arena(client, seg, [ArenaObject(o, offset, size, 0)])
+        self.objects[o] = [seg, offset, self._size(size), True, client, False]
+        self.arenas[client] = (seg, start, end, offset + self._size(size))
+        self._sealed(o)
+
+    @rule(client=st.integers(1, 3))
+    def disconnect(self, client: int) -> None:
+        self.store.disconnect(client)
+        self.store.register_client(client)
+        self.arenas.pop(client, None)
+        self.subscribers.discard(client)
+        for waiting in (self.waiting_gets, self.waiting_creates):
+            for token, entry in list(waiting.items()):
+                if entry[0] == client:
+                    del waiting[token]
+        for (c, o), _ in list(self.refs.items()):
+            if c == client:
+                del self.refs[(c, o)]
+        for o, rec in list(self.objects.items()):
+            if (not rec[3] and rec[4] == client) or (rec[5] and not self._ref_count(o)):
+                del self.objects[o]
+
+    @invariant()
+    def consistent(self) -> None:
+        self._apply_events()
+        for _, ids, _ in self.waiting_gets.values():
+            assert not all(self.store.contains(o) for o in ids), "a satisfied get still waits"
+        listed = {info.id: info for info in self.store.list()}
+        for o, rec in list(self.objects.items()):
+            if rec[5]:
+                assert o not in listed
+                continue
+            if o not in listed:  # evicted: must have been sealed and unreferenced
+                assert rec[3] and not self._ref_count(o), "evicted a live object"
+                del self.objects[o]
+                continue
+            info = listed.pop(o)
+            assert info.ref_count == self._ref_count(o)
+            assert info.state == ("sealed" if rec[3] else "created")
+        assert not listed, "store lists objects the model does not know"
+        arena_bytes = sum(end - cursor for _, _, end, cursor in self.arenas.values())
+        used = sum(rec[2] for rec in self.objects.values()) + arena_bytes
+        stats = self.store.stats()
+        assert stats["used"] == used
+        assert stats["arena_bytes"] == arena_bytes
+        ranges = sorted((rec[0], rec[1], rec[1] + rec[2]) for rec in self.objects.values())
+        ranges += [(seg, c, end) for seg, _, end, c in self.arenas.values() if c < end]
+        ranges.sort()
+        seg_sizes = {sid: size for sid, _, size in self.store.segments()}
+        for (s1, _, e1), (s2, b2, _) in itertools.pairwise(ranges):
+            assert s1 != s2 or e1 <= b2, "overlap"
+        for seg, _, end in ranges:
+            assert end <= seg_sizes[seg]
+        for node in (0, 1):
+            assert stats["nodes"][node]["segment_bytes"] <= (8 * KIB if node == 0 else 4 * KIB)
+        assert {sid: (n, size) for sid, n, size in self.store.segments()} == self.provider.live
+
+    def teardown(self) -> None:
+        for c in (1, 2, 3):
+            self.store.disconnect(c)
+        self.store.register_client(1)
+        self.store.evict(10**9)
+        assert self.store.stats()["used"] == 0
+        assert self.store.stats()["objects"] == 0
+
+
+TestStoreMachine = StoreMachine.TestCase
+TestStoreMachine.settings = settings(max_examples=120, stateful_step_count=40, deadline=None)
