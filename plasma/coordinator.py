@@ -16,7 +16,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,8 +27,11 @@ from plasma import errors
 from plasma import protocol as p
 from plasma.errors import PlasmaError
 from plasma.linux.peercred import peer_credentials
+from plasma.metrics import make_registry, parse_address, serve_metrics
+from plasma.placement_report import placement_report
 from plasma.segments import BASE_PAGE, SegmentPool
 from plasma.store import CreateDone, GetDone, Notify, Pending, Store
+from plasma.telemetry import Telemetry, numa_nodes
 
 log = logging.getLogger("plasma.coordinator")
 
@@ -51,12 +54,17 @@ class CoordinatorConfig:
     bind_memory: bool = True
     node_cpus: dict[int, list[int]] = field(default_factory=dict)
     node_of_cpus: Callable[[list[int]], int | None] | None = None
+    sample_interval: float = 1.0  # seconds between perf samples of registered tasks
+    metrics: str | None = None  # serve /metrics here: HOST:PORT or PORT (on 127.0.0.1)
+    sysfs_root: str = "/"
 
 
 class Session:
     """One connected client: its socket, decoder, outgoing queue and the segments it knows."""
 
-    def __init__(self, sock: socket.socket, client_id: int, creds: tuple[int, int, int], max_frame: int) -> None:
+    def __init__(
+        self, sock: socket.socket, client_id: int, creds: tuple[int, int, int], max_frame: int
+    ) -> None:
         self.sock = sock
         self.client_id = client_id
         self.pid, self.uid, self.gid = creds
@@ -85,7 +93,9 @@ class Session:
                 frame, frame_fds = self._out.popleft()
                 frames.append(frame)
                 fds.extend(frame_fds)
-            if not frames:  # a single frame with too many fds cannot happen: segments per reply are bounded
+            if (
+                not frames
+            ):  # a single frame with too many fds cannot happen: segments per reply are bounded
                 raise AssertionError("frame carries more fds than one sendmsg allows")
             data = b"".join(frames)
             anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
@@ -140,6 +150,9 @@ class Coordinator:
         self._runs: dict[str, int] = {}  # run id -> owner client
         self._calls: dict[int, tuple[int, int, str]] = {}  # relay id -> (caller, seq, run id)
         self._next_call = 1
+        self.telemetry = Telemetry(config.sample_interval)
+        self._metrics_bind = parse_address(config.metrics) if config.metrics else None
+        self.metrics_address: tuple[str, int] | None = None  # bound address once serving
         self._handlers: dict[type, Callable[[Session, Any], None]] = {
             p.Create: self._create,
             p.CreateMany: self._create_many,
@@ -159,6 +172,9 @@ class Coordinator:
             p.RunRegister: self._run_register,
             p.RunCall: self._run_call,
             p.RunRespond: self._run_respond,
+            p.TaskRegister: self._task_register,
+            p.TaskDone: self._task_done,
+            p.SubmitSample: self._submit_sample,
         }
 
     # ------------------------------------------------------------ serving
@@ -168,6 +184,11 @@ class Coordinator:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._expiry_loop)
+                nursery.start_soon(self.telemetry.run)
+                if self._metrics_bind is not None:
+                    self.metrics_address = await nursery.start(
+                        serve_metrics, make_registry(self.stats), *self._metrics_bind
+                    )
                 task_status.started()
                 while True:
                     await trio.lowlevel.wait_readable(listener)
@@ -182,6 +203,7 @@ class Coordinator:
                 os.unlink(self.config.socket_path)
             for session in list(self.sessions.values()):
                 session.sock.close()
+            self.telemetry.close()
             self.pool.close()
 
     async def _run_session(self, conn: socket.socket) -> None:
@@ -257,10 +279,12 @@ class Coordinator:
     async def _expiry_loop(self) -> None:
         while True:
             deadline = self.store.next_deadline()
-            with trio.move_on_at(math.inf if deadline is None else deadline):
+            # The store's clock is wall time (it also stamps create_time), trio's is monotonic.
+            wait = math.inf if deadline is None else max(0.0, deadline - time.time())
+            with trio.move_on_after(wait):
                 await self._deadline_changed.wait()
             self._deadline_changed = trio.Event()
-            self.store.expire(trio.current_time())
+            self.store.expire(time.time())
             self._deliver_events()
 
     # ------------------------------------------------------------ dispatch
@@ -284,7 +308,9 @@ class Coordinator:
         except Exception as exc:  # a bug must not take the whole store down
             log.exception("internal error handling %s", kind.__name__)
             self.error_counts[errors.BAD_REQUEST] += 1
-            session.send(p.Error(seq=msg.seq, code=errors.BAD_REQUEST, message=f"internal error: {exc!r}"))
+            session.send(
+                p.Error(seq=msg.seq, code=errors.BAD_REQUEST, message=f"internal error: {exc!r}")
+            )
 
     def _connect(self, session: Session, msg: p.Connect) -> None:
         if msg.protocol_version != p.PROTOCOL_VERSION:
@@ -317,8 +343,11 @@ class Coordinator:
             )
         )
 
-    def _send_with_segments(self, session: Session, make: Callable[[list[p.SegmentInfo]], msgspec.Struct], segment_ids: list[int]) -> None:
-        """Send a reply, attaching the fds of segments this session has not seen yet."""
+    def _unseen_segments(
+        self, session: Session, segment_ids: Iterable[int]
+    ) -> tuple[list[p.SegmentInfo], list[int]]:
+        """Segments a reply references that ``session`` has not been sent yet, and their fds
+        (which then travel with that reply)."""
         new: list[p.SegmentInfo] = []
         fds: list[int] = []
         for seg_id in segment_ids:
@@ -327,21 +356,19 @@ class Coordinator:
                 seg = self.pool.get(seg_id)
                 new.append(seg.info())
                 fds.append(seg.fd)
-        session.send(make(new), fds)
+        return new, fds
 
-    def _reply_locations(self, session: Session, seq: int, locations: list[p.ObjectLocation]) -> None:
-        self._send_with_segments(
-            session,
-            lambda segs: p.Created(seq=seq, locations=locations, segments=segs),
-            [loc.segment for loc in locations],
-        )
+    def _reply_locations(
+        self, session: Session, seq: int, locations: list[p.ObjectLocation]
+    ) -> None:
+        segs, fds = self._unseen_segments(session, {loc.segment for loc in locations})
+        session.send(p.Created(seq=seq, locations=locations, segments=segs), fds)
 
     def _reply_got(self, session: Session, seq: int, results: list[p.ObjectLocation | str]) -> None:
-        self._send_with_segments(
-            session,
-            lambda segs: p.Got(seq=seq, results=results, segments=segs),
-            [r.segment for r in results if isinstance(r, p.ObjectLocation)],
+        segs, fds = self._unseen_segments(
+            session, {r.segment for r in results if isinstance(r, p.ObjectLocation)}
         )
+        session.send(p.Got(seq=seq, results=results, segments=segs), fds)
 
     def _reply_error(self, client: int, seq: int, code: str, message: str) -> None:
         session = self.sessions.get(client)
@@ -362,7 +389,7 @@ class Coordinator:
             msg.metadata_size,
             msg.node,
             timeout=msg.timeout,
-            now=trio.current_time(),
+            now=time.time(),
         )
         if isinstance(res, Pending):
             self._park(session, msg.seq, res)
@@ -371,14 +398,21 @@ class Coordinator:
 
     def _create_many(self, session: Session, msg: p.CreateMany) -> None:
         res = self.store.create_many(
-            session.client_id, msg.items, msg.node, timeout=msg.timeout, now=trio.current_time()
+            session.client_id, msg.items, msg.node, timeout=msg.timeout, now=time.time()
         )
         if isinstance(res, Pending):
             self._park(session, msg.seq, res)
         else:
             self._reply_locations(session, msg.seq, res)
 
-    def _for_each(self, session: Session, seq: int, ids: list[bytes], op: Callable[[int, bytes], object], ack: bool) -> None:
+    def _for_each(
+        self,
+        session: Session,
+        seq: int,
+        ids: list[bytes],
+        op: Callable[[int, bytes], object],
+        ack: bool,
+    ) -> None:
         """Apply ``op`` to every id; report the failures in one Error, else Ok when asked."""
         failures: list[PlasmaError] = []
         for oid in ids:
@@ -404,7 +438,7 @@ class Coordinator:
         session.send(p.Ok(seq=msg.seq))
 
     def _get(self, session: Session, msg: p.Get) -> None:
-        res = self.store.get(session.client_id, msg.ids, timeout=msg.timeout, now=trio.current_time())
+        res = self.store.get(session.client_id, msg.ids, timeout=msg.timeout, now=time.time())
         if isinstance(res, Pending):
             self._park(session, msg.seq, res)
         else:
@@ -429,14 +463,14 @@ class Coordinator:
 
     def _arena(self, session: Session, msg: p.Arena) -> None:
         segment, offset, size = self.store.grant_arena(session.client_id, msg.size, msg.node)
-        self._send_with_segments(
-            session,
-            lambda segs: p.ArenaGranted(seq=msg.seq, segment=segment, offset=offset, size=size, segments=segs),
-            [segment],
+        segs, fds = self._unseen_segments(session, [segment])
+        reply = p.ArenaGranted(
+            seq=msg.seq, segment=segment, offset=offset, size=size, segments=segs
         )
+        session.send(reply, fds)
 
     def _seal_arena(self, session: Session, msg: p.SealArena) -> None:
-        self.store.seal_arena(session.client_id, msg.segment, msg.objects)
+        self.store.seal_arena(session.client_id, msg.segment, msg.objects, now=time.time())
         if msg.ack:
             session.send(p.Ok(seq=msg.seq))
 
@@ -444,15 +478,16 @@ class Coordinator:
         session.send(p.Ok(seq=msg.seq))
 
     def _stats(self, session: Session, msg: p.Stats) -> None:
-        session.send(p.StatsReply(seq=msg.seq, stats=self.stats()))
+        session.send(p.StatsReply(seq=msg.seq, stats=self.stats(placement=msg.placement)))
 
-    def stats(self) -> dict[str, Any]:
-        """Everything ``plasma-coord stats`` shows."""
+    def stats(self, *, placement: bool = False) -> dict[str, Any]:
+        """Everything ``plasma-coord stats`` shows; with ``placement``, where segment pages are."""
         stats = self.store.stats()
         stats["uptime"] = time.time() - self.started
         stats["page_size"] = self.pool.page_size
         stats["segments"] = [
-            {"id": s.id, "node": s.node, "size": s.size, "page_size": s.page_size} for s in self.pool
+            {"id": s.id, "node": s.node, "size": s.size, "page_size": s.page_size}
+            for s in self.pool
         ]
         stats["clients"] = [
             {"id": s.client_id, "name": s.name, "pid": s.pid, "uid": s.uid}
@@ -460,7 +495,30 @@ class Coordinator:
         ]
         stats["operations"] = dict(self.op_counts)
         stats["errors"] = dict(self.error_counts)
+        stats["tasks"] = self.telemetry.tasks()
+        node_cpus = self.config.node_cpus or {n: [] for n in self.config.memory}
+        stats["numa_nodes"] = numa_nodes(node_cpus, self.config.sysfs_root)
+        bound = self.metrics_address
+        stats["metrics"] = f"{bound[0]}:{bound[1]}" if bound else None
+        if placement:
+            stats["placement"] = placement_report(self.pool)
         return stats
+
+    # ------------------------------------------------------------ task telemetry
+
+    def _task_register(self, session: Session, msg: p.TaskRegister) -> None:
+        self._check_may_run(session)
+        self.telemetry.register(msg.task_id, msg.pid, msg.node, msg.run_id)
+        session.send(p.Ok(seq=msg.seq))
+
+    def _task_done(self, session: Session, msg: p.TaskDone) -> None:
+        self._check_may_run(session)
+        self.telemetry.done(msg.task_id)
+        session.send(p.Ok(seq=msg.seq))
+
+    def _submit_sample(self, session: Session, msg: p.SubmitSample) -> None:
+        self.telemetry.submit(msg.task_id, msg.sample)
+        session.send(p.Ok(seq=msg.seq))
 
     # ------------------------------------------------------------ run relay
 
@@ -488,7 +546,9 @@ class Coordinator:
         self._next_call += 1
         self._calls[call_id] = (session.client_id, msg.seq, msg.run_id)
         owner_session = self.sessions[owner]
-        owner_session.send(p.RunRequest(seq=0, request=call_id, client=session.client_id, payload=msg.payload))
+        owner_session.send(
+            p.RunRequest(seq=0, request=call_id, client=session.client_id, payload=msg.payload)
+        )
         owner_session.flush()
 
     def _run_respond(self, session: Session, msg: p.RunRespond) -> None:
@@ -516,19 +576,17 @@ class Coordinator:
                 continue
             if isinstance(event, Notify):
                 loc = event.location
-                self._send_with_segments(
-                    session,
-                    lambda segs, e=event: p.Notification(
-                        seq=0,
-                        kind=e.kind,
-                        id=e.oid,
-                        data_size=e.data_size,
-                        metadata_size=e.metadata_size,
-                        location=e.location,
-                        segments=segs,
-                    ),
-                    [loc.segment] if loc is not None else [],
+                segs, fds = self._unseen_segments(session, [loc.segment] if loc else [])
+                note = p.Notification(
+                    seq=0,
+                    kind=event.kind,
+                    id=event.oid,
+                    data_size=event.data_size,
+                    metadata_size=event.metadata_size,
+                    location=loc,
+                    segments=segs,
                 )
+                session.send(note, fds)
             else:
                 waiter = self._waits.pop(event.token, None)
                 if waiter is None:
@@ -539,7 +597,9 @@ class Coordinator:
                 elif isinstance(event.result, PlasmaError):
                     assert isinstance(event, CreateDone)
                     self.error_counts[event.result.code] += 1
-                    session.send(p.Error(seq=seq, code=event.result.code, message=event.result.message))
+                    session.send(
+                        p.Error(seq=seq, code=event.result.code, message=event.result.message)
+                    )
                 else:
                     self._reply_locations(session, seq, event.result)
             touched.add(session)
@@ -599,6 +659,8 @@ def _listen(path: str) -> socket.socket:
     return sock
 
 
-async def serve(config: CoordinatorConfig, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def serve(
+    config: CoordinatorConfig, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
     """Run a coordinator until cancelled; ``task_status.started()`` once it accepts clients."""
     await Coordinator(config).serve(task_status=task_status)

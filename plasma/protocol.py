@@ -177,6 +177,34 @@ class Sync(_Msg):
     seq: int
 
 
+class TaskRegister(_Msg):
+    """Have the coordinator sample process ``pid`` as task ``task_id`` (coordinator's uid only).
+
+    ``node`` is the NUMA node the task was placed on, for its locality.
+    """
+
+    seq: int
+    task_id: str
+    pid: int
+    node: int | None = None
+    run_id: str = ""
+
+
+class TaskDone(_Msg):
+    """The task ended: take its final sample and stop sampling it."""
+
+    seq: int
+    task_id: str
+
+
+class SubmitSample(_Msg):
+    """A sample a client took itself (the fields of ``plasma.perf.PerfSample``)."""
+
+    seq: int
+    task_id: str
+    sample: dict[str, Any]
+
+
 class RunRegister(_Msg):
     """Become the owner of ``run_id``: ``RunCall``s for it are relayed to this client."""
 
@@ -321,6 +349,9 @@ Request = (
     | RunRegister
     | RunCall
     | RunRespond
+    | TaskRegister
+    | TaskDone
+    | SubmitSample
 )
 Reply = (
     Connected
