@@ -18,7 +18,7 @@ import socket
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
@@ -32,6 +32,10 @@ from plasma.placement_report import placement_report
 from plasma.segments import BASE_PAGE, SegmentPool
 from plasma.store import CreateDone, GetDone, Notify, Pending, Store
 from plasma.telemetry import Telemetry, numa_nodes
+from plasma.units import parse_size
+
+if TYPE_CHECKING:
+    from plasma.topology import Topology
 
 log = logging.getLogger("plasma.coordinator")
 
@@ -57,6 +61,52 @@ class CoordinatorConfig:
     sample_interval: float = 1.0  # seconds between perf samples of registered tasks
     metrics: str | None = None  # serve /metrics here: HOST:PORT or PORT (on 127.0.0.1)
     sysfs_root: str = "/"
+
+    @classmethod
+    def for_topology(
+        cls,
+        topology: Topology,
+        socket_path: str,
+        memory: str,
+        nodes: Iterable[int] | None = None,
+        **options: Any,
+    ) -> CoordinatorConfig:
+        """Serve ``nodes`` of ``topology`` (default: every node with memory), with ``memory``
+        as ``serve --memory`` takes it (a size split evenly, or ``0=2GiB,1=2GiB``)."""
+        if nodes is None:
+            with_memory = [n.id for n in topology.nodes.values() if n.memory_total > 0]
+            chosen = sorted(with_memory or topology.nodes)
+        else:
+            chosen = sorted(set(nodes))
+            missing = sorted(set(chosen) - set(topology.nodes))
+            if missing:
+                raise errors.BadRequest(
+                    f"node(s) {missing} not on this machine (nodes: {sorted(topology.nodes)})"
+                )
+        return cls(
+            socket_path=socket_path,
+            memory=node_budgets(memory, chosen),
+            node_cpus={n.id: sorted(n.cpus) for n in topology.nodes.values()},
+            node_of_cpus=topology.node_for_cpus,
+            **options,
+        )
+
+
+def node_budgets(memory: str, nodes: list[int]) -> dict[int, int]:
+    """Byte budget per node from ``--memory`` (``4GiB`` split evenly, or ``0=2GiB,1=2GiB``)."""
+    if "=" in memory:
+        budgets: dict[int, int] = {}
+        for part in memory.split(","):
+            node, _, size = part.partition("=")
+            try:
+                budgets[int(node)] = parse_size(size)
+            except ValueError as exc:
+                raise errors.BadRequest(f"--memory: bad per-node entry {part!r}: {exc}") from None
+        unknown = sorted(set(budgets) - set(nodes))
+        if unknown:
+            raise errors.BadRequest(f"--memory names node(s) {unknown} not served (nodes: {nodes})")
+        return budgets
+    return dict.fromkeys(nodes, parse_size(memory) // len(nodes))
 
 
 class Session:

@@ -72,45 +72,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def node_budgets(memory: str, nodes: list[int]) -> dict[int, int]:
-    """Byte budget per node from ``--memory`` (``4GiB`` split evenly, or ``0=2GiB,1=2GiB``)."""
-    if "=" in memory:
-        budgets: dict[int, int] = {}
-        for part in memory.split(","):
-            node, _, size = part.partition("=")
-            try:
-                budgets[int(node)] = parse_size(size)
-            except ValueError as exc:
-                raise BadRequest(f"--memory: bad per-node entry {part!r}: {exc}") from None
-        unknown = sorted(set(budgets) - set(nodes))
-        if unknown:
-            raise BadRequest(
-                f"--memory names node(s) {unknown} that this machine does not have ({nodes})"
-            )
-        return budgets
-    total = parse_size(memory)
-    share = total // len(nodes)
-    return {n: share for n in nodes}
-
-
 def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
-    topo = Topology.from_sysfs(args.sysfs_root)
-    memory_nodes = sorted(n.id for n in topo.nodes.values() if n.memory_total > 0) or sorted(
-        topo.nodes
-    )
-    if args.nodes:
-        nodes = sorted({int(n) for n in args.nodes.split(",")})
-        missing = sorted(set(nodes) - set(topo.nodes))
-        if missing:
-            raise BadRequest(
-                f"--nodes {missing} not present on this machine (nodes: {sorted(topo.nodes)})"
-            )
-    else:
-        nodes = memory_nodes
+    nodes = sorted({int(n) for n in args.nodes.split(",")}) if args.nodes else None
     hugepage = {"off": None, "2M": 2 << 20, "1G": 1 << 30}[args.hugepages]
-    return CoordinatorConfig(
-        socket_path=os.path.abspath(args.socket),
-        memory=node_budgets(args.memory, nodes),
+    return CoordinatorConfig.for_topology(
+        Topology.from_sysfs(args.sysfs_root),
+        os.path.abspath(args.socket),
+        args.memory,
+        nodes,
         hugepage_size=hugepage,
         hugepage_fallback=args.hugepages_fallback,
         allow_uids=frozenset(args.allow_uid),
@@ -118,8 +87,6 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
         max_object_size=parse_size(args.max_object_size) if args.max_object_size else None,
         segment_size=parse_size(args.segment_size),
         bind_memory=not args.no_bind,
-        node_cpus={n.id: sorted(n.cpus) for n in topo.nodes.values()},
-        node_of_cpus=topo.node_for_cpus,
         sample_interval=_positive(args.sample_interval, "--sample-interval"),
         metrics=_metrics_address(args.metrics),
         sysfs_root=args.sysfs_root,

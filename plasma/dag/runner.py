@@ -28,7 +28,6 @@ from typing import Any
 import trio
 
 import plasma.aio
-from plasma.cli.serve import node_budgets
 from plasma.coordinator import CoordinatorConfig, serve
 from plasma.dag import branches
 from plasma.dag.graph import Graph
@@ -131,14 +130,8 @@ class Runner:
         if self.options.socket_path is not None:
             return self.options.socket_path
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="plasma-dag-"))
-        topo = self.topology
-        nodes = sorted(n.id for n in topo.nodes.values() if n.memory_total > 0)
-        nodes = nodes or sorted(topo.nodes)
-        config = CoordinatorConfig(
-            socket_path=os.path.join(tmp, "plasma.sock"),
-            memory=node_budgets(self.options.memory, nodes),
-            node_cpus={n.id: sorted(n.cpus) for n in topo.nodes.values()},
-            node_of_cpus=topo.node_for_cpus,
+        config = CoordinatorConfig.for_topology(
+            self.topology, os.path.join(tmp, "plasma.sock"), self.options.memory
         )
         nursery = await stack.enter_async_context(trio.open_nursery())
         stack.callback(nursery.cancel_scope.cancel)
