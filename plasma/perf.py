@@ -18,7 +18,7 @@ from pathlib import Path
 
 import msgspec
 
-from plasma.linux.perf_event import DEFAULT_EVENTS, CounterSet, Event
+from plasma.linux.perf import DEFAULT_EVENTS, CounterSet, Event
 
 BASE_PAGE_SIZE = 4096
 _NODE_COUNT = re.compile(r"^N(\d+)=(\d+)$")

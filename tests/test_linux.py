@@ -18,7 +18,7 @@ import pytest
 
 from plasma.errors import BadRequest, Unsupported
 from plasma.linux import _syscall, affinity, memfd, numa, peercred
-from plasma.linux.perf_event import PERF_ATTR_SIZE_VER8, PerfEventAttr
+from plasma.linux.perf import PERF_ATTR_SIZE_VER8, PerfEventAttr
 
 T = TypeVar("T")
 PAGE = mmap.PAGESIZE

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from plasma.linux import perf_event
-from plasma.linux.perf_event import HARDWARE_EVENTS, SOFTWARE_EVENTS, CounterSet
+from plasma.linux import perf as perf_event
+from plasma.linux.perf import HARDWARE_EVENTS, SOFTWARE_EVENTS, CounterSet
 from plasma.perf import (
     Locality,
     PerfSample,

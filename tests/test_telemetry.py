@@ -17,7 +17,7 @@ import pytest
 import plasma.aio
 from plasma.client import Client
 from plasma.errors import BadRequest, ObjectExists, ObjectNotFound
-from plasma.linux.perf_event import HARDWARE_EVENTS, SOFTWARE_EVENTS
+from plasma.linux.perf import HARDWARE_EVENTS, SOFTWARE_EVENTS
 from plasma.perf import Locality, PerfSample
 from plasma.telemetry import DONE, EXITED, REPORTED, RUNNING, Telemetry, numa_nodes
 from tests.conftest import RunningCoordinator, wait_until
