@@ -18,7 +18,7 @@ import trio
 
 from plasma import protocol as p
 from plasma import serialization
-from plasma.client_state import ANCILLARY_SPACE, RECV_SIZE, ClientState, fds_from_ancillary
+from plasma.client_state import ANCILLARY_SPACE, ClientState, fds_from_ancillary
 from plasma.errors import PlasmaError, error_for
 from plasma.ids import ObjectID, as_id_bytes
 
@@ -42,15 +42,16 @@ class AsyncClient:
     async def _reader(self) -> None:
         try:
             while True:
-                data, ancdata, _, _ = await self._sock.recvmsg(
-                    RECV_SIZE, ANCILLARY_SPACE, socket.MSG_CMSG_CLOEXEC
+                view = self._state.recv_view
+                size, ancdata, _, _ = await self._sock.recvmsg_into(
+                    [view], ANCILLARY_SPACE, socket.MSG_CMSG_CLOEXEC
                 )
                 fds = fds_from_ancillary(ancdata)
-                if not data:
+                if not size:
                     for fd in fds:
                         os.close(fd)
                     raise ConnectionError("the coordinator closed the connection")
-                for reply in self._state.feed(data, fds):
+                for reply in self._state.feed(view[:size], fds):
                     event = self._waiting.pop(reply.seq, None)
                     if event is None:
                         self._state.unexpected(reply)

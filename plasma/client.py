@@ -13,7 +13,7 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, overload
 
 import msgspec
@@ -25,7 +25,6 @@ from plasma.client_state import (
     ANCILLARY_SPACE,
     ARENA_OBJECT_LIMIT,
     ARENA_SIZE,
-    RECV_SIZE,
     Arena,
     ClientState,
     align,
@@ -76,17 +75,18 @@ class Client:
             ready, _, _ = select.select([self._sock], [], [], max(timeout, 0))
             if not ready:
                 return []
-        data, ancdata, flags, _ = self._sock.recvmsg(
-            RECV_SIZE, ANCILLARY_SPACE, socket.MSG_CMSG_CLOEXEC
+        view = self._state.recv_view
+        size, ancdata, flags, _ = self._sock.recvmsg_into(
+            [view], ANCILLARY_SPACE, socket.MSG_CMSG_CLOEXEC
         )
         fds = fds_from_ancillary(ancdata)
-        if not data:
+        if not size:
             for fd in fds:
                 os.close(fd)
             raise ConnectionError("the coordinator closed the connection")
         if flags & socket.MSG_CTRUNC:
             raise PlasmaError("segment descriptors were truncated (too many in one message)")
-        return self._state.feed(data, fds)
+        return self._state.feed(view[:size], fds)
 
     def _request(self, msg: msgspec.Struct) -> Any:
         """Send ``msg`` (after any queued releases) and wait for its reply."""
@@ -189,7 +189,7 @@ class Client:
         msgs: list[msgspec.Struct] = []
         batch: list[p.ArenaObject] = []
         large: list[tuple[bytes, memoryview, bytes]] = []
-        arena = state.arena
+        arena = state.arena if state.arena is not None and state.arena.node == node else None
         mm = state.maps.get(arena.segment) if arena is not None else None
         for object_id, data, meta in items:
             oid = object_id.binary() if type(object_id) is ObjectID else as_id_bytes(object_id)
@@ -200,9 +200,10 @@ class Client:
             if size > ARENA_OBJECT_LIMIT:
                 large.append((oid, memoryview(data), meta))
                 continue
-            if arena is not None and mm is not None and arena.cursor + size <= arena.end:
+            need = (size + ALIGN - 1) & -ALIGN or ALIGN  # what Arena.take uses, inlined
+            if arena is not None and mm is not None and arena.cursor + need <= arena.end:
                 offset = arena.cursor
-                arena.cursor += (size + ALIGN - 1) & -ALIGN or ALIGN  # Arena.take, inlined
+                arena.cursor += need
             else:
                 if batch:
                     assert arena is not None
@@ -219,6 +220,9 @@ class Client:
             if meta:
                 mm[offset + dlen : offset + size] = meta
             batch.append(p.ArenaObject(oid, offset, dlen, len(meta)))
+            if len(batch) == IDS_PER_FRAME:
+                msgs.append(p.SealArena(self._seq(), arena.segment, batch))
+                batch = []
         if batch:
             assert arena is not None
             msgs.append(p.SealArena(self._seq(), arena.segment, batch))
@@ -247,7 +251,7 @@ class Client:
             msg = p.Arena(seq=self._seq(), size=max(ARENA_SIZE, align(size)), node=node)
             self._send(self._state.frames(*pending, msg))
             reply = self._wait_reply(msg.seq)
-        arena = Arena(reply.segment, reply.offset, reply.offset + reply.size, reply.offset)
+        arena = Arena(reply.segment, reply.offset, reply.offset + reply.size, reply.offset, node)
         self._state.arena = arena
         return arena
 
@@ -305,9 +309,10 @@ class Client:
             want_ids = [ids[i] for i in wanted]
             locations = self._take_prefetched(want_ids)
             if locations is None:
-                locations = self._request(
-                    p.Get(seq=self._seq(), ids=want_ids, timeout=timeout)
-                ).results
+                locations = []
+                for chunk in _chunks(want_ids):
+                    reply = self._request(p.Get(seq=self._seq(), ids=chunk, timeout=timeout))
+                    locations += reply.results
             for i, loc in zip(wanted, locations, strict=True):
                 if isinstance(loc, str):
                     if failure is None:
@@ -353,13 +358,18 @@ class Client:
             if isinstance(object_ids, (ObjectID, bytes))
             else [as_id_bytes(o) for o in object_ids]
         )
-        reply = self._request(p.Delete(seq=self._seq(), ids=ids))
-        if reply.missing:
+        deferred: list[bytes] = []
+        missing: list[bytes] = []
+        for chunk in _chunks(ids):
+            reply = self._request(p.Delete(seq=self._seq(), ids=chunk))
+            deferred += reply.deferred
+            missing += reply.missing
+        if missing:
             raise error_for(
                 "object_not_found",
-                "not found or not sealed: " + ", ".join(m.hex() for m in reply.missing),
+                "not found or not sealed: " + ", ".join(m.hex() for m in missing),
             )
-        return [ObjectID(d) for d in reply.deferred]
+        return [ObjectID(d) for d in deferred]
 
     def list(self) -> dict[ObjectID, dict[str, Any]]:
         """Every object: data_size, metadata_size, node, state, ref_count, create_time, owner."""
@@ -490,6 +500,16 @@ class Subscription:
 
     def __next__(self) -> p.Notification:
         return self.next()
+
+
+# ids per request frame: 20 bytes plus MessagePack framing each, well under the default
+# 1 MiB frame limit of the coordinator
+IDS_PER_FRAME = 16384
+
+
+def _chunks(ids: list[bytes]) -> Iterator[list[bytes]]:
+    for start in range(0, len(ids), IDS_PER_FRAME):
+        yield ids[start : start + IDS_PER_FRAME]
 
 
 def connect(socket_path: str, client_name: str = "") -> Client:

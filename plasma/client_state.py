@@ -55,16 +55,25 @@ def fds_from_ancillary(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
 
 @dataclass
 class Arena:
+    """A range of a segment this client fills with small objects itself.
+
+    ``node`` is what the arena was requested for (None: the client's default node); the store
+    keeps one arena per client, so asking for another node replaces it.
+    """
+
     segment: int
     start: int
     end: int
     cursor: int
+    node: int | None
 
     def take(self, nbytes: int) -> int | None:
-        if self.cursor + nbytes > self.end:
+        """Offset for an object of ``nbytes`` (an empty one still takes ``ALIGN``), or None."""
+        need = align(nbytes) or ALIGN
+        if self.cursor + need > self.end:
             return None
         offset = self.cursor
-        self.cursor += align(nbytes) if nbytes else ALIGN
+        self.cursor += need
         return offset
 
 
@@ -81,6 +90,9 @@ class ClientState:
         self.arena: Arena | None = None
         self.prefetched: dict[bytes, list[p.ObjectLocation]] = {}
         self.held: dict[bytes, list[Any]] = {}  # id -> [location, live views]: one reference each
+        # one receive buffer for the connection's life: a fresh 256 KiB bytes object per recv
+        # would cost an mmap/munmap and page faults on every reply
+        self.recv_view = memoryview(bytearray(RECV_SIZE))
         self._fds: collections.deque[int] = collections.deque()
         self._releases: collections.deque[bytes] = collections.deque()  # appended by finalizers
         self._seq = 0
@@ -114,7 +126,7 @@ class ClientState:
 
     # ---------------------------------------------------------------- incoming
 
-    def feed(self, data: bytes, fds: list[int]) -> list[Any]:
+    def feed(self, data: bytes | memoryview, fds: list[int]) -> list[Any]:
         """Decode received bytes; returns replies to requests (pushes are queued here)."""
         self._fds.extend(fds)
         self.decoder.feed(data)

@@ -287,17 +287,18 @@ class Coordinator:
 
     async def _read_loop(self, session: Session) -> None:
         sock = session.sock
+        buf = memoryview(bytearray(RECV_SIZE))  # reused: no allocation per recv
         while True:
             await trio.lowlevel.wait_readable(sock)
             try:
-                data = sock.recv(RECV_SIZE)
+                size = sock.recv_into(buf)
             except BlockingIOError:
                 continue
             except OSError:
                 return
-            if not data:
+            if not size:
                 return
-            session.decoder.feed(data)
+            session.decoder.feed(buf[:size])
             try:
                 while (msg := session.decoder.next_message()) is not None:
                     self._handle(session, msg)

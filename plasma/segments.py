@@ -42,8 +42,9 @@ class SegmentPool:
 
     ``bind`` makes every segment's memory policy MPOL_BIND to its node (needed on multi-node
     hosts; harmless on one node). ``hugepage_size`` selects MFD_HUGETLB segments; when the
-    kernel cannot supply the pages, creation fails with ``StoreFull`` (or falls back to normal
-    pages when ``hugepage_fallback``) instead of a later SIGBUS.
+    kernel cannot supply the pages, creation fails with ``StoreFull`` (``Unsupported`` when it
+    has no hugepages of that size) instead of a later SIGBUS; with ``hugepage_fallback`` it
+    uses normal pages instead.
     """
 
     bind: bool = True
@@ -64,7 +65,7 @@ class SegmentPool:
             try:
                 fd = self._create_hugepage(seg_id, node, size)
                 page_size = self.hugepage_size
-            except StoreFull:
+            except (StoreFull, Unsupported):
                 if not self.hugepage_fallback:
                     raise
                 fd, page_size = self._create_normal(seg_id, node, size), BASE_PAGE

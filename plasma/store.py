@@ -122,7 +122,7 @@ class _Segment:
 
 
 class _Node:
-    __slots__ = ("budget", "id", "lru", "objects", "segment_bytes", "segments", "used")
+    __slots__ = ("budget", "id", "lru", "objects", "segment_bytes", "segments", "shortage", "used")
 
     def __init__(self, node_id: int, budget: int) -> None:
         self.id = node_id
@@ -131,6 +131,7 @@ class _Node:
         self.segment_bytes = 0
         self.used = 0
         self.objects = 0
+        self.shortage = ""  # why the provider last failed to make a segment (e.g. no hugepages)
         # sealed, unreferenced objects: oid -> tick at which they became unreferenced
         self.lru: OrderedDict[bytes, int] = OrderedDict()
 
@@ -320,7 +321,7 @@ class Store:
             return self._register(c, oid, data_size, metadata_size, placed, size, now)
         self._retry_creates()  # what eviction freed may fit an earlier, smaller request
         if timeout == 0:
-            raise StoreFull(f"no space for {size} bytes on node {nd.id}")
+            raise StoreFull(f"no space for {size} bytes on node {nd.id}{nd.shortage}")
         return self._park_create(c, [CreateItem(oid, data_size, metadata_size)], nd, deadline, now)
 
     def create_many(
@@ -350,7 +351,7 @@ class Store:
             return done
         self._retry_creates()
         if timeout == 0:
-            raise StoreFull(f"no space for {total} bytes on node {nd.id}")
+            raise StoreFull(f"no space for {total} bytes on node {nd.id}{nd.shortage}")
         return self._park_create(c, list(items), nd, deadline, now)
 
     def seal(self, client: int, oid: bytes) -> None:
@@ -558,7 +559,7 @@ class Store:
         placed = self._allocate(nd, n)
         if placed is None:
             self._retry_creates()
-            raise StoreFull(f"no space for an arena of {n} bytes on node {nd.id}")
+            raise StoreFull(f"no space for an arena of {n} bytes on node {nd.id}{nd.shortage}")
         seg, offset = placed
         c.arena = _Arena(seg, offset, offset + n)
         self._retry_creates()
@@ -611,7 +612,9 @@ class Store:
                 self._events.append(GetDone(w.client, w.token, results))
             else:
                 del self._create_waiters[w.token]
-                err = StoreFull(f"no space on node {w.node.id} before the deadline")
+                err = StoreFull(
+                    f"no space on node {w.node.id} before the deadline{w.node.shortage}"
+                )
                 self._events.append(CreateDone(w.client, w.token, err))
 
     def drain_events(self) -> builtins.list[Event]:
@@ -690,8 +693,10 @@ class Store:
         seg_size = min(max(self._segment_size, need), avail)
         try:
             segment_id = self._provider.new_segment(nd.id, seg_size)
-        except StoreFull:
+        except StoreFull as exc:
+            nd.shortage = f": {exc}"
             return None
+        nd.shortage = ""
         seg = _Segment(segment_id, nd, seg_size, self._mask + 1)
         self._segments[segment_id] = seg
         nd.segments.append(seg)

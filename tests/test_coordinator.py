@@ -340,3 +340,15 @@ async def test_trio_client_pipelines_requests(coordinator: RunningCoordinator):
         assert results == {i: 100.0 * i for i in range(20)}
         with pytest.raises(plasma.ObjectNotFound):
             await c.get(oid(99), timeout=0)
+
+
+def test_requests_for_many_ids_stay_under_the_frame_limit(coordinator: RunningCoordinator):
+    ids = [oid(i) for i in range(40_000)]  # ~1 MiB of ids: more than one frame may carry
+    with plasma.connect(coordinator.socket) as c:
+        c.create_and_seal_many([(i, b"", b"") for i in ids])
+        c.flush()
+        assert len(c.get(ids, timeout=5)) == len(ids)
+        c.flush()
+        assert c.delete(ids) == []
+        assert c.list() == {}
+        assert used(c) == 0

@@ -13,35 +13,38 @@ from collections.abc import Sequence
 
 from plasma.errors import PlasmaError
 
-_SUBCOMMAND_MODULES = (
-    "plasma.cli.serve",
-    "plasma.cli.topology",
-    "plasma.cli.dag",
-    "plasma.cli.stats",
-    "plasma.cli.hugepages",
-)
+# command -> module that registers it; only the module of the command being run is imported,
+# so `plasma-coord serve` does not pay for numpy, pyarrow and the DAG runner.
+_COMMANDS = {
+    "serve": "plasma.cli.serve",
+    "topology": "plasma.cli.topology",
+    "place": "plasma.cli.topology",
+    "run": "plasma.cli.topology",
+    "dag": "plasma.cli.dag",
+    "stats": "plasma.cli.stats",
+    "hugepages": "plasma.cli.hugepages",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser for ``command``, or for every command (for help and unknown commands)."""
     parser = argparse.ArgumentParser(
         prog="plasma-coord",
         description="NUMA-aware shared-memory object store and task coordinator.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in _SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue  # subcommand not built yet
-        module.register(sub)
+    modules = (
+        [_COMMANDS[command]] if command in _COMMANDS else list(dict.fromkeys(_COMMANDS.values()))
+    )
+    for name in modules:
+        importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except PlasmaError as exc:

@@ -1,0 +1,100 @@
+"""Peer: Arrow Plasma, the C++ ``plasma-store-server`` shipped by pyarrow 11 (``pyarrow.plasma``).
+
+Small objects use ``create_and_seal`` (one request); arrays are ``create`` + copy + ``seal``
+and come back zero-copy through ``get_buffers``. A buffer releases its object when it is
+garbage collected. Plasma has no batch create, so ``put_many`` is the default loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.peers.base import Key, Peer, stop_process, wait_for_path, worker_main
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # "Plasma is deprecated since Arrow 10.0.0"
+    import pyarrow
+    import pyarrow.plasma as plasma
+
+
+class ArrowPlasmaPeer(Peer):
+    def __init__(self, workdir: Path, memory: int) -> None:
+        super().__init__(workdir, memory)
+        self._server: subprocess.Popen[bytes] | None = None
+        self._socket = workdir / "plasma.sock"
+        self._client: Any = None
+
+    def start(self) -> dict[str, Any]:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        server = Path(pyarrow.__file__).parent / "plasma-store-server"
+        self._server = subprocess.Popen(
+            [str(server), "-m", str(self.memory), "-s", str(self._socket)],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for_path(self._socket, self._server, 30)
+        self._client = plasma.connect(str(self._socket))
+        return {"version": f"pyarrow {pyarrow.__version__}"}
+
+    def stop(self) -> None:
+        self._client = None
+        if self._server is not None:
+            stop_process(self._server)
+
+    def store_pids(self) -> list[int]:
+        return [self._server.pid] if self._server is not None else []
+
+    def put_small(self, data: bytes) -> Key:
+        oid = plasma.ObjectID(os.urandom(20))
+        self._client.create_and_seal(oid, data)
+        return oid
+
+    def get(self, key: Key) -> memoryview:
+        return memoryview(self._client.get_buffers([key])[0])
+
+    def delete(self, keys: list[Key]) -> None:
+        self._client.delete(keys)
+
+    def put_array(self, array: np.ndarray) -> Key:
+        oid = plasma.ObjectID(os.urandom(20))
+        meta = json.dumps([array.dtype.str, array.shape]).encode()
+        buf = self._client.create(oid, array.nbytes, meta)
+        np.copyto(np.frombuffer(buf, dtype=array.dtype).reshape(array.shape), array)
+        del buf
+        self._client.seal(oid)
+        return oid
+
+    def get_array(self, key: Key) -> np.ndarray:
+        [(meta, buf)] = self._client.get_buffers([key], with_meta=True)
+        dtype, shape = json.loads(bytes(meta))
+        return np.frombuffer(buf, dtype=dtype).reshape(shape)
+
+    def child_config(self) -> dict[str, Any]:
+        return {"socket": str(self._socket)}
+
+    @classmethod
+    def child(cls, config: dict[str, Any]) -> Peer:
+        peer = cls(Path(config["socket"]).parent, 0)
+        peer._client = plasma.connect(config["socket"])
+        return peer
+
+    def close(self) -> None:
+        self._client.disconnect()
+
+    def key_to_bytes(self, key: Key) -> bytes:
+        return bytes(key.binary())
+
+    def key_from_bytes(self, data: bytes) -> Key:
+        return plasma.ObjectID(data)
+
+
+PEER = ArrowPlasmaPeer
+
+if __name__ == "__main__":
+    worker_main("bench.peers.arrow_plasma")

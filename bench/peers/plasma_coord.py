@@ -1,0 +1,100 @@
+"""Peer: plasma-coord itself, ``plasma-coord serve`` driven through ``plasma.connect``.
+
+Small objects use ``create_and_seal`` (the client-arena path), batches
+``create_and_seal_many``, arrays ``put`` / ``get_object`` (zero-copy). A view releases its
+object when it is garbage collected.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import plasma
+from bench.peers.base import Key, Peer, stop_process, wait_for_path, worker_main
+
+SERVE_COMMAND = (sys.executable, "-m", "plasma", "serve")
+
+
+class PlasmaCoordPeer(Peer):
+    def __init__(self, workdir: Path, memory: int) -> None:
+        super().__init__(workdir, memory)
+        self._server: subprocess.Popen[bytes] | None = None
+        self._socket = workdir / "plasma-coord.sock"
+        self._client: plasma.Client | None = None
+
+    @property
+    def client(self) -> plasma.Client:
+        if self._client is None:
+            raise RuntimeError("not connected")
+        return self._client
+
+    def start(self) -> dict[str, Any]:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._socket.unlink(missing_ok=True)
+        self._server = subprocess.Popen(
+            [*SERVE_COMMAND, "--socket", str(self._socket), "--memory", str(self.memory)],
+            stdout=subprocess.DEVNULL,
+        )
+        wait_for_path(self._socket, self._server, 30)
+        self._client = plasma.connect(str(self._socket), client_name="bench")
+        return {"version": "plasma-coord (this tree)", "batch": "create_and_seal_many"}
+
+    def stop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._server is not None:
+            stop_process(self._server)
+
+    def store_pids(self) -> list[int]:
+        return [self._server.pid] if self._server is not None else []
+
+    def put_small(self, data: bytes) -> Key:
+        oid = plasma.ObjectID.from_random()
+        self.client.create_and_seal(oid, data)
+        return oid
+
+    def put_many(self, items: list[bytes]) -> list[Key]:
+        batch = [(plasma.ObjectID.from_random(), data, b"") for data in items]
+        self.client.create_and_seal_many(batch)
+        return [oid for oid, _, _ in batch]
+
+    def get(self, key: Key) -> memoryview:
+        view: memoryview = self.client.get([key])[0]
+        return view
+
+    def delete(self, keys: list[Key]) -> None:
+        self.client.delete(keys)
+
+    def put_array(self, array: np.ndarray) -> Key:
+        return self.client.put(array)
+
+    def get_array(self, key: Key) -> np.ndarray:
+        array: np.ndarray = self.client.get_object(key)
+        return array
+
+    def child_config(self) -> dict[str, Any]:
+        return {"socket": str(self._socket)}
+
+    @classmethod
+    def child(cls, config: dict[str, Any]) -> Peer:
+        peer = cls(Path(config["socket"]).parent, 0)
+        peer._client = plasma.connect(config["socket"], client_name="bench-child")
+        return peer
+
+    def close(self) -> None:
+        self.client.close()
+
+    def key_from_bytes(self, data: bytes) -> Key:
+        return plasma.ObjectID(data)
+
+
+PEER = PlasmaCoordPeer
+
+if __name__ == "__main__":
+    worker_main("bench.peers.plasma_coord")

@@ -1,0 +1,229 @@
+"""Run the benchmark: ``python -m bench.run [--quick] [--peers a,b] [--scenarios x,y]``.
+
+Installs each peer's venv if needed, drives one worker process per peer, repeats every case
+and keeps medians, measures the memcpy ceiling for ``put_large`` in this process, then writes
+results.json, results.md and PNG plots into ``bench/results``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import select
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from bench import report, scenarios
+from bench.install import PEERS_DIR, InstallError, peer_python
+from bench.peers import PEERS, PeerSpec
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = ROOT / "bench" / "results"
+README = ROOT / "bench" / "README.md"  # its table is refreshed by runs into RESULTS_DIR
+REQUEST_TIMEOUT = 900.0
+
+
+class WorkerError(RuntimeError):
+    """A worker replied with an error, died, or did not answer in time."""
+
+
+class Worker:
+    """One peer's worker process, spoken to in JSON lines."""
+
+    def __init__(self, python: Path, spec: PeerSpec, log: IO[str]) -> None:
+        env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [str(python), "-m", spec.module],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            cwd=ROOT,
+            env=env,
+            text=True,
+        )
+
+    def request(self, timeout: float = REQUEST_TIMEOUT, **message: Any) -> Any:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(json.dumps(message) + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError as exc:
+            raise WorkerError(f"worker exited ({self.proc.poll()})") from exc
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        if not line:
+            raise WorkerError("no answer in time" if not ready else f"exited ({self.proc.wait()})")
+        reply = json.loads(line)
+        if not reply["ok"]:
+            raise WorkerError(reply["error"])
+        return reply["result"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.request(timeout=60, op="stop")
+                self.proc.wait(timeout=30)
+            except (WorkerError, subprocess.TimeoutExpired):
+                self.proc.kill()
+        self.proc.wait()
+
+
+def medians(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
+
+
+def run_peer(
+    spec: PeerSpec, python: Path, plan: list[tuple[str, int]], args: argparse.Namespace
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Run every case of ``plan`` on ``spec``; (peer info, cases).
+
+    The ``memory`` cases each get a fresh store, so earlier scenarios do not inflate it.
+    """
+    PEERS_DIR.mkdir(exist_ok=True)
+    sessions = [[c for c in plan if c[0] != "memory"]] + [[c] for c in plan if c[0] == "memory"]
+    info: dict[str, Any] = {"status": "ok"}
+    cases: list[dict[str, Any]] = []
+    with open(PEERS_DIR / f"{spec.name}.log", "w") as log:
+        for session in filter(None, sessions):
+            try:
+                info["facts"] = _run_session(spec, python, session, args, log, cases)
+            except WorkerError as exc:
+                return {"status": "failed", "reason": f"start: {exc}"}, cases
+    return info, cases
+
+
+def _run_session(
+    spec: PeerSpec,
+    python: Path,
+    plan: list[tuple[str, int]],
+    args: argparse.Namespace,
+    log: IO[str],
+    cases: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Start a worker and its store, run ``plan`` into ``cases``; the start facts."""
+    with tempfile.TemporaryDirectory(prefix=f"bench-{spec.name}-", dir="/tmp") as workdir:
+        worker = Worker(python, spec, log)
+        try:
+            facts: dict[str, Any] = worker.request(op="start", workdir=workdir, memory=args.memory)
+            for name, param in plan:
+                cases.append(_run_case(worker, spec.name, name, param, args))
+                if worker.proc.poll() is not None:
+                    print(f"  {spec.name}: worker died; skipping its remaining cases", flush=True)
+                    break
+        finally:
+            worker.close()
+    return facts
+
+
+def _run_case(
+    worker: Worker, peer: str, name: str, param: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    case: dict[str, Any] = {"scenario": name, "param": param, "peer": peer}
+    t0 = time.monotonic()
+    params = {"param": param, "quick": args.quick}
+    repeats = 1 if name == "memory" else args.repeats
+    try:
+        runs = [worker.request(op="run", scenario=name, params=params) for _ in range(repeats)]
+        case |= {"metrics": medians(runs), "runs": runs}
+        shown = ", ".join(f"{k}={report.format_value(v)}" for k, v in case["metrics"].items())
+    except WorkerError as exc:
+        case["error"] = str(exc)
+        shown = f"error: {exc}"
+    print(f"  {peer} {name} {param}: {shown} [{time.monotonic() - t0:.1f} s]", flush=True)
+    return case
+
+
+def memcpy_cases(plan: list[tuple[str, int]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    cases = []
+    for name, param in plan:
+        if name == "put_large":
+            runs = [scenarios.memcpy(param, args.quick) for _ in range(args.repeats)]
+            metrics = medians(runs)
+            case = {"scenario": name, "param": param, "peer": report.CEILING}
+            cases.append(case | {"metrics": metrics, "runs": runs})
+            print(f"  memcpy {param}: {report.format_value(metrics['GB_per_s'])} GB/s")
+    return cases
+
+
+def _names(text: str | None, known: Sequence[str], what: str) -> list[str]:
+    if text is None:
+        return list(known)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"unknown {what}: {', '.join(unknown)} (known: {', '.join(known)})")
+    return names
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, 1 repeat")
+    parser.add_argument("--peers", help=f"comma-separated subset of {', '.join(PEERS)}")
+    parser.add_argument("--scenarios", help=f"subset of {', '.join(scenarios.SCENARIOS)}")
+    parser.add_argument("--repeats", type=int, help="repeats per case (default 3, quick 1)")
+    parser.add_argument("--memory", type=int, default=1 << 30, help="store bytes per peer")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
+    parser.add_argument("--reinstall", action="store_true", help="recreate peer venvs")
+    parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    args = parser.parse_args(argv)
+    args.peer_names = _names(args.peers, list(PEERS), "peer")
+    args.scenario_names = _names(args.scenarios, list(scenarios.SCENARIOS), "scenario")
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    plan = [
+        (name, param)
+        for name in args.scenario_names
+        for param in scenarios.SCENARIOS[name].params(args.quick)
+    ]
+    results: dict[str, Any] = {
+        "meta": {
+            "command": "python -m bench.run " + " ".join(sys.argv[1:] if argv is None else argv),
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": f"{os.cpu_count()} CPUs, Linux {platform.release()}, "
+            f"Python {platform.python_version()}",
+            "quick": args.quick,
+            "repeats": args.repeats,
+        },
+        "peers": {},
+        "cases": [],
+    }
+    started = time.monotonic()
+    print(f"[bench] {len(plan)} cases x {args.repeats} repeat(s) for {', '.join(args.peer_names)}")
+    results["cases"] += memcpy_cases(plan, args)
+    for name in args.peer_names:
+        spec = PEERS[name]
+        try:
+            python = peer_python(spec, reinstall=args.reinstall)
+        except InstallError as exc:
+            print(f"[bench] {name}: missing ({exc})", flush=True)
+            results["peers"][name] = {"status": "missing", "reason": str(exc)}
+            continue
+        print(f"[bench] {name} ({python})", flush=True)
+        info, cases = run_peer(spec, python, plan, args)
+        results["peers"][name] = info
+        results["cases"] += cases
+    readme = README if args.out.resolve() == RESULTS_DIR else None
+    written = report.write(results, args.out, with_plots=not args.no_plots, readme=readme)
+    print(report.markdown(results))
+    print(f"[bench] done in {time.monotonic() - started:.0f} s: {', '.join(map(str, written))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,374 @@
+"""The benchmark scenarios: their sizes, units and targets, and the code that measures them.
+
+The measuring functions run inside a peer worker (any venv: standard library and numpy only)
+against a :class:`bench.peers.base.Peer`. Each returns one repeat's metrics; the harness
+repeats and takes medians.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import multiprocessing as mp
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from bench.peers.base import Peer, load_peer_class, read_memory
+
+KiB = 1024
+MiB = 1024 * 1024
+
+Metrics = dict[str, float]
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A design-section-9 target on one metric of one case of a scenario."""
+
+    param: int
+    metric: str
+    text: str
+    #: given the case's values by peer (and "memcpy"), whether plasma-coord meets it
+    check: Callable[[dict[str, float]], bool | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    param_name: str  # what the parameter is: "size" (bytes), "N" (processes), "objects"
+    full: tuple[int, ...]
+    quick: tuple[int, ...]
+    metrics: dict[str, tuple[str, bool]]  # metric -> (unit, higher is better)
+    targets: tuple[Target, ...] = ()
+
+    def params(self, quick: bool) -> tuple[int, ...]:
+        return self.quick if quick else self.full
+
+
+def _ratio_at_least(peer: str, factor: float) -> Callable[[dict[str, float]], bool | None]:
+    def check(values: dict[str, float]) -> bool | None:
+        if "plasma-coord" not in values or peer not in values:
+            return None
+        return values["plasma-coord"] >= factor * values[peer]
+
+    return check
+
+
+def _at_most(limit: float) -> Callable[[dict[str, float]], bool | None]:
+    def check(values: dict[str, float]) -> bool | None:
+        return values["plasma-coord"] <= limit if "plasma-coord" in values else None
+
+    return check
+
+
+def _at_least(limit: float) -> Callable[[dict[str, float]], bool | None]:
+    def check(values: dict[str, float]) -> bool | None:
+        return values["plasma-coord"] >= limit if "plasma-coord" in values else None
+
+    return check
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario(
+            "create_seal",
+            "create+seal, one by one",
+            "size",
+            (64, KiB, 100 * KiB),
+            (64, KiB, 100 * KiB),
+            {"ops_per_s": ("ops/s", True)},
+            (Target(64, "ops_per_s", "≥ 1.5x arrow-plasma", _ratio_at_least("arrow-plasma", 1.5)),),
+        ),
+        Scenario(
+            "create_seal_batch",
+            "create+seal, batches of 1000",
+            "size",
+            (64, KiB, 100 * KiB),
+            (64, KiB),
+            {"ops_per_s": ("ops/s", True)},
+            (Target(64, "ops_per_s", "≥ 250,000 ops/s", _at_least(250_000)),),
+        ),
+        Scenario(
+            "get",
+            "get of a sealed object",
+            "size",
+            (64, MiB),
+            (64, MiB),
+            {"p50_us": ("µs", False), "p99_us": ("µs", False)},
+            (
+                Target(64, "p50_us", "≤ 25 µs", _at_most(25.0)),
+                Target(MiB, "p50_us", "≤ 25 µs", _at_most(25.0)),
+            ),
+        ),
+        Scenario(
+            "put_large",
+            "put of a numpy array",
+            "size",
+            (MiB, 16 * MiB, 64 * MiB, 256 * MiB),
+            (MiB, 16 * MiB),
+            {"GB_per_s": ("GB/s", True)},
+            (Target(256 * MiB, "GB_per_s", "≥ 0.9x memcpy", _ratio_at_least("memcpy", 0.9)),),
+        ),
+        Scenario(
+            "get_large",
+            "get of a numpy array",
+            "size",
+            (MiB, 16 * MiB, 64 * MiB, 256 * MiB),
+            (MiB, 16 * MiB),
+            {"GB_per_s": ("GB/s", True)},
+        ),
+        Scenario(
+            "producers_consumers",
+            "N producers → N consumers, 16 KiB objects",
+            "N",
+            (1, 2, 4),
+            (1, 2),
+            {"ops_per_s": ("objects/s", True)},
+        ),
+        Scenario(
+            "memory",
+            "store memory with live 64 B objects",
+            "objects",
+            (100_000,),
+            (100_000,),
+            {"private_MiB": ("MiB", False), "vmrss_MiB": ("MiB", False)},
+            (Target(100_000, "private_MiB", "≤ 100 MiB", _at_most(100.0)),),
+        ),
+    )
+}
+
+# Operation counts per repeat: (full, quick).
+SMALL_OPS = (5000, 500)
+BATCH_OPS = (20_000, 4000)
+BATCH_SIZE = 1000
+GET_OPS = (3000, 500)
+LARGE_BYTES = (512 * MiB, 64 * MiB)  # bytes moved per repeat and size, at least one array
+PC_OBJECTS = (2000, 300)  # per producer
+PC_SIZE = 16 * KiB
+WARMUP = 50
+
+
+def _budget(quick: bool) -> float:
+    """Seconds one repeat of a small-object scenario may take (slow peers stop early)."""
+    return 0.5 if quick else 2.0
+
+
+def _payload(size: int) -> bytes:
+    return bytes(range(256)) * (size // 256) + bytes(size % 256)
+
+
+def _small_ops(size: int, quick: bool, counts: tuple[int, int]) -> int:
+    n = counts[1] if quick else counts[0]
+    return max(100, n // 10) if size >= 100 * KiB else n
+
+
+def create_seal(peer: Peer, size: int, quick: bool) -> Metrics:
+    data = _payload(size)
+    peer.delete([peer.put_small(data) for _ in range(WARMUP)])
+    n = _small_ops(size, quick, SMALL_OPS)
+    deadline = time.perf_counter() + _budget(quick)
+    keys: list[Any] = []
+    t0 = time.perf_counter()
+    while len(keys) < n and (len(keys) % 64 or time.perf_counter() < deadline):  # clock / 64 ops
+        keys.append(peer.put_small(data))
+    elapsed = time.perf_counter() - t0
+    peer.delete(keys)
+    return {"ops_per_s": len(keys) / elapsed}
+
+
+def create_seal_batch(peer: Peer, size: int, quick: bool) -> Metrics:
+    data = _payload(size)
+    n = _small_ops(size, quick, BATCH_OPS)
+    peer.delete(peer.put_many([data] * WARMUP))
+    elapsed, done = 0.0, 0
+    while done < n and elapsed < _budget(quick):
+        batch = [data] * min(BATCH_SIZE, n - done)
+        t0 = time.perf_counter()
+        keys = peer.put_many(batch)
+        elapsed += time.perf_counter() - t0
+        done += len(keys)
+        peer.delete(keys)
+    return {"ops_per_s": done / elapsed}
+
+
+def get(peer: Peer, size: int, quick: bool) -> Metrics:
+    key = peer.put_small(_payload(size))
+    n = GET_OPS[1] if quick else GET_OPS[0]
+    samples = np.empty(n, dtype=np.float64)
+    clock = time.perf_counter_ns
+    for _ in range(WARMUP):
+        view = peer.get(key)
+        view[0]
+        del view
+    deadline = clock() + int(_budget(quick) * 1e9)
+    done = 0
+    while done < n and (done < 100 or clock() < deadline):
+        t0 = clock()
+        view = peer.get(key)
+        view[0]
+        del view
+        samples[done] = clock() - t0
+        done += 1
+    samples = samples[:done]
+    peer.delete([key])
+    return {
+        "p50_us": float(np.percentile(samples, 50)) / 1e3,
+        "p99_us": float(np.percentile(samples, 99)) / 1e3,
+    }
+
+
+def _array(size: int) -> np.ndarray:
+    array = np.empty(size // 8, dtype=np.float64)
+    array[:] = np.arange(array.size)  # faulted in and not all zeros
+    return array
+
+
+def _large_rounds(size: int, quick: bool) -> int:
+    return max(1, (LARGE_BYTES[1] if quick else LARGE_BYTES[0]) // size)
+
+
+def put_large(peer: Peer, size: int, quick: bool) -> Metrics:
+    array = _array(size)
+    times = []
+    for _ in range(_large_rounds(size, quick)):
+        t0 = time.perf_counter()
+        key = peer.put_array(array)
+        times.append(time.perf_counter() - t0)
+        peer.delete([key])
+    return {"GB_per_s": size / float(np.median(times)) / 1e9}
+
+
+def get_large(peer: Peer, size: int, quick: bool) -> Metrics:
+    array = _array(size)
+    key = peer.put_array(array)
+    times = []
+    for _ in range(_large_rounds(size, quick)):
+        t0 = time.perf_counter()
+        got = peer.get_array(key)
+        got[-1]
+        times.append(time.perf_counter() - t0)
+        if got.nbytes != size or got[-1] != array[-1]:
+            raise AssertionError(f"get_array returned {got.nbytes} bytes, wrong contents")
+        del got
+    peer.delete([key])
+    return {"GB_per_s": size / float(np.median(times)) / 1e9}
+
+
+def memcpy(size: int, quick: bool) -> Metrics:
+    """The ceiling for ``put_large``: numpy copyto into a pre-faulted destination."""
+    array = _array(size)
+    dest = np.ones_like(array)
+    times = []
+    for _ in range(_large_rounds(size, quick)):
+        t0 = time.perf_counter()
+        np.copyto(dest, array)
+        times.append(time.perf_counter() - t0)
+    return {"GB_per_s": size / float(np.median(times)) / 1e9}
+
+
+def _producer(
+    module: str, config: dict[str, Any], conn: Any, n: int, bars: Any, q: Any, quick: bool
+) -> None:
+    peer = load_peer_class(module).child(config)
+    data = _payload(PC_SIZE)
+    bars[0].wait()
+    t0 = time.perf_counter()
+    deadline = t0 + 3 * _budget(quick)
+    keys: list[Any] = []
+    while len(keys) < n and time.perf_counter() < deadline:
+        key = peer.put_small(data)
+        keys.append(key)
+        conn.send_bytes(peer.key_to_bytes(key))
+    conn.send_bytes(b"")
+    q.put((t0, time.perf_counter(), len(keys)))
+    bars[1].wait()  # consumers are done: the owner may drop its objects
+    peer.delete(keys)
+    peer.close()
+
+
+def _consumer(
+    module: str, config: dict[str, Any], conn: Any, n: int, bars: Any, q: Any, quick: bool
+) -> None:
+    """Get every object whose key arrives on ``conn`` (``quick``: same signature as producers)."""
+    peer = load_peer_class(module).child(config)
+    bars[0].wait()
+    t0 = time.perf_counter()
+    got = 0
+    while token := conn.recv_bytes():
+        view = peer.get(peer.key_from_bytes(token))
+        if view[0] != 0:
+            raise AssertionError("consumer read wrong bytes")
+        del view
+        got += 1
+    q.put((t0, time.perf_counter(), -got))
+    bars[1].wait()
+    peer.close()
+
+
+def producers_consumers(peer: Peer, module: str, n_pairs: int, quick: bool) -> Metrics:
+    ctx = mp.get_context("spawn")
+    n = PC_OBJECTS[1] if quick else PC_OBJECTS[0]
+    bars = (ctx.Barrier(2 * n_pairs + 1), ctx.Barrier(2 * n_pairs + 1))
+    q = ctx.Queue()
+    config = peer.child_config()
+    procs = []
+    for _ in range(n_pairs):
+        recv, send = ctx.Pipe(duplex=False)
+        for target, conn in ((_producer, send), (_consumer, recv)):
+            procs.append(ctx.Process(target=target, args=(module, config, conn, n, bars, q, quick)))
+    for p in procs:
+        p.start()
+    try:
+        bars[0].wait(timeout=300)
+        spans = [q.get(timeout=300) for _ in procs]
+        bars[1].wait(timeout=60)
+    finally:
+        for p in procs:
+            p.join(timeout=120)
+            if p.exitcode is None:
+                p.kill()
+    if any(p.exitcode for p in procs):
+        raise RuntimeError(f"producer/consumer exit codes {[p.exitcode for p in procs]}")
+    produced = sum(count for _, _, count in spans if count > 0)
+    if produced != -sum(count for _, _, count in spans if count < 0):
+        raise AssertionError(f"consumers did not get all {produced} objects")
+    wall = max(end for _, end, _ in spans) - min(start for start, _, _ in spans)
+    return {"ops_per_s": produced / wall}
+
+
+def memory(peer: Peer, n_objects: int) -> Metrics:
+    pids = peer.store_pids() or [os.getpid()]
+    data = _payload(64)
+    keys = []
+    for i in range(0, n_objects, BATCH_SIZE):
+        keys.extend(peer.put_many([data] * min(BATCH_SIZE, n_objects - i)))
+    mems = [read_memory(pid) for pid in pids]
+    vmrss = sum(m["VmRSS"] for m in mems)
+    private = vmrss - sum(m["RssShmem"] for m in mems)
+    for i in range(0, n_objects, BATCH_SIZE):
+        peer.delete(keys[i : i + BATCH_SIZE])
+    return {"private_MiB": private / MiB, "vmrss_MiB": vmrss / MiB}
+
+
+def run(peer: Peer, module: str, name: str, params: dict[str, Any]) -> Metrics:
+    """One repeat of scenario ``name`` at ``params["param"]`` (called by the worker loop)."""
+    param, quick = int(params["param"]), bool(params.get("quick", False))
+    if name == "producers_consumers":
+        return producers_consumers(peer, module, param, quick)
+    if name == "memory":
+        return memory(peer, param)
+    simple = {
+        "create_seal": create_seal,
+        "create_seal_batch": create_seal_batch,
+        "get": get,
+        "put_large": put_large,
+        "get_large": get_large,
+    }
+    if name not in simple:
+        raise ValueError(f"unknown scenario {name!r}")
+    return simple[name](peer, param, quick)
