@@ -159,16 +159,11 @@ class AsyncClient:
         """Zero-copy read-only buffers; see :meth:`plasma.client.Client.get`."""
         single = isinstance(object_ids, (ObjectID, bytes))
         ids = [as_id_bytes(o) for o in ([object_ids] if single else object_ids)]
-        reply = await self._request(p.Get(seq=self._seq(), ids=ids, timeout=timeout))
-        out: list[Any] = []
-        for oid, loc in zip(ids, reply.results, strict=True):
-            if isinstance(loc, str):
-                out.clear()
-                raise error_for(
-                    loc, f"object {oid.hex()} is not available ({loc}, timeout={timeout})"
-                )
-            data, meta = self._state.readable(oid, loc)
-            out.append((data, meta) if with_metadata else data)
+        get = self._state.start_get(ids)  # revocations are taken in by the reader task
+        if get.missing:
+            reply = await self._request(p.Get(seq=self._seq(), ids=get.missing, timeout=timeout))
+            get.fill(reply.results, timeout)
+        out = get.result(with_metadata, raise_missing=True)
         return out[0] if single else out
 
     async def contains(self, object_id: ObjectRef) -> bool:
@@ -215,6 +210,8 @@ class AsyncClient:
         await self._request(p.SubmitSample(seq=self._seq(), task_id=task_id, sample=data))
 
     async def flush(self) -> None:
+        """Release cached references and wait until everything sent so far was handled."""
+        self._state.drop_cache()
         await self._request(p.Sync(seq=self._seq()))
         self._check_open()
 

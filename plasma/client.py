@@ -24,7 +24,9 @@ from plasma.client_state import (
     ALIGN,
     ANCILLARY_SPACE,
     ARENA_OBJECT_LIMIT,
+    ARENA_OBJECTS,
     ARENA_SIZE,
+    RELEASE_DELAY,
     Arena,
     ClientState,
     align,
@@ -39,7 +41,9 @@ ObjectRef = ObjectID | bytes
 class Client:
     """A connection to a coordinator. Use :func:`connect` to make one."""
 
-    def __init__(self, socket_path: str, client_name: str = "") -> None:
+    def __init__(
+        self, socket_path: str, client_name: str = "", *, release_delay: int = RELEASE_DELAY
+    ) -> None:
         self.socket_path = socket_path
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -49,7 +53,7 @@ class Client:
             raise ConnectionError(
                 f"cannot connect to plasma-coord at {socket_path}: {exc}"
             ) from exc
-        self._state = ClientState()
+        self._state = ClientState(release_delay)
         self._lock = threading.RLock()
         self._closed = False
         reply = self._request(
@@ -70,15 +74,20 @@ class Client:
         self._sock.sendall(data)
 
     def _receive(self, timeout: float | None = None) -> list[Any]:
-        """Block for the next chunk of bytes (or until ``timeout``); returns replies in it."""
-        if timeout is not None:
+        """Block for the next chunk of bytes (or until ``timeout``; 0 polls); returns the
+        replies in it."""
+        recv_flags = int(socket.MSG_CMSG_CLOEXEC)
+        if timeout == 0:
+            recv_flags |= socket.MSG_DONTWAIT
+        elif timeout is not None:
             ready, _, _ = select.select([self._sock], [], [], max(timeout, 0))
             if not ready:
                 return []
         view = self._state.recv_view
-        size, ancdata, flags, _ = self._sock.recvmsg_into(
-            [view], ANCILLARY_SPACE, socket.MSG_CMSG_CLOEXEC
-        )
+        try:
+            size, ancdata, flags, _ = self._sock.recvmsg_into([view], ANCILLARY_SPACE, recv_flags)
+        except BlockingIOError:
+            return []
         fds = fds_from_ancillary(ancdata)
         if not size:
             for fd in fds:
@@ -244,11 +253,25 @@ class Client:
         if msgs:
             self._send_nowait(*msgs)
 
+    def _arena_slot(self, size: int, node: int | None) -> tuple[Arena, int]:
+        """An arena for ``node`` with room for ``size`` bytes, and the offset taken there."""
+        arena = self._state.arena
+        if arena is None or arena.node != node or arena.segment not in self._state.maps:
+            arena = self._new_arena(size, node, pending=[])
+        offset = arena.take(size)
+        if offset is None:
+            arena = self._new_arena(size, node, pending=[])
+            offset = arena.take(size)
+            assert offset is not None
+        return arena, offset
+
     def _new_arena(self, size: int, node: int | None, pending: list[msgspec.Struct]) -> Arena:
         """Ask for a fresh arena, sending ``pending`` messages in the same write."""
         with self._lock:
             self._raise_deferred()
-            msg = p.Arena(seq=self._seq(), size=max(ARENA_SIZE, align(size)), node=node)
+            # room for many objects of this size, but never much of the store
+            room = min(ARENA_OBJECTS * align(size), max(ARENA_SIZE, self.info.capacity // 64))
+            msg = p.Arena(seq=self._seq(), size=max(ARENA_SIZE, room, align(size)), node=node)
             self._send(self._state.frames(*pending, msg))
             reply = self._wait_reply(msg.seq)
         arena = Arena(reply.segment, reply.offset, reply.offset + reply.size, reply.offset, node)
@@ -302,42 +325,20 @@ class Client:
         """Like :meth:`get` but returns None for objects that are not available."""
         state = self._state
         ids = [as_id_bytes(o) for o in object_ids]
-        views: list[tuple[memoryview, memoryview] | None] = [state.reuse(oid) for oid in ids]
-        wanted = [i for i, v in enumerate(views) if v is None]
-        failure: PlasmaError | None = None
-        if wanted:
-            want_ids = [ids[i] for i in wanted]
-            locations = self._take_prefetched(want_ids)
+        if state.held or state.cache:
+            with self._lock:  # take in revocations already sent before serving locally
+                for reply in self._receive(timeout=0):
+                    state.unexpected(reply)
+        get = state.start_get(ids)
+        if get.missing:
+            locations = state.take_prefetched(get.missing)
             if locations is None:
                 locations = []
-                for chunk in _chunks(want_ids):
+                for chunk in _chunks(get.missing):
                     reply = self._request(p.Get(seq=self._seq(), ids=chunk, timeout=timeout))
                     locations += reply.results
-            for i, loc in zip(wanted, locations, strict=True):
-                if isinstance(loc, str):
-                    if failure is None:
-                        failure = error_for(
-                            loc,
-                            f"object {ids[i].hex()} is not available ({loc}, timeout={timeout})",
-                        )
-                    continue
-                views[i] = state.readable(ids[i], loc)
-        if failure is not None and _raise:
-            views.clear()  # drop the views: their references go back
-            raise failure
-        return [v if v is None or with_metadata else v[0] for v in views]
-
-    def _take_prefetched(self, ids: list[bytes]) -> list[p.ObjectLocation | str] | None:
-        """Locations handed over by a with_locations subscription: no round trip needed."""
-        prefetched = self._state.prefetched
-        if not prefetched or any(not prefetched.get(oid) for oid in ids):
-            return None
-        locations: list[p.ObjectLocation | str] = []
-        for oid in ids:
-            locations.append(prefetched[oid].pop())
-            if not prefetched[oid]:
-                del prefetched[oid]
-        return locations
+            get.fill(locations, timeout)
+        return get.result(with_metadata, raise_missing=_raise)
 
     def get_metadata(
         self, object_ids: Sequence[ObjectRef], timeout: float | None = None
@@ -408,7 +409,9 @@ class Client:
         self._request(p.SubmitSample(seq=self._seq(), task_id=task_id, sample=data))
 
     def flush(self) -> None:
-        """Wait until the coordinator handled everything sent so far; raise its deferred errors."""
+        """Release cached references, wait until the coordinator handled everything sent so
+        far, and raise its deferred errors."""
+        self._state.drop_cache()
         self._request(p.Sync(seq=self._seq()))
         self._raise_deferred()
 
@@ -433,10 +436,15 @@ class Client:
         """Store a numpy array, Arrow object or bytes; returns its id."""
         oid = ObjectID(as_id_bytes(object_id)) if object_id is not None else ObjectID.from_random()
         enc = serialization.encode(value)
-        if enc.data_size + len(enc.metadata) <= ARENA_OBJECT_LIMIT:
-            buf = bytearray(enc.data_size)
-            enc.write(memoryview(buf))
-            self.create_and_seal(oid, buf, enc.metadata, node=node)
+        size = enc.data_size + len(enc.metadata)
+        if size <= ARENA_OBJECT_LIMIT:  # written straight into the arena, no round trip
+            arena, offset = self._arena_slot(size, node)
+            mm = self._state.maps[arena.segment]
+            mm[offset + enc.data_size : offset + size] = enc.metadata
+            with memoryview(mm)[offset : offset + enc.data_size] as view:
+                enc.write(view)
+            obj = p.ArenaObject(oid.binary(), offset, enc.data_size, len(enc.metadata))
+            self._send_nowait(p.SealArena(self._seq(), arena.segment, [obj]))
             return oid
         view = self.create(oid, enc.data_size, enc.metadata, node=node)
         enc.write(view)
@@ -459,6 +467,7 @@ class Client:
         if self._closed:
             return
         with self._lock:
+            self._state.drop_cache()
             try:
                 if self._state.has_releases:
                     self._send(self._state.frames())
@@ -512,6 +521,12 @@ def _chunks(ids: list[bytes]) -> Iterator[list[bytes]]:
         yield ids[start : start + IDS_PER_FRAME]
 
 
-def connect(socket_path: str, client_name: str = "") -> Client:
-    """Connect to the coordinator listening on ``socket_path``."""
-    return Client(socket_path, client_name)
+def connect(
+    socket_path: str, client_name: str = "", *, release_delay: int = RELEASE_DELAY
+) -> Client:
+    """Connect to the coordinator listening on ``socket_path``.
+
+    ``release_delay`` is how many released objects the client keeps a reference to, so that
+    getting them again needs no round trip (0 releases at once).
+    """
+    return Client(socket_path, client_name, release_delay=release_delay)

@@ -31,8 +31,15 @@ MAX_FDS = 253
 ANCILLARY_SPACE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
 RECV_SIZE = 256 * 1024
 ALIGN = 64
-ARENA_SIZE = 1 << 20  # bytes a client reserves at a time for small objects
-ARENA_OBJECT_LIMIT = 64 << 10  # objects up to this size (data + metadata) go through the arena
+# Objects up to ARENA_OBJECT_LIMIT bytes (data + metadata) are written into a range of a
+# segment the client reserved in advance (its arena): ARENA_SIZE at least, room for
+# ARENA_OBJECTS objects of the size at hand, but at most 1/64 of the store.
+ARENA_SIZE = 1 << 20
+ARENA_OBJECTS = 16
+ARENA_OBJECT_LIMIT = 1 << 20
+# Released objects whose reference a client keeps, so getting them again needs no round trip
+# (as Arrow Plasma's release_delay); dropped on flush(), close() and when revoked by a delete.
+RELEASE_DELAY = 64
 
 
 # Map segments with their page tables filled in: a put then writes at memcpy speed.
@@ -51,6 +58,13 @@ def fds_from_ancillary(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
             arr.frombytes(data[: len(data) - (len(data) % arr.itemsize)])
             fds.extend(arr)
     return fds
+
+
+@dataclass(slots=True)
+class _Held:
+    loc: p.ObjectLocation
+    views: int = 1
+    revoked: bool = False
 
 
 @dataclass
@@ -80,7 +94,7 @@ class Arena:
 class ClientState:
     """Everything a client knows about its connection, without doing any I/O."""
 
-    def __init__(self) -> None:
+    def __init__(self, release_delay: int = RELEASE_DELAY) -> None:
         self.decoder = p.FrameDecoder(p.Reply, REPLY_MAX_FRAME)
         self.maps: dict[int, mmap.mmap] = {}
         self.segments: dict[int, p.SegmentInfo] = {}
@@ -89,7 +103,12 @@ class ClientState:
         self.deferred_errors: list[PlasmaError] = []
         self.arena: Arena | None = None
         self.prefetched: dict[bytes, list[p.ObjectLocation]] = {}
-        self.held: dict[bytes, list[Any]] = {}  # id -> [location, live views]: one reference each
+        # objects we hold one reference to: with live views (held) or recently released
+        # (cache, oldest first, at most release_delay; revoked when someone deletes them)
+        self.held: dict[bytes, _Held] = {}
+        self.cache: dict[bytes, p.ObjectLocation] = {}
+        self.release_delay = release_delay
+        self._held_lock = threading.RLock()  # finalizers may run on any thread
         # one receive buffer for the connection's life: a fresh 256 KiB bytes object per recv
         # would cost an mmap/munmap and page faults on every reply
         self.recv_view = memoryview(bytearray(RECV_SIZE))
@@ -141,6 +160,8 @@ class ClientState:
                 self.notifications.append(msg)
             elif isinstance(msg, p.RunRequest):
                 self.run_requests.append(msg)
+            elif isinstance(msg, p.Revoked):
+                self.revoke(msg.ids)
             else:
                 replies.append(msg)
         return replies
@@ -180,21 +201,61 @@ class ClientState:
         reference. While views of it are alive the client holds exactly one reference: a
         second reference (from a concurrent get) is handed back at once.
         """
-        held = self.held.get(oid)
-        if held is None:
-            self.held[oid] = [loc, 1]
-        else:
-            held[1] += 1
-            self._releases.append(oid)
-        return self._views(oid, loc)
+        with self._held_lock:
+            held = self.held.get(oid)
+            if held is None:
+                self.held[oid] = _Held(loc)
+            else:
+                held.views += 1
+                self._releases.append(oid)
+            return self._views(oid, loc)
 
     def reuse(self, oid: bytes) -> tuple[memoryview, memoryview] | None:
-        """Views of an object this client already holds, with no round trip; else None."""
-        held = self.held.get(oid)
-        if held is None:
+        """Views of an object this client holds (in use or recently released and cached),
+        with no round trip; else None."""
+        with self._held_lock:
+            held = self.held.get(oid)
+            if held is None:
+                loc = self.cache.pop(oid, None)
+                if loc is None:
+                    return None
+                self.held[oid] = held = _Held(loc, views=0)
+            elif held.revoked:
+                return None
+            held.views += 1
+            return self._views(oid, held.loc)
+
+    def start_get(self, ids: list[bytes]) -> PendingGet:
+        """A get of ``ids`` with the objects this client holds already filled in."""
+        return PendingGet(self, ids, [self.reuse(oid) for oid in ids])
+
+    def take_prefetched(self, ids: list[bytes]) -> list[p.ObjectLocation | str] | None:
+        """Locations handed over by a with_locations subscription (a reference each), when
+        there is one for every id: no round trip needed."""
+        prefetched = self.prefetched
+        if not prefetched or any(not prefetched.get(oid) for oid in ids):
             return None
-        held[1] += 1
-        return self._views(oid, held[0])
+        locations: list[p.ObjectLocation | str] = []
+        for oid in ids:
+            locations.append(prefetched[oid].pop())
+            if not prefetched[oid]:
+                del prefetched[oid]
+        return locations
+
+    def revoke(self, ids: list[bytes]) -> None:
+        """The coordinator waits for our references to these to delete them."""
+        with self._held_lock:
+            for oid in ids:
+                if self.cache.pop(oid, None) is not None:
+                    self._releases.append(oid)
+                elif oid in self.held:
+                    self.held[oid].revoked = True
+
+    def drop_cache(self) -> None:
+        """Release every cached (unused) reference with the next message."""
+        with self._held_lock:
+            self._releases.extend(self.cache)
+            self.cache.clear()
 
     def _views(self, oid: bytes, loc: p.ObjectLocation) -> tuple[memoryview, memoryview]:
         total = loc.data_size + loc.metadata_size
@@ -207,17 +268,62 @@ class ClientState:
         return view[: loc.data_size], view[loc.data_size : total]
 
     def _drop_view(self, oid: bytes) -> None:
-        """Finalizer of a view owner (any thread, any time): queue the release of the last one."""
-        held = self.held.get(oid)
-        if held is None:
-            return
-        held[1] -= 1
-        if held[1] == 0:
+        """Finalizer of a view owner (any thread, any time): when the last view of an object
+        goes, keep its reference in the release-delay cache (the oldest one beyond
+        ``release_delay`` is released) or release it."""
+        with self._held_lock:
+            held = self.held.get(oid)
+            if held is None:
+                return
+            held.views -= 1
+            if held.views:
+                return
             del self.held[oid]
-            self._releases.append(oid)
+            if held.revoked or not self.release_delay:
+                self._releases.append(oid)
+                return
+            self.cache[oid] = held.loc
+            if len(self.cache) > self.release_delay:
+                self._releases.append(next(iter(self.cache)))
+                del self.cache[next(iter(self.cache))]
 
     def close_maps(self) -> None:
         for mm in self.maps.values():
             with contextlib.suppress(BufferError):  # views still alive: unmapped when they go
                 mm.close()
         self.maps.clear()
+
+
+Views = tuple[memoryview, memoryview]
+
+
+class PendingGet:
+    """Views of a get being assembled: local ones first, then what the coordinator sent."""
+
+    def __init__(self, state: ClientState, ids: list[bytes], views: list[Views | None]) -> None:
+        self._state = state
+        self._ids = ids
+        self._views = views
+        self._wanted = [i for i, v in enumerate(views) if v is None]
+        self.missing = [ids[i] for i in self._wanted]  # ids to ask the coordinator for
+        self._failure: PlasmaError | None = None
+
+    def fill(self, locations: list[p.ObjectLocation | str], timeout: float | None) -> None:
+        for i, loc in zip(self._wanted, locations, strict=True):
+            if isinstance(loc, str):
+                if self._failure is None:
+                    what = (
+                        f"object {self._ids[i].hex()} is not available ({loc}, timeout={timeout})"
+                    )
+                    self._failure = error_for(loc, what)
+            else:
+                self._views[i] = self._state.readable(self._ids[i], loc)
+
+    def result(self, with_metadata: bool, *, raise_missing: bool) -> list[Any]:
+        """Data views (or (data, metadata) pairs), None where unavailable; or raise for the
+        first unavailable id, dropping the views so their references go back."""
+        views = self._views
+        if self._failure is not None and raise_missing:
+            views.clear()
+            raise self._failure
+        return [v if v is None or with_metadata else v[0] for v in views]

@@ -371,7 +371,7 @@ def connect(store_socket_name: str, num_retries: int = -1) -> PlasmaClient:
     attempts = max(1, DEFAULT_CONNECT_RETRIES if num_retries == -1 else num_retries)
     for attempt in range(attempts):
         try:
-            return PlasmaClient(_connect(store_socket_name), store_socket_name)
+            return PlasmaClient(_connect(store_socket_name, release_delay=0), store_socket_name)
         except ConnectionError as exc:
             if attempt == attempts - 1:
                 raise ConnectionError(

@@ -30,7 +30,7 @@ from plasma.linux.peercred import peer_credentials
 from plasma.metrics import make_registry, parse_address, serve_metrics
 from plasma.placement_report import placement_report
 from plasma.segments import BASE_PAGE, SegmentPool
-from plasma.store import CreateDone, GetDone, Notify, Pending, Store
+from plasma.store import CreateDone, GetDone, Notify, Pending, Revoke, Store
 from plasma.telemetry import Telemetry, numa_nodes
 from plasma.units import parse_size
 
@@ -638,6 +638,8 @@ class Coordinator:
                     segments=segs,
                 )
                 session.send(note, fds)
+            elif isinstance(event, Revoke):
+                session.send(p.Revoked(seq=0, ids=[event.oid]))
             else:
                 waiter = self._waits.pop(event.token, None)
                 if waiter is None:

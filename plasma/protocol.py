@@ -317,6 +317,14 @@ class StatsReply(_Msg):
     stats: dict[str, Any]
 
 
+class Revoked(_Msg):
+    """Pushed (``seq`` 0) to clients referencing objects whose delete waits for them: drop
+    those references once no view of the object is in use."""
+
+    seq: int
+    ids: list[bytes]
+
+
 class Notification(_Msg):
     """Pushed to subscribers (``seq`` 0): an object was sealed or deleted."""
 
@@ -366,6 +374,7 @@ Reply = (
     | ArenaGranted
     | StatsReply
     | Notification
+    | Revoked
     | RunRequest
     | RunResult
 )

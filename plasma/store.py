@@ -105,7 +105,15 @@ class Notify(msgspec.Struct, gc=False):
     location: ObjectLocation | None = None
 
 
-Event = GetDone | CreateDone | Notify
+class Revoke(msgspec.Struct, gc=False):
+    """For a client holding a reference to an object whose delete waits for it: release the
+    reference as soon as it is not in use (clients cache released objects for quick gets)."""
+
+    client: int
+    oid: bytes
+
+
+Event = GetDone | CreateDone | Notify | Revoke
 
 
 # ---------------------------------------------------------------- records
@@ -466,6 +474,9 @@ class Store:
             if rec.ref_count:
                 rec.deleting = True
                 deferred.append(oid)
+                self._events.extend(
+                    Revoke(cid, oid) for cid, c in self._clients.items() if oid in c.refs
+                )
             else:
                 rec.segment.node.lru.pop(oid)
                 self._free_object(oid, rec)

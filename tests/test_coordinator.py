@@ -352,3 +352,30 @@ def test_requests_for_many_ids_stay_under_the_frame_limit(coordinator: RunningCo
         assert c.delete(ids) == []
         assert c.list() == {}
         assert used(c) == 0
+
+
+def test_released_objects_are_cached_until_a_delete_revokes_them(coordinator: RunningCoordinator):
+    with plasma.connect(coordinator.socket) as c, plasma.connect(coordinator.socket) as other:
+        other.put(b"cached", oid(1))
+        other.flush()
+        view = c.get(oid(1))
+        del view  # the reference stays in c's release-delay cache
+        gets = other.stats()["operations"]["Get"]
+        assert bytes(c.get(oid(1))) == b"cached"  # served locally
+        assert other.stats()["operations"]["Get"] == gets
+        assert other.list()[oid(1)]["ref_count"] == 1
+        assert other.delete([oid(1)]) == [oid(1)]  # deferred: c still holds it
+        with pytest.raises(plasma.ObjectNotFound):
+            c.get(oid(1), timeout=0)  # revoked: asks the store, which hides it
+        assert oid(1) not in other.list()  # the revoked reference went with that request
+        assert used(other) == 0
+
+
+def test_release_delay_zero_releases_at_once(coordinator: RunningCoordinator):
+    with plasma.connect(coordinator.socket, release_delay=0) as c:
+        c.put(b"x", oid(2))
+        c.flush()
+        view = c.get(oid(2))
+        del view
+        c.contains(oid(2))  # carries the queued release
+        assert c.list()[oid(2)]["ref_count"] == 0

@@ -18,7 +18,7 @@ from plasma.errors import (
     StoreFull,
 )
 from plasma.protocol import ArenaObject, CreateItem, ObjectLocation
-from plasma.store import CreateDone, GetDone, Notify, Pending, Store
+from plasma.store import CreateDone, GetDone, Notify, Pending, Revoke, Store
 
 KIB = 1024
 PAGE = 4096
@@ -566,8 +566,28 @@ def test_notifications_without_locations() -> None:
     assert store.drain_events() == [Notify(2, "deleted", oid(1), 4096, 0, None)]
     store.seal(1, oid(2))
     store.drain_events()
-    store.delete(1, [oid(2)])  # deferred: still notified now
-    assert store.drain_events() == [Notify(2, "deleted", oid(2), 10, 0, None)]
+    store.delete(1, [oid(2)])  # deferred: still notified now, and the holder is asked
+    assert store.drain_events() == [
+        Revoke(1, oid(2)),
+        Notify(2, "deleted", oid(2), 10, 0, None),
+    ]
+
+
+def test_deferred_delete_revokes_every_holder() -> None:
+    store, _ = make()
+    for client in (1, 2, 3):
+        store.register_client(client)
+    put(store, 1, 1, 10)
+    store.get(2, [oid(1)])
+    store.get(3, [oid(1), oid(1)])
+    store.drain_events()
+    assert store.delete(1, [oid(1)]) == ([], [oid(1)], [])
+    assert store.drain_events() == [Revoke(2, oid(1)), Revoke(3, oid(1))]
+    store.release(2, oid(1))
+    store.release(3, oid(1))
+    assert store.contains(oid(1)) is False
+    store.release(3, oid(1))
+    assert store.stats()["objects"] == 0
 
 
 def test_notifications_with_locations_take_a_reference() -> None:
@@ -599,6 +619,7 @@ def test_disconnect_cleans_everything() -> None:
     store.seal(2, oid(4))  # sealed, creator reference dropped
     store.get(2, [oid(1), oid(1)])
     store.delete(1, [oid(1)])  # deferred on client 2's references
+    assert store.drain_events() == [Revoke(2, oid(1))]
     store.get(2, [oid(9)], timeout=5)  # waiter cancelled
     store.grant_arena(2, 4096)
     store.subscribe(2, with_locations=True)
@@ -887,6 +908,8 @@ class StoreMachine(RuleBasedStateMachine):
                     self.refs[(client, o)] = 1
                 else:
                     assert isinstance(e.result, StoreFull)
+            elif isinstance(e, Revoke):  # only holders of an object being deleted are asked
+                assert self.refs.get((e.client, e.oid), 0) > 0
             elif e.kind == "sealed":
                 assert e.client in self.subscribers and e.location is not None
                 self.refs[(e.client, e.oid)] = self.refs.get((e.client, e.oid), 0) + 1

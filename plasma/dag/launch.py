@@ -3,7 +3,14 @@
 TARGET is ``--call module:function`` (run in this process with the task context) or
 ``-- argv...`` (exec'd, inheriting the CPU affinity and the memory policy). The runner has
 already chosen the CPU set; this only applies it, in the task's own process, before any
-task code runs. Exit status 126 means the pinning failed, 127 that the command was not found.
+task code runs. Exit status 126 means the pinning failed (or the runner went away before
+saying go), 127 that the command was not found.
+
+With ``--control FD`` (a socket the runner keeps the other end of) the launcher waits for the
+runner's :data:`GO` before doing anything, so the coordinator's perf counters, opened when the
+runner registers the process, see the whole task. A ``--call`` task also reports its end
+(:data:`END`) and waits for the runner's :data:`ACK`: the final sample is then taken while the
+process and its memory still exist, so it includes NUMA locality.
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ from plasma.errors import PlasmaError
 
 SETUP_FAILED = 126
 NOT_FOUND = 127
+GO = b"g"  # runner -> launcher: the process is registered, start the task
+END = b"e"  # launcher -> runner: the call returned, take the final sample now
+ACK = b"a"  # runner -> launcher: sampled, exit
 
 
 def _int_list(text: str) -> list[int]:
@@ -39,6 +49,23 @@ def pin(cpus: list[int], membind: list[int] | None) -> None:
         from plasma.linux.numa import MPOL_BIND, set_mempolicy
 
         set_mempolicy(MPOL_BIND, membind)
+
+
+def await_go(control: int) -> bool:
+    """Block until the runner says go; False if it went away (closed its end) first."""
+    try:
+        return os.read(control, 1) == GO
+    except OSError:
+        return False
+
+
+def report_end(control: int) -> None:
+    """Tell the runner the task is about to exit and wait until it has taken its sample."""
+    try:
+        os.write(control, END)
+        os.read(control, 1)  # ACK, or EOF if the runner is gone: either way, exit
+    except OSError:
+        pass
 
 
 def run_call(target: str) -> int:
@@ -72,10 +99,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cpus", type=_int_list, required=True, help="CPU list, e.g. 0,1")
     parser.add_argument("--membind", type=_int_list, default=None, help="memory nodes, e.g. 0")
     parser.add_argument("--call", default=None, help="module:function to run in-process")
+    parser.add_argument(
+        "--control", type=int, default=None, help="fd of the runner's control socket"
+    )
     parser.add_argument("argv", nargs="*", help="command to exec (after --)")
     args = parser.parse_args(argv)
     if (args.call is None) == (not args.argv):
         parser.error("give exactly one of --call or a command after --")
+    control: int | None = args.control
+    if control is not None:
+        try:
+            os.set_inheritable(control, False)  # neither exec'd commands nor children get it
+        except OSError as exc:
+            parser.error(f"--control {control}: not an open file descriptor ({exc.strerror})")
+        if not await_go(control):
+            print("plasma.dag.launch: the runner ended before the task started", file=sys.stderr)
+            return SETUP_FAILED
     try:
         pin(args.cpus, args.membind)
     except (PlasmaError, OSError) as exc:
@@ -87,6 +126,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except Exception:
             traceback.print_exc()
             return 1
+        finally:
+            sys.stdout.flush()
+            if control is not None:
+                report_end(control)
     sys.stdout.flush()
     try:
         os.execvp(args.argv[0], args.argv)

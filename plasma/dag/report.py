@@ -5,10 +5,15 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
+from plasma.metrics import StatsCollector
 
 STATUSES = ("succeeded", "failed", "skipped", "cancelled", "running", "ready", "pending")
 
@@ -21,8 +26,13 @@ def write_record(path: str | Path, record: dict[str, Any]) -> None:
 
 
 def write_prometheus(path: str | Path, record: dict[str, Any]) -> None:
-    """Write textfile-collector metrics for the run (also for a failed or partial run)."""
+    """Write textfile-collector metrics for the run (also for a failed or partial run).
+
+    Besides the ``plasma_dag_*`` families, each task's final perf sample is exported with the
+    coordinator's own ``plasma_task_*`` families (labels ``task`` and ``run_id``).
+    """
     reg = CollectorRegistry()
+    reg.register(TaskPerfCollector(record))
     run = {"run_id": record["run_id"], "pipeline": record.get("pipeline", "")}
     labels = list(run)
     ok = Gauge("plasma_dag_run_success", "1 if every task succeeded", labels, registry=reg)
@@ -61,12 +71,39 @@ def write_prometheus(path: str | Path, record: dict[str, Any]) -> None:
     write_to_textfile(str(path), reg)
 
 
+class TaskPerfCollector(Collector):
+    """The ``plasma_task_*`` families of :mod:`plasma.metrics` for the perf samples of a record."""
+
+    PREFIX = "plasma_task_"
+
+    def __init__(self, record: dict[str, Any]) -> None:
+        rows = [
+            {"task_id": t["id"], "run_id": record["run_id"], "state": t["status"], "latest": perf}
+            for t in record["tasks"]
+            if (perf := t.get("perf"))
+        ]
+        self._stats = StatsCollector(lambda: {"tasks": rows})
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        # Only the per-task families: the store, client and node families describe a
+        # coordinator, which the run's metrics are not.
+        for family in self._stats.collect():
+            if family.name.startswith(self.PREFIX):
+                yield family
+
+
 def summary(record: dict[str, Any]) -> str:
-    """A readable table of the run: each task's status, CPUs, node, time and attempts.
+    """A readable table of the run: each task's status, CPUs, node, time, attempts and perf.
+
+    ``cpu`` is the task's CPU time (perf task-clock) and ``local`` the share of its resident
+    pages on its node, from the coordinator's final sample.
 
     Tasks are listed in the order they started; those that never started come last.
     """
-    rows = [("task", "status", "cpus", "node", "start", "time", "tries", "note")]
+    rows = [("task", "status", "cpus", "node", "start", "time", "cpu", "local", "tries", "note")]
     t0 = record.get("start") or min((t["start"] for t in record["tasks"] if t["start"]), default=0)
     for t in sorted(record["tasks"], key=lambda t: math.inf if t["start"] is None else t["start"]):
         started = t["start"] is not None
@@ -78,6 +115,7 @@ def summary(record: dict[str, Any]) -> str:
                 ",".join(map(str, t["nodes"])) if started and t["nodes"] else "-",
                 f"+{t['start'] - t0:.2f}s" if started else "-",
                 f"{_elapsed(t['start'], t['end']):.2f}s" if started else "-",
+                *_perf_cells(t.get("perf")),
                 str(t["attempts"]),
                 t["error"] if t["status"] != "succeeded" else "",
             )
@@ -94,6 +132,19 @@ def summary(record: dict[str, Any]) -> str:
     counts = ", ".join(f"{n} {s}" for s, n in sorted(by_status.items()))
     head = f"run {record['run_id']}: {record['status']} in {total:.2f}s ({counts})"
     return "\n".join([head, *(line.rstrip() for line in lines)])
+
+
+def _perf_cells(perf: dict[str, Any] | None) -> tuple[str, str]:
+    """``(cpu time, local %)`` of a task's perf sample, ``-`` where unknown."""
+    if not perf:
+        return "-", "-"
+    clock = perf["counters"].get("task-clock")
+    locality = perf.get("locality") or {}
+    fraction = locality.get("local_fraction")
+    return (
+        "-" if clock is None else f"{clock / 1e9:.2f}s",
+        "-" if fraction is None else f"{fraction:.0%}",
+    )
 
 
 def _elapsed(start: float | None, end: float | None) -> float:

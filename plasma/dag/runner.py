@@ -6,6 +6,10 @@ through ``python -m plasma.dag.launch`` in its own session (process group), supe
 (exit code, timeout, retries, fail-fast), and on SIGINT/SIGTERM stops every task and waits
 for it, so no process outlives the run. The run record and Prometheus metrics are written
 whatever the outcome.
+
+Each attempt is registered with the coordinator's task telemetry before it may start (the
+launcher waits on a control socket for the runner's go), and ended with ``task_done``; the
+final perf sample becomes the task's ``perf`` in the record.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import math
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +36,7 @@ import plasma.aio
 from plasma.coordinator import CoordinatorConfig, serve
 from plasma.dag import branches
 from plasma.dag.graph import Graph
+from plasma.dag.launch import ACK, END, GO
 from plasma.dag.report import write_prometheus, write_record
 from plasma.dag.scheduler import Launch, Scheduler
 from plasma.dag.spec import PipelineSpec
@@ -58,6 +64,18 @@ class RunOptions:
     handle_signals: bool = True
 
 
+@dataclass
+class _Probe:
+    """The coordinator's sampling of one task attempt: its final sample, or why there is none."""
+
+    task_id: str
+    pid: int = 0
+    registered: bool = False
+    finished: bool = False
+    sample: dict[str, Any] | None = None
+    error: str = ""
+
+
 class Runner:
     """One run of a pipeline; :meth:`run` returns its record."""
 
@@ -73,7 +91,9 @@ class Runner:
         self.end: float | None = None
         self._tick = trio.Event()
         self._scopes: dict[str, trio.CancelScope] = {}
+        self._probes: dict[str, _Probe] = {}  # task id -> its latest attempt's
         self._socket = ""
+        self._client: Any = None
 
     # ------------------------------------------------------------------ entry point
 
@@ -87,6 +107,7 @@ class Runner:
                     plasma.aio.connect(self._socket, client_name=f"dag runner {self.run_id}")
                 )
                 await client.register_run(self.run_id)
+                self._client = client
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._serve_branches, client, nursery)
                     if self.options.handle_signals:
@@ -103,6 +124,10 @@ class Runner:
     def record(self) -> dict[str, Any]:
         rec = self.sched.record()
         rec.update(pipeline=self.spec.name, start=self.start, end=self.end, socket=self._socket)
+        for row in rec["tasks"]:
+            probe = self._probes.get(row["id"])
+            row["perf"] = probe.sample if probe else None
+            row["perf_error"] = probe.error if probe else ""
         return rec
 
     # ------------------------------------------------------------------ the loop
@@ -157,35 +182,91 @@ class Runner:
         task_id, timeout = launch.task_id, launch.spec.timeout
         error = ""
         proc: trio.Process | None = None
+        probe = self._probes[task_id] = _Probe(task_id)
         try:
             with self._scopes[task_id]:
+                try:
+                    proc, control = await self._spawn(launch)
+                except OSError as exc:
+                    error = f"cannot start: {exc}"
+                    return
+                with control:
+                    async with trio.open_nursery() as nursery:
+                        assert proc.stdout is not None
+                        nursery.start_soon(self._relay_output, task_id, proc.stdout)
+                        await self._register(launch, proc.pid, probe)
+                        with suppress(OSError):  # the launcher died: its exit code tells why
+                            await control.send(GO)
+                        nursery.start_soon(self._answer_end, control, probe)
+                        with trio.move_on_after(math.inf if timeout is None else timeout):
+                            await proc.wait()
+                        if proc.returncode is None:
+                            error = f"timed out after {timeout:g}s, killed"
+                        await self._stop(proc)  # closes the pipe and the socket: readers end
+        finally:
+            with trio.CancelScope(shield=True):
+                if proc is not None:
+                    await self._stop(proc)
+                await self._final_sample(probe)
+                code = None if proc is None else proc.returncode
+                self.sched.finished(task_id, code, time.time(), error)
+                self._changed()
+                self._write_outputs()  # partial metrics stay current while the run goes on
+
+    async def _spawn(self, launch: Launch) -> tuple[trio.Process, trio.socket.SocketType]:
+        """Start the launcher in its own session; returns it and our end of its control socket."""
+        ours, theirs = socket.socketpair()
+        with theirs:
+            try:
                 proc = await trio.lowlevel.open_process(
-                    self._argv(launch),
+                    self._argv(launch, theirs.fileno()),
                     env=self._env(launch),
                     cwd=str(self.options.workdir),
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
+                    pass_fds=(theirs.fileno(),),
                 )
-                async with trio.open_nursery() as nursery:
-                    assert proc.stdout is not None
-                    nursery.start_soon(self._relay_output, task_id, proc.stdout)
-                    with trio.move_on_after(math.inf if timeout is None else timeout):
-                        await proc.wait()
-                    if proc.returncode is None:
-                        error = f"timed out after {timeout:g}s, killed"
-                    await self._stop(proc)  # closes the pipe, ending the relay
-        except OSError as exc:
-            error = f"cannot start: {exc}"
-        finally:
-            with trio.CancelScope(shield=True):
-                if proc is not None:
-                    await self._stop(proc)
-                code = None if proc is None else proc.returncode
-                self.sched.finished(task_id, code, time.time(), error)
-                self._changed()
-                self._write_outputs()  # partial metrics stay current while the run goes on
+            except BaseException:
+                ours.close()
+                raise
+        return proc, trio.socket.from_stdlib_socket(ours)
+
+    async def _register(self, launch: Launch, pid: int, probe: _Probe) -> None:
+        """Have the coordinator sample the new task process (counting from now on)."""
+        home = launch.nodes[0] if len(launch.nodes) == 1 else None
+        probe.pid = pid
+        try:
+            await self._client.register_task(launch.task_id, pid, node=home, run_id=self.run_id)
+        except PlasmaError as exc:  # e.g. the process already ended: it is not sampled
+            probe.error = f"not sampled: {exc}"
+        else:
+            probe.registered = True
+
+    async def _answer_end(self, control: trio.socket.SocketType, probe: _Probe) -> None:
+        """A ``call`` task says it is about to exit: sample it while its memory still exists."""
+        with suppress(OSError):
+            if await control.recv(1) == END:
+                await self._final_sample(probe)
+                await control.send(ACK)
+
+    async def _final_sample(self, probe: _Probe) -> None:
+        """End the coordinator's sampling of ``probe``'s task and keep its last sample."""
+        if not probe.registered or probe.finished:
+            return
+        try:
+            await self._client.task_done(probe.task_id)
+            stats = await self._client.stats()
+        except (PlasmaError, OSError) as exc:
+            probe.error = f"no final sample: {exc}"
+            return
+        probe.finished = True
+        key = (probe.task_id, self.run_id, probe.pid)
+        rows = [r for r in stats["tasks"] if (r["task_id"], r["run_id"], r["pid"]) == key]
+        probe.sample = rows[0]["latest"] if rows else None
+        if probe.sample is None:
+            probe.error = "no final sample: the coordinator no longer lists the task"
 
     async def _relay_output(self, task_id: str, stream: trio.abc.ReceiveStream) -> None:
         pending = b""
@@ -205,8 +286,9 @@ class Runner:
         _killpg(proc.pid, signal.SIGKILL)  # also whatever the task left behind
         await proc.wait()
 
-    def _argv(self, launch: Launch) -> list[str]:
+    def _argv(self, launch: Launch, control: int) -> list[str]:
         argv = [sys.executable, "-m", "plasma.dag.launch", "--cpus", _ints(launch.cpus)]
+        argv += ["--control", str(control)]
         if launch.membind:
             argv += ["--membind", _ints(launch.membind)]
         if launch.spec.call is not None:
