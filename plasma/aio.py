@@ -117,14 +117,7 @@ class AsyncClient:
     ) -> memoryview:
         """Create an object; returns its writable buffer (see ``Client.create``)."""
         reply = await self._request(
-            p.Create(
-                seq=self._seq(),
-                id=as_id_bytes(object_id),
-                data_size=size,
-                metadata_size=len(metadata),
-                node=node,
-                timeout=timeout,
-            )
+            self._state.create_request(as_id_bytes(object_id), size, metadata, node, timeout)
         )
         return self._state.write_object(reply.locations[0], metadata)
 
@@ -149,9 +142,7 @@ class AsyncClient:
         view[:] = memoryview(data).cast("B")
         view.release()
         ids = [as_id_bytes(object_id)]
-        await self._send(
-            p.Seal(seq=self._seq(), ids=ids, ack=False), p.Release(seq=self._seq(), ids=ids)
-        )
+        await self._send(*self._state.seal_and_release(ids))
 
     async def get(
         self, object_ids: Any, timeout: float | None = None, *, with_metadata: bool = False
@@ -224,9 +215,7 @@ class AsyncClient:
         enc.write(view)
         view.release()
         ids = [oid.binary()]
-        await self._send(
-            p.Seal(seq=self._seq(), ids=ids, ack=False), p.Release(seq=self._seq(), ids=ids)
-        )
+        await self._send(*self._state.seal_and_release(ids))
         return oid
 
     async def get_object(self, object_id: ObjectRef, timeout: float | None = None) -> Any:

@@ -101,15 +101,8 @@ class Client:
         """Send ``msg`` (after any queued releases) and wait for its reply."""
         with self._lock:
             self._raise_deferred()
-            seq = msg.seq  # type: ignore[attr-defined]
             self._send(self._state.frames(msg))
-            while True:
-                for reply in self._receive():
-                    if reply.seq == seq:
-                        if isinstance(reply, p.Error):
-                            raise error_for(reply.code, reply.message)
-                        return reply
-                    self._state.unexpected(reply)
+            return self._wait_reply(msg.seq)  # type: ignore[attr-defined]
 
     def _send_nowait(self, *msgs: msgspec.Struct) -> None:
         with self._lock:
@@ -142,14 +135,7 @@ class Client:
         ``timeout`` is how long to wait for space when the store is full (None: forever).
         """
         reply = self._request(
-            p.Create(
-                seq=self._seq(),
-                id=as_id_bytes(object_id),
-                data_size=size,
-                metadata_size=len(metadata),
-                node=node,
-                timeout=timeout,
-            )
+            self._state.create_request(as_id_bytes(object_id), size, metadata, node, timeout)
         )
         return self._state.write_object(reply.locations[0], metadata)
 
@@ -246,10 +232,7 @@ class Client:
             for (_, data, meta), loc in zip(large, reply.locations, strict=True):
                 state.write_object(loc, meta)[:] = data
             ids = [oid for oid, _, _ in large]
-            msgs += [
-                p.Seal(seq=self._seq(), ids=ids, ack=False),
-                p.Release(seq=self._seq(), ids=ids),
-            ]
+            msgs += self._state.seal_and_release(ids)
         if msgs:
             self._send_nowait(*msgs)
 
@@ -279,6 +262,7 @@ class Client:
         return arena
 
     def _wait_reply(self, seq: int) -> Any:
+        """Read until the reply to ``seq`` arrives (pushes and deferred errors are kept)."""
         while True:
             for reply in self._receive():
                 if reply.seq == seq:
@@ -450,9 +434,7 @@ class Client:
         enc.write(view)
         view.release()
         ids = [oid.binary()]
-        self._send_nowait(
-            p.Seal(seq=self._seq(), ids=ids, ack=False), p.Release(seq=self._seq(), ids=ids)
-        )
+        self._send_nowait(*self._state.seal_and_release(ids))
         return oid
 
     def get_object(self, object_id: ObjectRef, timeout: float | None = None) -> Any:

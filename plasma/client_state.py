@@ -135,6 +135,15 @@ class ClientState:
         out.extend(p.encode(m) for m in msgs)
         return b"".join(out)
 
+    def create_request(
+        self, object_id: bytes, size: int, metadata: bytes, node: int | None, timeout: float | None
+    ) -> p.Create:
+        return p.Create(self.next_seq(), object_id, size, len(metadata), node, timeout)
+
+    def seal_and_release(self, ids: list[bytes]) -> tuple[p.Seal, p.Release]:
+        """What finishes ``create_and_seal``: seal, then drop the creator's reference."""
+        return p.Seal(self.next_seq(), ids, ack=False), p.Release(self.next_seq(), ids)
+
     @property
     def has_releases(self) -> bool:
         return bool(self._releases)

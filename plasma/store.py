@@ -362,28 +362,27 @@ class Store:
             raise StoreFull(f"no space for {total} bytes on node {nd.id}{nd.shortage}")
         return self._park_create(c, list(items), nd, deadline, now)
 
-    def seal(self, client: int, oid: bytes) -> None:
-        """Make the creator's object immutable; wakes getters and notifies subscribers."""
+    def _unsealed_of(self, client: int, oid: bytes, sealed_error: str) -> _Object:
+        """The record of an object ``client`` created and has not sealed yet."""
         rec = self._objects.get(oid)
         if rec is None or rec.deleting:
             raise ObjectNotFound(f"object {oid.hex()} not found")
         if rec.owner != client:
             raise BadRequest(f"object {oid.hex()} was created by another client")
         if rec.sealed:
-            raise BadRequest(f"object {oid.hex()} is already sealed")
+            raise BadRequest(f"object {oid.hex()} {sealed_error}")
+        return rec
+
+    def seal(self, client: int, oid: bytes) -> None:
+        """Make the creator's object immutable; wakes getters and notifies subscribers."""
+        rec = self._unsealed_of(client, oid, "is already sealed")
         rec.sealed = True
         self._clients[client].creating.discard(oid)
         self._announce(oid, rec)
 
     def abort(self, client: int, oid: bytes) -> None:
         """Drop an unsealed object of this client, with its creator reference."""
-        rec = self._objects.get(oid)
-        if rec is None or rec.deleting:
-            raise ObjectNotFound(f"object {oid.hex()} not found")
-        if rec.owner != client:
-            raise BadRequest(f"object {oid.hex()} was created by another client")
-        if rec.sealed:
-            raise BadRequest(f"object {oid.hex()} is sealed; delete it instead")
+        rec = self._unsealed_of(client, oid, "is sealed; delete it instead")
         c = self._clients[client]
         c.creating.discard(oid)
         del c.refs[oid]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -80,3 +82,41 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
+
+
+NUMA_VM = REPO.parent / "shared" / "numa-vm"
+VM_SETUP_FAILED = 125  # numa-vm's exit status when the VM itself cannot run
+
+
+def run_in_numa_vm(
+    argv: list[str], *, nodes: int, cwd: Path, cpus: int | None = None, timeout: int = 500
+) -> subprocess.CompletedProcess[str]:
+    """Run ``argv`` inside a ``numa-vm`` guest with ``nodes`` NUMA nodes (this repo importable).
+
+    Skips the test, with the reason, where the VM cannot start; fails it when ``argv`` fails.
+    """
+    if not os.access(NUMA_VM, os.X_OK):
+        pytest.skip(f"numa-vm not found at {NUMA_VM}")
+    cmd = [str(NUMA_VM), "--nodes", str(nodes), "--timeout", str(timeout)]
+    if cpus is not None:
+        cmd += ["--cpus", str(cpus)]
+    proc = subprocess.run(
+        [*cmd, "--", *argv],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=timeout + 60,
+        check=False,
+    )
+    if proc.returncode == VM_SETUP_FAILED:
+        pytest.skip(f"numa-vm could not start the VM: {proc.stderr.strip()[-500:]}")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def vm_result(proc: subprocess.CompletedProcess[str]) -> Any:
+    """The JSON a guest script printed on its last ``RESULT `` line."""
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, proc.stdout + proc.stderr
+    return json.loads(lines[-1].removeprefix("RESULT "))

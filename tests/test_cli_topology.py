@@ -13,6 +13,7 @@ from test_topology import unpack
 from plasma.cli import main
 from plasma.placement import PlacementRequest, Placer
 from plasma.topology import Topology, parse_cpulist
+from tests.conftest import run_in_numa_vm
 
 REPO = Path(__file__).resolve().parent.parent
 PLASMA = [sys.executable, "-m", "plasma"]
@@ -110,14 +111,8 @@ def test_run_numa1_membind_in_vm(tmp_path: Path) -> None:
         "import os; from plasma.linux.numa import get_mempolicy; "
         "print(sorted(os.sched_getaffinity(0)), *get_mempolicy())"
     )
-    cmd = [
-        "/work/shared/numa-vm", "--nodes", "2", "--cpus", "4", "--timeout", "240", "--",
-        sys.executable, "-m", "plasma", "run", "--cpus", "2", "--numa", "1", "--membind", "--",
-        sys.executable, "-c", probe,
-    ]  # fmt: skip
-    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
-    last = done.stdout.strip().splitlines()[-1:] if done.stdout.strip() else []
-    if done.returncode != 0 and not last:
-        pytest.skip(f"numa-vm did not boot: {done.stderr.strip()[-300:]}")
-    assert done.returncode == 0, done.stderr
-    assert last == ["[2, 3] 2 [1]"]  # node 1's CPUs, MPOL_BIND to node 1
+    run = [sys.executable, "-m", "plasma", "run", "--cpus", "2", "--numa", "1", "--membind"]
+    done = run_in_numa_vm(
+        [*run, "--", sys.executable, "-c", probe], nodes=2, cpus=4, cwd=tmp_path, timeout=240
+    )
+    assert done.stdout.strip().splitlines()[-1:] == ["[2, 3] 2 [1]"]  # node 1's CPUs, BIND to 1

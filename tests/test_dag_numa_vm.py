@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-NUMA_VM = REPO.parent / "shared" / "numa-vm"
-VM_SETUP_FAILED = 125
+from tests.conftest import run_in_numa_vm
 
 TASKS = """
 import numpy as np
@@ -38,40 +34,10 @@ tasks:
 
 @pytest.mark.numa_vm
 def test_task_runs_and_binds_on_the_node_of_its_input(tmp_path: Path) -> None:
-    if not os.access(NUMA_VM, os.X_OK):
-        pytest.skip(f"numa-vm not found at {NUMA_VM}")
     (tmp_path / "vmtasks.py").write_text(TASKS)
     (tmp_path / "p.yaml").write_text(textwrap.dedent(PIPELINE))
-    cmd = [
-        str(NUMA_VM),
-        "--nodes",
-        "2",
-        "--timeout",
-        "500",
-        "--",
-        sys.executable,
-        "-m",
-        "plasma",
-        "dag",
-        "run",
-        "p.yaml",
-        "--memory",
-        "64MiB",
-        "--record",
-        "rec.json",
-    ]
-    proc = subprocess.run(
-        cmd,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=560,
-        check=False,
-    )
-    if proc.returncode == VM_SETUP_FAILED:
-        pytest.skip(f"numa-vm could not start the VM: {proc.stderr.strip()[-500:]}")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run = [sys.executable, "-m", "plasma", "dag", "run", "p.yaml", "--memory", "64MiB"]
+    proc = run_in_numa_vm([*run, "--record", "rec.json"], nodes=2, cwd=tmp_path)
     use = {t["id"]: t for t in json.loads((tmp_path / "rec.json").read_text())["tasks"]}["use"]
     assert use["node"] == 1 and use["nodes"] == [1]
     allowed = next(line for line in proc.stdout.splitlines() if "ALLOWED" in line).split()

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-NUMA_VM = REPO.parent / "shared" / "numa-vm"
-VM_SETUP_FAILED = 125  # numa-vm's exit status when the VM itself cannot run
+from tests.conftest import run_in_numa_vm, vm_result
 
 GUEST_SCRIPT = textwrap.dedent(
     """
@@ -44,21 +40,9 @@ GUEST_SCRIPT = textwrap.dedent(
 
 @pytest.mark.numa_vm
 def test_mbind_node1_in_a_two_node_vm(tmp_path: Path) -> None:
-    if not os.access(NUMA_VM, os.X_OK):
-        pytest.skip(f"numa-vm not found at {NUMA_VM}")
     script = tmp_path / "guest.py"
     script.write_text(GUEST_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [str(NUMA_VM), "--nodes", "2", "--timeout", "400", "--", sys.executable, str(script)]
-    proc = subprocess.run(
-        cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=450, check=False
-    )
-    if proc.returncode == VM_SETUP_FAILED:
-        pytest.skip(f"numa-vm could not start the VM: {proc.stderr.strip()[-500:]}")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, proc.stdout + proc.stderr
-    result = json.loads(lines[-1].removeprefix("RESULT "))
+    result = vm_result(run_in_numa_vm([sys.executable, str(script)], nodes=2, cwd=tmp_path))
     pages = (8 << 20) // os.sysconf("SC_PAGE_SIZE")
     assert result["online"] == "0-1"
     assert result["anon"] == [1] * pages

@@ -6,20 +6,16 @@ tests/numa_vm_checks.py inside; the tests assert on the JSON it prints.
 
 from __future__ import annotations
 
-import json
 import mmap
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-NUMA_VM = REPO.parent / "shared" / "numa-vm"
+from tests.conftest import REPO, run_in_numa_vm, vm_result
+
 CHECKS = REPO / "tests" / "numa_vm_checks.py"
-VM_SETUP_FAILED = 125  # numa-vm's exit status when the VM itself cannot run
 MiB = 1 << 20
 HUGE = 2 * MiB
 
@@ -27,20 +23,10 @@ pytestmark = pytest.mark.numa_vm
 
 
 def run_checks(nodes: int, tmp_path: Path) -> dict[str, Any]:
-    if not os.access(NUMA_VM, os.X_OK):
-        pytest.skip(f"numa-vm not found at {NUMA_VM}")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [str(NUMA_VM), "--nodes", str(nodes), "--cpus", str(nodes), "--timeout", "500"]
-    cmd += ["--", sys.executable, str(CHECKS), str(nodes)]
-    proc = subprocess.run(
-        cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=560, check=False
+    proc = run_in_numa_vm(
+        [sys.executable, str(CHECKS), str(nodes)], nodes=nodes, cpus=nodes, cwd=tmp_path
     )
-    if proc.returncode == VM_SETUP_FAILED:
-        pytest.skip(f"numa-vm could not start the VM: {proc.stderr.strip()[-500:]}")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, proc.stdout + proc.stderr
-    result: dict[str, Any] = json.loads(lines[-1].removeprefix("RESULT "))
+    result: dict[str, Any] = vm_result(proc)
     return result
 
 

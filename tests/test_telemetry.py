@@ -20,7 +20,7 @@ from plasma.errors import BadRequest, ObjectExists, ObjectNotFound
 from plasma.linux.perf import HARDWARE_EVENTS, SOFTWARE_EVENTS
 from plasma.perf import Locality, PerfSample
 from plasma.telemetry import DONE, EXITED, REPORTED, RUNNING, Telemetry, numa_nodes
-from tests.conftest import RunningCoordinator, wait_until
+from tests.conftest import RunningCoordinator, run_in_numa_vm, vm_result, wait_until
 
 PAGES_64_MIB = (64 << 20) // 4096
 # Waits for a byte on stdin, touches 64 MiB (one fault per 4 KiB page), says so, then waits
@@ -269,8 +269,6 @@ async def test_the_trio_client_registers_submits_and_reads_stats(
 
 # ---------------------------------------------------------------- two NUMA nodes
 
-NUMA_VM = Path(__file__).resolve().parents[2] / "shared" / "numa-vm"
-VM_SETUP_FAILED = 125  # numa-vm's exit status when the VM itself cannot run
 GUEST_SCRIPT = textwrap.dedent(
     """
     import json, subprocess, sys, textwrap
@@ -301,22 +299,9 @@ GUEST_SCRIPT = textwrap.dedent(
 
 @pytest.mark.numa_vm
 def test_locality_of_a_task_bound_to_node_1_in_a_two_node_vm(tmp_path: Path) -> None:
-    if not os.access(NUMA_VM, os.X_OK):
-        pytest.skip(f"numa-vm not found at {NUMA_VM}")
     script = tmp_path / "guest.py"
     script.write_text(GUEST_SCRIPT)
-    repo = Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": str(repo)}
-    cmd = [str(NUMA_VM), "--nodes", "2", "--timeout", "400", "--", sys.executable, str(script)]
-    proc = subprocess.run(
-        cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=450, check=False
-    )
-    if proc.returncode == VM_SETUP_FAILED:
-        pytest.skip(f"numa-vm could not start the VM: {proc.stderr.strip()[-500:]}")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, proc.stdout + proc.stderr
-    rows = json.loads(lines[-1].removeprefix("RESULT "))
+    rows = vm_result(run_in_numa_vm([sys.executable, str(script)], nodes=2, cwd=tmp_path))
     pages = {int(n): c for n, c in rows["home1"]["pages_per_node"].items()}
     total = sum(pages.values())
     assert pages[1] >= (32 << 20) // 4096  # the bound 32 MiB, all on node 1
