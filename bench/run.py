@@ -28,7 +28,7 @@ from bench.peers import PEERS, PeerSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "bench" / "results"
-README = ROOT / "bench" / "README.md"  # its table is refreshed by runs into RESULTS_DIR
+README = ROOT / "README.md"  # its table is refreshed by runs into RESULTS_DIR
 REQUEST_TIMEOUT = 900.0
 
 
