@@ -106,6 +106,14 @@ SCENARIOS: dict[str, Scenario] = {
             ),
         ),
         Scenario(
+            "get_first",
+            "first get of a just-sealed object",
+            "size",
+            (64, MiB),
+            (64,),
+            {"p50_us": ("µs", False), "p99_us": ("µs", False)},
+        ),
+        Scenario(
             "put_large",
             "put of a numpy array",
             "size",
@@ -216,6 +224,25 @@ def get(peer: Peer, size: int, quick: bool) -> Metrics:
         done += 1
     samples = samples[:done]
     peer.delete([key])
+    return {
+        "p50_us": float(np.percentile(samples, 50)) / 1e3,
+        "p99_us": float(np.percentile(samples, 99)) / 1e3,
+    }
+
+
+def get_first(peer: Peer, size: int, quick: bool) -> Metrics:
+    """Each object is got once, right after it was sealed: no client cache can serve it."""
+    n = (200 if quick else 1000) if size < MiB else 100
+    keys = peer.put_many([_payload(size)] * n)
+    samples = np.empty(n, dtype=np.float64)
+    clock = time.perf_counter_ns
+    for i, key in enumerate(keys):
+        t0 = clock()
+        view = peer.get(key)
+        view[0]
+        del view
+        samples[i] = clock() - t0
+    peer.delete(keys)
     return {
         "p50_us": float(np.percentile(samples, 50)) / 1e3,
         "p99_us": float(np.percentile(samples, 99)) / 1e3,
@@ -366,6 +393,7 @@ def run(peer: Peer, module: str, name: str, params: dict[str, Any]) -> Metrics:
         "create_seal": create_seal,
         "create_seal_batch": create_seal_batch,
         "get": get,
+        "get_first": get_first,
         "put_large": put_large,
         "get_large": get_large,
     }
