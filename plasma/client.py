@@ -309,7 +309,7 @@ class Client:
         """Like :meth:`get` but returns None for objects that are not available."""
         state = self._state
         ids = [as_id_bytes(o) for o in object_ids]
-        if state.held or state.cache:
+        if any(oid in state.held or oid in state.cache for oid in ids):
             with self._lock:  # take in revocations already sent before serving locally
                 for reply in self._receive(timeout=0):
                     state.unexpected(reply)
