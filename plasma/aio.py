@@ -191,14 +191,15 @@ class AsyncClient:
         msg = p.TaskRegister(seq=self._seq(), task_id=task_id, pid=pid, node=node, run_id=run_id)
         await self._request(msg)
 
-    async def task_done(self, task_id: str) -> None:
+    async def task_done(self, task_id: str, run_id: str = "") -> None:
         """``task_id`` ended: the coordinator takes a final sample and stops sampling it."""
-        await self._request(p.TaskDone(seq=self._seq(), task_id=task_id))
+        await self._request(p.TaskDone(seq=self._seq(), task_id=task_id, run_id=run_id))
 
-    async def submit_sample(self, task_id: str, sample: Any) -> None:
+    async def submit_sample(self, task_id: str, sample: Any, run_id: str = "") -> None:
         """Record a sample taken by the caller (a ``plasma.perf.PerfSample`` or its dict)."""
         data = msgspec.to_builtins(sample)
-        await self._request(p.SubmitSample(seq=self._seq(), task_id=task_id, sample=data))
+        msg = p.SubmitSample(seq=self._seq(), task_id=task_id, sample=data, run_id=run_id)
+        await self._request(msg)
 
     async def flush(self) -> None:
         """Release cached references and wait until everything sent so far was handled."""

@@ -383,14 +383,15 @@ class Client:
         msg = p.TaskRegister(seq=self._seq(), task_id=task_id, pid=pid, node=node, run_id=run_id)
         self._request(msg)
 
-    def task_done(self, task_id: str) -> None:
+    def task_done(self, task_id: str, run_id: str = "") -> None:
         """Tell the coordinator ``task_id`` ended: it takes a final sample and stops sampling."""
-        self._request(p.TaskDone(seq=self._seq(), task_id=task_id))
+        self._request(p.TaskDone(seq=self._seq(), task_id=task_id, run_id=run_id))
 
-    def submit_sample(self, task_id: str, sample: Any) -> None:
+    def submit_sample(self, task_id: str, sample: Any, run_id: str = "") -> None:
         """Record a sample taken by the caller (a ``plasma.perf.PerfSample`` or its dict)."""
         data = msgspec.to_builtins(sample)
-        self._request(p.SubmitSample(seq=self._seq(), task_id=task_id, sample=data))
+        msg = p.SubmitSample(seq=self._seq(), task_id=task_id, sample=data, run_id=run_id)
+        self._request(msg)
 
     def flush(self) -> None:
         """Release cached references, wait until the coordinator handled everything sent so

@@ -564,11 +564,11 @@ class Coordinator:
 
     def _task_done(self, session: Session, msg: p.TaskDone) -> None:
         self._check_may_run(session)
-        self.telemetry.done(msg.task_id)
+        self.telemetry.done(msg.task_id, msg.run_id)
         session.send(p.Ok(seq=msg.seq))
 
     def _submit_sample(self, session: Session, msg: p.SubmitSample) -> None:
-        self.telemetry.submit(msg.task_id, msg.sample)
+        self.telemetry.submit(msg.task_id, msg.sample, msg.run_id)
         session.send(p.Ok(seq=msg.seq))
 
     # ------------------------------------------------------------ run relay

@@ -9,7 +9,7 @@ writes the same families for the node exporter's textfile collector.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,8 @@ class StatsCollector(Collector):
         stats = self._source()
         yield from _store_metrics(stats)
         yield from _request_metrics(stats)
-        yield from _task_metrics(stats.get("tasks", []))
+        yield from _task_states(stats.get("tasks", []))
+        yield from task_metrics(stats.get("tasks", []))
         yield from _numa_metrics(stats.get("numa_nodes", {}))
 
 
@@ -107,7 +108,7 @@ def _request_metrics(stats: Mapping[str, Any]) -> Iterator[Metric]:
     yield errs
 
 
-def _task_metrics(tasks: list[Mapping[str, Any]]) -> Iterator[Metric]:
+def _task_states(tasks: list[Mapping[str, Any]]) -> Iterator[Metric]:
     states = GaugeMetricFamily("plasma_tasks", "known tasks, by state", labels=["state"])
     by_state: dict[str, int] = {}
     for task in tasks:
@@ -115,6 +116,10 @@ def _task_metrics(tasks: list[Mapping[str, Any]]) -> Iterator[Metric]:
     for state, count in sorted(by_state.items()):
         states.add_metric([state], count)
     yield states
+
+
+def task_metrics(tasks: Sequence[Mapping[str, Any]]) -> Iterator[Metric]:
+    """The ``plasma_task_*`` families (perf counters, locality) of ``stats`` task rows."""
     events = {
         event: CounterMetricFamily(name, doc, labels=TASK_LABELS)
         for event, (name, doc, _) in TASK_EVENTS.items()

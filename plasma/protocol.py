@@ -195,6 +195,7 @@ class TaskDone(_Msg):
 
     seq: int
     task_id: str
+    run_id: str = ""
 
 
 class SubmitSample(_Msg):
@@ -203,6 +204,7 @@ class SubmitSample(_Msg):
     seq: int
     task_id: str
     sample: dict[str, Any]
+    run_id: str = ""
 
 
 class RunRegister(_Msg):

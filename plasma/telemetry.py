@@ -45,6 +45,10 @@ class _Task:
     pidfd: int | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)  # held while sampling
 
+    @property
+    def key(self) -> str:
+        return _key(self.run_id, self.task_id)
+
     def row(self, latest: PerfSample | None, samples: int) -> dict[str, Any]:
         return {
             "task_id": self.task_id,
@@ -91,7 +95,8 @@ class Telemetry:
     def register(self, task_id: str, pid: int, node: int | None = None, run_id: str = "") -> None:
         """Start sampling process ``pid`` as ``task_id`` (placed on ``node``); samples it once now.
 
-        Re-registering an ended task (a retry) starts a fresh series.
+        Tasks are told apart by ``(run_id, task_id)``. Re-registering an ended task (a retry)
+        starts a fresh series.
         """
         if not task_id:
             raise BadRequest("task_id must not be empty")
@@ -99,10 +104,11 @@ class Telemetry:
             raise BadRequest(f"pid must be positive, got {pid}")
         if node is not None and node < 0:
             raise BadRequest(f"node must be a NUMA node id >= 0, got {node}")
+        key = _key(run_id, task_id)
         with self._lock:
-            old = self._tasks.get(task_id)
+            old = self._tasks.get(key)
             if old is not None and old.state == RUNNING:
-                raise ObjectExists(f"task {task_id!r} is already registered (pid {old.pid})")
+                raise ObjectExists(f"task {key!r} is already registered (pid {old.pid})")
         try:
             pidfd = os.pidfd_open(pid)
         except ProcessLookupError:
@@ -117,23 +123,26 @@ class Telemetry:
             raise
         task = _Task(task_id, pid, node, run_id, RUNNING, time.time(), None, sampler, pidfd)
         with self._lock:
-            self._tasks[task_id] = task
-        self.ring.discard(task_id)
+            self._tasks[key] = task
+        self.ring.discard(key)
         self._sample(task)
         self._trim()
 
-    def done(self, task_id: str) -> None:
+    def done(self, task_id: str, run_id: str = "") -> None:
         """``task_id`` ended: take its final sample (counters outlive the process) and stop."""
+        key = _key(run_id, task_id)
         with self._lock:
-            task = self._tasks.get(task_id)
+            task = self._tasks.get(key)
         if task is None or task.state == REPORTED:
-            raise ObjectNotFound(f"no registered task {task_id!r}")
+            raise ObjectNotFound(f"no registered task {key!r}")
         if task.state == RUNNING:
             self._sample(task, final=True)
         task.state = DONE
         self._trim()
 
-    def submit(self, task_id: str, sample: PerfSample | Mapping[str, Any]) -> None:
+    def submit(
+        self, task_id: str, sample: PerfSample | Mapping[str, Any], run_id: str = ""
+    ) -> None:
         """Record a sample a client took itself; an unregistered task becomes ``reported``."""
         if not task_id:
             raise BadRequest("task_id must not be empty")
@@ -142,12 +151,14 @@ class Telemetry:
                 sample = msgspec.convert(sample, PerfSample, strict=False)
             except msgspec.ValidationError as exc:
                 raise BadRequest(f"not a perf sample for task {task_id!r}: {exc}") from None
+        key = _key(run_id, task_id)
         with self._lock:
-            if task_id not in self._tasks:
+            if key not in self._tasks:
                 home = sample.locality.home_node if sample.locality is not None else None
-                self._tasks[task_id] = _Task(task_id, sample.pid, home, "", REPORTED, time.time())
-                self.ring.discard(task_id)
-        self.ring.append(task_id, sample)
+                task = _Task(task_id, sample.pid, home, run_id, REPORTED, time.time())
+                self._tasks[key] = task
+                self.ring.discard(key)
+        self.ring.append(key, sample)
         self._trim()
 
     # ------------------------------------------------------------ sampling
@@ -174,7 +185,12 @@ class Telemetry:
             if task.sampler is None:
                 return  # ended meanwhile
             ended = final or _has_exited(task.pidfd)
-            self.ring.append(task.task_id, task.sampler.sample())
+            sample = task.sampler.sample()
+            if sample.locality is None:  # the process is gone: keep where its memory was
+                last = self.ring.latest(task.key)
+                if last is not None and last.locality is not None:
+                    sample = msgspec.structs.replace(sample, locality=last.locality)
+            self.ring.append(task.key, sample)
             if ended:
                 self._close(task)
                 task.ended = time.time()
@@ -200,8 +216,8 @@ class Telemetry:
                 key=lambda t: t.ended or t.registered,
             )
             for task in ended[:excess]:
-                del self._tasks[task.task_id]
-                self.ring.discard(task.task_id)
+                del self._tasks[task.key]
+                self.ring.discard(task.key)
 
     # ------------------------------------------------------------ reporting
 
@@ -209,7 +225,7 @@ class Telemetry:
         """One row per task: identity, state, sample count and the latest sample (plain data)."""
         with self._lock:
             tasks = list(self._tasks.values())
-        return [t.row(self.ring.latest(t.task_id), len(self.ring.series(t.task_id))) for t in tasks]
+        return [t.row(self.ring.latest(t.key), len(self.ring.series(t.key))) for t in tasks]
 
     def close(self) -> None:
         """Close every sampler (the coordinator is stopping)."""
@@ -218,6 +234,11 @@ class Telemetry:
         for task in tasks:
             with task.lock:
                 self._close(task)
+
+
+def _key(run_id: str, task_id: str) -> str:
+    """Where a task's samples are kept: tasks of different runs may share names."""
+    return f"{run_id}/{task_id}" if run_id else task_id
 
 
 def _has_exited(pidfd: int | None) -> bool:

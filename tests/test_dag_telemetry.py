@@ -159,9 +159,9 @@ async def test_final_perf_sample_lands_in_record_prom_file_and_summary(tmp_path:
 async def test_task_the_coordinator_refuses_to_sample_runs_with_perf_null_and_why(
     tmp_path: Path, coordinator: RunningCoordinator
 ) -> None:
-    # Another run of the same coordinator already has a live task with this id.
+    # A live task of this run id and name is registered already (say, by a runner that died).
     with plasma.connect(coordinator.socket) as client:
-        client.register_task("dup", os.getpid(), run_id="other")
+        client.register_task("dup", os.getpid(), run_id="tel")
         try:
             record = await run(
                 tmp_path,
@@ -172,7 +172,7 @@ async def test_task_the_coordinator_refuses_to_sample_runs_with_perf_null_and_wh
                 socket_path=coordinator.socket,
             )
         finally:
-            client.task_done("dup")
+            client.task_done("dup", run_id="tel")
     (row,) = record["tasks"]
     assert row["status"] == "succeeded"
     assert row["perf"] is None

@@ -96,9 +96,11 @@ def test_a_registered_task_is_sampled_until_its_process_ends(toucher: Toucher) -
     ended = _row(telemetry.tasks(), "touch")
     assert ended["state"] == EXITED and ended["ended"] is not None and ended["samples"] == 3
     assert ended["latest"]["counters"]["page-faults"] >= live["counters"]["page-faults"]
-    assert ended["latest"]["locality"] is None
+    assert ended["latest"]["locality"] == live["locality"]  # as last seen: the memory is gone
     assert telemetry.sample_all() == 0
-    telemetry.done("touch")  # the owner reporting the end afterwards is fine
+    with pytest.raises(ObjectNotFound):
+        telemetry.done("touch")  # tasks are known by run and name
+    telemetry.done("touch", "r1")  # the owner reporting the end afterwards is fine
     assert _row(telemetry.tasks(), "touch")["state"] == DONE
 
 
@@ -241,7 +243,7 @@ def test_stats_show_a_registered_child_touching_64_mib(
             assert set(task["latest"]["unsupported"]) == {e.name for e in HARDWARE_EVENTS}
         assert toucher.finish() == 0
         wait_until(lambda: _task(client, "touch")["state"] == EXITED, what="the end noticed")
-        client.task_done("touch")
+        client.task_done("touch", run_id="run-1")
         assert _task(client, "touch")["state"] == DONE
         with pytest.raises(ObjectNotFound):
             client.task_done("nope")
@@ -257,7 +259,7 @@ async def test_the_trio_client_registers_submits_and_reads_stats(
     async with plasma.aio.connect(coordinator.socket) as client:
         await client.register_task("me", os.getpid(), run_id="r")
         await client.submit_sample("self", _sample())
-        await client.task_done("me")
+        await client.task_done("me", run_id="r")
         stats = await client.stats()
         rows = {r["task_id"]: r for r in stats["tasks"]}
         assert rows["me"]["state"] == DONE and rows["me"]["latest"]["pid"] == os.getpid()
@@ -308,3 +310,16 @@ def test_locality_of_a_task_bound_to_node_1_in_a_two_node_vm(tmp_path: Path) -> 
     assert rows["home1"]["local_fraction"] == pytest.approx(pages[1] / total)
     assert rows["home0"]["local_fraction"] == pytest.approx(pages.get(0, 0) / total)
     assert rows["home1"]["local_fraction"] > rows["home0"]["local_fraction"]
+
+
+def test_tasks_of_different_runs_may_share_a_name() -> None:
+    telemetry = Telemetry()
+    telemetry.register("load", os.getpid(), run_id="a")
+    telemetry.register("load", os.getpid(), run_id="b")
+    with pytest.raises(ObjectExists):
+        telemetry.register("load", os.getpid(), run_id="a")
+    assert sorted(r["run_id"] for r in telemetry.tasks() if r["task_id"] == "load") == ["a", "b"]
+    telemetry.done("load", "a")
+    states = {r["run_id"]: r["state"] for r in telemetry.tasks()}
+    assert states == {"a": DONE, "b": RUNNING}
+    telemetry.close()

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from plasma.metrics import StatsCollector
+from plasma.metrics import task_metrics
 
 STATUSES = ("succeeded", "failed", "skipped", "cancelled", "running", "ready", "pending")
 
@@ -74,25 +74,18 @@ def write_prometheus(path: str | Path, record: dict[str, Any]) -> None:
 class TaskPerfCollector(Collector):
     """The ``plasma_task_*`` families of :mod:`plasma.metrics` for the perf samples of a record."""
 
-    PREFIX = "plasma_task_"
-
     def __init__(self, record: dict[str, Any]) -> None:
-        rows = [
+        self._rows = [
             {"task_id": t["id"], "run_id": record["run_id"], "state": t["status"], "latest": perf}
             for t in record["tasks"]
             if (perf := t.get("perf"))
         ]
-        self._stats = StatsCollector(lambda: {"tasks": rows})
 
     def describe(self) -> list[Metric]:
         return []
 
     def collect(self) -> Iterator[Metric]:
-        # Only the per-task families: the store, client and node families describe a
-        # coordinator, which the run's metrics are not.
-        for family in self._stats.collect():
-            if family.name.startswith(self.PREFIX):
-                yield family
+        yield from task_metrics(self._rows)
 
 
 def summary(record: dict[str, Any]) -> str:

@@ -256,7 +256,7 @@ class Runner:
         if not probe.registered or probe.finished:
             return
         try:
-            await self._client.task_done(probe.task_id)
+            await self._client.task_done(probe.task_id, self.run_id)
             stats = await self._client.stats()
         except (PlasmaError, OSError) as exc:
             probe.error = f"no final sample: {exc}"
