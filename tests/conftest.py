@@ -86,29 +86,48 @@ def wait_until(
 
 NUMA_VM = REPO.parent / "shared" / "numa-vm"
 VM_SETUP_FAILED = 125  # numa-vm's exit status when the VM itself cannot run
+# A VM test may first install qemu and a kernel (numa-vm does, once per machine), then boot
+# under software emulation: it gets more time than pytest's default for a test.
+VM_TEST_TIMEOUT = 900
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("numa_vm"):
+            item.add_marker(pytest.mark.timeout(VM_TEST_TIMEOUT))
 
 
 def run_in_numa_vm(
-    argv: list[str], *, nodes: int, cwd: Path, cpus: int | None = None, timeout: int = 500
+    argv: list[str], *, nodes: int, cwd: Path, cpus: int | None = None, timeout: int = 600
 ) -> subprocess.CompletedProcess[str]:
     """Run ``argv`` inside a ``numa-vm`` guest with ``nodes`` NUMA nodes (this repo importable).
 
-    Skips the test, with the reason, where the VM cannot start; fails it when ``argv`` fails.
+    Skips the test, with the reason, where the VM cannot start; fails it, with the output so
+    far, when ``argv`` fails or runs past ``timeout`` seconds.
     """
     if not os.access(NUMA_VM, os.X_OK):
         pytest.skip(f"numa-vm not found at {NUMA_VM}")
     cmd = [str(NUMA_VM), "--nodes", str(nodes), "--timeout", str(timeout)]
     if cpus is not None:
         cmd += ["--cpus", str(cpus)]
-    proc = subprocess.run(
+    with subprocess.Popen(
         [*cmd, "--", *argv],
         cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(REPO)},
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout + 60,
-        check=False,
-    )
+        start_new_session=True,  # so that a timeout stops qemu too, not just the wrapper
+    ) as vm:
+        try:
+            stdout, stderr = vm.communicate(timeout=timeout + 30)
+        except subprocess.TimeoutExpired:
+            os.killpg(vm.pid, signal.SIGKILL)
+            stdout, stderr = vm.communicate()
+            raise AssertionError(
+                f"the VM command timed out; its output:\n{stdout}\n{stderr}"
+            ) from None
+    proc = subprocess.CompletedProcess(vm.args, vm.returncode, stdout, stderr)
     if proc.returncode == VM_SETUP_FAILED:
         pytest.skip(f"numa-vm could not start the VM: {proc.stderr.strip()[-500:]}")
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -29,6 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--record", type=Path, help="write the JSON run record here")
     p.add_argument("--run-id", help="run id (default: pipeline name, time and a random suffix)")
     p.add_argument("--quiet", "-q", action="store_true", help="do not relay the tasks' output")
+    p.add_argument(
+        "--no-perf",
+        action="store_true",
+        help="do not sample the tasks' perf counters and NUMA locality",
+    )
     p.add_argument("--json", action="store_true", help="print the run record instead of a table")
     p.set_defaults(func=run)
 
@@ -42,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         prom_file=args.prom_file,
         record_file=args.record,
         log=(lambda line: None) if args.quiet else (lambda line: print(line, flush=True)),
+        perf=not args.no_perf,
     )
     try:
         record = trio.run(run_pipeline, spec, options, args.run_id)

@@ -62,6 +62,7 @@ class RunOptions:
     log: Callable[[str], None] = lambda line: print(line, flush=True)
     kill_grace: float = 2.0  # seconds between SIGTERM and SIGKILL
     handle_signals: bool = True
+    perf: bool = True  # have the coordinator sample each task's perf counters and locality
 
 
 @dataclass
@@ -237,6 +238,9 @@ class Runner:
         """Have the coordinator sample the new task process (counting from now on)."""
         home = launch.nodes[0] if len(launch.nodes) == 1 else None
         probe.pid = pid
+        if not self.options.perf:
+            probe.error = "not sampled: perf sampling is off (--no-perf)"
+            return
         try:
             await self._client.register_task(launch.task_id, pid, node=home, run_id=self.run_id)
         except PlasmaError as exc:  # e.g. the process already ended: it is not sampled
