@@ -39,7 +39,10 @@ ARENA_OBJECTS = 16
 ARENA_OBJECT_LIMIT = 1 << 20
 # Released objects whose reference a client keeps, so getting them again needs no round trip
 # (as Arrow Plasma's release_delay); dropped on flush(), close() and when revoked by a delete.
+# At most RELEASE_DELAY objects and RELEASE_DELAY_BYTES bytes, so that a client never keeps
+# much memory from eviction.
 RELEASE_DELAY = 64
+RELEASE_DELAY_BYTES = 64 << 20
 
 
 # Map segments with their page tables filled in: a put then writes at memcpy speed.
@@ -58,6 +61,10 @@ def fds_from_ancillary(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
             arr.frombytes(data[: len(data) - (len(data) % arr.itemsize)])
             fds.extend(arr)
     return fds
+
+
+def _size(loc: p.ObjectLocation) -> int:
+    return loc.data_size + loc.metadata_size
 
 
 @dataclass(slots=True)
@@ -107,6 +114,7 @@ class ClientState:
         # (cache, oldest first, at most release_delay; revoked when someone deletes them)
         self.held: dict[bytes, _Held] = {}
         self.cache: dict[bytes, p.ObjectLocation] = {}
+        self.cache_bytes = 0
         self.release_delay = release_delay
         self._held_lock = threading.RLock()  # finalizers may run on any thread
         # one receive buffer for the connection's life: a fresh 256 KiB bytes object per recv
@@ -228,6 +236,7 @@ class ClientState:
                 loc = self.cache.pop(oid, None)
                 if loc is None:
                     return None
+                self.cache_bytes -= _size(loc)
                 self.held[oid] = held = _Held(loc, views=0)
             elif held.revoked:
                 return None
@@ -255,7 +264,9 @@ class ClientState:
         """The coordinator waits for our references to these to delete them."""
         with self._held_lock:
             for oid in ids:
-                if self.cache.pop(oid, None) is not None:
+                loc = self.cache.pop(oid, None)
+                if loc is not None:
+                    self.cache_bytes -= _size(loc)
                     self._releases.append(oid)
                 elif oid in self.held:
                     self.held[oid].revoked = True
@@ -265,6 +276,7 @@ class ClientState:
         with self._held_lock:
             self._releases.extend(self.cache)
             self.cache.clear()
+            self.cache_bytes = 0
 
     def _views(self, oid: bytes, loc: p.ObjectLocation) -> tuple[memoryview, memoryview]:
         total = loc.data_size + loc.metadata_size
@@ -278,8 +290,8 @@ class ClientState:
 
     def _drop_view(self, oid: bytes) -> None:
         """Finalizer of a view owner (any thread, any time): when the last view of an object
-        goes, keep its reference in the release-delay cache (the oldest one beyond
-        ``release_delay`` is released) or release it."""
+        goes, keep its reference in the release-delay cache (releasing the oldest ones beyond
+        ``release_delay`` objects or ``RELEASE_DELAY_BYTES``) or release it."""
         with self._held_lock:
             held = self.held.get(oid)
             if held is None:
@@ -292,9 +304,12 @@ class ClientState:
                 self._releases.append(oid)
                 return
             self.cache[oid] = held.loc
-            if len(self.cache) > self.release_delay:
-                self._releases.append(next(iter(self.cache)))
-                del self.cache[next(iter(self.cache))]
+            self.cache_bytes += _size(held.loc)
+            cache = self.cache
+            while len(cache) > self.release_delay or self.cache_bytes > RELEASE_DELAY_BYTES:
+                oldest = next(iter(cache))
+                self.cache_bytes -= _size(cache.pop(oldest))
+                self._releases.append(oldest)
 
     def close_maps(self) -> None:
         for mm in self.maps.values():

@@ -1,0 +1,93 @@
+"""The client's reference bookkeeping (sans-I/O): views, the release-delay cache, revocation."""
+
+from __future__ import annotations
+
+import gc
+import mmap
+
+from plasma import protocol as p
+from plasma.client_state import RELEASE_DELAY_BYTES, ClientState
+
+
+def state_with_segment(size: int = 1 << 20, release_delay: int = 2) -> ClientState:
+    state = ClientState(release_delay)
+    state.maps[1] = mmap.mmap(-1, size)
+    return state
+
+
+def loc(offset: int, size: int = 64) -> p.ObjectLocation:
+    return p.ObjectLocation(segment=1, offset=offset, data_size=size, metadata_size=0, node=0)
+
+
+def released(state: ClientState) -> list[bytes]:
+    """The ids of the Release the next message would carry."""
+    frames = state.frames()
+    if not frames:
+        return []
+    decoder = p.FrameDecoder(p.Request)
+    decoder.feed(frames)
+    (msg,) = decoder.messages()
+    assert isinstance(msg, p.Release)
+    return msg.ids
+
+
+def test_one_reference_per_object_while_views_live_then_cached():
+    state = state_with_segment()
+    data = state.readable(b"a" * 20, loc(0))
+    again = state.readable(b"a" * 20, loc(0))  # a second reference from the store...
+    assert released(state) == [b"a" * 20]  # ...is handed back at once
+    del data, again
+    gc.collect()
+    assert released(state) == []  # the last view went: kept in the cache
+    assert b"a" * 20 in state.cache
+    view = state.reuse(b"a" * 20)  # served locally, the cache entry is in use again
+    assert view is not None and b"a" * 20 not in state.cache
+    del view
+    gc.collect()
+    state.drop_cache()
+    assert released(state) == [b"a" * 20]
+
+
+def test_cache_keeps_the_newest_release_delay_objects():
+    state = state_with_segment(release_delay=2)
+    for i in range(4):
+        view = state.readable(bytes([i]) * 20, loc(64 * i))
+        del view
+        gc.collect()
+    assert released(state) == [bytes([0]) * 20, bytes([1]) * 20]
+    assert list(state.cache) == [bytes([2]) * 20, bytes([3]) * 20]
+
+
+def test_cache_is_bounded_in_bytes():
+    big = RELEASE_DELAY_BYTES // 2 + 1
+    state = state_with_segment(size=3 * big, release_delay=64)
+    for i in range(3):
+        view = state.readable(bytes([i]) * 20, loc(i * big, big))
+        del view
+        gc.collect()
+    assert released(state) == [bytes([0]) * 20, bytes([1]) * 20]
+    assert state.cache_bytes == big
+
+
+def test_revoked_objects_are_not_served_locally():
+    state = state_with_segment()
+    cached = state.readable(b"c" * 20, loc(0))
+    in_use = state.readable(b"u" * 20, loc(64))
+    del cached
+    gc.collect()
+    state.revoke([b"c" * 20, b"u" * 20])
+    assert released(state) == [b"c" * 20]  # unused: released with the next message
+    assert state.reuse(b"c" * 20) is None
+    assert state.reuse(b"u" * 20) is None  # in use: no new local gets of it
+    del in_use
+    gc.collect()
+    assert released(state) == [b"u" * 20]  # and released, not cached, when its views go
+    assert state.cache == {}
+
+
+def test_release_delay_zero_releases_when_the_last_view_goes():
+    state = state_with_segment(release_delay=0)
+    view = state.readable(b"z" * 20, loc(0))
+    del view
+    gc.collect()
+    assert released(state) == [b"z" * 20]
