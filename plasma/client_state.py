@@ -23,6 +23,7 @@ import numpy as np
 
 from plasma import protocol as p
 from plasma.errors import PlasmaError, error_for
+from plasma.linux.memfd import MADV_POPULATE_WRITE
 
 REPLY_MAX_FRAME = (
     1 << 30
@@ -45,8 +46,12 @@ RELEASE_DELAY = 64
 RELEASE_DELAY_BYTES = 64 << 20
 
 
-# Map segments with their page tables filled in: a put then writes at memcpy speed.
-MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
+# A segment first received to write into is mapped with its page tables filled in, so a put
+# writes at memcpy speed; one received to read from is mapped lazily (a reader of one object
+# need not pay for the whole segment), and a large object created in it later has just its
+# own range populated.
+MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+POPULATE_OBJECT_MIN = 1 << 20
 
 
 def align(n: int) -> int:
@@ -61,6 +66,9 @@ def fds_from_ancillary(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
             arr.frombytes(data[: len(data) - (len(data) % arr.itemsize)])
             fds.extend(arr)
     return fds
+
+
+_WRITE_REPLIES = (p.Created, p.ArenaGranted)
 
 
 def _size(loc: p.ObjectLocation) -> int:
@@ -121,6 +129,7 @@ class ClientState:
         # would cost an mmap/munmap and page faults on every reply
         self.recv_view = memoryview(bytearray(RECV_SIZE))
         self._fds: collections.deque[int] = collections.deque()
+        self._lazy: set[int] = set()  # segments mapped without MAP_POPULATE
         self._releases: collections.deque[bytes] = collections.deque()  # appended by finalizers
         self._seq = 0
         self._seq_lock = threading.Lock()
@@ -170,7 +179,7 @@ class ClientState:
         for msg in self.decoder.messages():
             segments = getattr(msg, "segments", None)
             if segments:
-                self._map_segments(segments)
+                self._map_segments(segments, for_writing=isinstance(msg, _WRITE_REPLIES))
             if isinstance(msg, p.Notification):
                 if msg.location is not None:
                     self.prefetched.setdefault(msg.id, []).append(msg.location)
@@ -188,18 +197,21 @@ class ClientState:
         if isinstance(reply, p.Error):
             self.deferred_errors.append(error_for(reply.code, reply.message))
 
-    def _map_segments(self, segments: list[p.SegmentInfo]) -> None:
+    def _map_segments(self, segments: list[p.SegmentInfo], *, for_writing: bool) -> None:
+        flags = mmap.MAP_SHARED | (MAP_POPULATE if for_writing else 0)
         for info in segments:
             if not self._fds:
                 raise PlasmaError(f"segment {info.id} arrived without its file descriptor")
             fd = self._fds.popleft()
             try:
                 self.maps[info.id] = mmap.mmap(
-                    fd, info.size, MAP_FLAGS, mmap.PROT_READ | mmap.PROT_WRITE
+                    fd, info.size, flags, mmap.PROT_READ | mmap.PROT_WRITE
                 )
             finally:
                 os.close(fd)
             self.segments[info.id] = info
+            if not for_writing:
+                self._lazy.add(info.id)
 
     # ---------------------------------------------------------------- views
 
@@ -208,9 +220,14 @@ class ClientState:
 
     def write_object(self, loc: p.ObjectLocation, metadata: bytes) -> memoryview:
         """The writable data view of a created object, its metadata already in place."""
+        mm = self.maps[loc.segment]
+        if loc.segment in self._lazy and loc.data_size >= POPULATE_OBJECT_MIN:
+            start = loc.offset - loc.offset % mmap.PAGESIZE
+            with contextlib.suppress(OSError):  # an optimisation only (kernels before 5.14)
+                mm.madvise(MADV_POPULATE_WRITE, start, loc.offset + loc.data_size - start)
         if metadata:
             start = loc.offset + loc.data_size
-            self.maps[loc.segment][start : start + len(metadata)] = metadata
+            mm[start : start + len(metadata)] = metadata
         return self.writable(loc.segment, loc.offset, loc.data_size)
 
     def readable(self, oid: bytes, loc: p.ObjectLocation) -> tuple[memoryview, memoryview]:
