@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.peers.base import Key, Peer, stop_process, wait_for_path, worker_main
+from bench.peers.base import Key, SocketPeer, stop_process, wait_for_path, worker_main
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # "Plasma is deprecated since Arrow 10.0.0"
@@ -24,12 +24,8 @@ with warnings.catch_warnings():
     import pyarrow.plasma as plasma
 
 
-class ArrowPlasmaPeer(Peer):
-    def __init__(self, workdir: Path, memory: int) -> None:
-        super().__init__(workdir, memory)
-        self._server: subprocess.Popen[bytes] | None = None
-        self._socket = workdir / "plasma.sock"
-        self._client: Any = None
+class ArrowPlasmaPeer(SocketPeer):
+    socket_name = "plasma.sock"
 
     def start(self) -> dict[str, Any]:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -47,8 +43,8 @@ class ArrowPlasmaPeer(Peer):
         if self._server is not None:
             stop_process(self._server)
 
-    def store_pids(self) -> list[int]:
-        return [self._server.pid] if self._server is not None else []
+    def connect(self, socket: str) -> Any:
+        return plasma.connect(socket)
 
     def put_small(self, data: bytes) -> Key:
         oid = plasma.ObjectID(os.urandom(20))
@@ -74,15 +70,6 @@ class ArrowPlasmaPeer(Peer):
         [(meta, buf)] = self._client.get_buffers([key], with_meta=True)
         dtype, shape = json.loads(bytes(meta))
         return np.frombuffer(buf, dtype=dtype).reshape(shape)
-
-    def child_config(self) -> dict[str, Any]:
-        return {"socket": str(self._socket)}
-
-    @classmethod
-    def child(cls, config: dict[str, Any]) -> Peer:
-        peer = cls(Path(config["socket"]).parent, 0)
-        peer._client = plasma.connect(config["socket"])
-        return peer
 
     def close(self) -> None:
         self._client.disconnect()

@@ -20,7 +20,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -93,6 +93,34 @@ class Peer(abc.ABC):
     def key_from_bytes(self, data: bytes) -> Key:
         """The inverse of ``key_to_bytes``, in the receiving process."""
         return data
+
+
+class SocketPeer(Peer):
+    """A store process serving clients on a Unix socket in the work dir; children connect to it."""
+
+    socket_name: ClassVar[str]  # the socket's file name in the work dir
+
+    def __init__(self, workdir: Path, memory: int) -> None:
+        super().__init__(workdir, memory)
+        self._server: subprocess.Popen[bytes] | None = None
+        self._socket = workdir / self.socket_name
+        self._client: Any = None
+
+    @abc.abstractmethod
+    def connect(self, socket: str) -> Any:
+        """A client of the store listening on ``socket``."""
+
+    def store_pids(self) -> list[int]:
+        return [self._server.pid] if self._server is not None else []
+
+    def child_config(self) -> dict[str, Any]:
+        return {"socket": str(self._socket)}
+
+    @classmethod
+    def child(cls, config: dict[str, Any]) -> Peer:
+        peer = cls(Path(config["socket"]).parent, 0)
+        peer._client = peer.connect(config["socket"])
+        return peer
 
 
 def read_memory(pid: int) -> dict[str, int]:

@@ -9,23 +9,18 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import plasma
-from bench.peers.base import Key, Peer, stop_process, wait_for_path, worker_main
+from bench.peers.base import Key, SocketPeer, stop_process, wait_for_path, worker_main
 
 SERVE_COMMAND = (sys.executable, "-m", "plasma", "serve")
 
 
-class PlasmaCoordPeer(Peer):
-    def __init__(self, workdir: Path, memory: int) -> None:
-        super().__init__(workdir, memory)
-        self._server: subprocess.Popen[bytes] | None = None
-        self._socket = workdir / "plasma-coord.sock"
-        self._client: plasma.Client | None = None
+class PlasmaCoordPeer(SocketPeer):
+    socket_name = "plasma-coord.sock"
 
     @property
     def client(self) -> plasma.Client:
@@ -51,8 +46,8 @@ class PlasmaCoordPeer(Peer):
         if self._server is not None:
             stop_process(self._server)
 
-    def store_pids(self) -> list[int]:
-        return [self._server.pid] if self._server is not None else []
+    def connect(self, socket: str) -> Any:
+        return plasma.connect(socket, client_name="bench-child")
 
     def put_small(self, data: bytes) -> Key:
         oid = plasma.ObjectID.from_random()
@@ -77,15 +72,6 @@ class PlasmaCoordPeer(Peer):
     def get_array(self, key: Key) -> np.ndarray:
         array: np.ndarray = self.client.get_object(key)
         return array
-
-    def child_config(self) -> dict[str, Any]:
-        return {"socket": str(self._socket)}
-
-    @classmethod
-    def child(cls, config: dict[str, Any]) -> Peer:
-        peer = cls(Path(config["socket"]).parent, 0)
-        peer._client = plasma.connect(config["socket"], client_name="bench-child")
-        return peer
 
     def close(self) -> None:
         self.client.close()

@@ -15,15 +15,11 @@ from typing import Any
 import numpy as np
 import vineyard
 
-from bench.peers.base import Key, Peer, stop_process, wait_for_path, worker_main
+from bench.peers.base import Key, SocketPeer, stop_process, wait_for_path, worker_main
 
 
-class VineyardPeer(Peer):
-    def __init__(self, workdir: Path, memory: int) -> None:
-        super().__init__(workdir, memory)
-        self._server: subprocess.Popen[bytes] | None = None
-        self._socket = workdir / "vineyard.sock"
-        self._client: Any = None
+class VineyardPeer(SocketPeer):
+    socket_name = "vineyard.sock"
 
     def start(self) -> dict[str, Any]:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -44,8 +40,8 @@ class VineyardPeer(Peer):
         if self._server is not None:
             stop_process(self._server)
 
-    def store_pids(self) -> list[int]:
-        return [self._server.pid] if self._server is not None else []
+    def connect(self, socket: str) -> Any:
+        return vineyard.connect(socket)
 
     def put_small(self, data: bytes) -> Key:
         builder = self._client.create_blob(len(data))
@@ -72,15 +68,6 @@ class VineyardPeer(Peer):
     def get_array(self, key: Key) -> np.ndarray:
         array: np.ndarray = self._client.get(key)
         return array
-
-    def child_config(self) -> dict[str, Any]:
-        return {"socket": str(self._socket)}
-
-    @classmethod
-    def child(cls, config: dict[str, Any]) -> Peer:
-        peer = cls(Path(config["socket"]).parent, 0)
-        peer._client = vineyard.connect(config["socket"])
-        return peer
 
     def close(self) -> None:
         self._client.close()
