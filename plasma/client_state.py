@@ -112,7 +112,6 @@ class ClientState:
     def __init__(self, release_delay: int = RELEASE_DELAY) -> None:
         self.decoder = p.FrameDecoder(p.Reply, REPLY_MAX_FRAME)
         self.maps: dict[int, mmap.mmap] = {}
-        self.segments: dict[int, p.SegmentInfo] = {}
         self.notifications: collections.deque[p.Notification] = collections.deque()
         self.run_requests: collections.deque[p.RunRequest] = collections.deque()
         self.deferred_errors: list[PlasmaError] = []
@@ -209,14 +208,10 @@ class ClientState:
                 )
             finally:
                 os.close(fd)
-            self.segments[info.id] = info
             if not for_writing:
                 self._lazy.add(info.id)
 
     # ---------------------------------------------------------------- views
-
-    def writable(self, segment: int, offset: int, size: int) -> memoryview:
-        return memoryview(self.maps[segment])[offset : offset + size]
 
     def write_object(self, loc: p.ObjectLocation, metadata: bytes) -> memoryview:
         """The writable data view of a created object, its metadata already in place."""
@@ -228,7 +223,7 @@ class ClientState:
         if metadata:
             start = loc.offset + loc.data_size
             mm[start : start + len(metadata)] = metadata
-        return self.writable(loc.segment, loc.offset, loc.data_size)
+        return memoryview(mm)[loc.offset : loc.offset + loc.data_size]
 
     def readable(self, oid: bytes, loc: p.ObjectLocation) -> tuple[memoryview, memoryview]:
         """Read-only (data, metadata) views of an object for which the coordinator gave us a

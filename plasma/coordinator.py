@@ -124,7 +124,6 @@ class Session:
         self.seen_segments: set[int] = set()
         self._out: collections.deque[tuple[bytes, list[int]]] = collections.deque()
         self._wake_writer = trio.Event()
-        self.closed = False
 
     def send(self, msg: msgspec.Struct, fds: list[int] | None = None) -> None:
         self._out.append((p.encode(msg), fds or []))
@@ -312,7 +311,6 @@ class Coordinator:
             session.flush()
 
     def _disconnect(self, session: Session) -> None:
-        session.closed = True
         self.sessions.pop(session.client_id, None)
         self._waits = {t: w for t, w in self._waits.items() if w[0] != session.client_id}
         for run_id in [r for r, owner in self._runs.items() if owner == session.client_id]:

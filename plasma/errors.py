@@ -16,18 +16,6 @@ BAD_REQUEST = "bad_request"
 PERMISSION_DENIED = "permission_denied"
 UNSUPPORTED = "unsupported"
 
-CODES = (
-    OBJECT_EXISTS,
-    OBJECT_NOT_FOUND,
-    OBJECT_NOT_SEALED,
-    STORE_FULL,
-    TIMEOUT,
-    PLACEMENT_IMPOSSIBLE,
-    BAD_REQUEST,
-    PERMISSION_DENIED,
-    UNSUPPORTED,
-)
-
 
 class PlasmaError(Exception):
     """Base class of every plasma-coord error; ``code`` is the stable wire code."""

@@ -399,11 +399,6 @@ def encode(msg: msgspec.Struct) -> bytes:
     return bytes(buf)
 
 
-def encode_many(msgs: list[msgspec.Struct]) -> bytes:
-    """Several frames back to back, for one ``send``."""
-    return b"".join(encode(m) for m in msgs)
-
-
 class FrameDecoder:
     """Incremental decoder: ``feed`` bytes, then iterate ``messages()``.
 
