@@ -134,6 +134,13 @@ def run_in_numa_vm(
     return proc
 
 
+def run_guest_script(source: str, *, nodes: int, cwd: Path) -> Any:
+    """Run the Python ``source`` in a ``numa-vm`` guest; the JSON of its ``RESULT `` line."""
+    script = cwd / "guest.py"
+    script.write_text(source)
+    return vm_result(run_in_numa_vm([sys.executable, str(script)], nodes=nodes, cwd=cwd))
+
+
 def vm_result(proc: subprocess.CompletedProcess[str]) -> Any:
     """The JSON a guest script printed on its last ``RESULT `` line."""
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_in_numa_vm, vm_result
+from tests.conftest import run_guest_script
 
 GUEST_SCRIPT = textwrap.dedent(
     """
@@ -40,9 +39,7 @@ GUEST_SCRIPT = textwrap.dedent(
 
 @pytest.mark.numa_vm
 def test_mbind_node1_in_a_two_node_vm(tmp_path: Path) -> None:
-    script = tmp_path / "guest.py"
-    script.write_text(GUEST_SCRIPT)
-    result = vm_result(run_in_numa_vm([sys.executable, str(script)], nodes=2, cwd=tmp_path))
+    result = run_guest_script(GUEST_SCRIPT, nodes=2, cwd=tmp_path)
     pages = (8 << 20) // os.sysconf("SC_PAGE_SIZE")
     assert result["online"] == "0-1"
     assert result["anon"] == [1] * pages

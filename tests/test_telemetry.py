@@ -20,7 +20,7 @@ from plasma.errors import BadRequest, ObjectExists, ObjectNotFound
 from plasma.linux.perf import HARDWARE_EVENTS, SOFTWARE_EVENTS
 from plasma.perf import Locality, PerfSample
 from plasma.telemetry import DONE, EXITED, REPORTED, RUNNING, Telemetry, numa_nodes
-from tests.conftest import RunningCoordinator, run_in_numa_vm, vm_result, wait_until
+from tests.conftest import RunningCoordinator, run_guest_script, wait_until
 
 PAGES_64_MIB = (64 << 20) // 4096
 # Waits for a byte on stdin, touches 64 MiB (one fault per 4 KiB page), says so, then waits
@@ -301,9 +301,7 @@ GUEST_SCRIPT = textwrap.dedent(
 
 @pytest.mark.numa_vm
 def test_locality_of_a_task_bound_to_node_1_in_a_two_node_vm(tmp_path: Path) -> None:
-    script = tmp_path / "guest.py"
-    script.write_text(GUEST_SCRIPT)
-    rows = vm_result(run_in_numa_vm([sys.executable, str(script)], nodes=2, cwd=tmp_path))
+    rows = run_guest_script(GUEST_SCRIPT, nodes=2, cwd=tmp_path)
     pages = {int(n): c for n, c in rows["home1"]["pages_per_node"].items()}
     total = sum(pages.values())
     assert pages[1] >= (32 << 20) // 4096  # the bound 32 MiB, all on node 1
