@@ -18,7 +18,7 @@ import trio
 
 from plasma import protocol as p
 from plasma import serialization
-from plasma.client_state import ANCILLARY_SPACE, ClientState, fds_from_ancillary
+from plasma.client_state import ANCILLARY_SPACE, ClientState, check_timeout, fds_from_ancillary
 from plasma.errors import PlasmaError, error_for
 from plasma.ids import ObjectID, as_id_bytes
 
@@ -37,6 +37,7 @@ class AsyncClient:
         self._notifications_changed = trio.Event()
         self._run_requests_changed = trio.Event()
         self._closed: BaseException | None = None
+        self._nursery: trio.Nursery | None = None  # where helper tasks run while connected
         self.info: p.Connected | None = None
 
     async def _reader(self) -> None:
@@ -58,11 +59,26 @@ class AsyncClient:
                     else:
                         self._replies[reply.seq] = reply
                         event.set()
+                if self._state.fatal is not None:  # the coordinator is hanging up: say why
+                    self._fail(self._state.fatal)
+                    return
+                if self._state.reclaim_requested and self._nursery is not None:
+                    self._nursery.start_soon(self._answer_reclaim)
                 if self._state.notifications:
                     self._notifications_changed.set()
                 if self._state.run_requests:
                     self._run_requests_changed.set()
         except (OSError, PlasmaError) as exc:
+            self._fail(exc)
+
+    async def _answer_reclaim(self) -> None:
+        """The store is short of memory: give back what this client keeps idle (a task of
+        its own, so the reader never waits for the send lock)."""
+        data = self._state.frames(*self._state.reclaim_messages())
+        try:
+            async with self._send_lock:
+                await _sendall(self._sock, data)
+        except OSError as exc:
             self._fail(exc)
 
     def _fail(self, exc: BaseException) -> None:
@@ -73,8 +89,11 @@ class AsyncClient:
         self._run_requests_changed.set()
 
     def _check_open(self) -> None:
-        if self._closed is not None:
-            raise ConnectionError(f"connection to the coordinator is closed: {self._closed}")
+        closed = self._closed
+        if isinstance(closed, PlasmaError):  # the coordinator's reason for hanging up
+            raise type(closed)(closed.message)
+        if closed is not None:
+            raise ConnectionError(f"connection to the coordinator is closed: {closed}")
         err = self._state.take_deferred_error()
         if err is not None:
             raise err
@@ -148,6 +167,7 @@ class AsyncClient:
         self, object_ids: Any, timeout: float | None = None, *, with_metadata: bool = False
     ) -> Any:
         """Zero-copy read-only buffers; see :meth:`plasma.client.Client.get`."""
+        check_timeout(timeout)
         single = isinstance(object_ids, (ObjectID, bytes))
         ids = [as_id_bytes(o) for o in ([object_ids] if single else object_ids)]
         get = self._state.start_get(ids)  # revocations are taken in by the reader task
@@ -224,9 +244,19 @@ class AsyncClient:
         return serialization.decode(data, meta)
 
     async def subscribe(self) -> AsyncIterator[p.Notification]:
-        """Seal and delete notifications, as an async iterator."""
+        """Seal and delete notifications, as an async iterator (PlasmaError if this client
+        falls so far behind that the coordinator ends the subscription)."""
         await self._request(p.Subscribe(seq=self._seq()))
-        return self._pushed(self._state.notifications, "_notifications_changed")
+        return self._notifications()
+
+    async def _notifications(self) -> AsyncIterator[p.Notification]:
+        state = self._state
+        while True:
+            while state.notifications:
+                yield state.next_notification()
+            self._check_open()
+            await self._notifications_changed.wait()
+            self._notifications_changed = trio.Event()
 
     # ------------------------------------------------------------ run relay
 
@@ -282,7 +312,9 @@ async def connect(socket_path: str, client_name: str = "") -> AsyncIterator[Asyn
         sock.close()
         raise ConnectionError(f"cannot connect to plasma-coord at {socket_path}: {exc}") from exc
     client = AsyncClient(sock)
+    refused: BaseException | None = None
     async with trio.open_nursery() as nursery:
+        client._nursery = nursery
         nursery.start_soon(client._reader)
         try:
             reply = await client._request(
@@ -293,8 +325,15 @@ async def connect(socket_path: str, client_name: str = "") -> AsyncIterator[Asyn
                     cpus=sorted(os.sched_getaffinity(0)),
                 )
             )
-            client.info = reply
-            yield client
+        except (OSError, PlasmaError) as exc:  # raised below, not wrapped in the nursery's group
+            refused = exc
+        try:
+            if refused is None:
+                client.info = reply
+                client._state.connected(reply)
+                yield client
         finally:
             nursery.cancel_scope.cancel()
             await client.aclose()
+    if refused is not None:
+        raise refused

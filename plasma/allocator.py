@@ -62,6 +62,14 @@ class Allocator:
         """Size of the largest free range (0 when full)."""
         return self._by_size[-1][0] if self._by_size else 0
 
+    def free_before(self, offset: int) -> int | None:
+        """Start of the free range that ends at ``offset``, or None."""
+        return self._by_end.get(offset)
+
+    def free_after(self, offset: int) -> int | None:
+        """Size of the free range that starts at ``offset``, or None."""
+        return self._by_start.get(offset)
+
     def free_ranges(self) -> list[tuple[int, int]]:
         """Free ranges as ``(offset, size)``, by offset."""
         return [(start, self._by_start[start]) for start in self._starts]

@@ -8,6 +8,7 @@ without the built-in lock, which serialises requests.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import socket
@@ -26,10 +27,12 @@ from plasma.client_state import (
     ARENA_OBJECT_LIMIT,
     ARENA_OBJECTS,
     ARENA_SIZE,
+    IDS_PER_FRAME,
     RELEASE_DELAY,
     Arena,
     ClientState,
     align,
+    check_timeout,
     fds_from_ancillary,
 )
 from plasma.errors import PlasmaError, PlasmaTimeout, error_for
@@ -56,22 +59,41 @@ class Client:
         self._state = ClientState(release_delay)
         self._lock = threading.RLock()
         self._closed = False
-        reply = self._request(
-            p.Connect(
-                seq=self._state.next_seq(),
-                protocol_version=p.PROTOCOL_VERSION,
-                client_name=client_name,
-                cpus=sorted(os.sched_getaffinity(0)),
+        try:
+            reply = self._request(
+                p.Connect(
+                    seq=self._state.next_seq(),
+                    protocol_version=p.PROTOCOL_VERSION,
+                    client_name=client_name,
+                    cpus=sorted(os.sched_getaffinity(0)),
+                )
             )
-        )
+        except BaseException:
+            self._sock.close()
+            raise
         assert isinstance(reply, p.Connected)
+        self._state.connected(reply)
         self.info: p.Connected = reply
         self.client_id = reply.client_id
 
     # ------------------------------------------------------------ transport
 
     def _send(self, data: bytes) -> None:
-        self._sock.sendall(data)
+        try:
+            self._sock.sendall(data)
+        except OSError as exc:
+            raise self._gone(exc) from None
+
+    def _gone(self, exc: OSError) -> PlasmaError | OSError:
+        """Why the connection broke: the coordinator's last word (a ``seq`` 0 Error, read now
+        if it is still buffered), else a ConnectionError saying what happened."""
+        state = self._state
+        with contextlib.suppress(OSError, PlasmaError):
+            while state.fatal is None and self._receive(timeout=0):
+                pass
+        if state.fatal is not None:
+            return type(state.fatal)(state.fatal.message)
+        return ConnectionError(f"the connection to the coordinator broke: {exc}")
 
     def _receive(self, timeout: float | None = None) -> list[Any]:
         """Block for the next chunk of bytes (or until ``timeout``; 0 polls); returns the
@@ -92,16 +114,22 @@ class Client:
         if not size:
             for fd in fds:
                 os.close(fd)
+            if self._state.fatal is not None:
+                raise type(self._state.fatal)(self._state.fatal.message)
             raise ConnectionError("the coordinator closed the connection")
         if flags & socket.MSG_CTRUNC:
             raise PlasmaError("segment descriptors were truncated (too many in one message)")
-        return self._state.feed(view[:size], fds)
+        replies = self._state.feed(view[:size], fds)
+        if self._state.reclaim_requested:  # the store is short: give back what we keep idle
+            with contextlib.suppress(OSError):  # a broken connection shows on the next call
+                self._sock.sendall(self._state.frames(*self._state.reclaim_messages()))
+        return replies
 
-    def _request(self, msg: msgspec.Struct) -> Any:
-        """Send ``msg`` (after any queued releases) and wait for its reply."""
+    def _request(self, msg: msgspec.Struct, before: Iterable[msgspec.Struct] = ()) -> Any:
+        """Send ``msg`` (after any queued releases and ``before``) and wait for its reply."""
         with self._lock:
             self._raise_deferred()
-            self._send(self._state.frames(msg))
+            self._send(self._state.frames(*before, msg))
             return self._wait_reply(msg.seq)  # type: ignore[attr-defined]
 
     def _send_nowait(self, *msgs: msgspec.Struct) -> None:
@@ -112,6 +140,8 @@ class Client:
     def _raise_deferred(self) -> None:
         if self._closed:
             raise ConnectionError("the client is closed")
+        if self._state.fatal is not None:
+            raise type(self._state.fatal)(self._state.fatal.message)
         err = self._state.take_deferred_error()
         if err is not None:
             raise err
@@ -178,8 +208,17 @@ class Client:
 
         Objects up to ``ARENA_OBJECT_LIMIT`` bytes are written into this client's arena and
         registered by one ``SealArena`` message; an error (say, an id that exists) surfaces on
-        the next reply or :meth:`flush`.
+        the next reply or :meth:`flush`. When a refill of the arena fails (StoreFull), the
+        objects before it are stored and the rest are not.
         """
+        with self._lock:  # the arena is this connection's: one writer at a time
+            self._create_and_seal_many(items, node)
+
+    def _create_and_seal_many(
+        self,
+        items: Sequence[tuple[ObjectRef, bytes | bytearray | memoryview, bytes]],
+        node: int | None,
+    ) -> None:
         state = self._state
         msgs: list[msgspec.Struct] = []
         batch: list[p.ArenaObject] = []
@@ -222,13 +261,15 @@ class Client:
             assert arena is not None
             msgs.append(p.SealArena(self._seq(), arena.segment, batch))
         if large:
-            reply = self._request(
-                p.CreateMany(
-                    seq=self._seq(),
-                    items=[p.CreateItem(oid, len(d), len(m)) for oid, d, m in large],
-                    node=node,
-                )
+            # the arena's SealArenas go first: an answer to Reclaim read while waiting for
+            # this reply returns the arena, and must come after them
+            create = p.CreateMany(
+                seq=self._seq(),
+                items=[p.CreateItem(oid, len(d), len(m)) for oid, d, m in large],
+                node=node,
             )
+            reply = self._request(create, before=msgs)
+            msgs = []
             for (_, data, meta), loc in zip(large, reply.locations, strict=True):
                 state.write_object(loc, meta)[:] = data
             ids = [oid for oid, _, _ in large]
@@ -252,9 +293,15 @@ class Client:
         """Ask for a fresh arena, sending ``pending`` messages in the same write."""
         with self._lock:
             self._raise_deferred()
+            # The coordinator takes back the old arena's tail when it reads this request,
+            # whether or not it can grant a new one: never write into the old one again.
+            self._state.arena = None
             # room for many objects of this size, but never much of the store
             room = min(ARENA_OBJECTS * align(size), max(ARENA_SIZE, self.info.capacity // 64))
-            msg = p.Arena(seq=self._seq(), size=max(ARENA_SIZE, room, align(size)), node=node)
+            need = align(size) or ALIGN
+            msg = p.Arena(
+                seq=self._seq(), size=max(ARENA_SIZE, room, need), node=node, min_size=need
+            )
             self._send(self._state.frames(*pending, msg))
             reply = self._wait_reply(msg.seq)
         arena = Arena(reply.segment, reply.offset, reply.offset + reply.size, reply.offset, node)
@@ -270,6 +317,8 @@ class Client:
                         raise error_for(reply.code, reply.message)
                     return reply
                 self._state.unexpected(reply)
+            if self._state.fatal is not None:  # the coordinator is hanging up: say why
+                raise type(self._state.fatal)(self._state.fatal.message)
 
     @overload
     def get(
@@ -307,6 +356,7 @@ class Client:
         _raise: bool = False,
     ) -> list[Any]:
         """Like :meth:`get` but returns None for objects that are not available."""
+        check_timeout(timeout)
         state = self._state
         ids = [as_id_bytes(o) for o in object_ids]
         if any(oid in state.held or oid in state.cache for oid in ids):
@@ -423,13 +473,14 @@ class Client:
         enc = serialization.encode(value)
         size = enc.data_size + len(enc.metadata)
         if size <= ARENA_OBJECT_LIMIT:  # written straight into the arena, no round trip
-            arena, offset = self._arena_slot(size, node)
-            mm = self._state.maps[arena.segment]
-            mm[offset + enc.data_size : offset + size] = enc.metadata
-            with memoryview(mm)[offset : offset + enc.data_size] as view:
-                enc.write(view)
-            obj = p.ArenaObject(oid.binary(), offset, enc.data_size, len(enc.metadata))
-            self._send_nowait(p.SealArena(self._seq(), arena.segment, [obj]))
+            with self._lock:  # the arena is this connection's: one writer at a time
+                arena, offset = self._arena_slot(size, node)
+                mm = self._state.maps[arena.segment]
+                mm[offset + enc.data_size : offset + size] = enc.metadata
+                with memoryview(mm)[offset : offset + enc.data_size] as view:
+                    enc.write(view)
+                obj = p.ArenaObject(oid.binary(), offset, enc.data_size, len(enc.metadata))
+                self._send_nowait(p.SealArena(self._seq(), arena.segment, [obj]))
             return oid
         view = self.create(oid, enc.data_size, enc.metadata, node=node)
         enc.write(view)
@@ -477,6 +528,7 @@ class Subscription:
         """The next notification; ``PlasmaTimeout`` when none arrives within ``timeout`` s."""
         client = self._client
         state = client._state
+        check_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         with client._lock:
             while not state.notifications:
@@ -485,18 +537,13 @@ class Subscription:
                     raise PlasmaTimeout(f"no notification within {timeout} s")
                 for reply in client._receive(remaining):
                     state.unexpected(reply)
-            return state.notifications.popleft()
+            return state.next_notification()
 
     def __iter__(self) -> Subscription:
         return self
 
     def __next__(self) -> p.Notification:
         return self.next()
-
-
-# ids per request frame: 20 bytes plus MessagePack framing each, well under the default
-# 1 MiB frame limit of the coordinator
-IDS_PER_FRAME = 16384
 
 
 def _chunks(ids: list[bytes]) -> Iterator[list[bytes]]:

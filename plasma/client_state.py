@@ -10,8 +10,10 @@ from __future__ import annotations
 import array
 import collections
 import contextlib
+import math
 import mmap
 import os
+import re
 import socket
 import threading
 import weakref
@@ -22,7 +24,7 @@ import msgspec
 import numpy as np
 
 from plasma import protocol as p
-from plasma.errors import PlasmaError, error_for
+from plasma.errors import BadRequest, PlasmaError, error_for
 from plasma.linux.memfd import MADV_POPULATE_WRITE
 
 REPLY_MAX_FRAME = (
@@ -40,10 +42,16 @@ ARENA_OBJECTS = 16
 ARENA_OBJECT_LIMIT = 1 << 20
 # Released objects whose reference a client keeps, so getting them again needs no round trip
 # (as Arrow Plasma's release_delay); dropped on flush(), close() and when revoked by a delete.
-# At most RELEASE_DELAY objects and RELEASE_DELAY_BYTES bytes, so that a client never keeps
-# much memory from eviction.
+# At most RELEASE_DELAY objects and RELEASE_DELAY_BYTES bytes (and 1/32 of the store), so
+# that a client never keeps much memory from eviction; all of it goes back when the
+# coordinator, short of memory, sends Reclaim.
 RELEASE_DELAY = 64
 RELEASE_DELAY_BYTES = 64 << 20
+RELEASE_DELAY_SHARE = 32
+MAX_DEFERRED_ERRORS = 64  # kept one by one; beyond, only counted
+# ids per request frame: 20 bytes plus MessagePack framing each, well under the default
+# 1 MiB frame limit of the coordinator and its MAX_IDS_PER_REQUEST
+IDS_PER_FRAME = 16384
 
 
 # A segment first received to write into is mapped with its page tables filled in, so a put
@@ -56,6 +64,39 @@ POPULATE_OBJECT_MIN = 1 << 20
 
 def align(n: int) -> int:
     return (n + ALIGN - 1) & ~(ALIGN - 1)
+
+
+# Requests the clients build only from values checked already (ids through as_id_bytes,
+# timeouts through check_timeout, arena offsets they were granted): sent as they are. Every
+# other request is checked against the coordinator's bounds before it leaves, so a bad
+# argument is a BadRequest here instead of a connection the coordinator closes.
+_TRUSTED = (p.Get, p.Contains, p.Sync, p.Seal, p.Release, p.SealArena, p.ReturnArena)
+_REQUEST_DECODER = msgspec.msgpack.Decoder(p.Request)
+
+
+def checked(msg: msgspec.Struct) -> msgspec.Struct:
+    """``msg`` if the coordinator will accept its fields; else BadRequest naming the field."""
+    if isinstance(msg, _TRUSTED):
+        return msg
+    try:
+        _REQUEST_DECODER.decode(msgspec.msgpack.encode(msg))
+    except msgspec.ValidationError as exc:
+        fields = ("tag", *msg.__struct_fields__)  # array-like: the tag is element 0
+
+        def name(m: re.Match[str]) -> str:
+            i = int(m.group(1))
+            return fields[i] if i < len(fields) else m.group(0)
+
+        text = re.sub(r"\$\[(\d+)\]", name, str(exc), count=1)
+        raise BadRequest(f"{type(msg).__name__}: {text}") from None
+    return msg
+
+
+def check_timeout(timeout: float | None) -> float | None:
+    """``timeout`` if it is None or finite seconds >= 0; else BadRequest (a ValueError)."""
+    if timeout is not None and not (math.isfinite(timeout) and timeout >= 0):
+        raise BadRequest(f"timeout must be None or finite seconds >= 0, got {timeout!r}")
+    return timeout
 
 
 def fds_from_ancillary(ancdata: list[tuple[int, int, bytes]]) -> list[int]:
@@ -115,6 +156,7 @@ class ClientState:
         self.notifications: collections.deque[p.Notification] = collections.deque()
         self.run_requests: collections.deque[p.RunRequest] = collections.deque()
         self.deferred_errors: list[PlasmaError] = []
+        self.deferred_dropped = 0
         self.arena: Arena | None = None
         self.prefetched: dict[bytes, list[p.ObjectLocation]] = {}
         # objects we hold one reference to: with live views (held) or recently released
@@ -122,7 +164,10 @@ class ClientState:
         self.held: dict[bytes, _Held] = {}
         self.cache: dict[bytes, p.ObjectLocation] = {}
         self.cache_bytes = 0
+        self.cache_limit = RELEASE_DELAY_BYTES  # lowered by connected() for small stores
         self.release_delay = release_delay
+        self.fatal: PlasmaError | None = None  # why the coordinator closed the connection
+        self.reclaim_requested = False  # a Reclaim arrived: answer with reclaim_messages()
         self._held_lock = threading.RLock()  # finalizers may run on any thread
         # one receive buffer for the connection's life: a fresh 256 KiB bytes object per recv
         # would cost an mmap/munmap and page faults on every reply
@@ -141,20 +186,36 @@ class ClientState:
             return self._seq
 
     def frames(self, *msgs: msgspec.Struct) -> bytes:
-        """Encoded frames for ``msgs``, preceded by a Release for views that died meanwhile."""
+        """Encoded frames for ``msgs``, preceded by Releases for views that died meanwhile.
+
+        Raises BadRequest, taking nothing, when a message is out of the coordinator's bounds.
+        """
+        encoded = [p.encode(checked(m)) for m in msgs]
         out = []
-        if self._releases:
-            ids = []
-            while self._releases:
-                ids.append(self._releases.popleft())
+        releases = self._releases
+        while releases:
+            ids = [releases.popleft() for _ in range(min(len(releases), IDS_PER_FRAME))]
             out.append(p.encode(p.Release(seq=self.next_seq(), ids=ids, ack=False)))
-        out.extend(p.encode(m) for m in msgs)
+        out += encoded
         return b"".join(out)
+
+    def connected(self, reply: p.Connected) -> None:
+        """Take in the coordinator's answer to Connect."""
+        self.cache_limit = min(RELEASE_DELAY_BYTES, reply.capacity // RELEASE_DELAY_SHARE)
 
     def create_request(
         self, object_id: bytes, size: int, metadata: bytes, node: int | None, timeout: float | None
     ) -> p.Create:
+        check_timeout(timeout)
         return p.Create(self.next_seq(), object_id, size, len(metadata), node, timeout)
+
+    def reclaim_messages(self) -> list[msgspec.Struct]:
+        """The answer to a Reclaim: every cached reference is released (with the next frames)
+        and the arena given back; the next small put asks for a new one."""
+        self.reclaim_requested = False
+        self.drop_cache()
+        arena, self.arena = self.arena, None
+        return [] if arena is None else [p.ReturnArena(seq=self.next_seq(), segment=arena.segment)]
 
     def seal_and_release(self, ids: list[bytes]) -> tuple[p.Seal, p.Release]:
         """What finishes ``create_and_seal``: seal, then drop the creator's reference."""
@@ -165,8 +226,15 @@ class ClientState:
         return bool(self._releases)
 
     def take_deferred_error(self) -> PlasmaError | None:
-        """An error of an earlier request sent without waiting, to raise now."""
-        return self.deferred_errors.pop(0) if self.deferred_errors else None
+        """An error of an earlier request sent without waiting, to raise now (the count of
+        those beyond ``MAX_DEFERRED_ERRORS`` comes with the last one kept)."""
+        if not self.deferred_errors:
+            return None
+        err = self.deferred_errors.pop(0)
+        if not self.deferred_errors and self.deferred_dropped:
+            err = type(err)(f"{err.message} (and {self.deferred_dropped} more errors)")
+            self.deferred_dropped = 0
+        return err
 
     # ---------------------------------------------------------------- incoming
 
@@ -187,25 +255,46 @@ class ClientState:
                 self.run_requests.append(msg)
             elif isinstance(msg, p.Revoked):
                 self.revoke(msg.ids)
+            elif isinstance(msg, p.Reclaim):
+                self.reclaim_requested = True
             else:
                 replies.append(msg)
         return replies
 
+    def next_notification(self) -> p.Notification:
+        """The oldest notification received; PlasmaError when it says the subscription ended
+        because this client fell behind."""
+        note = self.notifications.popleft()
+        if note.kind == "overflow":
+            raise PlasmaError(
+                f"the subscription ended: {note.data_size} bytes of notifications were left "
+                "unread (read them faster, or subscribe again)"
+            )
+        return note
+
     def unexpected(self, reply: Any) -> None:
-        """A reply nobody waits for: an Error of a request sent without waiting."""
+        """A reply nobody waits for: an Error of a request sent without waiting, or (``seq``
+        0) the coordinator's reason for closing the connection."""
         if isinstance(reply, p.Error):
-            self.deferred_errors.append(error_for(reply.code, reply.message))
+            err = error_for(reply.code, reply.message)
+            if reply.seq == 0:
+                self.fatal = self.fatal or err
+            elif len(self.deferred_errors) < MAX_DEFERRED_ERRORS:
+                self.deferred_errors.append(err)
+            else:
+                self.deferred_dropped += 1
 
     def _map_segments(self, segments: list[p.SegmentInfo], *, for_writing: bool) -> None:
+        """Map each segment from its fd (then closed): read-only where the coordinator sent a
+        read-only fd (this client's uid may only read)."""
         flags = mmap.MAP_SHARED | (MAP_POPULATE if for_writing else 0)
         for info in segments:
             if not self._fds:
                 raise PlasmaError(f"segment {info.id} arrived without its file descriptor")
             fd = self._fds.popleft()
+            prot = mmap.PROT_READ | (mmap.PROT_WRITE if info.writable else 0)
             try:
-                self.maps[info.id] = mmap.mmap(
-                    fd, info.size, flags, mmap.PROT_READ | mmap.PROT_WRITE
-                )
+                self.maps[info.id] = mmap.mmap(fd, info.size, flags, prot)
             finally:
                 os.close(fd)
             if not for_writing:
@@ -303,7 +392,7 @@ class ClientState:
     def _drop_view(self, oid: bytes) -> None:
         """Finalizer of a view owner (any thread, any time): when the last view of an object
         goes, keep its reference in the release-delay cache (releasing the oldest ones beyond
-        ``release_delay`` objects or ``RELEASE_DELAY_BYTES``) or release it."""
+        ``release_delay`` objects or ``cache_limit`` bytes) or release it."""
         with self._held_lock:
             held = self.held.get(oid)
             if held is None:
@@ -318,7 +407,7 @@ class ClientState:
             self.cache[oid] = held.loc
             self.cache_bytes += _size(held.loc)
             cache = self.cache
-            while len(cache) > self.release_delay or self.cache_bytes > RELEASE_DELAY_BYTES:
+            while len(cache) > self.release_delay or self.cache_bytes > self.cache_limit:
                 oldest = next(iter(cache))
                 self.cache_bytes -= _size(cache.pop(oldest))
                 self._releases.append(oldest)

@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import socket
+import stat
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,11 +27,13 @@ import trio
 from plasma import errors
 from plasma import protocol as p
 from plasma.errors import PlasmaError
+from plasma.ids import ID_SIZE
+from plasma.linux.fdlimit import EXHAUSTED, FdReserve, raise_nofile_limit
 from plasma.linux.peercred import peer_credentials
 from plasma.metrics import make_registry, parse_address, serve_metrics
 from plasma.placement_report import placement_report
 from plasma.segments import BASE_PAGE, SegmentPool
-from plasma.store import CreateDone, GetDone, Notify, Pending, Revoke, Store
+from plasma.store import CreateDone, GetDone, Notify, Pending, Reclaim, Revoke, Store
 from plasma.telemetry import Telemetry, numa_nodes
 from plasma.units import parse_size
 
@@ -41,6 +44,19 @@ log = logging.getLogger("plasma.coordinator")
 
 MAX_FDS_PER_SEND = 250  # below the kernel's SCM_MAX_FD (253)
 RECV_SIZE = 256 * 1024
+# Bytes queued for a client that does not read: past MAX_UNSENT the coordinator reads no more
+# of its requests until it catches up; a subscriber past MAX_UNSENT_NOTIFICATIONS is told
+# it fell behind (an "overflow" notification) and its subscription ends.
+MAX_UNSENT = 32 << 20
+MAX_UNSENT_NOTIFICATIONS = 8 << 20
+MAX_CALLS_PER_CLIENT = 1024  # RunCalls one client may have waiting for the run's owner
+# Refused to read-only sessions: everything that creates, changes or removes objects, reserves
+# memory, or starts and steers tasks.
+_WRITE_REQUESTS: frozenset[type] = frozenset(
+    {p.Create, p.CreateMany, p.Seal, p.Abort, p.Delete, p.Evict, p.Arena, p.SealArena}
+    | {p.ReturnArena}
+    | {p.RunRegister, p.RunCall, p.RunRespond, p.TaskRegister, p.TaskDone, p.SubmitSample}
+)
 
 
 @dataclass
@@ -51,7 +67,7 @@ class CoordinatorConfig:
     memory: dict[int, int]  # NUMA node -> byte budget
     hugepage_size: int | None = None
     hugepage_fallback: bool = False
-    allow_uids: frozenset[int] = frozenset()
+    allow_uids: dict[int, bool] = field(default_factory=dict)  # other uid -> may it write?
     max_frame: int = p.DEFAULT_MAX_FRAME
     max_object_size: int | None = None
     segment_size: int = 64 << 20
@@ -61,6 +77,8 @@ class CoordinatorConfig:
     sample_interval: float = 1.0  # seconds between perf samples of registered tasks
     metrics: str | None = None  # serve /metrics here: HOST:PORT or PORT (on 127.0.0.1)
     sysfs_root: str = "/"
+    max_clients: int = 1024  # connections at once, handshaking ones included
+    handshake_timeout: float = 10.0  # seconds a new connection has to send Connect
 
     @classmethod
     def for_topology(
@@ -122,11 +140,16 @@ class Session:
         self.connected = False
         self.decoder = p.FrameDecoder(p.Request, max_frame)
         self.seen_segments: set[int] = set()
+        self.writable = True  # False: a read-only uid, sent read-only fds and refused writes
         self._out: collections.deque[tuple[bytes, list[int]]] = collections.deque()
+        self.unsent = 0  # bytes queued in _out
+        self.handshake = trio.CancelScope()  # ends the session unless Connect comes in time
         self._wake_writer = trio.Event()
 
     def send(self, msg: msgspec.Struct, fds: list[int] | None = None) -> None:
-        self._out.append((p.encode(msg), fds or []))
+        frame = p.encode(msg)
+        self.unsent += len(frame)
+        self._out.append((frame, fds or []))
 
     def flush(self) -> None:
         """Send what the socket takes now; leave the rest to the writer task."""
@@ -155,7 +178,9 @@ class Session:
                 return False
             except OSError:
                 self._out.clear()  # peer gone; the reader will notice and clean up
+                self.unsent = 0
                 return True
+            self.unsent -= sent
             if sent < len(data):
                 self._out.appendleft((data[sent:], []))  # fds travelled with the first byte
                 return False
@@ -180,15 +205,25 @@ class Coordinator:
             hugepage_size=config.hugepage_size,
             hugepage_fallback=config.hugepage_fallback,
         )
-        self.max_object_size = config.max_object_size or max(config.memory.values())
+        page = self.pool.page_size
+        # budgets in whole pages (segments are), so an object of the largest size fits
+        self.budgets = {n: b // page * page for n, b in config.memory.items()}
+        small = sorted(n for n, b in self.budgets.items() if not b)
+        if small:
+            raise errors.BadRequest(
+                f"--memory for node(s) {small} is less than one {page}-byte page"
+            )
+        largest = max(self.budgets.values())
+        self.max_object_size = min(config.max_object_size or largest, largest)
         self.store = Store(
-            dict(config.memory),
+            self.budgets,
             self.pool,
             page_size=self.pool.page_size,
             segment_size=max(config.segment_size, self.pool.page_size),
             max_object_size=self.max_object_size,
         )
         self.sessions: dict[int, Session] = {}
+        self.connections = 0  # accepted and not yet closed, handshaking ones included
         self.started = time.time()
         self.uid = os.getuid()
         self.op_counts: collections.Counter[str] = collections.Counter()
@@ -198,6 +233,7 @@ class Coordinator:
         self._deadline_changed = trio.Event()
         self._runs: dict[str, int] = {}  # run id -> owner client
         self._calls: dict[int, tuple[int, int, str]] = {}  # relay id -> (caller, seq, run id)
+        self._calls_by_client: collections.Counter[int] = collections.Counter()
         self._next_call = 1
         self.telemetry = Telemetry(config.sample_interval)
         self._metrics_bind = parse_address(config.metrics) if config.metrics else None
@@ -216,6 +252,7 @@ class Coordinator:
             p.Subscribe: self._subscribe,
             p.Arena: self._arena,
             p.SealArena: self._seal_arena,
+            p.ReturnArena: self._return_arena,
             p.Stats: self._stats,
             p.Sync: self._sync,
             p.RunRegister: self._run_register,
@@ -229,7 +266,9 @@ class Coordinator:
     # ------------------------------------------------------------ serving
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        raise_nofile_limit()
         listener = _listen(self.config.socket_path)
+        reserve = FdReserve()
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._expiry_loop)
@@ -239,14 +278,9 @@ class Coordinator:
                         serve_metrics, make_registry(self.stats), *self._metrics_bind
                     )
                 task_status.started()
-                while True:
-                    await trio.lowlevel.wait_readable(listener)
-                    try:
-                        conn, _ = listener.accept()
-                    except BlockingIOError:
-                        continue
-                    nursery.start_soon(self._run_session, conn)
+                await self._accept_loop(listener, reserve, nursery)
         finally:
+            reserve.close()
             listener.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.config.socket_path)
@@ -255,29 +289,95 @@ class Coordinator:
             self.telemetry.close()
             self.pool.close()
 
+    async def _accept_loop(
+        self, listener: socket.socket, reserve: FdReserve, nursery: trio.Nursery
+    ) -> None:
+        """Accept clients for ever. Out of descriptors, the coordinator spends its reserve
+        one to tell the newcomer why and close it (the queued connection would otherwise
+        make accept fail again at once); past ``max_clients`` it refuses likewise."""
+        exhausted = False
+        while True:
+            await trio.lowlevel.wait_readable(listener)
+            try:
+                conn, _ = listener.accept()
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                if exc.errno not in EXHAUSTED:
+                    log.warning("accept failed: %s", exc)
+                    continue
+                if not exhausted:
+                    log.error("out of file descriptors (%s): refusing new clients", exc)
+                    exhausted = True
+                if not reserve.release():
+                    reserve.restore()  # spent earlier: take it back when a descriptor frees
+                    await trio.sleep(0.05)  # do not spin meanwhile
+                    continue
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    reserve.restore()
+                    continue
+                _refuse(conn, errors.STORE_FULL, f"the coordinator is out of descriptors ({exc})")
+                reserve.restore()
+                continue
+            exhausted = False
+            if self.connections >= self.config.max_clients:
+                _refuse(
+                    conn,
+                    errors.STORE_FULL,
+                    f"the coordinator serves at most {self.config.max_clients} clients "
+                    "(serve --max-clients)",
+                )
+                continue
+            self.connections += 1
+            nursery.start_soon(self._run_session, conn)
+
     async def _run_session(self, conn: socket.socket) -> None:
+        try:
+            await self._session(conn)
+        finally:
+            self.connections -= 1
+
+    async def _session(self, conn: socket.socket) -> None:
         conn.setblocking(False)
-        creds = peer_credentials(conn)
+        try:
+            creds = peer_credentials(conn)
+        except PlasmaError as exc:
+            log.warning("refused a client whose credentials are unknown: %s", exc)
+            conn.close()
+            return
         client_id = self._next_client
         self._next_client += 1
         session = Session(conn, client_id, creds, self.config.max_frame)
-        if session.uid not in (self.uid, *self.config.allow_uids):
+        # the owner may always write; another uid only as --allow-uid says
+        writable = session.uid == self.uid or self.config.allow_uids.get(session.uid)
+        if writable is None:
             session.send(
                 p.Error(
                     seq=0,
                     code=errors.PERMISSION_DENIED,
                     message=f"uid {session.uid} may not use this store (owner uid {self.uid}; "
-                    "allow it with `serve --allow-uid`)",
+                    f"allow it with `serve --allow-uid {session.uid}` to read, "
+                    f"`--allow-uid {session.uid}:rw` to read and write)",
                 )
             )
             await _hang_up(session)
             conn.close()
             return
+        session.writable = writable
         self.sessions[client_id] = session
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(session.writer)
-                await self._read_loop(session)
+                session.handshake.deadline = trio.current_time() + self.config.handshake_timeout
+                with session.handshake:
+                    await self._read_loop(session)
+                if session.handshake.cancelled_caught:
+                    self.error_counts[errors.BAD_REQUEST] += 1
+                    message = f"no Connect within {self.config.handshake_timeout} s"
+                    session.send(p.Error(seq=0, code=errors.BAD_REQUEST, message=message))
+                    await _hang_up(session)
                 nursery.cancel_scope.cancel()
         except Exception:  # one broken session must not stop the store
             log.exception("session %d (pid %d) failed", client_id, session.pid)
@@ -288,6 +388,8 @@ class Coordinator:
         sock = session.sock
         buf = memoryview(bytearray(RECV_SIZE))  # reused: no allocation per recv
         while True:
+            while session.unsent > MAX_UNSENT and not session._try_send():
+                await trio.lowlevel.wait_writable(sock)  # read no more until it reads ours
             await trio.lowlevel.wait_readable(sock)
             try:
                 size = sock.recv_into(buf)
@@ -318,8 +420,10 @@ class Coordinator:
             for call_id, (caller, seq, call_run) in list(self._calls.items()):
                 if call_run == run_id:
                     del self._calls[call_id]
+                    self._calls_by_client[caller] -= 1
                     self._reply_error(caller, seq, errors.OBJECT_NOT_FOUND, f"run {run_id} ended")
         self._calls = {c: v for c, v in self._calls.items() if v[0] != session.client_id}
+        self._calls_by_client.pop(session.client_id, None)
         if session.connected:
             self.store.disconnect(session.client_id)
             self._deliver_events()
@@ -350,7 +454,14 @@ class Coordinator:
         else:
             raise _Hangup(f"unexpected {kind.__name__} after Connect")
         try:
+            if not session.writable and kind in _WRITE_REQUESTS:
+                raise errors.PermissionDenied(
+                    f"uid {session.uid} has read-only access to this store: {kind.__name__} "
+                    f"refused (grant writes with `serve --allow-uid {session.uid}:rw`)"
+                )
             handler(session, msg)
+        except _Hangup:
+            raise
         except PlasmaError as exc:
             self.error_counts[exc.code] += 1
             session.send(p.Error(seq=msg.seq, code=exc.code, message=exc.message))
@@ -374,16 +485,17 @@ class Coordinator:
             node = None
         session.name = msg.client_name
         session.connected = True
+        session.handshake.deadline = math.inf
         self.store.register_client(session.client_id, node)
         session.send(
             p.Connected(
                 seq=msg.seq,
                 client_id=session.client_id,
                 protocol_version=p.PROTOCOL_VERSION,
-                capacity=sum(self.config.memory.values()),
+                capacity=sum(self.budgets.values()),
                 nodes=[
                     p.NodeInfo(id=n, capacity=b, cpus=self.config.node_cpus.get(n, []))
-                    for n, b in sorted(self.config.memory.items())
+                    for n, b in sorted(self.budgets.items())
                 ],
                 page_sizes=sorted({self.pool.page_size, BASE_PAGE}),
                 max_frame=self.config.max_frame,
@@ -396,15 +508,16 @@ class Coordinator:
         self, session: Session, segment_ids: Iterable[int]
     ) -> tuple[list[p.SegmentInfo], list[int]]:
         """Segments a reply references that ``session`` has not been sent yet, and their fds
-        (which then travel with that reply)."""
+        (which then travel with that reply): read-only ones to a read-only session."""
         new: list[p.SegmentInfo] = []
         fds: list[int] = []
+        writable = session.writable
         for seg_id in segment_ids:
             if seg_id not in session.seen_segments:
-                session.seen_segments.add(seg_id)
                 seg = self.pool.get(seg_id)
-                new.append(seg.info())
-                fds.append(seg.fd)
+                fds.append(seg.fd if writable else seg.read_only_fd())
+                new.append(seg.info(writable=writable))
+                session.seen_segments.add(seg_id)
         return new, fds
 
     def _reply_locations(
@@ -511,12 +624,17 @@ class Coordinator:
         session.send(p.Ok(seq=msg.seq))
 
     def _arena(self, session: Session, msg: p.Arena) -> None:
-        segment, offset, size = self.store.grant_arena(session.client_id, msg.size, msg.node)
+        segment, offset, size = self.store.grant_arena(
+            session.client_id, msg.size, msg.node, min_size=msg.min_size, now=time.time()
+        )
         segs, fds = self._unseen_segments(session, [segment])
         reply = p.ArenaGranted(
             seq=msg.seq, segment=segment, offset=offset, size=size, segments=segs
         )
         session.send(reply, fds)
+
+    def _return_arena(self, session: Session, msg: p.ReturnArena) -> None:
+        self.store.return_arena(session.client_id, msg.segment)
 
     def _seal_arena(self, session: Session, msg: p.SealArena) -> None:
         self.store.seal_arena(session.client_id, msg.segment, msg.objects, now=time.time())
@@ -591,9 +709,14 @@ class Coordinator:
         owner = self._runs.get(msg.run_id)
         if owner is None:
             raise errors.ObjectNotFound(f"no live run {msg.run_id!r}")
+        if self._calls_by_client[session.client_id] >= MAX_CALLS_PER_CLIENT:
+            raise errors.BadRequest(
+                f"{MAX_CALLS_PER_CLIENT} run calls of this client are already waiting"
+            )
         call_id = self._next_call
         self._next_call += 1
         self._calls[call_id] = (session.client_id, msg.seq, msg.run_id)
+        self._calls_by_client[session.client_id] += 1
         owner_session = self.sessions[owner]
         owner_session.send(
             p.RunRequest(seq=0, request=call_id, client=session.client_id, payload=msg.payload)
@@ -606,6 +729,7 @@ class Coordinator:
             raise errors.ObjectNotFound(f"no pending run call {msg.request} for this client")
         del self._calls[msg.request]
         caller, seq, _ = call
+        self._calls_by_client[caller] -= 1
         target = self.sessions.get(caller)
         if target is None:
             return
@@ -636,8 +760,12 @@ class Coordinator:
                     segments=segs,
                 )
                 session.send(note, fds)
+                if session.unsent > MAX_UNSENT_NOTIFICATIONS:
+                    self._drop_subscriber(session)
             elif isinstance(event, Revoke):
                 session.send(p.Revoked(seq=0, ids=[event.oid]))
+            elif isinstance(event, Reclaim):
+                session.send(p.Reclaim(seq=0))
             else:
                 waiter = self._waits.pop(event.token, None)
                 if waiter is None:
@@ -657,9 +785,37 @@ class Coordinator:
         for session in touched:
             session.flush()
 
+    def _drop_subscriber(self, session: Session) -> None:
+        """A subscriber that fell behind: end its subscription with an "overflow" note (its
+        ``data_size`` is the bytes it left unread); events already made still go out."""
+        if self.store.unsubscribe(session.client_id):
+            log.warning("client %d fell behind its notifications", session.client_id)
+            session.send(
+                p.Notification(
+                    seq=0,
+                    kind="overflow",
+                    id=bytes(ID_SIZE),
+                    data_size=session.unsent,
+                    metadata_size=0,
+                )
+            )
+
 
 class _Hangup(Exception):
     """A protocol violation after which the connection is closed."""
+
+
+def _refuse(conn: socket.socket, code: str, message: str) -> None:
+    """Tell a connection that will not be served why, and close it, without waiting."""
+    try:
+        conn.setblocking(False)
+        conn.send(p.encode(p.Error(seq=0, code=code, message=message)))
+        conn.shutdown(socket.SHUT_WR)
+        conn.recv(RECV_SIZE)  # what it sent already, so that closing does not reset it
+    except OSError:
+        pass
+    finally:
+        conn.close()
 
 
 HANG_UP_GRACE = 2.0  # seconds a refused peer gets to read our last Error before we close
@@ -687,8 +843,15 @@ async def _hang_up(session: Session) -> None:
 
 
 def _listen(path: str) -> socket.socket:
-    """A non-blocking listening socket at ``path``, mode 0600; a stale socket file is replaced."""
-    if os.path.exists(path):
+    """A non-blocking listening socket at ``path``, mode 0600. Only a stale socket (one no
+    coordinator answers on) is replaced; any other file there is an error."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None and not stat.S_ISSOCK(mode):
+        raise errors.BadRequest(f"{path} exists and is not a socket: refusing to replace it")
+    if mode is not None:
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(path)

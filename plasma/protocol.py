@@ -7,18 +7,81 @@ fds travel in the same ``sendmsg`` as SCM_RIGHTS ancillary data, in the same ord
 
 This module is sans-I/O: :class:`FrameDecoder` turns bytes into messages and
 :func:`encode` turns a message into one frame; sockets live elsewhere.
+
+Requests are validated as they are decoded: every field of every request has a range or a
+length bound (the ``MAX_*`` constants below), so a request that decodes is one the
+coordinator can act on without overflowing, spinning or recursing. Replies are decoded
+loosely: they come from the coordinator.
 """
 
 from __future__ import annotations
 
+import itertools
 import struct
-from typing import Any
+import sys
+from typing import Annotated, Any
 
 import msgspec
+
+from plasma.ids import ID_SIZE
 
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_FRAME = 1 << 20
 HEADER = struct.Struct("<I")
+
+# ---------------------------------------------------------------- request limits
+
+# The largest seq, size, offset, byte count, segment id or relay id a request may carry (a
+# signed 64-bit integer, what the store and the kernel interfaces below it take).
+MAX_INT = 2**63 - 1
+# The largest NUMA node id a request may name.
+MAX_NODE = 65535
+# The largest pid ``TaskRegister`` may name (pid_t is a signed 32-bit integer; pids are >= 1).
+MAX_PID = 2**31 - 1
+# The largest CPU number, and the most CPUs, ``Connect.cpus`` may list.
+MAX_CPU = 65535
+MAX_CPUS = 65536
+# The most characters of a string field (names, task and run ids, error codes and messages).
+MAX_STRING = 4096
+# The most object ids (or ``CreateMany`` items, or ``SealArena`` objects) in one request; the
+# clients send at most ``plasma.client_state.IDS_PER_FRAME`` (16384) per frame.
+MAX_IDS_PER_REQUEST = 65536
+# The deepest nesting of lists and maps in a free-form payload (``RunCall.payload``,
+# ``RunRespond.payload``, ``SubmitSample.sample``), so relaying one never recurses deeply.
+MAX_PAYLOAD_DEPTH = 64
+
+_Int = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
+_Node = Annotated[int, msgspec.Meta(ge=0, le=MAX_NODE)]
+_Pid = Annotated[int, msgspec.Meta(ge=1, le=MAX_PID)]
+_Cpus = Annotated[
+    list[Annotated[int, msgspec.Meta(ge=0, le=MAX_CPU)]], msgspec.Meta(max_length=MAX_CPUS)
+]
+_Str = Annotated[str, msgspec.Meta(max_length=MAX_STRING)]
+_Id = Annotated[bytes, msgspec.Meta(min_length=ID_SIZE, max_length=ID_SIZE)]
+_PER_REQUEST = msgspec.Meta(max_length=MAX_IDS_PER_REQUEST)
+_Ids = Annotated[list[_Id], _PER_REQUEST]
+# msgspec checks bounds as ``x >= ge and x <= le``, so NaN fails ``ge`` and +inf fails ``le``
+_Timeout = Annotated[float, msgspec.Meta(ge=0.0, le=sys.float_info.max)]
+_NESTED = (list, dict, tuple)  # what MessagePack arrays, maps and array map keys decode to
+
+
+def _check_depth(value: Any, field: str) -> None:
+    """Raise ValueError if ``value`` nests lists and maps deeper than ``MAX_PAYLOAD_DEPTH``.
+
+    Iterative, level by level, so it cannot recurse however deep ``value`` is.
+    """
+    level = [value] if type(value) in _NESTED else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > MAX_PAYLOAD_DEPTH:
+            raise ValueError(f"{field} nests deeper than {MAX_PAYLOAD_DEPTH} levels")
+        inner: list[Any] = []
+        for v in level:
+            items = itertools.chain(v, v.values()) if type(v) is dict else v
+            inner += [x for x in items if type(x) in _NESTED]
+        level = inner
+
 
 # ---------------------------------------------------------------- shared parts
 
@@ -34,6 +97,7 @@ class SegmentInfo(msgspec.Struct, array_like=True, gc=False):
     size: int
     node: int
     page_size: int
+    writable: bool = True  # False: the fd is read-only, map it PROT_READ
 
 
 class ObjectLocation(msgspec.Struct, array_like=True, gc=False):
@@ -66,115 +130,127 @@ class NodeInfo(msgspec.Struct, array_like=True, gc=False):
 
 
 class CreateItem(msgspec.Struct, array_like=True, gc=False):
-    id: bytes
-    data_size: int
-    metadata_size: int = 0
+    id: _Id
+    data_size: _Int
+    metadata_size: _Int = 0
 
 
 class ArenaObject(msgspec.Struct, array_like=True, gc=False):
     """An object a client carved out of its arena, registered sealed by ``SealArena``."""
 
-    id: bytes
-    offset: int
-    data_size: int
-    metadata_size: int
+    id: _Id
+    offset: _Int
+    data_size: _Int
+    metadata_size: _Int
 
 
 # ---------------------------------------------------------------- requests
 
 
 class Connect(_Msg):
-    seq: int
-    protocol_version: int
-    client_name: str = ""
-    cpus: list[int] = []  # the client's allowed CPUs, for its default NUMA node
+    seq: _Int
+    protocol_version: _Int
+    client_name: _Str = ""
+    cpus: _Cpus = []  # the client's allowed CPUs, for its default NUMA node
 
 
 class Create(_Msg):
-    seq: int
-    id: bytes
-    data_size: int
-    metadata_size: int = 0
-    node: int | None = None
-    timeout: float | None = 0.0  # seconds to wait for space; None waits forever
+    seq: _Int
+    id: _Id
+    data_size: _Int
+    metadata_size: _Int = 0
+    node: _Node | None = None
+    timeout: _Timeout | None = 0.0  # seconds to wait for space; None waits forever
 
 
 class CreateMany(_Msg):
-    seq: int
-    items: list[CreateItem]
-    node: int | None = None
-    timeout: float | None = 0.0
+    seq: _Int
+    items: Annotated[list[CreateItem], _PER_REQUEST]
+    node: _Node | None = None
+    timeout: _Timeout | None = 0.0
 
 
 class Seal(_Msg):
-    seq: int
-    ids: list[bytes]
+    seq: _Int
+    ids: _Ids
     ack: bool = True  # False: no reply on success, an Error reply on failure
 
 
 class Abort(_Msg):
-    seq: int
-    id: bytes
+    seq: _Int
+    id: _Id
 
 
 class Get(_Msg):
-    seq: int
-    ids: list[bytes]
-    timeout: float | None = None  # seconds; None waits forever
+    seq: _Int
+    ids: _Ids
+    timeout: _Timeout | None = None  # seconds; None waits forever
 
 
 class Release(_Msg):
-    seq: int
-    ids: list[bytes]
+    seq: _Int
+    ids: _Ids
     ack: bool = False
 
 
 class Delete(_Msg):
-    seq: int
-    ids: list[bytes]
+    seq: _Int
+    ids: _Ids
 
 
 class Contains(_Msg):
-    seq: int
-    id: bytes
+    seq: _Int
+    id: _Id
 
 
 class List(_Msg):
-    seq: int
+    seq: _Int
 
 
 class Evict(_Msg):
-    seq: int
-    nbytes: int
+    seq: _Int
+    nbytes: _Int
 
 
 class Subscribe(_Msg):
-    seq: int
+    seq: _Int
     with_locations: bool = False  # seal notifications carry a location and a reference
 
 
 class Arena(_Msg):
-    seq: int
-    size: int
-    node: int | None = None
+    """Reserve up to ``size`` bytes, at least ``min_size`` (0: ``size``), to fill with small
+    objects; the unused tail of the previous arena is given back first."""
+
+    seq: _Int
+    size: _Int
+    node: _Node | None = None
+    min_size: _Int = 0
+
+
+class ReturnArena(_Msg):
+    """Sent without waiting: the client stops using its arena in ``segment`` (the objects
+    it wrote there were registered by earlier ``SealArena``s); its unused tail is freed."""
+
+    seq: _Int
+    segment: _Int
 
 
 class SealArena(_Msg):
-    seq: int
-    segment: int
-    objects: list[ArenaObject]
+    seq: _Int
+    segment: _Int
+    objects: Annotated[list[ArenaObject], _PER_REQUEST]
     ack: bool = False
 
 
 class Stats(_Msg):
-    seq: int
+    seq: _Int
     placement: bool = False
 
 
 class Sync(_Msg):
     """A barrier: replied with ``Ok`` after every earlier request was handled."""
 
-    seq: int
+    seq: _Int
 
 
 class TaskRegister(_Msg):
@@ -183,53 +259,62 @@ class TaskRegister(_Msg):
     ``node`` is the NUMA node the task was placed on, for its locality.
     """
 
-    seq: int
-    task_id: str
-    pid: int
-    node: int | None = None
-    run_id: str = ""
+    seq: _Int
+    task_id: _Str
+    pid: _Pid
+    node: _Node | None = None
+    run_id: _Str = ""
 
 
 class TaskDone(_Msg):
     """The task ended: take its final sample and stop sampling it."""
 
-    seq: int
-    task_id: str
-    run_id: str = ""
+    seq: _Int
+    task_id: _Str
+    run_id: _Str = ""
 
 
 class SubmitSample(_Msg):
     """A sample a client took itself (the fields of ``plasma.perf.PerfSample``)."""
 
-    seq: int
-    task_id: str
-    sample: dict[str, Any]
-    run_id: str = ""
+    seq: _Int
+    task_id: _Str
+    sample: dict[_Str, Any]
+    run_id: _Str = ""
+
+    def __post_init__(self) -> None:
+        _check_depth(self.sample, "sample")
 
 
 class RunRegister(_Msg):
     """Become the owner of ``run_id``: ``RunCall``s for it are relayed to this client."""
 
-    seq: int
-    run_id: str
+    seq: _Int
+    run_id: _Str
 
 
 class RunCall(_Msg):
     """Ask the owner of ``run_id`` (e.g. a DAG runner) something; answered by ``RunResult``."""
 
-    seq: int
-    run_id: str
+    seq: _Int
+    run_id: _Str
     payload: Any
+
+    def __post_init__(self) -> None:
+        _check_depth(self.payload, "payload")
 
 
 class RunRespond(_Msg):
     """The owner's answer to a relayed ``RunRequest``; ``code`` set means an error."""
 
-    seq: int
-    request: int
+    seq: _Int
+    request: _Int
     payload: Any = None
-    code: str | None = None
-    message: str = ""
+    code: _Str | None = None
+    message: _Str = ""
+
+    def __post_init__(self) -> None:
+        _check_depth(self.payload, "payload")
 
 
 # ---------------------------------------------------------------- replies
@@ -327,11 +412,18 @@ class Revoked(_Msg):
     ids: list[bytes]
 
 
+class Reclaim(_Msg):
+    """Pushed (``seq`` 0) when the store is short of memory: return the arena
+    (``ReturnArena``) and release the references kept only for quick gets."""
+
+    seq: int
+
+
 class Notification(_Msg):
     """Pushed to subscribers (``seq`` 0): an object was sealed or deleted."""
 
     seq: int
-    kind: str  # "sealed" | "deleted"
+    kind: str  # "sealed" | "deleted" | "overflow" (the subscription ended: it fell behind)
     id: bytes
     data_size: int
     metadata_size: int
@@ -353,6 +445,7 @@ Request = (
     | Evict
     | Subscribe
     | Arena
+    | ReturnArena
     | SealArena
     | Stats
     | Sync
@@ -377,6 +470,7 @@ Reply = (
     | StatsReply
     | Notification
     | Revoked
+    | Reclaim
     | RunRequest
     | RunResult
 )
@@ -403,13 +497,16 @@ class FrameDecoder:
     """Incremental decoder: ``feed`` bytes, then iterate ``messages()``.
 
     Raises :class:`ProtocolError` for a frame longer than ``max_frame`` or a payload that is
-    not a valid message of ``kind``; the caller answers with an ``Error`` and closes.
+    not a valid message of ``kind`` (whatever the bytes: malformed MessagePack, a field out of
+    range, nesting too deep to decode); the caller answers with an ``Error`` and closes. The
+    decoder then stays failed: every later ``next_message`` raises the same error.
     """
 
     def __init__(self, kind: Any, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self._decoder = msgspec.msgpack.Decoder(kind)
         self._buf = bytearray()
         self._pos = 0
+        self._error: str | None = None  # why the stream failed, once it has
         self.max_frame = max_frame
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
@@ -422,21 +519,27 @@ class FrameDecoder:
 
     def next_message(self) -> Any | None:
         """The next complete message, or None when more bytes are needed."""
+        if self._error is not None:
+            raise ProtocolError(self._error)
         buf, pos = self._buf, self._pos
         if len(buf) - pos < HEADER.size:
             self._compact()
             return None
         (length,) = HEADER.unpack_from(buf, pos)
         if length > self.max_frame:
-            raise ProtocolError(f"frame of {length} bytes exceeds the maximum of {self.max_frame}")
+            self._error = f"frame of {length} bytes exceeds the maximum of {self.max_frame}"
+            raise ProtocolError(self._error)
         end = pos + HEADER.size + length
         if len(buf) < end:
             self._compact()
             return None
         try:
             msg = self._decoder.decode(memoryview(buf)[pos + HEADER.size : end])
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise ProtocolError(f"malformed message: {exc}") from None
+        except MemoryError:
+            raise  # this process is short of memory: not the peer's fault
+        except Exception as exc:  # DecodeError, ValidationError, RecursionError, ...
+            self._error = f"malformed message: {exc}"
+            raise ProtocolError(self._error) from None
         self._pos = end
         return msg
 

@@ -1,8 +1,9 @@
 """Shared-memory segments: memfd-backed, bound to a NUMA node, pre-faulted.
 
 A :class:`SegmentPool` is the store's ``SegmentProvider``: it creates segments on request,
-keeps their fds (the coordinator hands them to clients with SCM_RIGHTS), and closes them when
-the store frees a segment. The coordinator never keeps segments mapped: the pages belong to the
+keeps their fds (the coordinator hands them to clients with SCM_RIGHTS: the read-write memfd to
+clients that may write, a read-only reopening of it to the others), and closes them when the
+store frees a segment. The coordinator never keeps segments mapped: the pages belong to the
 memfd, so its own RSS stays small however much data the store holds.
 """
 
@@ -24,16 +25,30 @@ BASE_PAGE = mmap.PAGESIZE
 
 @dataclass(slots=True)
 class Segment:
-    """One memfd of ``size`` bytes whose pages live on ``node``."""
+    """One memfd of ``size`` bytes (mode 0600) whose pages live on ``node``."""
 
     id: int
-    fd: int
+    fd: int  # read-write
     size: int
     node: int
     page_size: int
+    _read_only_fd: int | None = None
 
-    def info(self) -> SegmentInfo:
-        return SegmentInfo(id=self.id, size=self.size, node=self.node, page_size=self.page_size)
+    def info(self, *, writable: bool = True) -> SegmentInfo:
+        return SegmentInfo(
+            id=self.id, size=self.size, node=self.node, page_size=self.page_size, writable=writable
+        )
+
+    def read_only_fd(self) -> int:
+        """An ``O_RDONLY`` descriptor of the memfd, for read-only clients; opened once."""
+        if self._read_only_fd is None:
+            self._read_only_fd = memfd.reopen_read_only(self.fd)
+        return self._read_only_fd
+
+    def close(self) -> None:
+        os.close(self.fd)
+        if self._read_only_fd is not None:
+            os.close(self._read_only_fd)
 
 
 @dataclass
@@ -117,8 +132,7 @@ class SegmentPool:
         return fd
 
     def free_segment(self, segment: int) -> None:
-        seg = self._segments.pop(segment)
-        os.close(seg.fd)
+        self._segments.pop(segment).close()
 
     def get(self, segment: int) -> Segment:
         return self._segments[segment]

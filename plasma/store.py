@@ -22,13 +22,25 @@ Semantics the coordinator mirrors:
   request for a node that still does not fit blocks later ones for that node). A new create
   does not queue behind pending ones.
 * Subscribers get a :class:`Notify` ``"sealed"`` per seal and ``"deleted"`` per delete or
-  eviction. Events for a client that disconnected meanwhile are safe to drop.
+  eviction. A ``with_locations`` subscriber's notification carries a reference only while
+  the objects it references stay under ``subscriber_pin_limit`` bytes; beyond that it gets
+  the plain notification (and must ``get``), so a subscriber that falls behind never pins
+  the store. Events for a client that disconnected meanwhile are safe to drop.
+* Eviction happens only when it makes the request fit (see :meth:`Store._eviction_plan`).
+* Clients keep memory the store cannot take back by itself: the unused tail of their arena
+  and references they cache for quick gets. When a request does not fit, the store asks
+  each such client (at most once per ``RECLAIM_INTERVAL``) with a :class:`Reclaim` event
+  to return them, and a create that would fail at once waits up to ``RECLAIM_WAIT`` for
+  the answer. Arenas on a node never reserve more than a quarter of its budget beyond what
+  the objects at hand need.
+* A client has at most ``max_waiters`` gets and creates waiting at once.
 """
 
 from __future__ import annotations
 
 import builtins
 import heapq
+import math
 from collections import OrderedDict
 from typing import Any, Protocol
 
@@ -46,6 +58,9 @@ from plasma.errors import (
 )
 from plasma.ids import ID_SIZE
 from plasma.protocol import ArenaObject, CreateItem, ObjectInfo, ObjectLocation
+
+RECLAIM_INTERVAL = 1.0  # seconds between two Reclaim events to the same client
+RECLAIM_WAIT = 0.25  # seconds a create that would fail at once waits for reclaimed memory
 
 NOT_SEALED = "object_not_sealed"
 NOT_FOUND = "object_not_found"
@@ -113,7 +128,14 @@ class Revoke(msgspec.Struct, gc=False):
     oid: bytes
 
 
-Event = GetDone | CreateDone | Notify | Revoke
+class Reclaim(msgspec.Struct, gc=False):
+    """For a client holding an arena tail or references a create could use: return the
+    arena (``return_arena``) and release the references it only caches."""
+
+    client: int
+
+
+Event = GetDone | CreateDone | Notify | Revoke | Reclaim
 
 
 # ---------------------------------------------------------------- records
@@ -130,7 +152,17 @@ class _Segment:
 
 
 class _Node:
-    __slots__ = ("budget", "id", "lru", "objects", "segment_bytes", "segments", "shortage", "used")
+    __slots__ = (
+        "budget",
+        "id",
+        "lru",
+        "lru_bytes",
+        "objects",
+        "segment_bytes",
+        "segments",
+        "shortage",
+        "used",
+    )
 
     def __init__(self, node_id: int, budget: int) -> None:
         self.id = node_id
@@ -142,6 +174,7 @@ class _Node:
         self.shortage = ""  # why the provider last failed to make a segment (e.g. no hugepages)
         # sealed, unreferenced objects: oid -> tick at which they became unreferenced
         self.lru: OrderedDict[bytes, int] = OrderedDict()
+        self.lru_bytes = 0  # allocated bytes of the objects in ``lru``
 
 
 class _Object(msgspec.Struct, gc=False):
@@ -196,12 +229,14 @@ class _CreateWaiter:
 
 
 class _Client:
-    __slots__ = ("arena", "creating", "id", "node", "refs", "waiters")
+    __slots__ = ("arena", "creating", "id", "node", "reclaim_at", "ref_bytes", "refs", "waiters")
 
     def __init__(self, client_id: int, node: int | None) -> None:
         self.id = client_id
         self.node = node
         self.refs: dict[bytes, int] = {}
+        self.ref_bytes = 0  # allocated bytes of the objects in ``refs``
+        self.reclaim_at = -math.inf  # when it was last sent a Reclaim
         self.creating: set[bytes] = set()
         self.waiters: set[_GetWaiter | _CreateWaiter] = set()
         self.arena: _Arena | None = None
@@ -213,8 +248,12 @@ class _Client:
 class Store:
     """Object table over per-node segment budgets. See the module docstring for semantics.
 
-    ``budgets`` maps NUMA node -> bytes (the sum of that node's segment sizes never exceeds
-    it). ``max_object_size`` (data + metadata) defaults to no limit beyond the budgets.
+    ``budgets`` maps NUMA node -> bytes, rounded down to whole pages (the sum of that node's
+    segment sizes never exceeds it). ``max_object_size`` (data + metadata) defaults to no
+    limit beyond the budgets. ``max_waiters`` bounds each client's waiting gets and creates;
+    ``subscriber_pin_limit`` (default: an eighth of the capacity) the bytes a
+    ``with_locations`` subscription may keep referenced; ``reclaim_wait`` is how long a
+    create that would fail at once waits for memory asked back with Reclaim.
     """
 
     def __init__(
@@ -226,6 +265,9 @@ class Store:
         segment_size: int = 64 * 2**20,
         alignment: int = 64,
         max_object_size: int | None = None,
+        max_waiters: int = 1024,
+        subscriber_pin_limit: int | None = None,
+        reclaim_wait: float = RECLAIM_WAIT,
     ) -> None:
         if alignment <= 0 or alignment & (alignment - 1):
             raise ValueError(f"alignment must be a power of two, got {alignment}")
@@ -242,7 +284,13 @@ class Store:
         self._segment_size = -(-segment_size // page_size) * page_size
         self._mask = alignment - 1
         self._max_object_size = max_object_size
-        self._nodes = {n: _Node(n, b) for n, b in sorted(budgets.items())}
+        self._max_waiters = max_waiters
+        self._reclaim_wait = reclaim_wait
+        self._nodes = {n: _Node(n, b // page_size * page_size) for n, b in sorted(budgets.items())}
+        capacity = sum(nd.budget for nd in self._nodes.values())
+        self._subscriber_pin_limit = (
+            capacity // 8 if subscriber_pin_limit is None else subscriber_pin_limit
+        )
         self._first_node = next(iter(self._nodes.values()))
         self._segments: dict[int, _Segment] = {}
         self._objects: dict[bytes, _Object] = {}
@@ -298,6 +346,10 @@ class Store:
         self._client(client)
         self._subscribers[client] = with_locations
 
+    def unsubscribe(self, client: int) -> bool:
+        """Stop notifying this client; False if it was not subscribed."""
+        return self._subscribers.pop(client, None) is not None
+
     # ------------------------------------------------------------ create / seal / abort
 
     def create(
@@ -328,9 +380,9 @@ class Store:
         if placed is not None:
             return self._register(c, oid, data_size, metadata_size, placed, size, now)
         self._retry_creates()  # what eviction freed may fit an earlier, smaller request
-        if timeout == 0:
-            raise StoreFull(f"no space for {size} bytes on node {nd.id}{nd.shortage}")
-        return self._park_create(c, [CreateItem(oid, data_size, metadata_size)], nd, deadline, now)
+        deadline = self._reclaim_deadline(nd, timeout, deadline, now, size)
+        items = [CreateItem(oid, data_size, metadata_size)]
+        return self._park_create(c, items, nd, deadline, now)
 
     def create_many(
         self,
@@ -358,8 +410,7 @@ class Store:
         if done is not None:
             return done
         self._retry_creates()
-        if timeout == 0:
-            raise StoreFull(f"no space for {total} bytes on node {nd.id}{nd.shortage}")
+        deadline = self._reclaim_deadline(nd, timeout, deadline, now, total)
         return self._park_create(c, list(items), nd, deadline, now)
 
     def _unsealed_of(self, client: int, oid: bytes, sealed_error: str) -> _Object:
@@ -386,6 +437,7 @@ class Store:
         c = self._clients[client]
         c.creating.discard(oid)
         del c.refs[oid]
+        c.ref_bytes -= rec.size
         self._free_object(oid, rec)
         self._retry_creates()
 
@@ -426,6 +478,7 @@ class Store:
                     rec = objects.get(oids[i])
                     results[i] = NOT_SEALED if rec is not None and not rec.deleting else NOT_FOUND
             return results  # type: ignore[return-value]
+        self._check_waiters(c)
         self._token += 1
         w = _GetWaiter(client, self._token, list(oids), results)
         for i, r in enumerate(results):
@@ -446,6 +499,7 @@ class Store:
             raise ObjectNotSealed(f"object {oid.hex()} is not sealed; seal or abort it")
         if n == 1:
             del c.refs[oid]
+            c.ref_bytes -= rec.size
         else:
             c.refs[oid] = n - 1
         rec.ref_count -= 1
@@ -477,7 +531,7 @@ class Store:
                     Revoke(cid, oid) for cid, c in self._clients.items() if oid in c.refs
                 )
             else:
-                rec.segment.node.lru.pop(oid)
+                self._lru_pop(oid, rec)
                 self._free_object(oid, rec)
                 deleted.append(oid)
             self._notify_deleted(oid, rec)
@@ -518,7 +572,10 @@ class Store:
                         oldest, oldest_tick = nd, tick
             if oldest is None:
                 break
-            freed += self._evict_one(oldest)
+            victim = next(iter(oldest.lru))
+            rec = self._objects[victim]
+            self._evict(victim, rec)
+            freed += rec.size
         self._retry_creates()
         return freed
 
@@ -554,21 +611,45 @@ class Store:
 
     # ------------------------------------------------------------ arenas
 
-    def grant_arena(self, client: int, size: int, node: int | None = None) -> tuple[int, int, int]:
-        """Reserve ``size`` bytes (rounded up) for the client to carve objects from:
-        ``(segment, offset, size)``. Returns the unused tail of its previous arena first."""
+    def grant_arena(
+        self,
+        client: int,
+        size: int,
+        node: int | None = None,
+        *,
+        min_size: int = 0,
+        now: float = 0.0,
+    ) -> tuple[int, int, int]:
+        """Reserve up to ``size`` bytes (rounded up), at least ``min_size``, for the client to
+        carve objects from: ``(segment, offset, size)``.
+
+        The unused tail of the client's previous arena is returned first (so on StoreFull
+        the client has no arena). The grant shrinks towards ``min_size`` when the node's
+        arenas would reserve more than a quarter of its budget, or when nothing bigger fits.
+        """
         c = self._client(client)
         if size <= 0:
             raise BadRequest(f"arena size must be positive, got {size}")
         n = (size + self._mask) & ~self._mask
+        least = min(n, (min_size + self._mask) & ~self._mask) or n
         nd = self._choose_node(c, node)
         if c.arena is not None:
             self._return_arena_tail(c)
-        if n > nd.budget:
-            raise StoreFull(f"{n} bytes exceed node {nd.id}'s budget of {nd.budget}")
-        placed = self._allocate(nd, n)
+        if least > nd.budget:
+            raise StoreFull(f"{least} bytes exceed node {nd.id}'s budget of {nd.budget}")
+        reserved = sum(
+            x.arena.end - x.arena.cursor
+            for x in self._clients.values()
+            if x.arena is not None and x.arena.segment.node is nd
+        )
+        n = max(least, min(n, nd.budget // 4 - reserved))
+        placed = self._allocate(nd, n, evict=n == least)  # no eviction for a bigger arena
+        if placed is None and n > least:
+            n = least
+            placed = self._allocate(nd, n)
         if placed is None:
             self._retry_creates()
+            self._ask_reclaim(nd, now)
             raise StoreFull(f"no space for an arena of {n} bytes on node {nd.id}{nd.shortage}")
         seg, offset = placed
         c.arena = _Arena(seg, offset, offset + n)
@@ -665,15 +746,17 @@ class Store:
     def _deadline(self, timeout: float | None, now: float) -> float | None:
         if timeout is None:
             return None
-        if timeout < 0:
-            raise BadRequest(f"timeout must not be negative, got {timeout}")
+        if not math.isfinite(timeout) or timeout < 0:
+            raise BadRequest(f"timeout must be None or finite seconds >= 0, got {timeout!r}")
         return now + timeout
 
     # ------------------------------------------------------------ internals: memory
 
-    def _allocate(self, nd: _Node, size: int) -> tuple[_Segment, int] | None:
-        """Place ``size`` aligned bytes on ``nd``: existing segments, a new segment, then
-        eviction in LRU order. None when nothing more can be evicted."""
+    def _allocate(self, nd: _Node, size: int, *, evict: bool = True) -> tuple[_Segment, int] | None:
+        """Place ``size`` aligned bytes on ``nd``: existing segments, a new segment, then (if
+        ``evict``) eviction in LRU order, but only when evicting makes the request fit
+        (eviction that cannot make room would destroy data for nothing). None when it
+        cannot fit."""
         while True:
             for seg in nd.segments:
                 offset = seg.alloc.allocate(size)
@@ -681,8 +764,68 @@ class Store:
                     nd.used += size
                     self._used += size
                     return seg, offset
-            if self._grow(nd, size) is None and not self._evict_one(nd):
+            if self._grow(nd, size) is not None:
+                continue
+            victims = self._eviction_plan(nd, size) if evict else []
+            if not victims:
                 return None
+            for oid in victims:
+                self._evict(oid, self._objects[oid])
+
+    def _eviction_plan(self, nd: _Node, size: int) -> builtins.list[bytes]:
+        """The shortest LRU prefix of the node whose eviction makes room for ``size`` bytes:
+        a contiguous free run in one segment, or budget for a new segment once the segments
+        it empties are dropped. Empty when evicting everything evictable would not do.
+
+        Simulated on the side: each candidate's range is merged with its free neighbours
+        (the allocator's free ranges and earlier candidates), so the common case costs as
+        many steps as objects evicted."""
+        if not nd.lru or nd.budget - nd.used + nd.lru_bytes < size:
+            return []
+        page = self._page_size
+        need = -(-size // page) * page
+        room = (nd.budget - nd.segment_bytes) // page * page  # budget for new segments
+        room += sum(s.size for s in nd.segments if s.alloc.free_bytes == s.size)
+        if room >= need:
+            return []  # _grow would have succeeded: the provider refused, evicting won't help
+        runs_by_start: dict[_Segment, dict[int, int]] = {}  # simulated runs: start -> end
+        runs_by_end: dict[_Segment, dict[int, int]] = {}  # end -> start
+        freed: dict[_Segment, int] = {}
+        plan: builtins.list[bytes] = []
+        objects = self._objects
+        for oid in nd.lru:
+            rec = objects[oid]
+            seg, lo = rec.segment, rec.loc.offset
+            hi = lo + rec.size
+            plan.append(oid)
+            by_start = runs_by_start.setdefault(seg, {})
+            by_end = runs_by_end.setdefault(seg, {})
+            left = by_end.pop(lo, None)
+            if left is not None:
+                del by_start[left]
+                lo = left
+            else:
+                left = seg.alloc.free_before(lo)
+                if left is not None:
+                    lo = left
+            right = by_start.pop(hi, None)
+            if right is not None:
+                del by_end[right]
+                hi = right
+            else:
+                right = seg.alloc.free_after(hi)
+                if right is not None:
+                    hi += right
+            by_start[lo] = hi
+            by_end[hi] = lo
+            if hi - lo >= size:
+                return plan
+            freed[seg] = freed.get(seg, 0) + rec.size
+            if seg.alloc.free_bytes + freed[seg] == seg.size:
+                room += seg.size
+                if room >= need:
+                    return plan
+        return []
 
     def _grow(self, nd: _Node, size: int) -> _Segment | None:
         """A new segment big enough for ``size`` within the budget, freeing empty segments
@@ -731,16 +874,12 @@ class Store:
         rec.segment.node.objects -= 1
         self._free_range(rec.segment, rec.loc.offset, rec.size)
 
-    def _evict_one(self, nd: _Node) -> int:
-        """Evict the node's least recently used unreferenced object; its size or 0."""
-        if not nd.lru:
-            return 0
-        oid, _ = nd.lru.popitem(last=False)
-        rec = self._objects[oid]
+    def _evict(self, oid: bytes, rec: _Object) -> None:
+        """Evict a sealed unreferenced object."""
+        self._lru_pop(oid, rec)
         self._free_object(oid, rec)
         self._evictions += 1
         self._notify_deleted(oid, rec)
-        return rec.size
 
     def _return_arena_tail(self, c: _Client) -> None:
         a = c.arena
@@ -768,6 +907,7 @@ class Store:
         self._objects[oid] = rec
         nd.objects += 1
         c.refs[oid] = 1
+        c.ref_bytes += size
         c.creating.add(oid)
         return loc
 
@@ -823,10 +963,13 @@ class Store:
 
     def _add_ref(self, c: _Client, oid: bytes, rec: _Object) -> None:
         if rec.ref_count == 0:
-            rec.segment.node.lru.pop(oid, None)
+            self._lru_pop(oid, rec)
         rec.ref_count += 1
         refs = c.refs
-        refs[oid] = refs.get(oid, 0) + 1
+        n = refs.get(oid, 0)
+        if not n:
+            c.ref_bytes += rec.size
+        refs[oid] = n + 1
 
     def _unreferenced(self, oid: bytes, rec: _Object) -> None:
         """A sealed object lost its last reference: free it if deleted, else make it LRU."""
@@ -834,8 +977,15 @@ class Store:
             self._free_object(oid, rec)
         else:
             self._tick += 1
-            rec.segment.node.lru[oid] = self._tick
+            nd = rec.segment.node
+            nd.lru[oid] = self._tick
+            nd.lru_bytes += rec.size
             self._space_changed = True
+
+    def _lru_pop(self, oid: bytes, rec: _Object) -> None:
+        nd = rec.segment.node
+        if nd.lru.pop(oid, None) is not None:
+            nd.lru_bytes -= rec.size
 
     def _info(self, oid: bytes, rec: _Object) -> ObjectInfo:
         loc = rec.loc
@@ -866,8 +1016,9 @@ class Store:
         if self._subscribers:
             loc = rec.loc
             for sub, with_locations in self._subscribers.items():
-                if with_locations:
-                    self._add_ref(self._clients[sub], oid, rec)
+                c = self._clients[sub]
+                if with_locations and c.ref_bytes + rec.size <= self._subscriber_pin_limit:
+                    self._add_ref(c, oid, rec)
                     self._events.append(
                         Notify(sub, "sealed", oid, loc.data_size, loc.metadata_size, loc)
                     )
@@ -899,11 +1050,55 @@ class Store:
         deadline: float | None,
         now: float,
     ) -> Pending:
+        self._check_waiters(c)
         self._token += 1
         w = _CreateWaiter(c.id, self._token, items, nd, now)
         self._create_waiters[w.token] = w
         self._add_waiter(c, w, deadline)
         return Pending(w.token)
+
+    def _check_waiters(self, c: _Client) -> None:
+        if len(c.waiters) >= self._max_waiters:
+            raise BadRequest(
+                f"client {c.id} already has {len(c.waiters)} waiting gets and creates "
+                f"(the limit is {self._max_waiters})"
+            )
+
+    def _reclaim_deadline(
+        self, nd: _Node, timeout: float | None, deadline: float | None, now: float, size: int
+    ) -> float | None:
+        """The deadline of a create that does not fit now. Clients holding memory they do not
+        use are asked to return it; a create that would fail at once (``timeout`` 0) waits
+        ``RECLAIM_WAIT`` for them when some were asked, else raises StoreFull."""
+        asked = self._ask_reclaim(nd, now)
+        if timeout != 0:
+            return deadline
+        if not asked or not self._reclaim_wait:
+            raise StoreFull(f"no space for {size} bytes on node {nd.id}{nd.shortage}")
+        return now + self._reclaim_wait
+
+    def _ask_reclaim(self, nd: _Node, now: float) -> bool:
+        """Send Reclaim to the clients that may hold idle memory of ``nd`` (an arena tail on
+        it, or references they may only cache) and were not asked in the last
+        ``RECLAIM_INTERVAL``; True when some were asked now."""
+        asked = False
+        for c in self._clients.values():
+            a = c.arena
+            cached = len(c.refs) > len(c.creating)  # references to sealed objects
+            idle = cached or (a is not None and a.segment.node is nd and a.cursor < a.end)
+            if idle and now - c.reclaim_at >= RECLAIM_INTERVAL:
+                c.reclaim_at = now
+                self._events.append(Reclaim(c.id))
+                asked = True
+        return asked
+
+    def return_arena(self, client: int, segment: int) -> None:
+        """The client stops using its arena in ``segment``: free the unused tail. An arena
+        already replaced (a stale return) is ignored."""
+        c = self._client(client)
+        if c.arena is not None and c.arena.segment.id == segment:
+            self._return_arena_tail(c)
+            self._retry_creates()
 
     def _finish_get(self, w: _GetWaiter) -> None:
         self._retire(w)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -18,7 +19,7 @@ from plasma.errors import (
     StoreFull,
 )
 from plasma.protocol import ArenaObject, CreateItem, ObjectLocation
-from plasma.store import CreateDone, GetDone, Notify, Pending, Revoke, Store
+from plasma.store import CreateDone, GetDone, Notify, Pending, Reclaim, Revoke, Store
 
 KIB = 1024
 PAGE = 4096
@@ -53,6 +54,7 @@ def make(
     budget: int = 64 * KIB, segment_size: int = 64 * KIB, nodes: int = 1, **kw: object
 ) -> tuple[Store, FakeProvider]:
     provider = FakeProvider()
+    kw.setdefault("reclaim_wait", 0)  # tests of the reclaim wait ask for it
     store = Store({n: budget for n in range(nodes)}, provider, segment_size=segment_size, **kw)  # type: ignore[arg-type]
     return store, provider
 
@@ -357,9 +359,45 @@ def test_referenced_and_unsealed_objects_are_not_evicted() -> None:
     put(store, 1, 3, 2048)
     with pytest.raises(StoreFull):
         store.create(1, oid(4), 3000)
-    assert not store.contains(oid(3))  # evicted trying
-    assert store.evict(10**9) == 0
+    assert store.contains(oid(3))  # evicting it could not make room: it stays
+    assert store.stats()["evictions"] == 0
+    assert store.evict(10**9) == 2048
     assert store.stats()["used"] == 2048
+
+
+def test_eviction_only_when_it_makes_room() -> None:
+    store, _ = make(budget=8 * KIB, segment_size=4 * KIB)
+    store.register_client(1)
+    store.create(1, oid(1), 3 * KIB)  # referenced, one per segment: no 5 KiB run is possible
+    store.create(1, oid(2), 3 * KIB)
+    put(store, 1, 3, 512)
+    put(store, 1, 4, 512)
+    with pytest.raises(StoreFull):
+        store.create(1, oid(5), 5 * KIB)
+    assert store.contains(oid(3)) and store.contains(oid(4))
+    assert store.stats()["evictions"] == 0
+    # a fitting create evicts the LRU prefix it needs and no more
+    put(store, 1, 6, 256)
+    store.create(1, oid(7), 1024)  # seg 2 has 768 free: oid 3 and 4 of seg 1 make 1 KiB
+    assert not store.contains(oid(3)) and not store.contains(oid(4))
+    assert store.contains(oid(6))
+    assert store.stats()["evictions"] == 2
+
+
+def test_waiting_create_does_not_eat_fresh_objects() -> None:
+    store, _ = make(budget=8 * KIB, segment_size=8 * KIB)
+    store.register_client(1)
+    store.register_client(2)
+    store.create(1, oid(1), 4 * KIB)  # held
+    pending = store.create(2, oid(2), 6 * KIB, timeout=None)
+    assert isinstance(pending, Pending)
+    for n in range(10, 30):  # another client keeps putting small objects
+        put(store, 1, n, 64)
+    assert all(store.contains(oid(n)) for n in range(10, 30))
+    assert store.stats()["evictions"] == 0
+    store.abort(1, oid(1))
+    (done,) = [e for e in store.drain_events() if isinstance(e, CreateDone)]
+    assert isinstance(done.result, list)  # room at last: it evicts what it needs and succeeds
 
 
 def test_evict_global_lru_across_nodes() -> None:
@@ -398,7 +436,8 @@ def test_pending_create_satisfied_by_release() -> None:
     pending = store.create(2, oid(2), 100, timeout=5, now=1)
     assert isinstance(pending, Pending)
     assert store.stats()["create_waiters"] == 1
-    assert store.drain_events() == []
+    # client 1's reference may be one it only caches: it is asked for it back, once a second
+    assert store.drain_events() == [Reclaim(1), Reclaim(1)]
     store.release(1, oid(1))  # now evictable: the pending create evicts it
     events = store.drain_events()
     done = [e for e in events if isinstance(e, CreateDone)]
@@ -746,7 +785,7 @@ def test_arena_seal_wakes_getters_and_is_evictable() -> None:
     with pytest.raises(StoreFull):
         store.grant_arena(2, 4096)  # oid(1) referenced, client 1's arena tail is live
     assert store.contains(oid(1))
-    assert not store.contains(oid(2))  # evicted while trying
+    assert store.contains(oid(2))  # evicting it could not make room: it stays
     store.disconnect(1)
     assert store.grant_arena(2, 1024)[2] == 1024
 
@@ -798,7 +837,13 @@ class StoreMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.provider = FakeProvider()
-        self.store = Store({0: 8 * KIB, 1: 4 * KIB}, self.provider, segment_size=4 * KIB)
+        self.store = Store(
+            {0: 8 * KIB, 1: 4 * KIB},
+            self.provider,
+            segment_size=4 * KIB,
+            reclaim_wait=0,
+            subscriber_pin_limit=2**40,
+        )
         for c in (1, 2, 3):
             self.store.register_client(c)
         # oid -> [segment, offset, alloc size, sealed, owner, deleting]
@@ -829,9 +874,15 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(client=st.integers(1, 3), size=st.integers(0, 3000), node=st.sampled_from([None, 0, 1]))
     def create(self, client: int, size: int, node: int | None) -> None:
         o = self._new_id()
+        evictions = self.store.stats()["evictions"]
         try:
             where = self.store.create(client, o, size, node=node)
         except StoreFull:
+            assert self.store.stats()["evictions"] == evictions, "evicted for a create that failed"
+            clone = copy.deepcopy(self.store)  # and evicting everything would not have helped
+            clone.evict(10**9)
+            with pytest.raises(StoreFull):
+                clone.create(client, o, size, node=node)
             return
         assert isinstance(where, ObjectLocation)
         self._add(o, where, False, client)
@@ -910,6 +961,8 @@ class StoreMachine(RuleBasedStateMachine):
                     assert isinstance(e.result, StoreFull)
             elif isinstance(e, Revoke):  # only holders of an object being deleted are asked
                 assert self.refs.get((e.client, e.oid), 0) > 0
+            elif isinstance(e, Reclaim):  # only clients that hold references or an arena
+                assert e.client in self.arenas or any(c == e.client for c, _ in self.refs)
             elif e.kind == "sealed":
                 assert e.client in self.subscribers and e.location is not None
                 self.refs[(e.client, e.oid)] = self.refs.get((e.client, e.oid), 0) + 1
@@ -972,14 +1025,26 @@ class StoreMachine(RuleBasedStateMachine):
     def evict(self, nbytes: int) -> None:
         self.store.evict(nbytes)
 
-    @rule(client=st.integers(1, 3), size=st.integers(1, 2048))
-    def grant_arena(self, client: int, size: int) -> None:
+    @rule(client=st.integers(1, 3), size=st.integers(1, 4096), least=st.integers(0, 2048))
+    def grant_arena(self, client: int, size: int, least: int) -> None:
         self.arenas.pop(client, None)
+        evictions = self.store.stats()["evictions"]
         try:
-            seg, start, n = self.store.grant_arena(client, size)
+            seg, start, n = self.store.grant_arena(client, size, min_size=least, now=self.now)
         except StoreFull:
+            assert self.store.stats()["evictions"] == evictions, "evicted for a failed grant"
             return
+        assert self._size(min(least, size) or size) <= n <= self._size(size)
         self.arenas[client] = (seg, start, start + n, start)
+
+    @precondition(lambda self: self.arenas)
+    @rule(data=st.data(), stale=st.booleans())
+    def return_arena(self, data: st.DataObject, stale: bool) -> None:
+        client = data.draw(st.sampled_from(sorted(self.arenas)))
+        seg = self.arenas[client][0]
+        self.store.return_arena(client, seg + 1000 if stale else seg)
+        if not stale:
+            del self.arenas[client]
 
     @precondition(lambda self: self.arenas)
     @rule(data=st.data(), size=st.integers(0, 300), skip=st.integers(0, 2))
@@ -1060,3 +1125,144 @@ class StoreMachine(RuleBasedStateMachine):
 
 TestStoreMachine = StoreMachine.TestCase
 TestStoreMachine.settings = settings(max_examples=120, stateful_step_count=40, deadline=None)
+
+
+# ---------------------------------------------------------------- limits and reclaim
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), float("inf"), -1.0, float("-inf")])
+def test_timeouts_must_be_finite_and_not_negative(timeout: float) -> None:
+    store, _ = make()
+    store.register_client(1)
+    with pytest.raises(BadRequest, match="finite"):
+        store.create(1, oid(1), 10, timeout=timeout)
+    with pytest.raises(BadRequest, match="finite"):
+        store.get(1, [oid(1)], timeout=timeout)
+    with pytest.raises(BadRequest, match="finite"):
+        store.create_many(1, [CreateItem(oid(2), 10)], timeout=timeout)
+    assert store.stats()["used"] == 0 and store.next_deadline() is None
+
+
+def test_budgets_are_whole_pages_and_the_largest_object_fits() -> None:
+    store, _ = make(budget=100_000, segment_size=4 * KIB)  # not a page multiple
+    assert store.stats()["capacity"] == 24 * PAGE
+    store.register_client(1)
+    assert isinstance(store.create(1, oid(1), 24 * PAGE), ObjectLocation)
+
+
+def test_waiting_requests_per_client_are_bounded() -> None:
+    store, _ = make(max_waiters=3)
+    store.register_client(1)
+    store.register_client(2)
+    for n in range(3):
+        assert isinstance(store.get(1, [oid(n)], timeout=None), Pending)
+    with pytest.raises(BadRequest, match="limit is 3"):
+        store.get(1, [oid(9)], timeout=None)
+    store.create(1, oid(8), 60 * KIB)
+    with pytest.raises(BadRequest, match="limit is 3"):
+        store.create(1, oid(9), 60 * KIB, timeout=None)
+    assert isinstance(store.get(2, [oid(9)], timeout=None), Pending)  # others are not held back
+
+
+def test_arenas_take_at_most_a_quarter_of_the_node_beyond_what_is_needed() -> None:
+    store, _ = make(budget=64 * KIB, segment_size=64 * KIB)
+    for c in (1, 2, 3):
+        store.register_client(c)
+    assert store.grant_arena(1, 32 * KIB, min_size=1024)[2] == 16 * KIB
+    assert store.grant_arena(2, 32 * KIB, min_size=1024)[2] == 1024  # the quarter is taken
+    assert store.grant_arena(3, 32 * KIB)[2] == 32 * KIB  # no smaller size is acceptable
+    store.create(3, oid(1), 14 * KIB)  # 64 - 16 - 1 - 32 - 14 = 1 KiB left
+    assert store.grant_arena(3, 8 * KIB, min_size=512)[2] == 512  # what fits
+
+
+def test_create_waits_for_memory_that_clients_hold_idle() -> None:
+    store, _ = make(budget=8 * KIB, segment_size=8 * KIB, reclaim_wait=0.25)
+    store.register_client(1)
+    store.register_client(2)
+    store.create(2, oid(1), 1 * KIB)
+    store.seal(2, oid(1))  # client 2 holds a reference (perhaps only cached)
+    seg, _, _ = store.grant_arena(1, 4 * KIB)
+    pending = store.create(2, oid(2), 5 * KIB, now=10.0)  # timeout 0, but memory is held idle
+    assert isinstance(pending, Pending)
+    assert store.drain_events() == [Reclaim(1), Reclaim(2)]
+    with pytest.raises(StoreFull):  # asked less than RECLAIM_INTERVAL ago: no second wait
+        store.create(2, oid(3), 5 * KIB, now=10.5)
+    assert store.drain_events() == []
+    store.return_arena(1, seg + 99)  # stale: ignored
+    assert store.stats()["arena_bytes"] == 4 * KIB
+    store.return_arena(1, seg)
+    (done,) = store.drain_events()
+    assert isinstance(done, CreateDone) and isinstance(done.result, list)
+    assert store.stats()["arena_bytes"] == 0 and store.contains(oid(1))
+
+
+def test_reclaim_wait_ends_in_store_full() -> None:
+    store, _ = make(budget=4 * KIB, segment_size=4 * KIB, reclaim_wait=0.25)
+    store.register_client(1)
+    store.create(1, oid(1), 4 * KIB)
+    store.seal(1, oid(1))
+    pending = store.create(1, oid(2), 64, now=1.0)
+    assert isinstance(pending, Pending) and store.next_deadline() == 1.25
+    store.expire(1.25)
+    events = store.drain_events()
+    assert events[0] == Reclaim(1)
+    assert isinstance(events[1], CreateDone) and isinstance(events[1].result, StoreFull)
+    with pytest.raises(ObjectNotFound):
+        store.info(oid(2))
+
+
+def test_with_locations_subscriber_pins_a_bounded_number_of_bytes() -> None:
+    store, _ = make(budget=64 * KIB, subscriber_pin_limit=1024)
+    store.register_client(1)
+    store.register_client(2)
+    store.subscribe(2, with_locations=True)
+    for n in range(4):
+        put(store, 1, n, 512)
+    notes = [e for e in store.drain_events() if isinstance(e, Notify)]
+    assert [e.location is not None for e in notes] == [True, True, False, False]
+    assert [store.info(oid(n)).ref_count for n in range(4)] == [1, 1, 0, 0]
+    store.release(2, oid(0))
+    put(store, 1, 9, 512)
+    (note,) = store.drain_events()
+    assert isinstance(note, Notify) and note.location is not None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    objects=st.lists(st.tuples(st.integers(1, 3000), st.booleans()), min_size=1, max_size=40),
+    size=st.integers(1, 16 * KIB),
+)
+def test_eviction_plan_is_exact(objects: list[tuple[int, bool]], size: int) -> None:
+    """A create fails only if evicting everything evictable would not make it fit either,
+    and then evicts nothing; when it succeeds it evicts a prefix of the LRU order."""
+    store, _ = make(budget=16 * KIB, segment_size=8 * KIB)
+    store.register_client(1)
+    for n, (nbytes, held) in enumerate(objects):
+        try:
+            store.create(1, oid(n), nbytes)
+        except StoreFull:
+            continue
+        store.seal(1, oid(n))
+        if not held:
+            store.release(1, oid(n))
+    before = {o.id: o.ref_count for o in store.list()}
+    lru = [o for o in (oid(n) for n in range(len(objects))) if before.get(o) == 0]
+    clone = copy.deepcopy(store)
+    clone.evict(10**9)
+    try:
+        clone.create(1, oid(999), size)
+        fits = True
+    except StoreFull:
+        fits = False
+    evictions = store.stats()["evictions"]
+    try:
+        store.create(1, oid(999), size)
+    except StoreFull:
+        assert not fits, "evicting could have made room"
+        assert store.stats()["evictions"] == evictions
+        return
+    assert fits
+    after = {x.id for x in store.list()}
+    gone = [o for o in lru if o not in after]
+    assert gone == lru[: len(gone)], "evicted out of LRU order"
+    assert store.stats()["evictions"] - evictions == len(gone)

@@ -5,25 +5,34 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import pwd
 import signal
+import stat
 import sys
+from pathlib import Path
 
 import trio
 
 from plasma.coordinator import CoordinatorConfig, serve
-from plasma.errors import BadRequest
+from plasma.errors import BadRequest, PlasmaError
 from plasma.metrics import parse_address
 from plasma.protocol import DEFAULT_MAX_FRAME
 from plasma.topology import Topology
 from plasma.units import parse_size
 
 DEFAULT_SOCKET = "/tmp/plasma-coord.sock"
+SHARED_SOCKET_MODE = 0o666  # with --allow-uid: SO_PEERCRED, not the mode, decides who is served
+
+log = logging.getLogger("plasma.coordinator")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the shared-memory store coordinator")
     p.add_argument(
-        "--socket", "-s", default=DEFAULT_SOCKET, help="Unix socket path (created mode 0600)"
+        "--socket",
+        "-s",
+        default=DEFAULT_SOCKET,
+        help="Unix socket path (mode 0600; 0666 with --allow-uid, peers still checked)",
     )
     p.add_argument(
         "--memory",
@@ -51,7 +60,25 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--max-frame", default=str(DEFAULT_MAX_FRAME), help="largest request frame accepted"
     )
     p.add_argument(
-        "--allow-uid", type=int, action="append", default=[], help="also accept clients of this uid"
+        "--allow-uid",
+        type=_allow_uid,
+        action="append",
+        default=[],
+        metavar="UID[:rw]",
+        help="also accept clients of this uid: read-only, or read-write with :rw (repeatable; "
+        "the coordinator's own uid is always read-write)",
+    )
+    p.add_argument(
+        "--max-clients",
+        type=int,
+        default=1024,
+        help="connections served at once; more are refused with store_full (default 1024)",
+    )
+    p.add_argument(
+        "--handshake-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a new connection has to send Connect before it is closed (default 10)",
     )
     p.add_argument(
         "--sysfs-root", default="/", help="read the topology from this root (for testing)"
@@ -82,15 +109,78 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
         nodes,
         hugepage_size=hugepage,
         hugepage_fallback=args.hugepages_fallback,
-        allow_uids=frozenset(args.allow_uid),
+        allow_uids=_allowed_uids(args.allow_uid),
         max_frame=parse_size(args.max_frame),
         max_object_size=parse_size(args.max_object_size) if args.max_object_size else None,
         segment_size=parse_size(args.segment_size),
         bind_memory=not args.no_bind,
         sample_interval=_positive(args.sample_interval, "--sample-interval"),
+        max_clients=_at_least_one(args.max_clients, "--max-clients"),
+        handshake_timeout=_positive(args.handshake_timeout, "--handshake-timeout"),
         metrics=_metrics_address(args.metrics),
         sysfs_root=args.sysfs_root,
     )
+
+
+def _allow_uid(text: str) -> tuple[int, bool]:
+    """``(uid, writable)`` from an ``--allow-uid`` value: ``UID`` (read-only) or ``UID:rw``."""
+    uid, sep, mode = text.partition(":")
+    if not (uid.isascii() and uid.isdigit()) or (sep and mode != "rw"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not UID (read-only access) or UID:rw (read-write access)"
+        )
+    return int(uid), mode == "rw"
+
+
+def _allowed_uids(entries: list[tuple[int, bool]]) -> dict[int, bool]:
+    allowed: dict[int, bool] = {}
+    for uid, writable in entries:
+        if allowed.setdefault(uid, writable) != writable:
+            raise BadRequest(f"--allow-uid: uid {uid} is given both read-only and read-write")
+    return allowed
+
+
+def _share_socket(config: CoordinatorConfig) -> None:
+    """Let the allowed uids reach the socket, and warn about each that a directory on the way
+    keeps out (mode bits only: an ACL may still let it through)."""
+    os.chmod(config.socket_path, SHARED_SOCKET_MODE)
+    for uid in config.allow_uids:
+        blocked = _unsearchable_dir(Path(config.socket_path).parent, uid)
+        if blocked is not None:
+            log.warning(
+                "uid %d cannot reach %s: it may not search directory %s",
+                uid,
+                config.socket_path,
+                blocked,
+            )
+
+
+def _unsearchable_dir(directory: Path, uid: int) -> Path | None:
+    """The first directory from / down to ``directory`` whose mode denies ``uid`` search."""
+    if uid == 0:
+        return None
+    try:
+        entry = pwd.getpwuid(uid)
+        groups = set(os.getgrouplist(entry.pw_name, entry.pw_gid))
+    except KeyError:  # no passwd entry: no groups to go by
+        groups = set()
+    for path in [*reversed(directory.parents), directory]:
+        st = path.stat()
+        if st.st_uid == uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid in groups:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return path
+    return None
+
+
+def _at_least_one(value: int, option: str) -> int:
+    if value < 1:
+        raise BadRequest(f"{option} must be at least 1, got {value}")
+    return value
 
 
 def _positive(value: float, option: str) -> float:
@@ -110,16 +200,22 @@ async def _serve_until_signal(config: CoordinatorConfig) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(lambda task_status: serve(config, task_status=task_status))
+            if config.allow_uids:
+                _share_socket(config)
             print(f"ready {config.socket_path}", flush=True)
             async for signum in signals:
-                logging.getLogger("plasma.coordinator").info(
-                    "stopping on %s", signal.Signals(signum).name
-                )
+                log.info("stopping on %s", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
                 break
 
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
-    trio.run(_serve_until_signal, config_from_args(args))
+    try:
+        trio.run(_serve_until_signal, config_from_args(args))
+    except BaseExceptionGroup as group:
+        # a refusal to start (socket in use, bad option) is one error, not a traceback
+        if len(group.exceptions) == 1 and isinstance(group.exceptions[0], PlasmaError | OSError):
+            raise group.exceptions[0] from None
+        raise
     return 0

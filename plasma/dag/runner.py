@@ -33,6 +33,7 @@ from typing import Any
 import trio
 
 import plasma.aio
+from plasma import protocol as p
 from plasma.coordinator import CoordinatorConfig, serve
 from plasma.dag import branches
 from plasma.dag.graph import Graph
@@ -338,7 +339,7 @@ class Runner:
                 self._changed()
                 result = [{"id": i, "outputs": self.sched.tasks[i].spec.outputs} for i in ids]
         except PlasmaError as exc:
-            await client.respond_error(request, exc.code, str(exc))
+            await client.respond_error(request, exc.code, str(exc)[: p.MAX_STRING])
         else:
             await client.respond(request, result)
 

@@ -1,4 +1,5 @@
-"""Anonymous shared memory: memfd_create (optionally hugetlb), fallocate and prefaulting."""
+"""Anonymous shared memory: memfd_create (optionally hugetlb), read-only reopening, fallocate
+and prefaulting."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ MFD_HUGE_1GB = 30 << MFD_HUGE_SHIFT
 MADV_POPULATE_WRITE = 23  # Linux 5.14+
 
 HUGEPAGES_SYSFS = Path("/sys/kernel/mm/hugepages")
+PROC_SELF_FD = Path("/proc/self/fd")
+MEMFD_MODE = 0o600
 
 
 def hugepage_flags(hugepage_size: int) -> int:
@@ -32,8 +35,11 @@ def hugepage_flags(hugepage_size: int) -> int:
 
 
 def memfd_create(name: str, *, hugepage_size: int | None = None, cloexec: bool = True) -> int:
-    """A new anonymous memory file; with ``hugepage_size`` (bytes) it is backed by hugetlbfs.
+    """A new anonymous memory file, mode 0600; with ``hugepage_size`` (bytes) it is backed by
+    hugetlbfs.
 
+    The kernel creates memfds mode 0777, so any process of any uid holding a descriptor of one
+    could reopen it read-write through ``/proc/PID/fd/N``; 0600 leaves that to our own uid.
     Raises Unsupported when the kernel has no memfd or no hugepages of that size.
     """
     flags = MFD_CLOEXEC if cloexec else 0
@@ -51,7 +57,28 @@ def memfd_create(name: str, *, hugepage_size: int | None = None, cloexec: bool =
         fd: int = create(name, flags)
     except OSError as exc:
         raise os_error(exc.errno or 0, f"memfd_create({name!r}, flags={flags:#x})") from None
+    try:
+        os.fchmod(fd, MEMFD_MODE)
+    except OSError as exc:
+        os.close(fd)
+        raise os_error(exc.errno or 0, f"fchmod(memfd {name!r}, {MEMFD_MODE:#o})") from None
     return fd
+
+
+def reopen_read_only(fd: int) -> int:
+    """A new ``O_RDONLY | O_CLOEXEC`` descriptor of the file behind ``fd``.
+
+    Opened through ``/proc/self/fd/N``, it is a new open file description, unlike a dup: its
+    holder cannot write, ftruncate or fallocate through it, nor map it ``PROT_WRITE`` shared.
+    Raises Unsupported when ``/proc`` is not mounted.
+    """
+    if not PROC_SELF_FD.is_dir():
+        raise Unsupported(f"reopen read-only: {PROC_SELF_FD} does not exist (is /proc mounted?)")
+    path = f"{PROC_SELF_FD}/{fd}"
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise os_error(exc.errno or 0, f"open({path!r}, O_RDONLY | O_CLOEXEC)") from None
 
 
 @functools.cache
