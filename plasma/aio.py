@@ -1,15 +1,20 @@
 """The trio client: ``async with plasma.aio.connect(path) as client: ...``.
 
+Every method of the blocking :class:`plasma.Client` is here as a coroutine, with the same
+semantics and fast paths: both run the operations of one client core
+(:mod:`plasma._client_core`); this module only carries out their actions on a trio socket.
 Several tasks may use one client at once: requests are pipelined and matched to replies by
-``seq`` in a reader task. Run owners (DAG runners) receive relayed calls from
-:meth:`AsyncClient.run_requests`.
+``seq`` in a reader task; operations that write into the arena take turns. A task
+cancelled while it waits for a reply leaves nothing behind: what the late reply brings
+(references, created objects) is handed back. Run owners (DAG runners) receive relayed
+calls from :meth:`AsyncClient.run_requests`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import socket
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -17,21 +22,32 @@ import msgspec
 import trio
 
 from plasma import protocol as p
-from plasma import serialization
-from plasma.client_state import ANCILLARY_SPACE, ClientState, check_timeout, fds_from_ancillary
-from plasma.errors import PlasmaError, error_for
-from plasma.ids import ObjectID, as_id_bytes
+from plasma._client_core import (
+    EXCLUSIVE,
+    RELEASE_DELAY,
+    Call,
+    ClientCore,
+    ObjectRef,
+    Op,
+    Send,
+    check_timeout,
+)
+from plasma.errors import Disconnected, PlasmaError, PlasmaTimeout, error_for
+from plasma.ids import ObjectID
+from plasma.linux.affinity import get_affinity
+from plasma.linux.fdpass import ANCILLARY_SPACE, RECV_FLAGS, received_fds
 
-ObjectRef = ObjectID | bytes
+__all__ = ["AsyncClient", "AsyncSubscription", "connect"]
 
 
 class AsyncClient:
     """A trio connection to a coordinator; make one with :func:`connect`."""
 
-    def __init__(self, sock: trio.socket.SocketType) -> None:
+    def __init__(self, sock: trio.socket.SocketType, release_delay: int = RELEASE_DELAY) -> None:
         self._sock = sock
-        self._state = ClientState()
+        self._core = ClientCore(release_delay, concurrent=True)
         self._send_lock = trio.Lock()
+        self._arena_lock = trio.Lock()
         self._waiting: dict[int, trio.Event] = {}
         self._replies: dict[int, Any] = {}
         self._notifications_changed = trio.Event()
@@ -39,34 +55,101 @@ class AsyncClient:
         self._closed: BaseException | None = None
         self._nursery: trio.Nursery | None = None  # where helper tasks run while connected
         self.info: p.Connected | None = None
+        self.client_id = 0
 
-    async def _reader(self) -> None:
+    # ------------------------------------------------------------ transport
+
+    async def _run(self, op: Op) -> Any:
+        """Carry out an operation of the core (see :mod:`plasma._client_core`)."""
+        reply: Any = None
+        error: BaseException | None = None
+        exclusive = False
         try:
             while True:
-                view = self._state.recv_view
-                size, ancdata, _, _ = await self._sock.recvmsg_into(
-                    [view], ANCILLARY_SPACE, socket.MSG_CMSG_CLOEXEC
+                try:
+                    action = op.throw(error) if error is not None else op.send(reply)
+                except StopIteration as done:
+                    return done.value
+                reply = error = None
+                try:
+                    if type(action) is Call:
+                        reply = await self._call(action.msgs)
+                    elif type(action) is Send:
+                        await self._send(action.msgs)
+                    elif action is EXCLUSIVE:
+                        await self._arena_lock.acquire()
+                        exclusive = True
+                    # POLL needs nothing: the reader task takes pushes in as they arrive
+                except Exception as exc:  # raised into the operation, which may clean up
+                    error = exc
+        finally:
+            if exclusive:
+                self._arena_lock.release()
+
+    async def _send(self, msgs: Iterable[msgspec.Struct]) -> None:
+        self._check_open()
+        data = self._core.frames(*msgs)
+        # shielded: a frame cut short by a cancellation would garble the stream
+        with trio.CancelScope(shield=True):
+            async with self._send_lock:
+                try:
+                    await _sendall(self._sock, data)
+                except OSError as exc:
+                    self._fail(Disconnected(f"the connection to the coordinator broke: {exc}"))
+                    self._check_open()  # the coordinator's reason, if the reader heard one
+                    raise
+
+    async def _call(self, msgs: tuple[msgspec.Struct, ...]) -> Any:
+        msg = msgs[-1]
+        seq = msg.seq  # type: ignore[attr-defined]
+        event = trio.Event()
+        self._waiting[seq] = event
+        try:
+            await self._send(msgs)
+            await event.wait()
+        except BaseException:  # cancelled, or the send failed: nobody will read the reply
+            self._waiting.pop(seq, None)
+            self._core.abandon(msg)
+            late = self._replies.pop(seq, None)
+            if late is not None:
+                self._core.unexpected(late)
+            raise
+        reply = self._replies.pop(seq, None)
+        if reply is None:
+            self._check_open()
+            raise Disconnected("no reply from the coordinator")
+        if isinstance(reply, p.Error):
+            raise error_for(reply.code, reply.message)
+        return reply
+
+    async def _reader(self) -> None:
+        core = self._core
+        try:
+            while True:
+                view = core.recv_view
+                size, ancdata, msg_flags, _ = await self._sock.recvmsg_into(
+                    [view], ANCILLARY_SPACE, RECV_FLAGS
                 )
-                fds = fds_from_ancillary(ancdata)
+                fds = received_fds(ancdata, msg_flags)
                 if not size:
                     for fd in fds:
                         os.close(fd)
-                    raise ConnectionError("the coordinator closed the connection")
-                for reply in self._state.feed(view[:size], fds):
+                    raise Disconnected("the coordinator closed the connection")
+                for reply in core.feed(view[:size], fds):
                     event = self._waiting.pop(reply.seq, None)
                     if event is None:
-                        self._state.unexpected(reply)
+                        core.unexpected(reply)
                     else:
                         self._replies[reply.seq] = reply
                         event.set()
-                if self._state.fatal is not None:  # the coordinator is hanging up: say why
-                    self._fail(self._state.fatal)
+                if core.fatal is not None:  # the coordinator is hanging up: say why
+                    self._fail(core.fatal)
                     return
-                if self._state.reclaim_requested and self._nursery is not None:
+                if core.reclaim_requested and self._nursery is not None:
                     self._nursery.start_soon(self._answer_reclaim)
-                if self._state.notifications:
+                if core.notifications:
                     self._notifications_changed.set()
-                if self._state.run_requests:
+                if core.run_requests:
                     self._run_requests_changed.set()
         except (OSError, PlasmaError) as exc:
             self._fail(exc)
@@ -74,15 +157,12 @@ class AsyncClient:
     async def _answer_reclaim(self) -> None:
         """The store is short of memory: give back what this client keeps idle (a task of
         its own, so the reader never waits for the send lock)."""
-        data = self._state.frames(*self._state.reclaim_messages())
-        try:
-            async with self._send_lock:
-                await _sendall(self._sock, data)
-        except OSError as exc:
-            self._fail(exc)
+        with contextlib.suppress(OSError, PlasmaError):  # a broken connection shows elsewhere
+            await self._send(self._core.reclaim_messages())
 
     def _fail(self, exc: BaseException) -> None:
-        self._closed = exc
+        if self._closed is None:
+            self._closed = exc
         for event in self._waiting.values():
             event.set()
         self._notifications_changed.set()
@@ -90,38 +170,11 @@ class AsyncClient:
 
     def _check_open(self) -> None:
         closed = self._closed
-        if isinstance(closed, PlasmaError):  # the coordinator's reason for hanging up
+        if isinstance(closed, PlasmaError):  # the coordinator's reason, or Disconnected
             raise type(closed)(closed.message)
         if closed is not None:
-            raise ConnectionError(f"connection to the coordinator is closed: {closed}")
-        err = self._state.take_deferred_error()
-        if err is not None:
-            raise err
-
-    async def _send(self, *msgs: msgspec.Struct) -> None:
-        self._check_open()
-        data = self._state.frames(*msgs)
-        async with self._send_lock:
-            await _sendall(self._sock, data)
-
-    async def _request(self, msg: Any) -> Any:
-        event = trio.Event()
-        self._waiting[msg.seq] = event
-        try:
-            await self._send(msg)
-            await event.wait()
-        finally:
-            self._waiting.pop(msg.seq, None)
-        reply = self._replies.pop(msg.seq, None)
-        if reply is None:
-            self._check_open()
-            raise ConnectionError("no reply from the coordinator")
-        if isinstance(reply, p.Error):
-            raise error_for(reply.code, reply.message)
-        return reply
-
-    def _seq(self) -> int:
-        return self._state.next_seq()
+            raise Disconnected(f"the connection to the coordinator is closed: {closed}")
+        self._core.check_usable()
 
     # ------------------------------------------------------------ objects
 
@@ -134,165 +187,184 @@ class AsyncClient:
         node: int | None = None,
         timeout: float | None = 0.0,
     ) -> memoryview:
-        """Create an object; returns its writable buffer (see ``Client.create``)."""
-        reply = await self._request(
-            self._state.create_request(as_id_bytes(object_id), size, metadata, node, timeout)
-        )
-        return self._state.write_object(reply.locations[0], metadata)
+        """Create an object; returns its writable buffer (see :meth:`plasma.Client.create`)."""
+        return await self._run(self._core.create(object_id, size, metadata, node, timeout))
 
     async def seal(self, object_id: ObjectRef) -> None:
-        await self._send(p.Seal(seq=self._seq(), ids=[as_id_bytes(object_id)], ack=False))
+        """Make the object immutable and visible; the creator keeps its reference."""
+        await self._run(self._core.seal(object_id))
 
     async def abort(self, object_id: ObjectRef) -> None:
-        await self._request(p.Abort(seq=self._seq(), id=as_id_bytes(object_id)))
+        """Drop an unsealed object this client created."""
+        await self._run(self._core.abort(object_id))
 
     async def release(self, object_id: ObjectRef) -> None:
-        await self._send(p.Release(seq=self._seq(), ids=[as_id_bytes(object_id)]))
+        """Drop one reference this client holds."""
+        await self._run(self._core.release(object_id))
 
     async def create_and_seal(
         self,
         object_id: ObjectRef,
-        data: bytes | memoryview,
+        data: bytes | bytearray | memoryview,
         metadata: bytes = b"",
         *,
         node: int | None = None,
     ) -> None:
-        view = await self.create(object_id, len(memoryview(data).cast("B")), metadata, node=node)
-        view[:] = memoryview(data).cast("B")
-        view.release()
-        ids = [as_id_bytes(object_id)]
-        await self._send(*self._state.seal_and_release(ids))
+        """Create, fill and seal in one go; small objects need no round trip."""
+        await self._run(self._core.create_and_seal(object_id, data, metadata, node))
+
+    async def create_and_seal_many(
+        self,
+        items: Sequence[tuple[ObjectRef, bytes | bytearray | memoryview, bytes]],
+        *,
+        node: int | None = None,
+    ) -> None:
+        """Create, fill and seal many objects (see :meth:`plasma.Client.create_and_seal_many`)."""
+        await self._run(self._core.create_and_seal_many(items, node))
 
     async def get(
         self, object_ids: Any, timeout: float | None = None, *, with_metadata: bool = False
     ) -> Any:
-        """Zero-copy read-only buffers; see :meth:`plasma.client.Client.get`."""
-        check_timeout(timeout)
-        single = isinstance(object_ids, (ObjectID, bytes))
-        ids = [as_id_bytes(o) for o in ([object_ids] if single else object_ids)]
-        get = self._state.start_get(ids)  # revocations are taken in by the reader task
-        if get.missing:
-            reply = await self._request(p.Get(seq=self._seq(), ids=get.missing, timeout=timeout))
-            get.fill(reply.results, timeout)
-        out = get.result(with_metadata, raise_missing=True)
-        return out[0] if single else out
+        """Zero-copy read-only buffers; see :meth:`plasma.Client.get`."""
+        return await self._run(self._core.get(object_ids, timeout, with_metadata))
+
+    async def get_buffers(
+        self,
+        object_ids: Iterable[ObjectRef],
+        timeout: float | None = None,
+        *,
+        with_metadata: bool = False,
+    ) -> list[Any]:
+        """Like :meth:`get` but returns None for objects that are not available."""
+        return await self._run(self._core.get_buffers(object_ids, timeout, with_metadata, False))
+
+    async def get_metadata(
+        self, object_ids: Sequence[ObjectRef], timeout: float | None = None
+    ) -> list[bytes]:
+        """The metadata of each object (waiting up to ``timeout`` like :meth:`get`)."""
+        return await self._run(self._core.get_metadata(object_ids, timeout))
 
     async def contains(self, object_id: ObjectRef) -> bool:
-        return (await self._request(p.Contains(seq=self._seq(), id=as_id_bytes(object_id)))).present
+        """True when the object exists and is sealed."""
+        return await self._run(self._core.contains(object_id))
 
-    async def delete(self, object_ids: Iterable[ObjectRef]) -> list[ObjectID]:
-        ids = [as_id_bytes(o) for o in object_ids]
-        reply = await self._request(p.Delete(seq=self._seq(), ids=ids))
-        if reply.missing:
-            raise error_for(
-                "object_not_found",
-                "not found or not sealed: " + ", ".join(m.hex() for m in reply.missing),
-            )
-        return [ObjectID(d) for d in reply.deferred]
+    async def delete(self, object_ids: ObjectRef | Iterable[ObjectRef]) -> list[ObjectID]:
+        """Delete objects; see :meth:`plasma.Client.delete`."""
+        return await self._run(self._core.delete(object_ids))
 
     async def list(self) -> dict[ObjectID, dict[str, Any]]:
-        reply = await self._request(p.List(seq=self._seq()))
-        return {
-            ObjectID(o.id): {f: getattr(o, f) for f in o.__struct_fields__ if f != "id"}
-            for o in reply.objects
-        }
+        """Every object with its sizes, node, state, ref count, create time and owner."""
+        return await self._run(self._core.list())
 
     async def evict(self, nbytes: int) -> int:
-        return (await self._request(p.Evict(seq=self._seq(), nbytes=nbytes))).nbytes
+        """Evict sealed unreferenced objects, LRU first; returns the bytes freed."""
+        return await self._run(self._core.evict(nbytes))
 
     async def stats(self, placement: bool = False) -> dict[str, Any]:
-        """See :meth:`plasma.client.Client.stats`."""
-        return (await self._request(p.Stats(seq=self._seq(), placement=placement))).stats
+        """See :meth:`plasma.Client.stats`."""
+        return await self._run(self._core.stats(placement))
 
     async def register_task(
         self, task_id: str, pid: int, node: int | None = None, run_id: str = ""
     ) -> None:
         """Have the coordinator sample process ``pid`` as ``task_id`` (placed on ``node``)."""
-        msg = p.TaskRegister(seq=self._seq(), task_id=task_id, pid=pid, node=node, run_id=run_id)
-        await self._request(msg)
+        await self._run(self._core.register_task(task_id, pid, node, run_id))
 
     async def task_done(self, task_id: str, run_id: str = "") -> None:
         """``task_id`` ended: the coordinator takes a final sample and stops sampling it."""
-        await self._request(p.TaskDone(seq=self._seq(), task_id=task_id, run_id=run_id))
+        await self._run(self._core.task_done(task_id, run_id))
 
     async def submit_sample(self, task_id: str, sample: Any, run_id: str = "") -> None:
         """Record a sample taken by the caller (a ``plasma.perf.PerfSample`` or its dict)."""
-        data = msgspec.to_builtins(sample)
-        msg = p.SubmitSample(seq=self._seq(), task_id=task_id, sample=data, run_id=run_id)
-        await self._request(msg)
+        await self._run(self._core.submit_sample(task_id, sample, run_id))
 
     async def flush(self) -> None:
-        """Release cached references and wait until everything sent so far was handled."""
-        self._state.drop_cache()
-        await self._request(p.Sync(seq=self._seq()))
-        self._check_open()
+        """Release cached references, wait until everything sent so far was handled, and
+        raise the coordinator's deferred errors."""
+        await self._run(self._core.flush())
+
+    async def subscribe(self, *, with_locations: bool = False) -> AsyncSubscription:
+        """Seal and delete notifications (see :meth:`plasma.Client.subscribe`)."""
+        await self._run(self._core.subscribe(with_locations))
+        return AsyncSubscription(self)
 
     async def put(
         self, value: Any, object_id: ObjectRef | None = None, *, node: int | None = None
     ) -> ObjectID:
-        oid = ObjectID(as_id_bytes(object_id)) if object_id is not None else ObjectID.from_random()
-        enc = serialization.encode(value)
-        view = await self.create(oid, enc.data_size, enc.metadata, node=node)
-        enc.write(view)
-        view.release()
-        ids = [oid.binary()]
-        await self._send(*self._state.seal_and_release(ids))
-        return oid
+        """Store a numpy array, Arrow object or bytes; returns its id."""
+        return await self._run(self._core.put(value, object_id, node))
 
     async def get_object(self, object_id: ObjectRef, timeout: float | None = None) -> Any:
-        data, meta = await self.get(object_id, timeout, with_metadata=True)
-        return serialization.decode(data, meta)
-
-    async def subscribe(self) -> AsyncIterator[p.Notification]:
-        """Seal and delete notifications, as an async iterator (PlasmaError if this client
-        falls so far behind that the coordinator ends the subscription)."""
-        await self._request(p.Subscribe(seq=self._seq()))
-        return self._notifications()
-
-    async def _notifications(self) -> AsyncIterator[p.Notification]:
-        state = self._state
-        while True:
-            while state.notifications:
-                yield state.next_notification()
-            self._check_open()
-            await self._notifications_changed.wait()
-            self._notifications_changed = trio.Event()
+        """The value stored by :meth:`put`, as a zero-copy read-only view."""
+        return await self._run(self._core.get_object(object_id, timeout))
 
     # ------------------------------------------------------------ run relay
 
     async def run_call(self, run_id: str, payload: Any) -> Any:
-        return (
-            await self._request(p.RunCall(seq=self._seq(), run_id=run_id, payload=payload))
-        ).payload
+        """Ask the owner of ``run_id`` (a DAG runner) something and wait for its answer."""
+        return await self._run(self._core.run_call(run_id, payload))
 
     async def register_run(self, run_id: str) -> None:
         """Become the owner of ``run_id``: tasks' ``run_call``s arrive in :meth:`run_requests`."""
-        await self._request(p.RunRegister(seq=self._seq(), run_id=run_id))
+        await self._run(self._core.register_run(run_id))
 
-    def run_requests(self) -> AsyncIterator[p.RunRequest]:
-        return self._pushed(self._state.run_requests, "_run_requests_changed")
-
-    async def respond(self, request: p.RunRequest, payload: Any) -> None:
-        await self._send(p.RunRespond(seq=self._seq(), request=request.request, payload=payload))
-
-    async def respond_error(self, request: p.RunRequest, code: str, message: str) -> None:
-        await self._send(
-            p.RunRespond(seq=self._seq(), request=request.request, code=code, message=message)
-        )
-
-    async def _pushed(self, queue: Any, event_name: str) -> AsyncIterator[Any]:
+    async def run_requests(self) -> AsyncIterator[p.RunRequest]:
+        """The relayed calls of a run this client owns, as they arrive."""
+        queue = self._core.run_requests
         while True:
             while queue:
                 yield queue.popleft()
             self._check_open()
-            await getattr(self, event_name).wait()
-            setattr(self, event_name, trio.Event())
+            await self._run_requests_changed.wait()
+            self._run_requests_changed = trio.Event()
+
+    async def respond(self, request: p.RunRequest, payload: Any) -> None:
+        """Answer a relayed call."""
+        await self._run(self._core.respond(request, payload))
+
+    async def respond_error(self, request: p.RunRequest, code: str, message: str) -> None:
+        """Answer a relayed call with an error (``code`` one of ``plasma.errors``' codes)."""
+        await self._run(self._core.respond(request, code=code, message=message))
+
+    # ------------------------------------------------------------ lifetime
 
     async def aclose(self) -> None:
+        """Send pending releases and disconnect."""
         if self._closed is None:
-            self._fail(ConnectionError("client closed"))
+            with contextlib.suppress(OSError, PlasmaError), trio.CancelScope(shield=True):
+                data = self._core.closing_frames()
+                if data:
+                    async with self._send_lock:
+                        await _sendall(self._sock, data)
+            self._fail(Disconnected("the client is closed"))
         self._sock.close()
-        self._state.close_maps()
+        self._core.close_maps()
+
+
+class AsyncSubscription:
+    """Seal/delete notifications of an :class:`AsyncClient`, in order (``async for``)."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    async def next(self, timeout: float | None = None) -> p.Notification:
+        """The next notification; ``PlasmaTimeout`` when none arrives within ``timeout`` s."""
+        client = self._client
+        core = client._core
+        check_timeout(timeout)
+        with trio.move_on_after(timeout if timeout is not None else float("inf")):
+            while not core.notifications:
+                client._check_open()
+                await client._notifications_changed.wait()
+                client._notifications_changed = trio.Event()
+            return core.next_notification()
+        raise PlasmaTimeout(f"no notification within {timeout} s")
+
+    def __aiter__(self) -> AsyncSubscription:
+        return self
+
+    async def __anext__(self) -> p.Notification:
+        return await self.next()
 
 
 async def _sendall(sock: trio.socket.SocketType, data: bytes) -> None:
@@ -303,37 +375,35 @@ async def _sendall(sock: trio.socket.SocketType, data: bytes) -> None:
 
 
 @asynccontextmanager
-async def connect(socket_path: str, client_name: str = "") -> AsyncIterator[AsyncClient]:
-    """Connect to the coordinator at ``socket_path`` for the duration of the ``async with``."""
+async def connect(
+    socket_path: str, client_name: str = "", *, release_delay: int = RELEASE_DELAY
+) -> AsyncIterator[AsyncClient]:
+    """Connect to the coordinator at ``socket_path`` for the duration of the ``async with``.
+
+    Errors raised in the block leave it as themselves (not wrapped in an exception group).
+    """
     sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
     try:
         await sock.connect(socket_path)
     except OSError as exc:
         sock.close()
-        raise ConnectionError(f"cannot connect to plasma-coord at {socket_path}: {exc}") from exc
-    client = AsyncClient(sock)
-    refused: BaseException | None = None
-    async with trio.open_nursery() as nursery:
-        client._nursery = nursery
-        nursery.start_soon(client._reader)
-        try:
-            reply = await client._request(
-                p.Connect(
-                    seq=client._seq(),
-                    protocol_version=p.PROTOCOL_VERSION,
-                    client_name=client_name,
-                    cpus=sorted(os.sched_getaffinity(0)),
-                )
-            )
-        except (OSError, PlasmaError) as exc:  # raised below, not wrapped in the nursery's group
-            refused = exc
-        try:
-            if refused is None:
+        raise Disconnected(f"cannot connect to plasma-coord at {socket_path}: {exc}") from exc
+    client = AsyncClient(sock, release_delay)
+    try:
+        async with trio.open_nursery() as nursery:
+            client._nursery = nursery
+            nursery.start_soon(client._reader)
+            try:
+                msg = client._core.connect_request(client_name, sorted(get_affinity()))
+                reply = await client._call((msg,))
+                client._core.connected(reply)
                 client.info = reply
-                client._state.connected(reply)
+                client.client_id = reply.client_id
                 yield client
-        finally:
-            nursery.cancel_scope.cancel()
-            await client.aclose()
-    if refused is not None:
-        raise refused
+            finally:
+                nursery.cancel_scope.cancel()
+                await client.aclose()
+    except BaseExceptionGroup as group:  # the reader never raises: the block's own error
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise

@@ -1,4 +1,4 @@
-"""Offsets inside one segment: aligned best-fit allocation with coalescing of free neighbours.
+"""Offsets inside one segment (internal): aligned best-fit allocation, coalescing free neighbours.
 
 Sans-I/O. The allocator tracks free ranges only; callers remember the size of what they
 allocated and hand it back to :meth:`Allocator.free`. Every size is rounded up to the

@@ -1,4 +1,4 @@
-"""The trio coordinator: accepts clients on a Unix socket and moves frames and fds.
+"""The trio coordinator (internal): accepts clients on a Unix socket and moves frames and fds.
 
 All object state lives in the sans-I/O :class:`plasma.store.Store`; this module only decodes
 requests, calls the store, encodes replies, attaches segment fds (SCM_RIGHTS, once per segment
@@ -8,7 +8,6 @@ relays ``RunCall``s to run owners.
 
 from __future__ import annotations
 
-import array
 import collections
 import contextlib
 import logging
@@ -29,6 +28,7 @@ from plasma import protocol as p
 from plasma.errors import PlasmaError
 from plasma.ids import ID_SIZE
 from plasma.linux.fdlimit import EXHAUSTED, FdReserve, raise_nofile_limit
+from plasma.linux.fdpass import MAX_FDS_PER_SEND, scm_rights
 from plasma.linux.peercred import peer_credentials
 from plasma.metrics import make_registry, parse_address, serve_metrics
 from plasma.placement_report import placement_report
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("plasma.coordinator")
 
-MAX_FDS_PER_SEND = 250  # below the kernel's SCM_MAX_FD (253)
 RECV_SIZE = 256 * 1024
 # Bytes queued for a client that does not read: past MAX_UNSENT the coordinator reads no more
 # of its requests until it catches up; a subscriber past MAX_UNSENT_NOTIFICATIONS is told
@@ -170,9 +169,8 @@ class Session:
             ):  # a single frame with too many fds cannot happen: segments per reply are bounded
                 raise AssertionError("frame carries more fds than one sendmsg allows")
             data = b"".join(frames)
-            anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
             try:
-                sent = self.sock.sendmsg([data], anc)
+                sent = self.sock.sendmsg([data], scm_rights(fds))
             except BlockingIOError:
                 self._out.appendleft((data, fds))
                 return False
@@ -501,6 +499,7 @@ class Coordinator:
                 max_frame=self.config.max_frame,
                 max_object_size=self.max_object_size,
                 node=node,
+                alignment=self.store.alignment,
             )
         )
 
@@ -614,7 +613,7 @@ class Coordinator:
         session.send(p.Contained(seq=msg.seq, present=self.store.contains(msg.id)))
 
     def _list(self, session: Session, msg: p.List) -> None:
-        session.send(p.Listing(seq=msg.seq, objects=self.store.list()))
+        session.send(p.Listing(seq=msg.seq, objects=self.store.objects()))
 
     def _evict(self, session: Session, msg: p.Evict) -> None:
         session.send(p.Evicted(seq=msg.seq, nbytes=self.store.evict(msg.nbytes)))

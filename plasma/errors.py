@@ -2,6 +2,9 @@
 
 Every failure that crosses the socket is an ``Error{seq, code, message}`` reply whose
 ``code`` is one of the stable strings below; clients raise the matching exception class.
+:class:`Disconnected` is the one exception the clients raise themselves, never sent as a
+reply: the connection is gone. Every class is a :class:`PlasmaError`; most are also the
+builtin exception they refine (``KeyError``, ``MemoryError``, ``TimeoutError``, ...).
 """
 
 from __future__ import annotations
@@ -15,10 +18,42 @@ PLACEMENT_IMPOSSIBLE = "placement_impossible"
 BAD_REQUEST = "bad_request"
 PERMISSION_DENIED = "permission_denied"
 UNSUPPORTED = "unsupported"
+DISCONNECTED = "disconnected"  # raised by the clients; never an Error reply's code
+
+__all__ = [
+    "BAD_REQUEST",
+    "DISCONNECTED",
+    "OBJECT_EXISTS",
+    "OBJECT_NOT_FOUND",
+    "OBJECT_NOT_SEALED",
+    "PERMISSION_DENIED",
+    "PLACEMENT_IMPOSSIBLE",
+    "STORE_FULL",
+    "TIMEOUT",
+    "UNSUPPORTED",
+    "BadRequest",
+    "Disconnected",
+    "ObjectExists",
+    "ObjectNotFound",
+    "ObjectNotSealed",
+    "PermissionDenied",
+    "PlacementImpossible",
+    "PlasmaError",
+    "PlasmaTimeout",
+    "StoreFull",
+    "Unsupported",
+    "error_for",
+]
 
 
 class PlasmaError(Exception):
-    """Base class of every plasma-coord error; ``code`` is the stable wire code."""
+    """Base class of every plasma-coord error; ``code`` is the stable wire code.
+
+    Catch it to handle any failure of the store. Raised as itself for an ``Error`` reply
+    whose code this client does not know (a newer coordinator's), for a reply the client
+    cannot use (a segment that arrived without its file descriptor), and when a
+    subscription ends because the client fell behind.
+    """
 
     code: str = BAD_REQUEST
 
@@ -28,10 +63,17 @@ class PlasmaError(Exception):
 
 
 class ObjectExists(PlasmaError):
+    """An object with this id is already in the store (sealed or not): raised by ``create``,
+    ``put``, ``create_and_seal`` and their batch forms."""
+
     code = OBJECT_EXISTS
 
 
 class ObjectNotFound(PlasmaError, KeyError):
+    """No such object: ``get`` with timeout 0 of an id never created (or deleted), ``seal``
+    or ``abort`` of an unknown id, ``release`` of an object this client holds no reference
+    to."""
+
     code = OBJECT_NOT_FOUND
 
     def __str__(self) -> str:  # KeyError would repr() the message
@@ -39,31 +81,62 @@ class ObjectNotFound(PlasmaError, KeyError):
 
 
 class ObjectNotSealed(PlasmaError):
+    """The object exists but is not sealed yet: ``get`` with timeout 0, or ``release`` of an
+    object still being written (seal or abort it instead)."""
+
     code = OBJECT_NOT_SEALED
 
 
 class StoreFull(PlasmaError, MemoryError):
+    """No room for the object (or arena) on its node, even after evicting every sealed
+    unreferenced object and waiting up to the create's ``timeout``: the node's budget is
+    used, or too small for it, or its segments cannot be allocated (e.g. hugepages ran out)."""
+
     code = STORE_FULL
 
 
 class PlasmaTimeout(PlasmaError, TimeoutError):
+    """A wait ran out: ``get`` of an object not sealed within its ``timeout``, or a
+    subscription's ``next(timeout)`` with no notification in time."""
+
     code = TIMEOUT
 
 
 class PlacementImpossible(PlasmaError):
+    """The requested placement cannot be met: ``node`` names no NUMA node of the store, or a
+    placement policy finds no CPUs and memory node that satisfy the request."""
+
     code = PLACEMENT_IMPOSSIBLE
 
 
 class BadRequest(PlasmaError, ValueError):
+    """An invalid argument or request: a malformed frame, a negative size, a timeout that is
+    not None or finite seconds >= 0, an object too large, sealing another client's object."""
+
     code = BAD_REQUEST
 
 
 class PermissionDenied(PlasmaError, PermissionError):
+    """Not allowed: the coordinator refused this client's uid (see ``serve --allow-uid``), a
+    write by a read-only uid, or running tasks as another user than the coordinator's; or
+    reserving hugepages without root."""
+
     code = PERMISSION_DENIED
 
 
 class Unsupported(PlasmaError, OSError):
+    """This machine, kernel or build lacks what the call needs (a syscall, hugepages, a NUMA
+    interface, a pyarrow.plasma feature plasma-coord does not offer); the message says what."""
+
     code = UNSUPPORTED
+
+
+class Disconnected(PlasmaError, ConnectionError):
+    """The connection to the coordinator is gone or was refused: raised by every client call
+    once the coordinator closed the connection, the socket broke, or the client was closed;
+    the message says which."""
+
+    code = DISCONNECTED
 
 
 _BY_CODE: dict[str, type[PlasmaError]] = {
@@ -78,6 +151,7 @@ _BY_CODE: dict[str, type[PlasmaError]] = {
         BadRequest,
         PermissionDenied,
         Unsupported,
+        Disconnected,
     )
 }
 

@@ -1,4 +1,4 @@
-"""Reserve hugepages through sysfs, per NUMA node or globally, and report what was granted.
+"""Reserve hugepages through sysfs (internal), per NUMA node or globally; report what was granted.
 
 Per node: ``/sys/devices/system/node/nodeN/hugepages/hugepages-<kB>kB/nr_hugepages``; without
 a node: ``/sys/kernel/mm/hugepages/hugepages-<kB>kB/nr_hugepages`` (the kernel spreads those

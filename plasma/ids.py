@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+__all__ = ["ID_SIZE", "ObjectID", "as_id_bytes"]
+
 ID_SIZE = 20
 
 

@@ -1,4 +1,4 @@
-"""Per-task perf samples: counters, NUMA locality and a bounded series store.
+"""Per-task perf samples (internal): counters, NUMA locality and a bounded series store.
 
 :class:`TaskSampler` opens the counter set on a task's pid; :meth:`TaskSampler.sample`
 returns a :class:`PerfSample` (counters plus locality from ``/proc/PID/numa_maps``).

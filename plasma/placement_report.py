@@ -1,4 +1,4 @@
-"""Where the pages of each segment really are: move_pages over a temporary mapping.
+"""Where the pages of each segment really are (internal): move_pages over a temporary mapping.
 
 The coordinator keeps no segment mapped, so each one is mapped for the check, its pages
 read-touched (mapped into this process without allocating: the segments are pre-faulted

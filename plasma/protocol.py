@@ -1,4 +1,4 @@
-"""Wire protocol: msgspec MessagePack messages in little-endian length-prefixed frames.
+"""Wire protocol (internal): msgspec MessagePack messages in little-endian length-prefixed frames.
 
 Every message is a tagged, array-like ``msgspec.Struct`` (the tag is the class name).
 Requests carry a ``seq`` that replies echo, so a client may pipeline. A reply that
@@ -23,7 +23,17 @@ from typing import Annotated, Any
 
 import msgspec
 
-from plasma.ids import ID_SIZE
+from plasma.records import MAX_INT as MAX_INT
+from plasma.records import (  # the records messages carry, re-exported: p.ObjectLocation, ...
+    ArenaObject,
+    BoundedInt,
+    CreateItem,
+    IdBytes,
+    NodeInfo,
+    ObjectInfo,
+    ObjectLocation,
+    SegmentInfo,
+)
 
 PROTOCOL_VERSION = 1
 DEFAULT_MAX_FRAME = 1 << 20
@@ -31,9 +41,9 @@ HEADER = struct.Struct("<I")
 
 # ---------------------------------------------------------------- request limits
 
-# The largest seq, size, offset, byte count, segment id or relay id a request may carry (a
-# signed 64-bit integer, what the store and the kernel interfaces below it take).
-MAX_INT = 2**63 - 1
+# MAX_INT (from plasma.records): the largest seq, size, offset, byte count, segment id or
+# relay id a request may carry (a signed 64-bit integer, what the store and the kernel
+# interfaces below it take).
 # The largest NUMA node id a request may name.
 MAX_NODE = 65535
 # The largest pid ``TaskRegister`` may name (pid_t is a signed 32-bit integer; pids are >= 1).
@@ -44,20 +54,20 @@ MAX_CPUS = 65536
 # The most characters of a string field (names, task and run ids, error codes and messages).
 MAX_STRING = 4096
 # The most object ids (or ``CreateMany`` items, or ``SealArena`` objects) in one request; the
-# clients send at most ``plasma.client_state.IDS_PER_FRAME`` (16384) per frame.
+# clients send at most ``plasma._client_core.IDS_PER_FRAME`` (16384) per frame.
 MAX_IDS_PER_REQUEST = 65536
 # The deepest nesting of lists and maps in a free-form payload (``RunCall.payload``,
 # ``RunRespond.payload``, ``SubmitSample.sample``), so relaying one never recurses deeply.
 MAX_PAYLOAD_DEPTH = 64
 
-_Int = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
+_Int = BoundedInt
 _Node = Annotated[int, msgspec.Meta(ge=0, le=MAX_NODE)]
 _Pid = Annotated[int, msgspec.Meta(ge=1, le=MAX_PID)]
 _Cpus = Annotated[
     list[Annotated[int, msgspec.Meta(ge=0, le=MAX_CPU)]], msgspec.Meta(max_length=MAX_CPUS)
 ]
 _Str = Annotated[str, msgspec.Meta(max_length=MAX_STRING)]
-_Id = Annotated[bytes, msgspec.Meta(min_length=ID_SIZE, max_length=ID_SIZE)]
+_Id = IdBytes
 _PER_REQUEST = msgspec.Meta(max_length=MAX_IDS_PER_REQUEST)
 _Ids = Annotated[list[_Id], _PER_REQUEST]
 # msgspec checks bounds as ``x >= ge and x <= le``, so NaN fails ``ge`` and +inf fails ``le``
@@ -84,64 +94,11 @@ def _check_depth(value: Any, field: str) -> None:
 
 
 # ---------------------------------------------------------------- shared parts
+# The records messages carry (SegmentInfo, ObjectLocation, ...) are in plasma.records.
 
 
 class _Msg(msgspec.Struct, tag=True, array_like=True, gc=False, omit_defaults=False):
     pass
-
-
-class SegmentInfo(msgspec.Struct, array_like=True, gc=False):
-    """A shared-memory segment; its fd accompanies the frame that first lists it."""
-
-    id: int
-    size: int
-    node: int
-    page_size: int
-    writable: bool = True  # False: the fd is read-only, map it PROT_READ
-
-
-class ObjectLocation(msgspec.Struct, array_like=True, gc=False):
-    """Where an object's bytes live: data at ``offset``, metadata right after it."""
-
-    segment: int
-    offset: int
-    data_size: int
-    metadata_size: int
-    node: int
-
-
-class ObjectInfo(msgspec.Struct, array_like=True, gc=False):
-    """One row of ``list()``."""
-
-    id: bytes
-    data_size: int
-    metadata_size: int
-    node: int
-    state: str  # "created" | "sealed"
-    ref_count: int
-    create_time: float
-    owner: int  # client id of the creator
-
-
-class NodeInfo(msgspec.Struct, array_like=True, gc=False):
-    id: int
-    capacity: int
-    cpus: list[int]
-
-
-class CreateItem(msgspec.Struct, array_like=True, gc=False):
-    id: _Id
-    data_size: _Int
-    metadata_size: _Int = 0
-
-
-class ArenaObject(msgspec.Struct, array_like=True, gc=False):
-    """An object a client carved out of its arena, registered sealed by ``SealArena``."""
-
-    id: _Id
-    offset: _Int
-    data_size: _Int
-    metadata_size: _Int
 
 
 # ---------------------------------------------------------------- requests
@@ -344,6 +301,7 @@ class Connected(_Msg):
     max_frame: int
     max_object_size: int
     node: int | None  # the client's default node
+    alignment: int = 64  # objects (and arena objects) start at multiples of this
 
 
 class Ok(_Msg):

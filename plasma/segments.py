@@ -1,4 +1,4 @@
-"""Shared-memory segments: memfd-backed, bound to a NUMA node, pre-faulted.
+"""Shared-memory segments (internal): memfd-backed, bound to a NUMA node, pre-faulted.
 
 A :class:`SegmentPool` is the store's ``SegmentProvider``: it creates segments on request,
 keeps their fds (the coordinator hands them to clients with SCM_RIGHTS: the read-write memfd to
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from plasma.errors import StoreFull, Unsupported
 from plasma.linux import memfd, numa
-from plasma.protocol import SegmentInfo
+from plasma.records import SegmentInfo
 
 BASE_PAGE = mmap.PAGESIZE
 

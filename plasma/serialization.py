@@ -1,4 +1,4 @@
-"""Zero-copy layouts of numpy arrays, Arrow data and raw bytes inside an object buffer.
+"""Zero-copy layouts of numpy arrays, Arrow data and raw bytes in an object buffer (internal).
 
 ``encode(value)`` measures a value and returns an :class:`Encoded` that writes it straight
 into a destination buffer (the object's shared memory), with no intermediate copy.

@@ -1,4 +1,4 @@
-"""The object table: lifecycle, per-client references, LRU eviction, waiters (sans-I/O).
+"""The object table (internal, sans-I/O): lifecycle, per-client references, LRU eviction, waiters.
 
 The coordinator owns the sockets and the clock; it calls these methods with client ids and
 ``now`` timestamps, and after each call sends whatever :meth:`Store.drain_events` returns.
@@ -38,7 +38,6 @@ Semantics the coordinator mirrors:
 
 from __future__ import annotations
 
-import builtins
 import heapq
 import math
 from collections import OrderedDict
@@ -57,7 +56,7 @@ from plasma.errors import (
     StoreFull,
 )
 from plasma.ids import ID_SIZE
-from plasma.protocol import ArenaObject, CreateItem, ObjectInfo, ObjectLocation
+from plasma.records import ArenaObject, CreateItem, ObjectInfo, ObjectLocation
 
 RECLAIM_INTERVAL = 1.0  # seconds between two Reclaim events to the same client
 RECLAIM_WAIT = 0.25  # seconds a create that would fail at once waits for reclaimed memory
@@ -551,7 +550,7 @@ class Store:
             raise ObjectNotFound(f"object {oid.hex()} not found")
         return self._info(oid, rec)
 
-    def list(self) -> list[ObjectInfo]:
+    def objects(self) -> list[ObjectInfo]:
         """Every visible object (unsealed ones too; not those pending deletion)."""
         return [self._info(oid, rec) for oid, rec in self._objects.items() if not rec.deleting]
 
@@ -605,7 +604,12 @@ class Store:
             },
         }
 
-    def segments(self) -> builtins.list[tuple[int, int, int]]:
+    @property
+    def alignment(self) -> int:
+        """Objects start at multiples of this; their allocations are multiples of it."""
+        return self._mask + 1
+
+    def segments(self) -> list[tuple[int, int, int]]:
         """``(segment id, node, size)`` of every live segment."""
         return [(s.id, s.node.id, s.size) for s in self._segments.values()]
 
@@ -657,7 +661,7 @@ class Store:
         return seg.id, offset, n
 
     def seal_arena(
-        self, client: int, segment: int, objects: builtins.list[ArenaObject], *, now: float = 0.0
+        self, client: int, segment: int, objects: list[ArenaObject], *, now: float = 0.0
     ) -> None:
         """Register objects the client wrote into its arena, as sealed with no reference.
 
@@ -708,7 +712,7 @@ class Store:
                 )
                 self._events.append(CreateDone(w.client, w.token, err))
 
-    def drain_events(self) -> builtins.list[Event]:
+    def drain_events(self) -> list[Event]:
         """Events produced since the last call, oldest first."""
         events, self._events = self._events, []
         return events
@@ -772,7 +776,7 @@ class Store:
             for oid in victims:
                 self._evict(oid, self._objects[oid])
 
-    def _eviction_plan(self, nd: _Node, size: int) -> builtins.list[bytes]:
+    def _eviction_plan(self, nd: _Node, size: int) -> list[bytes]:
         """The shortest LRU prefix of the node whose eviction makes room for ``size`` bytes:
         a contiguous free run in one segment, or budget for a new segment once the segments
         it empties are dropped. Empty when evicting everything evictable would not do.
@@ -791,7 +795,7 @@ class Store:
         runs_by_start: dict[_Segment, dict[int, int]] = {}  # simulated runs: start -> end
         runs_by_end: dict[_Segment, dict[int, int]] = {}  # end -> start
         freed: dict[_Segment, int] = {}
-        plan: builtins.list[bytes] = []
+        plan: list[bytes] = []
         objects = self._objects
         for oid in nd.lru:
             rec = objects[oid]
@@ -912,13 +916,13 @@ class Store:
         return loc
 
     def _try_create(
-        self, c: _Client, items: builtins.list[CreateItem], nd: _Node, now: float
-    ) -> builtins.list[ObjectLocation] | None:
+        self, c: _Client, items: list[CreateItem], nd: _Node, now: float
+    ) -> list[ObjectLocation] | None:
         """All items or nothing; None when space is short. Raises ObjectExists."""
         for it in items:
             if it.id in self._objects:
                 raise ObjectExists(f"object {it.id.hex()} already exists")
-        placed: builtins.list[tuple[_Segment, int, int]] = []
+        placed: list[tuple[_Segment, int, int]] = []
         for it in items:
             size = (((it.data_size + it.metadata_size) or 1) + self._mask) & ~self._mask
             p = self._allocate(nd, size)
@@ -1045,7 +1049,7 @@ class Store:
     def _park_create(
         self,
         c: _Client,
-        items: builtins.list[CreateItem],
+        items: list[CreateItem],
         nd: _Node,
         deadline: float | None,
         now: float,
@@ -1146,7 +1150,7 @@ class Store:
             if w.node.id in blocked:
                 continue
             c = self._clients[w.client]
-            result: builtins.list[ObjectLocation] | PlasmaError | None
+            result: list[ObjectLocation] | PlasmaError | None
             try:
                 result = self._try_create(c, w.items, w.node, w.now)
             except PlasmaError as exc:

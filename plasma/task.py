@@ -20,6 +20,8 @@ from plasma.dag.spec import TaskSpec
 from plasma.errors import BadRequest, PlasmaError
 from plasma.ids import ObjectID
 
+__all__ = ["TaskContext", "TaskFailed", "TaskHandle", "current", "object_id"]
+
 
 class TaskFailed(PlasmaError):
     """A task this task waited for did not succeed."""

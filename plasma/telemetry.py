@@ -1,4 +1,4 @@
-"""The coordinator's task registry: periodic perf samples of running tasks, and machine facts.
+"""The coordinator's task registry (internal): periodic perf samples of running tasks, host facts.
 
 A run owner registers each task's pid (:meth:`Telemetry.register`); :meth:`Telemetry.run`
 samples every running task each ``interval`` seconds in a worker thread and keeps the series in

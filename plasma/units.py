@@ -1,4 +1,4 @@
-"""Parse and format byte sizes such as ``512MiB``, ``4GiB``, ``2M`` or ``1G``."""
+"""Parse and format byte sizes such as ``512MiB``, ``4GiB``, ``2M`` or ``1G`` (internal)."""
 
 from __future__ import annotations
 

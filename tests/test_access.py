@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 import plasma
+import plasma.client  # imported before the uid drops: the interpreter lives under /root
 from plasma.cli import build_parser
 from plasma.cli.serve import config_from_args
 from plasma.errors import BadRequest
@@ -40,8 +41,9 @@ _PRELUDE = """
 import ctypes, errno, fcntl, json, mmap, os, socket, sys
 import numpy as np
 import plasma
+import plasma.client  # imported before the uid drops: the interpreter lives under /root
 from plasma import protocol as p
-from plasma.client_state import fds_from_ancillary
+from plasma.linux.fdpass import received_fds
 
 PWNED = b"PWNED!!!"
 libc = ctypes.CDLL(None, use_errno=True)
@@ -273,10 +275,10 @@ fds = []
 def request(msg):
     s.sendall(p.encode(msg))
     while (reply := decoder.next_message()) is None:
-        data, anc, _, _ = s.recvmsg(1 << 16, socket.CMSG_SPACE(16 * 4))
+        data, anc, flags, _ = s.recvmsg(1 << 16, socket.CMSG_SPACE(16 * 4))
         if not data:
             raise ConnectionError("the coordinator hung up")
-        fds.extend(fds_from_ancillary(anc))
+        fds.extend(received_fds(anc, flags))
         decoder.feed(data)
     return reply
 
@@ -504,7 +506,7 @@ def test_allowed_uids_need_a_shared_socket_in_a_searchable_directory(public_dir:
     try:
         assert stat.S_IMODE(os.stat(socket_path).st_mode) == 0o666  # SO_PEERCRED gates the rest
         refused = result(run_as(READ_ONLY_UID, _CONNECT, socket_path))["connect"]
-        assert refused.startswith("ConnectionError") and "Permission denied" in refused, refused
+        assert refused.startswith("disconnected: ") and "Permission denied" in refused, refused
         os.chmod(private, 0o711)
         assert result(run_as(READ_ONLY_UID, _CONNECT, socket_path)) == {"connect": "succeeded"}
     finally:

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from plasma import protocol as p
-from plasma.client_state import IDS_PER_FRAME
+from plasma._client_core import IDS_PER_FRAME
 from plasma.ids import ID_SIZE
 
 ids = st.binary(min_size=20, max_size=20)

@@ -18,7 +18,7 @@ from plasma.errors import (
     PlacementImpossible,
     StoreFull,
 )
-from plasma.protocol import ArenaObject, CreateItem, ObjectLocation
+from plasma.records import ArenaObject, CreateItem, ObjectLocation
 from plasma.store import CreateDone, GetDone, Notify, Pending, Reclaim, Revoke, Store
 
 KIB = 1024
@@ -74,7 +74,7 @@ def put(store: Store, client: int, n: int, size: int = 64, **kw: object) -> Obje
 
 def live_bytes(store: Store) -> int:
     """Allocation bytes of every object, from the public listing (64-byte rounding)."""
-    return sum(-(-max(1, o.data_size + o.metadata_size) // 64) * 64 for o in store.list())
+    return sum(-(-max(1, o.data_size + o.metadata_size) // 64) * 64 for o in store.objects())
 
 
 # ---------------------------------------------------------------- basic lifecycle
@@ -99,7 +99,7 @@ def test_create_seal_get_release_roundtrip() -> None:
     with pytest.raises(ObjectNotFound):
         store.release(1, oid(1))
     assert store.stats()["used"] == 128
-    assert [o.id for o in store.list()] == [oid(1)]
+    assert [o.id for o in store.objects()] == [oid(1)]
 
 
 def test_zero_size_object_takes_one_aligned_block() -> None:
@@ -160,7 +160,7 @@ def test_abort_frees_and_id_is_reusable() -> None:
     store.create(1, oid(1), 1000)
     store.abort(1, oid(1))
     assert store.stats()["used"] == 0
-    assert store.list() == []
+    assert store.objects() == []
     with pytest.raises(ObjectNotFound):
         store.info(oid(1))
     store.create(1, oid(1), 10)
@@ -195,7 +195,7 @@ def test_create_many_all_or_nothing() -> None:
     with pytest.raises(StoreFull):
         store.create_many(1, [CreateItem(oid(10), 500), CreateItem(oid(11), 2000)])
     assert store.stats()["used"] == 3 * 1024  # the partial allocation was rolled back
-    assert not any(o.id == oid(10) for o in store.list())
+    assert not any(o.id == oid(10) for o in store.objects())
     with pytest.raises(BadRequest, match="twice"):
         store.create_many(1, [CreateItem(oid(20), 1), CreateItem(oid(20), 1)])
     with pytest.raises(ObjectExists):
@@ -282,7 +282,7 @@ def test_get_does_not_see_delete_pending_objects() -> None:
     assert store.delete(1, [oid(1)]) == ([], [oid(1)], [])
     assert store.get(1, [oid(1)], timeout=0) == ["object_not_found"]
     assert not store.contains(oid(1))
-    assert store.list() == []
+    assert store.objects() == []
     with pytest.raises(ObjectNotFound):
         store.info(oid(1))
     with pytest.raises(ObjectExists):
@@ -346,7 +346,7 @@ def test_lru_eviction_order_on_create() -> None:
     store.get(1, [oid(0)])
     store.release(1, oid(0))
     store.create(1, oid(10), 2048)
-    assert sorted(o.id for o in store.list()) == [oid(0), oid(3), oid(10)]
+    assert sorted(o.id for o in store.objects()) == [oid(0), oid(3), oid(10)]
     assert store.stats()["evictions"] == 2
 
 
@@ -407,7 +407,7 @@ def test_evict_global_lru_across_nodes() -> None:
     put(store, 1, 2, node=0)
     put(store, 1, 3, node=1)
     assert store.evict(100) == 128  # the two oldest 64-byte objects, across both nodes
-    assert [o.id for o in store.list()] == [oid(3)]
+    assert [o.id for o in store.objects()] == [oid(3)]
     with pytest.raises(BadRequest):
         store.evict(-1)
 
@@ -578,7 +578,7 @@ def test_node_choice_default_explicit_and_most_free() -> None:
     assert stats["nodes"][1]["used"] == 1024 + 64
     assert stats["nodes"][0]["objects"] == 2
     assert stats["capacity"] == 2 * 64 * KIB
-    assert {o.id: o.node for o in store.list()} == {oid(1): 1, oid(2): 0, oid(3): 0, oid(4): 1}
+    assert {o.id: o.node for o in store.objects()} == {oid(1): 1, oid(2): 0, oid(3): 0, oid(4): 1}
 
 
 def test_eviction_is_per_node() -> None:
@@ -665,9 +665,9 @@ def test_disconnect_cleans_everything() -> None:
     store.disconnect(2)
     stats = store.stats()
     assert stats["clients"] == 1 and stats["subscribers"] == 0 and stats["get_waiters"] == 0
-    assert sorted(o.id for o in store.list()) == [oid(2), oid(4)]
+    assert sorted(o.id for o in store.objects()) == [oid(2), oid(4)]
     assert stats["used"] == live_bytes(store) == 1024 + 128
-    assert all(o.ref_count == 0 for o in store.list())
+    assert all(o.ref_count == 0 for o in store.objects())
     assert store.evict(10**6) == 1024 + 128
     assert store.stats()["used"] == 0
     store.create(1, oid(9), 1)
@@ -710,7 +710,7 @@ def test_arena_objects_sealed_unreferenced_and_freed_exactly() -> None:
     store.seal_arena(1, seg, objs, now=3.0)
     assert store.stats()["used"] == 1024 - 320
     assert [e.kind for e in store.drain_events() if isinstance(e, Notify)] == ["sealed"] * 3
-    infos = {o.id: o for o in store.list()}
+    infos = {o.id: o for o in store.objects()}
     assert infos[oid(1)].state == "sealed" and infos[oid(1)].ref_count == 0
     assert infos[oid(1)].create_time == 3.0
     res = store.get(1, [oid(1)], timeout=0)
@@ -1084,7 +1084,7 @@ class StoreMachine(RuleBasedStateMachine):
         self._apply_events()
         for _, ids, _ in self.waiting_gets.values():
             assert not all(self.store.contains(o) for o in ids), "a satisfied get still waits"
-        listed = {info.id: info for info in self.store.list()}
+        listed = {info.id: info for info in self.store.objects()}
         for o, rec in list(self.objects.items()):
             if rec[5]:
                 assert o not in listed
@@ -1245,7 +1245,7 @@ def test_eviction_plan_is_exact(objects: list[tuple[int, bool]], size: int) -> N
         store.seal(1, oid(n))
         if not held:
             store.release(1, oid(n))
-    before = {o.id: o.ref_count for o in store.list()}
+    before = {o.id: o.ref_count for o in store.objects()}
     lru = [o for o in (oid(n) for n in range(len(objects))) if before.get(o) == 0]
     clone = copy.deepcopy(store)
     clone.evict(10**9)
@@ -1262,7 +1262,7 @@ def test_eviction_plan_is_exact(objects: list[tuple[int, bool]], size: int) -> N
         assert store.stats()["evictions"] == evictions
         return
     assert fits
-    after = {x.id for x in store.list()}
+    after = {x.id for x in store.objects()}
     gone = [o for o in lru if o not in after]
     assert gone == lru[: len(gone)], "evicted out of LRU order"
     assert store.stats()["evictions"] - evictions == len(gone)

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 
-from plasma.metrics import task_metrics
+from plasma.metric_families import task_metrics
 
 STATUSES = ("succeeded", "failed", "skipped", "cancelled", "running", "ready", "pending")
 
@@ -72,7 +72,7 @@ def write_prometheus(path: str | Path, record: dict[str, Any]) -> None:
 
 
 class TaskPerfCollector(Collector):
-    """The ``plasma_task_*`` families of :mod:`plasma.metrics` for the perf samples of a record."""
+    """The ``plasma_task_*`` families (:mod:`plasma.metric_families`) of a record's perf samples."""
 
     def __init__(self, record: dict[str, Any]) -> None:
         self._rows = [

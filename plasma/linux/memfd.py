@@ -3,6 +3,7 @@ and prefaulting."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import functools
@@ -124,3 +125,27 @@ def prefault(mm: mmap.mmap) -> None:
             ) from None
     for offset in range(0, len(mm), mmap.PAGESIZE):
         mm[offset] = mm[offset]
+
+
+MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+
+
+def map_segment(fd: int, size: int, *, writable: bool, populate: bool) -> mmap.mmap:
+    """Map a received segment shared (``PROT_READ`` only unless ``writable``), then close
+    ``fd``: the map keeps the memory. ``populate`` fills the page tables now, so writes into
+    it run at memcpy speed."""
+    prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
+    try:
+        return mmap.mmap(fd, size, mmap.MAP_SHARED | (MAP_POPULATE if populate else 0), prot)
+    except OSError as exc:
+        raise os_error(exc.errno or 0, f"mmap of a {size}-byte segment") from None
+    finally:
+        os.close(fd)
+
+
+def populate_range(mm: mmap.mmap, offset: int, length: int) -> None:
+    """Fault in ``[offset, offset + length)`` of a writable map (MADV_POPULATE_WRITE); an
+    optimisation only, skipped on kernels before 5.14."""
+    start = offset - offset % mmap.PAGESIZE
+    with contextlib.suppress(OSError):
+        mm.madvise(MADV_POPULATE_WRITE, start, offset + length - start)

@@ -6,11 +6,11 @@ import gc
 import mmap
 
 from plasma import protocol as p
-from plasma.client_state import RELEASE_DELAY_BYTES, ClientState
+from plasma._client_core import RELEASE_DELAY_BYTES, ClientCore
 
 
-def state_with_segment(size: int = 1 << 20, release_delay: int = 2) -> ClientState:
-    state = ClientState(release_delay)
+def state_with_segment(size: int = 1 << 20, release_delay: int = 2) -> ClientCore:
+    state = ClientCore(release_delay)
     state.maps[1] = mmap.mmap(-1, size)
     return state
 
@@ -19,7 +19,7 @@ def loc(offset: int, size: int = 64) -> p.ObjectLocation:
     return p.ObjectLocation(segment=1, offset=offset, data_size=size, metadata_size=0, node=0)
 
 
-def released(state: ClientState) -> list[bytes]:
+def released(state: ClientCore) -> list[bytes]:
     """The ids of the Release the next message would carry."""
     frames = state.frames()
     if not frames:

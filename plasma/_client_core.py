@@ -1,0 +1,825 @@
+"""The client core (internal): one sans-I/O state machine that both clients drive.
+
+It numbers and checks requests, chunks id lists, decodes reply frames, maps each segment
+once (through :mod:`plasma.linux.memfd`), builds zero-copy views of objects, keeps the
+references (views, the release-delay cache, subscription prefetches, revocations), the
+small-object arena and deferred errors, and implements every client call once, as a
+generator of actions (:data:`Action`): the blocking client (:mod:`plasma.client`) and the trio
+client (:mod:`plasma.aio`) only carry out those actions, sending and receiving bytes and
+descriptors. A feature written here is a feature of both clients.
+
+An operation yields ``Call(msgs)`` (send ``msgs``, resume with the reply to the last one, or
+with its error thrown in), ``Send(msgs)`` (send, do not wait), ``POLL`` (take in what the
+coordinator pushed already, without blocking: the blocking client reads only when asked)
+and ``EXCLUSIVE`` (no other operation that writes into the arena may run until this one
+ends; asked only of a driver that runs operations concurrently).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import math
+import mmap
+import re
+import threading
+import weakref
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import msgspec
+import numpy as np
+
+from plasma import protocol as p
+from plasma import serialization
+from plasma.errors import BadRequest, PlasmaError, error_for
+from plasma.ids import ObjectID, as_id_bytes
+from plasma.linux.memfd import map_segment, populate_range
+
+ObjectRef = ObjectID | bytes
+
+# replies such as a full List can be large; requests are capped by the coordinator
+REPLY_MAX_FRAME = 1 << 30
+RECV_SIZE = 256 * 1024
+# Objects up to ARENA_OBJECT_LIMIT bytes (data + metadata) are written into a range of a
+# segment the client reserved in advance (its arena): ARENA_SIZE at least, room for
+# ARENA_OBJECTS objects of the size at hand, but at most 1/64 of the store.
+ARENA_SIZE = 1 << 20
+ARENA_OBJECTS = 16
+ARENA_OBJECT_LIMIT = 1 << 20
+# Released objects whose reference a client keeps, so getting them again needs no round trip
+# (as Arrow Plasma's release_delay); dropped on flush(), close() and when revoked by a delete.
+# At most RELEASE_DELAY objects and RELEASE_DELAY_BYTES bytes (and 1/32 of the store), so
+# that a client never keeps much memory from eviction; all of it goes back when the
+# coordinator, short of memory, sends Reclaim.
+RELEASE_DELAY = 64
+RELEASE_DELAY_BYTES = 64 << 20
+RELEASE_DELAY_SHARE = 32
+MAX_DEFERRED_ERRORS = 64  # kept one by one; beyond, only counted
+# ids per request frame: 20 bytes plus MessagePack framing each, well under the default
+# 1 MiB frame limit of the coordinator and its MAX_IDS_PER_REQUEST
+IDS_PER_FRAME = 16384
+
+
+# A segment first received to write into is mapped with its page tables filled in, so a put
+# writes at memcpy speed; one received to read from is mapped lazily (a reader of one object
+# need not pay for the whole segment), and a large object created in it later has just its
+# own range populated.
+POPULATE_OBJECT_MIN = 1 << 20
+
+
+class Call(NamedTuple):
+    """Send ``msgs``; resume with the reply to the last one (its Error raised into the op)."""
+
+    msgs: tuple[msgspec.Struct, ...]
+
+
+class Send(NamedTuple):
+    """Send ``msgs`` without waiting for anything."""
+
+    msgs: tuple[msgspec.Struct, ...]
+
+
+POLL = "poll"  # take in pushed messages already received, without blocking
+EXCLUSIVE = "exclusive"  # hold this client's arena until the operation ends
+Action = Call | Send | str
+Op = Generator[Action, Any, Any]
+
+
+# Requests the clients build only from values checked already (ids through as_id_bytes,
+# timeouts through check_timeout, arena offsets they were granted): sent as they are. Every
+# other request is checked against the coordinator's bounds before it leaves, so a bad
+# argument is a BadRequest here instead of a connection the coordinator closes.
+_TRUSTED = frozenset({p.Get, p.Contains, p.Sync, p.Seal, p.Release, p.SealArena, p.ReturnArena})
+_REQUEST_DECODER = msgspec.msgpack.Decoder(p.Request)
+
+
+def checked(msg: msgspec.Struct) -> msgspec.Struct:
+    """``msg`` if the coordinator will accept its fields; else BadRequest naming the field."""
+    if type(msg) in _TRUSTED:
+        return msg
+    try:
+        _REQUEST_DECODER.decode(msgspec.msgpack.encode(msg))
+    except msgspec.ValidationError as exc:
+        fields = ("tag", *msg.__struct_fields__)  # array-like: the tag is element 0
+
+        def name(m: re.Match[str]) -> str:
+            i = int(m.group(1))
+            return fields[i] if i < len(fields) else m.group(0)
+
+        text = re.sub(r"\$\[(\d+)\]", name, str(exc), count=1)
+        raise BadRequest(f"{type(msg).__name__}: {text}") from None
+    return msg
+
+
+def check_timeout(timeout: float | None) -> float | None:
+    """``timeout`` if it is None or finite seconds >= 0; else BadRequest (a ValueError)."""
+    if timeout is not None and not (math.isfinite(timeout) and timeout >= 0):
+        raise BadRequest(f"timeout must be None or finite seconds >= 0, got {timeout!r}")
+    return timeout
+
+
+_WRITE_REPLIES = (p.Created, p.ArenaGranted)
+
+
+def _size(loc: p.ObjectLocation) -> int:
+    return loc.data_size + loc.metadata_size
+
+
+def chunks(ids: list[bytes]) -> Iterator[list[bytes]]:
+    """``ids`` in pieces of at most ``IDS_PER_FRAME``."""
+    for start in range(0, len(ids), IDS_PER_FRAME):
+        yield ids[start : start + IDS_PER_FRAME]
+
+
+def _id_list(object_ids: ObjectRef | Iterable[ObjectRef]) -> tuple[list[bytes], bool]:
+    """The ids as bytes, and whether a single id (not a sequence) was given."""
+    if isinstance(object_ids, (ObjectID, bytes)):
+        return [as_id_bytes(object_ids)], True
+    return [as_id_bytes(o) for o in object_ids], False
+
+
+@dataclass(slots=True)
+class _Held:
+    loc: p.ObjectLocation
+    views: int = 1
+    revoked: bool = False
+
+
+@dataclass
+class Arena:
+    """A range of a segment this client fills with small objects itself.
+
+    ``node`` is what the arena was requested for (None: the client's default node); the store
+    keeps one arena per client, so asking for another node replaces it.
+    """
+
+    segment: int
+    start: int
+    end: int
+    cursor: int
+    node: int | None
+    alignment: int = 64
+
+    def take(self, nbytes: int) -> int | None:
+        """Offset for an object of ``nbytes`` (an empty one still takes one alignment unit),
+        or None when it does not fit."""
+        mask = self.alignment - 1
+        need = ((nbytes + mask) & ~mask) or self.alignment
+        if self.cursor + need > self.end:
+            return None
+        offset = self.cursor
+        self.cursor += need
+        return offset
+
+
+class ClientCore:
+    """Everything a client knows about its connection, and every call, without any I/O."""
+
+    def __init__(self, release_delay: int = RELEASE_DELAY, *, concurrent: bool = False) -> None:
+        # a driver that runs several operations at once (the trio client) is asked to hold
+        # the arena (EXCLUSIVE) around operations that write into it
+        self.concurrent = concurrent
+        self.decoder = p.FrameDecoder(p.Reply, REPLY_MAX_FRAME)
+        self.info: p.Connected | None = None
+        self.alignment = 64  # what the coordinator aligns objects to (Connected.alignment)
+        self.maps: dict[int, mmap.mmap] = {}
+        self.notifications: collections.deque[p.Notification] = collections.deque()
+        self.run_requests: collections.deque[p.RunRequest] = collections.deque()
+        self.deferred_errors: list[PlasmaError] = []
+        self.deferred_dropped = 0
+        self.arena: Arena | None = None
+        self.prefetched: dict[bytes, list[p.ObjectLocation]] = {}
+        # objects we hold one reference to: with live views (held) or recently released
+        # (cache, oldest first, at most release_delay; revoked when someone deletes them)
+        self.held: dict[bytes, _Held] = {}
+        self.cache: dict[bytes, p.ObjectLocation] = {}
+        self.cache_bytes = 0
+        self.cache_limit = RELEASE_DELAY_BYTES  # lowered by connected() for small stores
+        self.release_delay = release_delay
+        self.fatal: PlasmaError | None = None  # why the coordinator closed the connection
+        self.reclaim_requested = False  # a Reclaim arrived: answer with reclaim_messages()
+        self._held_lock = threading.RLock()  # finalizers may run on any thread
+        # one receive buffer for the connection's life: a fresh 256 KiB bytes object per recv
+        # would cost an mmap/munmap and page faults on every reply
+        self.recv_view = memoryview(bytearray(RECV_SIZE))
+        self._fds: collections.deque[int] = collections.deque()
+        self._lazy: set[int] = set()  # segments mapped without MAP_POPULATE
+        self._releases: collections.deque[bytes] = collections.deque()  # appended by finalizers
+        # requests whose caller went away (a cancelled trio task): seq -> the request, so the
+        # references or objects its reply brings are handed back
+        self._abandoned: dict[int, msgspec.Struct] = {}
+        self._aborts: collections.deque[bytes] = collections.deque()  # of objects made for them
+        self._seq = 0
+        self._seq_lock = threading.Lock()
+
+    # ---------------------------------------------------------------- outgoing
+
+    def next_seq(self) -> int:
+        with self._seq_lock:
+            self._seq += 1
+            return self._seq
+
+    def frames(self, *msgs: msgspec.Struct) -> bytes:
+        """Encoded frames for ``msgs``, preceded by Releases for views that died meanwhile.
+
+        Raises BadRequest, taking nothing, when a message is out of the coordinator's bounds.
+        """
+        if len(msgs) == 1 and not self._releases and not self._aborts:  # the common case
+            return p.encode(checked(msgs[0]))
+        encoded = [p.encode(checked(m)) for m in msgs]
+        out = []
+        releases = self._releases
+        while releases:
+            ids = [releases.popleft() for _ in range(min(len(releases), IDS_PER_FRAME))]
+            out.append(p.encode(p.Release(seq=self.next_seq(), ids=ids, ack=False)))
+        while self._aborts:
+            abort = p.Abort(seq=self.next_seq(), id=self._aborts.popleft())
+            self._abandoned[abort.seq] = abort  # its answer concerns nobody
+            out.append(p.encode(abort))
+        out += encoded
+        return b"".join(out)
+
+    def connect_request(self, client_name: str, cpus: list[int]) -> p.Connect:
+        return p.Connect(
+            seq=self.next_seq(),
+            protocol_version=p.PROTOCOL_VERSION,
+            client_name=client_name,
+            cpus=cpus,
+        )
+
+    def connected(self, reply: p.Connected) -> None:
+        """Take in the coordinator's answer to Connect."""
+        self.info = reply
+        self.alignment = reply.alignment
+        self.cache_limit = min(RELEASE_DELAY_BYTES, reply.capacity // RELEASE_DELAY_SHARE)
+
+    def align(self, n: int) -> int:
+        """``n`` rounded up to the coordinator's alignment."""
+        mask = self.alignment - 1
+        return (n + mask) & ~mask
+
+    def reclaim_messages(self) -> list[msgspec.Struct]:
+        """The answer to a Reclaim: every cached reference is released (with the next frames)
+        and the arena given back; the next small put asks for a new one."""
+        self.reclaim_requested = False
+        self.drop_cache()
+        arena, self.arena = self.arena, None
+        return [] if arena is None else [p.ReturnArena(seq=self.next_seq(), segment=arena.segment)]
+
+    def closing_frames(self) -> bytes:
+        """What to send before closing: the releases still queued (cached ones included)."""
+        self.drop_cache()
+        return self.frames() if self._releases or self._aborts else b""
+
+    def abandon(self, msg: msgspec.Struct) -> None:
+        """The caller of ``msg`` will not read its reply: give back what the reply brings."""
+        if isinstance(msg, (p.Get, p.Create, p.CreateMany)):
+            self._abandoned[msg.seq] = msg
+
+    def take_deferred_error(self) -> PlasmaError | None:
+        """An error of an earlier request sent without waiting, to raise now (the count of
+        those beyond ``MAX_DEFERRED_ERRORS`` comes with the last one kept)."""
+        if not self.deferred_errors:
+            return None
+        err = self.deferred_errors.pop(0)
+        if not self.deferred_errors and self.deferred_dropped:
+            err = type(err)(f"{err.message} (and {self.deferred_dropped} more errors)")
+            self.deferred_dropped = 0
+        return err
+
+    def check_usable(self) -> None:
+        """Raise the coordinator's reason for closing, or the oldest deferred error."""
+        if self.fatal is not None:
+            raise type(self.fatal)(self.fatal.message)
+        err = self.take_deferred_error()
+        if err is not None:
+            raise err
+
+    # ---------------------------------------------------------------- incoming
+
+    def feed(self, data: bytes | memoryview, fds: list[int]) -> list[Any]:
+        """Decode received bytes; returns replies to requests (pushes are queued here)."""
+        self._fds.extend(fds)
+        self.decoder.feed(data)
+        replies = []
+        for msg in self.decoder.messages():
+            segments = getattr(msg, "segments", None)
+            if segments:
+                self._map_segments(segments, for_writing=isinstance(msg, _WRITE_REPLIES))
+            if isinstance(msg, p.Notification):
+                if msg.location is not None:
+                    self.prefetched.setdefault(msg.id, []).append(msg.location)
+                self.notifications.append(msg)
+            elif isinstance(msg, p.RunRequest):
+                self.run_requests.append(msg)
+            elif isinstance(msg, p.Revoked):
+                self.revoke(msg.ids)
+            elif isinstance(msg, p.Reclaim):
+                self.reclaim_requested = True
+            else:
+                replies.append(msg)
+        return replies
+
+    def next_notification(self) -> p.Notification:
+        """The oldest notification received; PlasmaError when it says the subscription ended
+        because this client fell behind."""
+        note = self.notifications.popleft()
+        if note.kind == "overflow":
+            raise PlasmaError(
+                f"the subscription ended: {note.data_size} bytes of notifications were left "
+                "unread (read them faster, or subscribe again)"
+            )
+        return note
+
+    def unexpected(self, reply: Any) -> None:
+        """A reply nobody waits for: an Error of a request sent without waiting, or (``seq``
+        0) the coordinator's reason for closing the connection, or the reply to an abandoned
+        request, whose references and objects go back."""
+        abandoned = self._abandoned.pop(reply.seq, None) if reply.seq else None
+        if abandoned is not None:
+            self._give_back(abandoned, reply)
+        elif isinstance(reply, p.Error):
+            err = error_for(reply.code, reply.message)
+            if reply.seq == 0:
+                self.fatal = self.fatal or err
+            elif len(self.deferred_errors) < MAX_DEFERRED_ERRORS:
+                self.deferred_errors.append(err)
+            else:
+                self.deferred_dropped += 1
+
+    def _give_back(self, request: Any, reply: Any) -> None:
+        if isinstance(reply, p.Got):
+            for oid, result in zip(request.ids, reply.results, strict=True):
+                if isinstance(result, p.ObjectLocation):
+                    self._releases.append(oid)
+        elif isinstance(reply, p.Created):  # queued as aborts of the objects made for nobody
+            ids = [request.id] if isinstance(request, p.Create) else [i.id for i in request.items]
+            self._aborts.extend(ids)
+
+    def _map_segments(self, segments: list[p.SegmentInfo], *, for_writing: bool) -> None:
+        """Map each segment from its fd: read-only where the coordinator sent a read-only fd
+        (this client's uid may only read)."""
+        for info in segments:
+            if not self._fds:
+                raise PlasmaError(f"segment {info.id} arrived without its file descriptor")
+            self.maps[info.id] = map_segment(
+                self._fds.popleft(), info.size, writable=info.writable, populate=for_writing
+            )
+            if not for_writing:
+                self._lazy.add(info.id)
+
+    # ---------------------------------------------------------------- views
+
+    def write_object(self, loc: p.ObjectLocation, metadata: bytes) -> memoryview:
+        """The writable data view of a created object, its metadata already in place."""
+        mm = self.maps[loc.segment]
+        if loc.segment in self._lazy and loc.data_size >= POPULATE_OBJECT_MIN:
+            populate_range(mm, loc.offset, loc.data_size)
+        if metadata:
+            start = loc.offset + loc.data_size
+            mm[start : start + len(metadata)] = metadata
+        return memoryview(mm)[loc.offset : loc.offset + loc.data_size]
+
+    def readable(self, oid: bytes, loc: p.ObjectLocation) -> tuple[memoryview, memoryview]:
+        """Read-only (data, metadata) views of an object for which the coordinator gave us a
+        reference. While views of it are alive the client holds exactly one reference: a
+        second reference (from a concurrent get) is handed back at once.
+        """
+        with self._held_lock:
+            held = self.held.get(oid)
+            if held is None:
+                self.held[oid] = _Held(loc)
+            else:
+                held.views += 1
+                self._releases.append(oid)
+            return self._views(oid, loc)
+
+    def reuse(self, oid: bytes) -> tuple[memoryview, memoryview] | None:
+        """Views of an object this client holds (in use or recently released and cached),
+        with no round trip; else None."""
+        with self._held_lock:
+            held = self.held.get(oid)
+            if held is None:
+                loc = self.cache.pop(oid, None)
+                if loc is None:
+                    return None
+                self.cache_bytes -= _size(loc)
+                self.held[oid] = held = _Held(loc, views=0)
+            elif held.revoked:
+                return None
+            held.views += 1
+            return self._views(oid, held.loc)
+
+    def start_get(self, ids: list[bytes]) -> PendingGet:
+        """A get of ``ids`` with the objects this client holds already filled in."""
+        return PendingGet(self, ids, [self.reuse(oid) for oid in ids])
+
+    def take_prefetched(self, ids: list[bytes]) -> list[p.ObjectLocation | str] | None:
+        """Locations handed over by a with_locations subscription (a reference each), when
+        there is one for every id: no round trip needed."""
+        prefetched = self.prefetched
+        if not prefetched or any(not prefetched.get(oid) for oid in ids):
+            return None
+        locations: list[p.ObjectLocation | str] = []
+        for oid in ids:
+            locations.append(prefetched[oid].pop())
+            if not prefetched[oid]:
+                del prefetched[oid]
+        return locations
+
+    def revoke(self, ids: list[bytes]) -> None:
+        """The coordinator waits for our references to these to delete them."""
+        with self._held_lock:
+            for oid in ids:
+                loc = self.cache.pop(oid, None)
+                if loc is not None:
+                    self.cache_bytes -= _size(loc)
+                    self._releases.append(oid)
+                elif oid in self.held:
+                    self.held[oid].revoked = True
+
+    def drop_cache(self) -> None:
+        """Release every cached (unused) reference with the next message."""
+        with self._held_lock:
+            self._releases.extend(self.cache)
+            self.cache.clear()
+            self.cache_bytes = 0
+
+    def _views(self, oid: bytes, loc: p.ObjectLocation) -> tuple[memoryview, memoryview]:
+        total = loc.data_size + loc.metadata_size
+        owner = np.frombuffer(
+            self.maps[loc.segment], np.uint8, count=max(total, 1), offset=loc.offset
+        )
+        owner.flags.writeable = False
+        weakref.finalize(owner, self._drop_view, oid)
+        view = owner.data  # a memoryview that keeps ``owner`` alive
+        return view[: loc.data_size], view[loc.data_size : total]
+
+    def _drop_view(self, oid: bytes) -> None:
+        """Finalizer of a view owner (any thread, any time): when the last view of an object
+        goes, keep its reference in the release-delay cache (releasing the oldest ones beyond
+        ``release_delay`` objects or ``cache_limit`` bytes) or release it."""
+        with self._held_lock:
+            held = self.held.get(oid)
+            if held is None:
+                return
+            held.views -= 1
+            if held.views:
+                return
+            del self.held[oid]
+            if held.revoked or not self.release_delay:
+                self._releases.append(oid)
+                return
+            self.cache[oid] = held.loc
+            self.cache_bytes += _size(held.loc)
+            cache = self.cache
+            while len(cache) > self.release_delay or self.cache_bytes > self.cache_limit:
+                oldest = next(iter(cache))
+                self.cache_bytes -= _size(cache.pop(oldest))
+                self._releases.append(oldest)
+
+    def close_maps(self) -> None:
+        for mm in self.maps.values():
+            with contextlib.suppress(BufferError):  # views still alive: unmapped when they go
+                mm.close()
+        self.maps.clear()
+
+    # ---------------------------------------------------------------- operations
+    # Each is a generator the clients drive (see the module docstring); the public methods
+    # of plasma.client.Client and plasma.aio.AsyncClient are these, one to one.
+
+    def create(
+        self,
+        object_id: ObjectRef,
+        size: int,
+        metadata: bytes = b"",
+        node: int | None = None,
+        timeout: float | None = 0.0,
+    ) -> Op:
+        check_timeout(timeout)
+        msg = p.Create(self.next_seq(), as_id_bytes(object_id), size, len(metadata), node, timeout)
+        reply = yield Call((msg,))
+        return self.write_object(reply.locations[0], metadata)
+
+    def seal(self, object_id: ObjectRef) -> Op:
+        yield Send((p.Seal(seq=self.next_seq(), ids=[as_id_bytes(object_id)], ack=False),))
+
+    def abort(self, object_id: ObjectRef) -> Op:
+        yield Call((p.Abort(seq=self.next_seq(), id=as_id_bytes(object_id)),))
+
+    def release(self, object_id: ObjectRef) -> Op:
+        oid = as_id_bytes(object_id)
+        prefetched = self.prefetched.get(oid)
+        if prefetched:
+            prefetched.pop()
+            if not prefetched:
+                del self.prefetched[oid]
+        yield Send((p.Release(seq=self.next_seq(), ids=[oid], ack=False),))
+
+    def create_and_seal(
+        self,
+        object_id: ObjectRef,
+        data: bytes | bytearray | memoryview,
+        metadata: bytes = b"",
+        node: int | None = None,
+    ) -> Op:
+        if type(data) is not bytes:
+            data = memoryview(data).cast("B")
+        dlen = len(data)
+        size = dlen + len(metadata)
+        if size > ARENA_OBJECT_LIMIT:
+            yield from self.create_and_seal_many([(object_id, data, metadata)], node)
+            return
+        if self.concurrent:
+            yield EXCLUSIVE
+        arena = self.arena
+        offset = arena.take(size) if arena is not None and arena.node == node else None
+        if offset is None or arena is None:
+            arena, offset = yield from self._arena_slot(size, node)
+        mm = self.maps[arena.segment]
+        mm[offset : offset + dlen] = data
+        if metadata:
+            mm[offset + dlen : offset + size] = metadata
+        obj = p.ArenaObject(as_id_bytes(object_id), offset, dlen, len(metadata))
+        yield Send((p.SealArena(self.next_seq(), arena.segment, [obj]),))
+
+    def create_and_seal_many(
+        self,
+        items: Sequence[tuple[ObjectRef, bytes | bytearray | memoryview, bytes]],
+        node: int | None = None,
+    ) -> Op:
+        """Objects up to ``ARENA_OBJECT_LIMIT`` bytes are written into the arena and registered
+        by ``SealArena`` messages sent without waiting; larger ones by one CreateMany. When
+        an arena refill fails (StoreFull) the objects before it are stored, the rest not."""
+        if self.concurrent:
+            yield EXCLUSIVE
+        mask = self.alignment - 1
+        msgs: list[msgspec.Struct] = []
+        batch: list[p.ArenaObject] = []
+        large: list[tuple[bytes, memoryview, bytes]] = []
+        arena = self.arena if self.arena is not None and self.arena.node == node else None
+        mm = self.maps.get(arena.segment) if arena is not None else None
+        for object_id, data, meta in items:
+            oid = object_id.binary() if type(object_id) is ObjectID else as_id_bytes(object_id)
+            if type(data) is not bytes:
+                data = memoryview(data).cast("B")
+            dlen = len(data)
+            size = dlen + len(meta)
+            if size > ARENA_OBJECT_LIMIT:
+                large.append((oid, memoryview(data), meta))
+                continue
+            need = ((size + mask) & ~mask) or mask + 1  # what Arena.take uses, inlined
+            if arena is not None and mm is not None and arena.cursor + need <= arena.end:
+                offset = arena.cursor
+                arena.cursor += need
+            else:
+                if batch:
+                    assert arena is not None
+                    msgs.append(p.SealArena(self.next_seq(), arena.segment, batch))
+                    batch = []
+                arena = yield from self._new_arena(size, node, pending=msgs)
+                mm = self.maps[arena.segment]
+                msgs = []
+                taken = arena.take(size)
+                assert taken is not None
+                offset = taken
+            assert mm is not None
+            mm[offset : offset + dlen] = data
+            if meta:
+                mm[offset + dlen : offset + size] = meta
+            batch.append(p.ArenaObject(oid, offset, dlen, len(meta)))
+            if len(batch) == IDS_PER_FRAME:
+                msgs.append(p.SealArena(self.next_seq(), arena.segment, batch))
+                batch = []
+        if batch:
+            assert arena is not None
+            msgs.append(p.SealArena(self.next_seq(), arena.segment, batch))
+        for start in range(0, len(large), IDS_PER_FRAME):
+            part = large[start : start + IDS_PER_FRAME]
+            # the arena's SealArenas go first: an answer to Reclaim read while waiting for
+            # this reply returns the arena, and must come after them
+            create = p.CreateMany(
+                seq=self.next_seq(),
+                items=[p.CreateItem(oid, len(d), len(m)) for oid, d, m in part],
+                node=node,
+            )
+            reply = yield Call((*msgs, create))
+            msgs = []
+            for (_, data, meta), loc in zip(part, reply.locations, strict=True):
+                self.write_object(loc, meta)[:] = data
+            msgs += self._seal_and_release([oid for oid, _, _ in part])
+        if msgs:
+            yield Send(tuple(msgs))
+
+    def _arena_slot(self, size: int, node: int | None) -> Generator[Action, Any, tuple[Arena, int]]:
+        """An arena for ``node`` with room for ``size`` bytes, and the offset taken there."""
+        arena = self.arena
+        if arena is None or arena.node != node or arena.segment not in self.maps:
+            arena = yield from self._new_arena(size, node, pending=[])
+        offset = arena.take(size)
+        if offset is None:
+            arena = yield from self._new_arena(size, node, pending=[])
+            offset = arena.take(size)
+            assert offset is not None
+        return arena, offset
+
+    def _new_arena(
+        self, size: int, node: int | None, pending: list[msgspec.Struct]
+    ) -> Generator[Action, Any, Arena]:
+        """Ask for a fresh arena, sending ``pending`` messages in the same write."""
+        # The coordinator takes back the old arena's tail when it reads this request, whether
+        # or not it can grant a new one: never write into the old one again.
+        self.arena = None
+        capacity = self.info.capacity if self.info is not None else 0
+        # room for many objects of this size, but never much of the store
+        need = self.align(size) or self.alignment
+        room = min(ARENA_OBJECTS * need, max(ARENA_SIZE, capacity // 64))
+        msg = p.Arena(
+            seq=self.next_seq(), size=max(ARENA_SIZE, room, need), node=node, min_size=need
+        )
+        reply = yield Call((*pending, msg))
+        arena = Arena(
+            reply.segment,
+            reply.offset,
+            reply.offset + reply.size,
+            reply.offset,
+            node,
+            self.alignment,
+        )
+        self.arena = arena
+        return arena
+
+    def _seal_and_release(self, ids: list[bytes]) -> tuple[p.Seal, p.Release]:
+        """What finishes ``create_and_seal``: seal, then drop the creator's reference."""
+        return p.Seal(self.next_seq(), ids, ack=False), p.Release(self.next_seq(), ids)
+
+    def get_buffers(
+        self,
+        object_ids: Iterable[ObjectRef],
+        timeout: float | None,
+        with_metadata: bool,
+        raise_missing: bool,
+    ) -> Op:
+        return self._get(
+            [as_id_bytes(o) for o in object_ids], timeout, with_metadata, raise_missing
+        )
+
+    def _get(
+        self, ids: list[bytes], timeout: float | None, with_metadata: bool, raise_missing: bool
+    ) -> Op:
+        check_timeout(timeout)
+        if any(oid in self.held or oid in self.cache for oid in ids):
+            yield POLL  # take in revocations already sent before serving locally
+        get = self.start_get(ids)
+        if get.missing:
+            locations = self.take_prefetched(get.missing)
+            if locations is None:
+                locations = []
+                for chunk in chunks(get.missing):
+                    reply = yield Call((p.Get(seq=self.next_seq(), ids=chunk, timeout=timeout),))
+                    locations += reply.results
+            get.fill(locations, timeout)
+        return get.result(with_metadata, raise_missing=raise_missing)
+
+    def get(self, object_ids: Any, timeout: float | None, with_metadata: bool) -> Op:
+        ids, single = _id_list(object_ids)
+        results = yield from self._get(ids, timeout, with_metadata, True)
+        return results[0] if single else results
+
+    def get_metadata(self, object_ids: Sequence[ObjectRef], timeout: float | None) -> Op:
+        pairs = yield from self.get_buffers(object_ids, timeout, True, True)
+        return [bytes(meta) for _, meta in pairs]
+
+    def contains(self, object_id: ObjectRef) -> Op:
+        reply = yield Call((p.Contains(seq=self.next_seq(), id=as_id_bytes(object_id)),))
+        return reply.present
+
+    def delete(self, object_ids: ObjectRef | Iterable[ObjectRef]) -> Op:
+        ids, _ = _id_list(object_ids)
+        deferred: list[bytes] = []
+        missing: list[bytes] = []
+        for chunk in chunks(ids):
+            reply = yield Call((p.Delete(seq=self.next_seq(), ids=chunk),))
+            deferred += reply.deferred
+            missing += reply.missing
+        if missing:
+            raise error_for(
+                "object_not_found",
+                "not found or not sealed: " + ", ".join(m.hex() for m in missing),
+            )
+        return [ObjectID(d) for d in deferred]
+
+    def list(self) -> Op:
+        reply = yield Call((p.List(seq=self.next_seq()),))
+        return {
+            ObjectID(o.id): {f: getattr(o, f) for f in o.__struct_fields__ if f != "id"}
+            for o in reply.objects
+        }
+
+    def evict(self, nbytes: int) -> Op:
+        reply = yield Call((p.Evict(seq=self.next_seq(), nbytes=nbytes),))
+        return reply.nbytes
+
+    def stats(self, placement: bool) -> Op:
+        reply = yield Call((p.Stats(seq=self.next_seq(), placement=placement),))
+        return reply.stats
+
+    def register_task(self, task_id: str, pid: int, node: int | None, run_id: str) -> Op:
+        msg = p.TaskRegister(self.next_seq(), task_id=task_id, pid=pid, node=node, run_id=run_id)
+        yield Call((msg,))
+
+    def task_done(self, task_id: str, run_id: str) -> Op:
+        yield Call((p.TaskDone(seq=self.next_seq(), task_id=task_id, run_id=run_id),))
+
+    def submit_sample(self, task_id: str, sample: Any, run_id: str) -> Op:
+        data = msgspec.to_builtins(sample)
+        yield Call((p.SubmitSample(self.next_seq(), task_id=task_id, sample=data, run_id=run_id),))
+
+    def flush(self) -> Op:
+        self.drop_cache()
+        yield Call((p.Sync(seq=self.next_seq()),))
+        self.check_usable()
+
+    def subscribe(self, with_locations: bool) -> Op:
+        yield Call((p.Subscribe(seq=self.next_seq(), with_locations=with_locations),))
+
+    def run_call(self, run_id: str, payload: Any) -> Op:
+        reply = yield Call((p.RunCall(seq=self.next_seq(), run_id=run_id, payload=payload),))
+        return reply.payload
+
+    def register_run(self, run_id: str) -> Op:
+        yield Call((p.RunRegister(seq=self.next_seq(), run_id=run_id),))
+
+    def respond(
+        self, request: p.RunRequest, payload: Any = None, code: str | None = None, message: str = ""
+    ) -> Op:
+        msg = p.RunRespond(
+            seq=self.next_seq(),
+            request=request.request,
+            payload=payload,
+            code=code,
+            message=message[: p.MAX_STRING],
+        )
+        yield Send((msg,))
+
+    def put(self, value: Any, object_id: ObjectRef | None, node: int | None) -> Op:
+        oid = ObjectID(as_id_bytes(object_id)) if object_id is not None else ObjectID.from_random()
+        enc = serialization.encode(value)
+        size = enc.data_size + len(enc.metadata)
+        if size <= ARENA_OBJECT_LIMIT:  # written straight into the arena, no round trip
+            if self.concurrent:
+                yield EXCLUSIVE
+            arena, offset = yield from self._arena_slot(size, node)
+            mm = self.maps[arena.segment]
+            mm[offset + enc.data_size : offset + size] = enc.metadata
+            with memoryview(mm)[offset : offset + enc.data_size] as view:
+                enc.write(view)
+            obj = p.ArenaObject(oid.binary(), offset, enc.data_size, len(enc.metadata))
+            yield Send((p.SealArena(self.next_seq(), arena.segment, [obj]),))
+            return oid
+        view = yield from self.create(oid, enc.data_size, enc.metadata, node)
+        enc.write(view)
+        view.release()
+        yield Send(self._seal_and_release([oid.binary()]))
+        return oid
+
+    def get_object(self, object_id: ObjectRef, timeout: float | None) -> Op:
+        data, meta = yield from self.get(object_id, timeout, True)
+        return serialization.decode(data, meta)
+
+
+Views = tuple[memoryview, memoryview]
+
+
+class PendingGet:
+    """Views of a get being assembled: local ones first, then what the coordinator sent."""
+
+    def __init__(self, state: ClientCore, ids: list[bytes], views: list[Views | None]) -> None:
+        self._state = state
+        self._ids = ids
+        self._views = views
+        self._wanted = [i for i, v in enumerate(views) if v is None]
+        self.missing = [ids[i] for i in self._wanted]  # ids to ask the coordinator for
+        self._failure: PlasmaError | None = None
+
+    def fill(self, locations: list[p.ObjectLocation | str], timeout: float | None) -> None:
+        for i, loc in zip(self._wanted, locations, strict=True):
+            if isinstance(loc, str):
+                if self._failure is None:
+                    what = (
+                        f"object {self._ids[i].hex()} is not available ({loc}, timeout={timeout})"
+                    )
+                    self._failure = error_for(loc, what)
+            else:
+                self._views[i] = self._state.readable(self._ids[i], loc)
+
+    def result(self, with_metadata: bool, *, raise_missing: bool) -> list[Any]:
+        """Data views (or (data, metadata) pairs), None where unavailable; or raise for the
+        first unavailable id, dropping the views so their references go back."""
+        views = self._views
+        if self._failure is not None and raise_missing:
+            views.clear()
+            raise self._failure
+        return [v if v is None or with_metadata else v[0] for v in views]

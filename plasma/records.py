@@ -1,0 +1,79 @@
+"""Records of the store (internal): where objects and segments are, what ``list()`` shows.
+
+These msgspec Structs are what :mod:`plasma.store`, :mod:`plasma.segments` and the clients
+pass around, and they travel inside :mod:`plasma.protocol` messages unchanged: every one is
+array-like, so its field order (and each default, for an older peer) is its wire encoding;
+never reorder, rename or drop a field. They live here, apart from the message union and the
+frame codec, so the layers below the coordinator need not import the wire protocol.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+from plasma.ids import ID_SIZE
+
+# The largest seq, size, offset, byte count, segment id or relay id a request may carry (a
+# signed 64-bit integer, what the store and the kernel interfaces below it take).
+MAX_INT = 2**63 - 1
+
+# Bounds of the fields a client sends inside a record (``CreateItem``, ``ArenaObject``);
+# plasma.protocol bounds its requests' fields with the same two.
+BoundedInt = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
+IdBytes = Annotated[bytes, msgspec.Meta(min_length=ID_SIZE, max_length=ID_SIZE)]
+
+
+class SegmentInfo(msgspec.Struct, array_like=True, gc=False):
+    """A shared-memory segment; its fd accompanies the frame that first lists it."""
+
+    id: int
+    size: int
+    node: int
+    page_size: int
+    writable: bool = True  # False: the fd is read-only, map it PROT_READ
+
+
+class ObjectLocation(msgspec.Struct, array_like=True, gc=False):
+    """Where an object's bytes live: data at ``offset``, metadata right after it."""
+
+    segment: int
+    offset: int
+    data_size: int
+    metadata_size: int
+    node: int
+
+
+class ObjectInfo(msgspec.Struct, array_like=True, gc=False):
+    """One row of ``list()``."""
+
+    id: bytes
+    data_size: int
+    metadata_size: int
+    node: int
+    state: str  # "created" | "sealed"
+    ref_count: int
+    create_time: float
+    owner: int  # client id of the creator
+
+
+class NodeInfo(msgspec.Struct, array_like=True, gc=False):
+    id: int
+    capacity: int
+    cpus: list[int]
+
+
+class CreateItem(msgspec.Struct, array_like=True, gc=False):
+    id: IdBytes
+    data_size: BoundedInt
+    metadata_size: BoundedInt = 0
+
+
+class ArenaObject(msgspec.Struct, array_like=True, gc=False):
+    """An object a client carved out of its arena, registered sealed by ``SealArena``."""
+
+    id: IdBytes
+    offset: BoundedInt
+    data_size: BoundedInt
+    metadata_size: BoundedInt

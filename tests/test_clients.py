@@ -1,0 +1,251 @@
+"""The same behaviour, asked of both clients: a divergence between them fails here.
+
+Every test runs twice, against the blocking :mod:`plasma.client` and the trio
+:mod:`plasma.aio` client, through :class:`Either`, which awaits the trio client's coroutines
+and calls the blocking client's methods directly. The fast paths are checked by counting
+the coordinator's operations: a call served without a round trip adds none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import trio
+
+import plasma
+import plasma.aio
+from plasma.perf import PerfSample
+from tests.conftest import RunningCoordinator
+
+
+class Either:
+    """One client, either kind, with every method awaitable."""
+
+    def __init__(self, client: Any, is_async: bool) -> None:
+        self.raw = client
+        self.is_async = is_async
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.raw, name)
+        if not callable(attr):
+            return attr
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            result = attr(*args, **kwargs)
+            if self.is_async:
+                result = await result
+            if isinstance(result, (plasma.Subscription, plasma.aio.AsyncSubscription)):
+                return Either(result, self.is_async)
+            return result
+
+        return call
+
+
+@contextlib.asynccontextmanager
+async def open_client(kind: str, path: str, **options: Any) -> AsyncIterator[Either]:
+    if kind == "trio":
+        async with plasma.aio.connect(path, **options) as client:
+            yield Either(client, True)
+    else:
+        with plasma.connect(path, **options) as client:
+            yield Either(client, False)
+
+
+@pytest.fixture(params=["blocking", "trio"])
+def kind(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def oid(n: int) -> plasma.ObjectID:
+    return plasma.ObjectID(n.to_bytes(20, "big"))
+
+
+async def gets(c: Either) -> int:
+    """How many Get requests the coordinator has served so far."""
+    return (await c.stats())["operations"].get("Get", 0)
+
+
+async def test_values_round_trip_zero_copy(coordinator: RunningCoordinator, kind: str):
+    async with open_client(kind, coordinator.socket) as c:
+        array = np.arange(1000, dtype=np.float32).reshape(10, 100)
+        table = pa.table({"x": [1, 2, 3]})
+        ids = [await c.put(v) for v in (array, table, b"raw bytes")]
+        got = [await c.get_object(i, timeout=5) for i in ids]
+        np.testing.assert_array_equal(got[0], array)
+        assert not got[0].flags.writeable
+        assert got[1].equals(table)
+        assert bytes(got[2]) == b"raw bytes"
+        big = np.ones(3 << 20, dtype=np.uint8)  # past the arena: create + seal
+        assert (await c.get_object(await c.put(big), timeout=5)).sum() == 3 << 20
+
+
+async def test_lifecycle_and_errors(coordinator: RunningCoordinator, kind: str):
+    async with open_client(kind, coordinator.socket) as c:
+        buf = await c.create(oid(1), 5, b"meta")
+        buf[:] = b"hello"
+        with pytest.raises(plasma.ObjectExists):
+            await c.create(oid(1), 5)
+        with pytest.raises(plasma.ObjectNotSealed):
+            await c.get(oid(1), timeout=0)
+        await c.seal(oid(1))
+        data, meta = await c.get(oid(1), timeout=5, with_metadata=True)
+        assert (bytes(data), bytes(meta)) == (b"hello", b"meta")
+        assert await c.get_metadata([oid(1)]) == [b"meta"]
+        assert await c.contains(oid(1))
+        await c.release(oid(1))  # the creator's reference
+        del data, meta
+        with pytest.raises(plasma.PlasmaTimeout):
+            await c.get(oid(2), timeout=0.05)
+        assert await c.get_buffers([oid(1), oid(2)], timeout=0) == [await c.get(oid(1)), None]
+        await c.create(oid(3), 10)
+        await c.abort(oid(3))
+        with pytest.raises(plasma.ObjectNotFound):
+            await c.abort(oid(3))
+        await c.release(oid(9))  # sent without waiting: the error surfaces at flush
+        with pytest.raises(plasma.ObjectNotFound):
+            await c.flush()
+        with pytest.raises(ValueError, match="finite"):
+            await c.get(oid(1), timeout=float("nan"))
+        with pytest.raises(plasma.BadRequest, match="data_size"):
+            await c.create(oid(4), -1)
+        assert await c.contains(oid(1))  # the connection survived every error
+
+
+async def test_delete_takes_one_id_or_many(coordinator: RunningCoordinator, kind: str):
+    async with open_client(kind, coordinator.socket) as c:
+        for n in range(3):
+            await c.create_and_seal(oid(n), b"x")
+        await c.flush()
+        assert await c.delete(oid(0)) == []
+        assert await c.delete([oid(1), oid(2)]) == []
+        with pytest.raises(plasma.ObjectNotFound, match=oid(0).binary().hex()):
+            await c.delete(oid(0))
+        assert await c.list() == {}
+
+
+async def test_small_objects_need_no_round_trip(coordinator: RunningCoordinator, kind: str):
+    async with open_client(kind, coordinator.socket) as c:
+        before = (await c.stats())["operations"]
+        for n in range(50):
+            await c.create_and_seal(oid(n), b"a" * 100)
+        await c.create_and_seal_many([(oid(100 + n), b"b" * 64, b"m") for n in range(500)])
+        for n in range(50):
+            await c.put(np.full(10, n), oid(1000 + n))
+        after = (await c.stats())["operations"]
+        assert after.get("Create", 0) == before.get("Create", 0)
+        assert after.get("CreateMany", 0) == before.get("CreateMany", 0)
+        assert after.get("Arena", 0) - before.get("Arena", 0) <= 2
+        assert len(await c.list()) == 600
+        assert (await c.get_object(oid(1007))).tolist() == [7] * 10
+
+
+async def test_gets_of_many_ids_are_chunked(coordinator: RunningCoordinator, kind: str):
+    async with open_client(kind, coordinator.socket) as c:
+        ids = [oid(n) for n in range(60_000)]
+        await c.create_and_seal_many([(i, b"", b"") for i in ids])
+        views = await c.get(ids, timeout=5)
+        assert len(views) == 60_000
+        del views
+        assert len(await c.delete(ids)) <= 64  # deferred: the release-delay cache holds them
+        await c.flush()
+        assert await c.list() == {}
+
+
+async def test_released_objects_are_got_again_without_a_round_trip(
+    coordinator: RunningCoordinator, kind: str
+):
+    async with open_client(kind, coordinator.socket) as c:
+        await c.create_and_seal(oid(1), b"cached")
+        view = await c.get(oid(1), timeout=5)
+        del view
+        n = await gets(c)
+        for _ in range(10):
+            assert bytes(await c.get(oid(1))) == b"cached"
+        assert await gets(c) == n
+        async with open_client(kind, coordinator.socket) as other:
+            assert await other.delete(oid(1)) == [oid(1)]  # deferred: our cache holds it
+        await c.flush()
+        assert not await c.contains(oid(1))
+
+
+async def test_subscriptions_hand_over_locations(coordinator: RunningCoordinator, kind: str):
+    async with (
+        open_client(kind, coordinator.socket) as sub,
+        open_client(kind, coordinator.socket) as producer,
+    ):
+        subscription = await sub.subscribe(with_locations=True)
+        await producer.create_and_seal(oid(1), b"pushed")
+        await producer.flush()
+        note = await subscription.next(timeout=5)
+        assert (note.kind, note.id) == ("sealed", oid(1).binary())
+        n = await gets(sub)
+        assert bytes(await sub.get(oid(1))) == b"pushed"
+        assert await gets(sub) == n  # served from the notification's reference
+        with pytest.raises(plasma.PlasmaTimeout):
+            await subscription.next(timeout=0.05)
+
+
+async def test_run_calls_and_tasks(coordinator: RunningCoordinator, kind: str):
+    async with open_client(kind, coordinator.socket) as c:
+        with pytest.raises(plasma.ObjectNotFound, match="no live run"):
+            await c.run_call("nope", {"x": 1})
+        await c.register_task("t1", 1, None, "run")
+        sample = PerfSample(1, 0.0, {"task-clock": 5}, {}, None)
+        await c.submit_sample("t1", sample, "run")
+        await c.task_done("t1", "run")
+        (task,) = [t for t in (await c.stats())["tasks"] if t["task_id"] == "t1"]
+        assert task["run_id"] == "run" and task["samples"] >= 1
+
+
+async def test_evict_and_stats(coordinator: RunningCoordinator, kind: str):
+    async with open_client(kind, coordinator.socket, release_delay=0) as c:
+        await c.create_and_seal(oid(1), b"x" * 1000)
+        await c.flush()
+        assert await c.evict(1) == 1024
+        stats = await c.stats()
+        assert stats["evictions"] == 1 and stats["objects"] == 0
+
+
+async def test_a_stopped_coordinator_is_one_documented_error(coordinator_factory, kind: str):
+    coord = coordinator_factory("--memory", "8MiB")
+    async with open_client(kind, coord.socket) as c:
+        await c.put(b"x")
+        assert coord.stop() == 0
+        with pytest.raises(plasma.Disconnected):
+            for _ in range(100):  # the trio client learns it from its reader task
+                await c.contains(oid(1))
+                await trio.sleep(0.01)
+    with pytest.raises(plasma.Disconnected, match="cannot connect"):
+        async with open_client(kind, coord.socket):
+            pass
+
+
+async def test_errors_leave_the_block_unwrapped(coordinator: RunningCoordinator, kind: str):
+    with pytest.raises(plasma.ObjectNotFound):
+        async with open_client(kind, coordinator.socket) as c:
+            await c.get(oid(1), timeout=0)
+
+
+async def test_an_idle_trio_client_gives_memory_back_at_once(coordinator_factory):
+    """The trio client's reader answers Reclaim while the client itself does nothing, so a
+    create of another process that needs that memory succeeds within its reclaim wait."""
+    coord = coordinator_factory("--memory", "32MiB", "--segment-size", "32MiB")
+    async with plasma.aio.connect(coord.socket) as cacher:
+        cacher._core.cache_limit = 1 << 30  # as if the store were large: cache all of it
+        ids = [await cacher.put(bytes(3 << 20)) for _ in range(8)]  # 24 MiB
+        for i in ids:
+            view = await cacher.get(i, timeout=5)
+            del view
+        assert len(cacher._core.cache) == 8
+
+        def create() -> int:
+            with plasma.connect(coord.socket) as creator:
+                return len(creator.create(oid(1), 20 << 20))  # timeout 0
+
+        assert await trio.to_thread.run_sync(create) == 20 << 20
+        assert not cacher._core.cache
