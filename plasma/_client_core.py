@@ -542,7 +542,8 @@ class ClientCore:
         mm[offset : offset + dlen] = data
         if metadata:
             mm[offset + dlen : offset + size] = metadata
-        obj = p.ArenaObject(as_id_bytes(object_id), offset, dlen, len(metadata))
+        oid = object_id.binary() if type(object_id) is ObjectID else as_id_bytes(object_id)
+        obj = p.ArenaObject(oid, offset, dlen, len(metadata))
         yield Send((p.SealArena(self.next_seq(), arena.segment, [obj]),))
 
     def create_and_seal_many(

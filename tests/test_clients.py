@@ -249,3 +249,12 @@ async def test_an_idle_trio_client_gives_memory_back_at_once(coordinator_factory
 
         assert await trio.to_thread.run_sync(create) == 20 << 20
         assert not cacher._core.cache
+
+
+def test_the_trio_client_has_every_method_of_the_blocking_one():
+    def public(cls: type) -> set[str]:
+        return {n for n in dir(cls) if not n.startswith("_") and callable(getattr(cls, n))}
+
+    missing = public(plasma.Client) - public(plasma.aio.AsyncClient) - {"close"}
+    assert not missing, f"plasma.aio.AsyncClient lacks {sorted(missing)}"
+    assert "aclose" in public(plasma.aio.AsyncClient)
