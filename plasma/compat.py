@@ -118,7 +118,7 @@ def _no_serialization_context(serialization_context: object) -> None:
     if serialization_context is not None:
         raise Unsupported(
             "serialization_context is not supported: pyarrow.serialize is gone; values are "
-            "stored by plasma.serialization (numpy, Arrow, bytes)"
+            "stored by plasma.serialization (numpy, Arrow, bytes; anything else with pickle 5)"
         )
 
 

@@ -1,4 +1,4 @@
-"""Choose CPU sets and memory nodes for tasks (sans-I/O, deterministic, explainable).
+"""Choose CPU sets and memory nodes for tasks (internal; sans-I/O, deterministic).
 
 A ``Placer`` holds a ``Topology`` and the CPUs already given out. ``place(request)`` picks
 CPUs for one request and accounts them until ``release(placement)``; ``place_gang`` places

@@ -1,4 +1,6 @@
-"""Zero-copy layouts of numpy arrays, Arrow data and raw bytes in an object buffer (internal).
+"""Zero-copy layouts of numpy arrays, Arrow data, raw bytes and pickles in an object buffer.
+
+(Internal.)
 
 ``encode(value)`` measures a value and returns an :class:`Encoded` that writes it straight
 into a destination buffer (the object's shared memory), with no intermediate copy.
@@ -11,17 +13,30 @@ MessagePack record of the kind, so ``decode`` returns the type that was stored.
 
 Kinds: numpy ``ndarray`` (any fixed-width dtype, C or Fortran order; other layouts are
 made contiguous while writing), ``bytes`` / ``bytearray`` / ``memoryview``, pyarrow
-``Array``, ``ChunkedArray``, ``RecordBatch``, ``Table`` and ``Tensor`` (Arrow IPC), and
-pandas ``DataFrame`` (stored as an Arrow table; pandas is optional). Arrow chunk
-boundaries survive, except that the IPC writer may drop empty chunks. pyarrow and pandas
-are imported only when a value of theirs is encoded or such an object is decoded.
+``Array``, ``ChunkedArray``, ``RecordBatch``, ``Table`` and ``Tensor`` (Arrow IPC; chunk
+boundaries survive, except that the IPC writer may drop empty chunks), and ``pickle5``:
+every other picklable value (dicts, lists, scalars, dataclasses, pandas ``DataFrame`` and
+``Series``...), pickled with protocol 5. Its out-of-band buffers (``pickle.PickleBuffer``:
+contiguous numpy arrays, Arrow buffers, pandas blocks, bytearrays) are copied once, each to
+a 64-byte aligned offset after the in-band pickle bytes, and handed back to
+``pickle.loads`` as read-only views of ``data``, so the arrays inside come back zero-copy
+and read-only. Decoding a ``pickle5`` object runs the unpickling code of the classes it
+names, in the reader: only read objects from writers you trust (see the README's
+Security section: read-write uids are trusted writers of the whole store).
+
+``pandas.dataframe`` (a DataFrame as an Arrow table) is still decoded, for objects
+written by earlier versions, but no longer written: pickle keeps the index, dtypes and
+extension types exactly. pyarrow and pandas are imported only when a value of theirs is
+encoded or such an object is decoded (unpickling imports what the pickle names).
 """
 
 from __future__ import annotations
 
 import ast
 import functools
+import io
 import math
+import pickle
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -41,7 +56,8 @@ ARROW_CHUNKED_ARRAY = "arrow.chunked_array"
 ARROW_RECORD_BATCH = "arrow.record_batch"
 ARROW_TABLE = "arrow.table"
 ARROW_TENSOR = "arrow.tensor"
-PANDAS_DATAFRAME = "pandas.dataframe"
+PANDAS_DATAFRAME = "pandas.dataframe"  # decoded only: DataFrames are now written as pickle5
+PICKLE5 = "pickle5"
 KINDS = (
     NDARRAY,
     BYTES,
@@ -51,7 +67,9 @@ KINDS = (
     ARROW_TABLE,
     ARROW_TENSOR,
     PANDAS_DATAFRAME,
+    PICKLE5,
 )
+ALIGNMENT = 64  # out-of-band pickle buffers start at multiples of this (objects themselves do)
 _COLUMN = "_"  # column name of a lone Array / ChunkedArray carried as a one-column stream
 
 
@@ -60,6 +78,8 @@ class _Header(msgspec.Struct, array_like=True, frozen=True):
     dtype: str = ""  # numpy only: dtype.str, or repr() of the .npy descr for structured dtypes
     shape: tuple[int, ...] = ()
     fortran: bool = False
+    inband: int = 0  # pickle5 only: length of the in-band pickle bytes, at offset 0
+    buffers: tuple[tuple[int, int], ...] = ()  # pickle5 only: (offset, length) per buffer
 
 
 _header_encoder = msgspec.msgpack.Encoder()
@@ -97,8 +117,10 @@ class Encoded:
 
 
 def encode(value: object) -> Encoded:
-    """Measure ``value`` and return how to write it; raises ``TypeError`` for other types."""
-    if isinstance(value, np.ndarray):
+    """Measure ``value`` and return how to write it; ``TypeError`` if it cannot be pickled."""
+    if isinstance(value, np.ndarray) and not (
+        value.dtype.hasobject or isinstance(value, np.ma.MaskedArray)
+    ):  # object and masked arrays are pickled: their elements are Python objects
         return _encode_ndarray(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return _encode_bytes(memoryview(value))
@@ -107,16 +129,9 @@ def encode(value: object) -> Encoded:
         value, (arrow.Array, arrow.ChunkedArray, arrow.RecordBatch, arrow.Table, arrow.Tensor)
     ):
         return _encode_arrow(value)
-    pd = sys.modules.get("pandas")
-    if pd is not None and isinstance(value, pd.DataFrame):
-        import pyarrow as pa
-
-        return _encode_arrow(pa.Table.from_pandas(value), kind=PANDAS_DATAFRAME)
-    raise TypeError(
-        f"cannot store a {type(value).__module__}.{type(value).__qualname__}: supported are "
-        "numpy.ndarray, bytes, bytearray, memoryview, pyarrow Array, ChunkedArray, "
-        "RecordBatch, Table, Tensor and pandas DataFrame"
-    )
+    # everything else, pandas DataFrame and Series included: pandas pickles its blocks as
+    # out-of-band buffers, so numeric columns come back as views of the object
+    return _encode_pickle5(value)
 
 
 def decode(data: memoryview | bytes, metadata: bytes | memoryview) -> Any:
@@ -131,6 +146,8 @@ def decode(data: memoryview | bytes, metadata: bytes | memoryview) -> Any:
         return _decode_ndarray(view, header)
     if header.kind == BYTES:
         return view
+    if header.kind == PICKLE5:
+        return _decode_pickle5(view, header)
     return _decode_arrow(view, header.kind)
 
 
@@ -164,13 +181,6 @@ def _parse_header_bytes(raw: bytes) -> _Header:
 
 
 def _encode_ndarray(arr: np.ndarray) -> Encoded:
-    if isinstance(arr, np.ma.MaskedArray):
-        raise TypeError("masked arrays are not supported: store .data and .mask separately")
-    if arr.dtype.hasobject:
-        raise TypeError(
-            f"numpy arrays of dtype {arr.dtype} hold Python object pointers, which cannot be "
-            "shared: convert to a fixed-width dtype or to an Arrow array first"
-        )
     fortran = bool(arr.flags.f_contiguous and not arr.flags.c_contiguous)
     header = _Header(NDARRAY, _dtype_to_str(arr.dtype), tuple(arr.shape), fortran)
 
@@ -290,3 +300,103 @@ def _decode_arrow(view: memoryview, kind: str) -> Any:
     if kind == PANDAS_DATAFRAME:
         return table.to_pandas(split_blocks=True)
     return table
+
+
+# ---------------------------------------------------------------- pickle protocol 5
+
+
+def _encode_pickle5(value: object) -> Encoded:
+    raws: list[memoryview] = []
+
+    def keep(buf: pickle.PickleBuffer) -> bool:
+        try:
+            raws.append(buf.raw())  # one flat byte view of the source, C or Fortran order
+        except BufferError:
+            return True  # not contiguous: in-band (pickle refuses such buffers, see below)
+        return False
+
+    try:
+        sink = io.BytesIO()
+        _Pickler(sink, protocol=5, buffer_callback=keep).dump(value)
+        inband = sink.getvalue()
+    except Exception as exc:
+        for raw in raws:
+            raw.release()
+        raise TypeError(
+            f"cannot store a {_describe(value)}: {type(exc).__name__}: {exc} (values other "
+            "than numpy arrays, bytes and Arrow objects are stored with pickle protocol 5)"
+        ) from exc
+    layout: list[tuple[int, int]] = []
+    end = len(inband)
+    for raw in raws:
+        offset = -(-end // ALIGNMENT) * ALIGNMENT
+        layout.append((offset, raw.nbytes))
+        end = offset + raw.nbytes
+    header = _Header(PICKLE5, inband=len(inband), buffers=tuple(layout))
+
+    def write(dst: memoryview) -> None:
+        dst[: len(inband)] = inband
+        pos = len(inband)
+        for (offset, length), raw in zip(layout, raws, strict=True):
+            dst[pos:offset] = bytes(offset - pos)  # zeroed padding: equal values, equal bytes
+            dst[offset : offset + length] = raw
+            pos = offset + length
+
+    return Encoded(header, end, write)
+
+
+class _Pickler(pickle.Pickler):
+    """Protocol 5 with every contiguous plain ndarray out-of-band, byte order kept.
+
+    numpy itself pickles datetime64 / timedelta64 arrays in-band (and in native byte
+    order), since they do not export the buffer protocol; here their bytes go out-of-band
+    like any other fixed-width array's.
+    """
+
+    def reducer_override(self, obj: Any) -> Any:
+        if (
+            type(obj) is not np.ndarray
+            or obj.dtype.hasobject
+            or obj.dtype.itemsize == 0
+            or not (obj.flags.c_contiguous or obj.flags.f_contiguous)
+        ):
+            return NotImplemented  # pickled as usual
+        fortran = bool(obj.flags.f_contiguous and not obj.flags.c_contiguous)
+        # the bytes in memory order (a view: the array is contiguous); datetime arrays do not
+        # export the buffer protocol themselves
+        raw: Any = obj.ravel(order="K").view(np.uint8)  # numpy stubs: not a Buffer on 3.11
+        return _rebuild_ndarray, (pickle.PickleBuffer(raw), obj.dtype, obj.shape, fortran)
+
+
+def _rebuild_ndarray(buf: Any, dtype: np.dtype, shape: tuple[int, ...], fortran: bool) -> Any:
+    """Unpickle an array of :class:`_Pickler`: a view of ``buf``, read-only if it is."""
+    flat = np.frombuffer(buf, dtype, count=math.prod(shape))
+    return flat.reshape(shape, order="F" if fortran else "C")
+
+
+def _describe(value: object) -> str:
+    kind = type(value)
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    try:
+        own = getattr(value, "__qualname__", None)  # functions and classes have one
+    except Exception:
+        own = None
+    return f"{own} ({name})" if isinstance(own, str) else name
+
+
+def _decode_pickle5(view: memoryview, header: _Header) -> Any:
+    size = len(view)
+    if not 0 < header.inband <= size:
+        raise BadRequest(f"pickle of {header.inband} bytes does not fit the object's {size}")
+    buffers = []
+    for offset, length in header.buffers:
+        if offset < header.inband or length < 0 or offset + length > size:
+            raise BadRequest(
+                f"pickle buffer at {offset} of {length} bytes lies outside the object's "
+                f"{size} bytes (after the {header.inband}-byte pickle)"
+            )
+        buffers.append(view[offset : offset + length])
+    try:
+        return pickle.loads(view[: header.inband], buffers=buffers)
+    except Exception as exc:
+        raise BadRequest(f"cannot unpickle the object: {type(exc).__name__}: {exc}") from exc

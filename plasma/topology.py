@@ -1,4 +1,4 @@
-"""The host's CPUs and NUMA nodes, parsed from sysfs/procfs under a root directory.
+"""The host's CPUs and NUMA nodes (internal), parsed from sysfs/procfs under a root.
 
 ``Topology.from_sysfs(root)`` reads ``root/sys/devices/system/{cpu,node}`` and ``root/proc``
 so that captured trees load exactly like the live machine. Missing files degrade to

@@ -266,8 +266,9 @@ def test_get_arrow_is_zero_copy(client: plasma.PlasmaClient) -> None:
 
 
 def test_put_and_get_refusals(client: plasma.PlasmaClient) -> None:
+    assert client.get(client.put({"a": [1, 2]})) == {"a": [1, 2]}  # any picklable value
     with pytest.raises(TypeError, match="cannot store"):
-        client.put({"a": 1})
+        client.put(lambda: None)
     with pytest.raises(Unsupported, match="serialization_context"):
         client.put(b"x", serialization_context=object())
     raw = client.put_raw_buffer(b"not serialized")

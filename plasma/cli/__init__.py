@@ -1,4 +1,4 @@
-"""The ``plasma-coord`` command: ``serve | topology | place | run | dag run | stats | hugepages``.
+"""The ``plasma-coord`` command (internal subpackage; the CLI itself is the interface).
 
 Each subcommand lives in its own module exposing ``register(subparsers)``, which adds its
 parser and sets ``func`` (called with the parsed namespace, returning an exit status).

@@ -1,4 +1,4 @@
-"""DAG pipelines: specs, validation, a sans-I/O scheduler and a trio runner.
+"""DAG pipelines (internal subpackage): specs, validation, a sans-I/O scheduler, a runner.
 
 ``plasma-coord dag run PIPELINE`` runs a pipeline file; inside a task,
 ``plasma.task.current()`` gives the task its inputs, outputs and dynamic branches.

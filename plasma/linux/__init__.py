@@ -1,5 +1,6 @@
-"""Linux syscalls through ctypes: NUMA memory policy, memfd/hugetlb, CPU affinity,
-peer credentials and perf_event_open.
+"""Linux syscalls through ctypes (internal subpackage): NUMA memory policy, memfd/hugetlb,
+segment maps, CPU affinity, descriptor passing, the fd limit, peer credentials and
+perf_event_open.
 
 Every wrapper raises :class:`plasma.errors.Unsupported` (naming the call and the reason)
 when the syscall or platform is unsupported, and ``OSError`` with the real errno for any
