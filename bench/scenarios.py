@@ -131,6 +131,14 @@ SCENARIOS: dict[str, Scenario] = {
             {"GB_per_s": ("GB/s", True)},
         ),
         Scenario(
+            "put_get_dict",
+            "put + get of a dict of ten numpy arrays",
+            "size",
+            (100 * MiB,),
+            (10 * MiB,),
+            {"both_GB_per_s": ("GB/s", True), "get_us": ("µs", False)},
+        ),
+        Scenario(
             "producers_consumers",
             "N producers → N consumers, 16 KiB objects",
             "N",
@@ -286,6 +294,30 @@ def get_large(peer: Peer, size: int, quick: bool) -> Metrics:
     return {"GB_per_s": size / float(np.median(times)) / 1e9}
 
 
+def put_get_dict(peer: Peer, size: int, quick: bool) -> Metrics:
+    """``size`` bytes as a dict of ten float64 arrays: put it, then get it back and read the
+    last element of each array; throughput of the pair, and the get's latency alone."""
+    value = {f"a{i}": _array(size // 10) for i in range(10)}
+    rounds, pair, gets = _large_rounds(size, quick), [], []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        key = peer.put_value(value)
+        t1 = time.perf_counter()
+        got = peer.get_value(key)
+        tails = [got[name][-1] for name in value]
+        t2 = time.perf_counter()
+        pair.append(t2 - t0)
+        gets.append(t2 - t1)
+        if sorted(got) != sorted(value) or tails != [a[-1] for a in value.values()]:
+            raise AssertionError("get_value returned a different dict")
+        del got
+        peer.delete([key])
+    return {
+        "both_GB_per_s": size / float(np.median(pair)) / 1e9,
+        "get_us": float(np.median(gets)) * 1e6,
+    }
+
+
 def memcpy(size: int, quick: bool) -> Metrics:
     """The ceiling for ``put_large``: numpy copyto into a pre-faulted destination."""
     array = _array(size)
@@ -396,6 +428,7 @@ def run(peer: Peer, module: str, name: str, params: dict[str, Any]) -> Metrics:
         "get_first": get_first,
         "put_large": put_large,
         "get_large": get_large,
+        "put_get_dict": put_get_dict,
     }
     if name not in simple:
         raise ValueError(f"unknown scenario {name!r}")

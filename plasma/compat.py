@@ -314,7 +314,8 @@ class PlasmaClient:
 
     def list(self) -> dict[ObjectID, dict[str, Any]]:
         """Every object: data_size, metadata_size, ref_count, create_time (Unix seconds),
-        construct_duration (-1: not tracked), state ("created" or "sealed") and node."""
+        construct_duration (whole seconds from create to seal, -1 while unsealed, as in
+        Plasma), state ("created" or "sealed") and node."""
         with _pyarrow_errors():
             listing = self._settle_creates().list()
         return {
@@ -323,7 +324,7 @@ class PlasmaClient:
                 "metadata_size": info["metadata_size"],
                 "ref_count": info["ref_count"],
                 "create_time": int(info["create_time"]),
-                "construct_duration": -1,
+                "construct_duration": int(info["construct_duration"]),
                 "state": info["state"],
                 "node": info["node"],
             }
@@ -336,6 +337,8 @@ class PlasmaClient:
 
     # ------------------------------------------------------------ notifications
 
+    _notification_pump: _NotificationPump | None = None  # set by get_notification_socket()
+
     def subscribe(self) -> None:
         """Receive seal and delete notifications (on a second connection, as in Plasma)."""
         if self._subscriber is not None:
@@ -345,22 +348,199 @@ class PlasmaClient:
             self._notifications = subscriber.subscribe()
         self._subscriber = subscriber
 
+    def get_notification_socket(self) -> Any:
+        """The socket notifications arrive on (the same ``socket.socket`` on every call), to
+        ``select`` / ``poll`` and read from.
+
+        Each notification is one message (as Plasma's store sent them): an 8-byte
+        native-endian length, then that many bytes for :meth:`decode_notifications`. A thread
+        feeds it from the subscription; once it runs, :meth:`get_next_notification` reads the
+        same socket, so every notification reaches exactly one of the two. :meth:`disconnect`
+        stops the thread and closes the socket.
+        """
+        if self._notifications is None:
+            raise BadRequest("get_notification_socket() needs subscribe() first")
+        if self._notification_pump is None:
+            pump = _NotificationPump(self._notifications)
+            self._notification_pump = pump
+            weakref.finalize(self, pump.close)  # a client dropped without disconnect()
+        return self._notification_pump.reader
+
+    def decode_notifications(self, buf: Any) -> _DecodedNotifications:
+        """``(object_ids, data_sizes, metadata_sizes)`` of one message read from
+        :meth:`get_notification_socket` (the bytes after its length, or the whole message);
+        sizes are -1 for a deletion."""
+        return _decode_notifications(buf)
+
     def get_next_notification(self) -> tuple[ObjectID, int, int]:
         """Block for the next ``(object_id, data_size, metadata_size)``; sizes are -1 for a
         deletion."""
+        if self._notification_pump is not None:
+            return self._notification_pump.next()
         if self._notifications is None:
             raise BadRequest("get_next_notification() needs subscribe() first")
-        note = self._notifications.next()
-        if note.kind == "deleted":
-            return ObjectID(note.id), -1, -1
-        return ObjectID(note.id), note.data_size, note.metadata_size
+        return _notification_tuple(self._notifications.next())
 
     def disconnect(self) -> None:
         """Close the connection(s); the store drops this client's references."""
+        if self._notification_pump is not None:
+            pump, self._notification_pump = self._notification_pump, None
+            pump.close()
         if self._subscriber is not None:
             self._subscriber.close()
             self._subscriber = self._notifications = None
         self._client.close()
+
+
+# Notification messages of get_notification_socket(): an int64 length in native byte order
+# (as Plasma framed them), then a payload of _NOTE_MAGIC, a uint32 count and count records of
+# 20-byte object id, int64 data_size, int64 metadata_size (little-endian; -1, -1: deleted).
+_NOTE_MAGIC = b"PCN1"
+_NOTE_LENGTH_SIZE = 8
+_NOTE_HEADER_SIZE = 8
+_NOTE_RECORD_SIZE = 36
+_NOTE_BATCH = 1024  # messages written at once at most (52 KiB: they fit the buffer whole)
+_NOTE_POLL = 0.05  # seconds the feeding thread waits before checking whether to stop
+
+_DecodedNotifications = tuple[list[ObjectID], list[int], list[int]]
+
+
+def _notification_tuple(note: Any) -> tuple[ObjectID, int, int]:
+    if note.kind == "deleted":
+        return ObjectID(note.id), -1, -1
+    return ObjectID(note.id), note.data_size, note.metadata_size
+
+
+def _encode_notifications(notes: Sequence[tuple[ObjectID, int, int]]) -> bytes:
+    parts = [_NOTE_MAGIC, len(notes).to_bytes(4, "little")]
+    for oid, data_size, metadata_size in notes:
+        parts.append(oid.binary())
+        parts.append(data_size.to_bytes(8, "little", signed=True))
+        parts.append(metadata_size.to_bytes(8, "little", signed=True))
+    payload = b"".join(parts)
+    return len(payload).to_bytes(_NOTE_LENGTH_SIZE, sys.byteorder, signed=True) + payload
+
+
+def _decode_notifications(buf: Any) -> _DecodedNotifications:
+    view = memoryview(buf).cast("B")
+    length = int.from_bytes(view[:_NOTE_LENGTH_SIZE], sys.byteorder, signed=True)
+    if view[_NOTE_LENGTH_SIZE : _NOTE_LENGTH_SIZE + 4] == _NOTE_MAGIC and length == len(view) - 8:
+        view = view[_NOTE_LENGTH_SIZE:]  # the whole message, length included
+    count = int.from_bytes(view[4:_NOTE_HEADER_SIZE], "little")
+    if view[:4] != _NOTE_MAGIC or len(view) != _NOTE_HEADER_SIZE + count * _NOTE_RECORD_SIZE:
+        raise BadRequest(
+            f"not a notification message of get_notification_socket() ({len(view)} bytes): "
+            "pass the bytes that follow the message's 8-byte length"
+        )
+    object_ids: list[ObjectID] = []
+    data_sizes: list[int] = []
+    metadata_sizes: list[int] = []
+    for start in range(_NOTE_HEADER_SIZE, len(view), _NOTE_RECORD_SIZE):
+        object_ids.append(ObjectID(bytes(view[start : start + 20])))
+        data_sizes.append(int.from_bytes(view[start + 20 : start + 28], "little", signed=True))
+        metadata_sizes.append(int.from_bytes(view[start + 28 : start + 36], "little", signed=True))
+    return object_ids, data_sizes, metadata_sizes
+
+
+class _NotificationPump:
+    """Feeds a subscription's notifications into a socket pair, one message each.
+
+    ``reader`` is the user's end. The thread owns the write end and closes it when it stops
+    (on :meth:`close`, or when the subscription fails: the reader then sees end of file and
+    :meth:`next` raises the failure). It never holds the compat client.
+    """
+
+    def __init__(self, subscription: Subscription) -> None:
+        import socket
+        import threading
+
+        self._subscription = subscription
+        self.reader, self._writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.error: PlasmaError | OSError | None = None
+        self._stop = threading.Event()
+        self._read_lock = threading.Lock()
+        self._pending: collections.deque[tuple[ObjectID, int, int]] = collections.deque()
+        self._thread = threading.Thread(
+            target=self._run, name="plasma.compat notifications", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        from plasma.errors import PlasmaTimeout
+
+        failure: PlasmaError | OSError | None = None
+        try:
+            while failure is None and not self._stop.is_set():
+                try:
+                    batch = [_notification_tuple(self._subscription.next(_NOTE_POLL))]
+                except PlasmaTimeout:
+                    continue
+                while len(batch) < _NOTE_BATCH:
+                    try:  # only what has already arrived: timeout 0 does not wait
+                        batch.append(_notification_tuple(self._subscription.next(0)))
+                    except PlasmaTimeout:
+                        break
+                    except PlasmaError as exc:  # after the batch read before it
+                        failure = exc
+                        break
+                self._send(b"".join(_encode_notifications([note]) for note in batch))
+        except (PlasmaError, OSError) as exc:
+            failure = exc
+        finally:
+            if not self._stop.is_set():
+                self.error = failure
+            self._writer.close()  # the reader sees end of file
+
+    def _send(self, messages: bytes) -> None:
+        import select
+
+        while not self._stop.is_set():
+            _, writable, _ = select.select([], [self._writer], [], _NOTE_POLL)
+            if writable:  # at most a quarter of the buffer in use: the messages fit whole
+                self._writer.sendall(messages)
+                return
+
+    def next(self) -> tuple[ObjectID, int, int]:
+        """The next notification from the socket (a whole message read, the rest kept)."""
+        with self._read_lock:
+            if not self._pending:
+                length = int.from_bytes(self._read(_NOTE_LENGTH_SIZE), sys.byteorder)
+                self._pending.extend(zip(*_decode_notifications(self._read(length)), strict=True))
+            return self._pending.popleft()
+
+    def _read(self, size: int) -> bytes:
+        import select
+
+        from plasma.errors import Disconnected
+
+        data = bytearray()
+        while len(data) < size:
+            try:
+                chunk = self.reader.recv(size - len(data)) if self.reader.fileno() >= 0 else b""
+            except BlockingIOError:  # the program made the socket non-blocking
+                select.select([self.reader], [], [])
+                continue
+            if not chunk:
+                error = self.error
+                if isinstance(error, PlasmaError):
+                    raise type(error)(error.message) from error
+                raise Disconnected(
+                    f"the notification socket is closed{f': {error}' if error else ''}"
+                ) from error
+            data += chunk
+        return bytes(data)
+
+    def close(self) -> None:
+        """Stop the thread and close both ends (the reader at once, for a blocked reader)."""
+        import socket
+        import threading
+
+        self._stop.set()
+        with contextlib.suppress(OSError):
+            self.reader.shutdown(socket.SHUT_RDWR)  # wakes readers and a blocked sendall
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+        self.reader.close()
 
 
 def connect(store_socket_name: str, num_retries: int = -1) -> PlasmaClient:
@@ -407,7 +587,10 @@ def start_plasma_store(
     if use_valgrind or use_profiler:
         raise Unsupported("plasma-coord is a Python process: valgrind and profiler do not apply")
     if external_store is not None:
-        raise Unsupported("external stores are not supported by plasma-coord")
+        raise Unsupported(
+            f"external_store={external_store!r}: plasma-coord maps Plasma's external store "
+            "onto spilling to disk (serve --spill-dir), which this version does not have yet"
+        )
     if plasma_directory is not None:
         warnings.warn(
             "plasma_directory is ignored: plasma-coord keeps objects in memfd segments",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -218,7 +219,9 @@ class Coordinator:
             self.pool,
             page_size=self.pool.page_size,
             segment_size=max(config.segment_size, self.pool.page_size),
-            max_object_size=self.max_object_size,
+            # unset: only the budgets limit objects, and a create larger than them is
+            # store_full (as in Plasma), not bad_request
+            max_object_size=config.max_object_size,
         )
         self.sessions: dict[int, Session] = {}
         self.connections = 0  # accepted and not yet closed, handshaking ones included
@@ -589,7 +592,8 @@ class Coordinator:
             session.send(p.Ok(seq=seq))
 
     def _seal(self, session: Session, msg: p.Seal) -> None:
-        self._for_each(session, msg.seq, msg.ids, self.store.seal, msg.ack)
+        seal = functools.partial(self.store.seal, now=time.time())
+        self._for_each(session, msg.seq, msg.ids, seal, msg.ack)
 
     def _release(self, session: Session, msg: p.Release) -> None:
         self._for_each(session, msg.seq, msg.ids, self.store.release, msg.ack)

@@ -18,7 +18,11 @@ class ObjectID:
         if isinstance(binary, ObjectID):
             binary = binary._b
         if not isinstance(binary, (bytes, bytearray, memoryview)):
-            raise TypeError(f"ObjectID needs bytes, got {type(binary).__name__}")
+            # ValueError, as pyarrow.plasma's ObjectID raised for anything but 20 bytes
+            raise ValueError(
+                f"ObjectID needs {ID_SIZE} bytes, got {type(binary).__name__} {binary!r:.40} "
+                "(use ObjectID.from_name or ObjectID.from_hex for text)"
+            )
         b = bytes(binary)
         if len(b) != ID_SIZE:
             raise ValueError(f"ObjectID must be {ID_SIZE} bytes, got {len(b)}")

@@ -56,6 +56,7 @@ class ObjectInfo(msgspec.Struct, array_like=True, gc=False):
     ref_count: int
     create_time: float
     owner: int  # client id of the creator
+    construct_duration: float = -1.0  # seconds from create to seal; -1 while unsealed
 
 
 class NodeInfo(msgspec.Struct, array_like=True, gc=False):

@@ -187,6 +187,7 @@ class _Object(msgspec.Struct, gc=False):
     sealed: bool = False
     deleting: bool = False
     ref_count: int = 0
+    construct_duration: float = 0.0  # seconds from create to seal (arena objects: 0)
 
 
 class _Arena:
@@ -423,10 +424,11 @@ class Store:
             raise BadRequest(f"object {oid.hex()} {sealed_error}")
         return rec
 
-    def seal(self, client: int, oid: bytes) -> None:
+    def seal(self, client: int, oid: bytes, *, now: float = 0.0) -> None:
         """Make the creator's object immutable; wakes getters and notifies subscribers."""
         rec = self._unsealed_of(client, oid, "is already sealed")
         rec.sealed = True
+        rec.construct_duration = max(0.0, now - rec.create_time)
         self._clients[client].creating.discard(oid)
         self._announce(oid, rec)
 
@@ -556,7 +558,8 @@ class Store:
 
     def evict(self, nbytes: int) -> int:
         """Evict LRU sealed unreferenced objects of any node until ``nbytes`` are freed;
-        returns the bytes freed (allocation sizes)."""
+        returns the bytes freed, counted as Plasma does: the objects' data + metadata sizes
+        (what the allocator gets back is rounded up to the alignment)."""
         if nbytes < 0:
             raise BadRequest(f"nbytes must not be negative, got {nbytes}")
         freed = 0
@@ -574,7 +577,7 @@ class Store:
             victim = next(iter(oldest.lru))
             rec = self._objects[victim]
             self._evict(victim, rec)
-            freed += rec.size
+            freed += rec.loc.data_size + rec.loc.metadata_size
         self._retry_creates()
         return freed
 
@@ -1003,6 +1006,7 @@ class Store:
             rec.ref_count,
             rec.create_time,
             rec.owner,
+            rec.construct_duration if rec.sealed else -1.0,
         )
 
     # ------------------------------------------------------------ internals: notifications

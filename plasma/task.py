@@ -91,7 +91,7 @@ class TaskContext:
         return object_id(self.run_id, name)
 
     def input(self, name: str, timeout: float | None = None) -> Any:
-        """Object ``name`` of this run, zero-copy (numpy / Arrow / bytes as it was put)."""
+        """Object ``name`` of this run, as it was put (arrays inside come back zero-copy)."""
         return self.client.get_object(self.object_id(name), timeout)
 
     def output(self, name: str, value: Any, *, node: int | None = None) -> ObjectID:

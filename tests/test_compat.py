@@ -103,7 +103,7 @@ def test_store_memory_is_checked() -> None:
     [
         ({"use_valgrind": True}, Unsupported, "valgrind"),
         ({"use_valgrind": True, "use_profiler": True}, BadRequest, "same time"),
-        ({"external_store": "hashtable://test"}, Unsupported, "external stores"),
+        ({"external_store": "hashtable://test"}, Unsupported, "spill"),
     ],
 )
 def test_store_options_that_do_not_apply(
@@ -316,6 +316,8 @@ def test_list_entries(client: plasma.PlasmaClient) -> None:
         "state",
     }
     assert (entry["data_size"], entry["metadata_size"], entry["state"]) == (5, 2, "sealed")
+    assert entry["construct_duration"] == 0  # sealed within the second it was created
+    assert listing[created]["construct_duration"] == -1
     assert listing[created]["state"] == "created"
     assert listing[created]["ref_count"] == 1
     del buf
@@ -442,3 +444,223 @@ def test_disconnect_aborts_unsealed_and_drops_references(
     wait_until(lambda: unsealed not in other.list(), what="the unsealed object to be aborted")
     assert other.list()[sealed]["ref_count"] == 0
     del held
+
+
+# ---------------------------------------------------------------- notification socket
+
+
+def _read_message(sock: object, timeout: float = 10.0) -> bytes:
+    """One notification message read as a pyarrow 11 program did: select, 8-byte length, body."""
+    import select
+    import struct
+
+    readable, _, _ = select.select([sock], [], [], timeout)
+    assert readable, "no notification message arrived"
+    (msg_len,) = struct.unpack("L", sock.recv(8))  # type: ignore[attr-defined]
+    return sock.recv(msg_len)  # type: ignore[attr-defined,no-any-return]
+
+
+def _notification_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "plasma.compat notifications"]
+
+
+def _decoded_until(
+    client: plasma.PlasmaClient, sock: object, wanted: set[plasma.ObjectID]
+) -> dict[plasma.ObjectID, tuple[int, int]]:
+    seen: dict[plasma.ObjectID, tuple[int, int]] = {}
+    while not wanted <= set(seen):
+        ids, data_sizes, metadata_sizes = client.decode_notifications(_read_message(sock))
+        assert len(ids) == len(data_sizes) == len(metadata_sizes) >= 1
+        for oid, data_size, metadata_size in zip(ids, data_sizes, metadata_sizes, strict=True):
+            assert oid not in seen, "a notification came twice"
+            seen[oid] = (data_size, metadata_size)
+    return seen
+
+
+def test_notification_socket_as_a_pyarrow_program(
+    client: plasma.PlasmaClient, other: plasma.PlasmaClient
+) -> None:
+    import socket
+
+    with pytest.raises(BadRequest, match="subscribe"):
+        client.get_notification_socket()
+    client.subscribe()
+    sock = client.get_notification_socket()
+    assert isinstance(sock, socket.socket) and sock.fileno() >= 0
+    assert client.get_notification_socket() is sock
+    sizes = {random_id(): (10 * i + 1, i) for i in range(20)}
+    for oid, (data_size, metadata_size) in sizes.items():
+        buf = other.create(oid, data_size, b"m" * metadata_size)
+        pa.FixedSizeBufferWriter(buf).write(b"x" * data_size)
+        other.seal(oid)
+    seen = _decoded_until(client, sock, set(sizes))
+    assert {oid: seen[oid] for oid in sizes} == sizes
+    other.delete(list(sizes))
+    seen = _decoded_until(client, sock, set(sizes))
+    assert {seen[oid] for oid in sizes} == {(-1, -1)}
+
+
+def test_decode_notifications_reads_only_its_messages(
+    client: plasma.PlasmaClient, other: plasma.PlasmaClient
+) -> None:
+    import select
+    import struct
+
+    client.subscribe()
+    sock = client.get_notification_socket()
+    oid = other.put_raw_buffer(b"abc", metadata=b"z")
+    readable, _, _ = select.select([sock], [], [], 10)
+    assert readable
+    (msg_len,) = struct.unpack("=q", sock.recv(8))
+    body = sock.recv(msg_len)
+    whole = struct.pack("=q", msg_len) + body
+    for buf in (body, whole, bytearray(body), memoryview(body), pa.py_buffer(body)):
+        ids, data_sizes, metadata_sizes = client.decode_notifications(buf)
+        assert (ids[-1], data_sizes[-1], metadata_sizes[-1]) == (oid, 3, 1)
+    for garbage in (b"", b"nonsense", body[:-1], body + b"\0"):
+        with pytest.raises(BadRequest, match="not a notification message"):
+            client.decode_notifications(garbage)
+
+
+def test_get_next_notification_reads_the_socket_once_it_exists(
+    client: plasma.PlasmaClient, other: plasma.PlasmaClient
+) -> None:
+    import select
+
+    client.subscribe()
+    before = other.put_raw_buffer(b"1")  # queued before the socket exists: not lost
+    sock = client.get_notification_socket()
+    after = [other.put_raw_buffer(b"22"), other.put_raw_buffer(b"333")]
+    seen = [client.get_next_notification() for _ in range(3)]
+    assert seen == [(before, 1, 0), (after[0], 2, 0), (after[1], 3, 0)]
+    # get_next_notification consumed them: nothing is left on the socket
+    assert select.select([sock], [], [], 0.3)[0] == []
+    # and what the program reads itself, get_next_notification does not see again
+    last = other.put_raw_buffer(b"4444")
+    assert _decoded_until(client, sock, {last}) == {last: (4, 0)}
+    other.delete([last])
+    assert client.get_next_notification() == (last, -1, -1)
+
+
+def test_get_next_notification_without_the_socket_starts_no_thread(
+    client: plasma.PlasmaClient, other: plasma.PlasmaClient
+) -> None:
+    threads = len(_notification_threads())
+    client.subscribe()
+    oid = other.put_raw_buffer(b"12345", metadata=b"md")
+    assert client.get_next_notification() == (oid, 5, 2)
+    assert len(_notification_threads()) == threads
+
+
+def test_disconnect_stops_the_notification_thread_and_closes_its_fds(
+    store: tuple[str, subprocess.Popen[bytes]], other: plasma.PlasmaClient
+) -> None:
+    other.put_raw_buffer(b"warm")  # other's segment is mapped before fds are counted
+    gc.collect()
+    fds = set(os.listdir("/proc/self/fd"))
+    threads = set(_notification_threads())
+    client = plasma.connect(store[0])
+    client.subscribe()
+    sock = client.get_notification_socket()
+    (thread,) = set(_notification_threads()) - threads
+    assert thread.daemon and thread.is_alive()
+    oid = other.put_raw_buffer(b"x")
+    assert oid in _decoded_until(client, sock, {oid})
+    started = time.monotonic()
+    client.disconnect()
+    assert time.monotonic() - started < 1.0
+    assert not thread.is_alive()
+    assert sock.fileno() == -1
+    assert set(os.listdir("/proc/self/fd")) == fds
+    other.put_raw_buffer(b"after")  # the store is unaffected
+    client.disconnect()  # twice is harmless
+
+
+def test_disconnect_wakes_a_blocked_get_next_notification(
+    store: tuple[str, subprocess.Popen[bytes]],
+) -> None:
+    client = plasma.connect(store[0])
+    client.subscribe()
+    client.get_notification_socket()
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            client.get_next_notification()
+        except BaseException as exc:
+            errors.append(exc)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.2)
+    client.disconnect()
+    waiter.join(5)
+    assert not waiter.is_alive()
+    from plasma.errors import Disconnected
+
+    assert len(errors) == 1 and isinstance(errors[0], Disconnected)
+
+
+def test_notification_socket_ends_when_the_store_stops() -> None:
+    import select
+
+    from plasma.errors import Disconnected
+
+    threads = set(_notification_threads())
+    with plasma.start_plasma_store(1 << 20) as (socket_name, _):
+        client = plasma.connect(socket_name)
+        client.subscribe()
+        sock = client.get_notification_socket()
+        (thread,) = set(_notification_threads()) - threads
+    assert select.select([sock], [], [], 10)[0], "no end of file after the store stopped"
+    assert sock.recv(8) == b""
+    with pytest.raises(Disconnected):
+        client.get_next_notification()
+    thread.join(5)
+    assert not thread.is_alive()
+    client.disconnect()
+    assert sock.fileno() == -1
+
+
+def test_one_message_per_notification_as_pyarrow_test_subscribe_socket(
+    client: plasma.PlasmaClient, other: plasma.PlasmaClient
+) -> None:
+    """pyarrow's own test_subscribe_socket reads ``recv_objids[0]`` of one message per object."""
+    client.subscribe()
+    rsock = client.get_notification_socket()
+    for count in (1, 10, 300):
+        object_ids = [random_id() for _ in range(count)]
+        for j, oid in enumerate(object_ids):
+            other.create(oid, j + 1, b"m" * (j % 7))
+            other.seal(oid)
+        for j, oid in enumerate(object_ids):
+            recv_objids, recv_dsizes, recv_msizes = client.decode_notifications(
+                _read_message(rsock)
+            )
+            assert len(recv_objids) == 1
+            assert (recv_objids[0], recv_dsizes[0], recv_msizes[0]) == (oid, j + 1, j % 7)
+
+
+def test_a_full_store_of_small_objects_takes_one_object_of_the_whole_capacity() -> None:
+    """As in Plasma: evicting every unreferenced object makes room for one object of (nearly)
+    the whole capacity, even though the small objects were spread over several segments; a
+    create larger than the store fails at once with PlasmaStoreFull and creates nothing."""
+    with plasma.start_plasma_store(100_000_000) as (socket_name, _):
+        c = plasma.connect(socket_name)
+        capacity = c.store_capacity()
+        ids = [random_id() for _ in range(3000)]
+        for oid in ids:
+            c.create_and_seal(oid, b"s" * 30_000)  # 90 MB of sealed, unreferenced objects
+        assert len(c.list()) > 1000
+        big = random_id()
+        buf = c.create(big, capacity - 4096)
+        np.frombuffer(buf, dtype=np.uint8)[:4] = np.frombuffer(b"full", dtype=np.uint8)
+        c.seal(big)
+        assert c.list()[big]["data_size"] == capacity - 4096
+        del buf
+        assert bytes(c.get_buffers([big])[0][:4]) == b"full"
+        too_big = random_id()
+        with pytest.raises(plasma.PlasmaStoreFull):
+            c.create(too_big, capacity + 1)
+        assert not c.contains(too_big) and too_big not in c.list()
+        c.disconnect()

@@ -117,7 +117,7 @@ def test_errors_are_clear_and_lose_nothing(coordinator: RunningCoordinator):
         c.release(oid(3))  # sent without waiting: the error surfaces on flush
         with pytest.raises(plasma.ObjectNotFound):
             c.flush()
-        with pytest.raises(plasma.BadRequest):
+        with pytest.raises(plasma.StoreFull, match="budget"):  # larger than the store
             c.create(oid(4), 1 << 40)
         c.abort(oid(1))
         assert c.list() == {}

@@ -25,8 +25,10 @@ def test_object_id_round_trips(raw):
 def test_object_id_rejects_wrong_input():
     with pytest.raises(ValueError, match="20 bytes"):
         ObjectID(b"short")
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="from_name"):  # as pyarrow.plasma: ValueError
         ObjectID("a" * 20)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="20 bytes"):
+        ObjectID(42)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         as_id_bytes(b"x" * 19)
 

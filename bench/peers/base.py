@@ -73,6 +73,15 @@ class Peer(abc.ABC):
     def get_array(self, key: Key) -> np.ndarray:
         """The stored array, zero-copy where the peer can."""
 
+    def put_value(self, value: Any) -> Key:
+        """Store any picklable Python value (here: a dict of arrays); by default the way the
+        peer stores arrays, which for every peer here pickles what is not an array."""
+        return self.put_array(value)
+
+    def get_value(self, key: Key) -> Any:
+        """The stored value, its arrays zero-copy where the peer can."""
+        return self.get_array(key)
+
     @abc.abstractmethod
     def child_config(self) -> dict[str, Any]:
         """Picklable facts a client in another process needs to connect (``child``)."""
