@@ -22,11 +22,14 @@ import collections
 import contextlib
 import hashlib
 import os
+import select
 import selectors
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 import weakref
@@ -42,9 +45,11 @@ from plasma.client import Client, Subscription
 from plasma.client import connect as _connect
 from plasma.errors import (
     BadRequest,
+    Disconnected,
     ObjectExists,
     ObjectNotFound,
     PlasmaError,
+    PlasmaTimeout,
     StoreFull,
     Unsupported,
 )
@@ -451,9 +456,6 @@ class _NotificationPump:
     """
 
     def __init__(self, subscription: Subscription) -> None:
-        import socket
-        import threading
-
         self._subscription = subscription
         self.reader, self._writer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.error: PlasmaError | OSError | None = None
@@ -466,8 +468,6 @@ class _NotificationPump:
         self._thread.start()
 
     def _run(self) -> None:
-        from plasma.errors import PlasmaTimeout
-
         failure: PlasmaError | OSError | None = None
         try:
             while failure is None and not self._stop.is_set():
@@ -492,8 +492,6 @@ class _NotificationPump:
             self._writer.close()  # the reader sees end of file
 
     def _send(self, messages: bytes) -> None:
-        import select
-
         while not self._stop.is_set():
             _, writable, _ = select.select([], [self._writer], [], _NOTE_POLL)
             if writable:  # at most a quarter of the buffer in use: the messages fit whole
@@ -509,10 +507,6 @@ class _NotificationPump:
             return self._pending.popleft()
 
     def _read(self, size: int) -> bytes:
-        import select
-
-        from plasma.errors import Disconnected
-
         data = bytearray()
         while len(data) < size:
             try:
@@ -532,9 +526,6 @@ class _NotificationPump:
 
     def close(self) -> None:
         """Stop the thread and close both ends (the reader at once, for a blocked reader)."""
-        import socket
-        import threading
-
         self._stop.set()
         with contextlib.suppress(OSError):
             self.reader.shutdown(socket.SHUT_RDWR)  # wakes readers and a blocked sendall
