@@ -664,3 +664,13 @@ def test_a_full_store_of_small_objects_takes_one_object_of_the_whole_capacity() 
             c.create(too_big, capacity + 1)
         assert not c.contains(too_big) and too_big not in c.list()
         c.disconnect()
+
+
+def test_put_and_get_of_a_pandas_frame(client: plasma.PlasmaClient) -> None:
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(
+        {"x": np.arange(5), "when": pd.date_range("2026-01-01", periods=5, tz="Europe/Paris")},
+        index=pd.Index(list("abcde"), name="k"),
+    )
+    got = client.get(client.put(frame))
+    pd.testing.assert_frame_equal(got, frame)
