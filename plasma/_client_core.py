@@ -210,7 +210,8 @@ class ClientCore:
         # requests whose caller went away (a cancelled trio task): seq -> the request, so the
         # references or objects its reply brings are handed back
         self._abandoned: dict[int, msgspec.Struct] = {}
-        self._aborts: collections.deque[bytes] = collections.deque()  # of objects made for them
+        # what hands back the objects and arenas made for them (Abort, ReturnArena)
+        self._cleanup: collections.deque[p.Abort | p.ReturnArena] = collections.deque()
         self._seq = 0
         self._seq_lock = threading.Lock()
 
@@ -226,7 +227,7 @@ class ClientCore:
 
         Raises BadRequest, taking nothing, when a message is out of the coordinator's bounds.
         """
-        if len(msgs) == 1 and not self._releases and not self._aborts:  # the common case
+        if len(msgs) == 1 and not self._releases and not self._cleanup:  # the common case
             return p.encode(checked(msgs[0]))
         encoded = [p.encode(checked(m)) for m in msgs]
         out = []
@@ -234,10 +235,11 @@ class ClientCore:
         while releases:
             ids = [releases.popleft() for _ in range(min(len(releases), IDS_PER_FRAME))]
             out.append(p.encode(p.Release(seq=self.next_seq(), ids=ids, ack=False)))
-        while self._aborts:
-            abort = p.Abort(seq=self.next_seq(), id=self._aborts.popleft())
-            self._abandoned[abort.seq] = abort  # its answer concerns nobody
-            out.append(p.encode(abort))
+        while self._cleanup:
+            msg = self._cleanup.popleft()
+            msg.seq = self.next_seq()
+            self._abandoned[msg.seq] = msg  # its answer, if any, concerns nobody
+            out.append(p.encode(msg))
         out += encoded
         return b"".join(out)
 
@@ -266,16 +268,18 @@ class ClientCore:
         self.reclaim_requested = False
         self.drop_cache()
         arena, self.arena = self.arena, None
-        return [] if arena is None else [p.ReturnArena(seq=self.next_seq(), segment=arena.segment)]
+        if arena is None:
+            return []
+        return [p.ReturnArena(seq=self.next_seq(), segment=arena.segment, offset=arena.start)]
 
     def closing_frames(self) -> bytes:
         """What to send before closing: the releases still queued (cached ones included)."""
         self.drop_cache()
-        return self.frames() if self._releases or self._aborts else b""
+        return self.frames() if self._releases or self._cleanup else b""
 
     def abandon(self, msg: msgspec.Struct) -> None:
         """The caller of ``msg`` will not read its reply: give back what the reply brings."""
-        if isinstance(msg, (p.Get, p.Create, p.CreateMany)):
+        if isinstance(msg, (p.Get, p.Create, p.CreateMany, p.Arena)):
             self._abandoned[msg.seq] = msg
 
     def take_deferred_error(self) -> PlasmaError | None:
@@ -356,7 +360,9 @@ class ClientCore:
                     self._releases.append(oid)
         elif isinstance(reply, p.Created):  # queued as aborts of the objects made for nobody
             ids = [request.id] if isinstance(request, p.Create) else [i.id for i in request.items]
-            self._aborts.extend(ids)
+            self._cleanup.extend(p.Abort(seq=0, id=oid) for oid in ids)
+        elif isinstance(reply, p.ArenaGranted):  # an arena granted to nobody
+            self._cleanup.append(p.ReturnArena(seq=0, segment=reply.segment, offset=reply.offset))
 
     def _map_segments(self, segments: list[p.SegmentInfo], *, for_writing: bool) -> None:
         """Map each segment from its fd: read-only where the coordinator sent a read-only fd

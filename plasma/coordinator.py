@@ -637,7 +637,7 @@ class Coordinator:
         session.send(reply, fds)
 
     def _return_arena(self, session: Session, msg: p.ReturnArena) -> None:
-        self.store.return_arena(session.client_id, msg.segment)
+        self.store.return_arena(session.client_id, msg.segment, msg.offset)
 
     def _seal_arena(self, session: Session, msg: p.SealArena) -> None:
         self.store.seal_arena(session.client_id, msg.segment, msg.objects, now=time.time())

@@ -185,11 +185,13 @@ class Arena(_Msg):
 
 
 class ReturnArena(_Msg):
-    """Sent without waiting: the client stops using its arena in ``segment`` (the objects
-    it wrote there were registered by earlier ``SealArena``s); its unused tail is freed."""
+    """Sent without waiting: the client stops using its arena that starts at ``offset`` of
+    ``segment`` (the objects it wrote there were registered by earlier ``SealArena``s); its
+    unused tail is freed. Naming another arena than the client's current one does nothing."""
 
     seq: _Int
     segment: _Int
+    offset: _Int
 
 
 class SealArena(_Msg):

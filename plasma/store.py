@@ -1100,11 +1100,12 @@ class Store:
                 asked = True
         return asked
 
-    def return_arena(self, client: int, segment: int) -> None:
-        """The client stops using its arena in ``segment``: free the unused tail. An arena
-        already replaced (a stale return) is ignored."""
+    def return_arena(self, client: int, segment: int, start: int) -> None:
+        """The client stops using its arena that starts at ``start`` of ``segment``: free the
+        unused tail. Any other arena (one already replaced: a stale return) is left alone."""
         c = self._client(client)
-        if c.arena is not None and c.arena.segment.id == segment:
+        a = c.arena
+        if a is not None and a.segment.id == segment and a.start == start:
             self._return_arena_tail(c)
             self._retry_creates()
 

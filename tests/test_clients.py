@@ -264,3 +264,26 @@ def test_the_trio_client_has_every_method_of_the_blocking_one():
     missing = public(plasma.Client) - public(plasma.aio.AsyncClient) - {"close"}
     assert not missing, f"plasma.aio.AsyncClient lacks {sorted(missing)}"
     assert "aclose" in public(plasma.aio.AsyncClient)
+
+
+async def test_a_cancelled_trio_call_hands_back_what_its_reply_brings(coordinator_factory):
+    coord = coordinator_factory("--memory", "8MiB", "--segment-size", "8MiB")
+    async with plasma.aio.connect(coord.socket) as c:
+        with plasma.connect(coord.socket) as other:
+            other.create(oid(1), 10)  # unsealed: a get of it waits
+            hog = other.create(oid(2), 7 << 20)  # the store is nearly full: a create waits
+            with trio.move_on_after(0.3):
+                await c.get(oid(1), timeout=None)
+            with trio.move_on_after(0.3):
+                await c.create(oid(3), 4 << 20, timeout=30)
+            assert other.stats()["get_waiters"] == 1 and other.stats()["create_waiters"] == 1
+            other.seal(oid(1))  # the get completes for nobody: its reference comes back
+            del hog
+            other.abort(oid(2))  # the create completes for nobody: its object is aborted
+            other.flush()
+            await c.flush()  # sends the queued release and abort
+            await c.flush()  # ...and waits until they were handled
+            listing = other.list()
+            assert listing[oid(1)]["ref_count"] == 1  # other's creator reference only
+            assert oid(3) not in listing
+            assert other.stats()["used"] == other.stats()["arena_bytes"] + 64

@@ -1089,8 +1089,8 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(data=st.data(), stale=st.booleans())
     def return_arena(self, data: st.DataObject, stale: bool) -> None:
         client = data.draw(st.sampled_from(sorted(self.arenas)))
-        seg = self.arenas[client][0]
-        self.store.return_arena(client, seg + 1000 if stale else seg)
+        seg, start = self.arenas[client][:2]
+        self.store.return_arena(client, seg, start + 64 if stale else start)
         if not stale:
             del self.arenas[client]
 
@@ -1229,16 +1229,17 @@ def test_create_waits_for_memory_that_clients_hold_idle() -> None:
     store.register_client(2)
     store.create(2, oid(1), 1 * KIB)
     store.seal(2, oid(1))  # client 2 holds a reference (perhaps only cached)
-    seg, _, _ = store.grant_arena(1, 4 * KIB)
+    seg, start, _ = store.grant_arena(1, 4 * KIB)
     pending = store.create(2, oid(2), 5 * KIB, now=10.0)  # timeout 0, but memory is held idle
     assert isinstance(pending, Pending)
     assert store.drain_events() == [Reclaim(1), Reclaim(2)]
     with pytest.raises(StoreFull):  # asked less than RECLAIM_INTERVAL ago: no second wait
         store.create(2, oid(3), 5 * KIB, now=10.5)
     assert store.drain_events() == []
-    store.return_arena(1, seg + 99)  # stale: ignored
+    store.return_arena(1, seg + 99, start)  # stale: ignored
+    store.return_arena(1, seg, start + 64)  # another arena in the same segment: ignored too
     assert store.stats()["arena_bytes"] == 4 * KIB
-    store.return_arena(1, seg)
+    store.return_arena(1, seg, start)
     (done,) = store.drain_events()
     assert isinstance(done, CreateDone) and isinstance(done.result, list)
     assert store.stats()["arena_bytes"] == 0 and store.contains(oid(1))
