@@ -95,12 +95,14 @@ _TRUSTED = frozenset({p.Get, p.Contains, p.Sync, p.Seal, p.Release, p.SealArena,
 _REQUEST_DECODER = msgspec.msgpack.Decoder(p.Request)
 
 
-def checked(msg: msgspec.Struct) -> msgspec.Struct:
-    """``msg`` if the coordinator will accept its fields; else BadRequest naming the field."""
+def checked_frame(msg: msgspec.Struct) -> bytes:
+    """The frame of ``msg`` if the coordinator will accept its fields (decoded back from the
+    frame itself, so nothing is encoded twice); else BadRequest naming the field."""
+    frame = p.encode(msg)
     if type(msg) in _TRUSTED:
-        return msg
+        return frame
     try:
-        _REQUEST_DECODER.decode(msgspec.msgpack.encode(msg))
+        _REQUEST_DECODER.decode(memoryview(frame)[p.HEADER.size :])
     except msgspec.ValidationError as exc:
         fields = ("tag", *msg.__struct_fields__)  # array-like: the tag is element 0
 
@@ -110,7 +112,7 @@ def checked(msg: msgspec.Struct) -> msgspec.Struct:
 
         text = re.sub(r"\$\[(\d+)\]", name, str(exc), count=1)
         raise BadRequest(f"{type(msg).__name__}: {text}") from None
-    return msg
+    return frame
 
 
 def check_timeout(timeout: float | None) -> float | None:
@@ -228,8 +230,8 @@ class ClientCore:
         Raises BadRequest, taking nothing, when a message is out of the coordinator's bounds.
         """
         if len(msgs) == 1 and not self._releases and not self._cleanup:  # the common case
-            return p.encode(checked(msgs[0]))
-        encoded = [p.encode(checked(m)) for m in msgs]
+            return checked_frame(msgs[0])
+        encoded = [checked_frame(m) for m in msgs]
         out = []
         releases = self._releases
         while releases:
@@ -540,10 +542,10 @@ class ClientCore:
             return
         if self.concurrent:
             yield EXCLUSIVE
-        arena = self.arena
-        offset = arena.take(size) if arena is not None and arena.node == node else None
-        if offset is None or arena is None:
-            arena, offset = yield from self._arena_slot(size, node)
+        slot = self._take_slot(size, node)
+        if slot is None:
+            slot = yield from self._refill(size, node)
+        arena, offset = slot
         mm = self.maps[arena.segment]
         mm[offset : offset + dlen] = data
         if metadata:
@@ -620,16 +622,20 @@ class ClientCore:
         if msgs:
             yield Send(tuple(msgs))
 
-    def _arena_slot(self, size: int, node: int | None) -> Generator[Action, Any, tuple[Arena, int]]:
-        """An arena for ``node`` with room for ``size`` bytes, and the offset taken there."""
+    def _take_slot(self, size: int, node: int | None) -> tuple[Arena, int] | None:
+        """Room for ``size`` bytes in the current arena, if it is for ``node`` and has it: the
+        arena and the offset taken there (no I/O: the fast path of a small put)."""
         arena = self.arena
         if arena is None or arena.node != node or arena.segment not in self.maps:
-            arena = yield from self._new_arena(size, node, pending=[])
+            return None
         offset = arena.take(size)
-        if offset is None:
-            arena = yield from self._new_arena(size, node, pending=[])
-            offset = arena.take(size)
-            assert offset is not None
+        return None if offset is None else (arena, offset)
+
+    def _refill(self, size: int, node: int | None) -> Generator[Action, Any, tuple[Arena, int]]:
+        """A fresh arena for ``node`` (granted at least ``size`` bytes) and the offset taken."""
+        arena = yield from self._new_arena(size, node, pending=[])
+        offset = arena.take(size)
+        assert offset is not None
         return arena, offset
 
     def _new_arena(
@@ -778,7 +784,10 @@ class ClientCore:
         if size <= ARENA_OBJECT_LIMIT:  # written straight into the arena, no round trip
             if self.concurrent:
                 yield EXCLUSIVE
-            arena, offset = yield from self._arena_slot(size, node)
+            slot = self._take_slot(size, node)
+            if slot is None:
+                slot = yield from self._refill(size, node)
+            arena, offset = slot
             mm = self.maps[arena.segment]
             mm[offset + enc.data_size : offset + size] = enc.metadata
             with memoryview(mm)[offset : offset + enc.data_size] as view:

@@ -587,9 +587,7 @@ class Store:
             "capacity": sum(nd.budget for nd in self._nodes.values()),
             "used": self._used,
             "objects": len(self._objects),
-            "arena_bytes": sum(
-                c.arena.end - c.arena.cursor for c in self._clients.values() if c.arena
-            ),
+            "arena_bytes": self._arena_tails(),
             "evictions": self._evictions,
             "clients": len(self._clients),
             "subscribers": len(self._subscribers),
@@ -644,12 +642,7 @@ class Store:
             self._return_arena_tail(c)
         if least > nd.budget:
             raise StoreFull(f"{least} bytes exceed node {nd.id}'s budget of {nd.budget}")
-        reserved = sum(
-            x.arena.end - x.arena.cursor
-            for x in self._clients.values()
-            if x.arena is not None and x.arena.segment.node is nd
-        )
-        n = max(least, min(n, nd.budget // 4 - reserved))
+        n = max(least, min(n, nd.budget // 4 - self._arena_tails(nd)))
         placed = self._allocate(nd, n, evict=n == least)  # no eviction for a bigger arena
         if placed is None and n > least:
             n = least
@@ -887,6 +880,14 @@ class Store:
         self._free_object(oid, rec)
         self._evictions += 1
         self._notify_deleted(oid, rec)
+
+    def _arena_tails(self, nd: _Node | None = None) -> int:
+        """Bytes reserved in the unused tails of client arenas (on ``nd``, or anywhere)."""
+        return sum(
+            a.end - a.cursor
+            for c in self._clients.values()
+            if (a := c.arena) is not None and (nd is None or a.segment.node is nd)
+        )
 
     def _return_arena_tail(self, c: _Client) -> None:
         a = c.arena
