@@ -21,10 +21,11 @@ import collections
 import contextlib
 import math
 import mmap
+import os
 import re
 import threading
 import weakref
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -33,8 +34,9 @@ import numpy as np
 
 from plasma import protocol as p
 from plasma import serialization
+from plasma.directory import ORDERED_MEMORY, DirectoryReader, Found, PinTable
 from plasma.errors import BadRequest, PlasmaError, error_for
-from plasma.ids import ObjectID, as_id_bytes
+from plasma.ids import ID_SIZE, ObjectID, as_id_bytes
 from plasma.linux.memfd import map_segment, populate_range
 
 ObjectRef = ObjectID | bytes
@@ -144,9 +146,27 @@ def _id_list(object_ids: ObjectRef | Iterable[ObjectRef]) -> tuple[list[bytes], 
 
 @dataclass(slots=True)
 class _Held:
+    """An object this client holds one reference to: a coordinator reference, or a pin
+    (``pin`` >= 0, its pin-table entry; ``found`` the directory read it was taken on)."""
+
     loc: p.ObjectLocation
     views: int = 1
     revoked: bool = False
+    pin: int = -1
+    found: Found | None = None
+
+
+# Cores of this process, told when it forks: the child must not touch the parent's pins.
+_CORES: weakref.WeakSet[ClientCore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for core in list(_CORES):
+        core.forked()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @dataclass
@@ -196,7 +216,7 @@ class ClientCore:
         # objects we hold one reference to: with live views (held) or recently released
         # (cache, oldest first, at most release_delay; revoked when someone deletes them)
         self.held: dict[bytes, _Held] = {}
-        self.cache: dict[bytes, p.ObjectLocation] = {}
+        self.cache: dict[bytes, _Held] = {}
         self.cache_bytes = 0
         self.cache_limit = RELEASE_DELAY_BYTES  # lowered by connected() for small stores
         self.release_delay = release_delay
@@ -209,6 +229,8 @@ class ClientCore:
         self._fds: collections.deque[int] = collections.deque()
         self._lazy: set[int] = set()  # segments mapped without MAP_POPULATE
         self._releases: collections.deque[bytes] = collections.deque()  # appended by finalizers
+        # the arrays behind live views: id of a weak reference -> (it, the object's id)
+        self._owners: dict[int, tuple[weakref.ref[np.ndarray], bytes]] = {}
         # requests whose caller went away (a cancelled trio task): seq -> the request, so the
         # references or objects its reply brings are handed back
         self._abandoned: dict[int, msgspec.Struct] = {}
@@ -216,6 +238,15 @@ class ClientCore:
         self._cleanup: collections.deque[p.Abort | p.ReturnArena] = collections.deque()
         self._seq = 0
         self._seq_lock = threading.Lock()
+        # reads without requests: the directory (read-only) and this client's pin table
+        self.reader: DirectoryReader | None = None
+        self.pins: PinTable | None = None
+        self._table_maps: list[mmap.mmap] = []  # directory and access bytes
+        self._pin_map: mmap.mmap | None = None
+        self._unpins: collections.deque[bytes] = collections.deque()  # hints: pins let go
+        self.pid = os.getpid()
+        self.forked_from: int | None = None  # set in a forked child: this client is not its
+        _CORES.add(self)
 
     # ---------------------------------------------------------------- outgoing
 
@@ -229,14 +260,18 @@ class ClientCore:
 
         Raises BadRequest, taking nothing, when a message is out of the coordinator's bounds.
         """
-        if len(msgs) == 1 and not self._releases and not self._cleanup:  # the common case
-            return checked_frame(msgs[0])
+        if len(msgs) == 1 and not (self._releases or self._cleanup or self._unpins):
+            return checked_frame(msgs[0])  # the common case
         encoded = [checked_frame(m) for m in msgs]
         out = []
         releases = self._releases
         while releases:
             ids = [releases.popleft() for _ in range(min(len(releases), IDS_PER_FRAME))]
             out.append(p.encode(p.Release(seq=self.next_seq(), ids=ids, ack=False)))
+        unpins = self._unpins
+        while unpins:
+            ids = [unpins.popleft() for _ in range(min(len(unpins), IDS_PER_FRAME))]
+            out.append(p.encode(p.Unpin(seq=self.next_seq(), ids=ids)))
         while self._cleanup:
             msg = self._cleanup.popleft()
             msg.seq = self.next_seq()
@@ -277,7 +312,7 @@ class ClientCore:
     def closing_frames(self) -> bytes:
         """What to send before closing: the releases still queued (cached ones included)."""
         self.drop_cache()
-        return self.frames() if self._releases or self._cleanup else b""
+        return self.frames() if self._releases or self._cleanup or self._unpins else b""
 
     def abandon(self, msg: msgspec.Struct) -> None:
         """The caller of ``msg`` will not read its reply: give back what the reply brings."""
@@ -295,8 +330,25 @@ class ClientCore:
             self.deferred_dropped = 0
         return err
 
+    def forked(self) -> None:
+        """This process is a fork of the one that connected: never touch the connection or
+        the pins again (they are the parent's); every call raises."""
+        self.forked_from = self.pid
+        self.pid = os.getpid()
+        self.reader = None
+        self.pins = None
+
+    def check_process(self) -> None:
+        """Raise in a forked child: the connection and its pins belong to the parent."""
+        if self.forked_from is not None:
+            raise PlasmaError(
+                f"this client was connected by process {self.forked_from}; a forked child "
+                f"(process {self.pid}) must connect its own client"
+            )
+
     def check_usable(self) -> None:
         """Raise the coordinator's reason for closing, or the oldest deferred error."""
+        self.check_process()
         if self.fatal is not None:
             raise type(self.fatal)(self.fatal.message)
         err = self.take_deferred_error()
@@ -314,7 +366,12 @@ class ClientCore:
             segments = getattr(msg, "segments", None)
             if segments:
                 self._map_segments(segments, for_writing=isinstance(msg, _WRITE_REPLIES))
-            if isinstance(msg, p.Notification):
+            tables = getattr(msg, "tables", None)
+            if tables is not None:  # Connected, DirectoryMoved: their fds come first
+                self._map_tables(tables)
+            if isinstance(msg, p.DirectoryMoved):
+                pass
+            elif isinstance(msg, p.Notification):
                 if msg.location is not None:
                     self.prefetched.setdefault(msg.id, []).append(msg.location)
                 self.notifications.append(msg)
@@ -378,6 +435,92 @@ class ClientCore:
             if not for_writing:
                 self._lazy.add(info.id)
 
+    def _map_tables(self, tables: p.TablesInfo) -> None:
+        """Map the directory (and access bytes, and the pin table when sent) from their fds,
+        replacing the directory mapped before. One that cannot be read leaves this client
+        reading through requests."""
+        sizes = [tables.directory_size, tables.access_size, tables.pin_size]
+        if len(self._fds) < sum(1 for s in sizes if s):
+            raise PlasmaError("the directory arrived without its file descriptors")
+        maps = [
+            map_segment(self._fds.popleft(), size, writable=i > 0, populate=i == 2)
+            if size
+            else None
+            for i, size in enumerate(sizes)
+        ]
+        directory, access, pins = maps
+        assert directory is not None
+        old = self._table_maps
+        try:
+            self.reader = DirectoryReader(directory, access) if ORDERED_MEMORY else None
+        except ValueError:  # a layout this client does not know: requests it is
+            self.reader = None
+        self._table_maps = [m for m in (directory, access) if m is not None]
+        for mm in old:
+            with contextlib.suppress(BufferError):
+                mm.close()
+        if pins is not None:
+            self._pin_map = pins
+            self.pins = PinTable(pins)
+
+    def get_pinned(self, object_id: Any, timeout: float | None, with_metadata: bool) -> Any | None:
+        """What ``get`` of one id returns, when the directory serves it at once (no I/O, so
+        no operation to drive); None otherwise (run :meth:`get`)."""
+        if self.reader is None:
+            return None
+        kind = type(object_id)
+        if kind is ObjectID:
+            oid = object_id.binary()
+        elif kind is bytes and len(object_id) == ID_SIZE:
+            oid = object_id
+        else:
+            return None
+        if oid in self.held or oid in self.cache:
+            return None  # served by reuse, after taking in revocations
+        check_timeout(timeout)
+        views = self.take_pinned(oid)
+        if views is None or with_metadata:
+            return views
+        return views[0]
+
+    def take_pinned(self, oid: bytes) -> tuple[memoryview, memoryview] | None:
+        """Views of the sealed object ``oid`` read from the directory and pinned, with no
+        request; None when the directory cannot serve it (ask the coordinator).
+
+        The pin is written between a consistent read of the object's slot and a re-read of
+        its sequence word; unchanged, the object was not marked dying before the pin could
+        be seen, so the coordinator's scan (a grace period after any mark) sees the pin."""
+        reader, pins = self.reader, self.pins
+        if reader is None or pins is None:
+            return None
+        found = reader.lookup(oid)
+        if found is None or found.location.segment not in self.maps:
+            return None
+        with self._held_lock:
+            if oid in self.held or oid in self.cache:
+                return None  # held already (another thread got it meanwhile): reuse that one
+            index = pins.pin(found.generation)
+            if index is None:
+                return None  # the pin table is full
+            if not reader.unchanged(found):
+                pins.unpin(index)
+                return None
+            self.held[oid] = _Held(found.location, pin=index, found=found)
+            return self._views(oid, found.location)
+
+    def _let_go(self, oid: bytes, held: _Held) -> None:
+        """Give up the reference ``held`` stands for: clear its pin (telling the coordinator
+        when the object is dying, so its delete finishes now), or release it."""
+        if held.pin < 0:
+            self._releases.append(oid)
+            return
+        pins, reader = self.pins, self.reader
+        if pins is None:  # forked child: the pin table is the parent's
+            return
+        pins.unpin(held.pin)
+        if held.found is not None and reader is not None and reader.dying(held.found):
+            self._unpins.append(oid)
+
     # ---------------------------------------------------------------- views
 
     def write_object(self, loc: p.ObjectLocation, metadata: bytes) -> memoryview:
@@ -410,11 +553,11 @@ class ClientCore:
         with self._held_lock:
             held = self.held.get(oid)
             if held is None:
-                loc = self.cache.pop(oid, None)
-                if loc is None:
+                held = self.cache.pop(oid, None)
+                if held is None:
                     return None
-                self.cache_bytes -= _size(loc)
-                self.held[oid] = held = _Held(loc, views=0)
+                self.cache_bytes -= _size(held.loc)
+                self.held[oid] = held
             elif held.revoked:
                 return None
             held.views += 1
@@ -441,17 +584,18 @@ class ClientCore:
         """The coordinator waits for our references to these to delete them."""
         with self._held_lock:
             for oid in ids:
-                loc = self.cache.pop(oid, None)
-                if loc is not None:
-                    self.cache_bytes -= _size(loc)
-                    self._releases.append(oid)
+                held = self.cache.pop(oid, None)
+                if held is not None:
+                    self.cache_bytes -= _size(held.loc)
+                    self._let_go(oid, held)
                 elif oid in self.held:
                     self.held[oid].revoked = True
 
     def drop_cache(self) -> None:
         """Release every cached (unused) reference with the next message."""
         with self._held_lock:
-            self._releases.extend(self.cache)
+            for oid, held in self.cache.items():
+                self._let_go(oid, held)
             self.cache.clear()
             self.cache_bytes = 0
 
@@ -461,14 +605,23 @@ class ClientCore:
             self.maps[loc.segment], np.uint8, count=max(total, 1), offset=loc.offset
         )
         owner.flags.writeable = False
-        weakref.finalize(owner, self._drop_view, oid)
+        # when ``owner`` dies, the weak reference calls back (on whatever thread collects it)
+        ref = weakref.ref(owner, self._owner_died)
+        self._owners[id(ref)] = (ref, oid)
         view = owner.data  # a memoryview that keeps ``owner`` alive
         return view[: loc.data_size], view[loc.data_size : total]
+
+    def _owner_died(self, ref: weakref.ref[np.ndarray]) -> None:
+        entry = self._owners.pop(id(ref), None)
+        if entry is not None:
+            self._drop_view(entry[1])
 
     def _drop_view(self, oid: bytes) -> None:
         """Finalizer of a view owner (any thread, any time): when the last view of an object
         goes, keep its reference in the release-delay cache (releasing the oldest ones beyond
         ``release_delay`` objects or ``cache_limit`` bytes) or release it."""
+        if self.forked_from is not None:
+            return  # a forked child's copies of the parent's views: not this process's
         with self._held_lock:
             held = self.held.get(oid)
             if held is None:
@@ -478,21 +631,29 @@ class ClientCore:
                 return
             del self.held[oid]
             if held.revoked or not self.release_delay:
-                self._releases.append(oid)
+                self._let_go(oid, held)
                 return
-            self.cache[oid] = held.loc
+            self.cache[oid] = held
             self.cache_bytes += _size(held.loc)
             cache = self.cache
             while len(cache) > self.release_delay or self.cache_bytes > self.cache_limit:
                 oldest = next(iter(cache))
-                self.cache_bytes -= _size(cache.pop(oldest))
-                self._releases.append(oldest)
+                old = cache.pop(oldest)
+                self.cache_bytes -= _size(old.loc)
+                self._let_go(oldest, old)
 
     def close_maps(self) -> None:
-        for mm in self.maps.values():
+        self.reader = None
+        self.pins = None
+        maps = [*self.maps.values(), *self._table_maps]
+        if self._pin_map is not None:
+            maps.append(self._pin_map)
+        for mm in maps:
             with contextlib.suppress(BufferError):  # views still alive: unmapped when they go
                 mm.close()
         self.maps.clear()
+        self._table_maps = []
+        self._pin_map = None
 
     # ---------------------------------------------------------------- operations
     # Each is a generator the clients drive (see the module docstring); the public methods
@@ -688,12 +849,15 @@ class ClientCore:
         get = self.start_get(ids)
         if get.missing:
             locations = self.take_prefetched(get.missing)
-            if locations is None:
+            if locations is None and self.reader is not None:
+                get.serve(self.take_pinned)
+            if locations is None and get.missing:
                 locations = []
                 for chunk in chunks(get.missing):
                     reply = yield Call((p.Get(seq=self.next_seq(), ids=chunk, timeout=timeout),))
                     locations += reply.results
-            get.fill(locations, timeout)
+            if locations is not None:
+                get.fill(locations, timeout)
         return get.result(with_metadata, raise_missing=raise_missing)
 
     def get(self, object_ids: Any, timeout: float | None, with_metadata: bool) -> Op:
@@ -819,6 +983,18 @@ class PendingGet:
         self._wanted = [i for i, v in enumerate(views) if v is None]
         self.missing = [ids[i] for i in self._wanted]  # ids to ask the coordinator for
         self._failure: PlasmaError | None = None
+
+    def serve(self, local: Callable[[bytes], Views | None]) -> None:
+        """Fill in what ``local`` (the directory) has; ``missing`` is what is left."""
+        wanted = []
+        for i in self._wanted:
+            views = local(self._ids[i])
+            if views is None:
+                wanted.append(i)
+            else:
+                self._views[i] = views
+        self._wanted = wanted
+        self.missing = [self._ids[i] for i in wanted]
 
     def fill(self, locations: list[p.ObjectLocation | str], timeout: float | None) -> None:
         for i, loc in zip(self._wanted, locations, strict=True):

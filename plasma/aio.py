@@ -22,6 +22,7 @@ import msgspec
 import trio
 
 from plasma import protocol as p
+from plasma import serialization
 from plasma._client_core import (
     EXCLUSIVE,
     RELEASE_DELAY,
@@ -61,6 +62,7 @@ class AsyncClient:
 
     async def _run(self, op: Op) -> Any:
         """Carry out an operation of the core (see :mod:`plasma._client_core`)."""
+        self._core.check_process()
         reply: Any = None
         error: BaseException | None = None
         exclusive = False
@@ -226,6 +228,9 @@ class AsyncClient:
         self, object_ids: Any, timeout: float | None = None, *, with_metadata: bool = False
     ) -> Any:
         """Zero-copy read-only buffers; see :meth:`plasma.Client.get`."""
+        local = self._core.get_pinned(object_ids, timeout, with_metadata)
+        if local is not None:
+            return local
         return await self._run(self._core.get(object_ids, timeout, with_metadata))
 
     async def get_buffers(
@@ -296,6 +301,9 @@ class AsyncClient:
 
     async def get_object(self, object_id: ObjectRef, timeout: float | None = None) -> Any:
         """The value stored by :meth:`put`, as a zero-copy read-only view."""
+        local = self._core.get_pinned(object_id, timeout, True)
+        if local is not None:
+            return serialization.decode(*local)
         return await self._run(self._core.get_object(object_id, timeout))
 
     # ------------------------------------------------------------ run relay
@@ -332,6 +340,7 @@ class AsyncClient:
         """Send pending releases and disconnect."""
         if self._closed is None:
             with contextlib.suppress(OSError, PlasmaError), trio.CancelScope(shield=True):
+                self._core.check_process()  # a forked child leaves the parent's connection be
                 data = self._core.closing_frames()
                 if data:
                     async with self._send_lock:

@@ -21,6 +21,7 @@ from typing import Any, overload
 import msgspec
 
 from plasma import protocol as p
+from plasma import serialization
 from plasma._client_core import (
     RELEASE_DELAY,
     Call,
@@ -68,6 +69,7 @@ class Client:
 
     def _run(self, op: Op) -> Any:
         """Carry out an operation of the core (see :mod:`plasma._client_core`)."""
+        self._core.check_process()
         with self._lock:
             reply: Any = None
             error: BaseException | None = None
@@ -239,6 +241,9 @@ class Client:
         result. Raises ``ObjectNotSealed``, ``ObjectNotFound`` or ``PlasmaTimeout`` when an
         object is not available; the references already taken are then released.
         """
+        local = self._core.get_pinned(object_ids, timeout, with_metadata)
+        if local is not None:
+            return local
         return self._run(self._core.get(object_ids, timeout, with_metadata))
 
     def get_buffers(
@@ -326,6 +331,9 @@ class Client:
 
     def get_object(self, object_id: ObjectRef, timeout: float | None = None) -> Any:
         """The value stored by :meth:`put`, as a zero-copy read-only view."""
+        local = self._core.get_pinned(object_id, timeout, True)
+        if local is not None:
+            return serialization.decode(*local)
         return self._run(self._core.get_object(object_id, timeout))
 
     # ------------------------------------------------------------ lifetime
@@ -336,6 +344,7 @@ class Client:
             return
         with self._lock:
             with contextlib.suppress(OSError, PlasmaError):
+                self._core.check_process()  # a forked child leaves the parent's connection be
                 data = self._core.closing_frames()
                 if data:
                     self._sock.sendall(data)

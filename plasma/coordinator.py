@@ -3,7 +3,10 @@
 All object state lives in the sans-I/O :class:`plasma.store.Store`; this module only decodes
 requests, calls the store, encodes replies, attaches segment fds (SCM_RIGHTS, once per segment
 per client), routes the store's events (finished waits, notifications) to their sessions and
-relays ``RunCall``s to run owners.
+relays ``RunCall``s to run owners. It also creates the shared tables of reads without
+requests (:mod:`plasma.shared_tables`): the directory's fds go to every client with
+``Connected`` and again when the directory is rebuilt, each client's pin table with its
+``Connected``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import trio
 
 from plasma import errors
 from plasma import protocol as p
+from plasma.directory import pin_table_size
 from plasma.errors import PlasmaError
 from plasma.ids import ID_SIZE
 from plasma.linux.fdlimit import EXHAUSTED, FdReserve, raise_nofile_limit
@@ -34,7 +38,17 @@ from plasma.linux.peercred import peer_credentials
 from plasma.metrics import make_registry, parse_address, serve_metrics
 from plasma.placement_report import placement_report
 from plasma.segments import BASE_PAGE, SegmentPool
-from plasma.store import CreateDone, GetDone, Notify, Pending, Reclaim, Revoke, Store
+from plasma.shared_tables import SharedTables, close_map, new_pin_table
+from plasma.store import (
+    CreateDone,
+    DirectoryMoved,
+    GetDone,
+    Notify,
+    Pending,
+    Reclaim,
+    Revoke,
+    Store,
+)
 from plasma.telemetry import Telemetry, numa_nodes
 from plasma.units import parse_size
 
@@ -79,6 +93,7 @@ class CoordinatorConfig:
     sysfs_root: str = "/"
     max_clients: int = 1024  # connections at once, handshaking ones included
     handshake_timeout: float = 10.0  # seconds a new connection has to send Connect
+    pins_per_client: int = 4096  # entries of each client's pin table (0: no reads without requests)
 
     @classmethod
     def for_topology(
@@ -141,15 +156,29 @@ class Session:
         self.decoder = p.FrameDecoder(p.Request, max_frame)
         self.seen_segments: set[int] = set()
         self.writable = True  # False: a read-only uid, sent read-only fds and refused writes
-        self._out: collections.deque[tuple[bytes, list[int]]] = collections.deque()
+        self.pin_table: Any = None  # the coordinator's read-only map of the client's pin table
+        # frames, their fds, and which of those to close once sent
+        self._out: collections.deque[tuple[bytes, list[int], list[int]]] = collections.deque()
         self.unsent = 0  # bytes queued in _out
         self.handshake = trio.CancelScope()  # ends the session unless Connect comes in time
         self._wake_writer = trio.Event()
 
-    def send(self, msg: msgspec.Struct, fds: list[int] | None = None) -> None:
+    def send(
+        self, msg: msgspec.Struct, fds: list[int] | None = None, *, owned: bool = False
+    ) -> None:
+        """Queue ``msg`` with ``fds``; ``owned`` fds are closed once sent (or dropped)."""
         frame = p.encode(msg)
         self.unsent += len(frame)
-        self._out.append((frame, fds or []))
+        fds = fds or []
+        self._out.append((frame, fds, fds if owned else []))
+
+    def drop_queue(self) -> None:
+        """Forget what was not sent (the peer is gone), closing the fds it owned."""
+        for _, _, owned in self._out:
+            for fd in owned:
+                os.close(fd)
+        self._out.clear()
+        self.unsent = 0
 
     def flush(self) -> None:
         """Send what the socket takes now; leave the rest to the writer task."""
@@ -161,10 +190,12 @@ class Session:
         while self._out:
             frames: list[bytes] = []
             fds: list[int] = []
+            owned: list[int] = []
             while self._out and len(fds) + len(self._out[0][1]) <= MAX_FDS_PER_SEND:
-                frame, frame_fds = self._out.popleft()
+                frame, frame_fds, frame_owned = self._out.popleft()
                 frames.append(frame)
                 fds.extend(frame_fds)
+                owned.extend(frame_owned)
             if (
                 not frames
             ):  # a single frame with too many fds cannot happen: segments per reply are bounded
@@ -173,15 +204,17 @@ class Session:
             try:
                 sent = self.sock.sendmsg([data], scm_rights(fds))
             except BlockingIOError:
-                self._out.appendleft((data, fds))
+                self._out.appendleft((data, fds, owned))
                 return False
             except OSError:
-                self._out.clear()  # peer gone; the reader will notice and clean up
-                self.unsent = 0
+                self._out.appendleft((data, fds, owned))
+                self.drop_queue()  # peer gone; the reader will notice and clean up
                 return True
+            for fd in owned:  # the receiver has its own copies now
+                os.close(fd)
             self.unsent -= sent
             if sent < len(data):
-                self._out.appendleft((data[sent:], []))  # fds travelled with the first byte
+                self._out.appendleft((data[sent:], [], []))  # fds travelled with the first byte
                 return False
         return True
 
@@ -214,6 +247,7 @@ class Coordinator:
             )
         largest = max(self.budgets.values())
         self.max_object_size = min(config.max_object_size or largest, largest)
+        self.tables = SharedTables()
         self.store = Store(
             self.budgets,
             self.pool,
@@ -222,6 +256,7 @@ class Coordinator:
             # unset: only the budgets limit objects, and a create larger than them is
             # store_full (as in Plasma), not bad_request
             max_object_size=config.max_object_size,
+            directory_memory=self.tables,
         )
         self.sessions: dict[int, Session] = {}
         self.connections = 0  # accepted and not yet closed, handshaking ones included
@@ -231,6 +266,9 @@ class Coordinator:
         self.error_counts: collections.Counter[str] = collections.Counter()
         self._next_client = 1
         self._waits: dict[int, tuple[int, int]] = {}  # store token -> (client, seq)
+        # Sync and Evict replies sent once the store has scanned for pins what was deleted or
+        # evicted before them: (scan time, client, reply)
+        self._syncs: list[tuple[float, int, msgspec.Struct]] = []
         self._deadline_changed = trio.Event()
         self._runs: dict[str, int] = {}  # run id -> owner client
         self._calls: dict[int, tuple[int, int, str]] = {}  # relay id -> (caller, seq, run id)
@@ -247,6 +285,7 @@ class Coordinator:
             p.Get: self._get,
             p.Release: self._release,
             p.Delete: self._delete,
+            p.Unpin: self._unpin,
             p.Contains: self._contains,
             p.List: self._list,
             p.Evict: self._evict,
@@ -287,8 +326,10 @@ class Coordinator:
                 os.unlink(self.config.socket_path)
             for session in list(self.sessions.values()):
                 session.sock.close()
+                session.drop_queue()
             self.telemetry.close()
             self.pool.close()
+            self.tables.close()
 
     async def _accept_loop(
         self, listener: socket.socket, reserve: FdReserve, nursery: trio.Nursery
@@ -425,10 +466,15 @@ class Coordinator:
                     self._reply_error(caller, seq, errors.OBJECT_NOT_FOUND, f"run {run_id} ended")
         self._calls = {c: v for c, v in self._calls.items() if v[0] != session.client_id}
         self._calls_by_client.pop(session.client_id, None)
+        self._syncs = [s for s in self._syncs if s[1] != session.client_id]
         if session.connected:
-            self.store.disconnect(session.client_id)
+            self.store.disconnect(session.client_id, now=time.time())
             self._deliver_events()
+        if session.pin_table is not None:
+            close_map(session.pin_table)
+            session.pin_table = None
         session.sock.close()
+        session.drop_queue()
 
     async def _expiry_loop(self) -> None:
         while True:
@@ -438,8 +484,20 @@ class Coordinator:
             with trio.move_on_after(wait):
                 await self._deadline_changed.wait()
             self._deadline_changed = trio.Event()
-            self.store.expire(time.time())
+            now = time.time()
+            self.store.expire(now)
+            self._answer_syncs(now)
             self._deliver_events()
+
+    def _answer_syncs(self, now: float) -> None:
+        if not self._syncs:
+            return
+        for _, client, reply in [s for s in self._syncs if s[0] <= now]:
+            session = self.sessions.get(client)
+            if session is not None:
+                session.send(reply)
+                session.flush()
+        self._syncs = [s for s in self._syncs if s[0] > now]
 
     # ------------------------------------------------------------ dispatch
 
@@ -485,9 +543,10 @@ class Coordinator:
         if node not in self.config.memory:
             node = None
         session.name = msg.client_name
+        tables, fds = self._tables_for(session)
         session.connected = True
         session.handshake.deadline = math.inf
-        self.store.register_client(session.client_id, node)
+        self.store.register_client(session.client_id, node, pins=session.pin_table)
         session.send(
             p.Connected(
                 seq=msg.seq,
@@ -503,8 +562,35 @@ class Coordinator:
                 max_object_size=self.max_object_size,
                 node=node,
                 alignment=self.store.alignment,
-            )
+                tables=tables,
+            ),
+            fds,
+            owned=True,
         )
+
+    def _tables_for(self, session: Session) -> tuple[p.TablesInfo | None, list[int]]:
+        """A new client's pin table, and what Connected says of the tables, with their fds
+        (new ones, closed once sent). Without tables (``pins_per_client`` 0, or no memory
+        for them) the client reads through requests only."""
+        entries = self.config.pins_per_client
+        if not entries:
+            return None, []
+        size = pin_table_size(entries)
+        try:
+            pin_fd, session.pin_table = new_pin_table(size)
+        except PlasmaError as exc:
+            log.warning("client %d reads through requests only: %s", session.client_id, exc)
+            return None, []
+        try:
+            fds = self.tables.descriptors(writable=session.writable)
+        except (PlasmaError, OSError) as exc:
+            os.close(pin_fd)
+            close_map(session.pin_table)
+            session.pin_table = None
+            log.warning("client %d reads through requests only: %s", session.client_id, exc)
+            return None, []
+        access = self.tables.access_size if session.writable else 0
+        return p.TablesInfo(self.tables.directory_size, access, size), [*fds, pin_fd]
 
     def _unseen_segments(
         self, session: Session, segment_ids: Iterable[int]
@@ -596,11 +682,15 @@ class Coordinator:
         self._for_each(session, msg.seq, msg.ids, seal, msg.ack)
 
     def _release(self, session: Session, msg: p.Release) -> None:
-        self._for_each(session, msg.seq, msg.ids, self.store.release, msg.ack)
+        release = functools.partial(self.store.release, now=time.time())
+        self._for_each(session, msg.seq, msg.ids, release, msg.ack)
 
     def _abort(self, session: Session, msg: p.Abort) -> None:
-        self.store.abort(session.client_id, msg.id)
+        self.store.abort(session.client_id, msg.id, now=time.time())
         session.send(p.Ok(seq=msg.seq))
+
+    def _unpin(self, session: Session, msg: p.Unpin) -> None:
+        self.store.unpinned(now=time.time())
 
     def _get(self, session: Session, msg: p.Get) -> None:
         res = self.store.get(session.client_id, msg.ids, timeout=msg.timeout, now=time.time())
@@ -610,7 +700,7 @@ class Coordinator:
             self._reply_got(session, msg.seq, res)
 
     def _delete(self, session: Session, msg: p.Delete) -> None:
-        deleted, deferred, missing = self.store.delete(session.client_id, msg.ids)
+        deleted, deferred, missing = self.store.delete(session.client_id, msg.ids, now=time.time())
         session.send(p.Deleted(seq=msg.seq, deleted=deleted, deferred=deferred, missing=missing))
 
     def _contains(self, session: Session, msg: p.Contains) -> None:
@@ -620,24 +710,30 @@ class Coordinator:
         session.send(p.Listing(seq=msg.seq, objects=self.store.objects()))
 
     def _evict(self, session: Session, msg: p.Evict) -> None:
-        session.send(p.Evicted(seq=msg.seq, nbytes=self.store.evict(msg.nbytes)))
+        nbytes = self.store.evict(msg.nbytes, now=time.time())
+        self._reply_after_scan(session, p.Evicted(seq=msg.seq, nbytes=nbytes))
 
     def _subscribe(self, session: Session, msg: p.Subscribe) -> None:
         self.store.subscribe(session.client_id, msg.with_locations)
         session.send(p.Ok(seq=msg.seq))
 
     def _arena(self, session: Session, msg: p.Arena) -> None:
-        segment, offset, size = self.store.grant_arena(
+        res = self.store.grant_arena(
             session.client_id, msg.size, msg.node, min_size=msg.min_size, now=time.time()
         )
+        if isinstance(res, Pending):
+            self._park(session, msg.seq, res)
+        else:
+            self._reply_arena(session, msg.seq, res)
+
+    def _reply_arena(self, session: Session, seq: int, grant: tuple[int, int, int]) -> None:
+        segment, offset, size = grant
         segs, fds = self._unseen_segments(session, [segment])
-        reply = p.ArenaGranted(
-            seq=msg.seq, segment=segment, offset=offset, size=size, segments=segs
-        )
+        reply = p.ArenaGranted(seq=seq, segment=segment, offset=offset, size=size, segments=segs)
         session.send(reply, fds)
 
     def _return_arena(self, session: Session, msg: p.ReturnArena) -> None:
-        self.store.return_arena(session.client_id, msg.segment, msg.offset)
+        self.store.return_arena(session.client_id, msg.segment, msg.offset, now=time.time())
 
     def _seal_arena(self, session: Session, msg: p.SealArena) -> None:
         self.store.seal_arena(session.client_id, msg.segment, msg.objects, now=time.time())
@@ -645,7 +741,17 @@ class Coordinator:
             session.send(p.Ok(seq=msg.seq))
 
     def _sync(self, session: Session, msg: p.Sync) -> None:
-        session.send(p.Ok(seq=msg.seq))
+        """Answered once everything deleted or evicted before it was scanned for pins."""
+        self._reply_after_scan(session, p.Ok(seq=msg.seq))
+
+    def _reply_after_scan(self, session: Session, reply: msgspec.Struct) -> None:
+        """Send ``reply`` once what was deleted or evicted so far was scanned for pins (so
+        the memory no pin holds is free by then)."""
+        due = self.store.reclaimed_by()
+        if due is None:
+            session.send(reply)
+        else:
+            self._syncs.append((due, session.client_id, reply))
 
     def _stats(self, session: Session, msg: p.Stats) -> None:
         session.send(p.StatsReply(seq=msg.seq, stats=self.stats(placement=msg.placement)))
@@ -745,8 +851,13 @@ class Coordinator:
     # ------------------------------------------------------------ store events
 
     def _deliver_events(self) -> None:
+        if self.store.take_wakeup():
+            self._deadline_changed.set()  # a pin scan is due earlier than the loop waits
         touched: set[Session] = set()
         for event in self.store.drain_events():
+            if isinstance(event, DirectoryMoved):
+                touched.update(self._send_directory())
+                continue
             session = self.sessions.get(event.client)
             if session is None:
                 continue
@@ -782,11 +893,29 @@ class Coordinator:
                     session.send(
                         p.Error(seq=seq, code=event.result.code, message=event.result.message)
                     )
+                elif isinstance(event.result, tuple):
+                    self._reply_arena(session, seq, event.result)
                 else:
                     self._reply_locations(session, seq, event.result)
             touched.add(session)
         for session in touched:
             session.flush()
+
+    def _send_directory(self) -> list[Session]:
+        """The rebuilt directory, to every client that has the old one."""
+        sent = []
+        for session in self.sessions.values():
+            if session.connected and session.pin_table is not None:
+                try:
+                    fds = self.tables.descriptors(writable=session.writable)
+                except (PlasmaError, OSError) as exc:  # it reads through requests meanwhile
+                    log.warning("client %d keeps a stale directory: %s", session.client_id, exc)
+                    continue
+                access = self.tables.access_size if session.writable else 0
+                tables = p.TablesInfo(self.tables.directory_size, access)
+                session.send(p.DirectoryMoved(seq=0, tables=tables), fds, owned=True)
+                sent.append(session)
+        return sent
 
     def _drop_subscriber(self, session: Session) -> None:
         """A subscriber that fell behind: end its subscription with an "overflow" note (its

@@ -83,6 +83,22 @@ def _store_metrics(stats: Mapping[str, Any]) -> Iterator[Metric]:
     evictions.add_metric([], stats.get("evictions", 0))
     yield evictions
     yield GaugeMetricFamily(
+        "plasma_store_pins",
+        "objects clients hold through their pin tables (gets served without a request)",
+        value=stats.get("pins", 0),
+    )
+    yield GaugeMetricFamily(
+        "plasma_store_dying_objects",
+        "deleted or evicted objects whose memory waits for a pin scan or for pins to go",
+        value=stats.get("dying", 0),
+    )
+    directory = stats.get("directory", {})
+    for key, doc in (
+        ("capacity", "slots of the shared object directory"),
+        ("objects", "objects published in the shared object directory"),
+    ):
+        yield GaugeMetricFamily(f"plasma_directory_{key}", doc, value=directory.get(key, 0))
+    yield GaugeMetricFamily(
         "plasma_clients", "connected clients", value=len(stats.get("clients", []))
     )
     yield GaugeMetricFamily(

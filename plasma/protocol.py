@@ -33,6 +33,7 @@ from plasma.records import (  # the records messages carry, re-exported: p.Objec
     ObjectInfo,
     ObjectLocation,
     SegmentInfo,
+    TablesInfo,
 )
 
 PROTOCOL_VERSION = 1
@@ -151,6 +152,14 @@ class Release(_Msg):
 
 
 class Delete(_Msg):
+    seq: _Int
+    ids: _Ids
+
+
+class Unpin(_Msg):
+    """Sent without waiting, never answered: the client cleared its pins of these objects,
+    which it saw dying (their delete waits for pins); the coordinator scans again now."""
+
     seq: _Int
     ids: _Ids
 
@@ -304,6 +313,7 @@ class Connected(_Msg):
     max_object_size: int
     node: int | None  # the client's default node
     alignment: int = 64  # objects (and arena objects) start at multiples of this
+    tables: TablesInfo | None = None  # the directory and pin table (their fds come along)
 
 
 class Ok(_Msg):
@@ -379,6 +389,14 @@ class Reclaim(_Msg):
     seq: int
 
 
+class DirectoryMoved(_Msg):
+    """Pushed (``seq`` 0) to every client when the directory was rebuilt: map this one (its
+    fds come along, as ``tables`` says) instead of the old one, which reads superseded."""
+
+    seq: int
+    tables: TablesInfo
+
+
 class Notification(_Msg):
     """Pushed to subscribers (``seq`` 0): an object was sealed or deleted."""
 
@@ -400,6 +418,7 @@ Request = (
     | Get
     | Release
     | Delete
+    | Unpin
     | Contains
     | List
     | Evict
@@ -431,6 +450,7 @@ Reply = (
     | Notification
     | Revoked
     | Reclaim
+    | DirectoryMoved
     | RunRequest
     | RunResult
 )

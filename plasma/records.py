@@ -59,6 +59,18 @@ class ObjectInfo(msgspec.Struct, array_like=True, gc=False):
     construct_duration: float = -1.0  # seconds from create to seal; -1 while unsealed
 
 
+class TablesInfo(msgspec.Struct, array_like=True, gc=False):
+    """The shared tables of reads without requests (:mod:`plasma.directory`): byte sizes of
+    the directory (its fd read-only), of its access bytes (0: none sent; the fd is
+    read-write) and of the client's pin table (read-write; 0 when the directory moved and
+    the pin table stays). The fds accompany the frame in that order, those of size 0
+    left out."""
+
+    directory_size: int
+    access_size: int
+    pin_size: int = 0
+
+
 class NodeInfo(msgspec.Struct, array_like=True, gc=False):
     id: int
     capacity: int

@@ -34,18 +34,39 @@ Semantics the coordinator mirrors:
   the answer. Arenas on a node never reserve more than a quarter of its budget beyond what
   the objects at hand need.
 * A client has at most ``max_waiters`` gets and creates waiting at once.
+* Every sealed object is published in the shared directory (:mod:`plasma.directory`), where
+  clients get it with no request by pinning it in their pin table. Bytes a pin may hold are
+  never freed: a deleted or evicted object's slot is marked dying, and its memory is freed
+  only when a scan of the pin tables ``grace`` seconds later (or any later one) finds no pin
+  on it. The id of a deleted object no reference holds can be created again at once (pins
+  do not hold the id; references do, as before). An eviction victim found
+  pinned stays (eviction goes on to others); a create that waits for evicted memory is a
+  Pending even with timeout 0. Eviction order is CLOCK: objects in the order they lost
+  their last reference, skipping (and moving back) those a reader touched since the hand
+  last passed, and those pinned now. The ref counts :meth:`objects` shows include pins.
 """
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import math
 from collections import OrderedDict
+from collections.abc import Generator, Iterator
 from typing import Any, Protocol
 
 import msgspec
 
 from plasma.allocator import Allocator
+from plasma.directory import (
+    DYING,
+    MIN_CAPACITY,
+    SEALED,
+    Directory,
+    PinScanner,
+    directory_size,
+    rebuilt_capacity,
+)
 from plasma.errors import (
     BadRequest,
     ObjectExists,
@@ -60,6 +81,11 @@ from plasma.records import ArenaObject, CreateItem, ObjectInfo, ObjectLocation
 
 RECLAIM_INTERVAL = 1.0  # seconds between two Reclaim events to the same client
 RECLAIM_WAIT = 0.25  # seconds a create that would fail at once waits for reclaimed memory
+GRACE = 0.002  # seconds from marking an object dying to scanning the pin tables for it
+PIN_RESCAN = 0.05  # seconds between scans for pins that hold deleted objects or block creates
+EVICTION_WAIT = 0.25  # seconds a create with timeout 0 waits for the memory it evicts
+EVICTION_HEADROOM = 64  # a round of eviction frees at least 1/64 of the node's budget
+REBUILD_ATTEMPTS = 4  # directory sizes tried (doubling) before leaving a published id out
 
 NOT_SEALED = "object_not_sealed"
 NOT_FOUND = "object_not_found"
@@ -77,6 +103,29 @@ class SegmentProvider(Protocol):
         ...
 
     def free_segment(self, segment: int) -> None: ...
+
+
+class DirectoryMemory(Protocol):
+    """Creates the shared memory the directory and its access bytes live in."""
+
+    def new_directory(self, nbytes: int, access_bytes: int) -> tuple[Any, Any]:
+        """Zero-filled writable buffers for a directory and its access bytes. May raise
+        PlasmaError (the store then keeps its current directory)."""
+        ...
+
+    def free_directory(self, directory: Any, access: Any) -> None:
+        """The store no longer uses these buffers (readers may still map them)."""
+        ...
+
+
+class LocalDirectoryMemory:
+    """Directory memory in this process only (for the store without a coordinator)."""
+
+    def new_directory(self, nbytes: int, access_bytes: int) -> tuple[Any, Any]:
+        return bytearray(nbytes), bytearray(access_bytes)
+
+    def free_directory(self, directory: Any, access: Any) -> None:
+        pass
 
 
 # ---------------------------------------------------------------- events
@@ -101,7 +150,8 @@ class CreateDone(msgspec.Struct):
 
     client: int
     token: int
-    result: list[ObjectLocation] | PlasmaError
+    # the objects' locations, or for a waiting arena request (segment, offset, size)
+    result: list[ObjectLocation] | tuple[int, int, int] | PlasmaError
 
 
 class Notify(msgspec.Struct, gc=False):
@@ -134,7 +184,14 @@ class Reclaim(msgspec.Struct, gc=False):
     client: int
 
 
-Event = GetDone | CreateDone | Notify | Revoke | Reclaim
+class DirectoryMoved(msgspec.Struct, gc=False):
+    """For every client: the directory was rebuilt (the old one reads superseded); map the
+    new one (:meth:`DirectoryMemory.new_directory`'s latest buffers)."""
+
+    client: int = 0
+
+
+Event = GetDone | CreateDone | Notify | Revoke | Reclaim | DirectoryMoved
 
 
 # ---------------------------------------------------------------- records
@@ -153,6 +210,7 @@ class _Segment:
 class _Node:
     __slots__ = (
         "budget",
+        "evicting",
         "id",
         "lru",
         "lru_bytes",
@@ -171,16 +229,16 @@ class _Node:
         self.used = 0
         self.objects = 0
         self.shortage = ""  # why the provider last failed to make a segment (e.g. no hugepages)
-        # sealed, unreferenced objects: oid -> tick at which they became unreferenced
-        self.lru: OrderedDict[bytes, int] = OrderedDict()
+        # sealed, unreferenced objects, in the order they became unreferenced (CLOCK's ring)
+        self.lru: OrderedDict[bytes, _Object] = OrderedDict()
         self.lru_bytes = 0  # allocated bytes of the objects in ``lru``
+        self.evicting = 0  # eviction victims waiting for their pin scan
 
 
 class _Object(msgspec.Struct, gc=False):
     """One object's record (a C-level struct: fast to create, small)."""
 
     loc: ObjectLocation
-    segment: _Segment
     size: int  # allocated bytes
     owner: int  # creator's client id
     create_time: float
@@ -188,6 +246,7 @@ class _Object(msgspec.Struct, gc=False):
     deleting: bool = False
     ref_count: int = 0
     construct_duration: float = 0.0  # seconds from create to seal (arena objects: 0)
+    slot: int = -1  # its directory slot once published, else -1
 
 
 class _Arena:
@@ -214,14 +273,24 @@ class _GetWaiter:
 
 
 class _CreateWaiter:
-    __slots__ = ("client", "deadline", "done", "items", "node", "now", "token")
+    """A create (``items``) or an arena request (``arena``: size and least size) waiting
+    for space."""
+
+    __slots__ = ("arena", "client", "deadline", "done", "items", "node", "now", "token")
 
     def __init__(
-        self, client: int, token: int, items: list[CreateItem], node: _Node, now: float
+        self,
+        client: int,
+        token: int,
+        items: list[CreateItem],
+        node: _Node,
+        now: float,
+        arena: tuple[int, int] | None = None,
     ) -> None:
         self.client = client
         self.token = token
         self.items = items
+        self.arena = arena
         self.node = node
         self.now = now  # the request's time, the objects' create_time
         self.deadline: float | None = None
@@ -253,7 +322,10 @@ class Store:
     limit beyond the budgets. ``max_waiters`` bounds each client's waiting gets and creates;
     ``subscriber_pin_limit`` (default: an eighth of the capacity) the bytes a
     ``with_locations`` subscription may keep referenced; ``reclaim_wait`` is how long a
-    create that would fail at once waits for memory asked back with Reclaim.
+    create that would fail at once waits for memory asked back with Reclaim. ``grace`` is
+    the wait between marking an object dying and scanning the pin tables (0 scans at once:
+    only for a store no client reads without requests); ``directory_memory`` makes the
+    directory's shared memory (default: process memory).
     """
 
     def __init__(
@@ -268,6 +340,9 @@ class Store:
         max_waiters: int = 1024,
         subscriber_pin_limit: int | None = None,
         reclaim_wait: float = RECLAIM_WAIT,
+        grace: float = GRACE,
+        directory_memory: DirectoryMemory | None = None,
+        directory_capacity: int = MIN_CAPACITY,
     ) -> None:
         if alignment <= 0 or alignment & (alignment - 1):
             raise ValueError(f"alignment must be a power of two, got {alignment}")
@@ -279,6 +354,8 @@ class Store:
             raise ValueError(f"segment_size must be positive, got {segment_size}")
         if max_object_size is not None and max_object_size <= 0:
             raise ValueError(f"max_object_size must be positive, got {max_object_size}")
+        if not (math.isfinite(grace) and grace >= 0):
+            raise ValueError(f"grace must be finite seconds >= 0, got {grace}")
         self._provider = provider
         self._page_size = page_size
         self._segment_size = -(-segment_size // page_size) * page_size
@@ -303,27 +380,51 @@ class Store:
         self._dead_deadlines = 0
         self._events: list[Event] = []
         self._used = 0
-        self._tick = 0
         self._token = 0
         self._space_changed = False
         self._evictions = 0
+        # the directory, its access bytes (CLOCK's reference bits) and the pin tables
+        self._grace = grace
+        self._directory_memory = directory_memory or LocalDirectoryMemory()
+        buf, access = self._directory_memory.new_directory(
+            directory_size(directory_capacity), directory_capacity
+        )
+        self._directory = Directory(buf, directory_capacity)
+        self._min_capacity = directory_capacity
+        self._directory_buffers = (buf, access)
+        self._access = access
+        self._pins = PinScanner()
+        self._generation = 0
+        # generations of published objects a rebuilt directory could not hold, by id(record)
+        self._unlisted: dict[int, int] = {}
+        # objects to free once no pin holds them: generation -> (scan time, id, record), in
+        # scan-time order; and those a scan found pinned (deleted ones only)
+        self._dying: OrderedDict[int, tuple[float, bytes, _Object]] = OrderedDict()
+        self._pinned: dict[int, tuple[bytes, _Object]] = {}
+        self._rescan_at = math.inf  # when to look at pins again (pinned deletes, blocked creates)
+        self._wakeup = False  # a pin scan was scheduled since take_wakeup() last said so
 
     # ------------------------------------------------------------ clients
 
-    def register_client(self, client: int, node: int | None = None) -> None:
-        """Add a client; ``node`` is its default node (None: most free bytes per create)."""
+    def register_client(self, client: int, node: int | None = None, pins: Any = None) -> None:
+        """Add a client; ``node`` is its default node (None: most free bytes per create);
+        ``pins`` its pin table (a buffer the client writes, the store reads), if it has one."""
         if client in self._clients:
             raise BadRequest(f"client {client} is already registered")
         if node is not None and node not in self._nodes:
             raise PlacementImpossible(f"node {node} is not one of {list(self._nodes)}")
         self._clients[client] = _Client(client, node)
+        if pins is not None:
+            self._pins.add(client, pins)
 
-    def disconnect(self, client: int) -> None:
-        """Forget a client: abort its unsealed objects, drop its references, waiters, arena
-        tail and subscription. Unknown clients are ignored (safe in cleanup paths)."""
+    def disconnect(self, client: int, *, now: float = 0.0) -> None:
+        """Forget a client: abort its unsealed objects, drop its references, pins, waiters,
+        arena tail and subscription. Unknown clients are ignored (safe in cleanup paths)."""
         c = self._clients.pop(client, None)
         if c is None:
             return
+        if self._pins.remove(client) and self._pinned:
+            self._rescan_at = now  # what only its pins held can go
         self._subscribers.pop(client, None)
         for w in c.waiters:
             self._cancel(w)
@@ -334,12 +435,13 @@ class Store:
             if not rec.sealed:
                 self._free_object(oid, rec)  # only its creator references an unsealed object
             elif rec.ref_count == 0:
-                self._unreferenced(oid, rec)
+                self._unreferenced(oid, rec, now)
         c.refs.clear()
         c.creating.clear()
         if c.arena is not None:
             self._return_arena_tail(c)
-        self._retry_creates()
+        self._free_due(now)
+        self._retry_creates(now)
 
     def subscribe(self, client: int, with_locations: bool = False) -> None:
         """Send this client a Notify per seal, delete and eviction from now on."""
@@ -376,10 +478,10 @@ class Store:
             raise ObjectExists(f"object {oid.hex()} already exists")
         if size > nd.budget:
             raise StoreFull(f"{size} bytes exceed node {nd.id}'s budget of {nd.budget}")
-        placed = self._allocate(nd, size)
+        placed = self._allocate(nd, size, now)
         if placed is not None:
             return self._register(c, oid, data_size, metadata_size, placed, size, now)
-        self._retry_creates()  # what eviction freed may fit an earlier, smaller request
+        self._retry_creates(now)  # what eviction freed may fit an earlier, smaller request
         deadline = self._reclaim_deadline(nd, timeout, deadline, now, size)
         items = [CreateItem(oid, data_size, metadata_size)]
         return self._park_create(c, items, nd, deadline, now)
@@ -406,10 +508,10 @@ class Store:
         deadline = self._deadline(timeout, now)
         if total > nd.budget:
             raise StoreFull(f"{total} bytes exceed node {nd.id}'s budget of {nd.budget}")
-        done = self._try_create(c, items, nd, now)
+        done = self._try_create(c, items, nd, now, now)
         if done is not None:
             return done
-        self._retry_creates()
+        self._retry_creates(now)
         deadline = self._reclaim_deadline(nd, timeout, deadline, now, total)
         return self._park_create(c, list(items), nd, deadline, now)
 
@@ -432,7 +534,7 @@ class Store:
         self._clients[client].creating.discard(oid)
         self._announce(oid, rec)
 
-    def abort(self, client: int, oid: bytes) -> None:
+    def abort(self, client: int, oid: bytes, *, now: float = 0.0) -> None:
         """Drop an unsealed object of this client, with its creator reference."""
         rec = self._unsealed_of(client, oid, "is sealed; delete it instead")
         c = self._clients[client]
@@ -440,7 +542,7 @@ class Store:
         del c.refs[oid]
         c.ref_bytes -= rec.size
         self._free_object(oid, rec)
-        self._retry_creates()
+        self._retry_creates(now)
 
     # ------------------------------------------------------------ get / release / delete
 
@@ -489,7 +591,7 @@ class Store:
         self._add_waiter(c, w, deadline)
         return Pending(w.token)
 
-    def release(self, client: int, oid: bytes) -> None:
+    def release(self, client: int, oid: bytes, *, now: float = 0.0) -> None:
         """Drop one reference of this client (ObjectNotFound if it holds none)."""
         c = self._client(client)
         n = c.refs.get(oid)
@@ -505,38 +607,56 @@ class Store:
             c.refs[oid] = n - 1
         rec.ref_count -= 1
         if rec.ref_count == 0:
-            self._unreferenced(oid, rec)
-            self._retry_creates()
+            self._unreferenced(oid, rec, now)
+            self._free_due(now)
+            self._retry_creates(now)
+
+    def unpinned(self, now: float = 0.0) -> None:
+        """A client says it dropped pins of deleted objects: look at the pin tables now."""
+        if self._pinned:
+            self._rescan_at = now
+            self._free_due(now)
+            self._retry_creates(now)
 
     def delete(
-        self, client: int, oids: list[bytes]
+        self, client: int, oids: list[bytes], *, now: float = 0.0
     ) -> tuple[list[bytes], list[bytes], list[bytes]]:
         """Delete sealed objects: ``(deleted, deferred, missing)``.
 
-        Deferred objects are still referenced: hidden now, freed with the last reference.
-        Unsealed, absent or already deleted ids are missing.
+        Deferred objects are still referenced or pinned: hidden now, freed with the last
+        reference and pin (their holders are asked to let go with Revoke). Deleted ones are
+        freed once the grace period shows no pin on them. Unsealed, absent or already
+        deleted ids are missing.
         """
         self._client(client)
         deleted: list[bytes] = []
         deferred: list[bytes] = []
         missing: list[bytes] = []
+        found: list[tuple[bytes, _Object, int]] = []
         for oid in oids:
             rec = self._objects.get(oid)
             if rec is None or not rec.sealed or rec.deleting:
                 missing.append(oid)
                 continue
-            if rec.ref_count:
-                rec.deleting = True
+            rec.deleting = True  # (so an id listed twice is missing the second time)
+            found.append((oid, rec, self._generation_of(rec)))
+        pinned = self._pins.pinned(gen for _, _, gen in found if gen)
+        for oid, rec, gen in found:
+            pinning = self._pins.holders(gen) if gen in pinned else []
+            if rec.slot >= 0:
+                self._directory.set_state(rec.slot, DYING)
+            if rec.ref_count or pinning:
                 deferred.append(oid)
-                self._events.extend(
-                    Revoke(cid, oid) for cid, c in self._clients.items() if oid in c.refs
-                )
+                holders = {cid for cid, c in self._clients.items() if oid in c.refs}
+                self._events.extend(Revoke(cid, oid) for cid in sorted(holders | set(pinning)))
             else:
-                self._lru_pop(oid, rec)
-                self._free_object(oid, rec)
                 deleted.append(oid)
+            if not rec.ref_count:
+                self._lru_pop(oid, rec)
+                self._doom(oid, rec, now)
             self._notify_deleted(oid, rec)
-        self._retry_creates()
+        self._free_due(now)
+        self._retry_creates(now)
         return deleted, deferred, missing
 
     # ------------------------------------------------------------ queries
@@ -550,35 +670,42 @@ class Store:
         rec = self._objects.get(oid)
         if rec is None or rec.deleting:
             raise ObjectNotFound(f"object {oid.hex()} not found")
-        return self._info(oid, rec)
+        return self._info(oid, rec, self._pins.counts())
 
     def objects(self) -> list[ObjectInfo]:
-        """Every visible object (unsealed ones too; not those pending deletion)."""
-        return [self._info(oid, rec) for oid, rec in self._objects.items() if not rec.deleting]
+        """Every visible object (unsealed ones too; not those pending deletion); ref counts
+        include pins."""
+        pins = self._pins.counts()
+        return [
+            self._info(oid, rec, pins) for oid, rec in self._objects.items() if not rec.deleting
+        ]
 
-    def evict(self, nbytes: int) -> int:
-        """Evict LRU sealed unreferenced objects of any node until ``nbytes`` are freed;
-        returns the bytes freed, counted as Plasma does: the objects' data + metadata sizes
-        (what the allocator gets back is rounded up to the alignment)."""
+    def evict(self, nbytes: int, *, now: float = 0.0) -> int:
+        """Evict sealed unreferenced objects of any node, in CLOCK order (objects created
+        longest ago first across nodes), until ``nbytes`` are chosen; returns the bytes
+        chosen, counted as Plasma does: the objects' data + metadata sizes (what the
+        allocator gets back is rounded up to the alignment). Their memory is free once the
+        grace period shows no pin on them."""
         if nbytes < 0:
             raise BadRequest(f"nbytes must not be negative, got {nbytes}")
+        chosen: list[tuple[float, bytes, _Object]] = []
+        for nd in self._nodes.values():
+            total = 0
+            with contextlib.closing(self._clock(nd, now)) as walk:
+                for oid, rec in walk:
+                    if total >= nbytes:
+                        break
+                    chosen.append((rec.create_time, oid, rec))
+                    total += rec.loc.data_size + rec.loc.metadata_size
+        chosen.sort(key=lambda c: c[0])
         freed = 0
-        nodes = self._nodes.values()
-        while freed < nbytes:
-            oldest: _Node | None = None
-            oldest_tick = 0
-            for nd in nodes:
-                if nd.lru:
-                    tick = next(iter(nd.lru.values()))
-                    if oldest is None or tick < oldest_tick:
-                        oldest, oldest_tick = nd, tick
-            if oldest is None:
+        for _, oid, rec in chosen:
+            if freed >= nbytes:
                 break
-            victim = next(iter(oldest.lru))
-            rec = self._objects[victim]
-            self._evict(victim, rec)
+            self._evict(oid, rec, now)
             freed += rec.loc.data_size + rec.loc.metadata_size
-        self._retry_creates()
+        self._free_due(now)
+        self._retry_creates(now)
         return freed
 
     def stats(self) -> dict[str, Any]:
@@ -593,6 +720,13 @@ class Store:
             "subscribers": len(self._subscribers),
             "get_waiters": self._get_waiter_count,
             "create_waiters": len(self._create_waiters),
+            "pins": self._pins.total(),
+            "dying": len(self._dying) + len(self._pinned),
+            "directory": {
+                "capacity": self._directory.capacity,
+                "objects": self._directory.live,
+                "tombstones": self._directory.tombstones,
+            },
             "nodes": {
                 nd.id: {
                     "capacity": nd.budget,
@@ -624,13 +758,16 @@ class Store:
         *,
         min_size: int = 0,
         now: float = 0.0,
-    ) -> tuple[int, int, int]:
+    ) -> tuple[int, int, int] | Pending:
         """Reserve up to ``size`` bytes (rounded up), at least ``min_size``, for the client to
         carve objects from: ``(segment, offset, size)``.
 
         The unused tail of the client's previous arena is returned first (so on StoreFull
         the client has no arena). The grant shrinks towards ``min_size`` when the node's
         arenas would reserve more than a quarter of its budget, or when nothing bigger fits.
+        When memory is on its way back (evicted, or asked back with Reclaim) the request
+        waits for it as a create with timeout 0 does: a Pending answered by a CreateDone
+        whose result is ``(segment, offset, size)``.
         """
         c = self._client(client)
         if size <= 0:
@@ -638,22 +775,39 @@ class Store:
         n = (size + self._mask) & ~self._mask
         least = min(n, (min_size + self._mask) & ~self._mask) or n
         nd = self._choose_node(c, node)
+        if any(isinstance(w, _CreateWaiter) and w.arena for w in c.waiters):
+            raise BadRequest(f"client {client} already has an arena request waiting")
         if c.arena is not None:
             self._return_arena_tail(c)
         if least > nd.budget:
             raise StoreFull(f"{least} bytes exceed node {nd.id}'s budget of {nd.budget}")
+        granted = self._try_arena(c, nd, n, least, now)
+        if granted is not None:
+            self._retry_creates(now)
+            return granted
+        self._retry_creates(now)
+        deadline = self._reclaim_deadline(nd, 0.0, None, now, least)
+        self._check_waiters(c)
+        self._token += 1
+        w = _CreateWaiter(c.id, self._token, [], nd, now, arena=(n, least))
+        self._create_waiters[w.token] = w
+        self._add_waiter(c, w, deadline)
+        return Pending(w.token)
+
+    def _try_arena(
+        self, c: _Client, nd: _Node, n: int, least: int, now: float
+    ) -> tuple[int, int, int] | None:
         n = max(least, min(n, nd.budget // 4 - self._arena_tails(nd)))
-        placed = self._allocate(nd, n, evict=n == least)  # no eviction for a bigger arena
+        placed = self._allocate(nd, n, now, evict=n == least)  # no eviction for a bigger arena
         if placed is None and n > least:
             n = least
-            placed = self._allocate(nd, n)
+            placed = self._allocate(nd, n, now)
         if placed is None:
-            self._retry_creates()
-            self._ask_reclaim(nd, now)
-            raise StoreFull(f"no space for an arena of {n} bytes on node {nd.id}{nd.shortage}")
+            return None
+        if c.arena is not None:
+            self._return_arena_tail(c)
         seg, offset = placed
         c.arena = _Arena(seg, offset, offset + n)
-        self._retry_creates()
         return seg.id, offset, n
 
     def seal_arena(
@@ -674,20 +828,48 @@ class Store:
             for obj in objects:
                 self._seal_arena_object(c, a, obj, now)
         finally:
-            self._retry_creates()
+            self._retry_creates(now)
 
     # ------------------------------------------------------------ timeouts and events
 
     def next_deadline(self) -> float | None:
-        """The earliest deadline of a waiting get or create, or None."""
+        """When :meth:`expire` has work next: the earliest deadline of a waiting get or
+        create, or of a pin-table scan; None when nothing waits."""
         heap = self._deadlines
         while heap and heap[0][2].done:
             heapq.heappop(heap)
             self._dead_deadlines -= 1
-        return heap[0][0] if heap else None
+        times = [heap[0][0]] if heap else []
+        if self._dying:
+            times.append(next(iter(self._dying.values()))[0])
+        if self._rescan_at < math.inf:
+            times.append(self._rescan_at)
+        return min(times) if times else None
+
+    @property
+    def directory_buffers(self) -> tuple[Any, Any]:
+        """The current directory and its access bytes (what readers map)."""
+        return self._directory_buffers
+
+    def take_wakeup(self) -> bool:
+        """True once after a pin scan was scheduled (:meth:`next_deadline` may be earlier)."""
+        wakeup, self._wakeup = self._wakeup, False
+        return wakeup
+
+    def reclaimed_by(self) -> float | None:
+        """When the last object marked dying so far is scanned for pins (None: none is
+        waiting): once :meth:`expire` ran at that time, everything deleted or evicted
+        before now that no pin holds is free."""
+        return next(reversed(self._dying.values()))[0] if self._dying else None
 
     def expire(self, now: float) -> None:
-        """Finish every waiter whose deadline is at or before ``now``."""
+        """Scan the pin tables for the objects whose grace period ended, retry what waits for
+        space, then finish every waiter whose deadline is at or before ``now``."""
+        if self._rescan_at <= now and not self._pinned:
+            self._rescan_at = math.inf  # creates blocked by pins: look at the clock again
+            self._space_changed = True
+        self._free_due(now)
+        self._retry_creates(now)
         heap = self._deadlines
         while heap and heap[0][0] <= now:
             _, _, w = heapq.heappop(heap)
@@ -752,11 +934,14 @@ class Store:
 
     # ------------------------------------------------------------ internals: memory
 
-    def _allocate(self, nd: _Node, size: int, *, evict: bool = True) -> tuple[_Segment, int] | None:
+    def _allocate(
+        self, nd: _Node, size: int, now: float, *, evict: bool = True
+    ) -> tuple[_Segment, int] | None:
         """Place ``size`` aligned bytes on ``nd``: existing segments, a new segment, then (if
-        ``evict``) eviction in LRU order, but only when evicting makes the request fit
+        ``evict``) eviction in CLOCK order, but only when evicting makes the request fit
         (eviction that cannot make room would destroy data for nothing). None when it
-        cannot fit."""
+        cannot fit now: also while the node's evicted objects wait for their pin scan (the
+        caller waits for them; a new round of eviction starts only after that one)."""
         while True:
             for seg in nd.segments:
                 offset = seg.alloc.allocate(size)
@@ -766,22 +951,45 @@ class Store:
                     return seg, offset
             if self._grow(nd, size) is not None:
                 continue
-            victims = self._eviction_plan(nd, size) if evict else []
+            if not evict or nd.evicting:
+                return None
+            victims = self._eviction_plan(nd, size, now)
             if not victims:
                 return None
-            for oid in victims:
-                self._evict(oid, self._objects[oid])
+            for oid, rec in victims:
+                self._evict(oid, rec, now)
+            if nd.evicting:  # published victims: their memory comes after the grace period
+                if self._grace:
+                    return None
+                self._free_due(now)
 
-    def _eviction_plan(self, nd: _Node, size: int) -> list[bytes]:
-        """The shortest LRU prefix of the node whose eviction makes room for ``size`` bytes:
-        a contiguous free run in one segment, or budget for a new segment once the segments
-        it empties are dropped. Empty when evicting everything evictable would not do.
+    def _eviction_plan(self, nd: _Node, size: int, now: float) -> list[tuple[bytes, _Object]]:
+        """The shortest run of CLOCK candidates (:meth:`_clock`) of the node whose eviction
+        makes room for ``size`` bytes: a contiguous free run in one segment, or budget for a
+        new segment once the segments it empties are dropped; then, as one round of
+        eviction waits a grace period (when there is one), more candidates up to
+        ``EVICTION_HEADROOM`` of the budget, for the requests that follow. Empty when
+        evicting everything evictable would not make room.
 
         Simulated on the side: each candidate's range is merged with its free neighbours
         (the allocator's free ranges and earlier candidates), so the common case costs as
         many steps as objects evicted."""
         if not nd.lru or nd.budget - nd.used + nd.lru_bytes < size:
             return []
+        with contextlib.closing(self._clock(nd, now)) as walk:
+            plan = self._plan_room(nd, size, walk)
+            if plan and self._grace:
+                headroom = nd.budget // EVICTION_HEADROOM - sum(r.size for _, r in plan)
+                for oid, rec in walk:
+                    if headroom <= 0:
+                        break
+                    plan.append((oid, rec))
+                    headroom -= rec.size
+        return plan
+
+    def _plan_room(
+        self, nd: _Node, size: int, walk: Iterator[tuple[bytes, _Object]]
+    ) -> list[tuple[bytes, _Object]]:
         page = self._page_size
         need = -(-size // page) * page
         room = (nd.budget - nd.segment_bytes) // page * page  # budget for new segments
@@ -791,13 +999,12 @@ class Store:
         runs_by_start: dict[_Segment, dict[int, int]] = {}  # simulated runs: start -> end
         runs_by_end: dict[_Segment, dict[int, int]] = {}  # end -> start
         freed: dict[_Segment, int] = {}
-        plan: list[bytes] = []
-        objects = self._objects
-        for oid in nd.lru:
-            rec = objects[oid]
-            seg, lo = rec.segment, rec.loc.offset
+        plan: list[tuple[bytes, _Object]] = []
+        segments = self._segments
+        for oid, rec in walk:
+            seg, lo = segments[rec.loc.segment], rec.loc.offset
             hi = lo + rec.size
-            plan.append(oid)
+            plan.append((oid, rec))
             by_start = runs_by_start.setdefault(seg, {})
             by_end = runs_by_end.setdefault(seg, {})
             left = by_end.pop(lo, None)
@@ -870,16 +1077,187 @@ class Store:
         self._space_changed = True
 
     def _free_object(self, oid: bytes, rec: _Object) -> None:
-        del self._objects[oid]
-        rec.segment.node.objects -= 1
-        self._free_range(rec.segment, rec.loc.offset, rec.size)
+        """Free an object no pin can hold (unsealed, or never published)."""
+        if self._objects.get(oid) is rec:
+            del self._objects[oid]
+        seg = self._segments[rec.loc.segment]
+        seg.node.objects -= 1
+        self._free_range(seg, rec.loc.offset, rec.size)
 
-    def _evict(self, oid: bytes, rec: _Object) -> None:
-        """Evict a sealed unreferenced object."""
+    def _evict(self, oid: bytes, rec: _Object, now: float) -> None:
+        """Evict a sealed unreferenced object (its memory is free after the pin scan)."""
         self._lru_pop(oid, rec)
+        if self._doom(oid, rec, now):
+            self._segments[rec.loc.segment].node.evicting += 1
+        else:
+            self._evictions += 1
+            self._notify_deleted(oid, rec)
+
+    def _generation_of(self, rec: _Object) -> int:
+        """The generation an object was published with; 0 if it never was."""
+        if rec.slot >= 0:
+            return self._directory.generation(rec.slot)
+        return self._unlisted.get(id(rec), 0) if self._unlisted else 0
+
+    def _doom(self, oid: bytes, rec: _Object, now: float) -> bool:
+        """Free a sealed, unreferenced object that is deleted or evicted, once no pin holds
+        it: at once if it was never published (returns False), else after the grace period
+        (its slot reads dying from now on; returns True). A deleted object leaves the table
+        now, so its id can be created again."""
+        if rec.deleting and self._objects.get(oid) is rec:
+            del self._objects[oid]
+        gen = self._generation_of(rec)
+        if not gen:
+            self._free_object(oid, rec)
+            return False
+        if gen in self._dying:  # an eviction victim deleted meanwhile: now a deleted object
+            self._segments[rec.loc.segment].node.evicting -= 1
+            return True
+        if rec.slot >= 0 and self._directory.state(rec.slot) != DYING:
+            self._directory.set_state(rec.slot, DYING)
+        self._dying[gen] = (now + self._grace, oid, rec)
+        self._wakeup = True
+        return True
+
+    def _free_due(self, now: float) -> None:
+        """Scan the pin tables for the dying objects whose grace period ended (and, when
+        due, for deleted objects pins held at the last scan): free those no pin holds, keep
+        pinned deleted ones for a later scan, and give eviction victims a reader pinned
+        meanwhile back to the CLOCK."""
+        dying = self._dying
+        due: list[tuple[int, bytes, _Object]] = []
+        while dying:
+            gen, (when, oid, rec) = dying.popitem(last=False)
+            if when > now and self._grace:  # (without a grace period: whatever ``now`` says)
+                dying[gen] = (when, oid, rec)
+                dying.move_to_end(gen, last=False)
+                break
+            due.append((gen, oid, rec))
+        if self._pinned and self._rescan_at <= now:
+            due += [(gen, oid, rec) for gen, (oid, rec) in self._pinned.items()]
+            self._pinned.clear()
+        if not due:
+            return
+        pinned = self._pins.pinned(gen for gen, _, _ in due)
+        for gen, oid, rec in due:
+            evicted = not rec.deleting
+            if evicted:
+                self._segments[rec.loc.segment].node.evicting -= 1
+            if gen not in pinned:
+                self._finish(gen, oid, rec, evicted)
+            elif evicted:  # a reader pinned it during the grace period: it stays
+                if rec.slot >= 0:
+                    self._directory.set_state(rec.slot, SEALED)
+                self._unreferenced(oid, rec, now)
+            else:
+                self._pinned[gen] = (oid, rec)
+        self._rescan_at = now + PIN_RESCAN if self._pinned else math.inf
+        self._wakeup = self._wakeup or bool(self._pinned)
+
+    def _finish(self, gen: int, oid: bytes, rec: _Object, evicted: bool) -> None:
+        """Free a doomed object after a scan found no pin on it."""
+        if rec.slot >= 0:
+            self._directory.remove(rec.slot)
+            rec.slot = -1
+        elif self._unlisted:
+            self._unlisted.pop(id(rec), None)
         self._free_object(oid, rec)
-        self._evictions += 1
-        self._notify_deleted(oid, rec)
+        if evicted:
+            self._evictions += 1
+            self._notify_deleted(oid, rec)
+
+    def _revive(self, rec: _Object) -> None:
+        """An eviction victim is asked for (a Get): it stays."""
+        gen = self._generation_of(rec)
+        if self._dying.pop(gen, None) is not None:
+            self._segments[rec.loc.segment].node.evicting -= 1
+            if rec.slot >= 0:
+                self._directory.set_state(rec.slot, SEALED)
+
+    def _clock(self, nd: _Node, now: float) -> Generator[tuple[bytes, _Object], None, None]:
+        """Eviction candidates of ``nd`` in CLOCK order: unreferenced objects in the order
+        they lost their last reference, first passing over those whose access byte a reader
+        set since the hand last passed (the byte is cleared: a second chance; they come
+        after all others) and those pinned now (never). Objects passed over go to the back
+        when the walk ends. ``nd.lru`` must not change during the walk; close the generator
+        to end it."""
+        passed: list[bytes] = []
+        second: list[tuple[bytes, _Object]] = []
+        pinned: set[int] | None = None
+        access = self._access
+        try:
+            for oid, rec in nd.lru.items():
+                slot = rec.slot
+                if slot >= 0 and access[slot]:
+                    access[slot] = 0
+                    passed.append(oid)
+                    second.append((oid, rec))
+                    continue
+                gen = self._generation_of(rec)
+                if gen:
+                    if pinned is None:
+                        pinned = self._pins.all_pinned()
+                    if gen in pinned:
+                        passed.append(oid)
+                        # a create that waits for this memory tries again later
+                        self._rescan_at = min(self._rescan_at, now + PIN_RESCAN)
+                        self._wakeup = True
+                        continue
+                yield oid, rec
+            yield from second
+        finally:
+            lru = nd.lru
+            for oid in passed:
+                if oid in lru:
+                    lru.move_to_end(oid)
+
+    def _publish(self, oid: bytes, rec: _Object) -> None:
+        """Put a newly sealed object in the directory (rebuilt first when full)."""
+        if self._directory.full():
+            self._rebuild()
+        self._generation += 1
+        rec.slot = self._directory.insert(oid, self._generation, rec.loc)
+
+    def _rebuild(self) -> None:
+        """Move the directory's objects into a new one, at most half full, and mark the old
+        one superseded (readers fall back to requests until they map the new one). A
+        published object that does not fit keeps its generation aside (``_unlisted``) so
+        pins on it are still honoured. When no memory is to be had, the old one stays."""
+        old = self._directory
+        published = [(oid, rec) for oid, rec in self._objects.items() if rec.slot >= 0]
+        published += [(oid, rec) for _, oid, rec in self._dying.values() if rec.slot >= 0]
+        published += [(oid, rec) for oid, rec in self._pinned.values() if rec.slot >= 0]
+        capacity = rebuilt_capacity(old.live, max(old.capacity // 2, self._min_capacity))
+        for attempt in range(REBUILD_ATTEMPTS):
+            try:
+                buf, access = self._directory_memory.new_directory(
+                    directory_size(capacity), capacity
+                )
+            except PlasmaError:
+                return
+            new = Directory(buf, capacity)
+            slots = []
+            for oid, rec in published:
+                slot = new.insert(oid, old.generation(rec.slot), rec.loc)
+                if slot >= 0 and old.state(rec.slot) == DYING:
+                    new.set_state(slot, DYING)
+                slots.append(slot)
+            if -1 not in slots or attempt == REBUILD_ATTEMPTS - 1:
+                break
+            self._directory_memory.free_directory(buf, access)
+            capacity *= 2
+        new_access = access
+        for (_, rec), slot in zip(published, slots, strict=True):
+            if slot < 0:
+                self._unlisted[id(rec)] = old.generation(rec.slot)
+            else:
+                new_access[slot] = self._access[rec.slot]
+            rec.slot = slot
+        old.supersede()
+        self._directory_memory.free_directory(*self._directory_buffers)
+        self._directory, self._access = new, new_access
+        self._directory_buffers = (buf, access)
+        self._events.append(DirectoryMoved())
 
     def _arena_tails(self, nd: _Node | None = None) -> int:
         """Bytes reserved in the unused tails of client arenas (on ``nd``, or anywhere)."""
@@ -911,7 +1289,7 @@ class Store:
         seg, offset = placed
         nd = seg.node
         loc = ObjectLocation(seg.id, offset, data_size, metadata_size, nd.id)
-        rec = _Object(loc, seg, size, c.id, now, ref_count=1)
+        rec = _Object(loc, size, c.id, now, ref_count=1)
         self._objects[oid] = rec
         nd.objects += 1
         c.refs[oid] = 1
@@ -920,23 +1298,24 @@ class Store:
         return loc
 
     def _try_create(
-        self, c: _Client, items: list[CreateItem], nd: _Node, now: float
+        self, c: _Client, items: list[CreateItem], nd: _Node, created: float, now: float
     ) -> list[ObjectLocation] | None:
-        """All items or nothing; None when space is short. Raises ObjectExists."""
+        """All items or nothing (created at time ``created``); None when space is short.
+        Raises ObjectExists."""
         for it in items:
             if it.id in self._objects:
                 raise ObjectExists(f"object {it.id.hex()} already exists")
         placed: list[tuple[_Segment, int, int]] = []
         for it in items:
             size = (((it.data_size + it.metadata_size) or 1) + self._mask) & ~self._mask
-            p = self._allocate(nd, size)
+            p = self._allocate(nd, size, now)
             if p is None:
                 for seg, offset, sz in placed:
                     self._free_range(seg, offset, sz)
                 return None
             placed.append((p[0], p[1], size))
         return [
-            self._register(c, it.id, it.data_size, it.metadata_size, (seg, off), size, now)
+            self._register(c, it.id, it.data_size, it.metadata_size, (seg, off), size, created)
             for it, (seg, off, size) in zip(items, placed, strict=True)
         ]
 
@@ -962,16 +1341,16 @@ class Store:
         a.cursor = offset + size
         nd = seg.node
         loc = ObjectLocation(seg.id, offset, obj.data_size, obj.metadata_size, nd.id)
-        rec = _Object(loc, seg, size, c.id, now, sealed=True)
+        rec = _Object(loc, size, c.id, now, sealed=True)
         self._objects[oid] = rec
         nd.objects += 1
         self._announce(oid, rec)
         if rec.ref_count == 0:
-            self._unreferenced(oid, rec)
+            self._unreferenced(oid, rec, now)
 
     def _add_ref(self, c: _Client, oid: bytes, rec: _Object) -> None:
-        if rec.ref_count == 0:
-            self._lru_pop(oid, rec)
+        if rec.ref_count == 0 and not self._lru_pop(oid, rec) and self._dying:
+            self._revive(rec)  # an eviction victim waiting for its pin scan
         rec.ref_count += 1
         refs = c.refs
         n = refs.get(oid, 0)
@@ -979,32 +1358,35 @@ class Store:
             c.ref_bytes += rec.size
         refs[oid] = n + 1
 
-    def _unreferenced(self, oid: bytes, rec: _Object) -> None:
-        """A sealed object lost its last reference: free it if deleted, else make it LRU."""
+    def _unreferenced(self, oid: bytes, rec: _Object, now: float) -> None:
+        """A sealed object lost its last reference: free it if deleted (once no pin holds
+        it), else put it at the back of the CLOCK."""
         if rec.deleting:
-            self._free_object(oid, rec)
+            self._doom(oid, rec, now)
         else:
-            self._tick += 1
-            nd = rec.segment.node
-            nd.lru[oid] = self._tick
+            nd = self._segments[rec.loc.segment].node
+            nd.lru[oid] = rec
             nd.lru_bytes += rec.size
             self._space_changed = True
 
-    def _lru_pop(self, oid: bytes, rec: _Object) -> None:
-        nd = rec.segment.node
-        if nd.lru.pop(oid, None) is not None:
-            nd.lru_bytes -= rec.size
+    def _lru_pop(self, oid: bytes, rec: _Object) -> bool:
+        nd = self._segments[rec.loc.segment].node
+        if nd.lru.pop(oid, None) is None:
+            return False
+        nd.lru_bytes -= rec.size
+        return True
 
-    def _info(self, oid: bytes, rec: _Object) -> ObjectInfo:
+    def _info(self, oid: bytes, rec: _Object, pins: dict[int, int]) -> ObjectInfo:
         loc = rec.loc
         state = "sealed" if rec.sealed else "created"
+        pinned = pins.get(self._generation_of(rec), 0) if pins and rec.sealed else 0
         return ObjectInfo(
             oid,
             loc.data_size,
             loc.metadata_size,
             loc.node,
             state,
-            rec.ref_count,
+            rec.ref_count + pinned,
             rec.create_time,
             rec.owner,
             rec.construct_duration if rec.sealed else -1.0,
@@ -1013,7 +1395,8 @@ class Store:
     # ------------------------------------------------------------ internals: notifications
 
     def _announce(self, oid: bytes, rec: _Object) -> None:
-        """A new sealed object: complete get waiters, notify subscribers."""
+        """A new sealed object: publish it, complete get waiters, notify subscribers."""
+        self._publish(oid, rec)
         waiting = self._get_waiting.pop(oid, None)
         if waiting:
             for w, i in waiting:
@@ -1078,13 +1461,15 @@ class Store:
     ) -> float | None:
         """The deadline of a create that does not fit now. Clients holding memory they do not
         use are asked to return it; a create that would fail at once (``timeout`` 0) waits
-        ``RECLAIM_WAIT`` for them when some were asked, else raises StoreFull."""
+        ``reclaim_wait`` for them when some were asked, and ``EVICTION_WAIT`` for deleted or
+        evicted objects waiting for their pin scan, else raises StoreFull."""
         asked = self._ask_reclaim(nd, now)
         if timeout != 0:
             return deadline
-        if not asked or not self._reclaim_wait:
+        wait = max(self._reclaim_wait if asked else 0.0, EVICTION_WAIT if self._dying else 0.0)
+        if not wait:
             raise StoreFull(f"no space for {size} bytes on node {nd.id}{nd.shortage}")
-        return now + self._reclaim_wait
+        return now + wait
 
     def _ask_reclaim(self, nd: _Node, now: float) -> bool:
         """Send Reclaim to the clients that may hold idle memory of ``nd`` (an arena tail on
@@ -1093,7 +1478,8 @@ class Store:
         asked = False
         for c in self._clients.values():
             a = c.arena
-            cached = len(c.refs) > len(c.creating)  # references to sealed objects
+            # references to sealed objects, or pins
+            cached = len(c.refs) > len(c.creating) or self._pins.pins_of(c.id) > 0
             idle = cached or (a is not None and a.segment.node is nd and a.cursor < a.end)
             if idle and now - c.reclaim_at >= RECLAIM_INTERVAL:
                 c.reclaim_at = now
@@ -1101,14 +1487,14 @@ class Store:
                 asked = True
         return asked
 
-    def return_arena(self, client: int, segment: int, start: int) -> None:
+    def return_arena(self, client: int, segment: int, start: int, *, now: float = 0.0) -> None:
         """The client stops using its arena that starts at ``start`` of ``segment``: free the
         unused tail. Any other arena (one already replaced: a stale return) is left alone."""
         c = self._client(client)
         a = c.arena
         if a is not None and a.segment.id == segment and a.start == start:
             self._return_arena_tail(c)
-            self._retry_creates()
+            self._retry_creates(now)
 
     def _finish_get(self, w: _GetWaiter) -> None:
         self._retire(w)
@@ -1144,8 +1530,9 @@ class Store:
             else:
                 self._get_waiting.pop(oid, None)
 
-    def _retry_creates(self) -> None:
-        """After space may have appeared: retry pending creates in FIFO order."""
+    def _retry_creates(self, now: float) -> None:
+        """After space may have appeared: retry pending creates (and arena requests) in FIFO
+        order."""
         if not self._space_changed:
             return
         self._space_changed = False
@@ -1156,9 +1543,12 @@ class Store:
             if w.node.id in blocked:
                 continue
             c = self._clients[w.client]
-            result: list[ObjectLocation] | PlasmaError | None
+            result: list[ObjectLocation] | tuple[int, int, int] | PlasmaError | None
             try:
-                result = self._try_create(c, w.items, w.node, w.now)
+                if w.arena is not None:
+                    result = self._try_arena(c, w.node, *w.arena, now)
+                else:
+                    result = self._try_create(c, w.items, w.node, w.now, now)
             except PlasmaError as exc:
                 result = exc
             if result is None:

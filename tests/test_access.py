@@ -282,7 +282,11 @@ def request(msg):
         decoder.feed(data)
     return reply
 
-request(p.Connect(seq=1, protocol_version=p.PROTOCOL_VERSION))
+tables = request(p.Connect(seq=1, protocol_version=p.PROTOCOL_VERSION)).tables
+# the directory (read-only) and this client's own pin table; no access bytes to write
+out["tables"] = [tables.directory_size > 0, tables.access_size, tables.pin_size > 0]
+directory_fd, _ = fds
+fds.clear()
 got = request(p.Get(seq=2, ids=[target], timeout=5))
 (loc,) = got.results
 (segment,) = got.segments
@@ -318,7 +322,14 @@ def seal_arena():
     if isinstance(reply, p.Error):
         raise plasma.errors.error_for(reply.code, reply.message)
 
+def map_directory_writable():
+    size = tables.directory_size
+    mm = mmap.mmap(directory_fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    mm[64:72] = PWNED
 attacks = {
+    "directory_map_writable": map_directory_writable,
+    "directory_pwrite": lambda: os.pwrite(directory_fd, PWNED, 64),
+    "directory_reopen_rdwr": lambda: os.open(f"/proc/self/fd/{directory_fd}", os.O_RDWR),
     "map_shared_writable": map_writable,
     "reopen_rdwr": reopen(os.O_RDWR),
     "reopen_wronly": reopen(os.O_WRONLY),
@@ -375,8 +386,12 @@ def test_read_only_uid_reads_and_cannot_write_through_anything(shared: RunningCo
             assert answer.startswith(DENIED) and GRANT in answer, (request, answer)
         assert found.pop("still_connected") == [True, True]
         assert found.pop("stats") is True
-        # the descriptor it was sent, and the memfd behind it, cannot be turned writable
+        # the descriptors it was sent, and the memfds behind them, cannot be turned writable
         assert found == {
+            "tables": [True, 0, True],
+            "directory_map_writable": "EACCES",
+            "directory_pwrite": "EBADF",
+            "directory_reopen_rdwr": "EACCES",
             "segment_writable": False,
             "fd_access": "O_RDONLY",
             "memfd": [oct(0o600), os.getuid()],

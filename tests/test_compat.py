@@ -674,3 +674,21 @@ def test_put_and_get_of_a_pandas_frame(client: plasma.PlasmaClient) -> None:
     )
     got = client.get(client.put(frame))
     pd.testing.assert_frame_equal(got, frame)
+
+
+def test_buffers_of_objects_another_client_sealed_hold_pins_not_requests(
+    client: plasma.PlasmaClient, other: plasma.PlasmaClient
+) -> None:
+    warm, oid = random_id(), random_id()
+    other.put_raw_buffer(b"maps the segment", warm)
+    client.get_buffers([warm])  # the first get maps the segment (a request)
+    other.put_raw_buffer(b"pinned", oid)
+    stats = other._client.stats
+    gets = stats()["operations"].get("Get", 0)
+    [buffer] = client.get_buffers([oid], timeout_ms=0)
+    assert buffer.to_pybytes() == b"pinned"
+    assert stats()["operations"].get("Get", 0) == gets  # served by the directory
+    assert other.list()[oid]["ref_count"] == 1  # the pin, counted as a reference
+    del buffer
+    gc.collect()
+    assert other.list()[oid]["ref_count"] == 0  # released with the buffer (release_delay 0)

@@ -55,6 +55,9 @@ def make(
 ) -> tuple[Store, FakeProvider]:
     provider = FakeProvider()
     kw.setdefault("reclaim_wait", 0)  # tests of the reclaim wait ask for it
+    # no client reads without requests here: memory is free as soon as nothing references it
+    # (the pin-table tests, tests/test_directory_store.py, use a grace period)
+    kw.setdefault("grace", 0.0)
     store = Store({n: budget for n in range(nodes)}, provider, segment_size=segment_size, **kw)  # type: ignore[arg-type]
     return store, provider
 
@@ -891,6 +894,7 @@ class StoreMachine(RuleBasedStateMachine):
             segment_size=4 * KIB,
             reclaim_wait=0,
             subscriber_pin_limit=2**40,
+            grace=0.0,  # no pins here: tests/test_directory_store.py has the machine with them
         )
         for c in (1, 2, 3):
             self.store.register_client(c)

@@ -22,6 +22,7 @@ from plasma.units import parse_size
 
 DEFAULT_SOCKET = "/tmp/plasma-coord.sock"
 SHARED_SOCKET_MODE = 0o666  # with --allow-uid: SO_PEERCRED, not the mode, decides who is served
+MAX_PINS = 1 << 20  # pin-table entries per client (8 MiB of memory each)
 
 log = logging.getLogger("plasma.coordinator")
 
@@ -81,6 +82,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="seconds a new connection has to send Connect before it is closed (default 10)",
     )
     p.add_argument(
+        "--pins-per-client",
+        type=int,
+        default=4096,
+        help="entries of each client's pin table: objects a client holds from gets served "
+        "by the directory, without a request (beyond, gets ask the coordinator); 0 turns "
+        f"reads without requests off (default 4096; at most {MAX_PINS})",
+    )
+    p.add_argument(
         "--sysfs-root", default="/", help="read the topology from this root (for testing)"
     )
     p.add_argument("--no-bind", action="store_true", help="do not bind segment memory to its node")
@@ -117,9 +126,16 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
         sample_interval=_positive(args.sample_interval, "--sample-interval"),
         max_clients=_at_least_one(args.max_clients, "--max-clients"),
         handshake_timeout=_positive(args.handshake_timeout, "--handshake-timeout"),
+        pins_per_client=_pins(args.pins_per_client),
         metrics=_metrics_address(args.metrics),
         sysfs_root=args.sysfs_root,
     )
+
+
+def _pins(value: int) -> int:
+    if not 0 <= value <= MAX_PINS:
+        raise BadRequest(f"--pins-per-client must be 0 to {MAX_PINS}, got {value}")
+    return value
 
 
 def _allow_uid(text: str) -> tuple[int, bool]:

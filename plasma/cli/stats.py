@@ -77,6 +77,7 @@ def _store(stats: Mapping[str, Any]) -> str:
         f"capacity {format_size(capacity)}",
         f"used {format_size(used)}{share}",
         f"objects {stats.get('objects', 0)}",
+        f"pins {stats.get('pins', 0)}",
         f"evictions {stats.get('evictions', 0)}",
         f"page size {format_size(stats.get('page_size', 0))}",
         f"uptime {stats.get('uptime', 0.0):.1f} s",

@@ -1,0 +1,386 @@
+"""The shared object directory and pin tables (internal, sans-I/O): layout, writer, reader.
+
+The coordinator publishes every sealed object in a *directory*: one shared-memory file it
+alone writes and every client maps read-only. Each client gets a *pin table*: a small file
+only that client writes and the coordinator reads. A client gets a sealed object with no
+message at all: a consistent (seqlock) read of the object's directory slot, a pin (the
+object's generation written into its pin table), a re-read of the slot's sequence word. The
+coordinator never frees an object's bytes while a pin on it may exist: it marks the slot
+dying, waits a grace period, and scans the pin tables. docs/protocol.md ("The object
+directory") has the layout byte by byte and the memory-ordering argument.
+
+This module only reads and writes buffers (``bytearray``, ``mmap``, numpy arrays): the
+coordinator and the clients create, map and hand over the files.
+
+Directory: a 64-byte header, then ``capacity`` (a power of two) 64-byte slots::
+
+    header  0 magic b"PLSMDIR1"  8 u32 version  12 u32 slot size  16 u64 capacity
+            24 u64 superseded (0; 1 once a new directory replaced this one)  32 u64 max probe
+    slot    0 u64 seq (odd while being written)  8 u64 generation  16 id[20]  36 u32 segment
+            40 u64 offset  48 u64 data size  56 u32 metadata size  60 u16 node  62 u8 state
+
+An id lives at its home slot (:func:`home_slot`) or at most ``max probe - 1`` slots after
+it (linear probing); a free slot ends a probe. Generations are unique for the life of the
+coordinator (never reused, 0 is none), so a pin is just a generation.
+
+Pin table: a 64-byte header whose first u64 is the high-water mark (entries at and past it
+are all zero), then u64 entries, 0 for free, else a pinned generation.
+"""
+
+from __future__ import annotations
+
+import collections
+import platform
+import struct
+from collections.abc import Iterable, Iterator
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from plasma.ids import ID_SIZE
+from plasma.records import ObjectLocation
+
+MAGIC = b"PLSMDIR1"
+VERSION = 1
+HEADER_SIZE = 64
+SLOT_SIZE = 64
+MAX_PROBE = 32  # slots a lookup visits at most; an insert that finds none free there fails
+MIN_CAPACITY = 1 << 14
+MAX_LOAD = 0.75  # live + tombstone slots beyond this share of the capacity: rebuild
+MAX_METADATA = 2**32 - 1  # larger metadata does not fit a slot: such objects use requests
+MAX_SEGMENT = 2**32 - 1
+PIN_HEADER = 64
+PIN_ENTRIES = 4096  # pins per client by default (32 KiB)
+
+FREE, SEALED, DYING, TOMBSTONE = 0, 1, 2, 3
+# The reader's seqlock and pin protocol relies on x86-64's ordering (loads are not reordered
+# with loads, stores not with stores) and issues no fences: elsewhere clients use requests.
+ORDERED_MEMORY = platform.machine().lower() in {"x86_64", "amd64"}
+
+_HEADER = struct.Struct("<8sIIQQQ")  # magic, version, slot size, capacity, superseded, probe
+_SUPERSEDED = 24
+_SEQ = struct.Struct("<Q")
+# a slot after its seq word: generation, id, segment, offset, data size, metadata size, node,
+# state
+_BODY = struct.Struct("<Q20sIQQIHB")
+_STATE = 62
+_KEY = struct.Struct("<QQI")
+_GOLDEN = 0x9E3779B97F4A7C15
+_MASK64 = (1 << 64) - 1
+assert _BODY.size == _STATE - 8 + 1 and _SEQ.size + _BODY.size + 1 == SLOT_SIZE
+
+
+def home_slot(oid: bytes, bits: int) -> int:
+    """The slot an id is looked up from in a directory of ``2**bits`` slots: the top bits of
+    (the id's three little-endian words xor-ed) times the golden-ratio constant."""
+    a, b, c = _KEY.unpack(oid)
+    return (((a ^ b ^ c) * _GOLDEN) & _MASK64) >> (64 - bits)
+
+
+def directory_size(capacity: int) -> int:
+    """Bytes of a directory of ``capacity`` slots."""
+    return HEADER_SIZE + capacity * SLOT_SIZE
+
+
+def pin_table_size(entries: int = PIN_ENTRIES) -> int:
+    """Bytes of a pin table of ``entries`` pins."""
+    return PIN_HEADER + 8 * entries
+
+
+def _check_capacity(capacity: int) -> int:
+    if capacity < 2 or capacity & (capacity - 1):
+        raise ValueError(f"directory capacity must be a power of two >= 2, got {capacity}")
+    return capacity.bit_length() - 1
+
+
+class Directory:
+    """The coordinator's side: the only writer of a directory in ``buf`` (zero-filled,
+    :func:`directory_size` bytes). Every change of a slot is a seqlock write: seq made odd,
+    the fields written, seq made even again."""
+
+    def __init__(self, buf: Any, capacity: int, max_probe: int = MAX_PROBE) -> None:
+        self._bits = _check_capacity(capacity)
+        self.capacity = capacity
+        self.max_probe = min(max_probe, capacity)
+        self._mv = buf  # bytearray or mmap: indexable, sliceable, writable by struct
+        if len(buf) < directory_size(capacity):
+            raise ValueError(f"{len(buf)} bytes hold no directory of {capacity} slots")
+        _HEADER.pack_into(self._mv, 0, MAGIC, VERSION, SLOT_SIZE, capacity, 0, self.max_probe)
+        self.live = 0  # sealed and dying slots
+        self.tombstones = 0
+
+    def insert(self, oid: bytes, generation: int, loc: ObjectLocation) -> int:
+        """Publish a sealed object (not in the directory yet); its slot, or -1 when it cannot
+        be published (no free slot within the probe limit, or a field too large for a slot):
+        such an object is served by requests only."""
+        if (
+            len(oid) != ID_SIZE
+            or loc.metadata_size > MAX_METADATA
+            or not 0 <= loc.segment <= MAX_SEGMENT
+        ):
+            return -1
+        mv = self._mv
+        mask = self.capacity - 1
+        slot = home_slot(oid, self._bits)
+        for _ in range(self.max_probe):
+            state = mv[HEADER_SIZE + slot * SLOT_SIZE + _STATE]
+            if state in (FREE, TOMBSTONE):
+                if state == TOMBSTONE:
+                    self.tombstones -= 1
+                self.live += 1
+                self._write(slot, generation, oid, loc, SEALED)
+                return slot
+            slot = (slot + 1) & mask
+        return -1
+
+    def set_state(self, slot: int, state: int) -> None:
+        """Mark a live slot SEALED or DYING."""
+        base = HEADER_SIZE + slot * SLOT_SIZE
+        (seq,) = _SEQ.unpack_from(self._mv, base)
+        _SEQ.pack_into(self._mv, base, seq + 1)
+        self._mv[base + _STATE] = state
+        _SEQ.pack_into(self._mv, base, seq + 2)
+
+    def remove(self, slot: int) -> None:
+        """The slot's object is gone: leave a tombstone (probes go on past it)."""
+        base = HEADER_SIZE + slot * SLOT_SIZE
+        mv = self._mv
+        (seq,) = _SEQ.unpack_from(mv, base)
+        _SEQ.pack_into(mv, base, seq + 1)
+        mv[base + 8 : base + SLOT_SIZE] = bytes(SLOT_SIZE - 8)
+        mv[base + _STATE] = TOMBSTONE
+        _SEQ.pack_into(mv, base, seq + 2)
+        self.live -= 1
+        self.tombstones += 1
+
+    def generation(self, slot: int) -> int:
+        return int(_SEQ.unpack_from(self._mv, HEADER_SIZE + slot * SLOT_SIZE + 8)[0])
+
+    def state(self, slot: int) -> int:
+        return self._mv[HEADER_SIZE + slot * SLOT_SIZE + _STATE]
+
+    def entries(self) -> Iterator[tuple[bytes, int, ObjectLocation, int]]:
+        """``(id, generation, location, state)`` of every live slot."""
+        mv = self._mv
+        for slot in range(self.capacity):
+            base = HEADER_SIZE + slot * SLOT_SIZE
+            state = mv[base + _STATE]
+            if state in (SEALED, DYING):
+                gen, oid, seg, off, dsize, msize, node, _ = _BODY.unpack_from(mv, base + 8)
+                yield oid, gen, ObjectLocation(seg, off, dsize, msize, node), state
+
+    def full(self) -> bool:
+        """True when live and tombstone slots pass ``MAX_LOAD`` of the capacity: time to
+        rebuild (:func:`rebuilt_capacity`)."""
+        return self.live + self.tombstones >= self.capacity * MAX_LOAD
+
+    def supersede(self) -> None:
+        """Tell readers this directory is stale (they fall back to requests and re-map)."""
+        _SEQ.pack_into(self._mv, _SUPERSEDED, 1)
+
+    def _write(
+        self, slot: int, generation: int, oid: bytes, loc: ObjectLocation, state: int
+    ) -> None:
+        base = HEADER_SIZE + slot * SLOT_SIZE
+        mv = self._mv
+        (seq,) = _SEQ.unpack_from(mv, base)
+        _SEQ.pack_into(mv, base, seq + 1)
+        _BODY.pack_into(
+            mv,
+            base + 8,
+            generation,
+            oid,
+            loc.segment,
+            loc.offset,
+            loc.data_size,
+            loc.metadata_size,
+            loc.node,
+            state,
+        )
+        _SEQ.pack_into(mv, base, seq + 2)
+
+
+def rebuilt_capacity(live: int, minimum: int = MIN_CAPACITY) -> int:
+    """The capacity of a rebuilt directory for ``live`` objects: at most half full after the
+    rebuild, so it takes as many objects again before the next one."""
+    capacity = minimum
+    while capacity * MAX_LOAD < 2 * (live + 1):
+        capacity *= 2
+    return capacity
+
+
+class Found(NamedTuple):
+    """A consistent read of a sealed object's slot."""
+
+    slot: int
+    seq: int
+    generation: int
+    location: ObjectLocation
+
+
+class DirectoryReader:
+    """A client's side: lookups in a directory mapped read-only (``buf``), and the access
+    bytes (``access``, one per slot, written 1 by readers, cleared by the coordinator's
+    eviction hand; None for a client that may not write them)."""
+
+    def __init__(self, buf: Any, access: Any = None) -> None:
+        self._mv = buf
+        magic, version, slot_size, capacity, _, probe = _HEADER.unpack_from(buf, 0)
+        if (magic, version, slot_size) != (MAGIC, VERSION, SLOT_SIZE):
+            raise ValueError(
+                f"not a version {VERSION} directory (magic {magic!r}, version {version}, "
+                f"slot size {slot_size})"
+            )
+        self._bits = _check_capacity(capacity)
+        if len(self._mv) < directory_size(capacity):
+            need = directory_size(capacity)
+            raise ValueError(f"a directory of {capacity} slots needs {need} bytes")
+        self.capacity = capacity
+        self._probe = probe
+        self._access = access if access is not None and len(access) >= capacity else None
+
+    def lookup(self, oid: bytes) -> Found | None:
+        """The sealed object ``oid`` as a consistent read of its slot, or None: not in this
+        directory, not sealed, or its slot changing (each means: ask the coordinator)."""
+        mv = self._mv
+        mask = self.capacity - 1
+        slot = home_slot(oid, self._bits)
+        unpack_seq = _SEQ.unpack_from
+        unpack = _BODY.unpack_from
+        for _ in range(self._probe):
+            base = HEADER_SIZE + slot * SLOT_SIZE
+            (seq,) = unpack_seq(mv, base)
+            if seq & 1:
+                return None
+            gen, key, seg, off, dsize, msize, node, state = unpack(mv, base + 8)
+            if unpack_seq(mv, base)[0] != seq:
+                return None
+            if state == FREE:
+                return None
+            if key == oid and state == SEALED:  # a dying slot of an earlier object: go on
+                if self._access is not None:
+                    self._access[slot] = 1
+                return Found(slot, seq, gen, ObjectLocation(seg, off, dsize, msize, node))
+            slot = (slot + 1) & mask
+        return None
+
+    def unchanged(self, found: Found) -> bool:
+        """True when the slot was not written since ``found`` was read and the directory is
+        still current: read after the pin is written, this makes the pin safe."""
+        return (
+            _SEQ.unpack_from(self._mv, HEADER_SIZE + found.slot * SLOT_SIZE)[0] == found.seq
+            and not self.superseded
+        )
+
+    def dying(self, found: Found) -> bool:
+        """True when ``found``'s object is now marked dying (its delete waits for pins)."""
+        base = HEADER_SIZE + found.slot * SLOT_SIZE
+        mv = self._mv
+        return mv[base + _STATE] == DYING and _SEQ.unpack_from(mv, base + 8)[0] == found.generation
+
+    @property
+    def superseded(self) -> bool:
+        return _SEQ.unpack_from(self._mv, _SUPERSEDED)[0] != 0
+
+
+class PinTable:
+    """A client's side: the pins it holds, in its pin table ``buf`` (writable, zero-filled).
+
+    A pin is written after the high-water mark that covers it, so whoever sees the pin sees
+    the mark (stores are not reordered with stores on x86-64)."""
+
+    def __init__(self, buf: Any) -> None:
+        self._mv = buf
+        self.entries = (len(buf) - PIN_HEADER) // 8
+        self._free: list[int] = []
+        self._hwm = 0
+        self.count = 0
+
+    def pin(self, generation: int) -> int | None:
+        """Pin ``generation``; the entry's index, or None when the table is full."""
+        if self._free:
+            index = self._free.pop()
+        elif self._hwm < self.entries:
+            index = self._hwm
+            self._hwm += 1
+            _SEQ.pack_into(self._mv, 0, self._hwm)
+        else:
+            return None
+        _SEQ.pack_into(self._mv, PIN_HEADER + 8 * index, generation)
+        self.count += 1
+        return index
+
+    def unpin(self, index: int) -> None:
+        _SEQ.pack_into(self._mv, PIN_HEADER + 8 * index, 0)
+        self._free.append(index)
+        self.count -= 1
+
+
+class PinScanner:
+    """The coordinator's side: every client's pin table (mapped read-only), scanned for
+    generations."""
+
+    def __init__(self) -> None:
+        self._tables: dict[int, np.ndarray] = {}
+
+    def add(self, client: int, table: Any) -> None:
+        """Start reading client ``client``'s pin table (a buffer of u64 words)."""
+        self._tables[client] = np.frombuffer(table, dtype="<u8")
+
+    def remove(self, client: int) -> bool:
+        """The client is gone, and its pins with it; False if it had no table."""
+        return self._tables.pop(client, None) is not None
+
+    def _pins(self, words: np.ndarray) -> np.ndarray:
+        """A snapshot of the pins below the high-water mark (the client writes the table
+        while we read: numpy must not see it change under one operation)."""
+        entries = len(words) - PIN_HEADER // 8
+        hwm = min(int(words[0]), entries)
+        return words[PIN_HEADER // 8 : PIN_HEADER // 8 + hwm].copy()
+
+    def pinned(self, generations: Iterable[int]) -> set[int]:
+        """Which of ``generations`` some client pins now."""
+        wanted = np.fromiter(generations, dtype="<u8")
+        if not len(wanted) or not self._tables:
+            return set()
+        found: set[int] = set()
+        for words in self._tables.values():
+            pins = self._pins(words)
+            if len(pins):
+                hits = np.isin(wanted, pins, assume_unique=False)
+                if hits.any():
+                    found.update(int(g) for g in wanted[hits])
+        return found
+
+    def all_pinned(self) -> set[int]:
+        """Every generation some client pins now."""
+        found: set[int] = set()
+        for words in self._tables.values():
+            pins = self._pins(words)
+            if len(pins):
+                found.update(pins[pins != 0].tolist())
+        return found
+
+    def total(self) -> int:
+        """How many pins all clients hold now."""
+        return sum(int(np.count_nonzero(self._pins(w))) for w in self._tables.values())
+
+    def holders(self, generation: int) -> list[int]:
+        """The clients pinning ``generation`` now."""
+        return [c for c, words in self._tables.items() if (self._pins(words) == generation).any()]
+
+    def counts(self) -> collections.Counter[int]:
+        """Pins per generation, over all clients."""
+        counts: collections.Counter[int] = collections.Counter()
+        for words in self._tables.values():
+            pins = self._pins(words)
+            pins = pins[pins != 0]
+            if len(pins):
+                gens, n = np.unique(pins, return_counts=True)
+                counts.update(dict(zip(gens.tolist(), n.tolist(), strict=True)))
+        return counts
+
+    def pins_of(self, client: int) -> int:
+        """How many pins client ``client`` holds now."""
+        words = self._tables.get(client)
+        return 0 if words is None else int(np.count_nonzero(self._pins(words)))

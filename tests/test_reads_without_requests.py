@@ -1,0 +1,223 @@
+"""Gets served by the shared directory and pin tables, asked of both clients.
+
+Each test counts the coordinator's Get requests: a get the directory serves adds none. The
+proof that pins keep memory safe under churn is tests/test_directory_stress.py; the state
+machines over the sans-I/O tables are tests/test_directory.py and test_directory_store.py.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from multiprocessing.connection import Connection
+
+import numpy as np
+import trio
+
+import plasma
+from plasma.errors import PlasmaError
+from tests.conftest import RunningCoordinator
+from tests.test_clients import gets, kind, oid, open_client
+
+__all__ = ["kind"]  # the fixture, re-exported so pytest finds it here
+
+
+async def test_a_get_of_what_another_client_sealed_sends_no_request(
+    coordinator: RunningCoordinator, kind: str
+):
+    async with (
+        open_client(kind, coordinator.socket) as producer,
+        open_client(kind, coordinator.socket, release_delay=0) as consumer,
+    ):
+        await producer.create_and_seal(oid(1), b"first")
+        assert bytes(await consumer.get(oid(1), timeout=5)) == b"first"  # maps the segment
+        n = await gets(consumer)
+        for i in range(2, 50):
+            await producer.create_and_seal(oid(i), b"x%d" % i)
+        await producer.flush()
+        for i in range(2, 50):
+            assert bytes(await consumer.get(oid(i), timeout=0)) == b"x%d" % i
+        arrays = [np.arange(i, dtype=np.int64) for i in (10, 1000, 100_000)]
+        ids = [await producer.put(a) for a in arrays]
+        for i, a in zip(ids, arrays, strict=True):
+            np.testing.assert_array_equal(await consumer.get_object(i), a)
+        assert await gets(consumer) == n  # no Get request among them
+
+
+async def test_pins_count_as_references_until_the_view_goes(
+    coordinator: RunningCoordinator, kind: str
+):
+    async with (
+        open_client(kind, coordinator.socket) as producer,
+        open_client(kind, coordinator.socket, release_delay=0) as consumer,
+    ):
+        await producer.create_and_seal(oid(1), b"warm")
+        del_me = await consumer.get(oid(1), timeout=5)  # maps the segment
+        del del_me
+        await producer.create_and_seal(oid(2), b"pinned")
+        await producer.flush()
+        view = await consumer.get(oid(2), timeout=0)
+        stats = await producer.stats()
+        assert stats["pins"] == 1
+        assert (await producer.list())[oid(2)]["ref_count"] == 1
+        # deleting it waits for the pin; the bytes stay the reader's meanwhile
+        assert await producer.delete(oid(2)) == [oid(2)]
+        assert not await producer.contains(oid(2))
+        await producer.create_and_seal(oid(2), b"again")  # the id is free at once
+        await producer.flush()
+        assert bytes(view) == b"pinned"
+        used = (await producer.stats())["used"]
+        del view
+        await consumer.flush()  # sends the hint that the pin of a dying object went
+        await producer.flush()  # ... and waits for the scan
+        stats = await producer.stats()
+        assert stats["pins"] == 0 and stats["dying"] == 0
+        assert stats["used"] < used
+        assert bytes(await consumer.get(oid(2), timeout=0)) == b"again"
+
+
+async def test_a_full_pin_table_falls_back_to_requests(coordinator_factory, kind: str):
+    coord = coordinator_factory("--memory", "16MiB", "--pins-per-client", "4")
+    async with (
+        open_client(kind, coord.socket) as producer,
+        open_client(kind, coord.socket, release_delay=0) as consumer,
+    ):
+        ids = [oid(i) for i in range(10)]
+        await producer.create_and_seal_many([(i, b"v%d" % n, b"") for n, i in enumerate(ids)])
+        await producer.flush()
+        await consumer.get(ids[0], timeout=5)  # maps the segment; dropped at once
+        n = await gets(consumer)
+        views = await consumer.get(ids, timeout=0)
+        assert [bytes(v) for v in views] == [b"v%d" % i for i in range(10)]
+        assert await gets(consumer) == n + 1  # the 6 the table had no room for: one request
+        assert (await producer.stats())["pins"] == 4
+        del views
+        await consumer.flush()
+        assert (await producer.stats())["pins"] == 0
+        listed = await producer.list()
+        assert all(info["ref_count"] == 0 for info in listed.values())
+
+
+async def test_gets_go_on_without_requests_after_the_directory_grows(
+    coordinator: RunningCoordinator, kind: str
+):
+    async with (
+        open_client(kind, coordinator.socket) as producer,
+        open_client(kind, coordinator.socket, release_delay=0) as consumer,
+    ):
+        await producer.create_and_seal(oid(0), b"warm")
+        await consumer.get(oid(0), timeout=5)
+        before = (await producer.stats())["directory"]["capacity"]
+        count = before  # more objects than 3/4 of the slots: the directory is rebuilt
+        ids = [oid(i) for i in range(1, count + 1)]
+        await producer.create_and_seal_many([(i, b"", b"") for i in ids])
+        await producer.flush()
+        after = (await producer.stats())["directory"]
+        assert after["capacity"] > before and after["objects"] == count + 1
+        await consumer.get(ids[0], timeout=0)  # the old directory reads superseded: a request
+        n = await gets(consumer)
+        for i in ids[1:200]:
+            await consumer.get(i, timeout=0)
+        assert await gets(consumer) == n
+
+
+async def test_without_pin_tables_gets_ask_the_coordinator(coordinator_factory, kind: str):
+    coord = coordinator_factory("--memory", "16MiB", "--pins-per-client", "0")
+    async with (
+        open_client(kind, coord.socket) as producer,
+        open_client(kind, coord.socket, release_delay=0) as consumer,
+    ):
+        assert consumer.raw._core.reader is None
+        await producer.create_and_seal(oid(1), b"a")
+        await producer.flush()
+        n = await gets(consumer)
+        assert bytes(await consumer.get(oid(1), timeout=0)) == b"a"
+        assert await gets(consumer) == n + 1
+
+
+async def test_a_reader_that_dies_while_pinning_leaks_nothing(
+    coordinator: RunningCoordinator, kind: str
+):
+    async with open_client(kind, coordinator.socket) as producer:
+        await producer.create_and_seal(oid(1), b"held by the dead")
+        await producer.flush()
+        ctx = multiprocessing.get_context("spawn")
+        ours, theirs = ctx.Pipe()
+        reader = ctx.Process(target=_pin_and_wait, args=(coordinator.socket, theirs))
+        reader.start()
+        try:
+            assert ours.poll(60) and ours.recv() == "pinned"
+            assert (await producer.stats())["pins"] == 1
+            assert await producer.delete(oid(1)) == [oid(1)]  # deferred: the pin holds it
+            assert (await producer.stats())["dying"] == 1
+        finally:
+            reader.kill()
+            reader.join(30)
+        # the coordinator drops a client's pin table with its connection
+        while len((await producer.stats())["clients"]) != 1:
+            await trio.sleep(0.01)  # the coordinator has to notice the hang-up
+        await producer.flush()
+        stats = await producer.stats()
+        assert stats["pins"] == 0 and stats["dying"] == 0
+        assert set(await producer.list()) == {oid(2)}  # what the reader sealed stays
+
+
+def _pin_and_wait(path: str, pipe: Connection) -> None:
+    with plasma.connect(path, release_delay=0) as c:
+        c.create_and_seal(oid(2), b"to map the segment")
+        c.flush()
+        view = c.get(oid(1), timeout=0)
+        assert c.stats()["operations"].get("Get", 0) == 0  # pinned, not requested
+        pipe.send("pinned")
+        pipe.recv()  # killed while waiting here
+        del view
+
+
+def test_a_forked_child_cannot_touch_its_parents_pins(coordinator: RunningCoordinator):
+    with plasma.connect(coordinator.socket, release_delay=0) as c:
+        c.create_and_seal(oid(1), b"parent's")
+        c.create_and_seal(oid(2), b"other")
+        c.flush()
+        c.get(oid(2), timeout=5)  # maps the segment
+        view = c.get(oid(1), timeout=0)
+        assert c.stats()["pins"] == 1
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: every call refuses, dropping views touches nothing
+            code = 1
+            try:
+                try:
+                    c.get(oid(2), timeout=0)
+                except PlasmaError as exc:
+                    code = 0 if "forked child" in str(exc) else 2
+                del view
+                c.close()
+            finally:
+                os.write(write, bytes([code]))
+                os._exit(0)
+        os.close(write)
+        assert os.read(read, 1) == b"\x00"
+        os.waitpid(pid, 0)
+        os.close(read)
+        assert c.stats()["pins"] == 1  # still the parent's
+        assert bytes(view) == b"parent's"
+        del view
+        c.flush()
+        assert c.stats()["pins"] == 0
+
+
+async def test_read_views_stay_valid_while_another_client_evicts(coordinator_factory, kind: str):
+    coord = coordinator_factory("--memory", "8MiB", "--segment-size", "8MiB")
+    async with (
+        open_client(kind, coord.socket) as producer,
+        open_client(kind, coord.socket, release_delay=0) as consumer,
+    ):
+        first = await producer.put(np.full(1 << 17, 7, dtype=np.int64))  # 1 MiB
+        await producer.flush()
+        held = await consumer.get_object(first, timeout=5)
+        for _ in range(20):  # 20 MiB through an 8 MiB store: everything else is evicted
+            await producer.put(np.zeros(1 << 17, dtype=np.int64))
+        await producer.flush()
+        assert (await producer.stats())["evictions"] > 0
+        assert await producer.contains(first)  # pinned: never an eviction victim
+        assert (held == 7).all()
