@@ -306,13 +306,15 @@ class Monitor(Wire):
         return probes.Balance.of(stats, listing, self.alignment)
 
     def delete_all(self) -> list[bytes]:
-        """Delete every visible object; returns those whose delete was deferred."""
+        """Delete every visible object; returns those whose delete was deferred. Returns once
+        the coordinator scanned the pin tables for them (a Sync): their memory is free."""
         ids = [o.id for o in self.request(p.List(seq=self.seq())).objects]
         deferred: list[bytes] = []
         for start in range(0, len(ids), 16384):
             deferred += self.request(
                 p.Delete(seq=self.seq(), ids=ids[start : start + 16384])
             ).deferred
+        self.request(p.Sync(seq=self.seq()))
         return deferred
 
     def create_sealed(self, ids: list[bytes], size: int) -> None:
