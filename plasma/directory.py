@@ -258,8 +258,9 @@ class DirectoryReader:
             if state == FREE:
                 return None
             if key == oid and state == SEALED:  # a dying slot of an earlier object: go on
-                if self._access is not None:
-                    self._access[slot] = 1
+                access = self._access
+                if access is not None and not access[slot]:  # read first: no line bouncing
+                    access[slot] = 1
                 return Found(slot, seq, gen, ObjectLocation(seg, off, dsize, msize, node))
             slot = (slot + 1) & mask
         return None
