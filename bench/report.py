@@ -53,6 +53,10 @@ def _values(cases: Iterable[dict[str, Any]], name: str, param: int, metric: str)
     return row
 
 
+def _numbers(values: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in values.items() if isinstance(v, float | int)}
+
+
 def _target(scenario: Scenario, param: int, metric: str) -> Target | None:
     return next((t for t in scenario.targets if t.param == param and t.metric == metric), None)
 
@@ -65,9 +69,13 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
         for param in sorted(p for n, p in seen if n == name):
             for metric in scenario.metrics:
                 values = _values(results["cases"], name, param, metric)
-                numbers = {k: v for k, v in values.items() if isinstance(v, float | int)}
                 target = _target(scenario, param, metric)
-                met = target.check(numbers) if target is not None else None
+                met = None
+                if target is not None:
+                    base = {}
+                    if target.vs_param is not None:
+                        base = _values(results["cases"], name, target.vs_param, metric)
+                    met = target.check(_numbers(values), _numbers(base))
                 rows.append(
                     {
                         "scenario": scenario,

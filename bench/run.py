@@ -81,6 +81,13 @@ def medians(runs: list[dict[str, float]]) -> dict[str, float]:
     return {key: statistics.median(run[key] for run in runs) for key in runs[0]}
 
 
+def log_dir_for(out: Path) -> Path:
+    """Where the worker logs go: ``bench/.peers`` for the default results folder, else the
+    ``--out`` folder itself, so that a run into a scratch folder (a test) never truncates the
+    logs of a run going on meanwhile."""
+    return PEERS_DIR if out.resolve() == RESULTS_DIR else out
+
+
 def run_peer(
     spec: PeerSpec, python: Path, plan: list[tuple[str, int]], args: argparse.Namespace
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -88,11 +95,12 @@ def run_peer(
 
     The ``memory`` cases each get a fresh store, so earlier scenarios do not inflate it.
     """
-    PEERS_DIR.mkdir(exist_ok=True)
+    log_dir = log_dir_for(args.out)
+    log_dir.mkdir(parents=True, exist_ok=True)
     sessions = [[c for c in plan if c[0] != "memory"]] + [[c] for c in plan if c[0] == "memory"]
     info: dict[str, Any] = {"status": "ok"}
     cases: list[dict[str, Any]] = []
-    with open(PEERS_DIR / f"{spec.name}.log", "w") as log:
+    with open(log_dir / f"{spec.name}.log", "w") as log:
         for session in filter(None, sessions):
             try:
                 info["facts"] = _run_session(spec, python, session, args, log, cases)

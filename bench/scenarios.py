@@ -16,12 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from bench.peers.base import Peer, load_peer_class, read_memory
+from bench.peers.base import Peer, cpu_seconds, load_peer_class, read_memory
 
 KiB = 1024
 MiB = 1024 * 1024
 
 Metrics = dict[str, float]
+
+
+Values = dict[str, float]  # one case's metric by peer (and "memcpy")
+Check = Callable[[Values, Values], bool | None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,8 +35,10 @@ class Target:
     param: int
     metric: str
     text: str
-    #: given the case's values by peer (and "memcpy"), whether plasma-coord meets it
-    check: Callable[[dict[str, float]], bool | None]
+    #: given the case's values by peer and those at ``vs_param`` (``{}`` without one),
+    #: whether plasma-coord meets it (None: cannot tell, a value is missing)
+    check: Check
+    vs_param: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,8 +55,10 @@ class Scenario:
         return self.quick if quick else self.full
 
 
-def _ratio_at_least(peer: str, factor: float) -> Callable[[dict[str, float]], bool | None]:
-    def check(values: dict[str, float]) -> bool | None:
+def _ratio_at_least(peer: str, factor: float) -> Check:
+    """plasma-coord's value ≥ ``factor`` times ``peer``'s (higher is better)."""
+
+    def check(values: Values, base: Values) -> bool | None:
         if "plasma-coord" not in values or peer not in values:
             return None
         return values["plasma-coord"] >= factor * values[peer]
@@ -58,18 +66,70 @@ def _ratio_at_least(peer: str, factor: float) -> Callable[[dict[str, float]], bo
     return check
 
 
-def _at_most(limit: float) -> Callable[[dict[str, float]], bool | None]:
-    def check(values: dict[str, float]) -> bool | None:
+def _faster(peer: str, factor: float) -> Check:
+    """plasma-coord's latency ≤ ``peer``'s divided by ``factor`` (lower is better)."""
+
+    def check(values: Values, base: Values) -> bool | None:
+        if "plasma-coord" not in values or peer not in values:
+            return None
+        return factor * values["plasma-coord"] <= values[peer]
+
+    return check
+
+
+def _at_most(limit: float) -> Check:
+    def check(values: Values, base: Values) -> bool | None:
         return values["plasma-coord"] <= limit if "plasma-coord" in values else None
 
     return check
 
 
-def _at_least(limit: float) -> Callable[[dict[str, float]], bool | None]:
-    def check(values: dict[str, float]) -> bool | None:
+def _at_least(limit: float) -> Check:
+    def check(values: Values, base: Values) -> bool | None:
         return values["plasma-coord"] >= limit if "plasma-coord" in values else None
 
     return check
+
+
+def _grows(factor: float) -> Check:
+    """plasma-coord's value ≥ ``factor`` times its own at the target's ``vs_param``."""
+
+    def check(values: Values, base: Values) -> bool | None:
+        if "plasma-coord" not in values or "plasma-coord" not in base:
+            return None
+        return values["plasma-coord"] >= factor * base["plasma-coord"]
+
+    return check
+
+
+def _all(*checks: Check) -> Check:
+    """Met when every part is; not met when one part is not; else unknown."""
+
+    def check(values: Values, base: Values) -> bool | None:
+        verdicts = [c(values, base) for c in checks]
+        if False in verdicts:
+            return False
+        return None if None in verdicts else True
+
+    return check
+
+
+def _first_get_target(size: int) -> Target:
+    text = "≤ 10 µs and ≥ 2.5x arrow-plasma"
+    return Target(size, "p50_us", text, _all(_at_most(10.0), _faster("arrow-plasma", 2.5)))
+
+
+def _handover_target(n: int) -> Target:
+    check = _all(_ratio_at_least("arrow-plasma", 2.0), _ratio_at_least("shared_memory", 1.0))
+    return Target(n, "ops_per_s", "≥ 2x arrow-plasma and ≥ shared_memory", check)
+
+
+READERS_CPU_PCT = 5.0  # the store process's CPU during the readers' run, % of its wall time
+
+
+def _store_cpu_target(n: int) -> Target:
+    text = f"≤ {READERS_CPU_PCT:g} % of the wall time"
+    return Target(n, "store_cpu_pct", text, _at_most(READERS_CPU_PCT))
 
 
 SCENARIOS: dict[str, Scenario] = {
@@ -107,11 +167,12 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "get_first",
-            "first get of a just-sealed object",
+            "first get of an object another process just sealed",
             "size",
             (64, MiB),
             (64,),
             {"p50_us": ("µs", False), "p99_us": ("µs", False)},
+            (_first_get_target(64), _first_get_target(MiB)),
         ),
         Scenario(
             "put_large",
@@ -127,8 +188,12 @@ SCENARIOS: dict[str, Scenario] = {
             "get of a numpy array",
             "size",
             (MiB, 16 * MiB, 64 * MiB, 256 * MiB),
-            (MiB, 16 * MiB),
+            (MiB, 16 * MiB, 64 * MiB),
             {"GB_per_s": ("GB/s", True)},
+            tuple(
+                Target(size, "GB_per_s", "≥ 2x arrow-plasma", _ratio_at_least("arrow-plasma", 2))
+                for size in (64 * MiB, 256 * MiB)
+            ),
         ),
         Scenario(
             "put_get_dict",
@@ -145,6 +210,25 @@ SCENARIOS: dict[str, Scenario] = {
             (1, 2, 4),
             (1, 2),
             {"ops_per_s": ("objects/s", True)},
+            tuple(_handover_target(n) for n in (1, 2, 4)),
+        ),
+        Scenario(
+            "readers",
+            "N reader processes getting 64 B objects",
+            "N",
+            (1, 2, 4, 8),
+            (1, 8),
+            {
+                "gets_per_s": ("/s", True),
+                "store_cpu_s": ("CPU s", False),
+                "store_cpu_pct": ("CPU % of wall", False),
+            },
+            (
+                Target(2, "gets_per_s", "≥ 1.5x N=1", _grows(1.5), vs_param=1),
+                Target(4, "gets_per_s", "≥ 1.5x N=1", _grows(1.5), vs_param=1),
+                Target(8, "gets_per_s", "≥ 1.5x N=1", _grows(1.5), vs_param=1),
+                *(_store_cpu_target(n) for n in (1, 2, 4, 8)),
+            ),
         ),
         Scenario(
             "memory",
@@ -164,9 +248,12 @@ BATCH_OPS = (20_000, 4000)
 BATCH_SIZE = 1000
 GET_OPS = (3000, 500)
 LARGE_BYTES = (512 * MiB, 64 * MiB)  # bytes moved per repeat and size, at least one array
-PC_OBJECTS = (2000, 300)  # per producer
+PC_OBJECTS = (5000, 2000)  # per producer (quick: enough for a run of ~0.1 s, not a start-up)
 PC_SIZE = 16 * KiB
 WARMUP = 50
+LARGE_GETS = 20  # get_large: at least this many timed gets per repeat (a get copies nothing)
+READERS_OBJECTS = 1000  # readers: distinct objects, far more than a client cache holds (64)
+READERS_SIZE = 64
 
 
 def _budget(quick: bool) -> float:
@@ -238,19 +325,55 @@ def get(peer: Peer, size: int, quick: bool) -> Metrics:
     }
 
 
-def get_first(peer: Peer, size: int, quick: bool) -> Metrics:
-    """Each object is got once, right after it was sealed: no client cache can serve it."""
-    n = (200 if quick else 1000) if size < MiB else 100
+def _writer(module: str, config: dict[str, Any], size: int, n: int, conn: Any, quick: bool) -> None:
+    """get_first's other process: seal ``n`` objects of ``size`` bytes, hand over their keys
+    once the store applied the seals, and delete them when the reader is done."""
+    peer = load_peer_class(module).child(config)
     keys = peer.put_many([_payload(size)] * n)
-    samples = np.empty(n, dtype=np.float64)
-    clock = time.perf_counter_ns
-    for i, key in enumerate(keys):
-        t0 = clock()
-        view = peer.get(key)
+    peer.sync()
+    conn.send([peer.key_to_bytes(key) for key in keys])
+    conn.recv()  # the reader is done with them
+    peer.delete(keys)
+    peer.close()
+
+
+def get_first(peer: Peer, module: str, size: int, quick: bool) -> Metrics:
+    """Get + read one byte + drop of objects another process (a fresh client) just sealed, each
+    got once: no cache and no subscription can serve them. The first object is got untimed,
+    so the store's memory is mapped as a long-lived client's would be."""
+    n = (200 if quick else 1000) if size < MiB else 100
+    ctx = mp.get_context("spawn")
+    conn, child_conn = ctx.Pipe()
+    writer = ctx.Process(
+        target=_writer, args=(module, peer.child_config(), size, n + 1, child_conn, quick)
+    )
+    writer.start()
+    try:
+        if not conn.poll(300):
+            raise TimeoutError("the writer process sealed nothing within 300 s")
+        keys = [peer.key_from_bytes(token) for token in conn.recv()]
+        view = peer.get(keys[0])  # warm-up: maps the writer's segment
         view[0]
         del view
-        samples[i] = clock() - t0
-    peer.delete(keys)
+        samples = np.empty(n, dtype=np.float64)
+        clock = time.perf_counter_ns
+        for i, key in enumerate(keys[1:]):
+            t0 = clock()
+            view = peer.get(key)
+            view[0]
+            del view
+            samples[i] = clock() - t0
+        keys.clear()  # drop every reference before the writer deletes (Ray: borrows)
+        del key
+        conn.send(None)
+    finally:
+        conn.close()  # on an error above, the writer's recv ends (EOFError) rather than hang
+        writer.join(timeout=120)
+        if writer.exitcode is None:
+            writer.kill()
+            writer.join()
+    if writer.exitcode:
+        raise RuntimeError(f"writer process exited with {writer.exitcode}")
     return {
         "p50_us": float(np.percentile(samples, 50)) / 1e3,
         "p99_us": float(np.percentile(samples, 99)) / 1e3,
@@ -279,17 +402,26 @@ def put_large(peer: Peer, size: int, quick: bool) -> Metrics:
 
 
 def get_large(peer: Peer, size: int, quick: bool) -> Metrics:
+    """Zero-copy get of an array sealed by the worker's client, by a second client that no
+    release-delay cache serves (``Peer.reader``), after one untimed get (the mapping)."""
     array = _array(size)
     key = peer.put_array(array)
-    times = []
-    for _ in range(_large_rounds(size, quick)):
-        t0 = time.perf_counter()
-        got = peer.get_array(key)
-        got[-1]
-        times.append(time.perf_counter() - t0)
-        if got.nbytes != size or got[-1] != array[-1]:
-            raise AssertionError(f"get_array returned {got.nbytes} bytes, wrong contents")
-        del got
+    peer.sync()
+    reader = peer.reader()
+    try:
+        reader.get_array(key)[-1]
+        times = []
+        for _ in range(max(LARGE_GETS, _large_rounds(size, quick))):
+            t0 = time.perf_counter()
+            got = reader.get_array(key)
+            got[-1]
+            times.append(time.perf_counter() - t0)
+            if got.nbytes != size or got[-1] != array[-1]:
+                raise AssertionError(f"get_array returned {got.nbytes} bytes, wrong contents")
+            del got
+    finally:
+        if reader is not peer:
+            reader.close()
     peer.delete([key])
     return {"GB_per_s": size / float(np.median(times)) / 1e9}
 
@@ -400,6 +532,77 @@ def producers_consumers(peer: Peer, module: str, n_pairs: int, quick: bool) -> M
     return {"ops_per_s": produced / wall}
 
 
+def _reader(
+    module: str, config: dict[str, Any], tokens: list[bytes], bars: Any, q: Any, quick: bool
+) -> None:
+    """readers' process: get + read one byte + drop every object, round after round."""
+    peer = load_peer_class(module).child(config)
+    keys = [peer.key_from_bytes(token) for token in tokens]
+    view = peer.get(keys[-1])  # warm-up: maps the store (and is out of any cache by round 1)
+    view[0]
+    del view
+    bars[0].wait()  # connected and mapped
+    bars[1].wait()  # the harness has read the store's CPU time
+    t0 = time.perf_counter()
+    deadline = t0 + 3 * _budget(quick)
+    done = 0
+    while time.perf_counter() < deadline:
+        for i in range(0, len(keys), 100):  # the clock every 100 gets
+            for key in keys[i : i + 100]:
+                view = peer.get(key)
+                if view[0] != 0:
+                    raise AssertionError("reader read wrong bytes")
+                del view
+            done += len(keys[i : i + 100])
+            if time.perf_counter() >= deadline:
+                break
+    q.put((t0, time.perf_counter(), done))
+    bars[2].wait()  # the harness has read the store's CPU time again
+    peer.close()
+
+
+def readers(peer: Peer, module: str, n_readers: int, quick: bool) -> Metrics:
+    """``n_readers`` processes get the same ``READERS_OBJECTS`` objects of 64 B (sealed by the
+    worker beforehand) in order, round after round: aggregate gets/s, and the CPU time the
+    store process used meanwhile (its connects and disconnects excluded)."""
+    keys = peer.put_many([_payload(READERS_SIZE)] * READERS_OBJECTS)
+    peer.sync()
+    tokens = [peer.key_to_bytes(key) for key in keys]
+    pids = peer.store_pids()
+    ctx = mp.get_context("spawn")
+    bars = tuple(ctx.Barrier(n_readers + 1) for _ in range(3))
+    q = ctx.Queue()
+    config = peer.child_config()
+    procs = [
+        ctx.Process(target=_reader, args=(module, config, tokens, bars, q, quick))
+        for _ in range(n_readers)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        bars[0].wait(timeout=300)
+        cpu0, wall0 = cpu_seconds(pids), time.perf_counter()
+        bars[1].wait(timeout=60)
+        spans = [q.get(timeout=300) for _ in procs]
+        cpu1, wall1 = cpu_seconds(pids), time.perf_counter()
+        bars[2].wait(timeout=60)
+    finally:
+        for p in procs:
+            p.join(timeout=120)
+            if p.exitcode is None:
+                p.kill()
+    if any(p.exitcode for p in procs):
+        raise RuntimeError(f"reader exit codes {[p.exitcode for p in procs]}")
+    peer.delete(keys)
+    gets = sum(count for _, _, count in spans)
+    wall = max(end for _, end, _ in spans) - min(start for start, _, _ in spans)
+    metrics = {"gets_per_s": gets / wall}
+    if pids:  # a store process (shared_memory has none)
+        cpu = cpu1 - cpu0
+        metrics |= {"store_cpu_s": cpu, "store_cpu_pct": 100 * cpu / (wall1 - wall0)}
+    return metrics
+
+
 def memory(peer: Peer, n_objects: int) -> Metrics:
     pids = peer.store_pids() or [os.getpid()]
     data = _payload(64)
@@ -419,13 +622,16 @@ def run(peer: Peer, module: str, name: str, params: dict[str, Any]) -> Metrics:
     param, quick = int(params["param"]), bool(params.get("quick", False))
     if name == "producers_consumers":
         return producers_consumers(peer, module, param, quick)
+    if name == "readers":
+        return readers(peer, module, param, quick)
+    if name == "get_first":
+        return get_first(peer, module, param, quick)
     if name == "memory":
         return memory(peer, param)
     simple = {
         "create_seal": create_seal,
         "create_seal_batch": create_seal_batch,
         "get": get,
-        "get_first": get_first,
         "put_large": put_large,
         "get_large": get_large,
         "put_get_dict": put_get_dict,

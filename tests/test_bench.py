@@ -1,4 +1,5 @@
-"""Smoke tests of the benchmark harness machinery (no peer installs, no servers)."""
+"""Smoke tests of the benchmark harness machinery (no peer installs; one test runs a
+plasma-coord coordinator)."""
 
 from __future__ import annotations
 
@@ -100,6 +101,54 @@ def test_shared_memory_peer_end_to_end(tmp_path: Path) -> None:
     assert all("error" not in c and c["metrics"] for c in cases.values())
     assert cases[("create_seal", 64)]["metrics"]["ops_per_s"] > 0
     assert not list(Path("/dev/shm").glob("bench*_*")), "shared_memory peer leaked segments"
+
+
+def test_targets_against_another_case_and_combined() -> None:
+    def results(gets: dict[int, float], cpu: float, p50: float) -> dict:
+        cases = [_case("readers", n, "plasma-coord", gets_per_s=v) for n, v in gets.items()]
+        cases[-1]["metrics"] |= {"store_cpu_s": 0.01, "store_cpu_pct": cpu}
+        cases += [
+            _case("get_first", 64, "plasma-coord", p50_us=p50, p99_us=20.0),
+            _case("get_first", 64, "arrow-plasma", p50_us=30.0, p99_us=90.0),
+        ]
+        return {"meta": _fake_results()["meta"], "peers": {"plasma-coord": {}}, "cases": cases}
+
+    met = {
+        (r["scenario"].name, r["param"], r["metric"]): r["met"]
+        for r in report.table_rows(results({1: 100.0, 8: 160.0}, 1.0, 9.0))
+    }
+    assert met[("readers", 8, "gets_per_s")] is True  # 1.6x its own value at N=1
+    assert met[("readers", 8, "store_cpu_pct")] is True
+    assert met[("readers", 1, "store_cpu_pct")] is None  # no value: cannot tell
+    assert met[("get_first", 64, "p50_us")] is True  # ≤ 10 µs and 30 / 9 ≥ 2.5
+    met = {
+        (r["scenario"].name, r["param"], r["metric"]): r["met"]
+        for r in report.table_rows(results({1: 100.0, 8: 140.0}, 6.0, 12.5))
+    }
+    assert met[("readers", 8, "gets_per_s")] is False
+    assert met[("readers", 8, "store_cpu_pct")] is False
+    assert met[("get_first", 64, "p50_us")] is False  # 2.4x arrow-plasma, over 10 µs
+    only_n8 = report.table_rows(results({8: 140.0}, 1.0, 9.0))
+    assert next(r["met"] for r in only_n8 if r["metric"] == "gets_per_s") is None
+
+
+@pytest.mark.timeout(240)
+def test_readers_scenario_for_plasma_coord(tmp_path: Path) -> None:
+    argv = ["--quick", "--peers", "plasma-coord", "--scenarios", "readers"]
+    assert run.main([*argv, "--out", str(tmp_path), "--no-plots"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["peers"]["plasma-coord"]["status"] == "ok"
+    cases = {c["param"]: c for c in results["cases"] if c["peer"] == "plasma-coord"}
+    assert set(cases) == set(scenarios.SCENARIOS["readers"].quick) == {1, 8}
+    for case in cases.values():
+        assert "error" not in case, case
+        metrics = case["metrics"]
+        assert set(metrics) == {"gets_per_s", "store_cpu_s", "store_cpu_pct"}
+        assert metrics["gets_per_s"] > 0
+        assert metrics["store_cpu_s"] >= 0 and 0 <= metrics["store_cpu_pct"] <= 100
+    md = (tmp_path / "results.md").read_text()
+    row = _row(md, "N reader processes getting 64 B objects, N=8 (store CPU % of wall)")
+    assert row[-2] == "≤ 5 % of the wall time" and row[-1] in ("yes", "**no**")
 
 
 def test_worker_reports_errors_and_survives() -> None:

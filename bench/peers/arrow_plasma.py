@@ -43,8 +43,8 @@ class ArrowPlasmaPeer(SocketPeer):
         if self._server is not None:
             stop_process(self._server)
 
-    def connect(self, socket: str) -> Any:
-        return plasma.connect(socket)
+    def connect(self, socket: str, cache: bool = True) -> Any:
+        return plasma.connect(socket)  # pyarrow 11's client caches nothing
 
     def put_small(self, data: bytes) -> Key:
         oid = plasma.ObjectID(os.urandom(20))

@@ -57,6 +57,17 @@ class Peer(abc.ABC):
         """Create and seal many objects; a loop of ``put_small`` unless ``batch_api``."""
         return [self.put_small(d) for d in items]
 
+    def sync(self) -> None:
+        """Return once the store applied everything this client sent (its seals are visible
+        to every other client); nothing to do where seals are acknowledged already."""
+        return None
+
+    def reader(self) -> Peer:
+        """A client of the store, in this process, that no client-side cache serves: a second
+        connection where the peer allows one (plasma-coord's with ``release_delay=0``), else
+        this client. Close it with :meth:`close` unless it is ``self``."""
+        return self
+
     @abc.abstractmethod
     def get(self, key: Key) -> Any:
         """A view of a sealed object supporting ``view[0]``; dropping it releases the object."""
@@ -116,8 +127,9 @@ class SocketPeer(Peer):
         self._client: Any = None
 
     @abc.abstractmethod
-    def connect(self, socket: str) -> Any:
-        """A client of the store listening on ``socket``."""
+    def connect(self, socket: str, cache: bool = True) -> Any:
+        """A client of the store listening on ``socket``; ``cache=False``: without a client
+        cache of released objects (peers whose client has none ignore it)."""
 
     def store_pids(self) -> list[int]:
         return [self._server.pid] if self._server is not None else []
@@ -128,8 +140,23 @@ class SocketPeer(Peer):
     @classmethod
     def child(cls, config: dict[str, Any]) -> Peer:
         peer = cls(Path(config["socket"]).parent, 0)
-        peer._client = peer.connect(config["socket"])
+        peer._client = peer.connect(config["socket"], cache=config.get("cache", True))
         return peer
+
+    def reader(self) -> Peer:
+        return type(self).child(self.child_config() | {"cache": False})
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds used so far by processes ``pids`` (all their threads), from
+    utime and stime in /proc/PID/stat."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        total += int(fields[11]) + int(fields[12])  # fields 14 and 15 of stat(5)
+    return total / tick
 
 
 def read_memory(pid: int) -> dict[str, int]:

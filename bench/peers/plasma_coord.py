@@ -2,7 +2,10 @@
 
 Small objects use ``create_and_seal`` (the client-arena path), batches
 ``create_and_seal_many``, arrays ``put`` / ``get_object`` (zero-copy). A view releases its
-object when it is garbage collected.
+object when it is garbage collected. A get of a sealed object in a segment the client has
+mapped is served from the shared directory with no message; seals are sent without a reply,
+so ``sync`` is ``flush``. ``reader`` is a second connection with ``release_delay=0`` (no
+client cache of released objects).
 """
 
 from __future__ import annotations
@@ -46,8 +49,13 @@ class PlasmaCoordPeer(SocketPeer):
         if self._server is not None:
             stop_process(self._server)
 
-    def connect(self, socket: str) -> Any:
-        return plasma.connect(socket, client_name="bench-child")
+    def connect(self, socket: str, cache: bool = True) -> Any:
+        if cache:
+            return plasma.connect(socket, client_name="bench-child")
+        return plasma.connect(socket, client_name="bench-reader", release_delay=0)
+
+    def sync(self) -> None:
+        self.client.flush()  # seals were sent without waiting: now they are applied
 
     def put_small(self, data: bytes) -> Key:
         oid = plasma.ObjectID.from_random()
@@ -60,7 +68,7 @@ class PlasmaCoordPeer(SocketPeer):
         return [oid for oid, _, _ in batch]
 
     def get(self, key: Key) -> memoryview:
-        view: memoryview = self.client.get([key])[0]
+        view: memoryview = self.client.get(key)  # the single-id form: no list to build
         return view
 
     def delete(self, keys: list[Key]) -> None:

@@ -40,7 +40,7 @@ class VineyardPeer(SocketPeer):
         if self._server is not None:
             stop_process(self._server)
 
-    def connect(self, socket: str) -> Any:
+    def connect(self, socket: str, cache: bool = True) -> Any:
         return vineyard.connect(socket)
 
     def put_small(self, data: bytes) -> Key:
