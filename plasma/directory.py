@@ -274,7 +274,10 @@ class DirectoryReader:
         )
 
     def dying(self, found: Found) -> bool:
-        """True when ``found``'s object is now marked dying (its delete waits for pins)."""
+        """True when ``found``'s object is now marked dying (its delete waits for pins);
+        False also for a read of an older directory (its slot may lie anywhere here)."""
+        if found.slot >= self.capacity:
+            return False
         base = HEADER_SIZE + found.slot * SLOT_SIZE
         mv = self._mv
         return mv[base + _STATE] == DYING and _SEQ.unpack_from(mv, base + 8)[0] == found.generation

@@ -1225,7 +1225,11 @@ class Store:
         pins on it are still honoured. When no memory is to be had, the old one stays."""
         old = self._directory
         published = [(oid, rec) for oid, rec in self._objects.items() if rec.slot >= 0]
-        published += [(oid, rec) for _, oid, rec in self._dying.values() if rec.slot >= 0]
+        published += [  # deleted ones (eviction victims are in _objects already)
+            (oid, rec)
+            for _, oid, rec in self._dying.values()
+            if rec.slot >= 0 and self._objects.get(oid) is not rec
+        ]
         published += [(oid, rec) for oid, rec in self._pinned.values() if rec.slot >= 0]
         capacity = rebuilt_capacity(old.live, max(old.capacity // 2, self._min_capacity))
         for attempt in range(REBUILD_ATTEMPTS):
