@@ -39,6 +39,7 @@ async def test_a_get_of_what_another_client_sealed_sends_no_request(
             assert bytes(await consumer.get(oid(i), timeout=0)) == b"x%d" % i
         arrays = [np.arange(i, dtype=np.int64) for i in (10, 1000, 100_000)]
         ids = [await producer.put(a) for a in arrays]
+        await producer.flush()  # the puts' seals are sent without waiting
         for i, a in zip(ids, arrays, strict=True):
             np.testing.assert_array_equal(await consumer.get_object(i), a)
         assert await gets(consumer) == n  # no Get request among them
