@@ -436,6 +436,20 @@ def test_dying_names_the_generation_read() -> None:
     assert not reader.dying(found)  # another generation dies there now
 
 
+def test_dying_of_a_read_from_a_bigger_directory_is_false() -> None:
+    """A client may ask the directory it maps now about a pin taken in the one before,
+    which may have been bigger: a slot past the end is simply not dying here."""
+    big, big_buf = new_directory(64)
+    far = next(ident(n) for n in range(1, 1000) if home_slot(ident(n), 6) >= 16)
+    slot = big.insert(far, 1, where(1))
+    found = DirectoryReader(big_buf).lookup(far)
+    assert found is not None and found.slot == slot >= 16
+    big.set_state(slot, DYING)
+    assert DirectoryReader(big_buf).dying(found)
+    _, small_buf = new_directory(16)
+    assert not DirectoryReader(small_buf).dying(found)
+
+
 def test_access_bytes_are_set_by_lookups_only_with_a_buffer() -> None:
     d, buf = new_directory(16)
     a, b = colliding(0), colliding(1)
