@@ -501,6 +501,19 @@ def _consumer(
     peer.close()
 
 
+def _reap(procs: list[Any]) -> None:
+    """Join the worker processes, killing those still running after two minutes."""
+    for proc in procs:
+        proc.join(timeout=120)
+        if proc.exitcode is None:
+            proc.kill()
+
+
+def _check_exits(procs: list[Any], what: str) -> None:
+    if any(proc.exitcode for proc in procs):
+        raise RuntimeError(f"{what} exit codes {[proc.exitcode for proc in procs]}")
+
+
 def producers_consumers(peer: Peer, module: str, n_pairs: int, quick: bool) -> Metrics:
     ctx = mp.get_context("spawn")
     n = PC_OBJECTS[1] if quick else PC_OBJECTS[0]
@@ -519,12 +532,8 @@ def producers_consumers(peer: Peer, module: str, n_pairs: int, quick: bool) -> M
         spans = [q.get(timeout=300) for _ in procs]
         bars[1].wait(timeout=60)
     finally:
-        for p in procs:
-            p.join(timeout=120)
-            if p.exitcode is None:
-                p.kill()
-    if any(p.exitcode for p in procs):
-        raise RuntimeError(f"producer/consumer exit codes {[p.exitcode for p in procs]}")
+        _reap(procs)
+    _check_exits(procs, "producer/consumer")
     produced = sum(count for _, _, count in spans if count > 0)
     if produced != -sum(count for _, _, count in spans if count < 0):
         raise AssertionError(f"consumers did not get all {produced} objects")
@@ -587,12 +596,8 @@ def readers(peer: Peer, module: str, n_readers: int, quick: bool) -> Metrics:
         cpu1, wall1 = cpu_seconds(pids), time.perf_counter()
         bars[2].wait(timeout=60)
     finally:
-        for p in procs:
-            p.join(timeout=120)
-            if p.exitcode is None:
-                p.kill()
-    if any(p.exitcode for p in procs):
-        raise RuntimeError(f"reader exit codes {[p.exitcode for p in procs]}")
+        _reap(procs)
+    _check_exits(procs, "reader")
     peer.delete(keys)
     gets = sum(count for _, _, count in spans)
     wall = max(end for _, end, _ in spans) - min(start for start, _, _ in spans)

@@ -369,9 +369,7 @@ class ClientCore:
             tables = getattr(msg, "tables", None)
             if tables is not None:  # Connected, DirectoryMoved: their fds come first
                 self._map_tables(tables)
-            if isinstance(msg, p.DirectoryMoved):
-                pass
-            elif isinstance(msg, p.Notification):
+            if isinstance(msg, p.Notification):
                 if msg.location is not None:
                     self.prefetched.setdefault(msg.id, []).append(msg.location)
                 self.notifications.append(msg)
@@ -381,7 +379,7 @@ class ClientCore:
                 self.revoke(msg.ids)
             elif isinstance(msg, p.Reclaim):
                 self.reclaim_requested = True
-            else:
+            elif not isinstance(msg, p.DirectoryMoved):  # (its tables are mapped above)
                 replies.append(msg)
         return replies
 
