@@ -27,7 +27,7 @@ import threading
 import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, get_args
 
 import msgspec
 import numpy as np
@@ -125,6 +125,13 @@ def check_timeout(timeout: float | None) -> float | None:
 
 
 _WRITE_REPLIES = (p.Created, p.ArenaGranted)
+# replies that are only handed to their caller: nothing to map, queue or answer
+_PLAIN_REPLIES = frozenset(
+    kind
+    for kind in get_args(p.Reply)
+    if not {"segments", "tables"} & set(kind.__struct_fields__)
+    and kind not in (p.Notification, p.RunRequest, p.Revoked, p.Reclaim, p.DirectoryMoved)
+)
 
 
 def _size(loc: p.ObjectLocation) -> int:
@@ -359,10 +366,13 @@ class ClientCore:
 
     def feed(self, data: bytes | memoryview, fds: list[int]) -> list[Any]:
         """Decode received bytes; returns replies to requests (pushes are queued here)."""
-        self._fds.extend(fds)
-        self.decoder.feed(data)
+        if fds:
+            self._fds.extend(fds)
         replies = []
-        for msg in self.decoder.messages():
+        for msg in self.decoder.feed_messages(data):
+            if type(msg) in _PLAIN_REPLIES:
+                replies.append(msg)
+                continue
             segments = getattr(msg, "segments", None)
             if segments:
                 self._map_segments(segments, for_writing=isinstance(msg, _WRITE_REPLIES))

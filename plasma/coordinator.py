@@ -200,9 +200,9 @@ class Session:
                 not frames
             ):  # a single frame with too many fds cannot happen: segments per reply are bounded
                 raise AssertionError("frame carries more fds than one sendmsg allows")
-            data = b"".join(frames)
+            data = frames[0] if len(frames) == 1 else b"".join(frames)
             try:
-                sent = self.sock.sendmsg([data], scm_rights(fds))
+                sent = self.sock.sendmsg([data], scm_rights(fds)) if fds else self.sock.send(data)
             except BlockingIOError:
                 self._out.appendleft((data, fds, owned))
                 return False
@@ -853,8 +853,11 @@ class Coordinator:
     def _deliver_events(self) -> None:
         if self.store.take_wakeup():
             self._deadline_changed.set()  # a pin scan is due earlier than the loop waits
+        events = self.store.drain_events()
+        if not events:
+            return
         touched: set[Session] = set()
-        for event in self.store.drain_events():
+        for event in events:
             if isinstance(event, DirectoryMoved):
                 touched.update(self._send_directory())
                 continue

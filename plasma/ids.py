@@ -70,6 +70,8 @@ class ObjectID:
 
 def as_id_bytes(oid: ObjectID | bytes) -> bytes:
     """The 20 raw bytes of an ``ObjectID`` or of bytes of the right length."""
+    if type(oid) is bytes and len(oid) == ID_SIZE:  # the common case first
+        return oid
     if isinstance(oid, ObjectID):
         return oid.binary()
     if isinstance(oid, (bytes, bytearray)) and len(oid) == ID_SIZE:

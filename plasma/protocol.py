@@ -513,13 +513,7 @@ class FrameDecoder:
         if len(buf) < end:
             self._compact()
             return None
-        try:
-            msg = self._decoder.decode(memoryview(buf)[pos + HEADER.size : end])
-        except MemoryError:
-            raise  # this process is short of memory: not the peer's fault
-        except Exception as exc:  # DecodeError, ValidationError, RecursionError, ...
-            self._error = f"malformed message: {exc}"
-            raise ProtocolError(self._error) from None
+        msg = self._decode(memoryview(buf)[pos + HEADER.size : end])
         self._pos = end
         return msg
 
@@ -529,6 +523,38 @@ class FrameDecoder:
         while (msg := self.next_message()) is not None:
             out.append(msg)
         return out
+
+    def feed_messages(self, data: bytes | bytearray | memoryview) -> list[Any]:
+        """``feed(data)`` then ``messages()``; the frames ``data`` holds whole are decoded
+        in place (not copied) when nothing was buffered before, the common case."""
+        if self._pos != len(self._buf) or self._error is not None:
+            self.feed(data)
+            return self.messages()
+        view = memoryview(data)
+        out = []
+        pos, n = 0, len(view)
+        while n - pos >= HEADER.size:
+            (length,) = HEADER.unpack_from(view, pos)
+            end = pos + HEADER.size + length
+            if length > self.max_frame or end > n:
+                break  # the slow path below reports it or waits for the rest
+            out.append(self._decode(view[pos + HEADER.size : end]))
+            pos = end
+        self._pos = 0
+        if pos == n:
+            self._buf.clear()
+            return out
+        self._buf = bytearray(view[pos:])
+        return out + self.messages()
+
+    def _decode(self, payload: memoryview) -> Any:
+        try:
+            return self._decoder.decode(payload)
+        except MemoryError:
+            raise  # this process is short of memory: not the peer's fault
+        except Exception as exc:  # DecodeError, ValidationError, RecursionError, ...
+            self._error = f"malformed message: {exc}"
+            raise ProtocolError(self._error) from None
 
     def _compact(self) -> None:
         if self._pos:

@@ -165,6 +165,38 @@ def test_requests_survive_any_chunking(msgs, data):
     assert dec.buffered == 0
 
 
+@given(st.lists(requests, min_size=1, max_size=8), st.data())
+def test_feed_messages_decodes_in_place_what_feed_and_messages_decode(msgs, data):
+    """The clients' receive path: whole frames straight from the received bytes, the rest
+    buffered; any chunking gives the same messages, and a reused receive buffer changes
+    nothing already decoded."""
+    stream = b"".join(p.encode(m) for m in msgs)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+    dec = p.FrameDecoder(p.Request, max_frame=1 << 30)
+    recv = bytearray(len(stream))
+    out = []
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        recv[: end - start] = stream[start:end]
+        out += dec.feed_messages(memoryview(recv)[: end - start])
+        recv[:] = bytes(len(recv))  # the next receive overwrites the buffer
+    assert out == msgs
+    assert dec.buffered == 0
+
+
+def test_feed_messages_reports_bad_frames_and_stays_failed():
+    dec = p.FrameDecoder(p.Request, max_frame=1024)
+    with pytest.raises(p.ProtocolError, match="exceeds the maximum of 1024"):
+        dec.feed_messages(p.encode(p.Sync(seq=1)) + (1025).to_bytes(4, "little"))
+    with pytest.raises(p.ProtocolError, match="exceeds"):
+        dec.feed_messages(p.encode(p.Sync(seq=2)))
+    bad = msgspec.msgpack.encode(["Get", "not-a-seq", [], None])
+    dec = p.FrameDecoder(p.Request)
+    with pytest.raises(p.ProtocolError, match="malformed"):
+        dec.feed_messages(len(bad).to_bytes(4, "little") + bad + p.encode(p.Sync(seq=3)))
+    with pytest.raises(p.ProtocolError, match="malformed"):
+        dec.feed_messages(b"")
+
+
 @given(replies)
 def test_replies_round_trip(msg):
     dec = p.FrameDecoder(p.Reply)

@@ -17,7 +17,8 @@ from plasma.errors import PlasmaError
 MAX_FDS = 253  # the kernel's SCM_MAX_FD: the most one message can carry
 MAX_FDS_PER_SEND = 250  # what the coordinator puts in one sendmsg, under MAX_FDS
 ANCILLARY_SPACE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
-RECV_FLAGS = socket.MSG_CMSG_CLOEXEC  # received descriptors are close-on-exec
+RECV_FLAGS = int(socket.MSG_CMSG_CLOEXEC)  # received descriptors are close-on-exec
+_CTRUNC = int(socket.MSG_CTRUNC)  # (plain ints: flag enums cost microseconds per operation)
 
 
 def scm_rights(fds: list[int]) -> list[tuple[int, int, array.array]]:
@@ -31,12 +32,14 @@ def received_fds(ancdata: list[tuple[int, int, bytes]], msg_flags: int) -> list[
     Raises PlasmaError, after closing those that did arrive, when the kernel truncated them.
     """
     fds: list[int] = []
+    if not ancdata and not msg_flags:  # the common case: a reply without descriptors
+        return fds
     for level, kind, data in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             arr = array.array("i")
             arr.frombytes(data[: len(data) - (len(data) % arr.itemsize)])
             fds.extend(arr)
-    if msg_flags & socket.MSG_CTRUNC:
+    if msg_flags & _CTRUNC:
         for fd in fds:
             os.close(fd)
         raise PlasmaError("segment descriptors were truncated (more than one message can carry)")
