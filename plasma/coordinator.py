@@ -29,13 +29,13 @@ import trio
 
 from plasma import errors
 from plasma import protocol as p
+from plasma.addresses import parse_address
 from plasma.directory import pin_table_size
 from plasma.errors import PlasmaError
 from plasma.ids import ID_SIZE
 from plasma.linux.fdlimit import EXHAUSTED, FdReserve, raise_nofile_limit
 from plasma.linux.fdpass import MAX_FDS_PER_SEND, scm_rights
 from plasma.linux.peercred import peer_credentials
-from plasma.metrics import make_registry, parse_address, serve_metrics
 from plasma.placement_report import placement_report
 from plasma.segments import BASE_PAGE, SegmentPool
 from plasma.shared_tables import SharedTables, close_map, new_pin_table
@@ -314,6 +314,9 @@ class Coordinator:
                 nursery.start_soon(self._expiry_loop)
                 nursery.start_soon(self.telemetry.run)
                 if self._metrics_bind is not None:
+                    # (imported here: prometheus_client is 3 MiB of memory nobody else needs)
+                    from plasma.metrics import make_registry, serve_metrics
+
                     self.metrics_address = await nursery.start(
                         serve_metrics, make_registry(self.stats), *self._metrics_bind
                     )

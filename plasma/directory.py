@@ -68,6 +68,15 @@ _KEY = struct.Struct("<QQI")
 _GOLDEN = 0x9E3779B97F4A7C15
 _MASK64 = (1 << 64) - 1
 assert _BODY.size == _STATE - 8 + 1 and _SEQ.size + _BODY.size + 1 == SLOT_SIZE
+# the slot layout as a numpy record (the rebuild copies slots in bulk)
+_SLOT_DTYPE = np.dtype(
+    {
+        "names": ["seq", "gen", "id", "segment", "offset", "data", "metadata", "node", "state"],
+        "formats": ["<u8", "<u8", "V20", "<u4", "<u8", "<u8", "<u4", "<u2", "u1"],
+        "offsets": [0, 8, 16, 36, 40, 48, 56, 60, _STATE],
+        "itemsize": SLOT_SIZE,
+    }
+)
 
 
 def home_slot(oid: bytes, bits: int) -> int:
@@ -75,6 +84,14 @@ def home_slot(oid: bytes, bits: int) -> int:
     (the id's three little-endian words xor-ed) times the golden-ratio constant."""
     a, b, c = _KEY.unpack(oid)
     return (((a ^ b ^ c) * _GOLDEN) & _MASK64) >> (64 - bits)
+
+
+def _home_slots(ids: np.ndarray, bits: int) -> np.ndarray:
+    """:func:`home_slot` of each id of a ``(n, 20)`` uint8 array."""
+    a = np.ascontiguousarray(ids[:, 0:8]).view("<u8").ravel()
+    b = np.ascontiguousarray(ids[:, 8:16]).view("<u8").ravel()
+    c = np.ascontiguousarray(ids[:, 16:20]).view("<u4").ravel().astype(np.uint64)
+    return ((a ^ b ^ c) * np.uint64(_GOLDEN)) >> np.uint64(64 - bits)  # wraps mod 2**64
 
 
 def directory_size(capacity: int) -> int:
@@ -132,6 +149,67 @@ class Directory:
                 return slot
             slot = (slot + 1) & mask
         return -1
+
+    def copy_from(self, old: Directory, slots: list[int]) -> list[int]:
+        """Fill this new, empty directory (no reader maps it yet) with the live objects of
+        ``old``'s ``slots``: same generation, location and state. Returns their slots here,
+        in order, -1 for any that found no slot within the probe limit.
+
+        Placed in bulk (numpy: linear probing in order of home slot is a running maximum)
+        when every object fits; otherwise inserted one by one in the order given, so the
+        ones left out are the last ones given."""
+        if self.live or self.tombstones:
+            raise ValueError("copy_from fills an empty directory")
+        placed = self._place_in_bulk(old, slots)
+        if placed is not None:
+            return placed
+        new = self._slots()
+        new[:] = np.zeros(1, dtype=_SLOT_DTYPE)
+        self.live = self.tombstones = 0
+        return [self._copy_slot(old, slot) for slot in slots]
+
+    def _place_in_bulk(self, old: Directory, slots: list[int]) -> list[int] | None:
+        n = len(slots)
+        if not n:
+            return []
+        rows = old._slots()[np.asarray(slots, dtype=np.int64)]  # a copy
+        rows["seq"] = 0
+        ids = np.ascontiguousarray(rows["id"]).view(np.uint8).reshape(n, ID_SIZE)
+        homes = _home_slots(ids, self._bits).astype(np.int64)
+        order = np.argsort(homes, kind="stable")
+        home = homes[order]
+        index = np.arange(n)
+        pos = index + np.maximum.accumulate(home - index)  # first free slot at or after home
+        if (pos - home >= self.max_probe).any():
+            return None
+        placed = np.full(n, -1, dtype=np.int64)
+        inside = pos < self.capacity
+        self._slots()[pos[inside]] = rows[order[inside]]
+        placed[order[inside]] = pos[inside]
+        self.live += int(inside.sum())
+        for i in order[~inside].tolist():  # runs that wrap past the last slot: one by one
+            placed[i] = self._copy_slot(old, slots[i])
+            if placed[i] < 0:
+                return None
+        return placed.tolist()
+
+    def _copy_slot(self, old: Directory, slot: int) -> int:
+        oid, generation, loc, state = old.entry(slot)
+        new_slot = self.insert(oid, generation, loc)
+        if new_slot >= 0 and state == DYING:
+            self.set_state(new_slot, DYING)
+        return new_slot
+
+    def _slots(self) -> np.ndarray:
+        """The slots as numpy records (a view: drop it before the buffer is closed)."""
+        return np.frombuffer(self._mv, dtype=_SLOT_DTYPE, count=self.capacity, offset=HEADER_SIZE)
+
+    def entry(self, slot: int) -> tuple[bytes, int, ObjectLocation, int]:
+        """``(id, generation, location, state)`` of a live slot."""
+        gen, oid, seg, off, dsize, msize, node, state = _BODY.unpack_from(
+            self._mv, HEADER_SIZE + slot * SLOT_SIZE + 8
+        )
+        return oid, gen, ObjectLocation(seg, off, dsize, msize, node), state
 
     def set_state(self, slot: int, state: int) -> None:
         """Mark a live slot SEALED or DYING."""

@@ -13,34 +13,14 @@ import trio
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from plasma.errors import BadRequest
 from plasma.metric_families import StatsCollector as StatsCollector
 from plasma.metric_families import make_registry as make_registry
 from plasma.metric_families import write_textfile as write_textfile
 
-DEFAULT_HOST = "127.0.0.1"
 MAX_REQUEST_HEAD = 16 * 1024
 REQUEST_TIMEOUT = 10.0  # seconds a scraper gets to send its request
 
 # ---------------------------------------------------------------- HTTP
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """``HOST:PORT``, ``[IPv6]:PORT`` or a bare ``PORT`` (on 127.0.0.1) as ``(host, port)``."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep:
-        host = DEFAULT_HOST
-    elif host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif not host or ":" in host:
-        raise BadRequest(f"metrics address {text!r}: write HOST:PORT, [IPv6]:PORT or PORT")
-    try:
-        port = int(port_text)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise BadRequest(f"metrics address {text!r}: port must be 0..65535 (e.g. 9464)")
-    return host, port
 
 
 async def serve_metrics(

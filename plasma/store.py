@@ -56,6 +56,7 @@ from collections.abc import Generator, Iterator
 from typing import Any, Protocol
 
 import msgspec
+import numpy as np
 
 from plasma.allocator import Allocator
 from plasma.directory import (
@@ -1231,6 +1232,7 @@ class Store:
             if rec.slot >= 0 and self._objects.get(oid) is not rec
         ]
         published += [(oid, rec) for oid, rec in self._pinned.values() if rec.slot >= 0]
+        old_slots = [rec.slot for _, rec in published]
         capacity = rebuilt_capacity(old.live, max(old.capacity // 2, self._min_capacity))
         for attempt in range(REBUILD_ATTEMPTS):
             try:
@@ -1240,26 +1242,23 @@ class Store:
             except PlasmaError:
                 return
             new = Directory(buf, capacity)
-            slots = []
-            for oid, rec in published:
-                slot = new.insert(oid, old.generation(rec.slot), rec.loc)
-                if slot >= 0 and old.state(rec.slot) == DYING:
-                    new.set_state(slot, DYING)
-                slots.append(slot)
+            slots = new.copy_from(old, old_slots)
             if -1 not in slots or attempt == REBUILD_ATTEMPTS - 1:
                 break
             self._directory_memory.free_directory(buf, access)
             capacity *= 2
-        new_access = access
+        kept = np.asarray(slots, dtype=np.int64) >= 0
+        new_slots = np.asarray(slots, dtype=np.int64)[kept]
+        np.frombuffer(access, dtype=np.uint8)[new_slots] = np.frombuffer(
+            self._access, dtype=np.uint8
+        )[np.asarray(old_slots, dtype=np.int64)[kept]]
         for (_, rec), slot in zip(published, slots, strict=True):
             if slot < 0:
                 self._unlisted[id(rec)] = old.generation(rec.slot)
-            else:
-                new_access[slot] = self._access[rec.slot]
             rec.slot = slot
         old.supersede()
         self._directory_memory.free_directory(*self._directory_buffers)
-        self._directory, self._access = new, new_access
+        self._directory, self._access = new, access
         self._directory_buffers = (buf, access)
         self._events.append(DirectoryMoved())
 

@@ -40,6 +40,7 @@ from plasma.directory import (
     pin_table_size,
     rebuilt_capacity,
 )
+from plasma.ids import ID_SIZE
 from plasma.records import ObjectLocation
 
 U64 = struct.Struct("<Q")
@@ -813,3 +814,103 @@ class DirectoryMachine(RuleBasedStateMachine):
 
 TestDirectoryMachine = DirectoryMachine.TestCase
 TestDirectoryMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+
+
+# ---------------------------------------------------------------- rebuild: bulk copy
+
+ids_for_copy = st.lists(
+    st.one_of(
+        st.integers(0, 10**6).map(ident),
+        st.tuples(st.integers(0, 40), st.sampled_from([COLLIDE_KEY, 7, 2**63 + 5])).map(
+            lambda t: colliding(*t)
+        ),
+    ),
+    max_size=48,
+    unique=True,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    ids=ids_for_copy,
+    dying=st.sets(st.integers(0, 47)),
+    bits=st.integers(3, 7),
+    probe=st.sampled_from([2, 4, 8, MAX_PROBE]),
+)
+def test_copy_from_keeps_every_object_it_places_findable(
+    ids: list[bytes], dying: set[int], bits: int, probe: int
+) -> None:
+    """The bulk copy of a rebuild: every object placed is found at its slot with its
+    generation, location and state, every slot between an object's home and its slot is
+    taken (a lookup never stops short of it), and when some object finds no slot the copy
+    is exactly the one-by-one insertion in the order given (the last ones are left out)."""
+    old = Directory(bytearray(directory_size(256)), 256)
+    slots = [old.insert(oid, n + 1, where(n + 1)) for n, oid in enumerate(ids)]
+    assert -1 not in slots  # (256 slots, probe 32: at most 41 of one family)
+    for i in dying & set(range(len(ids))):
+        old.set_state(slots[i], DYING)
+    capacity = 1 << bits
+    new = Directory(bytearray(directory_size(capacity)), capacity, max_probe=probe)
+    placed = new.copy_from(old, slots)
+    assert len(placed) == len(ids)
+    kept = [s for s in placed if s >= 0]
+    assert len(kept) == len(set(kept)) == new.live and new.tombstones == 0
+    reader = DirectoryReader(new._mv)
+    for n, (oid, slot) in enumerate(zip(ids, placed, strict=True)):
+        if slot < 0:
+            assert reader.lookup(oid) is None
+            continue
+        assert new.entry(slot) == old.entry(slots[n])
+        home = home_slot(oid, bits)
+        assert (slot - home) % capacity < probe
+        for s in range(home, home + (slot - home) % capacity):
+            assert new.state(s % capacity) in (SEALED, DYING)
+        found = reader.lookup(oid)
+        if n in dying:
+            assert found is None and new.state(slot) == DYING
+        else:
+            assert found is not None and found.slot == slot and found.generation == n + 1
+    if -1 in placed:
+        one_by_one = Directory(bytearray(directory_size(capacity)), capacity, max_probe=probe)
+        expected = []
+        for n, oid in enumerate(ids):
+            slot = one_by_one.insert(oid, n + 1, where(n + 1))
+            if slot >= 0 and n in dying:
+                one_by_one.set_state(slot, DYING)
+            expected.append(slot)
+        assert placed == expected
+        assert bytes(new._mv) == bytes(one_by_one._mv)  # (no bulk write left behind)
+
+
+def test_copy_from_fills_only_an_empty_directory() -> None:
+    old = Directory(bytearray(directory_size(16)), 16)
+    slot = old.insert(ident(1), 1, where())
+    new = Directory(bytearray(directory_size(16)), 16)
+    new.insert(ident(2), 2, where())
+    with pytest.raises(ValueError, match="empty directory"):
+        new.copy_from(old, [slot])
+
+
+def test_copy_from_places_many_objects_in_bulk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rebuild of a big directory is numpy work: only objects whose probe run wraps past
+    the last slot are inserted one by one."""
+    n, capacity = 1 << 18, 1 << 20
+    old = Directory(bytearray(directory_size(capacity)), capacity)
+    ids = np.random.default_rng(1).bytes(ID_SIZE * n)
+    rows = old._slots()[:n]  # (the old slots need not be where lookups would find them)
+    rows["id"] = np.frombuffer(ids, dtype=f"V{ID_SIZE}")
+    rows["gen"] = np.arange(1, n + 1)
+    rows["state"] = SEALED
+    del rows
+    one_by_one = []
+    real = Directory._copy_slot
+    monkeypatch.setattr(
+        Directory, "_copy_slot", lambda d, o, s: one_by_one.append(s) or real(d, o, s)
+    )
+    new = Directory(bytearray(directory_size(capacity)), capacity)
+    placed = new.copy_from(old, list(range(n)))
+    assert -1 not in placed and new.live == n and len(one_by_one) < 64
+    reader = DirectoryReader(new._mv)
+    for i in range(0, n, 997):
+        found = reader.lookup(ids[ID_SIZE * i : ID_SIZE * (i + 1)])
+        assert found is not None and found.generation == i + 1 and found.slot == placed[i]

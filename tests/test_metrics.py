@@ -17,9 +17,10 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from plasma.addresses import parse_address
 from plasma.client import Client
 from plasma.errors import BadRequest
-from plasma.metrics import make_registry, parse_address, serve_metrics, write_textfile
+from plasma.metrics import make_registry, serve_metrics, write_textfile
 from tests.conftest import RunningCoordinator
 
 STATS: dict[str, Any] = {

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import trio
 
+from plasma.addresses import parse_address
 from plasma.coordinator import CoordinatorConfig, serve
 from plasma.errors import BadRequest, PlasmaError
-from plasma.metrics import parse_address
 from plasma.protocol import DEFAULT_MAX_FRAME
 from plasma.topology import Topology
 from plasma.units import parse_size
