@@ -898,10 +898,16 @@ class ClientCore:
 
     def list(self) -> Op:
         reply = yield Call((p.List(seq=self.next_seq()),))
-        return {
-            ObjectID(o.id): {f: getattr(o, f) for f in o.__struct_fields__ if f != "id"}
-            for o in reply.objects
-        }
+        listed = {}
+        while True:
+            for o in reply.objects:
+                listed[ObjectID(o.id)] = {
+                    f: getattr(o, f) for f in o.__struct_fields__ if f != "id"
+                }
+            if not reply.next:
+                return listed
+            msg = p.List(seq=self.next_seq(), listing=reply.listing, start=reply.next)
+            reply = yield Call((msg,))
 
     def evict(self, nbytes: int) -> Op:
         reply = yield Call((p.Evict(seq=self.next_seq(), nbytes=nbytes),))

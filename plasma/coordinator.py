@@ -155,6 +155,9 @@ class Session:
         self.connected = False
         self.decoder = p.FrameDecoder(p.Request, max_frame)
         self.seen_segments: set[int] = set()
+        # listings in progress: number -> the ids snapshot they page through (oldest first)
+        self.listings: collections.OrderedDict[int, list[bytes]] = collections.OrderedDict()
+        self.last_listing = 0
         self.writable = True  # False: a read-only uid, sent read-only fds and refused writes
         self.pin_table: Any = None  # the coordinator's read-only map of the client's pin table
         # frames, their fds, and which of those to close once sent
@@ -710,7 +713,33 @@ class Coordinator:
         session.send(p.Contained(seq=msg.seq, present=self.store.contains(msg.id)))
 
     def _list(self, session: Session, msg: p.List) -> None:
-        session.send(p.Listing(seq=msg.seq, objects=self.store.objects()))
+        """One page of a listing (see ``p.List``): a big store is listed from a snapshot
+        of its ids, a page per request, so no reply is huge and nobody waits long."""
+        if msg.listing == 0:
+            ids = self.store.object_ids()
+            if len(ids) <= p.LIST_PAGE:
+                session.send(p.Listing(seq=msg.seq, objects=self.store.objects(ids)))
+                return
+            session.last_listing += 1
+            listing = session.last_listing
+            session.listings[listing] = ids
+            if len(session.listings) > p.MAX_LISTINGS:
+                session.listings.popitem(last=False)
+        else:
+            listing = msg.listing
+            found = session.listings.get(listing)
+            if found is None:
+                raise errors.BadRequest(
+                    f"listing {listing} is not in progress (done, or more than "
+                    f"{p.MAX_LISTINGS} listings were started after it)"
+                )
+            ids = found
+        end = min(msg.start + p.LIST_PAGE, len(ids))
+        page = self.store.objects(ids[msg.start : end])
+        if end == len(ids):
+            del session.listings[listing]
+            end = 0
+        session.send(p.Listing(seq=msg.seq, objects=page, listing=listing, next=end))
 
     def _evict(self, session: Session, msg: p.Evict) -> None:
         nbytes = self.store.evict(msg.nbytes, now=time.time())

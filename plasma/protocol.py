@@ -60,6 +60,11 @@ MAX_IDS_PER_REQUEST = 65536
 # The deepest nesting of lists and maps in a free-form payload (``RunCall.payload``,
 # ``RunRespond.payload``, ``SubmitSample.sample``), so relaying one never recurses deeply.
 MAX_PAYLOAD_DEPTH = 64
+# Objects per ``Listing`` page: a listing of a million objects is many requests, so the
+# coordinator answers others in between (and no frame grows with the store).
+LIST_PAGE = 8192
+# Listings a connection may have in progress at once (each holds a snapshot of the ids).
+MAX_LISTINGS = 4
 
 _Int = BoundedInt
 _Node = Annotated[int, msgspec.Meta(ge=0, le=MAX_NODE)]
@@ -170,7 +175,12 @@ class Contains(_Msg):
 
 
 class List(_Msg):
+    """A page of the object listing: ``listing`` 0 starts one; else it continues listing
+    ``listing`` (from an earlier ``Listing``) at position ``start``."""
+
     seq: _Int
+    listing: _Int = 0
+    start: _Int = 0
 
 
 class Evict(_Msg):
@@ -352,8 +362,13 @@ class Contained(_Msg):
 
 
 class Listing(_Msg):
+    """Up to ``LIST_PAGE`` objects; ``next`` 0 when the listing is complete, else the
+    ``start`` of the next page of ``listing``."""
+
     seq: int
     objects: list[ObjectInfo]
+    listing: int = 0
+    next: int = 0
 
 
 class Evicted(_Msg):

@@ -52,7 +52,7 @@ import contextlib
 import heapq
 import math
 from collections import OrderedDict
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from typing import Any, Protocol
 
 import msgspec
@@ -673,13 +673,22 @@ class Store:
             raise ObjectNotFound(f"object {oid.hex()} not found")
         return self._info(oid, rec, self._pins.counts())
 
-    def objects(self) -> list[ObjectInfo]:
-        """Every visible object (unsealed ones too; not those pending deletion); ref counts
-        include pins."""
+    def objects(self, ids: Iterable[bytes] | None = None) -> list[ObjectInfo]:
+        """Every visible object (unsealed ones too; not those pending deletion), or those of
+        ``ids`` still visible; ref counts include pins."""
         pins = self._pins.counts()
+        objects = self._objects
+        if ids is None:
+            return [self._info(oid, rec, pins) for oid, rec in objects.items() if not rec.deleting]
         return [
-            self._info(oid, rec, pins) for oid, rec in self._objects.items() if not rec.deleting
+            self._info(oid, rec, pins)
+            for oid in ids
+            if (rec := objects.get(oid)) is not None and not rec.deleting
         ]
+
+    def object_ids(self) -> list[bytes]:
+        """The ids of every object in the table (a snapshot to list in pages)."""
+        return list(self._objects)
 
     def evict(self, nbytes: int, *, now: float = 0.0) -> int:
         """Evict sealed unreferenced objects of any node, in CLOCK order (objects created
