@@ -302,13 +302,22 @@ class Monitor(Wire):
 
     def balance(self) -> probes.Balance:
         stats = self.stats()
-        listing = self.request(p.List(seq=self.seq())).objects
-        return probes.Balance.of(stats, listing, self.alignment)
+        return probes.Balance.of(stats, self.objects(), self.alignment)
+
+    def objects(self) -> list[p.ObjectInfo]:
+        """Every listed object, page after page."""
+        reply = self.request(p.List(seq=self.seq()))
+        objects = list(reply.objects)
+        while getattr(reply, "next", 0):  # (coordinators that do not page send one Listing)
+            msg = p.List(seq=self.seq(), listing=reply.listing, start=reply.next)
+            reply = self.request(msg)
+            objects += reply.objects
+        return objects
 
     def delete_all(self) -> list[bytes]:
         """Delete every visible object; returns those whose delete was deferred. Returns once
         the coordinator scanned the pin tables for them (a Sync): their memory is free."""
-        ids = [o.id for o in self.request(p.List(seq=self.seq())).objects]
+        ids = [o.id for o in self.objects()]
         deferred: list[bytes] = []
         for start in range(0, len(ids), 16384):
             deferred += self.request(
