@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import math
 import mmap
 import os
@@ -32,8 +33,8 @@ from typing import Any, NamedTuple, get_args
 import msgspec
 import numpy as np
 
+from plasma import parallel_copy, serialization
 from plasma import protocol as p
-from plasma import serialization
 from plasma.directory import ORDERED_MEMORY, DirectoryReader, Found, PinTable
 from plasma.errors import BadRequest, PlasmaError, error_for
 from plasma.ids import ID_SIZE, ObjectID, as_id_bytes
@@ -206,10 +207,19 @@ class Arena:
 class ClientCore:
     """Everything a client knows about its connection, and every call, without any I/O."""
 
-    def __init__(self, release_delay: int = RELEASE_DELAY, *, concurrent: bool = False) -> None:
+    def __init__(
+        self,
+        release_delay: int = RELEASE_DELAY,
+        *,
+        concurrent: bool = False,
+        copy_threads: int | None = None,
+    ) -> None:
         # a driver that runs several operations at once (the trio client) is asked to hold
         # the arena (EXCLUSIVE) around operations that write into it
         self.concurrent = concurrent
+        # threads that fill a large object (see plasma.parallel_copy); BadRequest if invalid
+        self.copy_threads = parallel_copy.copy_threads(copy_threads)
+        self.node_cpus: dict[int, list[int]] = {}  # each node's CPUs (Connected.nodes)
         self.decoder = p.FrameDecoder(p.Reply, REPLY_MAX_FRAME)
         self.info: p.Connected | None = None
         self.alignment = 64  # what the coordinator aligns objects to (Connected.alignment)
@@ -299,6 +309,7 @@ class ClientCore:
         """Take in the coordinator's answer to Connect."""
         self.info = reply
         self.alignment = reply.alignment
+        self.node_cpus = {node.id: node.cpus for node in reply.nodes}
         self.cache_limit = min(RELEASE_DELAY_BYTES, reply.capacity // RELEASE_DELAY_SHARE)
 
     def align(self, n: int) -> int:
@@ -541,6 +552,12 @@ class ClientCore:
             mm[start : start + len(metadata)] = metadata
         return memoryview(mm)[loc.offset : loc.offset + loc.data_size]
 
+    def copier(self, loc: p.ObjectLocation) -> serialization.Copy:
+        """How to fill a created object: in ``copy_threads`` threads on its node's CPUs."""
+        return functools.partial(
+            parallel_copy.copy, threads=self.copy_threads, cpus=self.node_cpus.get(loc.node, ())
+        )
+
     def readable(self, oid: bytes, loc: p.ObjectLocation) -> tuple[memoryview, memoryview]:
         """Read-only (data, metadata) views of an object for which the coordinator gave us a
         reference. While views of it are alive the client holds exactly one reference: a
@@ -675,10 +692,21 @@ class ClientCore:
         node: int | None = None,
         timeout: float | None = 0.0,
     ) -> Op:
+        loc = yield from self._create(object_id, size, metadata, node, timeout)
+        return self.write_object(loc, metadata)
+
+    def _create(
+        self,
+        object_id: ObjectRef,
+        size: int,
+        metadata: bytes,
+        node: int | None,
+        timeout: float | None,
+    ) -> Generator[Action, Any, p.ObjectLocation]:
         check_timeout(timeout)
         msg = p.Create(self.next_seq(), as_id_bytes(object_id), size, len(metadata), node, timeout)
         reply = yield Call((msg,))
-        return self.write_object(reply.locations[0], metadata)
+        return reply.locations[0]
 
     def seal(self, object_id: ObjectRef) -> Op:
         yield Send((p.Seal(seq=self.next_seq(), ids=[as_id_bytes(object_id)], ack=False),))
@@ -786,7 +814,7 @@ class ClientCore:
             reply = yield Call((*msgs, create))
             msgs = []
             for (_, data, meta), loc in zip(part, reply.locations, strict=True):
-                self.write_object(loc, meta)[:] = data
+                self.copier(loc)(self.write_object(loc, meta), data)
             msgs += self._seal_and_release([oid for oid, _, _ in part])
         if msgs:
             yield Send(tuple(msgs))
@@ -973,8 +1001,9 @@ class ClientCore:
             obj = p.ArenaObject(oid.binary(), offset, enc.data_size, len(enc.metadata))
             yield Send((p.SealArena(self.next_seq(), arena.segment, [obj]),))
             return oid
-        view = yield from self.create(oid, enc.data_size, enc.metadata, node)
-        enc.write(view)
+        loc = yield from self._create(oid, enc.data_size, enc.metadata, node, 0.0)
+        view = self.write_object(loc, enc.metadata)
+        enc.write(view, self.copier(loc))
         view.release()
         yield Send(self._seal_and_release([oid.binary()]))
         return oid

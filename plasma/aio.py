@@ -21,8 +21,8 @@ from typing import Any
 import msgspec
 import trio
 
+from plasma import parallel_copy, serialization
 from plasma import protocol as p
-from plasma import serialization
 from plasma._client_core import (
     EXCLUSIVE,
     RELEASE_DELAY,
@@ -44,9 +44,14 @@ __all__ = ["AsyncClient", "AsyncSubscription", "connect"]
 class AsyncClient:
     """A trio connection to a coordinator; make one with :func:`connect`."""
 
-    def __init__(self, sock: trio.socket.SocketType, release_delay: int = RELEASE_DELAY) -> None:
+    def __init__(
+        self,
+        sock: trio.socket.SocketType,
+        release_delay: int = RELEASE_DELAY,
+        copy_threads: int | None = None,
+    ) -> None:
         self._sock = sock
-        self._core = ClientCore(release_delay, concurrent=True)
+        self._core = ClientCore(release_delay, concurrent=True, copy_threads=copy_threads)
         self._send_lock = trio.Lock()
         self._arena_lock = trio.Lock()
         self._waiting: dict[int, trio.Event] = {}
@@ -385,19 +390,25 @@ async def _sendall(sock: trio.socket.SocketType, data: bytes) -> None:
 
 @asynccontextmanager
 async def connect(
-    socket_path: str, client_name: str = "", *, release_delay: int = RELEASE_DELAY
+    socket_path: str,
+    client_name: str = "",
+    *,
+    release_delay: int = RELEASE_DELAY,
+    copy_threads: int | None = None,
 ) -> AsyncIterator[AsyncClient]:
-    """Connect to the coordinator at ``socket_path`` for the duration of the ``async with``.
+    """Connect to the coordinator at ``socket_path`` for the duration of the ``async with``
+    (``release_delay`` and ``copy_threads`` as for :func:`plasma.connect`).
 
     Errors raised in the block leave it as themselves (not wrapped in an exception group).
     """
+    copy_threads = parallel_copy.copy_threads(copy_threads)  # a bad value fails before connecting
     sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
     try:
         await sock.connect(socket_path)
     except OSError as exc:
         sock.close()
         raise Disconnected(f"cannot connect to plasma-coord at {socket_path}: {exc}") from exc
-    client = AsyncClient(sock, release_delay)
+    client = AsyncClient(sock, release_delay, copy_threads)
     try:
         async with trio.open_nursery() as nursery:
             client._nursery = nursery

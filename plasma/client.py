@@ -43,8 +43,14 @@ class Client:
     """A connection to a coordinator. Use :func:`connect` to make one."""
 
     def __init__(
-        self, socket_path: str, client_name: str = "", *, release_delay: int = RELEASE_DELAY
+        self,
+        socket_path: str,
+        client_name: str = "",
+        *,
+        release_delay: int = RELEASE_DELAY,
+        copy_threads: int | None = None,
     ) -> None:
+        self._core = ClientCore(release_delay, copy_threads=copy_threads)
         self.socket_path = socket_path
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -52,7 +58,6 @@ class Client:
         except OSError as exc:
             self._sock.close()
             raise Disconnected(f"cannot connect to plasma-coord at {socket_path}: {exc}") from exc
-        self._core = ClientCore(release_delay)
         self._lock = threading.RLock()
         self._closed = False
         try:
@@ -388,11 +393,17 @@ class Subscription:
 
 
 def connect(
-    socket_path: str, client_name: str = "", *, release_delay: int = RELEASE_DELAY
+    socket_path: str,
+    client_name: str = "",
+    *,
+    release_delay: int = RELEASE_DELAY,
+    copy_threads: int | None = None,
 ) -> Client:
     """Connect to the coordinator listening on ``socket_path``.
 
     ``release_delay`` is how many released objects the client keeps a reference to, so that
-    getting them again needs no round trip (0 releases at once).
+    getting them again needs no round trip (0 releases at once). ``copy_threads`` is how many
+    threads fill an object of 16 MiB or more in ``put`` and ``create_and_seal`` (default:
+    ``$PLASMA_COPY_THREADS``, else the CPUs this thread may use, at most 8; 1: this thread).
     """
-    return Client(socket_path, client_name, release_delay=release_delay)
+    return Client(socket_path, client_name, release_delay=release_delay, copy_threads=copy_threads)

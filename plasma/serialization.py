@@ -86,23 +86,33 @@ _header_encoder = msgspec.msgpack.Encoder()
 _header_decoder = msgspec.msgpack.Decoder(_Header)
 
 
+# copy(dst, src): the bytes of the contiguous buffer ``src`` into ``dst``, of the same size
+Copy = Callable[[memoryview, Any], None]
+
+
+def _assign(dst: memoryview, src: Any) -> None:
+    dst[:] = src
+
+
 class Encoded:
     """A measured value: ``data_size`` bytes of data and its ``metadata`` header.
 
-    ``write(dst)`` writes exactly ``data_size`` bytes at the start of ``dst``.
+    ``write(dst, copy)`` writes exactly ``data_size`` bytes at the start of ``dst``; ``copy``
+    (default: a plain copy in this thread) copies the large contiguous parts, the bytes of
+    arrays, buffers and pickle buffers (Arrow data is written by its IPC writer).
     """
 
     __slots__ = ("_writer", "data_size", "kind", "metadata")
 
     def __init__(
-        self, header: _Header, data_size: int, writer: Callable[[memoryview], None]
+        self, header: _Header, data_size: int, writer: Callable[[memoryview, Copy | None], None]
     ) -> None:
         self.kind = header.kind
         self.data_size = data_size
         self.metadata = MAGIC + bytes((VERSION,)) + _header_encoder.encode(header)
         self._writer = writer
 
-    def write(self, dst: memoryview) -> None:
+    def write(self, dst: memoryview, copy: Copy | None = None) -> None:
         dst = memoryview(dst).cast("B")
         if dst.readonly:
             raise BadRequest("destination buffer is read-only")
@@ -110,7 +120,7 @@ class Encoded:
             raise BadRequest(
                 f"destination holds {len(dst)} bytes, the value needs {self.data_size}"
             )
-        self._writer(dst[: self.data_size])
+        self._writer(dst[: self.data_size], copy)
 
     def __repr__(self) -> str:
         return f"Encoded(kind={self.kind!r}, data_size={self.data_size})"
@@ -184,7 +194,10 @@ def _encode_ndarray(arr: np.ndarray) -> Encoded:
     fortran = bool(arr.flags.f_contiguous and not arr.flags.c_contiguous)
     header = _Header(NDARRAY, _dtype_to_str(arr.dtype), tuple(arr.shape), fortran)
 
-    def write(dst: memoryview) -> None:
+    def write(dst: memoryview, copy: Copy | None) -> None:
+        if copy is not None and (arr.flags.c_contiguous or arr.flags.f_contiguous):
+            copy(dst, arr.view(np.ndarray).ravel(order="K").view(np.uint8))  # memory order
+            return
         out = np.ndarray(arr.shape, arr.dtype, buffer=dst, order="F" if fortran else "C")
         np.copyto(out, arr, casting="no")
 
@@ -234,8 +247,8 @@ def _decode_ndarray(view: memoryview, header: _Header) -> np.ndarray:
 
 
 def _encode_bytes(mv: memoryview) -> Encoded:
-    def write(dst: memoryview) -> None:
-        dst[:] = mv.cast("B") if mv.c_contiguous else mv.tobytes()
+    def write(dst: memoryview, copy: Copy | None) -> None:
+        (copy or _assign)(dst, mv.cast("B") if mv.c_contiguous else mv.tobytes())
 
     return Encoded(_Header(BYTES), mv.nbytes, write)
 
@@ -272,7 +285,7 @@ def _encode_arrow(value: Any, kind: str | None = None) -> Encoded:
     emit(mock)
     size = mock.size()
 
-    def write(dst: memoryview) -> None:
+    def write(dst: memoryview, copy: Copy | None) -> None:
         sink = pa.FixedSizeBufferWriter(pa.py_buffer(dst))
         emit(sink)
         if sink.tell() != size:
@@ -334,12 +347,12 @@ def _encode_pickle5(value: object) -> Encoded:
         end = offset + raw.nbytes
     header = _Header(PICKLE5, inband=len(inband), buffers=tuple(layout))
 
-    def write(dst: memoryview) -> None:
+    def write(dst: memoryview, copy: Copy | None) -> None:
         dst[: len(inband)] = inband
         pos = len(inband)
         for (offset, length), raw in zip(layout, raws, strict=True):
             dst[pos:offset] = bytes(offset - pos)  # zeroed padding: equal values, equal bytes
-            dst[offset : offset + length] = raw
+            (copy or _assign)(dst[offset : offset + length], raw)
             pos = offset + length
 
     return Encoded(header, end, write)
