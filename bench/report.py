@@ -15,10 +15,20 @@ from typing import Any
 from bench.scenarios import SCENARIOS, Scenario, Target
 
 BASELINE = "plasma-coord"
-CEILING = "memcpy"
+#: the columns that are not peers (baselines measured in the same run), in table order, and
+#: what each is; ``{threads}``: the run's ``meta.memcpy_threads``
+BASELINES = {
+    "memcpy": "numpy copyto in one thread into a pre-faulted buffer",
+    "memcpy-mt": "the same split over {threads} threads",
+    "memcpy-fresh": "one thread into a fresh mapping (the copy faults its pages in)",
+    "echo": "round trip of a Contains-sized frame through a bare trio echo server, "
+    "from plasma-coord's worker, interleaved with its calls",
+}
 
 
 def format_param(scenario: Scenario, param: int) -> str:
+    if param in scenario.labels:
+        return scenario.labels[param]
     if scenario.param_name != "size":
         return f"{scenario.param_name}={param:,}"
     for unit, factor in (("MiB", 1 << 20), ("KiB", 1 << 10)):
@@ -92,6 +102,8 @@ def table_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 def _cell(row: dict[str, Any], peer: str, status: str) -> str:
     if status != "ok":
         return status
+    if peer not in BASELINES and not row["scenario"].runs_on(peer):
+        return "n/a"
     value = row["values"].get(peer)
     if value is None:
         return "-"
@@ -107,10 +119,13 @@ def _cell(row: dict[str, Any], peer: str, status: str) -> str:
 def markdown(results: dict[str, Any]) -> str:
     """The report: peers, then the peer-by-scenario table with ratios and targets."""
     meta = results["meta"]
-    peers = list(results["peers"])
-    has_ceiling = any(c["peer"] == CEILING for c in results["cases"])
-    columns = peers + ([CEILING] if has_ceiling else [])
-    status = {name: info["status"] for name, info in results["peers"].items()} | {CEILING: "ok"}
+    measured = {c["peer"] for c in results["cases"]}
+    baselines = [name for name in BASELINES if name in measured]
+    columns = list(results["peers"]) + baselines
+    status = {name: info["status"] for name, info in results["peers"].items()}
+    status |= dict.fromkeys(baselines, "ok")
+    threads = meta.get("memcpy_threads", "N")
+    legend = "".join(f" {name} = {BASELINES[name].format(threads=threads)}." for name in baselines)
     lines = [
         f"Command: `{meta['command']}`  ",
         f"Date: {meta['date']}; machine: {meta['machine']}; "
@@ -129,7 +144,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [
         "",
         "(N.NNx) = how many times better plasma-coord is than that peer (> 1: plasma-coord"
-        f" ahead). {CEILING} = numpy copyto into a pre-faulted buffer, same run.",
+        f" ahead); n/a = the peer does not run that scenario.{legend}",
         "",
         "| scenario | " + " | ".join(columns) + " | target | met |",
         "| --- | " + " | ".join("---:" for _ in columns) + " | --- | --- |",
@@ -150,7 +165,8 @@ def _is_number(value: Any) -> bool:
 
 
 def plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
-    """One bar chart per scenario and metric (log scale); ``[]`` without matplotlib."""
+    """One chart per scenario and metric (log scale): bars, or for a scenario with ``lines``
+    one line per peer over the parameter; ``[]`` without matplotlib."""
     try:
         import matplotlib
 
@@ -168,14 +184,10 @@ def plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
             if not mine or not peers:
                 continue
             fig, ax = plt.subplots(figsize=(8, 4))
-            width = 0.8 / len(peers)
-            for i, peer in enumerate(peers):
-                heights = [r["values"].get(peer, 0.0) for r in mine]
-                heights = [h if _is_number(h) else 0.0 for h in heights]
-                xs = [j + i * width for j in range(len(mine))]
-                ax.bar(xs, heights, width, label=peer)
-            ax.set_xticks([j + 0.4 - width / 2 for j in range(len(mine))])
-            ax.set_xticklabels([format_param(scenario, r["param"]) for r in mine])
+            if scenario.lines:
+                _lines(ax, scenario, mine, peers)
+            else:
+                _bars(ax, scenario, mine, peers)
             ax.set_yscale("log")
             ax.set_ylabel(unit)
             ax.set_title(f"{scenario.title} ({metric})")
@@ -186,6 +198,29 @@ def plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
             plt.close(fig)
             written.append(path)
     return written
+
+
+def _bars(ax: Any, scenario: Scenario, rows: list[dict[str, Any]], peers: list[str]) -> None:
+    """One group of bars per row (parameter), one bar per peer."""
+    width = 0.8 / len(peers)
+    for i, peer in enumerate(peers):
+        heights = [r["values"].get(peer, 0.0) for r in rows]
+        heights = [h if _is_number(h) else 0.0 for h in heights]
+        xs = [j + i * width for j in range(len(rows))]
+        ax.bar(xs, heights, width, label=peer)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(rows))])
+    ax.set_xticklabels([format_param(scenario, r["param"]) for r in rows])
+
+
+def _lines(ax: Any, scenario: Scenario, rows: list[dict[str, Any]], peers: list[str]) -> None:
+    """One line per peer through its values, over the parameter on a log axis."""
+    for peer in peers:
+        points = [
+            (r["param"], r["values"][peer]) for r in rows if _is_number(r["values"].get(peer))
+        ]
+        ax.plot(*zip(*points, strict=True), marker="o", label=peer)
+    ax.set_xscale("log")
+    ax.set_xlabel(scenario.param_name)
 
 
 README_START, README_END = "<!-- results -->", "<!-- /results -->"

@@ -1,8 +1,9 @@
 """Run the benchmark: ``python -m bench.run [--quick] [--peers a,b] [--scenarios x,y]``.
 
 Installs each peer's venv if needed, drives one worker process per peer, repeats every case
-and keeps medians, measures the memcpy ceiling for ``put_large`` in this process, then writes
-results.json, results.md and PNG plots into ``bench/results``.
+and keeps medians, measures the memcpy baselines of ``put_large`` in this process (see
+:mod:`bench.memcpy`), then writes results.json, results.md and PNG plots into
+``bench/results``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from bench import report, scenarios
+from bench import memcpy, report, scenarios
 from bench.install import PEERS_DIR, InstallError, peer_python
 from bench.peers import PEERS, PeerSpec
 
@@ -88,22 +89,35 @@ def log_dir_for(out: Path) -> Path:
     return PEERS_DIR if out.resolve() == RESULTS_DIR else out
 
 
+def sessions(
+    peer: str, plan: list[tuple[str, int]], args: argparse.Namespace
+) -> list[tuple[int, list[tuple[str, int]]]]:
+    """The worker sessions that run ``peer``'s share of ``plan``: (store bytes, cases). First
+    the cases of every scenario that shares a store, then one session per scenario with a
+    store of its own (``Scenario.own_store``), so earlier scenarios do not inflate it."""
+    mine = [case for case in plan if scenarios.SCENARIOS[case[0]].runs_on(peer)]
+    out = [(args.memory, [c for c in mine if not scenarios.SCENARIOS[c[0]].own_store])]
+    for name in dict.fromkeys(n for n, _ in mine if scenarios.SCENARIOS[n].own_store):
+        cases = [c for c in mine if c[0] == name]
+        size = scenarios.SCENARIOS[name].memory
+        largest = max(param for _, param in cases)
+        memory = args.memory if size is None else max(args.memory, size(peer, largest))
+        out.append((memory, cases))
+    return [(memory, cases) for memory, cases in out if cases]
+
+
 def run_peer(
     spec: PeerSpec, python: Path, plan: list[tuple[str, int]], args: argparse.Namespace
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Run every case of ``plan`` on ``spec``; (peer info, cases).
-
-    The ``memory`` cases each get a fresh store, so earlier scenarios do not inflate it.
-    """
+    """Run every case of ``plan`` that ``spec`` takes part in; (peer info, cases)."""
     log_dir = log_dir_for(args.out)
     log_dir.mkdir(parents=True, exist_ok=True)
-    sessions = [[c for c in plan if c[0] != "memory"]] + [[c] for c in plan if c[0] == "memory"]
     info: dict[str, Any] = {"status": "ok"}
     cases: list[dict[str, Any]] = []
     with open(log_dir / f"{spec.name}.log", "w") as log:
-        for session in filter(None, sessions):
+        for memory, session in sessions(spec.name, plan, args):
             try:
-                info["facts"] = _run_session(spec, python, session, args, log, cases)
+                info["facts"] = _run_session(spec, python, session, memory, args, log, cases)
             except WorkerError as exc:
                 return {"status": "failed", "reason": f"start: {exc}"}, cases
     return info, cases
@@ -113,17 +127,19 @@ def _run_session(
     spec: PeerSpec,
     python: Path,
     plan: list[tuple[str, int]],
+    memory: int,
     args: argparse.Namespace,
     log: IO[str],
     cases: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """Start a worker and its store, run ``plan`` into ``cases``; the start facts."""
+    """Start a worker and its store of ``memory`` bytes, run ``plan`` into ``cases``; the
+    start facts."""
     with tempfile.TemporaryDirectory(prefix=f"bench-{spec.name}-", dir="/tmp") as workdir:
         worker = Worker(python, spec, log)
         try:
-            facts: dict[str, Any] = worker.request(op="start", workdir=workdir, memory=args.memory)
+            facts: dict[str, Any] = worker.request(op="start", workdir=workdir, memory=memory)
             for name, param in plan:
-                cases.append(_run_case(worker, spec.name, name, param, args))
+                cases += _run_case(worker, spec.name, name, param, args)
                 if worker.proc.poll() is not None:
                     print(f"  {spec.name}: worker died; skipping its remaining cases", flush=True)
                     break
@@ -134,10 +150,12 @@ def _run_session(
 
 def _run_case(
     worker: Worker, peer: str, name: str, param: int, args: argparse.Namespace
-) -> dict[str, Any]:
+) -> list[dict[str, Any]]:
+    """The case, and those of the baseline columns its worker measured alongside. Only
+    plasma-coord's worker (the repo's venv) measures them: one value per row."""
     case: dict[str, Any] = {"scenario": name, "param": param, "peer": peer}
     t0 = time.monotonic()
-    params = {"param": param, "quick": args.quick}
+    params = {"param": param, "quick": args.quick, "baselines": peer == report.BASELINE}
     repeats = 1 if name == "memory" else args.repeats
     try:
         runs = [worker.request(op="run", scenario=name, params=params) for _ in range(repeats)]
@@ -147,18 +165,52 @@ def _run_case(
         case["error"] = str(exc)
         shown = f"error: {exc}"
     print(f"  {peer} {name} {param}: {shown} [{time.monotonic() - t0:.1f} s]", flush=True)
-    return case
+    return split_columns(case)
 
 
-def memcpy_cases(plan: list[tuple[str, int]], args: argparse.Namespace) -> list[dict[str, Any]]:
+def split_columns(case: dict[str, Any]) -> list[dict[str, Any]]:
+    """``case`` without the metrics named ``COLUMN:METRIC`` (a baseline measured in the same
+    worker, e.g. rpc's ``echo:p50_us``), then one case per such column; the raw runs stay
+    with ``case``."""
+    own: dict[str, float] = {}
+    columns: dict[str, dict[str, float]] = {}
+    for key, value in case.get("metrics", {}).items():
+        column, _, metric = key.rpartition(":")
+        if column:
+            columns.setdefault(column, {})[metric] = value
+        else:
+            own[key] = value
+    if not columns:
+        return [case]
+    measured_by = {
+        "scenario": case["scenario"],
+        "param": case["param"],
+        "measured_by": case["peer"],
+    }
+    return [case | {"metrics": own}] + [
+        measured_by | {"peer": column, "metrics": metrics} for column, metrics in columns.items()
+    ]
+
+
+def baseline_cases(plan: list[tuple[str, int]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The memcpy columns of ``put_large`` (see :mod:`bench.memcpy`), measured here; every
+    repeat measures each column in turn."""
+    sizes = [param for name, param in plan if name == "put_large"]
+    if not sizes:
+        return []
     cases = []
-    for name, param in plan:
-        if name == "put_large":
-            runs = [scenarios.memcpy(param, args.quick) for _ in range(args.repeats)]
-            metrics = medians(runs)
-            case = {"scenario": name, "param": param, "peer": report.CEILING}
-            cases.append(case | {"metrics": metrics, "runs": runs})
-            print(f"  memcpy {param}: {report.format_value(metrics['GB_per_s'])} GB/s")
+    with memcpy.ThreadedCopy(memcpy.threads()) as copier:
+        measures = memcpy.columns(copier)
+        for size in sizes:
+            runs: dict[str, list[dict[str, float]]] = {column: [] for column in measures}
+            for _ in range(args.repeats):
+                for column, measure in measures.items():
+                    runs[column].append(measure(size, args.quick))
+            for column, column_runs in runs.items():
+                metrics = medians(column_runs)
+                case = {"scenario": "put_large", "param": size, "peer": column}
+                cases.append(case | {"metrics": metrics, "runs": column_runs})
+                print(f"  {column} {size}: {report.format_value(metrics['GB_per_s'])} GB/s")
     return cases
 
 
@@ -207,13 +259,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"Python {platform.python_version()}",
             "quick": args.quick,
             "repeats": args.repeats,
+            "memcpy_threads": memcpy.threads(),
         },
         "peers": {},
         "cases": [],
     }
     started = time.monotonic()
     print(f"[bench] {len(plan)} cases x {args.repeats} repeat(s) for {', '.join(args.peer_names)}")
-    results["cases"] += memcpy_cases(plan, args)
+    results["cases"] += baseline_cases(plan, args)
     for name in args.peer_names:
         spec = PEERS[name]
         try:

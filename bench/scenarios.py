@@ -2,7 +2,9 @@
 
 The measuring functions run inside a peer worker (any venv: standard library and numpy only)
 against a :class:`bench.peers.base.Peer`. Each returns one repeat's metrics; the harness
-repeats and takes medians.
+repeats and takes medians. Those of ``scale`` and ``rpc`` are in :mod:`bench.scale` and
+:mod:`bench.rpc`; ``put_large``'s memcpy baselines, measured by the harness itself, in
+:mod:`bench.memcpy`.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from bench.peers.base import Peer, cpu_seconds, load_peer_class, read_memory
+from bench import rpc, scale
+from bench.peers.base import Peer, cpu_seconds, load_peer_class, store_memory
 
 KiB = 1024
 MiB = 1024 * 1024
@@ -50,9 +53,23 @@ class Scenario:
     quick: tuple[int, ...]
     metrics: dict[str, tuple[str, bool]]  # metric -> (unit, higher is better)
     targets: tuple[Target, ...] = ()
+    #: the peers that run it (None: all); the others' cells read "n/a"
+    peers: tuple[str, ...] | None = None
+    #: what each parameter stands for, where it is not a number (rpc's calls)
+    labels: dict[int, str] = dataclasses.field(default_factory=dict)
+    #: run in a store of its own: a fresh worker and store for all its cases, in order
+    own_store: bool = False
+    #: that store's bytes, given the peer and the largest parameter (the harness gives at
+    #: least ``--memory``); None: ``--memory``
+    memory: Callable[[str, int], int] | None = None
+    #: plot each metric as one line per peer over the parameter (log scale), not as bars
+    lines: bool = False
 
     def params(self, quick: bool) -> tuple[int, ...]:
         return self.quick if quick else self.full
+
+    def runs_on(self, peer: str) -> bool:
+        return self.peers is None or peer in self.peers
 
 
 def _ratio_at_least(peer: str, factor: float) -> Check:
@@ -73,6 +90,17 @@ def _faster(peer: str, factor: float) -> Check:
         if "plasma-coord" not in values or peer not in values:
             return None
         return factor * values["plasma-coord"] <= values[peer]
+
+    return check
+
+
+def _within(peer: str, factor: float) -> Check:
+    """plasma-coord's value ≤ ``factor`` times ``peer``'s (lower is better)."""
+
+    def check(values: Values, base: Values) -> bool | None:
+        if "plasma-coord" not in values or peer not in values:
+            return None
+        return values["plasma-coord"] <= factor * values[peer]
 
     return check
 
@@ -122,6 +150,34 @@ def _first_get_target(size: int) -> Target:
 def _handover_target(n: int) -> Target:
     check = _all(_ratio_at_least("arrow-plasma", 2.0), _ratio_at_least("shared_memory", 1.0))
     return Target(n, "ops_per_s", "≥ 2x arrow-plasma and ≥ shared_memory", check)
+
+
+SCALE_FIRST, SCALE_LAST = 10_000, 1_000_000  # scale's smallest and largest store
+SCALE_KEEPS = 0.8  # scale: op rates at SCALE_LAST ≥ this times plasma-coord's own at SCALE_FIRST
+RPC_VS_ECHO = 1.3  # rpc: plasma-coord's p50 ≤ this times the bare trio echo's
+
+
+def _scale_targets() -> tuple[Target, ...]:
+    keeps = tuple(
+        Target(
+            SCALE_LAST,
+            f"{op}_ops_per_s",
+            f"≥ {SCALE_KEEPS:g}x objects={SCALE_FIRST:,}",
+            _grows(SCALE_KEEPS),
+            vs_param=SCALE_FIRST,
+        )
+        for op in ("create", "get", "delete")
+    )
+    return (
+        Target(100_000, "private_MiB", "≤ arrow-plasma", _within("arrow-plasma", 1.0)),
+        Target(SCALE_LAST, "private_MiB", "≤ 0.5x arrow-plasma", _within("arrow-plasma", 0.5)),
+        *keeps,
+    )
+
+
+def _rpc_target(call: int) -> Target:
+    text = f"≤ {RPC_VS_ECHO:g}x echo"
+    return Target(call, "p50_us", text, _within("echo", RPC_VS_ECHO))
 
 
 READERS_CPU_PCT = 5.0  # the store process's CPU during the readers' run, % of its wall time
@@ -181,7 +237,7 @@ SCENARIOS: dict[str, Scenario] = {
             (MiB, 16 * MiB, 64 * MiB, 256 * MiB),
             (MiB, 16 * MiB),
             {"GB_per_s": ("GB/s", True)},
-            (Target(256 * MiB, "GB_per_s", "≥ 0.9x memcpy", _ratio_at_least("memcpy", 0.9)),),
+            (Target(256 * MiB, "GB_per_s", "≥ 1.3x memcpy", _ratio_at_least("memcpy", 1.3)),),
         ),
         Scenario(
             "get_large",
@@ -238,6 +294,37 @@ SCENARIOS: dict[str, Scenario] = {
             (100_000,),
             {"private_MiB": ("MiB", False), "vmrss_MiB": ("MiB", False)},
             (Target(100_000, "private_MiB", "≤ 100 MiB", _at_most(100.0)),),
+            own_store=True,
+        ),
+        Scenario(
+            "scale",
+            "store as it grows, 64 B objects",
+            "objects",
+            (SCALE_FIRST, 30_000, 100_000, 300_000, SCALE_LAST),
+            (SCALE_FIRST, 30_000, 100_000),
+            {
+                "private_MiB": ("MiB", False),
+                "shmem_MiB": ("MiB", False),
+                "create_ops_per_s": ("ops/s", True),
+                "get_ops_per_s": ("ops/s", True),
+                "delete_ops_per_s": ("ops/s", True),
+            },
+            _scale_targets(),
+            peers=("plasma-coord", "arrow-plasma"),
+            own_store=True,
+            memory=scale.store_bytes,
+            lines=True,
+        ),
+        Scenario(
+            "rpc",
+            "request/reply round trip",
+            "call",
+            tuple(rpc.CALLS),
+            tuple(rpc.CALLS),
+            {"p50_us": ("µs", False), "p99_us": ("µs", False)},
+            tuple(_rpc_target(call) for call in rpc.CALLS),
+            peers=("plasma-coord", "arrow-plasma"),
+            labels=rpc.CALLS,
         ),
     )
 }
@@ -380,20 +467,22 @@ def get_first(peer: Peer, module: str, size: int, quick: bool) -> Metrics:
     }
 
 
-def _array(size: int) -> np.ndarray:
+def filled_array(size: int) -> np.ndarray:
+    """A float64 array of ``size`` bytes (a multiple of 8)."""
     array = np.empty(size // 8, dtype=np.float64)
     array[:] = np.arange(array.size)  # faulted in and not all zeros
     return array
 
 
-def _large_rounds(size: int, quick: bool) -> int:
+def large_rounds(size: int, quick: bool) -> int:
+    """Copies of ``size`` bytes per repeat of a large-array case: ``LARGE_BYTES``, at least one."""
     return max(1, (LARGE_BYTES[1] if quick else LARGE_BYTES[0]) // size)
 
 
 def put_large(peer: Peer, size: int, quick: bool) -> Metrics:
-    array = _array(size)
+    array = filled_array(size)
     times = []
-    for _ in range(_large_rounds(size, quick)):
+    for _ in range(large_rounds(size, quick)):
         t0 = time.perf_counter()
         key = peer.put_array(array)
         times.append(time.perf_counter() - t0)
@@ -404,14 +493,14 @@ def put_large(peer: Peer, size: int, quick: bool) -> Metrics:
 def get_large(peer: Peer, size: int, quick: bool) -> Metrics:
     """Zero-copy get of an array sealed by the worker's client, by a second client that no
     release-delay cache serves (``Peer.reader``), after one untimed get (the mapping)."""
-    array = _array(size)
+    array = filled_array(size)
     key = peer.put_array(array)
     peer.sync()
     reader = peer.reader()
     try:
         reader.get_array(key)[-1]
         times = []
-        for _ in range(max(LARGE_GETS, _large_rounds(size, quick))):
+        for _ in range(max(LARGE_GETS, large_rounds(size, quick))):
             t0 = time.perf_counter()
             got = reader.get_array(key)
             got[-1]
@@ -429,8 +518,8 @@ def get_large(peer: Peer, size: int, quick: bool) -> Metrics:
 def put_get_dict(peer: Peer, size: int, quick: bool) -> Metrics:
     """``size`` bytes as a dict of ten float64 arrays: put it, then get it back and read the
     last element of each array; throughput of the pair, and the get's latency alone."""
-    value = {f"a{i}": _array(size // 10) for i in range(10)}
-    rounds, pair, gets = _large_rounds(size, quick), [], []
+    value = {f"a{i}": filled_array(size // 10) for i in range(10)}
+    rounds, pair, gets = large_rounds(size, quick), [], []
     for _ in range(rounds):
         t0 = time.perf_counter()
         key = peer.put_value(value)
@@ -448,18 +537,6 @@ def put_get_dict(peer: Peer, size: int, quick: bool) -> Metrics:
         "both_GB_per_s": size / float(np.median(pair)) / 1e9,
         "get_us": float(np.median(gets)) * 1e6,
     }
-
-
-def memcpy(size: int, quick: bool) -> Metrics:
-    """The ceiling for ``put_large``: numpy copyto into a pre-faulted destination."""
-    array = _array(size)
-    dest = np.ones_like(array)
-    times = []
-    for _ in range(_large_rounds(size, quick)):
-        t0 = time.perf_counter()
-        np.copyto(dest, array)
-        times.append(time.perf_counter() - t0)
-    return {"GB_per_s": size / float(np.median(times)) / 1e9}
 
 
 def _producer(
@@ -614,16 +691,15 @@ def memory(peer: Peer, n_objects: int) -> Metrics:
     keys = []
     for i in range(0, n_objects, BATCH_SIZE):
         keys.extend(peer.put_many([data] * min(BATCH_SIZE, n_objects - i)))
-    mems = [read_memory(pid) for pid in pids]
-    vmrss = sum(m["VmRSS"] for m in mems)
-    private = vmrss - sum(m["RssShmem"] for m in mems)
+    mem = store_memory(pids)
     for i in range(0, n_objects, BATCH_SIZE):
         peer.delete(keys[i : i + BATCH_SIZE])
-    return {"private_MiB": private / MiB, "vmrss_MiB": vmrss / MiB}
+    return {"private_MiB": mem["private"] / MiB, "vmrss_MiB": mem["vmrss"] / MiB}
 
 
 def run(peer: Peer, module: str, name: str, params: dict[str, Any]) -> Metrics:
-    """One repeat of scenario ``name`` at ``params["param"]`` (called by the worker loop)."""
+    """One repeat of scenario ``name`` at ``params["param"]`` (called by the worker loop);
+    ``params["baselines"]``: also measure the scenario's baseline column (rpc's echo)."""
     param, quick = int(params["param"]), bool(params.get("quick", False))
     if name == "producers_consumers":
         return producers_consumers(peer, module, param, quick)
@@ -633,6 +709,10 @@ def run(peer: Peer, module: str, name: str, params: dict[str, Any]) -> Metrics:
         return get_first(peer, module, param, quick)
     if name == "memory":
         return memory(peer, param)
+    if name == "scale":
+        return scale.scale(peer, param, quick)
+    if name == "rpc":
+        return rpc.rpc(peer, param, quick, echo=bool(params.get("baselines", False)))
     simple = {
         "create_seal": create_seal,
         "create_seal_batch": create_seal_batch,

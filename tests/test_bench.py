@@ -3,15 +3,20 @@ plasma-coord coordinator)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
+import socket
+import struct
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from bench import install, report, run, scenarios
+from bench import echo_server, install, memcpy, report, rpc, run, scale, scenarios
 from bench.peers import PEERS, PeerSpec
-from bench.peers.base import read_memory
+from bench.peers.base import read_memory, store_memory
 
 
 def _case(scenario: str, param: int, peer: str, **metrics: float) -> dict:
@@ -58,12 +63,106 @@ def test_markdown_ratios_targets_and_missing_peers() -> None:
     put = _row(md, "put of a numpy array, 256 MiB")
     assert put[2].startswith("error: boom / bang")
     assert put[4] == "10.0 (0.40x)"
-    assert put[-2:] == ["≥ 0.9x memcpy", "**no**"]
+    assert put[-2:] == ["≥ 1.3x memcpy", "**no**"]
     assert "| ray | missing: pip install ray failed (1): no / wheel |" in md
+
+
+def _scale_case(n: int, peer: str, private: float, rate: float) -> dict:
+    rates = {f"{op}_ops_per_s": rate for op in ("create", "get", "delete")}
+    return _case("scale", n, peer, private_MiB=private, shmem_MiB=1.0, **rates)
+
+
+def _baseline_results() -> dict:
+    """Two peers run scale and rpc, a third does not; every baseline column has a value."""
+    big = 256 << 20
+    results = _fake_results()
+    results["meta"]["memcpy_threads"] = 2
+    results["peers"]["ray"] = {"status": "ok"}
+    results["cases"] = [
+        _scale_case(10_000, "plasma-coord", 10.0, 100_000.0),
+        _scale_case(10_000, "arrow-plasma", 20.0, 40_000.0),
+        _scale_case(100_000, "plasma-coord", 50.0, 90_000.0),
+        _scale_case(100_000, "arrow-plasma", 40.0, 40_000.0),
+        _scale_case(1_000_000, "plasma-coord", 100.0, 70_000.0),
+        _scale_case(1_000_000, "arrow-plasma", 400.0, 40_000.0),
+        _case("rpc", rpc.CONTAINS, "plasma-coord", p50_us=13.0, p99_us=30.0),
+        _case("rpc", rpc.CONTAINS, "echo", p50_us=10.0, p99_us=20.0),
+        _case("rpc", rpc.SEAL, "plasma-coord", p50_us=30.0, p99_us=60.0),
+        _case("rpc", rpc.SEAL, "echo", p50_us=10.0, p99_us=20.0),
+        _case("put_large", big, "plasma-coord", GB_per_s=13.0),
+        _case("put_large", big, "memcpy", GB_per_s=10.0),
+        _case("put_large", big, "memcpy-mt", GB_per_s=16.0),
+        _case("put_large", big, "memcpy-fresh", GB_per_s=2.0),
+    ]
+    return results
+
+
+def test_baseline_columns_na_and_scale_targets() -> None:
+    md = report.markdown(_baseline_results())
+    assert _row(md, "scenario") == [
+        "scenario",
+        *("plasma-coord", "arrow-plasma", "ray"),
+        *("memcpy", "memcpy-mt", "memcpy-fresh", "echo"),
+        *("target", "met"),
+    ]
+    assert "memcpy-mt = the same split over 2 threads." in md
+    put = _row(md, "put of a numpy array, 256 MiB")
+    assert put[4:7] == ["10.0 (1.30x)", "16.0 (0.81x)", "2.00 (6.50x)"]
+    assert put[-2:] == ["≥ 1.3x memcpy", "yes"]
+    private = _row(md, "store as it grows, 64 B objects, objects=100,000 (private MiB)")
+    assert private[1:4] == ["50.0", "40.0 (0.80x)", "n/a"]  # ray does not run scale
+    assert private[-2:] == ["≤ arrow-plasma", "**no**"]
+    private = _row(md, "store as it grows, 64 B objects, objects=1,000,000 (private MiB)")
+    assert private[-2:] == ["≤ 0.5x arrow-plasma", "yes"]
+    create = _row(md, "store as it grows, 64 B objects, objects=1,000,000 (create ops/s)")
+    assert create[-2:] == ["≥ 0.8x objects=10,000", "**no**"]  # 70,000 < 0.8 x 100,000
+    contains = _row(md, "request/reply round trip, contains (p50 µs)")
+    assert contains[1:4] == ["13.0", "-", "n/a"]
+    assert contains[7] == "10.0 (0.77x)"  # the echo: plasma-coord takes 1.3x as long
+    assert contains[-2:] == ["≤ 1.3x echo", "yes"]
+    seal = _row(md, "request/reply round trip, acknowledged seal (p50 µs)")
+    assert seal[-2:] == ["≤ 1.3x echo", "**no**"]
+    assert _row(md, "request/reply round trip, contains (p99 µs)")[-2:] == ["", ""]
+
+
+def test_worker_baseline_metrics_become_their_own_column() -> None:
+    case = _case("rpc", rpc.CONTAINS, "plasma-coord", p50_us=13.0, **{"echo:p50_us": 10.0})
+    case["runs"] = [dict(case["metrics"])]
+    own, echo = run.split_columns(case)
+    assert own["metrics"] == {"p50_us": 13.0} and own["runs"] == case["runs"]
+    assert echo == {
+        "scenario": "rpc",
+        "param": rpc.CONTAINS,
+        "peer": "echo",
+        "measured_by": "plasma-coord",
+        "metrics": {"p50_us": 10.0},
+    }
+    assert run.split_columns({"scenario": "rpc", "param": 1, "peer": "x", "error": "e"}) == [
+        {"scenario": "rpc", "param": 1, "peer": "x", "error": "e"}
+    ]
+
+
+def test_sessions_give_own_store_scenarios_a_store_each() -> None:
+    args = run.parse_args(["--scenarios", "get,memory,scale", "--memory", str(64 << 20)])
+    plan = [(n, p) for n in args.scenario_names for p in scenarios.SCENARIOS[n].params(False)]
+    scale_plan = [c for c in plan if c[0] == "scale"]
+    arrow = run.sessions("arrow-plasma", plan, args)
+    assert arrow == [
+        (64 << 20, [("get", 64), ("get", 1 << 20)]),
+        (64 << 20, [("memory", 100_000)]),
+        (scale.store_bytes("arrow-plasma", 1_000_000), scale_plan),
+    ]
+    assert scale.store_bytes("arrow-plasma", 1_000_000) > 2 * 1_000_000 * 128
+    assert [cases for _, cases in run.sessions("ray", plan, args)] == [
+        [("get", 64), ("get", 1 << 20)],
+        [("memory", 100_000)],
+    ]  # scale runs on plasma-coord and arrow-plasma only
 
 
 def test_write_json_markdown_and_plots(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
+    report.write(_baseline_results(), tmp_path)
+    assert (tmp_path / "scale_private_MiB.png").read_bytes().startswith(b"\x89PNG")  # lines
     written = report.write(_fake_results(), tmp_path)
     assert (
         json.loads((tmp_path / "results.json").read_text())["peers"]["ray"]["status"] == "missing"
@@ -187,7 +286,65 @@ def test_failed_install_is_remembered(tmp_path: Path, monkeypatch: pytest.Monkey
     assert install.peer_python(PEERS["shared_memory"]) == Path(sys.executable)
 
 
-def test_memcpy_and_memory_reading() -> None:
-    assert scenarios.memcpy(1 << 20, quick=True)["GB_per_s"] > 0
+def test_memcpy_baselines_and_memory_reading() -> None:
+    with memcpy.ThreadedCopy(3) as copier:
+        columns = memcpy.columns(copier)
+        assert list(columns) == [name for name in report.BASELINES if name.startswith("memcpy")]
+        assert all(measure(1 << 20, True)["GB_per_s"] > 0 for measure in columns.values())
+        src = np.arange(1001, dtype=np.float64)  # chunks of 333 and 334 elements
+        dest = np.zeros_like(src)
+        copier.copy(dest, src)
+        assert np.array_equal(dest, src)
+    assert not any(worker.is_alive() for worker in copier._workers)
     mem = read_memory(1)
     assert mem["VmRSS"] >= mem["RssShmem"] >= 0
+    both = store_memory([1, os.getpid()])
+    assert both["private"] == both["vmrss"] - both["shmem"] > 0
+
+
+def test_echo_server_echoes_whole_frames(tmp_path: Path) -> None:
+    frame = rpc.contains_frame()
+    assert struct.unpack_from("<I", frame)[0] == len(frame) - 4
+    assert echo_server.complete_frames(frame + frame + frame[:5]) == 2 * len(frame)
+    assert echo_server.complete_frames(frame[:3]) == 0
+    with rpc.EchoServer(tmp_path) as server:
+        assert server.frame == frame and server.round_trip() > 0
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(str(server.path))
+            big = struct.pack("<I", 100_000) + bytes(100_000)  # more than one recv
+            sock.sendall(frame[:2])  # a frame in pieces, one longer than a recv, part of one
+            sock.sendall(frame[2:] + big + frame[:5])
+            expected = frame + big
+            got = b""
+            while len(got) < len(expected):
+                got += sock.recv(1 << 20)
+            assert got == expected
+            sock.sendall(frame[5:])
+            assert sock.recv(1 << 20) == frame
+
+
+@pytest.mark.timeout(120)
+def test_scale_and_rpc_for_plasma_coord(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny = dataclasses.replace(scenarios.SCENARIOS["scale"], quick=(1000, 3000))
+    monkeypatch.setitem(scenarios.SCENARIOS, "scale", tiny)
+    argv = ["--quick", "--peers", "plasma-coord", "--scenarios", "scale,rpc"]
+    assert run.main([*argv, "--out", str(tmp_path), "--no-plots"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    cases = {(c["scenario"], c["param"], c["peer"]): c for c in results["cases"]}
+    assert set(cases) == {("scale", n, "plasma-coord") for n in (1000, 3000)} | {
+        ("rpc", call, peer) for call in rpc.CALLS for peer in ("plasma-coord", "echo")
+    }
+    assert all("error" not in c for c in cases.values()), cases
+    for n in (1000, 3000):
+        metrics = cases[("scale", n, "plasma-coord")]["metrics"]
+        assert set(metrics) == set(tiny.metrics) and all(v > 0 for v in metrics.values())
+    for call in rpc.CALLS:
+        for peer in ("plasma-coord", "echo"):
+            metrics = cases[("rpc", call, peer)]["metrics"]
+            assert set(metrics) == {"p50_us", "p99_us"}
+            assert 0 < metrics["p50_us"] <= metrics["p99_us"]
+    md = (tmp_path / "results.md").read_text()
+    row = _row(md, "request/reply round trip, contains (p50 µs)")
+    assert row[-2] == "≤ 1.3x echo" and row[-1] in ("yes", "**no**")
+    assert _row(md, "store as it grows, 64 B objects, objects=3,000 (get ops/s)")[1] != "-"

@@ -2,7 +2,9 @@
 
 Small objects use ``create_and_seal`` (one request); arrays are ``create`` + copy + ``seal``
 and come back zero-copy through ``get_buffers``. A buffer releases its object when it is
-garbage collected. Plasma has no batch create, so ``put_many`` is the default loop.
+garbage collected. Plasma has no batch create, so ``put_many`` is the default loop. Its seal
+is acknowledged (a reply), ``contains`` is a request, and ``debug_string`` gives the object
+and eviction counts of its LRU list.
 """
 
 from __future__ import annotations
@@ -56,6 +58,27 @@ class ArrowPlasmaPeer(SocketPeer):
 
     def delete(self, keys: list[Key]) -> None:
         self._client.delete(keys)
+
+    def contains(self, key: Key) -> bool:
+        return bool(self._client.contains(key))
+
+    def create_unsealed(self, data: bytes) -> Key:
+        oid = plasma.ObjectID(os.urandom(20))
+        buf = self._client.create(oid, len(data))
+        np.frombuffer(buf, dtype=np.uint8)[:] = np.frombuffer(data, dtype=np.uint8)
+        del buf
+        return oid
+
+    def seal_acked(self, key: Key) -> None:
+        self._client.seal(key)  # a request answered by a reply; then a release, unanswered
+
+    def store_counts(self) -> tuple[int, int]:
+        # every object here is unreferenced, so all of them are in the LRU list it reports
+        fields = {}
+        for line in self._client.debug_string().splitlines():
+            name, _, value = line.rpartition(": ")
+            fields[name] = value
+        return int(fields["(global lru) num objects"]), int(fields["(global lru) num evictions"])
 
     def put_array(self, array: np.ndarray) -> Key:
         oid = plasma.ObjectID(os.urandom(20))

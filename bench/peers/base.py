@@ -76,6 +76,26 @@ class Peer(abc.ABC):
     def delete(self, keys: list[Key]) -> None:
         """Remove objects that no view references any more."""
 
+    # The strict request/reply calls and the store's books, for the peers that run the
+    # ``rpc`` and ``scale`` scenarios (``Scenario.peers``).
+
+    def contains(self, key: Key) -> bool:
+        """Whether the store holds the sealed object: one request and its reply."""
+        raise NotImplementedError(f"{type(self).__name__} has no contains")
+
+    def create_unsealed(self, data: bytes) -> Key:
+        """Create an object holding ``data`` and leave it unsealed (for :meth:`seal_acked`)."""
+        raise NotImplementedError(f"{type(self).__name__} has no separate create and seal")
+
+    def seal_acked(self, key: Key) -> None:
+        """Seal an object from :meth:`create_unsealed`, returning once the store confirmed
+        it, and drop the creator's reference."""
+        raise NotImplementedError(f"{type(self).__name__} has no separate create and seal")
+
+    def store_counts(self) -> tuple[int, int]:
+        """(objects the store holds, objects it has evicted since it started)."""
+        raise NotImplementedError(f"{type(self).__name__} does not count its objects")
+
     @abc.abstractmethod
     def put_array(self, array: np.ndarray) -> Key:
         """Store a numpy array (its bytes are copied once into shared memory)."""
@@ -167,6 +187,15 @@ def read_memory(pid: int) -> dict[str, int]:
         if name in ("VmRSS", "RssAnon", "RssFile", "RssShmem"):
             fields[name] = int(value.split()[0]) * 1024
     return fields
+
+
+def store_memory(pids: list[int]) -> dict[str, int]:
+    """Bytes of processes ``pids`` together: ``vmrss`` (VmRSS), ``shmem`` (RssShmem: the
+    shared-memory pages they have mapped and touched) and ``private`` (the difference)."""
+    mems = [read_memory(pid) for pid in pids]
+    vmrss = sum(m["VmRSS"] for m in mems)
+    shmem = sum(m["RssShmem"] for m in mems)
+    return {"vmrss": vmrss, "shmem": shmem, "private": vmrss - shmem}
 
 
 def wait_for_path(path: Path, proc: subprocess.Popen[Any] | None, timeout: float) -> None:

@@ -4,8 +4,9 @@ Small objects use ``create_and_seal`` (the client-arena path), batches
 ``create_and_seal_many``, arrays ``put`` / ``get_object`` (zero-copy). A view releases its
 object when it is garbage collected. A get of a sealed object in a segment the client has
 mapped is served from the shared directory with no message; seals are sent without a reply,
-so ``sync`` is ``flush``. ``reader`` is a second connection with ``release_delay=0`` (no
-client cache of released objects).
+so ``sync`` is ``flush``, and an acknowledged seal (``seal_acked``) is ``seal`` + ``flush``, as
+in ``plasma.compat``. ``reader`` is a second connection with ``release_delay=0`` (no client
+cache of released objects).
 """
 
 from __future__ import annotations
@@ -73,6 +74,25 @@ class PlasmaCoordPeer(SocketPeer):
 
     def delete(self, keys: list[Key]) -> None:
         self.client.delete(keys)
+
+    def contains(self, key: Key) -> bool:
+        return self.client.contains(key)
+
+    def create_unsealed(self, data: bytes) -> Key:
+        oid = plasma.ObjectID.from_random()
+        self.client.create(oid, len(data))[:] = data
+        return oid
+
+    def seal_acked(self, key: Key) -> None:
+        # what plasma.compat's strict seal does: Seal goes without a reply, Sync is answered
+        # once the coordinator applied it; then the creator's reference goes (no reply)
+        self.client.seal(key)
+        self.client.flush()
+        self.client.release(key)
+
+    def store_counts(self) -> tuple[int, int]:
+        stats = self.client.stats()
+        return stats["objects"], stats["evictions"]
 
     def put_array(self, array: np.ndarray) -> Key:
         return self.client.put(array)
