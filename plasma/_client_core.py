@@ -708,8 +708,13 @@ class ClientCore:
         reply = yield Call((msg,))
         return reply.locations[0]
 
-    def seal(self, object_id: ObjectRef) -> Op:
-        yield Send((p.Seal(seq=self.next_seq(), ids=[as_id_bytes(object_id)], ack=False),))
+    def seal(self, object_id: ObjectRef, wait: bool = False) -> Op:
+        msg = p.Seal(seq=self.next_seq(), ids=[as_id_bytes(object_id)], ack=wait)
+        if not wait:
+            yield Send((msg,))
+            return
+        yield Call((msg,))
+        self.check_usable()  # an error of an earlier call sent without waiting
 
     def abort(self, object_id: ObjectRef) -> Op:
         yield Call((p.Abort(seq=self.next_seq(), id=as_id_bytes(object_id)),))

@@ -197,9 +197,9 @@ class AsyncClient:
         """Create an object; returns its writable buffer (see :meth:`plasma.Client.create`)."""
         return await self._run(self._core.create(object_id, size, metadata, node, timeout))
 
-    async def seal(self, object_id: ObjectRef) -> None:
-        """Make the object immutable and visible; the creator keeps its reference."""
-        await self._run(self._core.seal(object_id))
+    async def seal(self, object_id: ObjectRef, *, wait: bool = False) -> None:
+        """Make the object immutable and visible (see :meth:`plasma.Client.seal`)."""
+        await self._run(self._core.seal(object_id, wait))
 
     async def abort(self, object_id: ObjectRef) -> None:
         """Drop an unsealed object this client created."""

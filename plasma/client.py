@@ -186,9 +186,11 @@ class Client:
         """
         return self._run(self._core.create(object_id, size, metadata, node, timeout))
 
-    def seal(self, object_id: ObjectRef) -> None:
-        """Make the object immutable and visible; the creator keeps its reference."""
-        self._run(self._core.seal(object_id))
+    def seal(self, object_id: ObjectRef, *, wait: bool = False) -> None:
+        """Make the object immutable and visible; the creator keeps its reference. Sent
+        without waiting (errors surface on a later call); ``wait=True`` returns once the
+        coordinator sealed it, raising its error and any earlier one here."""
+        self._run(self._core.seal(object_id, wait))
 
     def abort(self, object_id: ObjectRef) -> None:
         """Drop an unsealed object this client created."""

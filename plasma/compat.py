@@ -175,8 +175,7 @@ class PlasmaClient:
         client = self._settle_creates()
         oid = object_id.binary()
         with _pyarrow_errors():
-            client.seal(object_id)
-            client.flush()
+            client.seal(object_id, wait=True)
         if oid in self._create_buffers_alive:
             self._sealed_with_buffer_alive.add(oid)
         else:

@@ -287,3 +287,24 @@ async def test_a_cancelled_trio_call_hands_back_what_its_reply_brings(coordinato
             assert listing[oid(1)]["ref_count"] == 1  # other's creator reference only
             assert oid(3) not in listing
             assert other.stats()["used"] == other.stats()["arena_bytes"] + 64
+
+
+async def test_a_seal_that_waits_raises_its_error_and_earlier_ones_at_once(
+    coordinator: RunningCoordinator, kind: str
+):
+    async with open_client(kind, coordinator.socket) as c:
+        buf = await c.create(oid(1), 3)
+        buf[:] = b"abc"
+        del buf
+        await c.seal(oid(1), wait=True)
+        async with open_client(kind, coordinator.socket) as other:
+            assert bytes(await other.get(oid(1), timeout=0)) == b"abc"  # visible already
+        with pytest.raises(plasma.errors.ObjectNotFound):
+            await c.seal(oid(2), wait=True)  # never created: raised here, not later
+        buf = await c.create(oid(4), 1)
+        del buf
+        await c.seal(oid(3))  # sent without waiting: its error comes back meanwhile ...
+        with pytest.raises(plasma.errors.ObjectNotFound, match=oid(3).binary().hex()):
+            await c.seal(oid(4), wait=True)  # ... and is raised once oid 4 is sealed
+        with pytest.raises(plasma.errors.BadRequest, match="already sealed"):
+            await c.seal(oid(4), wait=True)

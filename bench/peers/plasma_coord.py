@@ -84,10 +84,9 @@ class PlasmaCoordPeer(SocketPeer):
         return oid
 
     def seal_acked(self, key: Key) -> None:
-        # what plasma.compat's strict seal does: Seal goes without a reply, Sync is answered
-        # once the coordinator applied it; then the creator's reference goes (no reply)
-        self.client.seal(key)
-        self.client.flush()
+        # the strict seal (one round trip), as plasma.compat's; then the creator's reference
+        # goes (no reply)
+        self.client.seal(key, wait=True)
         self.client.release(key)
 
     def store_counts(self) -> tuple[int, int]:
