@@ -80,29 +80,19 @@ def _gb_per_s(size: int, times: list[float]) -> Metrics:
     return {"GB_per_s": size / float(np.median(times)) / 1e9}
 
 
-def memcpy(size: int, quick: bool) -> Metrics:
-    """One thread, into a pre-faulted destination."""
+def memcpy(
+    size: int, quick: bool, copy: Callable[[np.ndarray, np.ndarray], object] = np.copyto
+) -> Metrics:
+    """``copy`` (one thread: ``np.copyto``), into a pre-faulted destination."""
     array = filled_array(size)
     dest = np.ones_like(array)
     times = []
     for _ in range(large_rounds(size, quick)):
         t0 = time.perf_counter()
-        np.copyto(dest, array)
-        times.append(time.perf_counter() - t0)
-    return _gb_per_s(size, times)
-
-
-def memcpy_threads(size: int, quick: bool, copier: ThreadedCopy) -> Metrics:
-    """``copier``'s threads, into a pre-faulted destination."""
-    array = filled_array(size)
-    dest = np.ones_like(array)
-    times = []
-    for _ in range(large_rounds(size, quick)):
-        t0 = time.perf_counter()
-        copier.copy(dest, array)
+        copy(dest, array)
         times.append(time.perf_counter() - t0)
     if not np.array_equal(dest, array):
-        raise AssertionError("the threaded copy left a different array")
+        raise AssertionError("the copy left a different array")
     return _gb_per_s(size, times)
 
 
@@ -130,6 +120,6 @@ def columns(copier: ThreadedCopy) -> dict[str, Callable[[int, bool], Metrics]]:
     """Each baseline column's measurement of one size (``quick``: fewer copies)."""
     return {
         "memcpy": memcpy,
-        "memcpy-mt": functools.partial(memcpy_threads, copier=copier),
+        "memcpy-mt": functools.partial(memcpy, copy=copier.copy),
         "memcpy-fresh": memcpy_fresh,
     }

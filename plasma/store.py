@@ -1256,9 +1256,9 @@ class Store:
                 break
             self._directory_memory.free_directory(buf, access)
             capacity *= 2
-        kept = np.asarray(slots, dtype=np.int64) >= 0
-        new_slots = np.asarray(slots, dtype=np.int64)[kept]
-        np.frombuffer(access, dtype=np.uint8)[new_slots] = np.frombuffer(
+        placed = np.asarray(slots, dtype=np.int64)
+        kept = placed >= 0
+        np.frombuffer(access, dtype=np.uint8)[placed[kept]] = np.frombuffer(
             self._access, dtype=np.uint8
         )[np.asarray(old_slots, dtype=np.int64)[kept]]
         for (_, rec), slot in zip(published, slots, strict=True):
