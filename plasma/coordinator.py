@@ -39,6 +39,7 @@ from plasma.linux.peercred import peer_credentials
 from plasma.placement_report import placement_report
 from plasma.segments import BASE_PAGE, SegmentPool
 from plasma.shared_tables import SharedTables, close_map, new_pin_table
+from plasma.spiller import Spiller
 from plasma.store import (
     CreateDone,
     DirectoryMoved,
@@ -46,7 +47,9 @@ from plasma.store import (
     Notify,
     Pending,
     Reclaim,
+    Restore,
     Revoke,
+    SpillDead,
     Store,
 )
 from plasma.telemetry import Telemetry, numa_nodes
@@ -90,10 +93,17 @@ class CoordinatorConfig:
     node_of_cpus: Callable[[list[int]], int | None] | None = None
     sample_interval: float = 1.0  # seconds between perf samples of registered tasks
     metrics: str | None = None  # serve /metrics here: HOST:PORT or PORT (on 127.0.0.1)
+    dashboard: str | None = None  # serve the dashboard here (plasma.dashboard)
+    dashboard_token: str | None = None  # bearer token the dashboard requires
     sysfs_root: str = "/"
     max_clients: int = 1024  # connections at once, handshaking ones included
     handshake_timeout: float = 10.0  # seconds a new connection has to send Connect
     pins_per_client: int = 4096  # entries of each client's pin table (0: no reads without requests)
+    spill_dir: str | None = None  # eviction spills to files here instead of deleting
+    spill_threshold: float = 1.0  # make copies on disk ahead of need past this fraction
+    spill_max: int | None = None  # bytes the spill files may take
+    restore: bool = False  # take in what a previous coordinator spilled to spill_dir
+    fallback_dir: str | None = None  # file-backed segments here when nothing can make room
 
     @classmethod
     def for_topology(
@@ -239,6 +249,7 @@ class Coordinator:
             bind=config.bind_memory,
             hugepage_size=config.hugepage_size,
             hugepage_fallback=config.hugepage_fallback,
+            fallback_dir=config.fallback_dir,
         )
         page = self.pool.page_size
         # budgets in whole pages (segments are), so an object of the largest size fits
@@ -260,6 +271,10 @@ class Coordinator:
             # store_full (as in Plasma), not bad_request
             max_object_size=config.max_object_size,
             directory_memory=self.tables,
+            spill=config.spill_dir is not None,
+            spill_threshold=config.spill_threshold,
+            spill_max=config.spill_max,
+            fallback=config.fallback_dir is not None,
         )
         self.sessions: dict[int, Session] = {}
         self.connections = 0  # accepted and not yet closed, handshaking ones included
@@ -280,6 +295,7 @@ class Coordinator:
         self.telemetry = Telemetry(config.sample_interval)
         self._metrics_bind = parse_address(config.metrics) if config.metrics else None
         self.metrics_address: tuple[str, int] | None = None  # bound address once serving
+        self.dashboard_address: tuple[str, int] | None = None
         self._handlers: dict[type, Callable[[Session, Any], None]] = {
             p.Create: self._create,
             p.CreateMany: self._create_many,
@@ -305,6 +321,16 @@ class Coordinator:
             p.TaskDone: self._task_done,
             p.SubmitSample: self._submit_sample,
         }
+        self._nursery: trio.Nursery | None = None
+        self.spiller: Spiller | None = None
+        if config.spill_dir is not None:
+            try:
+                self.spiller = Spiller(
+                    config.spill_dir, self.store, self.pool, restore=config.restore
+                )
+            except BaseException:
+                self.tables.close()
+                raise
 
     # ------------------------------------------------------------ serving
 
@@ -314,8 +340,12 @@ class Coordinator:
         reserve = FdReserve()
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self._expiry_loop)
                 nursery.start_soon(self.telemetry.run)
+                if self.spiller is not None:
+                    nursery.start_soon(self.spiller.run, self._deliver_events)
+                    self._deliver_events()  # files a restore found with nothing live
                 if self._metrics_bind is not None:
                     # (imported here: prometheus_client is 3 MiB of memory nobody else needs)
                     from plasma.metrics import make_registry, serve_metrics
@@ -323,6 +353,10 @@ class Coordinator:
                     self.metrics_address = await nursery.start(
                         serve_metrics, make_registry(self.stats), *self._metrics_bind
                     )
+                if self.config.dashboard is not None:
+                    from plasma.dashboard.server import serve_coordinator
+
+                    self.dashboard_address = await nursery.start(serve_coordinator, self)
                 task_status.started()
                 await self._accept_loop(listener, reserve, nursery)
         finally:
@@ -336,6 +370,8 @@ class Coordinator:
             self.telemetry.close()
             self.pool.close()
             self.tables.close()
+            if self.spiller is not None:
+                self.spiller.close()
 
     async def _accept_loop(
         self, listener: socket.socket, reserve: FdReserve, nursery: trio.Nursery
@@ -808,6 +844,11 @@ class Coordinator:
         stats["numa_nodes"] = numa_nodes(node_cpus, self.config.sysfs_root)
         bound = self.metrics_address
         stats["metrics"] = f"{bound[0]}:{bound[1]}" if bound else None
+        bound = self.dashboard_address
+        stats["dashboard"] = f"{bound[0]}:{bound[1]}" if bound else None
+        if self.spiller is not None:
+            stats["spill"]["dir"] = self.spiller.directory
+        stats["fallback"]["dir"] = self.config.fallback_dir
         if placement:
             stats["placement"] = placement_report(self.pool)
         return stats
@@ -885,6 +926,8 @@ class Coordinator:
     def _deliver_events(self) -> None:
         if self.store.take_wakeup():
             self._deadline_changed.set()  # a pin scan is due earlier than the loop waits
+        if self.store.take_spill_wakeup() and self.spiller is not None:
+            self.spiller.wanted.set()
         events = self.store.drain_events()
         if not events:
             return
@@ -892,6 +935,14 @@ class Coordinator:
         for event in events:
             if isinstance(event, DirectoryMoved):
                 touched.update(self._send_directory())
+                continue
+            if isinstance(event, Restore | SpillDead):
+                assert self.spiller is not None
+                if isinstance(event, Restore):
+                    assert self._nursery is not None
+                    self._nursery.start_soon(self.spiller.restore, event, self._deliver_events)
+                else:
+                    self.spiller.dead(event)
                 continue
             session = self.sessions.get(event.client)
             if session is None:

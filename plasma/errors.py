@@ -18,12 +18,16 @@ PLACEMENT_IMPOSSIBLE = "placement_impossible"
 BAD_REQUEST = "bad_request"
 PERMISSION_DENIED = "permission_denied"
 UNSUPPORTED = "unsupported"
+OBJECT_LOST = "object_lost"
+IO_ERROR = "io_error"
 DISCONNECTED = "disconnected"  # raised by the clients; never an Error reply's code
 
 __all__ = [
     "BAD_REQUEST",
     "DISCONNECTED",
+    "IO_ERROR",
     "OBJECT_EXISTS",
+    "OBJECT_LOST",
     "OBJECT_NOT_FOUND",
     "OBJECT_NOT_SEALED",
     "PERMISSION_DENIED",
@@ -34,12 +38,14 @@ __all__ = [
     "BadRequest",
     "Disconnected",
     "ObjectExists",
+    "ObjectLost",
     "ObjectNotFound",
     "ObjectNotSealed",
     "PermissionDenied",
     "PlacementImpossible",
     "PlasmaError",
     "PlasmaTimeout",
+    "SpillIOError",
     "StoreFull",
     "Unsupported",
     "error_for",
@@ -95,6 +101,24 @@ class StoreFull(PlasmaError, MemoryError):
     code = STORE_FULL
 
 
+class ObjectLost(PlasmaError, KeyError):
+    """``get`` of an object the store had spilled to disk (``serve --spill-dir``) whose copy
+    is gone (its file was removed) or damaged (fails its checksum): the object is dropped;
+    other objects are not affected."""
+
+    code = OBJECT_LOST
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class SpillIOError(PlasmaError, OSError):
+    """``get`` of a spilled object whose file could not be read just now (an I/O error
+    other than its loss): the object stays on disk and a later get may succeed."""
+
+    code = IO_ERROR
+
+
 class PlasmaTimeout(PlasmaError, TimeoutError):
     """A wait ran out: ``get`` of an object not sealed within its ``timeout``, or a
     subscription's ``next(timeout)`` with no notification in time."""
@@ -145,6 +169,8 @@ _BY_CODE: dict[str, type[PlasmaError]] = {
         ObjectExists,
         ObjectNotFound,
         ObjectNotSealed,
+        ObjectLost,
+        SpillIOError,
         StoreFull,
         PlasmaTimeout,
         PlacementImpossible,

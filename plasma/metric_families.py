@@ -46,6 +46,7 @@ class StatsCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         stats = self._source()
         yield from _store_metrics(stats)
+        yield from _spill_metrics(stats)
         yield from _request_metrics(stats)
         yield from _task_states(stats.get("tasks", []))
         yield from task_metrics(stats.get("tasks", []))
@@ -103,6 +104,39 @@ def _store_metrics(stats: Mapping[str, Any]) -> Iterator[Metric]:
     )
     yield GaugeMetricFamily(
         "plasma_uptime_seconds", "seconds since the coordinator started", stats.get("uptime", 0.0)
+    )
+
+
+# stats()["spill"] key -> (metric, help, counter?)
+SPILL_FIGURES: dict[str, tuple[str, str, bool]] = {
+    "objects": ("plasma_spilled_objects", "objects only on disk (spilled)", False),
+    "bytes": ("plasma_spilled_bytes", "data + metadata bytes of the spilled objects", False),
+    "disk_bytes": ("plasma_spill_file_bytes", "bytes of the spill files", False),
+    "files": ("plasma_spill_files", "spill files", False),
+    "written_bytes": ("plasma_spill_written_bytes", "bytes written to spill files", True),
+    "restored_bytes": ("plasma_spill_restored_bytes", "bytes read back from spill files", True),
+    "spill_seconds": ("plasma_spill_write_seconds", "seconds spent writing spill files", True),
+    "restore_seconds": ("plasma_spill_restore_seconds", "seconds spent restoring", True),
+    "errors": ("plasma_spill_errors", "spill batches that failed (disk full...)", True),
+    "lost": ("plasma_spill_lost_objects", "spilled objects whose copy was gone or bad", True),
+}
+
+
+def _spill_metrics(stats: Mapping[str, Any]) -> Iterator[Metric]:
+    spill = stats.get("spill")
+    if spill:
+        for key, (name, doc, counter) in SPILL_FIGURES.items():
+            if counter:
+                total = CounterMetricFamily(name, doc)
+                total.add_metric([], spill.get(key, 0))
+                yield total
+            else:
+                yield GaugeMetricFamily(name, doc, value=spill.get(key, 0))
+    fallback = stats.get("fallback") or {}
+    yield GaugeMetricFamily(
+        "plasma_fallback_bytes",
+        "bytes of objects in file-backed fallback segments (outside the budgets)",
+        value=fallback.get("bytes", 0),
     )
 
 

@@ -83,6 +83,22 @@ class CreateItem(msgspec.Struct, array_like=True, gc=False):
     metadata_size: BoundedInt = 0
 
 
+class SpillEntry(msgspec.Struct, array_like=True, gc=False):
+    """One object in a spill file (:mod:`plasma.spill_files`): its payload (data, then
+    metadata) is ``length`` bytes at ``offset`` of the file, with CRC-32 ``crc``; ``index``
+    is its position in the file's index."""
+
+    id: bytes
+    data_size: int
+    metadata_size: int
+    node: int
+    create_time: float
+    offset: int
+    length: int
+    crc: int
+    index: int = 0
+
+
 class ArenaObject(msgspec.Struct, array_like=True, gc=False):
     """An object a client carved out of its arena, registered sealed by ``SealArena``."""
 

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import mmap
 import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -65,6 +66,7 @@ class SegmentPool:
     bind: bool = True
     hugepage_size: int | None = None
     hugepage_fallback: bool = False
+    fallback_dir: str | None = None  # where new_fallback_segment makes its files
     _segments: dict[int, Segment] = field(default_factory=dict)
     _next_id: int = 1
 
@@ -131,6 +133,29 @@ class SegmentPool:
             raise
         return fd
 
+    def new_fallback_segment(self, node: int, size: int) -> int:
+        """A segment of ``size`` bytes backed by an unnamed file in ``fallback_dir``, every
+        block allocated up front (so writing it never raises SIGBUS): memory the kernel can
+        write back to disk, for when the budgets are used up. Unnamed (O_TMPFILE, or
+        unlinked at once where the file system lacks it), it is gone once freed and no
+        client maps it, also after a crash. ``node`` is only what it is reported under."""
+        if self.fallback_dir is None:
+            raise StoreFull("no --fallback-dir: no fallback segments")
+        fd = _unnamed_file(self.fallback_dir)
+        try:
+            memfd.fallocate(fd, 0, size)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StoreFull(
+                    f"fallback directory {self.fallback_dir} has no room for {size} bytes"
+                ) from None
+            raise
+        seg_id = self._next_id
+        self._next_id += 1
+        self._segments[seg_id] = Segment(seg_id, fd, size, node, BASE_PAGE)
+        return seg_id
+
     def free_segment(self, segment: int) -> None:
         self._segments.pop(segment).close()
 
@@ -144,6 +169,18 @@ class SegmentPool:
         """Release every segment (their memory goes once no client maps it)."""
         for seg in list(self._segments.values()):
             self.free_segment(seg.id)
+
+
+def _unnamed_file(directory: str) -> int:
+    """A new 0600 read-write file in ``directory`` that has no name."""
+    try:
+        return os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+            raise
+    fd, path = tempfile.mkstemp(prefix=".plasma-fallback-", dir=directory)
+    os.unlink(path)
+    return fd
 
 
 @contextlib.contextmanager

@@ -69,6 +69,8 @@ from plasma.directory import (
     rebuilt_capacity,
 )
 from plasma.errors import (
+    IO_ERROR,
+    OBJECT_LOST,
     BadRequest,
     ObjectExists,
     ObjectNotFound,
@@ -78,7 +80,7 @@ from plasma.errors import (
     StoreFull,
 )
 from plasma.ids import ID_SIZE
-from plasma.records import ArenaObject, CreateItem, ObjectInfo, ObjectLocation
+from plasma.records import ArenaObject, CreateItem, ObjectInfo, ObjectLocation, SpillEntry
 
 RECLAIM_INTERVAL = 1.0  # seconds between two Reclaim events to the same client
 RECLAIM_WAIT = 0.25  # seconds a create that would fail at once waits for reclaimed memory
@@ -87,6 +89,8 @@ PIN_RESCAN = 0.05  # seconds between scans for pins that hold deleted objects or
 EVICTION_WAIT = 0.25  # seconds a create with timeout 0 waits for the memory it evicts
 EVICTION_HEADROOM = 64  # a round of eviction frees at least 1/64 of the node's budget
 REBUILD_ATTEMPTS = 4  # directory sizes tried (doubling) before leaving a published id out
+SPILL_WAIT = 10.0  # seconds a create or get with timeout 0 waits for a spill or a restore
+SPILL_FRACTION = 8  # a spill batch copies at least 1/8 of the node's budget (if it can)
 
 NOT_SEALED = "object_not_sealed"
 NOT_FOUND = "object_not_found"
@@ -104,6 +108,11 @@ class SegmentProvider(Protocol):
         ...
 
     def free_segment(self, segment: int) -> None: ...
+
+    def new_fallback_segment(self, node: int, size: int) -> int:
+        """A file-backed segment of ``size`` bytes with every block allocated (only called
+        with ``fallback``); raises StoreFull when the disk cannot hold it."""
+        ...
 
 
 class DirectoryMemory(Protocol):
@@ -192,20 +201,60 @@ class DirectoryMoved(msgspec.Struct, gc=False):
     client: int = 0
 
 
-Event = GetDone | CreateDone | Notify | Revoke | Reclaim | DirectoryMoved
+class Restore(msgspec.Struct, gc=False):
+    """Read spilled object ``oid`` (``entry`` of spill file ``file``) into ``location``, then
+    call :meth:`Store.restored` with ``token``."""
+
+    token: int
+    oid: bytes
+    location: ObjectLocation
+    file: int
+    entry: SpillEntry
+
+
+class SpillDead(msgspec.Struct, gc=False):
+    """``entry`` of spill file ``file`` is deleted: mark it dead there, or remove the file
+    when ``empty`` (nothing in it lives on)."""
+
+    file: int
+    entry: SpillEntry | None  # None: a file found with nothing live at start
+    empty: bool
+
+
+Event = GetDone | CreateDone | Notify | Revoke | Reclaim | DirectoryMoved | Restore | SpillDead
+
+
+# what stats()["spill"] counts
+_SPILL_COUNTS = (
+    "objects",  # only on disk now
+    "bytes",  # ... their data + metadata bytes
+    "written_objects",
+    "written_bytes",
+    "restored_objects",
+    "restored_bytes",
+    "errors",  # spill batches that failed (disk full, unwritable)
+    "lost",  # spilled objects whose copy turned out to be gone or damaged
+)
+
+
+def _rate(nbytes: int, seconds: float) -> float:
+    return nbytes / seconds if seconds > 0 else 0.0
 
 
 # ---------------------------------------------------------------- records
 
 
 class _Segment:
-    __slots__ = ("alloc", "id", "node", "size")
+    __slots__ = ("alloc", "fallback", "id", "node", "size")
 
-    def __init__(self, segment_id: int, node: _Node, size: int, alignment: int) -> None:
+    def __init__(
+        self, segment_id: int, node: _Node, size: int, alignment: int, fallback: bool = False
+    ) -> None:
         self.id = segment_id
         self.node = node
         self.size = size
         self.alloc = Allocator(size, alignment)
+        self.fallback = fallback  # file-backed, outside the node's budget
 
 
 class _Node:
@@ -215,10 +264,12 @@ class _Node:
         "id",
         "lru",
         "lru_bytes",
+        "lru_copied",
         "objects",
         "segment_bytes",
         "segments",
         "shortage",
+        "spill_demand",
         "used",
     )
 
@@ -233,7 +284,9 @@ class _Node:
         # sealed, unreferenced objects, in the order they became unreferenced (CLOCK's ring)
         self.lru: OrderedDict[bytes, _Object] = OrderedDict()
         self.lru_bytes = 0  # allocated bytes of the objects in ``lru``
+        self.lru_copied = 0  # ... of those that have a copy on disk (evicting them loses none)
         self.evicting = 0  # eviction victims waiting for their pin scan
+        self.spill_demand = 0  # bytes creates and restores wait to have spilled
 
 
 class _Object(msgspec.Struct, gc=False):
@@ -248,6 +301,10 @@ class _Object(msgspec.Struct, gc=False):
     ref_count: int = 0
     construct_duration: float = 0.0  # seconds from create to seal (arena objects: 0)
     slot: int = -1  # its directory slot once published, else -1
+    spill: tuple[int, SpillEntry] | None = None  # its copy on disk: (file, entry)
+    resident: bool = True  # False: only on disk (``loc`` keeps its sizes and last node)
+    spilling: bool = False  # being written to disk now
+    restoring: bool = False  # being read back into ``loc`` now
 
 
 class _Arena:
@@ -327,6 +384,15 @@ class Store:
     the wait between marking an object dying and scanning the pin tables (0 scans at once:
     only for a store no client reads without requests); ``directory_memory`` makes the
     directory's shared memory (default: process memory).
+
+    With ``spill``, eviction never deletes: it drops only objects that have a copy on disk,
+    and asks for copies (:meth:`spill_batch`, written by the caller, then :meth:`spilled`)
+    when that is what a create waits for; objects only on disk stay listed as
+    ``"spilled"`` and a get brings them back (a :class:`Restore` event, then
+    :meth:`restored`). Copies are also made ahead of need once the bytes without one pass
+    ``spill_threshold`` of a node's budget; ``spill_max`` bounds the bytes on disk. With
+    ``fallback``, a create nothing can make room for gets a file-backed segment
+    (``provider.new_fallback_segment``) outside the budgets.
     """
 
     def __init__(
@@ -344,6 +410,10 @@ class Store:
         grace: float = GRACE,
         directory_memory: DirectoryMemory | None = None,
         directory_capacity: int = MIN_CAPACITY,
+        spill: bool = False,
+        spill_threshold: float = 1.0,
+        spill_max: int | None = None,
+        fallback: bool = False,
     ) -> None:
         if alignment <= 0 or alignment & (alignment - 1):
             raise ValueError(f"alignment must be a power of two, got {alignment}")
@@ -357,6 +427,8 @@ class Store:
             raise ValueError(f"max_object_size must be positive, got {max_object_size}")
         if not (math.isfinite(grace) and grace >= 0):
             raise ValueError(f"grace must be finite seconds >= 0, got {grace}")
+        if not 0 < spill_threshold <= 1:
+            raise ValueError(f"spill_threshold must be in (0, 1], got {spill_threshold}")
         self._provider = provider
         self._page_size = page_size
         self._segment_size = -(-segment_size // page_size) * page_size
@@ -404,6 +476,23 @@ class Store:
         self._pinned: dict[int, tuple[bytes, _Object]] = {}
         self._rescan_at = math.inf  # when to look at pins again (pinned deletes, blocked creates)
         self._wakeup = False  # a pin scan was scheduled since take_wakeup() last said so
+        # spilling: batches being written (file id -> objects), live objects and bytes of
+        # each spill file, restores under way (token -> object) and waiting for memory
+        self._spill = spill
+        self._spill_threshold = spill_threshold
+        self._spill_max = spill_max
+        self._fallback = fallback
+        self._batches: dict[int, list[tuple[bytes, _Object]]] = {}
+        self._spill_files: dict[int, list[int]] = {}  # file -> [live objects, file bytes]
+        self._next_file = 1
+        self._restoring: dict[int, tuple[bytes, _Object]] = {}
+        self._restore_queue: dict[bytes, tuple[_Object, int | None]] = {}  # -> reader's node
+        self._after_spill: dict[int, tuple[bytes, _Object]] = {}  # deleted while being spilled
+        self._spill_wakeup = False
+        self._spill_error = ""
+        self._spill_counts = dict.fromkeys(_SPILL_COUNTS, 0)
+        self._spill_seconds = {"spill": 0.0, "restore": 0.0}
+        self._fallback_used = 0
 
     # ------------------------------------------------------------ clients
 
@@ -568,7 +657,7 @@ class Store:
         missing = False
         for oid in oids:
             rec = objects.get(oid)
-            if rec is not None and rec.sealed and not rec.deleting:
+            if rec is not None and rec.sealed and not rec.deleting and rec.resident:
                 self._add_ref(c, oid, rec)
                 results.append(rec.loc)
             else:
@@ -576,12 +665,15 @@ class Store:
                 missing = True
         if not missing:
             return results  # type: ignore[return-value]  # no None left
+        spilled = [o for o, r in zip(oids, results, strict=True) if r is None and self._on_disk(o)]
         if timeout == 0:
             for i, r in enumerate(results):
-                if r is None:
+                if r is None and not self._on_disk(oids[i]):
                     rec = objects.get(oids[i])
                     results[i] = NOT_SEALED if rec is not None and not rec.deleting else NOT_FOUND
-            return results  # type: ignore[return-value]
+            if not spilled:
+                return results  # type: ignore[return-value]
+            deadline = now + SPILL_WAIT  # a restore is no wait for a seal
         self._check_waiters(c)
         self._token += 1
         w = _GetWaiter(client, self._token, list(oids), results)
@@ -590,7 +682,17 @@ class Store:
                 self._get_waiting.setdefault(oids[i], []).append((w, i))
         self._get_waiter_count += 1
         self._add_waiter(c, w, deadline)
+        for oid in dict.fromkeys(spilled):
+            rec = objects[oid]
+            if not (rec.restoring or oid in self._restore_queue) and not self._try_restore(
+                oid, rec, c.node, now
+            ):
+                self._restore_queue[oid] = (rec, c.node)
         return Pending(w.token)
+
+    def _on_disk(self, oid: bytes) -> bool:
+        rec = self._objects.get(oid)
+        return rec is not None and not rec.resident and not rec.deleting
 
     def release(self, client: int, oid: bytes, *, now: float = 0.0) -> None:
         """Drop one reference of this client (ObjectNotFound if it holds none)."""
@@ -640,6 +742,11 @@ class Store:
                 missing.append(oid)
                 continue
             rec.deleting = True  # (so an id listed twice is missing the second time)
+            if not rec.resident:
+                self._forget_spilled(oid, rec)
+                self._fail_getters(oid, NOT_FOUND)
+                deleted.append(oid)
+                continue
             found.append((oid, rec, self._generation_of(rec)))
         pinned = self._pins.pinned(gen for _, _, gen in found if gen)
         for oid, rec, gen in found:
@@ -655,6 +762,7 @@ class Store:
             if not rec.ref_count:
                 self._lru_pop(oid, rec)
                 self._doom(oid, rec, now)
+            self._drop_copy(rec)
             self._notify_deleted(oid, rec)
         self._free_due(now)
         self._retry_creates(now)
@@ -732,6 +840,11 @@ class Store:
             "create_waiters": len(self._create_waiters),
             "pins": self._pins.total(),
             "dying": len(self._dying) + len(self._pinned),
+            "spill": self._spill_stats() if self._spill else None,
+            "fallback": {
+                "bytes": self._fallback_used,
+                "segments": sum(1 for s in self._segments.values() if s.fallback),
+            },
             "directory": {
                 "capacity": self._directory.capacity,
                 "objects": self._directory.live,
@@ -747,6 +860,22 @@ class Store:
                 }
                 for nd in self._nodes.values()
             },
+        }
+
+    def _spill_stats(self) -> dict[str, Any]:
+        seconds = self._spill_seconds
+        counts = self._spill_counts
+        return {
+            **counts,
+            "disk_bytes": sum(f[1] for f in self._spill_files.values()),
+            "files": len(self._spill_files),
+            "max_bytes": self._spill_max,
+            "in_flight": sum(len(b) for b in self._batches.values()) + len(self._restoring),
+            "spill_seconds": seconds["spill"],
+            "restore_seconds": seconds["restore"],
+            "spill_bytes_per_second": _rate(counts["written_bytes"], seconds["spill"]),
+            "restore_bytes_per_second": _rate(counts["restored_bytes"], seconds["restore"]),
+            "last_error": self._spill_error,
         }
 
     @property
@@ -840,6 +969,242 @@ class Store:
         finally:
             self._retry_creates(now)
 
+    # ------------------------------------------------------------ spilling
+
+    def take_spill_wakeup(self) -> bool:
+        """True once after something may want spilling (:meth:`spill_batch`)."""
+        wakeup, self._spill_wakeup = self._spill_wakeup, False
+        return wakeup
+
+    def spill_batch(
+        self, now: float, max_bytes: int
+    ) -> tuple[int, list[tuple[bytes, ObjectLocation, float]]] | None:
+        """The next objects to write to disk, as one spill file: ``(file id, [(id, location,
+        create time)])``, up to ``max_bytes`` of data; None when nothing needs writing (or a
+        batch is still being written). Candidates are sealed, unreferenced, unpinned objects
+        without a copy, in CLOCK order, on the nodes where creates or restores wait for
+        room or where the bytes without a copy pass the threshold. The caller writes them
+        and calls :meth:`spilled` or :meth:`spill_failed`; meanwhile they stay readable."""
+        if not self._spill or self._batches:
+            return None
+        room = math.inf
+        if self._spill_max is not None:
+            room = self._spill_max - sum(f[1] for f in self._spill_files.values())
+        picked: list[tuple[bytes, _Object]] = []
+        total = 0
+        for nd in self._nodes.values():
+            want = nd.spill_demand
+            over = nd.used - nd.lru_copied - int(self._spill_threshold * nd.budget)
+            if self._spill_threshold < 1 and over > 0:
+                want = max(want, over + nd.budget // SPILL_FRACTION)
+            with contextlib.closing(self._clock(nd, now, copied=False)) as walk:
+                for oid, rec in walk:
+                    length = rec.loc.data_size + rec.loc.metadata_size
+                    if want <= 0 or (picked and total + length > max_bytes):
+                        break
+                    if total + length > room:
+                        break
+                    rec.spilling = True
+                    picked.append((oid, rec))
+                    want -= rec.size
+                    total += length
+            nd.spill_demand = 0  # met by this batch, or nothing can meet it now
+        if not picked:
+            return None
+        file_id = self._next_file
+        self._next_file += 1
+        self._batches[file_id] = picked
+        return file_id, [(oid, rec.loc, rec.create_time) for oid, rec in picked]
+
+    def spilled(
+        self, file_id: int, entries: list[SpillEntry], file_bytes: int, seconds: float, now: float
+    ) -> None:
+        """Batch ``file_id`` is on disk (``entries`` in its order, ``file_bytes`` long, in
+        ``seconds``): its objects have a copy now, so evicting them loses nothing. Those
+        deleted meanwhile are marked dead in the file (:class:`SpillDead`)."""
+        picked = self._batches.pop(file_id)
+        live = 0
+        dead: list[SpillEntry] = []
+        for (oid, rec), entry in zip(picked, entries, strict=True):
+            rec.spilling = False
+            if rec.deleting:
+                dead.append(entry)
+                continue
+            rec.spill = (file_id, entry)
+            live += 1
+            nd = self._segments[rec.loc.segment].node
+            if nd.lru.get(oid) is rec:
+                nd.lru_copied += rec.size
+        counts = self._spill_counts
+        counts["written_objects"] += len(entries)
+        counts["written_bytes"] += sum(e.length for e in entries)
+        self._spill_seconds["spill"] += seconds
+        if live:
+            self._spill_files[file_id] = [live, file_bytes]
+            self._events.extend(SpillDead(file_id, e, False) for e in dead)
+        else:
+            self._events.append(SpillDead(file_id, entries[0], True))
+        self._end_batch(picked, now)
+
+    def spill_failed(self, file_id: int, reason: str, now: float) -> None:
+        """Batch ``file_id`` could not be written (nothing of it is on disk): its objects
+        stay in memory only; creates waiting for room fail at their deadline, saying why."""
+        self._spill_counts["errors"] += 1
+        self._spill_error = reason
+        picked = self._batches.pop(file_id)
+        for _, rec in picked:
+            rec.spilling = False
+        self._end_batch(picked, now)
+
+    def _end_batch(self, picked: list[tuple[bytes, _Object]], now: float) -> None:
+        if self._after_spill:
+            for oid, rec in picked:
+                if self._after_spill.pop(id(rec), None) is not None:
+                    self._free_object(oid, rec)
+        self._space_changed = True
+        self._free_due(now)
+        self._retry_creates(now)
+
+    def restored(
+        self,
+        token: int,
+        error: str | None = None,
+        *,
+        lost: bool = False,
+        seconds: float = 0.0,
+        now: float = 0.0,
+    ) -> None:
+        """The :class:`Restore` ``token`` finished: the object is in memory again (published,
+        its gets answered), or, with ``error``, its memory is freed and its gets fail:
+        ``lost`` (the copy is gone or damaged) drops the object, else it stays on disk."""
+        oid, rec = self._restoring.pop(token)
+        rec.restoring = False
+        if error is None and not rec.deleting:
+            rec.resident = True
+            length = rec.loc.data_size + rec.loc.metadata_size
+            counts = self._spill_counts
+            counts["objects"] -= 1
+            counts["bytes"] -= length
+            counts["restored_objects"] += 1
+            counts["restored_bytes"] += length
+            self._spill_seconds["restore"] += seconds
+            self._publish(oid, rec)
+            self._serve_getters(oid, rec)
+            if rec.ref_count == 0:
+                self._unreferenced(oid, rec, now)
+        else:
+            seg = self._segments[rec.loc.segment]
+            seg.node.objects -= 1
+            self._free_range(seg, rec.loc.offset, rec.size)
+            if error is not None and not rec.deleting:
+                if lost:
+                    self._spill_counts["lost"] += 1
+                    rec.deleting = True
+                    self._forget_spilled(oid, rec)
+                self._fail_getters(oid, OBJECT_LOST if lost else IO_ERROR)
+        self._retry_creates(now)
+
+    def adopt_spilled(self, files: dict[int, tuple[list[SpillEntry], int]]) -> int:
+        """Take in the objects of spill files a previous coordinator left (file id ->
+        (live entries, file bytes)), as spilled objects; returns how many. An id in more
+        than one file keeps its copy in the newest; a file left with nothing live is
+        removed (:class:`SpillDead`)."""
+        adopted = 0
+        for file_id in sorted(files):
+            entries, file_bytes = files[file_id]
+            self._next_file = max(self._next_file, file_id + 1)
+            self._spill_files[file_id] = [0, file_bytes]
+            for e in entries:
+                old = self._objects.get(e.id)
+                if old is not None:
+                    old.deleting = True
+                    self._forget_spilled(e.id, old)
+                    adopted -= 1
+                node = e.node if e.node in self._nodes else self._first_node.id
+                loc = ObjectLocation(0, 0, e.data_size, e.metadata_size, node)
+                size = ((e.length or 1) + self._mask) & ~self._mask
+                rec = _Object(loc, size, 0, e.create_time, sealed=True, resident=False)
+                rec.spill = (file_id, e)
+                self._spill_files[file_id][0] += 1
+                self._objects[e.id] = rec
+                self._spill_counts["objects"] += 1
+                self._spill_counts["bytes"] += e.length
+                adopted += 1
+            if not self._spill_files[file_id][0]:
+                del self._spill_files[file_id]
+                self._events.append(SpillDead(file_id, None, True))
+        return adopted
+
+    def _to_disk(self, rec: _Object) -> None:
+        """An evicted object with a copy on disk: free its memory, keep it as spilled."""
+        seg = self._segments[rec.loc.segment]
+        seg.node.objects -= 1
+        self._free_range(seg, rec.loc.offset, rec.size)
+        rec.resident = False
+        self._spill_counts["objects"] += 1
+        self._spill_counts["bytes"] += rec.loc.data_size + rec.loc.metadata_size
+
+    def _drop_copy(self, rec: _Object) -> None:
+        """Forget a deleted object's copy on disk (the file goes with its last object)."""
+        if rec.spill is None:
+            return
+        file_id, entry = rec.spill
+        rec.spill = None
+        f = self._spill_files[file_id]
+        f[0] -= 1
+        if not f[0]:
+            del self._spill_files[file_id]
+        self._events.append(SpillDead(file_id, entry, not f[0]))
+
+    def _forget_spilled(self, oid: bytes, rec: _Object) -> None:
+        """Drop a deleted object that is only on disk (its restore, if one is under way,
+        frees the memory it was reading into when it ends)."""
+        if self._objects.get(oid) is rec:
+            del self._objects[oid]
+        self._restore_queue.pop(oid, None)
+        self._drop_copy(rec)
+        self._spill_counts["objects"] -= 1
+        self._spill_counts["bytes"] -= rec.loc.data_size + rec.loc.metadata_size
+        self._notify_deleted(oid, rec)
+
+    def _try_restore(self, oid: bytes, rec: _Object, node: int | None, now: float) -> bool:
+        """Find memory for a spilled object and start reading it back (a :class:`Restore`
+        event): free room on the reader's node (``node``; else the object's own), else on
+        any node, else what eviction (or a fallback segment) makes on the reader's node.
+        False when nothing fits now (copies may have been asked for)."""
+        nodes = self._nodes
+        home = nodes.get(node) if node is not None else None
+        home = home or nodes.get(rec.loc.node) or self._first_node
+        others = sorted(
+            (nd for nd in nodes.values() if nd is not home), key=lambda nd: nd.used - nd.budget
+        )
+        placed = None
+        for nd in [home, *others]:
+            placed = self._allocate(nd, rec.size, now, evict=False)
+            if placed is not None:
+                break
+        else:
+            placed = self._allocate(home, rec.size, now)
+        if placed is None:
+            return False
+        seg, offset = placed
+        old = rec.loc
+        rec.loc = ObjectLocation(seg.id, offset, old.data_size, old.metadata_size, seg.node.id)
+        seg.node.objects += 1
+        rec.restoring = True
+        self._token += 1
+        self._restoring[self._token] = (oid, rec)
+        assert rec.spill is not None
+        self._events.append(Restore(self._token, oid, rec.loc, *rec.spill))
+        return True
+
+    def _retry_restores(self, now: float) -> None:
+        """Restores waiting for memory, in order; those no get waits for any more are
+        dropped."""
+        for oid, (rec, node) in list(self._restore_queue.items()):
+            if oid not in self._get_waiting or self._try_restore(oid, rec, node, now):
+                del self._restore_queue[oid]
+
     # ------------------------------------------------------------ timeouts and events
 
     def next_deadline(self) -> float | None:
@@ -895,9 +1260,7 @@ class Store:
                 self._events.append(GetDone(w.client, w.token, results))
             else:
                 del self._create_waiters[w.token]
-                err = StoreFull(
-                    f"no space on node {w.node.id} before the deadline{w.node.shortage}"
-                )
+                err = StoreFull(f"{self._no_space(w.node)} before the deadline")
                 self._events.append(CreateDone(w.client, w.token, err))
 
     def drain_events(self) -> list[Event]:
@@ -951,7 +1314,10 @@ class Store:
         ``evict``) eviction in CLOCK order, but only when evicting makes the request fit
         (eviction that cannot make room would destroy data for nothing). None when it
         cannot fit now: also while the node's evicted objects wait for their pin scan (the
-        caller waits for them; a new round of eviction starts only after that one)."""
+        caller waits for them; a new round of eviction starts only after that one). With
+        spilling, only objects with a copy on disk are evicted, and when copies of others
+        would make room they are asked for (the caller waits); when nothing would, a
+        fallback segment, if allowed."""
         while True:
             for seg in nd.segments:
                 offset = seg.alloc.allocate(size)
@@ -965,7 +1331,7 @@ class Store:
                 return None
             victims = self._eviction_plan(nd, size, now)
             if not victims:
-                return None
+                return self._no_room(nd, size)
             for oid, rec in victims:
                 self._evict(oid, rec, now)
             if nd.evicting:  # published victims: their memory comes after the grace period
@@ -984,9 +1350,10 @@ class Store:
         Simulated on the side: each candidate's range is merged with its free neighbours
         (the allocator's free ranges and earlier candidates), so the common case costs as
         many steps as objects evicted."""
-        if not nd.lru or nd.budget - nd.used + nd.lru_bytes < size:
+        evictable = nd.lru_copied if self._spill else nd.lru_bytes
+        if not evictable or nd.budget - nd.used + evictable < size:
             return []
-        with contextlib.closing(self._clock(nd, now)) as walk:
+        with contextlib.closing(self._clock(nd, now, copied=True if self._spill else None)) as walk:
             plan = self._plan_room(nd, size, walk)
             if plan and self._grace:
                 headroom = nd.budget // EVICTION_HEADROOM - sum(r.size for _, r in plan)
@@ -1073,23 +1440,66 @@ class Store:
         nd.segment_bytes += seg_size
         return seg
 
+    def _no_room(self, nd: _Node, size: int) -> tuple[_Segment, int] | None:
+        """Eviction cannot make room for ``size`` bytes on ``nd``: ask for copies on disk if
+        they would (None: the caller waits), else place it in a fallback segment if allowed."""
+        if (
+            self._spill
+            and nd.budget - nd.used + nd.lru_bytes >= size
+            and nd.lru_bytes > nd.lru_copied
+            and not self._spill_full()
+        ):
+            # (a batch of at least 1/8 of the budget: fewer, bigger files; later evictions
+            # find copies ready)
+            nd.spill_demand = max(nd.spill_demand, size, nd.budget // SPILL_FRACTION)
+            self._spill_wakeup = True
+            return None
+        if not self._fallback:
+            return None
+        need = -(-size // self._page_size) * self._page_size
+        try:
+            segment_id = self._provider.new_fallback_segment(nd.id, need)
+        except StoreFull as exc:
+            nd.shortage = f": {exc}"
+            return None
+        seg = _Segment(segment_id, nd, need, self._mask + 1, fallback=True)
+        self._segments[segment_id] = seg
+        offset = seg.alloc.allocate(size)
+        assert offset is not None
+        self._fallback_used += size
+        return seg, offset
+
+    def _spill_full(self) -> bool:
+        limit = self._spill_max
+        return limit is not None and sum(f[1] for f in self._spill_files.values()) >= limit
+
     def _drop_segment(self, seg: _Segment) -> None:
-        nd = seg.node
-        nd.segments.remove(seg)
-        nd.segment_bytes -= seg.size
+        if not seg.fallback:
+            nd = seg.node
+            nd.segments.remove(seg)
+            nd.segment_bytes -= seg.size
         del self._segments[seg.id]
         self._provider.free_segment(seg.id)
 
     def _free_range(self, seg: _Segment, offset: int, size: int) -> None:
         seg.alloc.free(offset, size)
+        if seg.fallback:  # outside the budget; deleted once empty
+            self._fallback_used -= size
+            if seg.alloc.free_bytes == seg.size:
+                self._drop_segment(seg)
+            return
         seg.node.used -= size
         self._used -= size
         self._space_changed = True
 
     def _free_object(self, oid: bytes, rec: _Object) -> None:
-        """Free an object no pin can hold (unsealed, or never published)."""
+        """Free an object no pin can hold (unsealed, or never published). The bytes of one
+        being written to disk are freed when the write ends."""
         if self._objects.get(oid) is rec:
             del self._objects[oid]
+        if rec.spilling:
+            self._after_spill[id(rec)] = (oid, rec)
+            return
         seg = self._segments[rec.loc.segment]
         seg.node.objects -= 1
         self._free_range(seg, rec.loc.offset, rec.size)
@@ -1099,7 +1509,7 @@ class Store:
         self._lru_pop(oid, rec)
         if self._doom(oid, rec, now):
             self._segments[rec.loc.segment].node.evicting += 1
-        else:
+        elif rec.resident:  # (not: only on disk now)
             self._evictions += 1
             self._notify_deleted(oid, rec)
 
@@ -1118,7 +1528,10 @@ class Store:
             del self._objects[oid]
         gen = self._generation_of(rec)
         if not gen:
-            self._free_object(oid, rec)
+            if rec.spill is not None and not rec.deleting:
+                self._to_disk(rec)
+            else:
+                self._free_object(oid, rec)
             return False
         if gen in self._dying:  # an eviction victim deleted meanwhile: now a deleted object
             self._segments[rec.loc.segment].node.evicting -= 1
@@ -1171,6 +1584,9 @@ class Store:
             rec.slot = -1
         elif self._unlisted:
             self._unlisted.pop(id(rec), None)
+        if evicted and rec.spill is not None:
+            self._to_disk(rec)
+            return
         self._free_object(oid, rec)
         if evicted:
             self._evictions += 1
@@ -1184,19 +1600,24 @@ class Store:
             if rec.slot >= 0:
                 self._directory.set_state(rec.slot, SEALED)
 
-    def _clock(self, nd: _Node, now: float) -> Generator[tuple[bytes, _Object], None, None]:
+    def _clock(
+        self, nd: _Node, now: float, copied: bool | None = None
+    ) -> Generator[tuple[bytes, _Object], None, None]:
         """Eviction candidates of ``nd`` in CLOCK order: unreferenced objects in the order
         they lost their last reference, first passing over those whose access byte a reader
         set since the hand last passed (the byte is cleared: a second chance; they come
         after all others) and those pinned now (never). Objects passed over go to the back
         when the walk ends. ``nd.lru`` must not change during the walk; close the generator
-        to end it."""
+        to end it. ``copied`` True: only objects with a copy on disk; False: only those
+        without one and not being written."""
         passed: list[bytes] = []
         second: list[tuple[bytes, _Object]] = []
         pinned: set[int] | None = None
         access = self._access
         try:
             for oid, rec in nd.lru.items():
+                if copied is not None and ((rec.spill is not None) is not copied or rec.spilling):
+                    continue
                 slot = rec.slot
                 if slot >= 0 and access[slot]:
                     access[slot] = 0
@@ -1375,22 +1796,31 @@ class Store:
         it), else put it at the back of the CLOCK."""
         if rec.deleting:
             self._doom(oid, rec, now)
-        else:
-            nd = self._segments[rec.loc.segment].node
-            nd.lru[oid] = rec
-            nd.lru_bytes += rec.size
-            self._space_changed = True
+            return
+        seg = self._segments[rec.loc.segment]
+        if seg.fallback:
+            return  # on disk already: it stays until deleted
+        nd = seg.node
+        nd.lru[oid] = rec
+        nd.lru_bytes += rec.size
+        self._space_changed = True
+        if rec.spill is not None:
+            nd.lru_copied += rec.size
+        elif self._spill and nd.used - nd.lru_copied > self._spill_threshold * nd.budget:
+            self._spill_wakeup = True
 
     def _lru_pop(self, oid: bytes, rec: _Object) -> bool:
         nd = self._segments[rec.loc.segment].node
         if nd.lru.pop(oid, None) is None:
             return False
         nd.lru_bytes -= rec.size
+        if rec.spill is not None:
+            nd.lru_copied -= rec.size
         return True
 
     def _info(self, oid: bytes, rec: _Object, pins: dict[int, int]) -> ObjectInfo:
         loc = rec.loc
-        state = "sealed" if rec.sealed else "created"
+        state = "spilled" if not rec.resident else "sealed" if rec.sealed else "created"
         pinned = pins.get(self._generation_of(rec), 0) if pins and rec.sealed else 0
         return ObjectInfo(
             oid,
@@ -1409,14 +1839,7 @@ class Store:
     def _announce(self, oid: bytes, rec: _Object) -> None:
         """A new sealed object: publish it, complete get waiters, notify subscribers."""
         self._publish(oid, rec)
-        waiting = self._get_waiting.pop(oid, None)
-        if waiting:
-            for w, i in waiting:
-                self._add_ref(self._clients[w.client], oid, rec)
-                w.results[i] = rec.loc
-                w.missing -= 1
-                if w.missing == 0:
-                    self._finish_get(w)
+        self._serve_getters(oid, rec)
         if self._subscribers:
             loc = rec.loc
             for sub, with_locations in self._subscribers.items():
@@ -1430,6 +1853,25 @@ class Store:
                     self._events.append(
                         Notify(sub, "sealed", oid, loc.data_size, loc.metadata_size)
                     )
+
+    def _serve_getters(self, oid: bytes, rec: _Object) -> None:
+        """Give the gets waiting for ``oid`` the object (now in memory)."""
+        waiting = self._get_waiting.pop(oid, None)
+        if waiting:
+            for w, i in waiting:
+                self._add_ref(self._clients[w.client], oid, rec)
+                w.results[i] = rec.loc
+                w.missing -= 1
+                if w.missing == 0:
+                    self._finish_get(w)
+
+    def _fail_getters(self, oid: bytes, code: str) -> None:
+        """Answer the gets waiting for ``oid`` with error ``code`` for it."""
+        for w, i in self._get_waiting.pop(oid, ()):
+            w.results[i] = code
+            w.missing -= 1
+            if w.missing == 0:
+                self._finish_get(w)
 
     def _notify_deleted(self, oid: bytes, rec: _Object) -> None:
         loc = rec.loc
@@ -1478,10 +1920,30 @@ class Store:
         asked = self._ask_reclaim(nd, now)
         if timeout != 0:
             return deadline
-        wait = max(self._reclaim_wait if asked else 0.0, EVICTION_WAIT if self._dying else 0.0)
+        wait = max(
+            self._reclaim_wait if asked else 0.0,
+            EVICTION_WAIT if self._dying else 0.0,
+            SPILL_WAIT if nd.spill_demand or self._batches else 0.0,
+        )
         if not wait:
-            raise StoreFull(f"no space for {size} bytes on node {nd.id}{nd.shortage}")
+            raise StoreFull(f"{self._no_space(nd)} for {size} bytes")
         return now + wait
+
+    def _no_space(self, nd: _Node) -> str:
+        """Why a create on ``nd`` found no space: what holds the node's memory."""
+        held = nd.used - nd.lru_bytes
+        text = (
+            f"no space on node {nd.id}: {held} bytes referenced or being written, "
+            f"{nd.lru_bytes} unreferenced, {nd.budget - nd.used} free"
+        )
+        if self._spill:
+            text += f", {self._spill_counts['bytes']} spilled to disk"
+            if self._spill_max is not None:
+                disk = sum(f[1] for f in self._spill_files.values())
+                text += f" (spill files: {disk} of at most {self._spill_max} bytes)"
+            if self._spill_error:
+                text += f"; the last spill failed: {self._spill_error}"
+        return text + nd.shortage
 
     def _ask_reclaim(self, nd: _Node, now: float) -> bool:
         """Send Reclaim to the clients that may hold idle memory of ``nd`` (an arena tail on
@@ -1548,6 +2010,8 @@ class Store:
         if not self._space_changed:
             return
         self._space_changed = False
+        if self._restore_queue:
+            self._retry_restores(now)
         if not self._create_waiters:
             return
         blocked: set[int] = set()

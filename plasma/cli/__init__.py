@@ -23,6 +23,7 @@ _COMMANDS = {
     "dag": "plasma.cli.dag",
     "stats": "plasma.cli.stats",
     "hugepages": "plasma.cli.hugepages",
+    "cell": "plasma.cli.cell",
 }
 
 

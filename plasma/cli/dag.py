@@ -9,10 +9,13 @@ from pathlib import Path
 
 import trio
 
+from plasma.cli.topology import add_cgroup_root
 from plasma.dag.report import summary
 from plasma.dag.runner import EXIT_STATUS, RunOptions, run_pipeline
 from plasma.dag.spec import load_pipeline
+from plasma.dashboard import options as dashboard_options
 from plasma.errors import PlasmaError
+from plasma.linux.cgroup import CgroupTree
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,11 +38,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="do not sample the tasks' perf counters and NUMA locality",
     )
     p.add_argument("--json", action="store_true", help="print the run record instead of a table")
+    p.add_argument(
+        "--cells",
+        action="store_true",
+        help="run every task in its own cgroup v2 cell (what it forks stays on its CPUs)",
+    )
+    add_cgroup_root(p)
+    dashboard_options.add_arguments(p, "the run, live while it runs")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     spec = load_pipeline(args.pipeline)
+    dashboard, dashboard_token = dashboard_options.from_args(args)
     options = RunOptions(
         socket_path=args.socket,
         memory=args.memory,
@@ -48,6 +59,10 @@ def run(args: argparse.Namespace) -> int:
         record_file=args.record,
         log=(lambda line: None) if args.quiet else (lambda line: print(line, flush=True)),
         perf=not args.no_perf,
+        cells=args.cells,
+        cgroups=CgroupTree(args.cgroup_root),
+        dashboard=dashboard,
+        dashboard_token=dashboard_token,
     )
     try:
         record = trio.run(run_pipeline, spec, options, args.run_id)

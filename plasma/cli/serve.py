@@ -10,11 +10,13 @@ import signal
 import stat
 import sys
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from plasma.addresses import parse_address
 from plasma.coordinator import CoordinatorConfig, serve
+from plasma.dashboard import options as dashboard_options
 from plasma.errors import BadRequest, PlasmaError
 from plasma.protocol import DEFAULT_MAX_FRAME
 from plasma.topology import Topology
@@ -22,6 +24,7 @@ from plasma.units import parse_size
 
 DEFAULT_SOCKET = "/tmp/plasma-coord.sock"
 SHARED_SOCKET_MODE = 0o666  # with --allow-uid: SO_PEERCRED, not the mode, decides who is served
+SPILL_THRESHOLD = 0.8  # (Ray's default)
 MAX_PINS = 1 << 20  # pin-table entries per client (8 MiB of memory each)
 
 log = logging.getLogger("plasma.coordinator")
@@ -98,11 +101,39 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="HOST:PORT",
         help="serve Prometheus /metrics here; a bare PORT listens on 127.0.0.1",
     )
+    dashboard_options.add_arguments(p, "the machine, the store and its runs")
     p.add_argument(
         "--sample-interval",
         type=float,
         default=1.0,
         help="seconds between perf samples of registered tasks (default 1)",
+    )
+    spill = p.add_argument_group("when memory runs out (docs/spilling.md)")
+    spill.add_argument(
+        "--spill-dir",
+        metavar="DIR",
+        help="evicting spills sealed objects to files here (a get brings them back) instead "
+        "of deleting them",
+    )
+    spill.add_argument(
+        "--spill-threshold",
+        type=float,
+        default=SPILL_THRESHOLD,
+        metavar="F",
+        help="copy objects to disk ahead of need once the bytes without a copy pass this "
+        f"fraction of a node's memory (default {SPILL_THRESHOLD}; 1: only when a create "
+        "needs the room)",
+    )
+    spill.add_argument("--spill-max", metavar="SIZE", help="bytes the spill files may take")
+    spill.add_argument(
+        "--restore",
+        action="store_true",
+        help="bring back the objects a previous coordinator spilled to --spill-dir",
+    )
+    spill.add_argument(
+        "--fallback-dir",
+        metavar="DIR",
+        help="when everything is referenced, serve creates from file-backed segments here",
     )
     p.add_argument("--log-level", default="WARNING")
     p.set_defaults(func=run)
@@ -111,6 +142,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
     nodes = sorted({int(n) for n in args.nodes.split(",")}) if args.nodes else None
     hugepage = {"off": None, "2M": 2 << 20, "1G": 1 << 30}[args.hugepages]
+    dashboard, dashboard_token = dashboard_options.from_args(args)
     return CoordinatorConfig.for_topology(
         Topology.from_sysfs(args.sysfs_root),
         os.path.abspath(args.socket),
@@ -128,8 +160,28 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
         handshake_timeout=_positive(args.handshake_timeout, "--handshake-timeout"),
         pins_per_client=_pins(args.pins_per_client),
         metrics=_metrics_address(args.metrics),
+        dashboard=dashboard,
+        dashboard_token=dashboard_token,
+        **_spill_options(args),
         sysfs_root=args.sysfs_root,
     )
+
+
+def _spill_options(args: argparse.Namespace) -> dict[str, Any]:
+    changed = args.spill_threshold != SPILL_THRESHOLD
+    if args.spill_dir is None and (args.restore or args.spill_max or changed):
+        raise BadRequest("--restore, --spill-max and --spill-threshold need --spill-dir")
+    if not 0 < args.spill_threshold <= 1:
+        raise BadRequest(f"--spill-threshold must be in (0, 1], got {args.spill_threshold}")
+    if args.fallback_dir is not None and not os.path.isdir(args.fallback_dir):
+        raise BadRequest(f"--fallback-dir {args.fallback_dir} is not a directory")
+    return {
+        "spill_dir": args.spill_dir,
+        "spill_threshold": args.spill_threshold,
+        "spill_max": parse_size(args.spill_max) if args.spill_max else None,
+        "restore": args.restore,
+        "fallback_dir": os.path.abspath(args.fallback_dir) if args.fallback_dir else None,
+    }
 
 
 def _pins(value: int) -> int:

@@ -84,7 +84,30 @@ def _store(stats: Mapping[str, Any]) -> str:
     ]
     if stats.get("metrics"):
         facts.append(f"metrics http://{stats['metrics']}/metrics")
-    return "store: " + ", ".join(facts) + "\n"
+    return "store: " + ", ".join(facts) + "\n" + _spill(stats)
+
+
+def _spill(stats: Mapping[str, Any]) -> str:
+    spill, fallback = stats.get("spill"), stats.get("fallback") or {}
+    lines = ""
+    if spill:
+        lines += (
+            f"spill: {spill['objects']} objects ({format_size(spill['bytes'])}) on disk in "
+            f"{spill['files']} files ({format_size(spill['disk_bytes'])}) at {spill['dir']}, "
+            f"written {format_size(spill['written_bytes'])} at "
+            f"{format_size(int(spill['spill_bytes_per_second']))}/s, restored "
+            f"{format_size(spill['restored_bytes'])} at "
+            f"{format_size(int(spill['restore_bytes_per_second']))}/s, "
+            f"errors {spill['errors']}, lost {spill['lost']}\n"
+        )
+        if spill["last_error"]:
+            lines += f"spill: the last spill failed: {spill['last_error']}\n"
+    if fallback.get("bytes"):
+        lines += (
+            f"fallback: {format_size(fallback['bytes'])} in {fallback['segments']} "
+            f"file-backed segments at {fallback.get('dir')}\n"
+        )
+    return lines
 
 
 def _nodes(stats: Mapping[str, Any]) -> str:

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from plasma.errors import BadRequest, PlasmaError
+from plasma.linux.cgroup import DEFAULT_ROOT
 from plasma.placement import Placement, PlacementRequest, Placer, Policy
 from plasma.topology import NO_NODE, Topology, format_cpulist, parse_cpulist
 
@@ -23,7 +24,7 @@ def register(subparsers: Any) -> None:
     topo.set_defaults(func=cmd_topology)
 
     place = subparsers.add_parser("place", help="show the CPUs and nodes a request would get")
-    _add_request(place)
+    add_request(place)
     place.add_argument("--explain", action="store_true", help="say how the choice was made")
     place.add_argument("--json", action="store_true", help="print a JSON object")
     _add_root(place)
@@ -32,11 +33,18 @@ def register(subparsers: Any) -> None:
     run = subparsers.add_parser(
         "run", help="choose CPUs, pin to them (and bind memory), then exec a command"
     )
-    _add_request(run)
+    add_request(run)
     run.add_argument(
         "--membind", action="store_true", help="bind memory to the chosen node(s) (MPOL_BIND)"
     )
     run.add_argument("--explain", action="store_true", help="print the decision to stderr")
+    run.add_argument(
+        "--cell",
+        action="store_true",
+        help="run in a cgroup v2 cell of the chosen CPUs and nodes (children stay inside); "
+        "the cell is removed when the command ends",
+    )
+    add_cgroup_root(run)
     run.add_argument("command", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     run.set_defaults(func=cmd_run)
 
@@ -50,7 +58,8 @@ def _add_root(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_request(parser: argparse.ArgumentParser) -> None:
+def add_request(parser: argparse.ArgumentParser) -> None:
+    """The placement request options (``--cpus``, ``--policy``, ``--numa``, ...)."""
     parser.add_argument("--cpus", type=int, required=True, metavar="N", help="CPUs wanted")
     parser.add_argument(
         "--policy",
@@ -68,6 +77,16 @@ def _add_request(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_cgroup_root(parser: argparse.ArgumentParser) -> None:
+    """The ``--cgroup-root`` option of ``run --cell``, ``cell ...`` and ``dag run --cells``."""
+    parser.add_argument(
+        "--cgroup-root",
+        default=DEFAULT_ROOT,
+        metavar="DIR",
+        help=f"the cgroup v2 directory holding the cells (default: {DEFAULT_ROOT})",
+    )
+
+
 def _node_list(text: str) -> frozenset[int]:
     try:
         return parse_cpulist(text)
@@ -75,7 +94,8 @@ def _node_list(text: str) -> frozenset[int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _request(args: argparse.Namespace) -> PlacementRequest:
+def placement_request(args: argparse.Namespace) -> PlacementRequest:
+    """The request the options of :func:`add_request` describe."""
     return PlacementRequest(
         cpus=args.cpus,
         policy=args.policy,
@@ -134,7 +154,7 @@ def render_topology(topo: Topology) -> str:
 
 
 def cmd_place(args: argparse.Namespace) -> int:
-    placement = Placer(_load(args.sysfs_root)).place(_request(args))
+    placement = Placer(_load(args.sysfs_root)).place(placement_request(args))
     if args.json:
         print(json.dumps(placement.to_json(), indent=2))
         return 0
@@ -149,7 +169,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         raise BadRequest("run needs a command after --, e.g. plasma-coord run --cpus 2 -- CMD")
-    placement = Placer(Topology.current()).place(_request(args))
+    if args.cell:
+        from plasma.cli.cell import run_in_cell
+
+        return run_in_cell(args, command)
+    placement = Placer(Topology.current()).place(placement_request(args))
     if args.explain:
         print("\n".join(placement.explanation), file=sys.stderr)
     try:

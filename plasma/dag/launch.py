@@ -1,10 +1,13 @@
 """Start one DAG task pinned: ``python -m plasma.dag.launch --cpus 0,1 [--membind 0] TARGET``.
 
+With ``--cell NAME`` (and ``--cgroup-root``) it first joins that cgroup v2 cell, so the task
+and everything it forks stay inside the cell's cpuset.
+
 TARGET is ``--call module:function`` (run in this process with the task context) or
 ``-- argv...`` (exec'd, inheriting the CPU affinity and the memory policy). The runner has
 already chosen the CPU set; this only applies it, in the task's own process, before any
-task code runs. Exit status 126 means the pinning failed (or the runner went away before
-saying go), 127 that the command was not found.
+task code runs. Exit status 126 means joining the cell or pinning failed (or the runner
+went away before saying go), 127 that the command was not found.
 
 With ``--control FD`` (a socket the runner keeps the other end of) the launcher waits for the
 runner's :data:`GO` before doing anything, so the coordinator's perf counters, opened when the
@@ -49,6 +52,13 @@ def pin(cpus: list[int], membind: list[int] | None) -> None:
         from plasma.linux.numa import MPOL_BIND, set_mempolicy
 
         set_mempolicy(MPOL_BIND, membind)
+
+
+def join_cell(name: str, root: str | None) -> None:
+    """Move this process into cell ``name`` under ``root``: what it forks stays inside."""
+    from plasma.linux.cgroup import DEFAULT_ROOT, CgroupTree
+
+    CgroupTree(root or DEFAULT_ROOT).attach(name, os.getpid())
 
 
 def await_go(control: int) -> bool:
@@ -102,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--control", type=int, default=None, help="fd of the runner's control socket"
     )
+    parser.add_argument("--cell", default=None, help="join this cgroup v2 cell first")
+    parser.add_argument("--cgroup-root", default=None, help="the directory holding the cell")
     parser.add_argument("argv", nargs="*", help="command to exec (after --)")
     args = parser.parse_args(argv)
     if (args.call is None) == (not args.argv):
@@ -116,9 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("plasma.dag.launch: the runner ended before the task started", file=sys.stderr)
             return SETUP_FAILED
     try:
+        if args.cell is not None:
+            join_cell(args.cell, args.cgroup_root)
         pin(args.cpus, args.membind)
     except (PlasmaError, OSError) as exc:
-        print(f"plasma.dag.launch: cannot pin the task: {exc}", file=sys.stderr)
+        print(f"plasma.dag.launch: cannot confine the task: {exc}", file=sys.stderr)
         return SETUP_FAILED
     if args.call is not None:
         try:

@@ -10,6 +10,10 @@ whatever the outcome.
 Each attempt is registered with the coordinator's task telemetry before it may start (the
 launcher waits on a control socket for the runner's go), and ended with ``task_done``; the
 final perf sample becomes the task's ``perf`` in the record.
+
+A task with ``cell: true`` (every task with ``RunOptions.cells``) runs in its own cgroup v2
+cell of its placement (:mod:`plasma.cells`), which the launcher joins before the task starts;
+whatever is left in it is killed and the cell removed when the attempt ends, however it ends.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import trio
 
 import plasma.aio
 from plasma import protocol as p
+from plasma.cells import CellSpec, task_cell_name
 from plasma.coordinator import CoordinatorConfig, serve
 from plasma.dag import branches
 from plasma.dag.graph import Graph
@@ -42,6 +47,7 @@ from plasma.dag.report import write_prometheus, write_record
 from plasma.dag.scheduler import Launch, Scheduler
 from plasma.dag.spec import PipelineSpec
 from plasma.errors import PlasmaError
+from plasma.linux.cgroup import CgroupTree
 from plasma.placement import Placer
 from plasma.task import object_id
 from plasma.topology import Topology
@@ -64,6 +70,10 @@ class RunOptions:
     kill_grace: float = 2.0  # seconds between SIGTERM and SIGKILL
     handle_signals: bool = True
     perf: bool = True  # have the coordinator sample each task's perf counters and locality
+    cells: bool = False  # every task in its own cgroup v2 cell (else only those with `cell`)
+    cgroups: CgroupTree | None = None  # where the cells go; None: the default cgroup root
+    dashboard: str | None = None  # serve the run's dashboard here while it runs (HOST:PORT)
+    dashboard_token: str | None = None  # bearer token the dashboard requires
 
 
 @dataclass
@@ -89,6 +99,10 @@ class Runner:
         self.topology = options.topology or Topology.current()
         graph = Graph.from_specs(spec.tasks)  # rejects a bad graph before anything runs
         self.sched = Scheduler(self.run_id, graph, Placer(self.topology))
+        self.cgroups = options.cgroups or CgroupTree()
+        self._cells: dict[str, str] = {}  # task id -> the cell of its latest attempt
+        if options.cells or any(t.cell for t in spec.tasks):
+            self.cgroups.check()  # no cgroup v2 cpusets: fail before anything runs
         self.start = 0.0
         self.end: float | None = None
         self._tick = trio.Event()
@@ -112,6 +126,10 @@ class Runner:
                 self._client = client
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._serve_branches, client, nursery)
+                    if self.options.dashboard is not None:
+                        from plasma.dashboard.server import serve_run
+
+                        await nursery.start(serve_run, self, client)
                     if self.options.handle_signals:
                         nursery.start_soon(self._watch_signals, nursery.cancel_scope)
                     await self._schedule(client, nursery)
@@ -130,6 +148,7 @@ class Runner:
             probe = self._probes.get(row["id"])
             row["perf"] = probe.sample if probe else None
             row["perf_error"] = probe.error if probe else ""
+            row["cell"] = self._cells.get(row["id"])
         return rec
 
     # ------------------------------------------------------------------ the loop
@@ -184,12 +203,14 @@ class Runner:
         task_id, timeout = launch.task_id, launch.spec.timeout
         error = ""
         proc: trio.Process | None = None
+        cell: str | None = None
         probe = self._probes[task_id] = _Probe(task_id)
         try:
             with self._scopes[task_id]:
                 try:
-                    proc, control = await self._spawn(launch)
-                except OSError as exc:
+                    cell = await self._make_cell(launch)
+                    proc, control = await self._spawn(launch, cell)
+                except (PlasmaError, OSError) as exc:
                     error = f"cannot start: {exc}"
                     return
                 with control:
@@ -209,19 +230,41 @@ class Runner:
             with trio.CancelScope(shield=True):
                 if proc is not None:
                     await self._stop(proc)
+                if cell is not None:
+                    await self._remove_cell(cell)
                 await self._final_sample(probe)
                 code = None if proc is None else proc.returncode
                 self.sched.finished(task_id, code, time.time(), error)
                 self._changed()
                 self._write_outputs()  # partial metrics stay current while the run goes on
 
-    async def _spawn(self, launch: Launch) -> tuple[trio.Process, trio.socket.SocketType]:
+    async def _make_cell(self, launch: Launch) -> str | None:
+        """The task's own cell of its placement, when it (or the run) asks for one."""
+        if not (self.options.cells or launch.spec.cell):
+            return None
+        name = task_cell_name(self.run_id, launch.task_id, launch.attempt)
+        spec = CellSpec.confining(name, launch.cpus, launch.nodes, self.topology)
+        with trio.CancelScope(shield=True):  # made means returned: the caller removes it
+            await trio.to_thread.run_sync(self.cgroups.create, spec)
+        self._cells[launch.task_id] = name
+        return name
+
+    async def _remove_cell(self, name: str) -> None:
+        """Kill whatever the task left in its cell and remove the cell."""
+        try:
+            await trio.to_thread.run_sync(self.cgroups.kill_and_remove, name)
+        except (PlasmaError, OSError) as exc:
+            self.options.log(f"[runner] cell {name} not removed: {exc}")
+
+    async def _spawn(
+        self, launch: Launch, cell: str | None
+    ) -> tuple[trio.Process, trio.socket.SocketType]:
         """Start the launcher in its own session; returns it and our end of its control socket."""
         ours, theirs = socket.socketpair()
         with theirs:
             try:
                 proc = await trio.lowlevel.open_process(
-                    self._argv(launch, theirs.fileno()),
+                    self._argv(launch, theirs.fileno(), cell),
                     env=self._env(launch),
                     cwd=str(self.options.workdir),
                     stdin=subprocess.DEVNULL,
@@ -291,9 +334,11 @@ class Runner:
         _killpg(proc.pid, signal.SIGKILL)  # also whatever the task left behind
         await proc.wait()
 
-    def _argv(self, launch: Launch, control: int) -> list[str]:
+    def _argv(self, launch: Launch, control: int, cell: str | None) -> list[str]:
         argv = [sys.executable, "-m", "plasma.dag.launch", "--cpus", _ints(launch.cpus)]
         argv += ["--control", str(control)]
+        if cell is not None:
+            argv += ["--cell", cell, "--cgroup-root", str(self.cgroups.root)]
         if launch.membind:
             argv += ["--membind", _ints(launch.membind)]
         if launch.spec.call is not None:

@@ -33,6 +33,7 @@ class TaskSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_de
     policy: Policy = "same-numa"
     numa: Annotated[int, msgspec.Meta(ge=0)] | None = None
     membind: bool = False
+    cell: bool = False  # run in its own cgroup v2 cell (cpuset = its placement)
     env: dict[str, str] = {}
     retries: Annotated[int, msgspec.Meta(ge=0)] = 0
     timeout: Annotated[float, msgspec.Meta(gt=0)] | None = None

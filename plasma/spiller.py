@@ -1,0 +1,168 @@
+"""The coordinator's spill I/O (internal): writes the store's spill batches and reads
+spilled objects back, in worker threads off the trio loop.
+
+The decisions (what to spill, when, where a restore goes) are the store's
+(:meth:`plasma.store.Store.spill_batch`, :class:`~plasma.store.Restore`); this module only
+moves bytes between segments and :mod:`plasma.spill_files`, and reports back. Segment fds
+are duplicated for the duration of each copy, so a segment the store frees meanwhile
+stays valid until the copy ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+
+import trio
+
+from plasma import spill_files
+from plasma.errors import BadRequest
+from plasma.segments import SegmentPool
+from plasma.store import Restore, SpillDead, Store
+
+__all__ = ["SPILL_BATCH", "Spiller"]
+
+SPILL_BATCH = 64 << 20  # bytes of objects fused into one spill file
+SPILL_RETRY = 1.0  # seconds after a failed spill before the next attempt
+RESTORE_THREADS = 2
+
+log = logging.getLogger("plasma.coordinator")
+
+
+class Spiller:
+    """Spill I/O for one store and one directory (locked for this coordinator).
+
+    ``restore``: take in the objects a previous coordinator spilled there; without it, a
+    directory that holds spill files is refused (so nothing spilled is dropped by
+    accident)."""
+
+    def __init__(self, directory: str, store: Store, pool: SegmentPool, *, restore: bool) -> None:
+        self.directory = os.path.abspath(directory)
+        self._store = store
+        self._pool = pool
+        self._lock = spill_files.lock_directory(self.directory)
+        self.wanted = trio.Event()
+        self._restores = trio.CapacityLimiter(RESTORE_THREADS)
+        try:
+            files, damaged = spill_files.scan(self.directory)
+            for problem in damaged:
+                log.error("spill file skipped, nothing in it is served: %s", problem)
+            if files and not restore:
+                raise BadRequest(
+                    f"spill directory {self.directory} holds {len(files)} spill file(s) of a "
+                    "previous coordinator: pass --restore to bring their objects back, or "
+                    "remove them"
+                )
+            self.adopted = store.adopt_spilled(files)
+            self.damaged = damaged
+            if files:
+                log.warning(
+                    "restored %d spilled object(s) from %d file(s) in %s",
+                    self.adopted,
+                    len(files),
+                    self.directory,
+                )
+        except BaseException:
+            os.close(self._lock)
+            raise
+
+    def close(self) -> None:
+        os.close(self._lock)
+
+    async def run(self, deliver: Callable[[], None]) -> None:
+        """Write batches whenever the store wants some (``wanted`` is set); ``deliver`` sends
+        what the store's answers produced."""
+        while True:
+            await self.wanted.wait()
+            self.wanted = trio.Event()
+            while (batch := self._store.spill_batch(time.time(), SPILL_BATCH)) is not None:
+                if not await self._write(*batch):
+                    deliver()
+                    await trio.sleep(SPILL_RETRY)
+                    break
+                deliver()
+
+    async def _write(self, file_id: int, objects: list) -> bool:
+        sources: list[spill_files.SpillSource] = []
+        started = time.monotonic()
+        try:
+            for oid, loc, create_time in objects:
+                seg = self._pool.get(loc.segment)
+                sources.append(
+                    spill_files.SpillSource(
+                        oid,
+                        os.dup(seg.fd),
+                        loc.offset,
+                        loc.data_size,
+                        loc.metadata_size,
+                        loc.node,
+                        create_time,
+                        seg.page_size,
+                    )
+                )
+            entries, size = await trio.to_thread.run_sync(
+                spill_files.write_batch, self.directory, file_id, sources
+            )
+        except Exception as exc:  # disk full, unwritable... (or a bug: not the store's end)
+            nbytes = sum(loc.data_size + loc.metadata_size for _, loc, _ in objects)
+            log.error(
+                "spilling %d object(s) (%d bytes) to %s failed, they stay in memory: %s",
+                len(objects),
+                nbytes,
+                self.directory,
+                exc,
+                exc_info=not isinstance(exc, OSError),
+            )
+            what = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            reason = f"{what} ({self.directory})"
+            self._store.spill_failed(file_id, reason, time.time())
+            return False
+        finally:
+            for s in sources:
+                os.close(s.fd)
+        self._store.spilled(file_id, entries, size, time.monotonic() - started, time.time())
+        return True
+
+    async def restore(self, event: Restore, deliver: Callable[[], None]) -> None:
+        """Read one spilled object back into the memory the store gave it."""
+        started = time.monotonic()
+        error: str | None = None
+        lost = False
+        try:
+            seg = self._pool.get(event.location.segment)
+            fd = os.dup(seg.fd)
+            try:
+                await trio.to_thread.run_sync(
+                    spill_files.read_object,
+                    self.directory,
+                    event.file,
+                    event.entry,
+                    fd,
+                    event.location.offset,
+                    seg.page_size,
+                    limiter=self._restores,
+                )
+            finally:
+                os.close(fd)
+        except spill_files.SpillDamaged as exc:
+            error, lost = str(exc), True
+            log.error("spilled object %s is lost: %s", event.oid.hex(), exc)
+        except Exception as exc:  # EIO, EMFILE... (or a bug: not the store's end)
+            error = f"reading spill file {event.file} failed: {exc}"
+            log.error("restoring object %s failed, it stays on disk: %s", event.oid.hex(), exc)
+        self._store.restored(
+            event.token, error, lost=lost, seconds=time.monotonic() - started, now=time.time()
+        )
+        deliver()
+
+    def dead(self, event: SpillDead) -> None:
+        """An object in a spill file was deleted: mark it, or remove the emptied file."""
+        try:
+            if event.empty:
+                spill_files.remove_file(self.directory, event.file)
+            elif event.entry is not None:
+                spill_files.mark_dead(self.directory, event.file, event.entry)
+        except OSError as exc:  # a restart may bring the object back; nothing else is wrong
+            log.error("could not record a deletion in spill file %d: %s", event.file, exc)

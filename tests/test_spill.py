@@ -1,0 +1,260 @@
+"""Spilling, restoring and fallback segments with a real coordinator: a working set larger
+than memory streamed through the store with every byte checked, restarts with --restore
+(also after SIGKILL during a spill), a spill file removed by hand, a full disk, a reader
+holding a view of an object the store would spill, fallback segments."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import plasma
+from plasma.errors import ObjectLost, StoreFull
+from tests.conftest import RunningCoordinator, start_coordinator, wait_until
+
+MIB = 1 << 20
+OBJECT = MIB  # bytes of each test object's data
+
+
+def oid(n: int) -> plasma.ObjectID:
+    return plasma.ObjectID.from_name(f"spill-{n}")
+
+
+def content(n: int) -> np.ndarray:
+    """Object n's data: derived from n everywhere, so a wrong or torn byte shows."""
+    return (np.arange(OBJECT // 4, dtype=np.uint32) * 2654435761 + n).astype(np.uint32)
+
+
+def put(client: plasma.Client, n: int) -> None:
+    client.put(content(n), oid(n))
+
+
+def intact(client: plasma.Client, n: int) -> bool:
+    value = client.get_object(oid(n), timeout=30)
+    try:
+        return bool(np.array_equal(value, content(n)))
+    finally:
+        del value
+
+
+def serve(tmp_path: Path, *args: str, name: str = "s.sock") -> RunningCoordinator:
+    return start_coordinator(
+        str(tmp_path / name), "--memory", "16MiB", "--segment-size", "4MiB", *args
+    )
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[Callable[..., RunningCoordinator]]:
+    started: list[RunningCoordinator] = []
+
+    def factory(*args: str) -> RunningCoordinator:
+        coord = serve(tmp_path, *args)
+        started.append(coord)
+        return coord
+
+    yield factory
+    for coord in started:
+        if coord.proc.poll() is None:
+            coord.stop(signal.SIGKILL)
+
+
+def spill_files(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith("spill-"))
+
+
+def test_three_times_memory_streams_through_and_every_byte_comes_back(running, tmp_path):
+    spill = tmp_path / "spill"
+    coord = running("--spill-dir", str(spill))
+    with plasma.connect(coord.socket) as client:
+        for n in range(48):  # 48 MiB through 16 MiB of memory
+            put(client, n)
+        listed = client.list()
+        states = [listed[oid(n)]["state"] for n in range(48)]
+        assert states.count("spilled") >= 32 and "sealed" in states
+        assert client.contains(oid(0))
+        stats = client.stats()
+        assert stats["evictions"] == 0 and stats["spill"]["objects"] == states.count("spilled")
+        assert stats["spill"]["files"] < stats["spill"]["written_objects"]  # fused
+        assert all(intact(client, n) for n in range(48))
+        stats = client.stats()["spill"]
+        assert stats["restored_objects"] >= 32
+        assert stats["spill_bytes_per_second"] > 0 and stats["restore_bytes_per_second"] > 0
+        client.delete([oid(n) for n in range(48)])
+        assert client.stats()["spill"]["files"] == 0
+    wait_until(lambda: not spill_files(spill), what="the spill files to be removed")
+    assert coord.stop() == 0
+
+
+def test_a_restart_with_restore_brings_back_what_was_spilled(running, tmp_path):
+    spill = tmp_path / "spill"
+    coord = running("--spill-dir", str(spill))
+    with plasma.connect(coord.socket) as client:
+        for n in range(32):
+            put(client, n)
+        client.delete([oid(0)])  # deleted while its file lives on: must not come back
+        on_disk = {o for o, v in client.list().items() if v["state"] == "spilled"}
+    assert coord.stop() == 0
+    assert spill_files(spill)
+    with pytest.raises(RuntimeError, match="--restore"):
+        running("--spill-dir", str(spill))  # spilled objects are never dropped silently
+    coord = running("--spill-dir", str(spill), "--restore")
+    with plasma.connect(coord.socket) as client:
+        listed = client.list()
+        # what was only on disk, and what was in memory with a copy on disk too
+        assert on_disk <= set(listed) and oid(0) not in listed
+        assert all(v["state"] == "spilled" for v in listed.values())
+        assert all(intact(client, n) for n in range(1, 32) if oid(n) in listed)
+
+
+def test_sigkill_during_a_spill_loses_nothing_that_was_fully_spilled(running, tmp_path):
+    spill = tmp_path / "spill"
+    coord = running("--spill-dir", str(spill), "--spill-threshold", "0.25")
+    with plasma.connect(coord.socket) as client:
+        for n in range(12):
+            put(client, n)
+        fully_spilled = {o for o, v in client.list().items() if v["state"] == "spilled"}
+        for n in range(12, 40):
+            put(client, n)
+            if client.stats()["spill"]["in_flight"]:
+                break
+        else:
+            pytest.fail("no spill was ever in flight to kill")
+        fully_spilled |= {o for o, v in client.list().items() if v["state"] == "spilled"}
+        coord.proc.send_signal(signal.SIGKILL)
+    coord.proc.wait(timeout=30)
+    coord = running("--spill-dir", str(spill), "--restore")
+    assert not [p for p in spill.iterdir() if p.name.endswith(".tmp")]
+    with plasma.connect(coord.socket) as client:
+        back = set(client.list())
+        assert fully_spilled <= back
+        names = {oid(n): n for n in range(40)}
+        assert all(intact(client, names[o]) for o in back)
+
+
+def test_a_spill_file_removed_by_hand_fails_only_its_objects(running, tmp_path):
+    spill = tmp_path / "spill"
+    coord = running("--spill-dir", str(spill))
+    with plasma.connect(coord.socket) as client:
+        for n in range(24):
+            put(client, n)
+        spilled = [n for n in range(24) if client.list()[oid(n)]["state"] == "spilled"]
+        victim = spill / spill_files(spill)[0]
+        victim.unlink()
+        lost = [n for n in spilled if not _readable(client, n)]
+        assert lost and len(lost) < len(spilled)
+        assert all(oid(n) not in client.list() for n in lost)
+        assert all(intact(client, n) for n in range(24) if n not in lost)
+        assert client.stats()["spill"]["lost"] == len(lost)
+    assert coord.stop() == 0
+    assert "is gone" in coord.proc.stderr.read()
+
+
+def _readable(client: plasma.Client, n: int) -> bool:
+    try:
+        return intact(client, n)
+    except ObjectLost as exc:
+        assert oid(n).binary().hex() in str(exc) or "object_lost" in str(exc)
+        return False
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 6 MiB tmpfs: a disk that fills up."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=6M,mode=0700", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a small tmpfs: {mounted.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_full_disk_keeps_every_object_in_memory_and_says_so(running, small_disk):
+    coord = running("--spill-dir", str(small_disk))
+    with plasma.connect(coord.socket) as client:
+        created = 0
+        with pytest.raises(StoreFull) as failure:
+            for n in range(40):
+                put(client, n)
+                created += 1
+        message = str(failure.value)
+        assert "No space left on device" in message and "spilled to disk" in message
+        assert created >= 16
+        stats = client.stats()
+        assert stats["spill"]["errors"] >= 1 and stats["evictions"] == 0
+        # nothing lost: what could not be spilled is in memory, the rest on disk
+        listed = client.list()
+        assert all(oid(n) in listed for n in range(created))
+        in_memory = [n for n in range(created) if listed[oid(n)]["state"] == "sealed"]
+        assert all(intact(client, n) for n in in_memory)
+        client.delete([oid(n) for n in in_memory])  # room to bring the others back
+        assert all(intact(client, n) for n in range(created) if n not in in_memory)
+    assert coord.stop() == 0
+    assert "stay in memory" in coord.proc.stderr.read()
+
+
+def test_an_object_a_reader_holds_is_not_spilled_until_released(running, tmp_path):
+    coord = running("--spill-dir", str(tmp_path / "spill"))
+    with plasma.connect(coord.socket) as reader, plasma.connect(coord.socket) as writer:
+        put(writer, 0)
+        view = reader.get_object(oid(0))
+        for n in range(1, 40):
+            put(writer, n)
+        assert writer.list()[oid(0)]["state"] == "sealed"
+        assert np.array_equal(view, content(0))
+        del view
+        reader.release(oid(0))
+        for n in range(40, 60):
+            put(writer, n)
+        assert writer.list()[oid(0)]["state"] == "spilled"
+        assert intact(reader, 0)
+
+
+def test_fallback_segments_serve_creates_when_everything_is_referenced(running, tmp_path):
+    fallback = tmp_path / "fallback"
+    fallback.mkdir()
+    coord = running("--fallback-dir", str(fallback))
+    with plasma.connect(coord.socket) as client, plasma.connect(coord.socket) as other:
+        held = [client.create(oid(n), OBJECT) for n in range(16)]  # all of memory, unsealed
+        buf = client.create(oid(99), OBJECT)
+        buf[:] = content(99).view(np.uint8)
+        client.seal(oid(99))
+        stats = client.stats()
+        assert stats["fallback"]["bytes"] >= OBJECT and stats["fallback"]["segments"] == 1
+        data = other.get(oid(99), timeout=5)
+        assert np.array_equal(np.frombuffer(data, dtype=np.uint32), content(99))
+        assert not os.listdir(fallback)  # unnamed files: nothing to leak on a crash
+        del data, buf, held
+        other.release(oid(99))
+        client.release(oid(99))
+        client.delete([oid(99)])
+        wait_until(lambda: client.stats()["fallback"]["segments"] == 0, what="fallback freed")
+    assert coord.stop() == 0
+
+
+def test_spill_options_are_checked_before_the_store_starts(tmp_path):
+    for args, error in [
+        (["--restore"], "need --spill-dir"),
+        (["--spill-dir", str(tmp_path), "--spill-threshold", "0"], "--spill-threshold"),
+        (["--fallback-dir", str(tmp_path / "nowhere")], "not a directory"),
+    ]:
+        with pytest.raises(RuntimeError, match=error):
+            serve(tmp_path, *args)
+
+
+def test_two_coordinators_cannot_share_a_spill_directory(running, tmp_path):
+    running("--spill-dir", str(tmp_path / "spill"))
+    with pytest.raises(RuntimeError, match="in use by another coordinator"):
+        serve(tmp_path, "--spill-dir", str(tmp_path / "spill"), name="t.sock")
