@@ -89,21 +89,26 @@ def log_dir_for(out: Path) -> Path:
     return PEERS_DIR if out.resolve() == RESULTS_DIR else out
 
 
-def sessions(
-    peer: str, plan: list[tuple[str, int]], args: argparse.Namespace
-) -> list[tuple[int, list[tuple[str, int]]]]:
-    """The worker sessions that run ``peer``'s share of ``plan``: (store bytes, cases). First
-    the cases of every scenario that shares a store, then one session per scenario with a
-    store of its own (``Scenario.own_store``), so earlier scenarios do not inflate it."""
+Session = tuple[int, tuple[str, ...], list[tuple[str, int]]]
+
+
+def sessions(peer: str, plan: list[tuple[str, int]], args: argparse.Namespace) -> list[Session]:
+    """The worker sessions that run ``peer``'s share of ``plan``: (store bytes, extra serve
+    arguments, cases). First the cases of every scenario that shares a store, then one
+    session per scenario with a store of its own (``Scenario.own_store``), so earlier
+    scenarios do not inflate it."""
     mine = [case for case in plan if scenarios.SCENARIOS[case[0]].runs_on(peer)]
-    out = [(args.memory, [c for c in mine if not scenarios.SCENARIOS[c[0]].own_store])]
+    shared = [c for c in mine if not scenarios.SCENARIOS[c[0]].own_store]
+    out: list[Session] = [(args.memory, (), shared)] if shared else []
     for name in dict.fromkeys(n for n, _ in mine if scenarios.SCENARIOS[n].own_store):
+        scenario = scenarios.SCENARIOS[name]
         cases = [c for c in mine if c[0] == name]
-        size = scenarios.SCENARIOS[name].memory
-        largest = max(param for _, param in cases)
-        memory = args.memory if size is None else max(args.memory, size(peer, largest))
-        out.append((memory, cases))
-    return [(memory, cases) for memory, cases in out if cases]
+        memory = args.memory
+        if scenario.memory is not None:
+            wanted = scenario.memory(peer, max(param for _, param in cases))
+            memory = wanted if scenario.exact_memory else max(memory, wanted)
+        out.append((memory, scenario.serve_args, cases))
+    return out
 
 
 def run_peer(
@@ -115,9 +120,11 @@ def run_peer(
     info: dict[str, Any] = {"status": "ok"}
     cases: list[dict[str, Any]] = []
     with open(log_dir / f"{spec.name}.log", "w") as log:
-        for memory, session in sessions(spec.name, plan, args):
+        for memory, serve_args, session in sessions(spec.name, plan, args):
             try:
-                info["facts"] = _run_session(spec, python, session, memory, args, log, cases)
+                info["facts"] = _run_session(
+                    spec, python, session, memory, serve_args, args, log, cases
+                )
             except WorkerError as exc:
                 return {"status": "failed", "reason": f"start: {exc}"}, cases
     return info, cases
@@ -128,16 +135,20 @@ def _run_session(
     python: Path,
     plan: list[tuple[str, int]],
     memory: int,
+    serve_args: tuple[str, ...],
     args: argparse.Namespace,
     log: IO[str],
     cases: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """Start a worker and its store of ``memory`` bytes, run ``plan`` into ``cases``; the
-    start facts."""
+    """Start a worker and its store of ``memory`` bytes (``serve_args``: see
+    ``Scenario.serve_args``), run ``plan`` into ``cases``; the start facts."""
     with tempfile.TemporaryDirectory(prefix=f"bench-{spec.name}-", dir="/tmp") as workdir:
         worker = Worker(python, spec, log)
         try:
-            facts: dict[str, Any] = worker.request(op="start", workdir=workdir, memory=memory)
+            extra = [arg.format(workdir=workdir) for arg in serve_args]
+            facts: dict[str, Any] = worker.request(
+                op="start", workdir=workdir, memory=memory, serve_args=extra
+            )
             for name, param in plan:
                 cases += _run_case(worker, spec.name, name, param, args)
                 if worker.proc.poll() is not None:

@@ -2,9 +2,9 @@
 
 The measuring functions run inside a peer worker (any venv: standard library and numpy only)
 against a :class:`bench.peers.base.Peer`. Each returns one repeat's metrics; the harness
-repeats and takes medians. Those of ``scale`` and ``rpc`` are in :mod:`bench.scale` and
-:mod:`bench.rpc`; ``put_large``'s memcpy baselines, measured by the harness itself, in
-:mod:`bench.memcpy`.
+repeats and takes medians. Those of ``scale``, ``spill`` and ``rpc`` are in
+:mod:`bench.scale`, :mod:`bench.spill` and :mod:`bench.rpc`; ``put_large``'s memcpy
+baselines, measured by the harness itself, in :mod:`bench.memcpy`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from bench import rpc, scale
+from bench import rpc, scale, spill
 from bench.peers.base import Peer, cpu_seconds, load_peer_class, store_memory
 
 KiB = 1024
@@ -62,6 +62,11 @@ class Scenario:
     #: that store's bytes, given the peer and the largest parameter (the harness gives at
     #: least ``--memory``); None: ``--memory``
     memory: Callable[[str, int], int] | None = None
+    #: give that store exactly ``memory(...)`` bytes, not at least ``--memory``
+    exact_memory: bool = False
+    #: extra arguments of plasma-coord's ``serve`` for that store, ``{workdir}`` standing for
+    #: its work dir (a temporary directory, removed afterwards); the other peers ignore them
+    serve_args: tuple[str, ...] = ()
     #: plot each metric as one line per peer over the parameter (log scale), not as bars
     lines: bool = False
 
@@ -325,6 +330,25 @@ SCENARIOS: dict[str, Scenario] = {
             tuple(_rpc_target(call) for call in rpc.CALLS),
             peers=("plasma-coord", "arrow-plasma"),
             labels=rpc.CALLS,
+        ),
+        Scenario(
+            "spill",
+            "3x the store's memory streamed through it, spilling",
+            "size",
+            (MiB, 16 * MiB),
+            (MiB,),
+            {
+                "write_objects_per_s": ("objects/s", True),
+                "write_GB_per_s": ("GB/s", True),
+                "read_objects_per_s": ("objects/s", True),
+                "read_GB_per_s": ("GB/s", True),
+                "verified_GB": ("GB", True),
+            },
+            peers=("plasma-coord", "ray"),
+            own_store=True,
+            memory=spill.store_bytes,
+            exact_memory=True,
+            serve_args=("--spill-dir", "{workdir}/spill"),
         ),
     )
 }
@@ -711,6 +735,8 @@ def run(peer: Peer, module: str, name: str, params: dict[str, Any]) -> Metrics:
         return memory(peer, param)
     if name == "scale":
         return scale.scale(peer, param, quick)
+    if name == "spill":
+        return spill.spill(peer, param)
     if name == "rpc":
         return rpc.rpc(peer, param, quick, echo=bool(params.get("baselines", False)))
     simple = {

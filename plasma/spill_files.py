@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import mmap
 import os
 import re
@@ -36,9 +37,13 @@ from plasma.records import SpillEntry
 __all__ = [
     "SpillDamaged",
     "SpillSource",
+    "check_parts",
+    "crc32_combine",
     "lock_directory",
     "mark_dead",
+    "parts",
     "read_object",
+    "read_part",
     "remove_file",
     "scan",
     "write_batch",
@@ -100,7 +105,8 @@ def _mapped(fd: int, offset: int, length: int, page: int, *, write: bool) -> Ite
     """``length`` bytes at ``offset`` of ``fd``, mapped for the duration of the block."""
     start = offset // page * page
     prot = mmap.PROT_READ | (mmap.PROT_WRITE if write else 0)
-    mm = mmap.mmap(fd, offset - start + length, mmap.MAP_SHARED, prot, offset=start)
+    flags = mmap.MAP_SHARED | mmap.MAP_POPULATE  # one call, not a fault per page
+    mm = mmap.mmap(fd, offset - start + length, flags, prot, offset=start)
     view = memoryview(mm)[offset - start :]
     try:
         yield view
@@ -204,30 +210,97 @@ def read_object(
 ) -> None:
     """Read ``entry``'s payload from its spill file straight into ``offset`` of segment fd
     ``fd`` (memory only the caller's restore owns), checking its CRC-32: SpillDamaged when
-    the file is gone, short or the bytes do not match (the caller must not serve them)."""
+    the file is gone, short or the bytes do not match (the caller must not serve them).
+    :func:`read_part` and :func:`check_parts` do the same in parts, for parallel reads."""
+    crc = read_part(directory, file_id, entry, fd, offset, page_size, 0, entry.length)
+    check_parts(directory, file_id, entry, [(crc, entry.length)])
+
+
+def parts(length: int, size: int) -> list[tuple[int, int]]:
+    """``(start, length)`` of consecutive parts of at most ``size`` bytes covering
+    ``length`` bytes (one empty part for an empty payload)."""
+    return [(lo, min(size, length - lo)) for lo in range(0, length, size)] or [(0, 0)]
+
+
+def read_part(
+    directory: str,
+    file_id: int,
+    entry: SpillEntry,
+    fd: int,
+    offset: int,
+    page_size: int,
+    start: int,
+    length: int,
+) -> int:
+    """Read bytes ``[start, start + length)`` of ``entry``'s payload into ``offset + start``
+    of segment fd ``fd``; their CRC-32. SpillDamaged when the file is gone or short."""
     path = os.path.join(directory, file_name(file_id))
     try:
         src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise SpillDamaged(f"spill file {path} is gone") from None
+    crc = 0
     try:
         if os.fstat(src).st_size < entry.offset + entry.length:
             raise SpillDamaged(f"spill file {path} is shorter than its index says")
-        crc = 0
-        if entry.length:
-            with _mapped(fd, offset, entry.length, page_size, write=True) as view:
+        if length:
+            with _mapped(fd, offset + start, length, page_size, write=True) as view:
                 done = 0
-                while done < entry.length:
+                while done < length:
                     with view[done : done + CHUNK] as chunk:
-                        n = os.preadv(src, [chunk], entry.offset + done)
+                        n = os.preadv(src, [chunk], entry.offset + start + done)
                         if n == 0:
                             raise SpillDamaged(f"spill file {path} ends early")
                         crc = zlib.crc32(chunk[:n], crc)
                     done += n
     finally:
         os.close(src)
+    return crc
+
+
+def check_parts(
+    directory: str, file_id: int, entry: SpillEntry, crcs: list[tuple[int, int]]
+) -> None:
+    """SpillDamaged unless the CRC-32s of consecutive parts (``(crc, length)``, as
+    :func:`read_part` returned them) make up ``entry``'s."""
+    crc = 0
+    for part, length in crcs:
+        crc = crc32_combine(crc, part, length)
     if crc != entry.crc:
+        path = os.path.join(directory, file_name(file_id))
         raise SpillDamaged(f"object {entry.id.hex()} fails its checksum in {path}")
+
+
+def crc32_combine(crc1: int, crc2: int, length2: int) -> int:
+    """The CRC-32 of ``a + b`` from ``crc32(a)``, ``crc32(b)`` and ``len(b)`` (zlib's
+    crc32_combine; the operator for each length is computed once)."""
+    return _times(_zeros_operator(length2), crc1) ^ crc2 if length2 else crc1
+
+
+def _times(matrix: tuple[int, ...], vector: int) -> int:
+    out = 0
+    i = 0
+    while vector:
+        if vector & 1:
+            out ^= matrix[i]
+        vector >>= 1
+        i += 1
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _zeros_operator(length: int) -> tuple[int, ...]:
+    """The GF(2) operator that advances a CRC-32 over ``length`` zero bytes."""
+    op = (0xEDB88320, *(1 << n for n in range(31)))  # one zero bit
+    result = tuple(1 << n for n in range(32))  # identity
+    bits = length * 8
+    while bits:
+        if bits & 1:
+            result = tuple(_times(op, row) for row in result)
+        bits >>= 1
+        if bits:
+            op = tuple(_times(op, row) for row in op)
+    return result
 
 
 def remove_file(directory: str, file_id: int) -> None:

@@ -26,7 +26,8 @@ __all__ = ["SPILL_BATCH", "Spiller"]
 
 SPILL_BATCH = 64 << 20  # bytes of objects fused into one spill file
 SPILL_RETRY = 1.0  # seconds after a failed spill before the next attempt
-RESTORE_THREADS = 2
+RESTORE_THREADS = 4  # parts of restores read at once
+RESTORE_PART = 8 << 20  # bytes of an object read (and checksummed) by one thread
 
 log = logging.getLogger("plasma.coordinator")
 
@@ -134,18 +135,10 @@ class Spiller:
             seg = self._pool.get(event.location.segment)
             fd = os.dup(seg.fd)
             try:
-                await trio.to_thread.run_sync(
-                    spill_files.read_object,
-                    self.directory,
-                    event.file,
-                    event.entry,
-                    fd,
-                    event.location.offset,
-                    seg.page_size,
-                    limiter=self._restores,
-                )
+                crcs = await self._read_parts(event, fd, seg.page_size)
             finally:
                 os.close(fd)
+            spill_files.check_parts(self.directory, event.file, event.entry, crcs)
         except spill_files.SpillDamaged as exc:
             error, lost = str(exc), True
             log.error("spilled object %s is lost: %s", event.oid.hex(), exc)
@@ -156,6 +149,39 @@ class Spiller:
             event.token, error, lost=lost, seconds=time.monotonic() - started, now=time.time()
         )
         deliver()
+
+    async def _read_parts(self, event: Restore, fd: int, page_size: int) -> list[tuple[int, int]]:
+        """Read the object in parts of ``RESTORE_PART`` bytes, in parallel threads; the
+        parts' CRC-32s, or the first part's error."""
+        parts = spill_files.parts(event.entry.length, RESTORE_PART)
+        crcs: list[tuple[int, int]] = [(0, 0)] * len(parts)
+        failures: list[Exception] = []
+
+        async def read(i: int, start: int, length: int) -> None:
+            try:
+                crc = await trio.to_thread.run_sync(
+                    spill_files.read_part,
+                    self.directory,
+                    event.file,
+                    event.entry,
+                    fd,
+                    event.location.offset,
+                    page_size,
+                    start,
+                    length,
+                    limiter=self._restores,
+                )
+            except Exception as exc:  # (raised below, as itself: not as a group)
+                failures.append(exc)
+            else:
+                crcs[i] = (crc, length)
+
+        async with trio.open_nursery() as nursery:
+            for i, (start, length) in enumerate(parts):
+                nursery.start_soon(read, i, start, length)
+        if failures:
+            raise failures[0]
+        return crcs
 
     def dead(self, event: SpillDead) -> None:
         """An object in a spill file was deleted: mark it, or remove the emptied file."""

@@ -803,13 +803,15 @@ class Store:
         longest ago first across nodes), until ``nbytes`` are chosen; returns the bytes
         chosen, counted as Plasma does: the objects' data + metadata sizes (what the
         allocator gets back is rounded up to the alignment). Their memory is free once the
-        grace period shows no pin on them."""
+        grace period shows no pin on them. With spilling, only objects with a copy on disk
+        are chosen (and stay, spilled)."""
         if nbytes < 0:
             raise BadRequest(f"nbytes must not be negative, got {nbytes}")
         chosen: list[tuple[float, bytes, _Object]] = []
+        copied = True if self._spill else None
         for nd in self._nodes.values():
             total = 0
-            with contextlib.closing(self._clock(nd, now)) as walk:
+            with contextlib.closing(self._clock(nd, now, copied)) as walk:
                 for oid, rec in walk:
                     if total >= nbytes:
                         break

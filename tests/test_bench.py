@@ -9,14 +9,16 @@ import os
 import socket
 import struct
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from bench import echo_server, install, memcpy, report, rpc, run, scale, scenarios
+from bench import echo_server, install, memcpy, report, rpc, run, scale, scenarios, spill
 from bench.peers import PEERS, PeerSpec
 from bench.peers.base import read_memory, store_memory
+from bench.peers.shared_memory import SharedMemoryPeer
 
 
 def _case(scenario: str, param: int, peer: str, **metrics: float) -> dict:
@@ -143,20 +145,27 @@ def test_worker_baseline_metrics_become_their_own_column() -> None:
 
 
 def test_sessions_give_own_store_scenarios_a_store_each() -> None:
-    args = run.parse_args(["--scenarios", "get,memory,scale", "--memory", str(64 << 20)])
+    args = run.parse_args(["--scenarios", "get,memory,scale,spill", "--memory", str(64 << 20)])
     plan = [(n, p) for n in args.scenario_names for p in scenarios.SCENARIOS[n].params(False)]
     scale_plan = [c for c in plan if c[0] == "scale"]
+    spill_plan = [("spill", 1 << 20), ("spill", 16 << 20)]
     arrow = run.sessions("arrow-plasma", plan, args)
     assert arrow == [
-        (64 << 20, [("get", 64), ("get", 1 << 20)]),
-        (64 << 20, [("memory", 100_000)]),
-        (scale.store_bytes("arrow-plasma", 1_000_000), scale_plan),
-    ]
+        (64 << 20, (), [("get", 64), ("get", 1 << 20)]),
+        (64 << 20, (), [("memory", 100_000)]),
+        (scale.store_bytes("arrow-plasma", 1_000_000), (), scale_plan),
+    ]  # spill runs on plasma-coord and ray only
     assert scale.store_bytes("arrow-plasma", 1_000_000) > 2 * 1_000_000 * 128
-    assert [cases for _, cases in run.sessions("ray", plan, args)] == [
-        [("get", 64), ("get", 1 << 20)],
-        [("memory", 100_000)],
+    assert run.sessions("ray", plan, args) == [
+        (64 << 20, (), [("get", 64), ("get", 1 << 20)]),
+        (64 << 20, (), [("memory", 100_000)]),
+        (256 << 20, ("--spill-dir", "{workdir}/spill"), spill_plan),
     ]  # scale runs on plasma-coord and arrow-plasma only
+    big = run.parse_args(["--scenarios", "spill", "--quick"])  # --memory: 1 GiB
+    quick_plan = [("spill", p) for p in scenarios.SCENARIOS["spill"].quick]
+    assert run.sessions("plasma-coord", quick_plan, big) == [
+        (spill.MIN_STORE, ("--spill-dir", "{workdir}/spill"), quick_plan)
+    ]  # exactly its own size: the working set is 3x that
 
 
 def test_write_json_markdown_and_plots(tmp_path: Path) -> None:
@@ -348,3 +357,43 @@ def test_scale_and_rpc_for_plasma_coord(tmp_path: Path, monkeypatch: pytest.Monk
     row = _row(md, "request/reply round trip, contains (p50 µs)")
     assert row[-2] == "≤ 1.3x echo" and row[-1] in ("yes", "**no**")
     assert _row(md, "store as it grows, 64 B objects, objects=3,000 (get ops/s)")[1] != "-"
+
+
+@pytest.mark.timeout(120)
+def test_spill_scenario_for_plasma_coord(tmp_path: Path) -> None:
+    argv = ["--quick", "--peers", "plasma-coord", "--scenarios", "spill"]
+    assert run.main([*argv, "--out", str(tmp_path), "--no-plots"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    (case,) = [c for c in results["cases"] if c["peer"] == "plasma-coord"]
+    assert case["param"] == 1 << 20 and "error" not in case, case
+    metrics = case["metrics"]
+    assert set(metrics) == set(scenarios.SCENARIOS["spill"].metrics)
+    assert all(v > 0 for v in metrics.values())
+    assert metrics["verified_GB"] == spill.VOLUME * spill.MIN_STORE / 1e9  # every object
+
+
+def _torn(got: np.ndarray, key: str) -> np.ndarray:
+    """A copy of object 4 (the fifth created) with one byte flipped."""
+    got = got.copy()
+    if key.endswith("_5"):
+        got.view(np.uint8)[12345] ^= 1
+    return got
+
+
+def _stale(got: np.ndarray, key: str) -> np.ndarray:
+    """Object 4's key yields the contents of object 3 (a stale or misdirected read)."""
+    return spill.contents(got.copy(), 3) if key.endswith("_5") else got
+
+
+@pytest.mark.parametrize("corrupt", [_torn, _stale])
+def test_spill_fails_when_a_byte_read_back_differs(
+    corrupt: Callable[[np.ndarray, str], np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    peer = SharedMemoryPeer(Path("/tmp"), 4 << 20)  # 12 objects of 1 MiB, keys ..._1 to _12
+    real = peer.get_array
+    monkeypatch.setattr(peer, "get_array", lambda key: corrupt(real(key), key))
+    try:
+        with pytest.raises(AssertionError, match=r"1 of 12 objects .* differ .*first: object 4"):
+            spill.spill(peer, 1 << 20)
+    finally:
+        peer.stop()

@@ -216,3 +216,29 @@ def test_a_coordinator_serves_metrics_on_loopback(
     assert got["numa_node_cpus_count", (("node", "0"),)] == len(node0["cpus"]) > 0
     assert got["numa_node_memory_total_bytes", (("node", "0"),)] == node0["memory_total"] > 0
     assert coord.stop() == 0
+
+
+def test_spilling_and_fallback_figures_are_exported_only_with_spilling() -> None:
+    plain = _samples(_exposition({**STATS, "spill": None, "fallback": {"bytes": 0}}))
+    assert not any(name.startswith("plasma_spill") for name, _ in plain)
+    assert plain["plasma_fallback_bytes", ()] == 0
+    spill = {
+        "objects": 3,
+        "bytes": 3 << 20,
+        "disk_bytes": 4 << 20,
+        "files": 2,
+        "written_bytes": 5 << 20,
+        "restored_bytes": 1 << 20,
+        "spill_seconds": 0.5,
+        "restore_seconds": 0.25,
+        "errors": 1,
+        "lost": 0,
+    }
+    got = _samples(_exposition({**STATS, "spill": spill, "fallback": {"bytes": 8192}}))
+    assert got["plasma_spilled_objects", ()] == 3
+    assert got["plasma_spilled_bytes", ()] == 3 << 20
+    assert got["plasma_spill_file_bytes", ()] == 4 << 20
+    assert got["plasma_spill_written_bytes_total", ()] == 5 << 20
+    assert got["plasma_spill_restore_seconds_total", ()] == 0.25
+    assert got["plasma_spill_errors_total", ()] == 1
+    assert got["plasma_fallback_bytes", ()] == 8192

@@ -100,16 +100,32 @@ def test_a_restart_with_restore_brings_back_what_was_spilled(running, tmp_path):
         client.delete([oid(0)])  # deleted while its file lives on: must not come back
         on_disk = {o for o, v in client.list().items() if v["state"] == "spilled"}
     assert coord.stop() == 0
-    assert spill_files(spill)
+    files = spill_files(spill)
+    assert len(files) >= 2
     with pytest.raises(RuntimeError, match="--restore"):
         running("--spill-dir", str(spill))  # spilled objects are never dropped silently
+    damaged = spill / files[-1]
+    with open(damaged, "r+b") as f:  # one flipped byte in the last file's first payload
+        f.seek(8)
+        first = f.read(1)
+        f.seek(8)
+        f.write(bytes([first[0] ^ 0xFF]))
+    in_damaged = {o for o in on_disk if oid_in_file(damaged, o)}
     coord = running("--spill-dir", str(spill), "--restore")
     with plasma.connect(coord.socket) as client:
         listed = client.list()
+        assert in_damaged and not in_damaged & set(listed)  # skipped, never served
+        on_disk -= in_damaged
         # what was only on disk, and what was in memory with a copy on disk too
         assert on_disk <= set(listed) and oid(0) not in listed
         assert all(v["state"] == "spilled" for v in listed.values())
         assert all(intact(client, n) for n in range(1, 32) if oid(n) in listed)
+    coord.stop()
+    assert "spill file skipped" in coord.proc.stderr.read()
+
+
+def oid_in_file(path: Path, o: plasma.ObjectID) -> bool:
+    return o.binary() in path.read_bytes()
 
 
 def test_sigkill_during_a_spill_loses_nothing_that_was_fully_spilled(running, tmp_path):

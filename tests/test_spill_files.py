@@ -150,3 +150,41 @@ def test_one_coordinator_per_directory(tmp_path):
     finally:
         os.close(fd)
     os.close(spill_files.lock_directory(str(tmp_path / "d")))  # free again
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=3000), st.integers(1, 700))
+def test_parts_and_their_crcs_make_up_the_whole(data, size):
+    import zlib
+
+    pieces = spill_files.parts(len(data), size)
+    assert sum(n for _, n in pieces) == len(data)
+    assert all(0 < n <= size for _, n in pieces) or data == b""
+    crc = 0
+    for start, n in pieces:
+        crc = spill_files.crc32_combine(crc, zlib.crc32(data[start : start + n]), n)
+    assert crc == zlib.crc32(data)
+
+
+def test_a_restore_in_parts_finds_a_flipped_byte_in_any_part(tmp_path):
+    path, entries = write_one(tmp_path, data=50_000)
+    entry = entries[0]
+    fd = memfd.memfd_create("restore")
+    os.ftruncate(fd, 1 << 16)
+    try:
+        crcs = [
+            (spill_files.read_part(str(tmp_path), 1, entry, fd, 0, PAGE, s, n), n)
+            for s, n in spill_files.parts(entry.length, 16_384)
+        ]
+        spill_files.check_parts(str(tmp_path), 1, entry, crcs)  # intact
+        with open(path, "r+b") as f:
+            f.seek(entry.offset + 40_000)  # in the third part
+            f.write(b"\x00" if f.read(1) != b"\x00" else b"\x01")
+        crcs = [
+            (spill_files.read_part(str(tmp_path), 1, entry, fd, 0, PAGE, s, n), n)
+            for s, n in spill_files.parts(entry.length, 16_384)
+        ]
+        with pytest.raises(SpillDamaged, match="checksum"):
+            spill_files.check_parts(str(tmp_path), 1, entry, crcs)
+    finally:
+        os.close(fd)

@@ -533,3 +533,14 @@ def test_a_restore_waiting_for_memory_is_dropped_when_its_get_gives_up():
     store.abort(1, oid(0), now=3.0)  # room now, but nobody wants the object
     assert not events(store, Restore)
     assert states(store)[oid(7)] == "spilled"
+
+
+def test_evict_with_spilling_drops_only_objects_with_a_copy():
+    store, _ = make(spill_threshold=0.5)
+    for n in range(4):
+        put(store, n)
+    assert store.evict(64 * KIB) == 0  # no copies yet: nothing may go
+    # copies ahead of need (down to half the budget, and 1/8 more), still in memory
+    assert write(store) == [oid(0), oid(1), oid(2)]
+    assert store.evict(64 * KIB) == 48 * KIB
+    assert list(states(store).values()) == ["spilled", "spilled", "spilled", "sealed"]

@@ -4,9 +4,9 @@ A worker is ``python -m bench.peers.MODULE`` in the peer's venv. It reads one JS
 line on stdin and writes one JSON reply per line on its *original* stdout; everything a
 library prints goes to stderr instead (fd 1 is pointed at fd 2 before the peer is imported).
 
-Requests: ``{"op": "start", "workdir": str, "memory": int}``, ``{"op": "run", "scenario": str,
-"params": {...}}``, ``{"op": "stop"}``. Replies: ``{"ok": true, "result": ...}`` or
-``{"ok": false, "error": str}``.
+Requests: ``{"op": "start", "workdir": str, "memory": int, "serve_args": [str]}``,
+``{"op": "run", "scenario": str, "params": {...}}``, ``{"op": "stop"}``. Replies:
+``{"ok": true, "result": ...}`` or ``{"ok": false, "error": str}``.
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ class Peer(abc.ABC):
 
     #: whether ``put_many`` is a real batch API rather than the default loop
     batch_api = False
+    #: extra arguments of the store's server command (``Scenario.serve_args``), set before
+    #: ``start``; only plasma-coord's peer takes any
+    serve_args: tuple[str, ...] = ()
 
     def __init__(self, workdir: Path, memory: int) -> None:
         self.workdir = workdir
@@ -244,6 +247,7 @@ def worker_main(module: str) -> None:
         try:
             if op == "start":
                 peer = cls(Path(request["workdir"]), int(request["memory"]))
+                peer.serve_args = tuple(request.get("serve_args", ()))
                 reply(True, peer.start())
             elif op == "run":
                 if peer is None:

@@ -36,7 +36,11 @@ class PlasmaCoordPeer(SocketPeer):
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._socket.unlink(missing_ok=True)
         self._server = subprocess.Popen(
-            [*SERVE_COMMAND, "--socket", str(self._socket), "--memory", str(self.memory)],
+            [
+                *SERVE_COMMAND,
+                *("--socket", str(self._socket), "--memory", str(self.memory)),
+                *self.serve_args,
+            ],
             stdout=subprocess.DEVNULL,
         )
         wait_for_path(self._socket, self._server, 30)
