@@ -54,6 +54,7 @@ END = b"PLSPEND1"
 _TRAILER = struct.Struct("<QI4x8s")  # object count, index CRC-32, END
 _RECORD = struct.Struct(f"<{ID_SIZE}sQQidQQI")  # a SpillEntry without its index
 CHUNK = 8 << 20  # bytes copied per step
+SMALL = 1 << 20  # objects below this are read with pread (a mapping costs more)
 _NAME = re.compile(r"spill-(\d{10})\.plasma")
 _TEMP = re.compile(r"\.spill-(\d{10})\.tmp")
 LOCK_NAME = ".lock"
@@ -129,7 +130,13 @@ def write_batch(
         for s in sources:
             length = s.data_size + s.metadata_size
             crc = 0
-            if length:
+            if 0 < length < SMALL:
+                data = os.pread(s.fd, length, s.offset)
+                if len(data) != length:
+                    raise ValueError(f"object {s.id.hex()} lies past its segment's end")
+                crc = zlib.crc32(data)
+                _write_all(fd, data, position)
+            elif length:
                 with _mapped(s.fd, s.offset, length, s.page_size, write=False) as view:
                     for lo in range(0, length, CHUNK):
                         with view[lo : lo + CHUNK] as chunk:

@@ -26,7 +26,7 @@ __all__ = ["SPILL_BATCH", "Spiller"]
 
 SPILL_BATCH = 64 << 20  # bytes of objects fused into one spill file
 SPILL_RETRY = 1.0  # seconds after a failed spill before the next attempt
-RESTORE_THREADS = 4  # parts of restores read at once
+RESTORE_THREADS = 4  # restores under way at once (each reads its parts in parallel)
 RESTORE_PART = 8 << 20  # bytes of an object read (and checksummed) by one thread
 
 log = logging.getLogger("plasma.coordinator")
@@ -87,14 +87,17 @@ class Spiller:
 
     async def _write(self, file_id: int, objects: list) -> bool:
         sources: list[spill_files.SpillSource] = []
+        fds: dict[int, int] = {}  # segment -> our duplicate of its fd (one per segment)
         started = time.monotonic()
         try:
             for oid, loc, create_time in objects:
                 seg = self._pool.get(loc.segment)
+                if seg.id not in fds:
+                    fds[seg.id] = os.dup(seg.fd)
                 sources.append(
                     spill_files.SpillSource(
                         oid,
-                        os.dup(seg.fd),
+                        fds[seg.id],
                         loc.offset,
                         loc.data_size,
                         loc.metadata_size,
@@ -121,8 +124,8 @@ class Spiller:
             self._store.spill_failed(file_id, reason, time.time())
             return False
         finally:
-            for s in sources:
-                os.close(s.fd)
+            for fd in fds.values():
+                os.close(fd)
         self._store.spilled(file_id, entries, size, time.monotonic() - started, time.time())
         return True
 
@@ -132,12 +135,13 @@ class Spiller:
         error: str | None = None
         lost = False
         try:
-            seg = self._pool.get(event.location.segment)
-            fd = os.dup(seg.fd)
-            try:
-                crcs = await self._read_parts(event, fd, seg.page_size)
-            finally:
-                os.close(fd)
+            async with self._restores:  # (bounds the descriptors restores hold, too)
+                seg = self._pool.get(event.location.segment)
+                fd = os.dup(seg.fd)
+                try:
+                    crcs = await self._read_parts(event, fd, seg.page_size)
+                finally:
+                    os.close(fd)
             spill_files.check_parts(self.directory, event.file, event.entry, crcs)
         except spill_files.SpillDamaged as exc:
             error, lost = str(exc), True
@@ -169,7 +173,6 @@ class Spiller:
                     page_size,
                     start,
                     length,
-                    limiter=self._restores,
                 )
             except Exception as exc:  # (raised below, as itself: not as a group)
                 failures.append(exc)

@@ -979,13 +979,14 @@ class Store:
         return wakeup
 
     def spill_batch(
-        self, now: float, max_bytes: int
+        self, now: float, max_bytes: int, max_objects: int = 1 << 16
     ) -> tuple[int, list[tuple[bytes, ObjectLocation, float]]] | None:
         """The next objects to write to disk, as one spill file: ``(file id, [(id, location,
-        create time)])``, up to ``max_bytes`` of data; None when nothing needs writing (or a
-        batch is still being written). Candidates are sealed, unreferenced, unpinned objects
-        without a copy, in CLOCK order, on the nodes where creates or restores wait for
-        room or where the bytes without a copy pass the threshold. The caller writes them
+        create time)])``, up to ``max_bytes`` of data and ``max_objects`` objects; None when
+        nothing needs writing (or a batch is still being written). Candidates are sealed,
+        unreferenced, unpinned objects without a copy, in CLOCK order, on the nodes where
+        creates or restores wait for room or where the bytes without a copy pass the
+        threshold. The caller writes them
         and calls :meth:`spilled` or :meth:`spill_failed`; meanwhile they stay readable."""
         if not self._spill or self._batches:
             return None
@@ -1002,7 +1003,8 @@ class Store:
             with contextlib.closing(self._clock(nd, now, copied=False)) as walk:
                 for oid, rec in walk:
                     length = rec.loc.data_size + rec.loc.metadata_size
-                    if want <= 0 or (picked and total + length > max_bytes):
+                    full = total + length > max_bytes or len(picked) >= max_objects
+                    if want <= 0 or (picked and full):
                         break
                     if total + length > room:
                         break

@@ -1,6 +1,7 @@
-"""The fault-injection harness end to end: ``python -m bench.chaos all`` breaks no invariant.
+"""The fault-injection harness end to end: ``python -m bench.chaos all`` (and a soak of a
+spilling store) breaks no invariant.
 
-Slow (about 40 s); deselect with ``-m "not chaos"``.
+Slow (about a minute and a half); deselect with ``-m "not chaos"``.
 """
 
 from __future__ import annotations
@@ -17,13 +18,24 @@ import pytest
 from tests.conftest import REPO
 
 SECONDS = 40
+SPILL_SECONDS = 20
 pytestmark = pytest.mark.chaos
 
 
 @pytest.mark.timeout(SECONDS + 150)
 def test_chaos_all_holds_every_invariant(tmp_path: Path) -> None:
+    chaos(tmp_path, "all", "--seconds", str(SECONDS))
+
+
+@pytest.mark.timeout(SPILL_SECONDS + 150)
+def test_a_soak_of_a_spilling_store_loses_and_corrupts_nothing(tmp_path: Path) -> None:
+    chaos(tmp_path, "soak", "--spill", "--memory", "64MiB", "--seconds", str(SPILL_SECONDS))
+
+
+def chaos(tmp_path: Path, *args: str) -> None:
     report = tmp_path / "chaos.json"
-    argv = [sys.executable, "-m", "bench.chaos", "all", "--seconds", str(SECONDS)]
+    argv = [sys.executable, "-m", "bench.chaos", *args]
+    seconds = float(args[args.index("--seconds") + 1])
     with subprocess.Popen(
         [*argv, "--json", str(report)],
         cwd=REPO,
@@ -33,10 +45,10 @@ def test_chaos_all_holds_every_invariant(tmp_path: Path) -> None:
         start_new_session=True,  # so that a timeout stops its coordinators and workers too
     ) as run:
         try:
-            output, _ = run.communicate(timeout=SECONDS + 120)
+            output, _ = run.communicate(timeout=seconds + 120)
         except subprocess.TimeoutExpired:
             os.killpg(run.pid, signal.SIGKILL)
             output, _ = run.communicate()
-            pytest.fail(f"bench.chaos all ran past its time; its output:\n{output}")
+            pytest.fail(f"bench.chaos {args[0]} ran past its time; its output:\n{output}")
     assert run.returncode == 0, output
     assert json.loads(report.read_text())["ok"], output

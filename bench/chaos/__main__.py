@@ -55,8 +55,8 @@ def run_all(seconds: float, seed: int, tmp: Path, memory: str) -> list[Outcome]:
     return outcomes
 
 
-def _soak(memory: str) -> Run:
-    return lambda seconds, seed, workdir: soak.run(seconds, seed, workdir, memory)
+def _soak(memory: str, spill: bool = False) -> Run:
+    return lambda seconds, seed, workdir: soak.run(seconds, seed, workdir, memory, spill)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="seed of every random choice")
     parser.add_argument("--json", type=Path, help="write every figure (and soak's series) here")
     parser.add_argument("--memory", default="128MiB", help="soak's store size (default 128MiB)")
+    parser.add_argument(
+        "--spill", action="store_true", help="soak a store that spills to disk (--spill-dir)"
+    )
     args = parser.parse_args(argv)
     seconds = args.seconds if args.seconds is not None else DEFAULT_SECONDS[args.command]
     started = time.monotonic()
@@ -82,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "all":
             outcomes = run_all(seconds, args.seed, Path(tmp), args.memory)
         else:
-            run = _soak(args.memory) if args.command == "soak" else COMMANDS[args.command]
+            run = (
+                _soak(args.memory, args.spill) if args.command == "soak" else COMMANDS[args.command]
+            )
             outcomes = [run_one(args.command, run, seconds, args.seed, Path(tmp))]
     failures = [f for o in outcomes for f in o.failures]
     elapsed = time.monotonic() - started

@@ -96,14 +96,19 @@ class Balance:
     @classmethod
     def of(cls, stats: dict[str, Any], listing: list[Any], alignment: int) -> Balance:
         """From ``stats()`` and ``list()`` replies taken with nothing else talking; each
-        object takes ``max(1, data + metadata)`` bytes rounded up to ``alignment``."""
+        object in memory (not spilled to disk) takes ``max(1, data + metadata)`` bytes
+        rounded up to ``alignment``."""
         mask = alignment - 1
-        accounted = sum((max(1, o.data_size + o.metadata_size) + mask) & ~mask for o in listing)
+        accounted = sum(
+            (max(1, o.data_size + o.metadata_size) + mask) & ~mask
+            for o in listing
+            if o.state != "spilled"
+        )
         return cls(
             used=stats["used"],
             objects=stats["objects"],
             listed=len(listing),
-            unsealed=sum(o.state != "sealed" for o in listing),
+            unsealed=sum(o.state == "created" for o in listing),
             clients=len(stats["clients"]),
             subscribers=stats["subscribers"],
             get_waiters=stats["get_waiters"],

@@ -207,11 +207,16 @@ def _worker(
 # ---------------------------------------------------------------- the run
 
 
-def run(seconds: float, seed: int, workdir: Path, memory: str = "128MiB") -> Outcome:
-    """Soak for ``seconds`` seconds of load, sampling every second."""
+def run(
+    seconds: float, seed: int, workdir: Path, memory: str = "128MiB", spill: bool = False
+) -> Outcome:
+    """Soak for ``seconds`` seconds of load, sampling every second; with ``spill``, the
+    coordinator spills to ``workdir/spill`` instead of evicting (and must lose nothing)."""
     out = Outcome("soak")
     rng = random.Random(seed)
-    coord = Coordinator(workdir, "--memory", memory, "--segment-size", "16MiB").start()
+    spilling = ("--spill-dir", str(workdir / "spill")) if spill else ()
+    args = ("--memory", memory, "--segment-size", "16MiB", *spilling)
+    coord = Coordinator(workdir, *args).start()
     series: list[dict[str, Any]] = []
     tallies: list[tuple[str, Tally | None]] = []
     started = time.monotonic()
@@ -235,6 +240,8 @@ def run(seconds: float, seed: int, workdir: Path, memory: str = "128MiB") -> Out
             q.cancel_join_thread()
             q.close()
         _books(out, coord, monitor)
+        if spill:
+            _spill_books(out, monitor, workdir / "spill")
         monitor.close()
     finally:
         problem = coord.stop()
@@ -293,6 +300,17 @@ def _books(out: Outcome, coord: Coordinator, monitor: Monitor) -> None:
     out.check(not deferred, f"soak: {len(deferred)} deletes deferred with no client left")
     for problem in after.differences(Balance.empty(1)):
         out.fail(f"soak: after deleting everything: {problem}")
+
+
+def _spill_books(out: Outcome, monitor: Monitor, directory: Path) -> None:
+    """Spilling lost nothing, failed nowhere, and left no file once everything is deleted."""
+    figures = monitor.stats()["spill"]
+    out.figures["spill"] = figures
+    out.check(figures["lost"] == 0, f"soak: {figures['lost']} spilled objects lost")
+    out.check(figures["errors"] == 0, f"soak: spilling failed: {figures['last_error']}")
+    out.check(figures["written_objects"] > 0, "soak: the store never spilled (too big?)")
+    left = sorted(p.name for p in directory.iterdir() if p.name != ".lock")
+    out.check(not left, f"soak: spill files left after deleting everything: {left[:5]}")
 
 
 def _report(
