@@ -8,7 +8,8 @@
 The public API is the names in ``__all__`` and these modules, each with its own ``__all__``:
 ``plasma.client`` (the blocking client, ``plasma.connect``), ``plasma.aio`` (the trio
 client), ``plasma.compat`` (the ``pyarrow.plasma`` API), ``plasma.errors`` (exceptions and
-their stable codes), ``plasma.ids`` (``ObjectID``) and ``plasma.task`` (inside a DAG task).
+their stable codes), ``plasma.ids`` (``ObjectID``), ``plasma.task`` (inside a DAG task) and
+``plasma.dask`` (Dask distributed workers on the host's store; needs ``plasma-coord[dask]``).
 Every other module is internal (its docstring says so) and may change without notice;
 ``tests/test_exports.py`` holds this list.
 

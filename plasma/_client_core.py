@@ -72,6 +72,24 @@ IDS_PER_FRAME = 16384
 POPULATE_OBJECT_MIN = 1 << 20
 
 
+# Where an object goes: a node, "interleave" (pages across every node), a list of nodes to
+# interleave across, or None (the client's default node).
+Node = int | str | Sequence[int] | None
+
+
+def placement(node: Node) -> tuple[int | None, list[int] | None]:
+    """``(node, interleave)`` of a ``Create`` for what the API takes as ``node``."""
+    if node is None or (isinstance(node, int) and not isinstance(node, bool)):
+        return node, None
+    if node == "interleave":
+        return None, []
+    if isinstance(node, list | tuple) and all(
+        isinstance(n, int) and not isinstance(n, bool) for n in node
+    ):
+        return None, list(node)
+    raise BadRequest(f'node must be a node number, "interleave" or a list of nodes, got {node!r}')
+
+
 class Call(NamedTuple):
     """Send ``msgs``; resume with the reply to the last one (its Error raised into the op)."""
 
@@ -689,7 +707,7 @@ class ClientCore:
         object_id: ObjectRef,
         size: int,
         metadata: bytes = b"",
-        node: int | None = None,
+        node: Node = None,
         timeout: float | None = 0.0,
     ) -> Op:
         loc = yield from self._create(object_id, size, metadata, node, timeout)
@@ -700,13 +718,22 @@ class ClientCore:
         object_id: ObjectRef,
         size: int,
         metadata: bytes,
-        node: int | None,
+        node: Node,
         timeout: float | None,
     ) -> Generator[Action, Any, p.ObjectLocation]:
         check_timeout(timeout)
-        msg = p.Create(self.next_seq(), as_id_bytes(object_id), size, len(metadata), node, timeout)
+        one, interleave = placement(node)
+        msg = p.Create(
+            self.next_seq(), as_id_bytes(object_id), size, len(metadata), one, timeout, interleave
+        )
         reply = yield Call((msg,))
         return reply.locations[0]
+
+    def migrate(self, object_id: ObjectRef, node: int) -> Op:
+        if isinstance(node, bool) or not isinstance(node, int):
+            raise BadRequest(f"migrate needs a node number, got {node!r}")
+        reply = yield Call((p.Migrate(seq=self.next_seq(), id=as_id_bytes(object_id), node=node),))
+        return reply.nodes
 
     def seal(self, object_id: ObjectRef, wait: bool = False) -> Op:
         msg = p.Seal(seq=self.next_seq(), ids=[as_id_bytes(object_id)], ack=wait)
@@ -988,16 +1015,17 @@ class ClientCore:
         )
         yield Send((msg,))
 
-    def put(self, value: Any, object_id: ObjectRef | None, node: int | None) -> Op:
+    def put(self, value: Any, object_id: ObjectRef | None, node: Node) -> Op:
         oid = ObjectID(as_id_bytes(object_id)) if object_id is not None else ObjectID.from_random()
         enc = serialization.encode(value)
         size = enc.data_size + len(enc.metadata)
-        if size <= ARENA_OBJECT_LIMIT:  # written straight into the arena, no round trip
+        one, interleave = placement(node)
+        if size <= ARENA_OBJECT_LIMIT and interleave is None:  # straight into the arena
             if self.concurrent:
                 yield EXCLUSIVE
-            slot = self._take_slot(size, node)
+            slot = self._take_slot(size, one)
             if slot is None:
-                slot = yield from self._refill(size, node)
+                slot = yield from self._refill(size, one)
             arena, offset = slot
             mm = self.maps[arena.segment]
             mm[offset + enc.data_size : offset + size] = enc.metadata

@@ -12,6 +12,7 @@ calls from :meth:`AsyncClient.run_requests`.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import os
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -28,6 +29,7 @@ from plasma._client_core import (
     RELEASE_DELAY,
     Call,
     ClientCore,
+    Node,
     ObjectRef,
     Op,
     Send,
@@ -191,7 +193,7 @@ class AsyncClient:
         size: int,
         metadata: bytes = b"",
         *,
-        node: int | None = None,
+        node: Node = None,
         timeout: float | None = 0.0,
     ) -> memoryview:
         """Create an object; returns its writable buffer (see :meth:`plasma.Client.create`)."""
@@ -266,6 +268,10 @@ class AsyncClient:
         """Every object with its sizes, node, state, ref count, create time and owner."""
         return await self._run(self._core.list())
 
+    async def migrate(self, object_id: ObjectRef, node: int) -> builtins.list[int]:
+        """See :meth:`plasma.Client.migrate`."""
+        return await self._run(self._core.migrate(object_id, node))
+
     async def evict(self, nbytes: int) -> int:
         """Evict sealed unreferenced objects, LRU first; returns the bytes freed."""
         return await self._run(self._core.evict(nbytes))
@@ -299,7 +305,7 @@ class AsyncClient:
         return AsyncSubscription(self)
 
     async def put(
-        self, value: Any, object_id: ObjectRef | None = None, *, node: int | None = None
+        self, value: Any, object_id: ObjectRef | None = None, *, node: Node = None
     ) -> ObjectID:
         """Store a numpy array, Arrow object or bytes; returns its id."""
         return await self._run(self._core.put(value, object_id, node))

@@ -9,6 +9,7 @@ sent without waiting (their errors surface on the next reply, or at once with
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import os
 import select
@@ -26,6 +27,7 @@ from plasma._client_core import (
     RELEASE_DELAY,
     Call,
     ClientCore,
+    Node,
     ObjectRef,
     Op,
     Send,
@@ -177,12 +179,15 @@ class Client:
         size: int,
         metadata: bytes = b"",
         *,
-        node: int | None = None,
+        node: Node = None,
         timeout: float | None = 0.0,
     ) -> memoryview:
         """Create an object of ``size`` bytes; returns its writable buffer. Seal it when filled.
 
         ``timeout`` is how long to wait for space when the store is full (None: forever).
+        ``node``: a NUMA node, ``"interleave"`` (its pages spread over every node, for an
+        object every node reads) or a list of nodes to interleave across; None: the
+        client's default node.
         """
         return self._run(self._core.create(object_id, size, metadata, node, timeout))
 
@@ -284,6 +289,12 @@ class Client:
         """Every object: data_size, metadata_size, node, state, ref_count, create_time, owner."""
         return self._run(self._core.list())
 
+    def migrate(self, object_id: ObjectRef, node: int) -> builtins.list[int]:
+        """Move a sealed object's pages to ``node``; readers keep their views (the same
+        addresses, the same bytes). Returns the nodes its pages are on. StoreFull when
+        ``node`` has no room for it."""
+        return self._run(self._core.migrate(object_id, node))
+
     def evict(self, nbytes: int) -> int:
         """Evict sealed unreferenced objects, LRU first, until ``nbytes`` are freed; returns the
         bytes freed."""
@@ -330,9 +341,7 @@ class Client:
 
     # ------------------------------------------------------------ values
 
-    def put(
-        self, value: Any, object_id: ObjectRef | None = None, *, node: int | None = None
-    ) -> ObjectID:
+    def put(self, value: Any, object_id: ObjectRef | None = None, *, node: Node = None) -> ObjectID:
         """Store a numpy array, Arrow object or bytes; returns its id."""
         return self._run(self._core.put(value, object_id, node))
 

@@ -32,7 +32,9 @@ from plasma import protocol as p
 from plasma.addresses import parse_address
 from plasma.directory import pin_table_size
 from plasma.errors import PlasmaError
+from plasma.follow import ReaderTracker
 from plasma.ids import ID_SIZE
+from plasma.linux import numa
 from plasma.linux.fdlimit import EXHAUSTED, FdReserve, raise_nofile_limit
 from plasma.linux.fdpass import MAX_FDS_PER_SEND, scm_rights
 from plasma.linux.peercred import peer_credentials
@@ -44,8 +46,10 @@ from plasma.store import (
     CreateDone,
     DirectoryMoved,
     GetDone,
+    Moved,
     Notify,
     Pending,
+    Place,
     Reclaim,
     Restore,
     Revoke,
@@ -66,11 +70,13 @@ RECV_SIZE = 256 * 1024
 # it fell behind (an "overflow" notification) and its subscription ends.
 MAX_UNSENT = 32 << 20
 MAX_UNSENT_NOTIFICATIONS = 8 << 20
+FOLLOW_INTERVAL = 1.0  # seconds between looks at where objects' reads come from
 MAX_CALLS_PER_CLIENT = 1024  # RunCalls one client may have waiting for the run's owner
 # Refused to read-only sessions: everything that creates, changes or removes objects, reserves
 # memory, or starts and steers tasks.
 _WRITE_REQUESTS: frozenset[type] = frozenset(
-    {p.Create, p.CreateMany, p.Seal, p.Abort, p.Delete, p.Evict, p.Arena, p.SealArena}
+    {p.Create, p.CreateMany, p.Seal, p.Abort, p.Delete, p.Evict, p.Migrate, p.Arena}
+    | {p.SealArena}
     | {p.ReturnArena}
     | {p.RunRegister, p.RunCall, p.RunRespond, p.TaskRegister, p.TaskDone, p.SubmitSample}
 )
@@ -104,6 +110,7 @@ class CoordinatorConfig:
     spill_max: int | None = None  # bytes the spill files may take
     restore: bool = False  # take in what a previous coordinator spilled to spill_dir
     fallback_dir: str | None = None  # file-backed segments here when nothing can make room
+    follow_readers: bool = False  # move objects to the node most of their reads come from
 
     @classmethod
     def for_topology(
@@ -275,6 +282,7 @@ class Coordinator:
             spill_threshold=config.spill_threshold,
             spill_max=config.spill_max,
             fallback=config.fallback_dir is not None,
+            follow_readers=ReaderTracker() if config.follow_readers else None,
         )
         self.sessions: dict[int, Session] = {}
         self.connections = 0  # accepted and not yet closed, handshaking ones included
@@ -308,6 +316,7 @@ class Coordinator:
             p.Contains: self._contains,
             p.List: self._list,
             p.Evict: self._evict,
+            p.Migrate: self._migrate,
             p.Subscribe: self._subscribe,
             p.Arena: self._arena,
             p.SealArena: self._seal_arena,
@@ -343,6 +352,8 @@ class Coordinator:
                 self._nursery = nursery
                 nursery.start_soon(self._expiry_loop)
                 nursery.start_soon(self.telemetry.run)
+                if self.config.follow_readers:
+                    nursery.start_soon(self._follow_loop)
                 if self.spiller is not None:
                     nursery.start_soon(self.spiller.run, self._deliver_events)
                     self._deliver_events()  # files a restore found with nothing live
@@ -682,6 +693,7 @@ class Coordinator:
             msg.node,
             timeout=msg.timeout,
             now=time.time(),
+            interleave=msg.interleave,
         )
         if isinstance(res, Pending):
             self._park(session, msg.seq, res)
@@ -776,6 +788,50 @@ class Coordinator:
             del session.listings[listing]
             end = 0
         session.send(p.Listing(seq=msg.seq, objects=page, listing=listing, next=end))
+
+    def _migrate(self, session: Session, msg: p.Migrate) -> None:
+        res = self.store.migrate(session.client_id, msg.id, msg.node, now=time.time())
+        if isinstance(res, Pending):
+            self._park(session, msg.seq, res)
+        else:
+            session.send(p.Migrated(seq=msg.seq, nodes=res))
+
+    async def _place(self, event: Place) -> None:
+        """Move the pages of a range of a segment (a worker thread: it may be gigabytes)."""
+        error: str | None = None
+        seg = self.pool.get(event.segment)
+        mode = numa.MPOL_INTERLEAVE if event.mode == "interleave" else numa.MPOL_BIND
+        try:
+            fd = os.dup(seg.fd)  # (valid until the copy ends, whatever the store frees)
+            try:
+                left = await trio.to_thread.run_sync(
+                    numa.place_range,
+                    fd,
+                    event.start,
+                    event.length,
+                    seg.page_size,
+                    mode,
+                    event.nodes,
+                )
+            finally:
+                os.close(fd)
+            if left:
+                log.warning("%d pages of segment %d did not move to %s", left, seg.id, event.nodes)
+        except Exception as exc:
+            if event.nodes == [seg.node] and isinstance(exc, errors.Unsupported):
+                pass  # a kernel without NUMA: every page is on the one node already
+            else:
+                error = f"{type(exc).__name__}: {exc}"
+                log.warning("moving pages of segment %d to %s failed: %s", seg.id, event.nodes, exc)
+        self.store.placed(event.token, error, now=time.time())
+        self._deliver_events()
+
+    async def _follow_loop(self) -> None:
+        """``--follow-readers``: once a second, move objects towards their readers."""
+        while True:
+            await trio.sleep(FOLLOW_INTERVAL)
+            if self.store.follow(time.time()):
+                self._deliver_events()
 
     def _evict(self, session: Session, msg: p.Evict) -> None:
         nbytes = self.store.evict(msg.nbytes, now=time.time())
@@ -936,6 +992,10 @@ class Coordinator:
             if isinstance(event, DirectoryMoved):
                 touched.update(self._send_directory())
                 continue
+            if isinstance(event, Place):
+                assert self._nursery is not None
+                self._nursery.start_soon(self._place, event)
+                continue
             if isinstance(event, Restore | SpillDead):
                 assert self.spiller is not None
                 if isinstance(event, Restore):
@@ -973,6 +1033,13 @@ class Coordinator:
                 seq = waiter[1]
                 if isinstance(event, GetDone):
                     self._reply_got(session, seq, event.results)
+                elif isinstance(event, Moved):
+                    if isinstance(event.result, PlasmaError):
+                        session.send(
+                            p.Error(seq=seq, code=event.result.code, message=event.result.message)
+                        )
+                    else:
+                        session.send(p.Migrated(seq=seq, nodes=event.result))
                 elif isinstance(event.result, PlasmaError):
                     assert isinstance(event, CreateDone)
                     self.error_counts[event.result.code] += 1

@@ -447,6 +447,16 @@ class PinScanner:
         """How many pins all clients hold now."""
         return sum(int(np.count_nonzero(self._pins(w))) for w in self._tables.values())
 
+    def by_client(self) -> dict[int, list[int]]:
+        """The generations each client pins now (clients pinning nothing left out)."""
+        out = {}
+        for client, words in self._tables.items():
+            pins = self._pins(words)
+            pins = pins[pins != 0]
+            if len(pins):
+                out[client] = pins.tolist()
+        return out
+
     def holders(self, generation: int) -> list[int]:
         """The clients pinning ``generation`` now."""
         return [c for c, words in self._tables.items() if (self._pins(words) == generation).any()]

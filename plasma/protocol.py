@@ -124,6 +124,8 @@ class Create(_Msg):
     metadata_size: _Int = 0
     node: _Node | None = None
     timeout: _Timeout | None = 0.0  # seconds to wait for space; None waits forever
+    # pages interleaved across these nodes ([]: every node); None: all on one node
+    interleave: Annotated[list[_Node], msgspec.Meta(max_length=MAX_CPUS)] | None = None
 
 
 class CreateMany(_Msg):
@@ -186,6 +188,14 @@ class List(_Msg):
 class Evict(_Msg):
     seq: _Int
     nbytes: _Int
+
+
+class Migrate(_Msg):
+    """Move a sealed object's pages to ``node`` (readers keep their views)."""
+
+    seq: _Int
+    id: _Id
+    node: _Node
 
 
 class Subscribe(_Msg):
@@ -376,6 +386,11 @@ class Evicted(_Msg):
     nbytes: int
 
 
+class Migrated(_Msg):
+    seq: int
+    nodes: list[int]  # where the object's pages are now
+
+
 class ArenaGranted(_Msg):
     seq: int
     segment: int
@@ -437,6 +452,7 @@ Request = (
     | Contains
     | List
     | Evict
+    | Migrate
     | Subscribe
     | Arena
     | ReturnArena
@@ -460,6 +476,7 @@ Reply = (
     | Contained
     | Listing
     | Evicted
+    | Migrated
     | ArenaGranted
     | StatsReply
     | Notification

@@ -79,6 +79,7 @@ from plasma.errors import (
     PlasmaError,
     StoreFull,
 )
+from plasma.follow import ReaderTracker
 from plasma.ids import ID_SIZE
 from plasma.records import ArenaObject, CreateItem, ObjectInfo, ObjectLocation, SpillEntry
 
@@ -221,7 +222,40 @@ class SpillDead(msgspec.Struct, gc=False):
     empty: bool
 
 
-Event = GetDone | CreateDone | Notify | Revoke | Reclaim | DirectoryMoved | Restore | SpillDead
+class Place(msgspec.Struct, gc=False):
+    """Move the pages of ``[start, start + length)`` of ``segment`` (and set its policy):
+    ``mode`` "interleave" across ``nodes``, or "bind" to ``nodes[0]``; then call
+    :meth:`Store.placed` with ``token``."""
+
+    token: int
+    segment: int
+    start: int
+    length: int
+    mode: str
+    nodes: list[int]
+
+
+class Moved(msgspec.Struct, gc=False):
+    """A migrate request's answer: the object's pages are on ``result`` (nodes) now, or an
+    error."""
+
+    client: int
+    token: int
+    result: list[int] | PlasmaError
+
+
+Event = (
+    GetDone
+    | CreateDone
+    | Notify
+    | Revoke
+    | Reclaim
+    | DirectoryMoved
+    | Restore
+    | SpillDead
+    | Place
+    | Moved
+)
 
 
 # what stats()["spill"] counts
@@ -266,6 +300,7 @@ class _Node:
         "lru_bytes",
         "lru_copied",
         "objects",
+        "placed_in",
         "segment_bytes",
         "segments",
         "shortage",
@@ -287,6 +322,7 @@ class _Node:
         self.lru_copied = 0  # ... of those that have a copy on disk (evicting them loses none)
         self.evicting = 0  # eviction victims waiting for their pin scan
         self.spill_demand = 0  # bytes creates and restores wait to have spilled
+        self.placed_in = 0  # bytes of other nodes' objects whose pages were moved here
 
 
 class _Object(msgspec.Struct, gc=False):
@@ -305,6 +341,8 @@ class _Object(msgspec.Struct, gc=False):
     resident: bool = True  # False: only on disk (``loc`` keeps its sizes and last node)
     spilling: bool = False  # being written to disk now
     restoring: bool = False  # being read back into ``loc`` now
+    pages_on: tuple[int, ...] | None = None  # nodes its pages were moved to (None: its node's)
+    moving: bool = False  # its pages are being moved now
 
 
 class _Arena:
@@ -393,6 +431,13 @@ class Store:
     ``spill_threshold`` of a node's budget; ``spill_max`` bounds the bytes on disk. With
     ``fallback``, a create nothing can make room for gets a file-backed segment
     (``provider.new_fallback_segment``) outside the budgets.
+
+    Objects may have their pages on other nodes than their segment's: interleaved at create
+    (``create(interleave=...)``), moved by :meth:`migrate`, or moved to where their reads
+    come from (``follow_readers``, see :meth:`follow`). The caller moves the pages
+    (:class:`Place`, then :meth:`placed`); the bytes count against the budget of each node
+    they are on (its share of an interleaved object), and when the object is freed its
+    pages are moved back before its memory is reused.
     """
 
     def __init__(
@@ -414,6 +459,7 @@ class Store:
         spill_threshold: float = 1.0,
         spill_max: int | None = None,
         fallback: bool = False,
+        follow_readers: ReaderTracker | None = None,
     ) -> None:
         if alignment <= 0 or alignment & (alignment - 1):
             raise ValueError(f"alignment must be a power of two, got {alignment}")
@@ -487,7 +533,13 @@ class Store:
         self._next_file = 1
         self._restoring: dict[int, tuple[bytes, _Object]] = {}
         self._restore_queue: dict[bytes, tuple[_Object, int | None]] = {}  # -> reader's node
-        self._after_spill: dict[int, tuple[bytes, _Object]] = {}  # deleted while being spilled
+        # freed while being written to disk or moved: freed when that ends
+        self._after_io: dict[int, tuple[bytes, _Object]] = {}
+        # page moves under way: token -> what to do when done (see _start_place)
+        self._placing: dict[int, tuple[Any, ...]] = {}
+        self._readers = follow_readers
+        # generation -> id of published objects, to tell which object a pin reads
+        self._by_generation: dict[int, bytes] = {}
         self._spill_wakeup = False
         self._spill_error = ""
         self._spill_counts = dict.fromkeys(_SPILL_COUNTS, 0)
@@ -554,14 +606,26 @@ class Store:
         *,
         timeout: float | None = 0.0,
         now: float = 0.0,
+        interleave: list[int] | None = None,
     ) -> ObjectLocation | Pending:
         """Allocate an unsealed object; the creator holds one reference.
 
         When there is no space even after eviction: StoreFull with ``timeout`` 0, else a
-        :class:`Pending` answered by a CreateDone (``None`` waits forever).
+        :class:`Pending` answered by a CreateDone (``None`` waits forever). ``interleave``
+        (a list of nodes; empty: all) spreads the object's pages over those nodes: it is
+        page-aligned, counts a share against each node's budget, and the create is a
+        Pending answered once the pages are placed (it does not wait for space).
         """
         c = self._client(client)
         size = self._object_size(oid, data_size, metadata_size)
+        if interleave is not None:
+            nodes = tuple(sorted(set(interleave))) or tuple(self._nodes)
+            unknown = [n for n in nodes if n not in self._nodes]
+            if unknown:
+                raise PlacementImpossible(f"node(s) {unknown} not one of {list(self._nodes)}")
+            if len(nodes) > 1:
+                return self._create_interleaved(c, oid, data_size, metadata_size, nodes, now)
+            node = nodes[0]
         nd = self._choose_node(c, node)
         deadline = self._deadline(timeout, now)
         if oid in self._objects:
@@ -575,6 +639,53 @@ class Store:
         deadline = self._reclaim_deadline(nd, timeout, deadline, now, size)
         items = [CreateItem(oid, data_size, metadata_size)]
         return self._park_create(c, items, nd, deadline, now)
+
+    def _create_interleaved(
+        self,
+        c: _Client,
+        oid: bytes,
+        data_size: int,
+        metadata_size: int,
+        nodes: tuple[int, ...],
+        now: float,
+    ) -> Pending:
+        if oid in self._objects:
+            raise ObjectExists(f"object {oid.hex()} already exists")
+        self._check_placing(c)
+        page = self._page_size
+        size = -(-max(1, data_size + metadata_size) // page) * page
+        home = c.node if c.node in nodes else None
+        nd = (
+            self._nodes[home]
+            if home is not None
+            else max((self._nodes[n] for n in nodes), key=lambda n: n.budget - n.used)
+        )
+        if size > nd.budget:
+            raise StoreFull(f"{size} bytes exceed node {nd.id}'s budget of {nd.budget}")
+        # page-aligned: a page-sized hole's worth more, the slack on both sides given back
+        padded = size + page - self.alignment
+        placed = self._allocate(nd, padded, now)
+        if placed is None:
+            raise StoreFull(f"{self._no_space(nd)} for an interleaved {size} bytes")
+        seg, offset = placed
+        if seg.fallback:  # file pages: no NUMA policy to set
+            self._free_range(seg, offset, padded)
+            raise StoreFull(f"{self._no_space(nd)} for an interleaved {size} bytes")
+        start = -(-offset // page) * page
+        if start > offset:
+            self._free_range(seg, offset, start - offset)
+        if offset + padded > start + size:
+            self._free_range(seg, start + size, offset + padded - start - size)
+        loc = self._register(c, oid, data_size, metadata_size, (seg, start), size, now)
+        rec = self._objects[oid]
+        try:
+            token = self._move(oid, rec, nodes)
+        except StoreFull:
+            self._abort_placed(c.id, oid, rec)
+            raise
+        self._placing[token] = ("create", c.id, oid, rec)
+        assert loc.offset == start
+        return Pending(token)
 
     def create_many(
         self,
@@ -663,6 +774,9 @@ class Store:
             else:
                 results.append(None)
                 missing = True
+        if self._readers is not None and c.node is not None:
+            for oid in oids:
+                self._readers.read(oid, c.node, now)
         if not missing:
             return results  # type: ignore[return-value]  # no None left
         spilled = [o for o, r in zip(oids, results, strict=True) if r is None and self._on_disk(o)]
@@ -842,6 +956,7 @@ class Store:
             "create_waiters": len(self._create_waiters),
             "pins": self._pins.total(),
             "dying": len(self._dying) + len(self._pinned),
+            "moving": len(self._placing),
             "spill": self._spill_stats() if self._spill else None,
             "fallback": {
                 "bytes": self._fallback_used,
@@ -859,6 +974,7 @@ class Store:
                     "objects": nd.objects,
                     "segments": len(nd.segments),
                     "segment_bytes": nd.segment_bytes,
+                    "placed_in": nd.placed_in,
                 }
                 for nd in self._nodes.values()
             },
@@ -1061,9 +1177,9 @@ class Store:
         self._end_batch(picked, now)
 
     def _end_batch(self, picked: list[tuple[bytes, _Object]], now: float) -> None:
-        if self._after_spill:
+        if self._after_io:
             for oid, rec in picked:
-                if self._after_spill.pop(id(rec), None) is not None:
+                if self._after_io.pop(id(rec), None) is not None:
                     self._free_object(oid, rec)
         self._space_changed = True
         self._free_due(now)
@@ -1143,7 +1259,7 @@ class Store:
         """An evicted object with a copy on disk: free its memory, keep it as spilled."""
         seg = self._segments[rec.loc.segment]
         seg.node.objects -= 1
-        self._free_range(seg, rec.loc.offset, rec.size)
+        self._release(seg, rec)
         rec.resident = False
         self._spill_counts["objects"] += 1
         self._spill_counts["bytes"] += rec.loc.data_size + rec.loc.metadata_size
@@ -1208,6 +1324,191 @@ class Store:
         for oid, (rec, node) in list(self._restore_queue.items()):
             if oid not in self._get_waiting or self._try_restore(oid, rec, node, now):
                 del self._restore_queue[oid]
+
+    # ------------------------------------------------------------ pages on other nodes
+
+    def migrate(
+        self, client: int, oid: bytes, node: int, *, now: float = 0.0
+    ) -> list[int] | Pending:
+        """Move a sealed object's pages to ``node`` (readers keep their views: the pages
+        move, not the object): the nodes its pages are on at once when they are there
+        already, else a Pending answered by :class:`Moved`. The bytes count against
+        ``node``'s budget: StoreFull when it has no room for them."""
+        c = self._client(client)
+        rec = self._objects.get(oid)
+        if rec is None or rec.deleting or not rec.sealed:
+            raise ObjectNotFound(f"object {oid.hex()} not found (or not sealed)")
+        if node not in self._nodes:
+            raise PlacementImpossible(f"node {node} is not one of {list(self._nodes)}")
+        if not rec.resident or rec.restoring:
+            raise BadRequest(f"object {oid.hex()} is spilled to disk: get it first")
+        seg = self._segments[rec.loc.segment]
+        if seg.fallback:
+            raise BadRequest(f"object {oid.hex()} is in a file-backed fallback segment")
+        if rec.moving or rec.spilling:
+            raise BadRequest(f"object {oid.hex()} is being moved or written already")
+        if self._nodes_of(rec) == [node]:
+            return [node]
+        self._check_placing(c)
+        token = self._move(oid, rec, (node,))
+        self._placing[token] = ("migrate", client, oid, rec)
+        return Pending(token)
+
+    def placed(self, token: int, error: str | None = None, *, now: float = 0.0) -> None:
+        """The :class:`Place` ``token`` finished (``error``: it failed; some pages may have
+        moved, the object counts as placed as asked)."""
+        job = self._placing.pop(token)
+        kind = job[0]
+        if kind == "rehome":
+            _, seg, offset, size, charges = job
+            self._charge(charges, -1)
+            self._free_range(seg, offset, size)
+        else:
+            _, client, oid, rec = job
+            rec.moving = False
+            # (not when it was freed meanwhile, with its creator gone: its free is due now)
+            alive = self._objects.get(oid) is rec and client in self._clients
+            if kind == "migrate":
+                if alive:
+                    result: list[int] | PlasmaError = self._nodes_of(rec)
+                    if error is not None:
+                        result = PlasmaError(f"moving {oid.hex()} failed: {error}")
+                    self._events.append(Moved(client, token, result))
+                if self._readers is not None:
+                    self._readers.moved(oid, now)
+            elif alive:  # an interleaved create
+                if error is None:
+                    self._events.append(CreateDone(client, token, [rec.loc]))
+                else:
+                    self._abort_placed(client, oid, rec)
+                    err = PlasmaError(f"interleaving {oid.hex()} failed: {error}")
+                    self._events.append(CreateDone(client, token, err))
+            if self._after_io.pop(id(rec), None) is not None:
+                self._free_object(oid, rec)
+        self._space_changed = True
+        self._retry_creates(now)
+
+    def follow(self, now: float) -> int:
+        """With ``follow_readers``: count the reads held now (each pin in the pin tables and
+        each reference, by the reader's node; gets that reach the store count as they come),
+        and start moving each sealed object whose reads come mostly from one other node
+        there (when that node has room); returns how many started moving."""
+        readers = self._readers
+        if readers is None:
+            return 0
+        pins = self._pins.by_client()
+        for c in self._clients.values():
+            if c.node is None:
+                continue
+            for gen in pins.get(c.id, ()):
+                oid = self._by_generation.get(gen)
+                if oid is not None:
+                    readers.read(oid, c.node, now)
+            for oid in c.refs:
+                readers.read(oid, c.node, now)
+        started = 0
+        for oid in readers.candidates():
+            rec = self._objects.get(oid)
+            if rec is None or rec.deleting:
+                readers.forget(oid)
+                continue
+            current = self._nodes_of(rec)
+            proposal = readers.proposal(oid, current[0] if len(current) == 1 else -1, now)
+            if proposal is None or rec.moving or rec.spilling or not rec.resident:
+                continue
+            if not rec.sealed:
+                continue
+            if self._segments[rec.loc.segment].fallback:
+                continue
+            try:
+                token = self._move(oid, rec, (proposal,))
+            except StoreFull:
+                continue
+            self._placing[token] = ("migrate", None, oid, rec)
+            started += 1
+        return started
+
+    def _check_placing(self, c: _Client) -> None:
+        """A client has at most ``max_waiters`` page moves (and waiters) under way."""
+        self._check_waiters(c)
+        if sum(1 for job in self._placing.values() if job[1] == c.id) >= self._max_waiters:
+            raise BadRequest(f"client {c.id} already has {self._max_waiters} page moves under way")
+
+    def _nodes_of(self, rec: _Object) -> list[int]:
+        """The nodes an object's pages are on (as asked)."""
+        if rec.pages_on is not None:
+            return list(rec.pages_on)
+        return [self._segments[rec.loc.segment].node.id]
+
+    def _page_range(self, rec: _Object) -> tuple[int, int]:
+        """``(start, length)`` of the pages an object's bytes are on."""
+        page = self._page_size
+        start = rec.loc.offset // page * page
+        end = -(-(rec.loc.offset + rec.size) // page) * page
+        return start, end - start
+
+    def _charges(self, rec: _Object, nodes: tuple[int, ...]) -> dict[int, int]:
+        """Bytes of ``rec``'s pages that land on each node of ``nodes`` other than its
+        segment's (those count against that node's budget), when placed there evenly."""
+        home = self._segments[rec.loc.segment].node.id
+        _, length = self._page_range(rec)
+        pages = length // self._page_size
+        share, extra = divmod(pages, len(nodes))
+        out = {}
+        for i, n in enumerate(nodes):
+            if n != home:
+                out[n] = (share + (i < extra)) * self._page_size
+        return out
+
+    def _charge(self, charges: dict[int, int], sign: int) -> None:
+        for n, nbytes in charges.items():
+            self._nodes[n].placed_in += sign * nbytes
+
+    def _move(self, oid: bytes, rec: _Object, nodes: tuple[int, ...]) -> int:
+        """Start moving ``rec``'s pages to ``nodes`` (interleaved when more than one), its
+        charges going from where they are to there: StoreFull if a node lacks the room."""
+        old = self._charges(rec, rec.pages_on) if rec.pages_on is not None else {}
+        new = self._charges(rec, nodes)
+        for n, nbytes in new.items():
+            nd = self._nodes[n]
+            room = nd.budget - nd.segment_bytes - nd.placed_in + old.get(n, 0)
+            if nbytes > room:
+                raise StoreFull(
+                    f"node {n} has no room for {nbytes} bytes of object {oid.hex()} "
+                    f"({room} bytes of its budget are free)"
+                )
+        self._charge(old, -1)
+        self._charge(new, +1)
+        seg = self._segments[rec.loc.segment]
+        home = seg.node.id
+        rec.pages_on = None if nodes == (home,) else nodes
+        rec.moving = True
+        start, length = self._page_range(rec)
+        mode = "interleave" if len(nodes) > 1 else "bind"
+        return self._start_place(None, seg, start, length, mode, list(nodes))
+
+    def _start_place(
+        self,
+        job: tuple[Any, ...] | None,
+        seg: _Segment,
+        start: int,
+        length: int,
+        mode: str,
+        nodes: list[int],
+    ) -> int:
+        self._token += 1
+        if job is not None:
+            self._placing[self._token] = job
+        self._events.append(Place(self._token, seg.id, start, length, mode, nodes))
+        return self._token
+
+    def _abort_placed(self, client: int, oid: bytes, rec: _Object) -> None:
+        """Undo an interleaved create whose pages could not be placed."""
+        c = self._clients[client]
+        c.creating.discard(oid)
+        if c.refs.pop(oid, None) is not None:
+            c.ref_bytes -= rec.size
+        self._free_object(oid, rec)
 
     # ------------------------------------------------------------ timeouts and events
 
@@ -1373,7 +1674,7 @@ class Store:
     ) -> list[tuple[bytes, _Object]]:
         page = self._page_size
         need = -(-size // page) * page
-        room = (nd.budget - nd.segment_bytes) // page * page  # budget for new segments
+        room = (nd.budget - nd.segment_bytes - nd.placed_in) // page * page  # for new segments
         room += sum(s.size for s in nd.segments if s.alloc.free_bytes == s.size)
         if room >= need:
             return []  # _grow would have succeeded: the provider refused, evicting won't help
@@ -1420,7 +1721,7 @@ class Store:
         of the node if that makes room; None if impossible."""
         page = self._page_size
         need = -(-size // page) * page
-        avail = (nd.budget - nd.segment_bytes) // page * page
+        avail = (nd.budget - nd.segment_bytes - nd.placed_in) // page * page
         if avail < need:
             empty = [s for s in nd.segments if s.alloc.free_bytes == s.size]
             if avail + sum(s.size for s in empty) < need:
@@ -1428,7 +1729,7 @@ class Store:
             empty.sort(key=lambda s: s.size, reverse=True)
             for s in empty:
                 self._drop_segment(s)
-                avail = (nd.budget - nd.segment_bytes) // page * page
+                avail = (nd.budget - nd.segment_bytes - nd.placed_in) // page * page
                 if avail >= need:
                     break
         seg_size = min(max(self._segment_size, need), avail)
@@ -1501,12 +1802,30 @@ class Store:
         being written to disk are freed when the write ends."""
         if self._objects.get(oid) is rec:
             del self._objects[oid]
-        if rec.spilling:
-            self._after_spill[id(rec)] = (oid, rec)
+        if rec.spilling or rec.moving:
+            self._after_io[id(rec)] = (oid, rec)
             return
         seg = self._segments[rec.loc.segment]
         seg.node.objects -= 1
-        self._free_range(seg, rec.loc.offset, rec.size)
+        self._release(seg, rec)
+
+    def _release(self, seg: _Segment, rec: _Object) -> None:
+        """Free an object's memory; if its pages were moved to other nodes, first move them
+        back (the range is freed, and the other nodes' charges dropped, once they are)."""
+        if rec.pages_on is None:
+            self._free_range(seg, rec.loc.offset, rec.size)
+            return
+        start, length = self._page_range(rec)
+        charges = self._charges(rec, rec.pages_on)
+        rec.pages_on = None
+        self._start_place(
+            ("rehome", seg, rec.loc.offset, rec.size, charges),
+            seg,
+            start,
+            length,
+            "bind",
+            [seg.node.id],
+        )
 
     def _evict(self, oid: bytes, rec: _Object, now: float) -> None:
         """Evict a sealed unreferenced object (its memory is free after the pin scan)."""
@@ -1583,6 +1902,8 @@ class Store:
 
     def _finish(self, gen: int, oid: bytes, rec: _Object, evicted: bool) -> None:
         """Free a doomed object after a scan found no pin on it."""
+        if self._readers is not None:
+            self._by_generation.pop(gen, None)
         if rec.slot >= 0:
             self._directory.remove(rec.slot)
             rec.slot = -1
@@ -1620,6 +1941,8 @@ class Store:
         access = self._access
         try:
             for oid, rec in nd.lru.items():
+                if rec.moving:
+                    continue
                 if copied is not None and ((rec.spill is not None) is not copied or rec.spilling):
                     continue
                 slot = rec.slot
@@ -1652,6 +1975,8 @@ class Store:
             self._rebuild()
         self._generation += 1
         rec.slot = self._directory.insert(oid, self._generation, rec.loc)
+        if self._readers is not None:
+            self._by_generation[self._generation] = oid
 
     def _rebuild(self) -> None:
         """Move the directory's objects into a new one, at most half full, and mark the old
@@ -1836,6 +2161,7 @@ class Store:
             rec.create_time,
             rec.owner,
             rec.construct_duration if rec.sealed else -1.0,
+            list(rec.pages_on) if rec.pages_on is not None and rec.resident else [],
         )
 
     # ------------------------------------------------------------ internals: notifications

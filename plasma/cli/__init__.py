@@ -24,6 +24,7 @@ _COMMANDS = {
     "stats": "plasma.cli.stats",
     "hugepages": "plasma.cli.hugepages",
     "cell": "plasma.cli.cell",
+    "dask-worker": "plasma.cli.dask_worker",
 }
 
 

@@ -135,6 +135,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="when everything is referenced, serve creates from file-backed segments here",
     )
+    p.add_argument(
+        "--follow-readers",
+        action="store_true",
+        help="move an object's pages to the NUMA node most of its reads come from (docs/numa.md)",
+    )
     p.add_argument("--log-level", default="WARNING")
     p.set_defaults(func=run)
 
@@ -163,6 +168,7 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
         dashboard=dashboard,
         dashboard_token=dashboard_token,
         **_spill_options(args),
+        follow_readers=args.follow_readers,
         sysfs_root=args.sysfs_root,
     )
 

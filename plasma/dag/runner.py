@@ -208,6 +208,7 @@ class Runner:
         try:
             with self._scopes[task_id]:
                 try:
+                    await self._localize_inputs(launch)
                     cell = await self._make_cell(launch)
                     proc, control = await self._spawn(launch, cell)
                 except (PlasmaError, OSError) as exc:
@@ -237,6 +238,18 @@ class Runner:
                 self.sched.finished(task_id, code, time.time(), error)
                 self._changed()
                 self._write_outputs()  # partial metrics stay current while the run goes on
+
+    async def _localize_inputs(self, launch: Launch) -> None:
+        """``inputs_local: migrate``: move the task's inputs to its node (when it has one)
+        before it starts; an input that cannot move is read where it is (logged)."""
+        if launch.spec.inputs_local != "migrate" or len(launch.nodes) != 1 or not self._client:
+            return
+        node = launch.nodes[0]
+        for name in launch.spec.inputs:
+            try:
+                await self._client.migrate(object_id(self.run_id, name), node)
+            except PlasmaError as exc:
+                self.options.log(f"[runner] {launch.task_id}: input {name} stays put: {exc}")
 
     async def _make_cell(self, launch: Launch) -> str | None:
         """The task's own cell of its placement, when it (or the run) asks for one."""

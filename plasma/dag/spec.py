@@ -34,6 +34,8 @@ class TaskSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_de
     numa: Annotated[int, msgspec.Meta(ge=0)] | None = None
     membind: bool = False
     cell: bool = False  # run in its own cgroup v2 cell (cpuset = its placement)
+    # "migrate": inputs whose pages are on another node move to the task's node first
+    inputs_local: Literal["migrate"] | None = None
     env: dict[str, str] = {}
     retries: Annotated[int, msgspec.Meta(ge=0)] = 0
     timeout: Annotated[float, msgspec.Meta(gt=0)] | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import mmap
 from collections.abc import Iterable
 from typing import Any
 
@@ -31,6 +32,7 @@ MPOL_MODE_FLAGS = MPOL_F_NUMA_BALANCING | MPOL_F_RELATIVE_NODES | MPOL_F_STATIC_
 
 MPOL_MF_STRICT = 1 << 0
 MPOL_MF_MOVE = 1 << 1
+MPOL_MF_MOVE_ALL = 1 << 2  # also pages other processes map (needs CAP_SYS_NICE)
 
 MODE_NAMES = {
     MPOL_DEFAULT: "MPOL_DEFAULT",
@@ -123,7 +125,7 @@ def mbind(address: int, length: int, mode: int, nodes: Iterable[int], flags: int
     """
     if address <= 0 or length <= 0:
         raise BadRequest(f"mbind needs a positive address and length, got {address:#x}, {length}")
-    if flags & ~(MPOL_MF_STRICT | MPOL_MF_MOVE):
+    if flags & ~(MPOL_MF_STRICT | MPOL_MF_MOVE | MPOL_MF_MOVE_ALL):
         raise BadRequest(f"unsupported mbind flags {flags:#x}")
     mask, wanted = _node_mask(mode, nodes)
     call = f"mbind({address:#x}, {length}, {mode_name(mode)}, nodes={wanted}, flags={flags:#x})"
@@ -140,6 +142,51 @@ def mbind(address: int, length: int, mode: int, nodes: Iterable[int], flags: int
         )
     except OSError as exc:
         raise _explain(exc, wanted) from None
+
+
+_MOVE_BATCH = 16384  # pages per move_pages call: bounds its ctypes arrays
+
+
+def place_range(
+    fd: int, start: int, length: int, page_size: int, mode: int, nodes: list[int]
+) -> int:
+    """Give ``[start, start + length)`` of the shared file ``fd`` (a memfd: the policy is the
+    file's, for every process that maps it) memory policy ``mode`` over ``nodes``
+    (MPOL_BIND: the first; MPOL_INTERLEAVE: page by page round-robin) and move its pages
+    there, also those other processes map (MPOL_MF_MOVE_ALL; without CAP_SYS_NICE only the
+    pages no other process maps move). Content is kept: readers see the same bytes at the
+    same addresses. ``start`` must be page-aligned. Returns the pages that did not move."""
+    if mode not in (MPOL_BIND, MPOL_INTERLEAVE) or not nodes:
+        raise BadRequest("place_range moves pages to nodes with MPOL_BIND or MPOL_INTERLEAVE")
+    targets = nodes if mode == MPOL_INTERLEAVE else nodes[:1]
+    # populated: move_pages moves only pages this process maps
+    flags = mmap.MAP_SHARED | mmap.MAP_POPULATE
+    mm = mmap.mmap(fd, length, flags, mmap.PROT_READ | mmap.PROT_WRITE, offset=start)
+    try:
+        address = buffer_address(mm)
+        mbind(address, length, mode, targets)  # the policy: later faults follow it
+        count = length // page_size
+        left = 0
+        move = MPOL_MF_MOVE_ALL
+        for first in range(0, count, _MOVE_BATCH):
+            n = min(_MOVE_BATCH, count - first)
+            pages = (ctypes.c_void_p * n)(
+                *range(address + first * page_size, address + (first + n) * page_size, page_size)
+            )
+            wanted = (ctypes.c_int * n)(*(targets[(first + i) % len(targets)] for i in range(n)))
+            status = (ctypes.c_int * n)()
+            call = f"move_pages({n} pages to {sorted(set(targets))})"
+            try:
+                syscall("move_pages", 0, n, pages, wanted, status, move, call=call)
+            except OSError as exc:
+                if exc.errno != errno.EPERM or move == MPOL_MF_MOVE:
+                    raise
+                move = MPOL_MF_MOVE  # no CAP_SYS_NICE: the pages only we map
+                syscall("move_pages", 0, n, pages, wanted, status, move, call=call)
+            left += sum(1 for i in range(n) if status[i] != wanted[i])
+        return left
+    finally:
+        mm.close()
 
 
 def page_nodes(address: int, length: int, page_size: int, pid: int = 0) -> list[int]:

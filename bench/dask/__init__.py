@@ -1,0 +1,1 @@
+"""``python -m bench.dask``: Dask distributed on one host, plain vs plasma.dask (see __main__)."""

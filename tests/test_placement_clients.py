@@ -1,0 +1,71 @@
+"""Interleave and migrate through both clients and a real coordinator on this (one-node)
+machine, and their failure paths on an 8-node topology whose nodes the kernel does not have
+(the page moves fail: the requests say so and nothing is lost or leaked). The page-by-page
+proof on real nodes is tests/test_numa_vm_follow.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import plasma
+import plasma.aio
+from plasma.errors import BadRequest, ObjectNotFound, PlacementImpossible, PlasmaError
+from tests.conftest import RunningCoordinator, wait_until
+from tests.test_topology import unpack
+
+
+def test_interleave_and_migrate_on_one_node(coordinator: RunningCoordinator) -> None:
+    with plasma.connect(coordinator.socket) as client:
+        array = np.arange(100_000)
+        oid = client.put(array, node="interleave")  # one node: an ordinary object
+        assert client.list()[oid]["pages_on"] == []
+        assert np.array_equal(client.get_object(oid), array)
+        assert client.migrate(oid, 0) == [0]
+        with pytest.raises(PlacementImpossible):
+            client.migrate(oid, 3)
+        with pytest.raises(ObjectNotFound):
+            client.migrate(plasma.ObjectID.from_name("nothing"), 0)
+        with pytest.raises(BadRequest, match="interleave"):
+            client.put(array, node="everywhere")
+        with pytest.raises(BadRequest, match="node number"):
+            client.migrate(oid, "0")  # type: ignore[arg-type]
+
+
+async def test_the_trio_client_migrates_too(coordinator: RunningCoordinator) -> None:
+    async with plasma.aio.connect(coordinator.socket) as client:
+        oid = await client.put(np.arange(10), node=[0])
+        assert await client.migrate(oid, 0) == [0]
+
+
+@pytest.fixture
+def eight_nodes(coordinator_factory, tmp_path: Path) -> RunningCoordinator:
+    root = unpack("16amd64-8n2c", tmp_path / "sysfs")
+    return coordinator_factory(
+        "--sysfs-root", str(root), "--no-bind", "--memory", "64MiB", "--segment-size", "4MiB"
+    )
+
+
+def test_failed_page_moves_fail_the_request_and_leak_nothing(eight_nodes) -> None:
+    with plasma.connect(eight_nodes.socket) as client:
+        # (the kernel has one node: moving pages to node 3 fails)
+        with pytest.raises(PlasmaError, match=r"interleaving .* failed"):
+            client.put(np.arange(1 << 16), node="interleave")
+        oid = client.put(np.arange(1 << 16), node=0)
+        with pytest.raises(PlasmaError, match=r"moving .* failed"):
+            client.migrate(oid, 3)
+        assert np.array_equal(client.get_object(oid), np.arange(1 << 16))  # nothing lost
+        client.delete([oid])
+
+        def settled() -> bool:
+            stats = client.stats()
+            nodes = stats["nodes"].values()
+            held = stats["used"] - stats["arena_bytes"]  # (the client's arena stays)
+            return held == 0 and not any(n["placed_in"] for n in nodes) and not stats["moving"]
+
+        wait_until(settled, what="the pages moved back and the memory freed")
+        assert client.list() == {}
+    assert eight_nodes.stop() == 0
+    assert "Traceback" not in eight_nodes.proc.stderr.read()

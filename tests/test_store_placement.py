@@ -1,0 +1,375 @@
+"""Sans-I/O pages on other nodes: interleaved creates, migrate, objects that follow their
+readers, the budgets they count against, and pages moved back before memory is reused."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from plasma.errors import BadRequest, ObjectNotFound, PlacementImpossible, PlasmaError, StoreFull
+from plasma.follow import ReaderTracker
+from plasma.records import ObjectLocation
+from plasma.store import CreateDone, Moved, Pending, Place, Store
+from tests.test_store import KIB, PAGE, FakeProvider, loc, oid
+
+BUDGET = 64 * KIB
+
+
+def make(nodes: int = 4, **kw: object) -> Store:
+    kw.setdefault("grace", 0.0)
+    kw.setdefault("reclaim_wait", 0)
+    kw.setdefault("directory_capacity", 64)
+    store = Store(
+        {n: BUDGET for n in range(nodes)},
+        FakeProvider(),
+        segment_size=BUDGET,
+        **kw,  # type: ignore[arg-type]
+    )
+    for n in range(nodes):
+        store.register_client(10 + n, node=n)  # client 10 + n runs on node n
+    return store
+
+
+def events(store: Store, kind: type) -> list:
+    return [e for e in store.drain_events() if isinstance(e, kind)]
+
+
+def put(store: Store, n: int, size: int = 16 * KIB, client: int = 10) -> ObjectLocation:
+    location = loc(store.create(client, oid(n), size))
+    store.seal(client, oid(n))
+    store.release(client, oid(n))
+    return location
+
+
+def placed_in(store: Store) -> list[int]:
+    return [store.stats()["nodes"][n]["placed_in"] for n in range(4)]
+
+
+def test_an_interleaved_create_is_page_aligned_and_charges_every_node_its_share():
+    store = make()
+    pending = store.create(10, oid(1), 16 * KIB - 100, interleave=[])
+    assert isinstance(pending, Pending)
+    (place,) = events(store, Place)
+    assert place.mode == "interleave" and place.nodes == [0, 1, 2, 3]
+    assert place.start % PAGE == 0 and place.length == 16 * KIB
+    assert placed_in(store) == [0, 4 * KIB, 4 * KIB, 4 * KIB]  # a page each, node 0 is home
+    store.placed(place.token)
+    (done,) = events(store, CreateDone)
+    assert done.token == pending.token and done.result[0].offset == place.start
+    store.seal(10, oid(1))
+    info = store.objects([oid(1)])[0]
+    assert info.pages_on == [0, 1, 2, 3] and info.node == 0
+
+
+def test_interleaving_over_one_node_is_an_ordinary_create():
+    store = make()
+    assert isinstance(store.create(10, oid(1), 100, interleave=[2]), ObjectLocation)
+    assert not events(store, Place)
+    assert store.objects([oid(1)])[0].node == 2
+
+
+def test_an_interleaved_create_fails_when_a_node_has_no_room_for_its_share():
+    store = make()
+    for n in range(4):
+        put(store, 100 + n, client=12)  # node 2 is full
+    with pytest.raises(StoreFull, match="node 2 has no room"):
+        store.create(10, oid(1), 16 * KIB, interleave=[0, 1, 2, 3])
+    assert oid(1) not in {i.id for i in store.objects()}
+    assert placed_in(store) == [0, 0, 0, 0]
+    assert not events(store, Place)  # nothing was started
+
+
+def test_unknown_nodes_are_refused():
+    store = make()
+    with pytest.raises(PlacementImpossible):
+        store.create(10, oid(1), 100, interleave=[0, 9])
+    put(store, 2)
+    with pytest.raises(PlacementImpossible):
+        store.migrate(10, oid(2), 9)
+
+
+def test_migrate_moves_pages_and_the_charge_and_back_home():
+    store = make()
+    where = put(store, 1, 16 * KIB)
+    pending = store.migrate(11, oid(1), 1)
+    assert isinstance(pending, Pending)
+    (place,) = events(store, Place)
+    assert place.mode == "bind" and place.nodes == [1]
+    assert place.start <= where.offset and where.offset + 16 * KIB <= place.start + place.length
+    assert placed_in(store) == [0, 16 * KIB, 0, 0]
+    store.placed(place.token)
+    (moved,) = events(store, Moved)
+    assert moved.token == pending.token and moved.result == [1]
+    assert store.objects([oid(1)])[0].pages_on == [1]
+    assert store.migrate(11, oid(1), 1) == [1]  # there already: no move
+    store.migrate(10, oid(1), 0)  # home again: no charge elsewhere
+    assert placed_in(store) == [0, 0, 0, 0]
+    (place,) = events(store, Place)
+    store.placed(place.token)
+    assert store.objects([oid(1)])[0].pages_on == []
+
+
+def test_a_migrated_object_s_memory_is_reused_only_after_its_pages_came_back():
+    store = make()
+    for n in range(4):
+        put(store, n)  # node 0 full
+    store.migrate(10, oid(0), 3)
+    (place,) = events(store, Place)
+    store.placed(place.token)
+    store.delete(10, [oid(0)])
+    (rehome,) = events(store, Place)
+    assert rehome.mode == "bind" and rehome.nodes == [0]
+    # the range is still taken: a create on node 0 finds no room (nothing evictable either)
+    for n in range(1, 4):
+        store.get(10, [oid(n)], timeout=0)
+    with pytest.raises(StoreFull):
+        store.create(10, oid(9), 16 * KIB)
+    assert placed_in(store)[3] == 16 * KIB
+    store.placed(rehome.token)
+    assert placed_in(store) == [0, 0, 0, 0]
+    assert isinstance(store.create(10, oid(9), 16 * KIB), ObjectLocation)
+
+
+def test_migrate_refuses_what_it_cannot_move():
+    store = make()
+    store.create(10, oid(1), 100)
+    with pytest.raises(ObjectNotFound):
+        store.migrate(10, oid(1), 1)  # not sealed
+    for n in range(4):
+        put(store, 100 + n, client=11)  # node 1 full
+    put(store, 2)
+    with pytest.raises(StoreFull, match="node 1 has no room"):
+        store.migrate(10, oid(2), 1)
+    store.migrate(10, oid(2), 2)
+    with pytest.raises(BadRequest, match="being moved"):
+        store.migrate(10, oid(2), 3)
+
+
+def test_an_object_being_moved_is_not_evicted_and_a_delete_waits_for_the_move():
+    store = make()
+    put(store, 0)
+    store.migrate(10, oid(0), 1)
+    (place,) = events(store, Place)
+    for n in range(1, 4):
+        put(store, n)
+        store.get(10, [oid(n)], timeout=0)  # held
+    with pytest.raises(StoreFull):  # the only evictable object on node 0 is moving
+        store.create(10, oid(9), 16 * KIB)
+    store.delete(10, [oid(0)])
+    assert not events(store, Place)  # no move back while the move is under way
+    store.placed(place.token)
+    (rehome,) = events(store, Place)
+    assert rehome.nodes == [0]
+    store.placed(rehome.token)
+    assert isinstance(store.create(10, oid(9), 16 * KIB), ObjectLocation)
+
+
+def test_a_failed_interleave_fails_the_create_and_gives_the_memory_back_after_rehoming():
+    store = make()
+    store.create(10, oid(1), 16 * KIB, interleave=[])
+    (place,) = events(store, Place)
+    store.placed(place.token, "ENOMEM")
+    drained = store.drain_events()
+    (done,) = [e for e in drained if isinstance(e, CreateDone)]
+    assert isinstance(done.result, PlasmaError) and "ENOMEM" in str(done.result)
+    (rehome,) = [e for e in drained if isinstance(e, Place)]
+    assert oid(1) not in {i.id for i in store.objects()}
+    store.placed(rehome.token)
+    assert store.stats()["used"] == 0 and placed_in(store) == [0, 0, 0, 0]
+
+
+def test_a_creator_that_disconnects_during_its_interleave_leaks_nothing():
+    store = make()
+    store.create(10, oid(1), 16 * KIB, interleave=[])
+    (place,) = events(store, Place)
+    store.disconnect(10)
+    store.placed(place.token)
+    drained = store.drain_events()
+    assert not [e for e in drained if isinstance(e, CreateDone)]
+    (rehome,) = [e for e in drained if isinstance(e, Place)]
+    store.placed(rehome.token)
+    assert store.stats()["used"] == 0 and placed_in(store) == [0, 0, 0, 0]
+
+
+def test_objects_follow_their_readers_with_hysteresis():
+    tracker = ReaderTracker(min_reads=4, cooldown=5.0)
+    store = make(follow_readers=tracker)
+    put(store, 1)  # on node 0
+    for i in range(4):
+        store.get(12, [oid(1)], timeout=0, now=float(i))  # a reader on node 2
+        store.release(12, oid(1))
+    store.get(10, [oid(1)], timeout=0, now=4.0)  # one read from home
+    store.release(10, oid(1))
+    assert store.follow(4.5) == 1
+    (place,) = events(store, Place)
+    assert place.nodes == [2]
+    store.placed(place.token, now=5.0)
+    for i in range(6):  # now node 3 reads it: not before the cooldown
+        store.get(13, [oid(1)], timeout=0, now=5.5 + i * 0.1)
+        store.release(13, oid(1))
+    assert store.follow(6.5) == 0
+    assert store.follow(10.5) == 1
+    assert events(store, Place)[0].nodes == [3]
+
+
+def test_the_reader_tracker_needs_a_clear_majority_and_forgets_the_oldest():
+    t = ReaderTracker(share=0.75, min_reads=4, window=10.0, cooldown=0.0, max_objects=2)
+    for node in (1, 1, 2, 2):
+        t.read(b"a", node, 0.0)
+    assert t.proposal(b"a", 0, 1.0) is None  # half from each: no majority
+    for _ in range(3):
+        t.read(b"a", 1, 1.0)
+    assert t.proposal(b"a", 0, 1.0) is None  # 5 of 7
+    t.read(b"a", 1, 1.0)
+    assert t.proposal(b"a", 0, 1.0) == 1  # 6 of 8: three quarters
+    assert t.proposal(b"a", 1, 1.0) is None  # already there
+    t.read(b"a", 2, 20.0)  # a new window: one read is not enough
+    assert t.proposal(b"a", 0, 20.0) is None
+    t.read(b"b", 1, 20.0)
+    t.read(b"c", 1, 20.0)
+    assert t.candidates() == [b"b", b"c"]  # "a" was the least recently read
+    with pytest.raises(ValueError):
+        ReaderTracker(share=0.5)
+
+
+# ---------------------------------------------------------------- state machine
+
+
+class PlacementMachine(RuleBasedStateMachine):
+    """Random creates (some interleaved), gets, releases, deletes, migrations, disconnects
+    and page moves finishing (or failing) in any order, on three nodes. Invariants: no two
+    objects (or a range being moved back) share memory, nothing leaks, and each node's
+    charge is what the objects on it add up to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.store = make(nodes=3, max_waiters=64)
+        self.n = 0
+        self.places: list[Place] = []
+        self.held: list[tuple[int, bytes]] = []
+        self.creating: dict[int, tuple[int, bytes]] = {}  # token -> (client, id)
+
+    def _drain(self) -> None:
+        for e in self.store.drain_events():
+            if isinstance(e, Place):
+                self.places.append(e)
+            elif isinstance(e, CreateDone) and e.token in self.creating:
+                client, created = self.creating.pop(e.token)
+                if isinstance(e.result, list):
+                    self.store.seal(client, created)
+                    self.store.release(client, created)
+
+    @rule(
+        client=st.sampled_from([10, 11, 12]),
+        interleave=st.booleans(),
+        size=st.sampled_from([100, 4 * KIB, 9 * KIB]),
+    )
+    def create(self, client: int, interleave: bool, size: int) -> None:
+        self.n += 1
+        try:
+            res = self.store.create(
+                client, oid(self.n), size, interleave=[] if interleave else None
+            )
+        except (StoreFull, BadRequest):
+            return
+        if isinstance(res, Pending):
+            self.creating[res.token] = (client, oid(self.n))
+        else:
+            self.store.seal(client, oid(self.n))
+            self.store.release(client, oid(self.n))
+        self._drain()
+
+    def _sealed(self) -> list[bytes]:
+        return [i.id for i in self.store.objects() if i.state == "sealed"]
+
+    @rule(data=st.data(), client=st.sampled_from([10, 11, 12]))
+    def get(self, data: st.DataObject, client: int) -> None:
+        ids = self._sealed()
+        if ids:
+            target = data.draw(st.sampled_from(ids))
+            if isinstance(self.store.get(client, [target], timeout=0)[0], ObjectLocation):
+                self.held.append((client, target))
+
+    @precondition(lambda self: self.held)
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        client, target = self.held.pop(data.draw(st.integers(0, len(self.held) - 1)))
+        self.store.release(client, target)
+        self._drain()
+
+    @rule(data=st.data())
+    def delete(self, data: st.DataObject) -> None:
+        ids = self._sealed()
+        if ids:
+            self.store.delete(10, [data.draw(st.sampled_from(ids))])
+            self._drain()
+
+    @rule(data=st.data(), node=st.integers(0, 2))
+    def migrate(self, data: st.DataObject, node: int) -> None:
+        ids = self._sealed()
+        if ids:
+            with contextlib.suppress(StoreFull, BadRequest):
+                self.store.migrate(10, data.draw(st.sampled_from(ids)), node)
+            self._drain()
+
+    @precondition(lambda self: self.places)
+    @rule(data=st.data(), ok=st.sampled_from([True, True, False]))
+    def finish_place(self, data: st.DataObject, ok: bool) -> None:
+        place = self.places.pop(data.draw(st.integers(0, len(self.places) - 1)))
+        self.store.placed(place.token, None if ok else "EIO")
+        self._drain()
+
+    @rule()
+    def reconnect_a_client(self) -> None:
+        self.store.disconnect(12)
+        self.held = [(c, o) for c, o in self.held if c != 12]
+        self.creating = {t: v for t, v in self.creating.items() if v[0] != 12}
+        self.store.register_client(12, node=2)
+        self._drain()
+
+    @invariant()
+    def memory_is_never_shared_and_nothing_leaks(self) -> None:
+        store = self.store
+        ranges = []
+        for o, rec in store._objects.items():
+            ranges.append((rec.loc.segment, rec.loc.offset, rec.size, o))
+        for job in store._placing.values():
+            if job[0] == "rehome":
+                _, seg, offset, size, _ = job
+                ranges.append((seg.id, offset, size, b"rehome" + bytes([offset % 251])))
+            elif store._objects.get(job[2]) is not job[3]:
+                rec = job[3]
+                ranges.append((rec.loc.segment, rec.loc.offset, rec.size, job[2]))
+        ranges.sort()
+        for (s1, o1, n1, id1), (s2, o2, _, id2) in itertools.pairwise(ranges):
+            if s1 == s2:
+                assert o1 + n1 <= o2, f"{id1.hex()} and {id2.hex()} share memory"
+        assert store.stats()["used"] == sum(n for _, _, n, _ in ranges)
+
+    @invariant()
+    def charges_add_up(self) -> None:
+        store = self.store
+        want = [0, 0, 0]
+        for rec in store._objects.values():
+            if rec.pages_on is not None:
+                for node, nbytes in store._charges(rec, rec.pages_on).items():
+                    want[node] += nbytes
+        for job in store._placing.values():
+            if job[0] == "rehome":
+                for node, nbytes in job[4].items():
+                    want[node] += nbytes
+            elif store._objects.get(job[2]) is not job[3] and job[3].pages_on is not None:
+                for node, nbytes in store._charges(job[3], job[3].pages_on).items():
+                    want[node] += nbytes
+        assert [store.stats()["nodes"][n]["placed_in"] for n in range(3)] == want
+
+
+PlacementMachine.TestCase.settings = settings(
+    max_examples=200, stateful_step_count=50, deadline=None
+)
+TestPlacementMachine = PlacementMachine.TestCase
