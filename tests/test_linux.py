@@ -301,3 +301,41 @@ def test_peer_credentials_over_socketpair() -> None:
         pytest.raises(BadRequest, match="AF_UNIX"),
     ):
         peercred.peer_credentials(tcp)
+
+
+def test_a_child_that_dies_with_its_parent_does_even_when_it_is_sigkilled() -> None:
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, wait_until
+
+    middle = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import os, subprocess, sys, time\n"
+            "from plasma.linux.processes import die_with_parent\n"
+            "me = os.getpid()\n"
+            "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'],"
+            " preexec_fn=lambda: die_with_parent(me))\n"
+            "print(child.pid, flush=True)\n"
+            "time.sleep(120)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    assert middle.stdout is not None
+    child = int(middle.stdout.readline())
+    middle.send_signal(signal.SIGKILL)
+    middle.wait()
+
+    def gone() -> bool:
+        try:
+            with open(f"/proc/{child}/stat") as f:
+                return f.read().split(") ")[1].startswith("Z")  # a zombie of init: dead
+        except FileNotFoundError:
+            return True
+
+    wait_until(gone, what="the child to die with its parent")

@@ -16,7 +16,7 @@ import pytest
 
 import plasma
 from plasma.errors import ObjectLost, StoreFull
-from tests.conftest import RunningCoordinator, start_coordinator, wait_until
+from tests.conftest import RunningCoordinator, wait_until
 
 MIB = 1 << 20
 OBJECT = MIB  # bytes of each test object's data
@@ -43,25 +43,16 @@ def intact(client: plasma.Client, n: int) -> bool:
         del value
 
 
-def serve(tmp_path: Path, *args: str, name: str = "s.sock") -> RunningCoordinator:
-    return start_coordinator(
-        str(tmp_path / name), "--memory", "16MiB", "--segment-size", "4MiB", *args
-    )
-
-
 @pytest.fixture
-def running(tmp_path: Path) -> Iterator[Callable[..., RunningCoordinator]]:
-    started: list[RunningCoordinator] = []
+def running(
+    coordinator_factory: Callable[..., RunningCoordinator],
+) -> Callable[..., RunningCoordinator]:
+    """Start a coordinator with 16 MiB of memory (and ``args``); stopped after the test."""
 
-    def factory(*args: str) -> RunningCoordinator:
-        coord = serve(tmp_path, *args)
-        started.append(coord)
-        return coord
+    def start(*args: str, name: str = "s.sock") -> RunningCoordinator:
+        return coordinator_factory("--memory", "16MiB", "--segment-size", "4MiB", *args, name=name)
 
-    yield factory
-    for coord in started:
-        if coord.proc.poll() is None:
-            coord.stop(signal.SIGKILL)
+    return start
 
 
 def spill_files(directory: Path) -> list[str]:
@@ -260,17 +251,17 @@ def test_fallback_segments_serve_creates_when_everything_is_referenced(running, 
     assert coord.stop() == 0
 
 
-def test_spill_options_are_checked_before_the_store_starts(tmp_path):
+def test_spill_options_are_checked_before_the_store_starts(running, tmp_path):
     for args, error in [
         (["--restore"], "need --spill-dir"),
         (["--spill-dir", str(tmp_path), "--spill-threshold", "0"], "--spill-threshold"),
         (["--fallback-dir", str(tmp_path / "nowhere")], "not a directory"),
     ]:
         with pytest.raises(RuntimeError, match=error):
-            serve(tmp_path, *args)
+            running(*args)
 
 
 def test_two_coordinators_cannot_share_a_spill_directory(running, tmp_path):
     running("--spill-dir", str(tmp_path / "spill"))
     with pytest.raises(RuntimeError, match="in use by another coordinator"):
-        serve(tmp_path, "--spill-dir", str(tmp_path / "spill"), name="t.sock")
+        running("--spill-dir", str(tmp_path / "spill"), name="t.sock")

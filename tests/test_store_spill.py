@@ -79,6 +79,18 @@ def write(store: Store, now: float = 0.0) -> list[bytes]:
     return [o for o, _, _ in objects]
 
 
+def spilled_oldest() -> Store:
+    """A full store whose oldest object (0) went to disk to make room, and room for one."""
+    store, _ = make()
+    for n in range(4):
+        put(store, n)
+    store.create(1, oid(9), 16 * KIB)
+    write(store)
+    store.abort(1, oid(9))
+    store.drain_events()
+    return store
+
+
 def events(store: Store, kind: type) -> list:
     return [e for e in store.drain_events() if isinstance(e, kind)]
 
@@ -160,13 +172,7 @@ def test_a_lost_copy_fails_its_get_and_drops_only_that_object():
 
 
 def test_a_failed_read_keeps_the_object_on_disk_for_a_later_get():
-    store, _ = make()
-    for n in range(4):
-        put(store, n)
-    store.create(1, oid(9), 16 * KIB)
-    write(store)
-    store.abort(1, oid(9))
-    store.drain_events()
+    store = spilled_oldest()
     store.get(1, [oid(0)], timeout=5)
     (r,) = events(store, Restore)
     store.restored(r.token, "EIO", now=1.0)
@@ -215,13 +221,7 @@ def test_an_object_deleted_while_being_written_keeps_its_memory_until_the_write_
 
 
 def test_an_object_deleted_while_being_restored_frees_its_memory_only_after():
-    store, _ = make()
-    for n in range(4):
-        put(store, n)
-    store.create(1, oid(9), 16 * KIB)
-    write(store)
-    store.abort(1, oid(9))
-    store.drain_events()
+    store = spilled_oldest()
     pending = store.get(1, [oid(0)], timeout=5)
     (r,) = events(store, Restore)
     store.delete(1, [oid(0)])
@@ -502,14 +502,8 @@ TestSpillMachine = SpillMachine.TestCase
 
 
 def test_a_reader_that_disconnects_during_its_restore_leaves_the_object_evictable():
-    store, _ = make()
+    store = spilled_oldest()
     store.register_client(2)
-    for n in range(4):
-        put(store, n)
-    store.create(1, oid(9), 16 * KIB)
-    write(store)
-    store.abort(1, oid(9))
-    store.drain_events()
     store.get(2, [oid(0)], timeout=None)
     (r,) = events(store, Restore)
     store.disconnect(2)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from plasma.errors import BadRequest
+from plasma.linux.processes import die_with_parent
 from plasma.placement import Placement, PlacementRequest, Placer, Policy
 from plasma.topology import Topology, format_cpulist, parse_cpulist
 from plasma.units import format_size, parse_size
@@ -170,7 +171,7 @@ def cmd_dask_worker(args: argparse.Namespace) -> int:
                 threshold=threshold,
                 place=not args.no_place,
             )
-            proc = subprocess.Popen(argv, preexec_fn=_pinner(worker.placement))
+            proc = subprocess.Popen(argv, preexec_fn=_pinner(worker.placement, os.getpid()))
             procs[proc.pid] = (worker, proc)
             print(
                 f"plasma-coord: worker numa-{worker.node} (pid {proc.pid}): cpus "
@@ -201,10 +202,11 @@ def cmd_dask_worker(args: argparse.Namespace) -> int:
     return 0 if stopping else status
 
 
-def _pinner(placement: Placement) -> Any:
+def _pinner(placement: Placement, parent: int) -> Any:
     from plasma.cli.topology import pin
 
     def run_in_child() -> None:
+        die_with_parent(parent)  # (a worker never outlives this command, even SIGKILLed)
         pin(placement, membind=True)
 
     return run_in_child
@@ -222,7 +224,10 @@ def _coordinator(socket_path: str, size: int, nodes: Sequence[int]) -> Any:
     per_node = size // len(nodes)
     memory = ",".join(f"{n}={per_node}" for n in nodes)
     argv = [sys.executable, "-m", "plasma", "serve", "--socket", socket_path, "--memory", memory]
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    parent = os.getpid()
+    proc = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, text=True, preexec_fn=lambda: die_with_parent(parent)
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line.startswith("ready"):

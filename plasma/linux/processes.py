@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
+from plasma.linux._syscall import libc_call
 from plasma.topology import parse_cpulist
 
-__all__ = ["process_affinities", "send_signal"]
+__all__ = ["die_with_parent", "process_affinities", "send_signal"]
+
+PR_SET_PDEATHSIG = 1
 
 
 def process_affinities(proc: str | Path = "/proc") -> dict[int, frozenset[int]]:
@@ -32,6 +36,14 @@ def process_affinities(proc: str | Path = "/proc") -> dict[int, frozenset[int]]:
                 out[int(entry.name)] = parse_cpulist(value)
                 break
     return out
+
+
+def die_with_parent(parent: int, signum: int = signal.SIGTERM) -> None:
+    """In a child (a ``preexec_fn``): get ``signum`` when the thread that started it dies,
+    even by SIGKILL (prctl PR_SET_PDEATHSIG); at once if ``parent`` is already gone."""
+    libc_call("prctl", PR_SET_PDEATHSIG, signum, 0, 0, 0, call="prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signum)
 
 
 def send_signal(pid: int, signum: int) -> str:
