@@ -73,6 +73,10 @@ def _store_metrics(stats: Mapping[str, Any]) -> Iterator[Metric]:
         "objects": ("plasma_store_objects", "objects held on the node"),
         "segments": ("plasma_store_segments", "shared-memory segments on the node"),
         "segment_bytes": ("plasma_store_segment_bytes", "bytes of segments mapped on the node"),
+        "placed_in": (
+            "plasma_store_placed_in_bytes",
+            "bytes of other nodes' objects whose pages were moved to the node",
+        ),
     }
     for key, (name, doc) in per_node.items():
         family = GaugeMetricFamily(name, doc, labels=["node"])

@@ -242,3 +242,10 @@ def test_spilling_and_fallback_figures_are_exported_only_with_spilling() -> None
     assert got["plasma_spill_restore_seconds_total", ()] == 0.25
     assert got["plasma_spill_errors_total", ()] == 1
     assert got["plasma_fallback_bytes", ()] == 8192
+
+
+def test_bytes_moved_to_a_node_are_exported_per_node() -> None:
+    stats = json.loads(json.dumps(STATS))
+    stats["nodes"]["1"]["placed_in"] = 8192
+    got = _samples(_exposition(stats))
+    assert got["plasma_store_placed_in_bytes", (("node", "1"),)] == 8192
