@@ -37,7 +37,7 @@ from plasma import parallel_copy, serialization
 from plasma import protocol as p
 from plasma.directory import ORDERED_MEMORY, DirectoryReader, Found, PinTable
 from plasma.errors import BadRequest, PlasmaError, error_for
-from plasma.ids import ID_SIZE, ObjectID, as_id_bytes
+from plasma.ids import ID_SIZE, ObjectID, as_id_bytes, replica_id
 from plasma.linux.memfd import map_segment, populate_range
 
 ObjectRef = ObjectID | bytes
@@ -530,7 +530,12 @@ class ClientCore:
         reader, pins = self.reader, self.pins
         if reader is None or pins is None:
             return None
-        found = reader.lookup(oid)
+        found = None
+        info = self.info
+        if reader.replicas and info is not None and info.node is not None:
+            found = reader.lookup(replica_id(oid, info.node))  # the copy on our node, if any
+        if found is None:
+            found = reader.lookup(oid)
         if found is None or found.location.segment not in self.maps:
             return None
         with self._held_lock:
@@ -728,6 +733,14 @@ class ClientCore:
         )
         reply = yield Call((msg,))
         return reply.locations[0]
+
+    def replicate(self, object_id: ObjectRef, nodes: Iterable[int]) -> Op:
+        nodes = list(nodes)
+        if any(isinstance(n, bool) or not isinstance(n, int) for n in nodes):
+            raise BadRequest(f"replicate needs node numbers, got {nodes!r}")
+        msg = p.Replicate(seq=self.next_seq(), id=as_id_bytes(object_id), nodes=nodes)
+        reply = yield Call((msg,))
+        return reply.nodes
 
     def migrate(self, object_id: ObjectRef, node: int) -> Op:
         if isinstance(node, bool) or not isinstance(node, int):
@@ -1014,6 +1027,13 @@ class ClientCore:
             message=message[: p.MAX_STRING],
         )
         yield Send((msg,))
+
+    def put_replicated(
+        self, value: Any, object_id: ObjectRef | None, node: Node, replicas: Iterable[int]
+    ) -> Op:
+        oid = yield from self.put(value, object_id, node)
+        yield from self.replicate(oid, replicas)  # (after the seal: requests keep their order)
+        return oid
 
     def put(self, value: Any, object_id: ObjectRef | None, node: Node) -> Op:
         oid = ObjectID(as_id_bytes(object_id)) if object_id is not None else ObjectID.from_random()

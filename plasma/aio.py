@@ -268,6 +268,10 @@ class AsyncClient:
         """Every object with its sizes, node, state, ref count, create time and owner."""
         return await self._run(self._core.list())
 
+    async def replicate(self, object_id: ObjectRef, nodes: Iterable[int]) -> builtins.list[int]:
+        """See :meth:`plasma.Client.replicate`."""
+        return await self._run(self._core.replicate(object_id, nodes))
+
     async def migrate(self, object_id: ObjectRef, node: int) -> builtins.list[int]:
         """See :meth:`plasma.Client.migrate`."""
         return await self._run(self._core.migrate(object_id, node))
@@ -305,9 +309,17 @@ class AsyncClient:
         return AsyncSubscription(self)
 
     async def put(
-        self, value: Any, object_id: ObjectRef | None = None, *, node: Node = None
+        self,
+        value: Any,
+        object_id: ObjectRef | None = None,
+        *,
+        node: Node = None,
+        replicas: Iterable[int] = (),
     ) -> ObjectID:
-        """Store a numpy array, Arrow object or bytes; returns its id."""
+        """Store a numpy array, Arrow object or bytes; returns its id (see
+        :meth:`plasma.Client.put`)."""
+        if replicas:
+            return await self._run(self._core.put_replicated(value, object_id, node, replicas))
         return await self._run(self._core.put(value, object_id, node))
 
     async def get_object(self, object_id: ObjectRef, timeout: float | None = None) -> Any:

@@ -289,6 +289,13 @@ class Client:
         """Every object: data_size, metadata_size, node, state, ref_count, create_time, owner."""
         return self._run(self._core.list())
 
+    def replicate(self, object_id: ObjectRef, nodes: Iterable[int]) -> builtins.list[int]:
+        """Make read-only copies of a sealed object on ``nodes``: a reader on one of them
+        gets its node's copy (through the directory too). Returns the nodes with a copy
+        (the object's own included). The copies count against their nodes' budgets
+        (StoreFull, and none made, when one has no room) and go with the object."""
+        return self._run(self._core.replicate(object_id, nodes))
+
     def migrate(self, object_id: ObjectRef, node: int) -> builtins.list[int]:
         """Move a sealed object's pages to ``node``; readers keep their views (the same
         addresses, the same bytes). Returns the nodes its pages are on. StoreFull when
@@ -341,8 +348,18 @@ class Client:
 
     # ------------------------------------------------------------ values
 
-    def put(self, value: Any, object_id: ObjectRef | None = None, *, node: Node = None) -> ObjectID:
-        """Store a numpy array, Arrow object or bytes; returns its id."""
+    def put(
+        self,
+        value: Any,
+        object_id: ObjectRef | None = None,
+        *,
+        node: Node = None,
+        replicas: Iterable[int] = (),
+    ) -> ObjectID:
+        """Store a numpy array, Arrow object or bytes; returns its id. ``node`` as for
+        :meth:`create`; ``replicas``: nodes to make read-only copies on (:meth:`replicate`)."""
+        if replicas:
+            return self._run(self._core.put_replicated(value, object_id, node, replicas))
         return self._run(self._core.put(value, object_id, node))
 
     def get_object(self, object_id: ObjectRef, timeout: float | None = None) -> Any:

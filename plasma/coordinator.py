@@ -34,7 +34,7 @@ from plasma.directory import pin_table_size
 from plasma.errors import PlasmaError
 from plasma.follow import ReaderTracker
 from plasma.ids import ID_SIZE
-from plasma.linux import numa
+from plasma.linux import memfd, numa
 from plasma.linux.fdlimit import EXHAUSTED, FdReserve, raise_nofile_limit
 from plasma.linux.fdpass import MAX_FDS_PER_SEND, scm_rights
 from plasma.linux.peercred import peer_credentials
@@ -43,6 +43,7 @@ from plasma.segments import BASE_PAGE, SegmentPool
 from plasma.shared_tables import SharedTables, close_map, new_pin_table
 from plasma.spiller import Spiller
 from plasma.store import (
+    Copy,
     CreateDone,
     DirectoryMoved,
     GetDone,
@@ -51,6 +52,7 @@ from plasma.store import (
     Pending,
     Place,
     Reclaim,
+    Replicated,
     Restore,
     Revoke,
     SpillDead,
@@ -75,7 +77,8 @@ MAX_CALLS_PER_CLIENT = 1024  # RunCalls one client may have waiting for the run'
 # Refused to read-only sessions: everything that creates, changes or removes objects, reserves
 # memory, or starts and steers tasks.
 _WRITE_REQUESTS: frozenset[type] = frozenset(
-    {p.Create, p.CreateMany, p.Seal, p.Abort, p.Delete, p.Evict, p.Migrate, p.Arena}
+    {p.Create, p.CreateMany, p.Seal, p.Abort, p.Delete, p.Evict, p.Migrate, p.Replicate}
+    | {p.Arena}
     | {p.SealArena}
     | {p.ReturnArena}
     | {p.RunRegister, p.RunCall, p.RunRespond, p.TaskRegister, p.TaskDone, p.SubmitSample}
@@ -317,6 +320,7 @@ class Coordinator:
             p.List: self._list,
             p.Evict: self._evict,
             p.Migrate: self._migrate,
+            p.Replicate: self._replicate,
             p.Subscribe: self._subscribe,
             p.Arena: self._arena,
             p.SealArena: self._seal_arena,
@@ -796,6 +800,37 @@ class Coordinator:
         else:
             session.send(p.Migrated(seq=msg.seq, nodes=res))
 
+    def _replicate(self, session: Session, msg: p.Replicate) -> None:
+        res = self.store.replicate(session.client_id, msg.id, msg.nodes, now=time.time())
+        if isinstance(res, Pending):
+            self._park(session, msg.seq, res)
+        else:
+            session.send(p.Replicated(seq=msg.seq, nodes=res))
+
+    async def _copy(self, event: Copy) -> None:
+        """Copy an object's bytes to its replicas (a worker thread: it may be gigabytes)."""
+        error: str | None = None
+        fds: list[int] = []
+        try:
+            source = self.pool.get(event.segment)
+            fds.append(os.dup(source.fd))
+            targets = []
+            for loc in event.targets:
+                seg = self.pool.get(loc.segment)
+                fds.append(os.dup(seg.fd))
+                targets.append((fds[-1], loc.offset, seg.page_size))
+            await trio.to_thread.run_sync(
+                memfd.copy_ranges, fds[0], event.offset, source.page_size, targets, event.length
+            )
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            log.warning("copying segment %d to replicas failed: %s", event.segment, exc)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        self.store.placed(event.token, error, now=time.time())
+        self._deliver_events()
+
     async def _place(self, event: Place) -> None:
         """Move the pages of a range of a segment (a worker thread: it may be gigabytes)."""
         error: str | None = None
@@ -992,9 +1027,12 @@ class Coordinator:
             if isinstance(event, DirectoryMoved):
                 touched.update(self._send_directory())
                 continue
-            if isinstance(event, Place):
+            if isinstance(event, Place | Copy):
                 assert self._nursery is not None
-                self._nursery.start_soon(self._place, event)
+                if isinstance(event, Place):
+                    self._nursery.start_soon(self._place, event)
+                else:
+                    self._nursery.start_soon(self._copy, event)
                 continue
             if isinstance(event, Restore | SpillDead):
                 assert self.spiller is not None
@@ -1033,13 +1071,15 @@ class Coordinator:
                 seq = waiter[1]
                 if isinstance(event, GetDone):
                     self._reply_got(session, seq, event.results)
-                elif isinstance(event, Moved):
+                elif isinstance(event, Moved | Replicated):
                     if isinstance(event.result, PlasmaError):
                         session.send(
                             p.Error(seq=seq, code=event.result.code, message=event.result.message)
                         )
-                    else:
+                    elif isinstance(event, Moved):
                         session.send(p.Migrated(seq=seq, nodes=event.result))
+                    else:
+                        session.send(p.Replicated(seq=seq, nodes=event.result))
                 elif isinstance(event.result, PlasmaError):
                     assert isinstance(event, CreateDone)
                     self.error_counts[event.result.code] += 1

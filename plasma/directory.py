@@ -16,6 +16,7 @@ Directory: a 64-byte header, then ``capacity`` (a power of two) 64-byte slots::
 
     header  0 magic b"PLSMDIR1"  8 u32 version  12 u32 slot size  16 u64 capacity
             24 u64 superseded (0; 1 once a new directory replaced this one)  32 u64 max probe
+            40 u64 replicas (1: look up plasma.ids.replica_id(id, your node) first)
     slot    0 u64 seq (odd while being written)  8 u64 generation  16 id[20]  36 u32 segment
             40 u64 offset  48 u64 data size  56 u32 metadata size  60 u16 node  62 u8 state
 
@@ -59,6 +60,7 @@ ORDERED_MEMORY = platform.machine().lower() in {"x86_64", "amd64"}
 
 _HEADER = struct.Struct("<8sIIQQQ")  # magic, version, slot size, capacity, superseded, probe
 _SUPERSEDED = 24
+_REPLICAS = 40  # u64, 1 once replicas (plasma.ids.replica_id) may be in the directory
 _SEQ = struct.Struct("<Q")
 # a slot after its seq word: generation, id, segment, offset, data size, metadata size, node,
 # state
@@ -256,6 +258,11 @@ class Directory:
         """Tell readers this directory is stale (they fall back to requests and re-map)."""
         _SEQ.pack_into(self._mv, _SUPERSEDED, 1)
 
+    def announce_replicas(self) -> None:
+        """Tell readers to look for a copy on their node first (written once, before the
+        first replica is published)."""
+        _SEQ.pack_into(self._mv, _REPLICAS, 1)
+
     def _write(
         self, slot: int, generation: int, oid: bytes, loc: ObjectLocation, state: int
     ) -> None:
@@ -363,6 +370,12 @@ class DirectoryReader:
     @property
     def superseded(self) -> bool:
         return _SEQ.unpack_from(self._mv, _SUPERSEDED)[0] != 0
+
+    @property
+    def replicas(self) -> bool:
+        """Whether copies of objects on other nodes may be published here (the flag's low
+        byte: one load on every get)."""
+        return self._mv[_REPLICAS] != 0
 
 
 class PinTable:

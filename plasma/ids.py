@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
-__all__ = ["ID_SIZE", "ObjectID", "as_id_bytes"]
+__all__ = ["ID_SIZE", "ObjectID", "as_id_bytes", "replica_id"]
 
 ID_SIZE = 20
+
+
+def replica_id(oid: bytes, node: int) -> bytes:
+    """The id object ``oid``'s read-only copy on ``node`` is published under in the object
+    directory (hidden from every request: readers find it by this derivation only)."""
+    key = oid + node.to_bytes(4, "little")
+    return hashlib.blake2b(key, digest_size=ID_SIZE, person=b"plasma-replica").digest()
 
 
 class ObjectID:

@@ -198,6 +198,14 @@ class Migrate(_Msg):
     node: _Node
 
 
+class Replicate(_Msg):
+    """Make read-only copies of a sealed object on ``nodes``."""
+
+    seq: _Int
+    id: _Id
+    nodes: Annotated[list[_Node], msgspec.Meta(max_length=MAX_CPUS)]
+
+
 class Subscribe(_Msg):
     seq: _Int
     with_locations: bool = False  # seal notifications carry a location and a reference
@@ -391,6 +399,11 @@ class Migrated(_Msg):
     nodes: list[int]  # where the object's pages are now
 
 
+class Replicated(_Msg):
+    seq: int
+    nodes: list[int]  # the nodes with a copy (the object's own included)
+
+
 class ArenaGranted(_Msg):
     seq: int
     segment: int
@@ -453,6 +466,7 @@ Request = (
     | List
     | Evict
     | Migrate
+    | Replicate
     | Subscribe
     | Arena
     | ReturnArena
@@ -477,6 +491,7 @@ Reply = (
     | Listing
     | Evicted
     | Migrated
+    | Replicated
     | ArenaGranted
     | StatsReply
     | Notification

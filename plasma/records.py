@@ -58,6 +58,7 @@ class ObjectInfo(msgspec.Struct, array_like=True, gc=False):
     owner: int  # client id of the creator
     construct_duration: float = -1.0  # seconds from create to seal; -1 while unsealed
     pages_on: list[int] = []  # the nodes its pages were moved to (interleaved, migrated)
+    replicas: list[int] = []  # the nodes with a read-only copy of it
 
 
 class TablesInfo(msgspec.Struct, array_like=True, gc=False):

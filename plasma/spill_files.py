@@ -28,10 +28,10 @@ import os
 import re
 import struct
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from plasma.ids import ID_SIZE
+from plasma.linux import memfd
 from plasma.records import SpillEntry
 
 __all__ = [
@@ -54,6 +54,7 @@ END = b"PLSPEND1"
 _TRAILER = struct.Struct("<QI4x8s")  # object count, index CRC-32, END
 _RECORD = struct.Struct(f"<{ID_SIZE}sQQidQQI")  # a SpillEntry without its index
 CHUNK = 8 << 20  # bytes copied per step
+_WRITE = mmap.PROT_READ | mmap.PROT_WRITE
 SMALL = 1 << 20  # objects below this are read with pread (a mapping costs more)
 _NAME = re.compile(r"spill-(\d{10})\.plasma")
 _TEMP = re.compile(r"\.spill-(\d{10})\.tmp")
@@ -101,21 +102,6 @@ def lock_directory(directory: str) -> int:
     return fd
 
 
-@contextlib.contextmanager
-def _mapped(fd: int, offset: int, length: int, page: int, *, write: bool) -> Iterator[memoryview]:
-    """``length`` bytes at ``offset`` of ``fd``, mapped for the duration of the block."""
-    start = offset // page * page
-    prot = mmap.PROT_READ | (mmap.PROT_WRITE if write else 0)
-    flags = mmap.MAP_SHARED | mmap.MAP_POPULATE  # one call, not a fault per page
-    mm = mmap.mmap(fd, offset - start + length, flags, prot, offset=start)
-    view = memoryview(mm)[offset - start :]
-    try:
-        yield view
-    finally:
-        view.release()
-        mm.close()
-
-
 def write_batch(
     directory: str, file_id: int, sources: list[SpillSource]
 ) -> tuple[list[SpillEntry], int]:
@@ -137,7 +123,7 @@ def write_batch(
                 crc = zlib.crc32(data)
                 _write_all(fd, data, position)
             elif length:
-                with _mapped(s.fd, s.offset, length, s.page_size, write=False) as view:
+                with memfd.mapped(s.fd, s.offset, length, s.page_size, mmap.PROT_READ) as view:
                     for lo in range(0, length, CHUNK):
                         with view[lo : lo + CHUNK] as chunk:
                             crc = zlib.crc32(chunk, crc)
@@ -251,7 +237,7 @@ def read_part(
         if os.fstat(src).st_size < entry.offset + entry.length:
             raise SpillDamaged(f"spill file {path} is shorter than its index says")
         if length:
-            with _mapped(fd, offset + start, length, page_size, write=True) as view:
+            with memfd.mapped(fd, offset + start, length, page_size, _WRITE) as view:
                 done = 0
                 while done < length:
                     with view[done : done + CHUNK] as chunk:

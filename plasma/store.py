@@ -80,7 +80,7 @@ from plasma.errors import (
     StoreFull,
 )
 from plasma.follow import ReaderTracker
-from plasma.ids import ID_SIZE
+from plasma.ids import ID_SIZE, replica_id
 from plasma.records import ArenaObject, CreateItem, ObjectInfo, ObjectLocation, SpillEntry
 
 RECLAIM_INTERVAL = 1.0  # seconds between two Reclaim events to the same client
@@ -235,6 +235,25 @@ class Place(msgspec.Struct, gc=False):
     nodes: list[int]
 
 
+class Copy(msgspec.Struct, gc=False):
+    """Copy ``length`` bytes at ``offset`` of ``segment`` to each of ``targets`` (the
+    copies of a replicate request), then call :meth:`Store.placed` with ``token``."""
+
+    token: int
+    segment: int
+    offset: int
+    length: int
+    targets: list[ObjectLocation]
+
+
+class Replicated(msgspec.Struct, gc=False):
+    """A replicate request's answer: the nodes with a copy of the object, or an error."""
+
+    client: int
+    token: int
+    result: list[int] | PlasmaError
+
+
 class Moved(msgspec.Struct, gc=False):
     """A migrate request's answer: the object's pages are on ``result`` (nodes) now, or an
     error."""
@@ -255,6 +274,8 @@ Event = (
     | SpillDead
     | Place
     | Moved
+    | Copy
+    | Replicated
 )
 
 
@@ -342,7 +363,8 @@ class _Object(msgspec.Struct, gc=False):
     spilling: bool = False  # being written to disk now
     restoring: bool = False  # being read back into ``loc`` now
     pages_on: tuple[int, ...] | None = None  # nodes its pages were moved to (None: its node's)
-    moving: bool = False  # its pages are being moved now
+    moving: bool = False  # its pages are being moved (or copied to replicas) now
+    replicas: tuple[int, ...] = ()  # nodes with a read-only copy (see Store.replicate)
 
 
 class _Arena:
@@ -540,6 +562,11 @@ class Store:
         self._readers = follow_readers
         # generation -> id of published objects, to tell which object a pin reads
         self._by_generation: dict[int, bytes] = {}
+        # read-only copies on other nodes (replica id -> record; never in _objects), those
+        # whose object went (freed after their pin scan), and whether readers were told
+        self._replicas: dict[bytes, _Object] = {}
+        self._orphans: list[tuple[bytes, _Object]] = []
+        self._replicas_announced = False
         self._spill_wakeup = False
         self._spill_error = ""
         self._spill_counts = dict.fromkeys(_SPILL_COUNTS, 0)
@@ -770,7 +797,7 @@ class Store:
             rec = objects.get(oid)
             if rec is not None and rec.sealed and not rec.deleting and rec.resident:
                 self._add_ref(c, oid, rec)
-                results.append(rec.loc)
+                results.append(self._local_copy(oid, rec, c) if rec.replicas else rec.loc)
             else:
                 results.append(None)
                 missing = True
@@ -803,6 +830,13 @@ class Store:
             ):
                 self._restore_queue[oid] = (rec, c.node)
         return Pending(w.token)
+
+    def _local_copy(self, oid: bytes, rec: _Object, c: _Client) -> ObjectLocation:
+        """Where ``c`` reads ``rec``: the copy on its node, if there is one (the reference
+        taken on the object keeps the copies too)."""
+        if c.node in rec.replicas:
+            return self._replicas[replica_id(oid, c.node)].loc
+        return rec.loc
 
     def _on_disk(self, oid: bytes) -> bool:
         rec = self._objects.get(oid)
@@ -867,6 +901,11 @@ class Store:
             pinning = self._pins.holders(gen) if gen in pinned else []
             if rec.slot >= 0:
                 self._directory.set_state(rec.slot, DYING)
+            for n in rec.replicas:  # hidden now, freed with the object (after their pins)
+                copy = self._replicas[replica_id(oid, n)]
+                if copy.slot >= 0:
+                    self._directory.set_state(copy.slot, DYING)
+                    pinning += self._pins.holders(self._generation_of(copy))
             if rec.ref_count or pinning:
                 deferred.append(oid)
                 holders = {cid for cid, c in self._clients.items() if oid in c.refs}
@@ -957,6 +996,7 @@ class Store:
             "pins": self._pins.total(),
             "dying": len(self._dying) + len(self._pinned),
             "moving": len(self._placing),
+            "replicas": len(self._replicas),
             "spill": self._spill_stats() if self._spill else None,
             "fallback": {
                 "bytes": self._fallback_used,
@@ -1255,11 +1295,13 @@ class Store:
                 self._events.append(SpillDead(file_id, None, True))
         return adopted
 
-    def _to_disk(self, rec: _Object) -> None:
+    def _to_disk(self, oid: bytes, rec: _Object) -> None:
         """An evicted object with a copy on disk: free its memory, keep it as spilled."""
         seg = self._segments[rec.loc.segment]
         seg.node.objects -= 1
         self._release(seg, rec)
+        if rec.replicas:
+            self._orphan_replicas(oid, rec)
         rec.resident = False
         self._spill_counts["objects"] += 1
         self._spill_counts["bytes"] += rec.loc.data_size + rec.loc.metadata_size
@@ -1354,12 +1396,65 @@ class Store:
         self._placing[token] = ("migrate", client, oid, rec)
         return Pending(token)
 
+    def replicate(
+        self, client: int, oid: bytes, nodes: list[int], *, now: float = 0.0
+    ) -> list[int] | Pending:
+        """Make read-only copies of a sealed object on ``nodes``: a get by a client of one of
+        those nodes (through the directory or a request) returns its node's copy. The nodes
+        with a copy (its own included) at once when each has one, else a Pending answered
+        by :class:`Replicated`. Copies count against their node's budget (StoreFull, and
+        none made, when one has no room); delete and eviction remove them with the object."""
+        c = self._client(client)
+        rec = self._objects.get(oid)
+        if rec is None or rec.deleting or not rec.sealed:
+            raise ObjectNotFound(f"object {oid.hex()} not found (or not sealed)")
+        unknown = sorted(n for n in set(nodes) if n not in self._nodes)
+        if unknown:
+            raise PlacementImpossible(f"node(s) {unknown} not one of {list(self._nodes)}")
+        if not rec.resident or rec.restoring:
+            raise BadRequest(f"object {oid.hex()} is spilled to disk: get it first")
+        seg = self._segments[rec.loc.segment]
+        if seg.fallback:
+            raise BadRequest(f"object {oid.hex()} is in a file-backed fallback segment")
+        if rec.moving or rec.spilling:
+            raise BadRequest(f"object {oid.hex()} is being moved or written already")
+        home = seg.node.id
+        wanted = [n for n in sorted(set(nodes)) if n != home and n not in rec.replicas]
+        if not wanted:
+            return sorted({home, *rec.replicas})
+        self._check_placing(c)
+        placed: list[tuple[int, tuple[_Segment, int]]] = []
+        for n in wanted:
+            where = self._allocate(self._nodes[n], rec.size, now)
+            if where is None or where[0].fallback:
+                for _, (s, off) in [*placed, *([(n, where)] if where else [])]:
+                    self._free_range(s, off, rec.size)
+                raise StoreFull(f"{self._no_space(self._nodes[n])} for a copy of {oid.hex()}")
+            placed.append((n, where))
+        copies = []
+        for n, (s, off) in placed:
+            loc = ObjectLocation(s.id, off, rec.loc.data_size, rec.loc.metadata_size, n)
+            copy = _Object(loc, rec.size, 0, now)  # unsealed (invisible) until copied
+            self._replicas[replica_id(oid, n)] = copy
+            s.node.objects += 1
+            copies.append((n, copy))
+        rec.moving = True  # (its bytes are being read: not freed, moved or evicted meanwhile)
+        self._token += 1
+        self._placing[self._token] = ("replicate", client, oid, rec, copies)
+        length = rec.loc.data_size + rec.loc.metadata_size
+        targets = [copy.loc for _, copy in copies]
+        self._events.append(Copy(self._token, rec.loc.segment, rec.loc.offset, length, targets))
+        return Pending(self._token)
+
     def placed(self, token: int, error: str | None = None, *, now: float = 0.0) -> None:
-        """The :class:`Place` ``token`` finished (``error``: it failed; some pages may have
-        moved, the object counts as placed as asked)."""
+        """The :class:`Place` or :class:`Copy` ``token`` finished (``error``: it failed;
+        pages may have moved partly, the object counts as placed as asked; no copy is
+        kept)."""
         job = self._placing.pop(token)
         kind = job[0]
-        if kind == "rehome":
+        if kind == "replicate":
+            self._copied(token, job, error)
+        elif kind == "rehome":
             _, seg, offset, size, charges = job
             self._charge(charges, -1)
             self._free_range(seg, offset, size)
@@ -1387,6 +1482,44 @@ class Store:
                 self._free_object(oid, rec)
         self._space_changed = True
         self._retry_creates(now)
+
+    def _copied(self, token: int, job: tuple[Any, ...], error: str | None) -> None:
+        _, client, oid, rec, copies = job
+        rec.moving = False
+        alive = not rec.deleting and self._objects.get(oid) is rec
+        for n, copy in copies:
+            key = replica_id(oid, n)
+            if error is None and alive:
+                copy.sealed = True
+                if not self._replicas_announced:
+                    self._directory.announce_replicas()
+                    self._replicas_announced = True
+                self._publish(key, copy)
+                rec.replicas = (*rec.replicas, n)
+            else:
+                del self._replicas[key]
+                self._free_object(key, copy)
+        if client in self._clients:
+            result: list[int] | PlasmaError = sorted(
+                {self._segments[rec.loc.segment].node.id, *rec.replicas}
+            )
+            if error is not None:
+                result = PlasmaError(f"copying {oid.hex()} failed: {error}")
+            elif not alive:
+                result = ObjectNotFound(f"object {oid.hex()} was deleted while being copied")
+            self._events.append(Replicated(client, token, result))
+        if self._after_io.pop(id(rec), None) is not None:
+            self._free_object(oid, rec)
+
+    def _orphan_replicas(self, oid: bytes, rec: _Object) -> None:
+        """An object's memory is freed: its copies go too (each once no pin holds it)."""
+        for n in rec.replicas:
+            key = replica_id(oid, n)
+            copy = self._replicas.pop(key)
+            copy.deleting = True
+            self._orphans.append((key, copy))
+        rec.replicas = ()
+        self._wakeup = True
 
     def follow(self, now: float) -> int:
         """With ``follow_readers``: count the reads held now (each pin in the pin tables and
@@ -1520,6 +1653,8 @@ class Store:
             heapq.heappop(heap)
             self._dead_deadlines -= 1
         times = [heap[0][0]] if heap else []
+        if self._orphans:
+            times.append(0.0)
         if self._dying:
             times.append(next(iter(self._dying.values()))[0])
         if self._rescan_at < math.inf:
@@ -1808,6 +1943,8 @@ class Store:
         seg = self._segments[rec.loc.segment]
         seg.node.objects -= 1
         self._release(seg, rec)
+        if rec.replicas:
+            self._orphan_replicas(oid, rec)
 
     def _release(self, seg: _Segment, rec: _Object) -> None:
         """Free an object's memory; if its pages were moved to other nodes, first move them
@@ -1852,7 +1989,7 @@ class Store:
         gen = self._generation_of(rec)
         if not gen:
             if rec.spill is not None and not rec.deleting:
-                self._to_disk(rec)
+                self._to_disk(oid, rec)
             else:
                 self._free_object(oid, rec)
             return False
@@ -1870,6 +2007,10 @@ class Store:
         due, for deleted objects pins held at the last scan): free those no pin holds, keep
         pinned deleted ones for a later scan, and give eviction victims a reader pinned
         meanwhile back to the CLOCK."""
+        if self._orphans:
+            orphans, self._orphans = self._orphans, []
+            for key, copy in orphans:
+                self._doom(key, copy, now)
         dying = self._dying
         due: list[tuple[int, bytes, _Object]] = []
         while dying:
@@ -1899,6 +2040,8 @@ class Store:
                 self._pinned[gen] = (oid, rec)
         self._rescan_at = now + PIN_RESCAN if self._pinned else math.inf
         self._wakeup = self._wakeup or bool(self._pinned)
+        if self._orphans:  # copies of what this scan freed (they have no copies themselves)
+            self._free_due(now)
 
     def _finish(self, gen: int, oid: bytes, rec: _Object, evicted: bool) -> None:
         """Free a doomed object after a scan found no pin on it."""
@@ -1910,7 +2053,7 @@ class Store:
         elif self._unlisted:
             self._unlisted.pop(id(rec), None)
         if evicted and rec.spill is not None:
-            self._to_disk(rec)
+            self._to_disk(oid, rec)
             return
         self._free_object(oid, rec)
         if evicted:
@@ -1991,6 +2134,7 @@ class Store:
             if rec.slot >= 0 and self._objects.get(oid) is not rec
         ]
         published += [(oid, rec) for oid, rec in self._pinned.values() if rec.slot >= 0]
+        published += [(key, copy) for key, copy in self._replicas.items() if copy.slot >= 0]
         old_slots = [rec.slot for _, rec in published]
         capacity = rebuilt_capacity(old.live, max(old.capacity // 2, self._min_capacity))
         for attempt in range(REBUILD_ATTEMPTS):
@@ -2001,6 +2145,8 @@ class Store:
             except PlasmaError:
                 return
             new = Directory(buf, capacity)
+            if self._replicas_announced:
+                new.announce_replicas()
             slots = new.copy_from(old, old_slots)
             if -1 not in slots or attempt == REBUILD_ATTEMPTS - 1:
                 break
@@ -2162,6 +2308,7 @@ class Store:
             rec.owner,
             rec.construct_duration if rec.sealed else -1.0,
             list(rec.pages_on) if rec.pages_on is not None and rec.resident else [],
+            list(rec.replicas),
         )
 
     # ------------------------------------------------------------ internals: notifications

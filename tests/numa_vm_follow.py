@@ -50,12 +50,21 @@ def reader(socket_path: str, oid: bytes, node: int, conn: Connection) -> None:
     """On ``node``: hold a view of ``oid``; on "check", say where its pages are and whether
     it still reads the same bytes at the same address."""
     pin_to(node)
-    with connect(socket_path, f"reader-{node}") as client:
+    with connect(socket_path, f"reader-{node}", release_delay=0) as client:
         view = client.get_object(ObjectID(oid))
         expected = view.copy()
         address = view.ctypes.data
         conn.send(page_counts(address, view.nbytes, PAGE))
         while (msg := conn.recv()) != "stop":
+            if msg == "again":  # a second get: served by the directory (the segment is mapped)
+                del view
+                client.flush()
+                gets = client.stats()["operations"].get("Get", 0)
+                view = client.get_object(ObjectID(oid))
+                address = view.ctypes.data
+                asked = client.stats()["operations"].get("Get", 0) - gets
+                conn.send({"pages": page_counts(address, view.nbytes, PAGE), "gets": asked})
+                continue
             assert msg == "check"
             conn.send(
                 {
@@ -76,6 +85,12 @@ def start_reader(socket_path: str, oid: ObjectID, node: int) -> tuple[Any, Conne
 
 def check(conn: Connection) -> dict[str, Any]:
     conn.send("check")
+    result: dict[str, Any] = conn.recv()
+    return result
+
+
+def again(conn: Connection) -> dict[str, Any]:
+    conn.send("again")
     result: dict[str, Any] = conn.recv()
     return result
 
@@ -131,14 +146,28 @@ def run(directory: str) -> dict[str, Any]:
             "after": check(conn),
         }
         finish(proc, conn)
+        # replicated to node 3: a reader there reads the copy, one on node 1 the object
+        replicated = client.put(pattern(4), node=0, replicas=[3])
+        proc3, conn3, on3 = start_reader(socket_path, replicated, 3)
+        proc1, conn1, on1 = start_reader(socket_path, replicated, 1)
+        out["replicate"] = {
+            "listed": client.list()[replicated]["replicas"],
+            "reader_on_3": on3,
+            "reader_on_1": on1,
+            "held_on_3": check(conn3),
+            "again_on_3": again(conn3),
+        }
+        finish(proc3, conn3)
+        finish(proc1, conn1)
         # deleting them moves their pages home and gives the other nodes' budgets back
-        client.delete([interleaved, migrated, followed])
+        client.delete([interleaved, migrated, followed, replicated])
         started = time.monotonic()
         while any(n["placed_in"] for n in client.stats()["nodes"].values()):
             if time.monotonic() - started > 60:
                 break
             time.sleep(0.2)
         out["placed_in_after_delete"] = [n["placed_in"] for n in client.stats()["nodes"].values()]
+        out["replicas_after_delete"] = client.stats()["replicas"]
     out["exit_code"] = stop(coord)
     return out
 
@@ -162,12 +191,15 @@ PIPELINE = """
 tasks:
   - {name: make, call: "vmtasks:make", outputs: [x], numa: 0}
   - {name: use, call: "vmtasks:use", inputs: [x], numa: 2, inputs_local: migrate}
+  - {name: copy, call: "vmtasks:use", inputs: [x], numa: 3, inputs_local: replicate,
+     after: [use]}
 """
 
 
-def dag_inputs_local(directory: str) -> list[int] | str:
-    """A task placed on node 2 whose input the producer put on node 0: with ``inputs_local:
-    migrate`` it reads every page of it on node 2."""
+def dag_inputs_local(directory: str) -> list[list[int]] | str:
+    """Tasks placed on nodes 2 and 3 whose input the producer put on node 0: with
+    ``inputs_local: migrate`` (then ``replicate``) they read every page of it on their
+    node."""
     os.sched_setaffinity(0, range(os.cpu_count() or 1))  # (run() pinned us to node 0)
     Path(directory, "vmtasks.py").write_text(TASKS)
     Path(directory, "p.yaml").write_text(PIPELINE)
@@ -175,11 +207,12 @@ def dag_inputs_local(directory: str) -> list[int] | str:
     proc = subprocess.run(
         [*argv, "--no-perf"], cwd=directory, capture_output=True, text=True, timeout=600
     )
-    for line in proc.stdout.splitlines():
-        if "PAGES " in line:
-            pages: list[int] = json.loads(line.split("PAGES ", 1)[1])
-            return pages
-    return (proc.stdout + proc.stderr)[-3000:]  # what went wrong, for the test's message
+    pages = [
+        json.loads(line.split("PAGES ", 1)[1])
+        for line in proc.stdout.splitlines()
+        if "PAGES " in line
+    ]
+    return sorted(pages) if len(pages) == 2 else (proc.stdout + proc.stderr)[-3000:]
 
 
 def main() -> None:

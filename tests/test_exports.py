@@ -89,7 +89,7 @@ EXPECTED = {
         "stale_objects",
     },
     "plasma.task": {"TaskContext", "TaskFailed", "TaskHandle", "current", "object_id"},
-    "plasma.ids": {"ID_SIZE", "ObjectID", "as_id_bytes"},
+    "plasma.ids": {"ID_SIZE", "ObjectID", "as_id_bytes", "replica_id"},
     "plasma.client": {"Client", "Subscription", "connect"},
     "plasma.aio": {"AsyncClient", "AsyncSubscription", "connect"},
 }

@@ -65,3 +65,13 @@ def test_format_size():
     assert format_size(512) == "512 B"
     assert format_size(3 << 30) == "3.0 GiB"
     assert format_size(1536) == "1.5 KiB"
+
+
+def test_replica_ids_differ_per_node_and_from_the_object() -> None:
+    from plasma.ids import ID_SIZE, replica_id
+
+    oid = bytes(range(20))
+    ids = {replica_id(oid, n) for n in range(8)}
+    assert len(ids) == 8 and oid not in ids
+    assert all(len(i) == ID_SIZE for i in ids)
+    assert replica_id(oid, 3) == replica_id(bytes(range(20)), 3)  # what clients derive too

@@ -53,10 +53,23 @@ def test_an_object_follows_the_node_that_reads_it(vm: dict[str, Any]) -> None:
     assert list(f["after"]["pages"]) == ["1"] and f["after"]["same_bytes"]
 
 
-def test_a_dag_task_reads_its_migrated_input_on_its_own_node(vm: dict[str, Any]) -> None:
-    assert vm["dag_input_pages"] == [2]
+def test_a_replica_s_pages_are_on_its_node_and_its_readers_get_it(vm: dict[str, Any]) -> None:
+    r = vm["replicate"]
+    assert r["listed"] == [3]
+    assert list(r["reader_on_3"]) == ["3"]  # 100% of the copy on node 3
+    assert r["reader_on_1"]["0"] >= sum(r["reader_on_1"].values()) - 1  # the object
+    assert list(r["held_on_3"]["pages"]) == ["3"] and r["held_on_3"]["same_bytes"]
+    # a second get, from the directory with no request, is the copy on node 3 too
+    assert list(r["again_on_3"]["pages"]) == ["3"] and r["again_on_3"]["gets"] == 0
+
+
+def test_dag_tasks_read_their_migrated_or_replicated_input_on_their_node(
+    vm: dict[str, Any],
+) -> None:
+    assert vm["dag_input_pages"] == [[2], [3]]
 
 
 def test_deleting_moved_objects_gives_the_budgets_back(vm: dict[str, Any]) -> None:
     assert vm["placed_in_after_delete"] == [0, 0, 0, 0]
+    assert vm["replicas_after_delete"] == 0
     assert vm["exit_code"] == 0

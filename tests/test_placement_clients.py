@@ -69,3 +69,26 @@ def test_failed_page_moves_fail_the_request_and_leak_nothing(eight_nodes) -> Non
         assert client.list() == {}
     assert eight_nodes.stop() == 0
     assert "Traceback" not in eight_nodes.proc.stderr.read()
+
+
+def test_replicas_are_made_listed_and_go_with_their_object(eight_nodes) -> None:
+    # (--no-bind on one real node: the copies land, in the host's one node's memory)
+    with plasma.connect(eight_nodes.socket) as client:
+        array = np.arange(1 << 16)
+        oid = client.put(array, node=0, replicas=[3, 5])
+        assert client.list()[oid]["replicas"] == [3, 5]
+        stats = client.stats()
+        assert stats["replicas"] == 2
+        assert [stats["nodes"][n]["used"] > 0 for n in (3, 5)] == [True, True]
+        assert client.replicate(oid, [3]) == [0, 3, 5]
+        assert np.array_equal(client.get_object(oid), array)  # a reader of node 0: the object
+        with pytest.raises(PlacementImpossible):
+            client.replicate(oid, [9])
+        client.delete([oid])
+
+        def gone() -> bool:
+            s = client.stats()
+            return s["replicas"] == 0 and s["used"] == s["arena_bytes"]
+
+        wait_until(gone, what="the object and its copies to be freed")
+    assert eight_nodes.stop() == 0

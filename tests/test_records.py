@@ -25,7 +25,7 @@ ENCODINGS: list[tuple[msgspec.Struct, list[str], list[Any]]] = [
         [1, 64, 10, 2, 3],
     ),
     (
-        records.ObjectInfo(OID, 10, 2, 1, "sealed", 4, 1.5, 7, 0.25, [1, 3]),
+        records.ObjectInfo(OID, 10, 2, 1, "sealed", 4, 1.5, 7, 0.25, [1, 3], [2]),
         [
             "id",
             "data_size",
@@ -37,8 +37,9 @@ ENCODINGS: list[tuple[msgspec.Struct, list[str], list[Any]]] = [
             "owner",
             "construct_duration",
             "pages_on",
+            "replicas",
         ],
-        [OID, 10, 2, 1, "sealed", 4, 1.5, 7, 0.25, [1, 3]],
+        [OID, 10, 2, 1, "sealed", 4, 1.5, 7, 0.25, [1, 3], [2]],
     ),
     (records.NodeInfo(1, 1 << 20, [0, 1]), ["id", "capacity", "cpus"], [1, 1 << 20, [0, 1]]),
     (records.CreateItem(OID, 10, 2), ["id", "data_size", "metadata_size"], [OID, 10, 2]),

@@ -14,7 +14,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from plasma.errors import BadRequest, ObjectNotFound, PlacementImpossible, PlasmaError, StoreFull
 from plasma.follow import ReaderTracker
 from plasma.records import ObjectLocation
-from plasma.store import CreateDone, Moved, Pending, Place, Store
+from plasma.store import Copy, CreateDone, Moved, Pending, Place, Replicated, Store
 from tests.test_store import KIB, PAGE, FakeProvider, loc, oid
 
 BUDGET = 64 * KIB
@@ -237,6 +237,90 @@ def test_the_reader_tracker_needs_a_clear_majority_and_forgets_the_oldest():
         ReaderTracker(share=0.5)
 
 
+def replicated(store: Store, n: int, nodes: list[int]) -> Copy:
+    """Object ``n`` (16 KiB on node 0) with copies on ``nodes`` made."""
+    put(store, n)
+    pending = store.replicate(10, oid(n), nodes)
+    assert isinstance(pending, Pending)
+    (copy,) = events(store, Copy)
+    store.placed(copy.token)
+    (done,) = events(store, Replicated)
+    assert done.token == pending.token and done.result == sorted({0, *nodes})
+    return copy
+
+
+def used_on(store: Store) -> list[int]:
+    return [store.stats()["nodes"][n]["used"] for n in range(4)]
+
+
+def test_a_reader_gets_the_copy_on_its_node_and_the_others_the_object():
+    store = make()
+    copy = replicated(store, 1, [2, 3])
+    assert [t.node for t in copy.targets] == [2, 3] and copy.length == 16 * KIB
+    assert used_on(store) == [16 * KIB, 0, 16 * KIB, 16 * KIB]
+    assert store.objects([oid(1)])[0].replicas == [2, 3]
+    assert [i.id for i in store.objects()] == [oid(1)]  # the copies are not objects
+    on2 = loc(store.get(12, [oid(1)], timeout=0)[0])
+    on1 = loc(store.get(11, [oid(1)], timeout=0)[0])
+    assert on2.node == 2 and on2 == copy.targets[0]
+    assert on1.node == 0 and on1 != on2
+    assert store.replicate(10, oid(1), [2]) == [0, 2, 3]  # there already
+
+
+def test_copies_go_with_the_object_but_not_before_its_readers_let_go():
+    store = make()
+    replicated(store, 1, [2])
+    store.get(12, [oid(1)], timeout=0)  # a reader on node 2 holds the copy
+    _, deferred, _ = store.delete(10, [oid(1)])
+    assert deferred == [oid(1)]
+    assert used_on(store)[2] == 16 * KIB  # its copy stays while it is read
+    store.release(12, oid(1))
+    assert used_on(store) == [0, 0, 0, 0] and store.stats()["replicas"] == 0
+
+
+def test_eviction_takes_the_copies_too():
+    store = make()
+    replicated(store, 1, [3])
+    for n in range(2, 6):
+        put(store, n)  # node 0 fills: object 1, the oldest, is evicted
+    assert oid(1) not in {i.id for i in store.objects()}
+    assert used_on(store)[3] == 0 and store.stats()["replicas"] == 0
+
+
+def test_no_copy_is_made_when_a_node_has_no_room():
+    store = make()
+    for n in range(4):
+        put(store, 100 + n, client=13)
+        store.get(13, [oid(100 + n)], timeout=0)  # node 3 full, held
+    put(store, 1)
+    with pytest.raises(StoreFull):
+        store.replicate(10, oid(1), [2, 3])
+    assert used_on(store) == [16 * KIB, 0, 0, 64 * KIB]
+    assert not events(store, Copy)
+
+
+def test_a_failed_copy_keeps_no_copy():
+    store = make()
+    put(store, 1)
+    pending = store.replicate(10, oid(1), [1])
+    (copy,) = events(store, Copy)
+    store.placed(copy.token, "EIO")
+    (done,) = events(store, Replicated)
+    assert done.token == pending.token and isinstance(done.result, PlasmaError)
+    assert used_on(store) == [16 * KIB, 0, 0, 0] and store.objects([oid(1)])[0].replicas == []
+
+
+def test_an_object_deleted_while_being_copied_keeps_no_copy_and_frees_after():
+    store = make()
+    put(store, 1)
+    store.replicate(10, oid(1), [1])
+    (copy,) = events(store, Copy)
+    store.delete(10, [oid(1)])
+    assert used_on(store)[0] == 16 * KIB  # being read by the copy: not freed yet
+    store.placed(copy.token)
+    assert used_on(store) == [0, 0, 0, 0]
+
+
 # ---------------------------------------------------------------- state machine
 
 
@@ -250,13 +334,13 @@ class PlacementMachine(RuleBasedStateMachine):
         super().__init__()
         self.store = make(nodes=3, max_waiters=64)
         self.n = 0
-        self.places: list[Place] = []
+        self.places: list[Place | Copy] = []
         self.held: list[tuple[int, bytes]] = []
         self.creating: dict[int, tuple[int, bytes]] = {}  # token -> (client, id)
 
     def _drain(self) -> None:
         for e in self.store.drain_events():
-            if isinstance(e, Place):
+            if isinstance(e, Place | Copy):
                 self.places.append(e)
             elif isinstance(e, CreateDone) and e.token in self.creating:
                 client, created = self.creating.pop(e.token)
@@ -317,6 +401,14 @@ class PlacementMachine(RuleBasedStateMachine):
                 self.store.migrate(10, data.draw(st.sampled_from(ids)), node)
             self._drain()
 
+    @rule(data=st.data(), nodes=st.lists(st.integers(0, 2), min_size=1, max_size=2))
+    def replicate(self, data: st.DataObject, nodes: list[int]) -> None:
+        ids = self._sealed()
+        if ids:
+            with contextlib.suppress(StoreFull, BadRequest):
+                self.store.replicate(10, data.draw(st.sampled_from(ids)), nodes)
+            self._drain()
+
     @precondition(lambda self: self.places)
     @rule(data=st.data(), ok=st.sampled_from([True, True, False]))
     def finish_place(self, data: st.DataObject, ok: bool) -> None:
@@ -338,6 +430,11 @@ class PlacementMachine(RuleBasedStateMachine):
         ranges = []
         for o, rec in store._objects.items():
             ranges.append((rec.loc.segment, rec.loc.offset, rec.size, o))
+        copies = [*store._replicas.items(), *store._orphans]
+        copies += [(o, r) for _, o, r in store._dying.values() if store._objects.get(o) is not r]
+        copies += [(o, r) for o, r in store._pinned.values() if store._objects.get(o) is not r]
+        for o, rec in copies:
+            ranges.append((rec.loc.segment, rec.loc.offset, rec.size, o))
         for job in store._placing.values():
             if job[0] == "rehome":
                 _, seg, offset, size, _ = job
@@ -345,7 +442,7 @@ class PlacementMachine(RuleBasedStateMachine):
             elif store._objects.get(job[2]) is not job[3]:
                 rec = job[3]
                 ranges.append((rec.loc.segment, rec.loc.offset, rec.size, job[2]))
-        ranges.sort()
+        ranges = sorted(set(ranges))
         for (s1, o1, n1, id1), (s2, o2, _, id2) in itertools.pairwise(ranges):
             if s1 == s2:
                 assert o1 + n1 <= o2, f"{id1.hex()} and {id2.hex()} share memory"

@@ -240,14 +240,20 @@ class Runner:
                 self._write_outputs()  # partial metrics stay current while the run goes on
 
     async def _localize_inputs(self, launch: Launch) -> None:
-        """``inputs_local: migrate``: move the task's inputs to its node (when it has one)
-        before it starts; an input that cannot move is read where it is (logged)."""
-        if launch.spec.inputs_local != "migrate" or len(launch.nodes) != 1 or not self._client:
+        """``inputs_local``: move (``migrate``) or copy (``replicate``) the task's inputs to
+        its node (when it has one) before it starts; an input that cannot be is read where
+        it is (logged)."""
+        local = launch.spec.inputs_local
+        if local is None or len(launch.nodes) != 1 or not self._client:
             return
         node = launch.nodes[0]
         for name in launch.spec.inputs:
+            oid = object_id(self.run_id, name)
             try:
-                await self._client.migrate(object_id(self.run_id, name), node)
+                if local == "migrate":
+                    await self._client.migrate(oid, node)
+                else:
+                    await self._client.replicate(oid, [node])
             except PlasmaError as exc:
                 self.options.log(f"[runner] {launch.task_id}: input {name} stays put: {exc}")
 

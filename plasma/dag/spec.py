@@ -34,8 +34,9 @@ class TaskSpec(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, omit_de
     numa: Annotated[int, msgspec.Meta(ge=0)] | None = None
     membind: bool = False
     cell: bool = False  # run in its own cgroup v2 cell (cpuset = its placement)
-    # "migrate": inputs whose pages are on another node move to the task's node first
-    inputs_local: Literal["migrate"] | None = None
+    # inputs on another node are moved ("migrate") or copied ("replicate") to the task's
+    # node before it starts
+    inputs_local: Literal["migrate", "replicate"] | None = None
     env: dict[str, str] = {}
     retries: Annotated[int, msgspec.Meta(ge=0)] = 0
     timeout: Annotated[float, msgspec.Meta(gt=0)] | None = None

@@ -9,6 +9,7 @@ import errno
 import functools
 import mmap
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from plasma.errors import BadRequest, Unsupported
@@ -64,6 +65,38 @@ def memfd_create(name: str, *, hugepage_size: int | None = None, cloexec: bool =
         os.close(fd)
         raise os_error(exc.errno or 0, f"fchmod(memfd {name!r}, {MEMFD_MODE:#o})") from None
     return fd
+
+
+def copy_ranges(
+    src: int,
+    src_offset: int,
+    src_page: int,
+    targets: list[tuple[int, int, int]],
+    length: int,
+) -> None:
+    """Copy ``length`` bytes at ``src_offset`` of shared file ``src`` to each ``(fd, offset,
+    page size)`` of ``targets``, through mappings made for the copy only."""
+    if length <= 0:
+        return
+    with mapped(src, src_offset, length, src_page, mmap.PROT_READ) as source:
+        for fd, offset, page in targets:
+            with mapped(fd, offset, length, page, mmap.PROT_READ | mmap.PROT_WRITE) as target:
+                target[:] = source
+
+
+@contextlib.contextmanager
+def mapped(fd: int, offset: int, length: int, page: int, prot: int) -> Iterator[memoryview]:
+    """``length`` bytes at ``offset`` of shared file ``fd`` (pages of ``page`` bytes), mapped
+    and populated for the duration of the block."""
+    start = offset // page * page
+    flags = mmap.MAP_SHARED | mmap.MAP_POPULATE
+    mm = mmap.mmap(fd, offset - start + length, flags, prot, offset=start)
+    view = memoryview(mm)[offset - start : offset - start + length]
+    try:
+        yield view
+    finally:
+        view.release()
+        mm.close()
 
 
 def reopen_read_only(fd: int) -> int:
