@@ -1,11 +1,13 @@
-"""Read bandwidth of an object from each NUMA node: local, remote, interleaved, migrated.
+"""Read bandwidth of an object from each NUMA node: local, remote, interleaved, migrated,
+replicated.
 
 ``python -m bench.numa_read [--size MiB] [--repeats N]`` on a multi-node host, or inside the
 emulated VM: ``../shared/numa-vm --nodes 4 -- python -m bench.numa_read``. It starts its own
 coordinator, puts one array on node 0 and one interleaved over every node, then for each
 node pins itself there and times full reads (``numpy.sum`` of every byte) of: the node-0
-array (local on node 0, remote elsewhere), the interleaved array, and a copy migrated to
-the reader's node. Prints a Markdown table (GB/s, medians) and its JSON.
+array (local on node 0, remote elsewhere), the interleaved array, a copy migrated to the
+reader's node, and one replicated there (the reader gets the replica). Prints a Markdown
+table (GB/s, medians) and its JSON.
 
 Under QEMU's emulation (TCG) every node's memory is the same host memory: the figures there
 only show that the mechanism works, not what NUMA distances cost.
@@ -54,12 +56,13 @@ def measure(socket_path: str, nodes: list[int], size: int, repeats: int) -> dict
             oid = client.put(data, node=nodes[0])
             client.migrate(oid, node)
             moved = client.get_object(oid, timeout=60)
-            rows[str(node)] = {
-                name: read_gbps(view, repeats)
-                for name, view in (("node 0", home), ("interleaved", spread), ("migrated", moved))
-            }
-            del moved
-            client.delete([oid])
+            copied = client.put(data, node=nodes[0], replicas=[node])
+            replica = client.get_object(copied, timeout=60)
+            views = {"node 0": home, "interleaved": spread, "migrated": moved}
+            views["replicated"] = replica
+            rows[str(node)] = {name: read_gbps(view, repeats) for name, view in views.items()}
+            del moved, replica, views
+            client.delete([oid, copied])
     return rows
 
 
@@ -70,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     nodes = sorted(Topology.current().nodes)
     size = args.size * MiB
-    memory = ",".join(f"{n}={8 * args.size}MiB" for n in nodes)
+    memory = ",".join(f"{n}={10 * args.size}MiB" for n in nodes)
     with tempfile.TemporaryDirectory() as tmp:
         socket_path = str(Path(tmp, "bench.sock"))
         coord = subprocess.Popen(
@@ -87,10 +90,11 @@ def main(argv: list[str] | None = None) -> int:
             coord.terminate()
             coord.wait(30)
     print(f"read GB/s of a {args.size} MiB object, by reader node ({len(nodes)} nodes)")
-    print("| reader node | object on node 0 | interleaved | migrated to the reader |")
-    print("| --- | ---: | ---: | ---: |")
+    print("| reader node | object on node 0 | interleaved | migrated to it | replicated to it |")
+    print("| --- | ---: | ---: | ---: | ---: |")
     for node, row in rows.items():
-        figures = " | ".join(f"{row[k]:.2f}" for k in ("node 0", "interleaved", "migrated"))
+        kinds = ("node 0", "interleaved", "migrated", "replicated")
+        figures = " | ".join(f"{row[k]:.2f}" for k in kinds)
         print(f"| {node} | {figures} |")
     print("JSON " + json.dumps(rows))
     return 0
