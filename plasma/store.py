@@ -647,9 +647,7 @@ class Store:
         size = self._object_size(oid, data_size, metadata_size)
         if interleave is not None:
             nodes = tuple(sorted(set(interleave))) or tuple(self._nodes)
-            unknown = [n for n in nodes if n not in self._nodes]
-            if unknown:
-                raise PlacementImpossible(f"node(s) {unknown} not one of {list(self._nodes)}")
+            self._check_nodes(nodes)
             if len(nodes) > 1:
                 return self._create_interleaved(c, oid, data_size, metadata_size, nodes, now)
             node = nodes[0]
@@ -1025,7 +1023,7 @@ class Store:
         counts = self._spill_counts
         return {
             **counts,
-            "disk_bytes": sum(f[1] for f in self._spill_files.values()),
+            "disk_bytes": self._disk_bytes(),
             "files": len(self._spill_files),
             "max_bytes": self._spill_max,
             "in_flight": sum(len(b) for b in self._batches.values()) + len(self._restoring),
@@ -1148,7 +1146,7 @@ class Store:
             return None
         room = math.inf
         if self._spill_max is not None:
-            room = self._spill_max - sum(f[1] for f in self._spill_files.values())
+            room = self._spill_max - self._disk_bytes()
         picked: list[tuple[bytes, _Object]] = []
         total = 0
         for nd in self._nodes.values():
@@ -1377,18 +1375,7 @@ class Store:
         already, else a Pending answered by :class:`Moved`. The bytes count against
         ``node``'s budget: StoreFull when it has no room for them."""
         c = self._client(client)
-        rec = self._objects.get(oid)
-        if rec is None or rec.deleting or not rec.sealed:
-            raise ObjectNotFound(f"object {oid.hex()} not found (or not sealed)")
-        if node not in self._nodes:
-            raise PlacementImpossible(f"node {node} is not one of {list(self._nodes)}")
-        if not rec.resident or rec.restoring:
-            raise BadRequest(f"object {oid.hex()} is spilled to disk: get it first")
-        seg = self._segments[rec.loc.segment]
-        if seg.fallback:
-            raise BadRequest(f"object {oid.hex()} is in a file-backed fallback segment")
-        if rec.moving or rec.spilling:
-            raise BadRequest(f"object {oid.hex()} is being moved or written already")
+        rec, _ = self._pages_of(oid, [node])
         if self._nodes_of(rec) == [node]:
             return [node]
         self._check_placing(c)
@@ -1405,19 +1392,7 @@ class Store:
         by :class:`Replicated`. Copies count against their node's budget (StoreFull, and
         none made, when one has no room); delete and eviction remove them with the object."""
         c = self._client(client)
-        rec = self._objects.get(oid)
-        if rec is None or rec.deleting or not rec.sealed:
-            raise ObjectNotFound(f"object {oid.hex()} not found (or not sealed)")
-        unknown = sorted(n for n in set(nodes) if n not in self._nodes)
-        if unknown:
-            raise PlacementImpossible(f"node(s) {unknown} not one of {list(self._nodes)}")
-        if not rec.resident or rec.restoring:
-            raise BadRequest(f"object {oid.hex()} is spilled to disk: get it first")
-        seg = self._segments[rec.loc.segment]
-        if seg.fallback:
-            raise BadRequest(f"object {oid.hex()} is in a file-backed fallback segment")
-        if rec.moving or rec.spilling:
-            raise BadRequest(f"object {oid.hex()} is being moved or written already")
+        rec, seg = self._pages_of(oid, nodes)
         home = seg.node.id
         wanted = [n for n in sorted(set(nodes)) if n != home and n not in rec.replicas]
         if not wanted:
@@ -1560,6 +1535,27 @@ class Store:
             self._placing[token] = ("migrate", None, oid, rec)
             started += 1
         return started
+
+    def _pages_of(self, oid: bytes, nodes: Iterable[int]) -> tuple[_Object, _Segment]:
+        """The record and segment of a sealed object whose pages may be moved or copied to
+        ``nodes`` now (the checks migrate and replicate share)."""
+        rec = self._objects.get(oid)
+        if rec is None or rec.deleting or not rec.sealed:
+            raise ObjectNotFound(f"object {oid.hex()} not found (or not sealed)")
+        self._check_nodes(nodes)
+        if not rec.resident or rec.restoring:
+            raise BadRequest(f"object {oid.hex()} is spilled to disk: get it first")
+        seg = self._segments[rec.loc.segment]
+        if seg.fallback:
+            raise BadRequest(f"object {oid.hex()} is in a file-backed fallback segment")
+        if rec.moving or rec.spilling:
+            raise BadRequest(f"object {oid.hex()} is being moved or written already")
+        return rec, seg
+
+    def _check_nodes(self, nodes: Iterable[int]) -> None:
+        unknown = sorted(n for n in set(nodes) if n not in self._nodes)
+        if unknown:
+            raise PlacementImpossible(f"node(s) {unknown} not one of {list(self._nodes)}")
 
     def _check_placing(self, c: _Client) -> None:
         """A client has at most ``max_waiters`` page moves (and waiters) under way."""
@@ -1911,7 +1907,11 @@ class Store:
 
     def _spill_full(self) -> bool:
         limit = self._spill_max
-        return limit is not None and sum(f[1] for f in self._spill_files.values()) >= limit
+        return limit is not None and self._disk_bytes() >= limit
+
+    def _disk_bytes(self) -> int:
+        """Bytes of the spill files."""
+        return sum(f[1] for f in self._spill_files.values())
 
     def _drop_segment(self, seg: _Segment) -> None:
         if not seg.fallback:
@@ -2416,7 +2416,7 @@ class Store:
         if self._spill:
             text += f", {self._spill_counts['bytes']} spilled to disk"
             if self._spill_max is not None:
-                disk = sum(f[1] for f in self._spill_files.values())
+                disk = self._disk_bytes()
                 text += f" (spill files: {disk} of at most {self._spill_max} bytes)"
             if self._spill_error:
                 text += f"; the last spill failed: {self._spill_error}"
