@@ -35,7 +35,7 @@ import numpy as np
 
 from plasma import parallel_copy, serialization
 from plasma import protocol as p
-from plasma.directory import ORDERED_MEMORY, DirectoryReader, Found, PinTable
+from plasma.directory import ORDERED_MEMORY, REPLICA, DirectoryReader, Found, PinTable
 from plasma.errors import BadRequest, PlasmaError, error_for
 from plasma.ids import ID_SIZE, ObjectID, as_id_bytes, replica_id
 from plasma.linux.memfd import map_segment, populate_range
@@ -533,7 +533,7 @@ class ClientCore:
         found = None
         info = self.info
         if reader.replicas and info is not None and info.node is not None:
-            found = reader.lookup(replica_id(oid, info.node))  # the copy on our node, if any
+            found = reader.lookup(replica_id(oid, info.node), REPLICA)  # a copy on our node
         if found is None:
             found = reader.lookup(oid)
         if found is None or found.location.segment not in self.maps:

@@ -286,10 +286,11 @@ class Coordinator:
             spill_max=config.spill_max,
             fallback=config.fallback_dir is not None,
             follow_readers=ReaderTracker() if config.follow_readers else None,
+            wall_offset=time.time() - time.monotonic(),  # create_time is wall time
         )
         self.sessions: dict[int, Session] = {}
         self.connections = 0  # accepted and not yet closed, handshaking ones included
-        self.started = time.time()
+        self.started = time.monotonic()
         self.uid = os.getuid()
         self.op_counts: collections.Counter[str] = collections.Counter()
         self.error_counts: collections.Counter[str] = collections.Counter()
@@ -525,7 +526,7 @@ class Coordinator:
         self._calls_by_client.pop(session.client_id, None)
         self._syncs = [s for s in self._syncs if s[1] != session.client_id]
         if session.connected:
-            self.store.disconnect(session.client_id, now=time.time())
+            self.store.disconnect(session.client_id, now=time.monotonic())
             self._deliver_events()
         if session.pin_table is not None:
             close_map(session.pin_table)
@@ -536,12 +537,12 @@ class Coordinator:
     async def _expiry_loop(self) -> None:
         while True:
             deadline = self.store.next_deadline()
-            # The store's clock is wall time (it also stamps create_time), trio's is monotonic.
-            wait = math.inf if deadline is None else max(0.0, deadline - time.time())
+            # The store's clock is monotonic (time.monotonic: trio's may differ).
+            wait = math.inf if deadline is None else max(0.0, deadline - time.monotonic())
             with trio.move_on_after(wait):
                 await self._deadline_changed.wait()
             self._deadline_changed = trio.Event()
-            now = time.time()
+            now = time.monotonic()
             self.store.expire(now)
             self._answer_syncs(now)
             self._deliver_events()
@@ -650,16 +651,18 @@ class Coordinator:
         return p.TablesInfo(self.tables.directory_size, access, size), [*fds, pin_fd]
 
     def _unseen_segments(
-        self, session: Session, segment_ids: Iterable[int]
+        self, session: Session, segment_ids: Iterable[int], *, creating: bool = False
     ) -> tuple[list[p.SegmentInfo], list[int]]:
         """Segments a reply references that ``session`` has not been sent yet, and their fds
-        (which then travel with that reply): read-only ones to a read-only session."""
+        (which then travel with that reply): read-only ones to a read-only session, and to
+        everyone but the creator of its object for a fallback file (a file cannot be sealed
+        against shrinking: a writable descriptor of it could make its readers SIGBUS)."""
         new: list[p.SegmentInfo] = []
         fds: list[int] = []
-        writable = session.writable
         for seg_id in segment_ids:
             if seg_id not in session.seen_segments:
                 seg = self.pool.get(seg_id)
+                writable = session.writable and (creating or not seg.file_backed)
                 fds.append(seg.fd if writable else seg.read_only_fd())
                 new.append(seg.info(writable=writable))
                 session.seen_segments.add(seg_id)
@@ -668,7 +671,9 @@ class Coordinator:
     def _reply_locations(
         self, session: Session, seq: int, locations: list[p.ObjectLocation]
     ) -> None:
-        segs, fds = self._unseen_segments(session, {loc.segment for loc in locations})
+        segs, fds = self._unseen_segments(
+            session, {loc.segment for loc in locations}, creating=True
+        )
         session.send(p.Created(seq=seq, locations=locations, segments=segs), fds)
 
     def _reply_got(self, session: Session, seq: int, results: list[p.ObjectLocation | str]) -> None:
@@ -696,7 +701,7 @@ class Coordinator:
             msg.metadata_size,
             msg.node,
             timeout=msg.timeout,
-            now=time.time(),
+            now=time.monotonic(),
             interleave=msg.interleave,
         )
         if isinstance(res, Pending):
@@ -706,7 +711,7 @@ class Coordinator:
 
     def _create_many(self, session: Session, msg: p.CreateMany) -> None:
         res = self.store.create_many(
-            session.client_id, msg.items, msg.node, timeout=msg.timeout, now=time.time()
+            session.client_id, msg.items, msg.node, timeout=msg.timeout, now=time.monotonic()
         )
         if isinstance(res, Pending):
             self._park(session, msg.seq, res)
@@ -736,29 +741,31 @@ class Coordinator:
             session.send(p.Ok(seq=seq))
 
     def _seal(self, session: Session, msg: p.Seal) -> None:
-        seal = functools.partial(self.store.seal, now=time.time())
+        seal = functools.partial(self.store.seal, now=time.monotonic())
         self._for_each(session, msg.seq, msg.ids, seal, msg.ack)
 
     def _release(self, session: Session, msg: p.Release) -> None:
-        release = functools.partial(self.store.release, now=time.time())
+        release = functools.partial(self.store.release, now=time.monotonic())
         self._for_each(session, msg.seq, msg.ids, release, msg.ack)
 
     def _abort(self, session: Session, msg: p.Abort) -> None:
-        self.store.abort(session.client_id, msg.id, now=time.time())
+        self.store.abort(session.client_id, msg.id, now=time.monotonic())
         session.send(p.Ok(seq=msg.seq))
 
     def _unpin(self, session: Session, msg: p.Unpin) -> None:
-        self.store.unpinned(now=time.time())
+        self.store.unpinned(now=time.monotonic())
 
     def _get(self, session: Session, msg: p.Get) -> None:
-        res = self.store.get(session.client_id, msg.ids, timeout=msg.timeout, now=time.time())
+        res = self.store.get(session.client_id, msg.ids, timeout=msg.timeout, now=time.monotonic())
         if isinstance(res, Pending):
             self._park(session, msg.seq, res)
         else:
             self._reply_got(session, msg.seq, res)
 
     def _delete(self, session: Session, msg: p.Delete) -> None:
-        deleted, deferred, missing = self.store.delete(session.client_id, msg.ids, now=time.time())
+        deleted, deferred, missing = self.store.delete(
+            session.client_id, msg.ids, now=time.monotonic()
+        )
         session.send(p.Deleted(seq=msg.seq, deleted=deleted, deferred=deferred, missing=missing))
 
     def _contains(self, session: Session, msg: p.Contains) -> None:
@@ -794,14 +801,14 @@ class Coordinator:
         session.send(p.Listing(seq=msg.seq, objects=page, listing=listing, next=end))
 
     def _migrate(self, session: Session, msg: p.Migrate) -> None:
-        res = self.store.migrate(session.client_id, msg.id, msg.node, now=time.time())
+        res = self.store.migrate(session.client_id, msg.id, msg.node, now=time.monotonic())
         if isinstance(res, Pending):
             self._park(session, msg.seq, res)
         else:
             session.send(p.Migrated(seq=msg.seq, nodes=res))
 
     def _replicate(self, session: Session, msg: p.Replicate) -> None:
-        res = self.store.replicate(session.client_id, msg.id, msg.nodes, now=time.time())
+        res = self.store.replicate(session.client_id, msg.id, msg.nodes, now=time.monotonic())
         if isinstance(res, Pending):
             self._park(session, msg.seq, res)
         else:
@@ -828,7 +835,7 @@ class Coordinator:
         finally:
             for fd in fds:
                 os.close(fd)
-        self.store.placed(event.token, error, now=time.time())
+        self.store.placed(event.token, error, now=time.monotonic())
         self._deliver_events()
 
     async def _place(self, event: Place) -> None:
@@ -858,18 +865,18 @@ class Coordinator:
             else:
                 error = f"{type(exc).__name__}: {exc}"
                 log.warning("moving pages of segment %d to %s failed: %s", seg.id, event.nodes, exc)
-        self.store.placed(event.token, error, now=time.time())
+        self.store.placed(event.token, error, now=time.monotonic())
         self._deliver_events()
 
     async def _follow_loop(self) -> None:
         """``--follow-readers``: once a second, move objects towards their readers."""
         while True:
             await trio.sleep(FOLLOW_INTERVAL)
-            if self.store.follow(time.time()):
+            if self.store.follow(time.monotonic()):
                 self._deliver_events()
 
     def _evict(self, session: Session, msg: p.Evict) -> None:
-        nbytes = self.store.evict(msg.nbytes, now=time.time())
+        nbytes = self.store.evict(msg.nbytes, now=time.monotonic())
         self._reply_after_scan(session, p.Evicted(seq=msg.seq, nbytes=nbytes))
 
     def _subscribe(self, session: Session, msg: p.Subscribe) -> None:
@@ -878,7 +885,7 @@ class Coordinator:
 
     def _arena(self, session: Session, msg: p.Arena) -> None:
         res = self.store.grant_arena(
-            session.client_id, msg.size, msg.node, min_size=msg.min_size, now=time.time()
+            session.client_id, msg.size, msg.node, min_size=msg.min_size, now=time.monotonic()
         )
         if isinstance(res, Pending):
             self._park(session, msg.seq, res)
@@ -887,15 +894,15 @@ class Coordinator:
 
     def _reply_arena(self, session: Session, seq: int, grant: tuple[int, int, int]) -> None:
         segment, offset, size = grant
-        segs, fds = self._unseen_segments(session, [segment])
+        segs, fds = self._unseen_segments(session, [segment], creating=True)
         reply = p.ArenaGranted(seq=seq, segment=segment, offset=offset, size=size, segments=segs)
         session.send(reply, fds)
 
     def _return_arena(self, session: Session, msg: p.ReturnArena) -> None:
-        self.store.return_arena(session.client_id, msg.segment, msg.offset, now=time.time())
+        self.store.return_arena(session.client_id, msg.segment, msg.offset, now=time.monotonic())
 
     def _seal_arena(self, session: Session, msg: p.SealArena) -> None:
-        self.store.seal_arena(session.client_id, msg.segment, msg.objects, now=time.time())
+        self.store.seal_arena(session.client_id, msg.segment, msg.objects, now=time.monotonic())
         if msg.ack:
             session.send(p.Ok(seq=msg.seq))
 
@@ -918,7 +925,7 @@ class Coordinator:
     def stats(self, *, placement: bool = False) -> dict[str, Any]:
         """Everything ``plasma-coord stats`` shows; with ``placement``, where segment pages are."""
         stats = self.store.stats()
-        stats["uptime"] = time.time() - self.started
+        stats["uptime"] = time.monotonic() - self.started
         stats["page_size"] = self.pool.page_size
         stats["segments"] = [
             {"id": s.id, "node": s.node, "size": s.size, "page_size": s.page_size}

@@ -19,10 +19,14 @@ Directory: a 64-byte header, then ``capacity`` (a power of two) 64-byte slots::
             40 u64 replicas (1: look up plasma.ids.replica_id(id, your node) first)
     slot    0 u64 seq (odd while being written)  8 u64 generation  16 id[20]  36 u32 segment
             40 u64 offset  48 u64 data size  56 u32 metadata size  60 u16 node  62 u8 state
+            63 u8 flags (bit 0: a read-only copy on another node, published under
+            plasma.ids.replica_id: only lookups of copies see it, so an object a client
+            created under such an id never passes for a copy)
 
 An id lives at its home slot (:func:`home_slot`) or at most ``max probe - 1`` slots after
 it (linear probing); a free slot ends a probe. Generations are unique for the life of the
-coordinator (never reused, 0 is none), so a pin is just a generation.
+coordinator (never reused, 0 is none), so a pin is just a generation; their low 32 bits are
+random, so a client cannot pin an object before it is published (it must read it).
 
 Pin table: a 64-byte header whose first u64 is the high-water mark (entries at and past it
 are all zero), then u64 entries, 0 for free, else a pinned generation.
@@ -30,7 +34,9 @@ are all zero), then u64 entries, 0 for free, else a pinned generation.
 
 from __future__ import annotations
 
+import array
 import collections
+import os
 import platform
 import struct
 from collections.abc import Iterable, Iterator
@@ -42,7 +48,7 @@ from plasma.ids import ID_SIZE
 from plasma.records import ObjectLocation
 
 MAGIC = b"PLSMDIR1"
-VERSION = 1
+VERSION = 2
 HEADER_SIZE = 64
 SLOT_SIZE = 64
 MAX_PROBE = 32  # slots a lookup visits at most; an insert that finds none free there fails
@@ -54,6 +60,7 @@ PIN_HEADER = 64
 PIN_ENTRIES = 4096  # pins per client by default (32 KiB)
 
 FREE, SEALED, DYING, TOMBSTONE = 0, 1, 2, 3
+REPLICA = 1  # a slot's flags: a copy of an object on another node
 # The reader's seqlock and pin protocol relies on x86-64's ordering (loads are not reordered
 # with loads, stores not with stores) and issues no fences: elsewhere clients use requests.
 ORDERED_MEMORY = platform.machine().lower() in {"x86_64", "amd64"}
@@ -63,19 +70,31 @@ _SUPERSEDED = 24
 _REPLICAS = 40  # u64, 1 once replicas (plasma.ids.replica_id) may be in the directory
 _SEQ = struct.Struct("<Q")
 # a slot after its seq word: generation, id, segment, offset, data size, metadata size, node,
-# state
-_BODY = struct.Struct("<Q20sIQQIHB")
+# state, flags
+_BODY = struct.Struct("<Q20sIQQIHBB")
 _STATE = 62
+_FLAGS = 63
 _KEY = struct.Struct("<QQI")
 _GOLDEN = 0x9E3779B97F4A7C15
 _MASK64 = (1 << 64) - 1
-assert _BODY.size == _STATE - 8 + 1 and _SEQ.size + _BODY.size + 1 == SLOT_SIZE
+assert _BODY.size == _FLAGS - 8 + 1 and _SEQ.size + _BODY.size == SLOT_SIZE
 # the slot layout as a numpy record (the rebuild copies slots in bulk)
 _SLOT_DTYPE = np.dtype(
     {
-        "names": ["seq", "gen", "id", "segment", "offset", "data", "metadata", "node", "state"],
-        "formats": ["<u8", "<u8", "V20", "<u4", "<u8", "<u8", "<u4", "<u2", "u1"],
-        "offsets": [0, 8, 16, 36, 40, 48, 56, 60, _STATE],
+        "names": [
+            "seq",
+            "gen",
+            "id",
+            "segment",
+            "offset",
+            "data",
+            "metadata",
+            "node",
+            "state",
+            "flags",
+        ],
+        "formats": ["<u8", "<u8", "V20", "<u4", "<u8", "<u8", "<u4", "<u2", "u1", "u1"],
+        "offsets": [0, 8, 16, 36, 40, 48, 56, 60, _STATE, _FLAGS],
         "itemsize": SLOT_SIZE,
     }
 )
@@ -128,10 +147,10 @@ class Directory:
         self.live = 0  # sealed and dying slots
         self.tombstones = 0
 
-    def insert(self, oid: bytes, generation: int, loc: ObjectLocation) -> int:
-        """Publish a sealed object (not in the directory yet); its slot, or -1 when it cannot
-        be published (no free slot within the probe limit, or a field too large for a slot):
-        such an object is served by requests only."""
+    def insert(self, oid: bytes, generation: int, loc: ObjectLocation, flags: int = 0) -> int:
+        """Publish a sealed object (not in the directory yet; ``flags`` REPLICA for a copy);
+        its slot, or -1 when it cannot be published (no free slot within the probe limit,
+        or a field too large for a slot): such an object is served by requests only."""
         if (
             len(oid) != ID_SIZE
             or loc.metadata_size > MAX_METADATA
@@ -147,7 +166,7 @@ class Directory:
                 if state == TOMBSTONE:
                     self.tombstones -= 1
                 self.live += 1
-                self._write(slot, generation, oid, loc, SEALED)
+                self._write(slot, generation, oid, loc, SEALED, flags)
                 return slot
             slot = (slot + 1) & mask
         return -1
@@ -197,7 +216,7 @@ class Directory:
 
     def _copy_slot(self, old: Directory, slot: int) -> int:
         oid, generation, loc, state = old.entry(slot)
-        new_slot = self.insert(oid, generation, loc)
+        new_slot = self.insert(oid, generation, loc, old.flags(slot))
         if new_slot >= 0 and state == DYING:
             self.set_state(new_slot, DYING)
         return new_slot
@@ -208,7 +227,7 @@ class Directory:
 
     def entry(self, slot: int) -> tuple[bytes, int, ObjectLocation, int]:
         """``(id, generation, location, state)`` of a live slot."""
-        gen, oid, seg, off, dsize, msize, node, state = _BODY.unpack_from(
+        gen, oid, seg, off, dsize, msize, node, state, _ = _BODY.unpack_from(
             self._mv, HEADER_SIZE + slot * SLOT_SIZE + 8
         )
         return oid, gen, ObjectLocation(seg, off, dsize, msize, node), state
@@ -239,6 +258,9 @@ class Directory:
     def state(self, slot: int) -> int:
         return self._mv[HEADER_SIZE + slot * SLOT_SIZE + _STATE]
 
+    def flags(self, slot: int) -> int:
+        return self._mv[HEADER_SIZE + slot * SLOT_SIZE + _FLAGS]
+
     def entries(self) -> Iterator[tuple[bytes, int, ObjectLocation, int]]:
         """``(id, generation, location, state)`` of every live slot."""
         mv = self._mv
@@ -246,7 +268,7 @@ class Directory:
             base = HEADER_SIZE + slot * SLOT_SIZE
             state = mv[base + _STATE]
             if state in (SEALED, DYING):
-                gen, oid, seg, off, dsize, msize, node, _ = _BODY.unpack_from(mv, base + 8)
+                gen, oid, seg, off, dsize, msize, node, _, _ = _BODY.unpack_from(mv, base + 8)
                 yield oid, gen, ObjectLocation(seg, off, dsize, msize, node), state
 
     def full(self) -> bool:
@@ -264,7 +286,7 @@ class Directory:
         _SEQ.pack_into(self._mv, _REPLICAS, 1)
 
     def _write(
-        self, slot: int, generation: int, oid: bytes, loc: ObjectLocation, state: int
+        self, slot: int, generation: int, oid: bytes, loc: ObjectLocation, state: int, flags: int
     ) -> None:
         base = HEADER_SIZE + slot * SLOT_SIZE
         mv = self._mv
@@ -281,8 +303,27 @@ class Directory:
             loc.metadata_size,
             loc.node,
             state,
+            flags,
         )
         _SEQ.pack_into(mv, base, seq + 2)
+
+
+class GenerationSource:
+    """Generations for published objects: a counter in the high 32 bits (unique for the
+    life of the coordinator, never 0), random bits in the low 32 (from the kernel's CSPRNG,
+    drawn ``batch`` at a time), so a client cannot write a pin on an object before it is
+    published: it must read the generation in the directory."""
+
+    def __init__(self, batch: int = 1024) -> None:
+        self._count = 0
+        self._batch = batch
+        self._random: list[int] = []
+
+    def next(self) -> int:
+        if not self._random:
+            self._random = array.array("I", os.urandom(4 * self._batch)).tolist()
+        self._count += 1
+        return self._count << 32 | self._random.pop()
 
 
 def rebuilt_capacity(live: int, minimum: int = MIN_CAPACITY) -> int:
@@ -324,9 +365,11 @@ class DirectoryReader:
         self._probe = probe
         self._access = access if access is not None and len(access) >= capacity else None
 
-    def lookup(self, oid: bytes) -> Found | None:
+    def lookup(self, oid: bytes, flags: int = 0) -> Found | None:
         """The sealed object ``oid`` as a consistent read of its slot, or None: not in this
-        directory, not sealed, or its slot changing (each means: ask the coordinator)."""
+        directory, not sealed, or its slot changing (each means: ask the coordinator).
+        ``flags`` REPLICA looks up a copy (``oid`` a :func:`plasma.ids.replica_id`): slots
+        of the other kind are passed over."""
         mv = self._mv
         mask = self.capacity - 1
         slot = home_slot(oid, self._bits)
@@ -337,12 +380,13 @@ class DirectoryReader:
             (seq,) = unpack_seq(mv, base)
             if seq & 1:
                 return None
-            gen, key, seg, off, dsize, msize, node, state = unpack(mv, base + 8)
+            gen, key, seg, off, dsize, msize, node, state, kind = unpack(mv, base + 8)
             if unpack_seq(mv, base)[0] != seq:
                 return None
             if state == FREE:
                 return None
-            if key == oid and state == SEALED:  # a dying slot of an earlier object: go on
+            # (a dying slot of an earlier object, or a slot of the other kind: go on)
+            if key == oid and state == SEALED and kind == flags:
                 access = self._access
                 if access is not None and not access[slot]:  # read first: no line bouncing
                     access[slot] = 1

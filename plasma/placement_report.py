@@ -22,8 +22,9 @@ _CHUNK_PAGES = 16384  # move_pages batch: bounds the ctypes arrays for big segme
 def placement_report(pool: SegmentPool) -> list[dict[str, Any]]:
     """Per segment: ``id``, ``node``, ``size``, ``page_size``, ``pages``, ``pages_per_node``
     ({node: count}), ``misplaced`` (pages on another node) and ``unresolved`` (pages
-    move_pages could not locate)."""
-    return [segment_placement(seg) for seg in pool]
+    move_pages could not locate). Fallback segments (files on disk, which a client might
+    shrink under a mapping) are left out."""
+    return [segment_placement(seg) for seg in pool if not seg.file_backed]
 
 
 def segment_placement(seg: Segment) -> dict[str, Any]:

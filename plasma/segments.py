@@ -33,6 +33,9 @@ class Segment:
     size: int
     node: int
     page_size: int
+    # a fallback file (not a memfd): it cannot be sealed, so the coordinator never maps it
+    # and only the creator of its object gets a writable descriptor
+    file_backed: bool = False
     _read_only_fd: int | None = None
 
     def info(self, *, writable: bool = True) -> SegmentInfo:
@@ -95,6 +98,7 @@ class SegmentPool:
         fd = memfd.memfd_create(f"plasma-{os.getpid()}-{seg_id}")
         try:
             os.ftruncate(fd, size)
+            memfd.seal_size(fd)
             with mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE) as mm:
                 if self.bind:
                     self._bind(mm, size, node)
@@ -128,6 +132,7 @@ class SegmentPool:
                             f"`plasma-coord hugepages`)"
                         ) from None
                     raise
+            memfd.seal_size(fd)
         except BaseException:
             os.close(fd)
             raise
@@ -153,7 +158,7 @@ class SegmentPool:
             raise
         seg_id = self._next_id
         self._next_id += 1
-        self._segments[seg_id] = Segment(seg_id, fd, size, node, BASE_PAGE)
+        self._segments[seg_id] = Segment(seg_id, fd, size, node, BASE_PAGE, file_backed=True)
         return seg_id
 
     def free_segment(self, segment: int) -> None:

@@ -28,6 +28,7 @@ def _shared_file(name: str, size: int, *, writable: bool = True) -> tuple[int, m
         raise StoreFull(f"no {name} memfd: {exc}") from None
     try:
         os.ftruncate(fd, size)
+        memfd.seal_size(fd)  # a client shrinking it would kill everyone mapping it
         prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
         return fd, mmap.mmap(fd, size, mmap.MAP_SHARED, prot)
     except OSError as exc:

@@ -224,9 +224,12 @@ def read_part(
     page_size: int,
     start: int,
     length: int,
+    file_backed: bool = False,
 ) -> int:
     """Read bytes ``[start, start + length)`` of ``entry``'s payload into ``offset + start``
-    of segment fd ``fd``; their CRC-32. SpillDamaged when the file is gone or short."""
+    of segment fd ``fd``; their CRC-32. SpillDamaged when the file is gone or short.
+    ``file_backed``: the segment is a fallback file, written with pwrite, never mapped (a
+    client could shrink it under the mapping)."""
     path = os.path.join(directory, file_name(file_id))
     try:
         src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -236,7 +239,15 @@ def read_part(
     try:
         if os.fstat(src).st_size < entry.offset + entry.length:
             raise SpillDamaged(f"spill file {path} is shorter than its index says")
-        if length:
+        if length and file_backed:
+            for lo in range(0, length, CHUNK):
+                want = min(CHUNK, length - lo)
+                data = os.pread(src, want, entry.offset + start + lo)
+                if len(data) != want:  # (a regular file reads short only at its end)
+                    raise SpillDamaged(f"spill file {path} ends early")
+                crc = zlib.crc32(data, crc)
+                _write_all(fd, data, offset + start + lo)
+        elif length:
             with memfd.mapped(fd, offset + start, length, page_size, _WRITE) as view:
                 done = 0
                 while done < length:

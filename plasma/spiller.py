@@ -78,7 +78,7 @@ class Spiller:
         while True:
             await self.wanted.wait()
             self.wanted = trio.Event()
-            while (batch := self._store.spill_batch(time.time(), SPILL_BATCH)) is not None:
+            while (batch := self._store.spill_batch(time.monotonic(), SPILL_BATCH)) is not None:
                 if not await self._write(*batch):
                     deliver()
                     await trio.sleep(SPILL_RETRY)
@@ -121,12 +121,12 @@ class Spiller:
             )
             what = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
             reason = f"{what} ({self.directory})"
-            self._store.spill_failed(file_id, reason, time.time())
+            self._store.spill_failed(file_id, reason, time.monotonic())
             return False
         finally:
             for fd in fds.values():
                 os.close(fd)
-        self._store.spilled(file_id, entries, size, time.monotonic() - started, time.time())
+        self._store.spilled(file_id, entries, size, time.monotonic() - started, time.monotonic())
         return True
 
     async def restore(self, event: Restore, deliver: Callable[[], None]) -> None:
@@ -139,7 +139,7 @@ class Spiller:
                 seg = self._pool.get(event.location.segment)
                 fd = os.dup(seg.fd)
                 try:
-                    crcs = await self._read_parts(event, fd, seg.page_size)
+                    crcs = await self._read_parts(event, fd, seg.page_size, seg.file_backed)
                 finally:
                     os.close(fd)
             spill_files.check_parts(self.directory, event.file, event.entry, crcs)
@@ -150,11 +150,13 @@ class Spiller:
             error = f"reading spill file {event.file} failed: {exc}"
             log.error("restoring object %s failed, it stays on disk: %s", event.oid.hex(), exc)
         self._store.restored(
-            event.token, error, lost=lost, seconds=time.monotonic() - started, now=time.time()
+            event.token, error, lost=lost, seconds=time.monotonic() - started, now=time.monotonic()
         )
         deliver()
 
-    async def _read_parts(self, event: Restore, fd: int, page_size: int) -> list[tuple[int, int]]:
+    async def _read_parts(
+        self, event: Restore, fd: int, page_size: int, file_backed: bool
+    ) -> list[tuple[int, int]]:
         """Read the object in parts of ``RESTORE_PART`` bytes, in parallel threads; the
         parts' CRC-32s, or the first part's error."""
         parts = spill_files.parts(event.entry.length, RESTORE_PART)
@@ -173,6 +175,7 @@ class Spiller:
                     page_size,
                     start,
                     length,
+                    file_backed,
                 )
             except Exception as exc:  # (raised below, as itself: not as a group)
                 failures.append(exc)

@@ -62,8 +62,10 @@ from plasma.allocator import Allocator
 from plasma.directory import (
     DYING,
     MIN_CAPACITY,
+    REPLICA,
     SEALED,
     Directory,
+    GenerationSource,
     PinScanner,
     directory_size,
     rebuilt_capacity,
@@ -358,6 +360,7 @@ class _Object(msgspec.Struct, gc=False):
     ref_count: int = 0
     construct_duration: float = 0.0  # seconds from create to seal (arena objects: 0)
     slot: int = -1  # its directory slot once published, else -1
+    gen: int = 0  # its generation once published (pins name it), else 0
     spill: tuple[int, SpillEntry] | None = None  # its copy on disk: (file, entry)
     resident: bool = True  # False: only on disk (``loc`` keeps its sizes and last node)
     spilling: bool = False  # being written to disk now
@@ -443,7 +446,9 @@ class Store:
     create that would fail at once waits for memory asked back with Reclaim. ``grace`` is
     the wait between marking an object dying and scanning the pin tables (0 scans at once:
     only for a store no client reads without requests); ``directory_memory`` makes the
-    directory's shared memory (default: process memory).
+    directory's shared memory (default: process memory). Every ``now`` the store is given
+    is a monotonic clock's (deadlines, grace periods and rescans must not jump with the wall
+    clock); ``wall_offset`` turns it into wall time for the objects' ``create_time``.
 
     With ``spill``, eviction never deletes: it drops only objects that have a copy on disk,
     and asks for copies (:meth:`spill_batch`, written by the caller, then :meth:`spilled`)
@@ -482,6 +487,7 @@ class Store:
         spill_max: int | None = None,
         fallback: bool = False,
         follow_readers: ReaderTracker | None = None,
+        wall_offset: float = 0.0,
     ) -> None:
         if alignment <= 0 or alignment & (alignment - 1):
             raise ValueError(f"alignment must be a power of two, got {alignment}")
@@ -498,6 +504,7 @@ class Store:
         if not 0 < spill_threshold <= 1:
             raise ValueError(f"spill_threshold must be in (0, 1], got {spill_threshold}")
         self._provider = provider
+        self._wall_offset = wall_offset
         self._page_size = page_size
         self._segment_size = -(-segment_size // page_size) * page_size
         self._mask = alignment - 1
@@ -535,9 +542,10 @@ class Store:
         self._directory_buffers = (buf, access)
         self._access = access
         self._pins = PinScanner()
-        self._generation = 0
-        # generations of published objects a rebuilt directory could not hold, by id(record)
-        self._unlisted: dict[int, int] = {}
+        self._generations = GenerationSource()
+        # every published record until it is freed (a rebuilt directory may hold no slot for
+        # some: ``slot`` -1, their generation still honoured): generation -> (id, record)
+        self._published: dict[int, tuple[bytes, _Object]] = {}
         # objects to free once no pin holds them: generation -> (scan time, id, record), in
         # scan-time order; and those a scan found pinned (deleted ones only)
         self._dying: OrderedDict[int, tuple[float, bytes, _Object]] = OrderedDict()
@@ -555,13 +563,12 @@ class Store:
         self._next_file = 1
         self._restoring: dict[int, tuple[bytes, _Object]] = {}
         self._restore_queue: dict[bytes, tuple[_Object, int | None]] = {}  # -> reader's node
-        # freed while being written to disk or moved: freed when that ends
-        self._after_io: dict[int, tuple[bytes, _Object]] = {}
+        # memory of objects freed (or gone to disk) while it was being written to disk,
+        # moved or copied: (segment, offset, size, charges) freed when that I/O ends
+        self._after_io: dict[int, list[tuple[_Segment, int, int, dict[int, int] | None]]] = {}
         # page moves under way: token -> what to do when done (see _start_place)
         self._placing: dict[int, tuple[Any, ...]] = {}
         self._readers = follow_readers
-        # generation -> id of published objects, to tell which object a pin reads
-        self._by_generation: dict[int, bytes] = {}
         # read-only copies on other nodes (replica id -> record; never in _objects), those
         # whose object went (freed after their pin scan), and whether readers were told
         self._replicas: dict[bytes, _Object] = {}
@@ -756,7 +763,7 @@ class Store:
         """Make the creator's object immutable; wakes getters and notifies subscribers."""
         rec = self._unsealed_of(client, oid, "is already sealed")
         rec.sealed = True
-        rec.construct_duration = max(0.0, now - rec.create_time)
+        rec.construct_duration = max(0.0, now + self._wall_offset - rec.create_time)
         self._clients[client].creating.discard(oid)
         self._announce(oid, rec)
 
@@ -1215,10 +1222,8 @@ class Store:
         self._end_batch(picked, now)
 
     def _end_batch(self, picked: list[tuple[bytes, _Object]], now: float) -> None:
-        if self._after_io:
-            for oid, rec in picked:
-                if self._after_io.pop(id(rec), None) is not None:
-                    self._free_object(oid, rec)
+        for _, rec in picked:
+            self._io_ended(rec)
         self._space_changed = True
         self._free_due(now)
         self._retry_creates(now)
@@ -1295,11 +1300,7 @@ class Store:
 
     def _to_disk(self, oid: bytes, rec: _Object) -> None:
         """An evicted object with a copy on disk: free its memory, keep it as spilled."""
-        seg = self._segments[rec.loc.segment]
-        seg.node.objects -= 1
-        self._release(seg, rec)
-        if rec.replicas:
-            self._orphan_replicas(oid, rec)
+        self._free_memory(oid, rec)
         rec.resident = False
         self._spill_counts["objects"] += 1
         self._spill_counts["bytes"] += rec.loc.data_size + rec.loc.metadata_size
@@ -1409,7 +1410,7 @@ class Store:
         copies = []
         for n, (s, off) in placed:
             loc = ObjectLocation(s.id, off, rec.loc.data_size, rec.loc.metadata_size, n)
-            copy = _Object(loc, rec.size, 0, now)  # unsealed (invisible) until copied
+            copy = _Object(loc, rec.size, 0, now + self._wall_offset)  # unsealed until copied
             self._replicas[replica_id(oid, n)] = copy
             s.node.objects += 1
             copies.append((n, copy))
@@ -1453,15 +1454,20 @@ class Store:
                     self._abort_placed(client, oid, rec)
                     err = PlasmaError(f"interleaving {oid.hex()} failed: {error}")
                     self._events.append(CreateDone(client, token, err))
-            if self._after_io.pop(id(rec), None) is not None:
-                self._free_object(oid, rec)
+            self._io_ended(rec)
         self._space_changed = True
         self._retry_creates(now)
 
     def _copied(self, token: int, job: tuple[Any, ...], error: str | None) -> None:
-        _, client, oid, rec, copies = job
+        _, client, oid, _, copies = job
+        rec: _Object = job[3]
         rec.moving = False
-        alive = not rec.deleting and self._objects.get(oid) is rec
+        alive = (
+            not rec.deleting
+            and self._objects.get(oid) is rec
+            and rec.resident
+            and not self._evicting(rec)
+        )
         for n, copy in copies:
             key = replica_id(oid, n)
             if error is None and alive:
@@ -1469,7 +1475,7 @@ class Store:
                 if not self._replicas_announced:
                     self._directory.announce_replicas()
                     self._replicas_announced = True
-                self._publish(key, copy)
+                self._publish(key, copy, REPLICA)
                 rec.replicas = (*rec.replicas, n)
             else:
                 del self._replicas[key]
@@ -1483,8 +1489,7 @@ class Store:
             elif not alive:
                 result = ObjectNotFound(f"object {oid.hex()} was deleted while being copied")
             self._events.append(Replicated(client, token, result))
-        if self._after_io.pop(id(rec), None) is not None:
-            self._free_object(oid, rec)
+        self._io_ended(rec)
 
     def _orphan_replicas(self, oid: bytes, rec: _Object) -> None:
         """An object's memory is freed: its copies go too (each once no pin holds it)."""
@@ -1509,9 +1514,9 @@ class Store:
             if c.node is None:
                 continue
             for gen in pins.get(c.id, ()):
-                oid = self._by_generation.get(gen)
-                if oid is not None:
-                    readers.read(oid, c.node, now)
+                published = self._published.get(gen)
+                if published is not None:
+                    readers.read(published[0], c.node, now)
             for oid in c.refs:
                 readers.read(oid, c.node, now)
         started = 0
@@ -1523,6 +1528,8 @@ class Store:
             current = self._nodes_of(rec)
             proposal = readers.proposal(oid, current[0] if len(current) == 1 else -1, now)
             if proposal is None or rec.moving or rec.spilling or not rec.resident:
+                continue
+            if self._evicting(rec):
                 continue
             if not rec.sealed:
                 continue
@@ -1550,7 +1557,13 @@ class Store:
             raise BadRequest(f"object {oid.hex()} is in a file-backed fallback segment")
         if rec.moving or rec.spilling:
             raise BadRequest(f"object {oid.hex()} is being moved or written already")
+        if self._evicting(rec):
+            raise BadRequest(f"object {oid.hex()} is being evicted: get it first to keep it")
         return rec, seg
+
+    def _evicting(self, rec: _Object) -> bool:
+        """True for an eviction victim waiting for its pin scan (its memory goes then)."""
+        return rec.gen in self._dying and not rec.deleting
 
     def _check_nodes(self, nodes: Iterable[int]) -> None:
         unknown = sorted(n for n in set(nodes) if n not in self._nodes)
@@ -1569,18 +1582,24 @@ class Store:
             return list(rec.pages_on)
         return [self._segments[rec.loc.segment].node.id]
 
-    def _page_range(self, rec: _Object) -> tuple[int, int]:
-        """``(start, length)`` of the pages an object's bytes are on."""
+    def _page_range(self, offset: int, size: int) -> tuple[int, int]:
+        """``(start, length)`` of the pages ``size`` bytes at ``offset`` are on."""
         page = self._page_size
-        start = rec.loc.offset // page * page
-        end = -(-(rec.loc.offset + rec.size) // page) * page
+        start = offset // page * page
+        end = -(-(offset + size) // page) * page
         return start, end - start
 
     def _charges(self, rec: _Object, nodes: tuple[int, ...]) -> dict[int, int]:
         """Bytes of ``rec``'s pages that land on each node of ``nodes`` other than its
         segment's (those count against that node's budget), when placed there evenly."""
-        home = self._segments[rec.loc.segment].node.id
-        _, length = self._page_range(rec)
+        seg = self._segments[rec.loc.segment]
+        return self._range_charges(seg, rec.loc.offset, rec.size, nodes)
+
+    def _range_charges(
+        self, seg: _Segment, offset: int, size: int, nodes: tuple[int, ...]
+    ) -> dict[int, int]:
+        home = seg.node.id
+        _, length = self._page_range(offset, size)
         pages = length // self._page_size
         share, extra = divmod(pages, len(nodes))
         out = {}
@@ -1612,7 +1631,7 @@ class Store:
         home = seg.node.id
         rec.pages_on = None if nodes == (home,) else nodes
         rec.moving = True
-        start, length = self._page_range(rec)
+        start, length = self._page_range(rec.loc.offset, rec.size)
         mode = "interleave" if len(nodes) > 1 else "bind"
         return self._start_place(None, seg, start, length, mode, list(nodes))
 
@@ -1933,35 +1952,46 @@ class Store:
         self._space_changed = True
 
     def _free_object(self, oid: bytes, rec: _Object) -> None:
-        """Free an object no pin can hold (unsealed, or never published). The bytes of one
-        being written to disk are freed when the write ends."""
+        """Forget an object no pin can hold (unsealed, never published, or scanned) and
+        give back its memory (see :meth:`_free_memory`)."""
         if self._objects.get(oid) is rec:
             del self._objects[oid]
-        if rec.spilling or rec.moving:
-            self._after_io[id(rec)] = (oid, rec)
-            return
+        self._free_memory(oid, rec)
+
+    def _free_memory(self, oid: bytes, rec: _Object) -> None:
+        """Give back an object's memory (its record may live on, spilled): at once, or when
+        the I/O reading or moving it (a spill write, a page move, a copy) ends. Its copies
+        on other nodes go too, each once no pin holds it."""
         seg = self._segments[rec.loc.segment]
         seg.node.objects -= 1
-        self._release(seg, rec)
+        charges = self._charges(rec, rec.pages_on) if rec.pages_on is not None else None
+        held = (seg, rec.loc.offset, rec.size, charges)
+        rec.pages_on = None
         if rec.replicas:
             self._orphan_replicas(oid, rec)
+        if rec.spilling or rec.moving:
+            self._after_io.setdefault(id(rec), []).append(held)
+        else:
+            self._release(*held)
 
-    def _release(self, seg: _Segment, rec: _Object) -> None:
-        """Free an object's memory; if its pages were moved to other nodes, first move them
-        back (the range is freed, and the other nodes' charges dropped, once they are)."""
-        if rec.pages_on is None:
-            self._free_range(seg, rec.loc.offset, rec.size)
+    def _io_ended(self, rec: _Object) -> None:
+        """The I/O on ``rec``'s memory ended: free what was given back meanwhile."""
+        if self._after_io:
+            for held in self._after_io.pop(id(rec), ()):
+                self._release(*held)
+
+    def _release(
+        self, seg: _Segment, offset: int, size: int, charges: dict[int, int] | None
+    ) -> None:
+        """Free ``size`` bytes at ``offset`` of ``seg``; if their pages were moved to other
+        nodes (``charges``: bytes per node), first move them back (the range is freed, and
+        the other nodes' charges dropped, once they are)."""
+        if charges is None:
+            self._free_range(seg, offset, size)
             return
-        start, length = self._page_range(rec)
-        charges = self._charges(rec, rec.pages_on)
-        rec.pages_on = None
+        start, length = self._page_range(offset, size)
         self._start_place(
-            ("rehome", seg, rec.loc.offset, rec.size, charges),
-            seg,
-            start,
-            length,
-            "bind",
-            [seg.node.id],
+            ("rehome", seg, offset, size, charges), seg, start, length, "bind", [seg.node.id]
         )
 
     def _evict(self, oid: bytes, rec: _Object, now: float) -> None:
@@ -1975,9 +2005,7 @@ class Store:
 
     def _generation_of(self, rec: _Object) -> int:
         """The generation an object was published with; 0 if it never was."""
-        if rec.slot >= 0:
-            return self._directory.generation(rec.slot)
-        return self._unlisted.get(id(rec), 0) if self._unlisted else 0
+        return rec.gen
 
     def _doom(self, oid: bytes, rec: _Object, now: float) -> bool:
         """Free a sealed, unreferenced object that is deleted or evicted, once no pin holds
@@ -2045,13 +2073,11 @@ class Store:
 
     def _finish(self, gen: int, oid: bytes, rec: _Object, evicted: bool) -> None:
         """Free a doomed object after a scan found no pin on it."""
-        if self._readers is not None:
-            self._by_generation.pop(gen, None)
+        del self._published[gen]
+        rec.gen = 0
         if rec.slot >= 0:
             self._directory.remove(rec.slot)
             rec.slot = -1
-        elif self._unlisted:
-            self._unlisted.pop(id(rec), None)
         if evicted and rec.spill is not None:
             self._to_disk(oid, rec)
             return
@@ -2112,30 +2138,25 @@ class Store:
                 if oid in lru:
                     lru.move_to_end(oid)
 
-    def _publish(self, oid: bytes, rec: _Object) -> None:
-        """Put a newly sealed object in the directory (rebuilt first when full)."""
+    def _publish(self, oid: bytes, rec: _Object, flags: int = 0) -> None:
+        """Put a newly sealed object (``flags`` REPLICA: a copy) in the directory (rebuilt
+        first when full)."""
         if self._directory.full():
             self._rebuild()
-        self._generation += 1
-        rec.slot = self._directory.insert(oid, self._generation, rec.loc)
-        if self._readers is not None:
-            self._by_generation[self._generation] = oid
+        gen = self._generations.next()
+        rec.slot = self._directory.insert(oid, gen, rec.loc, flags)
+        if rec.slot >= 0:  # (else no reader can pin it: it is served by requests only)
+            rec.gen = gen
+            self._published[gen] = (oid, rec)
 
     def _rebuild(self) -> None:
         """Move the directory's objects into a new one, at most half full, and mark the old
         one superseded (readers fall back to requests until they map the new one). A
-        published object that does not fit keeps its generation aside (``_unlisted``) so
-        pins on it are still honoured. When no memory is to be had, the old one stays."""
+        published object that does not fit keeps its generation (``slot`` -1), so pins on
+        it are still honoured. When no memory is to be had, the old one stays."""
         old = self._directory
-        published = [(oid, rec) for oid, rec in self._objects.items() if rec.slot >= 0]
-        published += [  # deleted ones (eviction victims are in _objects already)
-            (oid, rec)
-            for _, oid, rec in self._dying.values()
-            if rec.slot >= 0 and self._objects.get(oid) is not rec
-        ]
-        published += [(oid, rec) for oid, rec in self._pinned.values() if rec.slot >= 0]
-        published += [(key, copy) for key, copy in self._replicas.items() if copy.slot >= 0]
-        old_slots = [rec.slot for _, rec in published]
+        published = [rec for _, rec in self._published.values() if rec.slot >= 0]
+        old_slots = [rec.slot for rec in published]
         capacity = rebuilt_capacity(old.live, max(old.capacity // 2, self._min_capacity))
         for attempt in range(REBUILD_ATTEMPTS):
             try:
@@ -2157,9 +2178,7 @@ class Store:
         np.frombuffer(access, dtype=np.uint8)[placed[kept]] = np.frombuffer(
             self._access, dtype=np.uint8
         )[np.asarray(old_slots, dtype=np.int64)[kept]]
-        for (_, rec), slot in zip(published, slots, strict=True):
-            if slot < 0:
-                self._unlisted[id(rec)] = old.generation(rec.slot)
+        for rec, slot in zip(published, slots, strict=True):
             rec.slot = slot
         old.supersede()
         self._directory_memory.free_directory(*self._directory_buffers)
@@ -2197,7 +2216,7 @@ class Store:
         seg, offset = placed
         nd = seg.node
         loc = ObjectLocation(seg.id, offset, data_size, metadata_size, nd.id)
-        rec = _Object(loc, size, c.id, now, ref_count=1)
+        rec = _Object(loc, size, c.id, now + self._wall_offset, ref_count=1)
         self._objects[oid] = rec
         nd.objects += 1
         c.refs[oid] = 1
@@ -2249,7 +2268,7 @@ class Store:
         a.cursor = offset + size
         nd = seg.node
         loc = ObjectLocation(seg.id, offset, obj.data_size, obj.metadata_size, nd.id)
-        rec = _Object(loc, size, c.id, now, sealed=True)
+        rec = _Object(loc, size, c.id, now + self._wall_offset, sealed=True)
         self._objects[oid] = rec
         nd.objects += 1
         self._announce(oid, rec)

@@ -158,7 +158,7 @@ def test_buffer_must_hold_the_directory() -> None:
 def test_reader_checks_the_header() -> None:
     _, buf = new_directory(16)
     DirectoryReader(buf)
-    for offset, value, fmt in [(0, b"PLSMDIR0", "8s"), (8, 2, "I"), (12, 32, "I")]:
+    for offset, value, fmt in [(0, b"PLSMDIR0", "8s"), (8, VERSION - 1, "I"), (12, 32, "I")]:
         bad = bytearray(buf)
         struct.pack_into("<" + fmt, bad, offset, value)
         with pytest.raises(ValueError, match="not a version"):

@@ -439,9 +439,9 @@ class PlacementMachine(RuleBasedStateMachine):
             if job[0] == "rehome":
                 _, seg, offset, size, _ = job
                 ranges.append((seg.id, offset, size, b"rehome" + bytes([offset % 251])))
-            elif store._objects.get(job[2]) is not job[3]:
-                rec = job[3]
-                ranges.append((rec.loc.segment, rec.loc.offset, rec.size, job[2]))
+        for held in store._after_io.values():  # freed while moved: given back after
+            for seg, offset, size, _ in held:
+                ranges.append((seg.id, offset, size, b"after io" + bytes([offset % 251])))
         ranges = sorted(set(ranges))
         for (s1, o1, n1, id1), (s2, o2, _, id2) in itertools.pairwise(ranges):
             if s1 == s2:
@@ -460,8 +460,9 @@ class PlacementMachine(RuleBasedStateMachine):
             if job[0] == "rehome":
                 for node, nbytes in job[4].items():
                     want[node] += nbytes
-            elif store._objects.get(job[2]) is not job[3] and job[3].pages_on is not None:
-                for node, nbytes in store._charges(job[3], job[3].pages_on).items():
+        for held in store._after_io.values():
+            for _, _, _, charges in held:
+                for node, nbytes in (charges or {}).items():
                     want[node] += nbytes
         assert [store.stats()["nodes"][n]["placed_in"] for n in range(3)] == want
 

@@ -491,10 +491,10 @@ class SpillMachine(RuleBasedStateMachine):
         store = self.store
         holders = [r for r in store._objects.values() if r.resident or r.restoring]
         holders += [r for _, r in store._restoring.values()]
-        holders += [r for _, r in store._after_io.values()]
         holders += [r for _, _, r in store._dying.values()] + [r for _, r in store._pinned.values()]
         unique = {id(r): r for r in holders}
-        assert store.stats()["used"] == sum(r.size for r in unique.values())
+        after_io = sum(size for held in store._after_io.values() for _, _, size, _ in held)
+        assert store.stats()["used"] == sum(r.size for r in unique.values()) + after_io
 
 
 SpillMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=60, deadline=None)

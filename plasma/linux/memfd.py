@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import functools
 import mmap
 import os
@@ -42,9 +43,10 @@ def memfd_create(name: str, *, hugepage_size: int | None = None, cloexec: bool =
 
     The kernel creates memfds mode 0777, so any process of any uid holding a descriptor of one
     could reopen it read-write through ``/proc/PID/fd/N``; 0600 leaves that to our own uid.
-    Raises Unsupported when the kernel has no memfd or no hugepages of that size.
+    It allows sealing: :func:`seal_size` fixes its size once it has it. Raises Unsupported
+    when the kernel has no memfd or no hugepages of that size.
     """
-    flags = MFD_CLOEXEC if cloexec else 0
+    flags = MFD_ALLOW_SEALING | (MFD_CLOEXEC if cloexec else 0)
     if hugepage_size is not None:
         flags |= hugepage_flags(hugepage_size)
         if not (HUGEPAGES_SYSFS / f"hugepages-{hugepage_size // 1024}kB").is_dir():
@@ -65,6 +67,19 @@ def memfd_create(name: str, *, hugepage_size: int | None = None, cloexec: bool =
         os.close(fd)
         raise os_error(exc.errno or 0, f"fchmod(memfd {name!r}, {MEMFD_MODE:#o})") from None
     return fd
+
+
+SIZE_SEALS = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
+
+
+def seal_size(fd: int) -> None:
+    """Fix a memfd's size for good (F_SEAL_SHRINK | F_SEAL_GROW, then F_SEAL_SEAL): whoever
+    holds a descriptor of it may still write its bytes (and punch holes), but can no longer
+    shrink it under the mappings of others, which would make their next access SIGBUS."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SIZE_SEALS)
+    except OSError as exc:
+        raise os_error(exc.errno or 0, "fcntl(F_ADD_SEALS, SHRINK | GROW | SEAL)") from None
 
 
 def copy_ranges(

@@ -1,0 +1,72 @@
+"""Helpers the tests share (one definition each): ids, a raw protocol client."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from plasma import protocol as p
+from plasma.linux.fdpass import ANCILLARY_SPACE, RECV_FLAGS, received_fds
+
+
+def oid(n: int) -> bytes:
+    """A 20-byte object id derived from ``n`` (big-endian: ids sort like their numbers)."""
+    return n.to_bytes(20, "big")
+
+
+class RawClient:
+    """The wire protocol by hand, keeping every descriptor the coordinator sends (so a test
+    can do to them what a hostile client would)."""
+
+    def __init__(self, path: str, timeout: float = 30.0) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(path)
+        self.sock.settimeout(timeout)
+        self.decoder = p.FrameDecoder(p.Reply, 1 << 30)
+        self.fds: list[int] = []
+        self.seq = 0
+        self.pushed: list[Any] = []
+
+    def send(self, msg: Any) -> int:
+        self.seq += 1
+        msg.seq = self.seq
+        self.sock.sendall(p.encode(msg))
+        return self.seq
+
+    def request(self, msg: Any) -> Any:
+        """Send ``msg`` and return its reply (pushed messages are kept in ``pushed``)."""
+        seq = self.send(msg)
+        while True:
+            reply = self.receive()
+            if reply.seq == seq:
+                return reply
+            self.pushed.append(reply)
+
+    def receive(self) -> Any:
+        while (reply := self.decoder.next_message()) is None:
+            data, anc, flags, _ = self.sock.recvmsg(1 << 16, ANCILLARY_SPACE, RECV_FLAGS)
+            if not data:
+                raise ConnectionError("the coordinator hung up")
+            self.fds.extend(received_fds(anc, flags))
+            self.decoder.feed(data)
+        return reply
+
+    def connect(self) -> p.Connected:
+        return self.request(p.Connect(seq=0, protocol_version=p.PROTOCOL_VERSION))
+
+    def take_fds(self) -> list[int]:
+        fds, self.fds = self.fds, []
+        return fds
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds.clear()
+        self.sock.close()
+
+    def __enter__(self) -> RawClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
