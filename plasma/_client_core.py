@@ -60,6 +60,7 @@ RELEASE_DELAY = 64
 RELEASE_DELAY_BYTES = 64 << 20
 RELEASE_DELAY_SHARE = 32
 MAX_DEFERRED_ERRORS = 64  # kept one by one; beyond, only counted
+MAX_ARENA_SEALS = 4096  # SealArenas remembered until answered (an older one's failure is missed)
 # ids per request frame: 20 bytes plus MessagePack framing each, well under the default
 # 1 MiB frame limit of the coordinator and its MAX_IDS_PER_REQUEST
 IDS_PER_FRAME = 16384
@@ -149,7 +150,7 @@ _PLAIN_REPLIES = frozenset(
     kind
     for kind in get_args(p.Reply)
     if not {"segments", "tables"} & set(kind.__struct_fields__)
-    and kind not in (p.Notification, p.RunRequest, p.Revoked, p.Reclaim, p.DirectoryMoved)
+    and kind not in (p.Notification, p.RunRequest, p.Revoked, p.Reclaim, p.SegmentsDropped)
 )
 
 
@@ -208,6 +209,7 @@ class Arena:
     end: int
     cursor: int
     node: int | None
+    grant: int  # its name in SealArena and ReturnArena
     alignment: int = 64
 
     def take(self, nbytes: int) -> int | None:
@@ -271,6 +273,9 @@ class ClientCore:
         self._abandoned: dict[int, msgspec.Struct] = {}
         # what hands back the objects and arenas made for them (Abort, ReturnArena)
         self._cleanup: collections.deque[p.Abort | p.ReturnArena] = collections.deque()
+        # SealArena messages whose answer may still come (they are sent without waiting):
+        # seq -> arena grant, oldest first; a later reply means every earlier one was handled
+        self._arena_seals: dict[int, int] = {}
         self._seq = 0
         self._seq_lock = threading.Lock()
         # reads without requests: the directory (read-only) and this client's pin table
@@ -279,6 +284,10 @@ class ClientCore:
         self._table_maps: list[mmap.mmap] = []  # directory and access bytes
         self._pin_map: mmap.mmap | None = None
         self._unpins: collections.deque[bytes] = collections.deque()  # hints: pins let go
+        # the directory we map was superseded: ask for the current one (naming ours by its
+        # token) with the next frames, once; _tables_asked until the answer comes
+        self._tables_wanted = 0
+        self._tables_asked = False
         self.pid = os.getpid()
         self.forked_from: int | None = None  # set in a forked child: this client is not its
         _CORES.add(self)
@@ -295,7 +304,9 @@ class ClientCore:
 
         Raises BadRequest, taking nothing, when a message is out of the coordinator's bounds.
         """
-        if len(msgs) == 1 and not (self._releases or self._cleanup or self._unpins):
+        if len(msgs) == 1 and not (
+            self._releases or self._cleanup or self._unpins or self._tables_wanted
+        ):
             return checked_frame(msgs[0])  # the common case
         encoded = [checked_frame(m) for m in msgs]
         out = []
@@ -307,6 +318,9 @@ class ClientCore:
         while unpins:
             ids = [unpins.popleft() for _ in range(min(len(unpins), IDS_PER_FRAME))]
             out.append(p.encode(p.Unpin(seq=self.next_seq(), ids=ids)))
+        if self._tables_wanted:
+            out.append(p.encode(p.Tables(seq=self.next_seq(), have=self._tables_wanted)))
+            self._tables_wanted = 0
         while self._cleanup:
             msg = self._cleanup.popleft()
             msg.seq = self.next_seq()
@@ -343,12 +357,13 @@ class ClientCore:
         arena, self.arena = self.arena, None
         if arena is None:
             return []
-        return [p.ReturnArena(seq=self.next_seq(), segment=arena.segment, offset=arena.start)]
+        return [p.ReturnArena(seq=self.next_seq(), grant=arena.grant)]
 
     def closing_frames(self) -> bytes:
         """What to send before closing: the releases still queued (cached ones included)."""
         self.drop_cache()
-        return self.frames() if self._releases or self._cleanup or self._unpins else b""
+        queued = self._releases or self._cleanup or self._unpins or self._tables_wanted
+        return self.frames() if queued else b""
 
     def abandon(self, msg: msgspec.Struct) -> None:
         """The caller of ``msg`` will not read its reply: give back what the reply brings."""
@@ -399,6 +414,8 @@ class ClientCore:
             self._fds.extend(fds)
         replies = []
         for msg in self.decoder.feed_messages(data):
+            if self._arena_seals and msg.seq:
+                self._arena_sealed(msg)
             if type(msg) in _PLAIN_REPLIES:
                 replies.append(msg)
                 continue
@@ -406,8 +423,10 @@ class ClientCore:
             if segments:
                 self._map_segments(segments, for_writing=isinstance(msg, _WRITE_REPLIES))
             tables = getattr(msg, "tables", None)
-            if tables is not None:  # Connected, DirectoryMoved: their fds come first
+            if tables is not None:  # Connected, TablesMoved: their fds come first
                 self._map_tables(tables)
+            if isinstance(msg, p.TablesMoved):
+                self._tables_asked = False
             if isinstance(msg, p.Notification):
                 if msg.location is not None:
                     self.prefetched.setdefault(msg.id, []).append(msg.location)
@@ -418,9 +437,34 @@ class ClientCore:
                 self.revoke(msg.ids)
             elif isinstance(msg, p.Reclaim):
                 self.reclaim_requested = True
-            elif not isinstance(msg, p.DirectoryMoved):  # (its tables are mapped above)
+            elif isinstance(msg, p.SegmentsDropped):
+                self._unmap(msg.ids)
+            else:
                 replies.append(msg)
         return replies
+
+    def _arena_sealed(self, reply: Any) -> None:
+        """Forget the SealArenas answered by now; one that failed drops its arena (given
+        back with the next frames): what the store and this client think of it may differ,
+        so write there no more."""
+        seals = self._arena_seals
+        if isinstance(reply, p.Error) and reply.seq in seals:
+            grant = seals[reply.seq]
+            if self.arena is not None and self.arena.grant == grant:
+                self.arena = None
+                self._cleanup.append(p.ReturnArena(seq=0, grant=grant))
+        while seals and next(iter(seals)) <= reply.seq:
+            del seals[next(iter(seals))]
+
+    def _unmap(self, segments: list[int]) -> None:
+        """The coordinator dropped these segments: unmap them (no view can be left: views
+        hold references, and a segment with a referenced object is not dropped)."""
+        for segment in segments:
+            mm = self.maps.pop(segment, None)
+            self._lazy.discard(segment)
+            if mm is not None:
+                with contextlib.suppress(BufferError):  # (then unmapped when the view goes)
+                    mm.close()
 
     def next_notification(self) -> p.Notification:
         """The oldest notification received; PlasmaError when it says the subscription ended
@@ -458,7 +502,7 @@ class ClientCore:
             ids = [request.id] if isinstance(request, p.Create) else [i.id for i in request.items]
             self._cleanup.extend(p.Abort(seq=0, id=oid) for oid in ids)
         elif isinstance(reply, p.ArenaGranted):  # an arena granted to nobody
-            self._cleanup.append(p.ReturnArena(seq=0, segment=reply.segment, offset=reply.offset))
+            self._cleanup.append(p.ReturnArena(seq=0, grant=reply.grant))
 
     def _map_segments(self, segments: list[p.SegmentInfo], *, for_writing: bool) -> None:
         """Map each segment from its fd: read-only where the coordinator sent a read-only fd
@@ -487,18 +531,24 @@ class ClientCore:
         ]
         directory, access, pins = maps
         assert directory is not None
-        old = self._table_maps
+        self._install_tables(directory, access, pins)
+
+    def _install_tables(self, directory: Any, access: Any, pins: Any) -> None:
+        """Read through ``directory`` (and ``access``, ``pins`` when given) from now on."""
         try:
-            self.reader = DirectoryReader(directory, access) if ORDERED_MEMORY else None
+            reader = DirectoryReader(directory, access) if ORDERED_MEMORY else None
         except ValueError:  # a layout this client does not know: requests it is
-            self.reader = None
-        self._table_maps = [m for m in (directory, access) if m is not None]
-        for mm in old:
-            with contextlib.suppress(BufferError):
-                mm.close()
-        if pins is not None:
-            self._pin_map = pins
-            self.pins = PinTable(pins)
+            reader = None
+        with self._held_lock:  # (no other thread is in the middle of a fast get)
+            old = self._table_maps
+            self.reader = reader
+            self._table_maps = [m for m in (directory, access) if m is not None]
+            for mm in old:
+                with contextlib.suppress(BufferError):
+                    mm.close()
+            if pins is not None:
+                self._pin_map = pins
+                self.pins = PinTable(pins)
 
     def get_pinned(self, object_id: Any, timeout: float | None, with_metadata: bool) -> Any | None:
         """What ``get`` of one id returns, when the directory serves it at once (no I/O, so
@@ -526,19 +576,21 @@ class ClientCore:
 
         The pin is written between a consistent read of the object's slot and a re-read of
         its sequence word; unchanged, the object was not marked dying before the pin could
-        be seen, so the coordinator's scan (a grace period after any mark) sees the pin."""
-        reader, pins = self.reader, self.pins
-        if reader is None or pins is None:
-            return None
-        found = None
-        info = self.info
-        if reader.replicas and info is not None and info.node is not None:
-            found = reader.lookup(replica_id(oid, info.node), REPLICA)  # a copy on our node
-        if found is None:
-            found = reader.lookup(oid)
-        if found is None or found.location.segment not in self.maps:
-            return None
+        be seen, so the coordinator's scan (a grace period after any mark) sees the pin.
+        The lock keeps another thread from replacing the directory's maps meanwhile."""
         with self._held_lock:
+            reader, pins = self.reader, self.pins
+            if reader is None or pins is None:
+                return None
+            found = None
+            info = self.info
+            if reader.replicas and info is not None and info.node is not None:
+                found = reader.lookup(replica_id(oid, info.node), REPLICA)  # a copy on our node
+            if found is None:
+                found = reader.lookup(oid)
+            if found is None or found.location.segment not in self.maps:
+                self._check_superseded(reader)
+                return None
             if oid in self.held or oid in self.cache:
                 return None  # held already (another thread got it meanwhile): reuse that one
             index = pins.pin(found.generation)
@@ -546,9 +598,16 @@ class ClientCore:
                 return None  # the pin table is full
             if not reader.unchanged(found):
                 pins.unpin(index)
+                self._check_superseded(reader)
                 return None
             self.held[oid] = _Held(found.location, pin=index, found=found)
             return self._views(oid, found.location)
+
+    def _check_superseded(self, reader: DirectoryReader) -> None:
+        """Ask for the current directory (once) when ``reader``'s was replaced."""
+        if not self._tables_asked and reader.superseded:
+            self._tables_asked = True
+            self._tables_wanted = reader.token
 
     def _let_go(self, oid: bytes, held: _Held) -> None:
         """Give up the reference ``held`` stands for: clear its pin (telling the coordinator
@@ -794,7 +853,7 @@ class ClientCore:
             mm[offset + dlen : offset + size] = metadata
         oid = object_id.binary() if type(object_id) is ObjectID else as_id_bytes(object_id)
         obj = p.ArenaObject(oid, offset, dlen, len(metadata))
-        yield Send((p.SealArena(self.next_seq(), arena.segment, [obj]),))
+        yield Send((self._seal_arena(arena, [obj]),))
 
     def create_and_seal_many(
         self,
@@ -828,7 +887,7 @@ class ClientCore:
             else:
                 if batch:
                     assert arena is not None
-                    msgs.append(p.SealArena(self.next_seq(), arena.segment, batch))
+                    msgs.append(self._seal_arena(arena, batch))
                     batch = []
                 arena = yield from self._new_arena(size, node, pending=msgs)
                 mm = self.maps[arena.segment]
@@ -842,11 +901,11 @@ class ClientCore:
                 mm[offset + dlen : offset + size] = meta
             batch.append(p.ArenaObject(oid, offset, dlen, len(meta)))
             if len(batch) == IDS_PER_FRAME:
-                msgs.append(p.SealArena(self.next_seq(), arena.segment, batch))
+                msgs.append(self._seal_arena(arena, batch))
                 batch = []
         if batch:
             assert arena is not None
-            msgs.append(p.SealArena(self.next_seq(), arena.segment, batch))
+            msgs.append(self._seal_arena(arena, batch))
         for start in range(0, len(large), IDS_PER_FRAME):
             part = large[start : start + IDS_PER_FRAME]
             # the arena's SealArenas go first: an answer to Reclaim read while waiting for
@@ -863,6 +922,16 @@ class ClientCore:
             msgs += self._seal_and_release([oid for oid, _, _ in part])
         if msgs:
             yield Send(tuple(msgs))
+
+    def _seal_arena(self, arena: Arena, objects: list[p.ArenaObject]) -> p.SealArena:
+        """The message registering ``objects`` written into ``arena``; should it fail, the
+        arena is dropped (see :meth:`feed`): its bytes are no longer written."""
+        seq = self.next_seq()
+        seals = self._arena_seals
+        seals[seq] = arena.grant
+        if len(seals) > MAX_ARENA_SEALS:
+            del seals[next(iter(seals))]
+        return p.SealArena(seq, arena.grant, objects)
 
     def _take_slot(self, size: int, node: int | None) -> tuple[Arena, int] | None:
         """Room for ``size`` bytes in the current arena, if it is for ``node`` and has it: the
@@ -901,6 +970,7 @@ class ClientCore:
             reply.offset + reply.size,
             reply.offset,
             node,
+            reply.grant,
             self.alignment,
         )
         self.arena = arena
@@ -1052,7 +1122,7 @@ class ClientCore:
             with memoryview(mm)[offset : offset + enc.data_size] as view:
                 enc.write(view)
             obj = p.ArenaObject(oid.binary(), offset, enc.data_size, len(enc.metadata))
-            yield Send((p.SealArena(self.next_seq(), arena.segment, [obj]),))
+            yield Send((self._seal_arena(arena, [obj]),))
             return oid
         loc = yield from self._create(oid, enc.data_size, enc.metadata, node, 0.0)
         view = self.write_object(loc, enc.metadata)

@@ -35,7 +35,7 @@ from plasma.errors import PlasmaError
 from plasma.follow import ReaderTracker
 from plasma.ids import ID_SIZE
 from plasma.linux import memfd, numa
-from plasma.linux.fdlimit import EXHAUSTED, FdReserve, raise_nofile_limit
+from plasma.linux.fdlimit import EXHAUSTED, FdReserve, fallback_file_limit, raise_nofile_limit
 from plasma.linux.fdpass import MAX_FDS_PER_SEND, scm_rights
 from plasma.linux.peercred import peer_credentials
 from plasma.placement_report import placement_report
@@ -47,6 +47,7 @@ from plasma.store import (
     CreateDone,
     DirectoryMoved,
     GetDone,
+    Grant,
     Moved,
     Notify,
     Pending,
@@ -55,6 +56,7 @@ from plasma.store import (
     Replicated,
     Restore,
     Revoke,
+    SegmentFreed,
     SpillDead,
     Store,
 )
@@ -113,6 +115,8 @@ class CoordinatorConfig:
     spill_max: int | None = None  # bytes the spill files may take
     restore: bool = False  # take in what a previous coordinator spilled to spill_dir
     fallback_dir: str | None = None  # file-backed segments here when nothing can make room
+    fallback_files: int = 1024  # of them at once (each a descriptor)
+    fallback_max: int | None = None  # bytes they may take
     follow_readers: bool = False  # move objects to the node most of their reads come from
 
     @classmethod
@@ -180,6 +184,7 @@ class Session:
         self.last_listing = 0
         self.writable = True  # False: a read-only uid, sent read-only fds and refused writes
         self.pin_table: Any = None  # the coordinator's read-only map of the client's pin table
+        self.tables_token = 0  # the directory last sent to this client (its header's token)
         # frames, their fds, and which of those to close once sent
         self._out: collections.deque[tuple[bytes, list[int], list[int]]] = collections.deque()
         self.unsent = 0  # bytes queued in _out
@@ -285,8 +290,10 @@ class Coordinator:
             spill_threshold=config.spill_threshold,
             spill_max=config.spill_max,
             fallback=config.fallback_dir is not None,
+            fallback_files=fallback_file_limit(config.fallback_files),
+            fallback_max=config.fallback_max,
             follow_readers=ReaderTracker() if config.follow_readers else None,
-            wall_offset=time.time() - time.monotonic(),  # create_time is wall time
+            wall_clock=time.time,  # for create_time only
         )
         self.sessions: dict[int, Session] = {}
         self.connections = 0  # accepted and not yet closed, handshaking ones included
@@ -327,6 +334,7 @@ class Coordinator:
             p.SealArena: self._seal_arena,
             p.ReturnArena: self._return_arena,
             p.Stats: self._stats,
+            p.Tables: self._tables,
             p.Sync: self._sync,
             p.RunRegister: self._run_register,
             p.RunCall: self._run_call,
@@ -648,7 +656,28 @@ class Coordinator:
             log.warning("client %d reads through requests only: %s", session.client_id, exc)
             return None, []
         access = self.tables.access_size if session.writable else 0
+        session.tables_token = self.store.directory_token
         return p.TablesInfo(self.tables.directory_size, access, size), [*fds, pin_fd]
+
+    def _tables(self, session: Session, msg: p.Tables) -> None:
+        """The current directory, for a client whose directory was superseded: only when it
+        names the last one it was sent (it mapped that: nothing is on its way), so however
+        often a client asks, and whether or not it reads, at most one set of the
+        directory's descriptors is ever in flight to it."""
+        current = self.store.directory_token
+        if session.pin_table is None or msg.have != session.tables_token or msg.have == current:
+            session.send(p.TablesMoved(seq=msg.seq))
+            return
+        try:
+            fds = self.tables.descriptors(writable=session.writable)
+        except (PlasmaError, OSError) as exc:  # it reads through requests meanwhile
+            log.warning("client %d keeps a stale directory: %s", session.client_id, exc)
+            session.send(p.TablesMoved(seq=msg.seq))
+            return
+        session.tables_token = current
+        access = self.tables.access_size if session.writable else 0
+        tables = p.TablesInfo(self.tables.directory_size, access)
+        session.send(p.TablesMoved(seq=msg.seq, tables=tables), fds, owned=True)
 
     def _unseen_segments(
         self, session: Session, segment_ids: Iterable[int], *, creating: bool = False
@@ -892,17 +921,16 @@ class Coordinator:
         else:
             self._reply_arena(session, msg.seq, res)
 
-    def _reply_arena(self, session: Session, seq: int, grant: tuple[int, int, int]) -> None:
-        segment, offset, size = grant
-        segs, fds = self._unseen_segments(session, [segment], creating=True)
-        reply = p.ArenaGranted(seq=seq, segment=segment, offset=offset, size=size, segments=segs)
+    def _reply_arena(self, session: Session, seq: int, grant: Grant) -> None:
+        segs, fds = self._unseen_segments(session, [grant.segment], creating=True)
+        reply = p.ArenaGranted(seq, grant.segment, grant.offset, grant.size, grant.grant, segs)
         session.send(reply, fds)
 
     def _return_arena(self, session: Session, msg: p.ReturnArena) -> None:
-        self.store.return_arena(session.client_id, msg.segment, msg.offset, now=time.monotonic())
+        self.store.return_arena(session.client_id, msg.grant, now=time.monotonic())
 
     def _seal_arena(self, session: Session, msg: p.SealArena) -> None:
-        self.store.seal_arena(session.client_id, msg.segment, msg.objects, now=time.monotonic())
+        self.store.seal_arena(session.client_id, msg.grant, msg.objects, now=time.monotonic())
         if msg.ack:
             session.send(p.Ok(seq=msg.seq))
 
@@ -1030,9 +1058,12 @@ class Coordinator:
         if not events:
             return
         touched: set[Session] = set()
+        dropped: list[int] = []
         for event in events:
             if isinstance(event, DirectoryMoved):
-                touched.update(self._send_directory())
+                continue  # clients ask for the new one when they find theirs superseded
+            if isinstance(event, SegmentFreed):
+                dropped.append(event.segment)
                 continue
             if isinstance(event, Place | Copy):
                 assert self._nursery is not None
@@ -1093,29 +1124,26 @@ class Coordinator:
                     session.send(
                         p.Error(seq=seq, code=event.result.code, message=event.result.message)
                     )
-                elif isinstance(event.result, tuple):
+                elif isinstance(event.result, Grant):
                     self._reply_arena(session, seq, event.result)
                 else:
                     self._reply_locations(session, seq, event.result)
             touched.add(session)
+        if dropped:
+            touched.update(self._tell_dropped(dropped))
         for session in touched:
             session.flush()
 
-    def _send_directory(self) -> list[Session]:
-        """The rebuilt directory, to every client that has the old one."""
-        sent = []
+    def _tell_dropped(self, segments: list[int]) -> list[Session]:
+        """Tell the clients that were sent these segments that they are gone."""
+        told = []
         for session in self.sessions.values():
-            if session.connected and session.pin_table is not None:
-                try:
-                    fds = self.tables.descriptors(writable=session.writable)
-                except (PlasmaError, OSError) as exc:  # it reads through requests meanwhile
-                    log.warning("client %d keeps a stale directory: %s", session.client_id, exc)
-                    continue
-                access = self.tables.access_size if session.writable else 0
-                tables = p.TablesInfo(self.tables.directory_size, access)
-                session.send(p.DirectoryMoved(seq=0, tables=tables), fds, owned=True)
-                sent.append(session)
-        return sent
+            gone = [s for s in segments if s in session.seen_segments]
+            if gone:
+                session.seen_segments.difference_update(gone)
+                session.send(p.SegmentsDropped(seq=0, ids=gone))
+                told.append(session)
+        return told
 
     def _drop_subscriber(self, session: Session) -> None:
         """A subscriber that fell behind: end its subscription with an "overflow" note (its

@@ -17,6 +17,8 @@ Directory: a 64-byte header, then ``capacity`` (a power of two) 64-byte slots::
     header  0 magic b"PLSMDIR1"  8 u32 version  12 u32 slot size  16 u64 capacity
             24 u64 superseded (0; 1 once a new directory replaced this one)  32 u64 max probe
             40 u64 replicas (1: look up plasma.ids.replica_id(id, your node) first)
+            48 u64 token (random 63 bits, never 0: names this directory when a client asks for
+            the one that superseded it, so only a client that mapped it can ask)
     slot    0 u64 seq (odd while being written)  8 u64 generation  16 id[20]  36 u32 segment
             40 u64 offset  48 u64 data size  56 u32 metadata size  60 u16 node  62 u8 state
             63 u8 flags (bit 0: a read-only copy on another node, published under
@@ -68,6 +70,7 @@ ORDERED_MEMORY = platform.machine().lower() in {"x86_64", "amd64"}
 _HEADER = struct.Struct("<8sIIQQQ")  # magic, version, slot size, capacity, superseded, probe
 _SUPERSEDED = 24
 _REPLICAS = 40  # u64, 1 once replicas (plasma.ids.replica_id) may be in the directory
+_TOKEN = 48  # u64, random: this directory's name
 _SEQ = struct.Struct("<Q")
 # a slot after its seq word: generation, id, segment, offset, data size, metadata size, node,
 # state, flags
@@ -144,6 +147,8 @@ class Directory:
         if len(buf) < directory_size(capacity):
             raise ValueError(f"{len(buf)} bytes hold no directory of {capacity} slots")
         _HEADER.pack_into(self._mv, 0, MAGIC, VERSION, SLOT_SIZE, capacity, 0, self.max_probe)
+        self.token = int.from_bytes(os.urandom(8), "little") >> 1 | 1  # 63 bits: a msgpack int
+        _SEQ.pack_into(self._mv, _TOKEN, self.token)
         self.live = 0  # sealed and dying slots
         self.tombstones = 0
 
@@ -414,6 +419,11 @@ class DirectoryReader:
     @property
     def superseded(self) -> bool:
         return _SEQ.unpack_from(self._mv, _SUPERSEDED)[0] != 0
+
+    @property
+    def token(self) -> int:
+        """This directory's name (see the layout): what ``Tables`` asks to replace."""
+        return int(_SEQ.unpack_from(self._mv, _TOKEN)[0])
 
     @property
     def replicas(self) -> bool:

@@ -36,7 +36,7 @@ from plasma.records import (  # the records messages carry, re-exported: p.Objec
     TablesInfo,
 )
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 DEFAULT_MAX_FRAME = 1 << 20
 HEADER = struct.Struct("<I")
 
@@ -222,18 +222,20 @@ class Arena(_Msg):
 
 
 class ReturnArena(_Msg):
-    """Sent without waiting: the client stops using its arena that starts at ``offset`` of
-    ``segment`` (the objects it wrote there were registered by earlier ``SealArena``s); its
-    unused tail is freed. Naming another arena than the client's current one does nothing."""
+    """Sent without waiting: the client stops using its arena ``grant`` (the objects it
+    wrote there were registered by earlier ``SealArena``s); its unused tail is freed.
+    Naming another arena than the client's current one does nothing."""
 
     seq: _Int
-    segment: _Int
-    offset: _Int
+    grant: _Int
 
 
 class SealArena(_Msg):
+    """Register objects written into arena ``grant`` (sealed, no reference). A bad object
+    is left out and the others registered; the error names the first."""
+
     seq: _Int
-    segment: _Int
+    grant: _Int
     objects: Annotated[list[ArenaObject], _PER_REQUEST]
     ack: bool = False
 
@@ -241,6 +243,15 @@ class SealArena(_Msg):
 class Stats(_Msg):
     seq: _Int
     placement: bool = False
+
+
+class Tables(_Msg):
+    """The directory this client maps (named by its header's ``token``) is superseded: send
+    the current one. Answered by ``TablesMoved``, with descriptors only when ``have`` names
+    the last directory sent to this client (so at most one set is ever in flight to it)."""
+
+    seq: _Int
+    have: _Int
 
 
 class Sync(_Msg):
@@ -405,10 +416,14 @@ class Replicated(_Msg):
 
 
 class ArenaGranted(_Msg):
+    """An arena: ``size`` bytes at ``offset`` of ``segment``, named ``grant`` in the
+    ``SealArena`` and ``ReturnArena`` messages about it."""
+
     seq: int
     segment: int
     offset: int
     size: int
+    grant: int
     segments: list[SegmentInfo] = []
 
 
@@ -432,12 +447,20 @@ class Reclaim(_Msg):
     seq: int
 
 
-class DirectoryMoved(_Msg):
-    """Pushed (``seq`` 0) to every client when the directory was rebuilt: map this one (its
-    fds come along, as ``tables`` says) instead of the old one, which reads superseded."""
+class SegmentsDropped(_Msg):
+    """Pushed (``seq`` 0): these segments are gone (their pages given back already); unmap
+    them. Sent to each client that was sent the segment."""
 
     seq: int
-    tables: TablesInfo
+    ids: list[int]
+
+
+class TablesMoved(_Msg):
+    """The answer to ``Tables``: the current directory (its fds come along, as ``tables``
+    says), or None when the client has it already or one is on its way."""
+
+    seq: int
+    tables: TablesInfo | None = None
 
 
 class Notification(_Msg):
@@ -472,6 +495,7 @@ Request = (
     | ReturnArena
     | SealArena
     | Stats
+    | Tables
     | Sync
     | RunRegister
     | RunCall
@@ -497,7 +521,8 @@ Reply = (
     | Notification
     | Revoked
     | Reclaim
-    | DirectoryMoved
+    | TablesMoved
+    | SegmentsDropped
     | RunRequest
     | RunResult
 )

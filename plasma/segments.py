@@ -13,12 +13,12 @@ import contextlib
 import errno
 import mmap
 import os
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from plasma.errors import StoreFull, Unsupported
 from plasma.linux import memfd, numa
+from plasma.linux.dirs import NOFOLLOW, open_private_directory
 from plasma.records import SegmentInfo
 
 BASE_PAGE = mmap.PAGESIZE
@@ -72,6 +72,11 @@ class SegmentPool:
     fallback_dir: str | None = None  # where new_fallback_segment makes its files
     _segments: dict[int, Segment] = field(default_factory=dict)
     _next_id: int = 1
+    _fallback_fd: int = -1  # the fallback directory, checked to be ours alone
+
+    def __post_init__(self) -> None:
+        if self.fallback_dir is not None:
+            self._fallback_fd = open_private_directory(self.fallback_dir, "--fallback-dir")
 
     @property
     def page_size(self) -> int:
@@ -144,9 +149,9 @@ class SegmentPool:
         write back to disk, for when the budgets are used up. Unnamed (O_TMPFILE, or
         unlinked at once where the file system lacks it), it is gone once freed and no
         client maps it, also after a crash. ``node`` is only what it is reported under."""
-        if self.fallback_dir is None:
+        if self._fallback_fd < 0:
             raise StoreFull("no --fallback-dir: no fallback segments")
-        fd = _unnamed_file(self.fallback_dir)
+        fd = _unnamed_file(self._fallback_fd)
         try:
             memfd.fallocate(fd, 0, size)
         except OSError as exc:
@@ -162,7 +167,13 @@ class SegmentPool:
         return seg_id
 
     def free_segment(self, segment: int) -> None:
-        self._segments.pop(segment).close()
+        """Close a segment the store no longer uses. Its pages are punched out first: clients
+        that mapped it let go of their maps only when told, and a client that is not
+        reading would keep the memory out of the budget until then."""
+        seg = self._segments.pop(segment)
+        with contextlib.suppress(OSError):  # (then the memory goes when the last map does)
+            memfd.punch_hole(seg.fd, 0, seg.size)
+        seg.close()
 
     def get(self, segment: int) -> Segment:
         return self._segments[segment]
@@ -174,17 +185,22 @@ class SegmentPool:
         """Release every segment (their memory goes once no client maps it)."""
         for seg in list(self._segments.values()):
             self.free_segment(seg.id)
+        if self._fallback_fd >= 0:
+            os.close(self._fallback_fd)
+            self._fallback_fd = -1
 
 
-def _unnamed_file(directory: str) -> int:
-    """A new 0600 read-write file in ``directory`` that has no name."""
+def _unnamed_file(directory: int) -> int:
+    """A new 0600 read-write file in directory ``directory`` (a descriptor) with no name."""
     try:
-        return os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
+        return os.open(".", os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600, dir_fd=directory)
     except OSError as exc:
         if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
             raise
-    fd, path = tempfile.mkstemp(prefix=".plasma-fallback-", dir=directory)
-    os.unlink(path)
+    # (no O_TMPFILE here: a random name, unlinked at once; the directory is ours alone)
+    name = f".plasma-fallback-{os.urandom(8).hex()}"
+    fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | NOFOLLOW, 0o600, dir_fd=directory)
+    os.unlink(name, dir_fd=directory)
     return fd
 
 

@@ -64,7 +64,15 @@ class SharedTables:
         return directory, access
 
     def free_directory(self, directory: mmap.mmap, access: mmap.mmap) -> None:
+        """A superseded directory: its slots and access bytes are punched out at once (idle
+        clients may map it for a long time; they read its header, which says superseded,
+        and empty slots, so they fall back to requests and ask for the new one)."""
         fds = self._fds.pop(id(directory), None)
+        if fds is not None:
+            dir_fd, access_fd = fds
+            with contextlib.suppress(OSError):  # only memory not returned early
+                memfd.punch_hole(dir_fd, mmap.PAGESIZE, len(directory) - mmap.PAGESIZE)
+                memfd.punch_hole(access_fd, 0, len(access))
         _close(directory)
         _close(access)
         if fds is not None:

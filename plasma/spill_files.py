@@ -16,6 +16,10 @@ again as it reads, so damaged bytes are never served.
 
 Payloads are copied through a bounded buffer between a segment's file descriptor (mapped
 for the copy only) and the spill file, so the coordinator never keeps segments mapped.
+
+The directory is the coordinator's alone (:func:`open_directory`, see
+:mod:`plasma.linux.dirs`): every file is opened relative to its descriptor with
+``O_NOFOLLOW``, and only regular files are read.
 """
 
 from __future__ import annotations
@@ -23,24 +27,28 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import math
 import mmap
 import os
 import re
+import stat
 import struct
 import zlib
 from dataclasses import dataclass
 
 from plasma.ids import ID_SIZE
 from plasma.linux import memfd
+from plasma.linux.dirs import NOFOLLOW, open_private_directory
 from plasma.records import SpillEntry
 
 __all__ = [
     "SpillDamaged",
+    "SpillDirectory",
     "SpillSource",
     "check_parts",
     "crc32_combine",
-    "lock_directory",
     "mark_dead",
+    "open_directory",
     "parts",
     "read_object",
     "read_part",
@@ -83,33 +91,60 @@ def file_name(file_id: int) -> str:
     return f"spill-{file_id:010d}.plasma"
 
 
-def lock_directory(directory: str) -> int:
-    """Create ``directory`` (0700) if needed and take its lock (an fd to keep open): one
-    coordinator per spill directory. Raises OSError (EWOULDBLOCK) when another holds it."""
+@dataclass(slots=True)
+class SpillDirectory:
+    """A spill directory, open and locked: ``path`` (for messages), ``fd`` (every file is
+    opened relative to it) and the lock's descriptor."""
+
+    path: str
+    fd: int
+    lock: int
+
+    def open(self, name: str, flags: int, mode: int = 0o600) -> int:
+        return os.open(name, flags | NOFOLLOW, mode, dir_fd=self.fd)
+
+    def name(self, file_id: int) -> str:
+        """The path of spill file ``file_id`` (for messages)."""
+        return os.path.join(self.path, file_name(file_id))
+
+    def close(self) -> None:
+        os.close(self.lock)
+        os.close(self.fd)
+
+
+def open_directory(path: str) -> SpillDirectory:
+    """Open spill directory ``path`` (created 0700 if needed; refused unless it is ours
+    alone, see :mod:`plasma.linux.dirs`) and take its lock: one coordinator per spill
+    directory. Raises OSError (EWOULDBLOCK) when another holds it."""
     import fcntl
 
-    os.makedirs(directory, mode=0o700, exist_ok=True)
-    fd = os.open(os.path.join(directory, LOCK_NAME), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = open_private_directory(path, "--spill-dir")
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock = os.open(LOCK_NAME, os.O_RDWR | os.O_CREAT | NOFOLLOW, 0o600, dir_fd=fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
+        os.close(lock)
         os.close(fd)
         if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
             raise OSError(
-                exc.errno, f"spill directory {directory} is in use by another coordinator"
+                exc.errno, f"spill directory {path} is in use by another coordinator"
             ) from None
         raise
-    return fd
+    return SpillDirectory(path, fd, lock)
 
 
 def write_batch(
-    directory: str, file_id: int, sources: list[SpillSource]
+    directory: SpillDirectory, file_id: int, sources: list[SpillSource]
 ) -> tuple[list[SpillEntry], int]:
     """Write the objects of ``sources`` into spill file ``file_id`` of ``directory``; return
     its index and its size. The file appears under its final name only once complete and
     synced; on any error (ENOSPC, EIO...) nothing is left behind and the OSError propagates."""
-    temp = os.path.join(directory, f".spill-{file_id:010d}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    temp = f".spill-{file_id:010d}.tmp"
+    fd = directory.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     try:
         entries: list[SpillEntry] = []
         position = _write_all(fd, MAGIC, 0)
@@ -148,13 +183,13 @@ def write_batch(
         os.fsync(fd)
         os.close(fd)
         fd = -1
-        os.rename(temp, os.path.join(directory, file_name(file_id)))
-        _sync_directory(directory)
+        os.rename(temp, file_name(file_id), src_dir_fd=directory.fd, dst_dir_fd=directory.fd)
+        os.fsync(directory.fd)
     except BaseException:
         if fd >= 0:
             os.close(fd)
         with contextlib.suppress(OSError):
-            os.unlink(temp)
+            os.unlink(temp, dir_fd=directory.fd)
         raise
     return entries, size
 
@@ -167,15 +202,19 @@ def _dead_map_at(file_size: int, count: int) -> int:
     return file_size - _TRAILER.size - count * _RECORD.size - count
 
 
-def mark_dead(directory: str, file_id: int, entry: SpillEntry) -> None:
-    """Record in its file that ``entry`` was deleted, so :func:`scan` leaves it out (no
-    fsync: a crash of the coordinator keeps the write; only a power loss may not)."""
-    path = os.path.join(directory, file_name(file_id))
-    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+def mark_dead(directory: SpillDirectory, file_id: int, entries: list[SpillEntry]) -> None:
+    """Record in its file that ``entries`` were deleted, so :func:`scan` leaves them out;
+    synced, so a deleted object does not come back after a power loss either."""
+    fd = directory.open(file_name(file_id), os.O_RDWR)
     try:
         size = os.fstat(fd).st_size
         count = _TRAILER.unpack(os.pread(fd, _TRAILER.size, size - _TRAILER.size))[0]
-        os.pwrite(fd, b"\x01", _dead_map_at(size, count) + entry.index)
+        dead_at = _dead_map_at(size, count)
+        for entry in entries:
+            if not 0 <= entry.index < count:
+                raise SpillDamaged(f"{directory.name(file_id)} has no object {entry.index}")
+            os.pwrite(fd, b"\x01", dead_at + entry.index)
+        os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -190,16 +229,13 @@ def _write_all(fd: int, data: bytes | memoryview, position: int) -> int:
     return position + done
 
 
-def _sync_directory(directory: str) -> None:
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
 def read_object(
-    directory: str, file_id: int, entry: SpillEntry, fd: int, offset: int, page_size: int
+    directory: SpillDirectory,
+    file_id: int,
+    entry: SpillEntry,
+    fd: int,
+    offset: int,
+    page_size: int,
 ) -> None:
     """Read ``entry``'s payload from its spill file straight into ``offset`` of segment fd
     ``fd`` (memory only the caller's restore owns), checking its CRC-32: SpillDamaged when
@@ -216,7 +252,7 @@ def parts(length: int, size: int) -> list[tuple[int, int]]:
 
 
 def read_part(
-    directory: str,
+    directory: SpillDirectory,
     file_id: int,
     entry: SpillEntry,
     fd: int,
@@ -230,9 +266,9 @@ def read_part(
     of segment fd ``fd``; their CRC-32. SpillDamaged when the file is gone or short.
     ``file_backed``: the segment is a fallback file, written with pwrite, never mapped (a
     client could shrink it under the mapping)."""
-    path = os.path.join(directory, file_name(file_id))
+    path = directory.name(file_id)
     try:
-        src = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        src = directory.open(file_name(file_id), os.O_RDONLY)
     except FileNotFoundError:
         raise SpillDamaged(f"spill file {path} is gone") from None
     crc = 0
@@ -263,7 +299,7 @@ def read_part(
 
 
 def check_parts(
-    directory: str, file_id: int, entry: SpillEntry, crcs: list[tuple[int, int]]
+    directory: SpillDirectory, file_id: int, entry: SpillEntry, crcs: list[tuple[int, int]]
 ) -> None:
     """SpillDamaged unless the CRC-32s of consecutive parts (``(crc, length)``, as
     :func:`read_part` returned them) make up ``entry``'s."""
@@ -271,7 +307,7 @@ def check_parts(
     for part, length in crcs:
         crc = crc32_combine(crc, part, length)
     if crc != entry.crc:
-        path = os.path.join(directory, file_name(file_id))
+        path = directory.name(file_id)
         raise SpillDamaged(f"object {entry.id.hex()} fails its checksum in {path}")
 
 
@@ -307,62 +343,104 @@ def _zeros_operator(length: int) -> tuple[int, ...]:
     return result
 
 
-def remove_file(directory: str, file_id: int) -> None:
-    """Delete spill file ``file_id`` (no object in it is live any more)."""
+def remove_file(directory: SpillDirectory, file_id: int) -> None:
+    """Delete spill file ``file_id`` (no object in it is live any more), synced: it does not
+    come back after a power loss."""
     with contextlib.suppress(FileNotFoundError):
-        os.unlink(os.path.join(directory, file_name(file_id)))
+        os.unlink(file_name(file_id), dir_fd=directory.fd)
+    os.fsync(directory.fd)
 
 
-def scan(directory: str) -> tuple[dict[int, tuple[list[SpillEntry], int]], list[str]]:
+def scan(directory: SpillDirectory) -> tuple[dict[int, tuple[list[SpillEntry], int]], list[str]]:
     """The complete spill files of ``directory`` (file id -> (live entries, every payload
-    checked; file size)) and a description of each file skipped as damaged. Temporary files
-    of a write that never finished are removed."""
+    checked; file size)) and a description of each problem: a file skipped as damaged (its
+    trailer or index), an object quarantined (its index entry does not add up, or its
+    payload fails its checksum: marked dead in its file, never served; the rest of the file
+    is kept). Temporary files of a write that never finished are removed."""
     files: dict[int, tuple[list[SpillEntry], int]] = {}
     problems: list[str] = []
-    for name in sorted(os.listdir(directory)):
-        path = os.path.join(directory, name)
+    for name in sorted(os.listdir(directory.fd)):
         if _TEMP.fullmatch(name):
-            os.unlink(path)
+            os.unlink(name, dir_fd=directory.fd)
             continue
         match = _NAME.fullmatch(name)
         if match is None:
             continue
+        file_id = int(match.group(1))
+        path = directory.name(file_id)
         try:
-            files[int(match.group(1))] = (_check_file(path), os.stat(path).st_size)
+            fd = directory.open(name, os.O_RDONLY)
+        except OSError as exc:  # (ELOOP: a symbolic link)
+            problems.append(f"{path}: cannot open it: {exc.strerror}")
+            continue
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                problems.append(f"{path}: not a regular file")
+                continue
+            entries, bad = _check_file(fd, path, info.st_size)
         except SpillDamaged as exc:
             problems.append(str(exc))
+            continue
+        finally:
+            os.close(fd)
+        if bad:
+            problems += [f"{path}: object {e.id.hex()} quarantined: {why}" for e, why in bad]
+            try:
+                mark_dead(directory, file_id, [e for e, _ in bad])
+            except (OSError, SpillDamaged) as exc:
+                problems.append(f"{path}: could not mark its quarantined objects dead: {exc}")
+        files[file_id] = (entries, info.st_size)
     return files, problems
 
 
-def _check_file(path: str) -> list[SpillEntry]:
-    """The live entries of a complete spill file, every payload's checksum verified."""
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size < len(MAGIC) + _TRAILER.size or f.read(len(MAGIC)) != MAGIC:
-            raise SpillDamaged(f"{path}: not a spill file (or truncated)")
-        f.seek(size - _TRAILER.size)
-        count, index_crc, end = _TRAILER.unpack(f.read(_TRAILER.size))
-        dead_at = _dead_map_at(size, count) if end == END else -1
-        if dead_at < len(MAGIC):
-            raise SpillDamaged(f"{path}: no valid trailer (truncated?)")
-        f.seek(dead_at)
-        dead = f.read(count)
-        index = f.read(count * _RECORD.size)
-        if zlib.crc32(index) != index_crc:
-            raise SpillDamaged(f"{path}: its index fails its checksum")
-        entries = []
-        for i, fields in enumerate(_RECORD.iter_unpack(index)):
-            e = SpillEntry(*fields)
-            e.index = i
-            if e.offset < len(MAGIC) or e.offset + e.length > dead_at:
-                raise SpillDamaged(f"{path}: object {e.id.hex()} lies outside the payloads")
-            if dead[i]:
-                continue
-            f.seek(e.offset)
-            crc = 0
-            for lo in range(0, e.length, CHUNK):
-                crc = zlib.crc32(f.read(min(CHUNK, e.length - lo)), crc)
-            if crc != e.crc:
-                raise SpillDamaged(f"{path}: object {e.id.hex()} fails its checksum")
+def _check_file(
+    fd: int, path: str, size: int
+) -> tuple[list[SpillEntry], list[tuple[SpillEntry, str]]]:
+    """The live entries of a complete spill file whose payloads check out, and those that do
+    not (with why); SpillDamaged when the file as a whole cannot be read."""
+    if size < len(MAGIC) + _TRAILER.size or os.pread(fd, len(MAGIC), 0) != MAGIC:
+        raise SpillDamaged(f"{path}: not a spill file (or truncated)")
+    count, index_crc, end = _TRAILER.unpack(os.pread(fd, _TRAILER.size, size - _TRAILER.size))
+    dead_at = _dead_map_at(size, count) if end == END else -1
+    if dead_at < len(MAGIC):
+        raise SpillDamaged(f"{path}: no valid trailer (truncated?)")
+    dead = os.pread(fd, count, dead_at)
+    index = os.pread(fd, count * _RECORD.size, dead_at + count)
+    if zlib.crc32(index) != index_crc:
+        raise SpillDamaged(f"{path}: its index fails its checksum")
+    entries: list[SpillEntry] = []
+    bad: list[tuple[SpillEntry, str]] = []
+    seen: set[bytes] = set()
+    for i, fields in enumerate(_RECORD.iter_unpack(index)):
+        e = SpillEntry(*fields)
+        e.index = i
+        if dead[i]:
+            continue
+        why = _entry_problem(e, dead_at, seen) or _payload_problem(fd, e)
+        if why:
+            bad.append((e, why))
+        else:
+            seen.add(e.id)
             entries.append(e)
-    return entries
+    return entries, bad
+
+
+def _entry_problem(e: SpillEntry, payloads_end: int, seen: set[bytes]) -> str:
+    """Why an index entry cannot be trusted ("" when it can)."""
+    if e.data_size < 0 or e.metadata_size < 0 or e.length != e.data_size + e.metadata_size:
+        return f"its sizes ({e.data_size} + {e.metadata_size}) do not add up to {e.length}"
+    if e.offset < len(MAGIC) or e.offset + e.length > payloads_end:
+        return "it lies outside the payloads"
+    if not 0 <= e.node <= 0xFFFF or not math.isfinite(e.create_time):
+        return "its node or create time is out of range"
+    if e.id in seen:
+        return "its id is in the file twice"
+    return ""
+
+
+def _payload_problem(fd: int, e: SpillEntry) -> str:
+    crc = 0
+    for lo in range(0, e.length, CHUNK):
+        crc = zlib.crc32(os.pread(fd, min(CHUNK, e.length - lo), e.offset + lo), crc)
+    return "" if crc == e.crc else "its payload fails its checksum"

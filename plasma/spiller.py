@@ -19,6 +19,7 @@ import trio
 
 from plasma import spill_files
 from plasma.errors import BadRequest
+from plasma.records import SpillEntry
 from plasma.segments import SegmentPool
 from plasma.store import Restore, SpillDead, Store
 
@@ -43,13 +44,16 @@ class Spiller:
         self.directory = os.path.abspath(directory)
         self._store = store
         self._pool = pool
-        self._lock = spill_files.lock_directory(self.directory)
+        self._dir = spill_files.open_directory(self.directory)
         self.wanted = trio.Event()
         self._restores = trio.CapacityLimiter(RESTORE_THREADS)
+        # deletions to record in the files (a worker thread: each is synced)
+        self._dead: list[SpillDead] = []
+        self._dead_wanted = trio.Event()
         try:
-            files, damaged = spill_files.scan(self.directory)
+            files, damaged = spill_files.scan(self._dir)
             for problem in damaged:
-                log.error("spill file skipped, nothing in it is served: %s", problem)
+                log.error("spill file problem, what it names is not served: %s", problem)
             if files and not restore:
                 raise BadRequest(
                     f"spill directory {self.directory} holds {len(files)} spill file(s) of a "
@@ -66,15 +70,24 @@ class Spiller:
                     self.directory,
                 )
         except BaseException:
-            os.close(self._lock)
+            self._dir.close()
             raise
 
     def close(self) -> None:
-        os.close(self._lock)
+        """Record the deletions still queued (so a restart does not bring them back), then
+        let the directory go."""
+        self._record(self._dead)
+        self._dead = []
+        self._dir.close()
 
     async def run(self, deliver: Callable[[], None]) -> None:
-        """Write batches whenever the store wants some (``wanted`` is set); ``deliver`` sends
-        what the store's answers produced."""
+        """Write batches whenever the store wants some (``wanted`` is set), and record
+        deletions; ``deliver`` sends what the store's answers produced."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._record_deaths)
+            await self._write_batches(deliver)
+
+    async def _write_batches(self, deliver: Callable[[], None]) -> None:
         while True:
             await self.wanted.wait()
             self.wanted = trio.Event()
@@ -107,7 +120,7 @@ class Spiller:
                     )
                 )
             entries, size = await trio.to_thread.run_sync(
-                spill_files.write_batch, self.directory, file_id, sources
+                spill_files.write_batch, self._dir, file_id, sources
             )
         except Exception as exc:  # disk full, unwritable... (or a bug: not the store's end)
             nbytes = sum(loc.data_size + loc.metadata_size for _, loc, _ in objects)
@@ -142,7 +155,7 @@ class Spiller:
                     crcs = await self._read_parts(event, fd, seg.page_size, seg.file_backed)
                 finally:
                     os.close(fd)
-            spill_files.check_parts(self.directory, event.file, event.entry, crcs)
+            spill_files.check_parts(self._dir, event.file, event.entry, crcs)
         except spill_files.SpillDamaged as exc:
             error, lost = str(exc), True
             log.error("spilled object %s is lost: %s", event.oid.hex(), exc)
@@ -167,7 +180,7 @@ class Spiller:
             try:
                 crc = await trio.to_thread.run_sync(
                     spill_files.read_part,
-                    self.directory,
+                    self._dir,
                     event.file,
                     event.entry,
                     fd,
@@ -190,11 +203,34 @@ class Spiller:
         return crcs
 
     def dead(self, event: SpillDead) -> None:
-        """An object in a spill file was deleted: mark it, or remove the emptied file."""
-        try:
+        """An object in a spill file was deleted: mark it, or remove the emptied file (in a
+        worker thread, soon)."""
+        self._dead.append(event)
+        self._dead_wanted.set()
+
+    async def _record_deaths(self) -> None:
+        while True:
+            await self._dead_wanted.wait()
+            self._dead_wanted = trio.Event()
+            events, self._dead = self._dead, []
+            await trio.to_thread.run_sync(self._record, events)
+
+    def _record(self, events: list[SpillDead]) -> None:
+        """Mark the deleted objects dead in their files (one sync per file) and remove the
+        files emptied."""
+        marks: dict[int, list[SpillEntry]] = {}
+        empty: set[int] = set()
+        for event in events:
             if event.empty:
-                spill_files.remove_file(self.directory, event.file)
+                empty.add(event.file)
             elif event.entry is not None:
-                spill_files.mark_dead(self.directory, event.file, event.entry)
-        except OSError as exc:  # a restart may bring the object back; nothing else is wrong
-            log.error("could not record a deletion in spill file %d: %s", event.file, exc)
+                marks.setdefault(event.file, []).append(event.entry)
+        for file_id in sorted(empty | set(marks)):
+            try:
+                if file_id in empty:
+                    spill_files.remove_file(self._dir, file_id)
+                else:
+                    spill_files.mark_dead(self._dir, file_id, marks[file_id])
+            except (OSError, spill_files.SpillDamaged) as exc:
+                # a restart may bring the objects back; nothing else is wrong
+                log.error("could not record deletions in spill file %d: %s", file_id, exc)

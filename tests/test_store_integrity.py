@@ -160,3 +160,76 @@ def test_a_copy_finishing_after_its_object_went_to_disk_publishes_nothing():
     put(store, 1)  # the id again: a reader on node 1 must not get the old copy
     assert DirectoryReader(*store.directory_buffers).lookup(replica_id(oid(1), 1), REPLICA) is None
     assert store.stats()["nodes"][1]["used"] == 0
+
+
+def test_an_object_created_under_a_copy_s_id_never_passes_for_the_copy():
+    """Finding 11: a writer created replica_id(Y, n): readers on node n got it as Y."""
+    store = make(nodes=3)
+    store.register_client(10, node=0)
+    read, _ = reader(store, 11, node=1)
+    put(store, 1)
+    fake = replica_id(oid(1), 1)
+    where = loc(store.create(10, fake, 64))
+    store.seal(10, fake)
+    assert read.lookup(fake, REPLICA) is None  # not a copy: no reader on node 1 takes it
+    assert read.lookup(fake) is not None and read.lookup(fake).location == where
+    store.replicate(10, oid(1), [1])
+    (copy,) = events(store, Copy)
+    store.placed(copy.token)
+    found = read.lookup(fake, REPLICA)
+    assert found is not None and found.location == copy.targets[0]  # the real copy
+
+
+def test_a_client_cannot_pin_an_object_before_it_is_published():
+    """Finding 11: generations were sequential: a client pinned the next 4,096 and made
+    the deletes and evictions of objects not made yet wait on it. Their low 32 bits are
+    random now: the next generation cannot be guessed."""
+    store = make(nodes=1)
+    store.register_client(10, node=0)
+    read, pins = reader(store, 11, node=0)
+    put(store, 1)
+    first = read.lookup(oid(1))
+    assert first is not None
+    guesses = [
+        ((first.generation >> 32) + k) << 32 | (first.generation & 0xFFFFFFFF) for k in (1, 2)
+    ]
+    guesses += [((first.generation >> 32) + 1) << 32 | low for low in range(8)]
+    for guess in guesses:
+        pins.pin(guess)
+    put(store, 2)
+    second = read.lookup(oid(2))
+    assert second is not None and second.generation not in guesses
+    assert second.generation >> 32 == (first.generation >> 32) + 1
+    store.delete(10, [oid(2)])
+    settle(store, 0.0)
+    assert store.stats()["dying"] == 0  # no guess held it
+
+
+def test_fallback_files_are_bounded_by_count_and_bytes():
+    """Finding 8: one descriptor per fallback object and no bound: 20,239 small fallback
+    objects used every descriptor of the coordinator."""
+    from plasma.errors import StoreFull
+    from tests.test_store_spill import FallbackProvider
+
+    store = Store(
+        {0: 8 * KIB},
+        FallbackProvider(),
+        segment_size=8 * KIB,
+        grace=0.0,
+        reclaim_wait=0,
+        directory_capacity=64,
+        fallback=True,
+        fallback_files=3,
+        fallback_max=4 * 4096,
+    )
+    store.register_client(1)
+    store.create(1, oid(1), 8 * KIB)  # the budget, referenced
+    for n in range(2, 5):
+        assert loc(store.create(1, oid(n), 100)).segment  # three fallback files
+    with pytest.raises(StoreFull, match="all 3 fallback files are in use"):
+        store.create(1, oid(5), 100)
+    store.abort(1, oid(2))  # one file goes
+    with pytest.raises(StoreFull, match="at most 16384 bytes"):
+        store.create(1, oid(6), 3 * 4096)  # 2 + 3 pages > 4
+    assert loc(store.create(1, oid(7), 4096)).segment
+    assert store.stats()["fallback"]["segments"] == 3

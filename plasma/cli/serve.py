@@ -25,6 +25,7 @@ from plasma.units import parse_size
 DEFAULT_SOCKET = "/tmp/plasma-coord.sock"
 SHARED_SOCKET_MODE = 0o666  # with --allow-uid: SO_PEERCRED, not the mode, decides who is served
 SPILL_THRESHOLD = 0.8  # (Ray's default)
+FALLBACK_FILES = 1024
 MAX_PINS = 1 << 20  # pin-table entries per client (8 MiB of memory each)
 
 log = logging.getLogger("plasma.coordinator")
@@ -135,6 +136,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="when everything is referenced, serve creates from file-backed segments here",
     )
+    spill.add_argument(
+        "--fallback-files",
+        type=int,
+        default=FALLBACK_FILES,
+        metavar="N",
+        help=f"fallback files (a descriptor each) at most at once (default {FALLBACK_FILES}, "
+        "and never more than a quarter of the descriptors this process may open)",
+    )
+    spill.add_argument(
+        "--fallback-max", metavar="SIZE", help="bytes the fallback files may take in all"
+    )
     p.add_argument(
         "--follow-readers",
         action="store_true",
@@ -181,12 +193,19 @@ def _spill_options(args: argparse.Namespace) -> dict[str, Any]:
         raise BadRequest(f"--spill-threshold must be in (0, 1], got {args.spill_threshold}")
     if args.fallback_dir is not None and not os.path.isdir(args.fallback_dir):
         raise BadRequest(f"--fallback-dir {args.fallback_dir} is not a directory")
+    fallback_changed = args.fallback_files != FALLBACK_FILES or args.fallback_max
+    if args.fallback_dir is None and fallback_changed:
+        raise BadRequest("--fallback-files and --fallback-max need --fallback-dir")
+    if args.fallback_files < 1:
+        raise BadRequest(f"--fallback-files must be at least 1, got {args.fallback_files}")
     return {
         "spill_dir": args.spill_dir,
         "spill_threshold": args.spill_threshold,
         "spill_max": parse_size(args.spill_max) if args.spill_max else None,
         "restore": args.restore,
         "fallback_dir": os.path.abspath(args.fallback_dir) if args.fallback_dir else None,
+        "fallback_files": args.fallback_files,
+        "fallback_max": parse_size(args.fallback_max) if args.fallback_max else None,
     }
 
 

@@ -32,6 +32,16 @@ def raise_nofile_limit() -> tuple[int, int]:
     return soft, hard
 
 
+def fallback_file_limit(wanted: int) -> int:
+    """At most ``wanted`` fallback files, and never more than a quarter of the descriptors
+    this process may open (the hard limit, which :func:`raise_nofile_limit` makes the soft
+    one): the rest stay for clients, segments and the spiller."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, hard // 4))
+
+
 class FdReserve:
     """One descriptor (``/dev/null``) held back for when every other one is in use."""
 

@@ -159,6 +159,21 @@ def fallocate(fd: int, offset: int, length: int) -> None:
         raise
 
 
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def punch_hole(fd: int, offset: int, length: int) -> None:
+    """Give the pages of ``[offset, offset + length)`` of a memfd back to the kernel now,
+    whoever still maps them (they read zeros after); the file keeps its size."""
+    if length <= 0:
+        return
+    _declare_fallocate()
+    mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+    call = f"fallocate(fd={fd}, PUNCH_HOLE, offset={offset}, length={length})"
+    libc_call("fallocate", fd, mode, offset, length, call=call)
+
+
 def prefault(mm: mmap.mmap) -> None:
     """Fault in every page of a writable mapping now (MADV_POPULATE_WRITE, else touch)."""
     if len(mm) == 0:
