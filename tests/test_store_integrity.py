@@ -212,9 +212,9 @@ def test_fallback_files_are_bounded_by_count_and_bytes():
     from tests.test_store_spill import FallbackProvider
 
     store = Store(
-        {0: 8 * KIB},
+        {0: 16 * KIB},
         FallbackProvider(),
-        segment_size=8 * KIB,
+        segment_size=16 * KIB,
         grace=0.0,
         reclaim_wait=0,
         directory_capacity=64,
@@ -223,7 +223,7 @@ def test_fallback_files_are_bounded_by_count_and_bytes():
         fallback_max=4 * 4096,
     )
     store.register_client(1)
-    store.create(1, oid(1), 8 * KIB)  # the budget, referenced
+    store.create(1, oid(1), 16 * KIB)  # the budget, referenced
     for n in range(2, 5):
         assert loc(store.create(1, oid(n), 100)).segment  # three fallback files
     with pytest.raises(StoreFull, match="all 3 fallback files are in use"):
