@@ -106,7 +106,10 @@ def test_header_layout() -> None:
     assert struct.unpack_from("<Q", buf, 16) == (16,)
     assert struct.unpack_from("<Q", buf, 24) == (0,)  # not superseded
     assert struct.unpack_from("<Q", buf, 32) == (8,)  # max probe
-    assert buf[40:] == bytes(len(buf) - 40)  # the rest of the header and every slot: zero
+    assert buf[40:48] == bytes(8)
+    (token,) = struct.unpack_from("<Q", buf, 48)
+    assert token == d.token and 0 < token < 1 << 63  # tells one directory from the next
+    assert buf[56:] == bytes(len(buf) - 56)  # the rest of the header and every slot: zero
     d.supersede()
     assert struct.unpack_from("<Q", buf, 24) == (1,)
     assert buf[32:40] == struct.pack("<Q", 8)  # nothing else moved
@@ -879,7 +882,8 @@ def test_copy_from_keeps_every_object_it_places_findable(
                 one_by_one.set_state(slot, DYING)
             expected.append(slot)
         assert placed == expected
-        assert bytes(new._mv) == bytes(one_by_one._mv)  # (no bulk write left behind)
+        # (no bulk write left behind; each directory has its own token)
+        assert new._mv[:48] == one_by_one._mv[:48] and new._mv[56:] == one_by_one._mv[56:]
 
 
 def test_copy_from_fills_only_an_empty_directory() -> None:

@@ -19,7 +19,17 @@ from plasma.errors import (
     StoreFull,
 )
 from plasma.records import ArenaObject, CreateItem, ObjectLocation
-from plasma.store import CreateDone, GetDone, Grant, Notify, Pending, Reclaim, Revoke, Store
+from plasma.store import (
+    CreateDone,
+    GetDone,
+    Grant,
+    Notify,
+    Pending,
+    Reclaim,
+    Revoke,
+    SegmentFreed,
+    Store,
+)
 
 KIB = 1024
 PAGE = 4096
@@ -1024,7 +1034,10 @@ class StoreMachine(RuleBasedStateMachine):
                 assert self.refs.get((e.client, e.oid), 0) > 0
             elif isinstance(e, Reclaim):  # only clients that hold references or an arena
                 assert e.client in self.arenas or any(c == e.client for c, _ in self.refs)
-            elif e.kind == "sealed":
+            elif isinstance(e, SegmentFreed):  # only segments with nothing left in them
+                assert all(v[0] != e.segment for v in self.objects.values())
+                assert all(a[0] != e.segment for a in self.arenas.values())
+            elif isinstance(e, Notify) and e.kind == "sealed":
                 assert e.client in self.subscribers and e.location is not None
                 self.refs[(e.client, e.oid)] = self.refs.get((e.client, e.oid), 0) + 1
 
