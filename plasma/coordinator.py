@@ -870,6 +870,10 @@ class Coordinator:
     async def _place(self, event: Place) -> None:
         """Move the pages of a range of a segment (a worker thread: it may be gigabytes)."""
         error: str | None = None
+        if not self.config.bind_memory:  # --no-bind: pages stay where they are; only the
+            self.store.placed(event.token, now=time.monotonic())  # accounting moves
+            self._deliver_events()
+            return
         seg = self.pool.get(event.segment)
         mode = numa.MPOL_INTERLEAVE if event.mode == "interleave" else numa.MPOL_BIND
         try:

@@ -1478,17 +1478,18 @@ class Store:
         else:
             _, client, oid, rec = job
             rec.moving = False
-            # (not when it was freed meanwhile, with its creator gone: its free is due now)
-            alive = self._objects.get(oid) is rec and client in self._clients
+            present = self._objects.get(oid) is rec  # (else deleted or freed meanwhile)
             if kind == "migrate":
-                if alive:
+                if client in self._clients:  # (every call is answered, whatever happened)
                     result: list[int] | PlasmaError = self._nodes_of(rec)
                     if error is not None:
                         result = PlasmaError(f"moving {oid.hex()} failed: {error}")
+                    elif not present:
+                        result = ObjectNotFound(f"object {oid.hex()} was deleted while moving")
                     self._events.append(Moved(client, token, result))
                 if self._readers is not None:
                     self._readers.moved(oid, now)
-            elif alive:  # an interleaved create
+            elif present and client in self._clients:  # an interleaved create
                 if error is None:
                     self._events.append(CreateDone(client, token, [rec.loc]))
                 else:

@@ -1,5 +1,5 @@
 """The fault-injection harness end to end: ``python -m bench.chaos all`` (and a soak of a
-spilling store) breaks no invariant.
+spilling store on two nodes, objects migrated and replicated meanwhile) breaks no invariant.
 
 Slow (about a minute and a half); deselect with ``-m "not chaos"``.
 """
@@ -28,8 +28,11 @@ def test_chaos_all_holds_every_invariant(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(SPILL_SECONDS + 150)
-def test_a_soak_of_a_spilling_store_loses_and_corrupts_nothing(tmp_path: Path) -> None:
-    chaos(tmp_path, "soak", "--spill", "--memory", "64MiB", "--seconds", str(SPILL_SECONDS))
+def test_a_soak_of_a_spilling_store_with_moves_loses_and_corrupts_nothing(
+    tmp_path: Path,
+) -> None:
+    args = ("--spill", "--moves", "--memory", "64MiB", "--seconds", str(SPILL_SECONDS))
+    chaos(tmp_path, "soak", *args)
 
 
 def chaos(tmp_path: Path, *args: str) -> None:

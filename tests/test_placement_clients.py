@@ -12,7 +12,10 @@ import pytest
 
 import plasma
 import plasma.aio
+import plasma.client
+from plasma.directory import REPLICA
 from plasma.errors import BadRequest, ObjectNotFound, PlacementImpossible, PlasmaError
+from plasma.ids import replica_id
 from tests.conftest import RunningCoordinator, wait_until
 from tests.test_topology import unpack
 
@@ -48,8 +51,17 @@ def eight_nodes(coordinator_factory, tmp_path: Path) -> RunningCoordinator:
     )
 
 
-def test_failed_page_moves_fail_the_request_and_leak_nothing(eight_nodes) -> None:
-    with plasma.connect(eight_nodes.socket) as client:
+@pytest.fixture
+def eight_nodes_bound(coordinator_factory, tmp_path: Path) -> RunningCoordinator:
+    """The 8-node topology with memory bound to its node: the kernel has only node 0."""
+    root = unpack("16amd64-8n2c", tmp_path / "sysfs")
+    return coordinator_factory(
+        "--sysfs-root", str(root), "--memory", "64MiB", "--segment-size", "4MiB"
+    )
+
+
+def test_failed_page_moves_fail_the_request_and_leak_nothing(eight_nodes_bound) -> None:
+    with plasma.connect(eight_nodes_bound.socket) as client:
         # (the kernel has one node: moving pages to node 3 fails)
         with pytest.raises(PlasmaError, match=r"interleaving .* failed"):
             client.put(np.arange(1 << 16), node="interleave")
@@ -67,8 +79,8 @@ def test_failed_page_moves_fail_the_request_and_leak_nothing(eight_nodes) -> Non
 
         wait_until(settled, what="the pages moved back and the memory freed")
         assert client.list() == {}
-    assert eight_nodes.stop() == 0
-    assert "Traceback" not in eight_nodes.proc.stderr.read()
+    assert eight_nodes_bound.stop() == 0
+    assert "Traceback" not in eight_nodes_bound.proc.stderr.read()
 
 
 def test_replicas_are_made_listed_and_go_with_their_object(eight_nodes) -> None:
@@ -91,4 +103,32 @@ def test_replicas_are_made_listed_and_go_with_their_object(eight_nodes) -> None:
             return s["replicas"] == 0 and s["used"] == s["arena_bytes"]
 
         wait_until(gone, what="the object and its copies to be freed")
+    assert eight_nodes.stop() == 0
+
+
+def test_without_binding_moves_are_accounting_and_copies_are_read_from_the_directory(
+    eight_nodes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--no-bind: a migrate moves no page, only the charge; a reader on node 1 (as the CPUs
+    it sends say) gets node 1's copy through the directory, with no request."""
+    with plasma.connect(eight_nodes.socket) as producer:
+        array = np.arange(1 << 16)
+        oid = producer.put(array, node=0, replicas=[1])
+        moved = producer.put(array + 1, node=0)
+        assert producer.migrate(moved, 2) == [2]
+        assert producer.stats()["nodes"][2]["placed_in"] >= array.nbytes
+        monkeypatch.setattr(plasma.client, "get_affinity", lambda: {2, 3})
+        with plasma.connect(eight_nodes.socket) as reader:
+            assert reader._core.info is not None and reader._core.info.node == 1
+            assert np.array_equal(reader.get_object(moved), array + 1)  # (maps node 0)
+            assert np.array_equal(reader.get_object(oid), array)  # (maps node 1's copy)
+            asked = reader.stats()["operations"].get("Get", 0)
+            assert np.array_equal(reader.get_object(oid), array)
+            assert np.array_equal(reader.get_object(moved), array + 1)
+            assert reader.stats()["operations"].get("Get", 0) == asked
+            directory = reader._core.reader
+            assert directory is not None
+            copy = directory.lookup(replica_id(oid.binary(), 1), REPLICA)
+            assert copy is not None and copy.location.node == 1
+        producer.delete([oid, moved])
     assert eight_nodes.stop() == 0

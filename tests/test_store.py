@@ -1035,8 +1035,9 @@ class StoreMachine(RuleBasedStateMachine):
             elif isinstance(e, Reclaim):  # only clients that hold references or an arena
                 assert e.client in self.arenas or any(c == e.client for c, _ in self.refs)
             elif isinstance(e, SegmentFreed):  # only segments with nothing left in them
-                assert all(v[0] != e.segment for v in self.objects.values())
-                assert all(a[0] != e.segment for a in self.arenas.values())
+                listed = {info.id for info in self.store.objects()}  # (not yet known evicted)
+                assert all(v[0] != e.segment for o, v in self.objects.items() if o in listed)
+                assert all(a[0] != e.segment or a[3] == a[2] for a in self.arenas.values())
             elif isinstance(e, Notify) and e.kind == "sealed":
                 assert e.client in self.subscribers and e.location is not None
                 self.refs[(e.client, e.oid)] = self.refs.get((e.client, e.oid), 0) + 1

@@ -163,7 +163,10 @@ def test_an_object_being_moved_is_not_evicted_and_a_delete_waits_for_the_move():
     store.delete(10, [oid(0)])
     assert not events(store, Place)  # no move back while the move is under way
     store.placed(place.token)
-    (rehome,) = events(store, Place)
+    drained = store.drain_events()
+    (moved,) = [e for e in drained if isinstance(e, Moved)]  # the migrate is answered
+    assert moved.client == 10 and isinstance(moved.result, ObjectNotFound)
+    (rehome,) = [e for e in drained if isinstance(e, Place)]
     assert rehome.nodes == [0]
     store.placed(rehome.token)
     assert isinstance(store.create(10, oid(9), 16 * KIB), ObjectLocation)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import tarfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bench.topologies import DUMPS, unpack
 from plasma.errors import BadRequest
 from plasma.topology import (
     NO_NODE,
@@ -21,7 +21,6 @@ from plasma.topology import (
     parse_cpumask,
 )
 
-DUMPS = Path("/work/shared/topologies")
 CONSOLES = sorted(p.stem for p in DUMPS.glob("*.console"))
 XMLS = sorted(p.stem for p in DUMPS.glob("*.xml"))
 
@@ -33,18 +32,6 @@ EXTRA_PACKAGES = {"40intel64-4n10c+pci-conflicts": 1}
 HIDDEN_BY_HWLOC = {"nvidiagpunumanodes": set(range(250, 256))}
 
 
-# Only the files the parser reads (unpacking whole trees takes a minute on a busy machine).
-_WANTED = re.compile(
-    r"^[^/]+/(proc/(self/(cgroup|cpuset)|meminfo|mounts)"
-    r"|sys/devices/system/cpu/(present|online|cpu\d+/(online|topology/[^/]+"
-    r"|cache/index\d+/(level|type|shared_cpu_\w+)))"
-    r"|sys/devices/system/node/(online|possible|node\d+/(cpulist|cpumap|distance|meminfo"
-    r"|hugepages/[^/]+/nr_hugepages))"
-    r"|sys/kernel/mm/hugepages/[^/]+/nr_hugepages"
-    r"|(sys/fs/cgroup|dev/cpuset|cgroup)/.*(cpus|mems)[.a-z]*)$"
-)
-
-
 @pytest.fixture(scope="session")
 def roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Every dump unpacked once; name -> the root holding sys/ and proc/."""
@@ -53,15 +40,6 @@ def roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         p.name.removesuffix(".tar.bz2"): unpack(p.name.removesuffix(".tar.bz2"), base)
         for p in sorted(DUMPS.glob("*.tar.bz2"))
     }
-
-
-def unpack(name: str, base: Path) -> Path:
-    """Unpack dump ``name`` under ``base``; return the root holding sys/ and proc/."""
-    with tarfile.open(DUMPS / f"{name}.tar.bz2") as tar:
-        wanted = [m for m in tar if m.isdir() or (m.isfile() and _WANTED.match(m.name))]
-        tar.extractall(base / name, members=wanted, filter="data")
-    (root,) = (base / name).iterdir()
-    return root
 
 
 def hwloc_size(n: int) -> str:

@@ -1,4 +1,5 @@
-"""``python -m bench.chaos {fuzz,kill,soak,fds,all} [--seconds S] [--seed N] [--json OUT]``.
+"""``python -m bench.chaos {fuzz,kill,soak,fds,all} [--seconds S] [--seed N] [--json OUT]``
+(soak: ``[--memory SIZE] [--spill] [--moves]``).
 
 Prints each subcommand's figures and every broken invariant; exits 1 if any broke.
 """
@@ -55,8 +56,8 @@ def run_all(seconds: float, seed: int, tmp: Path, memory: str) -> list[Outcome]:
     return outcomes
 
 
-def _soak(memory: str, spill: bool = False) -> Run:
-    return lambda seconds, seed, workdir: soak.run(seconds, seed, workdir, memory, spill)
+def _soak(memory: str, spill: bool = False, moves: bool = False) -> Run:
+    return lambda seconds, seed, workdir: soak.run(seconds, seed, workdir, memory, spill, moves)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--spill", action="store_true", help="soak a store that spills to disk (--spill-dir)"
     )
+    parser.add_argument(
+        "--moves",
+        action="store_true",
+        help="soak a fake two-node store while objects are migrated and replicated",
+    )
     args = parser.parse_args(argv)
     seconds = args.seconds if args.seconds is not None else DEFAULT_SECONDS[args.command]
     started = time.monotonic()
@@ -86,7 +92,9 @@ def main(argv: list[str] | None = None) -> int:
             outcomes = run_all(seconds, args.seed, Path(tmp), args.memory)
         else:
             run = (
-                _soak(args.memory, args.spill) if args.command == "soak" else COMMANDS[args.command]
+                _soak(args.memory, args.spill, args.moves)
+                if args.command == "soak"
+                else COMMANDS[args.command]
             )
             outcomes = [run_one(args.command, run, seconds, args.seed, Path(tmp))]
     failures = [f for o in outcomes for f in o.failures]

@@ -6,7 +6,13 @@ queue; consumers read and check every byte, and pass some ids on to a deleter; a
 reads objects it finds with ``list()``, deletes some and evicts. The store is small, so
 eviction and ``StoreFull`` are routine: those (and reading an object that was evicted) are
 expected; any other error is a defect. Every second we sample the coordinator's memory,
-descriptors, CPU time and the store's used bytes.
+descriptors, CPU time and the store's used bytes; its RSS must stay bounded during the load
+and its descriptors come back to where they started once the clients are gone.
+
+``moves`` serves a fake two-node machine (a captured topology, ``--no-bind``, so page moves
+change the accounting only) with ``--follow-readers``: a mover migrates and replicates what
+it finds, and a consumer that says it runs on node 1 reads node 1's copies through the
+directory, while the store evicts (or spills) around them.
 """
 
 from __future__ import annotations
@@ -24,12 +30,25 @@ from pathlib import Path
 from typing import Any
 
 import plasma
+import plasma.client
+from bench import topologies
 from bench.chaos import objects, probes
 from bench.chaos.harness import CTX, Coordinator, Deadline, Monitor, Outcome, Worker, log_failures
 from bench.chaos.probes import Balance
-from plasma.errors import ObjectNotFound, ObjectNotSealed, PlasmaError, PlasmaTimeout, StoreFull
+from plasma.errors import (
+    BadRequest,
+    ObjectNotFound,
+    ObjectNotSealed,
+    PlasmaError,
+    PlasmaTimeout,
+    StoreFull,
+)
 
 ROLES = ("producer", "consumer") * 3 + ("deleter", "scanner")
+MOVE_ROLES = ("mover", "remote consumer")  # (with ``moves``)
+TOPOLOGY = "16amd64-8n2c"  # of which nodes 0 and 1 (CPUs 0-1 and 2-3)
+REMOTE_CPUS = {2, 3}  # what the remote consumer says it may run on: node 1
+MOVES = ("migrate", "replicate")
 HANDOFF = 512  # ids queued between workers at most (more are dropped: readers get fresh ones)
 HANDED_PER_BATCH = 4  # ids of a create_and_seal_many batch handed to the consumers
 HELD_VIEWS = 24  # views each consumer keeps alive (besides its release-delay cache)
@@ -39,7 +58,16 @@ EXPECTED: dict[str, tuple[type[PlasmaError], ...]] = {
     **dict.fromkeys(objects.KINDS, (StoreFull,)),
     "get": (ObjectNotFound, ObjectNotSealed, PlasmaTimeout),
     "delete": (ObjectNotFound,),
+    "migrate": (ObjectNotFound, StoreFull, BadRequest),
+    "replicate": (ObjectNotFound, StoreFull, BadRequest),
 }
+# The refusals of a move that are routine here (the object is on disk, already moving or
+# being evicted, or the mover has as many moves under way as allowed); any other is a defect.
+MOVE_REFUSED = re.compile(r"spilled to disk|being moved|being evicted|moves under way")
+RSS_GROWTH = 64 << 20  # bytes the coordinator's RSS may grow past its first quarter's peak
+RSS_GROWTH_SHARE = 0.5  # (or this share of it, whichever is more)
+RSS_PER_OBJECT = 2048  # and this much per object in the store (its records are no leak)
+FDS_SLACK = 4  # descriptors the coordinator may hold beyond its start once clients are gone
 TAIL = 30.0  # seconds a worker may take to finish its last operation and report
 KEEP = 10  # corrupt-read examples kept per worker
 FAILED = object()  # what Tally.call returns when the call raised
@@ -75,13 +103,16 @@ class Tally:
             if len(self.corrupt_examples) < KEEP:
                 self.corrupt_examples.append(str(exc))
         except Exception as exc:
-            if isinstance(exc, EXPECTED.get(op, ())):
+            if isinstance(exc, EXPECTED.get(op, ())) and _routine(exc):
                 self.expected[f"{type(exc).__name__} in {op}"] += 1
             else:  # ids and numbers masked, so that one defect is one line
                 text = re.sub(r"\b[0-9a-f]{16,}\b", "<id>", str(exc))
                 text = re.sub(r"[0-9]+", "N", text)[:200]
                 self.defects[f"{type(exc).__name__} in {op}: {text}"] += 1
         return FAILED
+
+    def succeeded(self, op: str) -> None:
+        self.ops[f"{op} done"] += 1
 
     def read(self, client: plasma.Client, oid: bytes) -> Any:
         """Get and check ``oid``: the view read, or FAILED."""
@@ -97,6 +128,10 @@ class Tally:
             ids.put_nowait(oid)
         except queue.Full:
             self.dropped_handoffs += 1
+
+
+def _routine(exc: Exception) -> bool:
+    return not isinstance(exc, BadRequest) or MOVE_REFUSED.search(str(exc)) is not None
 
 
 Role = Callable[[plasma.Client, Tally, random.Random, Any, Any, float], None]
@@ -171,6 +206,26 @@ def scanner(
             tally.call("evict", client.evict, rng.randint(1 << 20, 16 << 20))
 
 
+def mover(
+    client: plasma.Client, tally: Tally, rng: random.Random, ids: Any, done: Any, stop: float
+) -> None:
+    """Migrates objects between the two nodes and replicates them, then reads them back."""
+    while time.monotonic() < stop:
+        listing = tally.call("list", client.list)
+        if listing is FAILED:
+            continue
+        sealed = [oid.binary() for oid, info in listing.items() if info["state"] == "sealed"]
+        for oid in rng.sample(sealed, min(8, len(sealed))):
+            op = rng.choice(MOVES)
+            if op == "migrate":
+                result = tally.call(op, client.migrate, oid, rng.choice((0, 1)))
+            else:
+                result = tally.call(op, client.replicate, oid, [0, 1])
+            if result is not FAILED:
+                tally.succeeded(op)
+                tally.read(client, oid)
+
+
 def _drain(ids: Any, most: int) -> list[bytes]:
     """Up to ``most`` queued ids, waiting a little for the first."""
     try:
@@ -188,6 +243,8 @@ RUNNERS: dict[str, Role] = {
     "consumer": consumer,
     "deleter": deleter,
     "scanner": scanner,
+    "mover": mover,
+    "remote consumer": consumer,  # (on node 1: see _worker)
 }
 
 
@@ -196,8 +253,13 @@ def _worker(
 ) -> None:
     """One soak client: its role's loop until ``stop`` (monotonic time), then its tally."""
     tally = Tally()
+    if role == "remote consumer":  # the CPUs a client sends decide its node
+        plasma.client.get_affinity = lambda: REMOTE_CPUS  # type: ignore[attr-defined]
     try:
-        with plasma.connect(path, f"chaos-soak-{role}") as client:
+        with plasma.connect(path, f"chaos-soak-{role.replace(' ', '-')}") as client:
+            node = client._core.info.node if client._core.info else None
+            if role == "remote consumer" and node != 1:
+                raise RuntimeError(f"the remote consumer is on node {node}, not 1")
             RUNNERS[role](client, tally, random.Random(seed), ids, done, stop)
     except Exception as exc:  # the connection broke: the worker cannot go on
         tally.fatal = f"{type(exc).__name__}: {exc}"
@@ -208,25 +270,38 @@ def _worker(
 
 
 def run(
-    seconds: float, seed: int, workdir: Path, memory: str = "128MiB", spill: bool = False
+    seconds: float,
+    seed: int,
+    workdir: Path,
+    memory: str = "128MiB",
+    spill: bool = False,
+    moves: bool = False,
 ) -> Outcome:
     """Soak for ``seconds`` seconds of load, sampling every second; with ``spill``, the
-    coordinator spills to ``workdir/spill`` instead of evicting (and must lose nothing)."""
+    coordinator spills to ``workdir/spill`` instead of evicting (and must lose nothing);
+    with ``moves``, objects are migrated and replicated between two nodes meanwhile."""
     out = Outcome("soak")
     rng = random.Random(seed)
-    spilling = ("--spill-dir", str(workdir / "spill")) if spill else ()
-    args = ("--memory", memory, "--segment-size", "16MiB", *spilling)
+    args = ["--memory", memory, "--segment-size", "16MiB"]
+    if spill:
+        args += ["--spill-dir", str(workdir / "spill")]
+    roles = ROLES
+    if moves:
+        root = topologies.unpack(TOPOLOGY, workdir / "topology")
+        args += ["--sysfs-root", str(root), "--nodes", "0,1", "--no-bind", "--follow-readers"]
+        roles += MOVE_ROLES
     coord = Coordinator(workdir, *args).start()
     series: list[dict[str, Any]] = []
     tallies: list[tuple[str, Tally | None]] = []
     started = time.monotonic()
     try:
         monitor = Monitor(coord.socket)
+        start = probes.sample(coord.pid)
         ids, done = CTX.Queue(HANDOFF), CTX.Queue(HANDOFF)
         stop = time.monotonic() + seconds
         workers = [
             (role, Worker(_worker, role, coord.socket, rng.getrandbits(32), ids, done, stop))
-            for role in ROLES
+            for role in roles
         ]
         _sample(coord, monitor, series, out, Deadline(seconds), started)
         for role, worker in workers:
@@ -242,6 +317,11 @@ def run(
         _books(out, coord, monitor)
         if spill:
             _spill_books(out, monitor)
+        if coord.alive():
+            _bounds(out, start, probes.sample(coord.pid), series)
+        if moves:
+            done = sum(t.ops[f"{op} done"] for _, t in tallies if t is not None for op in MOVES)
+            out.check(done > 0, "soak: no migrate or replicate succeeded")
         monitor.close()
     finally:
         problem = coord.stop()
@@ -303,6 +383,37 @@ def _books(out: Outcome, coord: Coordinator, monitor: Monitor) -> None:
     out.check(not deferred, f"soak: {len(deferred)} deletes deferred with no client left")
     for problem in after.differences(Balance.empty(1)):
         out.fail(f"soak: after deleting everything: {problem}")
+
+
+def _bounds(
+    out: Outcome, start: dict[str, Any], end: dict[str, Any], series: list[dict[str, Any]]
+) -> None:
+    """The coordinator's RSS stays within a bound of its first quarter's peak (and of the
+    objects it keeps) during the load, and its descriptors come back to where they started
+    once the clients are gone."""
+    out.figures["bounds"] = {"start": start, "end": end}
+    out.lines.append(
+        f"  bounds: rss {start['rss'] / 2**20:,.1f} -> {end['rss'] / 2**20:,.1f} MiB, "
+        f"fds {start['fds']} -> {end['fds']} (at the start, and once every client left)"
+    )
+    out.check(
+        end["fds"] <= start["fds"] + FDS_SLACK,
+        f"soak: the coordinator holds {end['fds']} descriptors once every client left "
+        f"({start['fds']} at the start)",
+    )
+    if len(series) < 4:
+        return
+    early = max(p["rss"] for p in series[: len(series) // 4])
+    base = early + max(RSS_GROWTH, int(early * RSS_GROWTH_SHARE))
+    for point in series:
+        bound = base + point["objects"] * RSS_PER_OBJECT
+        if point["rss"] > bound:
+            out.fail(
+                f"soak: the coordinator's RSS was {point['rss'] / 2**20:,.1f} MiB at "
+                f"{point['t']} s with {point['objects']:,} objects (first quarter's peak "
+                f"{early / 2**20:,.1f} MiB, bound {bound / 2**20:,.1f})"
+            )
+            return
 
 
 def _spill_books(out: Outcome, monitor: Monitor) -> None:

@@ -96,7 +96,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--sysfs-root", default="/", help="read the topology from this root (for testing)"
     )
-    p.add_argument("--no-bind", action="store_true", help="do not bind segment memory to its node")
+    p.add_argument(
+        "--no-bind",
+        action="store_true",
+        help="do not bind segment memory to its node (migrate and follow-readers then move "
+        "only the accounting)",
+    )
     p.add_argument(
         "--metrics",
         metavar="HOST:PORT",
