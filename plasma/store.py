@@ -33,7 +33,8 @@ Semantics the coordinator mirrors:
   to return them, and a create that would fail at once waits up to ``RECLAIM_WAIT`` for
   the answer. Arenas on a node never reserve more than a quarter of its budget beyond what
   the objects at hand need.
-* A client has at most ``max_waiters`` gets and creates waiting at once.
+* A client has at most ``max_waiters`` gets and creates waiting at once, naming at most
+  ``max_waiting_ids`` ids in all.
 * Every sealed object is published in the shared directory (:mod:`plasma.directory`), where
   clients get it with no request by pinning it in their pin table. Bytes a pin may hold are
   never freed: a deleted or evicted object's slot is marked dying, and its memory is freed
@@ -93,6 +94,7 @@ EVICTION_WAIT = 0.25  # seconds a create with timeout 0 waits for the memory it 
 EVICTION_HEADROOM = 64  # a round of eviction frees at least 1/64 of the node's budget
 REBUILD_ATTEMPTS = 4  # directory sizes tried (doubling) before leaving a published id out
 SPILL_WAIT = 10.0  # seconds a create or get with timeout 0 waits for a spill or a restore
+MAX_WAITING_IDS = 1 << 16  # ids a client's waiting gets and creates may name in all
 SPILL_FRACTION = 8  # a spill batch copies at least 1/8 of the node's budget (if it can)
 
 NOT_SEALED = "object_not_sealed"
@@ -458,7 +460,8 @@ class Store:
 
     ``budgets`` maps NUMA node -> bytes, rounded down to whole pages (the sum of that node's
     segment sizes never exceeds it). ``max_object_size`` (data + metadata) defaults to no
-    limit beyond the budgets. ``max_waiters`` bounds each client's waiting gets and creates;
+    limit beyond the budgets. ``max_waiters`` bounds each client's waiting gets and creates,
+    ``max_waiting_ids`` the ids they name in all;
     ``subscriber_pin_limit`` (default: an eighth of the capacity) the bytes a
     ``with_locations`` subscription may keep referenced; ``reclaim_wait`` is how long a
     create that would fail at once waits for memory asked back with Reclaim. ``grace`` is
@@ -496,6 +499,7 @@ class Store:
         alignment: int = 64,
         max_object_size: int | None = None,
         max_waiters: int = 1024,
+        max_waiting_ids: int = MAX_WAITING_IDS,
         subscriber_pin_limit: int | None = None,
         reclaim_wait: float = RECLAIM_WAIT,
         grace: float = GRACE,
@@ -531,6 +535,7 @@ class Store:
         self._mask = alignment - 1
         self._max_object_size = max_object_size
         self._max_waiters = max_waiters
+        self._max_waiting_ids = max_waiting_ids
         self._reclaim_wait = reclaim_wait
         self._nodes = {n: _Node(n, b // page_size * page_size) for n, b in sorted(budgets.items())}
         capacity = sum(nd.budget for nd in self._nodes.values())
@@ -600,6 +605,7 @@ class Store:
         # whose object went (freed after their pin scan), and whether readers were told
         self._replicas: dict[bytes, _Object] = {}
         self._orphans: list[tuple[bytes, _Object]] = []
+        self._copies_dying: dict[int, float] = {}  # copy's generation -> when marked dying
         self._replicas_announced = False
         self._spill_wakeup = False
         self._spill_error = ""
@@ -827,22 +833,28 @@ class Store:
         c = self._client(client)
         deadline = self._deadline(timeout, now)
         objects = self._objects
+        found = [
+            rec if rec is not None and rec.sealed and not rec.deleting and rec.resident else None
+            for rec in map(objects.get, oids)
+        ]
+        missing = None in found
+        spilled = [
+            o for o, rec in zip(oids, found, strict=True) if rec is None and self._on_disk(o)
+        ]
+        if missing and (timeout != 0 or spilled):
+            self._check_waiters(c, len(oids))  # (it will wait: refused before any reference)
         results: list[ObjectLocation | str | None] = []
-        missing = False
-        for oid in oids:
-            rec = objects.get(oid)
-            if rec is not None and rec.sealed and not rec.deleting and rec.resident:
+        for oid, rec in zip(oids, found, strict=True):
+            if rec is not None:
                 self._add_ref(c, oid, rec)
                 results.append(self._local_copy(oid, rec, c) if rec.replicas else rec.loc)
             else:
                 results.append(None)
-                missing = True
         if self._readers is not None and c.node is not None:
             for oid in oids:
                 self._readers.read(oid, c.node, now)
         if not missing:
             return results  # type: ignore[return-value]  # no None left
-        spilled = [o for o, r in zip(oids, results, strict=True) if r is None and self._on_disk(o)]
         if timeout == 0:
             for i, r in enumerate(results):
                 if r is None and not self._on_disk(oids[i]):
@@ -851,7 +863,6 @@ class Store:
             if not spilled:
                 return results  # type: ignore[return-value]
             deadline = now + SPILL_WAIT  # a restore is no wait for a seal
-        self._check_waiters(c)
         self._token += 1
         w = _GetWaiter(client, self._token, list(oids), results)
         for i, r in enumerate(results):
@@ -937,10 +948,10 @@ class Store:
             pinning = self._pins.holders(gen) if gen in pinned else []
             if rec.slot >= 0:
                 self._directory.set_state(rec.slot, DYING)
-            for n in rec.replicas:  # hidden now, freed with the object (after their pins)
+            self._mark_copies(oid, rec, DYING, now)  # hidden now, freed with the object
+            for n in rec.replicas:  # (after their pins)
                 copy = self._replicas[replica_id(oid, n)]
                 if copy.slot >= 0:
-                    self._directory.set_state(copy.slot, DYING)
                     pinning += self._pins.holders(self._generation_of(copy))
             if rec.ref_count or pinning:
                 deferred.append(oid)
@@ -1736,7 +1747,8 @@ class Store:
     def reclaimed_by(self) -> float | None:
         """When the last object marked dying so far is scanned for pins (None: none is
         waiting): once :meth:`expire` ran at that time, everything deleted or evicted
-        before now that no pin holds is free."""
+        before now that no pin holds is free (its copies too: they are marked dying with
+        it and scanned when it is freed)."""
         return next(reversed(self._dying.values()))[0] if self._dying else None
 
     def expire(self, now: float) -> None:
@@ -2090,21 +2102,40 @@ class Store:
             return True
         if rec.slot >= 0 and self._directory.state(rec.slot) != DYING:
             self._directory.set_state(rec.slot, DYING)
+        self._mark_copies(oid, rec, DYING, now)
         self._dying[gen] = (now + self._grace, oid, rec)
         self._wakeup = True
         return True
+
+    def _mark_copies(self, oid: bytes, rec: _Object, state: int, now: float = 0.0) -> None:
+        """Mark the directory slots of an object's copies dying with it, at ``now`` (so that
+        when it is freed they are scanned at once if their grace period has passed), or
+        sealed again with it."""
+        for n in rec.replicas:
+            copy = self._replicas[replica_id(oid, n)]
+            if copy.slot < 0:
+                continue
+            if state == DYING:
+                self._copies_dying.setdefault(copy.gen, now)
+            else:
+                self._copies_dying.pop(copy.gen, None)
+            self._directory.set_state(copy.slot, state)
 
     def _free_due(self, now: float) -> None:
         """Scan the pin tables for the dying objects whose grace period ended (and, when
         due, for deleted objects pins held at the last scan): free those no pin holds, keep
         pinned deleted ones for a later scan, and give eviction victims a reader pinned
         meanwhile back to the CLOCK."""
+        dying = self._dying
+        due: list[tuple[int, bytes, _Object]] = []
         if self._orphans:
             orphans, self._orphans = self._orphans, []
             for key, copy in orphans:
-                self._doom(key, copy, now)
-        dying = self._dying
-        due: list[tuple[int, bytes, _Object]] = []
+                since = self._copies_dying.pop(copy.gen, None)
+                if since is not None and (since + self._grace <= now or not self._grace):
+                    due.append((copy.gen, key, copy))  # dying since its object was: scan now
+                else:
+                    self._doom(key, copy, now)
         while dying:
             gen, (when, oid, rec) = dying.popitem(last=False)
             if when > now and self._grace:  # (without a grace period: whatever ``now`` says)
@@ -2127,6 +2158,7 @@ class Store:
             elif evicted:  # a reader pinned it during the grace period: it stays
                 if rec.slot >= 0:
                     self._directory.set_state(rec.slot, SEALED)
+                self._mark_copies(oid, rec, SEALED)
                 self._unreferenced(oid, rec, now)
             else:
                 self._pinned[gen] = (oid, rec)
@@ -2150,13 +2182,14 @@ class Store:
             self._evictions += 1
             self._notify_deleted(oid, rec)
 
-    def _revive(self, rec: _Object) -> None:
+    def _revive(self, oid: bytes, rec: _Object) -> None:
         """An eviction victim is asked for (a Get): it stays."""
         gen = self._generation_of(rec)
         if self._dying.pop(gen, None) is not None:
             self._segments[rec.loc.segment].node.evicting -= 1
             if rec.slot >= 0:
                 self._directory.set_state(rec.slot, SEALED)
+            self._mark_copies(oid, rec, SEALED)
 
     def _clock(
         self, nd: _Node, now: float, copied: bool | None = None
@@ -2342,7 +2375,7 @@ class Store:
 
     def _add_ref(self, c: _Client, oid: bytes, rec: _Object) -> None:
         if rec.ref_count == 0 and not self._lru_pop(oid, rec) and self._dying:
-            self._revive(rec)  # an eviction victim waiting for its pin scan
+            self._revive(oid, rec)  # an eviction victim waiting for its pin scan
         rec.ref_count += 1
         refs = c.refs
         n = refs.get(oid, 0)
@@ -2457,18 +2490,41 @@ class Store:
         deadline: float | None,
         now: float,
     ) -> Pending:
-        self._check_waiters(c)
+        self._check_waiters(c, len(items))
         self._token += 1
         w = _CreateWaiter(c.id, self._token, items, nd, now)
         self._create_waiters[w.token] = w
         self._add_waiter(c, w, deadline)
         return Pending(w.token)
 
-    def _check_waiters(self, c: _Client) -> None:
+    def _could_fit(self, w: _CreateWaiter) -> bool:
+        """Whether evicting (or spilling) what no one holds would make room for ``w`` (or
+        an eviction is under way on its node: the waiters keep their order meanwhile)."""
+        nd = w.node
+        if nd.evicting:
+            return True
+        if w.arena is not None:
+            need = w.arena[1]
+        else:
+            need = sum(self._object_size(it.id, it.data_size, it.metadata_size) for it in w.items)
+        return nd.budget - nd.used + nd.lru_bytes >= need
+
+    def _check_waiters(self, c: _Client, ids: int = 1) -> None:
+        """Room for one more waiting call of ``c`` naming ``ids`` ids (BadRequest if not):
+        at most ``max_waiters`` calls, and ``max_waiting_ids`` ids in all (what a waiting
+        call costs the coordinator grows with its ids)."""
         if len(c.waiters) >= self._max_waiters:
             raise BadRequest(
                 f"client {c.id} already has {len(c.waiters)} waiting gets and creates "
                 f"(the limit is {self._max_waiters})"
+            )
+        waiting = sum(
+            len(w.oids) if isinstance(w, _GetWaiter) else max(1, len(w.items)) for w in c.waiters
+        )
+        if waiting + ids > self._max_waiting_ids:
+            raise BadRequest(
+                f"client {c.id} would have {waiting + ids} ids in waiting gets and creates "
+                f"(the limit is {self._max_waiting_ids}): wait for fewer objects at once"
             )
 
     def _reclaim_deadline(
@@ -2568,7 +2624,9 @@ class Store:
 
     def _retry_creates(self, now: float) -> None:
         """After space may have appeared: retry pending creates (and arena requests) in FIFO
-        order."""
+        order. One that does not fit holds back the later ones on its node only while it
+        could fit by eviction (or spilling): one that waits for references to go does not
+        starve creates that fit meanwhile, and gets its turn once they have gone."""
         if not self._space_changed:
             return
         self._space_changed = False
@@ -2590,7 +2648,8 @@ class Store:
             except PlasmaError as exc:
                 result = exc
             if result is None:
-                blocked.add(w.node.id)
+                if self._could_fit(w):
+                    blocked.add(w.node.id)
                 continue
             del self._create_waiters[w.token]
             self._retire(w)

@@ -548,19 +548,33 @@ def test_pending_creates_fifo_and_existing_id() -> None:
     assert isinstance(done[racer.token], ObjectExists)
 
 
-def test_pending_head_blocks_later_creates_on_same_node() -> None:
+def test_a_pending_head_that_eviction_will_fit_blocks_later_creates_on_its_node() -> None:
+    store, _ = make(budget=4 * KIB, segment_size=4 * KIB, grace=0.002)
+    store.register_client(1)
+    put(store, 1, 1, 2048)
+    put(store, 1, 2, 2048)
+    big = store.create(1, oid(3), 4096, timeout=None)  # evicts both: waits for their scan
+    small = store.create(1, oid(4), 64, timeout=None)
+    assert isinstance(big, Pending) and isinstance(small, Pending)
+    store.expire(1.0)
+    done = [e.token for e in store.drain_events() if isinstance(e, CreateDone)]
+    assert done == [big.token]  # the small one does not take what the big one evicted
+
+
+def test_a_pending_create_waiting_for_references_lets_others_pass_then_gets_its_turn() -> None:
     store, _ = make(budget=4 * KIB, segment_size=4 * KIB)
     store.register_client(1)
     store.create(1, oid(1), 2048)
     store.create(1, oid(2), 2048)
-    big = store.create(1, oid(3), 4096, timeout=None)
+    big = store.create(1, oid(3), 4096, timeout=None)  # fits only once both are let go
     small = store.create(1, oid(4), 64, timeout=None)
-    store.abort(1, oid(1))  # 2 KiB free: enough for small, but big is first
-    assert store.drain_events() == []
+    store.abort(1, oid(1))  # 2 KiB free: the small one fits, the big one still cannot
+    assert [e.token for e in store.drain_events() if isinstance(e, CreateDone)] == [small.token]  # type: ignore[union-attr]
     store.abort(1, oid(2))
-    events = store.drain_events()
-    assert [e.token for e in events if isinstance(e, CreateDone)] == [big.token]  # type: ignore[union-attr]
-    assert isinstance(small, Pending)
+    assert not [e for e in store.drain_events() if isinstance(e, CreateDone)]
+    store.seal(1, oid(4))
+    store.release(1, oid(4))  # evictable now: the big one's turn
+    assert [e.token for e in store.drain_events() if isinstance(e, CreateDone)] == [big.token]  # type: ignore[union-attr]
 
 
 def test_object_larger_than_budget_fails_at_once() -> None:
@@ -1232,12 +1246,32 @@ def test_waiting_requests_per_client_are_bounded() -> None:
     store.register_client(2)
     for n in range(3):
         assert isinstance(store.get(1, [oid(n)], timeout=None), Pending)
+    put(store, 2, 7)
     with pytest.raises(BadRequest, match="limit is 3"):
-        store.get(1, [oid(9)], timeout=None)
+        store.get(1, [oid(7), oid(9)], timeout=None)
+    assert store.objects()[0].ref_count == 0  # the refused get took no reference
     store.create(1, oid(8), 60 * KIB)
     with pytest.raises(BadRequest, match="limit is 3"):
         store.create(1, oid(9), 60 * KIB, timeout=None)
     assert isinstance(store.get(2, [oid(9)], timeout=None), Pending)  # others are not held back
+
+
+def test_the_ids_a_client_waits_for_are_bounded_in_all_and_a_refused_get_holds_nothing() -> None:
+    store, _ = make(max_waiting_ids=100)
+    store.register_client(1)
+    store.register_client(2)
+    put(store, 2, 0)
+    ids = [oid(n) for n in range(1000, 1060)]
+    assert isinstance(store.get(1, ids, timeout=None), Pending)
+    with pytest.raises(BadRequest, match=r"would have 101 ids .* limit is 100"):
+        store.get(1, [oid(0), *ids[:40]], timeout=None)  # (60 + 41)
+    assert store.objects()[0].ref_count == 0  # the refused get took no reference
+    (got,) = store.get(1, [oid(0)], timeout=None)  # (found at once: nothing waits)
+    assert isinstance(got, ObjectLocation)
+    store.create(2, oid(1), 60 * KIB)  # (held unsealed: creates must wait)
+    with pytest.raises(BadRequest, match="ids in waiting gets and creates"):
+        store.create_many(1, [CreateItem(oid(n), 128) for n in range(2000, 2041)], timeout=None)
+    assert isinstance(store.get(2, ids, timeout=None), Pending)  # others are not held back
 
 
 def test_arenas_take_at_most_a_quarter_of_the_node_beyond_what_is_needed() -> None:
@@ -1343,3 +1377,52 @@ def test_eviction_plan_is_exact(objects: list[tuple[int, bool]], size: int) -> N
     gone = [o for o in lru if o not in after]
     assert gone == lru[: len(gone)], "evicted out of LRU order"
     assert store.stats()["evictions"] - evictions == len(gone)
+
+
+def _create_waiting_out(
+    store: Store, client: int, n: int, size: int, clock: list[float], others: list[CreateDone]
+) -> bool:
+    """A create with timeout 0 as the coordinator runs it (the grace period passing while it
+    waits for what it evicted); sealed and released. False if it failed StoreFull. Other
+    calls' answers go to ``others``."""
+    clock[0] += 0.001
+    try:
+        res = store.create(client, oid(n), size, now=clock[0])
+    except StoreFull:
+        return False
+    while isinstance(res, Pending):
+        clock[0] += 0.003
+        store.expire(clock[0])
+        done = [e for e in store.drain_events() if isinstance(e, CreateDone)]
+        mine = [e.result for e in done if e.token == res.token]
+        others += [e for e in done if e.token != res.token]
+        if mine:
+            if not isinstance(mine[0], list):
+                return False
+            break
+    store.seal(client, oid(n), now=clock[0])
+    store.release(client, oid(n), now=clock[0])
+    store.expire(clock[0])
+    others += [e for e in store.drain_events() if isinstance(e, CreateDone)]
+    return True
+
+
+def test_a_create_waiting_for_references_does_not_starve_others_and_gets_its_turn() -> None:
+    store, _ = make(budget=640 * KIB, segment_size=160 * KIB, grace=0.002)
+    for c in (1, 2, 3):
+        store.register_client(c)
+    store.create(3, oid(99_999), 100 * KIB)  # held by client 3
+    store.seal(3, oid(99_999))
+    big = store.create(2, oid(88_888), 600 * KIB, timeout=None)  # fits once client 3 lets go
+    assert isinstance(big, Pending)
+    clock = [0.0]
+    answered: list[CreateDone] = []
+    assert all(_create_waiting_out(store, 1, n, 2 * KIB, clock, answered) for n in range(600))
+    assert not answered
+    store.release(3, oid(99_999), now=clock[0])  # now the big one can fit, by evicting
+    for n in range(600, 700):  # a stream of small creates goes on meanwhile
+        _create_waiting_out(store, 1, n, 2 * KIB, clock, answered)
+        if answered:
+            break
+    (done,) = answered
+    assert done.token == big.token and isinstance(done.result, list)

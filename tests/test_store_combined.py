@@ -42,6 +42,7 @@ from hypothesis.stateful import (
 
 from plasma.directory import REPLICA, DirectoryReader, Found, PinTable, pin_table_size
 from plasma.errors import BadRequest, PlasmaError, StoreFull
+from plasma.follow import ReaderTracker
 from plasma.ids import replica_id
 from plasma.records import ArenaObject, ObjectLocation, SpillEntry
 from plasma.store import (
@@ -149,6 +150,7 @@ class CombinedMachine(RuleBasedStateMachine):
             fallback_files=2,
             fallback_max=16 * KIB,
             max_waiters=16,
+            follow_readers=ReaderTracker(min_reads=2, cooldown=0.0),
         )
         self.clients: dict[int, ClientState] = {}  # by client id (never reused, as a coordinator's)
         self.slots: dict[int, int] = {}  # the three clients -> their id now
@@ -682,6 +684,12 @@ class CombinedMachine(RuleBasedStateMachine):
                 if isinstance(res, Pending):
                     self.waiting[res.token] = (client, "replicate", [o])
 
+    @rule()
+    def follow(self) -> None:
+        """Objects read mostly from another node move there (--follow-readers)."""
+        if self.store.follow(self.now):
+            self.outcomes["followed"] += 1
+
     @precondition(lambda self: self.moves)
     @rule(data=st.data(), ok=st.sampled_from([True, True, False]))
     def move_done(self, data: st.DataObject, ok: bool) -> None:
@@ -827,6 +835,7 @@ def test_the_combined_machine_reaches_where_features_meet() -> None:
         "spilled",
         "restored",
         "copied",
+        "followed",
         "remapped",
         "late grant returned",
         "stale return",

@@ -324,6 +324,19 @@ def test_an_object_deleted_while_being_copied_keeps_no_copy_and_frees_after():
     assert used_on(store) == [0, 0, 0, 0]
 
 
+def test_what_a_sync_waits_for_includes_the_copies_of_what_was_deleted():
+    store = make(grace=0.002)
+    put(store, 1)
+    store.replicate(10, oid(1), [1, 2])
+    (copy,) = events(store, Copy)
+    store.placed(copy.token)
+    store.delete(10, [oid(1)], now=1.0)
+    due = store.reclaimed_by()
+    assert due is not None
+    store.expire(due)  # (what a Sync waits for: everything deleted before it is free)
+    assert used_on(store) == [0, 0, 0, 0] and store.stats()["replicas"] == 0
+
+
 # ---------------------------------------------------------------- state machine
 
 

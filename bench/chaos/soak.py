@@ -68,6 +68,7 @@ RSS_GROWTH = 64 << 20  # bytes the coordinator's RSS may grow past its first qua
 RSS_GROWTH_SHARE = 0.5  # (or this share of it, whichever is more)
 RSS_PER_OBJECT = 2048  # and this much per object in the store (its records are no leak)
 FDS_SLACK = 4  # descriptors the coordinator may hold beyond its start once clients are gone
+FDS_PER_SEGMENT = 2  # (and per segment it added: its memfd, and the read-only one it reopened)
 TAIL = 30.0  # seconds a worker may take to finish its last operation and report
 KEEP = 10  # corrupt-read examples kept per worker
 FAILED = object()  # what Tally.call returns when the call raised
@@ -296,7 +297,7 @@ def run(
     started = time.monotonic()
     try:
         monitor = Monitor(coord.socket)
-        start = probes.sample(coord.pid)
+        start = {**probes.sample(coord.pid), "segments": _segments(monitor)}
         ids, done = CTX.Queue(HANDOFF), CTX.Queue(HANDOFF)
         stop = time.monotonic() + seconds
         workers = [
@@ -318,7 +319,8 @@ def run(
         if spill:
             _spill_books(out, monitor)
         if coord.alive():
-            _bounds(out, start, probes.sample(coord.pid), series)
+            end = {**probes.sample(coord.pid), "segments": _segments(monitor)}
+            _bounds(out, start, end, series)
         if moves:
             done = sum(t.ops[f"{op} done"] for _, t in tallies if t is not None for op in MOVES)
             out.check(done > 0, "soak: no migrate or replicate succeeded")
@@ -377,7 +379,12 @@ def _books(out: Outcome, coord: Coordinator, monitor: Monitor) -> None:
     before = monitor.balance()
     deferred = monitor.delete_all()
     after = monitor.balance()
-    out.figures["books"] = {"before_delete": vars(before), "after_delete": vars(after)}
+    stats = monitor.stats()
+    out.figures["books"] = {
+        "before_delete": vars(before),
+        "after_delete": vars(after),
+        "store": {k: stats[k] for k in ("replicas", "moving", "dying", "pins", "nodes")},
+    }
     for problem in before.differences(Balance.empty(1), ("used", "objects", "listed")):
         out.fail(f"soak: after the workers ended: {problem}")
     out.check(not deferred, f"soak: {len(deferred)} deletes deferred with no client left")
@@ -390,16 +397,18 @@ def _bounds(
 ) -> None:
     """The coordinator's RSS stays within a bound of its first quarter's peak (and of the
     objects it keeps) during the load, and its descriptors come back to where they started
-    once the clients are gone."""
+    (and its segments' own) once the clients are gone."""
     out.figures["bounds"] = {"start": start, "end": end}
     out.lines.append(
         f"  bounds: rss {start['rss'] / 2**20:,.1f} -> {end['rss'] / 2**20:,.1f} MiB, "
-        f"fds {start['fds']} -> {end['fds']} (at the start, and once every client left)"
+        f"fds {start['fds']} -> {end['fds']}, segments {start['segments']} -> "
+        f"{end['segments']} (at the start, and once every client left)"
     )
+    bound = start["fds"] + FDS_PER_SEGMENT * max(0, end["segments"] - start["segments"])
     out.check(
-        end["fds"] <= start["fds"] + FDS_SLACK,
+        end["fds"] <= bound + FDS_SLACK,
         f"soak: the coordinator holds {end['fds']} descriptors once every client left "
-        f"({start['fds']} at the start)",
+        f"({start['fds']} at the start, {end['segments']} segments)",
     )
     if len(series) < 4:
         return
@@ -414,6 +423,10 @@ def _bounds(
                 f"{early / 2**20:,.1f} MiB, bound {bound / 2**20:,.1f})"
             )
             return
+
+
+def _segments(monitor: Monitor) -> int:
+    return sum(n["segments"] for n in monitor.stats()["nodes"].values())
 
 
 def _spill_books(out: Outcome, monitor: Monitor) -> None:
