@@ -235,3 +235,14 @@ def test_colliding_hashes_are_still_told_apart() -> None:
     positions, which = PinScanner._match(pins, gens)
     assert len(positions) == len(pins) == len(set(positions.tolist()))
     assert (gens[which] == pins[positions]).all()
+
+
+def test_the_bench_runs_small() -> None:
+    """``python -m bench.pin_scan`` at a toy size: every figure is there, and the flood of
+    hints made at most one scan per ``UNPIN_INTERVAL`` of its clock."""
+    from bench.pin_scan import store_bench
+
+    res = store_bench(clients=4, pins=64, unpins=200, gap=0.0001, idle=5.0)
+    assert res["flood_scans"] <= math.ceil(200 * 0.0001 / UNPIN_INTERVAL) + 1
+    assert res["idle_scans_per_s"] <= 3
+    assert {"scan_ms", "counts_ms", "list_ms", "info_ms", "stats_ms"} <= res.keys()
