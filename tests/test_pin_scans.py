@@ -13,8 +13,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import plasma
+from plasma import protocol as p
+from plasma.coordinator import MESSAGES_PER_TURN
 from plasma.directory import PIN_HEADER, DirectoryReader, PinScanner, PinTable, pin_table_size
 from plasma.store import PIN_RESCAN, PIN_RESCAN_MAX, UNPIN_INTERVAL, Store
+from tests.conftest import RunningCoordinator
+from tests.helpers import RawClient
 from tests.test_store import KIB, FakeProvider, oid, put
 
 GRACE = 0.002
@@ -246,3 +251,27 @@ def test_the_bench_runs_small() -> None:
     assert res["flood_scans"] <= math.ceil(200 * 0.0001 / UNPIN_INTERVAL) + 1
     assert res["idle_scans_per_s"] <= 3
     assert {"scan_ms", "counts_ms", "list_ms", "info_ms", "stats_ms"} <= res.keys()
+
+
+def test_a_flood_in_one_buffer_is_answered_in_order_across_turns(
+    coordinator: RunningCoordinator,
+) -> None:
+    """Thousands of small frames in one write (handled ``MESSAGES_PER_TURN`` at a time, the
+    other connections served in between): every request answered once, in order, and
+    another client is answered meanwhile."""
+    with RawClient(coordinator.socket) as raw, plasma.connect(coordinator.socket) as other:
+        raw.connect()
+        other.create_and_seal(oid(1), b"x" * 64)
+        other.flush()
+        frames, expected = [], []
+        for n in range(30 * MESSAGES_PER_TURN):
+            raw.seq += 1
+            if n % 7:
+                frames.append(p.encode(p.Unpin(seq=raw.seq, ids=[oid(1)])))
+            else:  # contains of object 1 (there), then 2 (not), ...
+                frames.append(p.encode(p.Contains(seq=raw.seq, id=oid(1 + n % 2))))
+                expected.append((raw.seq, n % 2 == 0))
+        raw.sock.sendall(b"".join(frames))
+        assert other.contains(oid(1))
+        got = [raw.receive() for _ in expected]
+        assert [(r.seq, r.present) for r in got] == expected
