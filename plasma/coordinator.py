@@ -73,6 +73,7 @@ RECV_SIZE = 256 * 1024
 # of its requests until it catches up; a subscriber past MAX_UNSENT_NOTIFICATIONS is told
 # it fell behind (an "overflow" notification) and its subscription ends.
 MAX_UNSENT = 32 << 20
+MESSAGES_PER_TURN = 64  # a connection's messages handled before the others get a turn
 MAX_UNSENT_NOTIFICATIONS = 8 << 20
 FOLLOW_INTERVAL = 1.0  # seconds between looks at where objects' reads come from
 MAX_CALLS_PER_CLIENT = 1024  # RunCalls one client may have waiting for the run's owner
@@ -509,8 +510,16 @@ class Coordinator:
                 return
             session.decoder.feed(buf[:size])
             try:
+                handled = 0
                 while (msg := session.decoder.next_message()) is not None:
                     self._handle(session, msg)
+                    handled += 1
+                    if handled % MESSAGES_PER_TURN == 0:
+                        # a buffer full of small frames (a flood) is handled in turns: the
+                        # other clients are answered in between
+                        self._deliver_events()
+                        session.flush()
+                        await trio.lowlevel.checkpoint()
             except (p.ProtocolError, _Hangup) as exc:
                 self.error_counts[errors.BAD_REQUEST] += 1
                 session.send(p.Error(seq=0, code=errors.BAD_REQUEST, message=str(exc)))

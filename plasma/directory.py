@@ -467,10 +467,16 @@ class PinTable:
 
 class PinScanner:
     """The coordinator's side: every client's pin table (mapped read-only), scanned for
-    generations."""
+    generations.
+
+    Every question is answered by one *pass*: a snapshot of all tables' entries below their
+    high-water marks (one copy into one array), then a few vectorised operations over it;
+    no Python work per entry, and whatever the question, at most one pass (``passes``
+    counts them, so the store's callers can be held to a bound)."""
 
     def __init__(self) -> None:
         self._tables: dict[int, np.ndarray] = {}
+        self.passes = 0  # snapshots taken so far (each reads every table once)
 
     def add(self, client: int, table: Any) -> None:
         """Start reading client ``client``'s pin table (a buffer of u64 words)."""
@@ -480,63 +486,136 @@ class PinScanner:
         """The client is gone, and its pins with it; False if it had no table."""
         return self._tables.pop(client, None) is not None
 
+    @staticmethod
+    def _below_mark(words: np.ndarray) -> np.ndarray:
+        """A view of the entries below the table's high-water mark (clamped to the table)."""
+        first = PIN_HEADER // 8
+        return words[first : first + min(int(words[0]), len(words) - first)]
+
     def _pins(self, words: np.ndarray) -> np.ndarray:
-        """A snapshot of the pins below the high-water mark (the client writes the table
-        while we read: numpy must not see it change under one operation)."""
-        entries = len(words) - PIN_HEADER // 8
-        hwm = min(int(words[0]), entries)
-        return words[PIN_HEADER // 8 : PIN_HEADER // 8 + hwm].copy()
+        """A snapshot of one table's pins below its high-water mark (the client writes the
+        table while we read: numpy must not see it change under one operation)."""
+        return self._below_mark(words).copy()
+
+    def snapshot(self) -> tuple[list[int], np.ndarray, np.ndarray]:
+        """One pass: ``(clients, pins, ends)``: every table's entries below its mark copied
+        into one array (0 for free entries), client ``clients[i]``'s ending at ``ends[i]``."""
+        self.passes += 1
+        clients = list(self._tables)
+        views = [self._below_mark(words) for words in self._tables.values()]
+        pins = np.concatenate(views) if views else np.zeros(0, dtype="<u8")
+        ends = np.cumsum([len(v) for v in views], dtype=np.int64)
+        return clients, pins, ends
+
+    @staticmethod
+    def _match(pins: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(positions, which)``: the entries of ``pins`` equal to one of ``wanted``
+        (sorted, unique, no 0), and the index in ``wanted`` of each. A few wanted: one
+        comparison each; more: a hash table of them (an array indexed by the hash of a
+        generation: which wanted one hashes there, or -2 where several do), looked up for
+        every entry at once; entries hashing where several do are then binary-searched."""
+        if len(wanted) <= 4:
+            positions_of = [np.flatnonzero(pins == g) for g in wanted.tolist()]
+            positions = np.concatenate(positions_of)
+            which = np.repeat(np.arange(len(wanted)), [len(p) for p in positions_of])
+            return positions, which
+        bits = min(max(10, (4 * len(wanted)).bit_length()), 24)
+        shift = np.uint64(64 - bits)
+        golden = np.uint64(_GOLDEN)
+        homes = (wanted * golden) >> shift  # (wraps mod 2**64)
+        table = np.full(1 << bits, -1, dtype=np.int32)
+        table[homes] = np.arange(len(wanted), dtype=np.int32)
+        slots, n = np.unique(homes, return_counts=True)
+        table[slots[n > 1]] = -2
+        hashed = pins * golden
+        hashed >>= shift
+        found = table[hashed]
+        direct = np.flatnonzero(found >= 0)
+        which = found[direct].astype(np.int64)
+        hit = wanted[which] == pins[direct]
+        positions, which = direct[hit], which[hit]
+        shared = np.flatnonzero(found == -2)
+        if len(shared):
+            values = pins[shared]
+            index = np.searchsorted(wanted, values)
+            np.minimum(index, len(wanted) - 1, out=index)
+            hit = wanted[index] == values
+            positions = np.concatenate([positions, shared[hit]])
+            which = np.concatenate([which, index[hit]])
+        return positions, which
+
+    @staticmethod
+    def _wanted(generations: Iterable[int]) -> np.ndarray:
+        wanted = np.unique(np.fromiter(generations, dtype="<u8"))
+        return wanted[wanted != 0]
 
     def pinned(self, generations: Iterable[int]) -> set[int]:
-        """Which of ``generations`` some client pins now."""
-        wanted = np.fromiter(generations, dtype="<u8")
+        """Which of ``generations`` some client pins now (one pass)."""
+        wanted = self._wanted(generations)
         if not len(wanted) or not self._tables:
             return set()
-        found: set[int] = set()
-        for words in self._tables.values():
-            pins = self._pins(words)
-            if len(pins):
-                hits = np.isin(wanted, pins, assume_unique=False)
-                if hits.any():
-                    found.update(int(g) for g in wanted[hits])
-        return found
+        _, pins, _ = self.snapshot()
+        _, which = self._match(pins, wanted)
+        return set(wanted[np.unique(which)].tolist())
 
-    def all_pinned(self) -> set[int]:
-        """Every generation some client pins now."""
-        found: set[int] = set()
-        for words in self._tables.values():
-            pins = self._pins(words)
-            if len(pins):
-                found.update(pins[pins != 0].tolist())
-        return found
-
-    def total(self) -> int:
-        """How many pins all clients hold now."""
-        return sum(int(np.count_nonzero(self._pins(w))) for w in self._tables.values())
-
-    def by_client(self) -> dict[int, list[int]]:
-        """The generations each client pins now (clients pinning nothing left out)."""
-        out = {}
-        for client, words in self._tables.items():
-            pins = self._pins(words)
-            pins = pins[pins != 0]
-            if len(pins):
-                out[client] = pins.tolist()
+    def holders_of(self, generations: Iterable[int]) -> dict[int, list[int]]:
+        """The clients pinning each of ``generations`` now, in the order they were added
+        (generations no client pins left out; one pass)."""
+        wanted = self._wanted(generations)
+        if not len(wanted) or not self._tables:
+            return {}
+        clients, pins, ends = self.snapshot()
+        positions, which = self._match(pins, wanted)
+        owners = np.searchsorted(ends, positions, side="right")
+        pairs = np.unique(np.stack([which, owners]), axis=1) if len(which) else ((), ())
+        out: dict[int, list[int]] = {}
+        for w, owner in zip(pairs[0], pairs[1], strict=True):
+            out.setdefault(int(wanted[w]), []).append(clients[owner])
         return out
 
     def holders(self, generation: int) -> list[int]:
         """The clients pinning ``generation`` now."""
-        return [c for c, words in self._tables.items() if (self._pins(words) == generation).any()]
+        return self.holders_of([generation]).get(generation, [])
 
-    def counts(self) -> collections.Counter[int]:
-        """Pins per generation, over all clients."""
+    def all_pinned(self) -> set[int]:
+        """Every generation some client pins now."""
+        _, pins, _ = self.snapshot()
+        return set(np.unique(pins[pins != 0]).tolist())
+
+    def total(self) -> int:
+        """How many pins all clients hold now."""
+        return int(np.count_nonzero(self.snapshot()[1]))
+
+    def by_client(self) -> dict[int, list[int]]:
+        """The generations each client pins now (clients pinning nothing left out)."""
+        if not self._tables:
+            return {}
+        clients, pins, ends = self.snapshot()
+        out = {}
+        for client, table in zip(clients, np.split(pins, ends[:-1]), strict=True):
+            held = table[table != 0]
+            if len(held):
+                out[client] = held.tolist()
+        return out
+
+    def counts(self, generations: Iterable[int] | None = None) -> collections.Counter[int]:
+        """Pins per generation, over all clients: of every generation pinned, or only of
+        ``generations`` (one pass; far cheaper for a few)."""
         counts: collections.Counter[int] = collections.Counter()
-        for words in self._tables.values():
-            pins = self._pins(words)
-            pins = pins[pins != 0]
-            if len(pins):
-                gens, n = np.unique(pins, return_counts=True)
-                counts.update(dict(zip(gens.tolist(), n.tolist(), strict=True)))
+        if not self._tables:
+            return counts
+        if generations is None:
+            _, pins, _ = self.snapshot()
+            gens, n = np.unique(pins[pins != 0], return_counts=True)
+        else:
+            wanted = self._wanted(generations)
+            if not len(wanted):
+                return counts
+            _, pins, _ = self.snapshot()
+            _, which = self._match(pins, wanted)
+            n = np.bincount(which, minlength=len(wanted))
+            gens, n = wanted[n > 0], n[n > 0]
+        counts.update(dict(zip(gens.tolist(), n.tolist(), strict=True)))
         return counts
 
     def pins_of(self, client: int) -> int:

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import itertools
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -90,6 +91,9 @@ RECLAIM_INTERVAL = 1.0  # seconds between two Reclaim events to the same client
 RECLAIM_WAIT = 0.25  # seconds a create that would fail at once waits for reclaimed memory
 GRACE = 0.002  # seconds from marking an object dying to scanning the pin tables for it
 PIN_RESCAN = 0.05  # seconds between scans for pins that hold deleted objects or block creates
+PIN_RESCAN_MAX = 1.0  # ...doubling up to this while a scan frees nothing
+CLOCK_CHUNK = 64  # eviction candidates per pin scan in a CLOCK walk (doubling per chunk)
+UNPIN_INTERVAL = 0.02  # seconds from one scan of pinned deleted objects to one an Unpin asks
 EVICTION_WAIT = 0.25  # seconds a create with timeout 0 waits for the memory it evicts
 EVICTION_HEADROOM = 64  # a round of eviction frees at least 1/64 of the node's budget
 REBUILD_ATTEMPTS = 4  # directory sizes tried (doubling) before leaving a published id out
@@ -579,6 +583,8 @@ class Store:
         self._dying: OrderedDict[int, tuple[float, bytes, _Object]] = OrderedDict()
         self._pinned: dict[int, tuple[bytes, _Object]] = {}
         self._rescan_at = math.inf  # when to look at pins again (pinned deletes, blocked creates)
+        self._rescan_gap = PIN_RESCAN  # from one scan of pinned deletes to the next (backs off)
+        self._rescanned_at = -math.inf  # the last scan of pinned deletes
         self._wakeup = False  # a pin scan was scheduled since take_wakeup() last said so
         # spilling: batches being written (file id -> objects), live objects and bytes of
         # each spill file, restores under way (token -> object) and waiting for memory
@@ -636,8 +642,8 @@ class Store:
         c = self._clients.pop(client, None)
         if c is None:
             return
-        if self._pins.remove(client) and self._pinned:
-            self._rescan_at = now  # what only its pins held can go
+        if self._pins.remove(client):
+            self._hint(now)  # what only its pins held can go
         self._subscribers.pop(client, None)
         for w in c.waiters:
             self._cancel(w)
@@ -910,11 +916,24 @@ class Store:
             self._retry_creates(now)
 
     def unpinned(self, now: float = 0.0) -> None:
-        """A client says it dropped pins of deleted objects: look at the pin tables now."""
-        if self._pinned:
-            self._rescan_at = now
+        """A client says it dropped pins of deleted objects: look at the pin tables again
+        soon: now, unless they were looked at in the last ``UNPIN_INTERVAL`` (then at its
+        end), so a flood of these costs at most one scan per interval."""
+        self._hint(now)
+        if self._rescan_at <= now:
             self._free_due(now)
             self._retry_creates(now)
+
+    def _hint(self, now: float) -> None:
+        """Pins may have gone: rescan the pinned deleted objects (if any) as soon as the
+        rate limit allows, and at the shortest gap from then on."""
+        if not self._pinned:
+            return
+        self._rescan_gap = PIN_RESCAN
+        at = max(now, self._rescanned_at + UNPIN_INTERVAL)
+        if at < self._rescan_at:
+            self._rescan_at = at
+            self._wakeup = True
 
     def delete(
         self, client: int, oids: list[bytes], *, now: float = 0.0
@@ -943,16 +962,20 @@ class Store:
                 deleted.append(oid)
                 continue
             found.append((oid, rec, self._generation_of(rec)))
-        pinned = self._pins.pinned(gen for _, _, gen in found if gen)
+        # who pins these objects and their copies: one pass over the pin tables for all
+        gens = [gen for _, _, gen in found if gen]
+        for oid, rec, _ in found:
+            gens += [self._replicas[replica_id(oid, n)].gen for n in rec.replicas]
+        pinners = self._pins.holders_of(gens) if gens else {}
         for oid, rec, gen in found:
-            pinning = self._pins.holders(gen) if gen in pinned else []
+            pinning = list(pinners.get(gen, ())) if gen else []
             if rec.slot >= 0:
                 self._directory.set_state(rec.slot, DYING)
             self._mark_copies(oid, rec, DYING, now)  # hidden now, freed with the object
             for n in rec.replicas:  # (after their pins)
                 copy = self._replicas[replica_id(oid, n)]
                 if copy.slot >= 0:
-                    pinning += self._pins.holders(self._generation_of(copy))
+                    pinning += pinners.get(self._generation_of(copy), [])
             if rec.ref_count or pinning:
                 deferred.append(oid)
                 holders = {cid for cid, c in self._clients.items() if oid in c.refs}
@@ -979,20 +1002,24 @@ class Store:
         rec = self._objects.get(oid)
         if rec is None or rec.deleting:
             raise ObjectNotFound(f"object {oid.hex()} not found")
-        return self._info(oid, rec, self._pins.counts())
+        return self._info(oid, rec, self._pins.counts([rec.gen]) if rec.gen else {})
 
     def objects(self, ids: Iterable[bytes] | None = None) -> list[ObjectInfo]:
         """Every visible object (unsealed ones too; not those pending deletion), or those of
         ``ids`` still visible; ref counts include pins."""
-        pins = self._pins.counts()
         objects = self._objects
         if ids is None:
-            return [self._info(oid, rec, pins) for oid, rec in objects.items() if not rec.deleting]
-        return [
-            self._info(oid, rec, pins)
-            for oid in ids
-            if (rec := objects.get(oid)) is not None and not rec.deleting
-        ]
+            listed = [(oid, rec) for oid, rec in objects.items() if not rec.deleting]
+        else:
+            listed = [
+                (oid, rec)
+                for oid in ids
+                if (rec := objects.get(oid)) is not None and not rec.deleting
+            ]
+        # one pass over the pin tables, for these objects' generations only
+        gens = [rec.gen for _, rec in listed if rec.gen]
+        pins = self._pins.counts(gens) if gens else {}
+        return [self._info(oid, rec, pins) for oid, rec in listed]
 
     def object_ids(self) -> list[bytes]:
         """The ids of every object in the table (a snapshot to list in pages)."""
@@ -2143,13 +2170,17 @@ class Store:
                 dying.move_to_end(gen, last=False)
                 break
             due.append((gen, oid, rec))
-        if self._pinned and self._rescan_at <= now:
+        rescanned = len(self._pinned) if self._rescan_at <= now else 0
+        if rescanned:
             due += [(gen, oid, rec) for gen, (oid, rec) in self._pinned.items()]
             self._pinned.clear()
+            self._rescanned_at = now
         if not due:
             return
         pinned = self._pins.pinned(gen for gen, _, _ in due)
-        for gen, oid, rec in due:
+        newly = len(due) - rescanned  # (the rescanned ones come last)
+        added = False  # deleted objects found pinned for the first time
+        for i, (gen, oid, rec) in enumerate(due):
             evicted = not rec.deleting
             if evicted:
                 self._segments[rec.loc.segment].node.evicting -= 1
@@ -2162,10 +2193,30 @@ class Store:
                 self._unreferenced(oid, rec, now)
             else:
                 self._pinned[gen] = (oid, rec)
-        self._rescan_at = now + PIN_RESCAN if self._pinned else math.inf
-        self._wakeup = self._wakeup or bool(self._pinned)
+                if i < newly:
+                    added = True
+        self._reschedule(now, rescanned, added)
         if self._orphans:  # copies of what this scan freed (they have no copies themselves)
             self._free_due(now)
+
+    def _reschedule(self, now: float, rescanned: int, added: bool) -> None:
+        """When to scan the pinned deleted objects next (``rescanned`` of them were just
+        scanned again; ``added``: some were found pinned for the first time):
+        ``PIN_RESCAN`` after a scan that freed some of them or found new ones, twice the
+        last gap (up to ``PIN_RESCAN_MAX``) after one that freed none: pins held by idle
+        clients cost a scan a second, not twenty. An Unpin (:meth:`unpinned`) or a
+        disconnect brings it forward again (rate-limited)."""
+        if not self._pinned:
+            self._rescan_at = math.inf
+            self._rescan_gap = PIN_RESCAN
+            return
+        if added or (rescanned and len(self._pinned) < rescanned):
+            self._rescan_gap = PIN_RESCAN
+        elif rescanned:
+            self._rescan_gap = min(2 * self._rescan_gap, PIN_RESCAN_MAX)
+        if rescanned or not now < self._rescan_at <= now + self._rescan_gap:
+            self._rescan_at = now + self._rescan_gap
+        self._wakeup = True
 
     def _finish(self, gen: int, oid: bytes, rec: _Object, evicted: bool) -> None:
         """Free a doomed object after a scan found no pin on it."""
@@ -2203,37 +2254,53 @@ class Store:
         without one and not being written."""
         passed: list[bytes] = []
         second: list[tuple[bytes, _Object]] = []
-        pinned: set[int] | None = None
-        access = self._access
+        items = iter(nd.lru.items())
+        chunk = CLOCK_CHUNK
         try:
-            for oid, rec in nd.lru.items():
-                if rec.moving:
-                    continue
-                if copied is not None and ((rec.spill is not None) is not copied or rec.spilling):
-                    continue
-                slot = rec.slot
-                if slot >= 0 and access[slot]:
-                    access[slot] = 0
-                    passed.append(oid)
-                    second.append((oid, rec))
-                    continue
-                gen = self._generation_of(rec)
-                if gen:
-                    if pinned is None:
-                        pinned = self._pins.all_pinned()
-                    if gen in pinned:
-                        passed.append(oid)
-                        # a create that waits for this memory tries again later
-                        self._rescan_at = min(self._rescan_at, now + PIN_RESCAN)
-                        self._wakeup = True
-                        continue
-                yield oid, rec
+            # in chunks, each with one pass over the pin tables for the generations of the
+            # whole chunk (a walk usually ends within its first chunk)
+            while batch := list(itertools.islice(items, chunk)):
+                chunk *= 2
+                pinned = self._pins.pinned(rec.gen for _, rec in batch if rec.gen)
+                yield from self._clock_batch(batch, pinned, passed, second, now, copied)
             yield from second
         finally:
             lru = nd.lru
             for oid in passed:
                 if oid in lru:
                     lru.move_to_end(oid)
+
+    def _clock_batch(
+        self,
+        batch: list[tuple[bytes, _Object]],
+        pinned: set[int],
+        passed: list[bytes],
+        second: list[tuple[bytes, _Object]],
+        now: float,
+        copied: bool | None,
+    ) -> Generator[tuple[bytes, _Object], None, None]:
+        """One chunk of :meth:`_clock`'s walk (``pinned``: which of its generations some
+        client pins)."""
+        access = self._access
+        for oid, rec in batch:
+            if rec.moving:
+                continue
+            if copied is not None and ((rec.spill is not None) is not copied or rec.spilling):
+                continue
+            slot = rec.slot
+            if slot >= 0 and access[slot]:
+                access[slot] = 0
+                passed.append(oid)
+                second.append((oid, rec))
+                continue
+            gen = self._generation_of(rec)
+            if gen and gen in pinned:
+                passed.append(oid)
+                # a create that waits for this memory tries again later
+                self._rescan_at = min(self._rescan_at, now + PIN_RESCAN)
+                self._wakeup = True
+                continue
+            yield oid, rec
 
     def _publish(self, oid: bytes, rec: _Object, flags: int = 0) -> None:
         """Put a newly sealed object (``flags`` REPLICA: a copy) in the directory (rebuilt
@@ -2568,11 +2635,13 @@ class Store:
         ``RECLAIM_INTERVAL``; True when some were asked now."""
         asked = False
         for c in self._clients.values():
+            if now - c.reclaim_at < RECLAIM_INTERVAL:
+                continue  # (asked lately: its pin table is not read)
             a = c.arena
             # references to sealed objects, or pins
             cached = len(c.refs) > len(c.creating) or self._pins.pins_of(c.id) > 0
             idle = cached or (a is not None and a.segment.node is nd and a.cursor < a.end)
-            if idle and now - c.reclaim_at >= RECLAIM_INTERVAL:
+            if idle:
                 c.reclaim_at = now
                 self._events.append(Reclaim(c.id))
                 asked = True
