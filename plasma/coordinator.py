@@ -20,7 +20,7 @@ import os
 import socket
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -261,6 +261,8 @@ class Coordinator:
 
     def __init__(self, config: CoordinatorConfig) -> None:
         self.config = config
+        if config.bind_memory:
+            _check_nodes(config.memory)
         self.pool = SegmentPool(
             bind=config.bind_memory,
             hugepage_size=config.hugepage_size,
@@ -1213,6 +1215,19 @@ async def _hang_up(session: Session) -> None:
                         break
                 except BlockingIOError:
                     continue
+
+
+def _check_nodes(memory: Mapping[int, int]) -> None:
+    """Refuse, in one line, to bind memory to nodes this kernel lacks or this process may not
+    use (a ``--sysfs-root`` topology of another machine): each create there would fail."""
+    usable = numa.usable_nodes()
+    lacking = sorted(set(memory) - usable)
+    if lacking:
+        raise errors.BadRequest(
+            f"cannot bind memory to NUMA node(s) {lacking}: this kernel lacks them or this "
+            f"process may not use them (usable: {sorted(usable)}); serve only usable ones "
+            "(--nodes) or, for a captured topology (--sysfs-root), add --no-bind"
+        )
 
 
 def _listen(path: str) -> socket.socket:

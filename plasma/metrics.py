@@ -13,12 +13,15 @@ import trio
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from plasma.linux.fdlimit import side_connection_limit
+from plasma.listeners import open_bounded_listeners, serve_bounded
 from plasma.metric_families import StatsCollector as StatsCollector
 from plasma.metric_families import make_registry as make_registry
 from plasma.metric_families import write_textfile as write_textfile
 
 MAX_REQUEST_HEAD = 16 * 1024
-REQUEST_TIMEOUT = 10.0  # seconds a scraper gets to send its request
+REQUEST_TIMEOUT = 10.0  # seconds a scraper gets to send its request and read the answer
+MAX_CONNECTIONS = 16  # scrapes served at once (more wait to be accepted)
 
 # ---------------------------------------------------------------- HTTP
 
@@ -30,8 +33,13 @@ async def serve_metrics(
     *,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``GET /metrics`` on ``host:port`` until cancelled; started with the bound address."""
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    """Serve ``GET /metrics`` on ``host:port`` until cancelled; started with the bound address.
+
+    At most :data:`MAX_CONNECTIONS` connections at once (and never more than a sixteenth of
+    the descriptors RLIMIT_NOFILE allows), each for at most REQUEST_TIMEOUT seconds: past
+    that the server stops accepting, and the store keeps its descriptors."""
+    limit = side_connection_limit(MAX_CONNECTIONS)
+    listeners = await open_bounded_listeners(port, host, limit)
     address = listeners[0].socket.getsockname()
     task_status.started((address[0], address[1]))
 
@@ -42,7 +50,7 @@ async def serve_metrics(
                 if head is not None:
                     await stream.send_all(_respond(registry, head))
 
-    await trio.serve_listeners(handle, listeners)
+    await serve_bounded(handle, listeners, limit, "metrics")
 
 
 async def _read_head(stream: trio.SocketStream) -> bytes | None:

@@ -83,7 +83,25 @@ class SegmentPool:
         return self.hugepage_size or BASE_PAGE
 
     def new_segment(self, node: int, size: int) -> int:
-        """Create a segment of ``size`` bytes (a multiple of ``page_size``) on ``node``."""
+        """Create a segment of ``size`` bytes (a multiple of ``page_size``) on ``node``.
+
+        Unsupported when its memory cannot be bound to ``node`` (a node the kernel lacks or
+        this process may no longer use: the request fails with that reason, not as an
+        internal error)."""
+        try:
+            return self._new_segment(node, size)
+        except Unsupported:
+            raise
+        except OSError as exc:
+            if not self.bind or exc.errno != errno.EINVAL:
+                raise
+            usable = sorted(numa.usable_nodes())
+            raise Unsupported(
+                f"cannot bind memory to NUMA node {node}: the kernel lacks it or this process "
+                f"may not use it (usable nodes: {usable}; {exc.strerror})"
+            ) from None
+
+    def _new_segment(self, node: int, size: int) -> int:
         seg_id = self._next_id
         self._next_id += 1
         if self.hugepage_size:

@@ -4,6 +4,8 @@ state JSON from stats dicts, its history, and the trio server over real sockets.
 from __future__ import annotations
 
 import json
+import os
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -12,9 +14,11 @@ from typing import Any
 import pytest
 import trio
 
+from bench.chaos import fds
 from plasma.dashboard import access, http, server, state
 from plasma.dashboard.state import History, Snapshot
 from plasma.errors import BadRequest, Disconnected
+from plasma.linux import fdlimit
 from plasma.topology import Topology
 from tests.conftest import REPO
 from tests.test_topology import unpack
@@ -417,24 +421,81 @@ async def test_bad_oversized_and_slow_clients() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_connections_beyond_the_limit_are_answered_busy() -> None:
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_past_the_limit_connections_wait_unaccepted() -> None:
+    """Past its connection limit the server stops accepting (issue 27 item 5): the rest wait
+    in the listen backlog, holding none of the process's descriptors (they used to be
+    accepted and answered 503, each holding a descriptor for up to 10 s), and are served
+    in turn once a slot frees."""
+    limit = 4
     async with trio.open_nursery() as nursery:
-        port = await start(nursery, reader(Snapshot(stats())))
-        idle = [
-            await trio.open_tcp_stream("127.0.0.1", port) for _ in range(server.MAX_CONNECTIONS)
-        ]
-        with trio.fail_after(10):
-            while True:  # once the idle ones are counted, the next is refused
-                status, _, body = await fetch(port, b"GET / HTTP/1.1\r\n\r\n")
-                if status == 503:
-                    break
-        assert b"busy" in body
+        port = await start(nursery, reader(Snapshot(stats())), max_connections=limit)
+        before = open_fds()
+        idle = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(limit)]
+        waiting = await trio.open_tcp_stream("127.0.0.1", port)  # completed by the kernel
+        await waiting.send_all(b"GET /api/state HTTP/1.1\r\n\r\n")
+        extra = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(limit - 1)]
+        await trio.sleep(0.3)  # (time for the server to accept what it will)
+        # ours: 2 * limit client sockets; the server's: limit accepted ones, no more
+        assert open_fds() - before == 2 * limit + limit
+        with trio.move_on_after(0.5) as unanswered:
+            await waiting.receive_some(100)
+        assert unanswered.cancelled_caught  # not accepted, so not answered (nor closed)
         for stream in idle:
             await stream.aclose()
-        with trio.fail_after(10):
-            while (await fetch(port, b"GET / HTTP/1.1\r\n\r\n"))[0] != 200:
-                pass  # the idle ones' handlers end as their peers close
+        with trio.fail_after(5):  # served once the idle ones' slots are free
+            data = b""
+            while chunk := await waiting.receive_some(65536):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 200 OK")
+        for stream in [waiting, *extra]:
+            await stream.aclose()
+        assert (await fetch(port, b"GET / HTTP/1.1\r\n\r\n"))[0] == 200
         nursery.cancel_scope.cancel()
+
+
+def test_the_limit_is_a_share_of_the_descriptors() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (160, hard))
+    try:
+        assert fdlimit.side_connection_limit(64) == 10  # 160 // 16
+        assert fdlimit.side_connection_limit(4) == 4
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert fdlimit.side_connection_limit(64) == min(64, soft // 16)
+
+
+async def test_idle_and_lingering_clients_free_their_slot(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(server, "IDLE_TIMEOUT", 0.2)
+    monkeypatch.setattr(server, "DRAIN_TIMEOUT", 0.2)
+    async with trio.open_nursery() as nursery:
+        port = await start(nursery, reader(Snapshot(stats())), max_connections=1)
+        with trio.fail_after(5):  # silent: closed after IDLE_TIMEOUT, not request_timeout
+            silent = await trio.open_tcp_stream("127.0.0.1", port)
+            assert await silent.receive_some(100) == b""
+            await silent.aclose()
+        with trio.fail_after(5):  # reads the answer but never closes: closed all the same
+            lingering = await trio.open_tcp_stream("127.0.0.1", port)
+            await lingering.send_all(b"GET / HTTP/1.1\r\n\r\n")
+            while await lingering.receive_some(65536):
+                pass
+            assert (await fetch(port, b"GET / HTTP/1.1\r\n\r\n"))[0] == 200  # its slot
+            await lingering.aclose()
+        nursery.cancel_scope.cancel()
+
+
+def test_dashboard_connections_leave_the_store_its_descriptors(tmp_path: Path) -> None:
+    """300 dashboard connections left open on a coordinator with RLIMIT_NOFILE 256: fresh
+    store clients still put and get, and the dashboard serves again once they close (all
+    5 store clients failed 'out of descriptors' before the limit stopped the accepting)."""
+    out = fds.dashboard_flood(tmp_path)
+    assert out.failures == [], out.lines
+    assert out.figures["fds_flooded"] <= out.figures["fds_before"] + 256 // 16 + 2
 
 
 # ---------------------------------------------------------------- the command line

@@ -339,3 +339,13 @@ def test_a_child_that_dies_with_its_parent_does_even_when_it_is_sigkilled() -> N
             return True
 
     wait_until(gone, what="the child to die with its parent")
+
+
+def test_usable_nodes_are_online_and_allowed() -> None:
+    assert numa._parse_list("0-3,5\n") == {0, 1, 2, 3, 5}
+    assert numa._parse_list("0") == {0}
+    usable = numa.usable_nodes()
+    assert usable and min(usable) >= 0
+    online = Path(numa.NODE_ONLINE)
+    if online.exists():
+        assert usable <= numa._parse_list(online.read_text())

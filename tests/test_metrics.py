@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from plasma import metrics
 from plasma.addresses import parse_address
 from plasma.client import Client
 from plasma.errors import BadRequest
@@ -190,6 +191,25 @@ async def test_the_server_answers_scrapes_and_refuses_the_rest(
     refused = await _http(port, b"POST /metrics HTTP/1.1\r\n\r\n")
     assert refused[0] == "HTTP/1.1 405 Method Not Allowed"
     assert (await _http(port, b"nonsense\r\n\r\n"))[0] == "HTTP/1.1 400 Bad Request"
+
+
+async def test_the_server_stops_accepting_past_its_connection_limit(
+    nursery: trio.Nursery,
+) -> None:
+    """Idle connections beyond MAX_CONNECTIONS wait unaccepted (no descriptor of ours), and
+    a scrape is served once they close (issue 27 item 5)."""
+    host, port = await nursery.start(serve_metrics, make_registry(lambda: STATS), "127.0.0.1", 0)
+    before = len(os.listdir("/proc/self/fd"))
+    extra = 8
+    idle = [await trio.open_tcp_stream(host, port) for _ in range(metrics.MAX_CONNECTIONS)]
+    idle += [await trio.open_tcp_stream(host, port) for _ in range(extra)]
+    await trio.sleep(0.3)  # (time for the server to accept what it will)
+    opened = len(idle) + metrics.MAX_CONNECTIONS  # ours, and only the limit of the server's
+    assert len(os.listdir("/proc/self/fd")) - before == opened
+    for stream in idle:
+        await stream.aclose()
+    with trio.fail_after(10):
+        assert (await _http(port, b"GET /metrics HTTP/1.1\r\n\r\n"))[0] == "HTTP/1.1 200 OK"
 
 
 def test_a_coordinator_serves_metrics_on_loopback(

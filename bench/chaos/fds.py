@@ -1,14 +1,24 @@
 """``fds``: descriptor exhaustion. The coordinator runs with ``RLIMIT_NOFILE`` 256 and gets
 300 connections; it must stay alive, not spin, keep serving the client it already had, and
-serve a fresh client once the connections are closed."""
+serve a fresh client once the connections are closed.
+
+Then :func:`dashboard_flood`: a coordinator with ``--dashboard``, the same limit, and 300
+connections to the dashboard left open (any local user can open them, even one the store
+socket refuses): store clients must still connect and work meanwhile (the dashboard stops
+accepting at its connection limit, so it cannot take the store's descriptors), and the
+dashboard must serve again once those connections are closed."""
 
 from __future__ import annotations
 
 import collections
+import errno
 import select
+import socket
 import time
+import urllib.request
 from pathlib import Path
 
+import plasma
 from bench.chaos import probes
 from bench.chaos.harness import (
     BUSY_SHARE,
@@ -27,6 +37,9 @@ CONNECTIONS = 300
 COORDINATOR_ARGS = ("--memory", "64MiB", "--segment-size", "4MiB")
 CONNECT_TIMEOUT = 10.0  # for opening the connections (each waits while the backlog is full)
 ANSWER_TIMEOUT = 5.0  # for their first answers, together
+DASHBOARD_CONNECTIONS = 300  # more than RLIMIT_NOFILE
+STORE_CLIENTS = 5  # fresh store clients tried while the dashboard connections are open
+SETTLE = 1.0  # seconds the coordinator gets to accept what it will of the flood
 
 
 def flood(coord: Coordinator) -> tuple[list[Wire], collections.Counter[str]]:
@@ -86,7 +99,101 @@ def run(seconds: float, seed: int, workdir: Path) -> Outcome:
         f"client at the limit: {out.figures.get('healthy_at_limit', '-')}; "
         f"fresh client after: {out.figures.get('fresh_client', '-')}"
     )
+    dashboard = dashboard_flood(workdir)
+    out.failures.extend(dashboard.failures)
+    out.lines.extend(dashboard.lines)
+    out.figures["dashboard"] = dashboard.figures
     return out
+
+
+def dashboard_flood(
+    workdir: Path, connections: int = DASHBOARD_CONNECTIONS, nofile: int = LIMIT
+) -> Outcome:
+    """``connections`` dashboard connections left open on a coordinator with RLIMIT_NOFILE
+    ``nofile``; meanwhile STORE_CLIENTS fresh store clients each put, get and delete an
+    object; then the connections close and the dashboard must answer again."""
+    out = Outcome("fds-dashboard")
+    args = (*COORDINATOR_ARGS, "--dashboard", "127.0.0.1:0")
+    coord = Coordinator(workdir, *args, nofile=nofile).start()
+    try:
+        with plasma.connect(coord.socket) as client:
+            port = int(client.stats()["dashboard"].rpartition(":")[2])
+        out.figures["fds_before"] = probes.sample(coord.pid)["fds"]
+        flood = _open_without_waiting(port, connections)
+        try:
+            time.sleep(SETTLE)  # measuring what it accepted, not synchronising
+            out.figures["fds_flooded"] = probes.sample(coord.pid)["fds"]
+            results = [_store_round(coord.socket, n) for n in range(STORE_CLIENTS)]
+        finally:
+            for sock in flood:
+                sock.close()
+        ok = results.count(None)
+        out.figures["store_clients_ok"] = f"{ok}/{STORE_CLIENTS}"
+        out.check(
+            ok == STORE_CLIENTS,
+            f"fds-dashboard: store clients failed with {connections} dashboard connections "
+            f"open: {[r for r in results if r is not None][:2]}",
+        )
+        served = _dashboard_answers(port, timeout=15.0)
+        out.figures["dashboard_after"] = served or "ok"
+        out.check(served is None, f"fds-dashboard: the dashboard did not recover: {served}")
+    finally:
+        problem = coord.stop()
+        out.check(problem is None, f"fds-dashboard: {problem}")
+    log_failures(out, [coord])
+    out.lines.append(
+        f"fds-dashboard: RLIMIT_NOFILE {nofile}, {connections} dashboard connections open: "
+        f"coordinator fds {out.figures.get('fds_before')} -> {out.figures.get('fds_flooded')}; "
+        f"fresh store clients ok {out.figures.get('store_clients_ok', '-')}; "
+        f"dashboard after: {out.figures.get('dashboard_after', '-')}"
+    )
+    return out
+
+
+def _open_without_waiting(port: int, connections: int) -> list[socket.socket]:
+    """``connections`` TCP connects to the dashboard, not waiting for them to complete
+    (past the server's backlog the kernel drops their SYNs, and they keep retrying)."""
+    socks = []
+    for _ in range(connections):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        code = sock.connect_ex(("127.0.0.1", port))
+        if code not in (0, errno.EINPROGRESS):
+            sock.close()
+            raise OSError(code, f"connecting to the dashboard: {errno.errorcode.get(code)}")
+        socks.append(sock)
+    return socks
+
+
+def _store_round(path: str, n: int) -> str | None:
+    """None when a fresh client put, got back (the same bytes) and deleted an object."""
+    data = bytes([n % 256]) * (1 << 20)
+    try:
+        with plasma.connect(path, client_name=f"fds-dashboard-{n}") as client:
+            oid = client.put(data)
+            if bytes(client.get_object(oid, timeout=5)) != data:
+                return "read back different bytes"
+            client.delete([oid])
+    except Exception as exc:  # the failure is the figure
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def _dashboard_answers(port: int, timeout: float) -> str | None:
+    """None once ``/api/state`` answers 200 (retried until ``timeout``), else the last error."""
+    deadline = Deadline(timeout)
+    last = "never tried"
+    while not deadline.passed():
+        try:
+            url = f"http://127.0.0.1:{port}/api/state"
+            with urllib.request.urlopen(url, timeout=max(0.5, deadline.left())) as response:
+                if response.status == 200:
+                    return None
+                last = f"status {response.status}"
+        except OSError as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        time.sleep(0.1)
+    return last
 
 
 def _flood_and_recover(out: Outcome, coord: Coordinator, seed: int, timeout: float) -> None:

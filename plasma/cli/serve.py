@@ -100,7 +100,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--no-bind",
         action="store_true",
         help="do not bind segment memory to its node (migrate and follow-readers then move "
-        "only the accounting)",
+        "only the accounting); needed to serve a --sysfs-root with nodes this kernel lacks",
     )
     p.add_argument(
         "--metrics",

@@ -4,8 +4,12 @@
 are open; the charts' history fills even while nobody looks) and answers each connection
 with one response: the static page, or the latest ``/api/state`` (503 with the reason
 while the source cannot be read). Bad clients are bounded: a request head of at most
-:data:`~plasma.dashboard.http.MAX_HEAD` bytes, ``request_timeout`` seconds per connection,
-:data:`MAX_CONNECTIONS` connections at once (more are answered 503 and closed).
+:data:`~plasma.dashboard.http.MAX_HEAD` bytes, :data:`IDLE_TIMEOUT` seconds of silence
+while it comes, ``request_timeout`` seconds per connection in all, :data:`DRAIN_TIMEOUT`
+seconds to close after the response, and ``max_connections`` connections at once (by
+default :data:`MAX_CONNECTIONS`, at most a sixteenth of the process's descriptors): past
+that the server stops accepting (:func:`plasma.listeners.serve_bounded`), so they wait
+in the listen backlog, not in the descriptor table the coordinator's store clients need.
 :func:`serve_coordinator` is the ``serve --dashboard`` hook, :func:`serve_run` the
 ``dag run --dashboard`` one.
 """
@@ -25,10 +29,12 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from plasma.dashboard.access import dashboard_address
-from plasma.dashboard.http import MAX_HEAD, HttpError, parse_head, route, text_response
+from plasma.dashboard.http import MAX_HEAD, HttpError, parse_head, route
 from plasma.dashboard.sources import client_snapshot, coordinator_snapshot
 from plasma.dashboard.state import History, Snapshot, assemble, error_state
 from plasma.errors import PlasmaError
+from plasma.linux.fdlimit import side_connection_limit
+from plasma.listeners import open_bounded_listeners, serve_bounded
 from plasma.topology import Topology
 
 if TYPE_CHECKING:
@@ -36,6 +42,8 @@ if TYPE_CHECKING:
     from plasma.dag.runner import Runner
 
 __all__ = [
+    "DRAIN_TIMEOUT",
+    "IDLE_TIMEOUT",
     "MAX_CONNECTIONS",
     "REQUEST_TIMEOUT",
     "load_assets",
@@ -46,6 +54,8 @@ __all__ = [
 
 MAX_CONNECTIONS = 64
 REQUEST_TIMEOUT = 10.0  # seconds a client gets to send its request and read the response
+IDLE_TIMEOUT = 5.0  # seconds a connection may stay silent while sending its request
+DRAIN_TIMEOUT = 1.0  # seconds after the response for the client to close its side
 _DRAIN_LIMIT = 4 * MAX_HEAD  # bytes read and dropped after the response, before closing
 _TYPES = {
     ".html": "text/html; charset=utf-8",
@@ -87,7 +97,6 @@ class _Dashboard:
         self.assets = load_assets()
         self.history = History()
         self.current = (503, json.dumps(error_state("starting", time.time(), source)).encode())
-        self.connections = 0
 
     async def sample(self) -> None:
         """Read the source once; keep its state, or the reason it cannot be read."""
@@ -110,21 +119,13 @@ class _Dashboard:
         self.current = (200, json.dumps(state, default=str).encode())
 
     async def handle(self, stream: trio.SocketStream) -> None:
+        """Answer one connection within ``request_timeout`` (serve_bounded bounds how many)."""
         async with stream:
-            if self.connections >= MAX_CONNECTIONS:
-                with trio.move_on_after(self.request_timeout):
-                    busy = text_response(503, f"busy: {MAX_CONNECTIONS} connections at once")
-                    await _send(stream, busy.encode())
-                return
-            self.connections += 1
-            try:
-                with trio.move_on_after(self.request_timeout):
-                    await self._answer(stream)
-            finally:
-                self.connections -= 1
+            with trio.move_on_after(self.request_timeout):
+                await self._answer(stream)
 
     async def _answer(self, stream: trio.SocketStream) -> None:
-        head = await _read_head(stream)
+        head = await _read_head(stream, min(IDLE_TIMEOUT, self.request_timeout))
         if head is None:
             return
         try:
@@ -136,16 +137,20 @@ class _Dashboard:
         await _send(stream, response.encode(head_only=request.method == "HEAD"))
 
 
-async def _read_head(stream: trio.SocketStream) -> bytes | None:
+async def _read_head(stream: trio.SocketStream, idle: float) -> bytes | None:
     """The request line and headers; more than MAX_HEAD bytes are returned as they are
-    (parse_head refuses them); None if the peer closed or broke before the blank line."""
+    (parse_head refuses them); None if the peer closed or broke before the blank line, or
+    sent nothing for ``idle`` seconds (an idle connection holds a slot for no one)."""
     data = b""
     while b"\r\n\r\n" not in data and b"\n\n" not in data:
         if len(data) > MAX_HEAD:
             return data
         try:
-            chunk = await stream.receive_some(4096)
+            with trio.move_on_after(idle) as waiting:
+                chunk = await stream.receive_some(4096)
         except trio.BrokenResourceError:
+            return None
+        if waiting.cancelled_caught:
             return None
         if not chunk:
             return None
@@ -155,11 +160,15 @@ async def _read_head(stream: trio.SocketStream) -> bytes | None:
 
 async def _send(stream: trio.SocketStream, data: bytes) -> None:
     """Send the response, then end our side and read what the client still sends (up to a
-    bound) until it closes: closing with unread bytes would reset the connection and could
-    destroy the response before the client reads it."""
+    bound, for at most DRAIN_TIMEOUT seconds) until it closes: closing with unread bytes
+    would reset the connection and could destroy the response before the client reads it."""
     with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
         await stream.send_all(data)
         await stream.send_eof()
+    with (
+        contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError),
+        trio.move_on_after(DRAIN_TIMEOUT),
+    ):
         left = _DRAIN_LIMIT
         while left > 0 and (chunk := await stream.receive_some(4096)):
             left -= len(chunk)
@@ -175,16 +184,20 @@ async def serve(
     source: str = "coordinator",
     interval: float = 1.0,
     request_timeout: float = REQUEST_TIMEOUT,
+    max_connections: int = MAX_CONNECTIONS,
     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the dashboard of ``read()``'s snapshots on ``host:port`` until cancelled;
-    started with the bound address, once the first snapshot was taken."""
+    started with the bound address, once the first snapshot was taken. At most
+    ``max_connections`` connections are served at once (and never more than a sixteenth of
+    the descriptors RLIMIT_NOFILE allows); more wait to be accepted."""
     dashboard = _Dashboard(read, token, topology, source, request_timeout)
-    listeners = await trio.open_tcp_listeners(port, host=host)
+    limit = side_connection_limit(max_connections)
+    listeners = await open_bounded_listeners(port, host, limit)
     await dashboard.sample()
     address = listeners[0].socket.getsockname()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(trio.serve_listeners, dashboard.handle, listeners)
+        nursery.start_soon(serve_bounded, dashboard.handle, listeners, limit, "dashboard")
         task_status.started((address[0], address[1]))
         while True:
             await trio.sleep(interval)

@@ -67,3 +67,14 @@ class FdReserve:
 
     def close(self) -> None:
         self.release()
+
+
+def side_connection_limit(wanted: int) -> int:
+    """At most ``wanted`` connections at once for a side server of the coordinator (the
+    dashboard, ``/metrics``), and never more than a sixteenth of the descriptors the soft
+    limit allows: the two together take at most an eighth, the rest stay the store's (its
+    clients, segments, spill and fallback files), whatever those side servers are sent."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(1, min(wanted, soft // 16))

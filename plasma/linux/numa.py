@@ -144,6 +144,38 @@ def mbind(address: int, length: int, mode: int, nodes: Iterable[int], flags: int
         raise _explain(exc, wanted) from None
 
 
+NODE_ONLINE = "/sys/devices/system/node/online"
+
+
+def usable_nodes() -> frozenset[int]:
+    """The NUMA nodes this process may bind memory to now: online in the running kernel
+    (:data:`NODE_ONLINE`, never a ``--sysfs-root``) and allowed by its cpuset
+    (``Mems_allowed_list`` in ``/proc/self/status``); ``{0}`` on a kernel without NUMA."""
+    try:
+        with open(NODE_ONLINE) as f:
+            online = _parse_list(f.read())
+    except FileNotFoundError:
+        return frozenset({0})
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Mems_allowed_list:"):
+                    return online & _parse_list(line.partition(":")[2])
+    except FileNotFoundError:
+        pass
+    return online
+
+
+def _parse_list(text: str) -> frozenset[int]:
+    """``0-3,5`` -> {0, 1, 2, 3, 5} (the kernel's list format)."""
+    nodes: set[int] = set()
+    for part in text.strip().split(","):
+        if part:
+            first, _, last = part.partition("-")
+            nodes.update(range(int(first), int(last or first) + 1))
+    return frozenset(nodes)
+
+
 _MOVE_BATCH = 16384  # pages per move_pages call: bounds its ctypes arrays
 
 
