@@ -623,7 +623,8 @@ class Coordinator:
         tables, fds = self._tables_for(session)
         session.connected = True
         session.handshake.deadline = math.inf
-        self.store.register_client(session.client_id, node, pins=session.pin_table)
+        label = f"client {session.client_id} {msg.client_name!r} (pid {session.pid})"
+        self.store.register_client(session.client_id, node, pins=session.pin_table, label=label)
         session.send(
             p.Connected(
                 seq=msg.seq,

@@ -53,7 +53,7 @@ import contextlib
 import heapq
 import itertools
 import math
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, Protocol
 
@@ -97,6 +97,7 @@ UNPIN_INTERVAL = 0.02  # seconds from one scan of pinned deleted objects to one 
 EVICTION_WAIT = 0.25  # seconds a create with timeout 0 waits for the memory it evicts
 EVICTION_HEADROOM = 64  # a round of eviction frees at least 1/64 of the node's budget
 REBUILD_ATTEMPTS = 4  # directory sizes tried (doubling) before leaving a published id out
+TOP_HOLDERS = 3  # clients a store_full message names (those holding the most memory)
 SPILL_WAIT = 10.0  # seconds a create or get with timeout 0 waits for a spill or a restore
 MAX_WAITING_IDS = 1 << 16  # ids a client's waiting gets and creates may name in all
 SPILL_FRACTION = 8  # a spill batch copies at least 1/8 of the node's budget (if it can)
@@ -442,12 +443,40 @@ class _CreateWaiter:
         self.done = False
 
 
-class _Client:
-    __slots__ = ("arena", "creating", "id", "node", "reclaim_at", "ref_bytes", "refs", "waiters")
+class _Held:
+    """What holds a node's memory (see Store._held_on)."""
 
-    def __init__(self, client_id: int, node: int | None) -> None:
+    __slots__ = ("arenas", "by_client", "pinned", "referenced", "writing")
+
+    def __init__(self) -> None:
+        self.referenced = 0  # sealed objects with references (bytes; shared ones once each)
+        self.writing = 0  # unsealed objects
+        self.arenas = 0  # the unused tails of arenas
+        self.pinned: list[tuple[bytes, _Object]] = []  # unreferenced objects readers pin
+        self.by_client: Counter[int] = Counter()
+
+    @property
+    def total(self) -> int:
+        return self.referenced + self.writing + self.arenas
+
+
+class _Client:
+    __slots__ = (
+        "arena",
+        "creating",
+        "id",
+        "label",
+        "node",
+        "reclaim_at",
+        "ref_bytes",
+        "refs",
+        "waiters",
+    )
+
+    def __init__(self, client_id: int, node: int | None, label: str = "") -> None:
         self.id = client_id
         self.node = node
+        self.label = label or f"client {client_id}"
         self.refs: dict[bytes, int] = {}
         self.ref_bytes = 0  # allocated bytes of the objects in ``refs``
         self.reclaim_at = -math.inf  # when it was last sent a Reclaim
@@ -625,14 +654,17 @@ class Store:
 
     # ------------------------------------------------------------ clients
 
-    def register_client(self, client: int, node: int | None = None, pins: Any = None) -> None:
+    def register_client(
+        self, client: int, node: int | None = None, pins: Any = None, label: str = ""
+    ) -> None:
         """Add a client; ``node`` is its default node (None: most free bytes per create);
-        ``pins`` its pin table (a buffer the client writes, the store reads), if it has one."""
+        ``pins`` its pin table (a buffer the client writes, the store reads), if it has one;
+        ``label`` how messages name it (e.g. its name and pid)."""
         if client in self._clients:
             raise BadRequest(f"client {client} is already registered")
         if node is not None and node not in self._nodes:
             raise PlacementImpossible(f"node {node} is not one of {list(self._nodes)}")
-        self._clients[client] = _Client(client, node)
+        self._clients[client] = _Client(client, node, label)
         if pins is not None:
             self._pins.add(client, pins)
 
@@ -2614,12 +2646,24 @@ class Store:
         return now + wait
 
     def _no_space(self, nd: _Node) -> str:
-        """Why a create on ``nd`` found no space: what holds the node's memory."""
-        held = nd.used - nd.lru_bytes
+        """Why a create on ``nd`` found no space: what holds the node's memory (bytes
+        referenced, being written, in arenas, pinned by readers, unreferenced, being freed
+        and free), and the clients that hold the most of it."""
+        held = self._held_on(nd)
+        pinned = sum(rec.size for _, rec in held.pinned)
+        unreferenced = nd.lru_bytes - pinned
+        freeing = nd.used - held.total - nd.lru_bytes
         text = (
-            f"no space on node {nd.id}: {held} bytes referenced or being written, "
-            f"{nd.lru_bytes} unreferenced, {nd.budget - nd.used} free"
+            f"no space on node {nd.id}: {held.referenced} bytes referenced, {held.writing} "
+            f"being written, {held.arenas} in arenas, {pinned} pinned by readers, "
+            f"{unreferenced} unreferenced, {max(0, freeing)} being freed, "
+            f"{nd.budget - nd.used} free"
         )
+        top = held.by_client.most_common(TOP_HOLDERS)
+        if top:
+            text += "; held most by " + ", ".join(
+                f"{self._clients[cid].label} ({n} bytes)" for cid, n in top
+            )
         if self._spill:
             text += f", {self._spill_counts['bytes']} spilled to disk"
             if self._spill_max is not None:
@@ -2628,6 +2672,48 @@ class Store:
             if self._spill_error:
                 text += f"; the last spill failed: {self._spill_error}"
         return text + nd.shortage
+
+    def _held_on(self, nd: _Node) -> _Held:
+        """Who holds memory of ``nd``: references, arenas and (one pass over the pin tables)
+        pins of its unreferenced objects."""
+        held = _Held()
+        seen: set[bytes] = set()
+        for c in self._clients.values():
+            mine = 0
+            for oid in c.refs:
+                rec = self._objects.get(oid)
+                if (
+                    rec is None
+                    or not rec.resident
+                    or self._segments[rec.loc.segment].node is not nd
+                ):
+                    continue
+                mine += rec.size
+                if oid in seen:
+                    continue
+                seen.add(oid)
+                if oid in c.creating:
+                    held.writing += rec.size
+                else:
+                    held.referenced += rec.size
+            a = c.arena
+            if a is not None and a.segment.node is nd and a.cursor < a.end:
+                held.arenas += a.end - a.cursor
+                mine += a.end - a.cursor
+            if mine:
+                held.by_client[c.id] += mine
+        counted: set[int] = set()
+        for cid, gens in self._pins.by_client().items():  # (one pass; as many steps as pins)
+            for gen in set(gens):
+                published = self._published.get(gen)
+                if published is None or nd.lru.get(published[0]) is not published[1]:
+                    continue  # (only the node's unreferenced objects: the rest is counted)
+                if cid in self._clients:
+                    held.by_client[cid] += published[1].size
+                if gen not in counted:
+                    counted.add(gen)
+                    held.pinned.append(published)
+        return held
 
     def _ask_reclaim(self, nd: _Node, now: float) -> bool:
         """Send Reclaim to the clients that may hold idle memory of ``nd`` (an arena tail on

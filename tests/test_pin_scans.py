@@ -17,6 +17,7 @@ import plasma
 from plasma import protocol as p
 from plasma.coordinator import MESSAGES_PER_TURN
 from plasma.directory import PIN_HEADER, DirectoryReader, PinScanner, PinTable, pin_table_size
+from plasma.errors import StoreFull
 from plasma.store import PIN_RESCAN, PIN_RESCAN_MAX, UNPIN_INTERVAL, Store
 from tests.conftest import RunningCoordinator
 from tests.helpers import RawClient
@@ -275,3 +276,26 @@ def test_a_flood_in_one_buffer_is_answered_in_order_across_turns(
         assert other.contains(oid(1))
         got = [raw.receive() for _ in expected]
         assert [(r.seq, r.present) for r in got] == expected
+
+
+def test_store_full_says_what_holds_the_memory_and_who() -> None:
+    """Pinned bytes are not "unreferenced": the message tells them apart, and names the
+    clients that hold the most."""
+    store = make(budget=16 * KIB)
+    store.register_client(1, label="client 1 'writer' (pid 11)")
+    for n in range(1, 9):
+        put(store, 1, n, 1024)  # 8 KiB unreferenced ...
+    read, table = reader(store, 100)
+    store._clients[100].label = "client 100 'reader' (pid 100)"
+    for n in range(1, 5):
+        pin(store, read, table, n)  # ... 4 KiB of it pinned by a reader
+    store.create(1, oid(20), 2048)  # being written
+    store.create(1, oid(21), 1024)
+    store.seal(1, oid(21))  # referenced
+    with pytest.raises(StoreFull) as full:
+        store.create(1, oid(30), 12 * KIB)
+    text = str(full.value)
+    assert "1024 bytes referenced, 2048 being written, 0 in arenas, 4096 pinned by readers" in text
+    assert "4096 unreferenced" in text
+    assert "held most by client 100 'reader' (pid 100) (4096 bytes)" in text
+    assert "client 1 'writer' (pid 11) (3072 bytes)" in text
