@@ -75,6 +75,7 @@ from plasma.directory import (
 from plasma.errors import (
     IO_ERROR,
     OBJECT_LOST,
+    STORE_FULL,
     BadRequest,
     ObjectExists,
     ObjectNotFound,
@@ -1315,6 +1316,7 @@ class Store:
         counts["written_objects"] += len(entries)
         counts["written_bytes"] += sum(e.length for e in entries)
         self._spill_seconds["spill"] += seconds
+        self._spill_error = ""  # (spilling works again)
         if live:
             self._spill_files[file_id] = [live, file_bytes]
             self._events.extend(SpillDead(file_id, e, False) for e in dead)
@@ -1443,7 +1445,8 @@ class Store:
         """Find memory for a spilled object and start reading it back (a :class:`Restore`
         event): free room on the reader's node (``node``; else the object's own), else on
         any node, else what eviction (or a fallback segment) makes on the reader's node.
-        False when nothing fits now (copies may have been asked for)."""
+        False when nothing fits now (copies may have been asked for); True too when nothing
+        can make room (:meth:`_restore_hopeless`): its gets then fail with ``store_full``."""
         nodes = self._nodes
         home = nodes.get(node) if node is not None else None
         home = home or nodes.get(rec.loc.node) or self._first_node
@@ -1458,7 +1461,10 @@ class Store:
         else:
             placed = self._allocate(home, rec.size, now)
         if placed is None:
-            return False
+            if not self._restore_hopeless(home, rec.size):
+                return False
+            self._fail_getters(oid, STORE_FULL)  # (rather than wait for what cannot come)
+            return True
         seg, offset = placed
         old = rec.loc
         rec.loc = ObjectLocation(seg.id, offset, old.data_size, old.metadata_size, seg.node.id)
@@ -1469,6 +1475,19 @@ class Store:
         assert rec.spill is not None
         self._events.append(Restore(self._token, oid, rec.loc, *rec.spill))
         return True
+
+    def _restore_hopeless(self, nd: _Node, size: int) -> bool:
+        """No memory will come for a restore of ``size`` bytes on ``nd`` without a client
+        letting go: nothing is being evicted or written to disk, dropping the objects that
+        have a copy on disk would not make room, and the copies that would cannot be
+        written (the last spill failed, or they would not fit under ``spill_max``)."""
+        if nd.evicting or self._batches:
+            return False
+        short = size - (nd.budget - nd.used) - nd.lru_copied  # bytes that need a copy first
+        if short <= 0:
+            return False
+        room = math.inf if self._spill_max is None else self._spill_max - self._disk_bytes()
+        return bool(self._spill_error) or room < short
 
     def _retry_restores(self, now: float) -> None:
         """Restores waiting for memory, in order; those no get waits for any more are

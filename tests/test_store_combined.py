@@ -432,6 +432,15 @@ class CombinedMachine(RuleBasedStateMachine):
             return
         self._granted(client, res)
 
+    @rule(slot=SLOTS, node=st.sampled_from(NODES))
+    def arena_cancelled_then_granted(self, slot: int, node: int) -> None:
+        """What a late grant takes, in one step (else rare): a full node, an arena request
+        that waits and is cancelled, then memory coming back."""
+        self.fill(slot, node, 8)
+        self.arena(slot, 2048, 0, cancel=True)
+        self.store.evict(BUDGETS[node], now=self.now)
+        self.advance(GRACE * 2)
+
     @precondition(lambda self: any(c.arena for c in self.clients.values()))
     @rule(data=st.data(), sizes=st.lists(st.integers(0, 1500), min_size=1, max_size=3))
     def seal_in_arena(self, data: st.DataObject, sizes: list[int]) -> None:

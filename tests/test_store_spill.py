@@ -289,6 +289,30 @@ def test_spill_max_bounds_the_bytes_on_disk():
     assert store.stats()["spill"]["disk_bytes"] <= 40 * KIB
 
 
+def test_a_get_of_a_spilled_object_fails_when_nothing_can_make_room_for_it():
+    """The spill files are full and memory holds only objects without a copy: a get of an
+    object on disk fails with store_full at once, instead of waiting forever."""
+    store, _ = make(spill_max=20 * KIB)
+    for n in range(4):
+        put(store, n)
+    store.create(1, oid(9), 16 * KIB, timeout=1)
+    assert write(store) == [oid(0)]  # (the only file there is room for)
+    store.expire(1.0)
+    (made,) = events(store, CreateDone)
+    assert isinstance(made.result, list) and states(store)[oid(0)] == "spilled"
+    store.seal(1, oid(9))
+    store.release(1, oid(9))
+    pending = store.get(1, [oid(0)], timeout=None)
+    assert isinstance(pending, Pending)
+    (done,) = [e for e in events(store, GetDone) if e.token == pending.token]
+    assert done.results == ["store_full"]
+    assert states(store)[oid(0)] == "spilled"  # still on disk, for a later get
+    store.delete(1, [oid(3)])  # room: now it comes back
+    assert isinstance(store.get(1, [oid(0)], timeout=None), Pending)
+    (restore,) = events(store, Restore)
+    assert restore.oid == oid(0)
+
+
 def test_fallback_serves_a_create_when_everything_is_referenced():
     store, provider = make(fallback=True)
     for n in range(4):
