@@ -959,13 +959,13 @@ class StoreMachine(RuleBasedStateMachine):
         self._add(o, where, False, client)
         self.refs[(client, o)] = 1
 
-    @rule(client=st.integers(1, 3), size=st.integers(0, 6000), timeout=st.sampled_from([None, 2]))
+    @rule(client=st.integers(1, 3), size=st.integers(0, 9000), timeout=st.sampled_from([None, 2]))
     def create_waiting(self, client: int, size: int, timeout: float | None) -> None:
         o = self._new_id()
         try:
             res = self.store.create(client, o, size, timeout=timeout, now=self.now)
         except StoreFull:
-            assert size > 4 * KIB  # only too big for every node fails at once
+            assert self._size(size) > 8 * KIB  # only too big for every node fails at once
             return
         if isinstance(res, Pending):
             self.waiting_creates[res.token] = (client, o)
