@@ -14,6 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# CI runs on a loaded 2-core machine: no per-example deadline, and a slow example is no error
+settings.register_profile("plasma", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "plasma"))
 
 REPO = Path(__file__).resolve().parent.parent
 
