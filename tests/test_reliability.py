@@ -396,19 +396,27 @@ def test_idle_memory_of_other_clients_is_reclaimed_before_a_create_fails(coordin
 def test_threads_sharing_a_client_never_write_over_each_other(coordinator: RunningCoordinator):
     with plasma.connect(coordinator.socket) as c:
         stored: dict[int, bytes] = {}
+        errors: list[BaseException] = []
 
         def putter(t: int) -> None:
-            for n in range(400):
-                key = t * 10_000 + n
-                data = bytes([key % 251]) * (64 + (key * 37) % 4000)
-                c.create_and_seal(oid(key), data) if n % 2 else c.put(data, oid(key))
-                stored[key] = data
+            try:
+                for n in range(400):
+                    key = t * 10_000 + n
+                    data = bytes([key % 251]) * (64 + (key * 37) % 4000)
+                    c.create_and_seal(oid(key), data) if n % 2 else c.put(data, oid(key))
+                    stored[key] = data
+            except BaseException as exc:
+                errors.append(exc)
 
         threads = [threading.Thread(target=putter, args=(t,)) for t in range(4)]
         for t in threads:
             t.start()
         for t in threads:
             t.join(60)
+            assert not t.is_alive(), "a putter thread still runs after 60 s"
+        if errors:
+            raise errors[0]
+        assert len(stored) == 4 * 400
         c.flush()
         for key, data in stored.items():
             got = c.get(oid(key), timeout=5)
