@@ -80,7 +80,7 @@ def test_failed_page_moves_fail_the_request_and_leak_nothing(eight_nodes_bound) 
         wait_until(settled, what="the pages moved back and the memory freed")
         assert client.list() == {}
     assert eight_nodes_bound.stop() == 0
-    assert "Traceback" not in eight_nodes_bound.proc.stderr.read()
+    assert "Traceback" not in eight_nodes_bound.log()
 
 
 def test_replicas_are_made_listed_and_go_with_their_object(eight_nodes) -> None:

@@ -9,7 +9,6 @@ connection and subscriber limits, and memory that clients hold idle.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -118,18 +117,10 @@ def test_nan_timeout_on_the_wire_does_not_stall_other_clients(coordinator: Runni
 # ---------------------------------------------------------------- 3: fd exhaustion
 
 
-def test_out_of_descriptors_refuses_newcomers_and_keeps_serving(tmp_path):
-    path = str(tmp_path / "fd.sock")
-    proc = subprocess.Popen(
-        ["prlimit", "--nofile=64:64", sys.executable, "-m", "plasma", "serve", "--socket", path],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
-    coord = RunningCoordinator(path, proc)
+def test_out_of_descriptors_refuses_newcomers_and_keeps_serving(coordinator_factory):
+    coord = coordinator_factory(wrapper=["prlimit", "--nofile=64:64"], name="fd.sock")
+    path, proc = coord.socket, coord.proc
     try:
-        assert proc.stdout is not None and proc.stdout.readline().startswith("ready")
         with plasma.connect(path) as keeper:
             keeper.put(b"kept", oid(1))
             keeper.flush()
@@ -219,9 +210,7 @@ def test_wrong_protocol_version_is_refused_and_the_connection_closed(
 
 def _stderr_has_no_traceback(coord: RunningCoordinator) -> bool:
     """Stop the coordinator (the fixture's stop then finds it exited) and read its log."""
-    coord.proc.send_signal(signal.SIGTERM)
-    _, err = coord.proc.communicate(timeout=30)
-    return "Traceback" not in err
+    return coord.stop() == 0 and "Traceback" not in coord.log()
 
 
 def test_refusal_reason_reaches_both_clients():
