@@ -649,6 +649,18 @@ def test_node_choice_default_explicit_and_most_free() -> None:
     assert {o.id: o.node for o in store.objects()} == {oid(1): 1, oid(2): 0, oid(3): 0, oid(4): 1}
 
 
+def test_an_object_too_big_for_the_most_free_node_goes_where_it_can_fit() -> None:
+    store = Store({0: 8 * KIB, 1: 4 * KIB}, FakeProvider(), segment_size=4 * KIB, grace=0.0)
+    store.register_client(1)
+    assert loc(store.create(1, oid(1), 4097)).node == 0
+    # node 1 has the most free bytes now, but its whole budget is too small: wait for node 0
+    assert isinstance(store.create(1, oid(2), 4097, timeout=None), Pending)
+    with pytest.raises(StoreFull, match="node 0"):
+        store.create(1, oid(3), 4097)  # (and with timeout 0, no room there now)
+    with pytest.raises(StoreFull, match="exceed"):
+        store.create(1, oid(4), 9000, timeout=None)  # fits nowhere: at once
+
+
 def test_eviction_is_per_node() -> None:
     store, _ = make(budget=4 * KIB, segment_size=4 * KIB, nodes=2)
     store.register_client(1)
