@@ -734,7 +734,7 @@ class Store:
             if len(nodes) > 1:
                 return self._create_interleaved(c, oid, data_size, metadata_size, nodes, now)
             node = nodes[0]
-        nd = self._choose_node(c, node)
+        nd = self._choose_node(c, node, size)
         deadline = self._deadline(timeout, now)
         if oid in self._objects:
             raise ObjectExists(f"object {oid.hex()} already exists")
@@ -813,7 +813,7 @@ class Store:
             if it.id in seen:
                 raise BadRequest(f"object {it.id.hex()} appears twice in one create")
             seen.add(it.id)
-        nd = self._choose_node(c, node)
+        nd = self._choose_node(c, node, total)
         deadline = self._deadline(timeout, now)
         if total > nd.budget:
             raise StoreFull(f"{total} bytes exceed node {nd.id}'s budget of {nd.budget}")
@@ -1182,7 +1182,7 @@ class Store:
             raise BadRequest(f"arena size must be positive, got {size}")
         n = (size + self._mask) & ~self._mask
         least = min(n, (min_size + self._mask) & ~self._mask) or n
-        nd = self._choose_node(c, node)
+        nd = self._choose_node(c, node, least)
         if any(isinstance(w, _CreateWaiter) and w.arena for w in c.waiters):
             raise BadRequest(f"client {client} already has an arena request waiting")
         if c.arena is not None:
@@ -1878,13 +1878,18 @@ class Store:
             raise BadRequest(f"{total} bytes exceed the maximum of {self._max_object_size}")
         return ((total or 1) + self._mask) & ~self._mask
 
-    def _choose_node(self, c: _Client, node: int | None) -> _Node:
+    def _choose_node(self, c: _Client, node: int | None, size: int = 0) -> _Node:
+        """``node``, else the client's, else the node with the most free bytes among those
+        whose budget could ever hold ``size`` bytes (all, when none could)."""
         if node is None:
             node = c.node
         if node is None:
             if len(self._nodes) == 1:
                 return self._first_node
-            return max(self._nodes.values(), key=lambda nd: nd.budget - nd.used)  # ties: lowest
+            nodes = [nd for nd in self._nodes.values() if nd.budget >= size]
+            return max(
+                nodes or self._nodes.values(), key=lambda nd: nd.budget - nd.used
+            )  # ties: lowest
         nd = self._nodes.get(node)
         if nd is None:
             raise PlacementImpossible(f"node {node} is not one of {list(self._nodes)}")

@@ -2,18 +2,26 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# CI runs on a loaded 2-core machine: no per-example deadline, and a slow example is no error
+settings.register_profile("plasma", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "plasma"))
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -22,44 +30,117 @@ REPO = Path(__file__).resolve().parent.parent
 class RunningCoordinator:
     socket: str
     proc: subprocess.Popen[str]
+    log_path: Path  # its stderr: a file, so that no pipe fills up and blocks it
+    allowed: tuple[str, ...] = ()  # errors the test provokes (see check_coordinator)
+    killed: bool = False  # stopped with SIGKILL by the test: its status is -SIGKILL
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
+            self.killed = sig == signal.SIGKILL
         return self.proc.wait(timeout=30)
 
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
 
-def start_coordinator(socket_path: str, *args: str) -> RunningCoordinator:
-    """Start ``plasma-coord serve`` and wait for its ``ready`` line."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "plasma", "serve", "--socket", socket_path, *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
+
+def start_coordinator(
+    socket_path: str, *args: str, wrapper: Sequence[str] = (), allowed: Sequence[str] = ()
+) -> RunningCoordinator:
+    """Start ``plasma-coord serve`` (under ``wrapper``, a command such as ``prlimit``) and
+    wait for its ``ready`` line; its stderr goes to a file of the session's log directory."""
+    log_dir = LOG_DIR or Path(tempfile.gettempdir())
+    log_path = log_dir / f"{next(LOG_NUMBERS)}-{os.path.basename(socket_path)}.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [*wrapper, sys.executable, "-m", "plasma", "serve", "--socket", socket_path, *args],
+            stdout=subprocess.PIPE,  # the ready line only
+            stderr=log,
+            text=True,
+            cwd=REPO,
+        )
+    coord = RunningCoordinator(socket_path, proc, log_path, tuple(allowed))
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line.startswith("ready"):
         proc.kill()
-        _, err = proc.communicate(timeout=10)
-        raise RuntimeError(f"coordinator did not start: {line!r} {err}")
-    return RunningCoordinator(socket_path, proc)
+        proc.wait(timeout=10)
+        proc.stdout.close()
+        raise RuntimeError(f"coordinator did not start: {line!r} {coord.log()}")
+    STARTED.append(coord)
+    return coord
+
+
+STARTED: list[RunningCoordinator] = []  # by start_coordinator, for _coordinators_end_cleanly
+LOG_DIR: Path | None = None  # where coordinators log (set by _coordinator_log_dir)
+LOG_NUMBERS = itertools.count(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _coordinator_log_dir(tmp_path_factory: pytest.TempPathFactory) -> None:
+    global LOG_DIR
+    LOG_DIR = tmp_path_factory.mktemp("coordinator-logs")
+
+
+LOG_RECORD = re.compile(r"^(?=(?:DEBUG|INFO|WARNING|ERROR|CRITICAL):)", re.MULTILINE)
+
+
+def check_coordinator(coord: RunningCoordinator) -> str | None:
+    """Stop ``coord`` if the test did not; what is wrong with how it ended, if anything.
+
+    It must exit 0 (or -SIGKILL where the test killed it) with no log record holding a
+    traceback or an "internal error", except records that hold one of ``coord.allowed``.
+    """
+    try:
+        status = coord.stop()
+    except subprocess.TimeoutExpired:
+        coord.stop(signal.SIGKILL)
+        return f"coordinator {coord.socket} did not stop on SIGTERM:\n{coord.log()[-6000:]}"
+    finally:
+        if coord.proc.stdout is not None:
+            coord.proc.stdout.close()
+    expected = -signal.SIGKILL if coord.killed else 0
+    log = coord.log()
+    bad = [
+        record
+        for record in LOG_RECORD.split(log)
+        if ("Traceback" in record or "internal error" in record)
+        and not any(a in record for a in coord.allowed)
+    ]
+    if status == expected and not bad:
+        return None
+    return (
+        f"coordinator {coord.socket} exited {status} (expected {expected}),"
+        f" {len(bad)} error record(s) in its log:\n{log[-6000:]}"
+    )
+
+
+@pytest.fixture(autouse=True)
+def _coordinators_end_cleanly() -> Iterator[None]:
+    """Every coordinator a test (or a function-scoped fixture) starts must end cleanly: see
+    :func:`check_coordinator` (a longer-lived fixture checks its own)."""
+    first = len(STARTED)
+    yield
+    problems = [problem for coord in STARTED[first:] if (problem := check_coordinator(coord))]
+    del STARTED[first:]
+    if problems:
+        pytest.fail("\n\n".join(problems), pytrace=False)
 
 
 @pytest.fixture
 def coordinator_factory(tmp_path: Path) -> Iterator[Callable[..., RunningCoordinator]]:
-    started: list[RunningCoordinator] = []
+    """Starts coordinators (checked at teardown by _coordinators_end_cleanly); ``allowed``
+    lists errors a test provokes on purpose, as text of their log records."""
 
-    def factory(*args: str, name: str = "plasma.sock") -> RunningCoordinator:
-        coord = start_coordinator(str(tmp_path / name), *args)
-        started.append(coord)
-        return coord
+    def factory(
+        *args: str,
+        name: str = "plasma.sock",
+        wrapper: Sequence[str] = (),
+        allowed: Sequence[str] = (),
+    ) -> RunningCoordinator:
+        return start_coordinator(str(tmp_path / name), *args, wrapper=wrapper, allowed=allowed)
 
     yield factory
-    for coord in started:
-        if coord.proc.poll() is None:
-            coord.stop(signal.SIGKILL)
 
 
 @pytest.fixture

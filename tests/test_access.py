@@ -526,8 +526,7 @@ def test_allowed_uids_need_a_shared_socket_in_a_searchable_directory(public_dir:
         assert result(run_as(READ_ONLY_UID, _CONNECT, socket_path)) == {"connect": "succeeded"}
     finally:
         assert coord.stop() == 0
-    assert coord.proc.stderr is not None
     assert (
         f"uid {READ_ONLY_UID} cannot reach {socket_path}: it may not search directory {private}"
-        in coord.proc.stderr.read()
+        in coord.log()
     )

@@ -272,10 +272,19 @@ async def test_a_cancelled_trio_call_hands_back_what_its_reply_brings(coordinato
         with plasma.connect(coord.socket) as other:
             other.create(oid(1), 10)  # unsealed: a get of it waits
             hog = other.create(oid(2), 7 << 20)  # the store is nearly full: a create waits
-            with trio.move_on_after(0.3):
-                await c.get(oid(1), timeout=None)
-            with trio.move_on_after(0.3):
-                await c.create(oid(3), 4 << 20, timeout=30)
+
+            async def cancel_once_parked(call: Any, waiters: str) -> None:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(call)
+                    with trio.fail_after(30):  # until the coordinator holds the call
+                        while other.stats()[waiters] == 0:
+                            await trio.sleep(0.01)
+                    nursery.cancel_scope.cancel()
+
+            await cancel_once_parked(lambda: c.get(oid(1), timeout=None), "get_waiters")
+            await cancel_once_parked(
+                lambda: c.create(oid(3), 4 << 20, timeout=30), "create_waiters"
+            )
             assert other.stats()["get_waiters"] == 1 and other.stats()["create_waiters"] == 1
             other.seal(oid(1))  # the get completes for nobody: its reference comes back
             del hog

@@ -9,6 +9,7 @@ leave the stores empty.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, RunningCoordinator, wait_until
+from tests.conftest import REPO, check_coordinator, start_coordinator, wait_until
 
 distributed = pytest.importorskip("distributed")
 da = pytest.importorskip("dask.array")
@@ -66,9 +67,15 @@ def start_worker(scheduler: str, socket: str, log: Path, *extra: str) -> subproc
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
-    from tests.conftest import start_coordinator
+    """The module's cluster: its tests leave it as they found it."""
+    with start_cluster(tmp_path_factory.mktemp("dask")) as cluster:
+        yield cluster
 
-    tmp = tmp_path_factory.mktemp("dask")
+
+@contextlib.contextmanager
+def start_cluster(tmp: Path) -> Iterator[Cluster]:
+    """A scheduler, two coordinators with two workers each; the coordinators must end
+    cleanly (check_coordinator)."""
     coords = [start_coordinator(str(tmp / f"host{i}.sock"), "--memory", "256MiB") for i in (0, 1)]
     sched_file = tmp / "scheduler.json"
     sched = _spawn(
@@ -105,13 +112,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             if proc.poll() is None:
                 proc.terminate()
             proc.wait(timeout=30)
-        for coord in coords:
-            _stop(coord)
-
-
-def _stop(coord: RunningCoordinator) -> None:
-    if coord.proc.poll() is None:
-        coord.stop()
+        problems = [problem for coord in coords if (problem := check_coordinator(coord))]
+        if problems:
+            pytest.fail("\n\n".join(problems), pytrace=False)
 
 
 def objects_of(cluster: Cluster, key: str, workers: list[str]) -> dict[str, Any]:
@@ -187,15 +190,15 @@ def test_a_worker_with_no_coordinator_fails_to_start_clearly(tmp_path: Path) -> 
     assert f"cannot connect to plasma-coord at {tmp_path / 'absent.sock'}" in log.read_text()
 
 
-def test_a_killed_worker_leaves_its_store_clean(cluster: Cluster) -> None:
-    client = cluster.client
-    socket = next(iter(cluster.hosts))
-    victim = cluster.hosts[socket][-1]
-    x = client.submit(np.ones, 2 * MIB, workers=[victim], pure=False)  # 16 MiB
-    x.result()
-    assert dask_objects(socket)
-    cluster.procs[victim].send_signal(signal.SIGKILL)
-    cluster.procs[victim].wait(timeout=30)
-    # its peer on the same host reaps it (every 0.2 s here) once the coordinator saw it go
-    wait_until(lambda: not dask_objects(socket), timeout=30, what="the dead worker's objects")
-    cluster.hosts[socket].remove(victim)
+def test_a_killed_worker_leaves_its_store_clean(tmp_path: Path) -> None:
+    with start_cluster(tmp_path) as cluster:  # its own: the module's keeps its four workers
+        client = cluster.client
+        socket = next(iter(cluster.hosts))
+        victim = cluster.hosts[socket][-1]
+        x = client.submit(np.ones, 2 * MIB, workers=[victim], pure=False)  # 16 MiB
+        x.result()
+        assert dask_objects(socket)
+        cluster.procs[victim].send_signal(signal.SIGKILL)
+        cluster.procs[victim].wait(timeout=30)
+        # its peer on the same host reaps it (every 0.2 s here) once the coordinator saw it go
+        wait_until(lambda: not dask_objects(socket), timeout=30, what="the dead worker's objects")

@@ -184,9 +184,9 @@ def _run(
         with contextlib.suppress(subprocess.TimeoutExpired):
             coord.proc.wait(timeout=10)
     if coord.proc.poll() is not None:
-        _, err = coord.proc.communicate()
         pytest.fail(
-            f"the coordinator died ({coord.proc.returncode}): {err[-3000:]}\n{outcome.summary()}"
+            f"the coordinator died ({coord.proc.returncode}): {coord.log()[-3000:]}\n"
+            f"{outcome.summary()}"
         )
     assert not outcome.errors(), outcome.summary()
     return coord, outcome

@@ -38,6 +38,23 @@ TOUCH_64_MIB = textwrap.dedent(
     """
 )
 HAS_CPU_PMU = Path("/sys/bus/event_source/devices/cpu").exists()
+
+
+def _hardware_counters_work() -> bool:
+    """perf_event_open counts this process's cycles: a PMU, and a paranoid level that lets
+    us (the question asked of the kernel directly, not of the code under test)."""
+    if not HAS_CPU_PMU:
+        return False
+    attr = perf_event.make_attr(HARDWARE_EVENTS[0], exclude_kernel=True)
+    try:
+        os.close(perf_event.perf_event_open(attr, 0))
+    except OSError:
+        return False
+    return True
+
+
+HARDWARE_COUNTERS = _hardware_counters_work()
+NO_HARDWARE_COUNTERS = "perf_event_open cannot count hardware events here (no PMU, or denied)"
 NO_SUCH_PID = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
 
 
@@ -101,6 +118,18 @@ def test_counters_of_a_child_touching_64_mib(touching_child: GatedChild) -> None
         final = sampler.sample()  # counters outlive the task; locality does not
         assert (final.counters["page-faults"] or 0) >= (live.counters["page-faults"] or 0)
         assert final.locality is None
+
+
+@pytest.mark.skipif(not HARDWARE_COUNTERS, reason=NO_HARDWARE_COUNTERS)
+def test_hardware_events_count_where_the_kernel_counts_them() -> None:
+    with TaskSampler(os.getpid()) as sampler:
+        assert sum(range(1_000_000)) > 0  # work to count
+        sample = sampler.sample()
+    for event in HARDWARE_EVENTS:
+        assert event.name not in sample.unsupported, sample.unsupported
+    assert (sample.counters["cycles"] or 0) > 1_000_000
+    assert (sample.counters["instructions"] or 0) > 1_000_000
+    assert (sample.counters["llc-references"] or 0) > 0
 
 
 @pytest.mark.skipif(HAS_CPU_PMU, reason="this machine has a hardware PMU")

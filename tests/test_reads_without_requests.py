@@ -155,8 +155,9 @@ async def test_a_reader_that_dies_while_pinning_leaks_nothing(
             reader.kill()
             reader.join(30)
         # the coordinator drops a client's pin table with its connection
-        while len((await producer.stats())["clients"]) != 1:
-            await trio.sleep(0.01)  # the coordinator has to notice the hang-up
+        with trio.fail_after(30):  # the coordinator has to notice the hang-up
+            while len((await producer.stats())["clients"]) != 1:
+                await trio.sleep(0.01)
         await producer.flush()
         stats = await producer.stats()
         assert stats["pins"] == 0 and stats["dying"] == 0

@@ -9,7 +9,6 @@ connection and subscriber limits, and memory that clients hold idle.
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import struct
 import subprocess
@@ -118,18 +117,10 @@ def test_nan_timeout_on_the_wire_does_not_stall_other_clients(coordinator: Runni
 # ---------------------------------------------------------------- 3: fd exhaustion
 
 
-def test_out_of_descriptors_refuses_newcomers_and_keeps_serving(tmp_path):
-    path = str(tmp_path / "fd.sock")
-    proc = subprocess.Popen(
-        ["prlimit", "--nofile=64:64", sys.executable, "-m", "plasma", "serve", "--socket", path],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-    )
-    coord = RunningCoordinator(path, proc)
+def test_out_of_descriptors_refuses_newcomers_and_keeps_serving(coordinator_factory):
+    coord = coordinator_factory(wrapper=["prlimit", "--nofile=64:64"], name="fd.sock")
+    path, proc = coord.socket, coord.proc
     try:
-        assert proc.stdout is not None and proc.stdout.readline().startswith("ready")
         with plasma.connect(path) as keeper:
             keeper.put(b"kept", oid(1))
             keeper.flush()
@@ -219,9 +210,7 @@ def test_wrong_protocol_version_is_refused_and_the_connection_closed(
 
 def _stderr_has_no_traceback(coord: RunningCoordinator) -> bool:
     """Stop the coordinator (the fixture's stop then finds it exited) and read its log."""
-    coord.proc.send_signal(signal.SIGTERM)
-    _, err = coord.proc.communicate(timeout=30)
-    return "Traceback" not in err
+    return coord.stop() == 0 and "Traceback" not in coord.log()
 
 
 def test_refusal_reason_reaches_both_clients():
@@ -396,19 +385,27 @@ def test_idle_memory_of_other_clients_is_reclaimed_before_a_create_fails(coordin
 def test_threads_sharing_a_client_never_write_over_each_other(coordinator: RunningCoordinator):
     with plasma.connect(coordinator.socket) as c:
         stored: dict[int, bytes] = {}
+        errors: list[BaseException] = []
 
         def putter(t: int) -> None:
-            for n in range(400):
-                key = t * 10_000 + n
-                data = bytes([key % 251]) * (64 + (key * 37) % 4000)
-                c.create_and_seal(oid(key), data) if n % 2 else c.put(data, oid(key))
-                stored[key] = data
+            try:
+                for n in range(400):
+                    key = t * 10_000 + n
+                    data = bytes([key % 251]) * (64 + (key * 37) % 4000)
+                    c.create_and_seal(oid(key), data) if n % 2 else c.put(data, oid(key))
+                    stored[key] = data
+            except BaseException as exc:
+                errors.append(exc)
 
         threads = [threading.Thread(target=putter, args=(t,)) for t in range(4)]
         for t in threads:
             t.start()
         for t in threads:
             t.join(60)
+            assert not t.is_alive(), "a putter thread still runs after 60 s"
+        if errors:
+            raise errors[0]
+        assert len(stored) == 4 * 400
         c.flush()
         for key, data in stored.items():
             got = c.get(oid(key), timeout=5)

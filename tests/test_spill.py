@@ -118,7 +118,7 @@ def test_a_restart_with_restore_brings_back_what_was_spilled(running, tmp_path):
         assert all(v["state"] == "spilled" for v in listed.values())
         assert all(intact(client, n) for n in range(1, 32) if oid(n) in listed)
     assert coord.stop() == 0
-    assert f"object {hit.hex()} quarantined" in coord.proc.stderr.read()
+    assert f"object {hit.hex()} quarantined" in coord.log()
 
 
 def test_sigkill_during_a_spill_loses_nothing_that_was_fully_spilled(running, tmp_path):
@@ -135,8 +135,7 @@ def test_sigkill_during_a_spill_loses_nothing_that_was_fully_spilled(running, tm
         else:
             pytest.fail("no spill was ever in flight to kill")
         fully_spilled |= {o for o, v in client.list().items() if v["state"] == "spilled"}
-        coord.proc.send_signal(signal.SIGKILL)
-    coord.proc.wait(timeout=30)
+        assert coord.stop(signal.SIGKILL) == -signal.SIGKILL
     coord = running("--spill-dir", str(spill), "--restore")
     assert not [p for p in spill.iterdir() if p.name.endswith(".tmp")]
     with plasma.connect(coord.socket) as client:
@@ -161,7 +160,7 @@ def test_a_spill_file_removed_by_hand_fails_only_its_objects(running, tmp_path):
         assert all(intact(client, n) for n in range(24) if n not in lost)
         assert client.stats()["spill"]["lost"] == len(lost)
     assert coord.stop() == 0
-    assert "is gone" in coord.proc.stderr.read()
+    assert "is gone" in coord.log()
 
 
 def _readable(client: plasma.Client, n: int) -> bool:
@@ -211,7 +210,7 @@ def test_a_full_disk_keeps_every_object_in_memory_and_says_so(running, small_dis
         client.delete([oid(n) for n in in_memory])  # room to bring the others back
         assert all(intact(client, n) for n in range(created) if n not in in_memory)
     assert coord.stop() == 0
-    assert "stay in memory" in coord.proc.stderr.read()
+    assert "stay in memory" in coord.log()
 
 
 def test_an_object_a_reader_holds_is_not_spilled_until_released(running, tmp_path):

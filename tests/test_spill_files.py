@@ -7,6 +7,7 @@ import os
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -78,31 +79,41 @@ def restore(path: Path, file_id: int, entry, part: int = 0, file_backed: bool = 
     st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 300)), min_size=1, max_size=6),
     st.sampled_from([0, 1000, 4096]),
     st.booleans(),
+    st.sampled_from([None, 1000, 4096]),
 )
-def test_what_is_written_comes_back_byte_for_byte(tmp_path_factory, sizes, part, file_backed):
+def test_what_is_written_comes_back_byte_for_byte(
+    tmp_path_factory, sizes, part, file_backed, chunk
+):
     """Whole, or in parts (up to six of them: objects of several parts), mapped or (a
-    fallback file's target) written with pwrite."""
+    fallback file's target) written with pwrite; with ``chunk``, every object is written
+    through a mapping and copied in steps of ``chunk`` bytes (as objects over 8 MiB are)."""
     directory = tmp_path_factory.mktemp("spill")
     payload = os.urandom(1 << 16)
     fd = segment(payload)
-    try:
-        srcs = sources(fd, sizes)
-        with opened(directory) as d:
-            entries, size = spill_files.write_batch(d, 7, srcs)
-    finally:
-        os.close(fd)
-    assert size == os.path.getsize(directory / "spill-0000000007.plasma")
-    files, damaged = scan(directory)
-    assert not damaged and files[7] == (entries, size)
-    for s, e in zip(srcs, entries, strict=True):
-        assert (e.id, e.data_size, e.metadata_size, e.node) == (
-            s.id,
-            s.data_size,
-            s.metadata_size,
-            s.node,
-        )
-        got = restore(directory, 7, e, part, file_backed)
-        assert got == payload[s.offset : s.offset + e.length]
+    steps = (
+        contextlib.nullcontext()
+        if chunk is None
+        else mock.patch.multiple(spill_files, SMALL=1, CHUNK=chunk)
+    )
+    with steps:
+        try:
+            srcs = sources(fd, sizes)
+            with opened(directory) as d:
+                entries, size = spill_files.write_batch(d, 7, srcs)
+        finally:
+            os.close(fd)
+        assert size == os.path.getsize(directory / "spill-0000000007.plasma")
+        files, damaged = scan(directory)
+        assert not damaged and files[7] == (entries, size)
+        for s, e in zip(srcs, entries, strict=True):
+            assert (e.id, e.data_size, e.metadata_size, e.node) == (
+                s.id,
+                s.data_size,
+                s.metadata_size,
+                s.node,
+            )
+            got = restore(directory, 7, e, part, file_backed)
+            assert got == payload[s.offset : s.offset + e.length]
 
 
 def test_objects_of_many_parts_come_back(tmp_path):

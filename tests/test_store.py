@@ -663,6 +663,18 @@ def test_node_choice_default_explicit_and_most_free() -> None:
     assert {o.id: o.node for o in store.objects()} == {oid(1): 1, oid(2): 0, oid(3): 0, oid(4): 1}
 
 
+def test_an_object_too_big_for_the_most_free_node_goes_where_it_can_fit() -> None:
+    store = Store({0: 8 * KIB, 1: 4 * KIB}, FakeProvider(), segment_size=4 * KIB, grace=0.0)
+    store.register_client(1)
+    assert loc(store.create(1, oid(1), 4097)).node == 0
+    # node 1 has the most free bytes now, but its whole budget is too small: wait for node 0
+    assert isinstance(store.create(1, oid(2), 4097, timeout=None), Pending)
+    with pytest.raises(StoreFull, match="node 0"):
+        store.create(1, oid(3), 4097)  # (and with timeout 0, no room there now)
+    with pytest.raises(StoreFull, match="exceed"):
+        store.create(1, oid(4), 9000, timeout=None)  # fits nowhere: at once
+
+
 def test_eviction_is_per_node() -> None:
     store, _ = make(budget=4 * KIB, segment_size=4 * KIB, nodes=2)
     store.register_client(1)
@@ -973,13 +985,13 @@ class StoreMachine(RuleBasedStateMachine):
         self._add(o, where, False, client)
         self.refs[(client, o)] = 1
 
-    @rule(client=st.integers(1, 3), size=st.integers(0, 6000), timeout=st.sampled_from([None, 2]))
+    @rule(client=st.integers(1, 3), size=st.integers(0, 9000), timeout=st.sampled_from([None, 2]))
     def create_waiting(self, client: int, size: int, timeout: float | None) -> None:
         o = self._new_id()
         try:
             res = self.store.create(client, o, size, timeout=timeout, now=self.now)
         except StoreFull:
-            assert size > 4 * KIB  # only too big for every node fails at once
+            assert self._size(size) > 8 * KIB  # only too big for every node fails at once
             return
         if isinstance(res, Pending):
             self.waiting_creates[res.token] = (client, o)

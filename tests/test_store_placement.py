@@ -3,13 +3,20 @@ readers, the budgets they count against, and pages moved back before memory is r
 
 from __future__ import annotations
 
-import contextlib
+import collections
 import itertools
+from collections.abc import Callable
 
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from plasma.errors import BadRequest, ObjectNotFound, PlacementImpossible, PlasmaError, StoreFull
 from plasma.follow import ReaderTracker
@@ -353,6 +360,7 @@ class PlacementMachine(RuleBasedStateMachine):
         self.places: list[Place | Copy] = []
         self.held: list[tuple[int, bytes]] = []
         self.creating: dict[int, tuple[int, bytes]] = {}  # token -> (client, id)
+        self.outcomes: collections.Counter[str] = collections.Counter()  # what happened
 
     def _drain(self) -> None:
         for e in self.store.drain_events():
@@ -409,27 +417,36 @@ class PlacementMachine(RuleBasedStateMachine):
             self.store.delete(10, [data.draw(st.sampled_from(ids))])
             self._drain()
 
+    def _move(self, what: str, call: Callable[[], list[int] | Pending]) -> None:
+        """Make a migrate or replicate ``call`` and count how it went."""
+        try:
+            result = call()
+        except (StoreFull, BadRequest) as exc:
+            self.outcomes[f"{what} {type(exc).__name__}"] += 1
+        else:
+            self.outcomes[f"{what} {'started' if isinstance(result, Pending) else 'done'}"] += 1
+        self._drain()
+
     @rule(data=st.data(), node=st.integers(0, 2))
     def migrate(self, data: st.DataObject, node: int) -> None:
         ids = self._sealed()
         if ids:
-            with contextlib.suppress(StoreFull, BadRequest):
-                self.store.migrate(10, data.draw(st.sampled_from(ids)), node)
-            self._drain()
+            target = data.draw(st.sampled_from(ids))
+            self._move("migrate", lambda: self.store.migrate(10, target, node))
 
     @rule(data=st.data(), nodes=st.lists(st.integers(0, 2), min_size=1, max_size=2))
     def replicate(self, data: st.DataObject, nodes: list[int]) -> None:
         ids = self._sealed()
         if ids:
-            with contextlib.suppress(StoreFull, BadRequest):
-                self.store.replicate(10, data.draw(st.sampled_from(ids)), nodes)
-            self._drain()
+            target = data.draw(st.sampled_from(ids))
+            self._move("replicate", lambda: self.store.replicate(10, target, nodes))
 
     @precondition(lambda self: self.places)
     @rule(data=st.data(), ok=st.sampled_from([True, True, False]))
     def finish_place(self, data: st.DataObject, ok: bool) -> None:
         place = self.places.pop(data.draw(st.integers(0, len(self.places) - 1)))
         self.store.placed(place.token, None if ok else "EIO")
+        self.outcomes[f"{type(place).__name__} {'placed' if ok else 'failed'}"] += 1
         self._drain()
 
     @rule()
@@ -483,7 +500,35 @@ class PlacementMachine(RuleBasedStateMachine):
         assert [store.stats()["nodes"][n]["placed_in"] for n in range(3)] == want
 
 
-PlacementMachine.TestCase.settings = settings(
-    max_examples=200, stateful_step_count=50, deadline=None
-)
+PLACEMENT_MACHINE_SETTINGS = settings(max_examples=200, stateful_step_count=50, deadline=None)
+PlacementMachine.TestCase.settings = PLACEMENT_MACHINE_SETTINGS
 TestPlacementMachine = PlacementMachine.TestCase
+
+
+def test_the_placement_machine_moves_and_copies() -> None:
+    """Migrates and replicates succeed, at once or by moving pages, and the moves finish
+    both ways (a regression refusing every move fails here; refusals are counted too)."""
+    seen: collections.Counter[str] = collections.Counter()
+
+    class Counting(PlacementMachine):
+        def teardown(self) -> None:
+            seen.update(self.outcomes)
+            super().teardown()
+
+    run_state_machine_as_test(
+        Counting,
+        settings=settings(
+            PLACEMENT_MACHINE_SETTINGS, max_examples=100, derandomize=True, database=None
+        ),
+    )
+    wanted = [
+        "migrate started",
+        "migrate done",
+        "replicate started",
+        "replicate done",
+        "Place placed",
+        "Place failed",
+        "Copy placed",
+        "Copy failed",
+    ]
+    assert not [w for w in wanted if seen[w] < 3], seen

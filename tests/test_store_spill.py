@@ -4,12 +4,19 @@ state machine that checks no memory an in-flight copy uses is ever given to anot
 
 from __future__ import annotations
 
+import collections
 import itertools
 
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from plasma.errors import StoreFull
 from plasma.records import ObjectLocation, SpillEntry
@@ -204,19 +211,22 @@ def test_an_object_deleted_while_being_written_keeps_its_memory_until_the_write_
     store, _ = make()
     for n in range(4):
         put(store, n)
-    store.create(1, oid(9), 16 * KIB)
+    waiting = store.create(1, oid(9), 16 * KIB)
     file_id, objects = store.spill_batch(0.0, 1 << 30)
     (victim, where, _), *_ = objects
     store.delete(1, [victim])
-    # the memory being read must not go to another object before the write ends
-    placed = store.create(1, oid(11), 16 * KIB)
-    if isinstance(placed, ObjectLocation):
-        assert placed.offset != where.offset
+    # the memory being read must not go to another object before the write ends: neither
+    # to a new create nor to the one waiting since before
+    assert isinstance(store.create(1, oid(11), 16 * KIB), Pending)
+    assert not events(store, CreateDone)
     entries = [SpillEntry(o, 1, 0, 0, 0.0, 8, 1, 0, i) for i, (o, _, _) in enumerate(objects)]
-    store.drain_events()
     store.spilled(file_id, entries, 100, 0.0, 0.0)
-    dead = events(store, SpillDead)
+    drained = store.drain_events()
+    dead = [e for e in drained if isinstance(e, SpillDead)]
     assert dead and dead[0].empty  # nothing live: the file is removed
+    (done,) = [e for e in drained if isinstance(e, CreateDone)]  # then the memory is given
+    assert isinstance(waiting, Pending) and done.token == waiting.token
+    assert done.result == [ObjectLocation(where.segment, where.offset, 16 * KIB, 0, 0)]
     assert store.stats()["used"] <= 4 * 16 * KIB
 
 
@@ -224,9 +234,9 @@ def test_an_object_deleted_while_being_restored_frees_its_memory_only_after():
     store = spilled_oldest()
     pending = store.get(1, [oid(0)], timeout=5)
     (r,) = events(store, Restore)
+    assert isinstance(pending, Pending)
     store.delete(1, [oid(0)])
     assert events(store, GetDone)[0].results == [NOT_FOUND]
-    assert pending is not None
     # the range being written is still allocated: nothing else may get it
     used = store.stats()["used"]
     store.restored(r.token, now=1.0)
@@ -367,20 +377,24 @@ def test_adopted_files_come_back_as_spilled_objects_and_the_newest_copy_wins():
 
 
 class SpillMachine(RuleBasedStateMachine):
-    """Random creates, gets, releases, deletes, spill batches and restores (completing,
-    failing, or losing the copy), with the I/O's completions in any order. Invariant: the
-    memory ranges of resident objects and of in-flight restores never overlap, and a range
-    an in-flight spill reads is never reused while the write is under way."""
+    """Random creates, gets, releases, deletes and disconnects by two clients, spill batches
+    and restores (completing, failing, or losing the copy), with the I/O's completions in
+    any order. Invariant: the memory ranges of resident objects and of in-flight restores
+    never overlap, and a range an in-flight spill reads is never reused while the write is
+    under way."""
 
     def __init__(self) -> None:
         super().__init__()
         self.store, _ = make(budget=64 * KIB, spill_threshold=0.75)
+        self.store.register_client(2)
+        self.clients = [1, 2]  # a disconnected client comes back under a new id
         self.n = 0
-        self.held: list[bytes] = []
+        self.held: list[tuple[int, bytes]] = []  # (client, id) of each reference taken
         self.batch: tuple[int, list] | None = None
         self.restores: list[Restore] = []
         self.now = 0.0
-        self.waiting: dict[int, bytes] = {}  # token of a pending get or create -> its id
+        self.waiting: dict[int, tuple[int, bytes]] = {}  # token of a get or create -> ...
+        self.outcomes: collections.Counter[str] = collections.Counter()  # what happened
 
     def _drain(self) -> None:
         for e in self.store.drain_events():
@@ -389,62 +403,100 @@ class SpillMachine(RuleBasedStateMachine):
             elif isinstance(e, GetDone):
                 if isinstance(e.results[0], ObjectLocation):
                     self.held.append(self.waiting.pop(e.token))
+                else:
+                    del self.waiting[e.token]
             elif isinstance(e, CreateDone) and isinstance(e.result, list):
-                created = self.waiting.pop(e.token)
-                self.store.seal(1, created, now=self.now)
-                self.store.release(1, created, now=self.now)
+                client, created = self.waiting.pop(e.token)
+                self.store.seal(client, created, now=self.now)
+                self.store.release(client, created, now=self.now)
 
-    @rule(size=st.sampled_from([1, 4 * KIB, 16 * KIB, 24 * KIB]))
-    def create(self, size: int) -> None:
+    @rule(c=st.integers(0, 1), size=st.sampled_from([1, 4 * KIB, 16 * KIB, 24 * KIB]))
+    def create(self, c: int, size: int) -> None:
         self.n += 1
+        client = self.clients[c]
         try:
-            result = self.store.create(1, oid(self.n), size, timeout=1)
+            result = self.store.create(client, oid(self.n), size, timeout=1)
         except StoreFull:
             return
         if isinstance(result, ObjectLocation):
-            self.store.seal(1, oid(self.n))
-            self.store.release(1, oid(self.n))
+            self.store.seal(client, oid(self.n))
+            self.store.release(client, oid(self.n))
         else:
-            self.waiting[result.token] = oid(self.n)
+            self.waiting[result.token] = (client, oid(self.n))
         self._drain()
 
-    @rule(size=st.sampled_from([4 * KIB, 16 * KIB]))
-    def create_another(self, size: int) -> None:  # (creates twice as often as the rest)
-        self.create(size)
+    @rule(c=st.integers(0, 1), size=st.sampled_from([4 * KIB, 16 * KIB]))
+    def create_another(self, c: int, size: int) -> None:  # (creates twice as often as the rest)
+        self.create(c, size)
 
-    @rule(data=st.data(), spilled=st.booleans())
-    def get(self, data: st.DataObject, spilled: bool) -> None:
+    @rule(c=st.integers(0, 1), data=st.data(), spilled=st.booleans())
+    def get(self, c: int, data: st.DataObject, spilled: bool) -> None:
         wanted = ("spilled",) if spilled else ("sealed", "spilled")
         ids = [i.id for i in self.store.objects() if i.state in wanted]
         if not ids:
             return
-        target = data.draw(st.sampled_from(ids))
-        result = self.store.get(1, [target], timeout=None, now=self.now)
+        client, target = self.clients[c], data.draw(st.sampled_from(ids))
+        result = self.store.get(client, [target], timeout=None, now=self.now)
         if isinstance(result, Pending):
-            self.waiting[result.token] = target
+            self.waiting[result.token] = (client, target)
         elif isinstance(result[0], ObjectLocation):
-            self.held.append(target)
+            self.held.append((client, target))
+        self._drain()
+
+    @rule(c=st.integers(0, 1), data=st.data(), ok=st.sampled_from([True, True, False]))
+    def spill_then_get(self, c: int, data: st.DataObject, ok: bool) -> None:
+        """Fill the store past its threshold, write what it asks for, get a spilled object
+        (so that restores happen: spill batches are rare otherwise)."""
+        for _ in range(8):
+            if self.batch is not None or self.store.stats()["used"] > 52 * KIB:
+                break
+            self.create(c, 16 * KIB)
+        if self.batch is None:
+            self.take_batch()
+        if self.batch is not None:
+            self.finish_batch(ok)
+        self.get(c, data, spilled=True)
+
+    @precondition(lambda self: self.restores)
+    @rule(c=st.integers(0, 1), data=st.data())
+    def delete_restoring(self, c: int, data: st.DataObject) -> None:
+        restoring = data.draw(st.sampled_from(self.restores)).oid
+        self.store.delete(self.clients[c], [restoring], now=self.now)
         self._drain()
 
     @precondition(lambda self: self.held)
     @rule(data=st.data())
     def release(self, data: st.DataObject) -> None:
-        target = data.draw(st.sampled_from(self.held))
-        self.held.remove(target)
-        self.store.release(1, target, now=self.now)
+        client, target = data.draw(st.sampled_from(self.held))
+        self.held.remove((client, target))
+        self.store.release(client, target, now=self.now)
         self._drain()
 
-    @rule(data=st.data())
-    def delete(self, data: st.DataObject) -> None:
+    @rule(c=st.integers(0, 1), data=st.data())
+    def delete(self, c: int, data: st.DataObject) -> None:
         ids = [i.id for i in self.store.objects() if i.state != "created"]
         if ids:
-            self.store.delete(1, [data.draw(st.sampled_from(ids))], now=self.now)
+            self.store.delete(self.clients[c], [data.draw(st.sampled_from(ids))], now=self.now)
             self._drain()
+
+    @rule(c=st.integers(0, 1))
+    def disconnect(self, c: int) -> None:
+        gone = self.clients[c]
+        self.outcomes["disconnect"] += 1
+        if any(client == gone for client, _ in self.waiting.values()):
+            self.outcomes["disconnect while waiting"] += 1
+        self.store.disconnect(gone, now=self.now)
+        self.held = [h for h in self.held if h[0] != gone]
+        self.waiting = {t: w for t, w in self.waiting.items() if w[0] != gone}
+        self.clients[c] = max(self.clients) + 1
+        self.store.register_client(self.clients[c])
+        self._drain()
 
     @precondition(lambda self: self.batch is None)
     @rule()
     def take_batch(self) -> None:
         self.batch = self.store.spill_batch(self.now, 32 * KIB)
+        self._drain()
 
     @precondition(lambda self: self.batch is not None)
     @rule(ok=st.sampled_from([True, True, False]))
@@ -458,16 +510,21 @@ class SpillMachine(RuleBasedStateMachine):
                 for i, (o, lc, t) in enumerate(objects)
             ]
             self.store.spilled(file_id, entries, 64 + len(entries), 0.0, self.now)
+            self.outcomes["spilled"] += 1
         else:
             self.store.spill_failed(file_id, "ENOSPC", self.now)
+            self.outcomes["spill failed"] += 1
         self._drain()
 
     @precondition(lambda self: self.restores)
     @rule(data=st.data(), outcome=st.sampled_from(["ok", "ok", "lost", "error"]))
     def finish_restore(self, data: st.DataObject, outcome: str) -> None:
         r = self.restores.pop(data.draw(st.integers(0, len(self.restores) - 1)))
+        if r.oid not in self.store._objects:
+            self.outcomes["restore of a deleted object"] += 1
         error = None if outcome == "ok" else outcome
         self.store.restored(r.token, error, lost=outcome == "lost", now=self.now)
+        self.outcomes[f"restore {outcome}"] += 1
         self._drain()
 
     @rule()
@@ -484,7 +541,8 @@ class SpillMachine(RuleBasedStateMachine):
             if rec.resident or rec.restoring:
                 ranges.append((rec.loc.segment, rec.loc.offset, rec.size, o))
         for r in self.restores:  # restores of objects deleted meanwhile still own memory
-            ranges.append((r.location.segment, r.location.offset, 1, r.oid))
+            size = r.location.data_size + r.location.metadata_size
+            ranges.append((r.location.segment, r.location.offset, max(1, size), r.oid))
         if self.batch is not None:
             for o, lc, _ in self.batch[1]:
                 ranges.append((lc.segment, lc.offset, max(1, lc.data_size), o))
@@ -521,8 +579,38 @@ class SpillMachine(RuleBasedStateMachine):
         assert store.stats()["used"] == sum(r.size for r in unique.values()) + after_io
 
 
-SpillMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=60, deadline=None)
+SPILL_MACHINE_SETTINGS = settings(max_examples=200, stateful_step_count=60, deadline=None)
+SpillMachine.TestCase.settings = SPILL_MACHINE_SETTINGS
 TestSpillMachine = SpillMachine.TestCase
+
+
+def test_the_spill_machine_reaches_restores_failures_and_disconnects() -> None:
+    """A change to the rules that stops the machine restoring, failing or disconnecting
+    fails here instead of silently testing less."""
+    seen: collections.Counter[str] = collections.Counter()
+
+    class Counting(SpillMachine):
+        def teardown(self) -> None:
+            seen.update(self.outcomes)
+            super().teardown()
+
+    run_state_machine_as_test(
+        Counting,
+        settings=settings(
+            SPILL_MACHINE_SETTINGS, max_examples=100, derandomize=True, database=None
+        ),
+    )
+    wanted = [
+        "spilled",
+        "spill failed",
+        "restore ok",
+        "restore lost",
+        "restore error",
+        "restore of a deleted object",
+        "disconnect",
+        "disconnect while waiting",
+    ]
+    assert not [w for w in wanted if seen[w] < 3], seen
 
 
 def test_a_reader_that_disconnects_during_its_restore_leaves_the_object_evictable():

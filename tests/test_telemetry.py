@@ -21,6 +21,7 @@ from plasma.linux.perf import HARDWARE_EVENTS, SOFTWARE_EVENTS
 from plasma.perf import Locality, PerfSample
 from plasma.telemetry import DONE, EXITED, REPORTED, RUNNING, Telemetry, numa_nodes
 from tests.conftest import RunningCoordinator, run_guest_script, wait_until
+from tests.test_perf import HARDWARE_COUNTERS, NO_HARDWARE_COUNTERS
 
 PAGES_64_MIB = (64 << 20) // 4096
 # Waits for a byte on stdin, touches 64 MiB (one fault per 4 KiB page), says so, then waits
@@ -116,6 +117,20 @@ def test_done_takes_a_final_sample_and_stops_sampling() -> None:
     telemetry.register("me", os.getpid())  # a retry starts a fresh series
     assert _row(telemetry.tasks(), "me")["samples"] == 1
     telemetry.close()
+
+
+@pytest.mark.skipif(not HARDWARE_COUNTERS, reason=NO_HARDWARE_COUNTERS)
+def test_hardware_events_are_counted_where_the_kernel_counts_them() -> None:
+    telemetry = Telemetry()
+    telemetry.register("me", os.getpid())
+    assert sum(range(1_000_000)) > 0  # work to count
+    telemetry.done("me")
+    latest = _row(telemetry.tasks(), "me")["latest"]
+    telemetry.close()
+    for event in HARDWARE_EVENTS:
+        assert event.name not in latest["unsupported"], latest["unsupported"]
+    assert (latest["counters"]["cycles"] or 0) > 1_000_000
+    assert (latest["counters"]["instructions"] or 0) > 1_000_000
 
 
 @pytest.mark.skipif(HAS_CPU_PMU, reason="this machine has a hardware PMU")
