@@ -43,6 +43,7 @@ from plasma.segments import BASE_PAGE, SegmentPool
 from plasma.shared_tables import SharedTables, close_map, new_pin_table
 from plasma.spiller import Spiller
 from plasma.store import (
+    SPILL_MAX_OBJECTS,
     Copy,
     CreateDone,
     DirectoryMoved,
@@ -114,6 +115,7 @@ class CoordinatorConfig:
     spill_dir: str | None = None  # eviction spills to files here instead of deleting
     spill_threshold: float = 1.0  # make copies on disk ahead of need past this fraction
     spill_max: int | None = None  # bytes the spill files may take
+    spill_max_objects: int = SPILL_MAX_OBJECTS  # objects with a copy in them at most
     restore: bool = False  # take in what a previous coordinator spilled to spill_dir
     fallback_dir: str | None = None  # file-backed segments here when nothing can make room
     fallback_files: int = 1024  # of them at once (each a descriptor)
@@ -292,6 +294,7 @@ class Coordinator:
             spill=config.spill_dir is not None,
             spill_threshold=config.spill_threshold,
             spill_max=config.spill_max,
+            spill_max_objects=config.spill_max_objects,
             fallback=config.fallback_dir is not None,
             fallback_files=fallback_file_limit(config.fallback_files),
             fallback_max=config.fallback_max,

@@ -100,6 +100,7 @@ EVICTION_HEADROOM = 64  # a round of eviction frees at least 1/64 of the node's 
 REBUILD_ATTEMPTS = 4  # directory sizes tried (doubling) before leaving a published id out
 TOP_HOLDERS = 3  # clients a store_full message names (those holding the most memory)
 SPILL_WAIT = 10.0  # seconds a create or get with timeout 0 waits for a spill or a restore
+SPILL_MAX_OBJECTS = 1_000_000  # objects with a copy on disk at most, by default
 MAX_WAITING_IDS = 1 << 16  # ids a client's waiting gets and creates may name in all
 SPILL_FRACTION = 8  # a spill batch copies at least 1/8 of the node's budget (if it can)
 
@@ -510,7 +511,9 @@ class Store:
     when that is what a create waits for; objects only on disk stay listed as
     ``"spilled"`` and a get brings them back (a :class:`Restore` event, then
     :meth:`restored`). Copies are also made ahead of need once the bytes without one pass
-    ``spill_threshold`` of a node's budget; ``spill_max`` bounds the bytes on disk. With
+    ``spill_threshold`` of a node's budget; ``spill_max`` bounds the bytes on disk,
+    ``spill_max_objects`` the objects with a copy there (each costs the coordinator a record
+    even once dropped from memory). With
     ``fallback``, a create nothing can make room for gets a file-backed segment
     (``provider.new_fallback_segment``) outside the budgets: at most ``fallback_files`` of
     them (each is a descriptor) taking at most ``fallback_max`` bytes (None: the disk).
@@ -542,6 +545,7 @@ class Store:
         spill: bool = False,
         spill_threshold: float = 1.0,
         spill_max: int | None = None,
+        spill_max_objects: int = SPILL_MAX_OBJECTS,
         fallback: bool = False,
         fallback_files: int = 1024,
         fallback_max: int | None = None,
@@ -621,6 +625,7 @@ class Store:
         self._spill = spill
         self._spill_threshold = spill_threshold
         self._spill_max = spill_max
+        self._spill_max_objects = spill_max_objects
         self._fallback = fallback
         self._fallback_files = fallback_files
         self._fallback_max = fallback_max
@@ -1139,6 +1144,7 @@ class Store:
             "disk_bytes": self._disk_bytes(),
             "files": len(self._spill_files),
             "max_bytes": self._spill_max,
+            "max_objects": self._spill_max_objects,
             "in_flight": sum(len(b) for b in self._batches.values()) + len(self._restoring),
             "spill_seconds": seconds["spill"],
             "restore_seconds": seconds["restore"],
@@ -1266,6 +1272,9 @@ class Store:
         room = math.inf
         if self._spill_max is not None:
             room = self._spill_max - self._disk_bytes()
+        max_objects = min(max_objects, self._spill_max_objects - self._disk_objects())
+        if max_objects <= 0:
+            return None
         picked: list[tuple[bytes, _Object]] = []
         total = 0
         for nd in self._nodes.values():
@@ -1487,7 +1496,7 @@ class Store:
         if short <= 0:
             return False
         room = math.inf if self._spill_max is None else self._spill_max - self._disk_bytes()
-        return bool(self._spill_error) or room < short
+        return bool(self._spill_error) or room < short or self._spill_full()
 
     def _retry_restores(self, now: float) -> None:
         """Restores waiting for memory, in order; those no get waits for any more are
@@ -2081,7 +2090,12 @@ class Store:
 
     def _spill_full(self) -> bool:
         limit = self._spill_max
-        return limit is not None and self._disk_bytes() >= limit
+        full = limit is not None and self._disk_bytes() >= limit
+        return full or self._disk_objects() >= self._spill_max_objects
+
+    def _disk_objects(self) -> int:
+        """Objects with a copy in the spill files."""
+        return sum(f[0] for f in self._spill_files.values())
 
     def _disk_bytes(self) -> int:
         """Bytes of the spill files."""
@@ -2683,18 +2697,21 @@ class Store:
             f"{unreferenced} unreferenced, {max(0, freeing)} being freed, "
             f"{nd.budget - nd.used} free"
         )
-        top = held.by_client.most_common(TOP_HOLDERS)
-        if top:
-            text += "; held most by " + ", ".join(
-                f"{self._clients[cid].label} ({n} bytes)" for cid, n in top
-            )
         if self._spill:
             text += f", {self._spill_counts['bytes']} spilled to disk"
             if self._spill_max is not None:
                 disk = self._disk_bytes()
                 text += f" (spill files: {disk} of at most {self._spill_max} bytes)"
+            copies = self._disk_objects()
+            if copies >= self._spill_max_objects:
+                text += f" (spill files: {copies} objects, the most allowed)"
             if self._spill_error:
                 text += f"; the last spill failed: {self._spill_error}"
+        top = held.by_client.most_common(TOP_HOLDERS)
+        if top:
+            text += "; held most by " + ", ".join(
+                f"{self._clients[cid].label} ({n} bytes)" for cid, n in top
+            )
         return text + nd.shortage
 
     def _held_on(self, nd: _Node) -> _Held:

@@ -323,6 +323,29 @@ def test_a_get_of_a_spilled_object_fails_when_nothing_can_make_room_for_it():
     assert restore.oid == oid(0)
 
 
+def test_spill_max_objects_bounds_the_objects_on_disk():
+    """Each object with a copy on disk costs the coordinator a record even once dropped from
+    memory: their number is bounded, and a create that would need more says so."""
+    store, _ = make(spill_max_objects=2)
+    for n in range(4):
+        put(store, n)
+    for n in (10, 11):
+        store.create(1, oid(n), 16 * KIB, timeout=1)
+        write(store)
+        store.expire(1.0)
+        (made,) = events(store, CreateDone)
+        assert isinstance(made.result, list)
+        store.seal(1, oid(n))
+        store.release(1, oid(n))
+    assert store.stats()["spill"]["max_objects"] == 2
+    pending = store.create(1, oid(12), 16 * KIB, timeout=1)
+    assert isinstance(pending, Pending)
+    assert store.spill_batch(0.0, 1 << 30) is None  # a third copy would pass the bound
+    store.expire(5.0)
+    (failed,) = [e for e in events(store, CreateDone) if e.token == pending.token]
+    assert "2 objects, the most allowed" in str(failed.result)
+
+
 def test_fallback_serves_a_create_when_everything_is_referenced():
     store, provider = make(fallback=True)
     for n in range(4):

@@ -19,6 +19,7 @@ from plasma.coordinator import CoordinatorConfig, serve
 from plasma.dashboard import options as dashboard_options
 from plasma.errors import BadRequest, PlasmaError
 from plasma.protocol import DEFAULT_MAX_FRAME
+from plasma.store import SPILL_MAX_OBJECTS
 from plasma.topology import Topology
 from plasma.units import parse_size
 
@@ -132,6 +133,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     spill.add_argument("--spill-max", metavar="SIZE", help="bytes the spill files may take")
     spill.add_argument(
+        "--spill-max-objects",
+        type=int,
+        default=SPILL_MAX_OBJECTS,
+        metavar="N",
+        help="objects the spill files may hold (each costs the coordinator a few hundred "
+        f"bytes of memory; default {SPILL_MAX_OBJECTS:,})",
+    )
+    spill.add_argument(
         "--restore",
         action="store_true",
         help="bring back the objects a previous coordinator spilled to --spill-dir",
@@ -191,9 +200,13 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
 
 
 def _spill_options(args: argparse.Namespace) -> dict[str, Any]:
-    changed = args.spill_threshold != SPILL_THRESHOLD
+    changed = args.spill_threshold != SPILL_THRESHOLD or args.spill_max_objects != SPILL_MAX_OBJECTS
     if args.spill_dir is None and (args.restore or args.spill_max or changed):
-        raise BadRequest("--restore, --spill-max and --spill-threshold need --spill-dir")
+        raise BadRequest(
+            "--restore, --spill-max, --spill-max-objects and --spill-threshold need --spill-dir"
+        )
+    if args.spill_max_objects < 1:
+        raise BadRequest(f"--spill-max-objects must be at least 1, got {args.spill_max_objects}")
     if not 0 < args.spill_threshold <= 1:
         raise BadRequest(f"--spill-threshold must be in (0, 1], got {args.spill_threshold}")
     if args.fallback_dir is not None and not os.path.isdir(args.fallback_dir):
@@ -207,6 +220,7 @@ def _spill_options(args: argparse.Namespace) -> dict[str, Any]:
         "spill_dir": args.spill_dir,
         "spill_threshold": args.spill_threshold,
         "spill_max": parse_size(args.spill_max) if args.spill_max else None,
+        "spill_max_objects": args.spill_max_objects,
         "restore": args.restore,
         "fallback_dir": os.path.abspath(args.fallback_dir) if args.fallback_dir else None,
         "fallback_files": args.fallback_files,
