@@ -9,6 +9,7 @@ the coordinator's operations: a call served without a round trip adds none.
 from __future__ import annotations
 
 import contextlib
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -229,6 +230,61 @@ async def test_a_stopped_coordinator_is_one_documented_error(coordinator_factory
     with pytest.raises(plasma.Disconnected, match="cannot connect"):
         async with open_client(kind, coord.socket):
             pass
+
+
+async def test_a_killed_coordinator_serves_nothing_more_but_held_views_stay(
+    coordinator_factory, kind: str
+) -> None:
+    """Once its coordinator died (kill -9) a client raises Disconnected on every call, gets
+    the directory could serve (no request) included; the views it holds stay readable. A
+    new coordinator on the same socket path does not bring the old client back: it never
+    serves from the dead store's directory; a new client uses the new store."""
+    coord = coordinator_factory("--memory", "8MiB")
+    held_bytes, other_bytes = b"held" * 1000, b"other" * 1000
+    async with open_client(kind, coord.socket) as c:
+        async with open_client(kind, coord.socket) as owner:
+            await owner.create_and_seal(oid(1), held_bytes)
+            await owner.create_and_seal(oid(2), other_bytes)
+            await owner.create_and_seal(oid(3), b"maps the segment")
+            await owner.flush()
+        await c.get(oid(3), timeout=0)  # a request: the segment is mapped from now on
+        asked = await gets(c)
+        held = await c.get(oid(1), timeout=0)
+        assert await gets(c) == asked  # through the directory, as the rest would be
+        assert c.raw._core.reader is not None
+
+        coord.stop(signal.SIGKILL)
+        assert bytes(held) == held_bytes
+        for call in (
+            lambda: c.get(oid(2), timeout=0),  # in the directory, never asked for: fast path
+            lambda: c.get_object(oid(2), timeout=0),
+            lambda: c.get(oid(1), timeout=0),  # held already
+            lambda: c.get([oid(1), oid(2)], timeout=0),
+            lambda: c.get_buffers([oid(2)], timeout=0),
+            lambda: c.contains(oid(2)),
+            lambda: c.put(b"new"),
+            lambda: c.stats(),
+        ):
+            with pytest.raises(plasma.Disconnected, match="the coordinator closed the conn"):
+                await call()
+        assert bytes(held) == held_bytes
+
+        new = coordinator_factory("--memory", "8MiB")
+        assert new.socket == coord.socket
+        async with open_client(kind, new.socket) as fresh:
+            await fresh.create_and_seal(oid(2), b"new store")
+            await fresh.flush()
+            assert bytes(await fresh.get(oid(2), timeout=0)) == b"new store"
+            for call in (
+                lambda: c.get(oid(2), timeout=0),
+                lambda: c.get(oid(1), timeout=0),
+                lambda: c.contains(oid(2)),
+            ):
+                with pytest.raises(plasma.Disconnected):
+                    await call()
+            assert bytes(held) == held_bytes
+        del held
+    assert new.stop() == 0
 
 
 async def test_errors_leave_the_block_unwrapped(coordinator: RunningCoordinator, kind: str):
