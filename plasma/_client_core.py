@@ -538,7 +538,9 @@ class ClientCore:
             self._give_back(abandoned, reply)
         elif isinstance(reply, p.Error):
             err = error_for(reply.code, reply.message)
-            if reply.seq == 0:
+            if reply.seq == 0:  # (its reason beats a hang-up seen on the socket before)
+                if isinstance(self.fatal, Disconnected):
+                    self.fatal = None
                 self.disconnected(err)
             elif len(self.deferred_errors) < MAX_DEFERRED_ERRORS:
                 self.deferred_errors.append(err)

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import gc
 import mmap
+import socket
+
+import pytest
 
 from plasma import protocol as p
 from plasma._client_core import RELEASE_DELAY_BYTES, ClientCore
+from plasma.directory import DirectoryReader
+from plasma.errors import Disconnected, PermissionDenied
 
 
 def state_with_segment(size: int = 1 << 20, release_delay: int = 2) -> ClientCore:
@@ -91,3 +96,30 @@ def test_release_delay_zero_releases_when_the_last_view_goes():
     del view
     gc.collect()
     assert released(state) == [b"z" * 20]
+
+
+def test_a_hang_up_is_seen_without_reading_and_only_then() -> None:
+    """The core looks at its socket for a hang-up (no read): replies waiting to be read do
+    not count; a closed peer does, for good; the coordinator's own reason, read later,
+    replaces the bare Disconnected."""
+    ours, theirs = socket.socketpair()
+    state = ClientCore()
+    state.watch(ours.fileno())
+    state.reader = DirectoryReader.__new__(DirectoryReader)  # (stands for a mapped directory)
+    try:
+        theirs.sendall(b"a reply nobody read yet")
+        assert not state.hung_up()
+        state.check_connected()
+        theirs.close()
+        assert state.hung_up() and state.reader is None
+        with pytest.raises(Disconnected, match="the coordinator closed the connection"):
+            state.check_connected()
+        assert state.get_pinned(b"a" * 20, 0, False) is None
+        state.unexpected(p.Error(seq=0, code="permission_denied", message="go away"))
+        with pytest.raises(PermissionDenied, match="go away"):
+            state.check_connected()
+        state.close_maps()  # (the socket closes: its number is looked at no more)
+        ours.close()
+        assert state.hung_up()  # still: it was lost
+    finally:
+        ours.close()
