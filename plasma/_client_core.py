@@ -26,6 +26,7 @@ import os
 import re
 import select
 import threading
+import time
 import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -60,6 +61,10 @@ ARENA_OBJECT_LIMIT = 1 << 20
 RELEASE_DELAY = 64
 RELEASE_DELAY_BYTES = 64 << 20
 RELEASE_DELAY_SHARE = 32
+# A get the directory serves looks at the socket for a hang-up (one poll(2)) at most this
+# often: a client serves nothing from a dead coordinator's directory later than this after
+# the hang-up (a request, or a get of a held object, looks every time).
+HANGUP_CHECK_INTERVAL = 0.001
 MAX_DEFERRED_ERRORS = 64  # kept one by one; beyond, only counted
 MAX_ARENA_SEALS = 4096  # SealArenas remembered until answered (an older one's failure is missed)
 # ids per request frame: 20 bytes plus MessagePack framing each, well under the default
@@ -272,6 +277,7 @@ class ClientCore:
         # the socket hung_up() looks at (-1: none) and the poll object that looks
         self._socket_fd = -1
         self._poller = select.poll()
+        self.next_hangup_check = 0.0  # (time.monotonic()) when a directory get looks again
         self.reclaim_requested = False  # a Reclaim arrived: answer with reclaim_messages()
         self._held_lock = threading.RLock()  # finalizers may run on any thread
         # one receive buffer for the connection's life: a fresh 256 KiB bytes object per recv
@@ -608,8 +614,13 @@ class ClientCore:
         """What ``get`` of one id returns, when the directory serves it at once (no I/O, so
         no operation to drive); None otherwise (run :meth:`get`, which raises if the
         connection is gone)."""
-        if self.reader is None or self.hung_up():
+        if self.reader is None:
             return None
+        now = time.monotonic()  # (no syscall: the vDSO)
+        if now >= self.next_hangup_check:
+            self.next_hangup_check = now + HANGUP_CHECK_INTERVAL
+            if self.hung_up():
+                return None  # (get raises it)
         kind = type(object_id)
         if kind is ObjectID:
             oid = object_id.binary()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -21,7 +22,7 @@ import trio
 import plasma
 import plasma.aio
 from plasma.perf import PerfSample
-from tests.conftest import RunningCoordinator
+from tests.conftest import RunningCoordinator, wait_until
 
 
 class Either:
@@ -241,20 +242,28 @@ async def test_a_killed_coordinator_serves_nothing_more_but_held_views_stay(
     serves from the dead store's directory; a new client uses the new store."""
     coord = coordinator_factory("--memory", "8MiB")
     held_bytes, other_bytes = b"held" * 1000, b"other" * 1000
-    async with open_client(kind, coord.socket) as c:
+    async with open_client(kind, coord.socket) as c, open_client(kind, coord.socket) as d:
         async with open_client(kind, coord.socket) as owner:
             await owner.create_and_seal(oid(1), held_bytes)
             await owner.create_and_seal(oid(2), other_bytes)
             await owner.create_and_seal(oid(3), b"maps the segment")
             await owner.flush()
-        await c.get(oid(3), timeout=0)  # a request: the segment is mapped from now on
+        for client in (c, d):
+            await client.get(oid(3), timeout=0)  # a request: the segment is mapped from now on
         asked = await gets(c)
         held = await c.get(oid(1), timeout=0)
+        held_by_d = await d.get(oid(1), timeout=0)
         assert await gets(c) == asked  # through the directory, as the rest would be
         assert c.raw._core.reader is not None
 
         coord.stop(signal.SIGKILL)
         assert bytes(held) == held_bytes
+        with pytest.raises(plasma.Disconnected):  # d's first call: a get of what it holds
+            await d.get(oid(1), timeout=0)
+        assert bytes(held_by_d) == held_bytes
+        # (a directory get looks at the socket at most every HANGUP_CHECK_INTERVAL)
+        core = c.raw._core
+        wait_until(lambda: time.monotonic() >= core.next_hangup_check, what="the next look")
         for call in (
             lambda: c.get(oid(2), timeout=0),  # in the directory, never asked for: fast path
             lambda: c.get_object(oid(2), timeout=0),
@@ -283,7 +292,7 @@ async def test_a_killed_coordinator_serves_nothing_more_but_held_views_stay(
                 with pytest.raises(plasma.Disconnected):
                     await call()
             assert bytes(held) == held_bytes
-        del held
+        del held, held_by_d
     assert new.stop() == 0
 
 
