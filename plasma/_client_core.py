@@ -61,9 +61,9 @@ ARENA_OBJECT_LIMIT = 1 << 20
 RELEASE_DELAY = 64
 RELEASE_DELAY_BYTES = 64 << 20
 RELEASE_DELAY_SHARE = 32
-# A get the directory serves looks at the socket for a hang-up (one poll(2)) at most this
-# often: a client serves nothing from a dead coordinator's directory later than this after
-# the hang-up (a request, or a get of a held object, looks every time).
+# A get served without a request (through the directory, or of an object the client holds)
+# looks at the socket for a hang-up (one poll(2)) at most this often: a client serves
+# nothing more later than this after its coordinator hung up (a request learns at once).
 HANGUP_CHECK_INTERVAL = 0.001
 MAX_DEFERRED_ERRORS = 64  # kept one by one; beyond, only counted
 MAX_ARENA_SEALS = 4096  # SealArenas remembered until answered (an older one's failure is missed)
@@ -449,9 +449,21 @@ class ClientCore:
                 self.fatal = exc
             self.reader = None  # (the pin table stays: views that die still unpin)
 
+    def gone(self) -> bool:
+        """:meth:`hung_up`, for what is served without a request: it looks at the socket at
+        most every HANGUP_CHECK_INTERVAL (between looks it costs a read of the clock, the
+        vDSO's: no syscall)."""
+        if self.fatal is not None:
+            return True
+        now = time.monotonic()
+        if now < self.next_hangup_check:
+            return False
+        self.next_hangup_check = now + HANGUP_CHECK_INTERVAL
+        return self.hung_up()
+
     def check_connected(self) -> None:
-        """Raise why the connection is gone, if it is (looking at the socket)."""
-        if self.hung_up():
+        """Raise why the connection is gone, if it is (see :meth:`gone`)."""
+        if self.gone():
             assert self.fatal is not None
             raise type(self.fatal)(self.fatal.message)
 
@@ -614,13 +626,8 @@ class ClientCore:
         """What ``get`` of one id returns, when the directory serves it at once (no I/O, so
         no operation to drive); None otherwise (run :meth:`get`, which raises if the
         connection is gone)."""
-        if self.reader is None:
-            return None
-        now = time.monotonic()  # (no syscall: the vDSO)
-        if now >= self.next_hangup_check:
-            self.next_hangup_check = now + HANGUP_CHECK_INTERVAL
-            if self.hung_up():
-                return None  # (get raises it)
+        if self.reader is None or self.gone():
+            return None  # (get raises it)
         kind = type(object_id)
         if kind is ObjectID:
             oid = object_id.binary()
