@@ -65,6 +65,7 @@ RELEASE_DELAY_SHARE = 32
 # looks at the socket for a hang-up (one poll(2)) at most this often: a client serves
 # nothing more later than this after its coordinator hung up (a request learns at once).
 HANGUP_CHECK_INTERVAL = 0.001
+_monotonic = time.monotonic  # (the vDSO's clock: no syscall)
 MAX_DEFERRED_ERRORS = 64  # kept one by one; beyond, only counted
 MAX_ARENA_SEALS = 4096  # SealArenas remembered until answered (an older one's failure is missed)
 # ids per request frame: 20 bytes plus MessagePack framing each, well under the default
@@ -453,12 +454,10 @@ class ClientCore:
         """:meth:`hung_up`, for what is served without a request: it looks at the socket at
         most every HANGUP_CHECK_INTERVAL (between looks it costs a read of the clock, the
         vDSO's: no syscall)."""
-        if self.fatal is not None:
-            return True
-        now = time.monotonic()
-        if now < self.next_hangup_check:
-            return False
-        self.next_hangup_check = now + HANGUP_CHECK_INTERVAL
+        return self.fatal is not None or (_monotonic() >= self.next_hangup_check and self._look())
+
+    def _look(self) -> bool:
+        self.next_hangup_check = _monotonic() + HANGUP_CHECK_INTERVAL
         return self.hung_up()
 
     def check_connected(self) -> None:
@@ -626,7 +625,8 @@ class ClientCore:
         """What ``get`` of one id returns, when the directory serves it at once (no I/O, so
         no operation to drive); None otherwise (run :meth:`get`, which raises if the
         connection is gone)."""
-        if self.reader is None or self.gone():
+        # (inlined gone(): between looks, one read of the clock; fatal empties the reader)
+        if self.reader is None or (_monotonic() >= self.next_hangup_check and self._look()):
             return None  # (get raises it)
         kind = type(object_id)
         if kind is ObjectID:
@@ -1069,7 +1069,8 @@ class ClientCore:
         self, ids: list[bytes], timeout: float | None, with_metadata: bool, raise_missing: bool
     ) -> Op:
         check_timeout(timeout)
-        self.check_connected()  # a dead store's directory and references serve nothing
+        if self.fatal is not None or (_monotonic() >= self.next_hangup_check and self._look()):
+            self.check_connected()  # a dead store's directory and references serve nothing
         if any(oid in self.held or oid in self.cache for oid in ids):
             yield POLL  # take in revocations already sent before serving locally
         get = self.start_get(ids)
