@@ -24,7 +24,9 @@ import math
 import mmap
 import os
 import re
+import select
 import threading
+import time
 import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -36,7 +38,7 @@ import numpy as np
 from plasma import parallel_copy, serialization
 from plasma import protocol as p
 from plasma.directory import ORDERED_MEMORY, REPLICA, DirectoryReader, Found, PinTable
-from plasma.errors import BadRequest, PlasmaError, error_for
+from plasma.errors import BadRequest, Disconnected, PlasmaError, error_for
 from plasma.ids import ID_SIZE, ObjectID, as_id_bytes, replica_id
 from plasma.linux.memfd import map_segment, populate_range
 
@@ -59,6 +61,11 @@ ARENA_OBJECT_LIMIT = 1 << 20
 RELEASE_DELAY = 64
 RELEASE_DELAY_BYTES = 64 << 20
 RELEASE_DELAY_SHARE = 32
+# A get served without a request (through the directory, or of an object the client holds)
+# looks at the socket for a hang-up (one poll(2)) at most this often: a client serves
+# nothing more later than this after its coordinator hung up (a request learns at once).
+HANGUP_CHECK_INTERVAL = 0.001
+_monotonic = time.monotonic  # (the vDSO's clock: no syscall)
 MAX_DEFERRED_ERRORS = 64  # kept one by one; beyond, only counted
 MAX_ARENA_SEALS = 4096  # SealArenas remembered until answered (an older one's failure is missed)
 # ids per request frame: 20 bytes plus MessagePack framing each, well under the default
@@ -187,6 +194,14 @@ class _Held:
 _CORES: weakref.WeakSet[ClientCore] = weakref.WeakSet()
 
 
+def _hangup_poller(fd: int) -> select.poll:
+    """A poll object that reports only the peer hanging up on socket ``fd``, or the socket
+    breaking: unread bytes do not count (POLLHUP and POLLERR are always reported)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLRDHUP)
+    return poller
+
+
 def _after_fork_in_child() -> None:
     for core in list(_CORES):
         core.forked()
@@ -257,7 +272,13 @@ class ClientCore:
         self.cache_bytes = 0
         self.cache_limit = RELEASE_DELAY_BYTES  # lowered by connected() for small stores
         self.release_delay = release_delay
-        self.fatal: PlasmaError | None = None  # why the coordinator closed the connection
+        # why the connection is gone (the coordinator's last word, or Disconnected): once
+        # set, every call raises it, gets the directory could serve included
+        self.fatal: PlasmaError | None = None
+        # the socket hung_up() looks at (-1: none) and the poll object that looks
+        self._socket_fd = -1
+        self._poller = select.poll()
+        self.next_hangup_check = 0.0  # (time.monotonic()) when a directory get looks again
         self.reclaim_requested = False  # a Reclaim arrived: answer with reclaim_messages()
         self._held_lock = threading.RLock()  # finalizers may run on any thread
         # one receive buffer for the connection's life: a fresh 256 KiB bytes object per recv
@@ -397,6 +418,54 @@ class ClientCore:
                 f"(process {self.pid}) must connect its own client"
             )
 
+    def watch(self, fd: int) -> None:
+        """The driver's socket: before serving anything without a request, the core looks
+        (one poll(2), nothing read) whether the coordinator hung up."""
+        self._socket_fd = fd
+        self._poller = _hangup_poller(fd)
+
+    def hung_up(self) -> bool:
+        """True when the connection is gone: known already, or seen now on the socket (the
+        peer closed it, or it broke). Then the directory is a dead store's (a new
+        coordinator on the same path has its own): nothing more is served from it."""
+        if self.fatal is not None:
+            return True
+        if self._socket_fd < 0:
+            return False
+        try:
+            events = self._poller.poll(0)
+        except RuntimeError:  # another thread polls it right now (gets take no lock)
+            events = _hangup_poller(self._socket_fd).poll(0)
+        if not events:
+            return False
+        self.disconnected(Disconnected("the coordinator closed the connection"))
+        return True
+
+    def disconnected(self, exc: PlasmaError) -> None:
+        """The connection is gone (``exc`` says why, unless the coordinator said so first):
+        every call raises from now on. Views handed out stay valid (their segments stay
+        mapped) but nothing new is served, not even through the directory."""
+        with self._held_lock:
+            if self.fatal is None:
+                self.fatal = exc
+            self.reader = None  # (the pin table stays: views that die still unpin)
+
+    def gone(self) -> bool:
+        """:meth:`hung_up`, for what is served without a request: it looks at the socket at
+        most every HANGUP_CHECK_INTERVAL (between looks it costs a read of the clock, the
+        vDSO's: no syscall)."""
+        return self.fatal is not None or (_monotonic() >= self.next_hangup_check and self._look())
+
+    def _look(self) -> bool:
+        self.next_hangup_check = _monotonic() + HANGUP_CHECK_INTERVAL
+        return self.hung_up()
+
+    def check_connected(self) -> None:
+        """Raise why the connection is gone, if it is (see :meth:`gone`)."""
+        if self.gone():
+            assert self.fatal is not None
+            raise type(self.fatal)(self.fatal.message)
+
     def check_usable(self) -> None:
         """Raise the coordinator's reason for closing, or the oldest deferred error."""
         self.check_process()
@@ -486,8 +555,10 @@ class ClientCore:
             self._give_back(abandoned, reply)
         elif isinstance(reply, p.Error):
             err = error_for(reply.code, reply.message)
-            if reply.seq == 0:
-                self.fatal = self.fatal or err
+            if reply.seq == 0:  # (its reason beats a hang-up seen on the socket before)
+                if isinstance(self.fatal, Disconnected):
+                    self.fatal = None
+                self.disconnected(err)
             elif len(self.deferred_errors) < MAX_DEFERRED_ERRORS:
                 self.deferred_errors.append(err)
             else:
@@ -552,9 +623,11 @@ class ClientCore:
 
     def get_pinned(self, object_id: Any, timeout: float | None, with_metadata: bool) -> Any | None:
         """What ``get`` of one id returns, when the directory serves it at once (no I/O, so
-        no operation to drive); None otherwise (run :meth:`get`)."""
-        if self.reader is None:
-            return None
+        no operation to drive); None otherwise (run :meth:`get`, which raises if the
+        connection is gone)."""
+        # (inlined gone(): between looks, one read of the clock; fatal empties the reader)
+        if self.reader is None or (_monotonic() >= self.next_hangup_check and self._look()):
+            return None  # (get raises it)
         kind = type(object_id)
         if kind is ObjectID:
             oid = object_id.binary()
@@ -751,6 +824,7 @@ class ClientCore:
 
     def close_maps(self) -> None:
         self.reader = None
+        self._socket_fd = -1  # (the socket is closed: its number may be reused)
         self.pins = None
         maps = [*self.maps.values(), *self._table_maps]
         if self._pin_map is not None:
@@ -995,6 +1069,8 @@ class ClientCore:
         self, ids: list[bytes], timeout: float | None, with_metadata: bool, raise_missing: bool
     ) -> Op:
         check_timeout(timeout)
+        if self.fatal is not None or (_monotonic() >= self.next_hangup_check and self._look()):
+            self.check_connected()  # a dead store's directory and references serve nothing
         if any(oid in self.held or oid in self.cache for oid in ids):
             yield POLL  # take in revocations already sent before serving locally
         get = self.start_get(ids)

@@ -172,6 +172,9 @@ class AsyncClient:
     def _fail(self, exc: BaseException) -> None:
         if self._closed is None:
             self._closed = exc
+        if not isinstance(exc, PlasmaError):
+            exc = Disconnected(f"the connection to the coordinator is closed: {exc}")
+        self._core.disconnected(exc)  # every call raises now, directory gets included
         for event in self._waiting.values():
             event.set()
         self._notifications_changed.set()
@@ -427,6 +430,7 @@ async def connect(
         sock.close()
         raise Disconnected(f"cannot connect to plasma-coord at {socket_path}: {exc}") from exc
     client = AsyncClient(sock, release_delay, copy_threads)
+    client._core.watch(sock.fileno())
     try:
         async with trio.open_nursery() as nursery:
             client._nursery = nursery

@@ -62,6 +62,7 @@ class Client:
             raise Disconnected(f"cannot connect to plasma-coord at {socket_path}: {exc}") from exc
         self._lock = threading.RLock()
         self._closed = False
+        self._core.watch(self._sock.fileno())
         try:
             msg = self._core.connect_request(client_name, sorted(get_affinity()))
             reply = self._call((msg,))
@@ -144,8 +145,9 @@ class Client:
         if not size:
             for fd in fds:
                 os.close(fd)
-            core.check_usable()  # the coordinator's reason, if it gave one
-            raise Disconnected("the coordinator closed the connection")
+            # (the coordinator's reason, if it gave one, stays the reason)
+            core.disconnected(Disconnected("the coordinator closed the connection"))
+            core.check_usable()  # raises it
         replies = core.feed(view[:size], fds)
         if core.reclaim_requested:  # the store is short: give back what we keep idle
             with contextlib.suppress(OSError):  # a broken connection shows on the next call
@@ -160,9 +162,9 @@ class Client:
             while core.fatal is None and (replies := self._receive(timeout=0)):
                 for reply in replies:
                     core.unexpected(reply)
-        if core.fatal is not None:
-            return type(core.fatal)(core.fatal.message)
-        return Disconnected(f"the connection to the coordinator broke: {exc}")
+        core.disconnected(Disconnected(f"the connection to the coordinator broke: {exc}"))
+        assert core.fatal is not None
+        return type(core.fatal)(core.fatal.message)
 
     def _check_open(self) -> None:
         if self._closed:

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -26,10 +27,12 @@ import plasma
 import plasma.client  # imported before the uid drops: the interpreter lives under /root
 from plasma.cli import build_parser
 from plasma.cli.serve import config_from_args
-from plasma.errors import BadRequest
+from plasma.errors import BadRequest, Unsupported
+from plasma.hugepages import hugepage_counts
 from plasma.linux import memfd
 from plasma.segments import SegmentPool
 from tests.conftest import REPO, RunningCoordinator, start_coordinator, wait_until
+from tests.test_topology import unpack
 
 READ_ONLY_UID, READ_WRITE_UID, STRANGER_UID = 65534, 65533, 65532
 PWNED = b"PWNED!!!"
@@ -85,6 +88,92 @@ def mapping_perms(addr):
 def done():
     print("RESULT " + json.dumps(out), flush=True)
 
+def raw_session(path, cpus=()):
+    '''The wire protocol by hand, keeping every descriptor sent (in ``fds``): returns
+    (request, fds, the Connected reply); request(msg) returns msg's reply, keeping the
+    replies to other requests (sent without waiting) in ``others``.'''
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    s.settimeout(10)
+    decoder = p.FrameDecoder(p.Reply, 1 << 30)
+    fds, others = [], []
+    def receive():
+        while (reply := decoder.next_message()) is None:
+            data, anc, flags, _ = s.recvmsg(1 << 16, socket.CMSG_SPACE(16 * 4))
+            if not data:
+                raise ConnectionError("the coordinator hung up")
+            fds.extend(received_fds(anc, flags))
+            decoder.feed(data)
+        return reply
+    def request(msg, *unanswered):
+        s.sendall(b"".join(p.encode(m) for m in (*unanswered, msg)))
+        while (reply := receive()).seq != msg.seq:
+            others.append(reply)
+        return reply
+    request.others = others
+    connected = request(p.Connect(seq=1, protocol_version=p.PROTOCOL_VERSION, cpus=list(cpus)))
+    return request, fds, connected
+
+def raise_error(reply):
+    if isinstance(reply, p.Error):
+        raise plasma.errors.error_for(reply.code, reply.message)
+
+def attack_segment(fd, segment, loc):
+    '''Every way we know to write, shrink, grow, punch or reopen ``segment`` through the
+    read-only descriptor ``fd`` we were sent with the object at ``loc``; each outcome goes
+    to ``out``, then what our read-only mapping reads at ``loc`` afterwards.'''
+    out["segment_writable"] = segment.writable
+    out["fd_access"] = {os.O_RDONLY: "O_RDONLY", os.O_RDWR: "O_RDWR"}[
+        fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
+    ]
+    memfd = os.stat(f"/proc/self/fd/{fd}")  # through the link, as a reopen would go
+    out["memfd"] = [oct(memfd.st_mode & 0o777), memfd.st_uid]
+    size, page_size = segment.size, segment.page_size
+    page = loc.offset - loc.offset % page_size  # (hugetlb: whole hugepages only)
+    readable = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
+    base = address(readable)
+
+    def map_writable():
+        mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        mm[loc.offset : loc.offset + 8] = PWNED
+    def reopen(flags):
+        def action():
+            reopened = os.open(f"/proc/self/fd/{fd}", flags)
+            if flags != os.O_RDONLY:
+                os.pwrite(reopened, PWNED, loc.offset)
+        return action
+    def fallocate(mode, offset, length):
+        def action():
+            check(libc.fallocate(fd, mode, ctypes.c_int64(offset), ctypes.c_int64(length)))
+        return action
+    def mprotect_writable():
+        check(libc.mprotect(ctypes.c_void_p(base), ctypes.c_size_t(size), 3))  # READ|WRITE
+        ctypes.memmove(base + loc.offset, PWNED, len(PWNED))
+    def write():
+        os.lseek(fd, loc.offset, os.SEEK_SET)
+        os.write(fd, PWNED)
+
+    attacks = {
+        "map_shared_writable": map_writable,
+        "reopen_rdwr": reopen(os.O_RDWR),
+        "reopen_wronly": reopen(os.O_WRONLY),
+        "reopen_rdonly": reopen(os.O_RDONLY),
+        "pwrite": lambda: os.pwrite(fd, PWNED, loc.offset),
+        "write": write,
+        "fchmod": lambda: os.fchmod(fd, 0o666),
+        "add_seals": lambda: fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE),
+        "mprotect_writable": mprotect_writable,
+        "madv_remove": lambda: readable.madvise(mmap.MADV_REMOVE, page, page_size),
+        # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE: zeroes the page
+        "punch_hole": fallocate(3, page, page_size),
+        "fallocate_extend": fallocate(0, size, page_size),
+        "ftruncate_extend": lambda: os.ftruncate(fd, size + page_size),
+        "ftruncate": lambda: os.ftruncate(fd, 0),  # last: on success the segment is gone
+    }
+    for name, action in attacks.items():
+        attempt(name, action)
+    out["read_after"] = readable[loc.offset : loc.offset + loc.data_size].hex()
+
 os.setgroups([])
 os.setgid(int(sys.argv[1]))
 os.setuid(int(sys.argv[1]))
@@ -132,6 +221,7 @@ def shared(public_dir: str) -> Iterator[RunningCoordinator]:
     )
     yield coord
     assert coord.stop() == 0
+    coordinator_log_is_clean(coord)
 
 
 def owner_object(client: plasma.Client, name: str, data: bytes = ORIGINAL) -> plasma.ObjectID:
@@ -255,6 +345,8 @@ with plasma.connect(path) as c:
         "abort": lambda: c.abort(target),
         "delete": lambda: c.delete([target, spare]),
         "evict": lambda: c.evict(1 << 30),
+        "migrate": lambda: c.migrate(target, 0),
+        "replicate": lambda: c.replicate(target, [0]),
         "register_task": lambda: c.register_task("t", os.getpid()),
         "submit_sample": lambda: c.submit_sample("t", {}),
         "run_call": lambda: c.run_call("run", None),
@@ -267,60 +359,35 @@ with plasma.connect(path) as c:
     c.flush()
 
 # The raw protocol, to hold the segment fd itself.
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.connect(path)
-s.settimeout(10)
-decoder = p.FrameDecoder(p.Reply, 1 << 30)
-fds = []
-def request(msg):
-    s.sendall(p.encode(msg))
-    while (reply := decoder.next_message()) is None:
-        data, anc, flags, _ = s.recvmsg(1 << 16, socket.CMSG_SPACE(16 * 4))
-        if not data:
-            raise ConnectionError("the coordinator hung up")
-        fds.extend(received_fds(anc, flags))
-        decoder.feed(data)
-    return reply
-
-tables = request(p.Connect(seq=1, protocol_version=p.PROTOCOL_VERSION)).tables
+request, fds, connected = raw_session(path)
+tables = connected.tables
 # the directory (read-only) and this client's own pin table; no access bytes to write
 out["tables"] = [tables.directory_size > 0, tables.access_size, tables.pin_size > 0]
 directory_fd, _ = fds
 fds.clear()
+
+def return_arenas():
+    '''ReturnArena, sent without waiting, of every grant the owner may hold.'''
+    returns = [p.ReturnArena(seq=10 + grant, grant=grant) for grant in range(1, 9)]
+    raise_error(request(p.Sync(seq=20), *returns))
+    for reply in request.others:
+        raise_error(reply)
+attempt("return_arena", return_arenas)
+out["return_arena_answers"] = sorted(r.seq for r in request.others)
+directory = mmap.mmap(directory_fd, tables.directory_size, mmap.MAP_SHARED, mmap.PROT_READ)
+token = int.from_bytes(directory[48:56], "little")
+for seq, (name, have) in enumerate({"forged": token ^ 0x5A5A, "current": token}.items(), 30):
+    moved = request(p.Tables(seq=seq, have=have))  # new directory descriptors?
+    out[f"tables_{name}"] = [type(moved).__name__, moved.tables is None, len(fds)]
+
 got = request(p.Get(seq=2, ids=[target], timeout=5))
 (loc,) = got.results
 (segment,) = got.segments
 (fd,) = fds
-out["segment_writable"] = segment.writable
-out["fd_access"] = {os.O_RDONLY: "O_RDONLY", os.O_RDWR: "O_RDWR"}[
-    fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
-]
-memfd = os.stat(f"/proc/self/fd/{fd}")  # through the link, as a reopen would go
-out["memfd"] = [oct(memfd.st_mode & 0o777), memfd.st_uid]
-page = loc.offset - loc.offset % mmap.PAGESIZE
 
-def map_writable():
-    mm = mmap.mmap(fd, segment.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-    mm[loc.offset : loc.offset + 8] = PWNED
-def reopen(flags):
-    def action():
-        reopened = os.open(f"/proc/self/fd/{fd}", flags)
-        if flags != os.O_RDONLY:
-            os.pwrite(reopened, PWNED, loc.offset)
-    return action
-def punch_hole():  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE: zeroes the page
-    check(libc.fallocate(fd, 3, ctypes.c_int64(page), ctypes.c_int64(mmap.PAGESIZE)))
-readable = mmap.mmap(fd, segment.size, mmap.MAP_SHARED, mmap.PROT_READ)
-base = address(readable)
-def mprotect_writable():
-    length = ctypes.c_size_t(segment.size)
-    check(libc.mprotect(ctypes.c_void_p(base), length, mmap.PROT_READ | mmap.PROT_WRITE))
-    ctypes.memmove(base + loc.offset, PWNED, len(PWNED))
 def seal_arena():
     obj = p.ArenaObject(id=b"a" * 20, offset=loc.offset, data_size=8, metadata_size=0)
-    reply = request(p.SealArena(seq=3, grant=1, objects=[obj], ack=True))
-    if isinstance(reply, p.Error):
-        raise plasma.errors.error_for(reply.code, reply.message)
+    raise_error(request(p.SealArena(seq=3, grant=1, objects=[obj], ack=True)))
 
 def map_directory_writable():
     size = tables.directory_size
@@ -330,26 +397,46 @@ attacks = {
     "directory_map_writable": map_directory_writable,
     "directory_pwrite": lambda: os.pwrite(directory_fd, PWNED, 64),
     "directory_reopen_rdwr": lambda: os.open(f"/proc/self/fd/{directory_fd}", os.O_RDWR),
-    "map_shared_writable": map_writable,
-    "reopen_rdwr": reopen(os.O_RDWR),
-    "reopen_wronly": reopen(os.O_WRONLY),
-    "reopen_rdonly": reopen(os.O_RDONLY),
-    "pwrite": lambda: os.pwrite(fd, PWNED, loc.offset),
-    "fchmod": lambda: os.fchmod(fd, 0o666),
-    "add_seals": lambda: fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE),
-    "mprotect_writable": mprotect_writable,
     "seal_arena": seal_arena,
-    "madv_remove": lambda: readable.madvise(mmap.MADV_REMOVE, page, mmap.PAGESIZE),
-    "punch_hole": punch_hole,
-    "ftruncate": lambda: os.ftruncate(fd, 0),  # last: on success the segment is gone
 }
 for name, action in attacks.items():
     attempt(name, action)
+attack_segment(fd, segment, loc)
 done()
 """
 
 DENIED = f"permission_denied: uid {READ_ONLY_UID} has read-only access to this store"
 GRANT = f"`serve --allow-uid {READ_ONLY_UID}:rw`"
+
+
+# What every attack on a segment gets through the read-only descriptor a read-only uid was
+# sent with an object (attack_segment): memfds of normal pages, hugetlb memfds, copies.
+SEGMENT_ATTACKS_FAIL = {
+    "segment_writable": False,
+    "fd_access": "O_RDONLY",
+    "memfd": [oct(0o600), os.getuid()],
+    "map_shared_writable": "EACCES",
+    "reopen_rdwr": "EACCES",
+    "reopen_wronly": "EACCES",
+    "reopen_rdonly": "EACCES",  # mode 0600: not even a second read-only open
+    "pwrite": "EBADF",
+    "write": "EBADF",
+    "fchmod": "EPERM",
+    "add_seals": "EPERM",
+    "mprotect_writable": "EACCES",
+    "madv_remove": "EACCES",
+    "punch_hole": "EBADF",
+    "fallocate_extend": "EBADF",
+    "ftruncate_extend": "EINVAL",
+    "ftruncate": "EINVAL",
+}
+
+
+def coordinator_log_is_clean(coord: RunningCoordinator) -> None:
+    """After its stop: no traceback, no internal error (it logs one and carries on)."""
+    assert coord.proc.stderr is not None
+    log = coord.proc.stderr.read()
+    assert "Traceback" not in log and "internal error" not in log, log
 
 
 @needs_root
@@ -358,9 +445,9 @@ def test_read_only_uid_reads_and_cannot_write_through_anything(shared: RunningCo
     with plasma.connect(shared.socket) as owner:
         target = owner_object(owner, "target")
         spare = plasma.ObjectID.from_name("spare")  # sealed and unreferenced: evictable
-        owner.create_and_seal(spare, b"spare")
+        owner.create_and_seal(spare, b"spare")  # (through the owner's arena)
         owner.flush()
-        before, used = owner.list(), owner.stats()["used"]
+        before, stats = owner.list(), owner.stats()
 
         found = result(
             run_as(READ_ONLY_UID, _READ_ONLY_CLIENT, shared.socket, target.hex(), spare.hex())
@@ -377,42 +464,156 @@ def test_read_only_uid_reads_and_cannot_write_through_anything(shared: RunningCo
             "abort",
             "delete",
             "evict",
+            "migrate",
+            "replicate",
             "register_task",
             "submit_sample",
             "run_call",
             "seal_arena",
+            "return_arena",
         ):
             answer = found.pop(request)
             assert answer.startswith(DENIED) and GRANT in answer, (request, answer)
+        # every ReturnArena was answered (refused), though a client never waits for one
+        assert found.pop("return_arena_answers") == list(range(11, 19))
         assert found.pop("still_connected") == [True, True]
         assert found.pop("stats") is True
-        # the descriptors it was sent, and the memfds behind them, cannot be turned writable
+        assert bytes.fromhex(found.pop("read_after")) == ORIGINAL
+        # the descriptors it was sent, and the memfds behind them, cannot be turned writable;
+        # asking for the directory again (naming it, or forging its token) brings nothing
         assert found == {
             "tables": [True, 0, True],
+            "tables_forged": ["TablesMoved", True, 0],
+            "tables_current": ["TablesMoved", True, 0],
             "directory_map_writable": "EACCES",
             "directory_pwrite": "EBADF",
             "directory_reopen_rdwr": "EACCES",
-            "segment_writable": False,
-            "fd_access": "O_RDONLY",
-            "memfd": [oct(0o600), os.getuid()],
-            "map_shared_writable": "EACCES",
-            "reopen_rdwr": "EACCES",
-            "reopen_wronly": "EACCES",
-            "reopen_rdonly": "EACCES",  # mode 0600: not even a second read-only open
-            "pwrite": "EBADF",
-            "ftruncate": "EINVAL",
-            "punch_hole": "EBADF",
-            "fchmod": "EPERM",
-            "add_seals": "EPERM",
-            "mprotect_writable": "EACCES",
-            "madv_remove": "EACCES",
+            **SEGMENT_ATTACKS_FAIL,
         }
 
         wait_until(lambda: owner.list() == before, what="the read-only client's refs to go")
-        assert owner.stats()["used"] == used
+        after = owner.stats()
+        assert [after["used"], after["arena_bytes"]] == [stats["used"], stats["arena_bytes"]]
         assert bytes(owner.get(target)) == ORIGINAL
+        # the owner's arena is still its own: the next small put needs no new one
+        arenas = after["operations"]["Arena"]
+        owner.create_and_seal(plasma.ObjectID.from_name("after"), b"after")
+        assert bytes(owner.get(plasma.ObjectID.from_name("after"), timeout=5)) == b"after"
+        assert owner.stats()["operations"]["Arena"] == arenas
     with plasma.connect(shared.socket) as third:
         assert bytes(third.get(target, timeout=5)) == ORIGINAL
+
+
+_MEMORY_ATTACK = """
+path, target, cpus = sys.argv[2], bytes.fromhex(sys.argv[3]), json.loads(sys.argv[4])
+request, fds, connected = raw_session(path, cpus)
+fds.clear()
+got = request(p.Get(seq=2, ids=[target], timeout=5))
+(loc,) = got.results
+(segment,) = got.segments
+(fd,) = fds
+link = os.readlink(f"/proc/self/fd/{fd}")
+out["memory"] = ["memfd" if link.startswith("/memfd:") else "file", segment.page_size, loc.node]
+moves = {
+    "migrate": p.Migrate(seq=3, id=target, node=2),
+    "replicate": p.Replicate(seq=4, id=target, nodes=[3]),
+}
+for name, msg in moves.items():
+    attempt(name, lambda: raise_error(request(msg)))
+attack_segment(fd, segment, loc)
+done()
+"""
+
+HUGE = 2 << 20
+
+
+@pytest.fixture
+def hugepages() -> Iterator[None]:
+    """Two free 2 MiB hugepages, reserved with ``plasma-coord hugepages`` if need be (the
+    pool is set back afterwards); skips where the kernel grants none."""
+    try:
+        total, free = hugepage_counts(HUGE)
+    except Unsupported as exc:
+        pytest.skip(str(exc))
+    wanted = total + max(0, 2 - free)
+
+    def reserve(count: int) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "plasma", "hugepages", "--size", "2M", "--count"]
+        return subprocess.run([*argv, str(count)], capture_output=True, text=True, cwd=REPO)
+
+    if wanted != total:
+        reserved = reserve(wanted)
+        if reserved.returncode != 0:
+            reserve(total)
+            pytest.skip(f"no 2 MiB hugepages to be had here: {reserved.stdout}{reserved.stderr}")
+    try:
+        yield
+    finally:
+        if wanted != total:
+            assert reserve(total).returncode == 0
+
+
+@needs_root
+@pytest.mark.parametrize("memory", ["fallback", "hugetlb", "replica"])
+def test_read_only_uid_cannot_write_fallback_hugetlb_or_replica_memory(
+    memory: str, public_dir: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attacks on a segment's descriptor, on the other kinds of memory an object lives
+    in: a fallback file (a file, not a sealed memfd), hugetlb memfds, and the copies
+    ``replicate`` makes on another node (read by a client of that node). Moving or copying
+    the object is refused too, and the bytes stay as they were."""
+    socket_path = os.path.join(public_dir, "plasma.sock")
+    args = ["--allow-uid", str(READ_ONLY_UID), "--segment-size", "4MiB"]
+    cpus: list[int] = []
+    if memory == "fallback":
+        private = tempfile.mkdtemp(prefix="plasma-fallback-")  # (0700: the store's alone)
+        request.addfinalizer(lambda: shutil.rmtree(private))
+        args += ["--memory", "8MiB", "--fallback-dir", private]
+    elif memory == "hugetlb":
+        request.getfixturevalue("hugepages")
+        args += ["--memory", "4MiB", "--hugepages", "2M"]
+    else:
+        root = unpack("16amd64-8n2c", Path(public_dir) / "sysfs")
+        args += ["--memory", "64MiB", "--sysfs-root", str(root), "--no-bind"]
+        cpus = [2, 3]  # node 1's
+    coord = start_coordinator(socket_path, *args)
+    try:
+        with plasma.connect(socket_path) as owner:
+            fillers = []
+            if memory == "fallback":  # memory used up by objects not sealed yet
+                while not owner.stats()["fallback"]["segments"]:
+                    fillers.append(owner.create(plasma.ObjectID.from_random(), 1 << 20))
+            target = owner_object(owner, "target")
+            expected = {"fallback": ["file", mmap.PAGESIZE, 0], "hugetlb": ["memfd", HUGE, 0]}
+            if memory == "fallback":
+                assert owner.stats()["fallback"]["bytes"] >= (1 << 20) + len(ORIGINAL)
+            if memory == "replica":
+                assert owner.replicate(target, [1]) == [0, 1]
+                expected["replica"] = ["memfd", mmap.PAGESIZE, 1]
+            placed = owner.list()[target]
+
+            found = result(
+                run_as(READ_ONLY_UID, _MEMORY_ATTACK, socket_path, target.hex(), json.dumps(cpus))
+            )
+
+            assert found.pop("memory") == expected[memory]
+            for name in ("migrate", "replicate"):
+                answer = found.pop(name)
+                assert answer.startswith(DENIED) and GRANT in answer, (name, answer)
+            assert bytes.fromhex(found.pop("read_after")) == ORIGINAL
+            assert found == SEGMENT_ATTACKS_FAIL  # (a fallback file too: mode 0600, ours)
+            del fillers
+            now = owner.list()[target]
+            assert [now["node"], now.get("replicas")] == [placed["node"], placed.get("replicas")]
+            assert bytes(owner.get(target)) == ORIGINAL
+        if memory == "replica":  # the copy itself, as a client of node 1 reads it
+            monkeypatch.setattr(plasma.client, "get_affinity", lambda: set(cpus))
+        with plasma.connect(socket_path) as reader:
+            assert bytes(reader.get(target, timeout=5)) == ORIGINAL
+            assert reader.list()[target]["ref_count"] == 1  # (the attacker's reference went)
+    finally:
+        assert coord.stop() == 0
+    coordinator_log_is_clean(coord)
 
 
 _RAW_WRITE = """

@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import gc
 import mmap
+import socket
+import time
+from typing import Any
+
+import pytest
 
 from plasma import protocol as p
-from plasma._client_core import RELEASE_DELAY_BYTES, ClientCore
+from plasma._client_core import HANGUP_CHECK_INTERVAL, RELEASE_DELAY_BYTES, ClientCore
+from plasma.directory import DirectoryReader
+from plasma.errors import Disconnected, PermissionDenied
+from tests.conftest import wait_until
 
 
 def state_with_segment(size: int = 1 << 20, release_delay: int = 2) -> ClientCore:
@@ -91,3 +99,54 @@ def test_release_delay_zero_releases_when_the_last_view_goes():
     del view
     gc.collect()
     assert released(state) == [b"z" * 20]
+
+
+class CountingPoller:
+    def __init__(self, poller: Any) -> None:
+        self.poller, self.calls = poller, 0
+
+    def poll(self, timeout: int) -> list[tuple[int, int]]:
+        self.calls += 1
+        return self.poller.poll(timeout)
+
+
+def test_a_hang_up_is_seen_without_reading_and_only_then() -> None:
+    """The core looks at its socket for a hang-up (no read): replies waiting to be read do
+    not count; a closed peer does, for good; the coordinator's own reason, read later,
+    replaces the bare Disconnected. Directory gets look at most every
+    HANGUP_CHECK_INTERVAL (no syscall in between); other gets look every time."""
+    ours, theirs = socket.socketpair()
+    state = ClientCore()
+    state.watch(ours.fileno())
+    state.reader = DirectoryReader.__new__(DirectoryReader)  # (stands for a mapped directory)
+    poller = state._poller = CountingPoller(state._poller)  # type: ignore[assignment]
+    not_an_id = "not an id: get_pinned gives up after its look at the socket"
+    try:
+        theirs.sendall(b"a reply nobody read yet")
+        assert not state.hung_up()
+        state.check_connected()
+        assert poller.calls == 2
+        start = time.monotonic()
+        for _ in range(1000):
+            assert state.get_pinned(not_an_id, 0, False) is None
+        elapsed = time.monotonic() - start
+        assert poller.calls - 2 <= 1 + elapsed / HANGUP_CHECK_INTERVAL
+        calls = poller.calls
+        wait_until(lambda: time.monotonic() >= state.next_hangup_check, what="the next look")
+        assert state.get_pinned(not_an_id, 0, False) is None
+        assert poller.calls == calls + 1
+        theirs.close()
+        wait_until(lambda: time.monotonic() >= state.next_hangup_check, what="the next look")
+        assert state.get_pinned(not_an_id, 0, False) is None
+        assert state.reader is None  # seen by the directory get: the directory is done with
+        assert state.hung_up()
+        with pytest.raises(Disconnected, match="the coordinator closed the connection"):
+            state.check_connected()
+        state.unexpected(p.Error(seq=0, code="permission_denied", message="go away"))
+        with pytest.raises(PermissionDenied, match="go away"):
+            state.check_connected()
+        state.close_maps()  # (the socket closes: its number is looked at no more)
+        ours.close()
+        assert state.hung_up()  # still: it was lost
+    finally:
+        ours.close()

@@ -9,6 +9,8 @@ the coordinator's operations: a call served without a round trip adds none.
 from __future__ import annotations
 
 import contextlib
+import signal
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,7 +22,7 @@ import trio
 import plasma
 import plasma.aio
 from plasma.perf import PerfSample
-from tests.conftest import RunningCoordinator
+from tests.conftest import RunningCoordinator, wait_until
 
 
 class Either:
@@ -222,13 +224,76 @@ async def test_a_stopped_coordinator_is_one_documented_error(coordinator_factory
     async with open_client(kind, coord.socket) as c:
         await c.put(b"x")
         assert coord.stop() == 0
-        with pytest.raises(plasma.Disconnected):
-            for _ in range(100):  # the trio client learns it from its reader task
-                await c.contains(oid(1))
-                await trio.sleep(0.01)
+        with pytest.raises(plasma.Disconnected):  # (its socket is closed by now)
+            await c.contains(oid(1))
     with pytest.raises(plasma.Disconnected, match="cannot connect"):
         async with open_client(kind, coord.socket):
             pass
+
+
+async def test_a_killed_coordinator_serves_nothing_more_but_held_views_stay(
+    coordinator_factory, kind: str
+) -> None:
+    """Once its coordinator died (kill -9) a client raises Disconnected on every call, gets
+    the directory could serve (no request) included; the views it holds stay readable. A
+    new coordinator on the same socket path does not bring the old client back: it never
+    serves from the dead store's directory; a new client uses the new store."""
+    coord = coordinator_factory("--memory", "8MiB")
+    held_bytes, other_bytes = b"held" * 1000, b"other" * 1000
+    async with open_client(kind, coord.socket) as c, open_client(kind, coord.socket) as d:
+        async with open_client(kind, coord.socket) as owner:
+            await owner.create_and_seal(oid(1), held_bytes)
+            await owner.create_and_seal(oid(2), other_bytes)
+            await owner.create_and_seal(oid(3), b"maps the segment")
+            await owner.flush()
+        for client in (c, d):
+            await client.get(oid(3), timeout=0)  # a request: the segment is mapped from now on
+        asked = await gets(c)
+        held = await c.get(oid(1), timeout=0)
+        held_by_d = await d.get(oid(1), timeout=0)
+        assert await gets(c) == asked  # through the directory, as the rest would be
+        assert c.raw._core.reader is not None
+
+        coord.stop(signal.SIGKILL)
+        assert bytes(held) == held_bytes
+        # (a get served without a request looks at the socket at most every
+        # HANGUP_CHECK_INTERVAL: a documented bound, not a synchronisation)
+        cores = [c.raw._core, d.raw._core]
+        next_looks = lambda: max(core.next_hangup_check for core in cores)  # noqa: E731
+        wait_until(lambda: time.monotonic() >= next_looks(), what="the next look")
+        with pytest.raises(plasma.Disconnected):  # d's first call: a get of what it holds
+            await d.get(oid(1), timeout=0)
+        assert bytes(held_by_d) == held_bytes
+        for call in (
+            lambda: c.get(oid(2), timeout=0),  # in the directory, never asked for: fast path
+            lambda: c.get_object(oid(2), timeout=0),
+            lambda: c.get(oid(1), timeout=0),  # held already
+            lambda: c.get([oid(1), oid(2)], timeout=0),
+            lambda: c.get_buffers([oid(2)], timeout=0),
+            lambda: c.contains(oid(2)),
+            lambda: c.put(b"new"),
+            lambda: c.stats(),
+        ):
+            with pytest.raises(plasma.Disconnected, match="the coordinator closed the conn"):
+                await call()
+        assert bytes(held) == held_bytes
+
+        new = coordinator_factory("--memory", "8MiB")
+        assert new.socket == coord.socket
+        async with open_client(kind, new.socket) as fresh:
+            await fresh.create_and_seal(oid(2), b"new store")
+            await fresh.flush()
+            assert bytes(await fresh.get(oid(2), timeout=0)) == b"new store"
+            for call in (
+                lambda: c.get(oid(2), timeout=0),
+                lambda: c.get(oid(1), timeout=0),
+                lambda: c.contains(oid(2)),
+            ):
+                with pytest.raises(plasma.Disconnected):
+                    await call()
+            assert bytes(held) == held_bytes
+        del held, held_by_d
+    assert new.stop() == 0
 
 
 async def test_errors_leave_the_block_unwrapped(coordinator: RunningCoordinator, kind: str):
