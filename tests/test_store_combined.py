@@ -37,7 +37,6 @@ from hypothesis.stateful import (
     invariant,
     precondition,
     rule,
-    run_state_machine_as_test,
 )
 
 from plasma.directory import REPLICA, DirectoryReader, Found, PinTable, pin_table_size
@@ -58,6 +57,7 @@ from plasma.store import (
     SpillDead,
     Store,
 )
+from tests.helpers import reached
 from tests.test_directory_store import store_records
 from tests.test_store_spill import FallbackProvider
 
@@ -821,7 +821,6 @@ COMBINED_SETTINGS = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-REACH_RUNS = 4
 TestCombinedMachine = CombinedMachine.TestCase
 TestCombinedMachine.settings = COMBINED_SETTINGS
 
@@ -829,13 +828,6 @@ TestCombinedMachine.settings = COMBINED_SETTINGS
 def test_the_combined_machine_reaches_where_features_meet() -> None:
     """The machine gets where the bugs were (a change to the rules that loses these
     interleavings fails here instead of silently testing less)."""
-    seen: collections.Counter[str] = collections.Counter()
-
-    class Counting(CombinedMachine):
-        def teardown(self) -> None:
-            seen.update(self.outcomes)
-            super().teardown()
-
     wanted = [
         "get",
         "pinned",
@@ -852,10 +844,4 @@ def test_the_combined_machine_reaches_where_features_meet() -> None:
         "create done",
         "interleaved create done",
     ]
-    for _ in range(REACH_RUNS):  # (a run rarely misses one; every run misses the lost ones)
-        run_state_machine_as_test(
-            Counting, settings=settings(COMBINED_SETTINGS, max_examples=150, database=None)
-        )
-        if all(seen[w] for w in wanted):
-            break
-    assert not [w for w in wanted if not seen[w]], seen
+    reached(CombinedMachine, COMBINED_SETTINGS, wanted, examples=150, at_least=1)

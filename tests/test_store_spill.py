@@ -15,7 +15,6 @@ from hypothesis.stateful import (
     invariant,
     precondition,
     rule,
-    run_state_machine_as_test,
 )
 
 from plasma.errors import StoreFull
@@ -31,6 +30,7 @@ from plasma.store import (
     SpillDead,
     Store,
 )
+from tests.helpers import reached
 from tests.test_store import KIB, FakeProvider, loc, oid
 
 
@@ -610,19 +610,6 @@ TestSpillMachine = SpillMachine.TestCase
 def test_the_spill_machine_reaches_restores_failures_and_disconnects() -> None:
     """A change to the rules that stops the machine restoring, failing or disconnecting
     fails here instead of silently testing less."""
-    seen: collections.Counter[str] = collections.Counter()
-
-    class Counting(SpillMachine):
-        def teardown(self) -> None:
-            seen.update(self.outcomes)
-            super().teardown()
-
-    run_state_machine_as_test(
-        Counting,
-        settings=settings(
-            SPILL_MACHINE_SETTINGS, max_examples=100, derandomize=True, database=None
-        ),
-    )
     wanted = [
         "spilled",
         "spill failed",
@@ -633,7 +620,7 @@ def test_the_spill_machine_reaches_restores_failures_and_disconnects() -> None:
         "disconnect",
         "disconnect while waiting",
     ]
-    assert not [w for w in wanted if seen[w] < 3], seen
+    reached(SpillMachine, SPILL_MACHINE_SETTINGS, wanted, examples=100, at_least=3)
 
 
 def test_a_reader_that_disconnects_during_its_restore_leaves_the_object_evictable():
