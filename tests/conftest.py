@@ -24,6 +24,10 @@ settings.register_profile("plasma", deadline=None, suppress_health_check=[Health
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "plasma"))
 
 REPO = Path(__file__).resolve().parent.parent
+# pytest imports this file as "conftest"; test modules import it as "tests.conftest": one
+# module for both, so every coordinator a test starts is logged and checked the same way
+sys.modules.setdefault("tests.conftest", sys.modules[__name__])
+sys.modules.setdefault("conftest", sys.modules[__name__])
 
 
 @dataclass

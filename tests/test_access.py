@@ -434,8 +434,7 @@ SEGMENT_ATTACKS_FAIL = {
 
 def coordinator_log_is_clean(coord: RunningCoordinator) -> None:
     """After its stop: no traceback, no internal error (it logs one and carries on)."""
-    assert coord.proc.stderr is not None
-    log = coord.proc.stderr.read()
+    log = coord.log()
     assert "Traceback" not in log and "internal error" not in log, log
 
 
