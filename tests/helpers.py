@@ -12,6 +12,7 @@ from typing import Any
 from hypothesis import settings
 from hypothesis.stateful import RuleBasedStateMachine, run_state_machine_as_test
 
+import plasma
 from plasma import protocol as p
 from plasma.linux.fdpass import ANCILLARY_SPACE, RECV_FLAGS, received_fds
 
@@ -19,6 +20,11 @@ from plasma.linux.fdpass import ANCILLARY_SPACE, RECV_FLAGS, received_fds
 def oid(n: int) -> bytes:
     """A 20-byte object id derived from ``n`` (big-endian: ids sort like their numbers)."""
     return n.to_bytes(20, "big")
+
+
+def object_id(n: int) -> plasma.ObjectID:
+    """:func:`oid` as the clients' ObjectID."""
+    return plasma.ObjectID(oid(n))
 
 
 class RawClient:

@@ -23,6 +23,7 @@ import plasma
 import plasma.aio
 from plasma.perf import PerfSample
 from tests.conftest import RunningCoordinator, wait_until
+from tests.helpers import object_id as oid
 
 
 class Either:
@@ -61,10 +62,6 @@ async def open_client(kind: str, path: str, **options: Any) -> AsyncIterator[Eit
 @pytest.fixture(params=["blocking", "trio"])
 def kind(request: pytest.FixtureRequest) -> str:
     return request.param
-
-
-def oid(n: int) -> plasma.ObjectID:
-    return plasma.ObjectID(n.to_bytes(20, "big"))
 
 
 async def gets(c: Either) -> int:

@@ -19,10 +19,7 @@ import pytest
 import plasma
 from plasma import protocol as p
 from tests.conftest import REPO, RunningCoordinator, start_coordinator, wait_until
-
-
-def oid(n: int) -> plasma.ObjectID:
-    return plasma.ObjectID(n.to_bytes(20, "big"))
+from tests.helpers import object_id as oid
 
 
 def used(client: plasma.Client) -> int:

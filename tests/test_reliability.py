@@ -22,12 +22,9 @@ import plasma
 import plasma.aio
 from plasma import protocol as p
 from tests.conftest import REPO, RunningCoordinator, start_coordinator, wait_until
+from tests.helpers import object_id as oid
 
 MIB = 1 << 20
-
-
-def oid(n: int) -> plasma.ObjectID:
-    return plasma.ObjectID(n.to_bytes(20, "big"))
 
 
 def raw(path: str) -> socket.socket:

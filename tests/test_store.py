@@ -30,6 +30,7 @@ from plasma.store import (
     SegmentFreed,
     Store,
 )
+from tests.helpers import oid
 
 KIB = 1024
 PAGE = 4096
@@ -54,10 +55,6 @@ class FakeProvider:
 
     def free_segment(self, segment: int) -> None:
         del self.live[segment]
-
-
-def oid(n: int) -> bytes:
-    return n.to_bytes(20, "big")
 
 
 def make(
