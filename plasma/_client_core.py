@@ -98,6 +98,41 @@ def placement(node: Node) -> tuple[int | None, list[int] | None]:
     raise BadRequest(f'node must be a node number, "interleave" or a list of nodes, got {node!r}')
 
 
+# an item of create_and_seal_many: (id, data) or (id, data, metadata)
+ManyItem = (
+    tuple[ObjectRef, bytes | bytearray | memoryview]
+    | tuple[ObjectRef, bytes | bytearray | memoryview, bytes]
+)
+
+
+def many_items(items: Iterable[Any]) -> list[tuple[Any, Any, bytes]]:
+    """``(id, data, metadata)`` for each item of ``create_and_seal_many`` (``(id, data)``
+    means no metadata); BadRequest naming the index of the first malformed item."""
+    out: list[tuple[Any, Any, bytes]] = []
+    for index, item in enumerate(items):
+        if isinstance(item, tuple | list) and len(item) == 3:
+            out.append((item[0], item[1], item[2]))
+        elif isinstance(item, tuple | list) and len(item) == 2:
+            out.append((item[0], item[1], b""))
+        else:
+            what = type(item).__name__
+            if isinstance(item, tuple | list):
+                what += f" of {len(item)}"
+            raise BadRequest(
+                f"create_and_seal_many: item {index} must be (id, data) or "
+                f"(id, data, metadata), got a {what}"
+            )
+        meta = out[-1][2]
+        if type(meta) is not bytes:
+            if not isinstance(meta, bytearray | memoryview):
+                raise BadRequest(
+                    f"create_and_seal_many: item {index}: metadata must be bytes, "
+                    f"got {type(meta).__name__}"
+                )
+            out[-1] = (out[-1][0], out[-1][1], bytes(meta))
+    return out
+
+
 class Call(NamedTuple):
     """Send ``msgs``; resume with the reply to the last one (its Error raised into the op)."""
 
@@ -929,14 +964,13 @@ class ClientCore:
         obj = p.ArenaObject(oid, offset, dlen, len(metadata))
         yield Send((self._seal_arena(arena, [obj]),))
 
-    def create_and_seal_many(
-        self,
-        items: Sequence[tuple[ObjectRef, bytes | bytearray | memoryview, bytes]],
-        node: int | None = None,
-    ) -> Op:
+    def create_and_seal_many(self, items: Iterable[ManyItem], node: int | None = None) -> Op:
         """Objects up to ``ARENA_OBJECT_LIMIT`` bytes are written into the arena and registered
         by ``SealArena`` messages sent without waiting; larger ones by one CreateMany. When
-        an arena refill fails (StoreFull) the objects before it are stored, the rest not."""
+        an arena refill fails (StoreFull) the objects before it are stored, the rest not.
+        Each item is ``(id, data)`` or ``(id, data, metadata)``; a malformed one is a
+        BadRequest naming its index, before anything is written."""
+        items = many_items(items)
         if self.concurrent:
             yield EXCLUSIVE
         mask = self.alignment - 1

@@ -29,6 +29,7 @@ from plasma._client_core import (
     RELEASE_DELAY,
     Call,
     ClientCore,
+    ManyItem,
     Node,
     ObjectRef,
     Op,
@@ -227,7 +228,7 @@ class AsyncClient:
 
     async def create_and_seal_many(
         self,
-        items: Sequence[tuple[ObjectRef, bytes | bytearray | memoryview, bytes]],
+        items: Iterable[ManyItem],
         *,
         node: int | None = None,
     ) -> None:

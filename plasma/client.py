@@ -27,6 +27,7 @@ from plasma._client_core import (
     RELEASE_DELAY,
     Call,
     ClientCore,
+    ManyItem,
     Node,
     ObjectRef,
     Op,
@@ -220,12 +221,14 @@ class Client:
 
     def create_and_seal_many(
         self,
-        items: Sequence[tuple[ObjectRef, bytes | bytearray | memoryview, bytes]],
+        items: Iterable[ManyItem],
         *,
         node: int | None = None,
     ) -> None:
         """Create, fill and seal many objects with at most one round trip (plus arena refills).
 
+        Each item is ``(id, data)`` or ``(id, data, metadata)``; a malformed one raises
+        ``BadRequest`` naming its index, and nothing is stored.
         Objects up to 1 MiB are written into this client's arena and registered by
         ``SealArena`` messages sent without waiting; an error (say, an id that exists)
         surfaces on the next reply or :meth:`flush`. When a refill of the arena fails

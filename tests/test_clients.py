@@ -389,3 +389,35 @@ async def test_a_seal_that_waits_raises_its_error_and_earlier_ones_at_once(
         await c.seal(oid(5), wait=True)
         with pytest.raises(plasma.errors.BadRequest, match="already sealed"):
             await c.seal(oid(5), wait=True)
+
+
+async def test_create_and_seal_many_takes_pairs_and_triples(
+    coordinator: RunningCoordinator, kind: str
+):
+    async with open_client(kind, coordinator.socket) as c:
+        big = b"L" * (2 << 20)  # past the arena: a CreateMany
+        await c.create_and_seal_many(
+            [
+                (oid(400), b"pair"),
+                (oid(401), b"triple", b"meta"),
+                [oid(402), big],
+                (oid(403), big, b"m"),
+            ]
+        )
+        assert bytes(await c.get(oid(400), timeout=5)) == b"pair"
+        data, meta = await c.get(oid(401), timeout=5, with_metadata=True)
+        assert (bytes(data), bytes(meta)) == (b"triple", b"meta")
+        data, meta = await c.get(oid(402), timeout=5, with_metadata=True)
+        assert bytes(data) == big and bytes(meta) == b""
+        assert bytes((await c.get(oid(403), timeout=5, with_metadata=True))[1]) == b"m"
+        for bad, index in (
+            ([(oid(404), b"x"), (oid(405),)], 1),
+            ([(oid(404), b"x"), (oid(405), b"x", b"m"), oid(406)], 2),
+            ([(oid(404), b"x", b"m", b"extra")], 0),
+            ([(oid(404), b"x", 7)], 0),
+        ):
+            with pytest.raises(plasma.BadRequest, match=f"item {index}") as raised:
+                await c.create_and_seal_many(bad)
+            assert "unpack" not in str(raised.value)
+        await c.flush()
+        assert not await c.contains(oid(404))  # nothing of a malformed batch is stored
