@@ -225,6 +225,10 @@ class _Held:
     found: Found | None = None
 
 
+def _keep_until_called(*kept: object) -> None:
+    """A finalizer that does nothing: its arguments live as long as what it watches."""
+
+
 # Cores of this process, told when it forks: the child must not touch the parent's pins.
 _CORES: weakref.WeakSet[ClientCore] = weakref.WeakSet()
 
@@ -321,6 +325,9 @@ class ClientCore:
         self.recv_view = memoryview(bytearray(RECV_SIZE))
         self._fds: collections.deque[int] = collections.deque()
         self._lazy: set[int] = set()  # segments mapped without MAP_POPULATE
+        # a descriptor of each mapped segment (read-only where our uid may only read) and its
+        # page size: what a writable get maps privately (copy-on-write) from
+        self._segment_fds: dict[int, tuple[int, int]] = {}
         self._releases: collections.deque[bytes] = collections.deque()  # appended by finalizers
         # the arrays behind live views: id of a weak reference -> (it, the object's id)
         self._owners: dict[int, tuple[weakref.ref[np.ndarray], bytes]] = {}
@@ -566,9 +573,16 @@ class ClientCore:
         for segment in segments:
             mm = self.maps.pop(segment, None)
             self._lazy.discard(segment)
+            self._close_segment_fd(segment)
             if mm is not None:
                 with contextlib.suppress(BufferError):  # (then unmapped when the view goes)
                     mm.close()
+
+    def _close_segment_fd(self, segment: int) -> None:
+        kept = self._segment_fds.pop(segment, None)
+        if kept is not None:
+            with contextlib.suppress(OSError):
+                os.close(kept[0])
 
     def next_notification(self) -> p.Notification:
         """The oldest notification received; PlasmaError when it says the subscription ended
@@ -616,8 +630,12 @@ class ClientCore:
         for info in segments:
             if not self._fds:
                 raise PlasmaError(f"segment {info.id} arrived without its file descriptor")
+            fd = self._fds.popleft()
+            self._close_segment_fd(info.id)
+            with contextlib.suppress(OSError):  # (none: a writable get copies instead)
+                self._segment_fds[info.id] = (os.dup(fd), info.page_size)
             self.maps[info.id] = map_segment(
-                self._fds.popleft(), info.size, writable=info.writable, populate=for_writing
+                fd, info.size, writable=info.writable, populate=for_writing
             )
             if not for_writing:
                 self._lazy.add(info.id)
@@ -826,6 +844,62 @@ class ClientCore:
         view = owner.data  # a memoryview that keeps ``owner`` alive
         return view[: loc.data_size], view[loc.data_size : total]
 
+    def private_view(self, oid: bytes, data: memoryview) -> memoryview:
+        """A writable copy-on-write view of the data of object ``oid``, of which ``data`` is
+        the read-only view a get returned: a private mapping (MAP_PRIVATE, PROT_READ |
+        PROT_WRITE) of the pages covering it, from the segment's descriptor (allowed on a
+        read-only one too). Writes go to pages of this process only: the store's bytes never
+        change. Pages not written yet are the segment's, so the object must not go: the view
+        keeps ``data`` (and with it this client's reference) alive until it dies. Where no
+        private mapping can be made (no descriptor, hugepages short), a copy."""
+        size = len(data)
+        with self._held_lock:
+            held = self.held.get(oid)
+            loc = held.loc if held is not None else None
+            kept = self._segment_fds.get(loc.segment) if loc is not None else None
+            if loc is None or kept is None:
+                return memoryview(bytearray(data))
+            fd, page = kept
+            start = loc.offset - loc.offset % page
+            try:
+                mm = mmap.mmap(
+                    fd,
+                    loc.offset - start + max(size, 1),
+                    mmap.MAP_PRIVATE,
+                    mmap.PROT_READ | mmap.PROT_WRITE,
+                    offset=start,
+                )
+            except OSError:
+                return memoryview(bytearray(data))
+        owner = np.frombuffer(mm, np.uint8, count=max(size, 1), offset=loc.offset - start)
+        weakref.finalize(owner, _keep_until_called, data)
+        return owner.data[:size]
+
+    def writable_result(self, object_ids: Any, result: Any, with_metadata: bool) -> Any:
+        """``result`` of ``get(object_ids, ...)`` with each data view made a private
+        writable one (:meth:`private_view`); metadata stays read-only."""
+        ids, single = _id_list(object_ids)
+        results = [result] if single else result
+        out: list[Any] = []
+        for oid, got in zip(ids, results, strict=True):
+            if got is None:
+                out.append(None)
+            elif with_metadata:
+                out.append((self.private_view(oid, got[0]), got[1]))
+            else:
+                out.append(self.private_view(oid, got))
+        return out[0] if single else out
+
+    def value(
+        self, object_id: ObjectRef, data: memoryview, meta: memoryview, writable: bool
+    ) -> Any:
+        """What ``get_object`` returns for the views of an object: a read-only view of it,
+        or with ``writable`` a copy-on-write one the caller may modify."""
+        if not writable:
+            return serialization.decode(data, meta)
+        private = self.private_view(as_id_bytes(object_id), data)
+        return serialization.decode(private, meta, writable=True)
+
     def _owner_died(self, ref: weakref.ref[np.ndarray]) -> None:
         entry = self._owners.pop(id(ref), None)
         if entry is not None:
@@ -867,6 +941,8 @@ class ClientCore:
         for mm in maps:
             with contextlib.suppress(BufferError):  # views still alive: unmapped when they go
                 mm.close()
+        for segment in list(self._segment_fds):
+            self._close_segment_fd(segment)
         self.maps.clear()
         self._table_maps = []
         self._pin_map = None
@@ -1241,9 +1317,9 @@ class ClientCore:
         yield Send(self._seal_and_release([oid.binary()]))
         return oid
 
-    def get_object(self, object_id: ObjectRef, timeout: float | None) -> Op:
+    def get_object(self, object_id: ObjectRef, timeout: float | None, writable: bool = False) -> Op:
         data, meta = yield from self.get(object_id, timeout, True)
-        return serialization.decode(data, meta)
+        return self.value(object_id, data, meta, writable)
 
 
 Views = tuple[memoryview, memoryview]

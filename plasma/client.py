@@ -22,7 +22,6 @@ from typing import Any, overload
 import msgspec
 
 from plasma import protocol as p
-from plasma import serialization
 from plasma._client_core import (
     RELEASE_DELAY,
     Call,
@@ -238,7 +237,12 @@ class Client:
 
     @overload
     def get(
-        self, object_ids: ObjectRef, timeout: float | None = None, *, with_metadata: bool = False
+        self,
+        object_ids: ObjectRef,
+        timeout: float | None = None,
+        *,
+        with_metadata: bool = False,
+        writable: bool = False,
     ) -> Any: ...
     @overload
     def get(
@@ -247,21 +251,33 @@ class Client:
         timeout: float | None = None,
         *,
         with_metadata: bool = False,
+        writable: bool = False,
     ) -> list[Any]: ...
 
     def get(
-        self, object_ids: Any, timeout: float | None = None, *, with_metadata: bool = False
+        self,
+        object_ids: Any,
+        timeout: float | None = None,
+        *,
+        with_metadata: bool = False,
+        writable: bool = False,
     ) -> Any:
         """Zero-copy read-only buffers of sealed objects, waiting up to ``timeout`` seconds.
 
         Returns one buffer (or ``(data, metadata)`` pair) per id; a single id gives a single
         result. Raises ``ObjectNotSealed``, ``ObjectNotFound`` or ``PlasmaTimeout`` when an
         object is not available; the references already taken are then released.
+
+        With ``writable`` each data buffer is a copy-on-write view (a private mapping of the
+        object's pages): the caller may modify it, pages are copied as they are first written,
+        and the store's bytes never change. Metadata stays read-only.
         """
         local = self._core.get_pinned(object_ids, timeout, with_metadata)
-        if local is not None:
-            return local
-        return self._run(self._core.get(object_ids, timeout, with_metadata))
+        if local is None:
+            local = self._run(self._core.get(object_ids, timeout, with_metadata))
+        if writable:
+            return self._core.writable_result(object_ids, local, with_metadata)
+        return local
 
     def get_buffers(
         self,
@@ -367,12 +383,16 @@ class Client:
             return self._run(self._core.put_replicated(value, object_id, node, replicas))
         return self._run(self._core.put(value, object_id, node))
 
-    def get_object(self, object_id: ObjectRef, timeout: float | None = None) -> Any:
-        """The value stored by :meth:`put`, as a zero-copy read-only view."""
+    def get_object(
+        self, object_id: ObjectRef, timeout: float | None = None, *, writable: bool = False
+    ) -> Any:
+        """The value stored by :meth:`put`, as a zero-copy read-only view; with ``writable``
+        a copy-on-write view (numpy arrays, raw buffers and pickled arrays the caller may
+        modify, the store's bytes unchanged; see :meth:`get`)."""
         local = self._core.get_pinned(object_id, timeout, True)
         if local is not None:
-            return serialization.decode(*local)
-        return self._run(self._core.get_object(object_id, timeout))
+            return self._core.value(object_id, local[0], local[1], writable)
+        return self._run(self._core.get_object(object_id, timeout, writable))
 
     # ------------------------------------------------------------ lifetime
 

@@ -421,3 +421,46 @@ async def test_create_and_seal_many_takes_pairs_and_triples(
             assert "unpack" not in str(raised.value)
         await c.flush()
         assert not await c.contains(oid(404))  # nothing of a malformed batch is stored
+
+
+async def test_writable_results_are_copy_on_write_views(coordinator: RunningCoordinator, kind: str):
+    async with (
+        open_client(kind, coordinator.socket) as c,
+        open_client(kind, coordinator.socket) as other,
+    ):
+        small = np.arange(100, dtype=np.int64)  # in the arena: not page-aligned
+        big = np.arange(1 << 20, dtype=np.int64)  # 8 MiB: created and sealed on its own
+        value = {"a": np.arange(50_000, dtype=np.float64), "n": 7}  # pickle 5, buffer in-band
+        ids = [await c.put(v) for v in (small, big, value, b"raw bytes")]
+        got = await c.get_object(ids[0], timeout=5, writable=True)
+        assert got.flags.writeable
+        got[:] = -1
+        np.testing.assert_array_equal(got, -np.ones(100))
+        got_big = await c.get_object(ids[1], timeout=5, writable=True)
+        got_big[::1000] = 0
+        assert got_big[1000] == 0 and got_big[1001] == 1001
+        got_value = await c.get_object(ids[2], timeout=5, writable=True)
+        got_value["a"][0] = 99.0
+        assert got_value["a"][0] == 99.0
+        raw = await c.get_object(ids[3], timeout=5, writable=True)
+        raw[:3] = b"RAW"
+        assert bytes(raw) == b"RAW bytes"
+        data, meta = await c.get(ids[3], timeout=5, with_metadata=True, writable=True)
+        assert not data.readonly and meta.readonly
+        data[0:1] = b"X"
+        [buffer] = await c.get([ids[0]], timeout=5, writable=True)
+        np.frombuffer(buffer, np.uint8)[:] = 0xFF  # (a raw buffer of the array's bytes)
+        # the store's bytes never change: another client, and a fresh get here, see them
+        for reader in (other, c):
+            np.testing.assert_array_equal(await reader.get_object(ids[0], timeout=5), small)
+            np.testing.assert_array_equal(await reader.get_object(ids[1], timeout=5), big)
+            fresh = await reader.get_object(ids[2], timeout=5)
+            assert fresh["a"][0] == 0.0 and not fresh["a"].flags.writeable
+            assert bytes(await reader.get(ids[3], timeout=5)) == b"raw bytes"
+        # a writable result keeps its object's reference until it dies
+        assert (await other.list())[ids[1]]["ref_count"] >= 1
+        await c.flush()
+        assert (await other.list())[ids[1]]["ref_count"] == 1
+        del got, got_big, got_value, raw, data, meta, buffer, fresh
+        await c.flush()  # (the cache dropped, the releases sent)
+        assert (await other.list())[ids[1]]["ref_count"] == 0
