@@ -229,6 +229,20 @@ def _keep_until_called(*kept: object) -> None:
     """A finalizer that does nothing: its arguments live as long as what it watches."""
 
 
+@dataclass(slots=True)
+class _Creation:
+    """An object this client made with ``create``, whose creator reference it still holds:
+    released once the object is sealed and no view of its buffer is left."""
+
+    buffer_alive: bool = True
+    sealed: bool = False
+
+
+# Ids whose creator reference went with its buffer, remembered (the newest ones) so that an
+# explicit release of one afterwards is not a second release.
+MAX_AUTO_RELEASED = 1 << 16
+
+
 # Cores of this process, told when it forks: the child must not touch the parent's pins.
 _CORES: weakref.WeakSet[ClientCore] = weakref.WeakSet()
 
@@ -331,6 +345,11 @@ class ClientCore:
         self._releases: collections.deque[bytes] = collections.deque()  # appended by finalizers
         # the arrays behind live views: id of a weak reference -> (it, the object's id)
         self._owners: dict[int, tuple[weakref.ref[np.ndarray], bytes]] = {}
+        # objects created here whose creator reference is still held, the arrays behind
+        # their create buffers, and the ids whose creator reference went with its buffer
+        self._creations: dict[bytes, _Creation] = {}
+        self._create_owners: dict[int, tuple[weakref.ref[np.ndarray], bytes, _Creation]] = {}
+        self._auto_released: dict[bytes, None] = {}
         # requests whose caller went away (a cancelled trio task): seq -> the request, so the
         # references or objects its reply brings are handed back
         self._abandoned: dict[int, msgspec.Struct] = {}
@@ -960,7 +979,60 @@ class ClientCore:
         timeout: float | None = 0.0,
     ) -> Op:
         loc = yield from self._create(object_id, size, metadata, node, timeout)
-        return self.write_object(loc, metadata)
+        self.write_object(loc, metadata).release()  # (populates, writes the metadata)
+        return self._create_buffer(as_id_bytes(object_id), loc)
+
+    def _create_buffer(self, oid: bytes, loc: p.ObjectLocation) -> memoryview:
+        """The writable buffer ``create`` returns: the creator reference follows it, as a
+        reader's follows its views. Once the object is sealed and no view of the buffer is
+        left, the reference is released (see :meth:`_sealed` and :meth:`release`)."""
+        owner = np.frombuffer(
+            self.maps[loc.segment], np.uint8, count=max(loc.data_size, 1), offset=loc.offset
+        )
+        creation = _Creation()
+        ref = weakref.ref(owner, self._create_buffer_died)
+        with self._held_lock:
+            self._creations[oid] = creation
+            self._auto_released.pop(oid, None)
+            self._create_owners[id(ref)] = (ref, oid, creation)
+        return owner.data[: loc.data_size]
+
+    def _create_buffer_died(self, ref: weakref.ref[np.ndarray]) -> None:
+        """Finalizer of a create buffer (any thread, any time)."""
+        entry = self._create_owners.pop(id(ref), None)
+        if entry is None or self.forked_from is not None:
+            return
+        _, oid, creation = entry
+        with self._held_lock:
+            creation.buffer_alive = False
+            if creation.sealed and self._creations.get(oid) is creation:
+                self._release_creator(oid)
+
+    def _sealed(self, oid: bytes) -> None:
+        """``oid`` was sealed (its Seal is sent): its creator reference goes now if no view
+        of its create buffer is left, else when the last one dies."""
+        with self._held_lock:
+            creation = self._creations.get(oid)
+            if creation is None or creation.sealed:
+                return
+            creation.sealed = True
+            if not creation.buffer_alive:
+                self._release_creator(oid)
+
+    def _release_creator(self, oid: bytes) -> None:
+        """Release the creator reference of ``oid`` with the next frames (after its Seal)."""
+        del self._creations[oid]
+        self._releases.append(oid)
+        released = self._auto_released
+        released[oid] = None
+        while len(released) > MAX_AUTO_RELEASED:
+            del released[next(iter(released))]
+
+    def holds_creator_reference(self, object_id: ObjectRef) -> bool:
+        """True while this client holds the creator reference of a sealed object it made
+        with ``create`` (its buffer still alive): what an explicit ``release`` drops."""
+        creation = self._creations.get(as_id_bytes(object_id))
+        return creation is not None and creation.sealed
 
     def _create(
         self,
@@ -993,15 +1065,21 @@ class ClientCore:
         return reply.nodes
 
     def seal(self, object_id: ObjectRef, wait: bool = False) -> Op:
-        msg = p.Seal(seq=self.next_seq(), ids=[as_id_bytes(object_id)], ack=wait)
+        oid = as_id_bytes(object_id)
+        msg = p.Seal(seq=self.next_seq(), ids=[oid], ack=wait)
         if not wait:
             yield Send((msg,))
+            self._sealed(oid)
             return
         yield Call((msg,))
+        self._sealed(oid)
         self.check_usable()  # an error of an earlier call sent without waiting
 
     def abort(self, object_id: ObjectRef) -> Op:
-        yield Call((p.Abort(seq=self.next_seq(), id=as_id_bytes(object_id)),))
+        oid = as_id_bytes(object_id)
+        yield Call((p.Abort(seq=self.next_seq(), id=oid),))
+        with self._held_lock:  # (the object and the creator reference are gone)
+            self._creations.pop(oid, None)
 
     def release(self, object_id: ObjectRef) -> Op:
         oid = as_id_bytes(object_id)
@@ -1010,6 +1088,14 @@ class ClientCore:
             prefetched.pop()
             if not prefetched:
                 del self.prefetched[oid]
+        else:
+            with self._held_lock:
+                creation = self._creations.get(oid)
+                if creation is not None and creation.sealed:
+                    del self._creations[oid]  # released now: not again when the buffer goes
+                elif creation is None and oid in self._auto_released:
+                    del self._auto_released[oid]
+                    return  # released already, with its buffer
         yield Send((p.Release(seq=self.next_seq(), ids=[oid], ack=False),))
 
     def create_and_seal(

@@ -186,6 +186,10 @@ class Client:
     ) -> memoryview:
         """Create an object of ``size`` bytes; returns its writable buffer. Seal it when filled.
 
+        The creator's reference follows the buffer: once the object is sealed and no view of
+        the buffer (a slice, a numpy array on it) is left, it is released, as a reader's
+        reference is with its views; :meth:`release` drops it earlier.
+
         ``timeout`` is how long to wait for space when the store is full (None: forever).
         ``node``: a NUMA node, ``"interleave"`` (its pages spread over every node, for an
         object every node reads) or a list of nodes to interleave across; None: the
@@ -194,9 +198,10 @@ class Client:
         return self._run(self._core.create(object_id, size, metadata, node, timeout))
 
     def seal(self, object_id: ObjectRef, *, wait: bool = False) -> None:
-        """Make the object immutable and visible; the creator keeps its reference. Sent
-        without waiting (errors surface on a later call); ``wait=True`` returns once the
-        coordinator sealed it, raising its error and any earlier one here."""
+        """Make the object immutable and visible; the creator keeps its reference while a
+        view of its create buffer is alive (see :meth:`create`). Sent without waiting
+        (errors surface on a later call); ``wait=True`` returns once the coordinator sealed
+        it, raising its error and any earlier one here."""
         self._run(self._core.seal(object_id, wait))
 
     def abort(self, object_id: ObjectRef) -> None:
@@ -204,7 +209,12 @@ class Client:
         self._run(self._core.abort(object_id))
 
     def release(self, object_id: ObjectRef) -> None:
-        """Drop one reference this client holds (views already handed out stay mapped)."""
+        """Drop one reference this client holds (views already handed out stay mapped).
+
+        The creator reference of a sealed object whose create buffer is still alive goes now
+        (not again when the buffer dies); one that already went with its buffer is not
+        released a second time.
+        """
         self._run(self._core.release(object_id))
 
     def create_and_seal(

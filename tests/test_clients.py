@@ -335,7 +335,8 @@ async def test_a_cancelled_trio_call_hands_back_what_its_reply_brings(coordinato
     coord = coordinator_factory("--memory", "8MiB", "--segment-size", "8MiB")
     async with plasma.aio.connect(coord.socket) as c:
         with plasma.connect(coord.socket) as other:
-            other.create(oid(1), 10)  # unsealed: a get of it waits
+            kept = other.create(oid(1), 10)  # unsealed: a get of it waits (the buffer kept:
+            # the creator reference stays when it is sealed)
             hog = other.create(oid(2), 7 << 20)  # the store is nearly full: a create waits
 
             async def cancel_once_parked(call: Any, waiters: str) -> None:
@@ -359,6 +360,7 @@ async def test_a_cancelled_trio_call_hands_back_what_its_reply_brings(coordinato
             await c.flush()  # ...and waits until they were handled
             listing = other.list()
             assert listing[oid(1)]["ref_count"] == 1  # other's creator reference only
+            del kept
             assert oid(3) not in listing
             assert other.stats()["used"] == other.stats()["arena_bytes"] + 64
 
@@ -464,3 +466,57 @@ async def test_writable_results_are_copy_on_write_views(coordinator: RunningCoor
         del got, got_big, got_value, raw, data, meta, buffer, fresh
         await c.flush()  # (the cache dropped, the releases sent)
         assert (await other.list())[ids[1]]["ref_count"] == 0
+
+
+async def test_the_creators_reference_follows_its_buffer(coordinator_factory, kind: str):
+    coord = coordinator_factory("--memory", "8MiB", "--segment-size", "8MiB")
+    async with open_client(kind, coord.socket) as c, open_client(kind, coord.socket) as other:
+        # pyarrow.plasma's loop: create, write, seal, drop; nothing released explicitly
+        for n in range(200):
+            buf = await c.create(oid(1000 + n), 1 << 20)
+            buf[:8] = n.to_bytes(8, "little")
+            await c.seal(oid(1000 + n))
+            del buf
+        await c.flush()
+        refs = [o["ref_count"] for o in (await other.list()).values() if o["data_size"] == 1 << 20]
+        assert refs and not any(refs)  # every creator reference went with its buffer
+
+        # an explicit release after seal still works, once: the buffer's death adds nothing
+        buf = await c.create(oid(1), 16)
+        await c.seal(oid(1))
+        assert (await other.list())[oid(1)]["ref_count"] == 1  # the buffer keeps it
+        await c.release(oid(1))
+        await c.flush()
+        assert (await other.list())[oid(1)]["ref_count"] == 0
+        del buf
+        await c.flush()  # no error: not released twice
+        assert (await other.list())[oid(1)]["ref_count"] == 0
+        # and after the buffer took the reference, an explicit release is not a second one
+        buf = await c.create(oid(2), 16)
+        await c.seal(oid(2), wait=True)
+        del buf
+        await c.release(oid(2))
+        await c.flush()
+        assert (await other.list())[oid(2)]["ref_count"] == 0
+
+        # a view of the buffer kept alive keeps the reference, past the seal, until it dies
+        buf = await c.create(oid(3), 16)
+        array = np.frombuffer(buf, np.uint8)
+        del buf
+        await c.flush()
+        assert (await other.list())[oid(3)]["ref_count"] == 1  # unsealed: still the creator's
+        array[:] = 7
+        await c.seal(oid(3))
+        await c.flush()
+        assert (await other.list())[oid(3)]["ref_count"] == 1
+        del array
+        await c.flush()
+        assert (await other.list())[oid(3)]["ref_count"] == 0
+        assert bytes(await other.get(oid(3), timeout=5)) == bytes([7] * 16)
+
+        # an aborted object's reference went with it: its buffer's death releases nothing
+        buf = await c.create(oid(4), 16)
+        await c.abort(oid(4))
+        del buf
+        await c.flush()
+        assert oid(4) not in await other.list()
