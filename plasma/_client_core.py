@@ -98,6 +98,41 @@ def placement(node: Node) -> tuple[int | None, list[int] | None]:
     raise BadRequest(f'node must be a node number, "interleave" or a list of nodes, got {node!r}')
 
 
+# an item of create_and_seal_many: (id, data) or (id, data, metadata)
+ManyItem = (
+    tuple[ObjectRef, bytes | bytearray | memoryview]
+    | tuple[ObjectRef, bytes | bytearray | memoryview, bytes]
+)
+
+
+def many_items(items: Iterable[Any]) -> list[tuple[Any, Any, bytes]]:
+    """``(id, data, metadata)`` for each item of ``create_and_seal_many`` (``(id, data)``
+    means no metadata); BadRequest naming the index of the first malformed item."""
+    out: list[tuple[Any, Any, bytes]] = []
+    for index, item in enumerate(items):
+        if isinstance(item, tuple | list) and len(item) == 3:
+            out.append((item[0], item[1], item[2]))
+        elif isinstance(item, tuple | list) and len(item) == 2:
+            out.append((item[0], item[1], b""))
+        else:
+            what = type(item).__name__
+            if isinstance(item, tuple | list):
+                what += f" of {len(item)}"
+            raise BadRequest(
+                f"create_and_seal_many: item {index} must be (id, data) or "
+                f"(id, data, metadata), got a {what}"
+            )
+        meta = out[-1][2]
+        if type(meta) is not bytes:
+            if not isinstance(meta, bytearray | memoryview):
+                raise BadRequest(
+                    f"create_and_seal_many: item {index}: metadata must be bytes, "
+                    f"got {type(meta).__name__}"
+                )
+            out[-1] = (out[-1][0], out[-1][1], bytes(meta))
+    return out
+
+
 class Call(NamedTuple):
     """Send ``msgs``; resume with the reply to the last one (its Error raised into the op)."""
 
@@ -188,6 +223,24 @@ class _Held:
     revoked: bool = False
     pin: int = -1
     found: Found | None = None
+
+
+def _keep_until_called(*kept: object) -> None:
+    """A finalizer that does nothing: its arguments live as long as what it watches."""
+
+
+@dataclass(slots=True)
+class _Creation:
+    """An object this client made with ``create``, whose creator reference it still holds:
+    released once the object is sealed and no view of its buffer is left."""
+
+    buffer_alive: bool = True
+    sealed: bool = False
+
+
+# Ids whose creator reference went with its buffer, remembered (the newest ones) so that an
+# explicit release of one afterwards is not a second release.
+MAX_AUTO_RELEASED = 1 << 16
 
 
 # Cores of this process, told when it forks: the child must not touch the parent's pins.
@@ -286,9 +339,17 @@ class ClientCore:
         self.recv_view = memoryview(bytearray(RECV_SIZE))
         self._fds: collections.deque[int] = collections.deque()
         self._lazy: set[int] = set()  # segments mapped without MAP_POPULATE
+        # a descriptor of each mapped segment (read-only where our uid may only read) and its
+        # page size: what a writable get maps privately (copy-on-write) from
+        self._segment_fds: dict[int, tuple[int, int]] = {}
         self._releases: collections.deque[bytes] = collections.deque()  # appended by finalizers
         # the arrays behind live views: id of a weak reference -> (it, the object's id)
         self._owners: dict[int, tuple[weakref.ref[np.ndarray], bytes]] = {}
+        # objects created here whose creator reference is still held, the arrays behind
+        # their create buffers, and the ids whose creator reference went with its buffer
+        self._creations: dict[bytes, _Creation] = {}
+        self._create_owners: dict[int, tuple[weakref.ref[np.ndarray], bytes, _Creation]] = {}
+        self._auto_released: dict[bytes, None] = {}
         # requests whose caller went away (a cancelled trio task): seq -> the request, so the
         # references or objects its reply brings are handed back
         self._abandoned: dict[int, msgspec.Struct] = {}
@@ -531,9 +592,16 @@ class ClientCore:
         for segment in segments:
             mm = self.maps.pop(segment, None)
             self._lazy.discard(segment)
+            self._close_segment_fd(segment)
             if mm is not None:
                 with contextlib.suppress(BufferError):  # (then unmapped when the view goes)
                     mm.close()
+
+    def _close_segment_fd(self, segment: int) -> None:
+        kept = self._segment_fds.pop(segment, None)
+        if kept is not None:
+            with contextlib.suppress(OSError):
+                os.close(kept[0])
 
     def next_notification(self) -> p.Notification:
         """The oldest notification received; PlasmaError when it says the subscription ended
@@ -581,8 +649,12 @@ class ClientCore:
         for info in segments:
             if not self._fds:
                 raise PlasmaError(f"segment {info.id} arrived without its file descriptor")
+            fd = self._fds.popleft()
+            self._close_segment_fd(info.id)
+            with contextlib.suppress(OSError):  # (none: a writable get copies instead)
+                self._segment_fds[info.id] = (os.dup(fd), info.page_size)
             self.maps[info.id] = map_segment(
-                self._fds.popleft(), info.size, writable=info.writable, populate=for_writing
+                fd, info.size, writable=info.writable, populate=for_writing
             )
             if not for_writing:
                 self._lazy.add(info.id)
@@ -791,6 +863,62 @@ class ClientCore:
         view = owner.data  # a memoryview that keeps ``owner`` alive
         return view[: loc.data_size], view[loc.data_size : total]
 
+    def private_view(self, oid: bytes, data: memoryview) -> memoryview:
+        """A writable copy-on-write view of the data of object ``oid``, of which ``data`` is
+        the read-only view a get returned: a private mapping (MAP_PRIVATE, PROT_READ |
+        PROT_WRITE) of the pages covering it, from the segment's descriptor (allowed on a
+        read-only one too). Writes go to pages of this process only: the store's bytes never
+        change. Pages not written yet are the segment's, so the object must not go: the view
+        keeps ``data`` (and with it this client's reference) alive until it dies. Where no
+        private mapping can be made (no descriptor, hugepages short), a copy."""
+        size = len(data)
+        with self._held_lock:
+            held = self.held.get(oid)
+            loc = held.loc if held is not None else None
+            kept = self._segment_fds.get(loc.segment) if loc is not None else None
+            if loc is None or kept is None:
+                return memoryview(bytearray(data))
+            fd, page = kept
+            start = loc.offset - loc.offset % page
+            try:
+                mm = mmap.mmap(
+                    fd,
+                    loc.offset - start + max(size, 1),
+                    mmap.MAP_PRIVATE,
+                    mmap.PROT_READ | mmap.PROT_WRITE,
+                    offset=start,
+                )
+            except OSError:
+                return memoryview(bytearray(data))
+        owner = np.frombuffer(mm, np.uint8, count=max(size, 1), offset=loc.offset - start)
+        weakref.finalize(owner, _keep_until_called, data)
+        return owner.data[:size]
+
+    def writable_result(self, object_ids: Any, result: Any, with_metadata: bool) -> Any:
+        """``result`` of ``get(object_ids, ...)`` with each data view made a private
+        writable one (:meth:`private_view`); metadata stays read-only."""
+        ids, single = _id_list(object_ids)
+        results = [result] if single else result
+        out: list[Any] = []
+        for oid, got in zip(ids, results, strict=True):
+            if got is None:
+                out.append(None)
+            elif with_metadata:
+                out.append((self.private_view(oid, got[0]), got[1]))
+            else:
+                out.append(self.private_view(oid, got))
+        return out[0] if single else out
+
+    def value(
+        self, object_id: ObjectRef, data: memoryview, meta: memoryview, writable: bool
+    ) -> Any:
+        """What ``get_object`` returns for the views of an object: a read-only view of it,
+        or with ``writable`` a copy-on-write one the caller may modify."""
+        if not writable:
+            return serialization.decode(data, meta)
+        private = self.private_view(as_id_bytes(object_id), data)
+        return serialization.decode(private, meta, writable=True)
+
     def _owner_died(self, ref: weakref.ref[np.ndarray]) -> None:
         entry = self._owners.pop(id(ref), None)
         if entry is not None:
@@ -832,6 +960,8 @@ class ClientCore:
         for mm in maps:
             with contextlib.suppress(BufferError):  # views still alive: unmapped when they go
                 mm.close()
+        for segment in list(self._segment_fds):
+            self._close_segment_fd(segment)
         self.maps.clear()
         self._table_maps = []
         self._pin_map = None
@@ -849,7 +979,60 @@ class ClientCore:
         timeout: float | None = 0.0,
     ) -> Op:
         loc = yield from self._create(object_id, size, metadata, node, timeout)
-        return self.write_object(loc, metadata)
+        self.write_object(loc, metadata).release()  # (populates, writes the metadata)
+        return self._create_buffer(as_id_bytes(object_id), loc)
+
+    def _create_buffer(self, oid: bytes, loc: p.ObjectLocation) -> memoryview:
+        """The writable buffer ``create`` returns: the creator reference follows it, as a
+        reader's follows its views. Once the object is sealed and no view of the buffer is
+        left, the reference is released (see :meth:`_sealed` and :meth:`release`)."""
+        owner = np.frombuffer(
+            self.maps[loc.segment], np.uint8, count=max(loc.data_size, 1), offset=loc.offset
+        )
+        creation = _Creation()
+        ref = weakref.ref(owner, self._create_buffer_died)
+        with self._held_lock:
+            self._creations[oid] = creation
+            self._auto_released.pop(oid, None)
+            self._create_owners[id(ref)] = (ref, oid, creation)
+        return owner.data[: loc.data_size]
+
+    def _create_buffer_died(self, ref: weakref.ref[np.ndarray]) -> None:
+        """Finalizer of a create buffer (any thread, any time)."""
+        entry = self._create_owners.pop(id(ref), None)
+        if entry is None or self.forked_from is not None:
+            return
+        _, oid, creation = entry
+        with self._held_lock:
+            creation.buffer_alive = False
+            if creation.sealed and self._creations.get(oid) is creation:
+                self._release_creator(oid)
+
+    def _sealed(self, oid: bytes) -> None:
+        """``oid`` was sealed (its Seal is sent): its creator reference goes now if no view
+        of its create buffer is left, else when the last one dies."""
+        with self._held_lock:
+            creation = self._creations.get(oid)
+            if creation is None or creation.sealed:
+                return
+            creation.sealed = True
+            if not creation.buffer_alive:
+                self._release_creator(oid)
+
+    def _release_creator(self, oid: bytes) -> None:
+        """Release the creator reference of ``oid`` with the next frames (after its Seal)."""
+        del self._creations[oid]
+        self._releases.append(oid)
+        released = self._auto_released
+        released[oid] = None
+        while len(released) > MAX_AUTO_RELEASED:
+            del released[next(iter(released))]
+
+    def holds_creator_reference(self, object_id: ObjectRef) -> bool:
+        """True while this client holds the creator reference of a sealed object it made
+        with ``create`` (its buffer still alive): what an explicit ``release`` drops."""
+        creation = self._creations.get(as_id_bytes(object_id))
+        return creation is not None and creation.sealed
 
     def _create(
         self,
@@ -882,15 +1065,21 @@ class ClientCore:
         return reply.nodes
 
     def seal(self, object_id: ObjectRef, wait: bool = False) -> Op:
-        msg = p.Seal(seq=self.next_seq(), ids=[as_id_bytes(object_id)], ack=wait)
+        oid = as_id_bytes(object_id)
+        msg = p.Seal(seq=self.next_seq(), ids=[oid], ack=wait)
         if not wait:
             yield Send((msg,))
+            self._sealed(oid)
             return
         yield Call((msg,))
+        self._sealed(oid)
         self.check_usable()  # an error of an earlier call sent without waiting
 
     def abort(self, object_id: ObjectRef) -> Op:
-        yield Call((p.Abort(seq=self.next_seq(), id=as_id_bytes(object_id)),))
+        oid = as_id_bytes(object_id)
+        yield Call((p.Abort(seq=self.next_seq(), id=oid),))
+        with self._held_lock:  # (the object and the creator reference are gone)
+            self._creations.pop(oid, None)
 
     def release(self, object_id: ObjectRef) -> Op:
         oid = as_id_bytes(object_id)
@@ -899,6 +1088,14 @@ class ClientCore:
             prefetched.pop()
             if not prefetched:
                 del self.prefetched[oid]
+        else:
+            with self._held_lock:
+                creation = self._creations.get(oid)
+                if creation is not None and creation.sealed:
+                    del self._creations[oid]  # released now: not again when the buffer goes
+                elif creation is None and oid in self._auto_released:
+                    del self._auto_released[oid]
+                    return  # released already, with its buffer
         yield Send((p.Release(seq=self.next_seq(), ids=[oid], ack=False),))
 
     def create_and_seal(
@@ -929,14 +1126,13 @@ class ClientCore:
         obj = p.ArenaObject(oid, offset, dlen, len(metadata))
         yield Send((self._seal_arena(arena, [obj]),))
 
-    def create_and_seal_many(
-        self,
-        items: Sequence[tuple[ObjectRef, bytes | bytearray | memoryview, bytes]],
-        node: int | None = None,
-    ) -> Op:
+    def create_and_seal_many(self, items: Iterable[ManyItem], node: int | None = None) -> Op:
         """Objects up to ``ARENA_OBJECT_LIMIT`` bytes are written into the arena and registered
         by ``SealArena`` messages sent without waiting; larger ones by one CreateMany. When
-        an arena refill fails (StoreFull) the objects before it are stored, the rest not."""
+        an arena refill fails (StoreFull) the objects before it are stored, the rest not.
+        Each item is ``(id, data)`` or ``(id, data, metadata)``; a malformed one is a
+        BadRequest naming its index, before anything is written."""
+        items = many_items(items)
         if self.concurrent:
             yield EXCLUSIVE
         mask = self.alignment - 1
@@ -1207,9 +1403,9 @@ class ClientCore:
         yield Send(self._seal_and_release([oid.binary()]))
         return oid
 
-    def get_object(self, object_id: ObjectRef, timeout: float | None) -> Op:
+    def get_object(self, object_id: ObjectRef, timeout: float | None, writable: bool = False) -> Op:
         data, meta = yield from self.get(object_id, timeout, True)
-        return serialization.decode(data, meta)
+        return self.value(object_id, data, meta, writable)
 
 
 Views = tuple[memoryview, memoryview]

@@ -22,13 +22,14 @@ from typing import Any
 import msgspec
 import trio
 
-from plasma import parallel_copy, serialization
+from plasma import parallel_copy
 from plasma import protocol as p
 from plasma._client_core import (
     EXCLUSIVE,
     RELEASE_DELAY,
     Call,
     ClientCore,
+    ManyItem,
     Node,
     ObjectRef,
     Op,
@@ -227,7 +228,7 @@ class AsyncClient:
 
     async def create_and_seal_many(
         self,
-        items: Sequence[tuple[ObjectRef, bytes | bytearray | memoryview, bytes]],
+        items: Iterable[ManyItem],
         *,
         node: int | None = None,
     ) -> None:
@@ -235,13 +236,21 @@ class AsyncClient:
         await self._run(self._core.create_and_seal_many(items, node))
 
     async def get(
-        self, object_ids: Any, timeout: float | None = None, *, with_metadata: bool = False
+        self,
+        object_ids: Any,
+        timeout: float | None = None,
+        *,
+        with_metadata: bool = False,
+        writable: bool = False,
     ) -> Any:
-        """Zero-copy read-only buffers; see :meth:`plasma.Client.get`."""
+        """Zero-copy read-only buffers (copy-on-write ones with ``writable``); see
+        :meth:`plasma.Client.get`."""
         local = self._core.get_pinned(object_ids, timeout, with_metadata)
-        if local is not None:
-            return local
-        return await self._run(self._core.get(object_ids, timeout, with_metadata))
+        if local is None:
+            local = await self._run(self._core.get(object_ids, timeout, with_metadata))
+        if writable:
+            return self._core.writable_result(object_ids, local, with_metadata)
+        return local
 
     async def get_buffers(
         self,
@@ -325,12 +334,15 @@ class AsyncClient:
             return await self._run(self._core.put_replicated(value, object_id, node, replicas))
         return await self._run(self._core.put(value, object_id, node))
 
-    async def get_object(self, object_id: ObjectRef, timeout: float | None = None) -> Any:
-        """The value stored by :meth:`put`, as a zero-copy read-only view."""
+    async def get_object(
+        self, object_id: ObjectRef, timeout: float | None = None, *, writable: bool = False
+    ) -> Any:
+        """The value stored by :meth:`put`, as a zero-copy read-only view (a copy-on-write
+        one with ``writable``; see :meth:`plasma.Client.get_object`)."""
         local = self._core.get_pinned(object_id, timeout, True)
         if local is not None:
-            return serialization.decode(*local)
-        return await self._run(self._core.get_object(object_id, timeout))
+            return self._core.value(object_id, local[0], local[1], writable)
+        return await self._run(self._core.get_object(object_id, timeout, writable))
 
     # ------------------------------------------------------------ run relay
 

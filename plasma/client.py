@@ -22,11 +22,11 @@ from typing import Any, overload
 import msgspec
 
 from plasma import protocol as p
-from plasma import serialization
 from plasma._client_core import (
     RELEASE_DELAY,
     Call,
     ClientCore,
+    ManyItem,
     Node,
     ObjectRef,
     Op,
@@ -186,6 +186,10 @@ class Client:
     ) -> memoryview:
         """Create an object of ``size`` bytes; returns its writable buffer. Seal it when filled.
 
+        The creator's reference follows the buffer: once the object is sealed and no view of
+        the buffer (a slice, a numpy array on it) is left, it is released, as a reader's
+        reference is with its views; :meth:`release` drops it earlier.
+
         ``timeout`` is how long to wait for space when the store is full (None: forever).
         ``node``: a NUMA node, ``"interleave"`` (its pages spread over every node, for an
         object every node reads) or a list of nodes to interleave across; None: the
@@ -194,9 +198,10 @@ class Client:
         return self._run(self._core.create(object_id, size, metadata, node, timeout))
 
     def seal(self, object_id: ObjectRef, *, wait: bool = False) -> None:
-        """Make the object immutable and visible; the creator keeps its reference. Sent
-        without waiting (errors surface on a later call); ``wait=True`` returns once the
-        coordinator sealed it, raising its error and any earlier one here."""
+        """Make the object immutable and visible; the creator keeps its reference while a
+        view of its create buffer is alive (see :meth:`create`). Sent without waiting
+        (errors surface on a later call); ``wait=True`` returns once the coordinator sealed
+        it, raising its error and any earlier one here."""
         self._run(self._core.seal(object_id, wait))
 
     def abort(self, object_id: ObjectRef) -> None:
@@ -204,7 +209,12 @@ class Client:
         self._run(self._core.abort(object_id))
 
     def release(self, object_id: ObjectRef) -> None:
-        """Drop one reference this client holds (views already handed out stay mapped)."""
+        """Drop one reference this client holds (views already handed out stay mapped).
+
+        The creator reference of a sealed object whose create buffer is still alive goes now
+        (not again when the buffer dies); one that already went with its buffer is not
+        released a second time.
+        """
         self._run(self._core.release(object_id))
 
     def create_and_seal(
@@ -220,12 +230,14 @@ class Client:
 
     def create_and_seal_many(
         self,
-        items: Sequence[tuple[ObjectRef, bytes | bytearray | memoryview, bytes]],
+        items: Iterable[ManyItem],
         *,
         node: int | None = None,
     ) -> None:
         """Create, fill and seal many objects with at most one round trip (plus arena refills).
 
+        Each item is ``(id, data)`` or ``(id, data, metadata)``; a malformed one raises
+        ``BadRequest`` naming its index, and nothing is stored.
         Objects up to 1 MiB are written into this client's arena and registered by
         ``SealArena`` messages sent without waiting; an error (say, an id that exists)
         surfaces on the next reply or :meth:`flush`. When a refill of the arena fails
@@ -235,7 +247,12 @@ class Client:
 
     @overload
     def get(
-        self, object_ids: ObjectRef, timeout: float | None = None, *, with_metadata: bool = False
+        self,
+        object_ids: ObjectRef,
+        timeout: float | None = None,
+        *,
+        with_metadata: bool = False,
+        writable: bool = False,
     ) -> Any: ...
     @overload
     def get(
@@ -244,21 +261,33 @@ class Client:
         timeout: float | None = None,
         *,
         with_metadata: bool = False,
+        writable: bool = False,
     ) -> list[Any]: ...
 
     def get(
-        self, object_ids: Any, timeout: float | None = None, *, with_metadata: bool = False
+        self,
+        object_ids: Any,
+        timeout: float | None = None,
+        *,
+        with_metadata: bool = False,
+        writable: bool = False,
     ) -> Any:
         """Zero-copy read-only buffers of sealed objects, waiting up to ``timeout`` seconds.
 
         Returns one buffer (or ``(data, metadata)`` pair) per id; a single id gives a single
         result. Raises ``ObjectNotSealed``, ``ObjectNotFound`` or ``PlasmaTimeout`` when an
         object is not available; the references already taken are then released.
+
+        With ``writable`` each data buffer is a copy-on-write view (a private mapping of the
+        object's pages): the caller may modify it, pages are copied as they are first written,
+        and the store's bytes never change. Metadata stays read-only.
         """
         local = self._core.get_pinned(object_ids, timeout, with_metadata)
-        if local is not None:
-            return local
-        return self._run(self._core.get(object_ids, timeout, with_metadata))
+        if local is None:
+            local = self._run(self._core.get(object_ids, timeout, with_metadata))
+        if writable:
+            return self._core.writable_result(object_ids, local, with_metadata)
+        return local
 
     def get_buffers(
         self,
@@ -364,12 +393,16 @@ class Client:
             return self._run(self._core.put_replicated(value, object_id, node, replicas))
         return self._run(self._core.put(value, object_id, node))
 
-    def get_object(self, object_id: ObjectRef, timeout: float | None = None) -> Any:
-        """The value stored by :meth:`put`, as a zero-copy read-only view."""
+    def get_object(
+        self, object_id: ObjectRef, timeout: float | None = None, *, writable: bool = False
+    ) -> Any:
+        """The value stored by :meth:`put`, as a zero-copy read-only view; with ``writable``
+        a copy-on-write view (numpy arrays, raw buffers and pickled arrays the caller may
+        modify, the store's bytes unchanged; see :meth:`get`)."""
         local = self._core.get_pinned(object_id, timeout, True)
         if local is not None:
-            return serialization.decode(*local)
-        return self._run(self._core.get_object(object_id, timeout))
+            return self._core.value(object_id, local[0], local[1], writable)
+        return self._run(self._core.get_object(object_id, timeout, writable))
 
     # ------------------------------------------------------------ lifetime
 

@@ -36,7 +36,6 @@ import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 import plasma
@@ -135,24 +134,10 @@ class PlasmaClient:
         self._socket_name = store_socket_name
         self._subscriber: Client | None = None
         self._notifications: Subscription | None = None
-        # creator references: released once the object is sealed and its create() buffer is gone
-        self._create_buffers_alive: set[bytes] = set()
-        self._sealed_with_buffer_alive: set[bytes] = set()
-        self._dead_create_buffers: collections.deque[bytes] = collections.deque()
 
     @property
     def store_socket_name(self) -> str:
         return self._socket_name
-
-    def _settle_creates(self) -> Client:
-        """Release creator references whose create() buffer died; returns the client."""
-        while self._dead_create_buffers:
-            oid = self._dead_create_buffers.popleft()
-            self._create_buffers_alive.discard(oid)
-            if oid in self._sealed_with_buffer_alive:
-                self._sealed_with_buffer_alive.discard(oid)
-                self._client.release(oid)
-        return self._client
 
     # ------------------------------------------------------------ create / seal
 
@@ -161,25 +146,18 @@ class PlasmaClient:
 
         Raises PlasmaObjectExists or PlasmaStoreFull.
         """
-        client = self._settle_creates()
+        client = self._client
         with _pyarrow_errors():
             view = client.create(object_id, data_size, bytes(metadata))
-        oid = object_id.binary()
-        owner = np.frombuffer(view, dtype=np.uint8)
-        self._create_buffers_alive.add(oid)
-        weakref.finalize(owner, self._dead_create_buffers.append, oid)
-        return pa.py_buffer(owner)
+        # the creator reference goes once the object is sealed and this buffer is gone
+        # (the client does that: plasma.Client.create)
+        return pa.py_buffer(view)
 
     def seal(self, object_id: ObjectID) -> None:
         """Make the object immutable and visible to others; raises errors at once."""
-        client = self._settle_creates()
-        oid = object_id.binary()
+        client = self._client
         with _pyarrow_errors():
-            client.seal(object_id, wait=True)
-        if oid in self._create_buffers_alive:
-            self._sealed_with_buffer_alive.add(oid)
-        else:
-            client.release(oid)
+            client.seal(object_id, wait=True)  # (the client releases it with its buffer)
 
     def release(self, object_id: ObjectID) -> None:
         """Drop the creator reference of a sealed object now, while its buffer is still alive.
@@ -187,21 +165,19 @@ class PlasmaClient:
         Buffers from ``get_buffers`` / ``get`` hold their own references, dropped when they
         are garbage collected.
         """
-        client = self._settle_creates()
-        oid = object_id.binary()
-        if oid not in self._sealed_with_buffer_alive:
+        client = self._client
+        if not client._core.holds_creator_reference(object_id):
             raise PlasmaObjectNonexistent(
                 f"this client holds no releasable reference to {object_id.hex()}: only sealed "
                 "objects whose create() buffer is still alive can be released explicitly"
             )
-        self._sealed_with_buffer_alive.discard(oid)
-        client.release(oid)
+        client.release(object_id)
 
     def create_and_seal(
         self, object_id: ObjectID, data: bytes | memoryview, metadata: bytes = b""
     ) -> None:
         """Store ``data`` under ``object_id`` in one call; raises PlasmaObjectExists at once."""
-        client = self._settle_creates()
+        client = self._client
         with _pyarrow_errors():
             client.create_and_seal(object_id, data, bytes(metadata))
             client.flush()
@@ -227,7 +203,7 @@ class PlasmaClient:
     ) -> ObjectID:
         """Store a numpy array, Arrow object or bytes (zero-copy layout); returns its id."""
         _no_serialization_context(serialization_context)
-        client = self._settle_creates()
+        client = self._client
         with _pyarrow_errors():
             oid = client.put(value, object_id)
             client.flush()
@@ -243,7 +219,7 @@ class PlasmaClient:
         With ``with_meta`` each entry is ``(metadata bytes, data buffer)`` (``(None, None)``
         when not available).
         """
-        client = self._settle_creates()
+        client = self._client
         with _pyarrow_errors():
             results = client.get_buffers(
                 list(object_ids), _timeout_seconds(timeout_ms), with_metadata=True
@@ -259,7 +235,7 @@ class PlasmaClient:
 
     def get_metadata(self, object_ids: Sequence[ObjectID], timeout_ms: int = -1) -> list[Any]:
         """Metadata buffers of sealed objects, None for those not available in time."""
-        client = self._settle_creates()
+        client = self._client
         with _pyarrow_errors():
             results = client.get_buffers(
                 list(object_ids), _timeout_seconds(timeout_ms), with_metadata=True
@@ -279,7 +255,7 @@ class PlasmaClient:
         _no_serialization_context(serialization_context)
         if isinstance(object_ids, ObjectID):
             return self.get([object_ids], timeout_ms)[0]
-        client = self._settle_creates()
+        client = self._client
         with _pyarrow_errors():
             results = client.get_buffers(
                 list(object_ids), _timeout_seconds(timeout_ms), with_metadata=True
@@ -293,7 +269,7 @@ class PlasmaClient:
     def contains(self, object_id: ObjectID) -> bool:
         """True when the object is present and sealed."""
         with _pyarrow_errors():
-            return self._settle_creates().contains(object_id)
+            return self._client.contains(object_id)
 
     def hash(self, object_id: ObjectID) -> bytes:
         """An 8-byte digest of the object's data and metadata (BLAKE2b, not Plasma's XXH64)."""
@@ -308,11 +284,11 @@ class PlasmaClient:
     def evict(self, num_bytes: int) -> int:
         """Evict least recently used unreferenced objects; returns the bytes freed."""
         with _pyarrow_errors():
-            return self._settle_creates().evict(num_bytes)
+            return self._client.evict(num_bytes)
 
     def delete(self, object_ids: Sequence[ObjectID]) -> None:
         """Delete objects (deferred while referenced); absent or unsealed ids are ignored."""
-        client = self._settle_creates()
+        client = self._client
         with contextlib.suppress(ObjectNotFound):
             client.delete(list(object_ids))
 
@@ -321,7 +297,7 @@ class PlasmaClient:
         construct_duration (whole seconds from create to seal, -1 while unsealed, as in
         Plasma), state ("created" or "sealed") and node."""
         with _pyarrow_errors():
-            listing = self._settle_creates().list()
+            listing = self._client.list()
         return {
             oid: {
                 "data_size": info["data_size"],

@@ -144,14 +144,20 @@ def encode(value: object) -> Encoded:
     return _encode_pickle5(value)
 
 
-def decode(data: memoryview | bytes, metadata: bytes | memoryview) -> Any:
-    """Rebuild the value stored by ``encode`` as a zero-copy, read-only view of ``data``.
+def decode(
+    data: memoryview | bytes, metadata: bytes | memoryview, *, writable: bool = False
+) -> Any:
+    """Rebuild the value stored by ``encode`` as a zero-copy, read-only view of ``data``
+    (with ``writable``, a writable one: numpy arrays and raw buffers the caller may modify,
+    ``data`` being a private copy-on-write mapping of the object).
 
     Raises :class:`~plasma.errors.BadRequest` when ``metadata`` is not a header written by
     ``encode`` or ``data`` does not hold what the header describes.
     """
     header = _parse_header(metadata)
-    view = memoryview(data).cast("B").toreadonly()
+    view = memoryview(data).cast("B")
+    if not writable:
+        view = view.toreadonly()
     if header.kind == NDARRAY:
         return _decode_ndarray(view, header)
     if header.kind == BYTES:

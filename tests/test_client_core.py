@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import mmap
+import os
 import socket
 import time
 from typing import Any
@@ -150,3 +151,45 @@ def test_a_hang_up_is_seen_without_reading_and_only_then() -> None:
         assert state.hung_up()  # still: it was lost
     finally:
         ours.close()
+
+
+def test_a_writable_view_is_a_private_copy_on_write_mapping_of_a_read_only_segment():
+    """A uid allowed only to read is sent its segments O_RDONLY: MAP_PRIVATE with PROT_WRITE
+    of such a descriptor is allowed, the writes stay in this process, and an object at an
+    offset that is not page-aligned is mapped by its covering pages."""
+    from plasma.linux import memfd
+
+    fd = memfd.memfd_create("plasma-test")
+    os.ftruncate(fd, 4 * mmap.PAGESIZE)
+    offset = mmap.PAGESIZE + 100  # the object straddles a page boundary
+    original = bytes(range(256)) * 20
+    os.pwrite(fd, original, offset)
+    state = ClientCore(release_delay=0)
+    state._fds.append(memfd.reopen_read_only(fd))
+    info = p.SegmentInfo(id=1, size=4 * mmap.PAGESIZE, node=0, page_size=mmap.PAGESIZE)
+    info.writable = False
+    state._map_segments([info], for_writing=False)
+    oid = b"w" * 20
+    where = p.ObjectLocation(
+        segment=1, offset=offset, data_size=len(original), metadata_size=0, node=0
+    )
+    data = state.readable(oid, where)[0]
+    assert data.readonly
+    private = state.private_view(oid, data)
+    del data
+    assert not private.readonly and bytes(private) == original
+    private[:5] = b"CHANGED"[:5]
+    private[-1] = 0
+    assert bytes(private[:5]) == b"CHANG"
+    assert os.pread(fd, len(original), offset) == original  # the segment's bytes: unchanged
+    reused = state.reuse(oid)
+    assert reused is not None and bytes(reused[0]) == original  # another view: the original
+    del reused
+    gc.collect()
+    assert released(state) == []  # the private view keeps the reference...
+    del private
+    gc.collect()
+    assert released(state) == [oid]  # ...until it dies
+    state.close_maps()
+    assert not state._segment_fds
+    os.close(fd)

@@ -332,7 +332,8 @@ async def test_a_cancelled_trio_call_hands_back_what_its_reply_brings(coordinato
     coord = coordinator_factory("--memory", "8MiB", "--segment-size", "8MiB")
     async with plasma.aio.connect(coord.socket) as c:
         with plasma.connect(coord.socket) as other:
-            other.create(oid(1), 10)  # unsealed: a get of it waits
+            kept = other.create(oid(1), 10)  # unsealed: a get of it waits (the buffer kept:
+            # the creator reference stays when it is sealed)
             hog = other.create(oid(2), 7 << 20)  # the store is nearly full: a create waits
 
             async def cancel_once_parked(call: Any, waiters: str) -> None:
@@ -356,6 +357,7 @@ async def test_a_cancelled_trio_call_hands_back_what_its_reply_brings(coordinato
             await c.flush()  # ...and waits until they were handled
             listing = other.list()
             assert listing[oid(1)]["ref_count"] == 1  # other's creator reference only
+            del kept
             assert oid(3) not in listing
             assert other.stats()["used"] == other.stats()["arena_bytes"] + 64
 
@@ -386,3 +388,132 @@ async def test_a_seal_that_waits_raises_its_error_and_earlier_ones_at_once(
         await c.seal(oid(5), wait=True)
         with pytest.raises(plasma.errors.BadRequest, match="already sealed"):
             await c.seal(oid(5), wait=True)
+
+
+async def test_create_and_seal_many_takes_pairs_and_triples(
+    coordinator: RunningCoordinator, kind: str
+):
+    async with open_client(kind, coordinator.socket) as c:
+        big = b"L" * (2 << 20)  # past the arena: a CreateMany
+        await c.create_and_seal_many(
+            [
+                (oid(400), b"pair"),
+                (oid(401), b"triple", b"meta"),
+                [oid(402), big],
+                (oid(403), big, b"m"),
+            ]
+        )
+        assert bytes(await c.get(oid(400), timeout=5)) == b"pair"
+        data, meta = await c.get(oid(401), timeout=5, with_metadata=True)
+        assert (bytes(data), bytes(meta)) == (b"triple", b"meta")
+        data, meta = await c.get(oid(402), timeout=5, with_metadata=True)
+        assert bytes(data) == big and bytes(meta) == b""
+        assert bytes((await c.get(oid(403), timeout=5, with_metadata=True))[1]) == b"m"
+        for bad, index in (
+            ([(oid(404), b"x"), (oid(405),)], 1),
+            ([(oid(404), b"x"), (oid(405), b"x", b"m"), oid(406)], 2),
+            ([(oid(404), b"x", b"m", b"extra")], 0),
+            ([(oid(404), b"x", 7)], 0),
+        ):
+            with pytest.raises(plasma.BadRequest, match=f"item {index}") as raised:
+                await c.create_and_seal_many(bad)
+            assert "unpack" not in str(raised.value)
+        await c.flush()
+        assert not await c.contains(oid(404))  # nothing of a malformed batch is stored
+
+
+async def test_writable_results_are_copy_on_write_views(coordinator: RunningCoordinator, kind: str):
+    async with (
+        open_client(kind, coordinator.socket) as c,
+        open_client(kind, coordinator.socket) as other,
+    ):
+        small = np.arange(100, dtype=np.int64)  # in the arena: not page-aligned
+        big = np.arange(1 << 20, dtype=np.int64)  # 8 MiB: created and sealed on its own
+        value = {"a": np.arange(50_000, dtype=np.float64), "n": 7}  # pickle 5, buffer in-band
+        ids = [await c.put(v) for v in (small, big, value, b"raw bytes")]
+        got = await c.get_object(ids[0], timeout=5, writable=True)
+        assert got.flags.writeable
+        got[:] = -1
+        np.testing.assert_array_equal(got, -np.ones(100))
+        got_big = await c.get_object(ids[1], timeout=5, writable=True)
+        got_big[::1000] = 0
+        assert got_big[1000] == 0 and got_big[1001] == 1001
+        got_value = await c.get_object(ids[2], timeout=5, writable=True)
+        got_value["a"][0] = 99.0
+        assert got_value["a"][0] == 99.0
+        raw = await c.get_object(ids[3], timeout=5, writable=True)
+        raw[:3] = b"RAW"
+        assert bytes(raw) == b"RAW bytes"
+        data, meta = await c.get(ids[3], timeout=5, with_metadata=True, writable=True)
+        assert not data.readonly and meta.readonly
+        data[0:1] = b"X"
+        [buffer] = await c.get([ids[0]], timeout=5, writable=True)
+        np.frombuffer(buffer, np.uint8)[:] = 0xFF  # (a raw buffer of the array's bytes)
+        # the store's bytes never change: another client, and a fresh get here, see them
+        for reader in (other, c):
+            np.testing.assert_array_equal(await reader.get_object(ids[0], timeout=5), small)
+            np.testing.assert_array_equal(await reader.get_object(ids[1], timeout=5), big)
+            fresh = await reader.get_object(ids[2], timeout=5)
+            assert fresh["a"][0] == 0.0 and not fresh["a"].flags.writeable
+            assert bytes(await reader.get(ids[3], timeout=5)) == b"raw bytes"
+        # a writable result keeps its object's reference until it dies
+        assert (await other.list())[ids[1]]["ref_count"] >= 1
+        await c.flush()
+        assert (await other.list())[ids[1]]["ref_count"] == 1
+        del got, got_big, got_value, raw, data, meta, buffer, fresh
+        await c.flush()  # (the cache dropped, the releases sent)
+        assert (await other.list())[ids[1]]["ref_count"] == 0
+
+
+async def test_the_creators_reference_follows_its_buffer(coordinator_factory, kind: str):
+    coord = coordinator_factory("--memory", "8MiB", "--segment-size", "8MiB")
+    async with open_client(kind, coord.socket) as c, open_client(kind, coord.socket) as other:
+        # pyarrow.plasma's loop: create, write, seal, drop; nothing released explicitly
+        for n in range(200):
+            buf = await c.create(oid(1000 + n), 1 << 20)
+            buf[:8] = n.to_bytes(8, "little")
+            await c.seal(oid(1000 + n))
+            del buf
+        await c.flush()
+        refs = [o["ref_count"] for o in (await other.list()).values() if o["data_size"] == 1 << 20]
+        assert refs and not any(refs)  # every creator reference went with its buffer
+
+        # an explicit release after seal still works, once: the buffer's death adds nothing
+        buf = await c.create(oid(1), 16)
+        await c.seal(oid(1))
+        assert (await other.list())[oid(1)]["ref_count"] == 1  # the buffer keeps it
+        await c.release(oid(1))
+        await c.flush()
+        assert (await other.list())[oid(1)]["ref_count"] == 0
+        del buf
+        await c.flush()  # no error: not released twice
+        assert (await other.list())[oid(1)]["ref_count"] == 0
+        # and after the buffer took the reference, an explicit release is not a second one
+        buf = await c.create(oid(2), 16)
+        await c.seal(oid(2), wait=True)
+        del buf
+        await c.release(oid(2))
+        await c.flush()
+        assert (await other.list())[oid(2)]["ref_count"] == 0
+
+        # a view of the buffer kept alive keeps the reference, past the seal, until it dies
+        buf = await c.create(oid(3), 16)
+        array = np.frombuffer(buf, np.uint8)
+        del buf
+        await c.flush()
+        assert (await other.list())[oid(3)]["ref_count"] == 1  # unsealed: still the creator's
+        array[:] = 7
+        await c.seal(oid(3))
+        await c.flush()
+        assert (await other.list())[oid(3)]["ref_count"] == 1
+        del array
+        await c.flush()
+        assert (await other.list())[oid(3)]["ref_count"] == 0
+        assert bytes(await other.get(oid(3), timeout=5)) == bytes([7] * 16)
+
+        # an aborted object's reference went with it: its buffer's death releases nothing
+        buf = await c.create(oid(4), 16)
+        await c.abort(oid(4))
+        del buf
+        await c.flush()
+        assert oid(4) not in await other.list()
