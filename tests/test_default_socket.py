@@ -140,3 +140,17 @@ def test_the_real_default_path_is_the_documented_one(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("PLASMA_COORD_SOCKET", "/run/plasma/sock")
     assert plasma.default_socket.resolve() == "/run/plasma/sock"
     assert plasma.default_socket.resolve("/given") == "/given"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [("dask-worker", "tcp://127.0.0.1:1"), ("dag", "run", "examples/pipeline.yaml", "--quiet")],
+)
+def test_commands_that_would_start_a_coordinator_use_the_environments(
+    command: tuple[str, ...], tmp_path: Path
+) -> None:
+    """With ``$PLASMA_COORD_SOCKET`` set they connect there instead of starting their own."""
+    missing = str(tmp_path / "nothing.sock")
+    done = plasma_coord(*command, env=environment(PLASMA_COORD_SOCKET=missing))
+    assert done.returncode == 1
+    assert f"cannot connect to plasma-coord at {missing}: " in done.stderr
