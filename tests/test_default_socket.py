@@ -16,8 +16,7 @@ import plasma
 import plasma.aio
 import plasma.default_socket
 from plasma.cli import main
-from tests import conftest
-from tests.conftest import REPO, STARTED, RunningCoordinator
+from tests.conftest import REPO, RunningCoordinator, check_coordinator
 
 
 def plasma_coord(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -46,7 +45,7 @@ def from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Runnin
     which stays set for the test."""
     socket_path = str(tmp_path / "from-env.sock")
     monkeypatch.setenv("PLASMA_COORD_SOCKET", socket_path)
-    log_path = (conftest.LOG_DIR or tmp_path) / "from-env.log"
+    log_path = tmp_path / "from-env.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "plasma", "serve", "--memory", "16MiB"],
@@ -56,10 +55,13 @@ def from_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Runnin
             cwd=REPO,
         )
     coord = RunningCoordinator(socket_path, proc, log_path)
-    STARTED.append(coord)  # stopped and checked by _coordinators_end_cleanly
-    assert proc.stdout is not None
-    assert proc.stdout.readline() == f"ready {socket_path}\n", coord.log()
-    yield coord
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == f"ready {socket_path}\n", coord.log()
+        yield coord
+    finally:
+        problem = check_coordinator(coord)  # stops it: SIGTERM, then SIGKILL
+    assert problem is None, problem
 
 
 def test_version_prints_the_package_version() -> None:
