@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 import trio
 
-from plasma import parallel_copy
+from plasma import default_socket, parallel_copy
 from plasma import protocol as p
 from plasma._client_core import (
     EXCLUSIVE,
@@ -423,13 +423,14 @@ async def _sendall(sock: trio.socket.SocketType, data: bytes) -> None:
 
 @asynccontextmanager
 async def connect(
-    socket_path: str,
+    socket_path: str | None = None,
     client_name: str = "",
     *,
     release_delay: int = RELEASE_DELAY,
     copy_threads: int | None = None,
 ) -> AsyncIterator[AsyncClient]:
-    """Connect to the coordinator at ``socket_path`` for the duration of the ``async with``
+    """Connect to the coordinator at ``socket_path`` (default: ``$PLASMA_COORD_SOCKET``, else
+    ``/tmp/plasma-coord.sock``) for the duration of the ``async with``
     (``release_delay`` and ``copy_threads`` as for :func:`plasma.connect`).
 
     Errors raised in the block leave it as themselves (not wrapped in an exception group).
@@ -437,10 +438,11 @@ async def connect(
     copy_threads = parallel_copy.copy_threads(copy_threads)  # a bad value fails before connecting
     sock = trio.socket.socket(trio.socket.AF_UNIX, trio.socket.SOCK_STREAM)
     try:
-        await sock.connect(socket_path)
+        await sock.connect(default_socket.resolve(socket_path))
     except OSError as exc:
         sock.close()
-        raise Disconnected(f"cannot connect to plasma-coord at {socket_path}: {exc}") from exc
+        where = default_socket.describe(socket_path)
+        raise Disconnected(f"cannot connect to plasma-coord at {where}: {exc}") from exc
     client = AsyncClient(sock, release_delay, copy_threads)
     client._core.watch(sock.fileno())
     try:

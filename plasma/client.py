@@ -21,6 +21,7 @@ from typing import Any, overload
 
 import msgspec
 
+from plasma import default_socket, serialization
 from plasma import protocol as p
 from plasma._client_core import (
     RELEASE_DELAY,
@@ -46,20 +47,21 @@ class Client:
 
     def __init__(
         self,
-        socket_path: str,
+        socket_path: str | None = None,
         client_name: str = "",
         *,
         release_delay: int = RELEASE_DELAY,
         copy_threads: int | None = None,
     ) -> None:
         self._core = ClientCore(release_delay, copy_threads=copy_threads)
-        self.socket_path = socket_path
+        self.socket_path = default_socket.resolve(socket_path)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self._sock.connect(socket_path)
+            self._sock.connect(self.socket_path)
         except OSError as exc:
             self._sock.close()
-            raise Disconnected(f"cannot connect to plasma-coord at {socket_path}: {exc}") from exc
+            where = default_socket.describe(socket_path)
+            raise Disconnected(f"cannot connect to plasma-coord at {where}: {exc}") from exc
         self._lock = threading.RLock()
         self._closed = False
         self._core.watch(self._sock.fileno())
@@ -456,13 +458,14 @@ class Subscription:
 
 
 def connect(
-    socket_path: str,
+    socket_path: str | None = None,
     client_name: str = "",
     *,
     release_delay: int = RELEASE_DELAY,
     copy_threads: int | None = None,
 ) -> Client:
-    """Connect to the coordinator listening on ``socket_path``.
+    """Connect to the coordinator listening on ``socket_path`` (default:
+    ``$PLASMA_COORD_SOCKET``, else ``/tmp/plasma-coord.sock``).
 
     ``release_delay`` is how many released objects the client keeps a reference to, so that
     getting them again needs no round trip (0 releases at once). ``copy_threads`` is how many

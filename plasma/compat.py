@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
+import mmap
 import os
 import select
 import selectors
@@ -71,6 +72,10 @@ CONNECT_RETRY_DELAY = 0.1  # seconds between connection attempts, as in Plasma
 STORE_START_TIMEOUT = 60.0  # seconds for `plasma-coord serve` to print its ready line
 STORE_STOP_TIMEOUT = 10.0  # seconds after SIGTERM before the store is killed
 DIGEST_SIZE = 8  # bytes of hash(), as Plasma's 64-bit digest
+HUGEPAGE_SIZE = 2 << 20  # use_hugepages=True: serve --hugepages 2M
+
+# socket name -> plasma_store_memory of the stores start_plasma_store runs in this process
+_ASKED_CAPACITY: dict[str, int] = {}
 
 PlasmaBuffer = pa.Buffer  # buffers are plain pyarrow Buffers that hold the object's reference
 
@@ -312,8 +317,12 @@ class PlasmaClient:
         }
 
     def store_capacity(self) -> int:
-        """The store's capacity in bytes."""
-        return self._client.info.capacity
+        """The store's capacity in bytes: for a store :func:`start_plasma_store` started in
+        this process, the ``plasma_store_memory`` it was given (its budget is that rounded
+        up to whole pages); else the budget the store reports."""
+        capacity = self._client.info.capacity
+        asked = _ASKED_CAPACITY.get(self._socket_name)
+        return asked if asked is not None and asked <= capacity else capacity
 
     # ------------------------------------------------------------ notifications
 
@@ -540,9 +549,11 @@ def start_plasma_store(
     """Run ``plasma-coord serve`` with ``plasma_store_memory`` bytes on a temporary socket.
 
     Yields ``(socket_name, process)`` once the store listens; stops it with SIGTERM (then
-    SIGKILL) on exit. ``use_hugepages`` backs segments with 2 MiB pages; valgrind, profiler
-    and external stores are not supported; ``plasma_directory`` is ignored (segments are
-    memfds).
+    SIGKILL) on exit. The store's budget is ``plasma_store_memory`` rounded up to whole pages,
+    so an object of exactly that size fits. ``use_hugepages`` backs segments with 2 MiB
+    pages; ``external_store`` spills evicted objects to disk (``serve --spill-dir``: the
+    directory of a ``file://`` URL or a path, else a temporary one); valgrind and profiler
+    are not supported; ``plasma_directory`` is ignored (segments are memfds).
     """
     if isinstance(plasma_store_memory, bool) or not isinstance(plasma_store_memory, int):
         raise BadRequest(f"plasma_store_memory must be an int, got {plasma_store_memory!r}")
@@ -552,11 +563,6 @@ def start_plasma_store(
         raise BadRequest("cannot use valgrind and profiler at the same time")
     if use_valgrind or use_profiler:
         raise Unsupported("plasma-coord is a Python process: valgrind and profiler do not apply")
-    if external_store is not None:
-        raise Unsupported(
-            f"external_store={external_store!r}: plasma-coord maps Plasma's external store "
-            "onto spilling to disk (serve --spill-dir), which this version does not have yet"
-        )
     if plasma_directory is not None:
         warnings.warn(
             "plasma_directory is ignored: plasma-coord keeps objects in memfd segments",
@@ -564,6 +570,9 @@ def start_plasma_store(
         )
     tmpdir = tempfile.mkdtemp(prefix="test_plasma-")
     socket_name = os.path.join(tmpdir, "plasma.sock")
+    # Plasma's store held an object of exactly its capacity: the budget is rounded up to
+    # whole pages (serve rounds --memory down), and store_capacity() reports the number asked
+    page = HUGEPAGE_SIZE if use_hugepages else mmap.PAGESIZE
     command = [
         sys.executable,
         "-m",
@@ -572,10 +581,12 @@ def start_plasma_store(
         "--socket",
         socket_name,
         "--memory",
-        str(plasma_store_memory),
+        str(-(-plasma_store_memory // page) * page),
         "--hugepages",
         "2M" if use_hugepages else "off",
     ]
+    if external_store is not None:  # Plasma's external store is spilling to disk here
+        command += ["--spill-dir", _spill_dir(external_store, tmpdir)]
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(plasma.__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
@@ -584,11 +595,31 @@ def start_plasma_store(
         with open(os.path.join(tmpdir, "stderr.log"), "wb") as stderr:
             proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, env=env)
         _wait_until_ready(proc, os.path.join(tmpdir, "stderr.log"))
+        _ASKED_CAPACITY[socket_name] = plasma_store_memory
         yield socket_name, proc
     finally:
+        _ASKED_CAPACITY.pop(socket_name, None)
         if proc is not None:
             _stop(proc)
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def _spill_dir(external_store: str, tmpdir: str) -> str:
+    """The ``--spill-dir`` for ``external_store``: the directory of a ``file://`` URL or a
+    path, else (Plasma's ``hashtable://...`` and other URLs) one inside the store's
+    temporary directory, removed with it."""
+    if not isinstance(external_store, str) or not external_store:
+        raise BadRequest(f"external_store must be a non-empty str, got {external_store!r}")
+    if external_store.startswith("file://"):
+        directory = external_store.removeprefix("file://")
+    elif "://" not in external_store:
+        directory = external_store
+    else:
+        directory = os.path.join(tmpdir, "spill")
+        os.mkdir(directory)
+    if not os.path.isdir(directory):
+        raise BadRequest(f"external_store={external_store!r}: {directory} is not a directory")
+    return os.path.abspath(directory)
 
 
 def _wait_until_ready(proc: subprocess.Popen[bytes], stderr_path: str) -> None:

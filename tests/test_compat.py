@@ -103,7 +103,7 @@ def test_store_memory_is_checked() -> None:
     [
         ({"use_valgrind": True}, Unsupported, "valgrind"),
         ({"use_valgrind": True, "use_profiler": True}, BadRequest, "same time"),
-        ({"external_store": "hashtable://test"}, Unsupported, "spill"),
+        ({"external_store": "/nonexistent/spill"}, BadRequest, "not a directory"),
     ],
 )
 def test_store_options_that_do_not_apply(
@@ -111,6 +111,50 @@ def test_store_options_that_do_not_apply(
 ) -> None:
     with pytest.raises(error, match=message), plasma.start_plasma_store(1 << 20, **kwargs):  # type: ignore[arg-type]
         pass
+
+
+def test_store_capacity_is_the_capacity_asked_for_and_an_object_of_it_fits() -> None:
+    """pyarrow 11's test_use_full_memory: an object of exactly the store's capacity is created
+    (twice, the first evicted), one larger is PlasmaStoreFull; the capacity is not rounded."""
+    with plasma.start_plasma_store(10000) as (name, _):
+        c = plasma.connect(name)
+        assert c.store_capacity() == 10000
+        for _ in range(2):
+            oid = random_id()
+            buf = c.create(oid, 10000)
+            np.frombuffer(buf, dtype=np.uint8)[-1] = 7
+            c.seal(oid)
+            del buf
+        assert c.get_buffers([oid])[0].to_pybytes()[-1] == 7
+        with pytest.raises(plasma.PlasmaStoreFull):
+            c.create(random_id(), 10000 + 9000)
+        c.disconnect()
+
+
+@pytest.mark.parametrize("external_store", ["hashtable://test", "file://{tmp}", "{tmp}"])
+def test_external_store_spills_to_disk(external_store: str, tmp_path: pathlib.Path) -> None:
+    """pyarrow 11's TestEvictionToExternalStore: 20 objects of 100 KiB in a 1000 KiB store all
+    come back, from the spill directory (a temporary one for a URL such as hashtable://)."""
+    with plasma.start_plasma_store(
+        1000 * 1024, external_store=external_store.format(tmp=tmp_path)
+    ) as (name, _):
+        c = plasma.connect(name)
+        ids = [random_id() for _ in range(20)]
+        data = b"x" * 100 * 1024
+        for oid in ids:
+            assert not c.contains(oid)
+            c.create_and_seal(oid, data, b"")
+            assert c.contains(oid)
+        for oid in ids:
+            [result] = c.get_buffers([oid], timeout_ms=10_000)
+            assert result is not None and result.to_pybytes() == data
+            del result
+        assert c.get_buffers([random_id()], timeout_ms=100) == [None]
+        spill = c._client.stats()["spill"]
+        assert spill["written_objects"] >= 10 and spill["restored_objects"] >= 10
+        if not external_store.startswith("hashtable"):
+            assert spill["dir"] == str(tmp_path)
+        c.disconnect()
 
 
 def test_plasma_directory_is_ignored_with_a_warning() -> None:
@@ -644,8 +688,8 @@ def test_one_message_per_notification_as_pyarrow_test_subscribe_socket(
 
 
 def test_a_full_store_of_small_objects_takes_one_object_of_the_whole_capacity() -> None:
-    """As in Plasma: evicting every unreferenced object makes room for one object of (nearly)
-    the whole capacity, even though the small objects were spread over several segments; a
+    """As in Plasma: evicting every unreferenced object makes room for one object of the
+    whole capacity, even though the small objects were spread over several segments; a
     create larger than the store fails at once with PlasmaStoreFull and creates nothing."""
     with plasma.start_plasma_store(100_000_000) as (socket_name, _):
         c = plasma.connect(socket_name)
@@ -655,15 +699,15 @@ def test_a_full_store_of_small_objects_takes_one_object_of_the_whole_capacity() 
             c.create_and_seal(oid, b"s" * 30_000)  # 90 MB of sealed, unreferenced objects
         assert len(c.list()) > 1000
         big = random_id()
-        buf = c.create(big, capacity - 4096)
+        buf = c.create(big, capacity)
         np.frombuffer(buf, dtype=np.uint8)[:4] = np.frombuffer(b"full", dtype=np.uint8)
         c.seal(big)
-        assert c.list()[big]["data_size"] == capacity - 4096
+        assert c.list()[big]["data_size"] == capacity
         del buf
         assert bytes(c.get_buffers([big])[0][:4]) == b"full"
         too_big = random_id()
         with pytest.raises(plasma.PlasmaStoreFull):
-            c.create(too_big, capacity + 1)
+            c.create(too_big, capacity + 4096)  # past the page rounding
         assert not c.contains(too_big) and too_big not in c.list()
         c.disconnect()
 

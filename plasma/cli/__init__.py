@@ -33,7 +33,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="plasma-coord",
         description="NUMA-aware shared-memory object store and task coordinator.",
+        epilog="Commands that talk to a coordinator find it at --socket, else at "
+        "$PLASMA_COORD_SOCKET, else at /tmp/plasma-coord.sock.",
     )
+    parser.add_argument("--version", action="version", version=f"plasma-coord {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     modules = (
         [_COMMANDS[command]] if command in _COMMANDS else list(dict.fromkeys(_COMMANDS.values()))
@@ -41,6 +44,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     for name in modules:
         importlib.import_module(name).register(sub)
     return parser
+
+
+def _version() -> str:
+    from plasma import __version__
+
+    return __version__
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from plasma.dag.report import summary
 from plasma.dag.runner import EXIT_STATUS, RunOptions, run_pipeline
 from plasma.dag.spec import load_pipeline
 from plasma.dashboard import options as dashboard_options
+from plasma.default_socket import SOCKET_ENV
 from plasma.errors import PlasmaError
 from plasma.linux.cgroup import CgroupTree
 
@@ -24,7 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = dag_sub.add_parser("run", help="run a pipeline file (YAML, JSON or TOML)")
     p.add_argument("pipeline", type=Path, help="the pipeline spec")
     store = p.add_mutually_exclusive_group()
-    store.add_argument("--socket", "-s", help="a running coordinator (default: start one)")
+    store.add_argument(
+        "--socket",
+        "-s",
+        help="a running coordinator (default: $PLASMA_COORD_SOCKET if set, else start one)",
+    )
     store.add_argument(
         "--memory", "-m", default="512MiB", help="capacity of the embedded coordinator"
     )
@@ -52,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     spec = load_pipeline(args.pipeline)
     dashboard, dashboard_token = dashboard_options.from_args(args)
     options = RunOptions(
-        socket_path=args.socket,
+        socket_path=args.socket or os.environ.get(SOCKET_ENV) or None,
         memory=args.memory,
         workdir=args.pipeline.resolve().parent,
         prom_file=args.prom_file,

@@ -23,6 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from plasma.default_socket import SOCKET_ENV
 from plasma.errors import BadRequest
 from plasma.linux.processes import die_with_parent
 from plasma.placement import Placement, PlacementRequest, Placer, Policy
@@ -42,7 +43,11 @@ def register(subparsers: Any) -> None:
         "--memory-limit", help="memory limit of each worker (default: its node's memory)"
     )
     p.add_argument("--nodes", type=parse_cpulist, help="the nodes to start workers on (0,2-3)")
-    p.add_argument("--socket", help="the host's coordinator (default: start one for them)")
+    p.add_argument(
+        "--socket",
+        help="the host's coordinator (default: $PLASMA_COORD_SOCKET if set, else start one "
+        "for them)",
+    )
     p.add_argument(
         "--store-memory",
         default="25%",
@@ -137,8 +142,8 @@ def cmd_dask_worker(args: argparse.Namespace) -> int:
     nodes = [w.node for w in workers]
     threshold = parse_size(args.threshold)
     with contextlib.ExitStack() as stack:
-        if args.socket:
-            socket_path = args.socket
+        if args.socket or os.environ.get(SOCKET_ENV):
+            socket_path = args.socket or os.environ[SOCKET_ENV]
             _check_reachable(socket_path)
         else:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="plasma-dask-"))

@@ -17,13 +17,13 @@ import trio
 from plasma.addresses import parse_address
 from plasma.coordinator import CoordinatorConfig, serve
 from plasma.dashboard import options as dashboard_options
+from plasma.default_socket import DEFAULT_SOCKET, SOCKET_ENV, resolve
 from plasma.errors import BadRequest, PlasmaError
 from plasma.protocol import DEFAULT_MAX_FRAME
 from plasma.store import SPILL_MAX_OBJECTS
 from plasma.topology import Topology
 from plasma.units import parse_size
 
-DEFAULT_SOCKET = "/tmp/plasma-coord.sock"
 SHARED_SOCKET_MODE = 0o666  # with --allow-uid: SO_PEERCRED, not the mode, decides who is served
 SPILL_THRESHOLD = 0.8  # (Ray's default)
 FALLBACK_FILES = 1024
@@ -37,8 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--socket",
         "-s",
-        default=DEFAULT_SOCKET,
-        help="Unix socket path (mode 0600; 0666 with --allow-uid, peers still checked)",
+        default=None,
+        help="Unix socket path (mode 0600; 0666 with --allow-uid, peers still checked; "
+        f"default: ${SOCKET_ENV}, else {DEFAULT_SOCKET})",
     )
     p.add_argument(
         "--memory",
@@ -176,7 +177,7 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
     dashboard, dashboard_token = dashboard_options.from_args(args)
     return CoordinatorConfig.for_topology(
         Topology.from_sysfs(args.sysfs_root),
-        os.path.abspath(args.socket),
+        os.path.abspath(resolve(args.socket)),
         args.memory,
         nodes,
         hugepage_size=hugepage,

@@ -14,10 +14,14 @@ from plasma.units import format_size
 
 def register(subparsers: Any) -> None:
     """Add the ``stats`` subcommand."""
-    from plasma.cli.serve import DEFAULT_SOCKET
+    from plasma.default_socket import DEFAULT_SOCKET, SOCKET_ENV
 
     p = subparsers.add_parser("stats", help="show the store, clients and tasks of a coordinator")
-    p.add_argument("--socket", "-s", default=DEFAULT_SOCKET, help="coordinator's Unix socket")
+    p.add_argument(
+        "--socket",
+        "-s",
+        help=f"coordinator's Unix socket (default: ${SOCKET_ENV}, else {DEFAULT_SOCKET})",
+    )
     p.add_argument("--json", action="store_true", help="print the raw stats as one JSON object")
     p.add_argument(
         "--placement",

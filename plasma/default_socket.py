@@ -1,0 +1,33 @@
+"""Where a coordinator is found when no socket path is given.
+
+``$PLASMA_COORD_SOCKET`` when it is set (and not empty), else :data:`DEFAULT_SOCKET`. The
+command line (``serve`` listens there, ``stats`` connects there) and both clients
+(``plasma.connect()`` / ``plasma.aio.connect()`` without a path) use the same rule, and a
+failure to connect names the path and why it was chosen.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["DEFAULT_SOCKET", "SOCKET_ENV", "describe", "resolve"]
+
+DEFAULT_SOCKET = "/tmp/plasma-coord.sock"
+SOCKET_ENV = "PLASMA_COORD_SOCKET"
+
+
+def resolve(socket_path: str | None = None) -> str:
+    """``socket_path`` if given, else ``$PLASMA_COORD_SOCKET``, else the default path."""
+    if socket_path is not None:
+        return socket_path
+    return os.environ.get(SOCKET_ENV) or DEFAULT_SOCKET
+
+
+def describe(socket_path: str | None) -> str:
+    """The path ``resolve(socket_path)`` chose and why, for error messages."""
+    if socket_path is not None:
+        return socket_path
+    from_env = os.environ.get(SOCKET_ENV)
+    if from_env:
+        return f"{from_env} (from ${SOCKET_ENV}; the default {DEFAULT_SOCKET} is not tried)"
+    return f"{DEFAULT_SOCKET} (the default path; ${SOCKET_ENV} is not set)"
