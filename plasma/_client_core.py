@@ -1328,8 +1328,9 @@ class ClientCore:
         reply = yield Call((p.Evict(seq=self.next_seq(), nbytes=nbytes),))
         return reply.nbytes
 
-    def stats(self, placement: bool) -> Op:
-        reply = yield Call((p.Stats(seq=self.next_seq(), placement=placement),))
+    def stats(self, placement: bool, top_objects: int = 10) -> Op:
+        msg = p.Stats(seq=self.next_seq(), placement=placement, top_objects=top_objects)
+        reply = yield Call((msg,))
         return reply.stats
 
     def register_task(self, task_id: str, pid: int, node: int | None, run_id: str) -> Op:

@@ -292,9 +292,9 @@ class AsyncClient:
         """Evict sealed unreferenced objects, LRU first; returns the bytes freed."""
         return await self._run(self._core.evict(nbytes))
 
-    async def stats(self, placement: bool = False) -> dict[str, Any]:
+    async def stats(self, placement: bool = False, top_objects: int = 10) -> dict[str, Any]:
         """See :meth:`plasma.Client.stats`."""
-        return await self._run(self._core.stats(placement))
+        return await self._run(self._core.stats(placement, top_objects))
 
     async def register_task(
         self, task_id: str, pid: int, node: int | None = None, run_id: str = ""

@@ -340,12 +340,14 @@ class Client:
         bytes freed."""
         return self._run(self._core.evict(nbytes))
 
-    def stats(self, placement: bool = False) -> dict[str, Any]:
-        """Store, segments, clients, operations, errors, tasks with their latest perf sample.
+    def stats(self, placement: bool = False, top_objects: int = 10) -> dict[str, Any]:
+        """Store, segments, clients (with the memory each holds), operations, errors, tasks
+        with their latest perf sample, and ``holders``: the bytes held in all and the
+        ``top_objects`` largest objects held, with their holders.
 
         With ``placement`` also where each segment's pages are (slower: it asks the kernel).
         """
-        return self._run(self._core.stats(placement))
+        return self._run(self._core.stats(placement, top_objects))
 
     def register_task(
         self, task_id: str, pid: int, node: int | None = None, run_id: str = ""

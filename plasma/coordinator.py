@@ -77,6 +77,7 @@ MAX_UNSENT = 32 << 20
 MESSAGES_PER_TURN = 64  # a connection's messages handled before the others get a turn
 MAX_UNSENT_NOTIFICATIONS = 8 << 20
 FOLLOW_INTERVAL = 1.0  # seconds between looks at where objects' reads come from
+MAX_TOP_OBJECTS = 10_000  # the most held objects a stats request may ask for
 MAX_CALLS_PER_CLIENT = 1024  # RunCalls one client may have waiting for the run's owner
 # Refused to read-only sessions: everything that creates, changes or removes objects, reserves
 # memory, or starts and steers tasks.
@@ -150,6 +151,15 @@ class CoordinatorConfig:
             node_of_cpus=topology.node_for_cpus,
             **options,
         )
+
+
+def _holds(holding: dict[str, Any] | None) -> dict[str, Any]:
+    """A client's ``holds`` in stats: what :meth:`Store.holders` says it holds (zeros for a
+    session the store does not know yet)."""
+    if holding is None:
+        zero = {"bytes": 0, "objects": 0}
+        return {"references": zero, "pins": zero, "unsealed": zero, "arena": 0, "total": 0}
+    return {k: holding[k] for k in ("references", "pins", "unsealed", "arena", "total")}
 
 
 def node_budgets(memory: str, nodes: list[int]) -> dict[int, int]:
@@ -967,10 +977,15 @@ class Coordinator:
             self._syncs.append((due, session.client_id, reply))
 
     def _stats(self, session: Session, msg: p.Stats) -> None:
-        session.send(p.StatsReply(seq=msg.seq, stats=self.stats(placement=msg.placement)))
+        if not 0 <= msg.top_objects <= MAX_TOP_OBJECTS:
+            raise errors.BadRequest(f"top_objects must be 0..{MAX_TOP_OBJECTS}")
+        stats = self.stats(placement=msg.placement, top_objects=msg.top_objects)
+        session.send(p.StatsReply(seq=msg.seq, stats=stats))
 
-    def stats(self, *, placement: bool = False) -> dict[str, Any]:
-        """Everything ``plasma-coord stats`` shows; with ``placement``, where segment pages are."""
+    def stats(self, *, placement: bool = False, top_objects: int = 10) -> dict[str, Any]:
+        """Everything ``plasma-coord stats`` shows; with ``placement``, where segment pages are.
+        Each client says what it holds (``holds``, see :meth:`Store.holders`); ``holders``
+        has the totals and the ``top_objects`` largest objects held."""
         stats = self.store.stats()
         stats["uptime"] = time.monotonic() - self.started
         stats["page_size"] = self.pool.page_size
@@ -978,10 +993,19 @@ class Coordinator:
             {"id": s.id, "node": s.node, "size": s.size, "page_size": s.page_size}
             for s in self.pool
         ]
+        holders = self.store.holders(top_objects)
+        holds = {h.pop("id"): h for h in holders.pop("clients")}
         stats["clients"] = [
-            {"id": s.client_id, "name": s.name, "pid": s.pid, "uid": s.uid}
+            {
+                "id": s.client_id,
+                "name": s.name,
+                "pid": s.pid,
+                "uid": s.uid,
+                "holds": _holds(holds.get(s.client_id)),
+            }
             for s in self.sessions.values()
         ]
+        stats["holders"] = holders
         stats["operations"] = dict(self.op_counts)
         stats["errors"] = dict(self.error_counts)
         stats["tasks"] = self.telemetry.tasks()

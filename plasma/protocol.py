@@ -243,6 +243,7 @@ class SealArena(_Msg):
 class Stats(_Msg):
     seq: _Int
     placement: bool = False
+    top_objects: _Int = 10  # the largest held objects the reply's ``holders`` lists
 
 
 class Tables(_Msg):

@@ -445,21 +445,58 @@ class _CreateWaiter:
         self.done = False
 
 
-class _Held:
-    """What holds a node's memory (see Store._held_on)."""
+class _Holding:
+    """What one client holds (see Store.holders): bytes and objects it references (sealed),
+    creates (unsealed), pins without referencing them, and its arena's unused tail."""
 
-    __slots__ = ("arenas", "by_client", "pinned", "referenced", "writing")
+    __slots__ = ("arena", "pin_bytes", "pins", "ref_bytes", "refs", "unsealed", "unsealed_bytes")
+
+    def __init__(self) -> None:
+        self.refs = self.ref_bytes = 0
+        self.pins = self.pin_bytes = 0
+        self.unsealed = self.unsealed_bytes = 0
+        self.arena = 0
+
+    @property
+    def total(self) -> int:
+        return self.ref_bytes + self.pin_bytes + self.unsealed_bytes + self.arena
+
+
+def _holding_text(h: _Holding) -> str:
+    """``"N bytes: R referenced, P pinned, ..."`` (the kinds it holds some of)."""
+    kinds = [
+        (h.ref_bytes, "referenced"),
+        (h.pin_bytes, "pinned"),
+        (h.unsealed_bytes, "being written"),
+        (h.arena, "in its arena"),
+    ]
+    parts = ", ".join(f"{n} {kind}" for n, kind in kinds if n)
+    return f"{h.total} bytes: {parts}"
+
+
+class _Held:
+    """What holds memory (of one node, or of all): see Store._held_on and Store.holders."""
+
+    __slots__ = ("arenas", "clients", "objects", "pinned", "pinned_only", "referenced", "writing")
 
     def __init__(self) -> None:
         self.referenced = 0  # sealed objects with references (bytes; shared ones once each)
         self.writing = 0  # unsealed objects
         self.arenas = 0  # the unused tails of arenas
-        self.pinned: list[tuple[bytes, _Object]] = []  # unreferenced objects readers pin
-        self.by_client: Counter[int] = Counter()
+        self.pinned: list[tuple[bytes, _Object]] = []  # unreferenced live objects readers pin
+        self.pinned_only = 0  # bytes of every object pins hold and no reference (dying too)
+        self.clients: dict[int, _Holding] = {}  # every client, holding something or not
+        # with objects asked for: id -> (record, clients referencing it, clients pinning it)
+        self.objects: dict[bytes, tuple[_Object, list[int], list[int]]] | None = None
 
     @property
     def total(self) -> int:
         return self.referenced + self.writing + self.arenas
+
+    @property
+    def by_client(self) -> Counter[int]:
+        """Bytes held per client (those holding some)."""
+        return Counter({cid: h.total for cid, h in self.clients.items() if h.total})
 
 
 class _Client:
@@ -2710,51 +2747,126 @@ class Store:
         top = held.by_client.most_common(TOP_HOLDERS)
         if top:
             text += "; held most by " + ", ".join(
-                f"{self._clients[cid].label} ({n} bytes)" for cid, n in top
+                f"{self._clients[cid].label} ({_holding_text(held.clients[cid])})" for cid, _ in top
             )
+            text += " (`plasma-coord memory` lists every holder)"
         return text + nd.shortage
 
-    def _held_on(self, nd: _Node) -> _Held:
-        """Who holds memory of ``nd``: references, arenas and (one pass over the pin tables)
-        pins of its unreferenced objects."""
+    def _held_on(self, nd: _Node | None, objects: bool = False) -> _Held:
+        """Who holds memory (of ``nd``; None: of every node), per client and in all:
+        references (sealed objects, and unsealed ones being written), arena tails, and (one
+        pass over the pin tables) pins of objects the pinning client does not reference.
+        ``objects`` also gathers each held object with the clients holding it."""
         held = _Held()
+        if objects:
+            held.objects = {}
+        found = held.objects
+        segments = self._segments
         seen: set[bytes] = set()
         for c in self._clients.values():
-            mine = 0
+            mine = held.clients[c.id] = _Holding()
             for oid in c.refs:
                 rec = self._objects.get(oid)
-                if (
-                    rec is None
-                    or not rec.resident
-                    or self._segments[rec.loc.segment].node is not nd
-                ):
+                if rec is None or not rec.resident:
                     continue
-                mine += rec.size
+                if nd is not None and segments[rec.loc.segment].node is not nd:
+                    continue
+                writing = oid in c.creating
+                if writing:
+                    mine.unsealed += 1
+                    mine.unsealed_bytes += rec.size
+                else:
+                    mine.refs += 1
+                    mine.ref_bytes += rec.size
+                if found is not None:
+                    found.setdefault(oid, (rec, [], []))[1].append(c.id)
                 if oid in seen:
                     continue
                 seen.add(oid)
-                if oid in c.creating:
+                if writing:
                     held.writing += rec.size
                 else:
                     held.referenced += rec.size
             a = c.arena
-            if a is not None and a.segment.node is nd and a.cursor < a.end:
-                held.arenas += a.end - a.cursor
-                mine += a.end - a.cursor
-            if mine:
-                held.by_client[c.id] += mine
+            if a is not None and (nd is None or a.segment.node is nd) and a.cursor < a.end:
+                mine.arena = a.end - a.cursor
+                held.arenas += mine.arena
         counted: set[int] = set()
         for cid, gens in self._pins.by_client().items():  # (one pass; as many steps as pins)
+            holding = held.clients.get(cid)
+            refs = self._clients[cid].refs if holding is not None else {}
             for gen in set(gens):
                 published = self._published.get(gen)
-                if published is None or nd.lru.get(published[0]) is not published[1]:
-                    continue  # (only the node's unreferenced objects: the rest is counted)
-                if cid in self._clients:
-                    held.by_client[cid] += published[1].size
-                if gen not in counted:
-                    counted.add(gen)
+                if published is None:
+                    continue
+                key, rec = published
+                segment = segments.get(rec.loc.segment)
+                if segment is None or not rec.resident:
+                    continue
+                if nd is not None and segment.node is not nd:
+                    continue
+                if holding is not None and key not in refs:
+                    holding.pins += 1
+                    holding.pin_bytes += rec.size
+                if found is not None:
+                    found.setdefault(key, (rec, [], []))[2].append(cid)
+                if gen in counted or key in seen:
+                    continue  # (counted once, or counted as referenced)
+                counted.add(gen)
+                held.pinned_only += rec.size
+                if segment.node.lru.get(key) is rec:
                     held.pinned.append(published)
         return held
+
+    def holders(self, top_objects: int = 10) -> dict[str, Any]:
+        """Who holds the memory: per client (``label``, and bytes and objects it holds as
+        ``references`` to sealed objects, ``unsealed`` creates, ``pins`` of objects it does
+        not reference, and its ``arena``'s unused tail; most bytes held first), the
+        ``total`` (each object counted once), and the ``top_objects`` largest objects held
+        with the clients referencing and pinning them. One pass over the pin tables."""
+        held = self._held_on(None, objects=top_objects > 0)
+        clients = [
+            {
+                "id": cid,
+                "label": self._clients[cid].label,
+                "references": {"bytes": h.ref_bytes, "objects": h.refs},
+                "pins": {"bytes": h.pin_bytes, "objects": h.pins},
+                "unsealed": {"bytes": h.unsealed_bytes, "objects": h.unsealed},
+                "arena": h.arena,
+                "total": h.total,
+            }
+            for cid, h in sorted(held.clients.items(), key=lambda kv: (-kv[1].total, kv[0]))
+        ]
+        found = held.objects or {}
+        top = heapq.nlargest(top_objects, found.items(), key=lambda kv: (kv[1][0].size, kv[0]))
+        return {
+            "clients": clients,
+            "total": {
+                "references": held.referenced,
+                "unsealed": held.writing,
+                "pins": held.pinned_only,
+                "arenas": held.arenas,
+                "bytes": held.total + held.pinned_only,
+            },
+            "objects": [self._held_object(key, *entry) for key, entry in top],
+        }
+
+    def _held_object(
+        self, key: bytes, rec: _Object, referenced_by: list[int], pinned_by: list[int]
+    ) -> dict[str, Any]:
+        state = "deleting" if rec.deleting else "sealed" if rec.sealed else "unsealed"
+        return {
+            "id": key.hex(),
+            "size": rec.size,
+            "data_size": rec.loc.data_size,
+            "metadata_size": rec.loc.metadata_size,
+            "node": self._segments[rec.loc.segment].node.id,
+            "state": state,
+            "replica": key in self._replicas,
+            "owner": rec.owner,
+            "referenced_by": sorted(referenced_by),
+            "pinned_by": sorted(pinned_by),
+        }
 
     def _ask_reclaim(self, nd: _Node, now: float) -> bool:
         """Send Reclaim to the clients that may hold idle memory of ``nd`` (an arena tail on

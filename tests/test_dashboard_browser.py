@@ -151,6 +151,12 @@ def test_the_eight_node_machine_and_a_put(
         wait_for(page, lambda d: "2.00 MiB" in text("#objects tbody tr")(d), "the object")
         assert text("#objects tbody tr td:nth-child(3)")(page) == "3"  # its node
         assert "2.00 MiB used" in text('#nodes .node[data-node="3"]')(page)
+        held = client.create(b"h" * 20, 1 << 20)  # unsealed: this client holds it
+        row = text("#held-objects tbody tr")
+        wait_for(page, lambda d: "1.00 MiB" in row(d), "the object held")
+        assert "unsealed" in row(page) and f"(pid {os.getpid()})" in row(page)
+        assert "1.00 MiB" in text("#clients tbody tr")(page)  # the client holding most first
+        del held
     page.save_screenshot(str(tmp_path / "dashboard-8node.png"))
     if os.environ.get(SCREENSHOT_ENV):
         page.save_screenshot(os.environ[SCREENSHOT_ENV])

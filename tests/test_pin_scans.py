@@ -297,5 +297,6 @@ def test_store_full_says_what_holds_the_memory_and_who() -> None:
     text = str(full.value)
     assert "1024 bytes referenced, 2048 being written, 0 in arenas, 4096 pinned by readers" in text
     assert "4096 unreferenced" in text
-    assert "held most by client 100 'reader' (pid 100) (4096 bytes)" in text
-    assert "client 1 'writer' (pid 11) (3072 bytes)" in text
+    assert "held most by client 100 'reader' (pid 100) (4096 bytes: 4096 pinned)" in text
+    assert "client 1 'writer' (pid 11) (3072 bytes: 1024 referenced, 2048 being written)" in text
+    assert "`plasma-coord memory` lists every holder" in text

@@ -22,6 +22,7 @@ _COMMANDS = {
     "run": "plasma.cli.topology",
     "dag": "plasma.cli.dag",
     "stats": "plasma.cli.stats",
+    "memory": "plasma.cli.memory",
     "hugepages": "plasma.cli.hugepages",
     "cell": "plasma.cli.cell",
     "dask-worker": "plasma.cli.dask_worker",

@@ -139,11 +139,44 @@ def assemble(
         },
         "history": history.points(),
         "objects": {"largest": snapshot.objects, "note": snapshot.objects_note},
-        "clients": [
-            {k: c.get(k) for k in ("id", "name", "pid", "uid")} for c in stats.get("clients", [])
-        ],
+        "clients": _clients(stats.get("clients", [])),
+        "holders": _holders(stats),
         "run": run,
     }
+
+
+_HOLDS = ("references", "pins", "unsealed")
+
+
+def _clients(clients: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The clients, most bytes held first, each with the bytes it holds by each means (see
+    ``Store.holders``; zeros from a coordinator that does not say)."""
+    out = []
+    for c in clients:
+        holds = c.get("holds") or {}
+        row = {k: c.get(k) for k in ("id", "name", "pid", "uid")}
+        row.update({k: (holds.get(k) or {}).get("bytes", 0) for k in _HOLDS})
+        row["arena"] = holds.get("arena", 0)
+        row["total"] = holds.get("total", 0)
+        out.append(row)
+    out.sort(key=lambda r: -int(r["total"] or 0))
+    return out
+
+
+def _holders(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """The bytes clients hold in all and the largest objects held, each with its holders
+    named (``"name (pid P)"``, ``"... pins"`` for a pin)."""
+    holders = stats.get("holders") or {}
+    names = {}
+    for c in stats.get("clients", []):
+        name = c.get("name") or f"client {c['id']}"
+        names[c["id"]] = name if c.get("pid") is None else f"{name} (pid {c['pid']})"
+    objects = []
+    for o in holders.get("objects", []):
+        who = [names.get(cid, f"client {cid}") for cid in o.get("referenced_by", [])]
+        who += [f"{names.get(cid, f'client {cid}')} pins" for cid in o.get("pinned_by", [])]
+        objects.append({**o, "holders": who})
+    return {"total": holders.get("total"), "objects": objects}
 
 
 def error_state(reason: str, now: float, source: str = "coordinator") -> dict[str, Any]:

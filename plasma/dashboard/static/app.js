@@ -167,7 +167,21 @@ function drawStore(state) {
   document.getElementById("objects-note").textContent = state.objects.note ||
     (largest.length ? "" : "the store is empty");
   document.querySelector("#clients tbody").replaceChildren(...state.clients.map((c) =>
-    el("tr", null, cell(c.id), cell(c.name || "–"), cell(c.pid), cell(c.uid))));
+    el("tr", null, cell(c.id), cell(c.name || "–"), cell(c.pid ?? "–"), cell(c.uid ?? "–"),
+      cell(fmtBytes(c.total), "num"), cell(fmtBytes(c.references), "num"),
+      cell(fmtBytes(c.pins), "num"), cell(fmtBytes(c.unsealed), "num"),
+      cell(fmtBytes(c.arena), "num"))));
+  const holders = state.holders || { total: null, objects: [] };
+  const total = holders.total;
+  document.getElementById("holders-total").textContent = total
+    ? `held in all (each object once): ${fmtBytes(total.bytes)}: ${fmtBytes(total.references)} ` +
+      `referenced, ${fmtBytes(total.pins)} only pinned, ${fmtBytes(total.unsealed)} being ` +
+      `written, ${fmtBytes(total.arenas)} in arenas`
+    : "";
+  document.querySelector("#held-objects tbody").replaceChildren(...holders.objects.map((o) =>
+    el("tr", null, el("td", { title: o.id }, `${o.id.slice(0, 16)}…`),
+      cell(fmtBytes(o.size), "num"), cell(o.node), cell(o.state),
+      cell(o.holders.join(", ") || "–"))));
 }
 
 // ------------------------------------------------------------------ the run
