@@ -21,7 +21,7 @@ from typing import Any, overload
 
 import msgspec
 
-from plasma import default_socket, serialization
+from plasma import default_socket
 from plasma import protocol as p
 from plasma._client_core import (
     RELEASE_DELAY,
