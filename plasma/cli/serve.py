@@ -19,15 +19,19 @@ from plasma.coordinator import CoordinatorConfig, serve
 from plasma.dashboard import options as dashboard_options
 from plasma.default_socket import DEFAULT_SOCKET, SOCKET_ENV, resolve
 from plasma.errors import BadRequest, PlasmaError
+from plasma.linux.memcg import memory_limit
 from plasma.protocol import DEFAULT_MAX_FRAME
 from plasma.store import SPILL_MAX_OBJECTS
 from plasma.topology import Topology
-from plasma.units import parse_size
+from plasma.units import format_size, parse_size
 
 SHARED_SOCKET_MODE = 0o666  # with --allow-uid: SO_PEERCRED, not the mode, decides who is served
 SPILL_THRESHOLD = 0.8  # (Ray's default)
 FALLBACK_FILES = 1024
 MAX_PINS = 1 << 20  # pin-table entries per client (8 MiB of memory each)
+# what the coordinator itself needs besides its budget (Python, trio, tables, pin tables of a
+# few clients): a memory cgroup limit must hold the budget plus this (docs/deploy.md)
+SERVE_OVERHEAD = 64 << 20
 
 log = logging.getLogger("plasma.coordinator")
 
@@ -166,6 +170,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--follow-readers",
         action="store_true",
         help="move an object's pages to the NUMA node most of its reads come from (docs/numa.md)",
+    )
+    p.add_argument(
+        "--cgroup-root",
+        default="/",
+        help="read /proc/self/cgroup and the cgroup mounts under this root (for testing)",
     )
     p.add_argument("--log-level", default="WARNING")
     p.set_defaults(func=run)
@@ -322,10 +331,31 @@ async def _serve_until_signal(config: CoordinatorConfig) -> None:
                 break
 
 
+def check_memory_limit(config: CoordinatorConfig, cgroup_root: str | Path = "/") -> None:
+    """Refuse (BadRequest, one line with both numbers) a budget that this process's memory
+    cgroup cannot hold with :data:`SERVE_OVERHEAD`: better than an OOM kill once the store
+    fills. Hugepage segments are charged to the hugetlb controller, not to the memory limit."""
+    if config.hugepage_size and not config.hugepage_fallback:
+        return
+    limit = memory_limit(cgroup_root)
+    budget = sum(config.memory.values())
+    if limit is None or budget + SERVE_OVERHEAD <= limit.limit:
+        return
+    raise BadRequest(
+        f"--memory {format_size(budget)} ({budget} bytes) plus {format_size(SERVE_OVERHEAD)} "
+        f"of coordinator overhead needs {budget + SERVE_OVERHEAD} bytes, but this process's "
+        f"memory cgroup allows {limit.limit} bytes ({format_size(limit.limit)}, {limit.path}): "
+        f"lower --memory to at most {format_size(max(0, limit.limit - SERVE_OVERHEAD))} or "
+        "raise the limit"
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
+    config = config_from_args(args)
+    check_memory_limit(config, args.cgroup_root)
     try:
-        trio.run(_serve_until_signal, config_from_args(args))
+        trio.run(_serve_until_signal, config)
     except BaseExceptionGroup as group:
         # a refusal to start (socket in use, bad option) is one error, not a traceback
         if len(group.exceptions) == 1 and isinstance(group.exceptions[0], PlasmaError | OSError):
