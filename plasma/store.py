@@ -1702,15 +1702,13 @@ class Store:
             if rec is None or rec.deleting:
                 readers.forget(oid)
                 continue
+            if not rec.sealed or not rec.resident or rec.moving or rec.spilling:
+                continue  # (only on disk: its last segment may be gone)
+            if self._evicting(rec) or self._segments[rec.loc.segment].fallback:
+                continue
             current = self._nodes_of(rec)
             proposal = readers.proposal(oid, current[0] if len(current) == 1 else -1, now)
-            if proposal is None or rec.moving or rec.spilling or not rec.resident:
-                continue
-            if self._evicting(rec):
-                continue
-            if not rec.sealed:
-                continue
-            if self._segments[rec.loc.segment].fallback:
+            if proposal is None:
                 continue
             try:
                 token = self._move(oid, rec, (proposal,))

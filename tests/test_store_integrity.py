@@ -7,6 +7,7 @@ import pytest
 
 from plasma.directory import REPLICA, DirectoryReader, PinTable, pin_table_size
 from plasma.errors import BadRequest
+from plasma.follow import ReaderTracker
 from plasma.ids import replica_id
 from plasma.records import ObjectLocation, SpillEntry
 from plasma.store import Copy, Place, Replicated, Store
@@ -233,3 +234,40 @@ def test_fallback_files_are_bounded_by_count_and_bytes():
         store.create(1, oid(6), 3 * 4096)  # 2 + 3 pages > 4
     assert loc(store.create(1, oid(7), 4096)).segment
     assert store.stats()["fallback"]["segments"] == 3
+
+
+def test_following_readers_passes_over_objects_only_on_disk() -> None:
+    """(Found by the combined model: with --follow-readers and spilling, an object read from
+    another node and then dropped to disk, its segment given back, made follow() raise
+    KeyError, which would end the coordinator's follow loop.)"""
+    store = Store(
+        {0: BUDGET, 1: BUDGET},
+        FakeProvider(),
+        segment_size=BUDGET // 4,
+        grace=GRACE,
+        reclaim_wait=0,
+        spill=True,
+        follow_readers=ReaderTracker(min_reads=1, cooldown=0.0),
+    )
+    store.register_client(10, node=0)
+    store.register_client(11, node=1)
+    put(store, 1)
+    store.get(11, [oid(1)], timeout=0)  # read from node 1
+    store.release(11, oid(1))
+    batch = store.spill_batch(0.0, 1 << 30)
+    if batch is None:  # (nothing over the threshold: ask for it as a create would)
+        store._nodes[0].spill_demand = BUDGET
+        batch = store.spill_batch(0.0, 1 << 30)
+    assert batch is not None
+    file_id, objects = batch
+    entries = [
+        SpillEntry(o, lc.data_size, lc.metadata_size, lc.node, t, 8 + i, lc.data_size, i, i)
+        for i, (o, lc, t) in enumerate(objects)
+    ]
+    store.spilled(file_id, entries, 100 + sum(e.length for e in entries), 0.01, 0.0)
+    store.evict(BUDGET, now=0.0)
+    settle(store, 0.0)
+    assert store.objects([oid(1)])[0].state == "spilled"
+    loc(store.create(10, oid(2), BUDGET, node=0, now=10.0))  # its segment goes for this one
+    assert store.stats()["nodes"][0]["segments"] == 1
+    assert store.follow(10.0) == 0  # nothing to move, and no KeyError
