@@ -96,11 +96,11 @@ class Balance:
     @classmethod
     def of(cls, stats: dict[str, Any], listing: list[Any], alignment: int) -> Balance:
         """From ``stats()`` and ``list()`` replies taken with nothing else talking; each
-        object in memory (not spilled to disk) takes ``max(1, data + metadata)`` bytes
-        rounded up to ``alignment``."""
+        object in memory (not spilled to disk), and each of its copies on other nodes, takes
+        ``max(1, data + metadata)`` bytes rounded up to ``alignment``."""
         mask = alignment - 1
         accounted = sum(
-            (max(1, o.data_size + o.metadata_size) + mask) & ~mask
+            ((max(1, o.data_size + o.metadata_size) + mask) & ~mask) * (1 + len(o.replicas))
             for o in listing
             if o.state != "spilled"
         )
