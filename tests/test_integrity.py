@@ -15,7 +15,7 @@ import pytest
 import plasma
 from plasma import protocol as p
 from plasma.directory import DirectoryReader
-from tests.conftest import RunningCoordinator, start_coordinator
+from tests.conftest import RunningCoordinator, start_coordinator, wait_until
 from tests.helpers import RawClient, oid
 from tests.test_access import READ_ONLY_UID, needs_root, public_dir, result, run_as  # noqa: F401
 
@@ -291,6 +291,7 @@ def test_a_wall_clock_step_changes_no_deadline_and_no_grace(tmp_path):
     the step; a step forward timed gets out early. Only create_time is wall time now."""
     import subprocess
     import sys
+    import threading
     import time
 
     flag = tmp_path / "stepped"
@@ -313,9 +314,23 @@ def test_a_wall_clock_step_changes_no_deadline_and_no_grace(tmp_path):
     )
     try:
         assert proc.stdout is not None and proc.stdout.readline().startswith("ready")
-        with plasma.connect(path) as c:
+        with plasma.connect(path) as c, plasma.connect(path) as watcher:
+            waited: list[BaseException] = []
+
+            def wait_across_the_step() -> None:
+                try:
+                    c.get(oid(98), timeout=1.0)
+                except BaseException as exc:  # (PlasmaTimeout expected)
+                    waited.append(exc)
+
+            waiting = threading.Thread(target=wait_across_the_step)
+            waiting.start()
+            wait_until(lambda: watcher.stats()["get_waiters"] == 1, what="the get to wait")
+            flag.touch()  # the clock steps back an hour under the waiting get
+            waiting.join(60)
+            assert not waiting.is_alive(), "a get waiting across the step waited for the step"
+            assert len(waited) == 1 and isinstance(waited[0], plasma.PlasmaTimeout), waited
             before = c.put(b"before")
-            flag.touch()
             held = c.get(before)
             c.delete(before)  # pinned: freed after the pin goes and a scan
             del held
