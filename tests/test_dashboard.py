@@ -438,12 +438,14 @@ async def test_past_the_limit_connections_wait_unaccepted() -> None:
         waiting = await trio.open_tcp_stream("127.0.0.1", port)  # completed by the kernel
         await waiting.send_all(b"GET /api/state HTTP/1.1\r\n\r\n")
         extra = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(limit - 1)]
-        await trio.sleep(0.3)  # (time for the server to accept what it will)
         # ours: 2 * limit client sockets; the server's: limit accepted ones, no more
-        assert open_fds() - before == 2 * limit + limit
+        with trio.fail_after(30):
+            while open_fds() - before < 2 * limit + limit:
+                await trio.sleep(0.01)
         with trio.move_on_after(0.5) as unanswered:
             await waiting.receive_some(100)
         assert unanswered.cancelled_caught  # not accepted, so not answered (nor closed)
+        assert open_fds() - before == 2 * limit + limit  # (and nothing more accepted)
         for stream in idle:
             await stream.aclose()
         with trio.fail_after(5):  # served once the idle ones' slots are free

@@ -134,21 +134,33 @@ def outgoing(cluster: Cluster, worker: str) -> list[tuple[str, int, int]]:
 
 
 def test_same_host_transfers_send_ids_and_cross_host_bytes(cluster: Cluster) -> None:
+    def _with_where(arr: Any, key: str, add: float, mul: float) -> tuple[Any, Any]:
+        """``arr * mul + add``, and how the worker running it holds its input ``key``
+        (asked while the task runs: afterwards the worker may already have let it go).
+        (Nested: sent to the workers by value.)"""
+        import distributed
+
+        return arr * mul + add, distributed.get_worker().data.object_of(key)
+
     client = cluster.client
     (a1, a2), (b1, _) = cluster.hosts.values()
     x = client.submit(np.arange, MIB, dtype="f8", workers=[a1], pure=False)  # 8 MiB
-    same = client.submit(np.multiply, x, 2.0, workers=[a2], pure=False)
-    cross = client.submit(np.add, x, 1.0, workers=[b1], pure=False)
-    np.testing.assert_array_equal(same.result(), np.arange(MIB) * 2.0)
-    np.testing.assert_array_equal(cross.result(), np.arange(MIB) + 1.0)
-    sent = {who: (total, wrote) for who, total, wrote in outgoing(cluster, a1)}
-    assert sent[a2][0] == 8 * MIB and sent[a2][1] < 4096  # the id, not the bytes
-    assert sent[b1][1] >= 8 * MIB  # the bytes
-    # a2 read x by id: a borrowed view of a1's object, not a copy in its own store
-    kinds = objects_of(cluster, x.key, [a1, a2, b1])
-    assert kinds[a1] is not None and kinds[a2] == kinds[a1]
-    assert kinds[b1] is not None and kinds[b1][0] != kinds[a1][0]  # b1 stored its own copy
-    del x, same, cross
+    same = client.submit(_with_where, x, x.key, 0.0, 2.0, workers=[a2], pure=False)
+    cross = client.submit(_with_where, x, x.key, 1.0, 1.0, workers=[b1], pure=False)
+    try:
+        doubled, on_a2 = same.result()
+        added, on_b1 = cross.result()
+        np.testing.assert_array_equal(doubled, np.arange(MIB) * 2.0)
+        np.testing.assert_array_equal(added, np.arange(MIB) + 1.0)
+        sent = {who: (total, wrote) for who, total, wrote in outgoing(cluster, a1)}
+        assert sent[a2][0] == 8 * MIB and sent[a2][1] < 4096  # the id, not the bytes
+        assert sent[b1][1] >= 8 * MIB  # the bytes
+        # a2 read x by id: a borrowed view of a1's object, not a copy in its own store
+        on_a1 = objects_of(cluster, x.key, [a1])[a1]  # (the future holds it there)
+        assert on_a1 is not None and on_a2 == on_a1
+        assert on_b1 is not None and on_b1[0] != on_a1[0]  # b1 stored its own copy
+    finally:
+        del x, same, cross  # (so that a failure here leaves nothing to the next tests)
     wait_until(lambda: not any(dask_objects(s) for s in cluster.hosts), what="freed objects")
 
 
