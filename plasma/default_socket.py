@@ -8,9 +8,11 @@ failure to connect names the path and why it was chosen.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 
-__all__ = ["DEFAULT_SOCKET", "SOCKET_ENV", "describe", "resolve"]
+__all__ = ["DEFAULT_SOCKET", "SOCKET_ENV", "describe", "found", "resolve"]
 
 DEFAULT_SOCKET = "/tmp/plasma-coord.sock"
 SOCKET_ENV = "PLASMA_COORD_SOCKET"
@@ -31,3 +33,16 @@ def describe(socket_path: str | None) -> str:
     if from_env:
         return f"{from_env} (from ${SOCKET_ENV}; the default {DEFAULT_SOCKET} is not tried)"
     return f"{DEFAULT_SOCKET} (the default path; ${SOCKET_ENV} is not set)"
+
+
+def found() -> str | None:
+    """For commands that start a coordinator of their own when they find none (``dag run``,
+    ``dask-worker``): ``$PLASMA_COORD_SOCKET`` when it is set, else the default path when a
+    coordinator listens there, else None."""
+    from_env = os.environ.get(SOCKET_ENV)
+    if from_env:
+        return from_env
+    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(DEFAULT_SOCKET)
+        return DEFAULT_SOCKET
+    return None

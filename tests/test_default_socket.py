@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -70,8 +71,11 @@ def test_version_prints_the_package_version() -> None:
     assert done.stdout == f"plasma-coord {plasma.__version__}\n"
 
 
-def test_stats_finds_the_coordinator_of_the_environment(from_env: RunningCoordinator) -> None:
-    done = plasma_coord("stats", "--json", env=environment())
+@pytest.mark.parametrize("command", ["stats", "memory"])
+def test_the_cli_finds_the_coordinator_of_the_environment(
+    from_env: RunningCoordinator, command: str
+) -> None:
+    done = plasma_coord(command, "--json", env=environment())
     assert done.returncode == 0, done.stderr
     assert '"capacity": 16777216' in done.stdout
 
@@ -156,3 +160,20 @@ def test_commands_that_would_start_a_coordinator_use_the_environments(
     done = plasma_coord(*command, env=environment(PLASMA_COORD_SOCKET=missing))
     assert done.returncode == 1
     assert f"cannot connect to plasma-coord at {missing}: " in done.stderr
+
+
+def test_commands_that_start_their_own_use_one_at_the_default_path(
+    coordinator_factory: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """dag run and dask-worker: $PLASMA_COORD_SOCKET when set, else a coordinator listening
+    at the default path, else none (they start their own)."""
+    from plasma import default_socket
+
+    coord = coordinator_factory("--memory", "16MiB")
+    monkeypatch.delenv("PLASMA_COORD_SOCKET", raising=False)
+    monkeypatch.setattr(default_socket, "DEFAULT_SOCKET", coord.socket)
+    assert default_socket.found() == coord.socket
+    monkeypatch.setattr(default_socket, "DEFAULT_SOCKET", str(tmp_path / "nobody.sock"))
+    assert default_socket.found() is None
+    monkeypatch.setenv("PLASMA_COORD_SOCKET", str(tmp_path / "named.sock"))
+    assert default_socket.found() == str(tmp_path / "named.sock")  # (named: used as it is)

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import trio
 
+from plasma import default_socket
 from plasma.cli.topology import add_cgroup_root
 from plasma.dag.report import summary
 from plasma.dag.runner import EXIT_STATUS, RunOptions, run_pipeline
 from plasma.dag.spec import load_pipeline
 from plasma.dashboard import options as dashboard_options
-from plasma.default_socket import SOCKET_ENV
+from plasma.default_socket import DEFAULT_SOCKET, SOCKET_ENV
 from plasma.errors import PlasmaError
 from plasma.linux.cgroup import CgroupTree
 
@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     store.add_argument(
         "--socket",
         "-s",
-        help="a running coordinator (default: $PLASMA_COORD_SOCKET if set, else start one)",
+        help=f"a running coordinator (default: ${SOCKET_ENV} if set, else {DEFAULT_SOCKET} if "
+        "a coordinator listens there, else start one)",
     )
     store.add_argument(
         "--memory", "-m", default="512MiB", help="capacity of the embedded coordinator"
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     spec = load_pipeline(args.pipeline)
     dashboard, dashboard_token = dashboard_options.from_args(args)
     options = RunOptions(
-        socket_path=args.socket or os.environ.get(SOCKET_ENV) or None,
+        socket_path=args.socket or default_socket.found(),
         memory=args.memory,
         workdir=args.pipeline.resolve().parent,
         prom_file=args.prom_file,

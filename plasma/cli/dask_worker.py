@@ -23,7 +23,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from plasma.default_socket import SOCKET_ENV
+from plasma import default_socket
+from plasma.default_socket import DEFAULT_SOCKET, SOCKET_ENV
 from plasma.errors import BadRequest
 from plasma.linux.processes import die_with_parent
 from plasma.placement import Placement, PlacementRequest, Placer, Policy
@@ -45,8 +46,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--nodes", type=parse_cpulist, help="the nodes to start workers on (0,2-3)")
     p.add_argument(
         "--socket",
-        help="the host's coordinator (default: $PLASMA_COORD_SOCKET if set, else start one "
-        "for them)",
+        help=f"the host's coordinator (default: ${SOCKET_ENV} if set, else {DEFAULT_SOCKET} if "
+        "a coordinator listens there, else start one for them)",
     )
     p.add_argument(
         "--store-memory",
@@ -142,8 +143,8 @@ def cmd_dask_worker(args: argparse.Namespace) -> int:
     nodes = [w.node for w in workers]
     threshold = parse_size(args.threshold)
     with contextlib.ExitStack() as stack:
-        if args.socket or os.environ.get(SOCKET_ENV):
-            socket_path = args.socket or os.environ[SOCKET_ENV]
+        if (running := args.socket or default_socket.found()) is not None:
+            socket_path = running
             _check_reachable(socket_path)
         else:
             tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="plasma-dask-"))
