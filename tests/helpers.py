@@ -6,7 +6,7 @@ from __future__ import annotations
 import collections
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from hypothesis import settings
@@ -113,3 +113,20 @@ def reached(
             break
     assert not [w for w in wanted if seen[w] < at_least], seen
     return seen
+
+
+def charges_placed_in(store: Any, records: Iterable[Any]) -> collections.Counter[int]:
+    """What each node's ``placed_in`` must be: the charges of ``records`` whose pages were
+    moved (those in memory), of ranges being moved back, and of memory freed once its I/O
+    ends (the store's own bookkeeping, read from the outside)."""
+    want: collections.Counter[int] = collections.Counter()
+    for rec in records:
+        if rec.pages_on is not None:
+            want.update(store._charges(rec, rec.pages_on))
+    for job in store._placing.values():
+        if job[0] == "rehome":
+            want.update(job[4])
+    for held in store._after_io.values():
+        for _, _, _, charges in held:
+            want.update(charges or {})
+    return want

@@ -57,7 +57,7 @@ from plasma.store import (
     SpillDead,
     Store,
 )
-from tests.helpers import reached
+from tests.helpers import charges_placed_in, reached
 from tests.test_directory_store import store_records
 from tests.test_store_spill import FallbackProvider
 
@@ -754,20 +754,11 @@ class CombinedMachine(RuleBasedStateMachine):
         for (s1, o1, n1, id1), (s2, o2, _, id2) in itertools.pairwise(ranges):
             if s1 == s2:
                 assert o1 + n1 <= o2, f"{id1.hex()} and {id2.hex()} share memory"
-        want = dict.fromkeys(NODES, 0)
-        for _, rec in store_records(store):
-            if rec.pages_on is not None and (rec.resident or rec.restoring):
-                for node, nbytes in store._charges(rec, rec.pages_on).items():
-                    want[node] += nbytes
-        for job in store._placing.values():
-            if job[0] == "rehome":
-                for node, nbytes in job[4].items():
-                    want[node] += nbytes
-        for held in store._after_io.values():
-            for _, _, _, charges in held:
-                for node, nbytes in (charges or {}).items():
-                    want[node] += nbytes
-        assert {n: store.stats()["nodes"][n]["placed_in"] for n in NODES} == want
+        in_memory = [rec for _, rec in store_records(store) if rec.resident or rec.restoring]
+        want = charges_placed_in(store, in_memory)
+        assert {n: store.stats()["nodes"][n]["placed_in"] for n in NODES} == {
+            n: want[n] for n in NODES
+        }
 
     def teardown(self) -> None:
         """Every I/O finishes: every call waiting for one is answered. Every client goes,

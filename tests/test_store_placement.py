@@ -21,7 +21,7 @@ from plasma.errors import BadRequest, ObjectNotFound, PlacementImpossible, Plasm
 from plasma.follow import ReaderTracker
 from plasma.records import ObjectLocation
 from plasma.store import Copy, CreateDone, Moved, Pending, Place, Replicated, Store
-from tests.helpers import reached
+from tests.helpers import charges_placed_in, reached
 from tests.test_store import KIB, PAGE, FakeProvider, loc, oid
 
 BUDGET = 64 * KIB
@@ -484,20 +484,10 @@ class PlacementMachine(RuleBasedStateMachine):
     @invariant()
     def charges_add_up(self) -> None:
         store = self.store
-        want = [0, 0, 0]
-        for rec in store._objects.values():
-            if rec.pages_on is not None:
-                for node, nbytes in store._charges(rec, rec.pages_on).items():
-                    want[node] += nbytes
-        for job in store._placing.values():
-            if job[0] == "rehome":
-                for node, nbytes in job[4].items():
-                    want[node] += nbytes
-        for held in store._after_io.values():
-            for _, _, _, charges in held:
-                for node, nbytes in (charges or {}).items():
-                    want[node] += nbytes
-        assert [store.stats()["nodes"][n]["placed_in"] for n in range(3)] == want
+        want = charges_placed_in(store, store._objects.values())
+        assert [store.stats()["nodes"][n]["placed_in"] for n in range(3)] == [
+            want[n] for n in range(3)
+        ]
 
 
 PLACEMENT_MACHINE_SETTINGS = settings(max_examples=200, stateful_step_count=50, deadline=None)

@@ -195,10 +195,7 @@ def scanner(
     client: plasma.Client, tally: Tally, rng: random.Random, ids: Any, done: Any, stop: float
 ) -> None:
     while time.monotonic() < stop:
-        listing = tally.call("list", client.list)
-        if listing is FAILED:
-            continue
-        sealed = [oid.binary() for oid, info in listing.items() if info["state"] == "sealed"]
+        sealed = _sealed(client, tally)
         for oid in rng.sample(sealed, min(20, len(sealed))):
             tally.read(client, oid)
         if sealed and rng.random() < 0.3:
@@ -212,10 +209,7 @@ def mover(
 ) -> None:
     """Migrates objects between the two nodes and replicates them, then reads them back."""
     while time.monotonic() < stop:
-        listing = tally.call("list", client.list)
-        if listing is FAILED:
-            continue
-        sealed = [oid.binary() for oid, info in listing.items() if info["state"] == "sealed"]
+        sealed = _sealed(client, tally)
         for oid in rng.sample(sealed, min(8, len(sealed))):
             op = rng.choice(MOVES)
             if op == "migrate":
@@ -225,6 +219,14 @@ def mover(
             if result is not FAILED:
                 tally.succeeded(op)
                 tally.read(client, oid)
+
+
+def _sealed(client: plasma.Client, tally: Tally) -> list[bytes]:
+    """The sealed objects ``list()`` shows (none when it failed)."""
+    listing = tally.call("list", client.list)
+    if listing is FAILED:
+        return []
+    return [oid.binary() for oid, info in listing.items() if info["state"] == "sealed"]
 
 
 def _drain(ids: Any, most: int) -> list[bytes]:
