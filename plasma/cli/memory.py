@@ -22,16 +22,12 @@ DEFAULT_TOP = 10
 
 def register(subparsers: Any) -> None:
     """Add the ``memory`` subcommand."""
-    from plasma.default_socket import DEFAULT_SOCKET, SOCKET_ENV
+    from plasma.cli.stats import add_socket_option
 
     p = subparsers.add_parser(
         "memory", help="show which clients hold a coordinator's memory, and its largest objects"
     )
-    p.add_argument(
-        "--socket",
-        "-s",
-        help=f"coordinator's Unix socket (default: ${SOCKET_ENV}, else {DEFAULT_SOCKET})",
-    )
+    add_socket_option(p)
     p.add_argument("--json", action="store_true", help="print the clients and holders as JSON")
     p.add_argument(
         "--top",

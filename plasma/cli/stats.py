@@ -12,16 +12,21 @@ from plasma.topology import format_cpulist
 from plasma.units import format_size
 
 
-def register(subparsers: Any) -> None:
-    """Add the ``stats`` subcommand."""
+def add_socket_option(p: argparse.ArgumentParser) -> None:
+    """``--socket`` of the commands that connect to a coordinator (default: found)."""
     from plasma.default_socket import DEFAULT_SOCKET, SOCKET_ENV
 
-    p = subparsers.add_parser("stats", help="show the store, clients and tasks of a coordinator")
     p.add_argument(
         "--socket",
         "-s",
         help=f"coordinator's Unix socket (default: ${SOCKET_ENV}, else {DEFAULT_SOCKET})",
     )
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``stats`` subcommand."""
+    p = subparsers.add_parser("stats", help="show the store, clients and tasks of a coordinator")
+    add_socket_option(p)
     p.add_argument("--json", action="store_true", help="print the raw stats as one JSON object")
     p.add_argument(
         "--placement",
