@@ -477,13 +477,21 @@ def _holding_text(h: _Holding) -> str:
 class _Held:
     """What holds memory (of one node, or of all): see Store._held_on and Store.holders."""
 
-    __slots__ = ("arenas", "clients", "objects", "pinned", "pinned_only", "referenced", "writing")
+    __slots__ = (
+        "arenas",
+        "clients",
+        "objects",
+        "pinned_only",
+        "pinned_unreferenced",
+        "referenced",
+        "writing",
+    )
 
     def __init__(self) -> None:
         self.referenced = 0  # sealed objects with references (bytes; shared ones once each)
         self.writing = 0  # unsealed objects
         self.arenas = 0  # the unused tails of arenas
-        self.pinned: list[tuple[bytes, _Object]] = []  # unreferenced live objects readers pin
+        self.pinned_unreferenced = 0  # bytes of live unreferenced objects readers pin
         self.pinned_only = 0  # bytes of every object pins hold and no reference (dying too)
         self.clients: dict[int, _Holding] = {}  # every client, holding something or not
         # with objects asked for: id -> (record, clients referencing it, clients pinning it)
@@ -937,8 +945,9 @@ class Store:
         if not missing:
             return results  # type: ignore[return-value]  # no None left
         if timeout == 0:
+            on_disk = set(spilled)
             for i, r in enumerate(results):
-                if r is None and not self._on_disk(oids[i]):
+                if r is None and oids[i] not in on_disk:
                     rec = objects.get(oids[i])
                     results[i] = NOT_SEALED if rec is not None and not rec.deleting else NOT_FOUND
             if not spilled:
@@ -2723,7 +2732,7 @@ class Store:
         referenced, being written, in arenas, pinned by readers, unreferenced, being freed
         and free), and the clients that hold the most of it."""
         held = self._held_on(nd)
-        pinned = sum(rec.size for _, rec in held.pinned)
+        pinned = held.pinned_unreferenced
         unreferenced = nd.lru_bytes - pinned
         freeing = nd.used - held.total - nd.lru_bytes
         text = (
@@ -2813,7 +2822,7 @@ class Store:
                 counted.add(gen)
                 held.pinned_only += rec.size
                 if segment.node.lru.get(key) is rec:
-                    held.pinned.append(published)
+                    held.pinned_unreferenced += rec.size
         return held
 
     def holders(self, top_objects: int = 10) -> dict[str, Any]:

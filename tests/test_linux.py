@@ -19,6 +19,7 @@ import pytest
 from plasma.errors import BadRequest, Unsupported
 from plasma.linux import _syscall, affinity, memfd, numa, peercred
 from plasma.linux.perf import PERF_ATTR_SIZE_VER8, PerfEventAttr
+from plasma.topology import parse_cpulist
 
 T = TypeVar("T")
 PAGE = mmap.PAGESIZE
@@ -342,10 +343,10 @@ def test_a_child_that_dies_with_its_parent_does_even_when_it_is_sigkilled() -> N
 
 
 def test_usable_nodes_are_online_and_allowed() -> None:
-    assert numa._parse_list("0-3,5\n") == {0, 1, 2, 3, 5}
-    assert numa._parse_list("0") == {0}
+    assert parse_cpulist("0-3,5\n") == {0, 1, 2, 3, 5}
+    assert parse_cpulist("0") == {0}
     usable = numa.usable_nodes()
     assert usable and min(usable) >= 0
     online = Path(numa.NODE_ONLINE)
     if online.exists():
-        assert usable <= numa._parse_list(online.read_text())
+        assert usable <= parse_cpulist(online.read_text())

@@ -15,6 +15,7 @@ from typing import Any
 
 from plasma.errors import BadRequest
 from plasma.linux._syscall import syscall
+from plasma.topology import parse_cpulist
 
 MPOL_DEFAULT = 0
 MPOL_PREFERRED = 1
@@ -153,27 +154,17 @@ def usable_nodes() -> frozenset[int]:
     (``Mems_allowed_list`` in ``/proc/self/status``); ``{0}`` on a kernel without NUMA."""
     try:
         with open(NODE_ONLINE) as f:
-            online = _parse_list(f.read())
+            online = parse_cpulist(f.read())
     except FileNotFoundError:
         return frozenset({0})
     try:
         with open("/proc/self/status") as f:
             for line in f:
                 if line.startswith("Mems_allowed_list:"):
-                    return online & _parse_list(line.partition(":")[2])
+                    return online & parse_cpulist(line.partition(":")[2])
     except FileNotFoundError:
         pass
     return online
-
-
-def _parse_list(text: str) -> frozenset[int]:
-    """``0-3,5`` -> {0, 1, 2, 3, 5} (the kernel's list format)."""
-    nodes: set[int] = set()
-    for part in text.strip().split(","):
-        if part:
-            first, _, last = part.partition("-")
-            nodes.update(range(int(first), int(last or first) + 1))
-    return frozenset(nodes)
 
 
 _MOVE_BATCH = 16384  # pages per move_pages call: bounds its ctypes arrays
