@@ -573,15 +573,6 @@ class PinScanner:
             out.setdefault(int(wanted[w]), []).append(clients[owner])
         return out
 
-    def holders(self, generation: int) -> list[int]:
-        """The clients pinning ``generation`` now."""
-        return self.holders_of([generation]).get(generation, [])
-
-    def all_pinned(self) -> set[int]:
-        """Every generation some client pins now."""
-        _, pins, _ = self.snapshot()
-        return set(np.unique(pins[pins != 0]).tolist())
-
     def total(self) -> int:
         """How many pins all clients hold now."""
         return int(np.count_nonzero(self.snapshot()[1]))
@@ -598,23 +589,16 @@ class PinScanner:
                 out[client] = held.tolist()
         return out
 
-    def counts(self, generations: Iterable[int] | None = None) -> collections.Counter[int]:
-        """Pins per generation, over all clients: of every generation pinned, or only of
-        ``generations`` (one pass; far cheaper for a few)."""
+    def counts(self, generations: Iterable[int]) -> collections.Counter[int]:
+        """Pins per generation of ``generations``, over all clients (one pass)."""
         counts: collections.Counter[int] = collections.Counter()
-        if not self._tables:
+        wanted = self._wanted(generations)
+        if not self._tables or not len(wanted):
             return counts
-        if generations is None:
-            _, pins, _ = self.snapshot()
-            gens, n = np.unique(pins[pins != 0], return_counts=True)
-        else:
-            wanted = self._wanted(generations)
-            if not len(wanted):
-                return counts
-            _, pins, _ = self.snapshot()
-            _, which = self._match(pins, wanted)
-            n = np.bincount(which, minlength=len(wanted))
-            gens, n = wanted[n > 0], n[n > 0]
+        _, pins, _ = self.snapshot()
+        _, which = self._match(pins, wanted)
+        n = np.bincount(which, minlength=len(wanted))
+        gens, n = wanted[n > 0], n[n > 0]
         counts.update(dict(zip(gens.tolist(), n.tolist(), strict=True)))
         return counts
 
