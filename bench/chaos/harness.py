@@ -179,6 +179,17 @@ class Coordinator:
         return self.alive()
 
 
+def settled(monitor: Monitor, timeout: float) -> bool:
+    """Poll the store until no object waits for its pin scan (what the last clients' going
+    released is freed a rescan later, rate-limited); False if some still do at ``timeout``."""
+    deadline = Deadline(timeout)
+    while monitor.stats()["dying"]:
+        if deadline.passed():
+            return False
+        time.sleep(0.005)
+    return True
+
+
 def _exception_line(lines: list[str]) -> str:
     body = [ln.strip(" |+-") for ln in lines]
     return next((ln for ln in reversed(body) if _EXCEPTION.match(ln)), "")

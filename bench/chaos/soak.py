@@ -33,7 +33,16 @@ import plasma
 import plasma.client
 from bench import topologies
 from bench.chaos import objects, probes
-from bench.chaos.harness import CTX, Coordinator, Deadline, Monitor, Outcome, Worker, log_failures
+from bench.chaos.harness import (
+    CTX,
+    Coordinator,
+    Deadline,
+    Monitor,
+    Outcome,
+    Worker,
+    log_failures,
+    settled,
+)
 from bench.chaos.probes import Balance
 from plasma.errors import (
     BadRequest,
@@ -378,6 +387,8 @@ def _books(out: Outcome, coord: Coordinator, monitor: Monitor) -> None:
     if not coord.wait_sockets(coord.idle_sockets + 1, 10.0):
         out.fail("soak: client sessions still open 10 s after the workers ended")
         return
+    if not settled(monitor, 10.0):
+        out.fail("soak: objects still wait for their pin scan 10 s after the workers ended")
     before = monitor.balance()
     deferred = monitor.delete_all()
     after = monitor.balance()
