@@ -19,8 +19,16 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 
-# CI runs on a loaded 2-core machine: no per-example deadline, and a slow example is no error
-settings.register_profile("plasma", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# CI runs on a loaded 2-core machine: no per-example deadline, and a slow example is no error.
+# Based on Hypothesis's own defaults, not on whatever profile it chose itself: it loads its
+# derandomized "ci" profile when $CI is set, and the tests must run the same with and without.
+settings.register_profile(
+    "plasma",
+    settings.get_profile("default"),
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "plasma"))
 
 REPO = Path(__file__).resolve().parent.parent

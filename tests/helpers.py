@@ -107,7 +107,10 @@ def reached(
 
     for _ in range(runs):
         run_state_machine_as_test(
-            Counting, settings=settings(machine_settings, max_examples=examples, database=None)
+            Counting,
+            settings=settings(
+                machine_settings, max_examples=examples, database=None, derandomize=False
+            ),
         )
         if all(seen[w] >= at_least for w in wanted):
             break
