@@ -44,17 +44,17 @@ from plasma.shared_tables import SharedTables, close_map, new_pin_table
 from plasma.spiller import Spiller
 from plasma.store import (
     SPILL_MAX_OBJECTS,
+    AskReclaim,
     Copy,
     CreateDone,
     DirectoryMoved,
     GetDone,
     Grant,
-    Moved,
+    MigrateDone,
     Notify,
     Pending,
     Place,
-    Reclaim,
-    Replicated,
+    ReplicateDone,
     Restore,
     Revoke,
     SegmentFreed,
@@ -1143,7 +1143,7 @@ class Coordinator:
                     self._drop_subscriber(session)
             elif isinstance(event, Revoke):
                 session.send(p.Revoked(seq=0, ids=[event.oid]))
-            elif isinstance(event, Reclaim):
+            elif isinstance(event, AskReclaim):
                 session.send(p.Reclaim(seq=0))
             else:
                 waiter = self._waits.pop(event.token, None)
@@ -1152,12 +1152,12 @@ class Coordinator:
                 seq = waiter[1]
                 if isinstance(event, GetDone):
                     self._reply_got(session, seq, event.results)
-                elif isinstance(event, Moved | Replicated):
+                elif isinstance(event, MigrateDone | ReplicateDone):
                     if isinstance(event.result, PlasmaError):
                         session.send(
                             p.Error(seq=seq, code=event.result.code, message=event.result.message)
                         )
-                    elif isinstance(event, Moved):
+                    elif isinstance(event, MigrateDone):
                         session.send(p.Migrated(seq=seq, nodes=event.result))
                     else:
                         session.send(p.Replicated(seq=seq, nodes=event.result))

@@ -50,6 +50,7 @@ from plasma.errors import StoreFull
 from plasma.records import ArenaObject, CreateItem, ObjectLocation
 from plasma.store import (
     PIN_RESCAN,
+    AskReclaim,
     CreateDone,
     DirectoryMoved,
     GetDone,
@@ -57,7 +58,6 @@ from plasma.store import (
     LocalDirectoryMemory,
     Notify,
     Pending,
-    Reclaim,
     Revoke,
     Store,
 )
@@ -934,7 +934,7 @@ class PinnedStoreMachine(RuleBasedStateMachine):
                 assert self.refs.get((e.client, e.oid), 0) > 0 or pinned
             elif isinstance(e, DirectoryMoved):
                 self._count("rebuilt")
-            elif isinstance(e, Reclaim):
+            elif isinstance(e, AskReclaim):
                 pass
             elif isinstance(e, Notify) and e.kind == "sealed":
                 assert e.client in self.subscribers and e.location is not None

@@ -20,12 +20,12 @@ from plasma.errors import (
 )
 from plasma.records import ArenaObject, CreateItem, ObjectLocation
 from plasma.store import (
+    AskReclaim,
     CreateDone,
     GetDone,
     Grant,
     Notify,
     Pending,
-    Reclaim,
     Revoke,
     SegmentFreed,
     Store,
@@ -502,7 +502,7 @@ def test_pending_create_satisfied_by_release() -> None:
     assert isinstance(pending, Pending)
     assert store.stats()["create_waiters"] == 1
     # client 1's reference may be one it only caches: it is asked for it back, once a second
-    assert store.drain_events() == [Reclaim(1), Reclaim(1)]
+    assert store.drain_events() == [AskReclaim(1), AskReclaim(1)]
     store.release(1, oid(1))  # now evictable: the pending create evicts it
     events = store.drain_events()
     done = [e for e in events if isinstance(e, CreateDone)]
@@ -1055,7 +1055,7 @@ class StoreMachine(RuleBasedStateMachine):
                     assert isinstance(e.result, StoreFull)
             elif isinstance(e, Revoke):  # only holders of an object being deleted are asked
                 assert self.refs.get((e.client, e.oid), 0) > 0
-            elif isinstance(e, Reclaim):  # only clients that hold references or an arena
+            elif isinstance(e, AskReclaim):  # only clients that hold references or an arena
                 assert e.client in self.arenas or any(c == e.client for c, _ in self.refs)
             elif isinstance(e, SegmentFreed):  # only segments with nothing left in them
                 listed = {info.id for info in self.store.objects()}  # (not yet known evicted)
@@ -1303,7 +1303,7 @@ def test_create_waits_for_memory_that_clients_hold_idle() -> None:
     _, _, _, arena = granted(store.grant_arena(1, 4 * KIB))
     pending = store.create(2, oid(2), 5 * KIB, now=10.0)  # timeout 0, but memory is held idle
     assert isinstance(pending, Pending)
-    assert store.drain_events() == [Reclaim(1), Reclaim(2)]
+    assert store.drain_events() == [AskReclaim(1), AskReclaim(2)]
     with pytest.raises(StoreFull):  # asked less than RECLAIM_INTERVAL ago: no second wait
         store.create(2, oid(3), 5 * KIB, now=10.5)
     assert store.drain_events() == []
@@ -1325,7 +1325,7 @@ def test_reclaim_wait_ends_in_store_full() -> None:
     assert isinstance(pending, Pending) and store.next_deadline() == 1.25
     store.expire(1.25)
     events = store.drain_events()
-    assert events[0] == Reclaim(1)
+    assert events[0] == AskReclaim(1)
     assert isinstance(events[1], CreateDone) and isinstance(events[1].result, StoreFull)
     with pytest.raises(ObjectNotFound):
         store.info(oid(2))

@@ -49,10 +49,10 @@ from plasma.store import (
     CreateDone,
     GetDone,
     Grant,
-    Moved,
+    MigrateDone,
     Pending,
     Place,
-    Replicated,
+    ReplicateDone,
     Restore,
     SpillDead,
     Store,
@@ -217,7 +217,7 @@ class CombinedMachine(RuleBasedStateMachine):
 
     def _apply(self, events: list[Any]) -> None:
         for e in events:
-            if isinstance(e, CreateDone | GetDone | Moved | Replicated):
+            if isinstance(e, CreateDone | GetDone | MigrateDone | ReplicateDone):
                 assert e.token not in self.answered, (
                     f"answered twice: {self.answered[e.token]}, {e}"
                 )
@@ -251,7 +251,7 @@ class CombinedMachine(RuleBasedStateMachine):
                         self.clients[cid].refs.append(hold)
                         if cancelled:
                             self._release(cid, hold)
-            elif isinstance(e, Moved | Replicated):
+            elif isinstance(e, MigrateDone | ReplicateDone):
                 assert self.waiting.pop(e.token, (0,))[0] == e.client, f"whose answer? {e}"
                 self.outcomes[f"{type(e).__name__.lower()} answered"] += 1
             elif isinstance(e, Restore):
@@ -264,7 +264,7 @@ class CombinedMachine(RuleBasedStateMachine):
                 self.moves.append((e, holds))
             elif isinstance(e, SpillDead) and e.empty:
                 self.files_live.discard(e.file)
-        # (Revoke, Reclaim, Notify, DirectoryMoved, SegmentFreed: a
+        # (Revoke, AskReclaim, Notify, DirectoryMoved, SegmentFreed: a
         # client may act on them or not; nothing here depends on it)
 
     def _granted(self, cid: int, g: Grant) -> None:

@@ -10,7 +10,7 @@ from plasma.errors import BadRequest
 from plasma.follow import ReaderTracker
 from plasma.ids import replica_id
 from plasma.records import ObjectLocation, SpillEntry
-from plasma.store import Copy, Place, Replicated, Store
+from plasma.store import Copy, Place, ReplicateDone, Store
 from tests.test_directory_store import Claim, allocation_violations
 from tests.test_store import KIB, FakeProvider, loc, oid
 
@@ -150,7 +150,7 @@ def test_a_copy_finishing_after_its_object_went_to_disk_publishes_nothing():
     (copy,) = events(store, Copy)
     assert store.evict(1, now=0.0) == 0  # being copied: not evicted
     store.placed(copy.token, now=0.0)
-    (done,) = events(store, Replicated)
+    (done,) = events(store, ReplicateDone)
     assert done.result == [0, 1]
     assert store.evict(1, now=0.0) == 4 * KIB  # evicted with its copy
     settle(store, 0.0)

@@ -20,7 +20,7 @@ from hypothesis.stateful import (
 from plasma.errors import BadRequest, ObjectNotFound, PlacementImpossible, PlasmaError, StoreFull
 from plasma.follow import ReaderTracker
 from plasma.records import ObjectLocation
-from plasma.store import Copy, CreateDone, Moved, Pending, Place, Replicated, Store
+from plasma.store import Copy, CreateDone, MigrateDone, Pending, Place, ReplicateDone, Store
 from tests.helpers import charges_placed_in, reached
 from tests.test_store import KIB, PAGE, FakeProvider, loc, oid
 
@@ -110,7 +110,7 @@ def test_migrate_moves_pages_and_the_charge_and_back_home():
     assert place.start <= where.offset and where.offset + 16 * KIB <= place.start + place.length
     assert placed_in(store) == [0, 16 * KIB, 0, 0]
     store.placed(place.token)
-    (moved,) = events(store, Moved)
+    (moved,) = events(store, MigrateDone)
     assert moved.token == pending.token and moved.result == [1]
     assert store.objects([oid(1)])[0].pages_on == [1]
     assert store.migrate(11, oid(1), 1) == [1]  # there already: no move
@@ -171,7 +171,7 @@ def test_an_object_being_moved_is_not_evicted_and_a_delete_waits_for_the_move():
     assert not events(store, Place)  # no move back while the move is under way
     store.placed(place.token)
     drained = store.drain_events()
-    (moved,) = [e for e in drained if isinstance(e, Moved)]  # the migrate is answered
+    (moved,) = [e for e in drained if isinstance(e, MigrateDone)]  # the migrate is answered
     assert moved.client == 10 and isinstance(moved.result, ObjectNotFound)
     (rehome,) = [e for e in drained if isinstance(e, Place)]
     assert rehome.nodes == [0]
@@ -254,7 +254,7 @@ def replicated(store: Store, n: int, nodes: list[int]) -> Copy:
     assert isinstance(pending, Pending)
     (copy,) = events(store, Copy)
     store.placed(copy.token)
-    (done,) = events(store, Replicated)
+    (done,) = events(store, ReplicateDone)
     assert done.token == pending.token and done.result == sorted({0, *nodes})
     return copy
 
@@ -315,7 +315,7 @@ def test_a_failed_copy_keeps_no_copy():
     pending = store.replicate(10, oid(1), [1])
     (copy,) = events(store, Copy)
     store.placed(copy.token, "EIO")
-    (done,) = events(store, Replicated)
+    (done,) = events(store, ReplicateDone)
     assert done.token == pending.token and isinstance(done.result, PlasmaError)
     assert used_on(store) == [16 * KIB, 0, 0, 0] and store.objects([oid(1)])[0].replicas == []
 

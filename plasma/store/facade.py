@@ -29,7 +29,7 @@ Semantics the coordinator mirrors:
 * Eviction happens only when it makes the request fit (see :meth:`Store._eviction_plan`).
 * Clients keep memory the store cannot take back by itself: the unused tail of their arena
   and references they cache for quick gets. When a request does not fit, the store asks
-  each such client (at most once per ``RECLAIM_INTERVAL``) with a :class:`Reclaim` event
+  each such client (at most once per ``RECLAIM_INTERVAL``) with a :class:`AskReclaim` event
   to return them, and a create that would fail at once waits up to ``RECLAIM_WAIT`` for
   the answer. Arenas on a node never reserve more than a quarter of its budget beyond what
   the objects at hand need.
@@ -87,8 +87,26 @@ from plasma.errors import (
 from plasma.follow import ReaderTracker
 from plasma.ids import ID_SIZE, replica_id
 from plasma.records import ArenaObject, CreateItem, ObjectInfo, ObjectLocation, SpillEntry
+from plasma.store.events import (
+    AskReclaim,
+    Copy,
+    CreateDone,
+    DirectoryMoved,
+    Event,
+    GetDone,
+    Grant,
+    MigrateDone,
+    Notify,
+    Pending,
+    Place,
+    ReplicateDone,
+    Restore,
+    Revoke,
+    SegmentFreed,
+    SpillDead,
+)
 
-RECLAIM_INTERVAL = 1.0  # seconds between two Reclaim events to the same client
+RECLAIM_INTERVAL = 1.0  # seconds between two AskReclaim events to the same client
 RECLAIM_WAIT = 0.25  # seconds a create that would fail at once waits for reclaimed memory
 GRACE = 0.002  # seconds from marking an object dying to scanning the pin tables for it
 PIN_RESCAN = 0.05  # seconds between scans for pins that hold deleted objects or block creates
@@ -148,163 +166,6 @@ class LocalDirectoryMemory:
 
     def free_directory(self, directory: Any, access: Any) -> None:
         pass
-
-
-# ---------------------------------------------------------------- events
-
-
-class Pending(msgspec.Struct, gc=False):
-    """An operation that completes later with an event carrying the same ``token``."""
-
-    token: int
-
-
-class GetDone(msgspec.Struct, gc=False):
-    """A waiting get finished: per id a location (reference taken) or an error code."""
-
-    client: int
-    token: int
-    results: list[ObjectLocation | str]
-
-
-class Grant(msgspec.Struct, gc=False):
-    """An arena: ``size`` bytes at ``offset`` of ``segment``, named ``grant`` (unique for the
-    life of the store: a late return or seal of an arena given back names no other one)."""
-
-    segment: int
-    offset: int
-    size: int
-    grant: int
-
-
-class CreateDone(msgspec.Struct):
-    """A pending create finished: the locations (creator holds a reference) or the error."""
-
-    client: int
-    token: int
-    # the objects' locations, or for a waiting arena request its grant
-    result: list[ObjectLocation] | Grant | PlasmaError
-
-
-class Notify(msgspec.Struct, gc=False):
-    """For a subscriber: ``kind`` is "sealed" or "deleted" (deleted or evicted).
-
-    ``location`` is set on "sealed" for ``with_locations`` subscribers, who then hold a
-    reference to the object and must release it.
-    """
-
-    client: int
-    kind: str
-    oid: bytes
-    data_size: int
-    metadata_size: int
-    location: ObjectLocation | None = None
-
-
-class Revoke(msgspec.Struct, gc=False):
-    """For a client holding a reference to an object whose delete waits for it: release the
-    reference as soon as it is not in use (clients cache released objects for quick gets)."""
-
-    client: int
-    oid: bytes
-
-
-class Reclaim(msgspec.Struct, gc=False):
-    """For a client holding an arena tail or references a create could use: return the
-    arena (``return_arena``) and release the references it only caches."""
-
-    client: int
-
-
-class DirectoryMoved(msgspec.Struct, gc=False):
-    """The directory was rebuilt (the old one reads superseded): clients that find theirs
-    superseded ask for the new one (:meth:`DirectoryMemory.new_directory`'s latest)."""
-
-    client: int = 0
-
-
-class SegmentFreed(msgspec.Struct, gc=False):
-    """Segment ``segment`` is gone (its memory given back): clients may unmap it."""
-
-    segment: int
-
-
-class Restore(msgspec.Struct, gc=False):
-    """Read spilled object ``oid`` (``entry`` of spill file ``file``) into ``location``, then
-    call :meth:`Store.restored` with ``token``."""
-
-    token: int
-    oid: bytes
-    location: ObjectLocation
-    file: int
-    entry: SpillEntry
-
-
-class SpillDead(msgspec.Struct, gc=False):
-    """``entry`` of spill file ``file`` is deleted: mark it dead there, or remove the file
-    when ``empty`` (nothing in it lives on)."""
-
-    file: int
-    entry: SpillEntry | None  # None: a file found with nothing live at start
-    empty: bool
-
-
-class Place(msgspec.Struct, gc=False):
-    """Move the pages of ``[start, start + length)`` of ``segment`` (and set its policy):
-    ``mode`` "interleave" across ``nodes``, or "bind" to ``nodes[0]``; then call
-    :meth:`Store.placed` with ``token``."""
-
-    token: int
-    segment: int
-    start: int
-    length: int
-    mode: str
-    nodes: list[int]
-
-
-class Copy(msgspec.Struct, gc=False):
-    """Copy ``length`` bytes at ``offset`` of ``segment`` to each of ``targets`` (the
-    copies of a replicate request), then call :meth:`Store.placed` with ``token``."""
-
-    token: int
-    segment: int
-    offset: int
-    length: int
-    targets: list[ObjectLocation]
-
-
-class Replicated(msgspec.Struct, gc=False):
-    """A replicate request's answer: the nodes with a copy of the object, or an error."""
-
-    client: int
-    token: int
-    result: list[int] | PlasmaError
-
-
-class Moved(msgspec.Struct, gc=False):
-    """A migrate request's answer: the object's pages are on ``result`` (nodes) now, or an
-    error."""
-
-    client: int
-    token: int
-    result: list[int] | PlasmaError
-
-
-Event = (
-    GetDone
-    | CreateDone
-    | Notify
-    | Revoke
-    | Reclaim
-    | DirectoryMoved
-    | SegmentFreed
-    | Restore
-    | SpillDead
-    | Place
-    | Moved
-    | Copy
-    | Replicated
-)
 
 
 # what stats()["spill"] counts
@@ -526,7 +387,7 @@ class _Client:
         self.label = label or f"client {client_id}"
         self.refs: dict[bytes, int] = {}
         self.ref_bytes = 0  # allocated bytes of the objects in ``refs``
-        self.reclaim_at = -math.inf  # when it was last sent a Reclaim
+        self.reclaim_at = -math.inf  # when it was last sent an AskReclaim
         self.creating: set[bytes] = set()
         self.waiters: set[_GetWaiter | _CreateWaiter] = set()
         self.arena: _Arena | None = None
@@ -544,7 +405,7 @@ class Store:
     ``max_waiting_ids`` the ids they name in all;
     ``subscriber_pin_limit`` (default: an eighth of the capacity) the bytes a
     ``with_locations`` subscription may keep referenced; ``reclaim_wait`` is how long a
-    create that would fail at once waits for memory asked back with Reclaim. ``grace`` is
+    create that would fail at once waits for memory asked back with AskReclaim. ``grace`` is
     the wait between marking an object dying and scanning the pin tables (0 scans at once:
     only for a store no client reads without requests); ``directory_memory`` makes the
     directory's shared memory (default: process memory). Every ``now`` the store is given
@@ -1225,7 +1086,7 @@ class Store:
         The unused tail of the client's previous arena is returned first (so on StoreFull
         the client has no arena). The grant shrinks towards ``min_size`` when the node's
         arenas would reserve more than a quarter of its budget, or when nothing bigger fits.
-        When memory is on its way back (evicted, or asked back with Reclaim) the request
+        When memory is on its way back (evicted, or asked back with AskReclaim) the request
         waits for it as a create with timeout 0 does: a Pending answered by a CreateDone
         whose result is the grant.
         """
@@ -1558,7 +1419,7 @@ class Store:
     ) -> list[int] | Pending:
         """Move a sealed object's pages to ``node`` (readers keep their views: the pages
         move, not the object): the nodes its pages are on at once when they are there
-        already, else a Pending answered by :class:`Moved`. The bytes count against
+        already, else a Pending answered by :class:`MigrateDone`. The bytes count against
         ``node``'s budget: StoreFull when it has no room for them."""
         c = self._client(client)
         rec, _ = self._pages_of(oid, [node])
@@ -1575,7 +1436,7 @@ class Store:
         """Make read-only copies of a sealed object on ``nodes``: a get by a client of one of
         those nodes (through the directory or a request) returns its node's copy. The nodes
         with a copy (its own included) at once when each has one, else a Pending answered
-        by :class:`Replicated`. Copies count against their node's budget (StoreFull, and
+        by :class:`ReplicateDone`. Copies count against their node's budget (StoreFull, and
         none made, when one has no room); delete and eviction remove them with the object."""
         c = self._client(client)
         rec, seg = self._pages_of(oid, nodes)
@@ -1630,7 +1491,7 @@ class Store:
                         result = PlasmaError(f"moving {oid.hex()} failed: {error}")
                     elif not present:
                         result = ObjectNotFound(f"object {oid.hex()} was deleted while moving")
-                    self._events.append(Moved(client, token, result))
+                    self._events.append(MigrateDone(client, token, result))
                 if self._readers is not None:
                     self._readers.moved(oid, now)
             elif present and client in self._clients:  # an interleaved create
@@ -1674,7 +1535,7 @@ class Store:
                 result = PlasmaError(f"copying {oid.hex()} failed: {error}")
             elif not alive:
                 result = ObjectNotFound(f"object {oid.hex()} was deleted while being copied")
-            self._events.append(Replicated(client, token, result))
+            self._events.append(ReplicateDone(client, token, result))
         self._io_ended(rec)
 
     def _orphan_replicas(self, oid: bytes, rec: _Object) -> None:
@@ -2876,7 +2737,7 @@ class Store:
         }
 
     def _ask_reclaim(self, nd: _Node, now: float) -> bool:
-        """Send Reclaim to the clients that may hold idle memory of ``nd`` (an arena tail on
+        """Send AskReclaim to the clients that may hold idle memory of ``nd`` (an arena tail on
         it, or references they may only cache) and were not asked in the last
         ``RECLAIM_INTERVAL``; True when some were asked now."""
         asked = False
@@ -2889,7 +2750,7 @@ class Store:
             idle = cached or (a is not None and a.segment.node is nd and a.cursor < a.end)
             if idle:
                 c.reclaim_at = now
-                self._events.append(Reclaim(c.id))
+                self._events.append(AskReclaim(c.id))
                 asked = True
         return asked
 
