@@ -61,6 +61,7 @@ from plasma.store import (
     Revoke,
     Store,
 )
+from plasma.store.objects import State
 from tests.helpers import reached
 from tests.test_store import FakeProvider, oid
 
@@ -106,7 +107,7 @@ def evicting_leak(store: Store) -> bool:
     count blocks eviction on the node for good: a bug found here, since fixed)."""
     waiting: dict[int, int] = {}
     for _, _, rec in store._dying.values():
-        if not rec.deleting:
+        if rec.state is State.EVICTING:
             node = store._segments[rec.loc.segment].node.id
             waiting[node] = waiting.get(node, 0) + 1
     return any(nd.evicting != waiting.get(n, 0) for n, nd in store._nodes.items())
@@ -357,7 +358,7 @@ class PinnedStoreMachine(RuleBasedStateMachine):
         eviction victims waiting for their scan (the store is peeked at to find them)."""
         hot = {r.oid for c in self.clients.values() for r in c.reads}
         hot |= {h.inc.oid for c in self.clients.values() for h in c.holds}
-        hot |= {o for _, o, rec in self.store._dying.values() if not rec.deleting}
+        hot |= {o for _, o, rec in self.store._dying.values() if rec.state is State.EVICTING}
         return sorted(hot)
 
     def _pick(self, data: st.DataObject, *, sealed: bool = False) -> bytes:

@@ -57,6 +57,7 @@ from plasma.store import (
     SpillDead,
     Store,
 )
+from plasma.store.objects import IO_ALLOWED, Io, State
 from tests.helpers import charges_placed_in, reached
 from tests.test_directory_store import store_records
 from tests.test_store_spill import FallbackProvider
@@ -746,7 +747,7 @@ class CombinedMachine(RuleBasedStateMachine):
         store = self.store
         ranges = []
         for o, rec in store_records(store):
-            if rec.resident or rec.restoring:
+            if rec.state is not State.SPILLED or rec.io is Io.RESTORING:
                 ranges.append((rec.loc.segment, rec.loc.offset, rec.size, o))
         for o, rec in [*store._replicas.items(), *store._orphans]:
             ranges.append((rec.loc.segment, rec.loc.offset, rec.size, o))
@@ -754,11 +755,33 @@ class CombinedMachine(RuleBasedStateMachine):
         for (s1, o1, n1, id1), (s2, o2, _, id2) in itertools.pairwise(ranges):
             if s1 == s2:
                 assert o1 + n1 <= o2, f"{id1.hex()} and {id2.hex()} share memory"
-        in_memory = [rec for _, rec in store_records(store) if rec.resident or rec.restoring]
+        in_memory = [
+            rec
+            for _, rec in store_records(store)
+            if rec.state is not State.SPILLED or rec.io is Io.RESTORING
+        ]
         want = charges_placed_in(store, in_memory)
         assert {n: store.stats()["nodes"][n]["placed_in"] for n in NODES} == {
             n: want[n] for n in NODES
         }
+
+    @invariant()
+    def every_record_is_in_a_state_where_it_is_kept(self) -> None:
+        """Each record's state and I/O agree with the table (plasma.store.objects) and with
+        where the store keeps it: listed records are not freed, CLOCK candidates sealed,
+        records waiting for their pin scan evicting or deleted, pinned deleted ones deleted,
+        copies sealed (made) or being made."""
+        store = self.store
+        for _, rec in store_records(store):
+            assert rec.io in IO_ALLOWED[rec.state], (rec.state, rec.io)
+        assert all(rec.state is not State.FREED for rec in store._objects.values())
+        for nd in store._nodes.values():
+            assert all(rec.state is State.SEALED for rec in nd.lru.values())
+        dying = {rec.state for _, _, rec in store._dying.values()}
+        assert dying <= {State.EVICTING, State.DELETED}
+        assert all(rec.state is State.DELETED for _, rec in store._pinned.values())
+        copies = {rec.state for rec in store._replicas.values()}
+        assert copies <= {State.CREATED, State.SEALED}
 
     def teardown(self) -> None:
         """Every I/O finishes: every call waiting for one is answered. Every client goes,

@@ -30,6 +30,7 @@ from plasma.store import (
     SpillDead,
     Store,
 )
+from plasma.store.objects import Io, State
 from tests.helpers import reached
 from tests.test_store import KIB, FakeProvider, loc, oid
 
@@ -561,7 +562,7 @@ class SpillMachine(RuleBasedStateMachine):
         store = self.store
         ranges = []
         for o, rec in store._objects.items():
-            if rec.resident or rec.restoring:
+            if rec.state is not State.SPILLED or rec.io is Io.RESTORING:
                 ranges.append((rec.loc.segment, rec.loc.offset, rec.size, o))
         for r in self.restores:  # restores of objects deleted meanwhile still own memory
             size = r.location.data_size + r.location.metadata_size
@@ -578,7 +579,7 @@ class SpillMachine(RuleBasedStateMachine):
     def accounting_adds_up(self) -> None:
         store = self.store
         stats = store.stats()
-        spilled = [r for r in store._objects.values() if not r.resident and not r.deleting]
+        spilled = [r for r in store._objects.values() if r.state is State.SPILLED]
         assert stats["spill"]["objects"] == sum(1 for r in spilled)
         assert stats["spill"]["bytes"] == sum(r.loc.data_size for r in spilled)
         for r in spilled:
@@ -594,7 +595,11 @@ class SpillMachine(RuleBasedStateMachine):
     @invariant()
     def no_memory_leaks(self) -> None:
         store = self.store
-        holders = [r for r in store._objects.values() if r.resident or r.restoring]
+        holders = [
+            r
+            for r in store._objects.values()
+            if r.state is not State.SPILLED or r.io is Io.RESTORING
+        ]
         holders += [r for _, r in store._restoring.values()]
         holders += [r for _, _, r in store._dying.values()] + [r for _, r in store._pinned.values()]
         unique = {id(r): r for r in holders}

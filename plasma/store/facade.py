@@ -57,7 +57,6 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any, Protocol
 
-import msgspec
 import numpy as np
 
 from plasma.allocator import Allocator
@@ -104,6 +103,18 @@ from plasma.store.events import (
     Revoke,
     SegmentFreed,
     SpillDead,
+)
+from plasma.store.objects import (
+    GONE,
+    IN_MEMORY,
+    READABLE,
+    Io,
+    ObjectRecord,
+    State,
+    Step,
+    begin_io,
+    end_io,
+    step,
 )
 
 RECLAIM_INTERVAL = 1.0  # seconds between two AskReclaim events to the same client
@@ -227,34 +238,12 @@ class _Node:
         self.objects = 0
         self.shortage = ""  # why the provider last failed to make a segment (e.g. no hugepages)
         # sealed, unreferenced objects, in the order they became unreferenced (CLOCK's ring)
-        self.lru: OrderedDict[bytes, _Object] = OrderedDict()
+        self.lru: OrderedDict[bytes, ObjectRecord] = OrderedDict()
         self.lru_bytes = 0  # allocated bytes of the objects in ``lru``
         self.lru_copied = 0  # ... of those that have a copy on disk (evicting them loses none)
         self.evicting = 0  # eviction victims waiting for their pin scan
         self.spill_demand = 0  # bytes creates and restores wait to have spilled
         self.placed_in = 0  # bytes of other nodes' objects whose pages were moved here
-
-
-class _Object(msgspec.Struct, gc=False):
-    """One object's record (a C-level struct: fast to create, small)."""
-
-    loc: ObjectLocation
-    size: int  # allocated bytes
-    owner: int  # creator's client id
-    create_time: float
-    sealed: bool = False
-    deleting: bool = False
-    ref_count: int = 0
-    construct_duration: float = 0.0  # seconds from create to seal (arena objects: 0)
-    slot: int = -1  # its directory slot once published, else -1
-    gen: int = 0  # its generation once published (pins name it), else 0
-    spill: tuple[int, SpillEntry] | None = None  # its copy on disk: (file, entry)
-    resident: bool = True  # False: only on disk (``loc`` keeps its sizes and last node)
-    spilling: bool = False  # being written to disk now
-    restoring: bool = False  # being read back into ``loc`` now
-    pages_on: tuple[int, ...] | None = None  # nodes its pages were moved to (None: its node's)
-    moving: bool = False  # its pages are being moved (or copied to replicas) now
-    replicas: tuple[int, ...] = ()  # nodes with a read-only copy (see Store.replicate)
 
 
 class _Arena:
@@ -356,7 +345,7 @@ class _Held:
         self.pinned_only = 0  # bytes of every object pins hold and no reference (dying too)
         self.clients: dict[int, _Holding] = {}  # every client, holding something or not
         # with objects asked for: id -> (record, clients referencing it, clients pinning it)
-        self.objects: dict[bytes, tuple[_Object, list[int], list[int]]] | None = None
+        self.objects: dict[bytes, tuple[ObjectRecord, list[int], list[int]]] | None = None
 
     @property
     def total(self) -> int:
@@ -488,7 +477,7 @@ class Store:
         )
         self._first_node = next(iter(self._nodes.values()))
         self._segments: dict[int, _Segment] = {}
-        self._objects: dict[bytes, _Object] = {}
+        self._objects: dict[bytes, ObjectRecord] = {}
         self._clients: dict[int, _Client] = {}
         self._subscribers: dict[int, bool] = {}  # client -> with_locations
         self._get_waiting: dict[bytes, list[tuple[_GetWaiter, int]]] = {}
@@ -517,11 +506,11 @@ class Store:
         self._rebuilds = 0
         # every published record until it is freed (a rebuilt directory may hold no slot for
         # some: ``slot`` -1, their generation still honoured): generation -> (id, record)
-        self._published: dict[int, tuple[bytes, _Object]] = {}
+        self._published: dict[int, tuple[bytes, ObjectRecord]] = {}
         # objects to free once no pin holds them: generation -> (scan time, id, record), in
         # scan-time order; and those a scan found pinned (deleted ones only)
-        self._dying: OrderedDict[int, tuple[float, bytes, _Object]] = OrderedDict()
-        self._pinned: dict[int, tuple[bytes, _Object]] = {}
+        self._dying: OrderedDict[int, tuple[float, bytes, ObjectRecord]] = OrderedDict()
+        self._pinned: dict[int, tuple[bytes, ObjectRecord]] = {}
         self._rescan_at = math.inf  # when to look at pins again (pinned deletes, blocked creates)
         self._rescan_gap = PIN_RESCAN  # from one scan of pinned deletes to the next (backs off)
         self._rescanned_at = -math.inf  # the last scan of pinned deletes
@@ -537,11 +526,11 @@ class Store:
         self._fallback_max = fallback_max
         self._fallback_segments = 0
         self._fallback_bytes = 0  # of the fallback files
-        self._batches: dict[int, list[tuple[bytes, _Object]]] = {}
+        self._batches: dict[int, list[tuple[bytes, ObjectRecord]]] = {}
         self._spill_files: dict[int, list[int]] = {}  # file -> [live objects, file bytes]
         self._next_file = 1
-        self._restoring: dict[int, tuple[bytes, _Object]] = {}
-        self._restore_queue: dict[bytes, tuple[_Object, int | None]] = {}  # -> reader's node
+        self._restoring: dict[int, tuple[bytes, ObjectRecord]] = {}
+        self._restore_queue: dict[bytes, tuple[ObjectRecord, int | None]] = {}  # -> reader's node
         # memory of objects freed (or gone to disk) while it was being written to disk,
         # moved or copied: (segment, offset, size, charges) freed when that I/O ends
         self._after_io: dict[int, list[tuple[_Segment, int, int, dict[int, int] | None]]] = {}
@@ -550,8 +539,8 @@ class Store:
         self._readers = follow_readers
         # read-only copies on other nodes (replica id -> record; never in _objects), those
         # whose object went (freed after their pin scan), and whether readers were told
-        self._replicas: dict[bytes, _Object] = {}
-        self._orphans: list[tuple[bytes, _Object]] = []
+        self._replicas: dict[bytes, ObjectRecord] = {}
+        self._orphans: list[tuple[bytes, ObjectRecord]] = []
         self._copies_dying: dict[int, float] = {}  # copy's generation -> when marked dying
         self._replicas_announced = False
         self._spill_wakeup = False
@@ -595,7 +584,7 @@ class Store:
         for oid, n in c.refs.items():
             rec = self._objects[oid]
             rec.ref_count -= n
-            if not rec.sealed:
+            if rec.state is State.CREATED:
                 self._free_object(oid, rec)  # only its creator references an unsealed object
             elif rec.ref_count == 0:
                 self._unreferenced(oid, rec, now)
@@ -735,21 +724,21 @@ class Store:
         deadline = self._reclaim_deadline(nd, timeout, deadline, now, total)
         return self._park_create(c, list(items), nd, deadline, now)
 
-    def _unsealed_of(self, client: int, oid: bytes, sealed_error: str) -> _Object:
+    def _unsealed_of(self, client: int, oid: bytes, sealed_error: str) -> ObjectRecord:
         """The record of an object ``client`` created and has not sealed yet."""
         rec = self._objects.get(oid)
-        if rec is None or rec.deleting:
+        if rec is None or rec.state is State.DELETED:
             raise ObjectNotFound(f"object {oid.hex()} not found")
         if rec.owner != client:
             raise BadRequest(f"object {oid.hex()} was created by another client")
-        if rec.sealed:
+        if rec.state is not State.CREATED:
             raise BadRequest(f"object {oid.hex()} {sealed_error}")
         return rec
 
     def seal(self, client: int, oid: bytes, *, now: float = 0.0) -> None:
         """Make the creator's object immutable; wakes getters and notifies subscribers."""
         rec = self._unsealed_of(client, oid, "is already sealed")
-        rec.sealed = True
+        step(rec, Step.SEAL)
         rec.construct_duration = max(0.0, self._wall(now) - rec.create_time)
         self._clients[client].creating.discard(oid)
         self._announce(oid, rec)
@@ -784,7 +773,7 @@ class Store:
         deadline = self._deadline(timeout, now)
         objects = self._objects
         found = [
-            rec if rec is not None and rec.sealed and not rec.deleting and rec.resident else None
+            rec if rec is not None and rec.state in IN_MEMORY else None
             for rec in map(objects.get, oids)
         ]
         missing = None in found
@@ -810,7 +799,9 @@ class Store:
             for i, r in enumerate(results):
                 if r is None and oids[i] not in on_disk:
                     rec = objects.get(oids[i])
-                    results[i] = NOT_SEALED if rec is not None and not rec.deleting else NOT_FOUND
+                    results[i] = (
+                        NOT_SEALED if rec is not None and rec.state is State.CREATED else NOT_FOUND
+                    )
             if not spilled:
                 return results  # type: ignore[return-value]
             deadline = now + SPILL_WAIT  # a restore is no wait for a seal
@@ -823,13 +814,13 @@ class Store:
         self._add_waiter(c, w, deadline)
         for oid in dict.fromkeys(spilled):
             rec = objects[oid]
-            if not (rec.restoring or oid in self._restore_queue) and not self._try_restore(
+            if not (rec.io is Io.RESTORING or oid in self._restore_queue) and not self._try_restore(
                 oid, rec, c.node, now
             ):
                 self._restore_queue[oid] = (rec, c.node)
         return Pending(w.token)
 
-    def _local_copy(self, oid: bytes, rec: _Object, c: _Client) -> ObjectLocation:
+    def _local_copy(self, oid: bytes, rec: ObjectRecord, c: _Client) -> ObjectLocation:
         """Where ``c`` reads ``rec``: the copy on its node, if there is one (the reference
         taken on the object keeps the copies too)."""
         if c.node in rec.replicas:
@@ -838,7 +829,7 @@ class Store:
 
     def _on_disk(self, oid: bytes) -> bool:
         rec = self._objects.get(oid)
-        return rec is not None and not rec.resident and not rec.deleting
+        return rec is not None and rec.state is State.SPILLED
 
     def release(self, client: int, oid: bytes, *, now: float = 0.0) -> None:
         """Drop one reference of this client (ObjectNotFound if it holds none)."""
@@ -847,7 +838,7 @@ class Store:
         if n is None:
             raise ObjectNotFound(f"client {client} holds no reference to {oid.hex()}")
         rec = self._objects[oid]
-        if not rec.sealed:
+        if rec.state is State.CREATED:
             raise ObjectNotSealed(f"object {oid.hex()} is not sealed; seal or abort it")
         if n == 1:
             del c.refs[oid]
@@ -894,14 +885,15 @@ class Store:
         deleted: list[bytes] = []
         deferred: list[bytes] = []
         missing: list[bytes] = []
-        found: list[tuple[bytes, _Object, int]] = []
+        found: list[tuple[bytes, ObjectRecord, int]] = []
         for oid in oids:
             rec = self._objects.get(oid)
-            if rec is None or not rec.sealed or rec.deleting:
+            if rec is None or rec.state not in READABLE:
                 missing.append(oid)
                 continue
-            rec.deleting = True  # (so an id listed twice is missing the second time)
-            if not rec.resident:
+            spilled = rec.state is State.SPILLED
+            step(rec, Step.DELETE)  # (so an id listed twice is missing the second time)
+            if spilled:
                 self._forget_spilled(oid, rec)
                 self._fail_getters(oid, NOT_FOUND)
                 deleted.append(oid)
@@ -941,11 +933,11 @@ class Store:
     def contains(self, oid: bytes) -> bool:
         """True for a sealed object that is not being deleted."""
         rec = self._objects.get(oid)
-        return rec is not None and rec.sealed and not rec.deleting
+        return rec is not None and rec.state in READABLE
 
     def info(self, oid: bytes) -> ObjectInfo:
         rec = self._objects.get(oid)
-        if rec is None or rec.deleting:
+        if rec is None or rec.state is State.DELETED:
             raise ObjectNotFound(f"object {oid.hex()} not found")
         return self._info(oid, rec, self._pins.counts([rec.gen]) if rec.gen else {})
 
@@ -954,12 +946,12 @@ class Store:
         ``ids`` still visible; ref counts include pins."""
         objects = self._objects
         if ids is None:
-            listed = [(oid, rec) for oid, rec in objects.items() if not rec.deleting]
+            listed = [(oid, rec) for oid, rec in objects.items() if rec.state is not State.DELETED]
         else:
             listed = [
                 (oid, rec)
                 for oid in ids
-                if (rec := objects.get(oid)) is not None and not rec.deleting
+                if (rec := objects.get(oid)) is not None and rec.state is not State.DELETED
             ]
         # one pass over the pin tables, for these objects' generations only
         gens = [rec.gen for _, rec in listed if rec.gen]
@@ -979,7 +971,7 @@ class Store:
         are chosen (and stay, spilled)."""
         if nbytes < 0:
             raise BadRequest(f"nbytes must not be negative, got {nbytes}")
-        chosen: list[tuple[float, bytes, _Object]] = []
+        chosen: list[tuple[float, bytes, ObjectRecord]] = []
         copied = True if self._spill else None
         for nd in self._nodes.values():
             total = 0
@@ -1182,7 +1174,7 @@ class Store:
         max_objects = min(max_objects, self._spill_max_objects - self._disk_objects())
         if max_objects <= 0:
             return None
-        picked: list[tuple[bytes, _Object]] = []
+        picked: list[tuple[bytes, ObjectRecord]] = []
         total = 0
         for nd in self._nodes.values():
             want = nd.spill_demand
@@ -1197,7 +1189,8 @@ class Store:
                         break
                     if total + length > room:
                         break
-                    rec.spilling = True
+                    self._token += 1
+                    begin_io(rec, Io.SPILLING, self._token)
                     picked.append((oid, rec))
                     want -= rec.size
                     total += length
@@ -1219,8 +1212,8 @@ class Store:
         live = 0
         dead: list[SpillEntry] = []
         for (oid, rec), entry in zip(picked, entries, strict=True):
-            rec.spilling = False
-            if rec.deleting:
+            end_io(rec, Io.SPILLING)
+            if rec.state in GONE:
                 dead.append(entry)
                 continue
             rec.spill = (file_id, entry)
@@ -1247,10 +1240,10 @@ class Store:
         self._spill_error = reason
         picked = self._batches.pop(file_id)
         for _, rec in picked:
-            rec.spilling = False
+            end_io(rec, Io.SPILLING)
         self._end_batch(picked, now)
 
-    def _end_batch(self, picked: list[tuple[bytes, _Object]], now: float) -> None:
+    def _end_batch(self, picked: list[tuple[bytes, ObjectRecord]], now: float) -> None:
         for _, rec in picked:
             self._io_ended(rec)
         self._space_changed = True
@@ -1270,9 +1263,9 @@ class Store:
         its gets answered), or, with ``error``, its memory is freed and its gets fail:
         ``lost`` (the copy is gone or damaged) drops the object, else it stays on disk."""
         oid, rec = self._restoring.pop(token)
-        rec.restoring = False
-        if error is None and not rec.deleting:
-            rec.resident = True
+        end_io(rec, Io.RESTORING)
+        if error is None and rec.state is State.SPILLED:
+            step(rec, Step.RESTORE)
             length = rec.loc.data_size + rec.loc.metadata_size
             counts = self._spill_counts
             counts["objects"] -= 1
@@ -1288,10 +1281,10 @@ class Store:
             seg = self._segments[rec.loc.segment]
             seg.node.objects -= 1
             self._free_range(seg, rec.loc.offset, rec.size)
-            if error is not None and not rec.deleting:
+            if error is not None and rec.state is State.SPILLED:
                 if lost:
                     self._spill_counts["lost"] += 1
-                    rec.deleting = True
+                    step(rec, Step.DELETE)
                     self._forget_spilled(oid, rec)
                 self._fail_getters(oid, OBJECT_LOST if lost else IO_ERROR)
         self._retry_creates(now)
@@ -1309,13 +1302,13 @@ class Store:
             for e in entries:
                 old = self._objects.get(e.id)
                 if old is not None:
-                    old.deleting = True
+                    step(old, Step.DELETE)
                     self._forget_spilled(e.id, old)
                     adopted -= 1
                 node = e.node if e.node in self._nodes else self._first_node.id
                 loc = ObjectLocation(0, 0, e.data_size, e.metadata_size, node)
                 size = ((e.length or 1) + self._mask) & ~self._mask
-                rec = _Object(loc, size, 0, e.create_time, sealed=True, resident=False)
+                rec = ObjectRecord(loc, size, 0, e.create_time, State.SPILLED)
                 rec.spill = (file_id, e)
                 self._spill_files[file_id][0] += 1
                 self._objects[e.id] = rec
@@ -1327,14 +1320,14 @@ class Store:
                 self._events.append(SpillDead(file_id, None, True))
         return adopted
 
-    def _to_disk(self, oid: bytes, rec: _Object) -> None:
+    def _to_disk(self, oid: bytes, rec: ObjectRecord) -> None:
         """An evicted object with a copy on disk: free its memory, keep it as spilled."""
         self._free_memory(oid, rec)
-        rec.resident = False
+        step(rec, Step.TO_DISK)
         self._spill_counts["objects"] += 1
         self._spill_counts["bytes"] += rec.loc.data_size + rec.loc.metadata_size
 
-    def _drop_copy(self, rec: _Object) -> None:
+    def _drop_copy(self, rec: ObjectRecord) -> None:
         """Forget a deleted object's copy on disk (the file goes with its last object)."""
         if rec.spill is None:
             return
@@ -1346,7 +1339,7 @@ class Store:
             del self._spill_files[file_id]
         self._events.append(SpillDead(file_id, entry, not f[0]))
 
-    def _forget_spilled(self, oid: bytes, rec: _Object) -> None:
+    def _forget_spilled(self, oid: bytes, rec: ObjectRecord) -> None:
         """Drop a deleted object that is only on disk (its restore, if one is under way,
         frees the memory it was reading into when it ends)."""
         if self._objects.get(oid) is rec:
@@ -1357,7 +1350,7 @@ class Store:
         self._spill_counts["bytes"] -= rec.loc.data_size + rec.loc.metadata_size
         self._notify_deleted(oid, rec)
 
-    def _try_restore(self, oid: bytes, rec: _Object, node: int | None, now: float) -> bool:
+    def _try_restore(self, oid: bytes, rec: ObjectRecord, node: int | None, now: float) -> bool:
         """Find memory for a spilled object and start reading it back (a :class:`Restore`
         event): free room on the reader's node (``node``; else the object's own), else on
         any node, else what eviction (or a fallback segment) makes on the reader's node.
@@ -1385,8 +1378,8 @@ class Store:
         old = rec.loc
         rec.loc = ObjectLocation(seg.id, offset, old.data_size, old.metadata_size, seg.node.id)
         seg.node.objects += 1
-        rec.restoring = True
         self._token += 1
+        begin_io(rec, Io.RESTORING, self._token)
         self._restoring[self._token] = (oid, rec)
         assert rec.spill is not None
         self._events.append(Restore(self._token, oid, rec.loc, *rec.spill))
@@ -1456,12 +1449,13 @@ class Store:
         copies = []
         for n, (s, off) in placed:
             loc = ObjectLocation(s.id, off, rec.loc.data_size, rec.loc.metadata_size, n)
-            copy = _Object(loc, rec.size, 0, self._wall(now))  # unsealed until copied
+            copy = ObjectRecord(loc, rec.size, 0, self._wall(now))  # unsealed until copied
             self._replicas[replica_id(oid, n)] = copy
             s.node.objects += 1
             copies.append((n, copy))
-        rec.moving = True  # (its bytes are being read: not freed, moved or evicted meanwhile)
         self._token += 1
+        # (its bytes are being read: not freed, moved or evicted meanwhile)
+        begin_io(rec, Io.MOVING, self._token)
         self._placing[self._token] = ("replicate", client, oid, rec, copies)
         length = rec.loc.data_size + rec.loc.metadata_size
         targets = [copy.loc for _, copy in copies]
@@ -1482,7 +1476,7 @@ class Store:
             self._free_range(seg, offset, size)
         else:
             _, client, oid, rec = job
-            rec.moving = False
+            end_io(rec, Io.MOVING)
             present = self._objects.get(oid) is rec  # (else deleted or freed meanwhile)
             if kind == "migrate":
                 if client in self._clients:  # (every call is answered, whatever happened)
@@ -1507,18 +1501,13 @@ class Store:
 
     def _copied(self, token: int, job: tuple[Any, ...], error: str | None) -> None:
         _, client, oid, _, copies = job
-        rec: _Object = job[3]
-        rec.moving = False
-        alive = (
-            not rec.deleting
-            and self._objects.get(oid) is rec
-            and rec.resident
-            and not self._evicting(rec)
-        )
+        rec: ObjectRecord = job[3]
+        end_io(rec, Io.MOVING)
+        alive = rec.state is State.SEALED
         for n, copy in copies:
             key = replica_id(oid, n)
             if error is None and alive:
-                copy.sealed = True
+                step(copy, Step.SEAL)
                 if not self._replicas_announced:
                     self._directory.announce_replicas()
                     self._replicas_announced = True
@@ -1538,12 +1527,12 @@ class Store:
             self._events.append(ReplicateDone(client, token, result))
         self._io_ended(rec)
 
-    def _orphan_replicas(self, oid: bytes, rec: _Object) -> None:
+    def _orphan_replicas(self, oid: bytes, rec: ObjectRecord) -> None:
         """An object's memory is freed: its copies go too (each once no pin holds it)."""
         for n in rec.replicas:
             key = replica_id(oid, n)
             copy = self._replicas.pop(key)
-            copy.deleting = True
+            step(copy, Step.DELETE)
             self._orphans.append((key, copy))
         rec.replicas = ()
         self._wakeup = True
@@ -1569,12 +1558,12 @@ class Store:
         started = 0
         for oid in readers.candidates():
             rec = self._objects.get(oid)
-            if rec is None or rec.deleting:
+            if rec is None or rec.state is State.DELETED:
                 readers.forget(oid)
                 continue
-            if not rec.sealed or not rec.resident or rec.moving or rec.spilling:
+            if rec.state is not State.SEALED or rec.io is not Io.NONE:
                 continue  # (only on disk: its last segment may be gone)
-            if self._evicting(rec) or self._segments[rec.loc.segment].fallback:
+            if self._segments[rec.loc.segment].fallback:
                 continue
             current = self._nodes_of(rec)
             proposal = readers.proposal(oid, current[0] if len(current) == 1 else -1, now)
@@ -1588,27 +1577,23 @@ class Store:
             started += 1
         return started
 
-    def _pages_of(self, oid: bytes, nodes: Iterable[int]) -> tuple[_Object, _Segment]:
+    def _pages_of(self, oid: bytes, nodes: Iterable[int]) -> tuple[ObjectRecord, _Segment]:
         """The record and segment of a sealed object whose pages may be moved or copied to
         ``nodes`` now (the checks migrate and replicate share)."""
         rec = self._objects.get(oid)
-        if rec is None or rec.deleting or not rec.sealed:
+        if rec is None or rec.state not in READABLE:
             raise ObjectNotFound(f"object {oid.hex()} not found (or not sealed)")
         self._check_nodes(nodes)
-        if not rec.resident or rec.restoring:
+        if rec.state is State.SPILLED:
             raise BadRequest(f"object {oid.hex()} is spilled to disk: get it first")
         seg = self._segments[rec.loc.segment]
         if seg.fallback:
             raise BadRequest(f"object {oid.hex()} is in a file-backed fallback segment")
-        if rec.moving or rec.spilling:
+        if rec.io is not Io.NONE:
             raise BadRequest(f"object {oid.hex()} is being moved or written already")
-        if self._evicting(rec):
+        if rec.state is State.EVICTING:
             raise BadRequest(f"object {oid.hex()} is being evicted: get it first to keep it")
         return rec, seg
-
-    def _evicting(self, rec: _Object) -> bool:
-        """True for an eviction victim waiting for its pin scan (its memory goes then)."""
-        return rec.gen in self._dying and not rec.deleting
 
     def _check_nodes(self, nodes: Iterable[int]) -> None:
         unknown = sorted(n for n in set(nodes) if n not in self._nodes)
@@ -1621,7 +1606,7 @@ class Store:
         if sum(1 for job in self._placing.values() if job[1] == c.id) >= self._max_waiters:
             raise BadRequest(f"client {c.id} already has {self._max_waiters} page moves under way")
 
-    def _nodes_of(self, rec: _Object) -> list[int]:
+    def _nodes_of(self, rec: ObjectRecord) -> list[int]:
         """The nodes an object's pages are on (as asked)."""
         if rec.pages_on is not None:
             return list(rec.pages_on)
@@ -1634,7 +1619,7 @@ class Store:
         end = -(-(offset + size) // page) * page
         return start, end - start
 
-    def _charges(self, rec: _Object, nodes: tuple[int, ...]) -> dict[int, int]:
+    def _charges(self, rec: ObjectRecord, nodes: tuple[int, ...]) -> dict[int, int]:
         """Bytes of ``rec``'s pages that land on each node of ``nodes`` other than its
         segment's (those count against that node's budget), when placed there evenly."""
         seg = self._segments[rec.loc.segment]
@@ -1657,7 +1642,7 @@ class Store:
         for n, nbytes in charges.items():
             self._nodes[n].placed_in += sign * nbytes
 
-    def _move(self, oid: bytes, rec: _Object, nodes: tuple[int, ...]) -> int:
+    def _move(self, oid: bytes, rec: ObjectRecord, nodes: tuple[int, ...]) -> int:
         """Start moving ``rec``'s pages to ``nodes`` (interleaved when more than one), its
         charges going from where they are to there: StoreFull if a node lacks the room."""
         old = self._charges(rec, rec.pages_on) if rec.pages_on is not None else {}
@@ -1675,7 +1660,8 @@ class Store:
         seg = self._segments[rec.loc.segment]
         home = seg.node.id
         rec.pages_on = None if nodes == (home,) else nodes
-        rec.moving = True
+        self._token += 1
+        begin_io(rec, Io.MOVING, self._token)
         start, length = self._page_range(rec.loc.offset, rec.size)
         mode = "interleave" if len(nodes) > 1 else "bind"
         return self._start_place(None, seg, start, length, mode, list(nodes))
@@ -1695,7 +1681,7 @@ class Store:
         self._events.append(Place(self._token, seg.id, start, length, mode, nodes))
         return self._token
 
-    def _abort_placed(self, client: int, oid: bytes, rec: _Object) -> None:
+    def _abort_placed(self, client: int, oid: bytes, rec: ObjectRecord) -> None:
         """Undo an interleaved create whose pages could not be placed."""
         c = self._clients[client]
         c.creating.discard(oid)
@@ -1850,7 +1836,7 @@ class Store:
                     return None
                 self._free_due(now)
 
-    def _eviction_plan(self, nd: _Node, size: int, now: float) -> list[tuple[bytes, _Object]]:
+    def _eviction_plan(self, nd: _Node, size: int, now: float) -> list[tuple[bytes, ObjectRecord]]:
         """The shortest run of CLOCK candidates (:meth:`_clock`) of the node whose eviction
         makes room for ``size`` bytes: a contiguous free run in one segment, or budget for a
         new segment once the segments it empties are dropped; then, as one round of
@@ -1876,8 +1862,8 @@ class Store:
         return plan
 
     def _plan_room(
-        self, nd: _Node, size: int, walk: Iterator[tuple[bytes, _Object]]
-    ) -> list[tuple[bytes, _Object]]:
+        self, nd: _Node, size: int, walk: Iterator[tuple[bytes, ObjectRecord]]
+    ) -> list[tuple[bytes, ObjectRecord]]:
         page = self._page_size
         need = -(-size // page) * page
         room = (nd.budget - nd.segment_bytes - nd.placed_in) // page * page  # for new segments
@@ -1887,7 +1873,7 @@ class Store:
         runs_by_start: dict[_Segment, dict[int, int]] = {}  # simulated runs: start -> end
         runs_by_end: dict[_Segment, dict[int, int]] = {}  # end -> start
         freed: dict[_Segment, int] = {}
-        plan: list[tuple[bytes, _Object]] = []
+        plan: list[tuple[bytes, ObjectRecord]] = []
         segments = self._segments
         for oid, rec in walk:
             seg, lo = segments[rec.loc.segment], rec.loc.offset
@@ -2029,14 +2015,15 @@ class Store:
         self._used -= size
         self._space_changed = True
 
-    def _free_object(self, oid: bytes, rec: _Object) -> None:
+    def _free_object(self, oid: bytes, rec: ObjectRecord) -> None:
         """Forget an object no pin can hold (unsealed, never published, or scanned) and
         give back its memory (see :meth:`_free_memory`)."""
         if self._objects.get(oid) is rec:
             del self._objects[oid]
+        step(rec, Step.FREE)
         self._free_memory(oid, rec)
 
-    def _free_memory(self, oid: bytes, rec: _Object) -> None:
+    def _free_memory(self, oid: bytes, rec: ObjectRecord) -> None:
         """Give back an object's memory (its record may live on, spilled): at once, or when
         the I/O reading or moving it (a spill write, a page move, a copy) ends. Its copies
         on other nodes go too, each once no pin holds it."""
@@ -2047,15 +2034,15 @@ class Store:
         rec.pages_on = None
         if rec.replicas:
             self._orphan_replicas(oid, rec)
-        if rec.spilling or rec.moving:
-            self._after_io.setdefault(id(rec), []).append(held)
+        if rec.io is Io.SPILLING or rec.io is Io.MOVING:
+            self._after_io.setdefault(rec.io_token, []).append(held)
         else:
             self._release(*held)
 
-    def _io_ended(self, rec: _Object) -> None:
+    def _io_ended(self, rec: ObjectRecord) -> None:
         """The I/O on ``rec``'s memory ended: free what was given back meanwhile."""
         if self._after_io:
-            for held in self._after_io.pop(id(rec), ()):
+            for held in self._after_io.pop(rec.io_token, ()):
                 self._release(*held)
 
     def _release(
@@ -2072,29 +2059,30 @@ class Store:
             ("rehome", seg, offset, size, charges), seg, start, length, "bind", [seg.node.id]
         )
 
-    def _evict(self, oid: bytes, rec: _Object, now: float) -> None:
+    def _evict(self, oid: bytes, rec: ObjectRecord, now: float) -> None:
         """Evict a sealed unreferenced object (its memory is free after the pin scan)."""
         self._lru_pop(oid, rec)
         if self._doom(oid, rec, now):
             self._segments[rec.loc.segment].node.evicting += 1
-        elif rec.resident:  # (not: only on disk now)
+        elif rec.state is State.FREED:  # (not: only on disk now)
             self._evictions += 1
             self._notify_deleted(oid, rec)
 
-    def _generation_of(self, rec: _Object) -> int:
+    def _generation_of(self, rec: ObjectRecord) -> int:
         """The generation an object was published with; 0 if it never was."""
         return rec.gen
 
-    def _doom(self, oid: bytes, rec: _Object, now: float) -> bool:
+    def _doom(self, oid: bytes, rec: ObjectRecord, now: float) -> bool:
         """Free a sealed, unreferenced object that is deleted or evicted, once no pin holds
         it: at once if it was never published (returns False), else after the grace period
         (its slot reads dying from now on; returns True). A deleted object leaves the table
         now, so its id can be created again."""
-        if rec.deleting and self._objects.get(oid) is rec:
+        deleted = rec.state is State.DELETED
+        if deleted and self._objects.get(oid) is rec:
             del self._objects[oid]
         gen = self._generation_of(rec)
         if not gen:
-            if rec.spill is not None and not rec.deleting:
+            if rec.spill is not None and not deleted:
                 self._to_disk(oid, rec)
             else:
                 self._free_object(oid, rec)
@@ -2102,6 +2090,8 @@ class Store:
         if gen in self._dying:  # an eviction victim deleted meanwhile: now a deleted object
             self._segments[rec.loc.segment].node.evicting -= 1
             return True
+        if not deleted:
+            step(rec, Step.EVICT)
         if rec.slot >= 0 and self._directory.state(rec.slot) != DYING:
             self._directory.set_state(rec.slot, DYING)
         self._mark_copies(oid, rec, DYING, now)
@@ -2109,7 +2099,7 @@ class Store:
         self._wakeup = True
         return True
 
-    def _mark_copies(self, oid: bytes, rec: _Object, state: int, now: float = 0.0) -> None:
+    def _mark_copies(self, oid: bytes, rec: ObjectRecord, state: int, now: float = 0.0) -> None:
         """Mark the directory slots of an object's copies dying with it, at ``now`` (so that
         when it is freed they are scanned at once if their grace period has passed), or
         sealed again with it."""
@@ -2129,7 +2119,7 @@ class Store:
         pinned deleted ones for a later scan, and give eviction victims a reader pinned
         meanwhile back to the CLOCK."""
         dying = self._dying
-        due: list[tuple[int, bytes, _Object]] = []
+        due: list[tuple[int, bytes, ObjectRecord]] = []
         if self._orphans:
             orphans, self._orphans = self._orphans, []
             for key, copy in orphans:
@@ -2156,12 +2146,13 @@ class Store:
         newly = len(due) - rescanned  # (the rescanned ones come last)
         added = False  # deleted objects found pinned for the first time
         for i, (gen, oid, rec) in enumerate(due):
-            evicted = not rec.deleting
+            evicted = rec.state is State.EVICTING
             if evicted:
                 self._segments[rec.loc.segment].node.evicting -= 1
             if gen not in pinned:
                 self._finish(gen, oid, rec, evicted)
             elif evicted:  # a reader pinned it during the grace period: it stays
+                step(rec, Step.REVIVE)
                 if rec.slot >= 0:
                     self._directory.set_state(rec.slot, SEALED)
                 self._mark_copies(oid, rec, SEALED)
@@ -2193,7 +2184,7 @@ class Store:
             self._rescan_at = now + self._rescan_gap
         self._wakeup = True
 
-    def _finish(self, gen: int, oid: bytes, rec: _Object, evicted: bool) -> None:
+    def _finish(self, gen: int, oid: bytes, rec: ObjectRecord, evicted: bool) -> None:
         """Free a doomed object after a scan found no pin on it."""
         del self._published[gen]
         rec.gen = 0
@@ -2208,18 +2199,18 @@ class Store:
             self._evictions += 1
             self._notify_deleted(oid, rec)
 
-    def _revive(self, oid: bytes, rec: _Object) -> None:
+    def _revive(self, oid: bytes, rec: ObjectRecord) -> None:
         """An eviction victim is asked for (a Get): it stays."""
-        gen = self._generation_of(rec)
-        if self._dying.pop(gen, None) is not None:
-            self._segments[rec.loc.segment].node.evicting -= 1
-            if rec.slot >= 0:
-                self._directory.set_state(rec.slot, SEALED)
-            self._mark_copies(oid, rec, SEALED)
+        del self._dying[self._generation_of(rec)]
+        self._segments[rec.loc.segment].node.evicting -= 1
+        step(rec, Step.REVIVE)
+        if rec.slot >= 0:
+            self._directory.set_state(rec.slot, SEALED)
+        self._mark_copies(oid, rec, SEALED)
 
     def _clock(
         self, nd: _Node, now: float, copied: bool | None = None
-    ) -> Generator[tuple[bytes, _Object], None, None]:
+    ) -> Generator[tuple[bytes, ObjectRecord], None, None]:
         """Eviction candidates of ``nd`` in CLOCK order: unreferenced objects in the order
         they lost their last reference, first passing over those whose access byte a reader
         set since the hand last passed (the byte is cleared: a second chance; they come
@@ -2228,7 +2219,7 @@ class Store:
         to end it. ``copied`` True: only objects with a copy on disk; False: only those
         without one and not being written."""
         passed: list[bytes] = []
-        second: list[tuple[bytes, _Object]] = []
+        second: list[tuple[bytes, ObjectRecord]] = []
         items = iter(nd.lru.items())
         chunk = CLOCK_CHUNK
         try:
@@ -2247,20 +2238,22 @@ class Store:
 
     def _clock_batch(
         self,
-        batch: list[tuple[bytes, _Object]],
+        batch: list[tuple[bytes, ObjectRecord]],
         pinned: set[int],
         passed: list[bytes],
-        second: list[tuple[bytes, _Object]],
+        second: list[tuple[bytes, ObjectRecord]],
         now: float,
         copied: bool | None,
-    ) -> Generator[tuple[bytes, _Object], None, None]:
+    ) -> Generator[tuple[bytes, ObjectRecord], None, None]:
         """One chunk of :meth:`_clock`'s walk (``pinned``: which of its generations some
         client pins)."""
         access = self._access
         for oid, rec in batch:
-            if rec.moving:
+            if rec.io is Io.MOVING:
                 continue
-            if copied is not None and ((rec.spill is not None) is not copied or rec.spilling):
+            if copied is not None and (
+                (rec.spill is not None) is not copied or rec.io is Io.SPILLING
+            ):
                 continue
             slot = rec.slot
             if slot >= 0 and access[slot]:
@@ -2277,7 +2270,7 @@ class Store:
                 continue
             yield oid, rec
 
-    def _publish(self, oid: bytes, rec: _Object, flags: int = 0) -> None:
+    def _publish(self, oid: bytes, rec: ObjectRecord, flags: int = 0) -> None:
         """Put a newly sealed object (``flags`` REPLICA: a copy) in the directory (rebuilt
         first when full)."""
         if self._directory.full():
@@ -2356,7 +2349,7 @@ class Store:
         seg, offset = placed
         nd = seg.node
         loc = ObjectLocation(seg.id, offset, data_size, metadata_size, nd.id)
-        rec = _Object(loc, size, c.id, self._wall(now), ref_count=1)
+        rec = ObjectRecord(loc, size, c.id, self._wall(now), ref_count=1)
         self._objects[oid] = rec
         nd.objects += 1
         c.refs[oid] = 1
@@ -2408,15 +2401,15 @@ class Store:
         a.cursor = offset + size
         nd = seg.node
         loc = ObjectLocation(seg.id, offset, obj.data_size, obj.metadata_size, nd.id)
-        rec = _Object(loc, size, c.id, self._wall(now), sealed=True)
+        rec = ObjectRecord(loc, size, c.id, self._wall(now), State.SEALED)
         self._objects[oid] = rec
         nd.objects += 1
         self._announce(oid, rec)
         if rec.ref_count == 0:
             self._unreferenced(oid, rec, now)
 
-    def _add_ref(self, c: _Client, oid: bytes, rec: _Object) -> None:
-        if rec.ref_count == 0 and not self._lru_pop(oid, rec) and self._dying:
+    def _add_ref(self, c: _Client, oid: bytes, rec: ObjectRecord) -> None:
+        if rec.ref_count == 0 and not self._lru_pop(oid, rec) and rec.state is State.EVICTING:
             self._revive(oid, rec)  # an eviction victim waiting for its pin scan
         rec.ref_count += 1
         refs = c.refs
@@ -2425,10 +2418,10 @@ class Store:
             c.ref_bytes += rec.size
         refs[oid] = n + 1
 
-    def _unreferenced(self, oid: bytes, rec: _Object, now: float) -> None:
+    def _unreferenced(self, oid: bytes, rec: ObjectRecord, now: float) -> None:
         """A sealed object lost its last reference: free it if deleted (once no pin holds
         it), else put it at the back of the CLOCK."""
-        if rec.deleting:
+        if rec.state is State.DELETED:
             self._doom(oid, rec, now)
             return
         seg = self._segments[rec.loc.segment]
@@ -2443,7 +2436,7 @@ class Store:
         elif self._spill and nd.used - nd.lru_copied > self._spill_threshold * nd.budget:
             self._spill_wakeup = True
 
-    def _lru_pop(self, oid: bytes, rec: _Object) -> bool:
+    def _lru_pop(self, oid: bytes, rec: ObjectRecord) -> bool:
         nd = self._segments[rec.loc.segment].node
         if nd.lru.pop(oid, None) is None:
             return False
@@ -2452,10 +2445,10 @@ class Store:
             nd.lru_copied -= rec.size
         return True
 
-    def _info(self, oid: bytes, rec: _Object, pins: dict[int, int]) -> ObjectInfo:
+    def _info(self, oid: bytes, rec: ObjectRecord, pins: dict[int, int]) -> ObjectInfo:
         loc = rec.loc
-        state = "spilled" if not rec.resident else "sealed" if rec.sealed else "created"
-        pinned = pins.get(self._generation_of(rec), 0) if pins and rec.sealed else 0
+        state = "sealed" if rec.state in IN_MEMORY else rec.state.value
+        pinned = pins.get(self._generation_of(rec), 0) if pins and rec.state in IN_MEMORY else 0
         return ObjectInfo(
             oid,
             loc.data_size,
@@ -2465,14 +2458,14 @@ class Store:
             rec.ref_count + pinned,
             rec.create_time,
             rec.owner,
-            rec.construct_duration if rec.sealed else -1.0,
-            list(rec.pages_on) if rec.pages_on is not None and rec.resident else [],
+            rec.construct_duration if rec.state is not State.CREATED else -1.0,
+            list(rec.pages_on) if rec.pages_on is not None else [],
             list(rec.replicas),
         )
 
     # ------------------------------------------------------------ internals: notifications
 
-    def _announce(self, oid: bytes, rec: _Object) -> None:
+    def _announce(self, oid: bytes, rec: ObjectRecord) -> None:
         """A new sealed object: publish it, complete get waiters, notify subscribers."""
         self._publish(oid, rec)
         self._serve_getters(oid, rec)
@@ -2490,7 +2483,7 @@ class Store:
                         Notify(sub, "sealed", oid, loc.data_size, loc.metadata_size)
                     )
 
-    def _serve_getters(self, oid: bytes, rec: _Object) -> None:
+    def _serve_getters(self, oid: bytes, rec: ObjectRecord) -> None:
         """Give the gets waiting for ``oid`` the object (now in memory)."""
         waiting = self._get_waiting.pop(oid, None)
         if waiting:
@@ -2509,7 +2502,7 @@ class Store:
             if w.missing == 0:
                 self._finish_get(w)
 
-    def _notify_deleted(self, oid: bytes, rec: _Object) -> None:
+    def _notify_deleted(self, oid: bytes, rec: ObjectRecord) -> None:
         loc = rec.loc
         for sub in self._subscribers:
             self._events.append(Notify(sub, "deleted", oid, loc.data_size, loc.metadata_size))
@@ -2635,7 +2628,7 @@ class Store:
             mine = held.clients[c.id] = _Holding()
             for oid in c.refs:
                 rec = self._objects.get(oid)
-                if rec is None or not rec.resident:
+                if rec is None or rec.state is State.SPILLED:
                     continue
                 if nd is not None and segments[rec.loc.segment].node is not nd:
                     continue
@@ -2669,7 +2662,7 @@ class Store:
                     continue
                 key, rec = published
                 segment = segments.get(rec.loc.segment)
-                if segment is None or not rec.resident:
+                if segment is None or rec.state is State.SPILLED:
                     continue
                 if nd is not None and segment.node is not nd:
                     continue
@@ -2720,9 +2713,11 @@ class Store:
         }
 
     def _held_object(
-        self, key: bytes, rec: _Object, referenced_by: list[int], pinned_by: list[int]
+        self, key: bytes, rec: ObjectRecord, referenced_by: list[int], pinned_by: list[int]
     ) -> dict[str, Any]:
-        state = "deleting" if rec.deleting else "sealed" if rec.sealed else "unsealed"
+        state = {State.CREATED: "unsealed", State.SEALED: "sealed", State.EVICTING: "sealed"}.get(
+            rec.state, "deleting"
+        )
         return {
             "id": key.hex(),
             "size": rec.size,
