@@ -4,11 +4,19 @@ One concern a module (see each module's docstring for what it owns and must neve
 
 * :mod:`~plasma.store.facade`: :class:`Store`, the API the coordinator calls; it owns the
   clients and subscriptions and applies the decisions the parts below return.
+* :mod:`~plasma.store.objects`: an object's record, its state and I/O enums, and the one
+  transition table that changes them.
+* :mod:`~plasma.store.memory`: node budgets, segments, page and alignment rounding.
+* :mod:`~plasma.store.clients`, :mod:`~plasma.store.arenas`, :mod:`~plasma.store.waiters`:
+  what the store keeps per client, per arena and per waiting request.
+* :mod:`~plasma.store.holders`: who holds memory (per client and in all).
+* :mod:`~plasma.store.directory_memory`: where the directory's shared memory comes from.
 * :mod:`~plasma.store.events`: what the store asks of its caller (answers, messages, I/O).
 
 The coordinator imports from here, never from the modules themselves.
 """
 
+from plasma.store.directory_memory import DirectoryMemory, LocalDirectoryMemory
 from plasma.store.events import (
     AskReclaim,
     Copy,
@@ -40,6 +48,7 @@ from plasma.store.facade import (
     SegmentProvider,
     Store,
 )
+from plasma.store.memory import SegmentProvider
 
 __all__ = [
     "IO_ERROR",

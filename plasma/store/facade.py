@@ -53,13 +53,12 @@ import contextlib
 import heapq
 import itertools
 import math
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable, Iterator
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from plasma.allocator import Allocator
 from plasma.directory import (
     DYING,
     MIN_CAPACITY,
@@ -86,6 +85,9 @@ from plasma.errors import (
 from plasma.follow import ReaderTracker
 from plasma.ids import ID_SIZE, replica_id
 from plasma.records import ArenaObject, CreateItem, ObjectInfo, ObjectLocation, SpillEntry
+from plasma.store.arenas import Arena
+from plasma.store.clients import ClientRecord
+from plasma.store.directory_memory import DirectoryMemory, LocalDirectoryMemory
 from plasma.store.events import (
     AskReclaim,
     Copy,
@@ -104,6 +106,8 @@ from plasma.store.events import (
     SegmentFreed,
     SpillDead,
 )
+from plasma.store.holders import Held, Holding, holding_text
+from plasma.store.memory import Node, Segment, SegmentProvider, page_range, round_up
 from plasma.store.objects import (
     GONE,
     IN_MEMORY,
@@ -116,6 +120,7 @@ from plasma.store.objects import (
     end_io,
     step,
 )
+from plasma.store.waiters import CreateWaiter, GetWaiter
 
 RECLAIM_INTERVAL = 1.0  # seconds between two AskReclaim events to the same client
 RECLAIM_WAIT = 0.25  # seconds a create that would fail at once waits for reclaimed memory
@@ -138,47 +143,6 @@ NOT_FOUND = "object_not_found"
 TIMED_OUT = "timeout"
 
 
-class SegmentProvider(Protocol):
-    """Creates and frees the shared-memory segments objects are carved from."""
-
-    def new_segment(self, node: int, size: int) -> int:
-        """A new segment of ``size`` bytes (a page multiple) on ``node``; returns its id.
-
-        May raise :class:`~plasma.errors.PlasmaError` (StoreFull, Unsupported).
-        """
-        ...
-
-    def free_segment(self, segment: int) -> None: ...
-
-    def new_fallback_segment(self, node: int, size: int) -> int:
-        """A file-backed segment of ``size`` bytes with every block allocated (only called
-        with ``fallback``); raises StoreFull when the disk cannot hold it."""
-        ...
-
-
-class DirectoryMemory(Protocol):
-    """Creates the shared memory the directory and its access bytes live in."""
-
-    def new_directory(self, nbytes: int, access_bytes: int) -> tuple[Any, Any]:
-        """Zero-filled writable buffers for a directory and its access bytes. May raise
-        PlasmaError (the store then keeps its current directory)."""
-        ...
-
-    def free_directory(self, directory: Any, access: Any) -> None:
-        """The store no longer uses these buffers (readers may still map them)."""
-        ...
-
-
-class LocalDirectoryMemory:
-    """Directory memory in this process only (for the store without a coordinator)."""
-
-    def new_directory(self, nbytes: int, access_bytes: int) -> tuple[Any, Any]:
-        return bytearray(nbytes), bytearray(access_bytes)
-
-    def free_directory(self, directory: Any, access: Any) -> None:
-        pass
-
-
 # what stats()["spill"] counts
 _SPILL_COUNTS = (
     "objects",  # only on disk now
@@ -194,192 +158,6 @@ _SPILL_COUNTS = (
 
 def _rate(nbytes: int, seconds: float) -> float:
     return nbytes / seconds if seconds > 0 else 0.0
-
-
-# ---------------------------------------------------------------- records
-
-
-class _Segment:
-    __slots__ = ("alloc", "fallback", "id", "node", "size")
-
-    def __init__(
-        self, segment_id: int, node: _Node, size: int, alignment: int, fallback: bool = False
-    ) -> None:
-        self.id = segment_id
-        self.node = node
-        self.size = size
-        self.alloc = Allocator(size, alignment)
-        self.fallback = fallback  # file-backed, outside the node's budget
-
-
-class _Node:
-    __slots__ = (
-        "budget",
-        "evicting",
-        "id",
-        "lru",
-        "lru_bytes",
-        "lru_copied",
-        "objects",
-        "placed_in",
-        "segment_bytes",
-        "segments",
-        "shortage",
-        "spill_demand",
-        "used",
-    )
-
-    def __init__(self, node_id: int, budget: int) -> None:
-        self.id = node_id
-        self.budget = budget
-        self.segments: list[_Segment] = []
-        self.segment_bytes = 0
-        self.used = 0
-        self.objects = 0
-        self.shortage = ""  # why the provider last failed to make a segment (e.g. no hugepages)
-        # sealed, unreferenced objects, in the order they became unreferenced (CLOCK's ring)
-        self.lru: OrderedDict[bytes, ObjectRecord] = OrderedDict()
-        self.lru_bytes = 0  # allocated bytes of the objects in ``lru``
-        self.lru_copied = 0  # ... of those that have a copy on disk (evicting them loses none)
-        self.evicting = 0  # eviction victims waiting for their pin scan
-        self.spill_demand = 0  # bytes creates and restores wait to have spilled
-        self.placed_in = 0  # bytes of other nodes' objects whose pages were moved here
-
-
-class _Arena:
-    __slots__ = ("cursor", "end", "grant", "segment", "start")
-
-    def __init__(self, segment: _Segment, start: int, end: int, grant: int) -> None:
-        self.segment = segment
-        self.start = start
-        self.end = end
-        self.grant = grant
-        self.cursor = start  # first byte not yet handed to an object or returned
-
-
-class _GetWaiter:
-    __slots__ = ("client", "deadline", "done", "missing", "oids", "results", "token")
-
-    def __init__(self, client: int, token: int, oids: list[bytes], results: list) -> None:
-        self.client = client
-        self.token = token
-        self.oids = oids
-        self.results: list[ObjectLocation | str | None] = results
-        self.missing = results.count(None)
-        self.deadline: float | None = None
-        self.done = False
-
-
-class _CreateWaiter:
-    """A create (``items``) or an arena request (``arena``: size and least size) waiting
-    for space."""
-
-    __slots__ = ("arena", "client", "deadline", "done", "items", "node", "now", "token")
-
-    def __init__(
-        self,
-        client: int,
-        token: int,
-        items: list[CreateItem],
-        node: _Node,
-        now: float,
-        arena: tuple[int, int] | None = None,
-    ) -> None:
-        self.client = client
-        self.token = token
-        self.items = items
-        self.arena = arena
-        self.node = node
-        self.now = now  # the request's time, the objects' create_time
-        self.deadline: float | None = None
-        self.done = False
-
-
-class _Holding:
-    """What one client holds (see Store.holders): bytes and objects it references (sealed),
-    creates (unsealed), pins without referencing them, and its arena's unused tail."""
-
-    __slots__ = ("arena", "pin_bytes", "pins", "ref_bytes", "refs", "unsealed", "unsealed_bytes")
-
-    def __init__(self) -> None:
-        self.refs = self.ref_bytes = 0
-        self.pins = self.pin_bytes = 0
-        self.unsealed = self.unsealed_bytes = 0
-        self.arena = 0
-
-    @property
-    def total(self) -> int:
-        return self.ref_bytes + self.pin_bytes + self.unsealed_bytes + self.arena
-
-
-def _holding_text(h: _Holding) -> str:
-    """``"N bytes: R referenced, P pinned, ..."`` (the kinds it holds some of)."""
-    kinds = [
-        (h.ref_bytes, "referenced"),
-        (h.pin_bytes, "pinned"),
-        (h.unsealed_bytes, "being written"),
-        (h.arena, "in its arena"),
-    ]
-    parts = ", ".join(f"{n} {kind}" for n, kind in kinds if n)
-    return f"{h.total} bytes: {parts}"
-
-
-class _Held:
-    """What holds memory (of one node, or of all): see Store._held_on and Store.holders."""
-
-    __slots__ = (
-        "arenas",
-        "clients",
-        "objects",
-        "pinned_only",
-        "pinned_unreferenced",
-        "referenced",
-        "writing",
-    )
-
-    def __init__(self) -> None:
-        self.referenced = 0  # sealed objects with references (bytes; shared ones once each)
-        self.writing = 0  # unsealed objects
-        self.arenas = 0  # the unused tails of arenas
-        self.pinned_unreferenced = 0  # bytes of live unreferenced objects readers pin
-        self.pinned_only = 0  # bytes of every object pins hold and no reference (dying too)
-        self.clients: dict[int, _Holding] = {}  # every client, holding something or not
-        # with objects asked for: id -> (record, clients referencing it, clients pinning it)
-        self.objects: dict[bytes, tuple[ObjectRecord, list[int], list[int]]] | None = None
-
-    @property
-    def total(self) -> int:
-        return self.referenced + self.writing + self.arenas
-
-    @property
-    def by_client(self) -> Counter[int]:
-        """Bytes held per client (those holding some)."""
-        return Counter({cid: h.total for cid, h in self.clients.items() if h.total})
-
-
-class _Client:
-    __slots__ = (
-        "arena",
-        "creating",
-        "id",
-        "label",
-        "node",
-        "reclaim_at",
-        "ref_bytes",
-        "refs",
-        "waiters",
-    )
-
-    def __init__(self, client_id: int, node: int | None, label: str = "") -> None:
-        self.id = client_id
-        self.node = node
-        self.label = label or f"client {client_id}"
-        self.refs: dict[bytes, int] = {}
-        self.ref_bytes = 0  # allocated bytes of the objects in ``refs``
-        self.reclaim_at = -math.inf  # when it was last sent an AskReclaim
-        self.creating: set[bytes] = set()
-        self.waiters: set[_GetWaiter | _CreateWaiter] = set()
-        self.arena: _Arena | None = None
 
 
 # ---------------------------------------------------------------- the store
@@ -464,26 +242,26 @@ class Store:
         self._provider = provider
         self._wall_clock = wall_clock
         self._page_size = page_size
-        self._segment_size = -(-segment_size // page_size) * page_size
+        self._segment_size = round_up(segment_size, page_size)
         self._mask = alignment - 1
         self._max_object_size = max_object_size
         self._max_waiters = max_waiters
         self._max_waiting_ids = max_waiting_ids
         self._reclaim_wait = reclaim_wait
-        self._nodes = {n: _Node(n, b // page_size * page_size) for n, b in sorted(budgets.items())}
+        self._nodes = {n: Node(n, b // page_size * page_size) for n, b in sorted(budgets.items())}
         capacity = sum(nd.budget for nd in self._nodes.values())
         self._subscriber_pin_limit = (
             capacity // 8 if subscriber_pin_limit is None else subscriber_pin_limit
         )
         self._first_node = next(iter(self._nodes.values()))
-        self._segments: dict[int, _Segment] = {}
+        self._segments: dict[int, Segment] = {}
         self._objects: dict[bytes, ObjectRecord] = {}
-        self._clients: dict[int, _Client] = {}
+        self._clients: dict[int, ClientRecord] = {}
         self._subscribers: dict[int, bool] = {}  # client -> with_locations
-        self._get_waiting: dict[bytes, list[tuple[_GetWaiter, int]]] = {}
-        self._create_waiters: dict[int, _CreateWaiter] = {}  # FIFO by token
+        self._get_waiting: dict[bytes, list[tuple[GetWaiter, int]]] = {}
+        self._create_waiters: dict[int, CreateWaiter] = {}  # FIFO by token
         self._get_waiter_count = 0
-        self._deadlines: list[tuple[float, int, _GetWaiter | _CreateWaiter]] = []
+        self._deadlines: list[tuple[float, int, GetWaiter | CreateWaiter]] = []
         self._dead_deadlines = 0
         self._events: list[Event] = []
         self._used = 0
@@ -533,7 +311,7 @@ class Store:
         self._restore_queue: dict[bytes, tuple[ObjectRecord, int | None]] = {}  # -> reader's node
         # memory of objects freed (or gone to disk) while it was being written to disk,
         # moved or copied: (segment, offset, size, charges) freed when that I/O ends
-        self._after_io: dict[int, list[tuple[_Segment, int, int, dict[int, int] | None]]] = {}
+        self._after_io: dict[int, list[tuple[Segment, int, int, dict[int, int] | None]]] = {}
         # page moves under way: token -> what to do when done (see _start_place)
         self._placing: dict[int, tuple[Any, ...]] = {}
         self._readers = follow_readers
@@ -565,7 +343,7 @@ class Store:
             raise BadRequest(f"client {client} is already registered")
         if node is not None and node not in self._nodes:
             raise PlacementImpossible(f"node {node} is not one of {list(self._nodes)}")
-        self._clients[client] = _Client(client, node, label)
+        self._clients[client] = ClientRecord(client, node, label)
         if pins is not None:
             self._pins.add(client, pins)
 
@@ -650,7 +428,7 @@ class Store:
 
     def _create_interleaved(
         self,
-        c: _Client,
+        c: ClientRecord,
         oid: bytes,
         data_size: int,
         metadata_size: int,
@@ -661,7 +439,7 @@ class Store:
             raise ObjectExists(f"object {oid.hex()} already exists")
         self._check_placing(c)
         page = self._page_size
-        size = -(-max(1, data_size + metadata_size) // page) * page
+        size = round_up(max(1, data_size + metadata_size), page)
         home = c.node if c.node in nodes else None
         nd = (
             self._nodes[home]
@@ -679,7 +457,7 @@ class Store:
         if seg.fallback:  # file pages: no NUMA policy to set
             self._free_range(seg, offset, padded)
             raise StoreFull(f"{self._no_space(nd)} for an interleaved {size} bytes")
-        start = -(-offset // page) * page
+        start = round_up(offset, page)
         if start > offset:
             self._free_range(seg, offset, start - offset)
         if offset + padded > start + size:
@@ -806,7 +584,7 @@ class Store:
                 return results  # type: ignore[return-value]
             deadline = now + SPILL_WAIT  # a restore is no wait for a seal
         self._token += 1
-        w = _GetWaiter(client, self._token, list(oids), results)
+        w = GetWaiter(client, self._token, list(oids), results)
         for i, r in enumerate(results):
             if r is None:
                 self._get_waiting.setdefault(oids[i], []).append((w, i))
@@ -820,7 +598,7 @@ class Store:
                 self._restore_queue[oid] = (rec, c.node)
         return Pending(w.token)
 
-    def _local_copy(self, oid: bytes, rec: ObjectRecord, c: _Client) -> ObjectLocation:
+    def _local_copy(self, oid: bytes, rec: ObjectRecord, c: ClientRecord) -> ObjectLocation:
         """Where ``c`` reads ``rec``: the copy on its node, if there is one (the reference
         taken on the object keeps the copies too)."""
         if c.node in rec.replicas:
@@ -1085,10 +863,10 @@ class Store:
         c = self._client(client)
         if size <= 0:
             raise BadRequest(f"arena size must be positive, got {size}")
-        n = (size + self._mask) & ~self._mask
-        least = min(n, (min_size + self._mask) & ~self._mask) or n
+        n = round_up(size, self.alignment)
+        least = min(n, round_up(min_size, self.alignment)) or n
         nd = self._choose_node(c, node, least)
-        if any(isinstance(w, _CreateWaiter) and w.arena for w in c.waiters):
+        if any(isinstance(w, CreateWaiter) and w.arena for w in c.waiters):
             raise BadRequest(f"client {client} already has an arena request waiting")
         if c.arena is not None:
             self._return_arena_tail(c)
@@ -1102,12 +880,12 @@ class Store:
         deadline = self._reclaim_deadline(nd, 0.0, None, now, least)
         self._check_waiters(c)
         self._token += 1
-        w = _CreateWaiter(c.id, self._token, [], nd, now, arena=(n, least))
+        w = CreateWaiter(c.id, self._token, [], nd, now, arena=(n, least))
         self._create_waiters[w.token] = w
         self._add_waiter(c, w, deadline)
         return Pending(w.token)
 
-    def _try_arena(self, c: _Client, nd: _Node, n: int, least: int, now: float) -> Grant | None:
+    def _try_arena(self, c: ClientRecord, nd: Node, n: int, least: int, now: float) -> Grant | None:
         n = max(least, min(n, nd.budget // 4 - self._arena_tails(nd)))
         placed = self._allocate(nd, n, now, evict=n == least)  # no eviction for a bigger arena
         if placed is None and n > least:
@@ -1119,7 +897,7 @@ class Store:
             self._return_arena_tail(c)
         seg, offset = placed
         self._grants += 1
-        c.arena = _Arena(seg, offset, offset + n, self._grants)
+        c.arena = Arena(seg, offset, offset + n, self._grants)
         return Grant(seg.id, offset, n, self._grants)
 
     def seal_arena(
@@ -1307,7 +1085,7 @@ class Store:
                     adopted -= 1
                 node = e.node if e.node in self._nodes else self._first_node.id
                 loc = ObjectLocation(0, 0, e.data_size, e.metadata_size, node)
-                size = ((e.length or 1) + self._mask) & ~self._mask
+                size = round_up(e.length or 1, self.alignment)
                 rec = ObjectRecord(loc, size, 0, e.create_time, State.SPILLED)
                 rec.spill = (file_id, e)
                 self._spill_files[file_id][0] += 1
@@ -1385,7 +1163,7 @@ class Store:
         self._events.append(Restore(self._token, oid, rec.loc, *rec.spill))
         return True
 
-    def _restore_hopeless(self, nd: _Node, size: int) -> bool:
+    def _restore_hopeless(self, nd: Node, size: int) -> bool:
         """No memory will come for a restore of ``size`` bytes on ``nd`` without a client
         letting go: nothing is being evicted or written to disk, dropping the objects that
         have a copy on disk would not make room, and the copies that would cannot be
@@ -1438,7 +1216,7 @@ class Store:
         if not wanted:
             return sorted({home, *rec.replicas})
         self._check_placing(c)
-        placed: list[tuple[int, tuple[_Segment, int]]] = []
+        placed: list[tuple[int, tuple[Segment, int]]] = []
         for n in wanted:
             where = self._allocate(self._nodes[n], rec.size, now)
             if where is None or where[0].fallback:
@@ -1577,7 +1355,7 @@ class Store:
             started += 1
         return started
 
-    def _pages_of(self, oid: bytes, nodes: Iterable[int]) -> tuple[ObjectRecord, _Segment]:
+    def _pages_of(self, oid: bytes, nodes: Iterable[int]) -> tuple[ObjectRecord, Segment]:
         """The record and segment of a sealed object whose pages may be moved or copied to
         ``nodes`` now (the checks migrate and replicate share)."""
         rec = self._objects.get(oid)
@@ -1600,7 +1378,7 @@ class Store:
         if unknown:
             raise PlacementImpossible(f"node(s) {unknown} not one of {list(self._nodes)}")
 
-    def _check_placing(self, c: _Client) -> None:
+    def _check_placing(self, c: ClientRecord) -> None:
         """A client has at most ``max_waiters`` page moves (and waiters) under way."""
         self._check_waiters(c)
         if sum(1 for job in self._placing.values() if job[1] == c.id) >= self._max_waiters:
@@ -1612,13 +1390,6 @@ class Store:
             return list(rec.pages_on)
         return [self._segments[rec.loc.segment].node.id]
 
-    def _page_range(self, offset: int, size: int) -> tuple[int, int]:
-        """``(start, length)`` of the pages ``size`` bytes at ``offset`` are on."""
-        page = self._page_size
-        start = offset // page * page
-        end = -(-(offset + size) // page) * page
-        return start, end - start
-
     def _charges(self, rec: ObjectRecord, nodes: tuple[int, ...]) -> dict[int, int]:
         """Bytes of ``rec``'s pages that land on each node of ``nodes`` other than its
         segment's (those count against that node's budget), when placed there evenly."""
@@ -1626,10 +1397,10 @@ class Store:
         return self._range_charges(seg, rec.loc.offset, rec.size, nodes)
 
     def _range_charges(
-        self, seg: _Segment, offset: int, size: int, nodes: tuple[int, ...]
+        self, seg: Segment, offset: int, size: int, nodes: tuple[int, ...]
     ) -> dict[int, int]:
         home = seg.node.id
-        _, length = self._page_range(offset, size)
+        _, length = page_range(offset, size, self._page_size)
         pages = length // self._page_size
         share, extra = divmod(pages, len(nodes))
         out = {}
@@ -1662,14 +1433,14 @@ class Store:
         rec.pages_on = None if nodes == (home,) else nodes
         self._token += 1
         begin_io(rec, Io.MOVING, self._token)
-        start, length = self._page_range(rec.loc.offset, rec.size)
+        start, length = page_range(rec.loc.offset, rec.size, self._page_size)
         mode = "interleave" if len(nodes) > 1 else "bind"
         return self._start_place(None, seg, start, length, mode, list(nodes))
 
     def _start_place(
         self,
         job: tuple[Any, ...] | None,
-        seg: _Segment,
+        seg: Segment,
         start: int,
         length: int,
         mode: str,
@@ -1745,7 +1516,7 @@ class Store:
                 continue
             w.done = True
             self._clients[w.client].waiters.discard(w)
-            if isinstance(w, _GetWaiter):
+            if isinstance(w, GetWaiter):
                 self._unindex(w)
                 results = [TIMED_OUT if r is None else r for r in w.results]
                 self._get_waiter_count -= 1
@@ -1762,7 +1533,7 @@ class Store:
 
     # ------------------------------------------------------------ internals: validation
 
-    def _client(self, client: int) -> _Client:
+    def _client(self, client: int) -> ClientRecord:
         c = self._clients.get(client)
         if c is None:
             raise BadRequest(f"unknown client {client}")
@@ -1776,9 +1547,9 @@ class Store:
         total = data_size + metadata_size
         if self._max_object_size is not None and total > self._max_object_size:
             raise BadRequest(f"{total} bytes exceed the maximum of {self._max_object_size}")
-        return ((total or 1) + self._mask) & ~self._mask
+        return round_up(total or 1, self.alignment)
 
-    def _choose_node(self, c: _Client, node: int | None, size: int = 0) -> _Node:
+    def _choose_node(self, c: ClientRecord, node: int | None, size: int = 0) -> Node:
         """``node``, else the client's, else the node with the most free bytes among those
         whose budget could ever hold ``size`` bytes (all, when none could)."""
         if node is None:
@@ -1805,8 +1576,8 @@ class Store:
     # ------------------------------------------------------------ internals: memory
 
     def _allocate(
-        self, nd: _Node, size: int, now: float, *, evict: bool = True
-    ) -> tuple[_Segment, int] | None:
+        self, nd: Node, size: int, now: float, *, evict: bool = True
+    ) -> tuple[Segment, int] | None:
         """Place ``size`` aligned bytes on ``nd``: existing segments, a new segment, then (if
         ``evict``) eviction in CLOCK order, but only when evicting makes the request fit
         (eviction that cannot make room would destroy data for nothing). None when it
@@ -1836,7 +1607,7 @@ class Store:
                     return None
                 self._free_due(now)
 
-    def _eviction_plan(self, nd: _Node, size: int, now: float) -> list[tuple[bytes, ObjectRecord]]:
+    def _eviction_plan(self, nd: Node, size: int, now: float) -> list[tuple[bytes, ObjectRecord]]:
         """The shortest run of CLOCK candidates (:meth:`_clock`) of the node whose eviction
         makes room for ``size`` bytes: a contiguous free run in one segment, or budget for a
         new segment once the segments it empties are dropped; then, as one round of
@@ -1862,17 +1633,17 @@ class Store:
         return plan
 
     def _plan_room(
-        self, nd: _Node, size: int, walk: Iterator[tuple[bytes, ObjectRecord]]
+        self, nd: Node, size: int, walk: Iterator[tuple[bytes, ObjectRecord]]
     ) -> list[tuple[bytes, ObjectRecord]]:
         page = self._page_size
-        need = -(-size // page) * page
+        need = round_up(size, page)
         room = (nd.budget - nd.segment_bytes - nd.placed_in) // page * page  # for new segments
         room += sum(s.size for s in nd.segments if s.alloc.free_bytes == s.size)
         if room >= need:
             return []  # _grow would have succeeded: the provider refused, evicting won't help
-        runs_by_start: dict[_Segment, dict[int, int]] = {}  # simulated runs: start -> end
-        runs_by_end: dict[_Segment, dict[int, int]] = {}  # end -> start
-        freed: dict[_Segment, int] = {}
+        runs_by_start: dict[Segment, dict[int, int]] = {}  # simulated runs: start -> end
+        runs_by_end: dict[Segment, dict[int, int]] = {}  # end -> start
+        freed: dict[Segment, int] = {}
         plan: list[tuple[bytes, ObjectRecord]] = []
         segments = self._segments
         for oid, rec in walk:
@@ -1908,11 +1679,11 @@ class Store:
                     return plan
         return []
 
-    def _grow(self, nd: _Node, size: int) -> _Segment | None:
+    def _grow(self, nd: Node, size: int) -> Segment | None:
         """A new segment big enough for ``size`` within the budget, freeing empty segments
         of the node if that makes room; None if impossible."""
         page = self._page_size
-        need = -(-size // page) * page
+        need = round_up(size, page)
         avail = (nd.budget - nd.segment_bytes - nd.placed_in) // page * page
         if avail < need:
             empty = [s for s in nd.segments if s.alloc.free_bytes == s.size]
@@ -1931,13 +1702,13 @@ class Store:
             nd.shortage = f": {exc}"
             return None
         nd.shortage = ""
-        seg = _Segment(segment_id, nd, seg_size, self._mask + 1)
+        seg = Segment(segment_id, nd, seg_size, self._mask + 1)
         self._segments[segment_id] = seg
         nd.segments.append(seg)
         nd.segment_bytes += seg_size
         return seg
 
-    def _no_room(self, nd: _Node, size: int) -> tuple[_Segment, int] | None:
+    def _no_room(self, nd: Node, size: int) -> tuple[Segment, int] | None:
         """Eviction cannot make room for ``size`` bytes on ``nd``: ask for copies on disk if
         they would (None: the caller waits), else place it in a fallback segment if allowed."""
         if (
@@ -1953,7 +1724,7 @@ class Store:
             return None
         if not self._fallback:
             return None
-        need = -(-size // self._page_size) * self._page_size
+        need = round_up(size, self._page_size)
         if self._fallback_segments >= self._fallback_files:
             nd.shortage = (
                 f"; all {self._fallback_files} fallback files are in use (serve --fallback-files)"
@@ -1970,7 +1741,7 @@ class Store:
         except StoreFull as exc:
             nd.shortage = f": {exc}"
             return None
-        seg = _Segment(segment_id, nd, need, self._mask + 1, fallback=True)
+        seg = Segment(segment_id, nd, need, self._mask + 1, fallback=True)
         self._fallback_segments += 1
         self._fallback_bytes += need
         self._segments[segment_id] = seg
@@ -1992,7 +1763,7 @@ class Store:
         """Bytes of the spill files."""
         return sum(f[1] for f in self._spill_files.values())
 
-    def _drop_segment(self, seg: _Segment) -> None:
+    def _drop_segment(self, seg: Segment) -> None:
         if seg.fallback:
             self._fallback_segments -= 1
             self._fallback_bytes -= seg.size
@@ -2004,7 +1775,7 @@ class Store:
         self._provider.free_segment(seg.id)
         self._events.append(SegmentFreed(seg.id))
 
-    def _free_range(self, seg: _Segment, offset: int, size: int) -> None:
+    def _free_range(self, seg: Segment, offset: int, size: int) -> None:
         seg.alloc.free(offset, size)
         if seg.fallback:  # outside the budget; deleted once empty
             self._fallback_used -= size
@@ -2046,7 +1817,7 @@ class Store:
                 self._release(*held)
 
     def _release(
-        self, seg: _Segment, offset: int, size: int, charges: dict[int, int] | None
+        self, seg: Segment, offset: int, size: int, charges: dict[int, int] | None
     ) -> None:
         """Free ``size`` bytes at ``offset`` of ``seg``; if their pages were moved to other
         nodes (``charges``: bytes per node), first move them back (the range is freed, and
@@ -2054,7 +1825,7 @@ class Store:
         if charges is None:
             self._free_range(seg, offset, size)
             return
-        start, length = self._page_range(offset, size)
+        start, length = page_range(offset, size, self._page_size)
         self._start_place(
             ("rehome", seg, offset, size, charges), seg, start, length, "bind", [seg.node.id]
         )
@@ -2209,7 +1980,7 @@ class Store:
         self._mark_copies(oid, rec, SEALED)
 
     def _clock(
-        self, nd: _Node, now: float, copied: bool | None = None
+        self, nd: Node, now: float, copied: bool | None = None
     ) -> Generator[tuple[bytes, ObjectRecord], None, None]:
         """Eviction candidates of ``nd`` in CLOCK order: unreferenced objects in the order
         they lost their last reference, first passing over those whose access byte a reader
@@ -2319,7 +2090,7 @@ class Store:
         self._rebuilds += 1
         self._events.append(DirectoryMoved())
 
-    def _arena_tails(self, nd: _Node | None = None) -> int:
+    def _arena_tails(self, nd: Node | None = None) -> int:
         """Bytes reserved in the unused tails of client arenas (on ``nd``, or anywhere)."""
         return sum(
             a.end - a.cursor
@@ -2327,7 +2098,7 @@ class Store:
             if (a := c.arena) is not None and (nd is None or a.segment.node is nd)
         )
 
-    def _return_arena_tail(self, c: _Client) -> None:
+    def _return_arena_tail(self, c: ClientRecord) -> None:
         a = c.arena
         assert a is not None
         if a.cursor < a.end:
@@ -2338,11 +2109,11 @@ class Store:
 
     def _register(
         self,
-        c: _Client,
+        c: ClientRecord,
         oid: bytes,
         data_size: int,
         metadata_size: int,
-        placed: tuple[_Segment, int],
+        placed: tuple[Segment, int],
         size: int,
         now: float,
     ) -> ObjectLocation:
@@ -2358,16 +2129,16 @@ class Store:
         return loc
 
     def _try_create(
-        self, c: _Client, items: list[CreateItem], nd: _Node, created: float, now: float
+        self, c: ClientRecord, items: list[CreateItem], nd: Node, created: float, now: float
     ) -> list[ObjectLocation] | None:
         """All items or nothing (created at time ``created``); None when space is short.
         Raises ObjectExists."""
         for it in items:
             if it.id in self._objects:
                 raise ObjectExists(f"object {it.id.hex()} already exists")
-        placed: list[tuple[_Segment, int, int]] = []
+        placed: list[tuple[Segment, int, int]] = []
         for it in items:
-            size = (((it.data_size + it.metadata_size) or 1) + self._mask) & ~self._mask
+            size = round_up((it.data_size + it.metadata_size) or 1, self.alignment)
             p = self._allocate(nd, size, now)
             if p is None:
                 for seg, offset, sz in placed:
@@ -2379,7 +2150,7 @@ class Store:
             for it, (seg, off, size) in zip(items, placed, strict=True)
         ]
 
-    def _seal_arena_object(self, c: _Client, a: _Arena, obj: ArenaObject, now: float) -> None:
+    def _seal_arena_object(self, c: ClientRecord, a: Arena, obj: ArenaObject, now: float) -> None:
         oid, offset = obj.id, obj.offset
         size = self._object_size(oid, obj.data_size, obj.metadata_size)
         if offset < a.start or offset + size > a.end:
@@ -2408,7 +2179,7 @@ class Store:
         if rec.ref_count == 0:
             self._unreferenced(oid, rec, now)
 
-    def _add_ref(self, c: _Client, oid: bytes, rec: ObjectRecord) -> None:
+    def _add_ref(self, c: ClientRecord, oid: bytes, rec: ObjectRecord) -> None:
         if rec.ref_count == 0 and not self._lru_pop(oid, rec) and rec.state is State.EVICTING:
             self._revive(oid, rec)  # an eviction victim waiting for its pin scan
         rec.ref_count += 1
@@ -2510,7 +2281,7 @@ class Store:
     # ------------------------------------------------------------ internals: waiters
 
     def _add_waiter(
-        self, c: _Client, w: _GetWaiter | _CreateWaiter, deadline: float | None
+        self, c: ClientRecord, w: GetWaiter | CreateWaiter, deadline: float | None
     ) -> None:
         c.waiters.add(w)
         w.deadline = deadline
@@ -2519,20 +2290,20 @@ class Store:
 
     def _park_create(
         self,
-        c: _Client,
+        c: ClientRecord,
         items: list[CreateItem],
-        nd: _Node,
+        nd: Node,
         deadline: float | None,
         now: float,
     ) -> Pending:
         self._check_waiters(c, len(items))
         self._token += 1
-        w = _CreateWaiter(c.id, self._token, items, nd, now)
+        w = CreateWaiter(c.id, self._token, items, nd, now)
         self._create_waiters[w.token] = w
         self._add_waiter(c, w, deadline)
         return Pending(w.token)
 
-    def _could_fit(self, w: _CreateWaiter) -> bool:
+    def _could_fit(self, w: CreateWaiter) -> bool:
         """Whether evicting (or spilling) what no one holds would make room for ``w`` (or
         an eviction is under way on its node: the waiters keep their order meanwhile)."""
         nd = w.node
@@ -2544,7 +2315,7 @@ class Store:
             need = sum(self._object_size(it.id, it.data_size, it.metadata_size) for it in w.items)
         return nd.budget - nd.used + nd.lru_bytes >= need
 
-    def _check_waiters(self, c: _Client, ids: int = 1) -> None:
+    def _check_waiters(self, c: ClientRecord, ids: int = 1) -> None:
         """Room for one more waiting call of ``c`` naming ``ids`` ids (BadRequest if not):
         at most ``max_waiters`` calls, and ``max_waiting_ids`` ids in all (what a waiting
         call costs the coordinator grows with its ids)."""
@@ -2554,7 +2325,7 @@ class Store:
                 f"(the limit is {self._max_waiters})"
             )
         waiting = sum(
-            len(w.oids) if isinstance(w, _GetWaiter) else max(1, len(w.items)) for w in c.waiters
+            len(w.oids) if isinstance(w, GetWaiter) else max(1, len(w.items)) for w in c.waiters
         )
         if waiting + ids > self._max_waiting_ids:
             raise BadRequest(
@@ -2563,7 +2334,7 @@ class Store:
             )
 
     def _reclaim_deadline(
-        self, nd: _Node, timeout: float | None, deadline: float | None, now: float, size: int
+        self, nd: Node, timeout: float | None, deadline: float | None, now: float, size: int
     ) -> float | None:
         """The deadline of a create that does not fit now. Clients holding memory they do not
         use are asked to return it; a create that would fail at once (``timeout`` 0) waits
@@ -2581,7 +2352,7 @@ class Store:
             raise StoreFull(f"{self._no_space(nd)} for {size} bytes")
         return now + wait
 
-    def _no_space(self, nd: _Node) -> str:
+    def _no_space(self, nd: Node) -> str:
         """Why a create on ``nd`` found no space: what holds the node's memory (bytes
         referenced, being written, in arenas, pinned by readers, unreferenced, being freed
         and free), and the clients that hold the most of it."""
@@ -2608,24 +2379,24 @@ class Store:
         top = held.by_client.most_common(TOP_HOLDERS)
         if top:
             text += "; held most by " + ", ".join(
-                f"{self._clients[cid].label} ({_holding_text(held.clients[cid])})" for cid, _ in top
+                f"{self._clients[cid].label} ({holding_text(held.clients[cid])})" for cid, _ in top
             )
             text += " (`plasma-coord memory` lists every holder)"
         return text + nd.shortage
 
-    def _held_on(self, nd: _Node | None, objects: bool = False) -> _Held:
+    def _held_on(self, nd: Node | None, objects: bool = False) -> Held:
         """Who holds memory (of ``nd``; None: of every node), per client and in all:
         references (sealed objects, and unsealed ones being written), arena tails, and (one
         pass over the pin tables) pins of objects the pinning client does not reference.
         ``objects`` also gathers each held object with the clients holding it."""
-        held = _Held()
+        held = Held()
         if objects:
             held.objects = {}
         found = held.objects
         segments = self._segments
         seen: set[bytes] = set()
         for c in self._clients.values():
-            mine = held.clients[c.id] = _Holding()
+            mine = held.clients[c.id] = Holding()
             for oid in c.refs:
                 rec = self._objects.get(oid)
                 if rec is None or rec.state is State.SPILLED:
@@ -2731,7 +2502,7 @@ class Store:
             "pinned_by": sorted(pinned_by),
         }
 
-    def _ask_reclaim(self, nd: _Node, now: float) -> bool:
+    def _ask_reclaim(self, nd: Node, now: float) -> bool:
         """Send AskReclaim to the clients that may hold idle memory of ``nd`` (an arena tail on
         it, or references they may only cache) and were not asked in the last
         ``RECLAIM_INTERVAL``; True when some were asked now."""
@@ -2759,13 +2530,13 @@ class Store:
             self._return_arena_tail(c)
             self._retry_creates(now)
 
-    def _finish_get(self, w: _GetWaiter) -> None:
+    def _finish_get(self, w: GetWaiter) -> None:
         self._retire(w)
         self._get_waiter_count -= 1
         self._clients[w.client].waiters.discard(w)
         self._events.append(GetDone(w.client, w.token, w.results))  # type: ignore[arg-type]
 
-    def _retire(self, w: _GetWaiter | _CreateWaiter) -> None:
+    def _retire(self, w: GetWaiter | CreateWaiter) -> None:
         """Mark finished; its heap entry (if any) becomes garbage, compacted when dominant."""
         w.done = True
         if w.deadline is None:
@@ -2777,15 +2548,15 @@ class Store:
             heapq.heapify(self._deadlines)
             self._dead_deadlines = 0
 
-    def _cancel(self, w: _GetWaiter | _CreateWaiter) -> None:
+    def _cancel(self, w: GetWaiter | CreateWaiter) -> None:
         self._retire(w)
-        if isinstance(w, _GetWaiter):
+        if isinstance(w, GetWaiter):
             self._unindex(w)
             self._get_waiter_count -= 1
         else:
             del self._create_waiters[w.token]
 
-    def _unindex(self, w: _GetWaiter) -> None:
+    def _unindex(self, w: GetWaiter) -> None:
         for oid in {w.oids[i] for i, r in enumerate(w.results) if r is None}:
             entries = [e for e in self._get_waiting.get(oid, ()) if e[0] is not w]
             if entries:
