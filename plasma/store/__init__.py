@@ -43,9 +43,6 @@ from plasma.store.facade import (
     PIN_RESCAN_MAX,
     SPILL_MAX_OBJECTS,
     UNPIN_INTERVAL,
-    DirectoryMemory,
-    LocalDirectoryMemory,
-    SegmentProvider,
     Store,
 )
 from plasma.store.memory import SegmentProvider
