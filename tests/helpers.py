@@ -15,6 +15,7 @@ from hypothesis.stateful import RuleBasedStateMachine, run_state_machine_as_test
 import plasma
 from plasma import protocol as p
 from plasma.linux.fdpass import ANCILLARY_SPACE, RECV_FLAGS, received_fds
+from plasma.store.moves import RehomeJob
 
 
 def oid(n: int) -> bytes:
@@ -127,9 +128,9 @@ def charges_placed_in(store: Any, records: Iterable[Any]) -> collections.Counter
         if rec.pages_on is not None:
             want.update(store._charges(rec, rec.pages_on))
     for job in store._placing.values():
-        if job[0] == "rehome":
-            want.update(job[4])
+        if isinstance(job, RehomeJob):
+            want.update(job.freed.charges)
     for held in store._after_io.values():
-        for _, _, _, charges in held:
-            want.update(charges or {})
+        for freed in held:
+            want.update(freed.charges or {})
     return want

@@ -21,6 +21,7 @@ from plasma.errors import BadRequest, ObjectNotFound, PlacementImpossible, Plasm
 from plasma.follow import ReaderTracker
 from plasma.records import ObjectLocation
 from plasma.store import Copy, CreateDone, MigrateDone, Pending, Place, ReplicateDone, Store
+from plasma.store.moves import RehomeJob
 from tests.helpers import charges_placed_in, reached
 from tests.test_store import KIB, PAGE, FakeProvider, loc, oid
 
@@ -469,12 +470,14 @@ class PlacementMachine(RuleBasedStateMachine):
         for o, rec in copies:
             ranges.append((rec.loc.segment, rec.loc.offset, rec.size, o))
         for job in store._placing.values():
-            if job[0] == "rehome":
-                _, seg, offset, size, _ = job
-                ranges.append((seg.id, offset, size, b"rehome" + bytes([offset % 251])))
+            if isinstance(job, RehomeJob):
+                f = job.freed
+                ranges.append((f.segment.id, f.offset, f.size, b"rehome" + bytes([f.offset % 251])))
         for held in store._after_io.values():  # freed while moved: given back after
-            for seg, offset, size, _ in held:
-                ranges.append((seg.id, offset, size, b"after io" + bytes([offset % 251])))
+            for f in held:
+                ranges.append(
+                    (f.segment.id, f.offset, f.size, b"after io" + bytes([f.offset % 251]))
+                )
         ranges = sorted(set(ranges))
         for (s1, o1, n1, id1), (s2, o2, _, id2) in itertools.pairwise(ranges):
             if s1 == s2:

@@ -603,7 +603,7 @@ class SpillMachine(RuleBasedStateMachine):
         holders += [r for _, r in store._restoring.values()]
         holders += [r for _, _, r in store._dying.values()] + [r for _, r in store._pinned.values()]
         unique = {id(r): r for r in holders}
-        after_io = sum(size for held in store._after_io.values() for _, _, size, _ in held)
+        after_io = sum(f.size for held in store._after_io.values() for f in held)
         assert store.stats()["used"] == sum(r.size for r in unique.values()) + after_io
 
 

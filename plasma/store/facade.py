@@ -108,6 +108,7 @@ from plasma.store.events import (
 )
 from plasma.store.holders import Held, Holding, holding_text
 from plasma.store.memory import Node, Segment, SegmentProvider, page_range, round_up
+from plasma.store.moves import CopyJob, FreedRange, MoveJob, PlaceJob, RehomeJob, page_charges
 from plasma.store.objects import (
     GONE,
     IN_MEMORY,
@@ -311,9 +312,9 @@ class Store:
         self._restore_queue: dict[bytes, tuple[ObjectRecord, int | None]] = {}  # -> reader's node
         # memory of objects freed (or gone to disk) while it was being written to disk,
         # moved or copied: (segment, offset, size, charges) freed when that I/O ends
-        self._after_io: dict[int, list[tuple[Segment, int, int, dict[int, int] | None]]] = {}
+        self._after_io: dict[int, list[FreedRange]] = {}  # by the I/O's token
         # page moves under way: token -> what to do when done (see _start_place)
-        self._placing: dict[int, tuple[Any, ...]] = {}
+        self._placing: dict[int, PlaceJob] = {}
         self._readers = follow_readers
         # read-only copies on other nodes (replica id -> record; never in _objects), those
         # whose object went (freed after their pin scan), and whether readers were told
@@ -469,7 +470,7 @@ class Store:
         except StoreFull:
             self._abort_placed(c.id, oid, rec)
             raise
-        self._placing[token] = ("create", c.id, oid, rec)
+        self._placing[token] = MoveJob(c.id, oid, rec, create=True)
         assert loc.offset == start
         return Pending(token)
 
@@ -1198,7 +1199,7 @@ class Store:
             return [node]
         self._check_placing(c)
         token = self._move(oid, rec, (node,))
-        self._placing[token] = ("migrate", client, oid, rec)
+        self._placing[token] = MoveJob(client, oid, rec)
         return Pending(token)
 
     def replicate(
@@ -1234,7 +1235,7 @@ class Store:
         self._token += 1
         # (its bytes are being read: not freed, moved or evicted meanwhile)
         begin_io(rec, Io.MOVING, self._token)
-        self._placing[self._token] = ("replicate", client, oid, rec, copies)
+        self._placing[self._token] = CopyJob(client, oid, rec, copies)
         length = rec.loc.data_size + rec.loc.metadata_size
         targets = [copy.loc for _, copy in copies]
         self._events.append(Copy(self._token, rec.loc.segment, rec.loc.offset, length, targets))
@@ -1245,18 +1246,18 @@ class Store:
         pages may have moved partly, the object counts as placed as asked; no copy is
         kept)."""
         job = self._placing.pop(token)
-        kind = job[0]
-        if kind == "replicate":
+        if isinstance(job, CopyJob):
             self._copied(token, job, error)
-        elif kind == "rehome":
-            _, seg, offset, size, charges = job
-            self._charge(charges, -1)
-            self._free_range(seg, offset, size)
+        elif isinstance(job, RehomeJob):
+            freed = job.freed
+            assert freed.charges is not None
+            self._charge(freed.charges, -1)
+            self._free_range(freed.segment, freed.offset, freed.size)
         else:
-            _, client, oid, rec = job
+            client, oid, rec = job.client, job.oid, job.rec
             end_io(rec, Io.MOVING)
             present = self._objects.get(oid) is rec  # (else deleted or freed meanwhile)
-            if kind == "migrate":
+            if not job.create:
                 if client in self._clients:  # (every call is answered, whatever happened)
                     result: list[int] | PlasmaError = self._nodes_of(rec)
                     if error is not None:
@@ -1266,7 +1267,7 @@ class Store:
                     self._events.append(MigrateDone(client, token, result))
                 if self._readers is not None:
                     self._readers.moved(oid, now)
-            elif present and client in self._clients:  # an interleaved create
+            elif present and client is not None and client in self._clients:
                 if error is None:
                     self._events.append(CreateDone(client, token, [rec.loc]))
                 else:
@@ -1277,12 +1278,11 @@ class Store:
         self._space_changed = True
         self._retry_creates(now)
 
-    def _copied(self, token: int, job: tuple[Any, ...], error: str | None) -> None:
-        _, client, oid, _, copies = job
-        rec: ObjectRecord = job[3]
+    def _copied(self, token: int, job: CopyJob, error: str | None) -> None:
+        client, oid, rec = job.client, job.oid, job.rec
         end_io(rec, Io.MOVING)
         alive = rec.state is State.SEALED
-        for n, copy in copies:
+        for n, copy in job.copies:
             key = replica_id(oid, n)
             if error is None and alive:
                 step(copy, Step.SEAL)
@@ -1351,7 +1351,7 @@ class Store:
                 token = self._move(oid, rec, (proposal,))
             except StoreFull:
                 continue
-            self._placing[token] = ("migrate", None, oid, rec)
+            self._placing[token] = MoveJob(None, oid, rec)
             started += 1
         return started
 
@@ -1381,7 +1381,7 @@ class Store:
     def _check_placing(self, c: ClientRecord) -> None:
         """A client has at most ``max_waiters`` page moves (and waiters) under way."""
         self._check_waiters(c)
-        if sum(1 for job in self._placing.values() if job[1] == c.id) >= self._max_waiters:
+        if sum(1 for job in self._placing.values() if job.client == c.id) >= self._max_waiters:
             raise BadRequest(f"client {c.id} already has {self._max_waiters} page moves under way")
 
     def _nodes_of(self, rec: ObjectRecord) -> list[int]:
@@ -1394,20 +1394,7 @@ class Store:
         """Bytes of ``rec``'s pages that land on each node of ``nodes`` other than its
         segment's (those count against that node's budget), when placed there evenly."""
         seg = self._segments[rec.loc.segment]
-        return self._range_charges(seg, rec.loc.offset, rec.size, nodes)
-
-    def _range_charges(
-        self, seg: Segment, offset: int, size: int, nodes: tuple[int, ...]
-    ) -> dict[int, int]:
-        home = seg.node.id
-        _, length = page_range(offset, size, self._page_size)
-        pages = length // self._page_size
-        share, extra = divmod(pages, len(nodes))
-        out = {}
-        for i, n in enumerate(nodes):
-            if n != home:
-                out[n] = (share + (i < extra)) * self._page_size
-        return out
+        return page_charges(seg.node.id, rec.loc.offset, rec.size, nodes, self._page_size)
 
     def _charge(self, charges: dict[int, int], sign: int) -> None:
         for n, nbytes in charges.items():
@@ -1439,7 +1426,7 @@ class Store:
 
     def _start_place(
         self,
-        job: tuple[Any, ...] | None,
+        job: RehomeJob | None,
         seg: Segment,
         start: int,
         length: int,
@@ -1801,34 +1788,31 @@ class Store:
         seg = self._segments[rec.loc.segment]
         seg.node.objects -= 1
         charges = self._charges(rec, rec.pages_on) if rec.pages_on is not None else None
-        held = (seg, rec.loc.offset, rec.size, charges)
+        held = FreedRange(seg, rec.loc.offset, rec.size, charges)
         rec.pages_on = None
         if rec.replicas:
             self._orphan_replicas(oid, rec)
         if rec.io is Io.SPILLING or rec.io is Io.MOVING:
             self._after_io.setdefault(rec.io_token, []).append(held)
         else:
-            self._release(*held)
+            self._release(held)
 
     def _io_ended(self, rec: ObjectRecord) -> None:
         """The I/O on ``rec``'s memory ended: free what was given back meanwhile."""
         if self._after_io:
             for held in self._after_io.pop(rec.io_token, ()):
-                self._release(*held)
+                self._release(held)
 
-    def _release(
-        self, seg: Segment, offset: int, size: int, charges: dict[int, int] | None
-    ) -> None:
-        """Free ``size`` bytes at ``offset`` of ``seg``; if their pages were moved to other
-        nodes (``charges``: bytes per node), first move them back (the range is freed, and
-        the other nodes' charges dropped, once they are)."""
-        if charges is None:
-            self._free_range(seg, offset, size)
+    def _release(self, freed: FreedRange) -> None:
+        """Free a range; if its pages were moved to other nodes (its ``charges``), first
+        move them back (the range is freed, and the other nodes' charges dropped, once they
+        are)."""
+        seg = freed.segment
+        if freed.charges is None:
+            self._free_range(seg, freed.offset, freed.size)
             return
-        start, length = page_range(offset, size, self._page_size)
-        self._start_place(
-            ("rehome", seg, offset, size, charges), seg, start, length, "bind", [seg.node.id]
-        )
+        start, length = page_range(freed.offset, freed.size, self._page_size)
+        self._start_place(RehomeJob(freed), seg, start, length, "bind", [seg.node.id])
 
     def _evict(self, oid: bytes, rec: ObjectRecord, now: float) -> None:
         """Evict a sealed unreferenced object (its memory is free after the pin scan)."""
