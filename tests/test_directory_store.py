@@ -106,7 +106,7 @@ def evicting_leak(store: Store) -> bool:
     """True when a node's count of eviction victims waiting for their scan is off (such a
     count blocks eviction on the node for good: a bug found here, since fixed)."""
     waiting: dict[int, int] = {}
-    for _, _, rec in store._dying.values():
+    for _, _, rec in store._dying.waiting.values():
         if rec.state is State.EVICTING:
             node = store._segments[rec.loc.segment].node.id
             waiting[node] = waiting.get(node, 0) + 1
@@ -221,9 +221,9 @@ def store_records(store: Store) -> list[tuple[bytes, Any]]:
     found: dict[int, tuple[bytes, Any]] = {}
     for o, rec in store._objects.items():
         found[id(rec)] = (o, rec)
-    for _, o, rec in store._dying.values():
+    for _, o, rec in store._dying.waiting.values():
         found[id(rec)] = (o, rec)
-    for o, rec in store._pinned.values():
+    for o, rec in store._dying.pinned.values():
         found[id(rec)] = (o, rec)
     return list(found.values())
 
@@ -358,7 +358,9 @@ class PinnedStoreMachine(RuleBasedStateMachine):
         eviction victims waiting for their scan (the store is peeked at to find them)."""
         hot = {r.oid for c in self.clients.values() for r in c.reads}
         hot |= {h.inc.oid for c in self.clients.values() for h in c.holds}
-        hot |= {o for _, o, rec in self.store._dying.values() if rec.state is State.EVICTING}
+        hot |= {
+            o for _, o, rec in self.store._dying.waiting.values() if rec.state is State.EVICTING
+        }
         return sorted(hot)
 
     def _pick(self, data: st.DataObject, *, sealed: bool = False) -> bytes:

@@ -749,7 +749,7 @@ class CombinedMachine(RuleBasedStateMachine):
         for o, rec in store_records(store):
             if rec.state is not State.SPILLED or rec.io is Io.RESTORING:
                 ranges.append((rec.loc.segment, rec.loc.offset, rec.size, o))
-        for o, rec in [*store._replicas.items(), *store._orphans]:
+        for o, rec in [*store._replicas.items(), *store._dying.orphans]:
             ranges.append((rec.loc.segment, rec.loc.offset, rec.size, o))
         ranges = sorted(set(ranges))
         for (s1, o1, n1, id1), (s2, o2, _, id2) in itertools.pairwise(ranges):
@@ -777,9 +777,9 @@ class CombinedMachine(RuleBasedStateMachine):
         assert all(rec.state is not State.FREED for rec in store._objects.values())
         for nd in store._nodes.values():
             assert all(rec.state is State.SEALED for rec in nd.lru.values())
-        dying = {rec.state for _, _, rec in store._dying.values()}
+        dying = {rec.state for _, _, rec in store._dying.waiting.values()}
         assert dying <= {State.EVICTING, State.DELETED}
-        assert all(rec.state is State.DELETED for _, rec in store._pinned.values())
+        assert all(rec.state is State.DELETED for _, rec in store._dying.pinned.values())
         copies = {rec.state for rec in store._replicas.values()}
         assert copies <= {State.CREATED, State.SEALED}
 

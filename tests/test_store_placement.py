@@ -464,9 +464,13 @@ class PlacementMachine(RuleBasedStateMachine):
         ranges = []
         for o, rec in store._objects.items():
             ranges.append((rec.loc.segment, rec.loc.offset, rec.size, o))
-        copies = [*store._replicas.items(), *store._orphans]
-        copies += [(o, r) for _, o, r in store._dying.values() if store._objects.get(o) is not r]
-        copies += [(o, r) for o, r in store._pinned.values() if store._objects.get(o) is not r]
+        copies = [*store._replicas.items(), *store._dying.orphans]
+        copies += [
+            (o, r) for _, o, r in store._dying.waiting.values() if store._objects.get(o) is not r
+        ]
+        copies += [
+            (o, r) for o, r in store._dying.pinned.values() if store._objects.get(o) is not r
+        ]
         for o, rec in copies:
             ranges.append((rec.loc.segment, rec.loc.offset, rec.size, o))
         for job in store._placing.values():

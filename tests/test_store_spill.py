@@ -601,7 +601,9 @@ class SpillMachine(RuleBasedStateMachine):
             if r.state is not State.SPILLED or r.io is Io.RESTORING
         ]
         holders += [r for _, r in store._restoring.values()]
-        holders += [r for _, _, r in store._dying.values()] + [r for _, r in store._pinned.values()]
+        holders += [r for _, _, r in store._dying.waiting.values()] + [
+            r for _, r in store._dying.pinned.values()
+        ]
         unique = {id(r): r for r in holders}
         after_io = sum(f.size for held in store._after_io.values() for f in held)
         assert store.stats()["used"] == sum(r.size for r in unique.values()) + after_io

@@ -9,6 +9,8 @@ One concern a module (see each module's docstring for what it owns and must neve
 * :mod:`~plasma.store.memory`: node budgets, segments, page and alignment rounding.
 * :mod:`~plasma.store.clients`, :mod:`~plasma.store.arenas`, :mod:`~plasma.store.waiters`:
   what the store keeps per client, per arena and per waiting request.
+* :mod:`~plasma.store.dying`: what waits for a scan of the pin tables, and when to scan.
+* :mod:`~plasma.store.moves`: page moves and copies under way (dataclass jobs).
 * :mod:`~plasma.store.holders`: who holds memory (per client and in all).
 * :mod:`~plasma.store.directory_memory`: where the directory's shared memory comes from.
 * :mod:`~plasma.store.events`: what the store asks of its caller (answers, messages, I/O).
@@ -17,6 +19,7 @@ The coordinator imports from here, never from the modules themselves.
 """
 
 from plasma.store.directory_memory import DirectoryMemory, LocalDirectoryMemory
+from plasma.store.dying import PIN_RESCAN, PIN_RESCAN_MAX, UNPIN_INTERVAL
 from plasma.store.events import (
     AskReclaim,
     Copy,
@@ -39,10 +42,7 @@ from plasma.store.facade import (
     IO_ERROR,
     NOT_FOUND,
     OBJECT_LOST,
-    PIN_RESCAN,
-    PIN_RESCAN_MAX,
     SPILL_MAX_OBJECTS,
-    UNPIN_INTERVAL,
     Store,
 )
 from plasma.store.memory import SegmentProvider

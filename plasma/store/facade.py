@@ -53,7 +53,6 @@ import contextlib
 import heapq
 import itertools
 import math
-from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any
 
@@ -88,6 +87,7 @@ from plasma.records import ArenaObject, CreateItem, ObjectInfo, ObjectLocation, 
 from plasma.store.arenas import Arena
 from plasma.store.clients import ClientRecord
 from plasma.store.directory_memory import DirectoryMemory, LocalDirectoryMemory
+from plasma.store.dying import DyingSet
 from plasma.store.events import (
     AskReclaim,
     Copy,
@@ -126,10 +126,7 @@ from plasma.store.waiters import CreateWaiter, GetWaiter
 RECLAIM_INTERVAL = 1.0  # seconds between two AskReclaim events to the same client
 RECLAIM_WAIT = 0.25  # seconds a create that would fail at once waits for reclaimed memory
 GRACE = 0.002  # seconds from marking an object dying to scanning the pin tables for it
-PIN_RESCAN = 0.05  # seconds between scans for pins that hold deleted objects or block creates
-PIN_RESCAN_MAX = 1.0  # ...doubling up to this while a scan frees nothing
 CLOCK_CHUNK = 64  # eviction candidates per pin scan in a CLOCK walk (doubling per chunk)
-UNPIN_INTERVAL = 0.02  # seconds from one scan of pinned deleted objects to one an Unpin asks
 EVICTION_WAIT = 0.25  # seconds a create with timeout 0 waits for the memory it evicts
 EVICTION_HEADROOM = 64  # a round of eviction frees at least 1/64 of the node's budget
 REBUILD_ATTEMPTS = 4  # directory sizes tried (doubling) before leaving a published id out
@@ -286,14 +283,7 @@ class Store:
         # every published record until it is freed (a rebuilt directory may hold no slot for
         # some: ``slot`` -1, their generation still honoured): generation -> (id, record)
         self._published: dict[int, tuple[bytes, ObjectRecord]] = {}
-        # objects to free once no pin holds them: generation -> (scan time, id, record), in
-        # scan-time order; and those a scan found pinned (deleted ones only)
-        self._dying: OrderedDict[int, tuple[float, bytes, ObjectRecord]] = OrderedDict()
-        self._pinned: dict[int, tuple[bytes, ObjectRecord]] = {}
-        self._rescan_at = math.inf  # when to look at pins again (pinned deletes, blocked creates)
-        self._rescan_gap = PIN_RESCAN  # from one scan of pinned deletes to the next (backs off)
-        self._rescanned_at = -math.inf  # the last scan of pinned deletes
-        self._wakeup = False  # a pin scan was scheduled since take_wakeup() last said so
+        self._dying = DyingSet(grace)  # what waits for a pin scan, and when to scan
         # spilling: batches being written (file id -> objects), live objects and bytes of
         # each spill file, restores under way (token -> object) and waiting for memory
         self._spill = spill
@@ -319,8 +309,6 @@ class Store:
         # read-only copies on other nodes (replica id -> record; never in _objects), those
         # whose object went (freed after their pin scan), and whether readers were told
         self._replicas: dict[bytes, ObjectRecord] = {}
-        self._orphans: list[tuple[bytes, ObjectRecord]] = []
-        self._copies_dying: dict[int, float] = {}  # copy's generation -> when marked dying
         self._replicas_announced = False
         self._spill_wakeup = False
         self._spill_error = ""
@@ -355,7 +343,7 @@ class Store:
         if c is None:
             return
         if self._pins.remove(client):
-            self._hint(now)  # what only its pins held can go
+            self._dying.hint(now)  # what only its pins held can go
         self._subscribers.pop(client, None)
         for w in c.waiters:
             self._cancel(w)
@@ -634,21 +622,10 @@ class Store:
         """A client says it dropped pins of deleted objects: look at the pin tables again
         soon: now, unless they were looked at in the last ``UNPIN_INTERVAL`` (then at its
         end), so a flood of these costs at most one scan per interval."""
-        self._hint(now)
-        if self._rescan_at <= now:
+        self._dying.hint(now)
+        if self._dying.rescan_at <= now:
             self._free_due(now)
             self._retry_creates(now)
-
-    def _hint(self, now: float) -> None:
-        """Pins may have gone: rescan the pinned deleted objects (if any) as soon as the
-        rate limit allows, and at the shortest gap from then on."""
-        if not self._pinned:
-            return
-        self._rescan_gap = PIN_RESCAN
-        at = max(now, self._rescanned_at + UNPIN_INTERVAL)
-        if at < self._rescan_at:
-            self._rescan_at = at
-            self._wakeup = True
 
     def delete(
         self, client: int, oids: list[bytes], *, now: float = 0.0
@@ -784,7 +761,7 @@ class Store:
             "get_waiters": self._get_waiter_count,
             "create_waiters": len(self._create_waiters),
             "pins": self._pins.total(),
-            "dying": len(self._dying) + len(self._pinned),
+            "dying": len(self._dying),
             "moving": len(self._placing),
             "replicas": len(self._replicas),
             "spill": self._spill_stats() if self._spill else None,
@@ -1311,9 +1288,8 @@ class Store:
             key = replica_id(oid, n)
             copy = self._replicas.pop(key)
             step(copy, Step.DELETE)
-            self._orphans.append((key, copy))
+            self._dying.orphan(key, copy)
         rec.replicas = ()
-        self._wakeup = True
 
     def follow(self, now: float) -> int:
         """With ``follow_readers``: count the reads held now (each pin in the pin tables and
@@ -1457,12 +1433,9 @@ class Store:
             heapq.heappop(heap)
             self._dead_deadlines -= 1
         times = [heap[0][0]] if heap else []
-        if self._orphans:
-            times.append(0.0)
-        if self._dying:
-            times.append(next(iter(self._dying.values()))[0])
-        if self._rescan_at < math.inf:
-            times.append(self._rescan_at)
+        scan = self._dying.next_time()
+        if scan is not None:
+            times.append(scan)
         return min(times) if times else None
 
     @property
@@ -1477,22 +1450,20 @@ class Store:
 
     def take_wakeup(self) -> bool:
         """True once after a pin scan was scheduled (:meth:`next_deadline` may be earlier)."""
-        wakeup, self._wakeup = self._wakeup, False
-        return wakeup
+        return self._dying.take_wakeup()
 
     def reclaimed_by(self) -> float | None:
         """When the last object marked dying so far is scanned for pins (None: none is
         waiting): once :meth:`expire` ran at that time, everything deleted or evicted
         before now that no pin holds is free (its copies too: they are marked dying with
         it and scanned when it is freed)."""
-        return next(reversed(self._dying.values()))[0] if self._dying else None
+        return self._dying.last_time()
 
     def expire(self, now: float) -> None:
         """Scan the pin tables for the objects whose grace period ended, retry what waits for
         space, then finish every waiter whose deadline is at or before ``now``."""
-        if self._rescan_at <= now and not self._pinned:
-            self._rescan_at = math.inf  # creates blocked by pins: look at the clock again
-            self._space_changed = True
+        if self._dying.blocked_creates_due(now):
+            self._space_changed = True  # creates blocked by pins: look at the clock again
         self._free_due(now)
         self._retry_creates(now)
         heap = self._deadlines
@@ -1850,8 +1821,7 @@ class Store:
         if rec.slot >= 0 and self._directory.state(rec.slot) != DYING:
             self._directory.set_state(rec.slot, DYING)
         self._mark_copies(oid, rec, DYING, now)
-        self._dying[gen] = (now + self._grace, oid, rec)
-        self._wakeup = True
+        self._dying.add(gen, oid, rec, now)
         return True
 
     def _mark_copies(self, oid: bytes, rec: ObjectRecord, state: int, now: float = 0.0) -> None:
@@ -1863,9 +1833,9 @@ class Store:
             if copy.slot < 0:
                 continue
             if state == DYING:
-                self._copies_dying.setdefault(copy.gen, now)
+                self._dying.mark_copy(copy.gen, now)
             else:
-                self._copies_dying.pop(copy.gen, None)
+                self._dying.unmark_copy(copy.gen)
             self._directory.set_state(copy.slot, state)
 
     def _free_due(self, now: float) -> None:
@@ -1874,27 +1844,11 @@ class Store:
         pinned deleted ones for a later scan, and give eviction victims a reader pinned
         meanwhile back to the CLOCK."""
         dying = self._dying
-        due: list[tuple[int, bytes, ObjectRecord]] = []
-        if self._orphans:
-            orphans, self._orphans = self._orphans, []
-            for key, copy in orphans:
-                since = self._copies_dying.pop(copy.gen, None)
-                if since is not None and (since + self._grace <= now or not self._grace):
-                    due.append((copy.gen, key, copy))  # dying since its object was: scan now
-                else:
-                    self._doom(key, copy, now)
-        while dying:
-            gen, (when, oid, rec) = dying.popitem(last=False)
-            if when > now and self._grace:  # (without a grace period: whatever ``now`` says)
-                dying[gen] = (when, oid, rec)
-                dying.move_to_end(gen, last=False)
-                break
-            due.append((gen, oid, rec))
-        rescanned = len(self._pinned) if self._rescan_at <= now else 0
-        if rescanned:
-            due += [(gen, oid, rec) for gen, (oid, rec) in self._pinned.items()]
-            self._pinned.clear()
-            self._rescanned_at = now
+        copies, later = dying.take_orphans(now)
+        for key, copy in later:
+            self._doom(key, copy, now)
+        due, rescanned = dying.due(now)
+        due = copies + due
         if not due:
             return
         pinned = self._pins.pinned(gen for gen, _, _ in due)
@@ -1913,31 +1867,12 @@ class Store:
                 self._mark_copies(oid, rec, SEALED)
                 self._unreferenced(oid, rec, now)
             else:
-                self._pinned[gen] = (oid, rec)
+                dying.keep_pinned(gen, oid, rec)
                 if i < newly:
                     added = True
-        self._reschedule(now, rescanned, added)
-        if self._orphans:  # copies of what this scan freed (they have no copies themselves)
+        dying.reschedule(now, rescanned, added)
+        if dying.orphans:  # copies of what this scan freed (they have no copies themselves)
             self._free_due(now)
-
-    def _reschedule(self, now: float, rescanned: int, added: bool) -> None:
-        """When to scan the pinned deleted objects next (``rescanned`` of them were just
-        scanned again; ``added``: some were found pinned for the first time):
-        ``PIN_RESCAN`` after a scan that freed some of them or found new ones, twice the
-        last gap (up to ``PIN_RESCAN_MAX``) after one that freed none: pins held by idle
-        clients cost a scan a second, not twenty. An Unpin (:meth:`unpinned`) or a
-        disconnect brings it forward again (rate-limited)."""
-        if not self._pinned:
-            self._rescan_at = math.inf
-            self._rescan_gap = PIN_RESCAN
-            return
-        if added or (rescanned and len(self._pinned) < rescanned):
-            self._rescan_gap = PIN_RESCAN
-        elif rescanned:
-            self._rescan_gap = min(2 * self._rescan_gap, PIN_RESCAN_MAX)
-        if rescanned or not now < self._rescan_at <= now + self._rescan_gap:
-            self._rescan_at = now + self._rescan_gap
-        self._wakeup = True
 
     def _finish(self, gen: int, oid: bytes, rec: ObjectRecord, evicted: bool) -> None:
         """Free a doomed object after a scan found no pin on it."""
@@ -1956,7 +1891,7 @@ class Store:
 
     def _revive(self, oid: bytes, rec: ObjectRecord) -> None:
         """An eviction victim is asked for (a Get): it stays."""
-        del self._dying[self._generation_of(rec)]
+        self._dying.revive(self._generation_of(rec))
         self._segments[rec.loc.segment].node.evicting -= 1
         step(rec, Step.REVIVE)
         if rec.slot >= 0:
@@ -2020,8 +1955,7 @@ class Store:
             if gen and gen in pinned:
                 passed.append(oid)
                 # a create that waits for this memory tries again later
-                self._rescan_at = min(self._rescan_at, now + PIN_RESCAN)
-                self._wakeup = True
+                self._dying.pinned_candidate(now)
                 continue
             yield oid, rec
 
@@ -2329,7 +2263,7 @@ class Store:
             return deadline
         wait = max(
             self._reclaim_wait if asked else 0.0,
-            EVICTION_WAIT if self._dying else 0.0,
+            EVICTION_WAIT if self._dying.waiting else 0.0,
             SPILL_WAIT if nd.spill_demand or self._batches else 0.0,
         )
         if not wait:
