@@ -354,7 +354,7 @@ def test_delete_unsealed_is_missing() -> None:
     assert store.delete(1, [oid(1)]) == ([], [], [oid(1)])
 
 
-def test_lru_eviction_order_on_create() -> None:
+def test_clock_eviction_order_on_create() -> None:
     store, _ = make(budget=4 * KIB, segment_size=4 * KIB)
     store.register_client(1)
     for i in range(4):
@@ -417,7 +417,7 @@ def test_waiting_create_does_not_eat_fresh_objects() -> None:
     assert isinstance(done.result, list)  # room at last: it evicts what it needs and succeeds
 
 
-def test_evict_global_lru_across_nodes() -> None:
+def test_evict_in_clock_order_across_nodes_oldest_first() -> None:
     store, _ = make(nodes=2)
     store.register_client(1)
     put(store, 1, 1, node=1)

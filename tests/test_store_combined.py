@@ -776,7 +776,7 @@ class CombinedMachine(RuleBasedStateMachine):
             assert rec.io in IO_ALLOWED[rec.state], (rec.state, rec.io)
         assert all(rec.state is not State.FREED for rec in store._objects.values())
         for nd in store._nodes.values():
-            assert all(rec.state is State.SEALED for rec in nd.lru.values())
+            assert all(rec.state is State.SEALED for rec in nd.clock.records())
         dying = {rec.state for _, _, rec in store._dying.waiting.values()}
         assert dying <= {State.EVICTING, State.DELETED}
         assert all(rec.state is State.DELETED for _, rec in store._dying.pinned.values())

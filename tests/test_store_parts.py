@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from plasma.store.memory import page_range, round_up
 from plasma.store.moves import page_charges
+from plasma.store.pages import page_range, round_up
 
 PAGE = 4096
 

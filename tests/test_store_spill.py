@@ -590,7 +590,7 @@ class SpillMachine(RuleBasedStateMachine):
                 live[r.spill[0]] = live.get(r.spill[0], 0) + 1
         assert live == {f: v[0] for f, v in store._spill_files.items()}
         for nd in store._nodes.values():
-            assert nd.lru_copied == sum(r.size for r in nd.lru.values() if r.spill is not None)
+            assert nd.clock.copied == sum(r.size for r in nd.clock.records() if r.spill is not None)
 
     @invariant()
     def no_memory_leaks(self) -> None:

@@ -1,4 +1,4 @@
-"""The object table (internal, sans-I/O): lifecycle, per-client references, LRU eviction, waiters.
+"""The store's façade (internal, sans-I/O): the API the coordinator calls, over its parts.
 
 The coordinator owns the sockets and the clock; it calls these methods with client ids and
 ``now`` timestamps, and after each call sends whatever :meth:`Store.drain_events` returns.
@@ -12,8 +12,9 @@ Semantics the coordinator mirrors:
   only sealed or aborted. Objects registered by ``seal_arena`` start with no reference.
 * An object occupies one allocation of ``max(1, data_size + metadata_size)`` bytes rounded
   up to the alignment: data first, metadata right after it.
-* Sealed objects with no reference sit in a per-node LRU (ordered by when they last lost
-  their last reference) and are evicted oldest first when space is needed.
+* Sealed objects with no reference sit in a per-node CLOCK ring (ordered by when they
+  last lost their last reference, :mod:`plasma.store.eviction`) and are evicted from it
+  when space is needed.
 * ``get`` takes a reference for each sealed id (per occurrence) as soon as it is found, so a
   waiting get's already-sealed inputs cannot be evicted under it. ``delete`` of a referenced
   object hides it at once and frees it when the last reference goes.
@@ -51,9 +52,8 @@ from __future__ import annotations
 
 import contextlib
 import heapq
-import itertools
 import math
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
 import numpy as np
@@ -106,8 +106,9 @@ from plasma.store.events import (
     SegmentFreed,
     SpillDead,
 )
+from plasma.store.eviction import plan_room
 from plasma.store.holders import Held, Holding, holding_text
-from plasma.store.memory import Node, Segment, SegmentProvider, page_range, round_up
+from plasma.store.memory import Node, Segment, SegmentProvider
 from plasma.store.moves import CopyJob, FreedRange, MoveJob, PlaceJob, RehomeJob, page_charges
 from plasma.store.objects import (
     GONE,
@@ -121,12 +122,12 @@ from plasma.store.objects import (
     end_io,
     step,
 )
+from plasma.store.pages import page_range, round_up
 from plasma.store.waiters import CreateWaiter, GetWaiter
 
 RECLAIM_INTERVAL = 1.0  # seconds between two AskReclaim events to the same client
 RECLAIM_WAIT = 0.25  # seconds a create that would fail at once waits for reclaimed memory
 GRACE = 0.002  # seconds from marking an object dying to scanning the pin tables for it
-CLOCK_CHUNK = 64  # eviction candidates per pin scan in a CLOCK walk (doubling per chunk)
 EVICTION_WAIT = 0.25  # seconds a create with timeout 0 waits for the memory it evicts
 EVICTION_HEADROOM = 64  # a round of eviction frees at least 1/64 of the node's budget
 REBUILD_ATTEMPTS = 4  # directory sizes tried (doubling) before leaving a published id out
@@ -676,7 +677,7 @@ class Store:
             else:
                 deleted.append(oid)
             if not rec.ref_count:
-                self._lru_pop(oid, rec)
+                self._unclock(oid, rec)
                 self._doom(oid, rec, now)
             self._drop_copy(rec)
             self._notify_deleted(oid, rec)
@@ -934,7 +935,7 @@ class Store:
         total = 0
         for nd in self._nodes.values():
             want = nd.spill_demand
-            over = nd.used - nd.lru_copied - int(self._spill_threshold * nd.budget)
+            over = nd.used - nd.clock.copied - int(self._spill_threshold * nd.budget)
             if self._spill_threshold < 1 and over > 0:
                 want = max(want, over + nd.budget // SPILL_FRACTION)
             with contextlib.closing(self._clock(nd, now, copied=False)) as walk:
@@ -975,8 +976,7 @@ class Store:
             rec.spill = (file_id, entry)
             live += 1
             nd = self._segments[rec.loc.segment].node
-            if nd.lru.get(oid) is rec:
-                nd.lru_copied += rec.size
+            nd.clock.gained_copy(oid, rec)
         counts = self._spill_counts
         counts["written_objects"] += len(entries)
         counts["written_bytes"] += sum(e.length for e in entries)
@@ -1148,7 +1148,7 @@ class Store:
         written (the last spill failed, or they would not fit under ``spill_max``)."""
         if nd.evicting or self._batches:
             return False
-        short = size - (nd.budget - nd.used) - nd.lru_copied  # bytes that need a copy first
+        short = size - (nd.budget - nd.used) - nd.clock.copied  # bytes that need a copy first
         if short <= 0:
             return False
         room = math.inf if self._spill_max is None else self._spill_max - self._disk_bytes()
@@ -1566,21 +1566,16 @@ class Store:
                 self._free_due(now)
 
     def _eviction_plan(self, nd: Node, size: int, now: float) -> list[tuple[bytes, ObjectRecord]]:
-        """The shortest run of CLOCK candidates (:meth:`_clock`) of the node whose eviction
-        makes room for ``size`` bytes: a contiguous free run in one segment, or budget for a
-        new segment once the segments it empties are dropped; then, as one round of
+        """The shortest run of CLOCK candidates of the node whose eviction makes room for
+        ``size`` bytes (:func:`~plasma.store.eviction.plan_room`); then, as one round of
         eviction waits a grace period (when there is one), more candidates up to
         ``EVICTION_HEADROOM`` of the budget, for the requests that follow. Empty when
-        evicting everything evictable would not make room.
-
-        Simulated on the side: each candidate's range is merged with its free neighbours
-        (the allocator's free ranges and earlier candidates), so the common case costs as
-        many steps as objects evicted."""
-        evictable = nd.lru_copied if self._spill else nd.lru_bytes
+        evicting everything evictable would not make room."""
+        evictable = nd.clock.copied if self._spill else nd.clock.bytes
         if not evictable or nd.budget - nd.used + evictable < size:
             return []
         with contextlib.closing(self._clock(nd, now, copied=True if self._spill else None)) as walk:
-            plan = self._plan_room(nd, size, walk)
+            plan = plan_room(nd, size, self._page_size, self._segments, walk)
             if plan and self._grace:
                 headroom = nd.budget // EVICTION_HEADROOM - sum(r.size for _, r in plan)
                 for oid, rec in walk:
@@ -1589,53 +1584,6 @@ class Store:
                     plan.append((oid, rec))
                     headroom -= rec.size
         return plan
-
-    def _plan_room(
-        self, nd: Node, size: int, walk: Iterator[tuple[bytes, ObjectRecord]]
-    ) -> list[tuple[bytes, ObjectRecord]]:
-        page = self._page_size
-        need = round_up(size, page)
-        room = (nd.budget - nd.segment_bytes - nd.placed_in) // page * page  # for new segments
-        room += sum(s.size for s in nd.segments if s.alloc.free_bytes == s.size)
-        if room >= need:
-            return []  # _grow would have succeeded: the provider refused, evicting won't help
-        runs_by_start: dict[Segment, dict[int, int]] = {}  # simulated runs: start -> end
-        runs_by_end: dict[Segment, dict[int, int]] = {}  # end -> start
-        freed: dict[Segment, int] = {}
-        plan: list[tuple[bytes, ObjectRecord]] = []
-        segments = self._segments
-        for oid, rec in walk:
-            seg, lo = segments[rec.loc.segment], rec.loc.offset
-            hi = lo + rec.size
-            plan.append((oid, rec))
-            by_start = runs_by_start.setdefault(seg, {})
-            by_end = runs_by_end.setdefault(seg, {})
-            left = by_end.pop(lo, None)
-            if left is not None:
-                del by_start[left]
-                lo = left
-            else:
-                left = seg.alloc.free_before(lo)
-                if left is not None:
-                    lo = left
-            right = by_start.pop(hi, None)
-            if right is not None:
-                del by_end[right]
-                hi = right
-            else:
-                right = seg.alloc.free_after(hi)
-                if right is not None:
-                    hi += right
-            by_start[lo] = hi
-            by_end[hi] = lo
-            if hi - lo >= size:
-                return plan
-            freed[seg] = freed.get(seg, 0) + rec.size
-            if seg.alloc.free_bytes + freed[seg] == seg.size:
-                room += seg.size
-                if room >= need:
-                    return plan
-        return []
 
     def _grow(self, nd: Node, size: int) -> Segment | None:
         """A new segment big enough for ``size`` within the budget, freeing empty segments
@@ -1671,8 +1619,8 @@ class Store:
         they would (None: the caller waits), else place it in a fallback segment if allowed."""
         if (
             self._spill
-            and nd.budget - nd.used + nd.lru_bytes >= size
-            and nd.lru_bytes > nd.lru_copied
+            and nd.budget - nd.used + nd.clock.bytes >= size
+            and nd.clock.bytes > nd.clock.copied
             and not self._spill_full()
         ):
             # (a batch of at least 1/8 of the budget: fewer, bigger files; later evictions
@@ -1787,7 +1735,7 @@ class Store:
 
     def _evict(self, oid: bytes, rec: ObjectRecord, now: float) -> None:
         """Evict a sealed unreferenced object (its memory is free after the pin scan)."""
-        self._lru_pop(oid, rec)
+        self._unclock(oid, rec)
         if self._doom(oid, rec, now):
             self._segments[rec.loc.segment].node.evicting += 1
         elif rec.state is State.FREED:  # (not: only on disk now)
@@ -1901,63 +1849,11 @@ class Store:
     def _clock(
         self, nd: Node, now: float, copied: bool | None = None
     ) -> Generator[tuple[bytes, ObjectRecord], None, None]:
-        """Eviction candidates of ``nd`` in CLOCK order: unreferenced objects in the order
-        they lost their last reference, first passing over those whose access byte a reader
-        set since the hand last passed (the byte is cleared: a second chance; they come
-        after all others) and those pinned now (never). Objects passed over go to the back
-        when the walk ends. ``nd.lru`` must not change during the walk; close the generator
-        to end it. ``copied`` True: only objects with a copy on disk; False: only those
-        without one and not being written."""
-        passed: list[bytes] = []
-        second: list[tuple[bytes, ObjectRecord]] = []
-        items = iter(nd.lru.items())
-        chunk = CLOCK_CHUNK
-        try:
-            # in chunks, each with one pass over the pin tables for the generations of the
-            # whole chunk (a walk usually ends within its first chunk)
-            while batch := list(itertools.islice(items, chunk)):
-                chunk *= 2
-                pinned = self._pins.pinned(rec.gen for _, rec in batch if rec.gen)
-                yield from self._clock_batch(batch, pinned, passed, second, now, copied)
-            yield from second
-        finally:
-            lru = nd.lru
-            for oid in passed:
-                if oid in lru:
-                    lru.move_to_end(oid)
-
-    def _clock_batch(
-        self,
-        batch: list[tuple[bytes, ObjectRecord]],
-        pinned: set[int],
-        passed: list[bytes],
-        second: list[tuple[bytes, ObjectRecord]],
-        now: float,
-        copied: bool | None,
-    ) -> Generator[tuple[bytes, ObjectRecord], None, None]:
-        """One chunk of :meth:`_clock`'s walk (``pinned``: which of its generations some
-        client pins)."""
-        access = self._access
-        for oid, rec in batch:
-            if rec.io is Io.MOVING:
-                continue
-            if copied is not None and (
-                (rec.spill is not None) is not copied or rec.io is Io.SPILLING
-            ):
-                continue
-            slot = rec.slot
-            if slot >= 0 and access[slot]:
-                access[slot] = 0
-                passed.append(oid)
-                second.append((oid, rec))
-                continue
-            gen = self._generation_of(rec)
-            if gen and gen in pinned:
-                passed.append(oid)
-                # a create that waits for this memory tries again later
-                self._dying.pinned_candidate(now)
-                continue
-            yield oid, rec
+        """``nd``'s eviction candidates (:meth:`ClockRing.candidates`); a pinned one passed
+        over has the pins looked at again soon (a create may wait for its memory)."""
+        return nd.clock.candidates(
+            self._access, self._pins.pinned, lambda: self._dying.pinned_candidate(now), copied
+        )
 
     def _publish(self, oid: bytes, rec: ObjectRecord, flags: int = 0) -> None:
         """Put a newly sealed object (``flags`` REPLICA: a copy) in the directory (rebuilt
@@ -2098,7 +1994,7 @@ class Store:
             self._unreferenced(oid, rec, now)
 
     def _add_ref(self, c: ClientRecord, oid: bytes, rec: ObjectRecord) -> None:
-        if rec.ref_count == 0 and not self._lru_pop(oid, rec) and rec.state is State.EVICTING:
+        if rec.ref_count == 0 and not self._unclock(oid, rec) and rec.state is State.EVICTING:
             self._revive(oid, rec)  # an eviction victim waiting for its pin scan
         rec.ref_count += 1
         refs = c.refs
@@ -2117,22 +2013,18 @@ class Store:
         if seg.fallback:
             return  # on disk already: it stays until deleted
         nd = seg.node
-        nd.lru[oid] = rec
-        nd.lru_bytes += rec.size
+        nd.clock.add(oid, rec)
         self._space_changed = True
-        if rec.spill is not None:
-            nd.lru_copied += rec.size
-        elif self._spill and nd.used - nd.lru_copied > self._spill_threshold * nd.budget:
+        if (
+            rec.spill is None
+            and self._spill
+            and nd.used - nd.clock.copied > self._spill_threshold * nd.budget
+        ):
             self._spill_wakeup = True
 
-    def _lru_pop(self, oid: bytes, rec: ObjectRecord) -> bool:
-        nd = self._segments[rec.loc.segment].node
-        if nd.lru.pop(oid, None) is None:
-            return False
-        nd.lru_bytes -= rec.size
-        if rec.spill is not None:
-            nd.lru_copied -= rec.size
-        return True
+    def _unclock(self, oid: bytes, rec: ObjectRecord) -> bool:
+        """Out of its node's CLOCK ring (False: it was not in it)."""
+        return self._segments[rec.loc.segment].node.clock.remove(oid, rec)
 
     def _info(self, oid: bytes, rec: ObjectRecord, pins: dict[int, int]) -> ObjectInfo:
         loc = rec.loc
@@ -2231,7 +2123,7 @@ class Store:
             need = w.arena[1]
         else:
             need = sum(self._object_size(it.id, it.data_size, it.metadata_size) for it in w.items)
-        return nd.budget - nd.used + nd.lru_bytes >= need
+        return nd.budget - nd.used + nd.clock.bytes >= need
 
     def _check_waiters(self, c: ClientRecord, ids: int = 1) -> None:
         """Room for one more waiting call of ``c`` naming ``ids`` ids (BadRequest if not):
@@ -2276,8 +2168,8 @@ class Store:
         and free), and the clients that hold the most of it."""
         held = self._held_on(nd)
         pinned = held.pinned_unreferenced
-        unreferenced = nd.lru_bytes - pinned
-        freeing = nd.used - held.total - nd.lru_bytes
+        unreferenced = nd.clock.bytes - pinned
+        freeing = nd.used - held.total - nd.clock.bytes
         text = (
             f"no space on node {nd.id}: {held.referenced} bytes referenced, {held.writing} "
             f"being written, {held.arenas} in arenas, {pinned} pinned by readers, "
@@ -2364,7 +2256,7 @@ class Store:
                     continue  # (counted once, or counted as referenced)
                 counted.add(gen)
                 held.pinned_only += rec.size
-                if segment.node.lru.get(key) is rec:
+                if segment.node.clock.holds(key, rec):
                     held.pinned_unreferenced += rec.size
         return held
 

@@ -4,20 +4,20 @@
 of other nodes' objects moved to it) and the CLOCK ring of its evictable objects;
 :class:`Segment` one shared-memory segment and its :class:`~plasma.allocator.Allocator`.
 A :class:`SegmentProvider` (the coordinator's memfds, or a fake in tests) makes and frees
-segments. Page and alignment rounding is written once here. This module holds records
+segments. Page and alignment rounding is :mod:`plasma.store.pages`'. This module holds records
 and arithmetic only: which object goes where, and when memory is freed, is the store's to
 decide; it must never free or allocate on its own.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Protocol
 
 from plasma.allocator import Allocator
+from plasma.store.eviction import ClockRing
 
 if TYPE_CHECKING:
-    from plasma.store.objects import ObjectRecord
+    pass
 
 
 class SegmentProvider(Protocol):
@@ -54,11 +54,9 @@ class Segment:
 class Node:
     __slots__ = (
         "budget",
+        "clock",
         "evicting",
         "id",
-        "lru",
-        "lru_bytes",
-        "lru_copied",
         "objects",
         "placed_in",
         "segment_bytes",
@@ -77,20 +75,7 @@ class Node:
         self.objects = 0
         self.shortage = ""  # why the provider last failed to make a segment (e.g. no hugepages)
         # sealed, unreferenced objects, in the order they became unreferenced (CLOCK's ring)
-        self.lru: OrderedDict[bytes, ObjectRecord] = OrderedDict()
-        self.lru_bytes = 0  # allocated bytes of the objects in ``lru``
-        self.lru_copied = 0  # ... of those that have a copy on disk (evicting them loses none)
+        self.clock = ClockRing()
         self.evicting = 0  # eviction victims waiting for their pin scan
         self.spill_demand = 0  # bytes creates and restores wait to have spilled
         self.placed_in = 0  # bytes of other nodes' objects whose pages were moved here
-
-
-def round_up(nbytes: int, unit: int) -> int:
-    """``nbytes`` rounded up to a multiple of ``unit`` (a page, or the alignment)."""
-    return -(-nbytes // unit) * unit
-
-
-def page_range(offset: int, size: int, page: int) -> tuple[int, int]:
-    """``(start, length)`` of the pages ``size`` bytes at ``offset`` are on."""
-    start = offset // page * page
-    return start, round_up(offset + size, page) - start

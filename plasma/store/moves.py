@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from plasma.store.memory import page_range
+from plasma.store.pages import page_range
 
 if TYPE_CHECKING:
     from plasma.store.memory import Segment
