@@ -61,9 +61,11 @@ class ClockRing:
             self.copied += rec.size
 
     def remove(self, oid: bytes, rec: ObjectRecord) -> bool:
-        """``rec`` gained a reference or goes: out of the ring (False: it was not in it)."""
-        if self.ring.pop(oid, None) is None:
+        """``rec`` gained a reference or goes: out of the ring (False: it was not in it;
+        another record of the same id never is taken out)."""
+        if self.ring.get(oid) is not rec:
             return False
+        del self.ring[oid]
         self.bytes -= rec.size
         if rec.spill is not None:
             self.copied -= rec.size
