@@ -292,6 +292,22 @@ class Arena:
         return offset
 
 
+# what the arena takes: bytes (or a byte view) as they are, or a value measured by
+# serialization.encode, which writes itself
+Payload = bytes | memoryview | serialization.Encoded
+
+
+def write_payload(mm: mmap.mmap, offset: int, data: Payload, dlen: int, metadata: bytes) -> None:
+    """Write an object (``dlen`` bytes of ``data``, then ``metadata``) at ``offset``."""
+    if isinstance(data, serialization.Encoded):
+        with memoryview(mm)[offset : offset + dlen] as view:
+            data.write(view)
+    else:
+        mm[offset : offset + dlen] = data
+    if metadata:
+        mm[offset + dlen : offset + dlen + len(metadata)] = metadata
+
+
 class ClientCore:
     """Everything a client knows about its connection, and every call, without any I/O."""
 
@@ -1107,24 +1123,14 @@ class ClientCore:
     ) -> Op:
         if type(data) is not bytes:
             data = memoryview(data).cast("B")
-        dlen = len(data)
-        size = dlen + len(metadata)
-        if size > ARENA_OBJECT_LIMIT:
+        if len(data) + len(metadata) > ARENA_OBJECT_LIMIT:
             yield from self.create_and_seal_many([(object_id, data, metadata)], node)
             return
         if self.concurrent:
             yield EXCLUSIVE
-        slot = self._take_slot(size, node)
-        if slot is None:
-            slot = yield from self._refill(size, node)
-        arena, offset = slot
-        mm = self.maps[arena.segment]
-        mm[offset : offset + dlen] = data
-        if metadata:
-            mm[offset + dlen : offset + size] = metadata
         oid = object_id.binary() if type(object_id) is ObjectID else as_id_bytes(object_id)
-        obj = p.ArenaObject(oid, offset, dlen, len(metadata))
-        yield Send((self._seal_arena(arena, [obj]),))
+        seals = yield from self._write_arena([(oid, data, metadata)], node)
+        yield Send(tuple(seals))
 
     def create_and_seal_many(self, items: Iterable[ManyItem], node: int | None = None) -> Op:
         """Objects up to ``ARENA_OBJECT_LIMIT`` bytes are written into the arena and registered
@@ -1132,50 +1138,21 @@ class ClientCore:
         an arena refill fails (StoreFull) the objects before it are stored, the rest not.
         Each item is ``(id, data)`` or ``(id, data, metadata)``; a malformed one is a
         BadRequest naming its index, before anything is written."""
-        items = many_items(items)
-        if self.concurrent:
-            yield EXCLUSIVE
-        mask = self.alignment - 1
-        msgs: list[msgspec.Struct] = []
-        batch: list[p.ArenaObject] = []
+        small: list[tuple[bytes, Payload, bytes]] = []
         large: list[tuple[bytes, memoryview, bytes]] = []
-        arena = self.arena if self.arena is not None and self.arena.node == node else None
-        mm = self.maps.get(arena.segment) if arena is not None else None
-        for object_id, data, meta in items:
+        for object_id, data, meta in many_items(items):
             oid = object_id.binary() if type(object_id) is ObjectID else as_id_bytes(object_id)
             if type(data) is not bytes:
                 data = memoryview(data).cast("B")
-            dlen = len(data)
-            size = dlen + len(meta)
-            if size > ARENA_OBJECT_LIMIT:
+            if len(data) + len(meta) > ARENA_OBJECT_LIMIT:
                 large.append((oid, memoryview(data), meta))
-                continue
-            need = ((size + mask) & ~mask) or mask + 1  # what Arena.take uses, inlined
-            if arena is not None and mm is not None and arena.cursor + need <= arena.end:
-                offset = arena.cursor
-                arena.cursor += need
             else:
-                if batch:
-                    assert arena is not None
-                    msgs.append(self._seal_arena(arena, batch))
-                    batch = []
-                arena = yield from self._new_arena(size, node, pending=msgs)
-                mm = self.maps[arena.segment]
-                msgs = []
-                taken = arena.take(size)
-                assert taken is not None
-                offset = taken
-            assert mm is not None
-            mm[offset : offset + dlen] = data
-            if meta:
-                mm[offset + dlen : offset + size] = meta
-            batch.append(p.ArenaObject(oid, offset, dlen, len(meta)))
-            if len(batch) == IDS_PER_FRAME:
-                msgs.append(self._seal_arena(arena, batch))
-                batch = []
-        if batch:
-            assert arena is not None
-            msgs.append(self._seal_arena(arena, batch))
+                small.append((oid, data, meta))
+        if self.concurrent:
+            yield EXCLUSIVE
+        msgs: list[msgspec.Struct] = []
+        if small:
+            msgs += yield from self._write_arena(small, node)
         for start in range(0, len(large), IDS_PER_FRAME):
             part = large[start : start + IDS_PER_FRAME]
             # the arena's SealArenas go first: an answer to Reclaim read while waiting for
@@ -1193,6 +1170,41 @@ class ClientCore:
         if msgs:
             yield Send(tuple(msgs))
 
+    def _write_arena(
+        self, items: list[tuple[bytes, Payload, bytes]], node: int | None
+    ) -> Generator[Action, Any, list[msgspec.Struct]]:
+        """Write each ``(id, data, metadata)`` (at most ``ARENA_OBJECT_LIMIT`` bytes) into an
+        arena for ``node``, asking for a fresh arena when the current one is full (the seals
+        of the old one go with that request); returns the SealArenas still to send. The one
+        path by which this client writes objects into an arena: the caller holds it
+        (EXCLUSIVE)."""
+        msgs: list[msgspec.Struct] = []
+        batch: list[p.ArenaObject] = []
+        arena = self.arena
+        if arena is not None and (arena.node != node or arena.segment not in self.maps):
+            arena = None
+        for oid, data, meta in items:
+            dlen = data.data_size if isinstance(data, serialization.Encoded) else len(data)
+            size = dlen + len(meta)
+            offset = arena.take(size) if arena is not None else None
+            if arena is None or offset is None:
+                if arena is not None and batch:
+                    msgs.append(self._seal_arena(arena, batch))
+                    batch = []
+                arena = yield from self._new_arena(size, node, pending=msgs)
+                msgs = []
+                offset = arena.take(size)
+                assert offset is not None
+            write_payload(self.maps[arena.segment], offset, data, dlen, meta)
+            batch.append(p.ArenaObject(oid, offset, dlen, len(meta)))
+            if len(batch) == IDS_PER_FRAME:
+                msgs.append(self._seal_arena(arena, batch))
+                batch = []
+        if batch:
+            assert arena is not None
+            msgs.append(self._seal_arena(arena, batch))
+        return msgs
+
     def _seal_arena(self, arena: Arena, objects: list[p.ArenaObject]) -> p.SealArena:
         """The message registering ``objects`` written into ``arena``; should it fail, the
         arena is dropped (see :meth:`feed`): its bytes are no longer written."""
@@ -1202,22 +1214,6 @@ class ClientCore:
         if len(seals) > MAX_ARENA_SEALS:
             del seals[next(iter(seals))]
         return p.SealArena(seq, arena.grant, objects)
-
-    def _take_slot(self, size: int, node: int | None) -> tuple[Arena, int] | None:
-        """Room for ``size`` bytes in the current arena, if it is for ``node`` and has it: the
-        arena and the offset taken there (no I/O: the fast path of a small put)."""
-        arena = self.arena
-        if arena is None or arena.node != node or arena.segment not in self.maps:
-            return None
-        offset = arena.take(size)
-        return None if offset is None else (arena, offset)
-
-    def _refill(self, size: int, node: int | None) -> Generator[Action, Any, tuple[Arena, int]]:
-        """A fresh arena for ``node`` (granted at least ``size`` bytes) and the offset taken."""
-        arena = yield from self._new_arena(size, node, pending=[])
-        offset = arena.take(size)
-        assert offset is not None
-        return arena, offset
 
     def _new_arena(
         self, size: int, node: int | None, pending: list[msgspec.Struct]
@@ -1386,16 +1382,8 @@ class ClientCore:
         if size <= ARENA_OBJECT_LIMIT and interleave is None:  # straight into the arena
             if self.concurrent:
                 yield EXCLUSIVE
-            slot = self._take_slot(size, one)
-            if slot is None:
-                slot = yield from self._refill(size, one)
-            arena, offset = slot
-            mm = self.maps[arena.segment]
-            mm[offset + enc.data_size : offset + size] = enc.metadata
-            with memoryview(mm)[offset : offset + enc.data_size] as view:
-                enc.write(view)
-            obj = p.ArenaObject(oid.binary(), offset, enc.data_size, len(enc.metadata))
-            yield Send((self._seal_arena(arena, [obj]),))
+            seals = yield from self._write_arena([(oid.binary(), enc, enc.metadata)], one)
+            yield Send(tuple(seals))
             return oid
         loc = yield from self._create(oid, enc.data_size, enc.metadata, node, 0.0)
         view = self.write_object(loc, enc.metadata)
