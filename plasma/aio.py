@@ -245,11 +245,9 @@ class AsyncClient:
     ) -> Any:
         """Zero-copy read-only buffers (copy-on-write ones with ``writable``); see
         :meth:`plasma.Client.get`."""
-        local = self._core.get_pinned(object_ids, timeout, with_metadata)
+        local = self._core.get_pinned(object_ids, timeout, with_metadata, writable)
         if local is None:
-            local = await self._run(self._core.get(object_ids, timeout, with_metadata))
-        if writable:
-            return self._core.writable_result(object_ids, local, with_metadata)
+            local = await self._run(self._core.get(object_ids, timeout, with_metadata, writable))
         return local
 
     async def get_buffers(
@@ -339,10 +337,8 @@ class AsyncClient:
     ) -> Any:
         """The value stored by :meth:`put`, as a zero-copy read-only view (a copy-on-write
         one with ``writable``; see :meth:`plasma.Client.get_object`)."""
-        local = self._core.get_pinned(object_id, timeout, True)
-        if local is not None:
-            return self._core.value(object_id, local[0], local[1], writable)
-        return await self._run(self._core.get_object(object_id, timeout, writable))
+        data, meta = await self.get(object_id, timeout, with_metadata=True)
+        return self._core.value(object_id, data, meta, writable)
 
     # ------------------------------------------------------------ run relay
 

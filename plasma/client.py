@@ -284,11 +284,9 @@ class Client:
         object's pages): the caller may modify it, pages are copied as they are first written,
         and the store's bytes never change. Metadata stays read-only.
         """
-        local = self._core.get_pinned(object_ids, timeout, with_metadata)
+        local = self._core.get_pinned(object_ids, timeout, with_metadata, writable)
         if local is None:
-            local = self._run(self._core.get(object_ids, timeout, with_metadata))
-        if writable:
-            return self._core.writable_result(object_ids, local, with_metadata)
+            local = self._run(self._core.get(object_ids, timeout, with_metadata, writable))
         return local
 
     def get_buffers(
@@ -403,10 +401,8 @@ class Client:
         """The value stored by :meth:`put`, as a zero-copy read-only view; with ``writable``
         a copy-on-write view (numpy arrays, raw buffers and pickled arrays the caller may
         modify, the store's bytes unchanged; see :meth:`get`)."""
-        local = self._core.get_pinned(object_id, timeout, True)
-        if local is not None:
-            return self._core.value(object_id, local[0], local[1], writable)
-        return self._run(self._core.get_object(object_id, timeout, writable))
+        data, meta = self.get(object_id, timeout, with_metadata=True)
+        return self._core.value(object_id, data, meta, writable)
 
     # ------------------------------------------------------------ lifetime
 

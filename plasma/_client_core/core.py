@@ -37,9 +37,10 @@ import numpy as np
 
 from plasma import parallel_copy, serialization
 from plasma import protocol as p
-from plasma.directory import ORDERED_MEMORY, REPLICA, DirectoryReader, Found, PinTable
+from plasma._client_core.fast_path import pin_from_directory
+from plasma.directory import ORDERED_MEMORY, DirectoryReader, Found, PinTable
 from plasma.errors import BadRequest, Disconnected, PlasmaError, error_for
-from plasma.ids import ID_SIZE, ObjectID, as_id_bytes, replica_id
+from plasma.ids import ID_SIZE, ObjectID, as_id_bytes
 from plasma.linux.memfd import map_segment, populate_range
 
 ObjectRef = ObjectID | bytes
@@ -709,58 +710,50 @@ class ClientCore:
                 self._pin_map = pins
                 self.pins = PinTable(pins)
 
-    def get_pinned(self, object_id: Any, timeout: float | None, with_metadata: bool) -> Any | None:
+    def get_pinned(
+        self, object_ids: Any, timeout: float | None, with_metadata: bool, writable: bool = False
+    ) -> Any | None:
         """What ``get`` of one id returns, when the directory serves it at once (no I/O, so
         no operation to drive); None otherwise (run :meth:`get`, which raises if the
-        connection is gone)."""
+        connection is gone). The fast path of both clients' ``get``."""
         # (inlined gone(): between looks, one read of the clock; fatal empties the reader)
         if self.reader is None or (_monotonic() >= self.next_hangup_check and self._look()):
             return None  # (get raises it)
-        kind = type(object_id)
+        kind = type(object_ids)
         if kind is ObjectID:
-            oid = object_id.binary()
-        elif kind is bytes and len(object_id) == ID_SIZE:
-            oid = object_id
+            oid = object_ids.binary()
+        elif kind is bytes and len(object_ids) == ID_SIZE:
+            oid = object_ids
         else:
             return None
         if oid in self.held or oid in self.cache:
             return None  # served by reuse, after taking in revocations
         check_timeout(timeout)
         views = self.take_pinned(oid)
-        if views is None or with_metadata:
-            return views
-        return views[0]
+        if views is None:
+            return None
+        if writable:
+            views = self._writable([oid], [views], True)[0]
+        return views if with_metadata else views[0]
 
     def take_pinned(self, oid: bytes) -> tuple[memoryview, memoryview] | None:
-        """Views of the sealed object ``oid`` read from the directory and pinned, with no
-        request; None when the directory cannot serve it (ask the coordinator).
-
-        The pin is written between a consistent read of the object's slot and a re-read of
-        its sequence word; unchanged, the object was not marked dying before the pin could
-        be seen, so the coordinator's scan (a grace period after any mark) sees the pin.
-        The lock keeps another thread from replacing the directory's maps meanwhile."""
+        """Views of the sealed object ``oid`` read from the directory and pinned
+        (:func:`~plasma._client_core.fast_path.pin_from_directory`), with no request; None
+        when the directory cannot serve it (ask the coordinator). The lock keeps another
+        thread from replacing the directory's maps meanwhile."""
         with self._held_lock:
             reader, pins = self.reader, self.pins
             if reader is None or pins is None:
                 return None
-            found = None
-            info = self.info
-            if reader.replicas and info is not None and info.node is not None:
-                found = reader.lookup(replica_id(oid, info.node), REPLICA)  # a copy on our node
-            if found is None:
-                found = reader.lookup(oid)
-            if found is None or found.location.segment not in self.maps:
-                self._check_superseded(reader)
-                return None
             if oid in self.held or oid in self.cache:
                 return None  # held already (another thread got it meanwhile): reuse that one
-            index = pins.pin(found.generation)
-            if index is None:
-                return None  # the pin table is full
-            if not reader.unchanged(found):
-                pins.unpin(index)
+            info = self.info
+            node = info.node if info is not None else None
+            pinned = pin_from_directory(reader, pins, self.maps, oid, node)
+            if pinned is None:
                 self._check_superseded(reader)
                 return None
+            found, index = pinned
             self.held[oid] = _Held(found.location, pin=index, found=found)
             return self._views(oid, found.location)
 
@@ -910,20 +903,16 @@ class ClientCore:
         weakref.finalize(owner, _keep_until_called, data)
         return owner.data[:size]
 
-    def writable_result(self, object_ids: Any, result: Any, with_metadata: bool) -> Any:
-        """``result`` of ``get(object_ids, ...)`` with each data view made a private
-        writable one (:meth:`private_view`); metadata stays read-only."""
-        ids, single = _id_list(object_ids)
-        results = [result] if single else result
+    def _writable(self, ids: list[bytes], results: list[Any], with_metadata: bool) -> list[Any]:
+        """``results`` of a get of ``ids`` with each data view made a private writable one
+        (:meth:`private_view`); metadata stays read-only."""
         out: list[Any] = []
         for oid, got in zip(ids, results, strict=True):
-            if got is None:
-                out.append(None)
-            elif with_metadata:
+            if with_metadata:
                 out.append((self.private_view(oid, got[0]), got[1]))
             else:
                 out.append(self.private_view(oid, got))
-        return out[0] if single else out
+        return out
 
     def value(
         self, object_id: ObjectRef, data: memoryview, meta: memoryview, writable: bool
@@ -1279,9 +1268,13 @@ class ClientCore:
                 get.fill(locations, timeout)
         return get.result(with_metadata, raise_missing=raise_missing)
 
-    def get(self, object_ids: Any, timeout: float | None, with_metadata: bool) -> Op:
+    def get(
+        self, object_ids: Any, timeout: float | None, with_metadata: bool, writable: bool
+    ) -> Op:
         ids, single = _id_list(object_ids)
         results = yield from self._get(ids, timeout, with_metadata, True)
+        if writable:
+            results = self._writable(ids, results, with_metadata)
         return results[0] if single else results
 
     def get_metadata(self, object_ids: Sequence[ObjectRef], timeout: float | None) -> Op:
@@ -1391,10 +1384,6 @@ class ClientCore:
         view.release()
         yield Send(self._seal_and_release([oid.binary()]))
         return oid
-
-    def get_object(self, object_id: ObjectRef, timeout: float | None, writable: bool = False) -> Op:
-        data, meta = yield from self.get(object_id, timeout, True)
-        return self.value(object_id, data, meta, writable)
 
 
 Views = tuple[memoryview, memoryview]
