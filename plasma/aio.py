@@ -36,6 +36,7 @@ from plasma._client_core import (
     Send,
     check_timeout,
 )
+from plasma._client_core.api import documented
 from plasma.errors import Disconnected, PlasmaError, PlasmaTimeout, error_for
 from plasma.ids import ObjectID
 from plasma.linux.affinity import get_affinity
@@ -44,6 +45,7 @@ from plasma.linux.fdpass import ANCILLARY_SPACE, RECV_FLAGS, received_fds
 __all__ = ["AsyncClient", "AsyncSubscription", "connect"]
 
 
+@documented
 class AsyncClient:
     """A trio connection to a coordinator; make one with :func:`connect`."""
 
@@ -200,19 +202,15 @@ class AsyncClient:
         node: Node = None,
         timeout: float | None = 0.0,
     ) -> memoryview:
-        """Create an object; returns its writable buffer (see :meth:`plasma.Client.create`)."""
         return await self._run(self._core.create(object_id, size, metadata, node, timeout))
 
     async def seal(self, object_id: ObjectRef, *, wait: bool = False) -> None:
-        """Make the object immutable and visible (see :meth:`plasma.Client.seal`)."""
         await self._run(self._core.seal(object_id, wait))
 
     async def abort(self, object_id: ObjectRef) -> None:
-        """Drop an unsealed object this client created."""
         await self._run(self._core.abort(object_id))
 
     async def release(self, object_id: ObjectRef) -> None:
-        """Drop one reference this client holds."""
         await self._run(self._core.release(object_id))
 
     async def create_and_seal(
@@ -223,7 +221,6 @@ class AsyncClient:
         *,
         node: int | None = None,
     ) -> None:
-        """Create, fill and seal in one go; small objects need no round trip."""
         await self._run(self._core.create_and_seal(object_id, data, metadata, node))
 
     async def create_and_seal_many(
@@ -232,7 +229,6 @@ class AsyncClient:
         *,
         node: int | None = None,
     ) -> None:
-        """Create, fill and seal many objects (see :meth:`plasma.Client.create_and_seal_many`)."""
         await self._run(self._core.create_and_seal_many(items, node))
 
     async def get(
@@ -243,13 +239,9 @@ class AsyncClient:
         with_metadata: bool = False,
         writable: bool = False,
     ) -> Any:
-        """Zero-copy read-only buffers (copy-on-write ones with ``writable``); see
-        :meth:`plasma.Client.get`."""
-        local = self._core.get_pinned(object_ids, timeout, with_metadata)
+        local = self._core.get_pinned(object_ids, timeout, with_metadata, writable)
         if local is None:
-            local = await self._run(self._core.get(object_ids, timeout, with_metadata))
-        if writable:
-            return self._core.writable_result(object_ids, local, with_metadata)
+            local = await self._run(self._core.get(object_ids, timeout, with_metadata, writable))
         return local
 
     async def get_buffers(
@@ -259,64 +251,49 @@ class AsyncClient:
         *,
         with_metadata: bool = False,
     ) -> list[Any]:
-        """Like :meth:`get` but returns None for objects that are not available."""
         return await self._run(self._core.get_buffers(object_ids, timeout, with_metadata, False))
 
     async def get_metadata(
         self, object_ids: Sequence[ObjectRef], timeout: float | None = None
     ) -> list[bytes]:
-        """The metadata of each object (waiting up to ``timeout`` like :meth:`get`)."""
         return await self._run(self._core.get_metadata(object_ids, timeout))
 
     async def contains(self, object_id: ObjectRef) -> bool:
-        """True when the object exists and is sealed."""
         return await self._run(self._core.contains(object_id))
 
     async def delete(self, object_ids: ObjectRef | Iterable[ObjectRef]) -> list[ObjectID]:
-        """Delete objects; see :meth:`plasma.Client.delete`."""
         return await self._run(self._core.delete(object_ids))
 
     async def list(self) -> dict[ObjectID, dict[str, Any]]:
-        """Every object with its sizes, node, state, ref count, create time and owner."""
         return await self._run(self._core.list())
 
     async def replicate(self, object_id: ObjectRef, nodes: Iterable[int]) -> builtins.list[int]:
-        """See :meth:`plasma.Client.replicate`."""
         return await self._run(self._core.replicate(object_id, nodes))
 
     async def migrate(self, object_id: ObjectRef, node: int) -> builtins.list[int]:
-        """See :meth:`plasma.Client.migrate`."""
         return await self._run(self._core.migrate(object_id, node))
 
     async def evict(self, nbytes: int) -> int:
-        """Evict sealed unreferenced objects, LRU first; returns the bytes freed."""
         return await self._run(self._core.evict(nbytes))
 
     async def stats(self, placement: bool = False, top_objects: int = 10) -> dict[str, Any]:
-        """See :meth:`plasma.Client.stats`."""
         return await self._run(self._core.stats(placement, top_objects))
 
     async def register_task(
         self, task_id: str, pid: int, node: int | None = None, run_id: str = ""
     ) -> None:
-        """Have the coordinator sample process ``pid`` as ``task_id`` (placed on ``node``)."""
         await self._run(self._core.register_task(task_id, pid, node, run_id))
 
     async def task_done(self, task_id: str, run_id: str = "") -> None:
-        """``task_id`` ended: the coordinator takes a final sample and stops sampling it."""
         await self._run(self._core.task_done(task_id, run_id))
 
     async def submit_sample(self, task_id: str, sample: Any, run_id: str = "") -> None:
-        """Record a sample taken by the caller (a ``plasma.perf.PerfSample`` or its dict)."""
         await self._run(self._core.submit_sample(task_id, sample, run_id))
 
     async def flush(self) -> None:
-        """Release cached references, wait until everything sent so far was handled, and
-        raise the coordinator's deferred errors."""
         await self._run(self._core.flush())
 
     async def subscribe(self, *, with_locations: bool = False) -> AsyncSubscription:
-        """Seal and delete notifications (see :meth:`plasma.Client.subscribe`)."""
         await self._run(self._core.subscribe(with_locations))
         return AsyncSubscription(self)
 
@@ -328,8 +305,6 @@ class AsyncClient:
         node: Node = None,
         replicas: Iterable[int] = (),
     ) -> ObjectID:
-        """Store a numpy array, Arrow object or bytes; returns its id (see
-        :meth:`plasma.Client.put`)."""
         if replicas:
             return await self._run(self._core.put_replicated(value, object_id, node, replicas))
         return await self._run(self._core.put(value, object_id, node))
@@ -337,17 +312,12 @@ class AsyncClient:
     async def get_object(
         self, object_id: ObjectRef, timeout: float | None = None, *, writable: bool = False
     ) -> Any:
-        """The value stored by :meth:`put`, as a zero-copy read-only view (a copy-on-write
-        one with ``writable``; see :meth:`plasma.Client.get_object`)."""
-        local = self._core.get_pinned(object_id, timeout, True)
-        if local is not None:
-            return self._core.value(object_id, local[0], local[1], writable)
-        return await self._run(self._core.get_object(object_id, timeout, writable))
+        data, meta = await self.get(object_id, timeout, with_metadata=True)
+        return self._core.value(object_id, data, meta, writable)
 
     # ------------------------------------------------------------ run relay
 
     async def run_call(self, run_id: str, payload: Any) -> Any:
-        """Ask the owner of ``run_id`` (a DAG runner) something and wait for its answer."""
         return await self._run(self._core.run_call(run_id, payload))
 
     async def register_run(self, run_id: str) -> None:

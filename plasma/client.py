@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, overload
 
 import msgspec
 
@@ -34,6 +34,7 @@ from plasma._client_core import (
     Send,
     check_timeout,
 )
+from plasma._client_core.api import ClientAPI, documented
 from plasma.errors import Disconnected, PlasmaError, PlasmaTimeout, error_for
 from plasma.ids import ObjectID
 from plasma.linux.affinity import get_affinity
@@ -42,6 +43,7 @@ from plasma.linux.fdpass import ANCILLARY_SPACE, RECV_FLAGS, received_fds
 __all__ = ["Client", "Subscription", "connect"]
 
 
+@documented
 class Client:
     """A connection to a coordinator. Use :func:`connect` to make one."""
 
@@ -186,37 +188,15 @@ class Client:
         node: Node = None,
         timeout: float | None = 0.0,
     ) -> memoryview:
-        """Create an object of ``size`` bytes; returns its writable buffer. Seal it when filled.
-
-        The creator's reference follows the buffer: once the object is sealed and no view of
-        the buffer (a slice, a numpy array on it) is left, it is released, as a reader's
-        reference is with its views; :meth:`release` drops it earlier.
-
-        ``timeout`` is how long to wait for space when the store is full (None: forever).
-        ``node``: a NUMA node, ``"interleave"`` (its pages spread over every node, for an
-        object every node reads) or a list of nodes to interleave across; None: the
-        client's default node.
-        """
         return self._run(self._core.create(object_id, size, metadata, node, timeout))
 
     def seal(self, object_id: ObjectRef, *, wait: bool = False) -> None:
-        """Make the object immutable and visible; the creator keeps its reference while a
-        view of its create buffer is alive (see :meth:`create`). Sent without waiting
-        (errors surface on a later call); ``wait=True`` returns once the coordinator sealed
-        it, raising its error and any earlier one here."""
         self._run(self._core.seal(object_id, wait))
 
     def abort(self, object_id: ObjectRef) -> None:
-        """Drop an unsealed object this client created."""
         self._run(self._core.abort(object_id))
 
     def release(self, object_id: ObjectRef) -> None:
-        """Drop one reference this client holds (views already handed out stay mapped).
-
-        The creator reference of a sealed object whose create buffer is still alive goes now
-        (not again when the buffer dies); one that already went with its buffer is not
-        released a second time.
-        """
         self._run(self._core.release(object_id))
 
     def create_and_seal(
@@ -227,7 +207,6 @@ class Client:
         *,
         node: int | None = None,
     ) -> None:
-        """Create, fill and seal in one go; small objects need no round trip."""
         self._run(self._core.create_and_seal(object_id, data, metadata, node))
 
     def create_and_seal_many(
@@ -236,15 +215,6 @@ class Client:
         *,
         node: int | None = None,
     ) -> None:
-        """Create, fill and seal many objects with at most one round trip (plus arena refills).
-
-        Each item is ``(id, data)`` or ``(id, data, metadata)``; a malformed one raises
-        ``BadRequest`` naming its index, and nothing is stored.
-        Objects up to 1 MiB are written into this client's arena and registered by
-        ``SealArena`` messages sent without waiting; an error (say, an id that exists)
-        surfaces on the next reply or :meth:`flush`. When a refill of the arena fails
-        (StoreFull), the objects before it are stored and the rest are not.
-        """
         self._run(self._core.create_and_seal_many(items, node))
 
     @overload
@@ -274,21 +244,9 @@ class Client:
         with_metadata: bool = False,
         writable: bool = False,
     ) -> Any:
-        """Zero-copy read-only buffers of sealed objects, waiting up to ``timeout`` seconds.
-
-        Returns one buffer (or ``(data, metadata)`` pair) per id; a single id gives a single
-        result. Raises ``ObjectNotSealed``, ``ObjectNotFound`` or ``PlasmaTimeout`` when an
-        object is not available; the references already taken are then released.
-
-        With ``writable`` each data buffer is a copy-on-write view (a private mapping of the
-        object's pages): the caller may modify it, pages are copied as they are first written,
-        and the store's bytes never change. Metadata stays read-only.
-        """
-        local = self._core.get_pinned(object_ids, timeout, with_metadata)
+        local = self._core.get_pinned(object_ids, timeout, with_metadata, writable)
         if local is None:
-            local = self._run(self._core.get(object_ids, timeout, with_metadata))
-        if writable:
-            return self._core.writable_result(object_ids, local, with_metadata)
+            local = self._run(self._core.get(object_ids, timeout, with_metadata, writable))
         return local
 
     def get_buffers(
@@ -298,87 +256,53 @@ class Client:
         *,
         with_metadata: bool = False,
     ) -> list[Any]:
-        """Like :meth:`get` but returns None for objects that are not available."""
         return self._run(self._core.get_buffers(object_ids, timeout, with_metadata, False))
 
     def get_metadata(
         self, object_ids: Sequence[ObjectRef], timeout: float | None = None
     ) -> list[bytes]:
-        """The metadata of each object (waiting up to ``timeout`` like :meth:`get`)."""
         return self._run(self._core.get_metadata(object_ids, timeout))
 
     def contains(self, object_id: ObjectRef) -> bool:
-        """True when the object exists and is sealed."""
         return self._run(self._core.contains(object_id))
 
     def delete(self, object_ids: ObjectRef | Iterable[ObjectRef]) -> list[ObjectID]:
-        """Delete objects (deferred while referenced); returns the ids whose delete was deferred.
-
-        Raises ``ObjectNotFound`` naming ids that are absent or unsealed, after deleting the rest.
-        """
         return self._run(self._core.delete(object_ids))
 
     def list(self) -> dict[ObjectID, dict[str, Any]]:
-        """Every object: data_size, metadata_size, node, state, ref_count, create_time, owner."""
         return self._run(self._core.list())
 
     def replicate(self, object_id: ObjectRef, nodes: Iterable[int]) -> builtins.list[int]:
-        """Make read-only copies of a sealed object on ``nodes``: a reader on one of them
-        gets its node's copy (through the directory too). Returns the nodes with a copy
-        (the object's own included). The copies count against their nodes' budgets
-        (StoreFull, and none made, when one has no room) and go with the object."""
         return self._run(self._core.replicate(object_id, nodes))
 
     def migrate(self, object_id: ObjectRef, node: int) -> builtins.list[int]:
-        """Move a sealed object's pages to ``node``; readers keep their views (the same
-        addresses, the same bytes). Returns the nodes its pages are on. StoreFull when
-        ``node`` has no room for it."""
         return self._run(self._core.migrate(object_id, node))
 
     def evict(self, nbytes: int) -> int:
-        """Evict sealed unreferenced objects, LRU first, until ``nbytes`` are freed; returns the
-        bytes freed."""
         return self._run(self._core.evict(nbytes))
 
     def stats(self, placement: bool = False, top_objects: int = 10) -> dict[str, Any]:
-        """Store, segments, clients (with the memory each holds), operations, errors, tasks
-        with their latest perf sample, and ``holders``: the bytes held in all and the
-        ``top_objects`` largest objects held, with their holders.
-
-        With ``placement`` also where each segment's pages are (slower: it asks the kernel).
-        """
         return self._run(self._core.stats(placement, top_objects))
 
     def register_task(
         self, task_id: str, pid: int, node: int | None = None, run_id: str = ""
     ) -> None:
-        """Have the coordinator sample process ``pid`` as ``task_id`` (placed on ``node``)."""
         self._run(self._core.register_task(task_id, pid, node, run_id))
 
     def task_done(self, task_id: str, run_id: str = "") -> None:
-        """Tell the coordinator ``task_id`` ended: it takes a final sample and stops sampling it."""
         self._run(self._core.task_done(task_id, run_id))
 
     def submit_sample(self, task_id: str, sample: Any, run_id: str = "") -> None:
-        """Record a sample taken by the caller (a ``plasma.perf.PerfSample`` or its dict)."""
         self._run(self._core.submit_sample(task_id, sample, run_id))
 
     def flush(self) -> None:
-        """Release cached references, wait until the coordinator handled everything sent so
-        far, and raise its deferred errors."""
         self._run(self._core.flush())
 
     def subscribe(self, *, with_locations: bool = False) -> Subscription:
-        """Start receiving seal and delete notifications.
-
-        With ``with_locations`` each seal notification also hands this client a reference to
-        the object, so a following :meth:`get` of it needs no round trip (release it if unused).
-        """
         self._run(self._core.subscribe(with_locations))
         return Subscription(self)
 
     def run_call(self, run_id: str, payload: Any) -> Any:
-        """Ask the owner of ``run_id`` (a DAG runner) something and wait for its answer."""
         return self._run(self._core.run_call(run_id, payload))
 
     # ------------------------------------------------------------ values
@@ -391,8 +315,6 @@ class Client:
         node: Node = None,
         replicas: Iterable[int] = (),
     ) -> ObjectID:
-        """Store a numpy array, Arrow object or bytes; returns its id. ``node`` as for
-        :meth:`create`; ``replicas``: nodes to make read-only copies on (:meth:`replicate`)."""
         if replicas:
             return self._run(self._core.put_replicated(value, object_id, node, replicas))
         return self._run(self._core.put(value, object_id, node))
@@ -400,13 +322,8 @@ class Client:
     def get_object(
         self, object_id: ObjectRef, timeout: float | None = None, *, writable: bool = False
     ) -> Any:
-        """The value stored by :meth:`put`, as a zero-copy read-only view; with ``writable``
-        a copy-on-write view (numpy arrays, raw buffers and pickled arrays the caller may
-        modify, the store's bytes unchanged; see :meth:`get`)."""
-        local = self._core.get_pinned(object_id, timeout, True)
-        if local is not None:
-            return self._core.value(object_id, local[0], local[1], writable)
-        return self._run(self._core.get_object(object_id, timeout, writable))
+        data, meta = self.get(object_id, timeout, with_metadata=True)
+        return self._core.value(object_id, data, meta, writable)
 
     # ------------------------------------------------------------ lifetime
 
@@ -475,3 +392,7 @@ def connect(
     ``$PLASMA_COPY_THREADS``, else the CPUs this thread may use, at most 8; 1: this thread).
     """
     return Client(socket_path, client_name, release_delay=release_delay, copy_threads=copy_threads)
+
+
+if TYPE_CHECKING:
+    _conforms: type[ClientAPI] = Client

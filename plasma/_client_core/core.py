@@ -37,9 +37,10 @@ import numpy as np
 
 from plasma import parallel_copy, serialization
 from plasma import protocol as p
-from plasma.directory import ORDERED_MEMORY, REPLICA, DirectoryReader, Found, PinTable
+from plasma._client_core.fast_path import pin_from_directory
+from plasma.directory import ORDERED_MEMORY, DirectoryReader, Found, PinTable
 from plasma.errors import BadRequest, Disconnected, PlasmaError, error_for
-from plasma.ids import ID_SIZE, ObjectID, as_id_bytes, replica_id
+from plasma.ids import ID_SIZE, ObjectID, as_id_bytes
 from plasma.linux.memfd import map_segment, populate_range
 
 ObjectRef = ObjectID | bytes
@@ -290,6 +291,22 @@ class Arena:
         offset = self.cursor
         self.cursor += need
         return offset
+
+
+# what the arena takes: bytes (or a byte view) as they are, or a value measured by
+# serialization.encode, which writes itself
+Payload = bytes | memoryview | serialization.Encoded
+
+
+def write_payload(mm: mmap.mmap, offset: int, data: Payload, dlen: int, metadata: bytes) -> None:
+    """Write an object (``dlen`` bytes of ``data``, then ``metadata``) at ``offset``."""
+    if isinstance(data, serialization.Encoded):
+        with memoryview(mm)[offset : offset + dlen] as view:
+            data.write(view)
+    else:
+        mm[offset : offset + dlen] = data
+    if metadata:
+        mm[offset + dlen : offset + dlen + len(metadata)] = metadata
 
 
 class ClientCore:
@@ -693,58 +710,50 @@ class ClientCore:
                 self._pin_map = pins
                 self.pins = PinTable(pins)
 
-    def get_pinned(self, object_id: Any, timeout: float | None, with_metadata: bool) -> Any | None:
+    def get_pinned(
+        self, object_ids: Any, timeout: float | None, with_metadata: bool, writable: bool = False
+    ) -> Any | None:
         """What ``get`` of one id returns, when the directory serves it at once (no I/O, so
         no operation to drive); None otherwise (run :meth:`get`, which raises if the
-        connection is gone)."""
+        connection is gone). The fast path of both clients' ``get``."""
         # (inlined gone(): between looks, one read of the clock; fatal empties the reader)
         if self.reader is None or (_monotonic() >= self.next_hangup_check and self._look()):
             return None  # (get raises it)
-        kind = type(object_id)
+        kind = type(object_ids)
         if kind is ObjectID:
-            oid = object_id.binary()
-        elif kind is bytes and len(object_id) == ID_SIZE:
-            oid = object_id
+            oid = object_ids.binary()
+        elif kind is bytes and len(object_ids) == ID_SIZE:
+            oid = object_ids
         else:
             return None
         if oid in self.held or oid in self.cache:
             return None  # served by reuse, after taking in revocations
         check_timeout(timeout)
         views = self.take_pinned(oid)
-        if views is None or with_metadata:
-            return views
-        return views[0]
+        if views is None:
+            return None
+        if writable:
+            views = self._writable([oid], [views], True)[0]
+        return views if with_metadata else views[0]
 
     def take_pinned(self, oid: bytes) -> tuple[memoryview, memoryview] | None:
-        """Views of the sealed object ``oid`` read from the directory and pinned, with no
-        request; None when the directory cannot serve it (ask the coordinator).
-
-        The pin is written between a consistent read of the object's slot and a re-read of
-        its sequence word; unchanged, the object was not marked dying before the pin could
-        be seen, so the coordinator's scan (a grace period after any mark) sees the pin.
-        The lock keeps another thread from replacing the directory's maps meanwhile."""
+        """Views of the sealed object ``oid`` read from the directory and pinned
+        (:func:`~plasma._client_core.fast_path.pin_from_directory`), with no request; None
+        when the directory cannot serve it (ask the coordinator). The lock keeps another
+        thread from replacing the directory's maps meanwhile."""
         with self._held_lock:
             reader, pins = self.reader, self.pins
             if reader is None or pins is None:
                 return None
-            found = None
-            info = self.info
-            if reader.replicas and info is not None and info.node is not None:
-                found = reader.lookup(replica_id(oid, info.node), REPLICA)  # a copy on our node
-            if found is None:
-                found = reader.lookup(oid)
-            if found is None or found.location.segment not in self.maps:
-                self._check_superseded(reader)
-                return None
             if oid in self.held or oid in self.cache:
                 return None  # held already (another thread got it meanwhile): reuse that one
-            index = pins.pin(found.generation)
-            if index is None:
-                return None  # the pin table is full
-            if not reader.unchanged(found):
-                pins.unpin(index)
+            info = self.info
+            node = info.node if info is not None else None
+            pinned = pin_from_directory(reader, pins, self.maps, oid, node)
+            if pinned is None:
                 self._check_superseded(reader)
                 return None
+            found, index = pinned
             self.held[oid] = _Held(found.location, pin=index, found=found)
             return self._views(oid, found.location)
 
@@ -894,20 +903,16 @@ class ClientCore:
         weakref.finalize(owner, _keep_until_called, data)
         return owner.data[:size]
 
-    def writable_result(self, object_ids: Any, result: Any, with_metadata: bool) -> Any:
-        """``result`` of ``get(object_ids, ...)`` with each data view made a private
-        writable one (:meth:`private_view`); metadata stays read-only."""
-        ids, single = _id_list(object_ids)
-        results = [result] if single else result
+    def _writable(self, ids: list[bytes], results: list[Any], with_metadata: bool) -> list[Any]:
+        """``results`` of a get of ``ids`` with each data view made a private writable one
+        (:meth:`private_view`); metadata stays read-only."""
         out: list[Any] = []
         for oid, got in zip(ids, results, strict=True):
-            if got is None:
-                out.append(None)
-            elif with_metadata:
+            if with_metadata:
                 out.append((self.private_view(oid, got[0]), got[1]))
             else:
                 out.append(self.private_view(oid, got))
-        return out[0] if single else out
+        return out
 
     def value(
         self, object_id: ObjectRef, data: memoryview, meta: memoryview, writable: bool
@@ -1107,24 +1112,14 @@ class ClientCore:
     ) -> Op:
         if type(data) is not bytes:
             data = memoryview(data).cast("B")
-        dlen = len(data)
-        size = dlen + len(metadata)
-        if size > ARENA_OBJECT_LIMIT:
+        if len(data) + len(metadata) > ARENA_OBJECT_LIMIT:
             yield from self.create_and_seal_many([(object_id, data, metadata)], node)
             return
         if self.concurrent:
             yield EXCLUSIVE
-        slot = self._take_slot(size, node)
-        if slot is None:
-            slot = yield from self._refill(size, node)
-        arena, offset = slot
-        mm = self.maps[arena.segment]
-        mm[offset : offset + dlen] = data
-        if metadata:
-            mm[offset + dlen : offset + size] = metadata
         oid = object_id.binary() if type(object_id) is ObjectID else as_id_bytes(object_id)
-        obj = p.ArenaObject(oid, offset, dlen, len(metadata))
-        yield Send((self._seal_arena(arena, [obj]),))
+        seals = yield from self._write_arena([(oid, data, metadata)], node)
+        yield Send(tuple(seals))
 
     def create_and_seal_many(self, items: Iterable[ManyItem], node: int | None = None) -> Op:
         """Objects up to ``ARENA_OBJECT_LIMIT`` bytes are written into the arena and registered
@@ -1132,50 +1127,21 @@ class ClientCore:
         an arena refill fails (StoreFull) the objects before it are stored, the rest not.
         Each item is ``(id, data)`` or ``(id, data, metadata)``; a malformed one is a
         BadRequest naming its index, before anything is written."""
-        items = many_items(items)
-        if self.concurrent:
-            yield EXCLUSIVE
-        mask = self.alignment - 1
-        msgs: list[msgspec.Struct] = []
-        batch: list[p.ArenaObject] = []
+        small: list[tuple[bytes, Payload, bytes]] = []
         large: list[tuple[bytes, memoryview, bytes]] = []
-        arena = self.arena if self.arena is not None and self.arena.node == node else None
-        mm = self.maps.get(arena.segment) if arena is not None else None
-        for object_id, data, meta in items:
+        for object_id, data, meta in many_items(items):
             oid = object_id.binary() if type(object_id) is ObjectID else as_id_bytes(object_id)
             if type(data) is not bytes:
                 data = memoryview(data).cast("B")
-            dlen = len(data)
-            size = dlen + len(meta)
-            if size > ARENA_OBJECT_LIMIT:
+            if len(data) + len(meta) > ARENA_OBJECT_LIMIT:
                 large.append((oid, memoryview(data), meta))
-                continue
-            need = ((size + mask) & ~mask) or mask + 1  # what Arena.take uses, inlined
-            if arena is not None and mm is not None and arena.cursor + need <= arena.end:
-                offset = arena.cursor
-                arena.cursor += need
             else:
-                if batch:
-                    assert arena is not None
-                    msgs.append(self._seal_arena(arena, batch))
-                    batch = []
-                arena = yield from self._new_arena(size, node, pending=msgs)
-                mm = self.maps[arena.segment]
-                msgs = []
-                taken = arena.take(size)
-                assert taken is not None
-                offset = taken
-            assert mm is not None
-            mm[offset : offset + dlen] = data
-            if meta:
-                mm[offset + dlen : offset + size] = meta
-            batch.append(p.ArenaObject(oid, offset, dlen, len(meta)))
-            if len(batch) == IDS_PER_FRAME:
-                msgs.append(self._seal_arena(arena, batch))
-                batch = []
-        if batch:
-            assert arena is not None
-            msgs.append(self._seal_arena(arena, batch))
+                small.append((oid, data, meta))
+        if self.concurrent:
+            yield EXCLUSIVE
+        msgs: list[msgspec.Struct] = []
+        if small:
+            msgs += yield from self._write_arena(small, node)
         for start in range(0, len(large), IDS_PER_FRAME):
             part = large[start : start + IDS_PER_FRAME]
             # the arena's SealArenas go first: an answer to Reclaim read while waiting for
@@ -1193,6 +1159,41 @@ class ClientCore:
         if msgs:
             yield Send(tuple(msgs))
 
+    def _write_arena(
+        self, items: list[tuple[bytes, Payload, bytes]], node: int | None
+    ) -> Generator[Action, Any, list[msgspec.Struct]]:
+        """Write each ``(id, data, metadata)`` (at most ``ARENA_OBJECT_LIMIT`` bytes) into an
+        arena for ``node``, asking for a fresh arena when the current one is full (the seals
+        of the old one go with that request); returns the SealArenas still to send. The one
+        path by which this client writes objects into an arena: the caller holds it
+        (EXCLUSIVE)."""
+        msgs: list[msgspec.Struct] = []
+        batch: list[p.ArenaObject] = []
+        arena = self.arena
+        if arena is not None and (arena.node != node or arena.segment not in self.maps):
+            arena = None
+        for oid, data, meta in items:
+            dlen = data.data_size if isinstance(data, serialization.Encoded) else len(data)
+            size = dlen + len(meta)
+            offset = arena.take(size) if arena is not None else None
+            if arena is None or offset is None:
+                if arena is not None and batch:
+                    msgs.append(self._seal_arena(arena, batch))
+                    batch = []
+                arena = yield from self._new_arena(size, node, pending=msgs)
+                msgs = []
+                offset = arena.take(size)
+                assert offset is not None
+            write_payload(self.maps[arena.segment], offset, data, dlen, meta)
+            batch.append(p.ArenaObject(oid, offset, dlen, len(meta)))
+            if len(batch) == IDS_PER_FRAME:
+                msgs.append(self._seal_arena(arena, batch))
+                batch = []
+        if batch:
+            assert arena is not None
+            msgs.append(self._seal_arena(arena, batch))
+        return msgs
+
     def _seal_arena(self, arena: Arena, objects: list[p.ArenaObject]) -> p.SealArena:
         """The message registering ``objects`` written into ``arena``; should it fail, the
         arena is dropped (see :meth:`feed`): its bytes are no longer written."""
@@ -1202,22 +1203,6 @@ class ClientCore:
         if len(seals) > MAX_ARENA_SEALS:
             del seals[next(iter(seals))]
         return p.SealArena(seq, arena.grant, objects)
-
-    def _take_slot(self, size: int, node: int | None) -> tuple[Arena, int] | None:
-        """Room for ``size`` bytes in the current arena, if it is for ``node`` and has it: the
-        arena and the offset taken there (no I/O: the fast path of a small put)."""
-        arena = self.arena
-        if arena is None or arena.node != node or arena.segment not in self.maps:
-            return None
-        offset = arena.take(size)
-        return None if offset is None else (arena, offset)
-
-    def _refill(self, size: int, node: int | None) -> Generator[Action, Any, tuple[Arena, int]]:
-        """A fresh arena for ``node`` (granted at least ``size`` bytes) and the offset taken."""
-        arena = yield from self._new_arena(size, node, pending=[])
-        offset = arena.take(size)
-        assert offset is not None
-        return arena, offset
 
     def _new_arena(
         self, size: int, node: int | None, pending: list[msgspec.Struct]
@@ -1283,9 +1268,13 @@ class ClientCore:
                 get.fill(locations, timeout)
         return get.result(with_metadata, raise_missing=raise_missing)
 
-    def get(self, object_ids: Any, timeout: float | None, with_metadata: bool) -> Op:
+    def get(
+        self, object_ids: Any, timeout: float | None, with_metadata: bool, writable: bool
+    ) -> Op:
         ids, single = _id_list(object_ids)
         results = yield from self._get(ids, timeout, with_metadata, True)
+        if writable:
+            results = self._writable(ids, results, with_metadata)
         return results[0] if single else results
 
     def get_metadata(self, object_ids: Sequence[ObjectRef], timeout: float | None) -> Op:
@@ -1386,16 +1375,8 @@ class ClientCore:
         if size <= ARENA_OBJECT_LIMIT and interleave is None:  # straight into the arena
             if self.concurrent:
                 yield EXCLUSIVE
-            slot = self._take_slot(size, one)
-            if slot is None:
-                slot = yield from self._refill(size, one)
-            arena, offset = slot
-            mm = self.maps[arena.segment]
-            mm[offset + enc.data_size : offset + size] = enc.metadata
-            with memoryview(mm)[offset : offset + enc.data_size] as view:
-                enc.write(view)
-            obj = p.ArenaObject(oid.binary(), offset, enc.data_size, len(enc.metadata))
-            yield Send((self._seal_arena(arena, [obj]),))
+            seals = yield from self._write_arena([(oid.binary(), enc, enc.metadata)], one)
+            yield Send(tuple(seals))
             return oid
         loc = yield from self._create(oid, enc.data_size, enc.metadata, node, 0.0)
         view = self.write_object(loc, enc.metadata)
@@ -1403,10 +1384,6 @@ class ClientCore:
         view.release()
         yield Send(self._seal_and_release([oid.binary()]))
         return oid
-
-    def get_object(self, object_id: ObjectRef, timeout: float | None, writable: bool = False) -> Op:
-        data, meta = yield from self.get(object_id, timeout, True)
-        return self.value(object_id, data, meta, writable)
 
 
 Views = tuple[memoryview, memoryview]

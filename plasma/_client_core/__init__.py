@@ -1,0 +1,59 @@
+"""The client core (internal): one sans-I/O state machine that both clients drive.
+
+See :mod:`plasma._client_core.core`. The names here are what the clients and the tests
+import; they are re-exported from the modules that own them.
+"""
+
+from plasma._client_core.core import (
+    ARENA_OBJECT_LIMIT,
+    ARENA_OBJECTS,
+    ARENA_SIZE,
+    EXCLUSIVE,
+    HANGUP_CHECK_INTERVAL,
+    IDS_PER_FRAME,
+    POLL,
+    RELEASE_DELAY,
+    RELEASE_DELAY_BYTES,
+    Action,
+    Arena,
+    Call,
+    ClientCore,
+    ManyItem,
+    Node,
+    ObjectRef,
+    Op,
+    PendingGet,
+    Send,
+    check_timeout,
+    checked_frame,
+    chunks,
+    many_items,
+    placement,
+)
+
+__all__ = [
+    "ARENA_OBJECTS",
+    "ARENA_OBJECT_LIMIT",
+    "ARENA_SIZE",
+    "EXCLUSIVE",
+    "HANGUP_CHECK_INTERVAL",
+    "IDS_PER_FRAME",
+    "POLL",
+    "RELEASE_DELAY",
+    "RELEASE_DELAY_BYTES",
+    "Action",
+    "Arena",
+    "Call",
+    "ClientCore",
+    "ManyItem",
+    "Node",
+    "ObjectRef",
+    "Op",
+    "PendingGet",
+    "Send",
+    "check_timeout",
+    "checked_frame",
+    "chunks",
+    "many_items",
+    "placement",
+]
