@@ -160,8 +160,8 @@ class ClientAPI(Protocol):
         ...
 
     def evict(self, nbytes: int) -> int:
-        """Evict sealed unreferenced objects, LRU first, until ``nbytes`` are freed; returns the
-        bytes freed."""
+        """Evict sealed unreferenced objects in CLOCK order (those unreferenced longest and
+        not read since first) until ``nbytes`` are chosen; returns the bytes chosen."""
         ...
 
     def stats(self, placement: bool = False, top_objects: int = 10) -> dict[str, Any]:
