@@ -7,8 +7,9 @@ One concern a module (see each module's docstring for what it owns and must neve
 * :mod:`~plasma.store.objects`: an object's record, its state and I/O enums, and the one
   transition table that changes them.
 * :mod:`~plasma.store.memory`: node budgets, segments, page and alignment rounding.
-* :mod:`~plasma.store.clients`, :mod:`~plasma.store.arenas`, :mod:`~plasma.store.waiters`:
-  what the store keeps per client, per arena and per waiting request.
+* :mod:`~plasma.store.waiters`: waiting gets and creates (the two request queues), deadlines.
+* :mod:`~plasma.store.clients`, :mod:`~plasma.store.arenas`:
+  what the store keeps per client and per arena.
 * :mod:`~plasma.store.dying`: what waits for a scan of the pin tables, and when to scan.
 * :mod:`~plasma.store.moves`: page moves and copies under way (dataclass jobs).
 * :mod:`~plasma.store.holders`: who holds memory (per client and in all).

@@ -123,7 +123,7 @@ from plasma.store.objects import (
     step,
 )
 from plasma.store.pages import page_range, round_up
-from plasma.store.waiters import CreateWaiter, GetWaiter
+from plasma.store.waiters import CreateWaiter, GetWaiter, Waiters
 
 RECLAIM_INTERVAL = 1.0  # seconds between two AskReclaim events to the same client
 RECLAIM_WAIT = 0.25  # seconds a create that would fail at once waits for reclaimed memory
@@ -257,11 +257,7 @@ class Store:
         self._objects: dict[bytes, ObjectRecord] = {}
         self._clients: dict[int, ClientRecord] = {}
         self._subscribers: dict[int, bool] = {}  # client -> with_locations
-        self._get_waiting: dict[bytes, list[tuple[GetWaiter, int]]] = {}
-        self._create_waiters: dict[int, CreateWaiter] = {}  # FIFO by token
-        self._get_waiter_count = 0
-        self._deadlines: list[tuple[float, int, GetWaiter | CreateWaiter]] = []
-        self._dead_deadlines = 0
+        self._waiters = Waiters(max_waiters, max_waiting_ids)
         self._events: list[Event] = []
         self._used = 0
         self._token = 0
@@ -347,7 +343,7 @@ class Store:
             self._dying.hint(now)  # what only its pins held can go
         self._subscribers.pop(client, None)
         for w in c.waiters:
-            self._cancel(w)
+            self._waiters.cancel(w)
         c.waiters.clear()
         for oid, n in c.refs.items():
             rec = self._objects[oid]
@@ -575,11 +571,8 @@ class Store:
             deadline = now + SPILL_WAIT  # a restore is no wait for a seal
         self._token += 1
         w = GetWaiter(client, self._token, list(oids), results)
-        for i, r in enumerate(results):
-            if r is None:
-                self._get_waiting.setdefault(oids[i], []).append((w, i))
-        self._get_waiter_count += 1
-        self._add_waiter(c, w, deadline)
+        c.waiters.add(w)
+        self._waiters.add_get(w, deadline)
         for oid in dict.fromkeys(spilled):
             rec = objects[oid]
             if not (rec.io is Io.RESTORING or oid in self._restore_queue) and not self._try_restore(
@@ -759,8 +752,8 @@ class Store:
             "evictions": self._evictions,
             "clients": len(self._clients),
             "subscribers": len(self._subscribers),
-            "get_waiters": self._get_waiter_count,
-            "create_waiters": len(self._create_waiters),
+            "get_waiters": self._waiters.gets,
+            "create_waiters": len(self._waiters.creates),
             "pins": self._pins.total(),
             "dying": len(self._dying),
             "moving": len(self._placing),
@@ -860,8 +853,8 @@ class Store:
         self._check_waiters(c)
         self._token += 1
         w = CreateWaiter(c.id, self._token, [], nd, now, arena=(n, least))
-        self._create_waiters[w.token] = w
-        self._add_waiter(c, w, deadline)
+        c.waiters.add(w)
+        self._waiters.add_create(w, deadline)
         return Pending(w.token)
 
     def _try_arena(self, c: ClientRecord, nd: Node, n: int, least: int, now: float) -> Grant | None:
@@ -1158,7 +1151,7 @@ class Store:
         """Restores waiting for memory, in order; those no get waits for any more are
         dropped."""
         for oid, (rec, node) in list(self._restore_queue.items()):
-            if oid not in self._get_waiting or self._try_restore(oid, rec, node, now):
+            if not self._waiters.waits_for(oid) or self._try_restore(oid, rec, node, now):
                 del self._restore_queue[oid]
 
     # ------------------------------------------------------------ pages on other nodes
@@ -1428,11 +1421,7 @@ class Store:
     def next_deadline(self) -> float | None:
         """When :meth:`expire` has work next: the earliest deadline of a waiting get or
         create, or of a pin-table scan; None when nothing waits."""
-        heap = self._deadlines
-        while heap and heap[0][2].done:
-            heapq.heappop(heap)
-            self._dead_deadlines -= 1
-        times = [heap[0][0]] if heap else []
+        times = [t for t in (self._waiters.next_deadline(),) if t is not None]
         scan = self._dying.next_time()
         if scan is not None:
             times.append(scan)
@@ -1466,21 +1455,12 @@ class Store:
             self._space_changed = True  # creates blocked by pins: look at the clock again
         self._free_due(now)
         self._retry_creates(now)
-        heap = self._deadlines
-        while heap and heap[0][0] <= now:
-            _, _, w = heapq.heappop(heap)
-            if w.done:
-                self._dead_deadlines -= 1
-                continue
-            w.done = True
+        for w in self._waiters.expired(now):
             self._clients[w.client].waiters.discard(w)
             if isinstance(w, GetWaiter):
-                self._unindex(w)
                 results = [TIMED_OUT if r is None else r for r in w.results]
-                self._get_waiter_count -= 1
                 self._events.append(GetDone(w.client, w.token, results))
             else:
-                del self._create_waiters[w.token]
                 err = StoreFull(f"{self._no_space(w.node)} before the deadline")
                 self._events.append(CreateDone(w.client, w.token, err))
 
@@ -2066,18 +2046,16 @@ class Store:
 
     def _serve_getters(self, oid: bytes, rec: ObjectRecord) -> None:
         """Give the gets waiting for ``oid`` the object (now in memory)."""
-        waiting = self._get_waiting.pop(oid, None)
-        if waiting:
-            for w, i in waiting:
-                self._add_ref(self._clients[w.client], oid, rec)
-                w.results[i] = rec.loc
-                w.missing -= 1
-                if w.missing == 0:
-                    self._finish_get(w)
+        for w, i in self._waiters.take(oid):
+            self._add_ref(self._clients[w.client], oid, rec)
+            w.results[i] = rec.loc
+            w.missing -= 1
+            if w.missing == 0:
+                self._finish_get(w)
 
     def _fail_getters(self, oid: bytes, code: str) -> None:
         """Answer the gets waiting for ``oid`` with error ``code`` for it."""
-        for w, i in self._get_waiting.pop(oid, ()):
+        for w, i in self._waiters.take(oid):
             w.results[i] = code
             w.missing -= 1
             if w.missing == 0:
@@ -2090,14 +2068,6 @@ class Store:
 
     # ------------------------------------------------------------ internals: waiters
 
-    def _add_waiter(
-        self, c: ClientRecord, w: GetWaiter | CreateWaiter, deadline: float | None
-    ) -> None:
-        c.waiters.add(w)
-        w.deadline = deadline
-        if deadline is not None:
-            heapq.heappush(self._deadlines, (deadline, w.token, w))
-
     def _park_create(
         self,
         c: ClientRecord,
@@ -2109,8 +2079,8 @@ class Store:
         self._check_waiters(c, len(items))
         self._token += 1
         w = CreateWaiter(c.id, self._token, items, nd, now)
-        self._create_waiters[w.token] = w
-        self._add_waiter(c, w, deadline)
+        c.waiters.add(w)
+        self._waiters.add_create(w, deadline)
         return Pending(w.token)
 
     def _could_fit(self, w: CreateWaiter) -> bool:
@@ -2126,22 +2096,8 @@ class Store:
         return nd.budget - nd.used + nd.clock.bytes >= need
 
     def _check_waiters(self, c: ClientRecord, ids: int = 1) -> None:
-        """Room for one more waiting call of ``c`` naming ``ids`` ids (BadRequest if not):
-        at most ``max_waiters`` calls, and ``max_waiting_ids`` ids in all (what a waiting
-        call costs the coordinator grows with its ids)."""
-        if len(c.waiters) >= self._max_waiters:
-            raise BadRequest(
-                f"client {c.id} already has {len(c.waiters)} waiting gets and creates "
-                f"(the limit is {self._max_waiters})"
-            )
-        waiting = sum(
-            len(w.oids) if isinstance(w, GetWaiter) else max(1, len(w.items)) for w in c.waiters
-        )
-        if waiting + ids > self._max_waiting_ids:
-            raise BadRequest(
-                f"client {c.id} would have {waiting + ids} ids in waiting gets and creates "
-                f"(the limit is {self._max_waiting_ids}): wait for fewer objects at once"
-            )
+        """Room for one more waiting call of ``c`` naming ``ids`` ids (BadRequest if not)."""
+        self._waiters.check(c.id, c.waiters, ids)
 
     def _reclaim_deadline(
         self, nd: Node, timeout: float | None, deadline: float | None, now: float, size: int
@@ -2341,38 +2297,9 @@ class Store:
             self._retry_creates(now)
 
     def _finish_get(self, w: GetWaiter) -> None:
-        self._retire(w)
-        self._get_waiter_count -= 1
+        self._waiters.finish(w)
         self._clients[w.client].waiters.discard(w)
         self._events.append(GetDone(w.client, w.token, w.results))  # type: ignore[arg-type]
-
-    def _retire(self, w: GetWaiter | CreateWaiter) -> None:
-        """Mark finished; its heap entry (if any) becomes garbage, compacted when dominant."""
-        w.done = True
-        if w.deadline is None:
-            return
-        self._dead_deadlines += 1
-        heap = self._deadlines
-        if self._dead_deadlines > 64 and self._dead_deadlines * 2 > len(heap):
-            self._deadlines = [e for e in heap if not e[2].done]
-            heapq.heapify(self._deadlines)
-            self._dead_deadlines = 0
-
-    def _cancel(self, w: GetWaiter | CreateWaiter) -> None:
-        self._retire(w)
-        if isinstance(w, GetWaiter):
-            self._unindex(w)
-            self._get_waiter_count -= 1
-        else:
-            del self._create_waiters[w.token]
-
-    def _unindex(self, w: GetWaiter) -> None:
-        for oid in {w.oids[i] for i, r in enumerate(w.results) if r is None}:
-            entries = [e for e in self._get_waiting.get(oid, ()) if e[0] is not w]
-            if entries:
-                self._get_waiting[oid] = entries
-            else:
-                self._get_waiting.pop(oid, None)
 
     def _retry_creates(self, now: float) -> None:
         """After space may have appeared: retry pending creates (and arena requests) in FIFO
@@ -2384,10 +2311,10 @@ class Store:
         self._space_changed = False
         if self._restore_queue:
             self._retry_restores(now)
-        if not self._create_waiters:
+        if not self._waiters.creates:
             return
         blocked: set[int] = set()
-        for w in list(self._create_waiters.values()):
+        for w in list(self._waiters.creates.values()):
             if w.node.id in blocked:
                 continue
             c = self._clients[w.client]
@@ -2403,8 +2330,7 @@ class Store:
                 if self._could_fit(w):
                     blocked.add(w.node.id)
                 continue
-            del self._create_waiters[w.token]
-            self._retire(w)
+            self._waiters.finish(w)
             c.waiters.discard(w)
             self._events.append(CreateDone(w.client, w.token, result))
         self._space_changed = False
