@@ -583,12 +583,12 @@ class SpillMachine(RuleBasedStateMachine):
         assert stats["spill"]["objects"] == sum(1 for r in spilled)
         assert stats["spill"]["bytes"] == sum(r.loc.data_size for r in spilled)
         for r in spilled:
-            assert r.spill is not None and r.spill[0] in store._spill_files
+            assert r.spill is not None and r.spill[0] in store._spill.files
         live = {}
         for r in store._objects.values():
             if r.spill is not None:
                 live[r.spill[0]] = live.get(r.spill[0], 0) + 1
-        assert live == {f: v[0] for f, v in store._spill_files.items()}
+        assert live == {f: v[0] for f, v in store._spill.files.items()}
         for nd in store._nodes.values():
             assert nd.clock.copied == sum(r.size for r in nd.clock.records() if r.spill is not None)
 
@@ -600,7 +600,7 @@ class SpillMachine(RuleBasedStateMachine):
             for r in store._objects.values()
             if r.state is not State.SPILLED or r.io is Io.RESTORING
         ]
-        holders += [r for _, r in store._restoring.values()]
+        holders += [r for _, r in store._spill.restoring.values()]
         holders += [r for _, _, r in store._dying.waiting.values()] + [
             r for _, r in store._dying.pinned.values()
         ]

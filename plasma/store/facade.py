@@ -123,6 +123,7 @@ from plasma.store.objects import (
     step,
 )
 from plasma.store.pages import page_range, round_up
+from plasma.store.spill import SpillBook
 from plasma.store.waiters import CreateWaiter, GetWaiter, Waiters
 
 RECLAIM_INTERVAL = 1.0  # seconds between two AskReclaim events to the same client
@@ -140,23 +141,6 @@ SPILL_FRACTION = 8  # a spill batch copies at least 1/8 of the node's budget (if
 NOT_SEALED = "object_not_sealed"
 NOT_FOUND = "object_not_found"
 TIMED_OUT = "timeout"
-
-
-# what stats()["spill"] counts
-_SPILL_COUNTS = (
-    "objects",  # only on disk now
-    "bytes",  # ... their data + metadata bytes
-    "written_objects",
-    "written_bytes",
-    "restored_objects",
-    "restored_bytes",
-    "errors",  # spill batches that failed (disk full, unwritable)
-    "lost",  # spilled objects whose copy turned out to be gone or damaged
-)
-
-
-def _rate(nbytes: int, seconds: float) -> float:
-    return nbytes / seconds if seconds > 0 else 0.0
 
 
 # ---------------------------------------------------------------- the store
@@ -283,20 +267,12 @@ class Store:
         self._dying = DyingSet(grace)  # what waits for a pin scan, and when to scan
         # spilling: batches being written (file id -> objects), live objects and bytes of
         # each spill file, restores under way (token -> object) and waiting for memory
-        self._spill = spill
-        self._spill_threshold = spill_threshold
-        self._spill_max = spill_max
-        self._spill_max_objects = spill_max_objects
+        self._spill = SpillBook(spill, spill_threshold, spill_max, spill_max_objects)
         self._fallback = fallback
         self._fallback_files = fallback_files
         self._fallback_max = fallback_max
         self._fallback_segments = 0
         self._fallback_bytes = 0  # of the fallback files
-        self._batches: dict[int, list[tuple[bytes, ObjectRecord]]] = {}
-        self._spill_files: dict[int, list[int]] = {}  # file -> [live objects, file bytes]
-        self._next_file = 1
-        self._restoring: dict[int, tuple[bytes, ObjectRecord]] = {}
-        self._restore_queue: dict[bytes, tuple[ObjectRecord, int | None]] = {}  # -> reader's node
         # memory of objects freed (or gone to disk) while it was being written to disk,
         # moved or copied: (segment, offset, size, charges) freed when that I/O ends
         self._after_io: dict[int, list[FreedRange]] = {}  # by the I/O's token
@@ -307,10 +283,6 @@ class Store:
         # whose object went (freed after their pin scan), and whether readers were told
         self._replicas: dict[bytes, ObjectRecord] = {}
         self._replicas_announced = False
-        self._spill_wakeup = False
-        self._spill_error = ""
-        self._spill_counts = dict.fromkeys(_SPILL_COUNTS, 0)
-        self._spill_seconds = {"spill": 0.0, "restore": 0.0}
         self._fallback_used = 0
 
     def _wall(self, now: float) -> float:
@@ -575,10 +547,10 @@ class Store:
         self._waiters.add_get(w, deadline)
         for oid in dict.fromkeys(spilled):
             rec = objects[oid]
-            if not (rec.io is Io.RESTORING or oid in self._restore_queue) and not self._try_restore(
-                oid, rec, c.node, now
-            ):
-                self._restore_queue[oid] = (rec, c.node)
+            if not (
+                rec.io is Io.RESTORING or oid in self._spill.restore_queue
+            ) and not self._try_restore(oid, rec, c.node, now):
+                self._spill.restore_queue[oid] = (rec, c.node)
         return Pending(w.token)
 
     def _local_copy(self, oid: bytes, rec: ObjectRecord, c: ClientRecord) -> ObjectLocation:
@@ -722,7 +694,7 @@ class Store:
         if nbytes < 0:
             raise BadRequest(f"nbytes must not be negative, got {nbytes}")
         chosen: list[tuple[float, bytes, ObjectRecord]] = []
-        copied = True if self._spill else None
+        copied = True if self._spill.enabled else None
         for nd in self._nodes.values():
             total = 0
             with contextlib.closing(self._clock(nd, now, copied)) as walk:
@@ -758,7 +730,7 @@ class Store:
             "dying": len(self._dying),
             "moving": len(self._placing),
             "replicas": len(self._replicas),
-            "spill": self._spill_stats() if self._spill else None,
+            "spill": self._spill.stats() if self._spill.enabled else None,
             "fallback": {
                 "bytes": self._fallback_used,
                 "segments": self._fallback_segments,
@@ -783,23 +755,6 @@ class Store:
                 }
                 for nd in self._nodes.values()
             },
-        }
-
-    def _spill_stats(self) -> dict[str, Any]:
-        seconds = self._spill_seconds
-        counts = self._spill_counts
-        return {
-            **counts,
-            "disk_bytes": self._disk_bytes(),
-            "files": len(self._spill_files),
-            "max_bytes": self._spill_max,
-            "max_objects": self._spill_max_objects,
-            "in_flight": sum(len(b) for b in self._batches.values()) + len(self._restoring),
-            "spill_seconds": seconds["spill"],
-            "restore_seconds": seconds["restore"],
-            "spill_bytes_per_second": _rate(counts["written_bytes"], seconds["spill"]),
-            "restore_bytes_per_second": _rate(counts["restored_bytes"], seconds["restore"]),
-            "last_error": self._spill_error,
         }
 
     @property
@@ -903,8 +858,7 @@ class Store:
 
     def take_spill_wakeup(self) -> bool:
         """True once after something may want spilling (:meth:`spill_batch`)."""
-        wakeup, self._spill_wakeup = self._spill_wakeup, False
-        return wakeup
+        return self._spill.take_wakeup()
 
     def spill_batch(
         self, now: float, max_bytes: int, max_objects: int = 1 << 16
@@ -916,20 +870,18 @@ class Store:
         creates or restores wait for room or where the bytes without a copy pass the
         threshold. The caller writes them
         and calls :meth:`spilled` or :meth:`spill_failed`; meanwhile they stay readable."""
-        if not self._spill or self._batches:
+        if not self._spill.enabled or self._spill.batches:
             return None
-        room = math.inf
-        if self._spill_max is not None:
-            room = self._spill_max - self._disk_bytes()
-        max_objects = min(max_objects, self._spill_max_objects - self._disk_objects())
+        room = self._spill.room()
+        max_objects = min(max_objects, self._spill.max_objects - self._spill.disk_objects())
         if max_objects <= 0:
             return None
         picked: list[tuple[bytes, ObjectRecord]] = []
         total = 0
         for nd in self._nodes.values():
             want = nd.spill_demand
-            over = nd.used - nd.clock.copied - int(self._spill_threshold * nd.budget)
-            if self._spill_threshold < 1 and over > 0:
+            over = nd.used - nd.clock.copied - int(self._spill.threshold * nd.budget)
+            if self._spill.threshold < 1 and over > 0:
                 want = max(want, over + nd.budget // SPILL_FRACTION)
             with contextlib.closing(self._clock(nd, now, copied=False)) as walk:
                 for oid, rec in walk:
@@ -947,9 +899,7 @@ class Store:
             nd.spill_demand = 0  # met by this batch, or nothing can meet it now
         if not picked:
             return None
-        file_id = self._next_file
-        self._next_file += 1
-        self._batches[file_id] = picked
+        file_id = self._spill.new_batch(picked)
         return file_id, [(oid, rec.loc, rec.create_time) for oid, rec in picked]
 
     def spilled(
@@ -958,7 +908,7 @@ class Store:
         """Batch ``file_id`` is on disk (``entries`` in its order, ``file_bytes`` long, in
         ``seconds``): its objects have a copy now, so evicting them loses nothing. Those
         deleted meanwhile are marked dead in the file (:class:`SpillDead`)."""
-        picked = self._batches.pop(file_id)
+        picked = self._spill.batches[file_id]
         live = 0
         dead: list[SpillEntry] = []
         for (oid, rec), entry in zip(picked, entries, strict=True):
@@ -970,13 +920,9 @@ class Store:
             live += 1
             nd = self._segments[rec.loc.segment].node
             nd.clock.gained_copy(oid, rec)
-        counts = self._spill_counts
-        counts["written_objects"] += len(entries)
-        counts["written_bytes"] += sum(e.length for e in entries)
-        self._spill_seconds["spill"] += seconds
-        self._spill_error = ""  # (spilling works again)
+        nbytes = sum(e.length for e in entries)
+        self._spill.written(file_id, len(entries), nbytes, live, file_bytes, seconds)
         if live:
-            self._spill_files[file_id] = [live, file_bytes]
             self._events.extend(SpillDead(file_id, e, False) for e in dead)
         else:
             self._events.append(SpillDead(file_id, entries[0], True))
@@ -985,9 +931,7 @@ class Store:
     def spill_failed(self, file_id: int, reason: str, now: float) -> None:
         """Batch ``file_id`` could not be written (nothing of it is on disk): its objects
         stay in memory only; creates waiting for room fail at their deadline, saying why."""
-        self._spill_counts["errors"] += 1
-        self._spill_error = reason
-        picked = self._batches.pop(file_id)
+        picked = self._spill.failed(file_id, reason)
         for _, rec in picked:
             end_io(rec, Io.SPILLING)
         self._end_batch(picked, now)
@@ -1011,17 +955,11 @@ class Store:
         """The :class:`Restore` ``token`` finished: the object is in memory again (published,
         its gets answered), or, with ``error``, its memory is freed and its gets fail:
         ``lost`` (the copy is gone or damaged) drops the object, else it stays on disk."""
-        oid, rec = self._restoring.pop(token)
+        oid, rec = self._spill.restoring.pop(token)
         end_io(rec, Io.RESTORING)
         if error is None and rec.state is State.SPILLED:
             step(rec, Step.RESTORE)
-            length = rec.loc.data_size + rec.loc.metadata_size
-            counts = self._spill_counts
-            counts["objects"] -= 1
-            counts["bytes"] -= length
-            counts["restored_objects"] += 1
-            counts["restored_bytes"] += length
-            self._spill_seconds["restore"] += seconds
+            self._spill.restored(rec.loc.data_size + rec.loc.metadata_size, seconds)
             self._publish(oid, rec)
             self._serve_getters(oid, rec)
             if rec.ref_count == 0:
@@ -1032,7 +970,7 @@ class Store:
             self._free_range(seg, rec.loc.offset, rec.size)
             if error is not None and rec.state is State.SPILLED:
                 if lost:
-                    self._spill_counts["lost"] += 1
+                    self._spill.counts["lost"] += 1
                     step(rec, Step.DELETE)
                     self._forget_spilled(oid, rec)
                 self._fail_getters(oid, OBJECT_LOST if lost else IO_ERROR)
@@ -1046,8 +984,7 @@ class Store:
         adopted = 0
         for file_id in sorted(files):
             entries, file_bytes = files[file_id]
-            self._next_file = max(self._next_file, file_id + 1)
-            self._spill_files[file_id] = [0, file_bytes]
+            self._spill.adopt_file(file_id, file_bytes)
             for e in entries:
                 old = self._objects.get(e.id)
                 if old is not None:
@@ -1059,13 +996,11 @@ class Store:
                 size = round_up(e.length or 1, self.alignment)
                 rec = ObjectRecord(loc, size, 0, e.create_time, State.SPILLED)
                 rec.spill = (file_id, e)
-                self._spill_files[file_id][0] += 1
+                self._spill.adopt_copy(file_id)
                 self._objects[e.id] = rec
-                self._spill_counts["objects"] += 1
-                self._spill_counts["bytes"] += e.length
+                self._spill.to_disk(e.length)
                 adopted += 1
-            if not self._spill_files[file_id][0]:
-                del self._spill_files[file_id]
+            if self._spill.forget_empty(file_id):
                 self._events.append(SpillDead(file_id, None, True))
         return adopted
 
@@ -1073,8 +1008,7 @@ class Store:
         """An evicted object with a copy on disk: free its memory, keep it as spilled."""
         self._free_memory(oid, rec)
         step(rec, Step.TO_DISK)
-        self._spill_counts["objects"] += 1
-        self._spill_counts["bytes"] += rec.loc.data_size + rec.loc.metadata_size
+        self._spill.to_disk(rec.loc.data_size + rec.loc.metadata_size)
 
     def _drop_copy(self, rec: ObjectRecord) -> None:
         """Forget a deleted object's copy on disk (the file goes with its last object)."""
@@ -1082,21 +1016,16 @@ class Store:
             return
         file_id, entry = rec.spill
         rec.spill = None
-        f = self._spill_files[file_id]
-        f[0] -= 1
-        if not f[0]:
-            del self._spill_files[file_id]
-        self._events.append(SpillDead(file_id, entry, not f[0]))
+        self._events.append(SpillDead(file_id, entry, self._spill.drop_copy(file_id)))
 
     def _forget_spilled(self, oid: bytes, rec: ObjectRecord) -> None:
         """Drop a deleted object that is only on disk (its restore, if one is under way,
         frees the memory it was reading into when it ends)."""
         if self._objects.get(oid) is rec:
             del self._objects[oid]
-        self._restore_queue.pop(oid, None)
+        self._spill.restore_queue.pop(oid, None)
         self._drop_copy(rec)
-        self._spill_counts["objects"] -= 1
-        self._spill_counts["bytes"] -= rec.loc.data_size + rec.loc.metadata_size
+        self._spill.off_disk(rec.loc.data_size + rec.loc.metadata_size)
         self._notify_deleted(oid, rec)
 
     def _try_restore(self, oid: bytes, rec: ObjectRecord, node: int | None, now: float) -> bool:
@@ -1129,7 +1058,7 @@ class Store:
         seg.node.objects += 1
         self._token += 1
         begin_io(rec, Io.RESTORING, self._token)
-        self._restoring[self._token] = (oid, rec)
+        self._spill.restoring[self._token] = (oid, rec)
         assert rec.spill is not None
         self._events.append(Restore(self._token, oid, rec.loc, *rec.spill))
         return True
@@ -1139,20 +1068,20 @@ class Store:
         letting go: nothing is being evicted or written to disk, dropping the objects that
         have a copy on disk would not make room, and the copies that would cannot be
         written (the last spill failed, or they would not fit under ``spill_max``)."""
-        if nd.evicting or self._batches:
+        if nd.evicting or self._spill.batches:
             return False
         short = size - (nd.budget - nd.used) - nd.clock.copied  # bytes that need a copy first
         if short <= 0:
             return False
-        room = math.inf if self._spill_max is None else self._spill_max - self._disk_bytes()
-        return bool(self._spill_error) or room < short or self._spill_full()
+        spill = self._spill
+        return bool(spill.error) or spill.room() < short or spill.full()
 
     def _retry_restores(self, now: float) -> None:
         """Restores waiting for memory, in order; those no get waits for any more are
         dropped."""
-        for oid, (rec, node) in list(self._restore_queue.items()):
+        for oid, (rec, node) in list(self._spill.restore_queue.items()):
             if not self._waiters.waits_for(oid) or self._try_restore(oid, rec, node, now):
-                del self._restore_queue[oid]
+                del self._spill.restore_queue[oid]
 
     # ------------------------------------------------------------ pages on other nodes
 
@@ -1551,10 +1480,12 @@ class Store:
         eviction waits a grace period (when there is one), more candidates up to
         ``EVICTION_HEADROOM`` of the budget, for the requests that follow. Empty when
         evicting everything evictable would not make room."""
-        evictable = nd.clock.copied if self._spill else nd.clock.bytes
+        evictable = nd.clock.copied if self._spill.enabled else nd.clock.bytes
         if not evictable or nd.budget - nd.used + evictable < size:
             return []
-        with contextlib.closing(self._clock(nd, now, copied=True if self._spill else None)) as walk:
+        with contextlib.closing(
+            self._clock(nd, now, copied=True if self._spill.enabled else None)
+        ) as walk:
             plan = plan_room(nd, size, self._page_size, self._segments, walk)
             if plan and self._grace:
                 headroom = nd.budget // EVICTION_HEADROOM - sum(r.size for _, r in plan)
@@ -1598,15 +1529,15 @@ class Store:
         """Eviction cannot make room for ``size`` bytes on ``nd``: ask for copies on disk if
         they would (None: the caller waits), else place it in a fallback segment if allowed."""
         if (
-            self._spill
+            self._spill.enabled
             and nd.budget - nd.used + nd.clock.bytes >= size
             and nd.clock.bytes > nd.clock.copied
-            and not self._spill_full()
+            and not self._spill.full()
         ):
             # (a batch of at least 1/8 of the budget: fewer, bigger files; later evictions
             # find copies ready)
             nd.spill_demand = max(nd.spill_demand, size, nd.budget // SPILL_FRACTION)
-            self._spill_wakeup = True
+            self._spill.wake()
             return None
         if not self._fallback:
             return None
@@ -1635,19 +1566,6 @@ class Store:
         assert offset is not None
         self._fallback_used += size
         return seg, offset
-
-    def _spill_full(self) -> bool:
-        limit = self._spill_max
-        full = limit is not None and self._disk_bytes() >= limit
-        return full or self._disk_objects() >= self._spill_max_objects
-
-    def _disk_objects(self) -> int:
-        """Objects with a copy in the spill files."""
-        return sum(f[0] for f in self._spill_files.values())
-
-    def _disk_bytes(self) -> int:
-        """Bytes of the spill files."""
-        return sum(f[1] for f in self._spill_files.values())
 
     def _drop_segment(self, seg: Segment) -> None:
         if seg.fallback:
@@ -1997,10 +1915,10 @@ class Store:
         self._space_changed = True
         if (
             rec.spill is None
-            and self._spill
-            and nd.used - nd.clock.copied > self._spill_threshold * nd.budget
+            and self._spill.enabled
+            and nd.used - nd.clock.copied > self._spill.threshold * nd.budget
         ):
-            self._spill_wakeup = True
+            self._spill.wake()
 
     def _unclock(self, oid: bytes, rec: ObjectRecord) -> bool:
         """Out of its node's CLOCK ring (False: it was not in it)."""
@@ -2112,7 +2030,7 @@ class Store:
         wait = max(
             self._reclaim_wait if asked else 0.0,
             EVICTION_WAIT if self._dying.waiting else 0.0,
-            SPILL_WAIT if nd.spill_demand or self._batches else 0.0,
+            SPILL_WAIT if nd.spill_demand or self._spill.batches else 0.0,
         )
         if not wait:
             raise StoreFull(f"{self._no_space(nd)} for {size} bytes")
@@ -2132,16 +2050,8 @@ class Store:
             f"{unreferenced} unreferenced, {max(0, freeing)} being freed, "
             f"{nd.budget - nd.used} free"
         )
-        if self._spill:
-            text += f", {self._spill_counts['bytes']} spilled to disk"
-            if self._spill_max is not None:
-                disk = self._disk_bytes()
-                text += f" (spill files: {disk} of at most {self._spill_max} bytes)"
-            copies = self._disk_objects()
-            if copies >= self._spill_max_objects:
-                text += f" (spill files: {copies} objects, the most allowed)"
-            if self._spill_error:
-                text += f"; the last spill failed: {self._spill_error}"
+        if self._spill.enabled:
+            text += self._spill.describe()
         top = held.by_client.most_common(TOP_HOLDERS)
         if top:
             text += "; held most by " + ", ".join(
@@ -2309,7 +2219,7 @@ class Store:
         if not self._space_changed:
             return
         self._space_changed = False
-        if self._restore_queue:
+        if self._spill.restore_queue:
             self._retry_restores(now)
         if not self._waiters.creates:
             return
