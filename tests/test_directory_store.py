@@ -333,7 +333,7 @@ class PinnedStoreMachine(RuleBasedStateMachine):
         if found is not None:
             assert (found.generation, found.location) == (gen, inc.loc)
         elif gen:
-            assert rec.slot >= 0 and self.store._directory.state(rec.slot) == DYING
+            assert rec.slot >= 0 and self.store._dir.directory.state(rec.slot) == DYING
             self._count("evicted at once")
         else:
             assert rec.slot < 0
@@ -998,7 +998,7 @@ class PinnedStoreMachine(RuleBasedStateMachine):
                 assert inc is not None and self.by_gen.get(found.generation) is inc
                 assert found.location == inc.loc
             elif inc is not None and rec is not None and rec.slot >= 0:
-                assert store._directory.state(rec.slot) == DYING  # an eviction victim
+                assert store._dir.directory.state(rec.slot) == DYING  # an eviction victim
         records = {}
         for _, rec in store_records(store):
             if rec.slot >= 0:
@@ -1036,7 +1036,7 @@ class PinnedStoreMachine(RuleBasedStateMachine):
 
 def unlisted(store: Store) -> list[Any]:
     """Published records the directory holds no slot for (their generation still counts)."""
-    return [rec for _, rec in store._published.values() if rec.slot < 0]
+    return [rec for _, rec in store._dir.published.values() if rec.slot < 0]
 
 
 def stats_objects(store: Store) -> int:
@@ -1237,7 +1237,7 @@ def test_a_pinned_object_a_rebuild_cannot_hold_keeps_its_pin(
     m.advance(GRACE * 2)
     assert m.store.stats()["dying"] == 1
     real = Directory.copy_from
-    left_out = m.store._directory.state  # (bound to the old directory: its slot of x)
+    left_out = m.store._dir.directory.state  # (bound to the old directory: its slot of x)
     x_slot = next(slot for slot in range(64) if left_out(slot) == DYING)
 
     def copy_without_x(self: Directory, old: Directory, slots: list[int]) -> list[int]:

@@ -13,6 +13,8 @@ One concern a module (see each module's docstring for what it owns and must neve
 * :mod:`~plasma.store.waiters`: waiting gets and creates (the two request queues), deadlines.
 * :mod:`~plasma.store.clients`, :mod:`~plasma.store.arenas`:
   what the store keeps per client and per arena.
+* :mod:`~plasma.store.publisher`: the directory readers find sealed objects in (publish,
+  mark dying or sealed, unpublish, rebuild).
 * :mod:`~plasma.store.dying`: what waits for a scan of the pin tables, and when to scan.
 * :mod:`~plasma.store.moves`: page moves and copies under way (dataclass jobs).
 * :mod:`~plasma.store.holders`: who holds memory (per client and in all).

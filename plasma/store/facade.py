@@ -56,18 +56,12 @@ import math
 from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
-import numpy as np
-
 from plasma.directory import (
     DYING,
     MIN_CAPACITY,
     REPLICA,
     SEALED,
-    Directory,
-    GenerationSource,
     PinScanner,
-    directory_size,
-    rebuilt_capacity,
 )
 from plasma.errors import (
     IO_ERROR,
@@ -123,6 +117,7 @@ from plasma.store.objects import (
     step,
 )
 from plasma.store.pages import page_range, round_up
+from plasma.store.publisher import Publisher
 from plasma.store.spill import SpillBook
 from plasma.store.waiters import CreateWaiter, GetWaiter, Waiters
 
@@ -131,7 +126,6 @@ RECLAIM_WAIT = 0.25  # seconds a create that would fail at once waits for reclai
 GRACE = 0.002  # seconds from marking an object dying to scanning the pin tables for it
 EVICTION_WAIT = 0.25  # seconds a create with timeout 0 waits for the memory it evicts
 EVICTION_HEADROOM = 64  # a round of eviction frees at least 1/64 of the node's budget
-REBUILD_ATTEMPTS = 4  # directory sizes tried (doubling) before leaving a published id out
 TOP_HOLDERS = 3  # clients a store_full message names (those holding the most memory)
 SPILL_WAIT = 10.0  # seconds a create or get with timeout 0 waits for a spill or a restore
 SPILL_MAX_OBJECTS = 1_000_000  # objects with a copy on disk at most, by default
@@ -250,20 +244,8 @@ class Store:
         self._evictions = 0
         # the directory, its access bytes (CLOCK's reference bits) and the pin tables
         self._grace = grace
-        self._directory_memory = directory_memory or LocalDirectoryMemory()
-        buf, access = self._directory_memory.new_directory(
-            directory_size(directory_capacity), directory_capacity
-        )
-        self._directory = Directory(buf, directory_capacity)
-        self._min_capacity = directory_capacity
-        self._directory_buffers = (buf, access)
-        self._access = access
+        self._dir = Publisher(directory_memory or LocalDirectoryMemory(), directory_capacity)
         self._pins = PinScanner()
-        self._generations = GenerationSource()
-        self._rebuilds = 0
-        # every published record until it is freed (a rebuilt directory may hold no slot for
-        # some: ``slot`` -1, their generation still honoured): generation -> (id, record)
-        self._published: dict[int, tuple[bytes, ObjectRecord]] = {}
         self._dying = DyingSet(grace)  # what waits for a pin scan, and when to scan
         # spilling: batches being written (file id -> objects), live objects and bytes of
         # each spill file, restores under way (token -> object) and waiting for memory
@@ -282,7 +264,6 @@ class Store:
         # read-only copies on other nodes (replica id -> record; never in _objects), those
         # whose object went (freed after their pin scan), and whether readers were told
         self._replicas: dict[bytes, ObjectRecord] = {}
-        self._replicas_announced = False
         self._fallback_used = 0
 
     def _wall(self, now: float) -> float:
@@ -628,8 +609,7 @@ class Store:
         pinners = self._pins.holders_of(gens) if gens else {}
         for oid, rec, gen in found:
             pinning = list(pinners.get(gen, ())) if gen else []
-            if rec.slot >= 0:
-                self._directory.set_state(rec.slot, DYING)
+            self._dir.set_state(rec, DYING)
             self._mark_copies(oid, rec, DYING, now)  # hidden now, freed with the object
             for n in rec.replicas:  # (after their pins)
                 copy = self._replicas[replica_id(oid, n)]
@@ -738,12 +718,7 @@ class Store:
                 "max_files": self._fallback_files,
                 "max_bytes": self._fallback_max,
             },
-            "directory": {
-                "capacity": self._directory.capacity,
-                "objects": self._directory.live,
-                "tombstones": self._directory.tombstones,
-                "rebuilds": self._rebuilds,
-            },
+            "directory": self._dir.stats(),
             "nodes": {
                 nd.id: {
                     "capacity": nd.budget,
@@ -1185,9 +1160,7 @@ class Store:
             key = replica_id(oid, n)
             if error is None and alive:
                 step(copy, Step.SEAL)
-                if not self._replicas_announced:
-                    self._directory.announce_replicas()
-                    self._replicas_announced = True
+                self._dir.announce_replicas()
                 self._publish(key, copy, REPLICA)
                 rec.replicas = (*rec.replicas, n)
             else:
@@ -1226,7 +1199,7 @@ class Store:
             if c.node is None:
                 continue
             for gen in pins.get(c.id, ()):
-                published = self._published.get(gen)
+                published = self._dir.published.get(gen)
                 if published is not None:
                     readers.read(published[0], c.node, now)
             for oid in c.refs:
@@ -1359,12 +1332,12 @@ class Store:
     @property
     def directory_token(self) -> int:
         """The current directory's name (its header's token)."""
-        return self._directory.token
+        return self._dir.directory.token
 
     @property
     def directory_buffers(self) -> tuple[Any, Any]:
         """The current directory and its access bytes (what readers map)."""
-        return self._directory_buffers
+        return self._dir.buffers
 
     def take_wakeup(self) -> bool:
         """True once after a pin scan was scheduled (:meth:`next_deadline` may be earlier)."""
@@ -1664,8 +1637,7 @@ class Store:
             return True
         if not deleted:
             step(rec, Step.EVICT)
-        if rec.slot >= 0 and self._directory.state(rec.slot) != DYING:
-            self._directory.set_state(rec.slot, DYING)
+        self._dir.set_state(rec, DYING)
         self._mark_copies(oid, rec, DYING, now)
         self._dying.add(gen, oid, rec, now)
         return True
@@ -1682,7 +1654,7 @@ class Store:
                 self._dying.mark_copy(copy.gen, now)
             else:
                 self._dying.unmark_copy(copy.gen)
-            self._directory.set_state(copy.slot, state)
+            self._dir.set_state(copy, state)
 
     def _free_due(self, now: float) -> None:
         """Scan the pin tables for the dying objects whose grace period ended (and, when
@@ -1708,8 +1680,7 @@ class Store:
                 self._finish(gen, oid, rec, evicted)
             elif evicted:  # a reader pinned it during the grace period: it stays
                 step(rec, Step.REVIVE)
-                if rec.slot >= 0:
-                    self._directory.set_state(rec.slot, SEALED)
+                self._dir.set_state(rec, SEALED)
                 self._mark_copies(oid, rec, SEALED)
                 self._unreferenced(oid, rec, now)
             else:
@@ -1722,11 +1693,7 @@ class Store:
 
     def _finish(self, gen: int, oid: bytes, rec: ObjectRecord, evicted: bool) -> None:
         """Free a doomed object after a scan found no pin on it."""
-        del self._published[gen]
-        rec.gen = 0
-        if rec.slot >= 0:
-            self._directory.remove(rec.slot)
-            rec.slot = -1
+        self._dir.unpublish(rec)
         if evicted and rec.spill is not None:
             self._to_disk(oid, rec)
             return
@@ -1740,8 +1707,7 @@ class Store:
         self._dying.revive(self._generation_of(rec))
         self._segments[rec.loc.segment].node.evicting -= 1
         step(rec, Step.REVIVE)
-        if rec.slot >= 0:
-            self._directory.set_state(rec.slot, SEALED)
+        self._dir.set_state(rec, SEALED)
         self._mark_copies(oid, rec, SEALED)
 
     def _clock(
@@ -1750,57 +1716,14 @@ class Store:
         """``nd``'s eviction candidates (:meth:`ClockRing.candidates`); a pinned one passed
         over has the pins looked at again soon (a create may wait for its memory)."""
         return nd.clock.candidates(
-            self._access, self._pins.pinned, lambda: self._dying.pinned_candidate(now), copied
+            self._dir.access, self._pins.pinned, lambda: self._dying.pinned_candidate(now), copied
         )
 
     def _publish(self, oid: bytes, rec: ObjectRecord, flags: int = 0) -> None:
-        """Put a newly sealed object (``flags`` REPLICA: a copy) in the directory (rebuilt
-        first when full)."""
-        if self._directory.full():
-            self._rebuild()
-        gen = self._generations.next()
-        rec.slot = self._directory.insert(oid, gen, rec.loc, flags)
-        if rec.slot >= 0:  # (else no reader can pin it: it is served by requests only)
-            rec.gen = gen
-            self._published[gen] = (oid, rec)
-
-    def _rebuild(self) -> None:
-        """Move the directory's objects into a new one, at most half full, and mark the old
-        one superseded (readers fall back to requests until they map the new one). A
-        published object that does not fit keeps its generation (``slot`` -1), so pins on
-        it are still honoured. When no memory is to be had, the old one stays."""
-        old = self._directory
-        published = [rec for _, rec in self._published.values() if rec.slot >= 0]
-        old_slots = [rec.slot for rec in published]
-        capacity = rebuilt_capacity(old.live, max(old.capacity // 2, self._min_capacity))
-        for attempt in range(REBUILD_ATTEMPTS):
-            try:
-                buf, access = self._directory_memory.new_directory(
-                    directory_size(capacity), capacity
-                )
-            except PlasmaError:
-                return
-            new = Directory(buf, capacity)
-            if self._replicas_announced:
-                new.announce_replicas()
-            slots = new.copy_from(old, old_slots)
-            if -1 not in slots or attempt == REBUILD_ATTEMPTS - 1:
-                break
-            self._directory_memory.free_directory(buf, access)
-            capacity *= 2
-        placed = np.asarray(slots, dtype=np.int64)
-        kept = placed >= 0
-        np.frombuffer(access, dtype=np.uint8)[placed[kept]] = np.frombuffer(
-            self._access, dtype=np.uint8
-        )[np.asarray(old_slots, dtype=np.int64)[kept]]
-        for rec, slot in zip(published, slots, strict=True):
-            rec.slot = slot
-        old.supersede()
-        self._directory_memory.free_directory(*self._directory_buffers)
-        self._directory, self._access = new, access
-        self._directory_buffers = (buf, access)
-        self._rebuilds += 1
-        self._events.append(DirectoryMoved())
+        """Put a newly sealed object (``flags`` REPLICA: a copy) in the directory; readers
+        are told when it had to be rebuilt first."""
+        if self._dir.publish(oid, rec, flags):
+            self._events.append(DirectoryMoved())
 
     def _arena_tails(self, nd: Node | None = None) -> int:
         """Bytes reserved in the unused tails of client arenas (on ``nd``, or anywhere)."""
@@ -2104,7 +2027,7 @@ class Store:
             holding = held.clients.get(cid)
             refs = self._clients[cid].refs if holding is not None else {}
             for gen in set(gens):
-                published = self._published.get(gen)
+                published = self._dir.published.get(gen)
                 if published is None:
                     continue
                 key, rec = published

@@ -1,0 +1,124 @@
+"""The store's side of the shared directory: publishing sealed objects, marking their slots
+dying or sealed, unpublishing them, and rebuilding the directory when it fills.
+
+Readers find sealed objects in the directory and pin them with no request (see
+:mod:`plasma.directory` for the layout and the seqlock). :class:`Publisher` owns the
+directory the store writes, its access bytes (CLOCK's reference bits, set by readers), the
+generations pins name, and every published record until it is freed (a rebuilt directory
+may have no slot for some: ``slot`` -1, their generation still honoured). It writes slots
+only as the store tells it; it never decides an object's life, frees memory or scans pins.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from plasma.directory import (
+    DYING,
+    Directory,
+    GenerationSource,
+    directory_size,
+    rebuilt_capacity,
+)
+from plasma.errors import PlasmaError
+
+if TYPE_CHECKING:
+    from plasma.store.directory_memory import DirectoryMemory
+    from plasma.store.objects import ObjectRecord
+
+REBUILD_ATTEMPTS = 4  # directory sizes tried (doubling) before leaving a published id out
+
+
+class Publisher:
+    """The directory the store publishes sealed objects in (see the module docstring)."""
+
+    def __init__(self, memory: DirectoryMemory, capacity: int) -> None:
+        self._memory = memory
+        self._min_capacity = capacity
+        buf, access = memory.new_directory(directory_size(capacity), capacity)
+        self.directory = Directory(buf, capacity)
+        self.access = access  # by slot: nonzero once a reader read the object
+        self.buffers: tuple[Any, Any] = (buf, access)  # what readers map
+        self.rebuilds = 0
+        self._generations = GenerationSource()
+        self._replicas = False  # whether readers were told copies exist
+        # generation -> (id, record), for every published record until it is freed
+        self.published: dict[int, tuple[bytes, ObjectRecord]] = {}
+
+    def publish(self, oid: bytes, rec: ObjectRecord, flags: int = 0) -> bool:
+        """Put a newly sealed object (``flags`` REPLICA: a copy) in the directory, with a new
+        generation (none when no slot is found: it is then served by requests only).
+        True when the directory was rebuilt first (it was full): readers must be told."""
+        rebuilt = self.directory.full() and self._rebuild()
+        gen = self._generations.next()
+        rec.slot = self.directory.insert(oid, gen, rec.loc, flags)
+        if rec.slot >= 0:
+            rec.gen = gen
+            self.published[gen] = (oid, rec)
+        return rebuilt
+
+    def announce_replicas(self) -> None:
+        """Readers look for copies on their node from now on."""
+        if not self._replicas:
+            self.directory.announce_replicas()
+            self._replicas = True
+
+    def set_state(self, rec: ObjectRecord, state: int) -> None:
+        """``rec``'s slot (if it has one) reads ``state`` (SEALED or DYING) from now on."""
+        if rec.slot >= 0 and (state != DYING or self.directory.state(rec.slot) != DYING):
+            self.directory.set_state(rec.slot, state)
+
+    def unpublish(self, rec: ObjectRecord) -> None:
+        """``rec`` is freed: its slot and generation go."""
+        del self.published[rec.gen]
+        rec.gen = 0
+        if rec.slot >= 0:
+            self.directory.remove(rec.slot)
+            rec.slot = -1
+
+    def stats(self) -> dict[str, int]:
+        d = self.directory
+        return {
+            "capacity": d.capacity,
+            "objects": d.live,
+            "tombstones": d.tombstones,
+            "rebuilds": self.rebuilds,
+        }
+
+    def _rebuild(self) -> bool:
+        """Move the directory's objects into a new one, at most half full, and mark the old
+        one superseded (readers fall back to requests until they map the new one). A
+        published object that does not fit keeps its generation (``slot`` -1), so pins on
+        it are still honoured. When no memory is to be had, the old one stays (False)."""
+        old = self.directory
+        published = [rec for _, rec in self.published.values() if rec.slot >= 0]
+        old_slots = [rec.slot for rec in published]
+        capacity = rebuilt_capacity(old.live, max(old.capacity // 2, self._min_capacity))
+        for attempt in range(REBUILD_ATTEMPTS):
+            try:
+                buf, access = self._memory.new_directory(directory_size(capacity), capacity)
+            except PlasmaError:
+                return False
+            new = Directory(buf, capacity)
+            if self._replicas:
+                new.announce_replicas()
+            slots = new.copy_from(old, old_slots)
+            if -1 not in slots or attempt == REBUILD_ATTEMPTS - 1:
+                break
+            self._memory.free_directory(buf, access)
+            capacity *= 2
+        placed = np.asarray(slots, dtype=np.int64)
+        kept = placed >= 0
+        np.frombuffer(access, dtype=np.uint8)[placed[kept]] = np.frombuffer(
+            self.access, dtype=np.uint8
+        )[np.asarray(old_slots, dtype=np.int64)[kept]]
+        for rec, slot in zip(published, slots, strict=True):
+            rec.slot = slot
+        old.supersede()
+        self._memory.free_directory(*self.buffers)
+        self.directory, self.access = new, access
+        self.buffers = (buf, access)
+        self.rebuilds += 1
+        return True
