@@ -1,14 +1,17 @@
-"""The trio coordinator (internal): see :mod:`plasma.coordinator.server`.
+"""The trio coordinator (internal): accepts clients on a Unix socket and moves frames and fds.
+
+One concern a module (each docstring says what it owns and must never do):
+
+* :mod:`~plasma.coordinator.config`: what ``serve`` was asked for, and the memory budgets.
+* :mod:`~plasma.coordinator.listener`: the listening socket, accepting, refusing, hanging up.
+* :mod:`~plasma.coordinator.session`: one client's socket, decoder and outbox.
+* :mod:`~plasma.coordinator.server`: :class:`Coordinator`, which serves requests and the
+  store's events.
 
 The rest of plasma imports from here, never from the modules themselves.
 """
 
-from plasma.coordinator.server import (
-    MESSAGES_PER_TURN,
-    Coordinator,
-    CoordinatorConfig,
-    node_budgets,
-    serve,
-)
+from plasma.coordinator.config import CoordinatorConfig, node_budgets
+from plasma.coordinator.server import MESSAGES_PER_TURN, Coordinator, serve
 
 __all__ = ["MESSAGES_PER_TURN", "Coordinator", "CoordinatorConfig", "node_budgets", "serve"]

@@ -1,4 +1,4 @@
-"""The trio coordinator (internal): accepts clients on a Unix socket and moves frames and fds.
+"""The coordinator (internal): one store and the sessions the listener hands it.
 
 All object state lives in the sans-I/O :class:`plasma.store.Store`; this module only decodes
 requests, calls the store, encodes replies, attaches segment fds (SCM_RIGHTS, once per segment
@@ -12,17 +12,14 @@ requests (:mod:`plasma.shared_tables`): the directory's fds go to every client w
 from __future__ import annotations
 
 import collections
-import contextlib
 import functools
 import logging
 import math
 import os
 import socket
-import stat
 import time
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import msgspec
 import trio
@@ -30,20 +27,20 @@ import trio
 from plasma import errors
 from plasma import protocol as p
 from plasma.addresses import parse_address
+from plasma.coordinator.config import CoordinatorConfig, check_nodes
+from plasma.coordinator.listener import Credentials, Listener, hang_up
+from plasma.coordinator.session import MAX_UNSENT, RECV_SIZE, Hangup, Session
 from plasma.directory import pin_table_size
 from plasma.errors import PlasmaError
 from plasma.follow import ReaderTracker
 from plasma.ids import ID_SIZE
 from plasma.linux import memfd, numa
-from plasma.linux.fdlimit import EXHAUSTED, FdReserve, fallback_file_limit, raise_nofile_limit
-from plasma.linux.fdpass import MAX_FDS_PER_SEND, scm_rights
-from plasma.linux.peercred import peer_credentials
+from plasma.linux.fdlimit import fallback_file_limit
 from plasma.placement_report import placement_report
 from plasma.segments import BASE_PAGE, SegmentPool
 from plasma.shared_tables import SharedTables, close_map, new_pin_table
 from plasma.spiller import Spiller
 from plasma.store import (
-    SPILL_MAX_OBJECTS,
     AskReclaim,
     Copy,
     CreateDone,
@@ -62,19 +59,12 @@ from plasma.store import (
     Store,
 )
 from plasma.telemetry import Telemetry, numa_nodes
-from plasma.units import parse_size
-
-if TYPE_CHECKING:
-    from plasma.topology import Topology
 
 log = logging.getLogger("plasma.coordinator")
 
-RECV_SIZE = 256 * 1024
-# Bytes queued for a client that does not read: past MAX_UNSENT the coordinator reads no more
-# of its requests until it catches up; a subscriber past MAX_UNSENT_NOTIFICATIONS is told
-# it fell behind (an "overflow" notification) and its subscription ends.
-MAX_UNSENT = 32 << 20
 MESSAGES_PER_TURN = 64  # a connection's messages handled before the others get a turn
+# A subscriber with more than this many bytes unread is told it fell behind (an "overflow"
+# notification) and its subscription ends.
 MAX_UNSENT_NOTIFICATIONS = 8 << 20
 FOLLOW_INTERVAL = 1.0  # seconds between looks at where objects' reads come from
 MAX_TOP_OBJECTS = 10_000  # the most held objects a stats request may ask for
@@ -90,69 +80,6 @@ _WRITE_REQUESTS: frozenset[type] = frozenset(
 )
 
 
-@dataclass
-class CoordinatorConfig:
-    """What ``plasma-coord serve`` was asked for."""
-
-    socket_path: str
-    memory: dict[int, int]  # NUMA node -> byte budget
-    hugepage_size: int | None = None
-    hugepage_fallback: bool = False
-    allow_uids: dict[int, bool] = field(default_factory=dict)  # other uid -> may it write?
-    max_frame: int = p.DEFAULT_MAX_FRAME
-    max_object_size: int | None = None
-    segment_size: int = 64 << 20
-    bind_memory: bool = True
-    node_cpus: dict[int, list[int]] = field(default_factory=dict)
-    node_of_cpus: Callable[[list[int]], int | None] | None = None
-    sample_interval: float = 1.0  # seconds between perf samples of registered tasks
-    metrics: str | None = None  # serve /metrics here: HOST:PORT or PORT (on 127.0.0.1)
-    dashboard: str | None = None  # serve the dashboard here (plasma.dashboard)
-    dashboard_token: str | None = None  # bearer token the dashboard requires
-    sysfs_root: str = "/"
-    max_clients: int = 1024  # connections at once, handshaking ones included
-    handshake_timeout: float = 10.0  # seconds a new connection has to send Connect
-    pins_per_client: int = 4096  # entries of each client's pin table (0: no reads without requests)
-    spill_dir: str | None = None  # eviction spills to files here instead of deleting
-    spill_threshold: float = 1.0  # make copies on disk ahead of need past this fraction
-    spill_max: int | None = None  # bytes the spill files may take
-    spill_max_objects: int = SPILL_MAX_OBJECTS  # objects with a copy in them at most
-    restore: bool = False  # take in what a previous coordinator spilled to spill_dir
-    fallback_dir: str | None = None  # file-backed segments here when nothing can make room
-    fallback_files: int = 1024  # of them at once (each a descriptor)
-    fallback_max: int | None = None  # bytes they may take
-    follow_readers: bool = False  # move objects to the node most of their reads come from
-
-    @classmethod
-    def for_topology(
-        cls,
-        topology: Topology,
-        socket_path: str,
-        memory: str,
-        nodes: Iterable[int] | None = None,
-        **options: Any,
-    ) -> CoordinatorConfig:
-        """Serve ``nodes`` of ``topology`` (default: every node with memory), with ``memory``
-        as ``serve --memory`` takes it (a size split evenly, or ``0=2GiB,1=2GiB``)."""
-        if nodes is None:
-            with_memory = [n.id for n in topology.nodes.values() if n.memory_total > 0]
-            chosen = sorted(with_memory or topology.nodes)
-        else:
-            chosen = sorted(set(nodes))
-            missing = sorted(set(chosen) - set(topology.nodes))
-            if missing:
-                raise errors.BadRequest(
-                    f"node(s) {missing} not on this machine (nodes: {sorted(topology.nodes)})"
-                )
-        return cls(
-            socket_path=socket_path,
-            memory=node_budgets(memory, chosen),
-            node_cpus={n.id: sorted(n.cpus) for n in topology.nodes.values()},
-            node_of_cpus=topology.node_for_cpus,
-            **options,
-        )
-
-
 def _holds(holding: dict[str, Any] | None) -> dict[str, Any]:
     """A client's ``holds`` in stats: what :meth:`Store.holders` says it holds (zeros for a
     session the store does not know yet)."""
@@ -162,119 +89,13 @@ def _holds(holding: dict[str, Any] | None) -> dict[str, Any]:
     return {k: holding[k] for k in ("references", "pins", "unsealed", "arena", "total")}
 
 
-def node_budgets(memory: str, nodes: list[int]) -> dict[int, int]:
-    """Byte budget per node from ``--memory`` (``4GiB`` split evenly, or ``0=2GiB,1=2GiB``)."""
-    if "=" in memory:
-        budgets: dict[int, int] = {}
-        for part in memory.split(","):
-            node, _, size = part.partition("=")
-            try:
-                budgets[int(node)] = parse_size(size)
-            except ValueError as exc:
-                raise errors.BadRequest(f"--memory: bad per-node entry {part!r}: {exc}") from None
-        unknown = sorted(set(budgets) - set(nodes))
-        if unknown:
-            raise errors.BadRequest(f"--memory names node(s) {unknown} not served (nodes: {nodes})")
-        return budgets
-    return dict.fromkeys(nodes, parse_size(memory) // len(nodes))
-
-
-class Session:
-    """One connected client: its socket, decoder, outgoing queue and the segments it knows."""
-
-    def __init__(
-        self, sock: socket.socket, client_id: int, creds: tuple[int, int, int], max_frame: int
-    ) -> None:
-        self.sock = sock
-        self.client_id = client_id
-        self.pid, self.uid, self.gid = creds
-        self.name = ""
-        self.connected = False
-        self.decoder = p.FrameDecoder(p.Request, max_frame)
-        self.seen_segments: set[int] = set()
-        # listings in progress: number -> the ids snapshot they page through (oldest first)
-        self.listings: collections.OrderedDict[int, list[bytes]] = collections.OrderedDict()
-        self.last_listing = 0
-        self.writable = True  # False: a read-only uid, sent read-only fds and refused writes
-        self.pin_table: Any = None  # the coordinator's read-only map of the client's pin table
-        self.tables_token = 0  # the directory last sent to this client (its header's token)
-        # frames, their fds, and which of those to close once sent
-        self._out: collections.deque[tuple[bytes, list[int], list[int]]] = collections.deque()
-        self.unsent = 0  # bytes queued in _out
-        self.handshake = trio.CancelScope()  # ends the session unless Connect comes in time
-        self._wake_writer = trio.Event()
-
-    def send(
-        self, msg: msgspec.Struct, fds: list[int] | None = None, *, owned: bool = False
-    ) -> None:
-        """Queue ``msg`` with ``fds``; ``owned`` fds are closed once sent (or dropped)."""
-        frame = p.encode(msg)
-        self.unsent += len(frame)
-        fds = fds or []
-        self._out.append((frame, fds, fds if owned else []))
-
-    def drop_queue(self) -> None:
-        """Forget what was not sent (the peer is gone), closing the fds it owned."""
-        for _, _, owned in self._out:
-            for fd in owned:
-                os.close(fd)
-        self._out.clear()
-        self.unsent = 0
-
-    def flush(self) -> None:
-        """Send what the socket takes now; leave the rest to the writer task."""
-        if self._out and not self._try_send():
-            self._wake_writer.set()
-
-    def _try_send(self) -> bool:
-        """Non-blocking send of queued frames; True when the queue is empty."""
-        while self._out:
-            frames: list[bytes] = []
-            fds: list[int] = []
-            owned: list[int] = []
-            while self._out and len(fds) + len(self._out[0][1]) <= MAX_FDS_PER_SEND:
-                frame, frame_fds, frame_owned = self._out.popleft()
-                frames.append(frame)
-                fds.extend(frame_fds)
-                owned.extend(frame_owned)
-            if (
-                not frames
-            ):  # a single frame with too many fds cannot happen: segments per reply are bounded
-                raise AssertionError("frame carries more fds than one sendmsg allows")
-            data = frames[0] if len(frames) == 1 else b"".join(frames)
-            try:
-                sent = self.sock.sendmsg([data], scm_rights(fds)) if fds else self.sock.send(data)
-            except BlockingIOError:
-                self._out.appendleft((data, fds, owned))
-                return False
-            except OSError:
-                self._out.appendleft((data, fds, owned))
-                self.drop_queue()  # peer gone; the reader will notice and clean up
-                return True
-            for fd in owned:  # the receiver has its own copies now
-                os.close(fd)
-            self.unsent -= sent
-            if sent < len(data):
-                self._out.appendleft((data[sent:], [], []))  # fds travelled with the first byte
-                return False
-        return True
-
-    async def writer(self) -> None:
-        """Waits for the socket to drain when a client reads slower than we reply."""
-        while True:
-            await self._wake_writer.wait()
-            self._wake_writer = trio.Event()
-            while not self._try_send():
-                await trio.lowlevel.wait_writable(self.sock)
-
-
 class Coordinator:
     """Dispatches requests of all sessions against one store."""
 
     def __init__(self, config: CoordinatorConfig) -> None:
         self.config = config
         if config.bind_memory:
-            _check_nodes(config.memory)
+            check_nodes(config.memory)
         self.pool = SegmentPool(
             bind=config.bind_memory,
             hugepage_size=config.hugepage_size,
@@ -312,7 +133,6 @@ class Coordinator:
             wall_clock=time.time,  # for create_time only
         )
         self.sessions: dict[int, Session] = {}
-        self.connections = 0  # accepted and not yet closed, handshaking ones included
         self.started = time.monotonic()
         self.uid = os.getuid()
         self.op_counts: collections.Counter[str] = collections.Counter()
@@ -373,9 +193,7 @@ class Coordinator:
     # ------------------------------------------------------------ serving
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        raise_nofile_limit()
-        listener = _listen(self.config.socket_path)
-        reserve = FdReserve()
+        listener = Listener(self.config.socket_path, self.config.max_clients)
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -398,12 +216,9 @@ class Coordinator:
 
                     self.dashboard_address = await nursery.start(serve_coordinator, self)
                 task_status.started()
-                await self._accept_loop(listener, reserve, nursery)
+                await listener.accept_loop(nursery, self._session)
         finally:
-            reserve.close()
             listener.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.config.socket_path)
             for session in list(self.sessions.values()):
                 session.sock.close()
                 session.drop_queue()
@@ -413,64 +228,7 @@ class Coordinator:
             if self.spiller is not None:
                 self.spiller.close()
 
-    async def _accept_loop(
-        self, listener: socket.socket, reserve: FdReserve, nursery: trio.Nursery
-    ) -> None:
-        """Accept clients for ever. Out of descriptors, the coordinator spends its reserve
-        one to tell the newcomer why and close it (the queued connection would otherwise
-        make accept fail again at once); past ``max_clients`` it refuses likewise."""
-        exhausted = False
-        while True:
-            await trio.lowlevel.wait_readable(listener)
-            try:
-                conn, _ = listener.accept()
-            except BlockingIOError:
-                continue
-            except OSError as exc:
-                if exc.errno not in EXHAUSTED:
-                    log.warning("accept failed: %s", exc)
-                    continue
-                if not exhausted:
-                    log.error("out of file descriptors (%s): refusing new clients", exc)
-                    exhausted = True
-                if not reserve.release():
-                    reserve.restore()  # spent earlier: take it back when a descriptor frees
-                    await trio.sleep(0.05)  # do not spin meanwhile
-                    continue
-                try:
-                    conn, _ = listener.accept()
-                except OSError:
-                    reserve.restore()
-                    continue
-                _refuse(conn, errors.STORE_FULL, f"the coordinator is out of descriptors ({exc})")
-                reserve.restore()
-                continue
-            exhausted = False
-            if self.connections >= self.config.max_clients:
-                _refuse(
-                    conn,
-                    errors.STORE_FULL,
-                    f"the coordinator serves at most {self.config.max_clients} clients "
-                    "(serve --max-clients)",
-                )
-                continue
-            self.connections += 1
-            nursery.start_soon(self._run_session, conn)
-
-    async def _run_session(self, conn: socket.socket) -> None:
-        try:
-            await self._session(conn)
-        finally:
-            self.connections -= 1
-
-    async def _session(self, conn: socket.socket) -> None:
-        conn.setblocking(False)
-        try:
-            creds = peer_credentials(conn)
-        except PlasmaError as exc:
-            log.warning("refused a client whose credentials are unknown: %s", exc)
-            conn.close()
-            return
+    async def _session(self, conn: socket.socket, creds: Credentials) -> None:
         client_id = self._next_client
         self._next_client += 1
         session = Session(conn, client_id, creds, self.config.max_frame)
@@ -486,7 +244,7 @@ class Coordinator:
                     f"`--allow-uid {session.uid}:rw` to read and write)",
                 )
             )
-            await _hang_up(session)
+            await hang_up(session)
             conn.close()
             return
         session.writable = writable
@@ -501,7 +259,7 @@ class Coordinator:
                     self.error_counts[errors.BAD_REQUEST] += 1
                     message = f"no Connect within {self.config.handshake_timeout} s"
                     session.send(p.Error(seq=0, code=errors.BAD_REQUEST, message=message))
-                    await _hang_up(session)
+                    await hang_up(session)
                 nursery.cancel_scope.cancel()
         except Exception:  # one broken session must not stop the store
             log.exception("session %d (pid %d) failed", client_id, session.pid)
@@ -512,7 +270,7 @@ class Coordinator:
         sock = session.sock
         buf = memoryview(bytearray(RECV_SIZE))  # reused: no allocation per recv
         while True:
-            while session.unsent > MAX_UNSENT and not session._try_send():
+            while session.unsent > MAX_UNSENT and not session.try_send():
                 await trio.lowlevel.wait_writable(sock)  # read no more until it reads ours
             await trio.lowlevel.wait_readable(sock)
             try:
@@ -535,11 +293,11 @@ class Coordinator:
                         self._deliver_events()
                         session.flush()
                         await trio.lowlevel.checkpoint()
-            except (p.ProtocolError, _Hangup) as exc:
+            except (p.ProtocolError, Hangup) as exc:
                 self.error_counts[errors.BAD_REQUEST] += 1
                 session.send(p.Error(seq=0, code=errors.BAD_REQUEST, message=str(exc)))
                 self._deliver_events()
-                await _hang_up(session)
+                await hang_up(session)
                 return
             self._deliver_events()
             session.flush()
@@ -596,12 +354,12 @@ class Coordinator:
         self.op_counts[kind.__name__] += 1
         if not session.connected:
             if kind is not p.Connect:
-                raise _Hangup(f"the first message must be Connect, got {kind.__name__}")
+                raise Hangup(f"the first message must be Connect, got {kind.__name__}")
             handler: Callable[[Session, Any], None] = self._connect
         elif kind in self._handlers:
             handler = self._handlers[kind]
         else:
-            raise _Hangup(f"unexpected {kind.__name__} after Connect")
+            raise Hangup(f"unexpected {kind.__name__} after Connect")
         try:
             if not session.writable and kind in _WRITE_REQUESTS:
                 raise errors.PermissionDenied(
@@ -609,7 +367,7 @@ class Coordinator:
                     f"refused (grant writes with `serve --allow-uid {session.uid}:rw`)"
                 )
             handler(session, msg)
-        except _Hangup:
+        except Hangup:
             raise
         except PlasmaError as exc:
             self.error_counts[exc.code] += 1
@@ -623,7 +381,7 @@ class Coordinator:
 
     def _connect(self, session: Session, msg: p.Connect) -> None:
         if msg.protocol_version != p.PROTOCOL_VERSION:
-            raise _Hangup(
+            raise Hangup(
                 f"protocol version {msg.protocol_version} is not supported "
                 f"(this coordinator speaks {p.PROTOCOL_VERSION})"
             )
@@ -1202,91 +960,6 @@ class Coordinator:
                     metadata_size=0,
                 )
             )
-
-
-class _Hangup(Exception):
-    """A protocol violation after which the connection is closed."""
-
-
-def _refuse(conn: socket.socket, code: str, message: str) -> None:
-    """Tell a connection that will not be served why, and close it, without waiting."""
-    try:
-        conn.setblocking(False)
-        conn.send(p.encode(p.Error(seq=0, code=code, message=message)))
-        conn.shutdown(socket.SHUT_WR)
-        conn.recv(RECV_SIZE)  # what it sent already, so that closing does not reset it
-    except OSError:
-        pass
-    finally:
-        conn.close()
-
-
-HANG_UP_GRACE = 2.0  # seconds a refused peer gets to read our last Error before we close
-
-
-async def _hang_up(session: Session) -> None:
-    """Deliver the final Error, then close gracefully.
-
-    Closing a socket with unread input makes the kernel send RST, which can destroy our reply
-    before the peer reads it; so stop writing, discard input until the peer closes (or the
-    grace period ends), and only then close.
-    """
-    with trio.move_on_after(HANG_UP_GRACE):
-        while not session._try_send():
-            await trio.lowlevel.wait_writable(session.sock)
-        with contextlib.suppress(OSError):
-            session.sock.shutdown(socket.SHUT_WR)
-            while True:
-                await trio.lowlevel.wait_readable(session.sock)
-                try:
-                    if not session.sock.recv(RECV_SIZE):
-                        break
-                except BlockingIOError:
-                    continue
-
-
-def _check_nodes(memory: Mapping[int, int]) -> None:
-    """Refuse, in one line, to bind memory to nodes this kernel lacks or this process may not
-    use (a ``--sysfs-root`` topology of another machine): each create there would fail."""
-    usable = numa.usable_nodes()
-    lacking = sorted(set(memory) - usable)
-    if lacking:
-        raise errors.BadRequest(
-            f"cannot bind memory to NUMA node(s) {lacking}: this kernel lacks them or this "
-            f"process may not use them (usable: {sorted(usable)}); serve only usable ones "
-            "(--nodes) or, for a captured topology (--sysfs-root), add --no-bind"
-        )
-
-
-def _listen(path: str) -> socket.socket:
-    """A non-blocking listening socket at ``path``, mode 0600. Only a stale socket (one no
-    coordinator answers on) is replaced; any other file there is an error."""
-    try:
-        mode = os.lstat(path).st_mode
-    except FileNotFoundError:
-        mode = None
-    if mode is not None and not stat.S_ISSOCK(mode):
-        raise errors.BadRequest(f"{path} exists and is not a socket: refusing to replace it")
-    if mode is not None:
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            probe.connect(path)
-        except (ConnectionRefusedError, FileNotFoundError):
-            os.unlink(path)  # left behind by a coordinator that died
-        else:
-            raise errors.BadRequest(f"{path} is in use by a running coordinator")
-        finally:
-            probe.close()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old_umask = os.umask(0o177)
-    try:
-        sock.bind(path)
-    finally:
-        os.umask(old_umask)
-    os.chmod(path, 0o600)
-    sock.listen(128)
-    sock.setblocking(False)
-    return sock
 
 
 async def serve(
