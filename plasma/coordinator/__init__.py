@@ -5,8 +5,14 @@ One concern a module (each docstring says what it owns and must never do):
 * :mod:`~plasma.coordinator.config`: what ``serve`` was asked for, and the memory budgets.
 * :mod:`~plasma.coordinator.listener`: the listening socket, accepting, refusing, hanging up.
 * :mod:`~plasma.coordinator.session`: one client's socket, decoder and outbox.
-* :mod:`~plasma.coordinator.server`: :class:`Coordinator`, which serves requests and the
-  store's events.
+* :mod:`~plasma.coordinator.handlers`: the handler table (request type -> handler) and the
+  dispatch; the handlers are in :mod:`~plasma.coordinator.handshake` (``Connect`` and the
+  shared tables), :mod:`~plasma.coordinator.object_requests`,
+  :mod:`~plasma.coordinator.stats` and :mod:`~plasma.coordinator.runs` (the run relay and
+  task telemetry).
+* :mod:`~plasma.coordinator.replies`: the replies that hand clients segment fds.
+* :mod:`~plasma.coordinator.server`: :class:`Coordinator`, which wires them and carries out
+  the store's events.
 
 The rest of plasma imports from here, never from the modules themselves.
 """
