@@ -4,11 +4,10 @@ around them.
 :class:`Coordinator` builds the :class:`~plasma.store.Store` and its segment pool, serves
 each connection the :class:`~plasma.coordinator.listener.Listener` hands it (read requests,
 :func:`~plasma.coordinator.handlers.handle` them, deliver the store's events), and runs the
-loops that wake the store (deadlines, readers followed) and the I/O parts (spiller,
-telemetry, metrics, dashboard); it carries out the store's events (finished waits,
-notifications, pages to copy or move). It keeps the state that joins the parts: the sessions,
+loops that wake the store (deadlines, readers followed) and the I/O parts (spiller, page
+mover, telemetry, metrics, dashboard). It keeps the state that joins the parts: the sessions,
 the requests parked on the store, the replies waiting for a pin scan. It must never answer
-a request itself: the handler table does.
+a request nor carry out an event itself: the handler table and the delivery table do.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ import math
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
@@ -28,38 +28,19 @@ from plasma import errors
 from plasma import protocol as p
 from plasma.addresses import parse_address
 from plasma.coordinator.config import CoordinatorConfig, check_nodes
+from plasma.coordinator.delivery import deliver
 from plasma.coordinator.handlers import handle
 from plasma.coordinator.listener import Credentials, Listener, hang_up
-from plasma.coordinator.replies import reply_arena, reply_got, reply_locations, unseen_segments
+from plasma.coordinator.page_mover import PageMover
 from plasma.coordinator.runs import RunRelay
 from plasma.coordinator.session import MAX_UNSENT, RECV_SIZE, Hangup, Session
 from plasma.coordinator.stats import collect_stats
-from plasma.errors import PlasmaError
 from plasma.follow import ReaderTracker
-from plasma.ids import ID_SIZE
-from plasma.linux import memfd, numa
 from plasma.linux.fdlimit import fallback_file_limit
 from plasma.segments import SegmentPool
 from plasma.shared_tables import SharedTables, close_map
 from plasma.spiller import Spiller
-from plasma.store import (
-    AskReclaim,
-    Copy,
-    CreateDone,
-    DirectoryMoved,
-    GetDone,
-    Grant,
-    MigrateDone,
-    Notify,
-    Pending,
-    Place,
-    ReplicateDone,
-    Restore,
-    Revoke,
-    SegmentFreed,
-    SpillDead,
-    Store,
-)
+from plasma.store import Pending, Store
 from plasma.telemetry import Telemetry
 
 __all__ = ["FOLLOW_INTERVAL", "MESSAGES_PER_TURN", "Coordinator", "serve"]
@@ -68,9 +49,6 @@ log = logging.getLogger("plasma.coordinator")
 
 MESSAGES_PER_TURN = 64  # a connection's messages handled before the others get a turn
 FOLLOW_INTERVAL = 1.0  # seconds between looks at where objects' reads come from
-# A subscriber with more than this many bytes unread is told it fell behind (an "overflow"
-# notification) and its subscription ends.
-MAX_UNSENT_NOTIFICATIONS = 8 << 20
 
 
 class Coordinator:
@@ -128,6 +106,7 @@ class Coordinator:
         self._syncs: list[tuple[float, int, msgspec.Struct]] = []
         self._deadline_changed = trio.Event()
         self.runs = RunRelay(self.uid, self.sessions, self.error_counts)
+        self.pages = PageMover(self.store, self.pool, bind=config.bind_memory)
         self.telemetry = Telemetry(config.sample_interval)
         self._metrics_bind = parse_address(config.metrics) if config.metrics else None
         self.metrics_address: tuple[str, int] | None = None  # bound address once serving
@@ -180,6 +159,11 @@ class Coordinator:
             self.tables.close()
             if self.spiller is not None:
                 self.spiller.close()
+
+    def start_soon(self, fn: Callable[..., Awaitable[object]], *args: Any) -> None:
+        """Run ``fn(*args)`` in the coordinator's nursery (I/O the store asked for)."""
+        assert self._nursery is not None  # the store makes I/O events only while serving
+        self._nursery.start_soon(fn, *args)
 
     def stats(self, *, placement: bool = False, top_objects: int = 10) -> dict[str, Any]:
         """Everything ``plasma-coord stats`` shows (see :func:`collect_stats`)."""
@@ -291,6 +275,16 @@ class Coordinator:
         else:
             self._syncs.append((due, session.client_id, reply))
 
+    def deliver_events(self) -> None:
+        """Carry out what the store asked for since the last time (see :mod:`.delivery`)."""
+        if self.store.take_wakeup():
+            self._deadline_changed.set()  # a pin scan is due earlier than the loop waits
+        if self.store.take_spill_wakeup() and self.spiller is not None:
+            self.spiller.wanted.set()
+        events = self.store.drain_events()
+        if events:
+            deliver(self, events)
+
     async def _expiry_loop(self) -> None:
         while True:
             deadline = self.store.next_deadline()
@@ -314,184 +308,12 @@ class Coordinator:
                 session.flush()
         self._syncs = [s for s in self._syncs if s[0] > now]
 
-    async def _copy(self, event: Copy) -> None:
-        """Copy an object's bytes to its replicas (a worker thread: it may be gigabytes)."""
-        error: str | None = None
-        fds: list[int] = []
-        try:
-            source = self.pool.get(event.segment)
-            fds.append(os.dup(source.fd))
-            targets = []
-            for loc in event.targets:
-                seg = self.pool.get(loc.segment)
-                fds.append(os.dup(seg.fd))
-                targets.append((fds[-1], loc.offset, seg.page_size))
-            await trio.to_thread.run_sync(
-                memfd.copy_ranges, fds[0], event.offset, source.page_size, targets, event.length
-            )
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-            log.warning("copying segment %d to replicas failed: %s", event.segment, exc)
-        finally:
-            for fd in fds:
-                os.close(fd)
-        self.store.placed(event.token, error, now=time.monotonic())
-        self.deliver_events()
-
-    async def _place(self, event: Place) -> None:
-        """Move the pages of a range of a segment (a worker thread: it may be gigabytes)."""
-        error: str | None = None
-        if not self.config.bind_memory:  # --no-bind: pages stay where they are; only the
-            self.store.placed(event.token, now=time.monotonic())  # accounting moves
-            self.deliver_events()
-            return
-        seg = self.pool.get(event.segment)
-        mode = numa.MPOL_INTERLEAVE if event.mode == "interleave" else numa.MPOL_BIND
-        try:
-            fd = os.dup(seg.fd)  # (valid until the copy ends, whatever the store frees)
-            try:
-                left = await trio.to_thread.run_sync(
-                    numa.place_range,
-                    fd,
-                    event.start,
-                    event.length,
-                    seg.page_size,
-                    mode,
-                    event.nodes,
-                )
-            finally:
-                os.close(fd)
-            if left:
-                log.warning("%d pages of segment %d did not move to %s", left, seg.id, event.nodes)
-        except Exception as exc:
-            if event.nodes == [seg.node] and isinstance(exc, errors.Unsupported):
-                pass  # a kernel without NUMA: every page is on the one node already
-            else:
-                error = f"{type(exc).__name__}: {exc}"
-                log.warning("moving pages of segment %d to %s failed: %s", seg.id, event.nodes, exc)
-        self.store.placed(event.token, error, now=time.monotonic())
-        self.deliver_events()
-
     async def _follow_loop(self) -> None:
         """``--follow-readers``: once a second, move objects towards their readers."""
         while True:
             await trio.sleep(FOLLOW_INTERVAL)
             if self.store.follow(time.monotonic()):
                 self.deliver_events()
-
-    # ------------------------------------------------------------ store events
-
-    def deliver_events(self) -> None:
-        """Carry out what the store asked for since the last time."""
-        if self.store.take_wakeup():
-            self._deadline_changed.set()  # a pin scan is due earlier than the loop waits
-        if self.store.take_spill_wakeup() and self.spiller is not None:
-            self.spiller.wanted.set()
-        events = self.store.drain_events()
-        if not events:
-            return
-        touched: set[Session] = set()
-        dropped: list[int] = []
-        for event in events:
-            if isinstance(event, DirectoryMoved):
-                continue  # clients ask for the new one when they find theirs superseded
-            if isinstance(event, SegmentFreed):
-                dropped.append(event.segment)
-                continue
-            if isinstance(event, Place | Copy):
-                assert self._nursery is not None
-                if isinstance(event, Place):
-                    self._nursery.start_soon(self._place, event)
-                else:
-                    self._nursery.start_soon(self._copy, event)
-                continue
-            if isinstance(event, Restore | SpillDead):
-                assert self.spiller is not None
-                if isinstance(event, Restore):
-                    assert self._nursery is not None
-                    self._nursery.start_soon(self.spiller.restore, event, self.deliver_events)
-                else:
-                    self.spiller.dead(event)
-                continue
-            session = self.sessions.get(event.client)
-            if session is None:
-                continue
-            if isinstance(event, Notify):
-                loc = event.location
-                segs, fds = unseen_segments(self.pool, session, [loc.segment] if loc else [])
-                note = p.Notification(
-                    seq=0,
-                    kind=event.kind,
-                    id=event.oid,
-                    data_size=event.data_size,
-                    metadata_size=event.metadata_size,
-                    location=loc,
-                    segments=segs,
-                )
-                session.send(note, fds)
-                if session.unsent > MAX_UNSENT_NOTIFICATIONS:
-                    self._drop_subscriber(session)
-            elif isinstance(event, Revoke):
-                session.send(p.Revoked(seq=0, ids=[event.oid]))
-            elif isinstance(event, AskReclaim):
-                session.send(p.Reclaim(seq=0))
-            else:
-                waiter = self.waits.pop(event.token, None)
-                if waiter is None:
-                    continue
-                seq = waiter[1]
-                if isinstance(event, GetDone):
-                    reply_got(self.pool, session, seq, event.results)
-                elif isinstance(event, MigrateDone | ReplicateDone):
-                    if isinstance(event.result, PlasmaError):
-                        session.send(
-                            p.Error(seq=seq, code=event.result.code, message=event.result.message)
-                        )
-                    elif isinstance(event, MigrateDone):
-                        session.send(p.Migrated(seq=seq, nodes=event.result))
-                    else:
-                        session.send(p.Replicated(seq=seq, nodes=event.result))
-                elif isinstance(event.result, PlasmaError):
-                    assert isinstance(event, CreateDone)
-                    self.error_counts[event.result.code] += 1
-                    session.send(
-                        p.Error(seq=seq, code=event.result.code, message=event.result.message)
-                    )
-                elif isinstance(event.result, Grant):
-                    reply_arena(self.pool, session, seq, event.result)
-                else:
-                    reply_locations(self.pool, session, seq, event.result)
-            touched.add(session)
-        if dropped:
-            touched.update(self._tell_dropped(dropped))
-        for session in touched:
-            session.flush()
-
-    def _tell_dropped(self, segments: list[int]) -> list[Session]:
-        """Tell the clients that were sent these segments that they are gone."""
-        told = []
-        for session in self.sessions.values():
-            gone = [s for s in segments if s in session.seen_segments]
-            if gone:
-                session.seen_segments.difference_update(gone)
-                session.send(p.SegmentsDropped(seq=0, ids=gone))
-                told.append(session)
-        return told
-
-    def _drop_subscriber(self, session: Session) -> None:
-        """A subscriber that fell behind: end its subscription with an "overflow" note (its
-        ``data_size`` is the bytes it left unread); events already made still go out."""
-        if self.store.unsubscribe(session.client_id):
-            log.warning("client %d fell behind its notifications", session.client_id)
-            session.send(
-                p.Notification(
-                    seq=0,
-                    kind="overflow",
-                    id=bytes(ID_SIZE),
-                    data_size=session.unsent,
-                    metadata_size=0,
-                )
-            )
 
 
 async def serve(
