@@ -93,7 +93,7 @@ def eight_nodes_lost(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
     nodes though the kernel has only node 0, as if nodes were lost after its start (a
     cpuset's mems shrunk, a node offlined): serve refuses such a start, so the check is
     skipped here. Yields its socket."""
-    monkeypatch.setattr(coordinator_module, "_check_nodes", lambda memory: None)
+    monkeypatch.setattr(coordinator_module.server, "check_nodes", lambda memory: None)
     root = unpack("16amd64-8n2c", tmp_path / "sysfs")
     sock = str(tmp_path / "lost.sock")
     config = coordinator_module.CoordinatorConfig.for_topology(
