@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests.helpers import REPO
+
 # CI runs on a loaded 2-core machine: no per-example deadline, and a slow example is no error.
 # Based on Hypothesis's own defaults, not on whatever profile it chose itself: it loads its
 # derandomized "ci" profile when $CI is set, and the tests must run the same with and without.
@@ -31,7 +34,6 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "plasma"))
 
-REPO = Path(__file__).resolve().parent.parent
 # pytest imports this file as "conftest"; test modules import it as "tests.conftest": one
 # module for both, so every coordinator a test starts is logged and checked the same way
 sys.modules.setdefault("tests.conftest", sys.modules[__name__])
@@ -164,6 +166,33 @@ def coordinator(
     yield coord
     assert coord.stop() == 0
     assert not os.path.exists(coord.socket)
+
+
+# ---------------------------------------------------------------- fixtures several modules use
+
+
+@pytest.fixture(params=["blocking", "trio"])
+def kind(request: pytest.FixtureRequest) -> str:
+    """Which client a test uses through tests.helpers.open_client: blocking or trio."""
+    return request.param
+
+
+@pytest.fixture
+def public_dir() -> Iterator[str]:
+    """A directory other uids may search (but not list): pytest's tmp_path is 0700."""
+    path = tempfile.mkdtemp(prefix="plasma-access-")
+    os.chmod(path, 0o711)
+    yield path
+    shutil.rmtree(path)
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    """A process that sleeps a minute (killed at teardown)."""
+    proc = subprocess.Popen(["sleep", "60"])
+    yield proc
+    proc.kill()
+    proc.wait()
 
 
 def wait_until(

@@ -13,12 +13,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cells_cgroup import FakeKernel
 
 import plasma.cli.cell
 import plasma.linux.processes
@@ -27,9 +25,8 @@ from plasma.dag.runner import RunOptions, run_pipeline
 from plasma.dag.spec import decode_pipeline
 from plasma.linux.cgroup import CgroupTree
 from plasma.topology import format_cpulist
+from tests.helpers import PLASMA, REPO, FakeKernel
 
-REPO = Path(__file__).resolve().parent.parent
-PLASMA = [sys.executable, "-m", "plasma"]
 CPUS = sorted(os.sched_getaffinity(0))
 HOST_HAS_CGROUP2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
 
@@ -54,14 +51,6 @@ def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     status = main(list(argv))
     out, err = capsys.readouterr()
     return status, out, err
-
-
-@pytest.fixture
-def sleeper() -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(["sleep", "60"])
-    yield proc
-    proc.kill()
-    proc.wait()
 
 
 # ---------------------------------------------------------------------- a cgroup v1 host

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO
+
 OBJECT = 256 << 20
 TINY_SHM = 'mount -t tmpfs -o size=8m tmpfs /dev/shm && exec "$@"'
 # the client's namespace: the socket directory bind-mounted at another path, the original

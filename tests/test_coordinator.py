@@ -18,7 +18,8 @@ import pytest
 
 import plasma
 from plasma import protocol as p
-from tests.conftest import REPO, RunningCoordinator, start_coordinator, wait_until
+from tests.conftest import RunningCoordinator, start_coordinator, wait_until
+from tests.helpers import REPO
 from tests.helpers import object_id as oid
 
 

@@ -15,13 +15,13 @@ import pytest
 import trio
 
 from bench.chaos import fds
+from bench.topologies import unpack
 from plasma.dashboard import access, http, server, state
 from plasma.dashboard.state import History, Snapshot
 from plasma.errors import BadRequest, Disconnected
 from plasma.linux import fdlimit
 from plasma.topology import Topology
-from tests.conftest import REPO
-from tests.test_topology import unpack
+from tests.helpers import REPO
 
 TOKEN = "s3cret-token-0123456789"
 

@@ -17,8 +17,8 @@ import pytest
 
 from plasma.cli.serve import SERVE_OVERHEAD
 from plasma.linux.memcg import MemoryLimit, memory_limit
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
 V1_UNLIMITED = "9223372036854771712"
 

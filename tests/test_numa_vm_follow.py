@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, run_in_numa_vm, vm_result
+from tests.conftest import run_in_numa_vm, vm_result
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.numa_vm
 

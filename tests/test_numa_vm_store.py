@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, run_in_numa_vm, vm_result
+from tests.conftest import run_in_numa_vm, vm_result
+from tests.helpers import REPO
 
 CHECKS = REPO / "tests" / "numa_vm_checks.py"
 MiB = 1 << 20

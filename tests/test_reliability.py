@@ -21,10 +21,9 @@ import pytest
 import plasma
 import plasma.aio
 from plasma import protocol as p
-from tests.conftest import REPO, RunningCoordinator, start_coordinator, wait_until
+from tests.conftest import RunningCoordinator, start_coordinator, wait_until
+from tests.helpers import MIB, REPO
 from tests.helpers import object_id as oid
-
-MIB = 1 << 20
 
 
 def raw(path: str) -> socket.socket:
