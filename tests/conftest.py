@@ -62,7 +62,15 @@ def start_coordinator(
     socket_path: str, *args: str, wrapper: Sequence[str] = (), allowed: Sequence[str] = ()
 ) -> RunningCoordinator:
     """Start ``plasma-coord serve`` (under ``wrapper``, a command such as ``prlimit``) and
-    wait for its ``ready`` line; its stderr goes to a file of the session's log directory."""
+    wait for its ``ready`` line; its stderr goes to a file of the session's log directory.
+    Fails a test that is not marked ``coordinator`` (see COORDINATOR_FIXTURES)."""
+    unmarked = [item.nodeid for item in CURRENT if not item.get_closest_marker("coordinator")]
+    if unmarked:
+        pytest.fail(
+            f"{unmarked[0]} starts a coordinator but is not marked: give its module"
+            " pytestmark = pytest.mark.coordinator",
+            pytrace=False,
+        )
     log_dir = LOG_DIR or Path(tempfile.gettempdir())
     log_path = log_dir / f"{next(LOG_NUMBERS)}-{os.path.basename(socket_path)}.log"
     with open(log_path, "w") as log:
@@ -213,10 +221,26 @@ VM_SETUP_FAILED = 125  # numa-vm's exit status when the VM itself cannot run
 VM_TEST_TIMEOUT = 900
 
 
+# Tests that use these fixtures start a real coordinator: they are marked ``coordinator``
+# (modules that start one otherwise say so with ``pytestmark = pytest.mark.coordinator``),
+# so that ``pytest -m "not coordinator"`` runs the fast unit tests alone.
+COORDINATOR_FIXTURES = frozenset({"coordinator", "coordinator_factory"})
+COLLECTED: list[pytest.Item] = []  # every item collected, before -m deselects any (test_markers)
+CURRENT: list[pytest.Item] = []  # the test being set up or run (start_coordinator checks it)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("numa_vm"):
             item.add_marker(pytest.mark.timeout(VM_TEST_TIMEOUT))
+        if COORDINATOR_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.coordinator)
+    COLLECTED[:] = items
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    CURRENT[:] = [item]
 
 
 def run_in_numa_vm(

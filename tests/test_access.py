@@ -42,6 +42,8 @@ from tests.helpers import (
     run_as,
 )
 
+pytestmark = pytest.mark.coordinator  # starts coordinators without the conftest fixtures
+
 PWNED = b"PWNED!!!"
 ORIGINAL = bytes(range(256)) * 64  # 16 KiB: spans pages, so every attack has a page to aim at
 

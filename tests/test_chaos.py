@@ -19,7 +19,7 @@ from tests.helpers import REPO
 
 SECONDS = 40
 SPILL_SECONDS = 20
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.chaos, pytest.mark.coordinator]
 
 
 @pytest.mark.timeout(SECONDS + 150)

@@ -22,6 +22,8 @@ from tests.conftest import RunningCoordinator, start_coordinator, wait_until
 from tests.helpers import REPO
 from tests.helpers import object_id as oid
 
+pytestmark = pytest.mark.coordinator  # starts coordinators without the conftest fixtures
+
 
 def used(client: plasma.Client) -> int:
     """Bytes held by objects (not counting the unused part of client arenas)."""

@@ -18,6 +18,8 @@ from plasma.dag.runner import RunOptions, run_pipeline
 from plasma.dag.spec import decode_pipeline
 from tests.helpers import REPO, alive
 
+pytestmark = pytest.mark.coordinator  # starts coordinators without the conftest fixtures
+
 CPUS = sorted(os.sched_getaffinity(0))
 
 TASKS_MODULE = """

@@ -32,6 +32,8 @@ da = pytest.importorskip("dask.array")
 import plasma  # noqa: E402
 from plasma.dask._store import PREFIX  # noqa: E402
 
+pytestmark = pytest.mark.coordinator  # starts coordinators without the conftest fixtures
+
 
 def dask_objects(socket: str) -> dict[Any, dict[str, Any]]:
     """The plasma.dask objects in the coordinator at ``socket``."""

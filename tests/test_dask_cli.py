@@ -24,6 +24,8 @@ from plasma.errors import BadRequest  # noqa: E402
 from plasma.topology import Topology  # noqa: E402
 from tests.helpers import PLASMA, SCHEDULER  # noqa: E402
 
+pytestmark = pytest.mark.coordinator  # starts coordinators without the conftest fixtures
+
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests
 
 

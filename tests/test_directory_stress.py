@@ -31,6 +31,8 @@ import plasma
 from tests import directory_stress as stress
 from tests.conftest import RunningCoordinator, wait_until
 
+pytestmark = pytest.mark.coordinator  # starts coordinators without the conftest fixtures
+
 MEMORY = "32MiB"  # the id space holds 76 MiB: creates evict
 SEGMENT = "4MiB"
 STARTUP = 60.0  # seconds the workers have to start, connect and fill the store

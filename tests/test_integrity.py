@@ -18,6 +18,8 @@ from plasma.directory import DirectoryReader
 from tests.conftest import RunningCoordinator, start_coordinator, wait_until
 from tests.helpers import READ_ONLY_UID, RawClient, needs_root, oid, result, run_as
 
+pytestmark = pytest.mark.coordinator  # starts coordinators without the conftest fixtures
+
 Factory = Callable[..., RunningCoordinator]
 
 

@@ -15,7 +15,7 @@ import pytest
 from tests.conftest import run_in_numa_vm, vm_result
 from tests.helpers import REPO
 
-pytestmark = pytest.mark.numa_vm
+pytestmark = [pytest.mark.numa_vm, pytest.mark.coordinator]
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ CHECKS = REPO / "tests" / "numa_vm_checks.py"
 MiB = 1 << 20
 HUGE = 2 * MiB
 
-pytestmark = pytest.mark.numa_vm
+pytestmark = [pytest.mark.numa_vm, pytest.mark.coordinator]
 
 
 def run_checks(nodes: int, tmp_path: Path) -> dict[str, Any]:

@@ -37,6 +37,8 @@ from plasma.topology import Topology
 from tests.conftest import RunningCoordinator, wait_until
 from tests.helpers import REPO
 
+pytestmark = pytest.mark.coordinator  # eight_nodes_lost: one in a thread, without the fixtures
+
 
 def test_interleave_and_migrate_on_one_node(coordinator: RunningCoordinator) -> None:
     with plasma.connect(coordinator.socket) as client:

@@ -25,6 +25,8 @@ from tests.conftest import RunningCoordinator, start_coordinator, wait_until
 from tests.helpers import MIB, REPO
 from tests.helpers import object_id as oid
 
+pytestmark = pytest.mark.coordinator  # starts coordinators without the conftest fixtures
+
 
 def raw(path: str) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
