@@ -1,7 +1,7 @@
 """The store on real NUMA kernels: objects land on the node asked for, 100% of their pages.
 
 Each module-scoped fixture boots ``numa-vm`` once (2 nodes, then 4) and runs
-tests/numa_vm_checks.py inside; the tests assert on the JSON it prints.
+tests/scripts/numa_vm_checks.py inside; the tests assert on the JSON it prints.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from tests.conftest import run_in_numa_vm, vm_result
 from tests.helpers import REPO
 
-CHECKS = REPO / "tests" / "numa_vm_checks.py"
+CHECKS = REPO / "tests" / "scripts" / "numa_vm_checks.py"
 MiB = 1 << 20
 HUGE = 2 * MiB
 
