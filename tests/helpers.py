@@ -40,6 +40,7 @@ from plasma.topology import format_cpulist, parse_cpulist
 REPO = Path(__file__).resolve().parent.parent  # this checkout
 KIB = 1024
 MIB = 1 << 20
+HUGE = 2 << 20  # bytes of a 2 MiB hugepage
 PAGE = 4096  # the page size the sans-I/O store's segments are multiples of
 GRACE = 0.002  # the store's grace period where clients read without requests (pin tables)
 PLASMA = [sys.executable, "-m", "plasma"]  # the plasma-coord command, from this checkout
@@ -64,6 +65,14 @@ def colliding(n: int, key: int = COLLIDE_KEY) -> bytes:
     the same home slot in a directory of any size."""
     a = n + 1
     return KEY.pack(a, a ^ key, 0)
+
+
+def raw_socket(path: str) -> socket.socket:
+    """A Unix stream socket connected to ``path``, 10 s timeout (for bytes sent by hand)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    s.settimeout(10)
+    return s
 
 
 class RawClient:

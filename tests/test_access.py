@@ -33,6 +33,7 @@ from plasma.linux import memfd
 from plasma.segments import SegmentPool
 from tests.conftest import RunningCoordinator, start_coordinator, wait_until
 from tests.helpers import (
+    HUGE,
     READ_ONLY_UID,
     READ_WRITE_UID,
     REPO,
@@ -359,8 +360,6 @@ for name, msg in moves.items():
 attack_segment(fd, segment, loc)
 done()
 """
-
-HUGE = 2 << 20
 
 
 @pytest.fixture

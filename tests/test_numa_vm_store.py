@@ -14,11 +14,10 @@ from typing import Any
 import pytest
 
 from tests.conftest import run_in_numa_vm, vm_result
-from tests.helpers import REPO
+from tests.helpers import HUGE, REPO
 
 CHECKS = REPO / "tests" / "scripts" / "numa_vm_checks.py"
 MiB = 1 << 20
-HUGE = 2 * MiB
 
 pytestmark = [pytest.mark.numa_vm, pytest.mark.coordinator]
 
