@@ -64,6 +64,7 @@ def _namespace(pid: int | str, kind: str) -> str:
     return os.readlink(f"/proc/{pid}/ns/{kind}")
 
 
+@pytest.mark.coordinator
 def test_256_mib_object_through_a_bind_mounted_socket_with_an_8_mib_dev_shm(
     tmp_path: Path,
 ) -> None:

@@ -491,6 +491,7 @@ async def test_idle_and_lingering_clients_free_their_slot(
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.coordinator
 def test_dashboard_connections_leave_the_store_its_descriptors(tmp_path: Path) -> None:
     """300 dashboard connections left open on a coordinator with RLIMIT_NOFILE 256: fresh
     store clients still put and get, and the dashboard serves again once they close (all

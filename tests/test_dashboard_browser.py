@@ -175,6 +175,7 @@ tasks:
 """
 
 
+@pytest.mark.coordinator
 def test_a_dag_run_live(page: Any, tmp_path: Path) -> None:
     (tmp_path / "p.yaml").write_text(PIPELINE)
     os.mkfifo(tmp_path / "gate")
