@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests.helpers import REPO
+
 # CI runs on a loaded 2-core machine: no per-example deadline, and a slow example is no error.
 # Based on Hypothesis's own defaults, not on whatever profile it chose itself: it loads its
 # derandomized "ci" profile when $CI is set, and the tests must run the same with and without.
@@ -31,7 +34,6 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "plasma"))
 
-REPO = Path(__file__).resolve().parent.parent
 # pytest imports this file as "conftest"; test modules import it as "tests.conftest": one
 # module for both, so every coordinator a test starts is logged and checked the same way
 sys.modules.setdefault("tests.conftest", sys.modules[__name__])
@@ -60,7 +62,15 @@ def start_coordinator(
     socket_path: str, *args: str, wrapper: Sequence[str] = (), allowed: Sequence[str] = ()
 ) -> RunningCoordinator:
     """Start ``plasma-coord serve`` (under ``wrapper``, a command such as ``prlimit``) and
-    wait for its ``ready`` line; its stderr goes to a file of the session's log directory."""
+    wait for its ``ready`` line; its stderr goes to a file of the session's log directory.
+    Fails a test that is not marked ``coordinator`` (see COORDINATOR_FIXTURES)."""
+    unmarked = [item.nodeid for item in CURRENT if not item.get_closest_marker("coordinator")]
+    if unmarked:
+        pytest.fail(
+            f"{unmarked[0]} starts a coordinator but is not marked: give its module"
+            " pytestmark = pytest.mark.coordinator",
+            pytrace=False,
+        )
     log_dir = LOG_DIR or Path(tempfile.gettempdir())
     log_path = log_dir / f"{next(LOG_NUMBERS)}-{os.path.basename(socket_path)}.log"
     with open(log_path, "w") as log:
@@ -166,6 +176,33 @@ def coordinator(
     assert not os.path.exists(coord.socket)
 
 
+# ---------------------------------------------------------------- fixtures several modules use
+
+
+@pytest.fixture(params=["blocking", "trio"])
+def kind(request: pytest.FixtureRequest) -> str:
+    """Which client a test uses through tests.helpers.open_client: blocking or trio."""
+    return request.param
+
+
+@pytest.fixture
+def public_dir() -> Iterator[str]:
+    """A directory other uids may search (but not list): pytest's tmp_path is 0700."""
+    path = tempfile.mkdtemp(prefix="plasma-access-")
+    os.chmod(path, 0o711)
+    yield path
+    shutil.rmtree(path)
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    """A process that sleeps a minute (killed at teardown)."""
+    proc = subprocess.Popen(["sleep", "60"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
 def wait_until(
     predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition"
 ) -> None:
@@ -184,10 +221,26 @@ VM_SETUP_FAILED = 125  # numa-vm's exit status when the VM itself cannot run
 VM_TEST_TIMEOUT = 900
 
 
+# Tests that use these fixtures start a real coordinator: they are marked ``coordinator``
+# (modules that start one otherwise say so with ``pytestmark = pytest.mark.coordinator``),
+# so that ``pytest -m "not coordinator"`` runs the fast unit tests alone.
+COORDINATOR_FIXTURES = frozenset({"coordinator", "coordinator_factory"})
+COLLECTED: list[pytest.Item] = []  # every item collected, before -m deselects any (test_markers)
+CURRENT: list[pytest.Item] = []  # the test being set up or run (start_coordinator checks it)
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("numa_vm"):
             item.add_marker(pytest.mark.timeout(VM_TEST_TIMEOUT))
+        if COORDINATOR_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.coordinator)
+    COLLECTED[:] = items
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    CURRENT[:] = [item]
 
 
 def run_in_numa_vm(

@@ -17,198 +17,36 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import plasma
 import plasma.client  # imported before the uid drops: the interpreter lives under /root
+from bench.topologies import unpack
 from plasma.cli import build_parser
 from plasma.cli.serve import config_from_args
 from plasma.errors import BadRequest, Unsupported
 from plasma.hugepages import hugepage_counts
 from plasma.linux import memfd
 from plasma.segments import SegmentPool
-from tests.conftest import REPO, RunningCoordinator, start_coordinator, wait_until
-from tests.test_topology import unpack
+from tests.conftest import RunningCoordinator, start_coordinator, wait_until
+from tests.helpers import (
+    HUGE,
+    READ_ONLY_UID,
+    READ_WRITE_UID,
+    REPO,
+    STRANGER_UID,
+    needs_root,
+    result,
+    run_as,
+)
 
-READ_ONLY_UID, READ_WRITE_UID, STRANGER_UID = 65534, 65533, 65532
+pytestmark = pytest.mark.coordinator  # starts coordinators without the conftest fixtures
+
 PWNED = b"PWNED!!!"
 ORIGINAL = bytes(range(256)) * 64  # 16 KiB: spans pages, so every attack has a page to aim at
-
-needs_root = pytest.mark.skipif(os.getuid() != 0, reason="needs root to run clients as other uids")
-
-_PRELUDE = """
-import ctypes, errno, fcntl, json, mmap, os, socket, sys
-import numpy as np
-import plasma
-import plasma.client  # imported before the uid drops: the interpreter lives under /root
-from plasma import protocol as p
-from plasma.linux.fdpass import received_fds
-
-PWNED = b"PWNED!!!"
-libc = ctypes.CDLL(None, use_errno=True)
-out = {}
-
-def attempt(name, action):
-    '''Record (and print at once, in case a later one crashes us) how ``action`` failed: an
-    errno name, an error code, an exception type, or "succeeded".'''
-    try:
-        action()
-    except plasma.PlasmaError as exc:
-        out[name] = f"{exc.code}: {exc}"
-    except OSError as exc:
-        out[name] = errno.errorcode[exc.errno] if exc.errno else f"{type(exc).__name__}: {exc}"
-    except Exception as exc:
-        out[name] = type(exc).__name__
-    else:
-        out[name] = "succeeded"
-    print(f"{name}: {out[name]}", flush=True)
-
-def check(result):
-    if result != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-def address(buffer):
-    return np.frombuffer(buffer, np.uint8).__array_interface__["data"][0]
-
-def mapping_perms(addr):
-    '''The permissions ("r--s", "rw-s", ...) of the mapping holding ``addr``.'''
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            span, perms = line.split()[:2]
-            start, end = (int(x, 16) for x in span.split("-"))
-            if start <= addr < end:
-                return perms
-    return None
-
-def done():
-    print("RESULT " + json.dumps(out), flush=True)
-
-def raw_session(path, cpus=()):
-    '''The wire protocol by hand, keeping every descriptor sent (in ``fds``): returns
-    (request, fds, the Connected reply); request(msg) returns msg's reply, keeping the
-    replies to other requests (sent without waiting) in ``others``.'''
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(path)
-    s.settimeout(10)
-    decoder = p.FrameDecoder(p.Reply, 1 << 30)
-    fds, others = [], []
-    def receive():
-        while (reply := decoder.next_message()) is None:
-            data, anc, flags, _ = s.recvmsg(1 << 16, socket.CMSG_SPACE(16 * 4))
-            if not data:
-                raise ConnectionError("the coordinator hung up")
-            fds.extend(received_fds(anc, flags))
-            decoder.feed(data)
-        return reply
-    def request(msg, *unanswered):
-        s.sendall(b"".join(p.encode(m) for m in (*unanswered, msg)))
-        while (reply := receive()).seq != msg.seq:
-            others.append(reply)
-        return reply
-    request.others = others
-    connected = request(p.Connect(seq=1, protocol_version=p.PROTOCOL_VERSION, cpus=list(cpus)))
-    return request, fds, connected
-
-def raise_error(reply):
-    if isinstance(reply, p.Error):
-        raise plasma.errors.error_for(reply.code, reply.message)
-
-def attack_segment(fd, segment, loc):
-    '''Every way we know to write, shrink, grow, punch or reopen ``segment`` through the
-    read-only descriptor ``fd`` we were sent with the object at ``loc``; each outcome goes
-    to ``out``, then what our read-only mapping reads at ``loc`` afterwards.'''
-    out["segment_writable"] = segment.writable
-    out["fd_access"] = {os.O_RDONLY: "O_RDONLY", os.O_RDWR: "O_RDWR"}[
-        fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
-    ]
-    memfd = os.stat(f"/proc/self/fd/{fd}")  # through the link, as a reopen would go
-    out["memfd"] = [oct(memfd.st_mode & 0o777), memfd.st_uid]
-    size, page_size = segment.size, segment.page_size
-    page = loc.offset - loc.offset % page_size  # (hugetlb: whole hugepages only)
-    readable = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ)
-    base = address(readable)
-
-    def map_writable():
-        mm = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
-        mm[loc.offset : loc.offset + 8] = PWNED
-    def reopen(flags):
-        def action():
-            reopened = os.open(f"/proc/self/fd/{fd}", flags)
-            if flags != os.O_RDONLY:
-                os.pwrite(reopened, PWNED, loc.offset)
-        return action
-    def fallocate(mode, offset, length):
-        def action():
-            check(libc.fallocate(fd, mode, ctypes.c_int64(offset), ctypes.c_int64(length)))
-        return action
-    def mprotect_writable():
-        check(libc.mprotect(ctypes.c_void_p(base), ctypes.c_size_t(size), 3))  # READ|WRITE
-        ctypes.memmove(base + loc.offset, PWNED, len(PWNED))
-    def write():
-        os.lseek(fd, loc.offset, os.SEEK_SET)
-        os.write(fd, PWNED)
-
-    attacks = {
-        "map_shared_writable": map_writable,
-        "reopen_rdwr": reopen(os.O_RDWR),
-        "reopen_wronly": reopen(os.O_WRONLY),
-        "reopen_rdonly": reopen(os.O_RDONLY),
-        "pwrite": lambda: os.pwrite(fd, PWNED, loc.offset),
-        "write": write,
-        "fchmod": lambda: os.fchmod(fd, 0o666),
-        "add_seals": lambda: fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE),
-        "mprotect_writable": mprotect_writable,
-        "madv_remove": lambda: readable.madvise(mmap.MADV_REMOVE, page, page_size),
-        # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE: zeroes the page
-        "punch_hole": fallocate(3, page, page_size),
-        "fallocate_extend": fallocate(0, size, page_size),
-        "ftruncate_extend": lambda: os.ftruncate(fd, size + page_size),
-        "ftruncate": lambda: os.ftruncate(fd, 0),  # last: on success the segment is gone
-    }
-    for name, action in attacks.items():
-        attempt(name, action)
-    out["read_after"] = readable[loc.offset : loc.offset + loc.data_size].hex()
-
-os.setgroups([])
-os.setgid(int(sys.argv[1]))
-os.setuid(int(sys.argv[1]))
-"""
-
-
-def run_as(
-    uid: int, body: str, *args: str, stdin: int | None = None, pass_fds: Sequence[int] = ()
-) -> subprocess.Popen[str]:
-    """Start ``body`` (after the prelude) as ``uid`` with ``sys.argv[2:] == args``."""
-    return subprocess.Popen(
-        [sys.executable, "-c", _PRELUDE + body, str(uid), *args],
-        stdin=stdin,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=REPO,
-        pass_fds=pass_fds,
-    )
-
-
-def result(proc: subprocess.Popen[str]) -> dict[str, Any]:
-    stdout, stderr = proc.communicate(timeout=60)
-    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, f"status {proc.returncode}\n{stdout}\n{stderr}"
-    return dict(json.loads(lines[-1].removeprefix("RESULT ")))
-
-
-@pytest.fixture
-def public_dir() -> Iterator[str]:
-    """A directory other uids may search (but not list): pytest's tmp_path is 0700."""
-    path = tempfile.mkdtemp(prefix="plasma-access-")
-    os.chmod(path, 0o711)
-    yield path
-    shutil.rmtree(path)
 
 
 @pytest.fixture
@@ -522,8 +360,6 @@ for name, msg in moves.items():
 attack_segment(fd, segment, loc)
 done()
 """
-
-HUGE = 2 << 20
 
 
 @pytest.fixture

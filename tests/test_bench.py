@@ -240,6 +240,7 @@ def test_targets_against_another_case_and_combined() -> None:
     assert next(r["met"] for r in only_n8 if r["metric"] == "gets_per_s") is None
 
 
+@pytest.mark.coordinator
 @pytest.mark.timeout(240)
 def test_readers_scenario_for_plasma_coord(tmp_path: Path) -> None:
     argv = ["--quick", "--peers", "plasma-coord", "--scenarios", "readers"]
@@ -333,6 +334,7 @@ def test_echo_server_echoes_whole_frames(tmp_path: Path) -> None:
             assert sock.recv(1 << 20) == frame
 
 
+@pytest.mark.coordinator
 @pytest.mark.timeout(120)
 def test_scale_and_rpc_for_plasma_coord(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     tiny = dataclasses.replace(scenarios.SCENARIOS["scale"], quick=(1000, 3000))
@@ -359,6 +361,7 @@ def test_scale_and_rpc_for_plasma_coord(tmp_path: Path, monkeypatch: pytest.Monk
     assert _row(md, "store as it grows, 64 B objects, objects=3,000 (get ops/s)")[1] != "-"
 
 
+@pytest.mark.coordinator
 @pytest.mark.timeout(120)
 def test_spill_scenario_for_plasma_coord(tmp_path: Path) -> None:
     argv = ["--quick", "--peers", "plasma-coord", "--scenarios", "spill"]

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from test_topology import unpack
 
+from bench.topologies import unpack
 from plasma.cells import (
     Cell,
     CellSpec,

@@ -9,7 +9,6 @@ write, drift an effective set or invalidate a partition, for the error paths.
 from __future__ import annotations
 
 import errno
-import os
 import subprocess
 from pathlib import Path
 
@@ -17,125 +16,9 @@ import pytest
 
 from plasma.cells import CellSpec
 from plasma.errors import BadRequest, ObjectExists, ObjectNotFound, PermissionDenied, Unsupported
-from plasma.linux.cgroup import CgroupFiles, CgroupTree
-from plasma.topology import format_cpulist, parse_cpulist
-
-
-class FakeKernel(CgroupFiles):
-    """cgroupfs semantics on plain files (only what the cell code relies on)."""
-
-    def __init__(
-        self,
-        top: Path,
-        controllers: str = "cpuset cpu memory",
-        cpus: str = "0-3",
-        mems: str = "0-1",
-    ) -> None:
-        self.top = top
-        self.refuse: dict[str, int] = {}  # file name -> errno its writes fail with
-        self.effective_cpus: str | None = None  # forced cpuset.cpus.effective of new cells
-        self.partition_error: dict[str, str] = {}  # cgroup name -> reason its partition fails
-        self.busy: set[str] = set()  # cgroup names whose rmdir fails with EBUSY
-        self.writes: list[tuple[str, str]] = []  # (path relative to top, text)
-        self.removed: dict[str, list[int]] = {}  # removed cgroup -> every pid ever written in
-        top.mkdir()
-        for name, text in {
-            "cgroup.controllers": controllers,
-            "cgroup.subtree_control": "",
-            "cgroup.procs": "",
-            "cpuset.cpus.effective": cpus,
-            "cpuset.mems.effective": mems,
-        }.items():
-            (top / name).write_text(text + "\n")
-
-    def mkdir(self, path: Path) -> None:
-        super().mkdir(path)
-        enabled = (path.parent / "cgroup.subtree_control").read_text().split()
-        files = {"cgroup.controllers": "", "cgroup.subtree_control": "", "cgroup.procs": ""}
-        for name, text in files.items():
-            (path / name).write_text(text + "\n")
-        if "cpuset" in enabled:
-            self._cpuset_files(path)
-
-    def _cpuset_files(self, path: Path) -> None:
-        """The files a cgroup gets when its parent enables cpuset."""
-        for name, text in {
-            "cpuset.cpus": "",
-            "cpuset.mems": "",
-            "cpuset.cpus.effective": self._parent(path, "cpuset.cpus.effective"),
-            "cpuset.mems.effective": self._parent(path, "cpuset.mems.effective"),
-            "cpuset.cpus.partition": "member",
-        }.items():
-            (path / name).write_text(text + "\n")
-
-    def write(self, path: Path, text: str) -> None:
-        self.writes.append((str(path.relative_to(self.top)), text))
-        if path.name in self.refuse:
-            raise OSError(self.refuse[path.name], os.strerror(self.refuse[path.name]))
-        if not path.exists():
-            raise FileNotFoundError(errno.ENOENT, "no such file", str(path))
-        directory = path.parent
-        if path.name == "cgroup.subtree_control":
-            own = self.read(directory / "cgroup.controllers").split()
-            current = path.read_text().split()
-            wanted = text.strip().removeprefix("+")
-            if wanted not in own:
-                raise OSError(errno.ENOENT, "controller not available")
-            text = " ".join([*current, wanted] if wanted not in current else current)
-            if wanted == "cpuset" and wanted not in current:
-                for child in directory.iterdir():
-                    if child.is_dir():
-                        self._cpuset_files(child)
-        elif path.name in ("cpuset.cpus", "cpuset.mems"):
-            kind = path.name.split(".")[1]
-            parent = parse_cpulist(self._parent(directory, f"cpuset.{kind}.effective"))
-            asked = parse_cpulist(text)
-            effective = asked & parent if asked else parent
-            if kind == "cpus" and self.effective_cpus is not None:
-                effective = parse_cpulist(self.effective_cpus)
-            (directory / f"cpuset.{kind}.effective").write_text(format_cpulist(effective) + "\n")
-        elif path.name == "cpuset.cpus.partition":
-            text = self._partition(directory, text.strip())
-        elif path.name == "cgroup.procs":
-            text = " ".join([*path.read_text().split(), text.strip()])
-        path.write_text(text.strip() + "\n")
-
-    def read(self, path: Path) -> str:
-        text = super().read(path)
-        if path.name == "cgroup.procs":  # the kernel lists live processes only
-            return "\n".join(pid for pid in text.split() if _alive(int(pid)))
-        if path.name == "cgroup.controllers" and path.parent != self.top:
-            return self._parent(path.parent, "cgroup.subtree_control")  # what the parent passes on
-        return text
-
-    def rmdir(self, path: Path) -> None:
-        if path.name in self.busy or self.read(path / "cgroup.procs").split():
-            raise OSError(errno.EBUSY, "busy")
-        self.removed[path.name] = [int(pid) for pid in (path / "cgroup.procs").read_text().split()]
-        for child in path.iterdir():
-            child.unlink()
-        super().rmdir(path)
-
-    def _partition(self, directory: Path, kind: str) -> str:
-        if kind == "member":
-            return kind
-        parent = directory.parent / "cpuset.cpus.partition"
-        parent_kind = parent.read_text().strip() if parent.exists() else "root"  # top: root
-        if directory.name in self.partition_error:
-            return f"{kind} invalid ({self.partition_error[directory.name]})"
-        if parent_kind not in ("root", "isolated"):
-            return f"{kind} invalid (Parent is not a partition root)"
-        return kind
-
-    def _parent(self, path: Path, name: str) -> str:
-        return (path.parent / name).read_text().strip()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, ProcessLookupError):
-        return False
+from plasma.linux.cgroup import CgroupTree
+from plasma.topology import parse_cpulist
+from tests.helpers import FakeKernel
 
 
 @pytest.fixture
@@ -307,14 +190,6 @@ def test_invalid_cell_partition_is_a_mismatch(kernel: FakeKernel, tree: CgroupTr
 
 
 # ---------------------------------------------------------------------- processes, removal
-
-
-@pytest.fixture
-def sleeper() -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(["sleep", "60"])
-    yield proc
-    proc.kill()
-    proc.wait()
 
 
 def test_attach_and_destroy_a_non_empty_cell(

@@ -13,12 +13,10 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cells_cgroup import FakeKernel
 
 import plasma.cli.cell
 import plasma.linux.processes
@@ -27,9 +25,8 @@ from plasma.dag.runner import RunOptions, run_pipeline
 from plasma.dag.spec import decode_pipeline
 from plasma.linux.cgroup import CgroupTree
 from plasma.topology import format_cpulist
+from tests.helpers import PLASMA, REPO, FakeKernel
 
-REPO = Path(__file__).resolve().parent.parent
-PLASMA = [sys.executable, "-m", "plasma"]
 CPUS = sorted(os.sched_getaffinity(0))
 HOST_HAS_CGROUP2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
 
@@ -56,14 +53,6 @@ def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return status, out, err
 
 
-@pytest.fixture
-def sleeper() -> Iterator[subprocess.Popen[bytes]]:
-    proc = subprocess.Popen(["sleep", "60"])
-    yield proc
-    proc.kill()
-    proc.wait()
-
-
 # ---------------------------------------------------------------------- a cgroup v1 host
 
 CELL_COMMANDS = [
@@ -88,6 +77,7 @@ def test_every_cell_command_says_cgroup_v2_is_missing(argv: list[str]) -> None:
     ), proc.stderr
 
 
+@pytest.mark.coordinator
 @pytest.mark.skipif(HOST_HAS_CGROUP2, reason="this host has cgroup v2: it would make cells")
 def test_dag_run_with_cells_fails_before_running_and_without_works(tmp_path: Path) -> None:
     (tmp_path / "p.yaml").write_text("tasks:\n  - {name: a, cmd: [touch, ran]}\n")
@@ -242,6 +232,7 @@ async def run_dag(
     return {t["id"]: t for t in record["tasks"]}
 
 
+@pytest.mark.coordinator
 async def test_dag_tasks_run_in_their_own_cells_removed_however_they_end(
     tmp_path: Path, kernel: FakeKernel
 ) -> None:
@@ -264,6 +255,7 @@ async def test_dag_tasks_run_in_their_own_cells_removed_however_they_end(
     assert [p.name for p in (kernel.top / "plasma-coord").iterdir() if p.is_dir()] == []
 
 
+@pytest.mark.coordinator
 async def test_a_killed_dag_task_leaves_no_cell(tmp_path: Path, kernel: FakeKernel) -> None:
     tasks = await run_dag(
         tmp_path, kernel, "tasks:\n  - {name: slow, cmd: [sleep, '60'], timeout: 0.5}\n", cells=True
@@ -274,6 +266,7 @@ async def test_a_killed_dag_task_leaves_no_cell(tmp_path: Path, kernel: FakeKern
     assert not (kernel.top / "plasma-coord" / slow["cell"]).exists()
 
 
+@pytest.mark.coordinator
 async def test_a_cell_the_kernel_refuses_fails_the_task(tmp_path: Path, kernel: FakeKernel) -> None:
     kernel.refuse["cpuset.cpus"] = 13  # EACCES
     tasks = await run_dag(

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 SECONDS = 40
 SPILL_SECONDS = 20
-pytestmark = pytest.mark.chaos
+pytestmark = [pytest.mark.chaos, pytest.mark.coordinator]
 
 
 @pytest.mark.timeout(SECONDS + 150)

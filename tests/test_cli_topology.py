@@ -8,15 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_topology import unpack
 
+from bench.topologies import unpack
 from plasma.cli import main
 from plasma.placement import PlacementRequest, Placer
 from plasma.topology import Topology, parse_cpulist
 from tests.conftest import run_in_numa_vm
-
-REPO = Path(__file__).resolve().parent.parent
-PLASMA = [sys.executable, "-m", "plasma"]
+from tests.helpers import PLASMA, REPO
 
 
 @pytest.fixture(scope="module")

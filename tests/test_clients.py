@@ -8,10 +8,8 @@ the coordinator's operations: a call served without a round trip adds none.
 
 from __future__ import annotations
 
-import contextlib
 import signal
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import numpy as np
@@ -23,50 +21,8 @@ import plasma
 import plasma.aio
 from plasma.perf import PerfSample
 from tests.conftest import RunningCoordinator, wait_until
+from tests.helpers import gets, open_client
 from tests.helpers import object_id as oid
-
-
-class Either:
-    """One client, either kind, with every method awaitable."""
-
-    def __init__(self, client: Any, is_async: bool) -> None:
-        self.raw = client
-        self.is_async = is_async
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self.raw, name)
-        if not callable(attr):
-            return attr
-
-        async def call(*args: Any, **kwargs: Any) -> Any:
-            result = attr(*args, **kwargs)
-            if self.is_async:
-                result = await result
-            if isinstance(result, (plasma.Subscription, plasma.aio.AsyncSubscription)):
-                return Either(result, self.is_async)
-            return result
-
-        return call
-
-
-@contextlib.asynccontextmanager
-async def open_client(kind: str, path: str, **options: Any) -> AsyncIterator[Either]:
-    if kind == "trio":
-        async with plasma.aio.connect(path, **options) as client:
-            yield Either(client, True)
-    else:
-        with plasma.connect(path, **options) as client:
-            yield Either(client, False)
-
-
-@pytest.fixture(params=["blocking", "trio"])
-def kind(request: pytest.FixtureRequest) -> str:
-    return request.param
-
-
-async def gets(c: Either) -> int:
-    """How many Get requests the coordinator has served so far."""
-    return (await c.stats())["operations"].get("Get", 0)
 
 
 async def test_values_round_trip_zero_copy(coordinator: RunningCoordinator, kind: str):

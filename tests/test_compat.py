@@ -21,6 +21,8 @@ import plasma.compat as plasma
 from plasma.errors import BadRequest, ObjectExists, StoreFull, Unsupported
 from tests.conftest import wait_until
 
+pytestmark = pytest.mark.coordinator  # starts coordinators without the conftest fixtures
+
 STORE_MEMORY = 32 << 20
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO
+
 OBJECT = 256 << 20
 TINY_SHM = 'mount -t tmpfs -o size=8m tmpfs /dev/shm && exec "$@"'
 # the client's namespace: the socket directory bind-mounted at another path, the original
@@ -63,6 +64,7 @@ def _namespace(pid: int | str, kind: str) -> str:
     return os.readlink(f"/proc/{pid}/ns/{kind}")
 
 
+@pytest.mark.coordinator
 def test_256_mib_object_through_a_bind_mounted_socket_with_an_8_mib_dev_shm(
     tmp_path: Path,
 ) -> None:

@@ -18,8 +18,11 @@ import pytest
 
 import plasma
 from plasma import protocol as p
-from tests.conftest import REPO, RunningCoordinator, start_coordinator, wait_until
+from tests.conftest import RunningCoordinator, start_coordinator, wait_until
+from tests.helpers import REPO, raw_socket
 from tests.helpers import object_id as oid
+
+pytestmark = pytest.mark.coordinator  # starts coordinators without the conftest fixtures
 
 
 def used(client: plasma.Client) -> int:
@@ -139,13 +142,6 @@ def test_get_waits_for_seal_by_another_client(coordinator: RunningCoordinator):
     assert results == [b"done"]
 
 
-def _raw_connection(path: str) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(path)
-    s.settimeout(10)
-    return s
-
-
 def _read_error_and_eof(s: socket.socket) -> p.Error:
     data = b""
     while chunk := s.recv(65536):
@@ -171,7 +167,7 @@ def test_bad_frames_are_refused_and_others_keep_working(
 ):
     with plasma.connect(coordinator.socket) as c:
         c.put(b"still here", oid(9))
-        s = _raw_connection(coordinator.socket)
+        s = raw_socket(coordinator.socket)
         s.sendall(payload)
         err = _read_error_and_eof(s)
         assert err.code == "bad_request"
@@ -303,7 +299,7 @@ def test_other_uid_is_refused():
     if pid == 0:  # child: become nobody, then try the handshake
         try:
             os.setuid(65534)
-            s = _raw_connection(coordinator.socket)
+            s = raw_socket(coordinator.socket)
             s.sendall(p.encode(p.Connect(seq=1, protocol_version=p.PROTOCOL_VERSION)))
             err = _read_error_and_eof(s)
             os.write(write_end, f"{err.code}: {err.message}".encode())

@@ -11,6 +11,8 @@ import pytest
 
 from tests.conftest import run_in_numa_vm
 
+pytestmark = pytest.mark.coordinator  # starts coordinators without the conftest fixtures
+
 TASKS = """
 import numpy as np
 

@@ -16,8 +16,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from plasma.dag.runner import RunOptions, run_pipeline
 from plasma.dag.spec import decode_pipeline
+from tests.helpers import REPO, alive
 
-REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.coordinator  # starts coordinators without the conftest fixtures
+
 CPUS = sorted(os.sched_getaffinity(0))
 
 TASKS_MODULE = """
@@ -190,7 +192,7 @@ async def test_timeout_kills_the_task_and_its_children(tmp_path: Path) -> None:
     assert row["status"] == "failed" and "timed out after 1s" in row["error"]
     assert row["end"] - row["start"] < 10
     for name in ("task.pid", "child.pid"):
-        assert not _alive(int((tmp_path / name).read_text()))
+        assert not alive(int((tmp_path / name).read_text()))
 
 
 async def test_dynamic_map_and_submit_join_the_run(tmp_path: Path) -> None:
@@ -270,7 +272,7 @@ def test_sigint_stops_every_task_and_leaves_no_process(tmp_path: Path) -> None:
     assert proc.returncode == 130, out
     assert "SIGINT: stopping 2 running task(s)" in out
     for pid in pids:
-        assert not _alive(pid)  # b ignored SIGTERM: it was SIGKILLed after the grace period
+        assert not alive(pid)  # b ignored SIGTERM: it was SIGKILLed after the grace period
     record = json.loads((tmp_path / "rec.json").read_text())
     assert record["status"] == "interrupted"
     assert [t["status"] for t in record["tasks"]] == ["cancelled", "cancelled", "skipped"]
@@ -311,14 +313,6 @@ def test_example_pipeline_runs(tmp_path: Path) -> None:
     record = json.loads((tmp_path / "rec.json").read_text())
     mapped = [t for t in record["tasks"] if t["parent"] == "fan-out"]
     assert len(mapped) == 5 and all(t["status"] == "succeeded" for t in mapped)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[-1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def _wait_for(predicate: Any, timeout: float = 60.0) -> None:

@@ -23,6 +23,8 @@ from plasma.linux.perf import HARDWARE_EVENTS, SOFTWARE_EVENTS
 from plasma.topology import Topology
 from tests.conftest import RunningCoordinator
 
+pytestmark = pytest.mark.coordinator  # starts coordinators without the conftest fixtures
+
 PAGE = 4096
 TOUCHED = 32 * 2**20  # bytes the "touch" task writes: 8,192 pages
 

@@ -15,13 +15,13 @@ import pytest
 import trio
 
 from bench.chaos import fds
+from bench.topologies import unpack
 from plasma.dashboard import access, http, server, state
 from plasma.dashboard.state import History, Snapshot
 from plasma.errors import BadRequest, Disconnected
 from plasma.linux import fdlimit
 from plasma.topology import Topology
-from tests.conftest import REPO
-from tests.test_topology import unpack
+from tests.helpers import REPO
 
 TOKEN = "s3cret-token-0123456789"
 
@@ -491,6 +491,7 @@ async def test_idle_and_lingering_clients_free_their_slot(
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.coordinator
 def test_dashboard_connections_leave_the_store_its_descriptors(tmp_path: Path) -> None:
     """300 dashboard connections left open on a coordinator with RLIMIT_NOFILE 256: fresh
     store clients still put and get, and the dashboard serves again once they close (all

@@ -23,10 +23,11 @@ import pytest
 import trio
 
 import plasma
+from bench.topologies import unpack
 from plasma.dashboard import server
 from plasma.errors import Disconnected
-from tests.conftest import REPO, RunningCoordinator
-from tests.test_topology import unpack
+from tests.conftest import RunningCoordinator
+from tests.helpers import REPO
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
 from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
@@ -174,6 +175,7 @@ tasks:
 """
 
 
+@pytest.mark.coordinator
 def test_a_dag_run_live(page: Any, tmp_path: Path) -> None:
     (tmp_path / "p.yaml").write_text(PIPELINE)
     os.mkfifo(tmp_path / "gate")

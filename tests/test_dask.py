@@ -23,7 +23,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, check_coordinator, start_coordinator, wait_until
+from tests.conftest import check_coordinator, start_coordinator, wait_until
+from tests.helpers import MIB, REPO, SCHEDULER
 
 distributed = pytest.importorskip("distributed")
 da = pytest.importorskip("dask.array")
@@ -31,9 +32,7 @@ da = pytest.importorskip("dask.array")
 import plasma  # noqa: E402
 from plasma.dask._store import PREFIX  # noqa: E402
 
-MIB = 1 << 20
-SCHEDULER = [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1"]
-SCHEDULER += ["--port", "0", "--no-dashboard"]
+pytestmark = pytest.mark.coordinator  # starts coordinators without the conftest fixtures
 
 
 def dask_objects(socket: str) -> dict[Any, dict[str, Any]]:

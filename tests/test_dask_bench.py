@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 pytest.importorskip("distributed")
 
 
+@pytest.mark.coordinator
 def test_the_quick_benchmark_runs_and_sends_ids_not_bytes(tmp_path: Path) -> None:
     out = tmp_path / "dask.json"
     argv = [sys.executable, "-m", "bench.dask", "--quick", "--workloads", "pairs"]

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, wait_until
+from tests.conftest import wait_until
+from tests.helpers import REPO
 
 distributed = pytest.importorskip("distributed")
 
@@ -21,9 +22,9 @@ import cloudpickle  # noqa: E402
 from plasma.cli.dask_worker import plan, store_memory, worker_argv  # noqa: E402
 from plasma.errors import BadRequest  # noqa: E402
 from plasma.topology import Topology  # noqa: E402
-from tests.test_dask import SCHEDULER  # noqa: E402
+from tests.helpers import PLASMA, SCHEDULER  # noqa: E402
 
-PLASMA = [sys.executable, "-m", "plasma"]
+pytestmark = pytest.mark.coordinator  # starts coordinators without the conftest fixtures
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests
 

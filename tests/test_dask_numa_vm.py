@@ -14,6 +14,8 @@ import pytest
 
 from tests.conftest import run_guest_script
 
+pytestmark = pytest.mark.coordinator  # starts coordinators without the conftest fixtures
+
 pytest.importorskip("distributed")
 
 GUEST = r"""

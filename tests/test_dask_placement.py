@@ -8,8 +8,8 @@ pytest.importorskip("distributed")
 
 from plasma.dask import Input, choose_worker
 from plasma.dask._placement import describe_inputs
+from tests.helpers import MIB
 
-MIB = 1 << 20
 HOST_A, HOST_B = "boot-a:1:10", "boot-b:1:10"
 WORKERS = {"w-a0": (HOST_A, 0), "w-a1": (HOST_A, 1), "w-b0": (HOST_B, 0)}
 

@@ -17,8 +17,7 @@ import plasma
 from plasma.dask import PlasmaData, reap, stale_objects
 from plasma.dask._store import PREFIX, Handle, Serving, Shared, serving
 from plasma.ids import ObjectID
-
-MIB = 1 << 20
+from tests.helpers import MIB
 
 
 @pytest.fixture

@@ -17,7 +17,10 @@ import plasma
 import plasma.aio
 import plasma.default_socket
 from plasma.cli import main
-from tests.conftest import REPO, RunningCoordinator, check_coordinator
+from tests.conftest import RunningCoordinator, check_coordinator
+from tests.helpers import REPO
+
+pytestmark = pytest.mark.coordinator  # starts coordinators without the conftest fixtures
 
 
 def plasma_coord(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

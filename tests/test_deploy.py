@@ -16,8 +16,8 @@ import pytest
 from plasma.cli import build_parser
 from plasma.cli.serve import SERVE_OVERHEAD
 from plasma.coordinator import node_budgets
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 DOC = REPO / "docs/deploy.md"
 BINARY = "/usr/local/bin/plasma-coord"
 

@@ -42,22 +42,10 @@ from plasma.directory import (
 )
 from plasma.ids import ID_SIZE
 from plasma.records import ObjectLocation
+from tests.helpers import COLLIDE_KEY, KEY, colliding
+from tests.helpers import oid as ident
 
 U64 = struct.Struct("<Q")
-KEY = struct.Struct("<QQI")  # how home_slot reads an id
-COLLIDE_KEY = 0x0123_4567_89AB_CDEF
-
-
-def ident(n: int) -> bytes:
-    """An ordinary 20-byte id."""
-    return n.to_bytes(20, "big")
-
-
-def colliding(n: int, key: int = COLLIDE_KEY) -> bytes:
-    """The ``n``-th id of a family whose three key words xor to ``key``: every member has
-    the same home slot in a directory of any size."""
-    a = n + 1
-    return KEY.pack(a, a ^ key, 0)
 
 
 def at_home(slot: int, bits: int, count: int, start: int = 0) -> list[bytes]:

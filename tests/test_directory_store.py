@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import copy
-import itertools
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,29 +61,29 @@ from plasma.store import (
     Store,
 )
 from plasma.store.objects import State
-from tests.helpers import reached
-from tests.test_store import FakeProvider, oid
+from tests.helpers import (
+    GRACE,
+    KIB,
+    Claim,
+    FakeProvider,
+    allocation_violations,
+    colliding,
+    oid,
+    reached,
+    store_records,
+)
 
-KIB = 1024
-GRACE = 0.002
 BUDGETS = {0: 8 * KIB, 1: 4 * KIB}
 SEGMENT = 4 * KIB
 DIRECTORY_CAPACITY = 16  # 12 published objects force a rebuild
 PIN_SLOTS = 8
 CLIENTS = (1, 2, 3)
-_KEY = struct.Struct("<QQI")
 _SLOT = struct.Struct("<QQ20sIQQIHB")
 
 
 def alloc_size(nbytes: int) -> int:
     """What the store allocates for ``nbytes`` of data + metadata (64-byte alignment)."""
     return -(-max(1, nbytes) // 64) * 64
-
-
-def colliding(n: int) -> bytes:
-    """Ids that all have the same home slot in every directory size (see test_directory)."""
-    a = n + 1
-    return _KEY.pack(a, a ^ 0x0123_4567_89AB_CDEF, 0)
 
 
 # ---------------------------------------------------------------- test doubles and peeks
@@ -149,20 +148,6 @@ class SlotRead:
     index: int | None = None
 
 
-@dataclass(frozen=True)
-class Claim:
-    """A byte range something holds and the store must not hand out."""
-
-    label: str
-    segment: int
-    offset: int
-    size: int
-
-    @property
-    def end(self) -> int:
-        return self.offset + self.size
-
-
 class Client:
     """A client's fast-path state: its pin table, its directory reader and what it holds."""
 
@@ -184,48 +169,6 @@ class Client:
 def _written(read: SlotRead) -> bool:
     """The read's pin is in the table (not yet written: None; a broken client's: -1)."""
     return read.index is not None and read.index >= 0
-
-
-def allocation_violations(store: Store, claims: list[Claim]) -> list[str]:
-    """What is wrong with ``claims`` (ranges that must stay allocated, one owner each):
-    a range in a segment the store dropped or past its end, inside a free range of the
-    segment's allocator, or overlapping another claim."""
-    problems: list[str] = []
-    sizes = {sid: size for sid, _, size in store.segments()}
-    by_segment: dict[int, list[Claim]] = {}
-    for c in claims:
-        if c.segment not in sizes:
-            problems.append(f"{c.label}: segment {c.segment} was freed")
-        elif c.end > sizes[c.segment]:
-            problems.append(f"{c.label}: past the end of segment {c.segment}")
-        else:
-            by_segment.setdefault(c.segment, []).append(c)
-    for sid, cs in by_segment.items():
-        cs.sort(key=lambda c: c.offset)
-        for a, b in itertools.pairwise(cs):
-            if b.offset < a.end:
-                problems.append(f"{a.label} and {b.label} overlap in segment {sid}")
-        free = store._segments[sid].alloc.free_ranges()
-        for c in cs:
-            for start, size in free:
-                if start < c.end and c.offset < start + size:
-                    problems.append(
-                        f"{c.label}: [{c.offset}, {c.end}) of segment {sid} is partly free "
-                        f"(free range [{start}, {start + size}))"
-                    )
-    return problems
-
-
-def store_records(store: Store) -> list[tuple[bytes, Any]]:
-    """Every object record the store keeps (listed, dying, or deleted and pinned)."""
-    found: dict[int, tuple[bytes, Any]] = {}
-    for o, rec in store._objects.items():
-        found[id(rec)] = (o, rec)
-    for _, o, rec in store._dying.waiting.values():
-        found[id(rec)] = (o, rec)
-    for o, rec in store._dying.pinned.values():
-        found[id(rec)] = (o, rec)
-    return list(found.values())
 
 
 def directory_slots(buf: Any) -> list[tuple[int, int, bytes, ObjectLocation, int]]:

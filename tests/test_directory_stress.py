@@ -9,7 +9,7 @@ load with the readers' pins erased from their pin tables as soon as written: the
 then frees memory under the readers, and they must see it (so the check is shown to catch
 what it is there to catch). Either run ends with no pin and no byte left behind.
 
-The workers are in :mod:`tests.directory_stress`.
+The workers are in :mod:`tests.scripts.directory_stress`.
 """
 
 from __future__ import annotations
@@ -28,8 +28,10 @@ from typing import Any
 import pytest
 
 import plasma
-from tests import directory_stress as stress
 from tests.conftest import RunningCoordinator, wait_until
+from tests.scripts import directory_stress as stress
+
+pytestmark = pytest.mark.coordinator  # starts coordinators without the conftest fixtures
 
 MEMORY = "32MiB"  # the id space holds 76 MiB: creates evict
 SEGMENT = "4MiB"

@@ -14,13 +14,11 @@ import pkgutil
 import subprocess
 import sys
 import types
-from pathlib import Path
 
 import pytest
 
 import plasma
-
-REPO = Path(__file__).resolve().parent.parent
+from tests.helpers import REPO
 
 PUBLIC_MODULES = {
     "plasma",

@@ -21,8 +21,16 @@ from plasma.dashboard.state import History, Snapshot
 from plasma.errors import StoreFull
 from plasma.store import Store
 from tests.conftest import RunningCoordinator
-from tests.test_pin_scans import held_deleted, make, pin, reader
-from tests.test_store import KIB, FakeProvider, oid, put
+from tests.helpers import (
+    KIB,
+    FakeProvider,
+    held_deleted,
+    oid,
+    pin,
+    pin_reader,
+    pin_scan_store,
+    put,
+)
 
 ZERO = {"bytes": 0, "objects": 0}
 
@@ -36,13 +44,13 @@ def mixed_store() -> tuple[Store, Any, int]:
     still referenced, object 3 (512 bytes) unsealed. Client 2 reads: it gets object 2 (a
     reference shared with client 1) and pins it too, and pins object 1 (no reference). Client
     3 holds a 4 KiB arena. ``(store, client 2's pin table, the index of its pin of 1)``"""
-    store = make()
+    store = pin_scan_store()
     store.register_client(1, label="client 1 'writer' (pid 11)")
     put(store, 1, 1, 1024)
     store.create(1, oid(2), 2048)
     store.seal(1, oid(2))
     store.create(1, oid(3), 512)
-    read, table = reader(store, 2)
+    read, table = pin_reader(store, 2)
     assert not isinstance(store.get(2, [oid(2)], timeout=0), Exception)
     index = pin(store, read, table, 1)
     pin(store, read, table, 2)

@@ -20,9 +20,9 @@ from plasma.hugepages import hugepage_counts, hugepages_dir, reserve_hugepages
 from plasma.placement_report import placement_report
 from plasma.segments import BASE_PAGE, SegmentPool
 from tests.conftest import RunningCoordinator
+from tests.helpers import HUGE
 
 MiB = 1 << 20
-HUGE = 2 * MiB
 GIG = 1 << 30
 
 

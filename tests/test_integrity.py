@@ -16,8 +16,9 @@ import plasma
 from plasma import protocol as p
 from plasma.directory import DirectoryReader
 from tests.conftest import RunningCoordinator, start_coordinator, wait_until
-from tests.helpers import RawClient, oid
-from tests.test_access import READ_ONLY_UID, needs_root, public_dir, result, run_as  # noqa: F401
+from tests.helpers import READ_ONLY_UID, RawClient, needs_root, oid, result, run_as
+
+pytestmark = pytest.mark.coordinator  # starts coordinators without the conftest fixtures
 
 Factory = Callable[..., RunningCoordinator]
 
@@ -92,7 +93,7 @@ done()
 
 
 @needs_root
-def test_a_read_only_other_uid_cannot_shrink_its_pin_table(public_dir: str):  # noqa: F811
+def test_a_read_only_other_uid_cannot_shrink_its_pin_table(public_dir: str):
     """Finding 1, as the audit found it: any client, even a read-only other uid."""
     coord = start_coordinator(
         os.path.join(public_dir, "plasma.sock"),

@@ -309,7 +309,8 @@ def test_a_child_that_dies_with_its_parent_does_even_when_it_is_sigkilled() -> N
     import subprocess
     import sys
 
-    from tests.conftest import REPO, wait_until
+    from tests.conftest import wait_until
+    from tests.helpers import REPO
 
     middle = subprocess.Popen(
         [

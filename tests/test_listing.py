@@ -11,9 +11,8 @@ import plasma
 from plasma import protocol as p
 from plasma.errors import BadRequest
 from tests.conftest import RunningCoordinator
-from tests.test_clients import kind, oid, open_client
-
-__all__ = ["kind"]  # the fixture, re-exported so pytest finds it here
+from tests.helpers import object_id as oid
+from tests.helpers import open_client
 
 COUNT = 2 * p.LIST_PAGE + 100  # three pages
 

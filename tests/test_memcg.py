@@ -17,8 +17,8 @@ import pytest
 
 from plasma.cli.serve import SERVE_OVERHEAD
 from plasma.linux.memcg import MemoryLimit, memory_limit
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 MiB = 1 << 20
 V1_UNLIMITED = "9223372036854771712"
 
@@ -220,6 +220,7 @@ def v1_memory_cgroup() -> Iterator[Path]:
         cgroup.rmdir()  # the processes in it have exited (subprocess.run waited)
 
 
+@pytest.mark.coordinator
 def test_serve_in_a_real_v1_memory_cgroup(tmp_path: Path, v1_memory_cgroup: Path) -> None:
     (v1_memory_cgroup / "memory.limit_in_bytes").write_text(str(100 * MiB))
     enter = ("sh", "-c", f'echo $$ > {v1_memory_cgroup}/cgroup.procs && exec "$@"', "sh")

@@ -11,6 +11,8 @@ import pytest
 
 from tests.conftest import run_guest_script
 
+pytestmark = pytest.mark.coordinator  # starts coordinators without the conftest fixtures
+
 GUEST_SCRIPT = textwrap.dedent(
     r"""
     import json, os, subprocess, sys

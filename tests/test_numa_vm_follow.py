@@ -1,5 +1,5 @@
 """Objects that follow their readers, on a real 4-node kernel (one ``numa-vm`` boot running
-tests/numa_vm_follow.py): interleaved pages go round-robin over every node, a migrated
+tests/scripts/numa_vm_follow.py): interleaved pages go round-robin over every node, a migrated
 object's pages are all on the target while a reader keeps its view (same address, same
 bytes), ``--follow-readers`` moves an object to the node that reads it, and a DAG task
 with ``inputs_local: migrate`` finds its input on its own node."""
@@ -12,15 +12,16 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, run_in_numa_vm, vm_result
+from tests.conftest import run_in_numa_vm, vm_result
+from tests.helpers import REPO
 
-pytestmark = pytest.mark.numa_vm
+pytestmark = [pytest.mark.numa_vm, pytest.mark.coordinator]
 
 
 @pytest.fixture(scope="module")
 def vm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     proc = run_in_numa_vm(
-        [sys.executable, str(REPO / "tests" / "numa_vm_follow.py")],
+        [sys.executable, str(REPO / "tests" / "scripts" / "numa_vm_follow.py")],
         nodes=4,
         cpus=4,
         cwd=Path(tmp_path_factory.mktemp("vm-follow")),

@@ -1,7 +1,7 @@
 """The store on real NUMA kernels: objects land on the node asked for, 100% of their pages.
 
 Each module-scoped fixture boots ``numa-vm`` once (2 nodes, then 4) and runs
-tests/numa_vm_checks.py inside; the tests assert on the JSON it prints.
+tests/scripts/numa_vm_checks.py inside; the tests assert on the JSON it prints.
 """
 
 from __future__ import annotations
@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import REPO, run_in_numa_vm, vm_result
+from tests.conftest import run_in_numa_vm, vm_result
+from tests.helpers import HUGE, REPO
 
-CHECKS = REPO / "tests" / "numa_vm_checks.py"
+CHECKS = REPO / "tests" / "scripts" / "numa_vm_checks.py"
 MiB = 1 << 20
-HUGE = 2 * MiB
 
-pytestmark = pytest.mark.numa_vm
+pytestmark = [pytest.mark.numa_vm, pytest.mark.coordinator]
 
 
 def run_checks(nodes: int, tmp_path: Path) -> dict[str, Any]:

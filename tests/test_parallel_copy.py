@@ -19,7 +19,7 @@ import plasma
 import plasma.aio
 from plasma import parallel_copy as pc
 from tests.conftest import RunningCoordinator
-from tests.test_clients import open_client
+from tests.helpers import open_client
 
 MIN = pc.MIN_CHUNK
 

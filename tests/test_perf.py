@@ -7,7 +7,6 @@ import os
 import sys
 import textwrap
 from collections.abc import Iterator
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -24,6 +23,7 @@ from plasma.perf import (
     numa_locality,
     parse_numa_maps,
 )
+from tests.helpers import HARDWARE_COUNTERS, HAS_CPU_PMU, NO_HARDWARE_COUNTERS, NO_SUCH_PID
 
 TOUCH_64_MIB = textwrap.dedent(
     """
@@ -37,25 +37,6 @@ TOUCH_64_MIB = textwrap.dedent(
     os.read(0, 1)  # stay alive until the parent has sampled
     """
 )
-HAS_CPU_PMU = Path("/sys/bus/event_source/devices/cpu").exists()
-
-
-def _hardware_counters_work() -> bool:
-    """perf_event_open counts this process's cycles: a PMU, and a paranoid level that lets
-    us (the question asked of the kernel directly, not of the code under test)."""
-    if not HAS_CPU_PMU:
-        return False
-    attr = perf_event.make_attr(HARDWARE_EVENTS[0], exclude_kernel=True)
-    try:
-        os.close(perf_event.perf_event_open(attr, 0))
-    except OSError:
-        return False
-    return True
-
-
-HARDWARE_COUNTERS = _hardware_counters_work()
-NO_HARDWARE_COUNTERS = "perf_event_open cannot count hardware events here (no PMU, or denied)"
-NO_SUCH_PID = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
 
 
 class GatedChild:

@@ -16,60 +16,21 @@ from hypothesis import strategies as st
 import plasma
 from plasma import protocol as p
 from plasma.coordinator import MESSAGES_PER_TURN
-from plasma.directory import PIN_HEADER, DirectoryReader, PinScanner, PinTable, pin_table_size
+from plasma.directory import PIN_HEADER, PinScanner, pin_table_size
 from plasma.errors import StoreFull
-from plasma.store import PIN_RESCAN, PIN_RESCAN_MAX, UNPIN_INTERVAL, Store
+from plasma.store import PIN_RESCAN, PIN_RESCAN_MAX, UNPIN_INTERVAL
 from tests.conftest import RunningCoordinator
-from tests.helpers import RawClient
-from tests.test_store import KIB, FakeProvider, oid, put
-
-GRACE = 0.002
-
-
-def make(budget: int = 256 * KIB, **kw: object) -> Store:
-    kw.setdefault("reclaim_wait", 0)
-    return Store(
-        {0: budget},
-        FakeProvider(),
-        segment_size=budget,
-        grace=GRACE,
-        directory_capacity=1024,
-        **kw,  # type: ignore[arg-type]
-    )
-
-
-def reader(store: Store, client: int, entries: int = 64) -> tuple[DirectoryReader, PinTable]:
-    buf = bytearray(pin_table_size(entries))
-    store.register_client(client, pins=buf)
-    return DirectoryReader(*store.directory_buffers), PinTable(buf)
-
-
-def pin(store: Store, read: DirectoryReader, table: PinTable, n: int) -> int:
-    found = read.lookup(oid(n))
-    assert found is not None
-    index = table.pin(found.generation)
-    assert index is not None and read.unchanged(found)
-    return index
-
-
-def held_deleted(clients: int = 3) -> tuple[Store, PinTable, int, float]:
-    """A store whose object 1 is deleted while client 100 pins it (found pinned by the scan
-    after the grace period); other readers pin other objects. ``(store, table, index, now)``"""
-    store = make()
-    store.register_client(1)
-    for n in range(1, 9):
-        put(store, 1, n)
-    read, table = reader(store, 100)
-    index = pin(store, read, table, 1)
-    for c in range(clients):
-        other_read, other = reader(store, 200 + c)
-        for n in range(2, 9):
-            pin(store, other_read, other, n)
-    store.delete(1, [oid(1)], now=0.0)
-    now = 2 * GRACE
-    store.expire(now)
-    assert store.stats()["dying"] == 1 and store.stats()["used"] == 8 * 64
-    return store, table, index, now
+from tests.helpers import (
+    GRACE,
+    KIB,
+    RawClient,
+    held_deleted,
+    oid,
+    pin,
+    pin_reader,
+    pin_scan_store,
+    put,
+)
 
 
 def test_a_flood_of_unpin_hints_costs_one_scan_per_interval() -> None:
@@ -126,11 +87,11 @@ def test_idle_pins_on_a_deleted_object_cost_about_one_scan_a_second() -> None:
 
 
 def test_a_scan_that_frees_some_resets_the_gap() -> None:
-    store = make()
+    store = pin_scan_store()
     store.register_client(1)
     for n in range(1, 4):
         put(store, 1, n)
-    read, table = reader(store, 100)
+    read, table = pin_reader(store, 100)
     first, second = pin(store, read, table, 1), pin(store, read, table, 2)
     store.delete(1, [oid(1), oid(2)], now=0.0)
     now = 2 * GRACE
@@ -159,11 +120,11 @@ def test_a_disconnect_hint_is_rate_limited_too() -> None:
 
 
 def test_list_info_and_delete_take_one_pass_whatever_the_number_of_objects() -> None:
-    store = make()
+    store = pin_scan_store()
     store.register_client(1)
     for n in range(1, 41):
         put(store, 1, n)
-    read, table = reader(store, 100)
+    read, table = pin_reader(store, 100)
     for n in range(1, 41):
         pin(store, read, table, n)
     passes = store._pins.passes
@@ -181,11 +142,11 @@ def test_list_info_and_delete_take_one_pass_whatever_the_number_of_objects() -> 
 def test_an_eviction_walk_scans_per_chunk_not_per_candidate() -> None:
     """A create that must evict many pinned-past objects: the CLOCK walk asks the pin tables
     once per (doubling) chunk of candidates."""
-    store = make(budget=128 * KIB)
+    store = pin_scan_store(budget=128 * KIB)
     store.register_client(1)
     for n in range(1, 513):  # 512 objects of 256 bytes fill the store
         put(store, 1, n, size=256 - 64)
-    read, table = reader(store, 100, entries=512)
+    read, table = pin_reader(store, 100, entries=512)
     for n in range(1, 257):  # the oldest half is pinned: the walk passes over them
         pin(store, read, table, n)
     passes = store._pins.passes
@@ -281,11 +242,11 @@ def test_a_flood_in_one_buffer_is_answered_in_order_across_turns(
 def test_store_full_says_what_holds_the_memory_and_who() -> None:
     """Pinned bytes are not "unreferenced": the message tells them apart, and names the
     clients that hold the most."""
-    store = make(budget=16 * KIB)
+    store = pin_scan_store(budget=16 * KIB)
     store.register_client(1, label="client 1 'writer' (pid 11)")
     for n in range(1, 9):
         put(store, 1, n, 1024)  # 8 KiB unreferenced ...
-    read, table = reader(store, 100)
+    read, table = pin_reader(store, 100)
     store._clients[100].label = "client 100 'reader' (pid 100)"
     for n in range(1, 5):
         pin(store, read, table, n)  # ... 4 KiB of it pinned by a reader

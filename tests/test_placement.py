@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_topology import unpack
 
+from bench.topologies import unpack
 from plasma.errors import BadRequest, PlacementImpossible
 from plasma.placement import Placement, PlacementRequest, Placer
 from plasma.topology import Topology

@@ -21,6 +21,7 @@ import trio
 import plasma
 import plasma.aio
 import plasma.client
+from bench.topologies import unpack
 from plasma import coordinator as coordinator_module
 from plasma.directory import REPLICA
 from plasma.errors import (
@@ -33,8 +34,10 @@ from plasma.errors import (
 from plasma.ids import replica_id
 from plasma.linux import numa
 from plasma.topology import Topology
-from tests.conftest import REPO, RunningCoordinator, wait_until
-from tests.test_topology import unpack
+from tests.conftest import RunningCoordinator, wait_until
+from tests.helpers import REPO
+
+pytestmark = pytest.mark.coordinator  # eight_nodes_lost: one in a thread, without the fixtures
 
 
 def test_interleave_and_migrate_on_one_node(coordinator: RunningCoordinator) -> None:

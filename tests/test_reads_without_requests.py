@@ -17,9 +17,8 @@ import trio
 import plasma
 from plasma.errors import PlasmaError
 from tests.conftest import RunningCoordinator
-from tests.test_clients import gets, kind, oid, open_client
-
-__all__ = ["kind"]  # the fixture, re-exported so pytest finds it here
+from tests.helpers import gets, open_client
+from tests.helpers import object_id as oid
 
 
 async def test_a_get_of_what_another_client_sealed_sends_no_request(

@@ -21,17 +21,11 @@ import pytest
 import plasma
 import plasma.aio
 from plasma import protocol as p
-from tests.conftest import REPO, RunningCoordinator, start_coordinator, wait_until
+from tests.conftest import RunningCoordinator, start_coordinator, wait_until
+from tests.helpers import MIB, REPO, raw_socket
 from tests.helpers import object_id as oid
 
-MIB = 1 << 20
-
-
-def raw(path: str) -> socket.socket:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.connect(path)
-    s.settimeout(10)
-    return s
+pytestmark = pytest.mark.coordinator  # starts coordinators without the conftest fixtures
 
 
 def replies_until_eof(s: socket.socket) -> list[object]:
@@ -98,7 +92,7 @@ async def test_bad_timeouts_are_refused_by_the_trio_client(coordinator: RunningC
 
 
 def test_nan_timeout_on_the_wire_does_not_stall_other_clients(coordinator: RunningCoordinator):
-    s = raw(coordinator.socket)
+    s = raw_socket(coordinator.socket)
     s.sendall(connect_frame())
     get = bytearray(p.encode(p.Get(seq=2, ids=[oid(1).binary()], timeout=1.0)))
     at = get.rindex(struct.pack(">d", 1.0))  # msgpack float64, big-endian
@@ -123,7 +117,7 @@ def test_out_of_descriptors_refuses_newcomers_and_keeps_serving(coordinator_fact
             keeper.flush()
             conns = []
             for _ in range(100):
-                s = raw(path)
+                s = raw_socket(path)
                 s.sendall(connect_frame())
                 conns.append(s)
             first = [first_reply(s) for s in conns]
@@ -195,7 +189,7 @@ def test_a_create_that_cannot_fit_evicts_nothing(coordinator_factory):
 def test_wrong_protocol_version_is_refused_and_the_connection_closed(
     coordinator: RunningCoordinator,
 ):
-    s = raw(coordinator.socket)
+    s = raw_socket(coordinator.socket)
     s.sendall(p.encode(p.Connect(seq=1, protocol_version=p.PROTOCOL_VERSION + 1)))
     s.sendall(connect_frame())  # a valid Connect afterwards is not answered
     replies = replies_until_eof(s)
@@ -267,7 +261,7 @@ def _deeply_nested_run_call() -> bytes:
     ids=["deep-nesting", "pid-2**31", "pid-2**63"],
 )
 def test_hostile_payloads_get_bad_request_and_a_hang_up(coordinator: RunningCoordinator, frame):
-    s = raw(coordinator.socket)
+    s = raw_socket(coordinator.socket)
     s.sendall(connect_frame() + frame)
     replies = replies_until_eof(s)
     assert isinstance(replies[0], p.Connected)
@@ -333,7 +327,7 @@ def test_connections_beyond_max_clients_are_refused(coordinator_factory):
 
 def test_a_connection_that_never_sends_connect_is_closed(coordinator_factory):
     coord = coordinator_factory("--memory", "8MiB", "--handshake-timeout", "0.3")
-    s = raw(coord.socket)
+    s = raw_socket(coord.socket)
     (err,) = replies_until_eof(s)
     assert isinstance(err, p.Error) and "no Connect within 0.3 s" in err.message
 

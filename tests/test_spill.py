@@ -19,8 +19,8 @@ import plasma
 from plasma import spill_files as files_module
 from plasma.errors import ObjectLost, StoreFull
 from tests.conftest import RunningCoordinator, wait_until
+from tests.helpers import MIB
 
-MIB = 1 << 20
 OBJECT = MIB  # bytes of each test object's data
 
 

@@ -30,31 +30,7 @@ from plasma.store import (
     SegmentFreed,
     Store,
 )
-from tests.helpers import oid
-
-KIB = 1024
-PAGE = 4096
-
-
-class FakeProvider:
-    """Hands out segment ids and records which are live."""
-
-    def __init__(self, fail: bool = False) -> None:
-        self.live: dict[int, tuple[int, int]] = {}
-        self.next_id = 1
-        self.fail = fail
-
-    def new_segment(self, node: int, size: int) -> int:
-        assert size % PAGE == 0 and size > 0
-        if self.fail:
-            raise StoreFull("provider refuses")
-        sid = self.next_id
-        self.next_id += 1
-        self.live[sid] = (node, size)
-        return sid
-
-    def free_segment(self, segment: int) -> None:
-        del self.live[segment]
+from tests.helpers import KIB, PAGE, FakeProvider, loc, oid, put
 
 
 def make(
@@ -68,19 +44,6 @@ def make(
     kw.setdefault("directory_capacity", 64)  # small: cheap to deepcopy, rebuilt often
     store = Store({n: budget for n in range(nodes)}, provider, segment_size=segment_size, **kw)  # type: ignore[arg-type]
     return store, provider
-
-
-def loc(result: object) -> ObjectLocation:
-    assert isinstance(result, ObjectLocation), result
-    return result
-
-
-def put(store: Store, client: int, n: int, size: int = 64, **kw: object) -> ObjectLocation:
-    """create + seal + release: a sealed, unreferenced object."""
-    where = loc(store.create(client, oid(n), size, **kw))  # type: ignore[arg-type]
-    store.seal(client, oid(n))
-    store.release(client, oid(n))
-    return where
 
 
 def granted(grant: object) -> tuple[int, int, int, int]:

@@ -58,12 +58,15 @@ from plasma.store import (
     Store,
 )
 from plasma.store.objects import IO_ALLOWED, Io, State
-from tests.helpers import charges_placed_in, reached
-from tests.test_directory_store import store_records
-from tests.test_store_spill import FallbackProvider
+from tests.helpers import (
+    GRACE,
+    KIB,
+    FallbackProvider,
+    charges_placed_in,
+    reached,
+    store_records,
+)
 
-KIB = 1024
-GRACE = 0.002
 BUDGETS = {0: 16 * KIB, 1: 8 * KIB}
 NODES = tuple(BUDGETS)
 CLIENTS = {1: 0, 2: 1, 3: None}  # client -> the node it runs on (3: unknown)

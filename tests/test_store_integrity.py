@@ -5,16 +5,25 @@ from __future__ import annotations
 
 import pytest
 
-from plasma.directory import REPLICA, DirectoryReader, PinTable, pin_table_size
+from plasma.directory import REPLICA, DirectoryReader, PinTable
 from plasma.errors import BadRequest
 from plasma.follow import ReaderTracker
 from plasma.ids import replica_id
 from plasma.records import ObjectLocation, SpillEntry
 from plasma.store import Copy, Place, ReplicateDone, Store
-from tests.test_directory_store import Claim, allocation_violations
-from tests.test_store import KIB, FakeProvider, loc, oid
+from tests.helpers import (
+    GRACE,
+    KIB,
+    Claim,
+    FakeProvider,
+    allocation_violations,
+    events,
+    loc,
+    oid,
+    pin_reader,
+)
+from tests.helpers import put as put_by
 
-GRACE = 0.002
 BUDGET = 64 * KIB
 
 
@@ -32,21 +41,12 @@ def make(nodes: int = 2, **kw: object) -> Store:
 
 
 def put(store: Store, n: int, size: int = 4 * KIB, client: int = 10) -> ObjectLocation:
-    where = loc(store.create(client, oid(n), size))
-    store.seal(client, oid(n))
-    store.release(client, oid(n))
-    return where
+    return put_by(store, client, n, size)
 
 
 def reader(store: Store, client: int, node: int) -> tuple[DirectoryReader, PinTable]:
     """A client on ``node`` that reads through the directory (its pin table registered)."""
-    buf = bytearray(pin_table_size(16))
-    store.register_client(client, node=node, pins=buf)
-    return DirectoryReader(*store.directory_buffers), PinTable(buf)
-
-
-def events(store: Store, kind: type) -> list:
-    return [e for e in store.drain_events() if isinstance(e, kind)]
+    return pin_reader(store, client, entries=16, node=node)
 
 
 def settle(store: Store, now: float) -> float:
@@ -210,7 +210,7 @@ def test_fallback_files_are_bounded_by_count_and_bytes():
     """Finding 8: one descriptor per fallback object and no bound: 20,239 small fallback
     objects used every descriptor of the coordinator."""
     from plasma.errors import StoreFull
-    from tests.test_store_spill import FallbackProvider
+    from tests.helpers import FallbackProvider
 
     store = Store(
         {0: 16 * KIB},

@@ -22,8 +22,8 @@ from plasma.follow import ReaderTracker
 from plasma.records import ObjectLocation
 from plasma.store import Copy, CreateDone, MigrateDone, Pending, Place, ReplicateDone, Store
 from plasma.store.moves import RehomeJob
-from tests.helpers import charges_placed_in, reached
-from tests.test_store import KIB, PAGE, FakeProvider, loc, oid
+from tests.helpers import KIB, PAGE, FakeProvider, charges_placed_in, events, loc, oid, reached
+from tests.helpers import put as put_by
 
 BUDGET = 64 * KIB
 
@@ -43,15 +43,8 @@ def make(nodes: int = 4, **kw: object) -> Store:
     return store
 
 
-def events(store: Store, kind: type) -> list:
-    return [e for e in store.drain_events() if isinstance(e, kind)]
-
-
 def put(store: Store, n: int, size: int = 16 * KIB, client: int = 10) -> ObjectLocation:
-    location = loc(store.create(client, oid(n), size))
-    store.seal(client, oid(n))
-    store.release(client, oid(n))
-    return location
+    return put_by(store, client, n, size)
 
 
 def placed_in(store: Store) -> list[int]:

@@ -31,29 +31,8 @@ from plasma.store import (
     Store,
 )
 from plasma.store.objects import Io, State
-from tests.helpers import reached
-from tests.test_store import KIB, FakeProvider, loc, oid
-
-
-class FallbackProvider(FakeProvider):
-    def __init__(self, disk: int = 1 << 30) -> None:
-        super().__init__()
-        self.disk = disk  # bytes fallback segments may take
-        self.fallback: set[int] = set()
-
-    def new_fallback_segment(self, node: int, size: int) -> int:
-        if size > self.disk:
-            raise StoreFull("fallback disk full")
-        self.disk -= size
-        sid = self.new_segment(node, size)
-        self.fallback.add(sid)
-        return sid
-
-    def free_segment(self, segment: int) -> None:
-        if segment in self.fallback:
-            self.fallback.discard(segment)
-            self.disk += self.live[segment][1]
-        super().free_segment(segment)
+from tests.helpers import KIB, FallbackProvider, events, loc, oid, reached
+from tests.helpers import put as put_by
 
 
 def make(budget: int = 64 * KIB, **kw: object) -> tuple[Store, FallbackProvider]:
@@ -68,10 +47,7 @@ def make(budget: int = 64 * KIB, **kw: object) -> tuple[Store, FallbackProvider]
 
 
 def put(store: Store, n: int, size: int = 16 * KIB, client: int = 1) -> ObjectLocation:
-    location = loc(store.create(client, oid(n), size))
-    store.seal(client, oid(n))
-    store.release(client, oid(n))
-    return location
+    return put_by(store, client, n, size)
 
 
 def write(store: Store, now: float = 0.0) -> list[bytes]:
@@ -97,10 +73,6 @@ def spilled_oldest() -> Store:
     store.abort(1, oid(9))
     store.drain_events()
     return store
-
-
-def events(store: Store, kind: type) -> list:
-    return [e for e in store.drain_events() if isinstance(e, kind)]
 
 
 def states(store: Store) -> dict[bytes, str]:

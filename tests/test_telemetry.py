@@ -21,7 +21,7 @@ from plasma.linux.perf import HARDWARE_EVENTS, SOFTWARE_EVENTS
 from plasma.perf import Locality, PerfSample
 from plasma.telemetry import DONE, EXITED, REPORTED, RUNNING, Telemetry, numa_nodes
 from tests.conftest import RunningCoordinator, run_guest_script, wait_until
-from tests.test_perf import HARDWARE_COUNTERS, NO_HARDWARE_COUNTERS
+from tests.helpers import HARDWARE_COUNTERS, HAS_CPU_PMU, NO_HARDWARE_COUNTERS, NO_SUCH_PID
 
 PAGES_64_MIB = (64 << 20) // 4096
 # Waits for a byte on stdin, touches 64 MiB (one fault per 4 KiB page), says so, then waits
@@ -39,8 +39,6 @@ TOUCHER = textwrap.dedent(
     os.read(0, 1)
     """
 )
-HAS_CPU_PMU = Path("/sys/bus/event_source/devices/cpu").exists()
-NO_SUCH_PID = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
 
 
 class Toucher:

@@ -1,5 +1,6 @@
-"""The in-VM half of tests/test_numa_vm_store.py: run as ``python numa_vm_checks.py NODES``
-inside ``numa-vm --nodes NODES``; prints one ``RESULT {json}`` line for the test to assert on.
+"""The in-VM half of tests/test_numa_vm_store.py: run as
+``python tests/scripts/numa_vm_checks.py NODES`` inside ``numa-vm --nodes NODES``; prints one
+``RESULT {json}`` line for the test to assert on.
 
 Page checks report ``{node: pages}`` counters from move_pages. Everything for one VM boot
 happens in this one process (plus the coordinators it starts), since Python is slow there.
@@ -26,7 +27,7 @@ STARTED = time.monotonic()
 
 import numpy as np  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from plasma.cli import hugepages as hugepages_cli  # noqa: E402
