@@ -106,7 +106,7 @@ def store_bench(clients: int, pins: int, unpins: int, gap: float, idle: float) -
     for _ in range(unpins):
         now += gap
         t1 = time.perf_counter()
-        store.unpinned(now=now)
+        store.rescan_pins_soon(now=now)
         worst = max(worst, time.perf_counter() - t1)
     out["flood_s"] = time.perf_counter() - t0
     out["flood_worst_ms"] = 1e3 * worst

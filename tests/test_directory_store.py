@@ -503,7 +503,7 @@ class PinnedStoreMachine(RuleBasedStateMachine):
             if read.index >= 0:
                 c.pins.unpin(read.index)
             if tell and read.reader.dying(read.found):
-                self.store.unpinned(now=self.now)
+                self.store.rescan_pins_soon(now=self.now)
             return None
         inc = self.by_gen.get(read.found.generation)
         assert inc is not None
@@ -531,7 +531,7 @@ class PinnedStoreMachine(RuleBasedStateMachine):
         if hold.index >= 0:
             c.pins.unpin(hold.index)
         if tell and hold.reader.dying(hold.found):
-            self.store.unpinned(now=self.now)
+            self.store.rescan_pins_soon(now=self.now)
         if hold.inc.oid not in self.objects or self.objects[hold.inc.oid] is not hold.inc:
             self._count("unpinned a dead object")
 

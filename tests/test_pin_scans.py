@@ -40,7 +40,7 @@ def test_a_flood_of_unpin_hints_costs_one_scan_per_interval() -> None:
     scans = store._pins.passes
     hints, span = 2000, 0.1
     for i in range(hints):
-        store.unpinned(now=now + span * i / hints)
+        store.rescan_pins_soon(now=now + span * i / hints)
     bound = math.ceil(span / UNPIN_INTERVAL) + 1
     assert store._pins.passes - scans <= bound
     assert store.stats()["dying"] == 1  # (still pinned)
@@ -57,15 +57,15 @@ def test_a_hint_still_frees_promptly_after_a_backed_off_rescan() -> None:
     assert deadline is not None and deadline - now == pytest.approx(PIN_RESCAN_MAX)
     table.unpin(index)
     now += PIN_RESCAN_MAX / 2  # half-way to the next periodic rescan
-    store.unpinned(now=now)  # the last scan was long ago: scans now
+    store.rescan_pins_soon(now=now)  # the last scan was long ago: scans now
     assert store.stats()["dying"] == 0 and store.stats()["used"] == 7 * 64
 
 
 def test_hints_right_after_a_scan_wait_for_the_interval_not_longer() -> None:
     store, table, index, now = held_deleted()
-    store.unpinned(now=now)  # a scan now (still pinned)
+    store.rescan_pins_soon(now=now)  # a scan now (still pinned)
     table.unpin(index)
-    store.unpinned(now=now + UNPIN_INTERVAL / 4)  # too soon: brought forward, not run
+    store.rescan_pins_soon(now=now + UNPIN_INTERVAL / 4)  # too soon: brought forward, not run
     assert store.stats()["dying"] == 1
     deadline = store.next_deadline()
     assert deadline == pytest.approx(now + UNPIN_INTERVAL)

@@ -293,7 +293,7 @@ class CombinedMachine(RuleBasedStateMachine):
         c.pins.unpin(hold.index)
         assert hold.reader is not None and hold.found is not None
         if hold.reader.dying(hold.found):
-            self.store.unpinned(now=self.now)
+            self.store.rescan_pins_soon(now=self.now)
 
     def _all_holds(self) -> list[Hold]:
         holds: list[Hold] = []
@@ -563,7 +563,7 @@ class CombinedMachine(RuleBasedStateMachine):
         if not reader.unchanged(found):
             c.pins.unpin(index)
             if reader.dying(found):
-                self.store.unpinned(now=self.now)
+                self.store.rescan_pins_soon(now=self.now)
             self.outcomes["pin lost the race"] += 1
             return
         hold = self._got(client, o, found.location, how)

@@ -89,7 +89,7 @@ def test_a_rebuild_keeps_the_slots_of_orphaned_copies_so_pins_on_them_hold():
     for n in range(2, 20):  # every object reachable: no slot marked dying by mistake
         assert fresh.lookup(oid(n)) is not None, n
     pins.unpin(index)
-    store.unpinned(now)
+    store.rescan_pins_soon(now)
     settle(store, now)
     assert store.stats()["nodes"][1]["used"] == 0
 

@@ -108,7 +108,7 @@ def abort(coord: Coordinator, session: Session, msg: p.Abort) -> None:
 
 
 def unpin(coord: Coordinator, session: Session, msg: p.Unpin) -> None:
-    coord.store.unpinned(now=time.monotonic())
+    coord.store.rescan_pins_soon(now=time.monotonic())
 
 
 def get(coord: Coordinator, session: Session, msg: p.Get) -> None:

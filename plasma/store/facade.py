@@ -565,7 +565,7 @@ class Store:
             self._free_due(now)
             self._retry_creates(now)
 
-    def unpinned(self, now: float = 0.0) -> None:
+    def rescan_pins_soon(self, now: float = 0.0) -> None:
         """A client says it dropped pins of deleted objects: look at the pin tables again
         soon: now, unless they were looked at in the last ``UNPIN_INTERVAL`` (then at its
         end), so a flood of these costs at most one scan per interval."""
@@ -623,7 +623,7 @@ class Store:
                 deleted.append(oid)
             if not rec.ref_count:
                 self._unclock(oid, rec)
-                self._doom(oid, rec, now)
+                self._free_once_unpinned(oid, rec, now)
             self._drop_copy(rec)
             self._notify_deleted(oid, rec)
         self._free_due(now)
@@ -1439,7 +1439,7 @@ class Store:
                 return None
             victims = self._eviction_plan(nd, size, now)
             if not victims:
-                return self._no_room(nd, size)
+                return self._spill_or_fall_back(nd, size)
             for oid, rec in victims:
                 self._evict(oid, rec, now)
             if nd.evicting:  # published victims: their memory comes after the grace period
@@ -1498,7 +1498,7 @@ class Store:
         nd.segment_bytes += seg_size
         return seg
 
-    def _no_room(self, nd: Node, size: int) -> tuple[Segment, int] | None:
+    def _spill_or_fall_back(self, nd: Node, size: int) -> tuple[Segment, int] | None:
         """Eviction cannot make room for ``size`` bytes on ``nd``: ask for copies on disk if
         they would (None: the caller waits), else place it in a fallback segment if allowed."""
         if (
@@ -1585,15 +1585,15 @@ class Store:
         if rec.io is Io.SPILLING or rec.io is Io.MOVING:
             self._after_io.setdefault(rec.io_token, []).append(held)
         else:
-            self._release(held)
+            self._give_back(held)
 
     def _io_ended(self, rec: ObjectRecord) -> None:
         """The I/O on ``rec``'s memory ended: free what was given back meanwhile."""
         if self._after_io:
             for held in self._after_io.pop(rec.io_token, ()):
-                self._release(held)
+                self._give_back(held)
 
-    def _release(self, freed: FreedRange) -> None:
+    def _give_back(self, freed: FreedRange) -> None:
         """Free a range; if its pages were moved to other nodes (its ``charges``), first
         move them back (the range is freed, and the other nodes' charges dropped, once they
         are)."""
@@ -1607,7 +1607,7 @@ class Store:
     def _evict(self, oid: bytes, rec: ObjectRecord, now: float) -> None:
         """Evict a sealed unreferenced object (its memory is free after the pin scan)."""
         self._unclock(oid, rec)
-        if self._doom(oid, rec, now):
+        if self._free_once_unpinned(oid, rec, now):
             self._segments[rec.loc.segment].node.evicting += 1
         elif rec.state is State.FREED:  # (not: only on disk now)
             self._evictions += 1
@@ -1617,7 +1617,7 @@ class Store:
         """The generation an object was published with; 0 if it never was."""
         return rec.gen
 
-    def _doom(self, oid: bytes, rec: ObjectRecord, now: float) -> bool:
+    def _free_once_unpinned(self, oid: bytes, rec: ObjectRecord, now: float) -> bool:
         """Free a sealed, unreferenced object that is deleted or evicted, once no pin holds
         it: at once if it was never published (returns False), else after the grace period
         (its slot reads dying from now on; returns True). A deleted object leaves the table
@@ -1664,7 +1664,7 @@ class Store:
         dying = self._dying
         copies, later = dying.take_orphans(now)
         for key, copy in later:
-            self._doom(key, copy, now)
+            self._free_once_unpinned(key, copy, now)
         due, rescanned = dying.due(now)
         due = copies + due
         if not due:
@@ -1677,7 +1677,7 @@ class Store:
             if evicted:
                 self._segments[rec.loc.segment].node.evicting -= 1
             if gen not in pinned:
-                self._finish(gen, oid, rec, evicted)
+                self._free_scanned(gen, oid, rec, evicted)
             elif evicted:  # a reader pinned it during the grace period: it stays
                 step(rec, Step.REVIVE)
                 self._dir.set_state(rec, SEALED)
@@ -1691,8 +1691,8 @@ class Store:
         if dying.orphans:  # copies of what this scan freed (they have no copies themselves)
             self._free_due(now)
 
-    def _finish(self, gen: int, oid: bytes, rec: ObjectRecord, evicted: bool) -> None:
-        """Free a doomed object after a scan found no pin on it."""
+    def _free_scanned(self, gen: int, oid: bytes, rec: ObjectRecord, evicted: bool) -> None:
+        """Free (or drop to disk) a dying object a scan of the pin tables found unpinned."""
         self._dir.unpublish(rec)
         if evicted and rec.spill is not None:
             self._to_disk(oid, rec)
@@ -1828,7 +1828,7 @@ class Store:
         """A sealed object lost its last reference: free it if deleted (once no pin holds
         it), else put it at the back of the CLOCK."""
         if rec.state is State.DELETED:
-            self._doom(oid, rec, now)
+            self._free_once_unpinned(oid, rec, now)
             return
         seg = self._segments[rec.loc.segment]
         if seg.fallback:
