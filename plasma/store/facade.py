@@ -101,7 +101,7 @@ from plasma.store.events import (
     SpillDead,
 )
 from plasma.store.eviction import plan_room
-from plasma.store.holders import Held, Holding, holding_text
+from plasma.store.holders import Held, count_held, holding_text
 from plasma.store.memory import Node, Segment, SegmentProvider
 from plasma.store.moves import CopyJob, FreedRange, MoveJob, PlaceJob, RehomeJob, page_charges
 from plasma.store.objects import (
@@ -1984,70 +1984,16 @@ class Store:
         return text + nd.shortage
 
     def _held_on(self, nd: Node | None, objects: bool = False) -> Held:
-        """Who holds memory (of ``nd``; None: of every node), per client and in all:
-        references (sealed objects, and unsealed ones being written), arena tails, and (one
-        pass over the pin tables) pins of objects the pinning client does not reference.
-        ``objects`` also gathers each held object with the clients holding it."""
-        held = Held()
-        if objects:
-            held.objects = {}
-        found = held.objects
-        segments = self._segments
-        seen: set[bytes] = set()
-        for c in self._clients.values():
-            mine = held.clients[c.id] = Holding()
-            for oid in c.refs:
-                rec = self._objects.get(oid)
-                if rec is None or rec.state is State.SPILLED:
-                    continue
-                if nd is not None and segments[rec.loc.segment].node is not nd:
-                    continue
-                writing = oid in c.creating
-                if writing:
-                    mine.unsealed += 1
-                    mine.unsealed_bytes += rec.size
-                else:
-                    mine.refs += 1
-                    mine.ref_bytes += rec.size
-                if found is not None:
-                    found.setdefault(oid, (rec, [], []))[1].append(c.id)
-                if oid in seen:
-                    continue
-                seen.add(oid)
-                if writing:
-                    held.writing += rec.size
-                else:
-                    held.referenced += rec.size
-            a = c.arena
-            if a is not None and (nd is None or a.segment.node is nd) and a.cursor < a.end:
-                mine.arena = a.end - a.cursor
-                held.arenas += mine.arena
-        counted: set[int] = set()
-        for cid, gens in self._pins.by_client().items():  # (one pass; as many steps as pins)
-            holding = held.clients.get(cid)
-            refs = self._clients[cid].refs if holding is not None else {}
-            for gen in set(gens):
-                published = self._dir.published.get(gen)
-                if published is None:
-                    continue
-                key, rec = published
-                segment = segments.get(rec.loc.segment)
-                if segment is None or rec.state is State.SPILLED:
-                    continue
-                if nd is not None and segment.node is not nd:
-                    continue
-                if holding is not None and key not in refs:
-                    holding.pins += 1
-                    holding.pin_bytes += rec.size
-                if found is not None:
-                    found.setdefault(key, (rec, [], []))[2].append(cid)
-                if gen in counted or key in seen:
-                    continue  # (counted once, or counted as referenced)
-                counted.add(gen)
-                held.pinned_only += rec.size
-                if segment.node.clock.holds(key, rec):
-                    held.pinned_unreferenced += rec.size
-        return held
+        """Who holds memory of ``nd`` (None: of every node): :func:`count_held`."""
+        return count_held(
+            nd,
+            self._clients.values(),
+            self._objects,
+            self._segments,
+            self._pins.by_client(),
+            self._dir.published,
+            objects,
+        )
 
     def holders(self, top_objects: int = 10) -> dict[str, Any]:
         """Who holds the memory: per client (``label``, and bytes and objects it holds as

@@ -1,16 +1,22 @@
 """Who holds memory: per client and in all (what ``plasma-coord memory`` and store_full say).
 
-The store fills these in one pass over its clients and the pin tables
-(:meth:`Store.holders`); this module only adds up and formats. It must never change what
-it counts.
+:func:`count_held` adds up, in one pass over the clients' references and the generations
+their pin tables hold, what each client holds and what is held in all (:meth:`Store.holders`
+and store_full messages format it). This module only counts: it never changes what it
+counts.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Collection, Iterable, Mapping
 from typing import TYPE_CHECKING
 
+from plasma.store.objects import State
+
 if TYPE_CHECKING:
+    from plasma.store.clients import ClientRecord
+    from plasma.store.memory import Node, Segment
     from plasma.store.objects import ObjectRecord
 
 
@@ -74,3 +80,78 @@ class Held:
     def by_client(self) -> Counter[int]:
         """Bytes held per client (those holding some)."""
         return Counter({cid: h.total for cid, h in self.clients.items() if h.total})
+
+
+def count_held(
+    nd: Node | None,
+    clients: Collection[ClientRecord],
+    table: Mapping[bytes, ObjectRecord],
+    segments: Mapping[int, Segment],
+    pins: Mapping[int, Iterable[int]],
+    published: Mapping[int, tuple[bytes, ObjectRecord]],
+    objects: bool = False,
+) -> Held:
+    """Who holds memory (of ``nd``; None: of every node), per client and in all:
+    references (sealed objects, and unsealed ones being written), arena tails, and pins
+    (``pins``: the generations each client pins) of objects the pinning client does not
+    reference. ``objects`` also gathers each held object with the clients holding it."""
+    held = Held()
+    if objects:
+        held.objects = {}
+    found = held.objects
+    seen: set[bytes] = set()
+    for c in clients:
+        mine = held.clients[c.id] = Holding()
+        for oid in c.refs:
+            rec = table.get(oid)
+            if rec is None or rec.state is State.SPILLED:
+                continue
+            if nd is not None and segments[rec.loc.segment].node is not nd:
+                continue
+            writing = oid in c.creating
+            if writing:
+                mine.unsealed += 1
+                mine.unsealed_bytes += rec.size
+            else:
+                mine.refs += 1
+                mine.ref_bytes += rec.size
+            if found is not None:
+                found.setdefault(oid, (rec, [], []))[1].append(c.id)
+            if oid in seen:
+                continue
+            seen.add(oid)
+            if writing:
+                held.writing += rec.size
+            else:
+                held.referenced += rec.size
+        a = c.arena
+        if a is not None and (nd is None or a.segment.node is nd) and a.cursor < a.end:
+            mine.arena = a.end - a.cursor
+            held.arenas += mine.arena
+    counted: set[int] = set()
+    refs_of = {c.id: c.refs for c in clients}
+    for cid, gens in pins.items():  # (as many steps as pins)
+        holding = held.clients.get(cid)
+        refs = refs_of[cid] if holding is not None else {}
+        for gen in set(gens):
+            found_pin = published.get(gen)
+            if found_pin is None:
+                continue
+            key, rec = found_pin
+            segment = segments.get(rec.loc.segment)
+            if segment is None or rec.state is State.SPILLED:
+                continue
+            if nd is not None and segment.node is not nd:
+                continue
+            if holding is not None and key not in refs:
+                holding.pins += 1
+                holding.pin_bytes += rec.size
+            if found is not None:
+                found.setdefault(key, (rec, [], []))[2].append(cid)
+            if gen in counted or key in seen:
+                continue  # (counted once, or counted as referenced)
+            counted.add(gen)
+            held.pinned_only += rec.size
+            if segment.node.clock.holds(key, rec):
+                held.pinned_unreferenced += rec.size
+    return held
