@@ -23,12 +23,11 @@ import functools
 import math
 import mmap
 import os
-import re
 import select
 import threading
 import time
 import weakref
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple, get_args
 
@@ -38,6 +37,7 @@ import numpy as np
 from plasma import parallel_copy, serialization
 from plasma import protocol as p
 from plasma._client_core.fast_path import pin_from_directory
+from plasma._client_core.outbox import IDS_PER_FRAME, Outbox, chunks
 from plasma.directory import ORDERED_MEMORY, DirectoryReader, Found, PinTable
 from plasma.errors import BadRequest, Disconnected, PlasmaError, error_for
 from plasma.ids import ID_SIZE, ObjectID, as_id_bytes
@@ -69,11 +69,6 @@ HANGUP_CHECK_INTERVAL = 0.001
 _monotonic = time.monotonic  # (the vDSO's clock: no syscall)
 MAX_DEFERRED_ERRORS = 64  # kept one by one; beyond, only counted
 MAX_ARENA_SEALS = 4096  # SealArenas remembered until answered (an older one's failure is missed)
-# ids per request frame: 20 bytes plus MessagePack framing each, well under the default
-# 1 MiB frame limit of the coordinator and its MAX_IDS_PER_REQUEST
-IDS_PER_FRAME = 16384
-
-
 # A segment first received to write into is mapped with its page tables filled in, so a put
 # writes at memcpy speed; one received to read from is mapped lazily (a reader of one object
 # need not pay for the whole segment), and a large object created in it later has just its
@@ -152,34 +147,6 @@ Action = Call | Send | str
 Op = Generator[Action, Any, Any]
 
 
-# Requests the clients build only from values checked already (ids through as_id_bytes,
-# timeouts through check_timeout, arena offsets they were granted): sent as they are. Every
-# other request is checked against the coordinator's bounds before it leaves, so a bad
-# argument is a BadRequest here instead of a connection the coordinator closes.
-_TRUSTED = frozenset({p.Get, p.Contains, p.Sync, p.Seal, p.Release, p.SealArena, p.ReturnArena})
-_REQUEST_DECODER = msgspec.msgpack.Decoder(p.Request)
-
-
-def checked_frame(msg: msgspec.Struct) -> bytes:
-    """The frame of ``msg`` if the coordinator will accept its fields (decoded back from the
-    frame itself, so nothing is encoded twice); else BadRequest naming the field."""
-    frame = p.encode(msg)
-    if type(msg) in _TRUSTED:
-        return frame
-    try:
-        _REQUEST_DECODER.decode(memoryview(frame)[p.HEADER.size :])
-    except msgspec.ValidationError as exc:
-        fields = ("tag", *msg.__struct_fields__)  # array-like: the tag is element 0
-
-        def name(m: re.Match[str]) -> str:
-            i = int(m.group(1))
-            return fields[i] if i < len(fields) else m.group(0)
-
-        text = re.sub(r"\$\[(\d+)\]", name, str(exc), count=1)
-        raise BadRequest(f"{type(msg).__name__}: {text}") from None
-    return frame
-
-
 def check_timeout(timeout: float | None) -> float | None:
     """``timeout`` if it is None or finite seconds >= 0; else BadRequest (a ValueError)."""
     if timeout is not None and not (math.isfinite(timeout) and timeout >= 0):
@@ -199,12 +166,6 @@ _PLAIN_REPLIES = frozenset(
 
 def _size(loc: p.ObjectLocation) -> int:
     return loc.data_size + loc.metadata_size
-
-
-def chunks(ids: list[bytes]) -> Iterator[list[bytes]]:
-    """``ids`` in pieces of at most ``IDS_PER_FRAME``."""
-    for start in range(0, len(ids), IDS_PER_FRAME):
-        yield ids[start : start + IDS_PER_FRAME]
 
 
 def _id_list(object_ids: ObjectRef | Iterable[ObjectRef]) -> tuple[list[bytes], bool]:
@@ -322,6 +283,8 @@ class ClientCore:
         # a driver that runs several operations at once (the trio client) is asked to hold
         # the arena (EXCLUSIVE) around operations that write into it
         self.concurrent = concurrent
+        self.outbox = Outbox(self._nobodys)
+        self.next_seq: Callable[[], int] = self.outbox.next_seq
         # threads that fill a large object (see plasma.parallel_copy); BadRequest if invalid
         self.copy_threads = parallel_copy.copy_threads(copy_threads)
         self.node_cpus: dict[int, list[int]] = {}  # each node's CPUs (Connected.nodes)
@@ -359,7 +322,6 @@ class ClientCore:
         # a descriptor of each mapped segment (read-only where our uid may only read) and its
         # page size: what a writable get maps privately (copy-on-write) from
         self._segment_fds: dict[int, tuple[int, int]] = {}
-        self._releases: collections.deque[bytes] = collections.deque()  # appended by finalizers
         # the arrays behind live views: id of a weak reference -> (it, the object's id)
         self._owners: dict[int, tuple[weakref.ref[np.ndarray], bytes]] = {}
         # objects created here whose creator reference is still held, the arrays behind
@@ -370,22 +332,16 @@ class ClientCore:
         # requests whose caller went away (a cancelled trio task): seq -> the request, so the
         # references or objects its reply brings are handed back
         self._abandoned: dict[int, msgspec.Struct] = {}
-        # what hands back the objects and arenas made for them (Abort, ReturnArena)
-        self._cleanup: collections.deque[p.Abort | p.ReturnArena] = collections.deque()
         # SealArena messages whose answer may still come (they are sent without waiting):
         # seq -> arena grant, oldest first; a later reply means every earlier one was handled
         self._arena_seals: dict[int, int] = {}
-        self._seq = 0
-        self._seq_lock = threading.Lock()
         # reads without requests: the directory (read-only) and this client's pin table
         self.reader: DirectoryReader | None = None
         self.pins: PinTable | None = None
         self._table_maps: list[mmap.mmap] = []  # directory and access bytes
         self._pin_map: mmap.mmap | None = None
-        self._unpins: collections.deque[bytes] = collections.deque()  # hints: pins let go
-        # the directory we map was superseded: ask for the current one (naming ours by its
-        # token) with the next frames, once; _tables_asked until the answer comes
-        self._tables_wanted = 0
+        # the directory we map was superseded and the current one asked for (the outbox
+        # sends the request once): until the answer comes
         self._tables_asked = False
         self.pid = os.getpid()
         self.forked_from: int | None = None  # set in a forked child: this client is not its
@@ -393,40 +349,12 @@ class ClientCore:
 
     # ---------------------------------------------------------------- outgoing
 
-    def next_seq(self) -> int:
-        with self._seq_lock:
-            self._seq += 1
-            return self._seq
-
     def frames(self, *msgs: msgspec.Struct) -> bytes:
-        """Encoded frames for ``msgs``, preceded by Releases for views that died meanwhile.
+        """Encoded frames for ``msgs``, preceded by what is queued (see :class:`Outbox`)."""
+        return self.outbox.frames(*msgs)
 
-        Raises BadRequest, taking nothing, when a message is out of the coordinator's bounds.
-        """
-        if len(msgs) == 1 and not (
-            self._releases or self._cleanup or self._unpins or self._tables_wanted
-        ):
-            return checked_frame(msgs[0])  # the common case
-        encoded = [checked_frame(m) for m in msgs]
-        out = []
-        releases = self._releases
-        while releases:
-            ids = [releases.popleft() for _ in range(min(len(releases), IDS_PER_FRAME))]
-            out.append(p.encode(p.Release(seq=self.next_seq(), ids=ids, ack=False)))
-        unpins = self._unpins
-        while unpins:
-            ids = [unpins.popleft() for _ in range(min(len(unpins), IDS_PER_FRAME))]
-            out.append(p.encode(p.Unpin(seq=self.next_seq(), ids=ids)))
-        if self._tables_wanted:
-            out.append(p.encode(p.Tables(seq=self.next_seq(), have=self._tables_wanted)))
-            self._tables_wanted = 0
-        while self._cleanup:
-            msg = self._cleanup.popleft()
-            msg.seq = self.next_seq()
-            self._abandoned[msg.seq] = msg  # its answer, if any, concerns nobody
-            out.append(p.encode(msg))
-        out += encoded
-        return b"".join(out)
+    def _nobodys(self, msg: p.Abort | p.ReturnArena) -> None:
+        self._abandoned[msg.seq] = msg  # its answer, if any, concerns nobody
 
     def connect_request(self, client_name: str, cpus: list[int]) -> p.Connect:
         return p.Connect(
@@ -461,8 +389,7 @@ class ClientCore:
     def closing_frames(self) -> bytes:
         """What to send before closing: the releases still queued (cached ones included)."""
         self.drop_cache()
-        queued = self._releases or self._cleanup or self._unpins or self._tables_wanted
-        return self.frames() if queued else b""
+        return self.outbox.frames() if self.outbox.queued() else b""
 
     def abandon(self, msg: msgspec.Struct) -> None:
         """The caller of ``msg`` will not read its reply: give back what the reply brings."""
@@ -599,7 +526,7 @@ class ClientCore:
             grant = seals[reply.seq]
             if self.arena is not None and self.arena.grant == grant:
                 self.arena = None
-                self._cleanup.append(p.ReturnArena(seq=0, grant=grant))
+                self.outbox.cleanup.append(p.ReturnArena(seq=0, grant=grant))
         while seals and next(iter(seals)) <= reply.seq:
             del seals[next(iter(seals))]
 
@@ -653,12 +580,12 @@ class ClientCore:
         if isinstance(reply, p.Got):
             for oid, result in zip(request.ids, reply.results, strict=True):
                 if isinstance(result, p.ObjectLocation):
-                    self._releases.append(oid)
+                    self.outbox.releases.append(oid)
         elif isinstance(reply, p.Created):  # queued as aborts of the objects made for nobody
             ids = [request.id] if isinstance(request, p.Create) else [i.id for i in request.items]
-            self._cleanup.extend(p.Abort(seq=0, id=oid) for oid in ids)
+            self.outbox.cleanup.extend(p.Abort(seq=0, id=oid) for oid in ids)
         elif isinstance(reply, p.ArenaGranted):  # an arena granted to nobody
-            self._cleanup.append(p.ReturnArena(seq=0, grant=reply.grant))
+            self.outbox.cleanup.append(p.ReturnArena(seq=0, grant=reply.grant))
 
     def _map_segments(self, segments: list[p.SegmentInfo], *, for_writing: bool) -> None:
         """Map each segment from its fd: read-only where the coordinator sent a read-only fd
@@ -761,20 +688,20 @@ class ClientCore:
         """Ask for the current directory (once) when ``reader``'s was replaced."""
         if not self._tables_asked and reader.superseded:
             self._tables_asked = True
-            self._tables_wanted = reader.token
+            self.outbox.tables_wanted = reader.token
 
     def _let_go(self, oid: bytes, held: _Held) -> None:
         """Give up the reference ``held`` stands for: clear its pin (telling the coordinator
         when the object is dying, so its delete finishes now), or release it."""
         if held.pin < 0:
-            self._releases.append(oid)
+            self.outbox.releases.append(oid)
             return
         pins, reader = self.pins, self.reader
         if pins is None:  # forked child: the pin table is the parent's
             return
         pins.unpin(held.pin)
         if held.found is not None and reader is not None and reader.dying(held.found):
-            self._unpins.append(oid)
+            self.outbox.unpins.append(oid)
 
     # ---------------------------------------------------------------- views
 
@@ -805,7 +732,7 @@ class ClientCore:
                 self.held[oid] = _Held(loc)
             else:
                 held.views += 1
-                self._releases.append(oid)
+                self.outbox.releases.append(oid)
             return self._views(oid, loc)
 
     def reuse(self, oid: bytes) -> tuple[memoryview, memoryview] | None:
@@ -1027,7 +954,7 @@ class ClientCore:
     def _release_creator(self, oid: bytes) -> None:
         """Release the creator reference of ``oid`` with the next frames (after its Seal)."""
         del self._creations[oid]
-        self._releases.append(oid)
+        self.outbox.releases.append(oid)
         released = self._auto_released
         released[oid] = None
         while len(released) > MAX_AUTO_RELEASED:
