@@ -11,8 +11,6 @@ from plasma._client_core.core import (
     EXCLUSIVE,
     HANGUP_CHECK_INTERVAL,
     POLL,
-    RELEASE_DELAY,
-    RELEASE_DELAY_BYTES,
     Action,
     Arena,
     Call,
@@ -28,6 +26,7 @@ from plasma._client_core.core import (
     placement,
 )
 from plasma._client_core.outbox import IDS_PER_FRAME, checked_frame, chunks
+from plasma._client_core.refs import RELEASE_DELAY, RELEASE_DELAY_BYTES
 
 __all__ = [
     "ARENA_OBJECTS",
