@@ -20,7 +20,7 @@ from tests.conftest import wait_until
 
 def state_with_segment(size: int = 1 << 20, release_delay: int = 2) -> ClientCore:
     state = ClientCore(release_delay)
-    state.maps[1] = mmap.mmap(-1, size)
+    state.maps.segments[1] = mmap.mmap(-1, size)
     return state
 
 
@@ -42,61 +42,61 @@ def released(state: ClientCore) -> list[bytes]:
 
 def test_one_reference_per_object_while_views_live_then_cached():
     state = state_with_segment()
-    data = state.readable(b"a" * 20, loc(0))
-    again = state.readable(b"a" * 20, loc(0))  # a second reference from the store...
+    data = state.refs.readable(b"a" * 20, loc(0))
+    again = state.refs.readable(b"a" * 20, loc(0))  # a second reference from the store...
     assert released(state) == [b"a" * 20]  # ...is handed back at once
     del data, again
     gc.collect()
     assert released(state) == []  # the last view went: kept in the cache
-    assert b"a" * 20 in state.cache
-    view = state.reuse(b"a" * 20)  # served locally, the cache entry is in use again
-    assert view is not None and b"a" * 20 not in state.cache
+    assert b"a" * 20 in state.refs.cache
+    view = state.refs.reuse(b"a" * 20)  # served locally, the cache entry is in use again
+    assert view is not None and b"a" * 20 not in state.refs.cache
     del view
     gc.collect()
-    state.drop_cache()
+    state.refs.drop_cache()
     assert released(state) == [b"a" * 20]
 
 
 def test_cache_keeps_the_newest_release_delay_objects():
     state = state_with_segment(release_delay=2)
     for i in range(4):
-        view = state.readable(bytes([i]) * 20, loc(64 * i))
+        view = state.refs.readable(bytes([i]) * 20, loc(64 * i))
         del view
         gc.collect()
     assert released(state) == [bytes([0]) * 20, bytes([1]) * 20]
-    assert list(state.cache) == [bytes([2]) * 20, bytes([3]) * 20]
+    assert list(state.refs.cache) == [bytes([2]) * 20, bytes([3]) * 20]
 
 
 def test_cache_is_bounded_in_bytes():
     big = RELEASE_DELAY_BYTES // 2 + 1
     state = state_with_segment(size=3 * big, release_delay=64)
     for i in range(3):
-        view = state.readable(bytes([i]) * 20, loc(i * big, big))
+        view = state.refs.readable(bytes([i]) * 20, loc(i * big, big))
         del view
         gc.collect()
     assert released(state) == [bytes([0]) * 20, bytes([1]) * 20]
-    assert state.cache_bytes == big
+    assert state.refs.cache_bytes == big
 
 
 def test_revoked_objects_are_not_served_locally():
     state = state_with_segment()
-    cached = state.readable(b"c" * 20, loc(0))
-    in_use = state.readable(b"u" * 20, loc(64))
+    cached = state.refs.readable(b"c" * 20, loc(0))
+    in_use = state.refs.readable(b"u" * 20, loc(64))
     del cached
     gc.collect()
-    state.revoke([b"c" * 20, b"u" * 20])
+    state.refs.revoke([b"c" * 20, b"u" * 20])
     assert released(state) == [b"c" * 20]  # unused: released with the next message
-    assert state.reuse(b"c" * 20) is None
-    assert state.reuse(b"u" * 20) is None  # in use: no new local gets of it
+    assert state.refs.reuse(b"c" * 20) is None
+    assert state.refs.reuse(b"u" * 20) is None  # in use: no new local gets of it
     del in_use
     gc.collect()
     assert released(state) == [b"u" * 20]  # and released, not cached, when its views go
-    assert state.cache == {}
+    assert state.refs.cache == {}
 
 
 def test_release_delay_zero_releases_when_the_last_view_goes():
     state = state_with_segment(release_delay=0)
-    view = state.readable(b"z" * 20, loc(0))
+    view = state.refs.readable(b"z" * 20, loc(0))
     del view
     gc.collect()
     assert released(state) == [b"z" * 20]
@@ -119,7 +119,7 @@ def test_a_hang_up_is_seen_without_reading_and_only_then() -> None:
     ours, theirs = socket.socketpair()
     state = ClientCore()
     state.watch(ours.fileno())
-    state.reader = DirectoryReader.__new__(DirectoryReader)  # (stands for a mapped directory)
+    state.maps.reader = DirectoryReader.__new__(DirectoryReader)  # (stands for a mapped directory)
     poller = state._poller = CountingPoller(state._poller)  # type: ignore[assignment]
     not_an_id = "not an id: get_pinned gives up after its look at the socket"
     try:
@@ -139,7 +139,7 @@ def test_a_hang_up_is_seen_without_reading_and_only_then() -> None:
         theirs.close()
         wait_until(lambda: time.monotonic() >= state.next_hangup_check, what="the next look")
         assert state.get_pinned(not_an_id, 0, False) is None
-        assert state.reader is None  # seen by the directory get: the directory is done with
+        assert state.maps.reader is None  # seen by the directory get: the directory is done with
         assert state.hung_up()
         with pytest.raises(Disconnected, match="the coordinator closed the connection"):
             state.check_connected()
@@ -165,24 +165,24 @@ def test_a_writable_view_is_a_private_copy_on_write_mapping_of_a_read_only_segme
     original = bytes(range(256)) * 20
     os.pwrite(fd, original, offset)
     state = ClientCore(release_delay=0)
-    state._fds.append(memfd.reopen_read_only(fd))
+    state.maps.fds.append(memfd.reopen_read_only(fd))
     info = p.SegmentInfo(id=1, size=4 * mmap.PAGESIZE, node=0, page_size=mmap.PAGESIZE)
     info.writable = False
-    state._map_segments([info], for_writing=False)
+    state.maps.map_segments([info], for_writing=False)
     oid = b"w" * 20
     where = p.ObjectLocation(
         segment=1, offset=offset, data_size=len(original), metadata_size=0, node=0
     )
-    data = state.readable(oid, where)[0]
+    data = state.refs.readable(oid, where)[0]
     assert data.readonly
-    private = state.private_view(oid, data)
+    private = state.refs.private_view(oid, data)
     del data
     assert not private.readonly and bytes(private) == original
     private[:5] = b"CHANGED"[:5]
     private[-1] = 0
     assert bytes(private[:5]) == b"CHANG"
     assert os.pread(fd, len(original), offset) == original  # the segment's bytes: unchanged
-    reused = state.reuse(oid)
+    reused = state.refs.reuse(oid)
     assert reused is not None and bytes(reused[0]) == original  # another view: the original
     del reused
     gc.collect()
@@ -191,5 +191,5 @@ def test_a_writable_view_is_a_private_copy_on_write_mapping_of_a_read_only_segme
     gc.collect()
     assert released(state) == [oid]  # ...until it dies
     state.close_maps()
-    assert not state._segment_fds
+    assert not state.maps.segment_fds
     os.close(fd)

@@ -205,7 +205,7 @@ async def test_a_killed_coordinator_serves_nothing_more_but_held_views_stay(
         held = await c.get(oid(1), timeout=0)
         held_by_d = await d.get(oid(1), timeout=0)
         assert await gets(c) == asked  # through the directory, as the rest would be
-        assert c.raw._core.reader is not None
+        assert c.raw._core.maps.reader is not None
 
         coord.stop(signal.SIGKILL)
         assert bytes(held) == held_bytes
@@ -260,19 +260,19 @@ async def test_an_idle_trio_client_gives_memory_back_at_once(coordinator_factory
     create of another process that needs that memory succeeds within its reclaim wait."""
     coord = coordinator_factory("--memory", "32MiB", "--segment-size", "32MiB")
     async with plasma.aio.connect(coord.socket) as cacher:
-        cacher._core.cache_limit = 1 << 30  # as if the store were large: cache all of it
+        cacher._core.refs.cache_limit = 1 << 30  # as if the store were large: cache all of it
         ids = [await cacher.put(bytes(3 << 20)) for _ in range(8)]  # 24 MiB
         for i in ids:
             view = await cacher.get(i, timeout=5)
             del view
-        assert len(cacher._core.cache) == 8
+        assert len(cacher._core.refs.cache) == 8
 
         def create() -> int:
             with plasma.connect(coord.socket) as creator:
                 return len(creator.create(oid(1), 20 << 20))  # timeout 0
 
         assert await trio.to_thread.run_sync(create) == 20 << 20
-        assert not cacher._core.cache
+        assert not cacher._core.refs.cache
 
 
 def test_the_trio_client_has_every_method_of_the_blocking_one():

@@ -61,7 +61,7 @@ def test_numpy_round_trip_is_zero_copy_and_read_only(coordinator: RunningCoordin
                 addr = got.__array_interface__["data"][0]
                 assert any(
                     _address(mm) <= addr < _address(mm) + len(mm)
-                    for mm in consumer._core.maps.values()
+                    for mm in consumer._core.maps.segments.values()
                 ), "the consumer's array does not point into a shared segment"
 
 
@@ -92,11 +92,11 @@ def test_each_segment_fd_is_sent_once(coordinator: RunningCoordinator):
             buf = c.create(oid(i), 100_000)
             buf[:3] = b"abc"
             c.seal(oid(i))
-        assert len(c._core.maps) == 1
+        assert len(c._core.maps.segments) == 1
         with plasma.connect(coordinator.socket) as other:
             views = other.get([oid(i) for i in range(5)], timeout=5)
             assert [bytes(v[:3]) for v in views] == [b"abc"] * 5
-            assert len(other._core.maps) == 1
+            assert len(other._core.maps.segments) == 1
 
 
 def test_errors_are_clear_and_lose_nothing(coordinator: RunningCoordinator):

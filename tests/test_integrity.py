@@ -70,7 +70,7 @@ def test_no_file_a_client_was_given_can_be_shrunk(coordinator: RunningCoordinato
             os.close(fd)
         # and a client's own map of its pin table cannot be resized either
         with pytest.raises(OSError):
-            c._core._pin_map.resize(64)  # type: ignore[union-attr]
+            c._core.maps.pin_map.resize(64)  # type: ignore[union-attr]
         alive_after_scans(coordinator)
 
 
@@ -113,8 +113,12 @@ def test_pages_of_a_shrunk_map_cannot_fault_the_coordinator(coordinator: Running
     with plasma.connect(coordinator.socket) as c:
         c.put(np.ones(1 << 16))
         core = c._core
-        _, access = core._table_maps
-        for mm in [*core.maps.values(), access, core._pin_map]:  # (the directory: read-only)
+        _, access = core.maps.table_maps
+        for mm in [
+            *core.maps.segments.values(),
+            access,
+            core.maps.pin_map,
+        ]:  # (the directory: read-only)
             assert isinstance(mm, mmap.mmap)
             with pytest.raises(OSError) as refused:
                 mm.resize(mmap.PAGESIZE)
@@ -164,24 +168,24 @@ def test_clients_unmap_the_segments_the_coordinator_dropped(coordinator_factory:
     def blocking() -> tuple[int, int]:
         with plasma.connect(coord.socket) as c:
             ids = [c.put(a) for a in small]
-            before = len(c._core.maps)
+            before = len(c._core.maps.segments)
             c.delete(ids)
             c.flush()
             big = c.put(np.ones(48 << 20, np.uint8))
             c.flush()
             assert c.get_object(big)[-1] == 1
-            return before, len(c._core.maps)
+            return before, len(c._core.maps.segments)
 
     async def with_trio() -> tuple[int, int]:
         async with plasma.aio.connect(coord.socket) as c:
             ids = [await c.put(a) for a in small]
-            before = len(c._core.maps)
+            before = len(c._core.maps.segments)
             await c.delete(ids)
             await c.flush()
             big = await c.put(np.ones(48 << 20, np.uint8))
             await c.flush()
             assert (await c.get_object(big))[-1] == 1
-            return before, len(c._core.maps)
+            return before, len(c._core.maps.segments)
 
     before, after = blocking() if kind == "blocking" else trio.run(with_trio)
     assert before >= 12 and after <= 4, (before, after)
@@ -369,13 +373,13 @@ def test_a_directory_moving_under_another_thread_s_get_leaks_no_pin(
         swapped = threading.Event()
 
         def swap() -> None:  # another thread installs a new directory (as a reply would)
-            directory, access = core._table_maps
+            directory, access = core.maps.table_maps
             copies = []
             for mm in (directory, access):
                 copy = mmap.mmap(-1, len(mm))
                 copy[:] = mm[:]
                 copies.append(copy)
-            core._install_tables(copies[0], copies[1], None)
+            core.maps.install_tables(copies[0], copies[1], None)
             swapped.set()
 
         def unchanged(self: Reader, found: object) -> bool:
@@ -390,7 +394,7 @@ def test_a_directory_moving_under_another_thread_s_get_leaks_no_pin(
         finally:
             Reader.unchanged = real_unchanged  # type: ignore[method-assign]
         assert swapped.wait(10)
-        assert bytes(view) == b"pinned" and core.pins is not None and core.pins.count == 1
+        assert bytes(view) == b"pinned" and core.maps.pins is not None and core.maps.pins.count == 1
         del view
         c.flush()
-        assert core.pins.count == 0
+        assert core.maps.pins.count == 0

@@ -209,7 +209,7 @@ def test_without_binding_moves_are_accounting_and_copies_are_read_from_the_direc
             assert np.array_equal(reader.get_object(oid), array)
             assert np.array_equal(reader.get_object(moved), array + 1)
             assert reader.stats()["operations"].get("Get", 0) == asked
-            directory = reader._core.reader
+            directory = reader._core.maps.reader
             assert directory is not None
             copy = directory.lookup(replica_id(oid.binary(), 1), REPLICA)
             assert copy is not None and copy.location.node == 1

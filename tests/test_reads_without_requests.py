@@ -127,7 +127,7 @@ async def test_without_pin_tables_gets_ask_the_coordinator(coordinator_factory, 
         open_client(kind, coord.socket) as producer,
         open_client(kind, coord.socket, release_delay=0) as consumer,
     ):
-        assert consumer.raw._core.reader is None
+        assert consumer.raw._core.maps.reader is None
         await producer.create_and_seal(oid(1), b"a")
         await producer.flush()
         n = await gets(consumer)

@@ -349,12 +349,12 @@ def test_a_subscriber_that_does_not_read_is_dropped(coordinator: RunningCoordina
 def test_idle_memory_of_other_clients_is_reclaimed_before_a_create_fails(coordinator_factory):
     coord = coordinator_factory("--memory", "32MiB", "--segment-size", "32MiB")
     with plasma.connect(coord.socket) as cacher, plasma.connect(coord.socket) as creator:
-        cacher._core.cache_limit = 1 << 30  # as if the store were large: cache all of it
+        cacher._core.refs.cache_limit = 1 << 30  # as if the store were large: cache all of it
         ids = [cacher.put(bytes(3 * MIB)) for _ in range(8)]  # 24 MiB
         for i in ids:  # got and dropped: kept in cacher's release-delay cache
             view = cacher.get(i, timeout=5)
             del view
-        assert len(cacher._core.cache) == 8
+        assert len(cacher._core.refs.cache) == 8
         assert creator.stats()["used"] >= 24 * MIB
         got: dict[str, object] = {}
 
@@ -370,7 +370,7 @@ def test_idle_memory_of_other_clients_is_reclaimed_before_a_create_fails(coordin
         wait_until(lambda: not cacher.contains(oid(99)) and "view" in got, timeout=10)
         t.join(10)
         assert isinstance(got["view"], memoryview) and len(got["view"]) == 20 * MIB
-        assert not cacher._core.cache
+        assert not cacher._core.refs.cache
 
 
 def test_threads_sharing_a_client_never_write_over_each_other(coordinator: RunningCoordinator):

@@ -10,10 +10,7 @@ from plasma._client_core.core import (
     ARENA_SIZE,
     EXCLUSIVE,
     HANGUP_CHECK_INTERVAL,
-    IDS_PER_FRAME,
     POLL,
-    RELEASE_DELAY,
-    RELEASE_DELAY_BYTES,
     Action,
     Arena,
     Call,
@@ -25,11 +22,11 @@ from plasma._client_core.core import (
     PendingGet,
     Send,
     check_timeout,
-    checked_frame,
-    chunks,
     many_items,
     placement,
 )
+from plasma._client_core.outbox import IDS_PER_FRAME, checked_frame, chunks
+from plasma._client_core.refs import RELEASE_DELAY, RELEASE_DELAY_BYTES
 
 __all__ = [
     "ARENA_OBJECTS",

@@ -1,12 +1,22 @@
 """The client core (internal): one sans-I/O state machine that both clients drive.
 
-It numbers and checks requests, chunks id lists, decodes reply frames, maps each segment
-once (through :mod:`plasma.linux.memfd`), builds zero-copy views of objects, keeps the
-references (views, the release-delay cache, subscription prefetches, revocations), the
-small-object arena and deferred errors, and implements every client call once, as a
-generator of actions (:data:`Action`): the blocking client (:mod:`plasma.client`) and the trio
-client (:mod:`plasma.aio`) only carry out those actions, sending and receiving bytes and
-descriptors. A feature written here is a feature of both clients.
+:class:`ClientCore` wires four parts and runs every client call once over them:
+
+- :mod:`~plasma._client_core.outbox`: sequence numbers, request checking, and what is queued
+  to go with the next frames (Releases, Unpins, a Tables request, cleanup messages);
+- :mod:`~plasma._client_core.inbox`: reply frames decoded, replies handed back, pushes kept
+  or handed on, replies nobody waits for matched by sequence number;
+- :mod:`~plasma._client_core.segment_maps`: segments and the directory's tables mapped from
+  the descriptors received, and unmapped;
+- :mod:`~plasma._client_core.refs`: the references held (views, the release-delay cache,
+  revocations, creator references, subscription prefetches) and when each goes.
+
+What stays here is what joins them: the connection's state (its reply to Connect, a
+hang-up seen on the socket, a fork), the small-object arena, the directory get's fast path
+and the operations. Each operation is a generator of actions (:data:`Action`): the blocking
+client (:mod:`plasma.client`) and the trio client (:mod:`plasma.aio`) only carry out those
+actions, sending and receiving bytes and descriptors. A feature written here is a feature
+of both clients. Nothing here does I/O but the one poll(2) that looks for a hang-up.
 
 An operation yields ``Call(msgs)`` (send ``msgs``, resume with the reply to the last one, or
 with its error thrown in), ``Send(msgs)`` (send, do not wait), ``POLL`` (take in what the
@@ -17,36 +27,39 @@ ends; asked only of a driver that runs operations concurrently).
 
 from __future__ import annotations
 
-import collections
-import contextlib
 import functools
 import math
 import mmap
 import os
-import re
 import select
 import threading
 import time
 import weakref
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, get_args
+from typing import Any, NamedTuple
 
 import msgspec
-import numpy as np
 
 from plasma import parallel_copy, serialization
 from plasma import protocol as p
 from plasma._client_core.fast_path import pin_from_directory
-from plasma.directory import ORDERED_MEMORY, DirectoryReader, Found, PinTable
+from plasma._client_core.inbox import Inbox
+from plasma._client_core.outbox import IDS_PER_FRAME, Outbox, chunks
+from plasma._client_core.refs import (
+    RELEASE_DELAY,
+    RELEASE_DELAY_BYTES,
+    RELEASE_DELAY_SHARE,
+    Refs,
+    Views,
+)
+from plasma._client_core.segment_maps import SegmentMaps
+from plasma.directory import DirectoryReader
 from plasma.errors import BadRequest, Disconnected, PlasmaError, error_for
 from plasma.ids import ID_SIZE, ObjectID, as_id_bytes
-from plasma.linux.memfd import map_segment, populate_range
 
 ObjectRef = ObjectID | bytes
 
-# replies such as a full List can be large; requests are capped by the coordinator
-REPLY_MAX_FRAME = 1 << 30
 RECV_SIZE = 256 * 1024
 # Objects up to ARENA_OBJECT_LIMIT bytes (data + metadata) are written into a range of a
 # segment the client reserved in advance (its arena): ARENA_SIZE at least, room for
@@ -54,31 +67,11 @@ RECV_SIZE = 256 * 1024
 ARENA_SIZE = 1 << 20
 ARENA_OBJECTS = 16
 ARENA_OBJECT_LIMIT = 1 << 20
-# Released objects whose reference a client keeps, so getting them again needs no round trip
-# (as Arrow Plasma's release_delay); dropped on flush(), close() and when revoked by a delete.
-# At most RELEASE_DELAY objects and RELEASE_DELAY_BYTES bytes (and 1/32 of the store), so
-# that a client never keeps much memory from eviction; all of it goes back when the
-# coordinator, short of memory, sends Reclaim.
-RELEASE_DELAY = 64
-RELEASE_DELAY_BYTES = 64 << 20
-RELEASE_DELAY_SHARE = 32
 # A get served without a request (through the directory, or of an object the client holds)
 # looks at the socket for a hang-up (one poll(2)) at most this often: a client serves
 # nothing more later than this after its coordinator hung up (a request learns at once).
 HANGUP_CHECK_INTERVAL = 0.001
 _monotonic = time.monotonic  # (the vDSO's clock: no syscall)
-MAX_DEFERRED_ERRORS = 64  # kept one by one; beyond, only counted
-MAX_ARENA_SEALS = 4096  # SealArenas remembered until answered (an older one's failure is missed)
-# ids per request frame: 20 bytes plus MessagePack framing each, well under the default
-# 1 MiB frame limit of the coordinator and its MAX_IDS_PER_REQUEST
-IDS_PER_FRAME = 16384
-
-
-# A segment first received to write into is mapped with its page tables filled in, so a put
-# writes at memcpy speed; one received to read from is mapped lazily (a reader of one object
-# need not pay for the whole segment), and a large object created in it later has just its
-# own range populated.
-POPULATE_OBJECT_MIN = 1 << 20
 
 
 # Where an object goes: a node, "interleave" (pages across every node), a list of nodes to
@@ -152,34 +145,6 @@ Action = Call | Send | str
 Op = Generator[Action, Any, Any]
 
 
-# Requests the clients build only from values checked already (ids through as_id_bytes,
-# timeouts through check_timeout, arena offsets they were granted): sent as they are. Every
-# other request is checked against the coordinator's bounds before it leaves, so a bad
-# argument is a BadRequest here instead of a connection the coordinator closes.
-_TRUSTED = frozenset({p.Get, p.Contains, p.Sync, p.Seal, p.Release, p.SealArena, p.ReturnArena})
-_REQUEST_DECODER = msgspec.msgpack.Decoder(p.Request)
-
-
-def checked_frame(msg: msgspec.Struct) -> bytes:
-    """The frame of ``msg`` if the coordinator will accept its fields (decoded back from the
-    frame itself, so nothing is encoded twice); else BadRequest naming the field."""
-    frame = p.encode(msg)
-    if type(msg) in _TRUSTED:
-        return frame
-    try:
-        _REQUEST_DECODER.decode(memoryview(frame)[p.HEADER.size :])
-    except msgspec.ValidationError as exc:
-        fields = ("tag", *msg.__struct_fields__)  # array-like: the tag is element 0
-
-        def name(m: re.Match[str]) -> str:
-            i = int(m.group(1))
-            return fields[i] if i < len(fields) else m.group(0)
-
-        text = re.sub(r"\$\[(\d+)\]", name, str(exc), count=1)
-        raise BadRequest(f"{type(msg).__name__}: {text}") from None
-    return frame
-
-
 def check_timeout(timeout: float | None) -> float | None:
     """``timeout`` if it is None or finite seconds >= 0; else BadRequest (a ValueError)."""
     if timeout is not None and not (math.isfinite(timeout) and timeout >= 0):
@@ -187,61 +152,11 @@ def check_timeout(timeout: float | None) -> float | None:
     return timeout
 
 
-_WRITE_REPLIES = (p.Created, p.ArenaGranted)
-# replies that are only handed to their caller: nothing to map, queue or answer
-_PLAIN_REPLIES = frozenset(
-    kind
-    for kind in get_args(p.Reply)
-    if not {"segments", "tables"} & set(kind.__struct_fields__)
-    and kind not in (p.Notification, p.RunRequest, p.Revoked, p.Reclaim, p.SegmentsDropped)
-)
-
-
-def _size(loc: p.ObjectLocation) -> int:
-    return loc.data_size + loc.metadata_size
-
-
-def chunks(ids: list[bytes]) -> Iterator[list[bytes]]:
-    """``ids`` in pieces of at most ``IDS_PER_FRAME``."""
-    for start in range(0, len(ids), IDS_PER_FRAME):
-        yield ids[start : start + IDS_PER_FRAME]
-
-
 def _id_list(object_ids: ObjectRef | Iterable[ObjectRef]) -> tuple[list[bytes], bool]:
     """The ids as bytes, and whether a single id (not a sequence) was given."""
     if isinstance(object_ids, (ObjectID, bytes)):
         return [as_id_bytes(object_ids)], True
     return [as_id_bytes(o) for o in object_ids], False
-
-
-@dataclass(slots=True)
-class _Held:
-    """An object this client holds one reference to: a coordinator reference, or a pin
-    (``pin`` >= 0, its pin-table entry; ``found`` the directory read it was taken on)."""
-
-    loc: p.ObjectLocation
-    views: int = 1
-    revoked: bool = False
-    pin: int = -1
-    found: Found | None = None
-
-
-def _keep_until_called(*kept: object) -> None:
-    """A finalizer that does nothing: its arguments live as long as what it watches."""
-
-
-@dataclass(slots=True)
-class _Creation:
-    """An object this client made with ``create``, whose creator reference it still holds:
-    released once the object is sealed and no view of its buffer is left."""
-
-    buffer_alive: bool = True
-    sealed: bool = False
-
-
-# Ids whose creator reference went with its buffer, remembered (the newest ones) so that an
-# explicit release of one afterwards is not a second release.
-MAX_AUTO_RELEASED = 1 << 16
 
 
 # Cores of this process, told when it forks: the child must not touch the parent's pins.
@@ -322,26 +237,14 @@ class ClientCore:
         # a driver that runs several operations at once (the trio client) is asked to hold
         # the arena (EXCLUSIVE) around operations that write into it
         self.concurrent = concurrent
+        self.outbox = Outbox(self._nobodys)
+        self.next_seq: Callable[[], int] = self.outbox.next_seq
         # threads that fill a large object (see plasma.parallel_copy); BadRequest if invalid
         self.copy_threads = parallel_copy.copy_threads(copy_threads)
         self.node_cpus: dict[int, list[int]] = {}  # each node's CPUs (Connected.nodes)
-        self.decoder = p.FrameDecoder(p.Reply, REPLY_MAX_FRAME)
         self.info: p.Connected | None = None
         self.alignment = 64  # what the coordinator aligns objects to (Connected.alignment)
-        self.maps: dict[int, mmap.mmap] = {}
-        self.notifications: collections.deque[p.Notification] = collections.deque()
-        self.run_requests: collections.deque[p.RunRequest] = collections.deque()
-        self.deferred_errors: list[PlasmaError] = []
-        self.deferred_dropped = 0
         self.arena: Arena | None = None
-        self.prefetched: dict[bytes, list[p.ObjectLocation]] = {}
-        # objects we hold one reference to: with live views (held) or recently released
-        # (cache, oldest first, at most release_delay; revoked when someone deletes them)
-        self.held: dict[bytes, _Held] = {}
-        self.cache: dict[bytes, _Held] = {}
-        self.cache_bytes = 0
-        self.cache_limit = RELEASE_DELAY_BYTES  # lowered by connected() for small stores
-        self.release_delay = release_delay
         # why the connection is gone (the coordinator's last word, or Disconnected): once
         # set, every call raises it, gets the directory could serve included
         self.fatal: PlasmaError | None = None
@@ -349,84 +252,34 @@ class ClientCore:
         self._socket_fd = -1
         self._poller = select.poll()
         self.next_hangup_check = 0.0  # (time.monotonic()) when a directory get looks again
-        self.reclaim_requested = False  # a Reclaim arrived: answer with reclaim_messages()
         self._held_lock = threading.RLock()  # finalizers may run on any thread
+        self.maps = SegmentMaps(self._held_lock)
+        self.refs = Refs(self._held_lock, self.outbox, self.maps, release_delay)
+        self.inbox = Inbox(self.outbox, self.maps, self.refs, self._arena_failed)
+        # what the drivers read of the inbox: pushed messages kept, errors to raise
+        self.notifications = self.inbox.notifications
+        self.run_requests = self.inbox.run_requests
+        self.deferred_errors = self.inbox.deferred_errors
         # one receive buffer for the connection's life: a fresh 256 KiB bytes object per recv
         # would cost an mmap/munmap and page faults on every reply
         self.recv_view = memoryview(bytearray(RECV_SIZE))
-        self._fds: collections.deque[int] = collections.deque()
-        self._lazy: set[int] = set()  # segments mapped without MAP_POPULATE
-        # a descriptor of each mapped segment (read-only where our uid may only read) and its
-        # page size: what a writable get maps privately (copy-on-write) from
-        self._segment_fds: dict[int, tuple[int, int]] = {}
-        self._releases: collections.deque[bytes] = collections.deque()  # appended by finalizers
-        # the arrays behind live views: id of a weak reference -> (it, the object's id)
-        self._owners: dict[int, tuple[weakref.ref[np.ndarray], bytes]] = {}
-        # objects created here whose creator reference is still held, the arrays behind
-        # their create buffers, and the ids whose creator reference went with its buffer
-        self._creations: dict[bytes, _Creation] = {}
-        self._create_owners: dict[int, tuple[weakref.ref[np.ndarray], bytes, _Creation]] = {}
-        self._auto_released: dict[bytes, None] = {}
-        # requests whose caller went away (a cancelled trio task): seq -> the request, so the
-        # references or objects its reply brings are handed back
-        self._abandoned: dict[int, msgspec.Struct] = {}
-        # what hands back the objects and arenas made for them (Abort, ReturnArena)
-        self._cleanup: collections.deque[p.Abort | p.ReturnArena] = collections.deque()
-        # SealArena messages whose answer may still come (they are sent without waiting):
-        # seq -> arena grant, oldest first; a later reply means every earlier one was handled
-        self._arena_seals: dict[int, int] = {}
-        self._seq = 0
-        self._seq_lock = threading.Lock()
-        # reads without requests: the directory (read-only) and this client's pin table
-        self.reader: DirectoryReader | None = None
-        self.pins: PinTable | None = None
-        self._table_maps: list[mmap.mmap] = []  # directory and access bytes
-        self._pin_map: mmap.mmap | None = None
-        self._unpins: collections.deque[bytes] = collections.deque()  # hints: pins let go
-        # the directory we map was superseded: ask for the current one (naming ours by its
-        # token) with the next frames, once; _tables_asked until the answer comes
-        self._tables_wanted = 0
-        self._tables_asked = False
         self.pid = os.getpid()
         self.forked_from: int | None = None  # set in a forked child: this client is not its
         _CORES.add(self)
 
     # ---------------------------------------------------------------- outgoing
 
-    def next_seq(self) -> int:
-        with self._seq_lock:
-            self._seq += 1
-            return self._seq
-
     def frames(self, *msgs: msgspec.Struct) -> bytes:
-        """Encoded frames for ``msgs``, preceded by Releases for views that died meanwhile.
+        """Encoded frames for ``msgs``, preceded by what is queued (see :class:`Outbox`)."""
+        return self.outbox.frames(*msgs)
 
-        Raises BadRequest, taking nothing, when a message is out of the coordinator's bounds.
-        """
-        if len(msgs) == 1 and not (
-            self._releases or self._cleanup or self._unpins or self._tables_wanted
-        ):
-            return checked_frame(msgs[0])  # the common case
-        encoded = [checked_frame(m) for m in msgs]
-        out = []
-        releases = self._releases
-        while releases:
-            ids = [releases.popleft() for _ in range(min(len(releases), IDS_PER_FRAME))]
-            out.append(p.encode(p.Release(seq=self.next_seq(), ids=ids, ack=False)))
-        unpins = self._unpins
-        while unpins:
-            ids = [unpins.popleft() for _ in range(min(len(unpins), IDS_PER_FRAME))]
-            out.append(p.encode(p.Unpin(seq=self.next_seq(), ids=ids)))
-        if self._tables_wanted:
-            out.append(p.encode(p.Tables(seq=self.next_seq(), have=self._tables_wanted)))
-            self._tables_wanted = 0
-        while self._cleanup:
-            msg = self._cleanup.popleft()
-            msg.seq = self.next_seq()
-            self._abandoned[msg.seq] = msg  # its answer, if any, concerns nobody
-            out.append(p.encode(msg))
-        out += encoded
-        return b"".join(out)
+    def _nobodys(self, msg: p.Abort | p.ReturnArena) -> None:
+        self.inbox.nobodys(msg)
+
+    @property
+    def reclaim_requested(self) -> bool:
+        """A Reclaim arrived: answer with :meth:`reclaim_messages`."""
+        return self.inbox.reclaim_requested
 
     def connect_request(self, client_name: str, cpus: list[int]) -> p.Connect:
         return p.Connect(
@@ -441,7 +294,7 @@ class ClientCore:
         self.info = reply
         self.alignment = reply.alignment
         self.node_cpus = {node.id: node.cpus for node in reply.nodes}
-        self.cache_limit = min(RELEASE_DELAY_BYTES, reply.capacity // RELEASE_DELAY_SHARE)
+        self.refs.cache_limit = min(RELEASE_DELAY_BYTES, reply.capacity // RELEASE_DELAY_SHARE)
 
     def align(self, n: int) -> int:
         """``n`` rounded up to the coordinator's alignment."""
@@ -451,8 +304,8 @@ class ClientCore:
     def reclaim_messages(self) -> list[msgspec.Struct]:
         """The answer to a Reclaim: every cached reference is released (with the next frames)
         and the arena given back; the next small put asks for a new one."""
-        self.reclaim_requested = False
-        self.drop_cache()
+        self.inbox.reclaim_requested = False
+        self.refs.drop_cache()
         arena, self.arena = self.arena, None
         if arena is None:
             return []
@@ -460,33 +313,21 @@ class ClientCore:
 
     def closing_frames(self) -> bytes:
         """What to send before closing: the releases still queued (cached ones included)."""
-        self.drop_cache()
-        queued = self._releases or self._cleanup or self._unpins or self._tables_wanted
-        return self.frames() if queued else b""
+        self.refs.drop_cache()
+        return self.outbox.frames() if self.outbox.queued() else b""
 
     def abandon(self, msg: msgspec.Struct) -> None:
         """The caller of ``msg`` will not read its reply: give back what the reply brings."""
-        if isinstance(msg, (p.Get, p.Create, p.CreateMany, p.Arena)):
-            self._abandoned[msg.seq] = msg
-
-    def take_deferred_error(self) -> PlasmaError | None:
-        """An error of an earlier request sent without waiting, to raise now (the count of
-        those beyond ``MAX_DEFERRED_ERRORS`` comes with the last one kept)."""
-        if not self.deferred_errors:
-            return None
-        err = self.deferred_errors.pop(0)
-        if not self.deferred_errors and self.deferred_dropped:
-            err = type(err)(f"{err.message} (and {self.deferred_dropped} more errors)")
-            self.deferred_dropped = 0
-        return err
+        self.inbox.abandon(msg)
 
     def forked(self) -> None:
         """This process is a fork of the one that connected: never touch the connection or
         the pins again (they are the parent's); every call raises."""
         self.forked_from = self.pid
+        self.refs.forked = True
         self.pid = os.getpid()
-        self.reader = None
-        self.pins = None
+        self.maps.reader = None
+        self.maps.pins = None
 
     def check_process(self) -> None:
         """Raise in a forked child: the connection and its pins belong to the parent."""
@@ -526,7 +367,7 @@ class ClientCore:
         with self._held_lock:
             if self.fatal is None:
                 self.fatal = exc
-            self.reader = None  # (the pin table stays: views that die still unpin)
+            self.maps.reader = None  # (the pin table stays: views that die still unpin)
 
     def gone(self) -> bool:
         """:meth:`hung_up`, for what is served without a request: it looks at the socket at
@@ -549,166 +390,34 @@ class ClientCore:
         self.check_process()
         if self.fatal is not None:
             raise type(self.fatal)(self.fatal.message)
-        err = self.take_deferred_error()
+        err = self.inbox.take_deferred_error()
         if err is not None:
             raise err
 
     # ---------------------------------------------------------------- incoming
 
     def feed(self, data: bytes | memoryview, fds: list[int]) -> list[Any]:
-        """Decode received bytes; returns replies to requests (pushes are queued here)."""
-        if fds:
-            self._fds.extend(fds)
-        replies = []
-        for msg in self.decoder.feed_messages(data):
-            if self._arena_seals and msg.seq:
-                self._arena_sealed(msg)
-            if type(msg) in _PLAIN_REPLIES:
-                replies.append(msg)
-                continue
-            segments = getattr(msg, "segments", None)
-            if segments:
-                self._map_segments(segments, for_writing=isinstance(msg, _WRITE_REPLIES))
-            tables = getattr(msg, "tables", None)
-            if tables is not None:  # Connected, TablesMoved: their fds come first
-                self._map_tables(tables)
-            if isinstance(msg, p.TablesMoved):
-                self._tables_asked = False
-            if isinstance(msg, p.Notification):
-                if msg.location is not None:
-                    self.prefetched.setdefault(msg.id, []).append(msg.location)
-                self.notifications.append(msg)
-            elif isinstance(msg, p.RunRequest):
-                self.run_requests.append(msg)
-            elif isinstance(msg, p.Revoked):
-                self.revoke(msg.ids)
-            elif isinstance(msg, p.Reclaim):
-                self.reclaim_requested = True
-            elif isinstance(msg, p.SegmentsDropped):
-                self._unmap(msg.ids)
-            else:
-                replies.append(msg)
-        return replies
+        """Decode received bytes; returns replies to requests (see :class:`Inbox`)."""
+        return self.inbox.feed(data, fds)
 
-    def _arena_sealed(self, reply: Any) -> None:
-        """Forget the SealArenas answered by now; one that failed drops its arena (given
-        back with the next frames): what the store and this client think of it may differ,
-        so write there no more."""
-        seals = self._arena_seals
-        if isinstance(reply, p.Error) and reply.seq in seals:
-            grant = seals[reply.seq]
-            if self.arena is not None and self.arena.grant == grant:
-                self.arena = None
-                self._cleanup.append(p.ReturnArena(seq=0, grant=grant))
-        while seals and next(iter(seals)) <= reply.seq:
-            del seals[next(iter(seals))]
-
-    def _unmap(self, segments: list[int]) -> None:
-        """The coordinator dropped these segments: unmap them (no view can be left: views
-        hold references, and a segment with a referenced object is not dropped)."""
-        for segment in segments:
-            mm = self.maps.pop(segment, None)
-            self._lazy.discard(segment)
-            self._close_segment_fd(segment)
-            if mm is not None:
-                with contextlib.suppress(BufferError):  # (then unmapped when the view goes)
-                    mm.close()
-
-    def _close_segment_fd(self, segment: int) -> None:
-        kept = self._segment_fds.pop(segment, None)
-        if kept is not None:
-            with contextlib.suppress(OSError):
-                os.close(kept[0])
+    def _arena_failed(self, grant: int) -> None:
+        """A SealArena of ``grant`` failed: drop that arena, given back with the next frames."""
+        if self.arena is not None and self.arena.grant == grant:
+            self.arena = None
+            self.outbox.cleanup.append(p.ReturnArena(seq=0, grant=grant))
 
     def next_notification(self) -> p.Notification:
-        """The oldest notification received; PlasmaError when it says the subscription ended
-        because this client fell behind."""
-        note = self.notifications.popleft()
-        if note.kind == "overflow":
-            raise PlasmaError(
-                f"the subscription ended: {note.data_size} bytes of notifications were left "
-                "unread (read them faster, or subscribe again)"
-            )
-        return note
+        """See :meth:`Inbox.next_notification`."""
+        return self.inbox.next_notification()
 
     def unexpected(self, reply: Any) -> None:
-        """A reply nobody waits for: an Error of a request sent without waiting, or (``seq``
-        0) the coordinator's reason for closing the connection, or the reply to an abandoned
-        request, whose references and objects go back."""
-        abandoned = self._abandoned.pop(reply.seq, None) if reply.seq else None
-        if abandoned is not None:
-            self._give_back(abandoned, reply)
-        elif isinstance(reply, p.Error):
-            err = error_for(reply.code, reply.message)
-            if reply.seq == 0:  # (its reason beats a hang-up seen on the socket before)
-                if isinstance(self.fatal, Disconnected):
-                    self.fatal = None
-                self.disconnected(err)
-            elif len(self.deferred_errors) < MAX_DEFERRED_ERRORS:
-                self.deferred_errors.append(err)
-            else:
-                self.deferred_dropped += 1
-
-    def _give_back(self, request: Any, reply: Any) -> None:
-        if isinstance(reply, p.Got):
-            for oid, result in zip(request.ids, reply.results, strict=True):
-                if isinstance(result, p.ObjectLocation):
-                    self._releases.append(oid)
-        elif isinstance(reply, p.Created):  # queued as aborts of the objects made for nobody
-            ids = [request.id] if isinstance(request, p.Create) else [i.id for i in request.items]
-            self._cleanup.extend(p.Abort(seq=0, id=oid) for oid in ids)
-        elif isinstance(reply, p.ArenaGranted):  # an arena granted to nobody
-            self._cleanup.append(p.ReturnArena(seq=0, grant=reply.grant))
-
-    def _map_segments(self, segments: list[p.SegmentInfo], *, for_writing: bool) -> None:
-        """Map each segment from its fd: read-only where the coordinator sent a read-only fd
-        (this client's uid may only read)."""
-        for info in segments:
-            if not self._fds:
-                raise PlasmaError(f"segment {info.id} arrived without its file descriptor")
-            fd = self._fds.popleft()
-            self._close_segment_fd(info.id)
-            with contextlib.suppress(OSError):  # (none: a writable get copies instead)
-                self._segment_fds[info.id] = (os.dup(fd), info.page_size)
-            self.maps[info.id] = map_segment(
-                fd, info.size, writable=info.writable, populate=for_writing
-            )
-            if not for_writing:
-                self._lazy.add(info.id)
-
-    def _map_tables(self, tables: p.TablesInfo) -> None:
-        """Map the directory (and access bytes, and the pin table when sent) from their fds,
-        replacing the directory mapped before. One that cannot be read leaves this client
-        reading through requests."""
-        sizes = [tables.directory_size, tables.access_size, tables.pin_size]
-        if len(self._fds) < sum(1 for s in sizes if s):
-            raise PlasmaError("the directory arrived without its file descriptors")
-        maps = [
-            map_segment(self._fds.popleft(), size, writable=i > 0, populate=i == 2)
-            if size
-            else None
-            for i, size in enumerate(sizes)
-        ]
-        directory, access, pins = maps
-        assert directory is not None
-        self._install_tables(directory, access, pins)
-
-    def _install_tables(self, directory: Any, access: Any, pins: Any) -> None:
-        """Read through ``directory`` (and ``access``, ``pins`` when given) from now on."""
-        try:
-            reader = DirectoryReader(directory, access) if ORDERED_MEMORY else None
-        except ValueError:  # a layout this client does not know: requests it is
-            reader = None
-        with self._held_lock:  # (no other thread is in the middle of a fast get)
-            old = self._table_maps
-            self.reader = reader
-            self._table_maps = [m for m in (directory, access) if m is not None]
-            for mm in old:
-                with contextlib.suppress(BufferError):
-                    mm.close()
-            if pins is not None:
-                self._pin_map = pins
-                self.pins = PinTable(pins)
+        """A reply nobody waits for (see :meth:`Inbox.unexpected`); the coordinator's reason
+        for closing the connection beats a hang-up seen on the socket before."""
+        err = self.inbox.unexpected(reply)
+        if err is not None:
+            if isinstance(self.fatal, Disconnected):
+                self.fatal = None
+            self.disconnected(err)
 
     def get_pinned(
         self, object_ids: Any, timeout: float | None, with_metadata: bool, writable: bool = False
@@ -717,7 +426,7 @@ class ClientCore:
         no operation to drive); None otherwise (run :meth:`get`, which raises if the
         connection is gone). The fast path of both clients' ``get``."""
         # (inlined gone(): between looks, one read of the clock; fatal empties the reader)
-        if self.reader is None or (_monotonic() >= self.next_hangup_check and self._look()):
+        if self.maps.reader is None or (_monotonic() >= self.next_hangup_check and self._look()):
             return None  # (get raises it)
         kind = type(object_ids)
         if kind is ObjectID:
@@ -726,7 +435,8 @@ class ClientCore:
             oid = object_ids
         else:
             return None
-        if oid in self.held or oid in self.cache:
+        refs = self.refs
+        if oid in refs.held or oid in refs.cache:
             return None  # served by reuse, after taking in revocations
         check_timeout(timeout)
         views = self.take_pinned(oid)
@@ -742,51 +452,28 @@ class ClientCore:
         when the directory cannot serve it (ask the coordinator). The lock keeps another
         thread from replacing the directory's maps meanwhile."""
         with self._held_lock:
-            reader, pins = self.reader, self.pins
+            reader, pins = self.maps.reader, self.maps.pins
             if reader is None or pins is None:
                 return None
-            if oid in self.held or oid in self.cache:
+            refs = self.refs
+            if oid in refs.held or oid in refs.cache:
                 return None  # held already (another thread got it meanwhile): reuse that one
             info = self.info
             node = info.node if info is not None else None
-            pinned = pin_from_directory(reader, pins, self.maps, oid, node)
+            pinned = pin_from_directory(reader, pins, self.maps.segments, oid, node)
             if pinned is None:
                 self._check_superseded(reader)
                 return None
             found, index = pinned
-            self.held[oid] = _Held(found.location, pin=index, found=found)
-            return self._views(oid, found.location)
+            return refs.pinned(oid, found, index)
 
     def _check_superseded(self, reader: DirectoryReader) -> None:
         """Ask for the current directory (once) when ``reader``'s was replaced."""
-        if not self._tables_asked and reader.superseded:
-            self._tables_asked = True
-            self._tables_wanted = reader.token
-
-    def _let_go(self, oid: bytes, held: _Held) -> None:
-        """Give up the reference ``held`` stands for: clear its pin (telling the coordinator
-        when the object is dying, so its delete finishes now), or release it."""
-        if held.pin < 0:
-            self._releases.append(oid)
-            return
-        pins, reader = self.pins, self.reader
-        if pins is None:  # forked child: the pin table is the parent's
-            return
-        pins.unpin(held.pin)
-        if held.found is not None and reader is not None and reader.dying(held.found):
-            self._unpins.append(oid)
+        token = self.maps.superseded(reader)
+        if token:
+            self.outbox.tables_wanted = token
 
     # ---------------------------------------------------------------- views
-
-    def write_object(self, loc: p.ObjectLocation, metadata: bytes) -> memoryview:
-        """The writable data view of a created object, its metadata already in place."""
-        mm = self.maps[loc.segment]
-        if loc.segment in self._lazy and loc.data_size >= POPULATE_OBJECT_MIN:
-            populate_range(mm, loc.offset, loc.data_size)
-        if metadata:
-            start = loc.offset + loc.data_size
-            mm[start : start + len(metadata)] = metadata
-        return memoryview(mm)[loc.offset : loc.offset + loc.data_size]
 
     def copier(self, loc: p.ObjectLocation) -> serialization.Copy:
         """How to fill a created object: in ``copy_threads`` threads on its node's CPUs."""
@@ -794,124 +481,23 @@ class ClientCore:
             parallel_copy.copy, threads=self.copy_threads, cpus=self.node_cpus.get(loc.node, ())
         )
 
-    def readable(self, oid: bytes, loc: p.ObjectLocation) -> tuple[memoryview, memoryview]:
-        """Read-only (data, metadata) views of an object for which the coordinator gave us a
-        reference. While views of it are alive the client holds exactly one reference: a
-        second reference (from a concurrent get) is handed back at once.
-        """
-        with self._held_lock:
-            held = self.held.get(oid)
-            if held is None:
-                self.held[oid] = _Held(loc)
-            else:
-                held.views += 1
-                self._releases.append(oid)
-            return self._views(oid, loc)
-
-    def reuse(self, oid: bytes) -> tuple[memoryview, memoryview] | None:
-        """Views of an object this client holds (in use or recently released and cached),
-        with no round trip; else None."""
-        with self._held_lock:
-            held = self.held.get(oid)
-            if held is None:
-                held = self.cache.pop(oid, None)
-                if held is None:
-                    return None
-                self.cache_bytes -= _size(held.loc)
-                self.held[oid] = held
-            elif held.revoked:
-                return None
-            held.views += 1
-            return self._views(oid, held.loc)
+    def holds_creator_reference(self, object_id: ObjectRef) -> bool:
+        """See :meth:`Refs.holds_creator_reference`."""
+        return self.refs.holds_creator_reference(as_id_bytes(object_id))
 
     def start_get(self, ids: list[bytes]) -> PendingGet:
         """A get of ``ids`` with the objects this client holds already filled in."""
-        return PendingGet(self, ids, [self.reuse(oid) for oid in ids])
-
-    def take_prefetched(self, ids: list[bytes]) -> list[p.ObjectLocation | str] | None:
-        """Locations handed over by a with_locations subscription (a reference each), when
-        there is one for every id: no round trip needed."""
-        prefetched = self.prefetched
-        if not prefetched or any(not prefetched.get(oid) for oid in ids):
-            return None
-        locations: list[p.ObjectLocation | str] = []
-        for oid in ids:
-            locations.append(prefetched[oid].pop())
-            if not prefetched[oid]:
-                del prefetched[oid]
-        return locations
-
-    def revoke(self, ids: list[bytes]) -> None:
-        """The coordinator waits for our references to these to delete them."""
-        with self._held_lock:
-            for oid in ids:
-                held = self.cache.pop(oid, None)
-                if held is not None:
-                    self.cache_bytes -= _size(held.loc)
-                    self._let_go(oid, held)
-                elif oid in self.held:
-                    self.held[oid].revoked = True
-
-    def drop_cache(self) -> None:
-        """Release every cached (unused) reference with the next message."""
-        with self._held_lock:
-            for oid, held in self.cache.items():
-                self._let_go(oid, held)
-            self.cache.clear()
-            self.cache_bytes = 0
-
-    def _views(self, oid: bytes, loc: p.ObjectLocation) -> tuple[memoryview, memoryview]:
-        total = loc.data_size + loc.metadata_size
-        owner = np.frombuffer(
-            self.maps[loc.segment], np.uint8, count=max(total, 1), offset=loc.offset
-        )
-        owner.flags.writeable = False
-        # when ``owner`` dies, the weak reference calls back (on whatever thread collects it)
-        ref = weakref.ref(owner, self._owner_died)
-        self._owners[id(ref)] = (ref, oid)
-        view = owner.data  # a memoryview that keeps ``owner`` alive
-        return view[: loc.data_size], view[loc.data_size : total]
-
-    def private_view(self, oid: bytes, data: memoryview) -> memoryview:
-        """A writable copy-on-write view of the data of object ``oid``, of which ``data`` is
-        the read-only view a get returned: a private mapping (MAP_PRIVATE, PROT_READ |
-        PROT_WRITE) of the pages covering it, from the segment's descriptor (allowed on a
-        read-only one too). Writes go to pages of this process only: the store's bytes never
-        change. Pages not written yet are the segment's, so the object must not go: the view
-        keeps ``data`` (and with it this client's reference) alive until it dies. Where no
-        private mapping can be made (no descriptor, hugepages short), a copy."""
-        size = len(data)
-        with self._held_lock:
-            held = self.held.get(oid)
-            loc = held.loc if held is not None else None
-            kept = self._segment_fds.get(loc.segment) if loc is not None else None
-            if loc is None or kept is None:
-                return memoryview(bytearray(data))
-            fd, page = kept
-            start = loc.offset - loc.offset % page
-            try:
-                mm = mmap.mmap(
-                    fd,
-                    loc.offset - start + max(size, 1),
-                    mmap.MAP_PRIVATE,
-                    mmap.PROT_READ | mmap.PROT_WRITE,
-                    offset=start,
-                )
-            except OSError:
-                return memoryview(bytearray(data))
-        owner = np.frombuffer(mm, np.uint8, count=max(size, 1), offset=loc.offset - start)
-        weakref.finalize(owner, _keep_until_called, data)
-        return owner.data[:size]
+        return PendingGet(self, ids, [self.refs.reuse(oid) for oid in ids])
 
     def _writable(self, ids: list[bytes], results: list[Any], with_metadata: bool) -> list[Any]:
         """``results`` of a get of ``ids`` with each data view made a private writable one
-        (:meth:`private_view`); metadata stays read-only."""
+        (:meth:`Refs.private_view`); metadata stays read-only."""
         out: list[Any] = []
         for oid, got in zip(ids, results, strict=True):
             if with_metadata:
-                out.append((self.private_view(oid, got[0]), got[1]))
+                out.append((self.refs.private_view(oid, got[0]), got[1]))
             else:
-                out.append(self.private_view(oid, got))
+                out.append(self.refs.private_view(oid, got))
         return out
 
     def value(
@@ -921,55 +507,12 @@ class ClientCore:
         or with ``writable`` a copy-on-write one the caller may modify."""
         if not writable:
             return serialization.decode(data, meta)
-        private = self.private_view(as_id_bytes(object_id), data)
+        private = self.refs.private_view(as_id_bytes(object_id), data)
         return serialization.decode(private, meta, writable=True)
 
-    def _owner_died(self, ref: weakref.ref[np.ndarray]) -> None:
-        entry = self._owners.pop(id(ref), None)
-        if entry is not None:
-            self._drop_view(entry[1])
-
-    def _drop_view(self, oid: bytes) -> None:
-        """Finalizer of a view owner (any thread, any time): when the last view of an object
-        goes, keep its reference in the release-delay cache (releasing the oldest ones beyond
-        ``release_delay`` objects or ``cache_limit`` bytes) or release it."""
-        if self.forked_from is not None:
-            return  # a forked child's copies of the parent's views: not this process's
-        with self._held_lock:
-            held = self.held.get(oid)
-            if held is None:
-                return
-            held.views -= 1
-            if held.views:
-                return
-            del self.held[oid]
-            if held.revoked or not self.release_delay:
-                self._let_go(oid, held)
-                return
-            self.cache[oid] = held
-            self.cache_bytes += _size(held.loc)
-            cache = self.cache
-            while len(cache) > self.release_delay or self.cache_bytes > self.cache_limit:
-                oldest = next(iter(cache))
-                old = cache.pop(oldest)
-                self.cache_bytes -= _size(old.loc)
-                self._let_go(oldest, old)
-
     def close_maps(self) -> None:
-        self.reader = None
         self._socket_fd = -1  # (the socket is closed: its number may be reused)
-        self.pins = None
-        maps = [*self.maps.values(), *self._table_maps]
-        if self._pin_map is not None:
-            maps.append(self._pin_map)
-        for mm in maps:
-            with contextlib.suppress(BufferError):  # views still alive: unmapped when they go
-                mm.close()
-        for segment in list(self._segment_fds):
-            self._close_segment_fd(segment)
-        self.maps.clear()
-        self._table_maps = []
-        self._pin_map = None
+        self.maps.close()
 
     # ---------------------------------------------------------------- operations
     # Each is a generator the clients drive (see the module docstring); the public methods
@@ -984,60 +527,8 @@ class ClientCore:
         timeout: float | None = 0.0,
     ) -> Op:
         loc = yield from self._create(object_id, size, metadata, node, timeout)
-        self.write_object(loc, metadata).release()  # (populates, writes the metadata)
-        return self._create_buffer(as_id_bytes(object_id), loc)
-
-    def _create_buffer(self, oid: bytes, loc: p.ObjectLocation) -> memoryview:
-        """The writable buffer ``create`` returns: the creator reference follows it, as a
-        reader's follows its views. Once the object is sealed and no view of the buffer is
-        left, the reference is released (see :meth:`_sealed` and :meth:`release`)."""
-        owner = np.frombuffer(
-            self.maps[loc.segment], np.uint8, count=max(loc.data_size, 1), offset=loc.offset
-        )
-        creation = _Creation()
-        ref = weakref.ref(owner, self._create_buffer_died)
-        with self._held_lock:
-            self._creations[oid] = creation
-            self._auto_released.pop(oid, None)
-            self._create_owners[id(ref)] = (ref, oid, creation)
-        return owner.data[: loc.data_size]
-
-    def _create_buffer_died(self, ref: weakref.ref[np.ndarray]) -> None:
-        """Finalizer of a create buffer (any thread, any time)."""
-        entry = self._create_owners.pop(id(ref), None)
-        if entry is None or self.forked_from is not None:
-            return
-        _, oid, creation = entry
-        with self._held_lock:
-            creation.buffer_alive = False
-            if creation.sealed and self._creations.get(oid) is creation:
-                self._release_creator(oid)
-
-    def _sealed(self, oid: bytes) -> None:
-        """``oid`` was sealed (its Seal is sent): its creator reference goes now if no view
-        of its create buffer is left, else when the last one dies."""
-        with self._held_lock:
-            creation = self._creations.get(oid)
-            if creation is None or creation.sealed:
-                return
-            creation.sealed = True
-            if not creation.buffer_alive:
-                self._release_creator(oid)
-
-    def _release_creator(self, oid: bytes) -> None:
-        """Release the creator reference of ``oid`` with the next frames (after its Seal)."""
-        del self._creations[oid]
-        self._releases.append(oid)
-        released = self._auto_released
-        released[oid] = None
-        while len(released) > MAX_AUTO_RELEASED:
-            del released[next(iter(released))]
-
-    def holds_creator_reference(self, object_id: ObjectRef) -> bool:
-        """True while this client holds the creator reference of a sealed object it made
-        with ``create`` (its buffer still alive): what an explicit ``release`` drops."""
-        creation = self._creations.get(as_id_bytes(object_id))
-        return creation is not None and creation.sealed
+        self.maps.write_object(loc, metadata).release()  # (populates, writes the metadata)
+        return self.refs.create_buffer(as_id_bytes(object_id), loc)
 
     def _create(
         self,
@@ -1074,33 +565,21 @@ class ClientCore:
         msg = p.Seal(seq=self.next_seq(), ids=[oid], ack=wait)
         if not wait:
             yield Send((msg,))
-            self._sealed(oid)
+            self.refs.sealed(oid)
             return
         yield Call((msg,))
-        self._sealed(oid)
+        self.refs.sealed(oid)
         self.check_usable()  # an error of an earlier call sent without waiting
 
     def abort(self, object_id: ObjectRef) -> Op:
         oid = as_id_bytes(object_id)
         yield Call((p.Abort(seq=self.next_seq(), id=oid),))
-        with self._held_lock:  # (the object and the creator reference are gone)
-            self._creations.pop(oid, None)
+        self.refs.aborted(oid)
 
     def release(self, object_id: ObjectRef) -> Op:
         oid = as_id_bytes(object_id)
-        prefetched = self.prefetched.get(oid)
-        if prefetched:
-            prefetched.pop()
-            if not prefetched:
-                del self.prefetched[oid]
-        else:
-            with self._held_lock:
-                creation = self._creations.get(oid)
-                if creation is not None and creation.sealed:
-                    del self._creations[oid]  # released now: not again when the buffer goes
-                elif creation is None and oid in self._auto_released:
-                    del self._auto_released[oid]
-                    return  # released already, with its buffer
+        if not self.refs.release(oid):
+            return  # released already, with its buffer
         yield Send((p.Release(seq=self.next_seq(), ids=[oid], ack=False),))
 
     def create_and_seal(
@@ -1154,7 +633,7 @@ class ClientCore:
             reply = yield Call((*msgs, create))
             msgs = []
             for (_, data, meta), loc in zip(part, reply.locations, strict=True):
-                self.copier(loc)(self.write_object(loc, meta), data)
+                self.copier(loc)(self.maps.write_object(loc, meta), data)
             msgs += self._seal_and_release([oid for oid, _, _ in part])
         if msgs:
             yield Send(tuple(msgs))
@@ -1170,7 +649,7 @@ class ClientCore:
         msgs: list[msgspec.Struct] = []
         batch: list[p.ArenaObject] = []
         arena = self.arena
-        if arena is not None and (arena.node != node or arena.segment not in self.maps):
+        if arena is not None and (arena.node != node or arena.segment not in self.maps.segments):
             arena = None
         for oid, data, meta in items:
             dlen = data.data_size if isinstance(data, serialization.Encoded) else len(data)
@@ -1184,7 +663,7 @@ class ClientCore:
                 msgs = []
                 offset = arena.take(size)
                 assert offset is not None
-            write_payload(self.maps[arena.segment], offset, data, dlen, meta)
+            write_payload(self.maps.segments[arena.segment], offset, data, dlen, meta)
             batch.append(p.ArenaObject(oid, offset, dlen, len(meta)))
             if len(batch) == IDS_PER_FRAME:
                 msgs.append(self._seal_arena(arena, batch))
@@ -1198,10 +677,7 @@ class ClientCore:
         """The message registering ``objects`` written into ``arena``; should it fail, the
         arena is dropped (see :meth:`feed`): its bytes are no longer written."""
         seq = self.next_seq()
-        seals = self._arena_seals
-        seals[seq] = arena.grant
-        if len(seals) > MAX_ARENA_SEALS:
-            del seals[next(iter(seals))]
+        self.inbox.expect_seal(seq, arena.grant)
         return p.SealArena(seq, arena.grant, objects)
 
     def _new_arena(
@@ -1252,12 +728,12 @@ class ClientCore:
         check_timeout(timeout)
         if self.fatal is not None or (_monotonic() >= self.next_hangup_check and self._look()):
             self.check_connected()  # a dead store's directory and references serve nothing
-        if any(oid in self.held or oid in self.cache for oid in ids):
+        if any(self.refs.holds(oid) for oid in ids):
             yield POLL  # take in revocations already sent before serving locally
         get = self.start_get(ids)
         if get.missing:
-            locations = self.take_prefetched(get.missing)
-            if locations is None and self.reader is not None:
+            locations = self.refs.take_prefetched(get.missing)
+            if locations is None and self.maps.reader is not None:
                 get.serve(self.take_pinned)
             if locations is None and get.missing:
                 locations = []
@@ -1334,7 +810,7 @@ class ClientCore:
         yield Call((p.SubmitSample(self.next_seq(), task_id=task_id, sample=data, run_id=run_id),))
 
     def flush(self) -> Op:
-        self.drop_cache()
+        self.refs.drop_cache()
         yield Call((p.Sync(seq=self.next_seq()),))
         self.check_usable()
 
@@ -1379,14 +855,11 @@ class ClientCore:
             yield Send(tuple(seals))
             return oid
         loc = yield from self._create(oid, enc.data_size, enc.metadata, node, 0.0)
-        view = self.write_object(loc, enc.metadata)
+        view = self.maps.write_object(loc, enc.metadata)
         enc.write(view, self.copier(loc))
         view.release()
         yield Send(self._seal_and_release([oid.binary()]))
         return oid
-
-
-Views = tuple[memoryview, memoryview]
 
 
 class PendingGet:
@@ -1421,7 +894,7 @@ class PendingGet:
                     )
                     self._failure = error_for(loc, what)
             else:
-                self._views[i] = self._state.readable(self._ids[i], loc)
+                self._views[i] = self._state.refs.readable(self._ids[i], loc)
 
     def result(self, with_metadata: bool, *, raise_missing: bool) -> list[Any]:
         """Data views (or (data, metadata) pairs), None where unavailable; or raise for the

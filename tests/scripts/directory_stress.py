@@ -170,7 +170,9 @@ def _reader(index: int, params: Params, barrier: Any, stop: Any, queue: Any) -> 
     options = {"release_delay": 0} if index == 0 else {}
     reported_quota = reported_corrupt = False
     with plasma.connect(params.socket, f"stress-reader-{index}", **options) as client:
-        counts["fast_path"] = int(client._core.reader is not None and client._core.pins is not None)
+        counts["fast_path"] = int(
+            client._core.maps.reader is not None and client._core.maps.pins is not None
+        )
         barrier.wait()
         while not stop.is_set():
             if rng.random() < 0.5:

@@ -1,0 +1,134 @@
+"""The client core's segment maps alone: descriptors in, maps out, no coordinator."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import threading
+
+import pytest
+
+from plasma import protocol as p
+from plasma._client_core.segment_maps import SegmentMaps
+from plasma.errors import PlasmaError
+from plasma.linux import memfd
+
+PAGE = mmap.PAGESIZE
+
+
+def segment(id: int, *, writable: bool = True) -> tuple[p.SegmentInfo, int]:
+    fd = memfd.memfd_create(f"plasma-test-{id}")
+    os.ftruncate(fd, 4 * PAGE)
+    info = p.SegmentInfo(id=id, size=4 * PAGE, node=0, page_size=PAGE)
+    info.writable = writable
+    return info, fd
+
+
+def fd_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def test_each_segment_takes_the_next_descriptor_and_keeps_a_copy() -> None:
+    maps = SegmentMaps(threading.RLock())
+    (one, fd1), (two, fd2) = segment(1), segment(2, writable=False)
+    os.pwrite(fd2, b"second", 0)
+    maps.receive([fd1, fd2])
+    maps.map_segments([one, two], for_writing=False)
+    assert not maps.fds and set(maps.segments) == {1, 2}
+    assert maps.segments[2][:6] == b"second"
+    with pytest.raises(TypeError):  # read-only: mapped as it was sent
+        maps.segments[2][:1] = b"x"
+    assert maps.lazy == {1, 2}  # received to read: mapped lazily
+    assert {s: page for s, (_, page) in maps.segment_fds.items()} == {1: PAGE, 2: PAGE}
+    maps.close()
+    assert not maps.segments and not maps.segment_fds
+
+
+def test_a_segment_received_to_write_into_is_populated_and_writable() -> None:
+    maps = SegmentMaps(threading.RLock())
+    info, fd = segment(3)
+    maps.receive([fd])
+    maps.map_segments([info], for_writing=True)
+    assert 3 not in maps.lazy
+    where = p.ObjectLocation(segment=3, offset=PAGE, data_size=5, metadata_size=2, node=0)
+    view = maps.write_object(where, b"md")
+    view[:] = b"hello"
+    view.release()
+    assert maps.segments[3][PAGE : PAGE + 7] == b"hellomd"
+    maps.close()
+
+
+def test_a_segment_without_its_descriptor_is_refused() -> None:
+    maps = SegmentMaps(threading.RLock())
+    info, fd = segment(4)
+    os.close(fd)
+    with pytest.raises(PlasmaError, match="segment 4 arrived without its file descriptor"):
+        maps.map_segments([info], for_writing=False)
+    assert not maps.segments
+
+
+def test_a_descriptor_that_cannot_be_mapped_is_refused_and_closed() -> None:
+    maps = SegmentMaps(threading.RLock())
+    info, fd = segment(5)
+    os.close(fd)
+    read_end, write_end = os.pipe()  # not a segment: mmap(2) refuses it
+    maps.receive([read_end])
+    with pytest.raises(OSError):
+        maps.map_segments([info], for_writing=False)
+    assert 5 not in maps.segments and not fd_open(read_end)
+    os.close(write_end)
+    maps.close()
+
+
+def test_dropped_segments_are_unmapped_and_their_descriptors_closed() -> None:
+    maps = SegmentMaps(threading.RLock())
+    (one, fd1), (two, fd2) = segment(1), segment(2)
+    maps.receive([fd1, fd2])
+    maps.map_segments([one, two], for_writing=False)
+    kept = maps.segment_fds[1][0]
+    dropped = maps.segments[1]
+    maps.unmap([1, 99])  # (an unknown one: nothing to do)
+    assert set(maps.segments) == {2} and 1 not in maps.lazy and 1 not in maps.segment_fds
+    assert dropped.closed and not fd_open(kept)
+    maps.close()
+
+
+def test_a_segment_still_viewed_is_left_for_its_view_to_unmap() -> None:
+    maps = SegmentMaps(threading.RLock())
+    info, fd = segment(1)
+    maps.receive([fd])
+    maps.map_segments([info], for_writing=True)
+    view = memoryview(maps.segments[1])
+    maps.unmap([1])  # (no error: the view keeps it)
+    assert not maps.segments
+    view[:2] = b"ok"
+    view.release()
+
+
+def test_tables_without_their_descriptors_are_refused() -> None:
+    maps = SegmentMaps(threading.RLock())
+    tables = p.TablesInfo(directory_size=PAGE, access_size=PAGE, pin_size=0)
+    fd = memfd.memfd_create("plasma-test-dir")
+    maps.receive([fd])
+    with pytest.raises(PlasmaError, match="without its file descriptors"):
+        maps.map_tables(tables)
+    os.close(fd)
+
+
+def test_a_directory_it_cannot_read_leaves_requests_and_replaces_the_old_maps() -> None:
+    maps = SegmentMaps(threading.RLock())
+    first = [mmap.mmap(-1, PAGE), mmap.mmap(-1, PAGE)]
+    maps.install_tables(*first, mmap.mmap(-1, PAGE))
+    assert maps.reader is None  # zeros are no directory layout this client knows
+    assert maps.pins is not None and maps.table_maps == first
+    second = [mmap.mmap(-1, PAGE), mmap.mmap(-1, PAGE)]
+    pins = maps.pins
+    maps.install_tables(*second, None)
+    assert all(mm.closed for mm in first) and maps.table_maps == second
+    assert maps.pins is pins  # no new pin table sent: the one there stays
+    maps.close()
+    assert maps.pins is None and maps.pin_map is None and all(mm.closed for mm in second)
