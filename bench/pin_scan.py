@@ -199,14 +199,14 @@ def e2e_bench(
             writer.put(b"x" * 64, i)
         probe = plasma.client.connect(sock_path, "probe")
         probe.get(ids[0])  # maps the directory
-        reader = probe._core.reader
+        reader = probe._core.maps.reader
         gens = np.array([reader.lookup(i.binary()).generation for i in ids], dtype="<u8")
         rng = np.random.default_rng(1)
         for c in range(clients):
             client = plasma.client.connect(sock_path, f"reader{c}", release_delay=0)
             client.contains(ids[0])
             client.get(ids[1])  # maps the tables
-            words = np.frombuffer(client._core._pin_map, dtype="<u8")
+            words = np.frombuffer(client._core.maps.pin_map, dtype="<u8")
             table = rng.permutation(gens[1:])[:pins]
             if c == 0:
                 table[-1] = gens[0]  # reader 0 pins the object deleted next
