@@ -88,8 +88,9 @@ class ClockRing:
         reader pins (one pass over the pin tables per chunk of candidates: a walk usually
         ends within its first), ``on_pinned`` is told when a pinned one is passed over.
         ``copied`` True: only objects with a copy on disk; False: only those without one
-        and not being written. Objects whose pages move are never candidates. The ring must
-        not change during the walk; close the generator to end it."""
+        (one being written has none yet: the store walks for a batch only when none is being
+        written). Objects whose pages move are never candidates. The ring must not change
+        during the walk; close the generator to end it."""
         passed: list[bytes] = []
         second: list[Candidate] = []
         items = iter(self.ring.items())
@@ -101,9 +102,7 @@ class ClockRing:
                 for oid, rec in batch:
                     if rec.io is Io.MOVING:
                         continue
-                    if copied is not None and (
-                        (rec.spill is not None) is not copied or rec.io is Io.SPILLING
-                    ):
+                    if copied is not None and (rec.spill is not None) is not copied:
                         continue
                     slot = rec.slot
                     if slot >= 0 and access[slot]:
