@@ -223,7 +223,6 @@ class Store:
         self._mask = alignment - 1
         self._max_object_size = max_object_size
         self._max_waiters = max_waiters
-        self._max_waiting_ids = max_waiting_ids
         self._reclaim_wait = reclaim_wait
         self._nodes = {n: Node(n, b // page_size * page_size) for n, b in sorted(budgets.items())}
         capacity = sum(nd.budget for nd in self._nodes.values())
@@ -242,13 +241,12 @@ class Store:
         self._grants = 0  # arenas granted so far (each one's name)
         self._space_changed = False
         self._evictions = 0
-        # the directory, its access bytes (CLOCK's reference bits) and the pin tables
+        # the directory (and its access bytes, CLOCK's reference bits), the pin tables, and
+        # what waits for a scan of them
         self._grace = grace
         self._dir = Publisher(directory_memory or LocalDirectoryMemory(), directory_capacity)
         self._pins = PinScanner()
         self._dying = DyingSet(grace)  # what waits for a pin scan, and when to scan
-        # spilling: batches being written (file id -> objects), live objects and bytes of
-        # each spill file, restores under way (token -> object) and waiting for memory
         self._spill = SpillBook(spill, spill_threshold, spill_max, spill_max_objects)
         self._fallback = fallback
         self._fallback_files = fallback_files
@@ -256,13 +254,12 @@ class Store:
         self._fallback_segments = 0
         self._fallback_bytes = 0  # of the fallback files
         # memory of objects freed (or gone to disk) while it was being written to disk,
-        # moved or copied: (segment, offset, size, charges) freed when that I/O ends
-        self._after_io: dict[int, list[FreedRange]] = {}  # by the I/O's token
+        # moved or copied, by the token of that I/O: given back when it ends
+        self._after_io: dict[int, list[FreedRange]] = {}
         # page moves under way: token -> what to do when done (see _start_place)
         self._placing: dict[int, PlaceJob] = {}
         self._readers = follow_readers
-        # read-only copies on other nodes (replica id -> record; never in _objects), those
-        # whose object went (freed after their pin scan), and whether readers were told
+        # read-only copies on other nodes (replica id -> record; never in _objects)
         self._replicas: dict[bytes, ObjectRecord] = {}
         self._fallback_used = 0
 
