@@ -174,7 +174,7 @@ def charges_placed_in(store: Any, records: Iterable[Any]) -> collections.Counter
     want: collections.Counter[int] = collections.Counter()
     for rec in records:
         if rec.pages_on is not None:
-            want.update(store._charges(rec, rec.pages_on))
+            want.update(store._mem.charges(rec, rec.pages_on))
     for job in store._placing.values():
         if isinstance(job, RehomeJob):
             want.update(job.freed.charges)

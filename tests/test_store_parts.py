@@ -1,12 +1,16 @@
-"""The store's small parts alone (no Store): page arithmetic and what pages moved cost."""
+"""The store's small parts alone (no Store): page arithmetic, what pages moved cost, and
+the memory of the nodes (segments within budgets, fallback files)."""
 
 from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from plasma.store.moves import page_charges
-from plasma.store.pages import page_range, round_up
+from plasma.records import ObjectLocation
+from plasma.store.memory import Memory
+from plasma.store.objects import ObjectRecord
+from plasma.store.pages import page_charges, page_range, round_up
+from tests.helpers import FallbackProvider
 
 PAGE = 4096
 
@@ -42,3 +46,61 @@ def test_page_charges_add_up_to_the_pages_off_the_home_node(
     else:
         assert sum(charges.values()) <= length
     assert max(charges.values(), default=0) - min(charges.values(), default=0) <= PAGE
+
+
+def memory(budget: int = 4 * PAGE, **kw: object) -> tuple[Memory, list[int]]:
+    freed: list[int] = []
+    options: dict = {
+        "page_size": PAGE,
+        "segment_size": 2 * PAGE,
+        "alignment": 64,
+        "fallback": False,
+        "fallback_files": 1,
+        "fallback_max": None,
+    }
+    options.update(kw)
+    mem = Memory({0: budget, 1: budget}, FallbackProvider(), on_freed=freed.append, **options)
+    return mem, freed
+
+
+def test_memory_grows_segments_within_the_budget_and_drops_empty_ones_for_room() -> None:
+    mem, freed = memory()
+    nd = mem.nodes[0]
+    a = mem.take(nd, 2 * PAGE)  # one segment of 2 pages
+    b = mem.take(nd, 2 * PAGE)  # a second: the budget is full
+    assert a is not None and b is not None and a[0] is not b[0]
+    assert mem.take(nd, 64) is None and mem.used == 4 * PAGE == nd.used
+    assert mem.free_range(*a, 2 * PAGE) and mem.used == 2 * PAGE
+    big = mem.take(nd, 2 * PAGE + 64)  # needs 3 pages: the empty segment is given back first
+    assert big is None  # (2 pages free + 0 room: still too little)
+    assert mem.free_range(*b, 2 * PAGE)
+    big = mem.take(nd, 3 * PAGE)
+    assert big is not None and sorted(freed) == [a[0].id, b[0].id]
+    assert [s.size for s in nd.segments] == [3 * PAGE]  # (what it needs, past segment_size)
+
+
+def test_memory_falls_back_to_files_within_their_bounds() -> None:
+    mem, freed = memory(fallback=True, fallback_files=1, fallback_max=2 * PAGE)
+    nd = mem.nodes[0]
+    assert mem.take_fallback(nd, 3 * PAGE) is None and "at most 8192 bytes" in nd.shortage
+    placed = mem.take_fallback(nd, PAGE)
+    assert placed is not None and placed[0].fallback and mem.used == 0  # (outside the budget)
+    assert mem.take_fallback(nd, PAGE) is None and "all 1 fallback files" in nd.shortage
+    assert not mem.free_range(*placed, PAGE)  # no room within a budget ...
+    assert freed == [placed[0].id] and mem.fallback_segments == 0  # ... the file went
+    no_fallback, _ = memory()
+    assert no_fallback.take_fallback(no_fallback.nodes[0], PAGE) is None
+
+
+def test_memory_charges_pages_moved_to_other_nodes() -> None:
+    mem, _ = memory()
+    seg, offset = mem.take(mem.nodes[0], 2 * PAGE)  # type: ignore[misc]
+    rec = ObjectRecord(ObjectLocation(seg.id, offset, 2 * PAGE, 0, 0), 2 * PAGE, 1, 0.0)
+    assert mem.nodes_of(rec) == [0]
+    charges = mem.charges(rec, (0, 1))
+    assert charges == {1: PAGE}
+    mem.charge(charges, +1)
+    assert mem.nodes[1].placed_in == PAGE and mem.room_for_segments(mem.nodes[1]) == 3 * PAGE
+    mem.charge(charges, -1)
+    rec.pages_on = (0, 1)
+    assert mem.nodes_of(rec) == [0, 1] and mem.nodes[1].placed_in == 0

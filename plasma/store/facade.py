@@ -102,8 +102,8 @@ from plasma.store.events import (
 )
 from plasma.store.eviction import plan_room
 from plasma.store.holders import Held, count_held, holding_text
-from plasma.store.memory import Node, Segment, SegmentProvider
-from plasma.store.moves import CopyJob, FreedRange, MoveJob, PlaceJob, RehomeJob, page_charges
+from plasma.store.memory import Memory, Node, Segment, SegmentProvider
+from plasma.store.moves import CopyJob, FreedRange, MoveJob, PlaceJob, RehomeJob
 from plasma.store.objects import (
     GONE,
     IN_MEMORY,
@@ -216,27 +216,34 @@ class Store:
             raise ValueError(f"grace must be finite seconds >= 0, got {grace}")
         if not 0 < spill_threshold <= 1:
             raise ValueError(f"spill_threshold must be in (0, 1], got {spill_threshold}")
-        self._provider = provider
         self._wall_clock = wall_clock
         self._page_size = page_size
-        self._segment_size = round_up(segment_size, page_size)
         self._mask = alignment - 1
         self._max_object_size = max_object_size
         self._max_waiters = max_waiters
         self._reclaim_wait = reclaim_wait
-        self._nodes = {n: Node(n, b // page_size * page_size) for n, b in sorted(budgets.items())}
+        self._events: list[Event] = []
+        self._mem = Memory(
+            budgets,
+            provider,
+            page_size=page_size,
+            segment_size=segment_size,
+            alignment=alignment,
+            fallback=fallback,
+            fallback_files=fallback_files,
+            fallback_max=fallback_max,
+            on_freed=lambda segment: self._events.append(SegmentFreed(segment)),
+        )
+        self._nodes = self._mem.nodes  # (the same dicts, for short)
+        self._segments = self._mem.segments
         capacity = sum(nd.budget for nd in self._nodes.values())
         self._subscriber_pin_limit = (
             capacity // 8 if subscriber_pin_limit is None else subscriber_pin_limit
         )
-        self._first_node = next(iter(self._nodes.values()))
-        self._segments: dict[int, Segment] = {}
         self._objects: dict[bytes, ObjectRecord] = {}
         self._clients: dict[int, ClientRecord] = {}
         self._subscribers: dict[int, bool] = {}  # client -> with_locations
         self._waiters = Waiters(max_waiters, max_waiting_ids)
-        self._events: list[Event] = []
-        self._used = 0
         self._token = 0
         self._grants = 0  # arenas granted so far (each one's name)
         self._space_changed = False
@@ -248,11 +255,6 @@ class Store:
         self._pins = PinScanner()
         self._dying = DyingSet(grace)  # what waits for a pin scan, and when to scan
         self._spill = SpillBook(spill, spill_threshold, spill_max, spill_max_objects)
-        self._fallback = fallback
-        self._fallback_files = fallback_files
-        self._fallback_max = fallback_max
-        self._fallback_segments = 0
-        self._fallback_bytes = 0  # of the fallback files
         # memory of objects freed (or gone to disk) while it was being written to disk,
         # moved or copied, by the token of that I/O: given back when it ends
         self._after_io: dict[int, list[FreedRange]] = {}
@@ -261,7 +263,6 @@ class Store:
         self._readers = follow_readers
         # read-only copies on other nodes (replica id -> record; never in _objects)
         self._replicas: dict[bytes, ObjectRecord] = {}
-        self._fallback_used = 0
 
     def _wall(self, now: float) -> float:
         """Wall time for a ``create_time`` stamped at ``now``."""
@@ -695,7 +696,7 @@ class Store:
         """Capacity and usage, totals and per node, plus client and waiter counts."""
         return {
             "capacity": sum(nd.budget for nd in self._nodes.values()),
-            "used": self._used,
+            "used": self._mem.used,
             "objects": len(self._objects),
             "arena_bytes": self._arena_tails(),
             "evictions": self._evictions,
@@ -708,13 +709,7 @@ class Store:
             "moving": len(self._placing),
             "replicas": len(self._replicas),
             "spill": self._spill.stats() if self._spill.enabled else None,
-            "fallback": {
-                "bytes": self._fallback_used,
-                "segments": self._fallback_segments,
-                "file_bytes": self._fallback_bytes,
-                "max_files": self._fallback_files,
-                "max_bytes": self._fallback_max,
-            },
+            "fallback": self._mem.fallback_stats(),
             "directory": self._dir.stats(),
             "nodes": {
                 nd.id: {
@@ -963,7 +958,7 @@ class Store:
                     step(old, Step.DELETE)
                     self._forget_spilled(e.id, old)
                     adopted -= 1
-                node = e.node if e.node in self._nodes else self._first_node.id
+                node = e.node if e.node in self._nodes else self._mem.first.id
                 loc = ObjectLocation(0, 0, e.data_size, e.metadata_size, node)
                 size = round_up(e.length or 1, self.alignment)
                 rec = ObjectRecord(loc, size, 0, e.create_time, State.SPILLED)
@@ -1008,7 +1003,7 @@ class Store:
         can make room (:meth:`_restore_hopeless`): its gets then fail with ``store_full``."""
         nodes = self._nodes
         home = nodes.get(node) if node is not None else None
-        home = home or nodes.get(rec.loc.node) or self._first_node
+        home = home or nodes.get(rec.loc.node) or self._mem.first
         others = sorted(
             (nd for nd in nodes.values() if nd is not home), key=lambda nd: nd.used - nd.budget
         )
@@ -1066,7 +1061,7 @@ class Store:
         ``node``'s budget: StoreFull when it has no room for them."""
         c = self._client(client)
         rec, _ = self._pages_of(oid, [node])
-        if self._nodes_of(rec) == [node]:
+        if self._mem.nodes_of(rec) == [node]:
             return [node]
         self._check_placing(c)
         token = self._move(oid, rec, (node,))
@@ -1122,7 +1117,7 @@ class Store:
         elif isinstance(job, RehomeJob):
             freed = job.freed
             assert freed.charges is not None
-            self._charge(freed.charges, -1)
+            self._mem.charge(freed.charges, -1)
             self._free_range(freed.segment, freed.offset, freed.size)
         else:
             client, oid, rec = job.client, job.oid, job.rec
@@ -1130,7 +1125,7 @@ class Store:
             present = self._objects.get(oid) is rec  # (else deleted or freed meanwhile)
             if not job.create:
                 if client in self._clients:  # (every call is answered, whatever happened)
-                    result: list[int] | PlasmaError = self._nodes_of(rec)
+                    result: list[int] | PlasmaError = self._mem.nodes_of(rec)
                     if error is not None:
                         result = PlasmaError(f"moving {oid.hex()} failed: {error}")
                     elif not present:
@@ -1211,7 +1206,7 @@ class Store:
                 continue  # (only on disk: its last segment may be gone)
             if self._segments[rec.loc.segment].fallback:
                 continue
-            current = self._nodes_of(rec)
+            current = self._mem.nodes_of(rec)
             proposal = readers.proposal(oid, current[0] if len(current) == 1 else -1, now)
             if proposal is None:
                 continue
@@ -1252,27 +1247,11 @@ class Store:
         if sum(1 for job in self._placing.values() if job.client == c.id) >= self._max_waiters:
             raise BadRequest(f"client {c.id} already has {self._max_waiters} page moves under way")
 
-    def _nodes_of(self, rec: ObjectRecord) -> list[int]:
-        """The nodes an object's pages are on (as asked)."""
-        if rec.pages_on is not None:
-            return list(rec.pages_on)
-        return [self._segments[rec.loc.segment].node.id]
-
-    def _charges(self, rec: ObjectRecord, nodes: tuple[int, ...]) -> dict[int, int]:
-        """Bytes of ``rec``'s pages that land on each node of ``nodes`` other than its
-        segment's (those count against that node's budget), when placed there evenly."""
-        seg = self._segments[rec.loc.segment]
-        return page_charges(seg.node.id, rec.loc.offset, rec.size, nodes, self._page_size)
-
-    def _charge(self, charges: dict[int, int], sign: int) -> None:
-        for n, nbytes in charges.items():
-            self._nodes[n].placed_in += sign * nbytes
-
     def _move(self, oid: bytes, rec: ObjectRecord, nodes: tuple[int, ...]) -> int:
         """Start moving ``rec``'s pages to ``nodes`` (interleaved when more than one), its
         charges going from where they are to there: StoreFull if a node lacks the room."""
-        old = self._charges(rec, rec.pages_on) if rec.pages_on is not None else {}
-        new = self._charges(rec, nodes)
+        old = self._mem.charges(rec, rec.pages_on) if rec.pages_on is not None else {}
+        new = self._mem.charges(rec, nodes)
         for n, nbytes in new.items():
             nd = self._nodes[n]
             room = nd.budget - nd.segment_bytes - nd.placed_in + old.get(n, 0)
@@ -1281,8 +1260,8 @@ class Store:
                     f"node {n} has no room for {nbytes} bytes of object {oid.hex()} "
                     f"({room} bytes of its budget are free)"
                 )
-        self._charge(old, -1)
-        self._charge(new, +1)
+        self._mem.charge(old, -1)
+        self._mem.charge(new, +1)
         seg = self._segments[rec.loc.segment]
         home = seg.node.id
         rec.pages_on = None if nodes == (home,) else nodes
@@ -1393,7 +1372,7 @@ class Store:
             node = c.node
         if node is None:
             if len(self._nodes) == 1:
-                return self._first_node
+                return self._mem.first
             nodes = [nd for nd in self._nodes.values() if nd.budget >= size]
             return max(
                 nodes or self._nodes.values(), key=lambda nd: nd.budget - nd.used
@@ -1424,14 +1403,9 @@ class Store:
         would make room they are asked for (the caller waits); when nothing would, a
         fallback segment, if allowed."""
         while True:
-            for seg in nd.segments:
-                offset = seg.alloc.allocate(size)
-                if offset is not None:
-                    nd.used += size
-                    self._used += size
-                    return seg, offset
-            if self._grow(nd, size) is not None:
-                continue
+            placed = self._mem.take(nd, size)
+            if placed is not None:
+                return placed
             if not evict or nd.evicting:
                 return None
             victims = self._eviction_plan(nd, size, now)
@@ -1466,35 +1440,6 @@ class Store:
                     headroom -= rec.size
         return plan
 
-    def _grow(self, nd: Node, size: int) -> Segment | None:
-        """A new segment big enough for ``size`` within the budget, freeing empty segments
-        of the node if that makes room; None if impossible."""
-        page = self._page_size
-        need = round_up(size, page)
-        avail = (nd.budget - nd.segment_bytes - nd.placed_in) // page * page
-        if avail < need:
-            empty = [s for s in nd.segments if s.alloc.free_bytes == s.size]
-            if avail + sum(s.size for s in empty) < need:
-                return None
-            empty.sort(key=lambda s: s.size, reverse=True)
-            for s in empty:
-                self._drop_segment(s)
-                avail = (nd.budget - nd.segment_bytes - nd.placed_in) // page * page
-                if avail >= need:
-                    break
-        seg_size = min(max(self._segment_size, need), avail)
-        try:
-            segment_id = self._provider.new_segment(nd.id, seg_size)
-        except StoreFull as exc:
-            nd.shortage = f": {exc}"
-            return None
-        nd.shortage = ""
-        seg = Segment(segment_id, nd, seg_size, self._mask + 1)
-        self._segments[segment_id] = seg
-        nd.segments.append(seg)
-        nd.segment_bytes += seg_size
-        return seg
-
     def _spill_or_fall_back(self, nd: Node, size: int) -> tuple[Segment, int] | None:
         """Eviction cannot make room for ``size`` bytes on ``nd``: ask for copies on disk if
         they would (None: the caller waits), else place it in a fallback segment if allowed."""
@@ -1509,56 +1454,11 @@ class Store:
             nd.spill_demand = max(nd.spill_demand, size, nd.budget // SPILL_FRACTION)
             self._spill.wake()
             return None
-        if not self._fallback:
-            return None
-        need = round_up(size, self._page_size)
-        if self._fallback_segments >= self._fallback_files:
-            nd.shortage = (
-                f"; all {self._fallback_files} fallback files are in use (serve --fallback-files)"
-            )
-            return None
-        if self._fallback_max is not None and self._fallback_bytes + need > self._fallback_max:
-            nd.shortage = (
-                f"; the fallback files take {self._fallback_bytes} of at most "
-                f"{self._fallback_max} bytes (serve --fallback-max)"
-            )
-            return None
-        try:
-            segment_id = self._provider.new_fallback_segment(nd.id, need)
-        except StoreFull as exc:
-            nd.shortage = f": {exc}"
-            return None
-        seg = Segment(segment_id, nd, need, self._mask + 1, fallback=True)
-        self._fallback_segments += 1
-        self._fallback_bytes += need
-        self._segments[segment_id] = seg
-        offset = seg.alloc.allocate(size)
-        assert offset is not None
-        self._fallback_used += size
-        return seg, offset
-
-    def _drop_segment(self, seg: Segment) -> None:
-        if seg.fallback:
-            self._fallback_segments -= 1
-            self._fallback_bytes -= seg.size
-        else:
-            nd = seg.node
-            nd.segments.remove(seg)
-            nd.segment_bytes -= seg.size
-        del self._segments[seg.id]
-        self._provider.free_segment(seg.id)
-        self._events.append(SegmentFreed(seg.id))
+        return self._mem.take_fallback(nd, size)
 
     def _free_range(self, seg: Segment, offset: int, size: int) -> None:
-        seg.alloc.free(offset, size)
-        if seg.fallback:  # outside the budget; deleted once empty
-            self._fallback_used -= size
-            if seg.alloc.free_bytes == seg.size:
-                self._drop_segment(seg)
-            return
-        seg.node.used -= size
-        self._used -= size
-        self._space_changed = True
+        if self._mem.free_range(seg, offset, size):
+            self._space_changed = True
 
     def _free_object(self, oid: bytes, rec: ObjectRecord) -> None:
         """Forget an object no pin can hold (unsealed, never published, or scanned) and
@@ -1574,7 +1474,7 @@ class Store:
         on other nodes go too, each once no pin holds it."""
         seg = self._segments[rec.loc.segment]
         seg.node.objects -= 1
-        charges = self._charges(rec, rec.pages_on) if rec.pages_on is not None else None
+        charges = self._mem.charges(rec, rec.pages_on) if rec.pages_on is not None else None
         held = FreedRange(seg, rec.loc.offset, rec.size, charges)
         rec.pages_on = None
         if rec.replicas:

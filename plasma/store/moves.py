@@ -4,8 +4,7 @@ The store starts moving an object's pages (migrate, follow-readers, an interleav
 create), copying it to other nodes (replicate), or moving freed pages back home before the
 memory is reused; the coordinator's page mover does the I/O and calls
 :meth:`Store.placed` with the job's token. Each job is one of the records here, kept by
-token until then. :func:`page_charges` is the arithmetic of what pages moved to other nodes
-cost each node's budget. This module records and computes only: it never starts I/O, frees
+token until then. This module records and computes only: it never starts I/O, frees
 memory or answers a client.
 """
 
@@ -13,8 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-
-from plasma.store.pages import page_range
 
 if TYPE_CHECKING:
     from plasma.store.memory import Segment
@@ -63,14 +60,3 @@ class RehomeJob:
 
 
 PlaceJob = MoveJob | CopyJob | RehomeJob
-
-
-def page_charges(
-    home: int, offset: int, size: int, nodes: tuple[int, ...], page: int
-) -> dict[int, int]:
-    """Bytes of the pages ``size`` bytes at ``offset`` are on that land on each node of
-    ``nodes`` other than ``home`` when spread over ``nodes`` evenly (whole pages, the first
-    nodes taking one more when they do not divide): what counts against those budgets."""
-    _, length = page_range(offset, size, page)
-    share, extra = divmod(length // page, len(nodes))
-    return {n: (share + (i < extra)) * page for i, n in enumerate(nodes) if n != home}
