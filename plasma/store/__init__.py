@@ -6,8 +6,8 @@ One concern a module (see each module's docstring for what it owns and must neve
   clients and subscriptions and applies the decisions the parts below return.
 * :mod:`~plasma.store.objects`: an object's record, its state and I/O enums, and the one
   transition table that changes them.
-* :mod:`~plasma.store.memory`: node budgets and segments (:mod:`~plasma.store.pages`: page
-  and alignment rounding).
+* :mod:`~plasma.store.memory`: node budgets, segments, fallback files, the charges of pages
+  moved to other nodes (:mod:`~plasma.store.pages`: page and alignment arithmetic).
 * :mod:`~plasma.store.eviction`: each node's CLOCK ring, and the victims that make room.
 * :mod:`~plasma.store.spill`: the books of spilling (files, batches, restores, figures).
 * :mod:`~plasma.store.waiters`: waiting gets and creates (the two request queues), deadlines.
