@@ -134,9 +134,10 @@ def _count_paths(counts: Counter[str]) -> None:
     """Count the objects the client serves from pins (``pinned``) and from references it
     holds already (``reused``); the rest of a get's objects came by request."""
     from plasma._client_core import ClientCore
+    from plasma._client_core.refs import Refs
 
     real_take_pinned = ClientCore.take_pinned
-    real_reuse = ClientCore.reuse
+    real_reuse = Refs.reuse
 
     def take_pinned(self: ClientCore, oid: bytes) -> Any:
         views = real_take_pinned(self, oid)
@@ -145,14 +146,14 @@ def _count_paths(counts: Counter[str]) -> None:
             counts["pinned"] += 1
         return views
 
-    def reuse(self: ClientCore, oid: bytes) -> Any:
+    def reuse(self: Refs, oid: bytes) -> Any:
         views = real_reuse(self, oid)
         if views is not None:
             counts["reused"] += 1
         return views
 
     ClientCore.take_pinned = take_pinned  # type: ignore[method-assign]
-    ClientCore.reuse = reuse  # type: ignore[method-assign]
+    Refs.reuse = reuse  # type: ignore[method-assign]
 
 
 def _reader(index: int, params: Params, barrier: Any, stop: Any, queue: Any) -> dict[str, Any]:
