@@ -3,11 +3,14 @@ the memory of the nodes (segments within budgets, fallback files)."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from plasma.errors import BadRequest
 from plasma.records import ObjectLocation
-from plasma.store.memory import Memory
+from plasma.store.arenas import Arena, arena_size
+from plasma.store.memory import Memory, Node, Segment
 from plasma.store.objects import ObjectRecord
 from plasma.store.pages import page_charges, page_range, round_up
 from tests.helpers import FallbackProvider
@@ -104,3 +107,26 @@ def test_memory_charges_pages_moved_to_other_nodes() -> None:
     mem.charge(charges, -1)
     rec.pages_on = (0, 1)
     assert mem.nodes_of(rec) == [0, 1] and mem.nodes[1].placed_in == 0
+
+
+def test_an_arena_hands_out_bytes_in_bump_order_and_says_what_was_skipped() -> None:
+    nd = Node(0, 1 << 20)
+    arena = Arena(Segment(1, nd, 4 * PAGE, 64), PAGE, 2 * PAGE, grant=7)
+    arena.check(b"a", PAGE, 64, 64)
+    assert arena.advance(PAGE, 64) == (PAGE, 0) and arena.tail() == PAGE - 64
+    assert arena.advance(PAGE + 256, 128) == (PAGE + 64, 192)  # 192 bytes skipped
+    for offset, size, why in [
+        (PAGE - 64, 64, "outside the arena"),
+        (2 * PAGE - 64, 128, "outside the arena"),
+        (PAGE + 512 + 8, 64, "not aligned"),
+        (PAGE + 256, 64, "overlaps an earlier object"),
+    ]:
+        with pytest.raises(BadRequest, match=why):
+            arena.check(b"x", offset, size, 64)
+    assert arena.cursor == PAGE + 384  # (checks change nothing)
+
+
+def test_arenas_of_a_node_reserve_at_most_a_quarter_of_its_budget() -> None:
+    assert arena_size(1000, 100, budget=4000, reserved=0) == 1000
+    assert arena_size(1000, 100, budget=4000, reserved=500) == 500
+    assert arena_size(1000, 100, budget=4000, reserved=1000) == 100  # (at least what it needs)

@@ -78,7 +78,7 @@ from plasma.errors import (
 from plasma.follow import ReaderTracker
 from plasma.ids import ID_SIZE, replica_id
 from plasma.records import ArenaObject, CreateItem, ObjectInfo, ObjectLocation, SpillEntry
-from plasma.store.arenas import Arena
+from plasma.store.arenas import Arena, arena_size
 from plasma.store.clients import ClientRecord
 from plasma.store.directory_memory import DirectoryMemory, LocalDirectoryMemory
 from plasma.store.dying import DyingSet
@@ -780,7 +780,7 @@ class Store:
         return Pending(w.token)
 
     def _try_arena(self, c: ClientRecord, nd: Node, n: int, least: int, now: float) -> Grant | None:
-        n = max(least, min(n, nd.budget // 4 - self._arena_tails(nd)))
+        n = arena_size(n, least, nd.budget, self._arena_tails(nd))
         placed = self._allocate(nd, n, now, evict=n == least)  # no eviction for a bigger arena
         if placed is None and n > least:
             n = least
@@ -1625,7 +1625,7 @@ class Store:
     def _arena_tails(self, nd: Node | None = None) -> int:
         """Bytes reserved in the unused tails of client arenas (on ``nd``, or anywhere)."""
         return sum(
-            a.end - a.cursor
+            a.tail()
             for c in self._clients.values()
             if (a := c.arena) is not None and (nd is None or a.segment.node is nd)
         )
@@ -1633,8 +1633,8 @@ class Store:
     def _return_arena_tail(self, c: ClientRecord) -> None:
         a = c.arena
         assert a is not None
-        if a.cursor < a.end:
-            self._free_range(a.segment, a.cursor, a.end - a.cursor)
+        if a.tail():
+            self._free_range(a.segment, a.cursor, a.tail())
         c.arena = None
 
     # ------------------------------------------------------------ internals: objects
@@ -1685,23 +1685,13 @@ class Store:
     def _seal_arena_object(self, c: ClientRecord, a: Arena, obj: ArenaObject, now: float) -> None:
         oid, offset = obj.id, obj.offset
         size = self._object_size(oid, obj.data_size, obj.metadata_size)
-        if offset < a.start or offset + size > a.end:
-            raise BadRequest(
-                f"object {oid.hex()} at [{offset}, {offset + size}) is outside the arena "
-                f"[{a.start}, {a.end})"
-            )
-        if offset & self._mask:
-            raise BadRequest(f"object {oid.hex()} offset {offset} is not aligned")
-        if offset < a.cursor:
-            raise BadRequest(
-                f"object {oid.hex()} at {offset} overlaps an earlier object (next free {a.cursor})"
-            )
+        a.check(oid, offset, size, self.alignment)
         if oid in self._objects:
             raise ObjectExists(f"object {oid.hex()} already exists")
         seg = a.segment
-        if offset > a.cursor:
-            self._free_range(seg, a.cursor, offset - a.cursor)
-        a.cursor = offset + size
+        start, skipped = a.advance(offset, size)
+        if skipped:
+            self._free_range(seg, start, skipped)
         nd = seg.node
         loc = ObjectLocation(seg.id, offset, obj.data_size, obj.metadata_size, nd.id)
         rec = ObjectRecord(loc, size, c.id, self._wall(now), State.SEALED)
