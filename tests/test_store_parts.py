@@ -112,9 +112,8 @@ def test_memory_charges_pages_moved_to_other_nodes() -> None:
 def test_an_arena_hands_out_bytes_in_bump_order_and_says_what_was_skipped() -> None:
     nd = Node(0, 1 << 20)
     arena = Arena(Segment(1, nd, 4 * PAGE, 64), PAGE, 2 * PAGE, grant=7)
-    arena.check(b"a", PAGE, 64, 64)
-    assert arena.advance(PAGE, 64) == (PAGE, 0) and arena.tail() == PAGE - 64
-    assert arena.advance(PAGE + 256, 128) == (PAGE + 64, 192)  # 192 bytes skipped
+    assert arena.take(b"a", PAGE, 64, 64) == (PAGE, 0) and arena.tail() == PAGE - 64
+    assert arena.take(b"b", PAGE + 256, 128, 64) == (PAGE + 64, 192)  # 192 bytes skipped
     for offset, size, why in [
         (PAGE - 64, 64, "outside the arena"),
         (2 * PAGE - 64, 128, "outside the arena"),
@@ -123,7 +122,9 @@ def test_an_arena_hands_out_bytes_in_bump_order_and_says_what_was_skipped() -> N
     ]:
         with pytest.raises(BadRequest, match=why):
             arena.check(b"x", offset, size, 64)
-    assert arena.cursor == PAGE + 384  # (checks change nothing)
+        with pytest.raises(BadRequest, match=why):
+            arena.take(b"x", offset, size, 64)
+    assert arena.cursor == PAGE + 384  # (what is refused changes nothing)
 
 
 def test_arenas_of_a_node_reserve_at_most_a_quarter_of_its_budget() -> None:

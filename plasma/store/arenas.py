@@ -53,10 +53,11 @@ class Arena:
                 f"(next free {self.cursor})"
             )
 
-    def advance(self, offset: int, size: int) -> tuple[int, int]:
-        """Hand the (checked) ``size`` bytes at ``offset`` to an object: returns the bytes
-        skipped before them (``(start, length)``, length 0 when none), which the store
-        frees."""
+    def take(self, oid: bytes, offset: int, size: int, alignment: int) -> tuple[int, int]:
+        """Hand ``size`` bytes at ``offset`` to object ``oid`` (BadRequest, and nothing
+        changes, unless :meth:`check` passes): returns the bytes skipped before them
+        (``(start, length)``, length 0 when none), which the store frees."""
+        self.check(oid, offset, size, alignment)
         skipped = (self.cursor, offset - self.cursor)
         self.cursor = offset + size
         return skipped

@@ -1363,7 +1363,8 @@ class Store:
         total = data_size + metadata_size
         if self._max_object_size is not None and total > self._max_object_size:
             raise BadRequest(f"{total} bytes exceed the maximum of {self._max_object_size}")
-        return round_up(total or 1, self.alignment)
+        mask = self._mask  # (round_up(total or 1, alignment), inline: once per object)
+        return ((total or 1) + mask) & ~mask
 
     def _choose_node(self, c: ClientRecord, node: int | None, size: int = 0) -> Node:
         """``node``, else the client's, else the node with the most free bytes among those
@@ -1559,6 +1560,8 @@ class Store:
         pinned deleted ones for a later scan, and give eviction victims a reader pinned
         meanwhile back to the CLOCK."""
         dying = self._dying
+        if not (dying.orphans or dying.waiting or dying.rescan_at <= now):
+            return  # (nothing can be due: the common case of a release)
         copies, later = dying.take_orphans(now)
         for key, copy in later:
             self._free_once_unpinned(key, copy, now)
@@ -1685,11 +1688,11 @@ class Store:
     def _seal_arena_object(self, c: ClientRecord, a: Arena, obj: ArenaObject, now: float) -> None:
         oid, offset = obj.id, obj.offset
         size = self._object_size(oid, obj.data_size, obj.metadata_size)
-        a.check(oid, offset, size, self.alignment)
         if oid in self._objects:
+            a.check(oid, offset, size, self.alignment)  # (a bad place is the first error)
             raise ObjectExists(f"object {oid.hex()} already exists")
         seg = a.segment
-        start, skipped = a.advance(offset, size)
+        start, skipped = a.take(oid, offset, size, self.alignment)
         if skipped:
             self._free_range(seg, start, skipped)
         nd = seg.node
@@ -1774,6 +1777,8 @@ class Store:
 
     def _serve_getters(self, oid: bytes, rec: ObjectRecord) -> None:
         """Give the gets waiting for ``oid`` the object (now in memory)."""
+        if not self._waiters.gets:
+            return
         for w, i in self._waiters.take(oid):
             self._add_ref(self._clients[w.client], oid, rec)
             w.results[i] = rec.loc

@@ -42,6 +42,8 @@ from plasma.records import ObjectLocation, SpillEntry
 class State(enum.Enum):
     """Where an object is in its life (see the module docstring)."""
 
+    __hash__ = object.__hash__  # (members are singletons: identity, in C, not by name)
+
     CREATED = "created"
     SEALED = "sealed"
     EVICTING = "evicting"
@@ -53,6 +55,8 @@ class State(enum.Enum):
 class Io(enum.Enum):
     """The transfer of an object's bytes under way, if any."""
 
+    __hash__ = object.__hash__  # (members are singletons: identity, in C, not by name)
+
     NONE = "none"
     SPILLING = "spilling"  # being written to a spill file
     RESTORING = "restoring"  # being read back from its spill file
@@ -61,6 +65,8 @@ class Io(enum.Enum):
 
 class Step(enum.Enum):
     """What happens to an object: the edges of :data:`TRANSITIONS`."""
+
+    __hash__ = object.__hash__  # (members are singletons: identity, in C, not by name)
 
     SEAL = "seal"  # its creator sealed it (or a copy of it was made)
     EVICT = "evict"  # chosen by eviction; freed after its pin scan
