@@ -4,7 +4,7 @@
 full pin table (``--pins`` entries, every one pinning a published object), and one deleted
 object still pinned by one of them. Times one scan (``PinScanner.pinned``), ``counts()``
 of every generation, a ``list()`` of every object, ``stats()``, and a flood of
-``--unpins`` Unpin hints (``Store.unpinned``, a fake clock advancing ``--gap`` seconds per
+``--unpins`` Unpin hints (``Store.rescan_pins_soon``, a fake clock advancing ``--gap`` seconds per
 hint), then the store's work while idle (``expire`` at every deadline it asks for) over
 ``--idle`` seconds of its clock: how many scans it made and their CPU per second.
 

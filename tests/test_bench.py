@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bench import echo_server, install, memcpy, report, rpc, run, scale, scenarios, spill
+from bench import echo_server, install, memcpy, report, rpc, run, scale, scenarios, spill, store_ops
 from bench.peers import PEERS, PeerSpec
 from bench.peers.base import read_memory, store_memory
 from bench.peers.shared_memory import SharedMemoryPeer
@@ -400,3 +400,11 @@ def test_spill_fails_when_a_byte_read_back_differs(
             spill.spill(peer, 1 << 20)
     finally:
         peer.stop()
+
+
+def test_store_ops_times_the_stores_per_object_work(capsys: pytest.CaptureFixture[str]) -> None:
+    """bench.store_ops runs the store alone and prints one figure per case."""
+    assert store_ops.main(["--objects", "2000", "--rounds", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["create+seal+release", "seal_arena"]
+    assert all(float(line.split()[-4]) > 0 for line in lines)
