@@ -213,15 +213,23 @@ class Arena:
 Payload = bytes | memoryview | serialization.Encoded
 
 
-def write_payload(mm: mmap.mmap, offset: int, data: Payload, dlen: int, metadata: bytes) -> None:
-    """Write an object (``dlen`` bytes of ``data``, then ``metadata``) at ``offset``."""
-    if isinstance(data, serialization.Encoded):
+def _write_one(
+    arena: Arena, mm: mmap.mmap, oid: bytes, data: Payload, meta: bytes
+) -> p.ArenaObject | None:
+    """Write one object (``data``, then ``meta``) into ``arena`` (mapped as ``mm``): what
+    registers it, or None when it does not fit. How every object gets into an arena."""
+    dlen = data.data_size if isinstance(data, serialization.Encoded) else len(data)
+    offset = arena.take(dlen + len(meta))
+    if offset is None:
+        return None
+    if isinstance(data, serialization.Encoded):  # (a measured value writes itself)
         with memoryview(mm)[offset : offset + dlen] as view:
             data.write(view)
     else:
         mm[offset : offset + dlen] = data
-    if metadata:
-        mm[offset + dlen : offset + dlen + len(metadata)] = metadata
+    if meta:
+        mm[offset + dlen : offset + dlen + len(meta)] = meta
+    return p.ArenaObject(oid, offset, dlen, len(meta))
 
 
 class ClientCore:
@@ -597,8 +605,13 @@ class ClientCore:
         if self.concurrent:
             yield EXCLUSIVE
         oid = object_id.binary() if type(object_id) is ObjectID else as_id_bytes(object_id)
-        seals = yield from self._write_arena([(oid, data, metadata)], node)
-        yield Send(tuple(seals))
+        arena = self._arena_for(node)  # (what fits needs no list and no generator)
+        if arena is not None:
+            obj = _write_one(arena, self.maps.segments[arena.segment], oid, data, metadata)
+            if obj is not None:
+                yield Send((self._seal_arena(arena, [obj]),))
+                return
+        yield Send(tuple((yield from self._write_arena([(oid, data, metadata)], node))))
 
     def create_and_seal_many(self, items: Iterable[ManyItem], node: int | None = None) -> Op:
         """Objects up to ``ARENA_OBJECT_LIMIT`` bytes are written into the arena and registered
@@ -639,39 +652,56 @@ class ClientCore:
             yield Send(tuple(msgs))
 
     def _write_arena(
-        self, items: list[tuple[bytes, Payload, bytes]], node: int | None
+        self, items: Sequence[tuple[bytes, Payload, bytes]], node: int | None
     ) -> Generator[Action, Any, list[msgspec.Struct]]:
         """Write each ``(id, data, metadata)`` (at most ``ARENA_OBJECT_LIMIT`` bytes) into an
         arena for ``node``, asking for a fresh arena when the current one is full (the seals
         of the old one go with that request); returns the SealArenas still to send. The one
-        path by which this client writes objects into an arena: the caller holds it
-        (EXCLUSIVE)."""
+        path by which this client writes objects into an arena (:meth:`_fill` writes; this
+        asks for arenas): the caller holds it (EXCLUSIVE)."""
         msgs: list[msgspec.Struct] = []
-        batch: list[p.ArenaObject] = []
+        done = self._fill(self._arena_for(node), items, 0, msgs)
+        while done < len(items):
+            _, data, meta = items[done]
+            size = data.data_size if isinstance(data, serialization.Encoded) else len(data)
+            arena = yield from self._new_arena(size + len(meta), node, pending=msgs)
+            msgs = []
+            done = self._fill(arena, items, done, msgs)
+        return msgs
+
+    def _arena_for(self, node: int | None) -> Arena | None:
+        """The arena to write objects for ``node`` into, if this client has one."""
         arena = self.arena
-        if arena is not None and (arena.node != node or arena.segment not in self.maps.segments):
-            arena = None
-        for oid, data, meta in items:
-            dlen = data.data_size if isinstance(data, serialization.Encoded) else len(data)
-            size = dlen + len(meta)
-            offset = arena.take(size) if arena is not None else None
-            if arena is None or offset is None:
-                if arena is not None and batch:
-                    msgs.append(self._seal_arena(arena, batch))
-                    batch = []
-                arena = yield from self._new_arena(size, node, pending=msgs)
-                msgs = []
-                offset = arena.take(size)
-                assert offset is not None
-            write_payload(self.maps.segments[arena.segment], offset, data, dlen, meta)
-            batch.append(p.ArenaObject(oid, offset, dlen, len(meta)))
+        if arena is None or arena.node != node or arena.segment not in self.maps.segments:
+            return None
+        return arena
+
+    def _fill(
+        self,
+        arena: Arena | None,
+        items: Sequence[tuple[bytes, Payload, bytes]],
+        start: int,
+        msgs: list[msgspec.Struct],
+    ) -> int:
+        """Write ``items[start:]`` into ``arena`` while they fit, appending their SealArenas
+        to ``msgs``; returns the index of the first item not written."""
+        if arena is None:
+            return start
+        batch: list[p.ArenaObject] = []
+        mm = self.maps.segments[arena.segment]
+        done = start
+        for oid, data, meta in items[start:] if start else items:
+            obj = _write_one(arena, mm, oid, data, meta)
+            if obj is None:
+                break
+            batch.append(obj)
+            done += 1
             if len(batch) == IDS_PER_FRAME:
                 msgs.append(self._seal_arena(arena, batch))
                 batch = []
         if batch:
-            assert arena is not None
             msgs.append(self._seal_arena(arena, batch))
-        return msgs
+        return done
 
     def _seal_arena(self, arena: Arena, objects: list[p.ArenaObject]) -> p.SealArena:
         """The message registering ``objects`` written into ``arena``; should it fail, the
