@@ -98,3 +98,14 @@ async def test_without_binding_a_place_only_reports(pool: FakePool) -> None:
     event = Place(token=8, segment=99, start=0, length=PAGE, mode="bind", nodes=[1])
     await mover(store, pool, bind=False).place(event, lambda: delivered.append(True))
     assert store.placed_calls == [(8, None)] and delivered == [True]
+
+
+async def test_a_place_in_a_segment_the_pool_lacks_is_reported_failed(pool: FakePool) -> None:
+    """(It raised before reporting: the store's move stayed under way for ever, and the
+    exception reached the coordinator's nursery.)"""
+    store, delivered = FakeStore(), []
+    event = Place(token=9, segment=99, start=0, length=PAGE, mode="bind", nodes=[1])
+    await mover(store, pool).place(event, lambda: delivered.append(True))
+    ((token, error),) = store.placed_calls
+    assert token == 9 and error is not None and error.startswith("KeyError")
+    assert delivered == [True]

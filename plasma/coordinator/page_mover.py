@@ -69,9 +69,11 @@ class PageMover:
             self._store.placed(event.token, now=time.monotonic())  # only the accounting moves
             deliver()
             return
-        seg = self._pool.get(event.segment)
         mode = numa.MPOL_INTERLEAVE if event.mode == "interleave" else numa.MPOL_BIND
+        home = None
         try:
+            seg = self._pool.get(event.segment)
+            home = seg.node
             fd = os.dup(seg.fd)
             try:
                 left = await trio.to_thread.run_sync(
@@ -87,11 +89,13 @@ class PageMover:
                 os.close(fd)
             if left:
                 log.warning("%d pages of segment %d did not move to %s", left, seg.id, event.nodes)
-        except Exception as exc:
-            if event.nodes == [seg.node] and isinstance(exc, errors.Unsupported):
+        except Exception as exc:  # (reported, whatever it is: the store waits for every move)
+            if event.nodes == [home] and isinstance(exc, errors.Unsupported):
                 pass  # a kernel without NUMA: every page is on the one node already
             else:
                 error = f"{type(exc).__name__}: {exc}"
-                log.warning("moving pages of segment %d to %s failed: %s", seg.id, event.nodes, exc)
+                log.warning(
+                    "moving pages of segment %d to %s failed: %s", event.segment, event.nodes, exc
+                )
         self._store.placed(event.token, error, now=time.monotonic())
         deliver()
