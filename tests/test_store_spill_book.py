@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from plasma.store.memory import Node
 from plasma.store.spill import SpillBook
 
 
@@ -75,3 +76,26 @@ def test_wakeups_are_taken_once() -> None:
     assert not book.take_wakeup()
     book.wake()
     assert book.take_wakeup() and not book.take_wakeup()
+
+
+def test_what_a_node_wants_copied_is_what_waits_or_what_passes_the_threshold() -> None:
+    nd = Node(0, 800)
+    nd.used, nd.spill_demand = 700, 100
+    assert SpillBook(True, 1.0, None, 100).wanted(nd) == 100  # (no threshold: what waits)
+    # past 0.5 of the budget by 300 bytes (none has a copy): those and a batch more (1/8)
+    assert SpillBook(True, 0.5, None, 100).wanted(nd) == 300 + 100
+
+
+def test_a_restore_is_hopeless_only_when_nothing_can_make_room() -> None:
+    nd = Node(0, 1000)
+    nd.used = 1000  # full, and nothing in it has a copy on disk
+    book = SpillBook(True, 1.0, 500, 100)
+    assert not book.restore_hopeless(nd, 400)  # copies of 400 bytes would fit on disk
+    assert book.restore_hopeless(nd, 600)  # ... of 600 would not (at most 500 bytes)
+    book.error = "disk full"
+    assert book.restore_hopeless(nd, 100)  # the last spill failed: none will be written
+    nd.evicting = 1
+    assert not book.restore_hopeless(nd, 100)  # memory is on its way (an eviction)
+    nd.evicting = 0
+    book.batches[1] = []
+    assert not book.restore_hopeless(nd, 100)  # ... or a batch is being written

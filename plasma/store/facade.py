@@ -118,7 +118,7 @@ from plasma.store.objects import (
 )
 from plasma.store.pages import page_range, round_up
 from plasma.store.publisher import Publisher
-from plasma.store.spill import SpillBook
+from plasma.store.spill import SPILL_FRACTION, SpillBook
 from plasma.store.waiters import CreateWaiter, GetWaiter, Waiters
 
 RECLAIM_INTERVAL = 1.0  # seconds between two AskReclaim events to the same client
@@ -130,7 +130,6 @@ TOP_HOLDERS = 3  # clients a store_full message names (those holding the most me
 SPILL_WAIT = 10.0  # seconds a create or get with timeout 0 waits for a spill or a restore
 SPILL_MAX_OBJECTS = 1_000_000  # objects with a copy on disk at most, by default
 MAX_WAITING_IDS = 1 << 16  # ids a client's waiting gets and creates may name in all
-SPILL_FRACTION = 8  # a spill batch copies at least 1/8 of the node's budget (if it can)
 
 NOT_SEALED = "object_not_sealed"
 NOT_FOUND = "object_not_found"
@@ -846,10 +845,7 @@ class Store:
         picked: list[tuple[bytes, ObjectRecord]] = []
         total = 0
         for nd in self._nodes.values():
-            want = nd.spill_demand
-            over = nd.used - nd.clock.copied - int(self._spill.threshold * nd.budget)
-            if self._spill.threshold < 1 and over > 0:
-                want = max(want, over + nd.budget // SPILL_FRACTION)
+            want = self._spill.wanted(nd)
             with contextlib.closing(self._clock(nd, now, copied=False)) as walk:
                 for oid, rec in walk:
                     length = rec.loc.data_size + rec.loc.metadata_size
@@ -1000,7 +996,8 @@ class Store:
         event): free room on the reader's node (``node``; else the object's own), else on
         any node, else what eviction (or a fallback segment) makes on the reader's node.
         False when nothing fits now (copies may have been asked for); True too when nothing
-        can make room (:meth:`_restore_hopeless`): its gets then fail with ``store_full``."""
+        can make room (:meth:`SpillBook.restore_hopeless`): its gets then fail with
+        ``store_full``."""
         nodes = self._nodes
         home = nodes.get(node) if node is not None else None
         home = home or nodes.get(rec.loc.node) or self._mem.first
@@ -1015,7 +1012,7 @@ class Store:
         else:
             placed = self._allocate(home, rec.size, now)
         if placed is None:
-            if not self._restore_hopeless(home, rec.size):
+            if not self._spill.restore_hopeless(home, rec.size):
                 return False
             self._fail_getters(oid, STORE_FULL)  # (rather than wait for what cannot come)
             return True
@@ -1029,19 +1026,6 @@ class Store:
         assert rec.spill is not None
         self._events.append(Restore(self._token, oid, rec.loc, *rec.spill))
         return True
-
-    def _restore_hopeless(self, nd: Node, size: int) -> bool:
-        """No memory will come for a restore of ``size`` bytes on ``nd`` without a client
-        letting go: nothing is being evicted or written to disk, dropping the objects that
-        have a copy on disk would not make room, and the copies that would cannot be
-        written (the last spill failed, or they would not fit under ``spill_max``)."""
-        if nd.evicting or self._spill.batches:
-            return False
-        short = size - (nd.budget - nd.used) - nd.clock.copied  # bytes that need a copy first
-        if short <= 0:
-            return False
-        spill = self._spill
-        return bool(spill.error) or spill.room() < short or spill.full()
 
     def _retry_restores(self, now: float) -> None:
         """Restores waiting for memory, in order; those no get waits for any more are

@@ -14,7 +14,10 @@ import math
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from plasma.store.memory import Node
     from plasma.store.objects import ObjectRecord
+
+SPILL_FRACTION = 8  # a spill batch copies at least 1/8 of the node's budget (if it can)
 
 # what stats()["spill"] counts
 SPILL_COUNTS = (
@@ -120,6 +123,30 @@ class SpillBook:
             return False
         del self.files[file_id]
         return True
+
+    # ------------------------------------------------------------ decisions
+
+    def wanted(self, nd: Node) -> int:
+        """Bytes of ``nd``'s objects to copy to disk now: what creates and restores wait for
+        (``nd.spill_demand``), or, past the threshold, enough to bring the bytes without a
+        copy under it and a batch's worth more (at least 1/``SPILL_FRACTION`` of the
+        budget: fewer, bigger files)."""
+        over = nd.used - nd.clock.copied - int(self.threshold * nd.budget)
+        if self.threshold < 1 and over > 0:
+            return max(nd.spill_demand, over + nd.budget // SPILL_FRACTION)
+        return nd.spill_demand
+
+    def restore_hopeless(self, nd: Node, size: int) -> bool:
+        """No memory will come for a restore of ``size`` bytes on ``nd`` without a client
+        letting go: nothing is being evicted or written to disk, dropping the objects that
+        have a copy on disk would not make room, and the copies that would cannot be
+        written (the last spill failed, or they would not fit under the bounds)."""
+        if nd.evicting or self.batches:
+            return False
+        short = size - (nd.budget - nd.used) - nd.clock.copied  # bytes that need a copy first
+        if short <= 0:
+            return False
+        return bool(self.error) or self.room() < short or self.full()
 
     # ------------------------------------------------------------ objects only on disk
 
