@@ -103,7 +103,7 @@ def test_memory_charges_pages_moved_to_other_nodes() -> None:
     charges = mem.charges(rec, (0, 1))
     assert charges == {1: PAGE}
     mem.charge(charges, +1)
-    assert mem.nodes[1].placed_in == PAGE and mem.room_for_segments(mem.nodes[1]) == 3 * PAGE
+    assert mem.nodes[1].placed_in == PAGE and mem.nodes[1].segment_room(PAGE) == 3 * PAGE
     mem.charge(charges, -1)
     rec.pages_on = (0, 1)
     assert mem.nodes_of(rec) == [0, 1] and mem.nodes[1].placed_in == 0

@@ -135,8 +135,7 @@ def plan_room(
     allocator's free ranges and earlier candidates), so the common case costs as many steps
     as objects evicted."""
     need = round_up(size, page)
-    room = (nd.budget - nd.segment_bytes - nd.placed_in) // page * page  # for new segments
-    room += sum(s.size for s in nd.segments if s.alloc.free_bytes == s.size)
+    room = nd.segment_room(page) + sum(s.size for s in nd.empty_segments())  # for new segments
     if room >= need:
         return []
     runs_by_start: dict[Segment, dict[int, int]] = {}  # simulated runs: start -> end

@@ -1238,7 +1238,7 @@ class Store:
         new = self._mem.charges(rec, nodes)
         for n, nbytes in new.items():
             nd = self._nodes[n]
-            room = nd.budget - nd.segment_bytes - nd.placed_in + old.get(n, 0)
+            room = nd.segment_room(self._page_size) + old.get(n, 0)
             if nbytes > room:
                 raise StoreFull(
                     f"node {n} has no room for {nbytes} bytes of object {oid.hex()} "
@@ -1863,7 +1863,7 @@ class Store:
         """Who holds memory of ``nd`` (None: of every node): :func:`count_held`."""
         return count_held(
             nd,
-            self._clients.values(),
+            self._clients,
             self._objects,
             self._segments,
             self._pins.by_client(),

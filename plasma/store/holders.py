@@ -9,7 +9,7 @@ counts.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
 from plasma.store.objects import State
@@ -84,7 +84,7 @@ class Held:
 
 def count_held(
     nd: Node | None,
-    clients: Collection[ClientRecord],
+    clients: Mapping[int, ClientRecord],
     table: Mapping[bytes, ObjectRecord],
     segments: Mapping[int, Segment],
     pins: Mapping[int, Iterable[int]],
@@ -100,7 +100,7 @@ def count_held(
         held.objects = {}
     found = held.objects
     seen: set[bytes] = set()
-    for c in clients:
+    for c in clients.values():
         mine = held.clients[c.id] = Holding()
         for oid in c.refs:
             rec = table.get(oid)
@@ -129,10 +129,9 @@ def count_held(
             mine.arena = a.end - a.cursor
             held.arenas += mine.arena
     counted: set[int] = set()
-    refs_of = {c.id: c.refs for c in clients}
     for cid, gens in pins.items():  # (as many steps as pins)
         holding = held.clients.get(cid)
-        refs = refs_of[cid] if holding is not None else {}
+        refs = clients[cid].refs if holding is not None else {}
         for gen in set(gens):
             found_pin = published.get(gen)
             if found_pin is None:

@@ -86,6 +86,15 @@ class Node:
         self.spill_demand = 0  # bytes creates and restores wait to have spilled
         self.placed_in = 0  # bytes of other nodes' objects whose pages were moved here
 
+    def segment_room(self, page: int) -> int:
+        """Bytes of the budget new segments may take (whole pages): what its segments and
+        the pages of other nodes' objects moved here leave."""
+        return (self.budget - self.segment_bytes - self.placed_in) // page * page
+
+    def empty_segments(self) -> list[Segment]:
+        """Its segments holding nothing (given back when the room is wanted)."""
+        return [s for s in self.segments if s.alloc.free_bytes == s.size]
+
 
 class Memory:
     """Every node's budget and segments, and the fallback files (see the module docstring).
@@ -133,24 +142,20 @@ class Memory:
             if self.grow(nd, size) is None:
                 return None
 
-    def room_for_segments(self, nd: Node) -> int:
-        """Bytes of ``nd``'s budget new segments may take (whole pages)."""
-        return (nd.budget - nd.segment_bytes - nd.placed_in) // self._page * self._page
-
     def grow(self, nd: Node, size: int) -> Segment | None:
         """A new segment big enough for ``size`` within the budget, freeing empty segments
         of the node if that makes room; None if impossible (``nd.shortage`` says why when
         the provider refused)."""
         need = round_up(size, self._page)
-        avail = self.room_for_segments(nd)
+        avail = nd.segment_room(self._page)
         if avail < need:
-            empty = [s for s in nd.segments if s.alloc.free_bytes == s.size]
+            empty = nd.empty_segments()
             if avail + sum(s.size for s in empty) < need:
                 return None
             empty.sort(key=lambda s: s.size, reverse=True)
             for s in empty:
                 self.drop_segment(s)
-                avail = self.room_for_segments(nd)
+                avail = nd.segment_room(self._page)
                 if avail >= need:
                     break
         seg_size = min(max(self._segment_size, need), avail)

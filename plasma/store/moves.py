@@ -4,8 +4,8 @@ The store starts moving an object's pages (migrate, follow-readers, an interleav
 create), copying it to other nodes (replicate), or moving freed pages back home before the
 memory is reused; the coordinator's page mover does the I/O and calls
 :meth:`Store.placed` with the job's token. Each job is one of the records here, kept by
-token until then. This module records and computes only: it never starts I/O, frees
-memory or answers a client.
+token until then. This module only records: it never starts I/O, frees memory or answers
+a client.
 """
 
 from __future__ import annotations
