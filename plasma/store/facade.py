@@ -219,7 +219,6 @@ class Store:
         self._page_size = page_size
         self._mask = alignment - 1
         self._max_object_size = max_object_size
-        self._max_waiters = max_waiters
         self._reclaim_wait = reclaim_wait
         self._events: list[Event] = []
         self._mem = Memory(
@@ -1228,8 +1227,9 @@ class Store:
     def _check_placing(self, c: ClientRecord) -> None:
         """A client has at most ``max_waiters`` page moves (and waiters) under way."""
         self._check_waiters(c)
-        if sum(1 for job in self._placing.values() if job.client == c.id) >= self._max_waiters:
-            raise BadRequest(f"client {c.id} already has {self._max_waiters} page moves under way")
+        most = self._waiters.max_waiters
+        if sum(1 for job in self._placing.values() if job.client == c.id) >= most:
+            raise BadRequest(f"client {c.id} already has {most} page moves under way")
 
     def _move(self, oid: bytes, rec: ObjectRecord, nodes: tuple[int, ...]) -> int:
         """Start moving ``rec``'s pages to ``nodes`` (interleaved when more than one), its
