@@ -74,7 +74,7 @@ def store_bench(clients: int, pins: int, unpins: int, gap: float, idle: float) -
         store.create(writer, _oid(n), 64)
         store.seal(writer, _oid(n))
         store.release(writer, _oid(n))
-    gens = np.array([store._generation_of(store._objects[_oid(n)]) for n in range(objects + 1)])
+    gens = np.array([store._objects[_oid(n)].gen for n in range(objects + 1)])
     rng = np.random.default_rng(1)
     tables = []
     for c in range(clients):

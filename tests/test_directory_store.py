@@ -272,7 +272,7 @@ class PinnedStoreMachine(RuleBasedStateMachine):
         dying already, from the store: a create that waited may have evicted it at once)."""
         found = DirectoryReader(self.store.directory_buffers[0]).lookup(inc.oid)
         rec = self.store._objects[inc.oid]
-        gen = self.store._generation_of(rec)
+        gen = rec.gen
         if found is not None:
             assert (found.generation, found.location) == (gen, inc.loc)
         elif gen:
@@ -367,7 +367,7 @@ class PinnedStoreMachine(RuleBasedStateMachine):
         problems = allocation_violations(self.store, self.claims())
         records = {}
         for _, rec in store_records(self.store):
-            gen = self.store._generation_of(rec)
+            gen = rec.gen
             if gen:
                 records[gen] = rec
         for c in self.clients.values():
@@ -954,7 +954,7 @@ class PinnedStoreMachine(RuleBasedStateMachine):
         for slot, gen, _, where, _ in slots:
             rec = records.get(slot)
             assert rec is not None, f"slot {slot} (generation {gen}) belongs to no object"
-            assert store._generation_of(rec) == gen and rec.loc == where
+            assert rec.gen == gen and rec.loc == where
         assert len(records) == len(slots)
 
     def teardown(self) -> None:

@@ -9,16 +9,19 @@ deleted objects a scan finds pinned are scanned again, at ``PIN_RESCAN`` and bac
 next scan forward, at most once per ``UNPIN_INTERVAL``. Copies of an object on other nodes
 die with it.
 
-This class keeps that schedule and hands the store what is due; it never scans the pin
-tables, frees memory or touches the directory itself: the store does, with what
-:meth:`DyingSet.due` returns, and tells it what the scan found.
+This class keeps that schedule, hands the store what is due and, told what the scan found,
+decides what becomes of each (:meth:`DyingSet.settle`); it never scans the pin tables,
+frees memory or touches the directory itself: the store does.
 """
 
 from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Container
 from typing import TYPE_CHECKING
+
+from plasma.store.objects import State
 
 if TYPE_CHECKING:
     from plasma.store.objects import ObjectRecord
@@ -110,6 +113,29 @@ class DyingSet:
             self.pinned.clear()
             self._rescanned_at = now
         return due, rescanned
+
+    def settle(
+        self, now: float, due: list[Dying], rescanned: int, pinned: Container[int]
+    ) -> tuple[list[Dying], list[Dying]]:
+        """A scan at ``now`` of what :meth:`due` returned (``rescanned`` of them pinned
+        deleted objects scanned again) found ``pinned`` generations pinned: the objects to
+        free (or drop to disk), and the eviction victims a reader pinned meanwhile (they
+        stay: sealed again). Deleted objects still pinned are kept for a later scan,
+        rescheduled (:meth:`reschedule`)."""
+        free: list[Dying] = []
+        revive: list[Dying] = []
+        newly = len(due) - rescanned  # (the rescanned ones come last)
+        added = False  # deleted objects found pinned for the first time
+        for i, (gen, oid, rec) in enumerate(due):
+            if gen not in pinned:
+                free.append((gen, oid, rec))
+            elif rec.state is State.EVICTING:
+                revive.append((gen, oid, rec))
+            else:
+                self.keep_pinned(gen, oid, rec)
+                added = added or i < newly
+        self.reschedule(now, rescanned, added)
+        return free, revive
 
     def keep_pinned(self, gen: int, oid: bytes, rec: ObjectRecord) -> None:
         """A deleted object the scan found pinned: scan it again later."""

@@ -4,10 +4,11 @@ room for a request.
 The store calls the ring through hooks, as Arrow Plasma's and Ray's ``EvictionPolicy``:
 :meth:`ClockRing.add` when a sealed object loses its last reference (end of access),
 :meth:`ClockRing.remove` when one gains a reference or goes (begin of access, removal),
-:meth:`ClockRing.candidates` to walk the ring, and :func:`plan_room` to choose victims for
-a size. CLOCK: candidates in the order they lost their last reference; one whose access
-byte a reader set since the hand last passed gets a second chance (the byte is cleared; it
-comes after all others), one pinned now is passed over; those passed over go to the back.
+:meth:`ClockRing.candidates` to walk the ring, :func:`plan_room` to choose victims for
+a size and :func:`more_victims` for headroom beyond it. CLOCK: candidates in the order they
+lost their last reference; one whose access byte a reader set since the hand last passed
+gets a second chance (the byte is cleared; it comes after all others), one pinned now is
+passed over; those passed over go to the back.
 
 This module chooses; it never evicts, frees or touches an object's state: the store does,
 with the victims it returns.
@@ -174,3 +175,18 @@ def plan_room(
             if room >= need:
                 return plan
     return []
+
+
+def more_victims(
+    walk: Iterator[Candidate], headroom: int, plan: list[Candidate]
+) -> list[Candidate]:
+    """Candidates of ``walk`` beyond ``plan`` until the two free ``headroom`` bytes: a round
+    of eviction waits a grace period, so it frees room for the requests that follow too."""
+    more: list[Candidate] = []
+    headroom -= sum(rec.size for _, rec in plan)
+    for oid, rec in walk:
+        if headroom <= 0:
+            break
+        more.append((oid, rec))
+        headroom -= rec.size
+    return more

@@ -51,7 +51,6 @@ Semantics the coordinator mirrors:
 from __future__ import annotations
 
 import contextlib
-import heapq
 import math
 from collections.abc import Callable, Generator, Iterable
 from typing import Any
@@ -100,10 +99,21 @@ from plasma.store.events import (
     SegmentFreed,
     SpillDead,
 )
-from plasma.store.eviction import plan_room
-from plasma.store.holders import Held, count_held, holding_text
+from plasma.store.eviction import more_victims, plan_room
+from plasma.store.holders import Held, count_held, holders_report, no_space_text
 from plasma.store.memory import Memory, Node, Segment, SegmentProvider
-from plasma.store.moves import CopyJob, FreedRange, MoveJob, PlaceJob, RehomeJob
+from plasma.store.moves import (
+    CopyJob,
+    FreedRange,
+    MoveJob,
+    Placements,
+    RehomeJob,
+    check_movable,
+    check_room,
+    copied_answer,
+    copies_wanted,
+    moved_answer,
+)
 from plasma.store.objects import (
     GONE,
     IN_MEMORY,
@@ -114,19 +124,19 @@ from plasma.store.objects import (
     Step,
     begin_io,
     end_io,
+    object_info,
     step,
 )
 from plasma.store.pages import page_range, round_up
 from plasma.store.publisher import Publisher
-from plasma.store.spill import SPILL_FRACTION, SpillBook
-from plasma.store.waiters import CreateWaiter, GetWaiter, Waiters
+from plasma.store.spill import SpillBook, adopted_record, restore_order
+from plasma.store.waiters import CreateAnswer, CreateWaiter, GetWaiter, Waiters
 
 RECLAIM_INTERVAL = 1.0  # seconds between two AskReclaim events to the same client
 RECLAIM_WAIT = 0.25  # seconds a create that would fail at once waits for reclaimed memory
 GRACE = 0.002  # seconds from marking an object dying to scanning the pin tables for it
 EVICTION_WAIT = 0.25  # seconds a create with timeout 0 waits for the memory it evicts
 EVICTION_HEADROOM = 64  # a round of eviction frees at least 1/64 of the node's budget
-TOP_HOLDERS = 3  # clients a store_full message names (those holding the most memory)
 SPILL_WAIT = 10.0  # seconds a create or get with timeout 0 waits for a spill or a restore
 SPILL_MAX_OBJECTS = 1_000_000  # objects with a copy on disk at most, by default
 MAX_WAITING_IDS = 1 << 16  # ids a client's waiting gets and creates may name in all
@@ -256,8 +266,7 @@ class Store:
         # memory of objects freed (or gone to disk) while it was being written to disk,
         # moved or copied, by the token of that I/O: given back when it ends
         self._after_io: dict[int, list[FreedRange]] = {}
-        # page moves under way: token -> what to do when done (see _start_place)
-        self._placing: dict[int, PlaceJob] = {}
+        self._placing = Placements()  # page moves under way (see _start_place)
         self._readers = follow_readers
         # read-only copies on other nodes (replica id -> record; never in _objects)
         self._replicas: dict[bytes, ObjectRecord] = {}
@@ -404,7 +413,7 @@ class Store:
         except StoreFull:
             self._abort_placed(c.id, oid, rec)
             raise
-        self._placing[token] = MoveJob(c.id, oid, rec, create=True)
+        self._placing.add(token, MoveJob(c.id, oid, rec, create=True))
         assert loc.offset == start
         return Pending(token)
 
@@ -597,7 +606,7 @@ class Store:
                 self._fail_getters(oid, NOT_FOUND)
                 deleted.append(oid)
                 continue
-            found.append((oid, rec, self._generation_of(rec)))
+            found.append((oid, rec, rec.gen))
         # who pins these objects and their copies: one pass over the pin tables for all
         gens = [gen for _, _, gen in found if gen]
         for oid, rec, _ in found:
@@ -610,7 +619,7 @@ class Store:
             for n in rec.replicas:  # (after their pins)
                 copy = self._replicas[replica_id(oid, n)]
                 if copy.slot >= 0:
-                    pinning += pinners.get(self._generation_of(copy), [])
+                    pinning += pinners.get(copy.gen, [])
             if rec.ref_count or pinning:
                 deferred.append(oid)
                 holders = {cid for cid, c in self._clients.items() if oid in c.refs}
@@ -637,7 +646,7 @@ class Store:
         rec = self._objects.get(oid)
         if rec is None or rec.state is State.DELETED:
             raise ObjectNotFound(f"object {oid.hex()} not found")
-        return self._info(oid, rec, self._pins.counts([rec.gen]) if rec.gen else {})
+        return object_info(oid, rec, self._pins.counts([rec.gen]) if rec.gen else {})
 
     def objects(self, ids: Iterable[bytes] | None = None) -> list[ObjectInfo]:
         """Every visible object (unsealed ones too; not those pending deletion), or those of
@@ -654,7 +663,7 @@ class Store:
         # one pass over the pin tables, for these objects' generations only
         gens = [rec.gen for _, rec in listed if rec.gen]
         pins = self._pins.counts(gens) if gens else {}
-        return [self._info(oid, rec, pins) for oid, rec in listed]
+        return [object_info(oid, rec, pins) for oid, rec in listed]
 
     def object_ids(self) -> list[bytes]:
         """The ids of every object in the table (a snapshot to list in pages)."""
@@ -835,32 +844,17 @@ class Store:
         creates or restores wait for room or where the bytes without a copy pass the
         threshold. The caller writes them
         and calls :meth:`spilled` or :meth:`spill_failed`; meanwhile they stay readable."""
-        if not self._spill.enabled or self._spill.batches:
-            return None
-        room = self._spill.room()
-        max_objects = min(max_objects, self._spill.max_objects - self._spill.disk_objects())
-        if max_objects <= 0:
-            return None
-        picked: list[tuple[bytes, ObjectRecord]] = []
-        total = 0
-        for nd in self._nodes.values():
-            want = self._spill.wanted(nd)
-            with contextlib.closing(self._clock(nd, now, copied=False)) as walk:
-                for oid, rec in walk:
-                    length = rec.loc.data_size + rec.loc.metadata_size
-                    full = total + length > max_bytes or len(picked) >= max_objects
-                    if want <= 0 or (picked and full):
-                        break
-                    if total + length > room:
-                        break
-                    self._token += 1
-                    begin_io(rec, Io.SPILLING, self._token)
-                    picked.append((oid, rec))
-                    want -= rec.size
-                    total += length
-            nd.spill_demand = 0  # met by this batch, or nothing can meet it now
+        picked = self._spill.pick(
+            self._nodes.values(),
+            lambda nd: self._clock(nd, now, copied=False),
+            max_bytes,
+            max_objects,
+        )
         if not picked:
             return None
+        for _, rec in picked:
+            self._token += 1
+            begin_io(rec, Io.SPILLING, self._token)
         file_id = self._spill.new_batch(picked)
         return file_id, [(oid, rec.loc, rec.create_time) for oid, rec in picked]
 
@@ -954,12 +948,8 @@ class Store:
                     self._forget_spilled(e.id, old)
                     adopted -= 1
                 node = e.node if e.node in self._nodes else self._mem.first.id
-                loc = ObjectLocation(0, 0, e.data_size, e.metadata_size, node)
-                size = round_up(e.length or 1, self.alignment)
-                rec = ObjectRecord(loc, size, 0, e.create_time, State.SPILLED)
-                rec.spill = (file_id, e)
+                self._objects[e.id] = adopted_record(e, file_id, node, self.alignment)
                 self._spill.adopt_copy(file_id)
-                self._objects[e.id] = rec
                 self._spill.to_disk(e.length)
                 adopted += 1
             if self._spill.forget_empty(file_id):
@@ -1000,11 +990,8 @@ class Store:
         nodes = self._nodes
         home = nodes.get(node) if node is not None else None
         home = home or nodes.get(rec.loc.node) or self._mem.first
-        others = sorted(
-            (nd for nd in nodes.values() if nd is not home), key=lambda nd: nd.used - nd.budget
-        )
         placed = None
-        for nd in [home, *others]:
+        for nd in restore_order(home, nodes.values()):
             placed = self._allocate(nd, rec.size, now, evict=False)
             if placed is not None:
                 break
@@ -1048,7 +1035,7 @@ class Store:
             return [node]
         self._check_placing(c)
         token = self._move(oid, rec, (node,))
-        self._placing[token] = MoveJob(client, oid, rec)
+        self._placing.add(token, MoveJob(client, oid, rec))
         return Pending(token)
 
     def replicate(
@@ -1062,7 +1049,7 @@ class Store:
         c = self._client(client)
         rec, seg = self._pages_of(oid, nodes)
         home = seg.node.id
-        wanted = [n for n in sorted(set(nodes)) if n != home and n not in rec.replicas]
+        wanted = copies_wanted(nodes, home, rec.replicas)
         if not wanted:
             return sorted({home, *rec.replicas})
         self._check_placing(c)
@@ -1084,7 +1071,7 @@ class Store:
         self._token += 1
         # (its bytes are being read: not freed, moved or evicted meanwhile)
         begin_io(rec, Io.MOVING, self._token)
-        self._placing[self._token] = CopyJob(client, oid, rec, copies)
+        self._placing.add(self._token, CopyJob(client, oid, rec, copies))
         length = rec.loc.data_size + rec.loc.metadata_size
         targets = [copy.loc for _, copy in copies]
         self._events.append(Copy(self._token, rec.loc.segment, rec.loc.offset, length, targets))
@@ -1108,12 +1095,8 @@ class Store:
             present = self._objects.get(oid) is rec  # (else deleted or freed meanwhile)
             if not job.create:
                 if client in self._clients:  # (every call is answered, whatever happened)
-                    result: list[int] | PlasmaError = self._mem.nodes_of(rec)
-                    if error is not None:
-                        result = PlasmaError(f"moving {oid.hex()} failed: {error}")
-                    elif not present:
-                        result = ObjectNotFound(f"object {oid.hex()} was deleted while moving")
-                    self._events.append(MigrateDone(client, token, result))
+                    answer = moved_answer(oid, self._mem.nodes_of(rec), error, present)
+                    self._events.append(MigrateDone(client, token, answer))
                 if self._readers is not None:
                     self._readers.moved(oid, now)
             elif present and client is not None and client in self._clients:
@@ -1142,14 +1125,9 @@ class Store:
                 del self._replicas[key]
                 self._free_object(key, copy)
         if client in self._clients:
-            result: list[int] | PlasmaError = sorted(
-                {self._segments[rec.loc.segment].node.id, *rec.replicas}
-            )
-            if error is not None:
-                result = PlasmaError(f"copying {oid.hex()} failed: {error}")
-            elif not alive:
-                result = ObjectNotFound(f"object {oid.hex()} was deleted while being copied")
-            self._events.append(ReplicateDone(client, token, result))
+            nodes = sorted({self._segments[rec.loc.segment].node.id, *rec.replicas})
+            answer = copied_answer(oid, nodes, error, alive)
+            self._events.append(ReplicateDone(client, token, answer))
         self._io_ended(rec)
 
     def _orphan_replicas(self, oid: bytes, rec: ObjectRecord) -> None:
@@ -1197,7 +1175,7 @@ class Store:
                 token = self._move(oid, rec, (proposal,))
             except StoreFull:
                 continue
-            self._placing[token] = MoveJob(None, oid, rec)
+            self._placing.add(token, MoveJob(None, oid, rec))
             started += 1
         return started
 
@@ -1205,19 +1183,10 @@ class Store:
         """The record and segment of a sealed object whose pages may be moved or copied to
         ``nodes`` now (the checks migrate and replicate share)."""
         rec = self._objects.get(oid)
-        if rec is None or rec.state not in READABLE:
-            raise ObjectNotFound(f"object {oid.hex()} not found (or not sealed)")
+        check_movable(oid, rec, self._segments)
+        assert rec is not None
         self._check_nodes(nodes)
-        if rec.state is State.SPILLED:
-            raise BadRequest(f"object {oid.hex()} is spilled to disk: get it first")
-        seg = self._segments[rec.loc.segment]
-        if seg.fallback:
-            raise BadRequest(f"object {oid.hex()} is in a file-backed fallback segment")
-        if rec.io is not Io.NONE:
-            raise BadRequest(f"object {oid.hex()} is being moved or written already")
-        if rec.state is State.EVICTING:
-            raise BadRequest(f"object {oid.hex()} is being evicted: get it first to keep it")
-        return rec, seg
+        return rec, self._segments[rec.loc.segment]
 
     def _check_nodes(self, nodes: Iterable[int]) -> None:
         unknown = sorted(n for n in set(nodes) if n not in self._nodes)
@@ -1227,23 +1196,14 @@ class Store:
     def _check_placing(self, c: ClientRecord) -> None:
         """A client has at most ``max_waiters`` page moves (and waiters) under way."""
         self._check_waiters(c)
-        most = self._waiters.max_waiters
-        if sum(1 for job in self._placing.values() if job.client == c.id) >= most:
-            raise BadRequest(f"client {c.id} already has {most} page moves under way")
+        self._placing.check_client(c.id, self._waiters.max_waiters)
 
     def _move(self, oid: bytes, rec: ObjectRecord, nodes: tuple[int, ...]) -> int:
         """Start moving ``rec``'s pages to ``nodes`` (interleaved when more than one), its
         charges going from where they are to there: StoreFull if a node lacks the room."""
         old = self._mem.charges(rec, rec.pages_on) if rec.pages_on is not None else {}
         new = self._mem.charges(rec, nodes)
-        for n, nbytes in new.items():
-            nd = self._nodes[n]
-            room = nd.segment_room(self._page_size) + old.get(n, 0)
-            if nbytes > room:
-                raise StoreFull(
-                    f"node {n} has no room for {nbytes} bytes of object {oid.hex()} "
-                    f"({room} bytes of its budget are free)"
-                )
+        check_room(oid, old, new, lambda n: self._nodes[n].segment_room(self._page_size))
         self._mem.charge(old, -1)
         self._mem.charge(new, +1)
         seg = self._segments[rec.loc.segment]
@@ -1266,7 +1226,7 @@ class Store:
     ) -> int:
         self._token += 1
         if job is not None:
-            self._placing[self._token] = job
+            self._placing.add(self._token, job)
         self._events.append(Place(self._token, seg.id, start, length, mode, nodes))
         return self._token
 
@@ -1409,35 +1369,20 @@ class Store:
         eviction waits a grace period (when there is one), more candidates up to
         ``EVICTION_HEADROOM`` of the budget, for the requests that follow. Empty when
         evicting everything evictable would not make room."""
-        evictable = nd.clock.copied if self._spill.enabled else nd.clock.bytes
+        copied = True if self._spill.enabled else None
+        evictable = nd.clock.copied if copied else nd.clock.bytes
         if not evictable or nd.budget - nd.used + evictable < size:
             return []
-        with contextlib.closing(
-            self._clock(nd, now, copied=True if self._spill.enabled else None)
-        ) as walk:
+        with contextlib.closing(self._clock(nd, now, copied)) as walk:
             plan = plan_room(nd, size, self._page_size, self._segments, walk)
             if plan and self._grace:
-                headroom = nd.budget // EVICTION_HEADROOM - sum(r.size for _, r in plan)
-                for oid, rec in walk:
-                    if headroom <= 0:
-                        break
-                    plan.append((oid, rec))
-                    headroom -= rec.size
+                plan += more_victims(walk, nd.budget // EVICTION_HEADROOM, plan)
         return plan
 
     def _spill_or_fall_back(self, nd: Node, size: int) -> tuple[Segment, int] | None:
         """Eviction cannot make room for ``size`` bytes on ``nd``: ask for copies on disk if
         they would (None: the caller waits), else place it in a fallback segment if allowed."""
-        if (
-            self._spill.enabled
-            and nd.budget - nd.used + nd.clock.bytes >= size
-            and nd.clock.bytes > nd.clock.copied
-            and not self._spill.full()
-        ):
-            # (a batch of at least 1/8 of the budget: fewer, bigger files; later evictions
-            # find copies ready)
-            nd.spill_demand = max(nd.spill_demand, size, nd.budget // SPILL_FRACTION)
-            self._spill.wake()
+        if self._spill.ask_copies(nd, size):
             return None
         return self._mem.take_fallback(nd, size)
 
@@ -1495,10 +1440,6 @@ class Store:
             self._evictions += 1
             self._notify_deleted(oid, rec)
 
-    def _generation_of(self, rec: ObjectRecord) -> int:
-        """The generation an object was published with; 0 if it never was."""
-        return rec.gen
-
     def _free_once_unpinned(self, oid: bytes, rec: ObjectRecord, now: float) -> bool:
         """Free a sealed, unreferenced object that is deleted or evicted, once no pin holds
         it: at once if it was never published (returns False), else after the grace period
@@ -1507,7 +1448,7 @@ class Store:
         deleted = rec.state is State.DELETED
         if deleted and self._objects.get(oid) is rec:
             del self._objects[oid]
-        gen = self._generation_of(rec)
+        gen = rec.gen
         if not gen:
             if rec.spill is not None and not deleted:
                 self._to_disk(oid, rec)
@@ -1554,24 +1495,15 @@ class Store:
         if not due:
             return
         pinned = self._pins.pinned(gen for gen, _, _ in due)
-        newly = len(due) - rescanned  # (the rescanned ones come last)
-        added = False  # deleted objects found pinned for the first time
-        for i, (gen, oid, rec) in enumerate(due):
+        free, revive = dying.settle(now, due, rescanned, pinned)
+        for gen, oid, rec in free:
             evicted = rec.state is State.EVICTING
             if evicted:
                 self._segments[rec.loc.segment].node.evicting -= 1
-            if gen not in pinned:
-                self._free_scanned(gen, oid, rec, evicted)
-            elif evicted:  # a reader pinned it during the grace period: it stays
-                step(rec, Step.REVIVE)
-                self._dir.set_state(rec, SEALED)
-                self._mark_copies(oid, rec, SEALED)
-                self._unreferenced(oid, rec, now)
-            else:
-                dying.keep_pinned(gen, oid, rec)
-                if i < newly:
-                    added = True
-        dying.reschedule(now, rescanned, added)
+            self._free_scanned(gen, oid, rec, evicted)
+        for _, oid, rec in revive:  # a reader pinned it during the grace period: it stays
+            self._stays(oid, rec)
+            self._unreferenced(oid, rec, now)
         if dying.orphans:  # copies of what this scan freed (they have no copies themselves)
             self._free_due(now)
 
@@ -1588,7 +1520,11 @@ class Store:
 
     def _revive(self, oid: bytes, rec: ObjectRecord) -> None:
         """An eviction victim is asked for (a Get): it stays."""
-        self._dying.revive(self._generation_of(rec))
+        self._dying.revive(rec.gen)
+        self._stays(oid, rec)
+
+    def _stays(self, oid: bytes, rec: ObjectRecord) -> None:
+        """An eviction victim is kept: sealed again, in the directory and its copies too."""
         self._segments[rec.loc.segment].node.evicting -= 1
         step(rec, Step.REVIVE)
         self._dir.set_state(rec, SEALED)
@@ -1721,24 +1657,6 @@ class Store:
         """Out of its node's CLOCK ring (False: it was not in it)."""
         return self._segments[rec.loc.segment].node.clock.remove(oid, rec)
 
-    def _info(self, oid: bytes, rec: ObjectRecord, pins: dict[int, int]) -> ObjectInfo:
-        loc = rec.loc
-        state = "sealed" if rec.state in IN_MEMORY else rec.state.value
-        pinned = pins.get(self._generation_of(rec), 0) if pins and rec.state in IN_MEMORY else 0
-        return ObjectInfo(
-            oid,
-            loc.data_size,
-            loc.metadata_size,
-            loc.node,
-            state,
-            rec.ref_count + pinned,
-            rec.create_time,
-            rec.owner,
-            rec.construct_duration if rec.state is not State.CREATED else -1.0,
-            list(rec.pages_on) if rec.pages_on is not None else [],
-            list(rec.replicas),
-        )
-
     # ------------------------------------------------------------ internals: notifications
 
     def _announce(self, oid: bytes, rec: ObjectRecord) -> None:
@@ -1839,25 +1757,11 @@ class Store:
         """Why a create on ``nd`` found no space: what holds the node's memory (bytes
         referenced, being written, in arenas, pinned by readers, unreferenced, being freed
         and free), and the clients that hold the most of it."""
-        held = self._held_on(nd)
-        pinned = held.pinned_unreferenced
-        unreferenced = nd.clock.bytes - pinned
-        freeing = nd.used - held.total - nd.clock.bytes
-        text = (
-            f"no space on node {nd.id}: {held.referenced} bytes referenced, {held.writing} "
-            f"being written, {held.arenas} in arenas, {pinned} pinned by readers, "
-            f"{unreferenced} unreferenced, {max(0, freeing)} being freed, "
-            f"{nd.budget - nd.used} free"
-        )
-        if self._spill.enabled:
-            text += self._spill.describe()
-        top = held.by_client.most_common(TOP_HOLDERS)
-        if top:
-            text += "; held most by " + ", ".join(
-                f"{self._clients[cid].label} ({holding_text(held.clients[cid])})" for cid, _ in top
-            )
-            text += " (`plasma-coord memory` lists every holder)"
-        return text + nd.shortage
+        spill = self._spill.describe() if self._spill.enabled else ""
+        return no_space_text(nd, self._held_on(nd), self._labels(), spill)
+
+    def _labels(self) -> dict[int, str]:
+        return {cid: c.label for cid, c in self._clients.items()}
 
     def _held_on(self, nd: Node | None, objects: bool = False) -> Held:
         """Who holds memory of ``nd`` (None: of every node): :func:`count_held`."""
@@ -1878,35 +1782,9 @@ class Store:
         ``total`` (each object counted once), and the ``top_objects`` largest objects held
         with the clients referencing and pinning them. One pass over the pin tables."""
         held = self._held_on(None, objects=top_objects > 0)
-        clients = [
-            {
-                "id": cid,
-                "label": self._clients[cid].label,
-                "references": {"bytes": h.ref_bytes, "objects": h.refs},
-                "pins": {"bytes": h.pin_bytes, "objects": h.pins},
-                "unsealed": {"bytes": h.unsealed_bytes, "objects": h.unsealed},
-                "arena": h.arena,
-                "total": h.total,
-            }
-            for cid, h in sorted(held.clients.items(), key=lambda kv: (-kv[1].total, kv[0]))
-        ]
-        found = held.objects or {}
-        top = heapq.nlargest(top_objects, found.items(), key=lambda kv: (kv[1][0].size, kv[0]))
-        return {
-            "clients": clients,
-            "total": {
-                "references": held.referenced,
-                "unsealed": held.writing,
-                "pins": held.pinned_only,
-                "arenas": held.arenas,
-                "bytes": held.total + held.pinned_only,
-            },
-            "objects": [self._held_object(key, *entry) for key, entry in top],
-        }
+        return holders_report(held, self._labels(), top_objects, self._held_object)
 
-    def _held_object(
-        self, key: bytes, rec: ObjectRecord, referenced_by: list[int], pinned_by: list[int]
-    ) -> dict[str, Any]:
+    def _held_object(self, key: bytes, rec: ObjectRecord) -> dict[str, Any]:
         state = {State.CREATED: "unsealed", State.SEALED: "sealed", State.EVICTING: "sealed"}.get(
             rec.state, "deleting"
         )
@@ -1919,8 +1797,6 @@ class Store:
             "state": state,
             "replica": key in self._replicas,
             "owner": rec.owner,
-            "referenced_by": sorted(referenced_by),
-            "pinned_by": sorted(pinned_by),
         }
 
     def _ask_reclaim(self, nd: Node, now: float) -> bool:
@@ -1958,9 +1834,7 @@ class Store:
 
     def _retry_creates(self, now: float) -> None:
         """After space may have appeared: retry pending creates (and arena requests) in FIFO
-        order. One that does not fit holds back the later ones on its node only while it
-        could fit by eviction (or spilling): one that waits for references to go does not
-        starve creates that fit meanwhile, and gets its turn once they have gone."""
+        order (:meth:`Waiters.retry_creates`)."""
         if not self._space_changed:
             return
         self._space_changed = False
@@ -1968,24 +1842,17 @@ class Store:
             self._retry_restores(now)
         if not self._waiters.creates:
             return
-        blocked: set[int] = set()
-        for w in list(self._waiters.creates.values()):
-            if w.node.id in blocked:
-                continue
+
+        def attempt(w: CreateWaiter) -> CreateAnswer | None:
             c = self._clients[w.client]
-            result: list[ObjectLocation] | Grant | PlasmaError | None
             try:
                 if w.arena is not None:
-                    result = self._try_arena(c, w.node, *w.arena, now)
-                else:
-                    result = self._try_create(c, w.items, w.node, w.now, now)
+                    return self._try_arena(c, w.node, *w.arena, now)
+                return self._try_create(c, w.items, w.node, w.now, now)
             except PlasmaError as exc:
-                result = exc
-            if result is None:
-                if self._could_fit(w):
-                    blocked.add(w.node.id)
-                continue
-            self._waiters.finish(w)
-            c.waiters.discard(w)
-            self._events.append(CreateDone(w.client, w.token, result))
+                return exc
+
+        for w, answer in self._waiters.retry_creates(attempt, self._could_fit):
+            self._clients[w.client].waiters.discard(w)
+            self._events.append(CreateDone(w.client, w.token, answer))
         self._space_changed = False

@@ -1,18 +1,22 @@
 """Who holds memory: per client and in all (what ``plasma-coord memory`` and store_full say).
 
 :func:`count_held` adds up, in one pass over the clients' references and the generations
-their pin tables hold, what each client holds and what is held in all (:meth:`Store.holders`
-and store_full messages format it). This module only counts: it never changes what it
+their pin tables hold, what each client holds and what is held in all;
+:func:`no_space_text` and :func:`holders_report` say it (a store_full message,
+:meth:`Store.holders`). This module only counts and formats: it never changes what it
 counts.
 """
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from plasma.store.objects import State
+
+TOP_HOLDERS = 3  # clients a store_full message names (those holding the most memory)
 
 if TYPE_CHECKING:
     from plasma.store.clients import ClientRecord
@@ -154,3 +158,70 @@ def count_held(
             if segment.node.clock.holds(key, rec):
                 held.pinned_unreferenced += rec.size
     return held
+
+
+def no_space_text(nd: Node, held: Held, labels: Mapping[int, str], spill: str = "") -> str:
+    """Why a create on ``nd`` found no space: what holds the node's memory (``held``: bytes
+    referenced, being written, in arenas, pinned by readers, unreferenced, being freed and
+    free), ``spill`` (what spilling says, if on), and the clients that hold the most of it
+    (named by ``labels``)."""
+    pinned = held.pinned_unreferenced
+    unreferenced = nd.clock.bytes - pinned
+    freeing = nd.used - held.total - nd.clock.bytes
+    text = (
+        f"no space on node {nd.id}: {held.referenced} bytes referenced, {held.writing} "
+        f"being written, {held.arenas} in arenas, {pinned} pinned by readers, "
+        f"{unreferenced} unreferenced, {max(0, freeing)} being freed, "
+        f"{nd.budget - nd.used} free{spill}"
+    )
+    top = held.by_client.most_common(TOP_HOLDERS)
+    if top:
+        text += "; held most by " + ", ".join(
+            f"{labels[cid]} ({holding_text(held.clients[cid])})" for cid, _ in top
+        )
+        text += " (`plasma-coord memory` lists every holder)"
+    return text + nd.shortage
+
+
+def holders_report(
+    held: Held,
+    labels: Mapping[int, str],
+    top_objects: int,
+    describe: Callable[[bytes, ObjectRecord], dict[str, Any]],
+) -> dict[str, Any]:
+    """What :meth:`Store.holders` returns, from ``held`` (counted with its objects): each
+    client (named by ``labels``, most bytes held first), the totals, and the
+    ``top_objects`` largest objects held (``describe`` says what each is) with the clients
+    referencing and pinning them."""
+    clients = [
+        {
+            "id": cid,
+            "label": labels[cid],
+            "references": {"bytes": h.ref_bytes, "objects": h.refs},
+            "pins": {"bytes": h.pin_bytes, "objects": h.pins},
+            "unsealed": {"bytes": h.unsealed_bytes, "objects": h.unsealed},
+            "arena": h.arena,
+            "total": h.total,
+        }
+        for cid, h in sorted(held.clients.items(), key=lambda kv: (-kv[1].total, kv[0]))
+    ]
+    found = held.objects or {}
+    top = heapq.nlargest(top_objects, found.items(), key=lambda kv: (kv[1][0].size, kv[0]))
+    return {
+        "clients": clients,
+        "total": {
+            "references": held.referenced,
+            "unsealed": held.writing,
+            "pins": held.pinned_only,
+            "arenas": held.arenas,
+            "bytes": held.total + held.pinned_only,
+        },
+        "objects": [
+            {
+                **describe(key, rec),
+                "referenced_by": sorted(referenced_by),
+                "pinned_by": sorted(pinned_by),
+            }
+            for key, (rec, referenced_by, pinned_by) in top
+        ],
+    }

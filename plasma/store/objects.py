@@ -27,16 +27,18 @@ FREED      its memory is given back (or will be, when its I/O ends)     any
 
 This module decides nothing about memory, pins or clients: it records what the store did
 and refuses what the store must never do (seal a deleted object, evict one being written
-to disk, restore one in memory). It must never import the store.
+to disk, restore one in memory), and says what a listing shows of a record
+(:func:`object_info`). It must never import the store.
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 
 import msgspec
 
-from plasma.records import ObjectLocation, SpillEntry
+from plasma.records import ObjectInfo, ObjectLocation, SpillEntry
 
 
 class State(enum.Enum):
@@ -167,3 +169,24 @@ def end_io(rec: ObjectRecord, io: Io) -> None:
     if rec.io is not io or io is Io.NONE:
         raise IllegalTransition(f"{io.value} ended on an object that is {rec.io.value}")
     rec.io = Io.NONE
+
+
+def object_info(oid: bytes, rec: ObjectRecord, pins: Mapping[int, int]) -> ObjectInfo:
+    """What ``list``/``info`` show of an object: its reference count includes the pins
+    (``pins``: count by generation) on it while it is in memory."""
+    loc = rec.loc
+    in_memory = rec.state in IN_MEMORY
+    pinned = pins.get(rec.gen, 0) if pins and in_memory else 0
+    return ObjectInfo(
+        oid,
+        loc.data_size,
+        loc.metadata_size,
+        loc.node,
+        "sealed" if in_memory else rec.state.value,
+        rec.ref_count + pinned,
+        rec.create_time,
+        rec.owner,
+        rec.construct_duration if rec.state is not State.CREATED else -1.0,
+        list(rec.pages_on) if rec.pages_on is not None else [],
+        list(rec.replicas),
+    )

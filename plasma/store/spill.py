@@ -5,17 +5,25 @@ figures ``stats()["spill"]`` and store_full messages show.
 written, the restores under way and those waiting for memory, the bounds (``max_bytes``,
 ``max_objects``) and the last error. The store decides what to spill, drop or restore and
 changes objects' states; the coordinator's spiller writes and reads the files. This class
-only counts: it never frees memory, changes an object or touches a file.
+only counts and chooses (:meth:`SpillBook.pick`, :meth:`SpillBook.wanted`,
+:func:`restore_order`): it never frees memory, changes an object's state or touches a file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any
+
+from plasma.records import ObjectLocation, SpillEntry
+from plasma.store.objects import ObjectRecord, State
+from plasma.store.pages import round_up
 
 if TYPE_CHECKING:
     from plasma.store.memory import Node
-    from plasma.store.objects import ObjectRecord
+
+Candidate = tuple[bytes, ObjectRecord]
 
 SPILL_FRACTION = 8  # a spill batch copies at least 1/8 of the node's budget (if it can)
 
@@ -136,6 +144,57 @@ class SpillBook:
             return max(nd.spill_demand, over + nd.budget // SPILL_FRACTION)
         return nd.spill_demand
 
+    def pick(
+        self,
+        nodes: Iterable[Node],
+        walk_of: Callable[[Node], Generator[Candidate, None, None]],
+        max_bytes: int,
+        max_objects: int,
+    ) -> list[Candidate]:
+        """The objects to write as the next spill file: up to ``max_bytes`` of data and
+        ``max_objects`` objects (and what the bounds on disk leave), taken from each node's
+        candidates without a copy (``walk_of``, in CLOCK order) while it wants some
+        (:meth:`wanted`). Empty when spilling is off or a batch is being written. Each
+        node's ``spill_demand`` is met by this batch (or cannot be now): it is reset."""
+        if not self.enabled or self.batches:
+            return []
+        room = self.room()
+        max_objects = min(max_objects, self.max_objects - self.disk_objects())
+        picked: list[Candidate] = []
+        if max_objects <= 0:
+            return picked
+        total = 0
+        for nd in nodes:
+            want = self.wanted(nd)
+            with contextlib.closing(walk_of(nd)) as walk:
+                for oid, rec in walk:
+                    length = rec.loc.data_size + rec.loc.metadata_size
+                    full = total + length > max_bytes or len(picked) >= max_objects
+                    if want <= 0 or (picked and full) or total + length > room:
+                        break
+                    picked.append((oid, rec))
+                    want -= rec.size
+                    total += length
+            nd.spill_demand = 0
+        return picked
+
+    def ask_copies(self, nd: Node, size: int) -> bool:
+        """Eviction cannot make room for ``size`` bytes on ``nd`` now: True (and the spiller
+        is woken, ``nd.spill_demand`` raised) when copies on disk of its unreferenced
+        objects without one would, and may be written; the request then waits for them. A
+        batch copies at least 1/``SPILL_FRACTION`` of the budget: fewer, bigger files, and
+        later evictions find copies ready."""
+        if not (
+            self.enabled
+            and nd.budget - nd.used + nd.clock.bytes >= size
+            and nd.clock.bytes > nd.clock.copied
+            and not self.full()
+        ):
+            return False
+        nd.spill_demand = max(nd.spill_demand, size, nd.budget // SPILL_FRACTION)
+        self.wake()
+        return True
+
     def restore_hopeless(self, nd: Node, size: int) -> bool:
         """No memory will come for a restore of ``size`` bytes on ``nd`` without a client
         letting go: nothing is being evicted or written to disk, dropping the objects that
@@ -204,3 +263,20 @@ class SpillBook:
         if self.error:
             text += f"; the last spill failed: {self.error}"
         return text
+
+
+def restore_order(home: Node, nodes: Iterable[Node]) -> list[Node]:
+    """Where a restore looks for free memory: ``home`` (the reader's node, else the
+    object's), then the other nodes, those with the most budget left first."""
+    others = sorted((nd for nd in nodes if nd is not home), key=lambda nd: nd.used - nd.budget)
+    return [home, *others]
+
+
+def adopted_record(entry: SpillEntry, file_id: int, node: int, alignment: int) -> ObjectRecord:
+    """The record of an object a previous coordinator left in spill file ``file_id``
+    (``entry``), as spilled, to be read back on ``node``."""
+    loc = ObjectLocation(0, 0, entry.data_size, entry.metadata_size, node)
+    size = round_up(entry.length or 1, alignment)
+    rec = ObjectRecord(loc, size, 0, entry.create_time, State.SPILLED)
+    rec.spill = (file_id, entry)
+    return rec

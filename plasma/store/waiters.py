@@ -11,13 +11,15 @@ answers a request, takes a reference or touches memory.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Union
 
 from plasma.errors import BadRequest
 
 if TYPE_CHECKING:
+    from plasma.errors import PlasmaError
     from plasma.records import CreateItem, ObjectLocation
+    from plasma.store.events import Grant
     from plasma.store.memory import Node
 
 
@@ -60,6 +62,8 @@ class CreateWaiter:
 
 
 Waiter = GetWaiter | CreateWaiter
+# what a waiting create is answered: its objects' locations, an arena, or an error
+CreateAnswer = Union[list["ObjectLocation"], "Grant", "PlasmaError"]
 DEAD_COMPACT = 64  # finished waiters left in the deadline heap before it may be compacted
 
 
@@ -112,6 +116,30 @@ class Waiters:
         w.deadline = deadline
         if deadline is not None:
             heapq.heappush(self._deadlines, (deadline, w.token, w))
+
+    def retry_creates(
+        self,
+        attempt: Callable[[CreateWaiter], CreateAnswer | None],
+        could_fit: Callable[[CreateWaiter], bool],
+    ) -> list[tuple[CreateWaiter, CreateAnswer]]:
+        """Retry the waiting creates in FIFO order (``attempt``: its answer, None when it
+        does not fit yet): those answered, each taken out of every queue. One that does not
+        fit holds back the later ones on its node only while it ``could_fit`` by eviction
+        (or spilling): one that waits for references to go does not starve creates that
+        fit meanwhile, and keeps its turn for when they have gone."""
+        answered: list[tuple[CreateWaiter, CreateAnswer]] = []
+        blocked: set[int] = set()
+        for w in list(self.creates.values()):
+            if w.node.id in blocked:
+                continue
+            answer = attempt(w)
+            if answer is None:
+                if could_fit(w):
+                    blocked.add(w.node.id)
+                continue
+            self.finish(w)
+            answered.append((w, answer))
+        return answered
 
     def waits_for(self, oid: bytes) -> bool:
         """True when some get waits for ``oid``."""
