@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from plasma import protocol as p
+from plasma._client_core.fast_path import Read
 from plasma._client_core.outbox import Outbox
 from plasma._client_core.segment_maps import SegmentMaps
-from plasma.directory import Found
 
 __all__ = ["RELEASE_DELAY", "RELEASE_DELAY_BYTES", "RELEASE_DELAY_SHARE", "Refs", "Views"]
 
@@ -56,7 +56,7 @@ class _Held:
     views: int = 1
     revoked: bool = False
     pin: int = -1
-    found: Found | None = None
+    found: Read | None = None
 
 
 @dataclass(slots=True)
@@ -121,7 +121,7 @@ class Refs:
                 self._outbox.releases.append(oid)
             return self._views(oid, loc)
 
-    def pinned(self, oid: bytes, found: Found, pin: int) -> Views:
+    def pinned(self, oid: bytes, found: Read, pin: int) -> Views:
         """Views of ``oid``, held by the pin-table entry ``pin`` taken on the directory read
         ``found``. The caller holds the lock and knows ``oid`` is not held already."""
         self.held[oid] = _Held(found.location, pin=pin, found=found)

@@ -3,12 +3,13 @@
 It owns the descriptors received with replies until their segments or tables take them, the
 map of each segment (read-only where the coordinator sent a read-only descriptor), a
 descriptor of each kept for copy-on-write views, the maps of the directory, access bytes
-and pin table with the :class:`~plasma.directory.DirectoryReader` and
-:class:`~plasma.directory.PinTable` over them, and unmapping: segments the coordinator
-dropped, a superseded directory, everything at close. It never decodes a message, never
-holds or releases a reference and never sends anything: it is handed segment infos and
-descriptors, and answers with maps. A map that views still use is left for them to unmap
-(its ``close`` refused); nothing here is unmapped under a live view.
+and pin table with the reader and pin table of the read path over them (the C one, or
+:class:`~plasma.directory.DirectoryReader` and :class:`~plasma.directory.PinTable`), and
+unmapping: segments the coordinator dropped, a superseded directory, everything at close. It
+never decodes a message, never holds or releases a reference and never sends anything: it is
+handed segment infos and descriptors, and answers with maps. A map that views (or the C
+reader's buffer exports) still use is left for them to unmap (its ``close`` refused); nothing
+here is unmapped under a live view.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import threading
 from typing import Any
 
 from plasma import protocol as p
-from plasma.directory import ORDERED_MEMORY, DirectoryReader, PinTable
+from plasma._client_core import fast_path
 from plasma.errors import PlasmaError
 from plasma.linux.memfd import map_segment, populate_range
 
@@ -46,9 +47,11 @@ class SegmentMaps:
         # a descriptor of each mapped segment (read-only where our uid may only read) and its
         # page size: what a writable get maps privately (copy-on-write) from
         self.segment_fds: dict[int, tuple[int, int]] = {}
-        # reads without requests: the directory (read-only) and this client's pin table
-        self.reader: DirectoryReader | None = None
-        self.pins: PinTable | None = None
+        # reads without requests: the directory (read-only) and this client's pin table, read
+        # and written by the read path chosen when the client starts (None: requests only)
+        self.read_path = fast_path.READ_PATH
+        self.reader: Any = None
+        self.pins: Any = None
         self.table_maps: list[mmap.mmap] = []  # directory and access bytes
         self.pin_map: mmap.mmap | None = None
         # the directory mapped was superseded and the current one asked for: until it comes
@@ -92,9 +95,10 @@ class SegmentMaps:
 
     def install_tables(self, directory: Any, access: Any, pins: Any) -> None:
         """Read through ``directory`` (and ``access``, ``pins`` when given) from now on."""
+        path = self.read_path
         try:
-            reader = DirectoryReader(directory, access) if ORDERED_MEMORY else None
-        except ValueError:  # a layout this client does not know: requests it is
+            reader = path.reader(directory, access) if path is not None else None
+        except ValueError:  # a layout this client does not know (or cannot read): requests
             reader = None
         with self._lock:  # (no other thread is in the middle of a fast get)
             old = self.table_maps
@@ -105,9 +109,9 @@ class SegmentMaps:
                     mm.close()
             if pins is not None:
                 self.pin_map = pins
-                self.pins = PinTable(pins)
+                self.pins = path.pins(pins) if path is not None else None
 
-    def superseded(self, reader: DirectoryReader) -> int:
+    def superseded(self, reader: Any) -> int:
         """The token of ``reader``'s directory when it was replaced and the current one is
         not asked for yet (then it counts as asked); else 0."""
         if self.tables_asked or not reader.superseded:
