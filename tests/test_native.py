@@ -192,3 +192,43 @@ def test_the_maps_it_reads_cannot_be_closed_under_it() -> None:
     del reader, pins
     mm.close()
     table.close()
+
+
+@needs_native
+def test_a_view_is_read_only_and_calls_back_once_when_its_last_slice_goes() -> None:
+    assert native is not None
+    mm = mmap.mmap(-1, 4096)
+    mm[100:105] = b"hello"
+    gone: list[bytes] = []
+    view = memoryview(native.View(mm, 100, 5, gone.append, b"key"))
+    data, meta = view[:3], view[3:]
+    assert (bytes(data), bytes(meta), view.readonly, view.format) == (b"hel", b"lo", True, "B")
+    with pytest.raises(TypeError):
+        data[0] = 1
+    del view, data
+    assert gone == []  # a slice is left
+    with pytest.raises(BufferError):
+        mm.close()  # the view holds the map
+    del meta
+    assert gone == [b"key"]
+    mm.close()
+
+
+@needs_native
+def test_a_view_outside_its_segment_is_an_error_and_a_failing_callback_is_unraisable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert native is not None
+    mm = mmap.mmap(-1, 4096)
+    for offset, length in [(4000, 97), (-1, 1), (0, -1), (4097, 0)]:
+        with pytest.raises(ValueError, match="not in the segment"):
+            native.View(mm, offset, length, print, None)
+
+    def fail(key: object) -> None:
+        raise RuntimeError("callback failed")
+
+    seen: list[object] = []
+    monkeypatch.setattr("sys.unraisablehook", lambda u: seen.append(u.exc_value))
+    view = native.View(mm, 0, 0, fail, None)
+    del view
+    assert [str(e) for e in seen] == ["callback failed"]

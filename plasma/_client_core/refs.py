@@ -1,14 +1,14 @@
 """The client core's references (internal): what this client holds of the store's objects.
 
 It owns the one reference (or directory pin) held per object while views of it live, the
-views themselves (numpy owners whose finalizers count them down, on any thread), the
-release-delay cache of references whose views all went (oldest first, bounded in objects
-and bytes), revocations, copy-on-write private views, the creator references that follow
-``create`` buffers, and the locations a with_locations subscription handed over. It
-decides when a reference goes: the id is queued on the outbox (a Release, or an Unpin hint
-after clearing the pin), which batches it into the next frames. It never sends, never
-decodes a reply and never maps or unmaps memory: views are made over the segment maps'
-mappings, which it only reads.
+views themselves (owners whose finalizers count them down, on any thread: the C read path's
+``View``, else numpy arrays), the release-delay cache of references whose views all went
+(oldest first, bounded in objects and bytes), revocations, copy-on-write private views, the
+creator references that follow ``create`` buffers, and the locations a with_locations
+subscription handed over. It decides when a reference goes: the id is queued on the outbox
+(a Release, or an Unpin hint after clearing the pin), which batches it into the next frames.
+It never sends, never decodes a reply and never maps or unmaps memory: views are made over
+the segment maps' mappings, which it only reads.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from plasma import protocol as p
 from plasma._client_core.fast_path import Read
 from plasma._client_core.outbox import Outbox
 from plasma._client_core.segment_maps import SegmentMaps
+from plasma._native import native
 
 __all__ = ["RELEASE_DELAY", "RELEASE_DELAY_BYTES", "RELEASE_DELAY_SHARE", "Refs", "Views"]
 
@@ -145,9 +146,11 @@ class Refs:
 
     def _views(self, oid: bytes, loc: p.ObjectLocation) -> Views:
         total = loc.data_size + loc.metadata_size
-        owner = np.frombuffer(
-            self._maps.segments[loc.segment], np.uint8, count=max(total, 1), offset=loc.offset
-        )
+        segment = self._maps.segments[loc.segment]
+        if native is not None:  # one C object owns the bytes and calls back when it goes
+            view = memoryview(native.View(segment, loc.offset, total, self._drop_view, oid))
+            return view[: loc.data_size], view[loc.data_size : total]
+        owner = np.frombuffer(segment, np.uint8, count=max(total, 1), offset=loc.offset)
         owner.flags.writeable = False
         # when ``owner`` dies, the weak reference calls back (on whatever thread collects it)
         ref = weakref.ref(owner, self._owner_died)

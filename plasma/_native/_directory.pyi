@@ -1,3 +1,4 @@
+from collections.abc import Callable
 from typing import Any
 
 from plasma.records import ObjectLocation
@@ -26,6 +27,12 @@ class PinTable:
     def __init__(self, table: Any) -> None: ...
     def pin(self, generation: int) -> int | None: ...
     def unpin(self, index: int) -> None: ...
+
+class View:
+    def __init__(
+        self, segment: Any, offset: int, length: int, done: Callable[[Any], object], key: Any
+    ) -> None: ...
+    def __buffer__(self, flags: int) -> memoryview: ...
 
 def pin_from_directory(
     reader: Reader, pins: PinTable, mapped: Any, oid: bytes, node: int | None

@@ -329,6 +329,92 @@ static PyTypeObject PinTableType = {
     .tp_getset = pins_getset,
 };
 
+/* ------------------------------------------------------------------ View */
+
+/* The bytes of one object in a mapped segment, as a read-only buffer: what a client's views
+ * of a pinned or referenced object are made from (memoryview(View(...))). It holds a buffer
+ * export of the segment's map (the map cannot be closed under it), and when it goes (the
+ * last view of it dropped, on whatever thread) it calls done(key) once. */
+typedef struct {
+    PyObject_HEAD
+    Py_buffer segment;
+    char *start;
+    Py_ssize_t length;
+    PyObject *done;
+    PyObject *key;
+} View;
+
+static PyTypeObject ViewType;
+
+static PyObject *view_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
+    static char *names[] = {"segment", "offset", "length", "done", "key", NULL};
+    PyObject *segment, *done, *key;
+    Py_ssize_t offset, length;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OnnOO:View", names, &segment, &offset,
+                                     &length, &done, &key))
+        return NULL;
+    View *self = (View *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    if (PyObject_GetBuffer(segment, &self->segment, PyBUF_SIMPLE) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    if (offset < 0 || length < 0 || offset > self->segment.len ||
+        length > self->segment.len - offset) {
+        Py_DECREF(self);
+        PyErr_Format(PyExc_ValueError, "bytes [%zd, %zd + %zd) are not in the segment", offset,
+                     offset, length);
+        return NULL;
+    }
+    self->start = (char *)self->segment.buf + offset;
+    self->length = length;
+    Py_INCREF(done);
+    self->done = done;
+    Py_INCREF(key);
+    self->key = key;
+    return (PyObject *)self;
+}
+
+static void view_dealloc(View *self) {
+    PyObject *done = self->done, *key = self->key;
+    if (self->segment.obj != NULL)
+        PyBuffer_Release(&self->segment);
+    self->done = self->key = NULL;
+    Py_TYPE(self)->tp_free((PyObject *)self);
+    if (done != NULL) {
+        /* (a finalizer: whatever exception is being handled stays as it was) */
+        PyObject *type, *value, *traceback;
+        PyErr_Fetch(&type, &value, &traceback);
+        PyObject *result = PyObject_CallOneArg(done, key);
+        if (result == NULL)
+            PyErr_WriteUnraisable(done);
+        Py_XDECREF(result);
+        PyErr_Restore(type, value, traceback);
+    }
+    Py_XDECREF(done);
+    Py_XDECREF(key);
+}
+
+static int view_getbuffer(View *self, Py_buffer *view, int flags) {
+    return PyBuffer_FillInfo(view, (PyObject *)self, self->start, self->length, 1, flags);
+}
+
+static PyBufferProcs view_as_buffer = {
+    .bf_getbuffer = (getbufferproc)view_getbuffer,
+};
+
+static PyTypeObject ViewType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "plasma._native._directory.View",
+    .tp_basicsize = sizeof(View),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "View(segment, offset, length, done, key): bytes of an object, read-only; "
+              "done(key) is called when it goes.",
+    .tp_new = view_new,
+    .tp_dealloc = (destructor)view_dealloc,
+    .tp_as_buffer = &view_as_buffer,
+};
+
 /* ------------------------------------------------------------------ the get */
 
 typedef struct {
@@ -551,7 +637,7 @@ static struct PyModuleDef module_def = {
 
 PyMODINIT_FUNC PyInit__directory(void) {
     if (PyStructSequence_InitType2(&FoundType, &found_desc) < 0 || PyType_Ready(&ReaderType) < 0 ||
-        PyType_Ready(&PinTableType) < 0)
+        PyType_Ready(&PinTableType) < 0 || PyType_Ready(&ViewType) < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL)
@@ -559,6 +645,7 @@ PyMODINIT_FUNC PyInit__directory(void) {
     if (PyModule_AddObjectRef(m, "Found", (PyObject *)&FoundType) < 0 ||
         PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) < 0 ||
         PyModule_AddObjectRef(m, "PinTable", (PyObject *)&PinTableType) < 0 ||
+        PyModule_AddObjectRef(m, "View", (PyObject *)&ViewType) < 0 ||
         PyModule_AddIntConstant(m, "PIN_HEADER", PCD_PIN_HEADER) < 0) {
         Py_DECREF(m);
         return NULL;
