@@ -195,22 +195,25 @@ def test_the_maps_it_reads_cannot_be_closed_under_it() -> None:
 
 
 @needs_native
-def test_a_view_is_read_only_and_calls_back_once_when_its_last_slice_goes() -> None:
+def test_views_are_read_only_and_call_back_once_when_the_last_goes() -> None:
     assert native is not None
     mm = mmap.mmap(-1, 4096)
     mm[100:105] = b"hello"
     gone: list[bytes] = []
-    view = memoryview(native.View(mm, 100, 5, gone.append, b"key"))
-    data, meta = view[:3], view[3:]
-    assert (bytes(data), bytes(meta), view.readonly, view.format) == (b"hel", b"lo", True, "B")
+    data, meta = native.views(mm, 100, 3, 2, gone.append, b"key")
+    assert (bytes(data), bytes(meta), data.readonly, data.format) == (b"hel", b"lo", True, "B")
     with pytest.raises(TypeError):
         data[0] = 1
-    del view, data
-    assert gone == []  # a slice is left
+    del data
+    assert gone == []  # the metadata view is left
     with pytest.raises(BufferError):
-        mm.close()  # the view holds the map
+        mm.close()  # the views hold the map
     del meta
     assert gone == [b"key"]
+    empty = native.views(mm, 0, 0, 0, gone.append, b"empty")  # (an empty object too)
+    assert [len(v) for v in empty] == [0, 0]
+    del empty
+    assert gone == [b"key", b"empty"]
     mm.close()
 
 
@@ -220,15 +223,17 @@ def test_a_view_outside_its_segment_is_an_error_and_a_failing_callback_is_unrais
 ) -> None:
     assert native is not None
     mm = mmap.mmap(-1, 4096)
-    for offset, length in [(4000, 97), (-1, 1), (0, -1), (4097, 0)]:
+    for offset, length in [(4000, 97), (-1, 1), (4097, 0)]:
         with pytest.raises(ValueError, match="not in the segment"):
-            native.View(mm, offset, length, print, None)
+            native.views(mm, offset, length, 0, print, None)
+    with pytest.raises(ValueError, match=">= 0"):
+        native.views(mm, 0, 1, -1, print, None)
 
     def fail(key: object) -> None:
         raise RuntimeError("callback failed")
 
     seen: list[object] = []
     monkeypatch.setattr("sys.unraisablehook", lambda u: seen.append(u.exc_value))
-    view = native.View(mm, 0, 0, fail, None)
-    del view
+    views = native.views(mm, 0, 0, 0, fail, None)
+    del views
     assert [str(e) for e in seen] == ["callback failed"]

@@ -148,8 +148,10 @@ class Refs:
         total = loc.data_size + loc.metadata_size
         segment = self._maps.segments[loc.segment]
         if native is not None:  # one C object owns the bytes and calls back when it goes
-            view = memoryview(native.View(segment, loc.offset, total, self._drop_view, oid))
-            return view[: loc.data_size], view[loc.data_size : total]
+            got: Views = native.views(
+                segment, loc.offset, loc.data_size, loc.metadata_size, self._drop_view, oid
+            )
+            return got
         owner = np.frombuffer(segment, np.uint8, count=max(total, 1), offset=loc.offset)
         owner.flags.writeable = False
         # when ``owner`` dies, the weak reference calls back (on whatever thread collects it)

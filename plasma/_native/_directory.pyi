@@ -34,6 +34,14 @@ class View:
     ) -> None: ...
     def __buffer__(self, flags: int) -> memoryview: ...
 
+def views(
+    segment: Any,
+    offset: int,
+    data_size: int,
+    metadata_size: int,
+    done: Callable[[Any], object],
+    key: Any,
+) -> tuple[memoryview, memoryview]: ...
 def pin_from_directory(
     reader: Reader, pins: PinTable, mapped: Any, oid: bytes, node: int | None
 ) -> tuple[Found, int] | None: ...

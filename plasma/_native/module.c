@@ -415,6 +415,53 @@ static PyTypeObject ViewType = {
     .tp_as_buffer = &view_as_buffer,
 };
 
+/* views(segment, offset, data_size, metadata_size, done, key): the (data, metadata)
+ * memoryviews of an object, both over one View (done(key) once both are gone) */
+static PyObject *views(PyObject *module, PyObject *const *args, Py_ssize_t n) {
+    if (n != 6) {
+        PyErr_SetString(PyExc_TypeError,
+                        "views(segment, offset, data_size, metadata_size, done, key)");
+        return NULL;
+    }
+    Py_ssize_t offset = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t data = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t meta = PyLong_AsSsize_t(args[3]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (data < 0 || meta < 0 || data > PY_SSIZE_T_MAX - meta) {
+        PyErr_SetString(PyExc_ValueError, "sizes must be >= 0");
+        return NULL;
+    }
+    PyObject *view_args = Py_BuildValue("(OnnOO)", args[0], offset, data + meta, args[4], args[5]);
+    if (view_args == NULL)
+        return NULL;
+    PyObject *view = view_new(&ViewType, view_args, NULL);
+    Py_DECREF(view_args);
+    if (view == NULL)
+        return NULL;
+    PyObject *whole = PyMemoryView_FromObject(view);
+    Py_DECREF(view);
+    if (whole == NULL)
+        return NULL;
+    PyObject *out = NULL, *head = NULL, *tail = NULL;
+    PyObject *cut = PyLong_FromSsize_t(data);
+    PyObject *first = cut != NULL ? PySlice_New(NULL, cut, NULL) : NULL;
+    PyObject *second = cut != NULL ? PySlice_New(cut, NULL, NULL) : NULL;
+    if (first != NULL && second != NULL) {
+        head = PyObject_GetItem(whole, first);
+        tail = head != NULL ? PyObject_GetItem(whole, second) : NULL;
+        if (tail != NULL)
+            out = PyTuple_Pack(2, head, tail);
+    }
+    Py_XDECREF(cut);
+    Py_XDECREF(first);
+    Py_XDECREF(second);
+    Py_XDECREF(head);
+    Py_XDECREF(tail);
+    Py_DECREF(whole);
+    return out;
+}
+
 /* ------------------------------------------------------------------ the get */
 
 typedef struct {
@@ -614,6 +661,9 @@ static PyObject *set_ordered(PyObject *module, PyObject *directory) {
 static PyMethodDef module_methods[] = {
     {"pin_from_directory", (PyCFunction)(void (*)(void))pin_from_directory, METH_FASTCALL,
      "pin_from_directory(reader, pins, mapped, oid, node): (found, pin index), or None"},
+    {"views", (PyCFunction)(void (*)(void))views, METH_FASTCALL,
+     "views(segment, offset, data_size, metadata_size, done, key): (data, metadata) "
+     "read-only memoryviews of an object over one View"},
     {"write_slot", (PyCFunction)(void (*)(void))write_slot, METH_FASTCALL,
      "write_slot(directory, capacity, slot, generation, oid, segment, offset, data_size, "
      "metadata_size, node, state, flags): one seqlock write of a whole slot"},
