@@ -79,19 +79,22 @@ def pin_from_directory(
 
 class ReadPath(NamedTuple):
     """One implementation of the fast path: a reader of the directory (its map, the access
-    bytes' map or None), a pin table (its map), and the get over them."""
+    bytes' map or None), a pin table (its map), the get over them, and what makes an
+    object's views (``views(segment map, offset, data size, metadata size, done, key)``,
+    calling ``done(key)`` when both are gone; None: numpy arrays own them)."""
 
     name: str
     reader: Callable[[Any, Any], Any]
     pins: Callable[[Any], Any]
     pin: Callable[[Any, Any, Container[int], bytes, int | None], tuple[Any, int] | None]
+    views: Callable[..., tuple[memoryview, memoryview]] | None
 
 
-PYTHON = ReadPath("python", DirectoryReader, PinTable, pin_from_directory)
+PYTHON = ReadPath("python", DirectoryReader, PinTable, pin_from_directory, None)
 NATIVE = (
     None
     if native is None
-    else ReadPath("native", native.Reader, native.PinTable, native.pin_from_directory)
+    else ReadPath("native", native.Reader, native.PinTable, native.pin_from_directory, native.views)
 )
 # the C one where it was built, else the Python one where the CPU orders memory, else none
 # (every get a request)

@@ -24,7 +24,6 @@ from plasma import protocol as p
 from plasma._client_core.fast_path import Read
 from plasma._client_core.outbox import Outbox
 from plasma._client_core.segment_maps import SegmentMaps
-from plasma._native import native
 
 __all__ = ["RELEASE_DELAY", "RELEASE_DELAY_BYTES", "RELEASE_DELAY_SHARE", "Refs", "Views"]
 
@@ -83,6 +82,9 @@ class Refs:
         self._lock = lock
         self._outbox = outbox
         self._maps = maps
+        # the C read path makes views in C (else numpy arrays own them)
+        path = maps.read_path
+        self._c_views = path.views if path is not None else None
         # objects we hold one reference to: with live views (held) or recently released
         # (cache, oldest first, at most release_delay; revoked when someone deletes them)
         self.held: dict[bytes, _Held] = {}
@@ -147,8 +149,8 @@ class Refs:
     def _views(self, oid: bytes, loc: p.ObjectLocation) -> Views:
         total = loc.data_size + loc.metadata_size
         segment = self._maps.segments[loc.segment]
-        if native is not None:  # one C object owns the bytes and calls back when it goes
-            got: Views = native.views(
+        if self._c_views is not None:  # one C object owns the bytes, calls back when it goes
+            got: Views = self._c_views(
                 segment, loc.offset, loc.data_size, loc.metadata_size, self._drop_view, oid
             )
             return got
