@@ -310,29 +310,7 @@ class Directory:
     def _write(
         self, slot: int, generation: int, oid: bytes, loc: ObjectLocation, state: int, flags: int
     ) -> None:
-        if native is not None:
-            native.write_slot(
-                self._mv,
-                self.capacity,
-                slot,
-                generation,
-                oid,
-                loc.segment,
-                loc.offset,
-                loc.data_size,
-                loc.metadata_size,
-                loc.node,
-                state,
-                flags,
-            )
-            return
-        base = HEADER_SIZE + slot * SLOT_SIZE
-        mv = self._mv
-        (seq,) = _SEQ.unpack_from(mv, base)
-        _SEQ.pack_into(mv, base, seq + 1)
-        _BODY.pack_into(
-            mv,
-            base + 8,
+        body = (
             generation,
             oid,
             loc.segment,
@@ -343,6 +321,14 @@ class Directory:
             state,
             flags,
         )
+        if native is not None:
+            native.write_slot(self._mv, self.capacity, slot, *body)
+            return
+        base = HEADER_SIZE + slot * SLOT_SIZE
+        mv = self._mv
+        (seq,) = _SEQ.unpack_from(mv, base)
+        _SEQ.pack_into(mv, base, seq + 1)
+        _BODY.pack_into(mv, base + 8, *body)
         _SEQ.pack_into(mv, base, seq + 2)
 
 

@@ -237,3 +237,32 @@ def test_a_view_outside_its_segment_is_an_error_and_a_failing_callback_is_unrais
     views = native.views(mm, 0, 0, 0, fail, None)
     del views
     assert [str(e) for e in seen] == ["callback failed"]
+
+
+@needs_native
+def test_the_c_writer_writes_the_bytes_the_python_writer_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every other directory test runs the C writer where it is built: the Python one (the
+    coordinator's where the C library is not built) must write the same bytes (but the
+    header's random token and its ordered word)."""
+    import plasma.directory as directory_module
+
+    def churn() -> bytearray:
+        d, buf = directory()
+        slots = [
+            d.insert(oid(n), n << 32 | 7, ObjectLocation(n, 64 * n, n, n % 3, n % 2))
+            for n in range(1, 9)
+        ]
+        d.set_state(slots[0], 2)
+        d.remove(slots[1])
+        d.insert(oid(2), 99, ObjectLocation(2**32 - 1, 2**64 - 1, 2**64 - 1, 2**32 - 1, 65535), 1)
+        d.set_state(slots[2], 2)
+        d.set_state(slots[2], 1)
+        d.supersede()
+        buf[48:64] = bytes(16)
+        return buf
+
+    c_written = churn()
+    monkeypatch.setattr(directory_module, "native", None)
+    assert churn() == c_written
