@@ -26,6 +26,11 @@ MiB = 1024 * 1024
 
 Metrics = dict[str, float]
 
+# handoff: (object size, seconds between two objects) of each case, and the consumers
+HANDOFF_CASES = {1: (64, 0.0002), 2: (64, 0.002), 3: (MiB, 0.0002), 4: (MiB, 0.002)}
+HANDOFF_CONSUMERS = 2
+HANDOFF_OBJECTS = ((600, 300), (200, 100))  # per repeat (full, quick): 64 B, 1 MiB
+
 
 Values = dict[str, float]  # one case's metric by peer (and "memcpy")
 Check = Callable[[Values, Values], bool | None]
@@ -152,6 +157,19 @@ def _first_get_target(size: int) -> Target:
     return Target(size, "p50_us", text, _all(_at_most(10.0), _faster("arrow-plasma", 2.5)))
 
 
+def _handoff_targets(case: int) -> tuple[Target, ...]:
+    return (
+        Target(case, "p50_us", "≤ 10 µs", _at_most(10.0)),
+        Target(case, "p50_us", "≥ 2.5x arrow-plasma", _faster("arrow-plasma", 2.5)),
+    )
+
+
+def _handoff_label(case: int) -> str:
+    size, spacing = HANDOFF_CASES[case]
+    what = "64 B" if size < KiB else f"{size // MiB} MiB"
+    return f"{what}, {spacing * 1e3:g} ms apart"
+
+
 def _handover_target(n: int) -> Target:
     check = _all(_ratio_at_least("arrow-plasma", 2.0), _ratio_at_least("shared_memory", 1.0))
     return Target(n, "ops_per_s", "≥ 2x arrow-plasma and ≥ shared_memory", check)
@@ -234,6 +252,16 @@ SCENARIOS: dict[str, Scenario] = {
             (64,),
             {"p50_us": ("µs", False), "p99_us": ("µs", False)},
             (_first_get_target(64), _first_get_target(MiB)),
+        ),
+        Scenario(
+            "handoff",
+            f"hand-off: {HANDOFF_CONSUMERS} consumers blocked on pipes, one object per id sent",
+            "case",
+            tuple(HANDOFF_CASES),
+            tuple(HANDOFF_CASES),
+            {"p50_us": ("µs", False), "p99_us": ("µs", False)},
+            tuple(t for case in HANDOFF_CASES for t in _handoff_targets(case)),
+            labels={case: _handoff_label(case) for case in HANDOFF_CASES},
         ),
         Scenario(
             "put_large",
@@ -721,6 +749,84 @@ def memory(peer: Peer, n_objects: int) -> Metrics:
     return {"private_MiB": mem["private"] / MiB, "vmrss_MiB": mem["vmrss"] / MiB}
 
 
+def _handoff_consumer(module: str, config: dict[str, Any], conn: Any) -> None:
+    """handoff's consumer: block on ``conn`` for a key, get the object, read one byte, drop
+    it (timed), tell the producer it is done; at the end send the timings."""
+    peer = load_peer_class(module).child(config)
+    clock = time.perf_counter_ns
+    samples: list[int] = []
+    warm = True
+    while token := conn.recv_bytes():
+        key = peer.key_from_bytes(token)
+        t0 = clock()
+        view = peer.get(key)
+        view[0]
+        del view
+        elapsed = clock() - t0
+        if not warm:
+            samples.append(elapsed)
+        warm = False  # the first get maps the producer's memory: not timed
+        del key
+        conn.send_bytes(b"done")
+    conn.send(samples)
+    peer.close()
+
+
+def handoff(peer: Peer, module: str, case: int, quick: bool) -> Metrics:
+    """The hand-off pattern: ``HANDOFF_CONSUMERS`` consumer processes, each blocked on a pipe;
+    this process, the producer, seals one object at a time (and waits until the store applied
+    the seal: plasma-coord ``flush``, the others' seals are acknowledged), sends its key to
+    the next consumer, and lets ``spacing`` seconds pass between two objects. Timed: each
+    consumer's get + read of one byte + drop, from the moment its pipe read returned."""
+    size, spacing = HANDOFF_CASES[case]
+    n = HANDOFF_OBJECTS[size >= MiB][quick]
+    payload = _payload(size)
+    ctx = mp.get_context("spawn")
+    config = peer.child_config()
+    pipes, procs = [], []
+    for _ in range(HANDOFF_CONSUMERS):
+        mine, theirs = ctx.Pipe()
+        pipes.append(mine)
+        procs.append(ctx.Process(target=_handoff_consumer, args=(module, config, theirs)))
+    for proc in procs:
+        proc.start()
+    samples: list[int] = []
+    try:
+        next_at = time.perf_counter()
+        for i in range(n + HANDOFF_CONSUMERS):  # one untimed warm-up object per consumer
+            key = peer.put_small(payload)
+            peer.sync()
+            conn = pipes[i % HANDOFF_CONSUMERS]
+            conn.send_bytes(peer.key_to_bytes(key))
+            if not conn.poll(120):
+                raise TimeoutError("a hand-off consumer did not get its object within 120 s")
+            conn.recv_bytes()
+            peer.delete([key])
+            del key
+            next_at += spacing
+            pause = next_at - time.perf_counter()
+            if pause > 0:
+                time.sleep(pause)
+            else:
+                next_at = time.perf_counter()
+        for conn in pipes:
+            conn.send_bytes(b"")
+        for conn in pipes:
+            if not conn.poll(120):
+                raise TimeoutError("a hand-off consumer sent no timings within 120 s")
+            samples.extend(conn.recv())
+    finally:
+        for conn in pipes:
+            conn.close()
+        _reap(procs)
+    _check_exits(procs, "hand-off consumer")
+    timed = np.asarray(samples, dtype=np.float64)
+    return {
+        "p50_us": float(np.percentile(timed, 50)) / 1e3,
+        "p99_us": float(np.percentile(timed, 99)) / 1e3,
+    }
+
+
 def run(peer: Peer, module: str, name: str, params: dict[str, Any]) -> Metrics:
     """One repeat of scenario ``name`` at ``params["param"]`` (called by the worker loop);
     ``params["baselines"]``: also measure the scenario's baseline column (rpc's echo)."""
@@ -731,6 +837,8 @@ def run(peer: Peer, module: str, name: str, params: dict[str, Any]) -> Metrics:
         return readers(peer, module, param, quick)
     if name == "get_first":
         return get_first(peer, module, param, quick)
+    if name == "handoff":
+        return handoff(peer, module, param, quick)
     if name == "memory":
         return memory(peer, param)
     if name == "scale":

@@ -24,6 +24,8 @@ Directory: a 64-byte header, then ``capacity`` (a power of two) 64-byte slots::
             63 u8 flags (bit 0: a read-only copy on another node, published under
             plasma.ids.replica_id: only lookups of copies see it, so an object a client
             created under such an id never passes for a copy)
+    header  56 u64 ordered (1: every slot write is ordered by release stores, the C writer's;
+            readers on CPUs weaker than x86-64 require it)
 
 An id lives at its home slot (:func:`home_slot`) or at most ``max probe - 1`` slots after
 it (linear probing); a free slot ends a probe. Generations are unique for the life of the
@@ -46,6 +48,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from plasma._native import native
 from plasma.ids import ID_SIZE
 from plasma.records import ObjectLocation
 
@@ -63,8 +66,11 @@ PIN_ENTRIES = 4096  # pins per client by default (32 KiB)
 
 FREE, SEALED, DYING, TOMBSTONE = 0, 1, 2, 3
 REPLICA = 1  # a slot's flags: a copy of an object on another node
-# The reader's seqlock and pin protocol relies on x86-64's ordering (loads are not reordered
-# with loads, stores not with stores) and issues no fences: elsewhere clients use requests.
+# The Python reader's and writer's seqlock and pin protocol rely on x86-64's ordering (loads
+# are not reordered with loads, stores not with stores) and issue no fences. The C read path
+# and writer (plasma._native) use acquire loads and release stores instead, safe anywhere:
+# elsewhere a client reads the directory only through them, and only a directory whose
+# writer was the C one (its header says ordered), else it uses requests.
 ORDERED_MEMORY = platform.machine().lower() in {"x86_64", "amd64"}
 
 _HEADER = struct.Struct("<8sIIQQQ")  # magic, version, slot size, capacity, superseded, probe
@@ -149,6 +155,8 @@ class Directory:
         _HEADER.pack_into(self._mv, 0, MAGIC, VERSION, SLOT_SIZE, capacity, 0, self.max_probe)
         self.token = int.from_bytes(os.urandom(8), "little") >> 1 | 1  # 63 bits: a msgpack int
         _SEQ.pack_into(self._mv, _TOKEN, self.token)
+        if native is not None:  # every slot write below goes through the C writer
+            native.set_ordered(self._mv)
         self.live = 0  # sealed and dying slots
         self.tombstones = 0
 
@@ -239,6 +247,9 @@ class Directory:
 
     def set_state(self, slot: int, state: int) -> None:
         """Mark a live slot SEALED or DYING."""
+        if native is not None:
+            native.set_state(self._mv, self.capacity, slot, state)
+            return
         base = HEADER_SIZE + slot * SLOT_SIZE
         (seq,) = _SEQ.unpack_from(self._mv, base)
         _SEQ.pack_into(self._mv, base, seq + 1)
@@ -247,13 +258,16 @@ class Directory:
 
     def remove(self, slot: int) -> None:
         """The slot's object is gone: leave a tombstone (probes go on past it)."""
-        base = HEADER_SIZE + slot * SLOT_SIZE
-        mv = self._mv
-        (seq,) = _SEQ.unpack_from(mv, base)
-        _SEQ.pack_into(mv, base, seq + 1)
-        mv[base + 8 : base + SLOT_SIZE] = bytes(SLOT_SIZE - 8)
-        mv[base + _STATE] = TOMBSTONE
-        _SEQ.pack_into(mv, base, seq + 2)
+        if native is not None:
+            native.clear_slot(self._mv, self.capacity, slot)
+        else:
+            base = HEADER_SIZE + slot * SLOT_SIZE
+            mv = self._mv
+            (seq,) = _SEQ.unpack_from(mv, base)
+            _SEQ.pack_into(mv, base, seq + 1)
+            mv[base + 8 : base + SLOT_SIZE] = bytes(SLOT_SIZE - 8)
+            mv[base + _STATE] = TOMBSTONE
+            _SEQ.pack_into(mv, base, seq + 2)
         self.live -= 1
         self.tombstones += 1
 
@@ -283,7 +297,10 @@ class Directory:
 
     def supersede(self) -> None:
         """Tell readers this directory is stale (they fall back to requests and re-map)."""
-        _SEQ.pack_into(self._mv, _SUPERSEDED, 1)
+        if native is not None:
+            native.set_superseded(self._mv)
+        else:
+            _SEQ.pack_into(self._mv, _SUPERSEDED, 1)
 
     def announce_replicas(self) -> None:
         """Tell readers to look for a copy on their node first (written once, before the
@@ -293,13 +310,7 @@ class Directory:
     def _write(
         self, slot: int, generation: int, oid: bytes, loc: ObjectLocation, state: int, flags: int
     ) -> None:
-        base = HEADER_SIZE + slot * SLOT_SIZE
-        mv = self._mv
-        (seq,) = _SEQ.unpack_from(mv, base)
-        _SEQ.pack_into(mv, base, seq + 1)
-        _BODY.pack_into(
-            mv,
-            base + 8,
+        body = (
             generation,
             oid,
             loc.segment,
@@ -310,6 +321,14 @@ class Directory:
             state,
             flags,
         )
+        if native is not None:
+            native.write_slot(self._mv, self.capacity, slot, *body)
+            return
+        base = HEADER_SIZE + slot * SLOT_SIZE
+        mv = self._mv
+        (seq,) = _SEQ.unpack_from(mv, base)
+        _SEQ.pack_into(mv, base, seq + 1)
+        _BODY.pack_into(mv, base + 8, *body)
         _SEQ.pack_into(mv, base, seq + 2)
 
 

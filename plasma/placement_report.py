@@ -13,9 +13,9 @@ import mmap
 from typing import Any
 
 from plasma.linux import numa
+from plasma.linux.memfd import MADV_POPULATE_READ
 from plasma.segments import Segment, SegmentPool
 
-MADV_POPULATE_READ = 22  # Linux 5.14+
 _CHUNK_PAGES = 16384  # move_pages batch: bounds the ctypes arrays for big segments
 
 

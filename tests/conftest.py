@@ -20,7 +20,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 
-from tests.helpers import REPO
+from plasma._client_core import fast_path
+from plasma._client_core.fast_path import ReadPath
+from tests.helpers import READ_PATHS, REPO
 
 # CI runs on a loaded 2-core machine: no per-example deadline, and a slow example is no error.
 # Based on Hypothesis's own defaults, not on whatever profile it chose itself: it loads its
@@ -177,6 +179,18 @@ def coordinator(
 
 
 # ---------------------------------------------------------------- fixtures several modules use
+
+
+@pytest.fixture(params=[p.values[0] for p in READ_PATHS], ids=lambda path: path.name)
+def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> ReadPath:
+    """Clients started in this test read the directory through this read path (the C one,
+    then the Python one); processes they start too (``$PLASMA_COORD_NATIVE``)."""
+    path: ReadPath = request.param
+    if path is None:
+        pytest.skip("the native read path is not built")
+    monkeypatch.setattr(fast_path, "READ_PATH", path)
+    monkeypatch.setenv("PLASMA_COORD_NATIVE", "1" if path is fast_path.NATIVE else "0")
+    return path
 
 
 @pytest.fixture(params=["blocking", "trio"])

@@ -11,6 +11,7 @@ import errno
 import itertools
 import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -27,6 +28,7 @@ from hypothesis.stateful import RuleBasedStateMachine, run_state_machine_as_test
 import plasma
 import plasma.aio
 from plasma import protocol as p
+from plasma._client_core.fast_path import NATIVE, PYTHON
 from plasma.directory import DirectoryReader, PinTable, pin_table_size
 from plasma.errors import StoreFull
 from plasma.linux import perf as perf_event
@@ -45,6 +47,25 @@ HUGE = 2 << 20  # bytes of a 2 MiB hugepage
 PAGE = 4096  # the page size the sans-I/O store's segments are multiples of
 GRACE = 0.002  # the store's grace period where clients read without requests (pin tables)
 PLASMA = [sys.executable, "-m", "plasma"]  # the plasma-coord command, from this checkout
+# the directory's two read paths (plasma._client_core.fast_path), for pytest.mark.parametrize:
+# the C one (skipped where it is not built; tests/test_native.py fails CI then) and Python's
+READ_PATHS = [
+    pytest.param(NATIVE, id="native", marks=pytest.mark.skipif(NATIVE is None, reason="not built")),
+    pytest.param(PYTHON, id="python"),
+]
+
+
+def apt_install(packages: Sequence[str]) -> str | None:
+    """Install Debian ``packages`` with apt (what a test needs, installed on first use);
+    None, or why they could not be."""
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return f"{' '.join(packages)}: cannot apt-get install them (not root or no apt)"
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", *packages]):
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+        if proc.returncode != 0:
+            return f"{' '.join(cmd)} failed: {proc.stderr.strip()[-300:]}"
+    return None
 
 
 def oid(n: int) -> bytes:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import mmap
 import os
 import threading
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from plasma import protocol as p
@@ -46,6 +48,38 @@ def test_each_segment_takes_the_next_descriptor_and_keeps_a_copy() -> None:
     assert {s: page for s, (_, page) in maps.segment_fds.items()} == {1: PAGE, 2: PAGE}
     maps.close()
     assert not maps.segments and not maps.segment_fds
+
+
+def resident(mm: mmap.mmap) -> int:
+    """Bytes of ``mm`` this process's page tables map now (its Rss in /proc/self/smaps)."""
+    address = np.frombuffer(mm, np.uint8).ctypes.data
+    smaps = Path("/proc/self/smaps").read_text().split("\n")
+    for i, line in enumerate(smaps):
+        span = line.split(" ", 1)[0]
+        if "-" in span and int(span.split("-")[0], 16) == address:
+            rss = next(row for row in smaps[i + 1 :] if row.startswith("Rss:"))
+            return int(rss.split()[1]) * 1024
+    raise AssertionError("the map is not in /proc/self/smaps")
+
+
+def test_a_segment_received_to_read_from_is_populated_in_the_background() -> None:
+    """Its page tables are filled (no page of a later object faults on its first read),
+    without the map waiting for it; one closed meanwhile is skipped."""
+    size = 256 * PAGE
+    fds = []
+    for n in (1, 2):
+        fd = memfd.memfd_create(f"plasma-test-{n}")
+        os.ftruncate(fd, size)
+        os.pwrite(fd, b"x" * size, 0)  # the coordinator fills its segments' pages in
+        fds.append(fd)
+    maps = SegmentMaps(threading.RLock())
+    maps.receive(fds)
+    infos = [p.SegmentInfo(id=n, size=size, node=0, page_size=PAGE) for n in (1, 2)]
+    maps.map_segments(infos, for_writing=False)
+    maps.unmap([2])  # closed before (or while) its turn comes: skipped
+    assert maps.populator.join(timeout=60)
+    assert resident(maps.segments[1]) == size
+    maps.close()
 
 
 def test_a_segment_received_to_write_into_is_populated_and_writable() -> None:

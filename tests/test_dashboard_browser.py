@@ -27,7 +27,7 @@ from bench.topologies import unpack
 from plasma.dashboard import server
 from plasma.errors import Disconnected
 from tests.conftest import RunningCoordinator
-from tests.helpers import REPO
+from tests.helpers import REPO, apt_install
 
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
 from selenium.common.exceptions import StaleElementReferenceException  # noqa: E402
@@ -43,17 +43,7 @@ def _install_browser() -> str | None:
     """Install chromium and chromium-driver with apt if missing; None, or why not."""
     if shutil.which("chromium") and shutil.which("chromedriver"):
         return None
-    if os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return "chromium/chromedriver missing and cannot apt-get install them (not root or no apt)"
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for cmd in (
-        ["apt-get", "update", "-q"],
-        ["apt-get", "install", "-y", "-q", "chromium", "chromium-driver"],
-    ):
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
-        if proc.returncode != 0:
-            return f"{' '.join(cmd)} failed: {proc.stderr.strip()[-300:]}"
-    return None
+    return apt_install(["chromium", "chromium-driver"])
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from plasma._client_core.fast_path import ReadPath
+from plasma._native import native
 from plasma.directory import (
     DYING,
     FREE,
@@ -34,7 +36,6 @@ from plasma.directory import (
     DirectoryReader,
     Found,
     PinScanner,
-    PinTable,
     directory_size,
     home_slot,
     pin_table_size,
@@ -42,7 +43,7 @@ from plasma.directory import (
 )
 from plasma.ids import ID_SIZE
 from plasma.records import ObjectLocation
-from tests.helpers import COLLIDE_KEY, KEY, colliding
+from tests.helpers import COLLIDE_KEY, KEY, READ_PATHS, colliding
 from tests.helpers import oid as ident
 
 U64 = struct.Struct("<Q")
@@ -97,7 +98,9 @@ def test_header_layout() -> None:
     assert buf[40:48] == bytes(8)
     (token,) = struct.unpack_from("<Q", buf, 48)
     assert token == d.token and 0 < token < 1 << 63  # tells one directory from the next
-    assert buf[56:] == bytes(len(buf) - 56)  # the rest of the header and every slot: zero
+    # ordered: 1 where the C writer writes the slots (release stores)
+    assert struct.unpack_from("<Q", buf, 56) == (0 if native is None else 1,)
+    assert buf[64:] == bytes(len(buf) - 64)  # every slot: zero
     d.supersede()
     assert struct.unpack_from("<Q", buf, 24) == (1,)
     assert buf[32:40] == struct.pack("<Q", 8)  # nothing else moved
@@ -146,22 +149,23 @@ def test_buffer_must_hold_the_directory() -> None:
         Directory(bytearray(directory_size(16) - 1), 16)
 
 
-def test_reader_checks_the_header() -> None:
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_reader_checks_the_header(path: ReadPath) -> None:
     _, buf = new_directory(16)
-    DirectoryReader(buf)
+    path.reader(buf)
     for offset, value, fmt in [(0, b"PLSMDIR0", "8s"), (8, VERSION - 1, "I"), (12, 32, "I")]:
         bad = bytearray(buf)
         struct.pack_into("<" + fmt, bad, offset, value)
         with pytest.raises(ValueError, match="not a version"):
-            DirectoryReader(bad)
+            path.reader(bad)
     bad = bytearray(buf)
     struct.pack_into("<Q", bad, 16, 12)
     with pytest.raises(ValueError, match="power of two"):
-        DirectoryReader(bad)
-    with pytest.raises(ValueError, match="needs"):
-        DirectoryReader(buf[: directory_size(16) - 1])
+        path.reader(bad)
+    with pytest.raises(ValueError, match=r"needs|shorter"):
+        path.reader(buf[: directory_size(16) - 1])
     with pytest.raises(ValueError):
-        DirectoryReader(bytearray(directory_size(16)))  # all zero: no magic
+        path.reader(bytearray(directory_size(16)))  # all zero: no magic
 
 
 # ---------------------------------------------------------------- insert and lookup
@@ -177,15 +181,24 @@ def test_reader_checks_the_header() -> None:
     node=st.integers(0, 2**16 - 1),
     bits=st.integers(1, 8),
 )
+@pytest.mark.parametrize("path", READ_PATHS)
 def test_insert_lookup_round_trip(
-    oid: bytes, gen: int, seg: int, off: int, dsize: int, msize: int, node: int, bits: int
+    path: ReadPath,
+    oid: bytes,
+    gen: int,
+    seg: int,
+    off: int,
+    dsize: int,
+    msize: int,
+    node: int,
+    bits: int,
 ) -> None:
     d, buf = new_directory(1 << bits)
     loc = ObjectLocation(seg, off, dsize, msize, node)
     slot = d.insert(oid, gen, loc)
     assert slot == home_slot(oid, bits)
     assert (d.generation(slot), d.state(slot), d.live, d.tombstones) == (gen, SEALED, 1, 0)
-    assert DirectoryReader(buf).lookup(oid) == Found(slot, 2, gen, loc)
+    assert path.reader(buf).lookup(oid) == Found(slot, 2, gen, loc)
     assert list(d.entries()) == [(oid, gen, loc, SEALED)]
 
 
@@ -202,30 +215,34 @@ def test_colliding_family_shares_a_home_in_every_size(n: int, m: int, bits: int)
     assert home_slot(colliding(n), bits) == home_slot(colliding(m), bits)
 
 
-def test_lookup_of_an_absent_id_in_an_empty_directory() -> None:
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_lookup_of_an_absent_id_in_an_empty_directory(path: ReadPath) -> None:
     _, buf = new_directory(16)
-    assert DirectoryReader(buf).lookup(ident(1)) is None
+    assert path.reader(buf).lookup(ident(1)) is None
 
 
-def test_generations_are_whatever_the_writer_gives() -> None:
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_generations_are_whatever_the_writer_gives(path: ReadPath) -> None:
     d, buf = new_directory(16)
-    reader = DirectoryReader(buf)
+    reader = path.reader(buf)
     for n, gen in enumerate([5, 1, 2**63], start=1):
         d.insert(ident(n), gen, where(n))
     assert [reader.lookup(ident(n)).generation for n in (1, 2, 3)] == [5, 1, 2**63]  # type: ignore[union-attr]
 
 
-def test_linear_probing_wraps_around() -> None:
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_linear_probing_wraps_around(path: ReadPath) -> None:
     d, buf = new_directory(8)
     ids = at_home(7, 3, 3)  # the last slot: the probe wraps to 0, 1
     slots = [d.insert(o, n + 1, where(n)) for n, o in enumerate(ids)]
     assert slots == [7, 0, 1]
-    reader = DirectoryReader(buf)
+    reader = path.reader(buf)
     for n, o in enumerate(ids):
         assert reader.lookup(o) == Found(slots[n], 2, n + 1, where(n))
 
 
-def test_lookup_stops_at_a_free_slot() -> None:
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_lookup_stops_at_a_free_slot(path: ReadPath) -> None:
     d, buf = new_directory(16)
     a, b, c = (colliding(n) for n in range(3))
     h = home_slot(a, 4)
@@ -234,21 +251,22 @@ def test_lookup_stops_at_a_free_slot() -> None:
         (h + 1) % 16,
         (h + 2) % 16,
     ]
-    reader = DirectoryReader(buf)
+    reader = path.reader(buf)
     assert reader.lookup(colliding(3)) is None  # the probe ends at the free slot h + 3
     buf[slot_base((h + 1) % 16) + 62] = FREE  # (not something a writer does: a free slot)
     assert reader.lookup(c) is None  # c lies past it: never reached
     assert reader.lookup(a) is not None
 
 
-def test_lookup_goes_on_past_tombstones() -> None:
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_lookup_goes_on_past_tombstones(path: ReadPath) -> None:
     d, buf = new_directory(16)
     a, b, c = (colliding(n) for n in range(3))
     slots = [d.insert(o, n + 1, where(n)) for n, o in enumerate((a, b, c))]
     d.remove(slots[0])
     d.remove(slots[1])
     assert (d.live, d.tombstones) == (1, 2)
-    reader = DirectoryReader(buf)
+    reader = path.reader(buf)
     assert reader.lookup(a) is None and reader.lookup(b) is None
     assert reader.lookup(c) == Found(slots[2], 2, 3, where(2))
     # an insert takes the first tombstone of its probe
@@ -256,12 +274,13 @@ def test_lookup_goes_on_past_tombstones() -> None:
     assert (d.live, d.tombstones) == (2, 1)
 
 
-def test_a_recreated_id_is_found_past_its_dying_slot() -> None:
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_a_recreated_id_is_found_past_its_dying_slot(path: ReadPath) -> None:
     d, buf = new_directory(16)
     x = colliding(0)
     first = d.insert(x, 1, where(1))
     d.set_state(first, DYING)
-    reader = DirectoryReader(buf)
+    reader = path.reader(buf)
     assert reader.lookup(x) is None  # dying: not served
     second = d.insert(x, 2, where(2))  # the id created again while the old one dies
     assert second == (first + 1) % 16
@@ -270,7 +289,8 @@ def test_a_recreated_id_is_found_past_its_dying_slot() -> None:
     assert reader.lookup(x) == Found(second, 2, 2, where(2))
 
 
-def test_a_recreated_id_may_take_an_earlier_tombstone() -> None:
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_a_recreated_id_may_take_an_earlier_tombstone(path: ReadPath) -> None:
     """The new object is not always after the dying one: an insert takes the first free or
     tombstone slot of the probe. The lookup still finds the sealed one."""
     d, buf = new_directory(16)
@@ -280,11 +300,12 @@ def test_a_recreated_id_may_take_an_earlier_tombstone() -> None:
     d.remove(sy)
     d.set_state(sx, DYING)
     assert d.insert(x, 3, where(3)) == sy
-    assert DirectoryReader(buf).lookup(x) == Found(sy, 6, 3, where(3))  # 3 writes there
+    assert path.reader(buf).lookup(x) == Found(sy, 6, 3, where(3))  # 3 writes there
     assert sorted((g, s) for _, g, _, s in d.entries()) == [(2, DYING), (3, SEALED)]
 
 
-def test_insert_fails_past_the_probe_limit() -> None:
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_insert_fails_past_the_probe_limit(path: ReadPath) -> None:
     d, buf = new_directory(8, max_probe=3)
     ids = [colliding(n) for n in range(4)]
     h = home_slot(ids[0], 3)
@@ -293,7 +314,7 @@ def test_insert_fails_past_the_probe_limit() -> None:
     before = bytes(buf)
     assert d.insert(ids[3], 4, where(3)) == -1  # slots 4 and on are free, but out of reach
     assert bytes(buf) == before and (d.live, d.tombstones) == (3, 0)
-    assert DirectoryReader(buf).lookup(ids[3]) is None
+    assert path.reader(buf).lookup(ids[3]) is None
     elsewhere = next(ident(n) for n in range(1, 1000) if home_slot(ident(n), 3) not in window)
     assert d.insert(elsewhere, 5, where(5)) == home_slot(elsewhere, 3)
     d.remove(window[1])
@@ -317,11 +338,12 @@ def test_insert_refuses_what_a_slot_cannot_hold(oid: bytes, loc: ObjectLocation)
     assert bytes(buf) == before and d.live == 0
 
 
-def test_largest_fields_fit() -> None:
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_largest_fields_fit(path: ReadPath) -> None:
     d, buf = new_directory(16)
     loc = ObjectLocation(MAX_SEGMENT, 2**64 - 1, 2**64 - 1, MAX_METADATA, 2**16 - 1)
     slot = d.insert(ident(1), 2**64 - 1, loc)
-    assert DirectoryReader(buf).lookup(ident(1)) == Found(slot, 2, 2**64 - 1, loc)
+    assert path.reader(buf).lookup(ident(1)) == Found(slot, 2, 2**64 - 1, loc)
 
 
 def test_full_counts_live_and_tombstone_slots() -> None:
@@ -351,34 +373,37 @@ def test_rebuilt_capacity_is_the_least_half_empty_power_of_two(live: int, shift:
 # ---------------------------------------------------------------- seqlock and readers
 
 
-def test_a_slot_being_written_reads_as_absent() -> None:
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_a_slot_being_written_reads_as_absent(path: ReadPath) -> None:
     d, buf = new_directory(16)
     slot = d.insert(ident(1), 1, where(1))
-    reader = DirectoryReader(buf)
+    reader = path.reader(buf)
     U64.pack_into(buf, slot_base(slot), 3)  # a writer is between its two seq stores
     assert reader.lookup(ident(1)) is None
     U64.pack_into(buf, slot_base(slot), 4)
     assert reader.lookup(ident(1)) == Found(slot, 4, 1, where(1))
 
 
-def test_an_odd_seq_earlier_in_the_probe_also_reads_as_absent() -> None:
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_an_odd_seq_earlier_in_the_probe_also_reads_as_absent(path: ReadPath) -> None:
     d, buf = new_directory(16)
     a, b = colliding(0), colliding(1)
     sa = d.insert(a, 1, where(1))
     sb = d.insert(b, 2, where(2))
     U64.pack_into(buf, slot_base(sa), 1)  # a's slot is being rewritten
-    assert DirectoryReader(buf).lookup(b) is None  # ask the coordinator
+    assert path.reader(buf).lookup(b) is None  # ask the coordinator
     U64.pack_into(buf, slot_base(sa), 2)
-    assert DirectoryReader(buf).lookup(b) == Found(sb, 2, 2, where(2))
+    assert path.reader(buf).lookup(b) == Found(sb, 2, 2, where(2))
 
 
-def test_unchanged_until_the_slot_is_written() -> None:
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_unchanged_until_the_slot_is_written(path: ReadPath) -> None:
     d, buf = new_directory(16)
     a, b = ident(1), next(o for o in at_home(0, 4, 2) if o != ident(1))
     sa = d.insert(a, 1, where(1))
     sb = d.insert(b, 2, where(2))
     assert sa != sb
-    reader = DirectoryReader(buf)
+    reader = path.reader(buf)
     found = reader.lookup(a)
     assert found is not None and reader.unchanged(found)
     d.set_state(sb, DYING)  # another slot: no effect
@@ -388,7 +413,7 @@ def test_unchanged_until_the_slot_is_written() -> None:
     d.set_state(sa, SEALED)  # back to sealed: still a different seq
     assert not reader.unchanged(found)
     again = reader.lookup(a)
-    assert again == found._replace(seq=found.seq + 4) and reader.unchanged(again)
+    assert again == Found(found.slot, found.seq + 4, *found[2:]) and reader.unchanged(again)
     d.remove(sa)
     assert not reader.unchanged(again)
     d.insert(ident(3), 3, where(3))  # (whichever slot it takes)
@@ -401,10 +426,11 @@ def test_unchanged_until_the_slot_is_written() -> None:
     assert reader.superseded and not reader.unchanged(found_b)
 
 
-def test_a_reused_slot_is_not_unchanged() -> None:
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_a_reused_slot_is_not_unchanged(path: ReadPath) -> None:
     d, buf = new_directory(16)
     slot = d.insert(ident(1), 1, where(1))
-    reader = DirectoryReader(buf)
+    reader = path.reader(buf)
     found = reader.lookup(ident(1))
     assert found is not None
     d.remove(slot)
@@ -413,10 +439,11 @@ def test_a_reused_slot_is_not_unchanged() -> None:
     assert reader.lookup(ident(1)) == Found(slot, 6, 2, where(2))
 
 
-def test_dying_names_the_generation_read() -> None:
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_dying_names_the_generation_read(path: ReadPath) -> None:
     d, buf = new_directory(16)
     slot = d.insert(ident(1), 1, where(1))
-    reader = DirectoryReader(buf)
+    reader = path.reader(buf)
     found = reader.lookup(ident(1))
     assert found is not None and not reader.dying(found)
     d.set_state(slot, DYING)
@@ -428,43 +455,46 @@ def test_dying_names_the_generation_read() -> None:
     assert not reader.dying(found)  # another generation dies there now
 
 
-def test_dying_of_a_read_from_a_bigger_directory_is_false() -> None:
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_dying_of_a_read_from_a_bigger_directory_is_false(path: ReadPath) -> None:
     """A client may ask the directory it maps now about a pin taken in the one before,
     which may have been bigger: a slot past the end is simply not dying here."""
     big, big_buf = new_directory(64)
     far = next(ident(n) for n in range(1, 1000) if home_slot(ident(n), 6) >= 16)
     slot = big.insert(far, 1, where(1))
-    found = DirectoryReader(big_buf).lookup(far)
+    found = path.reader(big_buf).lookup(far)
     assert found is not None and found.slot == slot >= 16
     big.set_state(slot, DYING)
-    assert DirectoryReader(big_buf).dying(found)
+    assert path.reader(big_buf).dying(found)
     _, small_buf = new_directory(16)
-    assert not DirectoryReader(small_buf).dying(found)
+    assert not path.reader(small_buf).dying(found)
 
 
-def test_access_bytes_are_set_by_lookups_only_with_a_buffer() -> None:
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_access_bytes_are_set_by_lookups_only_with_a_buffer(path: ReadPath) -> None:
     d, buf = new_directory(16)
     a, b = colliding(0), colliding(1)
     d.insert(a, 1, where(1))
     sb = d.insert(b, 2, where(2))
     access = bytearray(16)
-    reader = DirectoryReader(buf, access)
+    reader = path.reader(buf, access)
     assert reader.lookup(colliding(5)) is None
     assert access == bytearray(16)  # a miss touches nothing
     assert reader.lookup(b) is not None
     assert [i for i, v in enumerate(access) if v] == [sb]  # not the slot probed past
     quiet = bytearray(16)
-    assert DirectoryReader(buf).lookup(b) is not None
-    assert DirectoryReader(buf, bytearray(8)).lookup(b) is not None  # too short: not used
+    assert path.reader(buf).lookup(b) is not None
+    assert path.reader(buf, bytearray(8)).lookup(b) is not None  # too short: not used
     assert quiet == bytearray(16)
 
 
-def test_reader_over_read_only_and_shared_memory() -> None:
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_reader_over_read_only_and_shared_memory(path: ReadPath) -> None:
     size = directory_size(16)
     mm = mmap.mmap(-1, size)
     d = Directory(mm, 16)
     slot = d.insert(ident(1), 7, where(1))
-    reader = DirectoryReader(memoryview(mm).toreadonly())
+    reader = path.reader(memoryview(mm).toreadonly())
     assert reader.lookup(ident(1)) == Found(slot, 2, 7, where(1))
     d.set_state(slot, DYING)
     d.remove(slot)
@@ -476,9 +506,10 @@ def test_reader_over_read_only_and_shared_memory() -> None:
 # ---------------------------------------------------------------- pin tables
 
 
-def test_pin_table_layout_and_high_water_mark() -> None:
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_pin_table_layout_and_high_water_mark(path: ReadPath) -> None:
     buf = bytearray(pin_table_size(4))
-    table = PinTable(buf)
+    table = path.pins(buf)
     assert table.entries == 4
     assert table.pin(11) == 0
     assert U64.unpack_from(buf, 0) == (1,) and U64.unpack_from(buf, 64) == (11,)
@@ -493,8 +524,9 @@ def test_pin_table_layout_and_high_water_mark() -> None:
     assert buf[64 + 16 :] == bytes(len(buf) - 80)  # past the mark: all zero
 
 
-def test_full_pin_table_returns_none() -> None:
-    table = PinTable(bytearray(pin_table_size(3)))
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_full_pin_table_returns_none(path: ReadPath) -> None:
+    table = path.pins(bytearray(pin_table_size(3)))
     assert [table.pin(g) for g in (1, 2, 3)] == [0, 1, 2]
     assert table.pin(4) is None and table.count == 3
     table.unpin(1)
@@ -507,9 +539,10 @@ def every_pinned(scanner: PinScanner) -> set[int]:
     return {g for gens in scanner.by_client().values() for g in gens}
 
 
-def test_a_generation_may_be_pinned_twice() -> None:
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_a_generation_may_be_pinned_twice(path: ReadPath) -> None:
     buf = bytearray(pin_table_size(4))
-    table = PinTable(buf)
+    table = path.pins(buf)
     first, second = table.pin(9), table.pin(9)
     assert first != second
     scanner = PinScanner()
@@ -519,9 +552,10 @@ def test_a_generation_may_be_pinned_twice() -> None:
     assert scanner.counts([9]) == {9: 1} and scanner.pinned([9]) == {9}
 
 
-def test_scanner_reads_every_table() -> None:
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_scanner_reads_every_table(path: ReadPath) -> None:
     bufs = {c: bytearray(pin_table_size(4)) for c in (1, 2, 3)}
-    tables = {c: PinTable(b) for c, b in bufs.items()}
+    tables = {c: path.pins(b) for c, b in bufs.items()}
     scanner = PinScanner()
     for c, b in bufs.items():
         scanner.add(c, b)
@@ -540,9 +574,10 @@ def test_scanner_reads_every_table() -> None:
     assert PinScanner().pinned([5]) == set()
 
 
-def test_scanner_ignores_entries_past_the_high_water_mark() -> None:
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_scanner_ignores_entries_past_the_high_water_mark(path: ReadPath) -> None:
     buf = bytearray(pin_table_size(4))
-    table = PinTable(buf)
+    table = path.pins(buf)
     table.pin(5)  # mark 1
     U64.pack_into(buf, PIN_HEADER + 8 * 2, 77)  # garbage past the mark
     U64.pack_into(buf, PIN_HEADER + 8 * 3, 78)
@@ -558,12 +593,13 @@ def test_scanner_ignores_entries_past_the_high_water_mark() -> None:
     assert every_pinned(scanner) == {5, 77, 78} and scanner.total() == 3
 
 
-def test_scanner_sees_writes_made_after_it_was_added() -> None:
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_scanner_sees_writes_made_after_it_was_added(path: ReadPath) -> None:
     buf = bytearray(pin_table_size(8))
     scanner = PinScanner()
     scanner.add(1, buf)
     assert scanner.total() == 0
-    table = PinTable(buf)
+    table = path.pins(buf)
     index = table.pin(3)
     assert scanner.pinned([3]) == {3}
     table.unpin(index)  # type: ignore[arg-type]
@@ -576,10 +612,13 @@ def test_scanner_sees_writes_made_after_it_was_added() -> None:
         st.tuples(st.integers(0, 2), st.booleans(), st.integers(1, 6)), min_size=1, max_size=60
     )
 )
-def test_pin_tables_and_scanner_agree_with_a_model(ops: list[tuple[int, bool, int]]) -> None:
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_pin_tables_and_scanner_agree_with_a_model(
+    path: ReadPath, ops: list[tuple[int, bool, int]]
+) -> None:
     """Random pins and unpins by three clients of 5-entry tables against a multiset."""
     bufs = [bytearray(pin_table_size(5)) for _ in range(3)]
-    tables = [PinTable(b) for b in bufs]
+    tables = [path.pins(b) for b in bufs]
     scanner = PinScanner()
     for c, b in enumerate(bufs):
         scanner.add(c, b)
@@ -835,8 +874,9 @@ ids_for_copy = st.lists(
     bits=st.integers(3, 7),
     probe=st.sampled_from([2, 4, 8, MAX_PROBE]),
 )
+@pytest.mark.parametrize("path", READ_PATHS)
 def test_copy_from_keeps_every_object_it_places_findable(
-    ids: list[bytes], dying: set[int], bits: int, probe: int
+    path: ReadPath, ids: list[bytes], dying: set[int], bits: int, probe: int
 ) -> None:
     """The bulk copy of a rebuild: every object placed is found at its slot with its
     generation, location and state, every slot between an object's home and its slot is
@@ -853,7 +893,7 @@ def test_copy_from_keeps_every_object_it_places_findable(
     assert len(placed) == len(ids)
     kept = [s for s in placed if s >= 0]
     assert len(kept) == len(set(kept)) == new.live and new.tombstones == 0
-    reader = DirectoryReader(new._mv)
+    reader = path.reader(new._mv)
     for n, (oid, slot) in enumerate(zip(ids, placed, strict=True)):
         if slot < 0:
             assert reader.lookup(oid) is None
@@ -890,7 +930,10 @@ def test_copy_from_fills_only_an_empty_directory() -> None:
         new.copy_from(old, [slot])
 
 
-def test_copy_from_places_many_objects_in_bulk(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("path", READ_PATHS)
+def test_copy_from_places_many_objects_in_bulk(
+    path: ReadPath, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A rebuild of a big directory is numpy work: only objects whose probe run wraps past
     the last slot are inserted one by one."""
     n, capacity = 1 << 18, 1 << 20
@@ -909,7 +952,7 @@ def test_copy_from_places_many_objects_in_bulk(monkeypatch: pytest.MonkeyPatch) 
     new = Directory(bytearray(directory_size(capacity)), capacity)
     placed = new.copy_from(old, list(range(n)))
     assert -1 not in placed and new.live == n and len(one_by_one) < 64
-    reader = DirectoryReader(new._mv)
+    reader = path.reader(new._mv)
     for i in range(0, n, 997):
         found = reader.lookup(ids[ID_SIZE * i : ID_SIZE * (i + 1)])
         assert found is not None and found.generation == i + 1 and found.slot == placed[i]

@@ -213,6 +213,7 @@ def check_load(coord: RunningCoordinator, outcome: Outcome) -> None:
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.usefixtures("read_path")
 def test_pinned_reads_never_see_freed_memory(
     coordinator_factory: Callable[..., RunningCoordinator],
 ) -> None:
@@ -226,6 +227,7 @@ def test_pinned_reads_never_see_freed_memory(
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.usefixtures("read_path")
 def test_hidden_pins_let_readers_see_freed_memory(
     coordinator_factory: Callable[..., RunningCoordinator],
 ) -> None:

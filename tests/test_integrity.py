@@ -14,6 +14,8 @@ import pytest
 
 import plasma
 from plasma import protocol as p
+from plasma._client_core import fast_path
+from plasma._client_core.fast_path import NATIVE, PYTHON, ReadPath
 from plasma.directory import DirectoryReader
 from tests.conftest import RunningCoordinator, start_coordinator, wait_until
 from tests.helpers import READ_ONLY_UID, RawClient, needs_root, oid, result, run_as
@@ -45,7 +47,9 @@ def alive_after_scans(coord: RunningCoordinator) -> None:
     assert coord.proc.poll() is None
 
 
-def test_no_file_a_client_was_given_can_be_shrunk(coordinator: RunningCoordinator):
+def test_no_file_a_client_was_given_can_be_shrunk(
+    coordinator: RunningCoordinator, read_path: ReadPath
+):
     """Finding 1: shrinking the pin table (or the access bytes, a segment) made the
     coordinator's next pin scan, and every reader, die of SIGBUS."""
     with RawClient(coordinator.socket) as raw, plasma.connect(coordinator.socket) as c:
@@ -68,8 +72,9 @@ def test_no_file_a_client_was_given_can_be_shrunk(coordinator: RunningCoordinato
         }
         for fd in (directory, access, pins, segment):
             os.close(fd)
-        # and a client's own map of its pin table cannot be resized either
-        with pytest.raises(OSError):
+        # and a client's own map of its pin table cannot be resized either (the kernel
+        # refuses; the C read path's buffer export refuses first)
+        with pytest.raises(BufferError if read_path is NATIVE else OSError):
             c._core.maps.pin_map.resize(64)  # type: ignore[union-attr]
         alive_after_scans(coordinator)
 
@@ -107,19 +112,26 @@ def test_a_read_only_other_uid_cannot_shrink_its_pin_table(public_dir: str):
         assert coord.stop() == 0
 
 
-def test_pages_of_a_shrunk_map_cannot_fault_the_coordinator(coordinator: RunningCoordinator):
+def test_pages_of_a_shrunk_map_cannot_fault_the_coordinator(
+    coordinator: RunningCoordinator, read_path: ReadPath
+):
     """mmap.resize on the client's own maps is how the audit shrank the files: each is
-    refused, and the coordinator keeps serving."""
+    refused (by the kernel; the maps the C read path holds by their buffer exports first),
+    and the coordinator keeps serving."""
     with plasma.connect(coordinator.socket) as c:
         c.put(np.ones(1 << 16))
         core = c._core
         _, access = core.maps.table_maps
-        for mm in [
-            *core.maps.segments.values(),
-            access,
-            core.maps.pin_map,
+        for mm, held in [
+            *((segment, False) for segment in core.maps.segments.values()),
+            (access, read_path is NATIVE),
+            (core.maps.pin_map, read_path is NATIVE),
         ]:  # (the directory: read-only)
             assert isinstance(mm, mmap.mmap)
+            if held:
+                with pytest.raises(BufferError):
+                    mm.resize(mmap.PAGESIZE)
+                continue
             with pytest.raises(OSError) as refused:
                 mm.resize(mmap.PAGESIZE)
             assert refused.value.errno == errno.EPERM
@@ -355,13 +367,17 @@ def test_a_wall_clock_step_changes_no_deadline_and_no_grace(tmp_path):
 
 
 def test_a_directory_moving_under_another_thread_s_get_leaks_no_pin(
-    coordinator: RunningCoordinator,
+    coordinator: RunningCoordinator, monkeypatch: pytest.MonkeyPatch
 ):
     """Finding 10: a blocking client shared by threads; one thread's call took in a new
     directory and closed the old maps while another thread's fast get had written its pin:
     that get failed ("mmap closed") and its pin was never let go. The maps are swapped
-    under the same lock as the fast path now."""
+    under the same lock as the fast path now. (The Python read path, whose re-read can be
+    interrupted here; the C one holds the interpreter from lookup to re-read, and its reader
+    holds the maps it reads.)"""
     import threading
+
+    monkeypatch.setattr(fast_path, "READ_PATH", PYTHON)
 
     from plasma.directory import DirectoryReader as Reader
 

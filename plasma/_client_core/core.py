@@ -32,8 +32,11 @@ import math
 import mmap
 import os
 import select
+import sys
 import threading
 import time
+import types
+import warnings
 import weakref
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
@@ -43,7 +46,7 @@ import msgspec
 
 from plasma import parallel_copy, serialization
 from plasma import protocol as p
-from plasma._client_core.fast_path import pin_from_directory
+from plasma._client_core.fast_path import fallback_warning
 from plasma._client_core.inbox import Inbox
 from plasma._client_core.outbox import IDS_PER_FRAME, Outbox, chunks
 from plasma._client_core.refs import (
@@ -54,7 +57,6 @@ from plasma._client_core.refs import (
     Views,
 )
 from plasma._client_core.segment_maps import SegmentMaps
-from plasma.directory import DirectoryReader
 from plasma.errors import BadRequest, Disconnected, PlasmaError, error_for
 from plasma.ids import ID_SIZE, ObjectID, as_id_bytes
 
@@ -169,6 +171,25 @@ def _hangup_poller(fd: int) -> select.poll:
     poller = select.poll()
     poller.register(fd, select.POLLRDHUP)
     return poller
+
+
+_fallback_warned = False
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # plasma/
+
+
+def _warn_fallback_once() -> None:
+    """The fallback's warning, the first time a client of this process connects, pointed
+    at the first caller outside the package (the user's connect)."""
+    global _fallback_warned
+    message = fallback_warning()
+    if message is None or _fallback_warned:
+        return
+    _fallback_warned = True
+    level = 1
+    frame: types.FrameType | None = sys._getframe(0)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, RuntimeWarning, stacklevel=level)
 
 
 def _after_fork_in_child() -> None:
@@ -298,7 +319,9 @@ class ClientCore:
         )
 
     def connected(self, reply: p.Connected) -> None:
-        """Take in the coordinator's answer to Connect."""
+        """Take in the coordinator's answer to Connect (and say, once per process, when the
+        directory is read without the C read path)."""
+        _warn_fallback_once()
         self.info = reply
         self.alignment = reply.alignment
         self.node_cpus = {node.id: node.cpus for node in reply.nodes}
@@ -456,26 +479,27 @@ class ClientCore:
 
     def take_pinned(self, oid: bytes) -> tuple[memoryview, memoryview] | None:
         """Views of the sealed object ``oid`` read from the directory and pinned
-        (:func:`~plasma._client_core.fast_path.pin_from_directory`), with no request; None
-        when the directory cannot serve it (ask the coordinator). The lock keeps another
-        thread from replacing the directory's maps meanwhile."""
+        (:mod:`~plasma._client_core.fast_path`: the C read path, or the Python one), with no
+        request; None when the directory cannot serve it (ask the coordinator). The lock
+        keeps another thread from replacing the directory's maps meanwhile."""
         with self._held_lock:
-            reader, pins = self.maps.reader, self.maps.pins
-            if reader is None or pins is None:
+            maps = self.maps
+            reader, pins, path = maps.reader, maps.pins, maps.read_path
+            if reader is None or pins is None or path is None:
                 return None
             refs = self.refs
             if oid in refs.held or oid in refs.cache:
                 return None  # held already (another thread got it meanwhile): reuse that one
             info = self.info
             node = info.node if info is not None else None
-            pinned = pin_from_directory(reader, pins, self.maps.segments, oid, node)
+            pinned = path.pin(reader, pins, maps.segments, oid, node)
             if pinned is None:
                 self._check_superseded(reader)
                 return None
             found, index = pinned
             return refs.pinned(oid, found, index)
 
-    def _check_superseded(self, reader: DirectoryReader) -> None:
+    def _check_superseded(self, reader: Any) -> None:
         """Ask for the current directory (once) when ``reader``'s was replaced."""
         token = self.maps.superseded(reader)
         if token:

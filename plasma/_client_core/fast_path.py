@@ -3,18 +3,48 @@
 It owns the read-pin-re-read sequence against the coordinator's shared directory and this
 client's pin table, and nothing else: it never builds views, keeps references, sends
 anything or takes a lock (its caller, :meth:`ClientCore.take_pinned`, holds the one that
-keeps the directory's maps in place). Its signature is kept narrow (a reader, a pin table,
-the mapped segments, an id, a node) so that a native implementation can replace it alone.
+keeps the directory's maps in place).
+
+Two implementations, one signature: the C one (:mod:`plasma._native`, C11 acquire loads and
+release stores, so it is safe on any CPU) and the Python one below (plain loads and stores:
+safe only where the CPU keeps them in order, x86-64). :data:`READ_PATH` is the one clients
+use; :func:`fallback_warning` is the line a client prints at connect when it is not the C
+one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Container
+import platform
+from collections.abc import Callable, Container
+from typing import Any, NamedTuple, Protocol
 
-from plasma.directory import REPLICA, DirectoryReader, Found, PinTable
+from plasma._native import native, unavailable
+from plasma.directory import ORDERED_MEMORY, REPLICA, DirectoryReader, Found, PinTable
 from plasma.ids import replica_id
+from plasma.records import ObjectLocation
 
-__all__ = ["pin_from_directory"]
+__all__ = [
+    "NATIVE",
+    "PYTHON",
+    "READ_PATH",
+    "Read",
+    "ReadPath",
+    "fallback_warning",
+    "pin_from_directory",
+]
+
+
+class Read(Protocol):
+    """A consistent read of a sealed object's slot, by either read path."""
+
+    @property
+    def slot(self) -> int: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def generation(self) -> int: ...
+    @property
+    def location(self) -> ObjectLocation: ...
 
 
 def pin_from_directory(
@@ -45,3 +75,43 @@ def pin_from_directory(
         pins.unpin(index)
         return None
     return found, index
+
+
+class ReadPath(NamedTuple):
+    """One implementation of the fast path: a reader of the directory (its map, the access
+    bytes' map or None), a pin table (its map), the get over them, and what makes an
+    object's views (``views(segment map, offset, data size, metadata size, done, key)``,
+    calling ``done(key)`` when both are gone; None: numpy arrays own them)."""
+
+    name: str
+    reader: Callable[[Any, Any], Any]
+    pins: Callable[[Any], Any]
+    pin: Callable[[Any, Any, Container[int], bytes, int | None], tuple[Any, int] | None]
+    views: Callable[..., tuple[memoryview, memoryview]] | None
+
+
+PYTHON = ReadPath("python", DirectoryReader, PinTable, pin_from_directory, None)
+NATIVE = (
+    None
+    if native is None
+    else ReadPath("native", native.Reader, native.PinTable, native.pin_from_directory, native.views)
+)
+# the C one where it was built, else the Python one where the CPU orders memory, else none
+# (every get a request)
+READ_PATH: ReadPath | None = NATIVE or (PYTHON if ORDERED_MEMORY else None)
+
+
+def fallback_warning() -> str | None:
+    """What a client says at connect when the C read path is not in use (None when it is,
+    or when it was turned off on purpose with ``PLASMA_COORD_NATIVE=0``)."""
+    if unavailable is None:
+        return None
+    if ORDERED_MEMORY:
+        instead = "gets through the object directory run in Python (slower)"
+    else:
+        instead = f"on this CPU ({platform.machine()}) every get is a request to the coordinator"
+    return (
+        f"plasma-coord: the native read path is not available ({unavailable}): {instead}; "
+        "reinstall with a C compiler and Python's headers (Debian: apt-get install gcc "
+        "python3-dev) to build it"
+    )

@@ -1,14 +1,14 @@
 """The client core's references (internal): what this client holds of the store's objects.
 
 It owns the one reference (or directory pin) held per object while views of it live, the
-views themselves (numpy owners whose finalizers count them down, on any thread), the
-release-delay cache of references whose views all went (oldest first, bounded in objects
-and bytes), revocations, copy-on-write private views, the creator references that follow
-``create`` buffers, and the locations a with_locations subscription handed over. It
-decides when a reference goes: the id is queued on the outbox (a Release, or an Unpin hint
-after clearing the pin), which batches it into the next frames. It never sends, never
-decodes a reply and never maps or unmaps memory: views are made over the segment maps'
-mappings, which it only reads.
+views themselves (owners whose finalizers count them down, on any thread: the C read path's
+``View``, else numpy arrays), the release-delay cache of references whose views all went
+(oldest first, bounded in objects and bytes), revocations, copy-on-write private views, the
+creator references that follow ``create`` buffers, and the locations a with_locations
+subscription handed over. It decides when a reference goes: the id is queued on the outbox
+(a Release, or an Unpin hint after clearing the pin), which batches it into the next frames.
+It never sends, never decodes a reply and never maps or unmaps memory: views are made over
+the segment maps' mappings, which it only reads.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from plasma import protocol as p
+from plasma._client_core.fast_path import Read
 from plasma._client_core.outbox import Outbox
 from plasma._client_core.segment_maps import SegmentMaps
-from plasma.directory import Found
 
 __all__ = ["RELEASE_DELAY", "RELEASE_DELAY_BYTES", "RELEASE_DELAY_SHARE", "Refs", "Views"]
 
@@ -56,7 +56,7 @@ class _Held:
     views: int = 1
     revoked: bool = False
     pin: int = -1
-    found: Found | None = None
+    found: Read | None = None
 
 
 @dataclass(slots=True)
@@ -82,6 +82,9 @@ class Refs:
         self._lock = lock
         self._outbox = outbox
         self._maps = maps
+        # the C read path makes views in C (else numpy arrays own them)
+        path = maps.read_path
+        self._c_views = path.views if path is not None else None
         # objects we hold one reference to: with live views (held) or recently released
         # (cache, oldest first, at most release_delay; revoked when someone deletes them)
         self.held: dict[bytes, _Held] = {}
@@ -121,7 +124,7 @@ class Refs:
                 self._outbox.releases.append(oid)
             return self._views(oid, loc)
 
-    def pinned(self, oid: bytes, found: Found, pin: int) -> Views:
+    def pinned(self, oid: bytes, found: Read, pin: int) -> Views:
         """Views of ``oid``, held by the pin-table entry ``pin`` taken on the directory read
         ``found``. The caller holds the lock and knows ``oid`` is not held already."""
         self.held[oid] = _Held(found.location, pin=pin, found=found)
@@ -145,9 +148,13 @@ class Refs:
 
     def _views(self, oid: bytes, loc: p.ObjectLocation) -> Views:
         total = loc.data_size + loc.metadata_size
-        owner = np.frombuffer(
-            self._maps.segments[loc.segment], np.uint8, count=max(total, 1), offset=loc.offset
-        )
+        segment = self._maps.segments[loc.segment]
+        if self._c_views is not None:  # one C object owns the bytes, calls back when it goes
+            got: Views = self._c_views(
+                segment, loc.offset, loc.data_size, loc.metadata_size, self._drop_view, oid
+            )
+            return got
+        owner = np.frombuffer(segment, np.uint8, count=max(total, 1), offset=loc.offset)
         owner.flags.writeable = False
         # when ``owner`` dies, the weak reference calls back (on whatever thread collects it)
         ref = weakref.ref(owner, self._owner_died)

@@ -3,12 +3,13 @@
 It owns the descriptors received with replies until their segments or tables take them, the
 map of each segment (read-only where the coordinator sent a read-only descriptor), a
 descriptor of each kept for copy-on-write views, the maps of the directory, access bytes
-and pin table with the :class:`~plasma.directory.DirectoryReader` and
-:class:`~plasma.directory.PinTable` over them, and unmapping: segments the coordinator
-dropped, a superseded directory, everything at close. It never decodes a message, never
-holds or releases a reference and never sends anything: it is handed segment infos and
-descriptors, and answers with maps. A map that views still use is left for them to unmap
-(its ``close`` refused); nothing here is unmapped under a live view.
+and pin table with the reader and pin table of the read path over them (the C one, or
+:class:`~plasma.directory.DirectoryReader` and :class:`~plasma.directory.PinTable`), and
+unmapping: segments the coordinator dropped, a superseded directory, everything at close. It
+never decodes a message, never holds or releases a reference and never sends anything: it is
+handed segment infos and descriptors, and answers with maps. A map that views (or the C
+reader's buffer exports) still use is left for them to unmap (its ``close`` refused); nothing
+here is unmapped under a live view.
 """
 
 from __future__ import annotations
@@ -21,17 +22,56 @@ import threading
 from typing import Any
 
 from plasma import protocol as p
-from plasma.directory import ORDERED_MEMORY, DirectoryReader, PinTable
+from plasma._client_core import fast_path
 from plasma.errors import PlasmaError
-from plasma.linux.memfd import map_segment, populate_range
+from plasma.linux.memfd import map_segment, populate_range, populate_read
 
-__all__ = ["POPULATE_OBJECT_MIN", "SegmentMaps"]
+__all__ = ["POPULATE_OBJECT_MIN", "Populator", "SegmentMaps"]
 
 # A segment first received to write into is mapped with its page tables filled in, so a put
-# writes at memcpy speed; one received to read from is mapped lazily (a reader of one object
-# need not pay for the whole segment), and a large object created in it later has just its
-# own range populated.
+# writes at memcpy speed; one received to read from is mapped at once and its page tables
+# filled in the background (a get that maps it does not wait for the whole segment, and the
+# first reads of the objects sealed in it later do not fault page by page); a large object
+# created in it later has its own range populated for writing.
 POPULATE_OBJECT_MIN = 1 << 20
+
+
+class Populator:
+    """Fills the page tables of maps (:func:`~plasma.linux.memfd.populate_read`) one at a
+    time, in a thread that runs while there is work and then ends. A map closed meanwhile is
+    skipped."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._queue: collections.deque[mmap.mmap] = collections.deque()
+        self._thread: threading.Thread | None = None
+
+    def add(self, mm: mmap.mmap) -> None:
+        with self._lock:
+            self._queue.append(mm)
+            if self._thread is not None:
+                return
+            thread = threading.Thread(target=self._run, name="plasma-populate", daemon=True)
+            self._thread = thread
+        thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._queue:
+                    self._thread = None
+                    return
+                mm = self._queue.popleft()
+            populate_read(mm)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the queue is done (tests); False on a timeout."""
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            return not thread.is_alive()
+        return True
 
 
 class SegmentMaps:
@@ -43,12 +83,15 @@ class SegmentMaps:
         self.segments: dict[int, mmap.mmap] = {}
         self.fds: collections.deque[int] = collections.deque()  # received, not yet mapped
         self.lazy: set[int] = set()  # segments mapped without MAP_POPULATE
+        self.populator = Populator()  # fills in the page tables of those, in the background
         # a descriptor of each mapped segment (read-only where our uid may only read) and its
         # page size: what a writable get maps privately (copy-on-write) from
         self.segment_fds: dict[int, tuple[int, int]] = {}
-        # reads without requests: the directory (read-only) and this client's pin table
-        self.reader: DirectoryReader | None = None
-        self.pins: PinTable | None = None
+        # reads without requests: the directory (read-only) and this client's pin table, read
+        # and written by the read path chosen when the client starts (None: requests only)
+        self.read_path = fast_path.READ_PATH
+        self.reader: Any = None
+        self.pins: Any = None
         self.table_maps: list[mmap.mmap] = []  # directory and access bytes
         self.pin_map: mmap.mmap | None = None
         # the directory mapped was superseded and the current one asked for: until it comes
@@ -69,11 +112,11 @@ class SegmentMaps:
             self._close_segment_fd(info.id)
             with contextlib.suppress(OSError):  # (none: a writable get copies instead)
                 self.segment_fds[info.id] = (os.dup(fd), info.page_size)
-            self.segments[info.id] = map_segment(
-                fd, info.size, writable=info.writable, populate=for_writing
-            )
+            mm = map_segment(fd, info.size, writable=info.writable, populate=for_writing)
+            self.segments[info.id] = mm
             if not for_writing:
                 self.lazy.add(info.id)
+                self.populator.add(mm)
 
     def map_tables(self, tables: p.TablesInfo) -> None:
         """Map the directory (and access bytes, and the pin table when sent) from their fds,
@@ -92,9 +135,10 @@ class SegmentMaps:
 
     def install_tables(self, directory: Any, access: Any, pins: Any) -> None:
         """Read through ``directory`` (and ``access``, ``pins`` when given) from now on."""
+        path = self.read_path
         try:
-            reader = DirectoryReader(directory, access) if ORDERED_MEMORY else None
-        except ValueError:  # a layout this client does not know: requests it is
+            reader = path.reader(directory, access) if path is not None else None
+        except ValueError:  # a layout this client does not know (or cannot read): requests
             reader = None
         with self._lock:  # (no other thread is in the middle of a fast get)
             old = self.table_maps
@@ -105,9 +149,9 @@ class SegmentMaps:
                     mm.close()
             if pins is not None:
                 self.pin_map = pins
-                self.pins = PinTable(pins)
+                self.pins = path.pins(pins) if path is not None else None
 
-    def superseded(self, reader: DirectoryReader) -> int:
+    def superseded(self, reader: Any) -> int:
         """The token of ``reader``'s directory when it was replaced and the current one is
         not asked for yet (then it counts as asked); else 0."""
         if self.tables_asked or not reader.superseded:

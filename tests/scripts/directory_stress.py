@@ -116,18 +116,21 @@ def reader(index: int, params: Params, barrier: Any, stop: Any, queue: Any, conn
 
 def _hide_pins() -> None:
     """The negative control: every pin is taken (the entry is in use, the free list right)
-    and erased from the table at once, so no scan of the coordinator ever finds it."""
-    from plasma.directory import PIN_HEADER, PinTable
+    and erased from the table as soon as the get that took it returns, so no scan of the
+    coordinator ever finds it. (Whichever read path took it: the C one or Python's.)"""
+    from plasma._client_core import ClientCore
+    from plasma.directory import PIN_HEADER
 
-    real_pin = PinTable.pin
+    real_take_pinned = ClientCore.take_pinned
 
-    def hidden_pin(self: PinTable, generation: int) -> int | None:
-        entry = real_pin(self, generation)
-        if entry is not None:
-            struct.pack_into("<Q", self._mv, PIN_HEADER + 8 * entry, 0)
-        return entry
+    def take_pinned(self: ClientCore, oid: bytes) -> Any:
+        views = real_take_pinned(self, oid)
+        held = self.refs.held.get(oid)
+        if views is not None and held is not None and self.maps.pin_map is not None:
+            struct.pack_into("<Q", self.maps.pin_map, PIN_HEADER + 8 * held.pin, 0)
+        return views
 
-    PinTable.pin = hidden_pin  # type: ignore[method-assign]
+    ClientCore.take_pinned = take_pinned  # type: ignore[method-assign]
 
 
 def _count_paths(counts: Counter[str]) -> None:

@@ -1,0 +1,28 @@
+"""The C part of the package (internal): the object directory's read path.
+
+``directory.h`` / ``directory.c`` are a plain C11 library (lookup, pin, re-check, unpin, and
+the coordinator's ordered slot writes) that C programs compile against unchanged;
+``module.c`` wraps it as :mod:`plasma._native._directory`. ``native`` is that module, or
+None where it was not built or cannot be loaded (``unavailable`` then says why), or where
+``$PLASMA_COORD_NATIVE`` is ``0`` (the Python read path, for comparison and tests).
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+__all__ = ["native", "unavailable"]
+
+native: ModuleType | None
+unavailable: str | None  # why native is None, unless it was turned off on purpose
+
+if os.environ.get("PLASMA_COORD_NATIVE", "1") == "0":
+    native, unavailable = None, None
+else:
+    try:
+        from plasma._native import _directory as native
+    except ImportError as exc:
+        native, unavailable = None, f"{type(exc).__name__}: {exc}"
+    else:
+        unavailable = None

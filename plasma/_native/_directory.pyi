@@ -1,0 +1,65 @@
+from collections.abc import Callable
+from typing import Any
+
+from plasma.records import ObjectLocation
+
+PIN_HEADER: int
+
+class Found:
+    slot: int
+    seq: int
+    generation: int
+    location: ObjectLocation
+
+class Reader:
+    capacity: int
+    superseded: bool
+    replicas: bool
+    token: int
+    def __init__(self, directory: Any, access: Any = None) -> None: ...
+    def lookup(self, oid: bytes, flags: int = 0) -> Found | None: ...
+    def unchanged(self, found: Found) -> bool: ...
+    def dying(self, found: Found) -> bool: ...
+
+class PinTable:
+    count: int
+    entries: int
+    def __init__(self, table: Any) -> None: ...
+    def pin(self, generation: int) -> int | None: ...
+    def unpin(self, index: int) -> None: ...
+
+class View:
+    def __init__(
+        self, segment: Any, offset: int, length: int, done: Callable[[Any], object], key: Any
+    ) -> None: ...
+    def __buffer__(self, flags: int) -> memoryview: ...
+
+def views(
+    segment: Any,
+    offset: int,
+    data_size: int,
+    metadata_size: int,
+    done: Callable[[Any], object],
+    key: Any,
+) -> tuple[memoryview, memoryview]: ...
+def pin_from_directory(
+    reader: Reader, pins: PinTable, mapped: Any, oid: bytes, node: int | None
+) -> tuple[Found, int] | None: ...
+def write_slot(
+    directory: Any,
+    capacity: int,
+    slot: int,
+    generation: int,
+    oid: bytes,
+    segment: int,
+    offset: int,
+    data_size: int,
+    metadata_size: int,
+    node: int,
+    state: int,
+    flags: int,
+) -> None: ...
+def set_state(directory: Any, capacity: int, slot: int, state: int) -> None: ...
+def clear_slot(directory: Any, capacity: int, slot: int) -> None: ...
+def set_superseded(directory: Any) -> None: ...
+def set_ordered(directory: Any) -> None: ...

@@ -1,0 +1,27 @@
+"""The C part of the package: the object directory's read path (plasma/_native/).
+
+Everything else is declared in pyproject.toml. The extension is optional: where it cannot be
+built (no C compiler or no Python headers) the install goes on without it, and clients
+fall back to the Python read path, saying so once at connect (plasma._native).
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "plasma._native._directory",
+            sources=["plasma/_native/module.c", "plasma/_native/directory.c"],
+            depends=["plasma/_native/directory.h"],
+            extra_compile_args=[
+                "-std=c11",
+                "-O2",
+                "-Wall",
+                "-Wextra",
+                "-Wno-missing-field-initializers",
+                "-Wno-unused-parameter",
+            ],
+            optional=True,
+        )
+    ]
+)
