@@ -211,7 +211,13 @@ static int read_int(wire_in *in, int64_t *out) {
     return 0;
 }
 
+/* A non-negative integer: up to 2**64 - 1 as msgspec writes it (uint64), or a signed
+ * format holding a value >= 0. */
 static int read_uint(wire_in *in, uint64_t *out) {
+    if (in->p < in->end && *in->p >= 0xcc && *in->p <= 0xcf) {
+        uint8_t b = *in->p++;
+        return get_be(in, 1u << (b - 0xcc), out);
+    }
     int64_t v;
     if (read_int(in, &v) || v < 0)
         return -1;
