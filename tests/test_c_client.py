@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +28,7 @@ import pytest
 import plasma
 from plasma import protocol as p
 from plasma.linux.fdpass import scm_rights
-from tests.conftest import RunningCoordinator, start_coordinator, wait_until
+from tests.conftest import RunningCoordinator, wait_until
 from tests.helpers import READ_ONLY_UID, REPO, STRANGER_UID, apt_install, needs_root
 
 pytestmark = pytest.mark.coordinator
@@ -64,6 +64,17 @@ class Build:
         assert proc.returncode == 0, f"{args}: exit {proc.returncode}\n{proc.stdout}{proc.stderr}"
         assert "Sanitizer" not in proc.stderr, proc.stderr
         return proc
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        """Start a program of this build, its standard streams piped (text)."""
+        return subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env(),
+        )
 
 
 def env() -> dict[str, str]:
@@ -245,74 +256,48 @@ def test_the_header_is_cxx(c: Build, coordinator: RunningCoordinator) -> None:
 # ------------------------------------------------------------------ failures
 
 
+def hold(c: Build, py: plasma.Client, socket: str, ids: list[bytes]) -> subprocess.Popen[str]:
+    """The C client holding objects ``py`` sealed: ``ids[0]`` got by a request (which maps
+    the segment), the others pinned from the directory; once it says so."""
+    for oid in ids:
+        py.create_and_seal(oid, pattern(oid, 1000))
+    py.flush()
+    proc = c.start(c.program("c_client"), "hold", socket, *(i.hex() for i in ids))
+    assert proc.stdout.readline() == f"held {len(ids)}\n"
+    assert py.stats()["pins"] == len(ids) - 1
+    return proc
+
+
 def test_a_c_reader_killed_while_holding_pins_leaks_nothing(
     c: Build, coordinator: RunningCoordinator
 ) -> None:
-    ids = [cid(n) for n in range(20, 24)]
+    first, *pinned = [cid(n) for n in range(20, 25)]
     with plasma.connect(coordinator.socket) as py:
-        py.create_and_seal(cid(19), b"maps the segment")
-        for oid in ids:
-            py.create_and_seal(oid, pattern(oid, 1000))
-        py.flush()
-        reader = subprocess.Popen(
-            [
-                c.program("c_client"),
-                "hold",
-                coordinator.socket,
-                cid(19).hex(),
-                *(i.hex() for i in ids),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            env=env(),
-        )
+        reader = hold(c, py, coordinator.socket, [first, *pinned])
         try:
-            assert reader.stdout is not None
-            assert reader.stdout.readline() == "held 5\n"
-            assert py.stats()["pins"] == 4  # cid(19) by a request, mapping the segment
-            assert py.delete(ids) == [plasma.ObjectID(i) for i in ids]  # deferred: pinned
+            assert py.delete(pinned) == [plasma.ObjectID(i) for i in pinned]  # deferred
             assert py.stats()["dying"] == 4
         finally:
             reader.kill()
-            reader.wait(30)
+            reader.communicate(timeout=30)
         wait_until(lambda: len(py.stats()["clients"]) == 1, what="the reader's session to end")
         py.flush()
         stats = py.stats()
         assert stats["pins"] == 0 and stats["dying"] == 0
-        assert set(py.list()) == {plasma.ObjectID(cid(19))}
-        assert py.list()[plasma.ObjectID(cid(19))]["ref_count"] == 0
+        assert set(py.list()) == {plasma.ObjectID(first)}
+        assert py.list()[plasma.ObjectID(first)]["ref_count"] == 0
 
 
 def test_a_c_reader_that_releases_lets_deletes_finish(
     c: Build, coordinator: RunningCoordinator
 ) -> None:
-    ids = [cid(n) for n in range(30, 33)]
+    ids = [cid(n) for n in range(30, 34)]
     with plasma.connect(coordinator.socket) as py:
-        py.create_and_seal(cid(29), b"maps the segment")
-        for oid in ids:
-            py.create_and_seal(oid, pattern(oid, 1000))
-        py.flush()
-        proc = subprocess.Popen(
-            [
-                c.program("c_client"),
-                "hold",
-                coordinator.socket,
-                cid(29).hex(),
-                *(i.hex() for i in ids),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=env(),
-        )
-        assert proc.stdout is not None
-        assert proc.stdout.readline() == "held 4\n"
-        py.delete([*ids, cid(29)])
+        reader = hold(c, py, coordinator.socket, ids)
+        py.delete(ids)
         assert py.stats()["dying"] == 3
-        out, err = proc.communicate("\n", timeout=60)  # it releases, sending Unpin for each
-        assert proc.returncode == 0 and out == "released 4\n" and "Sanitizer" not in err, err
+        out, err = reader.communicate("\n", timeout=60)  # it releases, sending Unpin for each
+        assert reader.returncode == 0 and out == "released 4\n" and "Sanitizer" not in err, err
         py.flush()
         assert py.stats()["dying"] == 0 and py.stats()["used"] - py.stats()["arena_bytes"] == 0
         assert py.list() == {}
@@ -329,15 +314,7 @@ def test_a_coordinator_that_goes_away_is_an_error_not_a_signal(
     with plasma.connect(coord.socket) as py:
         py.create_and_seal(oid, pattern(oid, 5000))
         py.flush()
-    proc = subprocess.Popen(
-        [c.program("c_client"), "gone", coord.socket, oid.hex()],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env(),
-    )
-    assert proc.stdout is not None
+    proc = c.start(c.program("c_client"), "gone", coord.socket, oid.hex())
     assert proc.stdout.readline() == "held\n"
     coord.stop(signal.SIGKILL)
     out, err = proc.communicate("\n", timeout=60)
@@ -376,17 +353,6 @@ def test_bad_calls_are_errors_that_lose_nothing(c: Build, coordinator: RunningCo
 
 
 # ------------------------------------------------------------------ other uids
-
-
-@pytest.fixture
-def shared(public_dir: str) -> Iterator[RunningCoordinator]:
-    """A coordinator READ_ONLY_UID may read (so its socket is open to other uids)."""
-    coord = start_coordinator(
-        os.path.join(public_dir, "plasma.sock"),
-        *("--memory", "16MiB", "--allow-uid", str(READ_ONLY_UID)),
-    )
-    yield coord
-    assert coord.stop() == 0
 
 
 def as_uid(uid: int, build: Build, public_dir: str, *args: str) -> subprocess.CompletedProcess[str]:

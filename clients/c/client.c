@@ -472,6 +472,15 @@ static int call(pc_client *c, uint64_t seq, wire_msg *reply) {
     return PC_OK;
 }
 
+/* call(), whose reply must be of kind (the answer to request). */
+static int call_for(pc_client *c, uint64_t seq, int kind, const char *request, wire_msg *reply) {
+    int status = call(c, seq, reply);
+    if (status == PC_OK && reply->kind != kind)
+        return gone(c, PC_EPROTOCOL, "the coordinator's answer to %s is not the reply it needs",
+                    request);
+    return status;
+}
+
 /* A message this client did not wait for, or the one it waits for (seq waiting): map what
  * it brings, answer what it asks, keep the errors it carries. */
 static int handle(pc_client *c, const wire_msg *m, uint64_t waiting) {
@@ -619,9 +628,7 @@ int pc_connect(const char *socket_path, const char *client_name, pc_client **cli
             wire_uint(&c->out, (uint64_t)cpu);
     wire_end(&c->out);
     wire_msg reply;
-    status = call(c, seq, &reply);
-    if (status == PC_OK && reply.kind != WIRE_CONNECTED)
-        status = gone(c, PC_EPROTOCOL, "the coordinator did not answer Connect with Connected");
+    status = call_for(c, seq, WIRE_CONNECTED, "Connect", &reply);
     if (status) {
         if (!c->fatal) /* (the coordinator closes a connection it refuses) */
             gone(c, status, "%s", c->error);
@@ -724,6 +731,15 @@ static int check_id(pc_client *c, const uint8_t *id) {
     return id == NULL ? fail(c, PC_EINVALID, "no object id") : PC_OK;
 }
 
+/* What a call that sends a request about object id checks first: a client, an id, a usable
+ * connection. */
+static int ready(pc_client *c, const uint8_t *id) {
+    if (c == NULL)
+        return PC_EINVALID;
+    int status = check_id(c, id);
+    return status ? status : usable(c);
+}
+
 /* ------------------------------------------------------------------ get */
 
 
@@ -782,13 +798,13 @@ int pc_get(pc_client *c, const uint8_t id[PC_ID_SIZE], double timeout, pc_object
         wire_f64(&c->out, timeout);
     wire_end(&c->out);
     wire_msg reply;
-    if ((status = call(c, seq, &reply)))
+    if ((status = call_for(c, seq, WIRE_GOT, "Get", &reply)))
         return status;
     wire_location loc;
     const char *code;
     size_t code_len;
-    if (reply.kind != WIRE_GOT || wire_next_result(&reply.results, &loc, &code, &code_len))
-        return gone(c, PC_EPROTOCOL, "the coordinator did not answer Get with Got");
+    if (wire_next_result(&reply.results, &loc, &code, &code_len))
+        return gone(c, PC_EPROTOCOL, "the coordinator's answer to Get has no result");
     char hex[2 * PC_ID_SIZE + 1];
     pc_id_to_hex(id, hex);
     if (code != NULL)
@@ -813,13 +829,11 @@ int pc_create(pc_client *c, const uint8_t id[PC_ID_SIZE], uint64_t data_size,
     if (c == NULL || data == NULL)
         return PC_EINVALID;
     *data = NULL;
-    int status = check_id(c, id);
-    if (status)
-        return status;
     if (metadata_size && metadata == NULL)
         return fail(c, PC_EINVALID, "metadata_size is %llu but metadata is NULL",
                     (unsigned long long)metadata_size);
-    if ((status = usable(c)))
+    int status = ready(c, id);
+    if (status)
         return status;
     uint64_t seq = next_seq(c);
     wire_begin(&c->out, "Create", 7);
@@ -832,14 +846,13 @@ int pc_create(pc_client *c, const uint8_t id[PC_ID_SIZE], uint64_t data_size,
     wire_nil(&c->out);    /* interleave: none */
     wire_end(&c->out);
     wire_msg reply;
-    if ((status = call(c, seq, &reply)))
+    if ((status = call_for(c, seq, WIRE_CREATED, "Create", &reply)))
         return status;
     wire_location loc;
     const char *code;
     size_t len;
-    if (reply.kind != WIRE_CREATED || wire_next_result(&reply.results, &loc, &code, &len) ||
-        code != NULL)
-        return gone(c, PC_EPROTOCOL, "the coordinator did not answer Create with Created");
+    if (wire_next_result(&reply.results, &loc, &code, &len) || code != NULL)
+        return gone(c, PC_EPROTOCOL, "the coordinator's answer to Create has no location");
     segment *s = object_segment(c, loc.segment, loc.offset, data_size, metadata_size, 1);
     if (s == NULL)
         return gone(c, PC_EPROTOCOL, "the object created lies outside the segments mapped");
@@ -850,29 +863,30 @@ int pc_create(pc_client *c, const uint8_t id[PC_ID_SIZE], uint64_t data_size,
 }
 
 int pc_seal(pc_client *c, const uint8_t id[PC_ID_SIZE]) {
-    if (c == NULL)
-        return PC_EINVALID;
-    int status = check_id(c, id);
-    if (status || (status = usable(c)))
+    int status = ready(c, id);
+    if (status)
         return status;
     ids_request(&c->out, "Seal", next_seq(c), id, 0);
     ids_request(&c->out, "Release", next_seq(c), id, 0); /* the creator's reference */
     return send_all(c, &c->out);
 }
 
-int pc_abort(pc_client *c, const uint8_t id[PC_ID_SIZE]) {
-    if (c == NULL)
-        return PC_EINVALID;
-    int status = check_id(c, id);
-    if (status || (status = usable(c)))
+/* A request [tag, seq, id] (Abort, Contains) and its reply, of kind. */
+static int id_call(pc_client *c, const char *tag, const uint8_t *id, int kind, wire_msg *reply) {
+    int status = ready(c, id);
+    if (status)
         return status;
     uint64_t seq = next_seq(c);
-    wire_begin(&c->out, "Abort", 2);
+    wire_begin(&c->out, tag, 2);
     wire_uint(&c->out, seq);
     wire_bin(&c->out, id, PC_ID_SIZE);
     wire_end(&c->out);
+    return call_for(c, seq, kind, tag, reply);
+}
+
+int pc_abort(pc_client *c, const uint8_t id[PC_ID_SIZE]) {
     wire_msg reply;
-    return call(c, seq, &reply);
+    return id_call(c, "Abort", id, WIRE_OK, &reply);
 }
 
 static uint64_t aligned(pc_client *c, uint64_t n) {
@@ -910,11 +924,9 @@ static int new_arena(pc_client *c, uint64_t nbytes) {
     wire_uint(&c->out, need);
     wire_end(&c->out);
     wire_msg reply;
-    int status = call(c, seq, &reply);
+    int status = call_for(c, seq, WIRE_ARENA_GRANTED, "Arena", &reply);
     if (status)
         return status;
-    if (reply.kind != WIRE_ARENA_GRANTED)
-        return gone(c, PC_EPROTOCOL, "the coordinator did not answer Arena with ArenaGranted");
     segment *s = object_segment(c, reply.segment, reply.offset, reply.size, 0, 1);
     if (s == NULL)
         return gone(c, PC_EPROTOCOL, "the arena granted lies outside the segments mapped");
@@ -932,11 +944,11 @@ int pc_create_and_seal(pc_client *c, const uint8_t id[PC_ID_SIZE], const void *d
                        uint64_t data_size, const void *metadata, uint64_t metadata_size) {
     if (c == NULL)
         return PC_EINVALID;
-    int status = check_id(c, id);
-    if (status)
-        return status;
     if ((data_size && data == NULL) || (metadata_size && metadata == NULL))
         return fail(c, PC_EINVALID, "a size is not 0 but its bytes are NULL");
+    int status = ready(c, id);
+    if (status)
+        return status;
     if (data_size > ARENA_OBJECT_LIMIT || metadata_size > ARENA_OBJECT_LIMIT - data_size) {
         uint8_t *at;
         if ((status = pc_create(c, id, data_size, metadata, metadata_size, &at)))
@@ -944,8 +956,6 @@ int pc_create_and_seal(pc_client *c, const uint8_t id[PC_ID_SIZE], const void *d
         memcpy(at, data, data_size);
         return pc_seal(c, id);
     }
-    if ((status = usable(c)))
-        return status;
     uint64_t total = data_size + metadata_size;
     uint64_t need = aligned(c, total) ? aligned(c, total) : c->alignment;
     if (!c->arena.active || c->arena.end - c->arena.cursor < need ||
@@ -977,18 +987,14 @@ int pc_create_and_seal(pc_client *c, const uint8_t id[PC_ID_SIZE], const void *d
 /* ------------------------------------------------------------------ the rest */
 
 int pc_delete(pc_client *c, const uint8_t id[PC_ID_SIZE]) {
-    if (c == NULL)
-        return PC_EINVALID;
-    int status = check_id(c, id);
-    if (status || (status = usable(c)))
+    int status = ready(c, id);
+    if (status)
         return status;
     uint64_t seq = next_seq(c);
     ids_request(&c->out, "Delete", seq, id, -1);
     wire_msg reply;
-    if ((status = call(c, seq, &reply)))
+    if ((status = call_for(c, seq, WIRE_DELETED, "Delete", &reply)))
         return status;
-    if (reply.kind != WIRE_DELETED)
-        return gone(c, PC_EPROTOCOL, "the coordinator did not answer Delete with Deleted");
     if (reply.missing) {
         char hex[2 * PC_ID_SIZE + 1];
         pc_id_to_hex(id, hex);
@@ -998,21 +1004,12 @@ int pc_delete(pc_client *c, const uint8_t id[PC_ID_SIZE]) {
 }
 
 int pc_contains(pc_client *c, const uint8_t id[PC_ID_SIZE], int *present) {
-    if (c == NULL || present == NULL)
+    if (present == NULL)
         return PC_EINVALID;
-    int status = check_id(c, id);
-    if (status || (status = usable(c)))
-        return status;
-    uint64_t seq = next_seq(c);
-    wire_begin(&c->out, "Contains", 2);
-    wire_uint(&c->out, seq);
-    wire_bin(&c->out, id, PC_ID_SIZE);
-    wire_end(&c->out);
     wire_msg reply;
-    if ((status = call(c, seq, &reply)))
+    int status = id_call(c, "Contains", id, WIRE_CONTAINED, &reply);
+    if (status)
         return status;
-    if (reply.kind != WIRE_CONTAINED)
-        return gone(c, PC_EPROTOCOL, "the coordinator did not answer Contains with Contained");
     *present = reply.present;
     return PC_OK;
 }
@@ -1028,7 +1025,7 @@ int pc_flush(pc_client *c) {
     wire_uint(&c->out, seq);
     wire_end(&c->out);
     wire_msg reply;
-    if ((status = call(c, seq, &reply)))
+    if ((status = call_for(c, seq, WIRE_OK, "Sync", &reply)))
         return status;
     return usable(c); /* what failed of the calls sent before it */
 }
