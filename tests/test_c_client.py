@@ -329,6 +329,32 @@ def test_a_coordinator_that_goes_away_is_an_error_not_a_signal(
     ], err
 
 
+def test_a_c_client_gives_its_arena_back_when_the_store_is_short(
+    c: Build, coordinator_factory: Callable[..., RunningCoordinator]
+) -> None:
+    """A create that fits only once the C client's idle arena is given back: the coordinator
+    pushes Reclaim, and the C client, blocked in a get (reading its socket), answers."""
+    coord = coordinator_factory("--memory", "8MiB", "--segment-size", "8MiB")
+    awaited = cid(60)
+    holder = c.start(c.program("c_client"), "reclaim", coord.socket, awaited.hex())
+    try:
+        assert holder.stdout.readline() == "arena\n"
+        with plasma.connect(coord.socket) as py:
+            assert py.stats()["arena_bytes"] == (1 << 20) - 64  # its tail, idle
+            big = py.create(cid(61), (8 << 20) - (512 << 10), timeout=30)  # fits without it
+            big[:1] = b"!"
+            del big
+            py.seal(cid(61))
+            py.create(awaited, 5)[:] = b"after"
+            py.seal(awaited)
+            py.flush()
+        out, err = holder.communicate(timeout=60)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert holder.returncode == 0 and out == "got after\n", err
+
+
 def test_bad_calls_are_errors_that_lose_nothing(c: Build, coordinator: RunningCoordinator) -> None:
     out = c.run(c.program("c_client"), "errors", coordinator.socket).stdout
     assert out.splitlines() == [

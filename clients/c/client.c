@@ -63,11 +63,10 @@ struct pc_client {
     int fatal; /* the status of every call once the connection is gone (0: usable) */
     char fatal_message[MESSAGE_SIZE];
     int deferred; /* the error of a call sent without waiting, not returned yet */
-    uint64_t deferred_seq;
     char deferred_message[MESSAGE_SIZE];
     char error[MESSAGE_SIZE]; /* the last error's message */
     uint64_t seq;
-    uint64_t client_id, capacity, max_object_size, alignment;
+    uint64_t client_id, capacity, alignment;
     wire_out out;   /* the requests of the call under way */
     wire_out aside; /* answers sent while reading (to Reclaim) */
     /* bytes received: frames before in_pos are handled, the last one handled stays
@@ -116,6 +115,18 @@ static int status_of(const char *code, size_t len) {
         if (strlen(NAMES[i]) == len && memcmp(NAMES[i], code, len) == 0)
             return -i;
     return PC_EERROR;
+}
+
+/* The status of the coordinator's Error m, its message written to out (with the code in
+ * front when this client does not know it: a newer coordinator's). */
+static int error_reply(const wire_msg *m, char *out, size_t size) {
+    int status = status_of(m->code, m->code_len);
+    if (status == PC_EERROR)
+        snprintf(out, size, "%.*s: %.*s", (int)m->code_len, m->code, (int)m->message_len,
+                 m->message);
+    else
+        snprintf(out, size, "%.*s", (int)m->message_len, m->message);
+    return status;
 }
 
 static int fail(pc_client *c, int status, const char *fmt, ...)
@@ -329,7 +340,7 @@ static segment *object_segment(pc_client *c, uint64_t id, uint64_t offset, uint6
 
 static void unuse_segment(pc_client *c, uint64_t id) {
     segment *s = segments_find(&c->segs, id);
-    if (s != NULL && s->users && --s->users == 0 && s->dropped && !c->fatal)
+    if (s != NULL && s->users && --s->users == 0 && s->dropped)
         segments_remove(&c->segs, s);
 }
 
@@ -467,8 +478,7 @@ static int call(pc_client *c, uint64_t seq, wire_msg *reply) {
             return r;
     }
     if (reply->kind == WIRE_ERROR)
-        return fail(c, status_of(reply->code, reply->code_len), "%.*s", (int)reply->message_len,
-                    reply->message);
+        return error_reply(reply, c->error, sizeof c->error);
     return PC_OK;
 }
 
@@ -518,13 +528,9 @@ static int handle(pc_client *c, const wire_msg *m, uint64_t waiting) {
     }
     case WIRE_ERROR:
         if (m->seq == 0) /* the coordinator's reason for closing the connection */
-            return gone(c, status_of(m->code, m->code_len), "%.*s", (int)m->message_len,
-                        m->message);
+            return gone(c, error_reply(m, c->error, sizeof c->error), "%s", c->error);
         if (m->seq != waiting && !c->deferred) { /* a call sent without waiting failed */
-            c->deferred = status_of(m->code, m->code_len);
-            c->deferred_seq = m->seq;
-            snprintf(c->deferred_message, sizeof c->deferred_message, "%.*s",
-                     (int)m->message_len, m->message);
+            c->deferred = error_reply(m, c->deferred_message, sizeof c->deferred_message);
         }
         /* a SealArena may have failed: the store and this client may disagree about the
          * arena, so write there no more */
@@ -636,7 +642,6 @@ int pc_connect(const char *socket_path, const char *client_name, pc_client **cli
     }
     c->client_id = reply.client_id;
     c->capacity = reply.capacity;
-    c->max_object_size = reply.max_object_size;
     if (reply.alignment && !(reply.alignment & (reply.alignment - 1)))
         c->alignment = reply.alignment;
     return PC_OK;

@@ -7,6 +7,8 @@
  *   gone SOCKET ID                 take an arena, get ID, say "held", wait for a line (the
  *                                  coordinator is killed meanwhile), then print what each
  *                                  call returns
+ *   reclaim SOCKET ID              take an arena, say "arena", then wait for ID (reading
+ *                                  the socket meanwhile: a Reclaim is answered) and print it
  *   connect SOCKET                 print how connecting went
  *   errors SOCKET                  bad calls, each printed as "what: status"
  *
@@ -144,6 +146,21 @@ static int gone(char **args) {
     return 0;
 }
 
+static int reclaim(char **args) {
+    uint8_t id[PC_ID_SIZE], mine[PC_ID_SIZE] = {3};
+    pc_object object;
+    parse_ids(args, 1, &id);
+    must("create_and_seal", pc_create_and_seal(client, mine, "x", 1, NULL, 0)); /* an arena */
+    must("flush", pc_flush(client));
+    printf("arena\n");
+    fflush(stdout);
+    must("get", pc_get(client, id, 30.0, &object));
+    printf("got %.*s\n", (int)object.data_size, (const char *)object.data);
+    must("release", pc_release(client, &object));
+    pc_close(client);
+    return 0;
+}
+
 static int connect_only(const char *path) {
     int status = pc_connect(path, "c-client-test", &client);
     printf("%s: %s\n", pc_status_name(status), status ? pc_error_message(client) : "connected");
@@ -204,6 +221,8 @@ int main(int argc, char **argv) {
         return hold(argv + 3, argc - 3);
     if (strcmp(command, "gone") == 0 && argc == 4)
         return gone(argv + 3);
+    if (strcmp(command, "reclaim") == 0 && argc == 4)
+        return reclaim(argv + 3);
     if (strcmp(command, "errors") == 0)
         return errors();
     fprintf(stderr, "unknown command or arguments: %s\n", command);
