@@ -27,6 +27,7 @@ import pytest
 
 import plasma
 from plasma import protocol as p
+from plasma._native import native
 from plasma.linux.fdpass import scm_rights
 from tests.conftest import RunningCoordinator, wait_until
 from tests.helpers import READ_ONLY_UID, REPO, STRANGER_UID, apt_install, needs_root
@@ -251,6 +252,65 @@ def test_the_header_is_cxx(c: Build, coordinator: RunningCoordinator) -> None:
         c.dir / "libplasma_coord.a",
     )
     assert c.run(str(out), coordinator.socket).stdout == "ok\n"
+
+
+@pytest.fixture(scope="module")
+def arm64_client(toolchain: None, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """c_client cross-compiled for arm64 (static), and qemu-aarch64 to run it (the cross
+    tools apt-installed on first use)."""
+    tools = ("aarch64-linux-gnu-gcc", "aarch64-linux-gnu-ar", "qemu-aarch64")
+    if not all(shutil.which(t) for t in tools):
+        reason = apt_install(["gcc-aarch64-linux-gnu", "libc6-dev-arm64-cross", "qemu-user"])
+        if reason is not None:
+            pytest.skip(reason)
+    if not all(shutil.which(t) for t in tools):
+        pytest.skip(f"{tools} still missing after installing them")
+    out = tmp_path_factory.mktemp("arm64")
+    cross = ["CC=aarch64-linux-gnu-gcc", "AR=aarch64-linux-gnu-ar", "CFLAGS=-O2"]
+    proc = subprocess.run(
+        ["make", "-s", "-C", str(CLIENT), f"BUILD={out}", *cross],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    compile_program(
+        ["aarch64-linux-gnu-gcc", *WARNINGS, "-O2", "-static", f"-I{CLIENT}"],
+        out / "c_client",
+        NATIVE / "c_client.c",
+        out / "libplasma_coord.a",
+    )
+    return str(shutil.which("qemu-aarch64")), str(out / "c_client")
+
+
+def test_the_client_as_an_arm64_program_reads_through_the_directory(
+    arm64_client: tuple[str, str], coordinator: RunningCoordinator, tmp_path: Path
+) -> None:
+    """On arm64 the directory is read only when its writer says its stores are ordered (the
+    coordinator's C writer does): the arm64 build, run by qemu-aarch64 against this
+    coordinator, serves every get after the first (which maps the segment) from it; a
+    coordinator without the C writer is read through requests only."""
+    ids = [cid(n) for n in range(70, 74)]
+    with plasma.connect(coordinator.socket) as py:
+        for oid in ids:
+            py.create_and_seal(oid, pattern(oid, 500))
+        py.flush()
+        before = gets(py)
+        out = tmp_path / "got"
+        proc = subprocess.run(
+            [*arm64_client, "get", coordinator.socket, "5", str(out), *(i.hex() for i in ids)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert out.read_bytes() == b"".join(pattern(oid, 500) for oid in ids)
+        if native is None:  # the coordinator's writer is Python's, unordered: requests only
+            assert proc.stdout == f"got {len(ids)}, directory 0\n"
+            assert gets(py) - before == len(ids)
+        else:
+            assert proc.stdout == f"got {len(ids)}, directory 1\n"
+            assert gets(py) - before == 1
 
 
 # ------------------------------------------------------------------ failures
