@@ -220,6 +220,39 @@ def test_a_python_producers_objects_read_by_a_c_consumer(
         assert py.stats()["pins"] == 0  # every pin given back
 
 
+def test_gets_go_on_through_the_directory_after_it_is_rebuilt(
+    c: Build, coordinator: RunningCoordinator, tmp_path: Path
+) -> None:
+    """The C client maps the directory, which the coordinator then rebuilds (more objects
+    than 3/4 of its slots): the first get finds it superseded and asks for the new one with
+    its request; the others are served by the new directory, with no request."""
+    out = tmp_path / "got"
+    with plasma.connect(coordinator.socket) as py:
+        py.create_and_seal(cid(80), b"first")
+        py.flush()
+        ids = [cid(80), *(plasma.ObjectID.from_random().binary() for _ in range(60))]
+        reader = c.start(
+            c.program("c_client"),
+            "later",
+            coordinator.socket,
+            "5",
+            str(out),
+            *(i.hex() for i in ids),
+        )
+        assert reader.stdout.readline() == "ready\n"
+        capacity = py.stats()["directory"]["capacity"]
+        filler = [(plasma.ObjectID.from_random(), b"", b"") for _ in range(capacity)]
+        py.create_and_seal_many([*filler, *((i, i[:4], b"") for i in ids[1:])])
+        py.flush()
+        assert py.stats()["directory"]["capacity"] > capacity  # rebuilt, larger
+        before = gets(py)
+        stdout, stderr = reader.communicate("\n", timeout=60)
+        assert reader.returncode == 0 and "Sanitizer" not in stderr, stderr
+        assert stdout == f"got {len(ids)}, directory 1\n"
+        assert out.read_bytes() == b"first" + b"".join(i[:4] for i in ids[1:])
+        assert gets(py) - before == 1  # the one that found the directory superseded
+
+
 def test_the_examples_share_frames_both_ways(c: Build, coordinator: RunningCoordinator) -> None:
     """examples/c: the C producer's frames read by frames.py, frames.py's read by the C
     consumer; both consumers print the same lines."""

@@ -3,6 +3,8 @@
  *   put SOCKET MODE ID...          seal each object (pattern(id, SIZE) bytes), then flush;
  *                                  MODE is arena:SIZE (pc_create_and_seal) or inplace:SIZE
  *   get SOCKET TIMEOUT OUT ID...   get each, append its data to file OUT, release it
+ *   later SOCKET TIMEOUT OUT ID... the same, but the first id alone first, then say "ready"
+ *                                  and wait for a line before the others
  *   hold SOCKET ID...              get each, say "held", wait for end of input, release
  *   gone SOCKET ID                 take an arena, get ID, say "held", wait for a line (the
  *                                  coordinator is killed meanwhile), then print what each
@@ -87,7 +89,17 @@ static int put(char **args, int n) {
     return 0;
 }
 
-static int get(char **args, int n) {
+static void get_into(FILE *out, uint8_t ids[][PC_ID_SIZE], int n, double timeout) {
+    for (int i = 0; i < n; i++) {
+        pc_object object;
+        must("get", pc_get(client, ids[i], timeout, &object));
+        fwrite(object.data, 1, object.data_size, out);
+        must("release", pc_release(client, &object));
+    }
+}
+
+/* get, or with later: the first id, then "ready" and a line to wait for, then the rest */
+static int get(char **args, int n, int later) {
     uint8_t ids[MAX_IDS][PC_ID_SIZE];
     double timeout = strtod(args[0], NULL);
     FILE *out = fopen(args[1], "wb");
@@ -96,12 +108,14 @@ static int get(char **args, int n) {
         return 1;
     }
     n = parse_ids(args + 2, n - 2, ids);
-    for (int i = 0; i < n; i++) {
-        pc_object object;
-        must("get", pc_get(client, ids[i], timeout, &object));
-        fwrite(object.data, 1, object.data_size, out);
-        must("release", pc_release(client, &object));
+    int first = later ? 1 : 0;
+    get_into(out, ids, first, timeout);
+    if (later) {
+        printf("ready\n");
+        fflush(stdout);
+        wait_for_input();
     }
+    get_into(out, ids + first, n - first, timeout);
     fclose(out);
     printf("got %d, directory %d\n", n, pc_reads_directory(client));
     return 0;
@@ -215,8 +229,8 @@ int main(int argc, char **argv) {
     connect_or_die(path);
     if (strcmp(command, "put") == 0 && argc > 4)
         return put(argv + 3, argc - 3);
-    if (strcmp(command, "get") == 0 && argc > 5)
-        return get(argv + 3, argc - 3);
+    if ((strcmp(command, "get") == 0 || strcmp(command, "later") == 0) && argc > 5)
+        return get(argv + 3, argc - 3, strcmp(command, "later") == 0);
     if (strcmp(command, "hold") == 0)
         return hold(argv + 3, argc - 3);
     if (strcmp(command, "gone") == 0 && argc == 4)
