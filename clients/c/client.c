@@ -546,8 +546,8 @@ static int handle(pc_client *c, const wire_msg *m, uint64_t waiting) {
 }
 
 /* Whether the connection is still there, looked at (one poll) at most every
- * LOOK_INTERVAL_NS, for a get served without a request: pushes waiting are handled (a
- * Reclaim answered), a hang-up makes the client unusable. PC_OK or the status. */
+ * LOOK_INTERVAL_NS, for a get served without a request: what the coordinator pushed is
+ * handled (a Reclaim answered), a hang-up makes the client unusable. PC_OK or the status. */
 static int look(pc_client *c) {
     struct timespec now;
     clock_gettime(CLOCK_MONOTONIC, &now);
@@ -555,17 +555,17 @@ static int look(pc_client *c) {
     if (t < c->next_look)
         return PC_OK;
     c->next_look = t + LOOK_INTERVAL_NS;
+    wire_msg m;
+    int r = drain(c, 0, &m); /* frames that came with an earlier reply */
+    if (r < 0)
+        return r;
     struct pollfd p = {c->fd, POLLIN | POLLRDHUP, 0};
     if (poll(&p, 1, 0) <= 0)
         return PC_OK;
-    wire_msg m;
-    for (;;) { /* what came before the hang-up first: the coordinator's reason, if any */
-        int r = drain(c, 0, &m);
-        if (r < 0)
+    /* what came before a hang-up first: the coordinator's reason, if it gave one */
+    while ((r = receive(c, 0)) > 0)
+        if ((r = drain(c, 0, &m)) < 0)
             return r;
-        if ((r = receive(c, 0)) <= 0)
-            break;
-    }
     if (c->fatal)
         return usable(c);
     if (p.revents & (POLLRDHUP | POLLHUP | POLLERR))
