@@ -23,6 +23,8 @@ BASELINES = {
     "memcpy-fresh": "one thread into a fresh mapping (the copy faults its pages in)",
     "echo": "round trip of a Contains-sized frame through a bare trio echo server, "
     "from plasma-coord's worker, interleaved with its calls",
+    "c-consumer": "plasma-coord's hand-off with its consumers written in C (clients/c), "
+    "right after the Python consumers' run, same producer",
 }
 
 

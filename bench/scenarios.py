@@ -12,13 +12,14 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing as mp
 import os
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from bench import rpc, scale, spill
+from bench import c_consumer, rpc, scale, spill
 from bench.peers.base import Peer, cpu_seconds, load_peer_class, store_memory
 
 KiB = 1024
@@ -772,15 +773,16 @@ def _handoff_consumer(module: str, config: dict[str, Any], conn: Any) -> None:
     peer.close()
 
 
-def handoff(peer: Peer, module: str, case: int, quick: bool) -> Metrics:
+def handoff(peer: Peer, module: str, case: int, quick: bool, c_consumers: bool = False) -> Metrics:
     """The hand-off pattern: ``HANDOFF_CONSUMERS`` consumer processes, each blocked on a pipe;
     this process, the producer, seals one object at a time (and waits until the store applied
     the seal: plasma-coord ``flush``, the others' seals are acknowledged), sends its key to
     the next consumer, and lets ``spacing`` seconds pass between two objects. Timed: each
-    consumer's get + read of one byte + drop, from the moment its pipe read returned."""
+    consumer's get + read of one byte + drop, from the moment its pipe read returned. With
+    ``c_consumers`` (plasma-coord's worker), the same again right after with consumers
+    written in C (:mod:`bench.c_consumer`): the ``c-consumer`` column."""
     size, spacing = HANDOFF_CASES[case]
     n = HANDOFF_OBJECTS[size >= MiB][quick]
-    payload = _payload(size)
     ctx = mp.get_context("spawn")
     config = peer.child_config()
     pipes, procs = [], []
@@ -790,36 +792,61 @@ def handoff(peer: Peer, module: str, case: int, quick: bool) -> Metrics:
         procs.append(ctx.Process(target=_handoff_consumer, args=(module, config, theirs)))
     for proc in procs:
         proc.start()
-    samples: list[int] = []
     try:
-        next_at = time.perf_counter()
-        for i in range(n + HANDOFF_CONSUMERS):  # one untimed warm-up object per consumer
-            key = peer.put_small(payload)
-            peer.sync()
-            conn = pipes[i % HANDOFF_CONSUMERS]
-            conn.send_bytes(peer.key_to_bytes(key))
-            if not conn.poll(120):
-                raise TimeoutError("a hand-off consumer did not get its object within 120 s")
-            conn.recv_bytes()
-            peer.delete([key])
-            del key
-            next_at += spacing
-            pause = next_at - time.perf_counter()
-            if pause > 0:
-                time.sleep(pause)
-            else:
-                next_at = time.perf_counter()
-        for conn in pipes:
-            conn.send_bytes(b"")
-        for conn in pipes:
-            if not conn.poll(120):
-                raise TimeoutError("a hand-off consumer sent no timings within 120 s")
-            samples.extend(conn.recv())
+        metrics = _percentiles(_hand_off(peer, pipes, size, spacing, n))
     finally:
         for conn in pipes:
             conn.close()
         _reap(procs)
     _check_exits(procs, "hand-off consumer")
+    if not c_consumers:
+        return metrics
+    try:
+        program = c_consumer.build(peer.workdir)
+    except RuntimeError as exc:  # (no compiler or make here: the column stays empty)
+        print(f"handoff: no c-consumer column: {exc}", file=sys.stderr, flush=True)
+        return metrics
+    consumers = [c_consumer.Consumer(program, config["socket"]) for _ in range(HANDOFF_CONSUMERS)]
+    try:
+        timed = _percentiles(_hand_off(peer, consumers, size, spacing, n))
+    finally:
+        for consumer in consumers:
+            consumer.close()
+    return metrics | {f"c-consumer:{metric}": value for metric, value in timed.items()}
+
+
+def _hand_off(peer: Peer, conns: list[Any], size: int, spacing: float, n: int) -> list[int]:
+    """The producer's side of handoff, over ``conns`` (one per consumer: the calls of a
+    ``multiprocessing.Connection``): the consumers' timings (ns)."""
+    payload = _payload(size)
+    next_at = time.perf_counter()
+    for i in range(n + len(conns)):  # one untimed warm-up object per consumer
+        key = peer.put_small(payload)
+        peer.sync()
+        conn = conns[i % len(conns)]
+        conn.send_bytes(peer.key_to_bytes(key))
+        if not conn.poll(120):
+            raise TimeoutError("a hand-off consumer did not get its object within 120 s")
+        conn.recv_bytes()
+        peer.delete([key])
+        del key
+        next_at += spacing
+        pause = next_at - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+        else:
+            next_at = time.perf_counter()
+    for conn in conns:
+        conn.send_bytes(b"")
+    samples: list[int] = []
+    for conn in conns:
+        if not conn.poll(120):
+            raise TimeoutError("a hand-off consumer sent no timings within 120 s")
+        samples.extend(conn.recv())
+    return samples
+
+
+def _percentiles(samples: list[int]) -> Metrics:
     timed = np.asarray(samples, dtype=np.float64)
     return {
         "p50_us": float(np.percentile(timed, 50)) / 1e3,
@@ -838,7 +865,7 @@ def run(peer: Peer, module: str, name: str, params: dict[str, Any]) -> Metrics:
     if name == "get_first":
         return get_first(peer, module, param, quick)
     if name == "handoff":
-        return handoff(peer, module, param, quick)
+        return handoff(peer, module, param, quick, bool(params.get("baselines", False)))
     if name == "memory":
         return memory(peer, param)
     if name == "scale":

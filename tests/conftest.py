@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, settings
 
 from plasma._client_core import fast_path
 from plasma._client_core.fast_path import ReadPath
-from tests.helpers import READ_PATHS, REPO
+from tests.helpers import READ_ONLY_UID, READ_PATHS, READ_WRITE_UID, REPO
 
 # CI runs on a loaded 2-core machine: no per-example deadline, and a slow example is no error.
 # Based on Hypothesis's own defaults, not on whatever profile it chose itself: it loads its
@@ -206,6 +206,19 @@ def public_dir() -> Iterator[str]:
     os.chmod(path, 0o711)
     yield path
     shutil.rmtree(path)
+
+
+@pytest.fixture
+def shared(public_dir: str) -> Iterator[RunningCoordinator]:
+    """A coordinator that lets READ_ONLY_UID read and READ_WRITE_UID write (its socket in
+    ``public_dir``, so other uids reach it; checked like any other at teardown)."""
+    coord = start_coordinator(
+        os.path.join(public_dir, "plasma.sock"),
+        *("--memory", "32MiB", "--segment-size", "4MiB"),
+        *("--allow-uid", str(READ_ONLY_UID), "--allow-uid", f"{READ_WRITE_UID}:rw"),
+    )
+    yield coord
+    assert coord.stop() == 0
 
 
 @pytest.fixture

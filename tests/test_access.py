@@ -49,19 +49,6 @@ PWNED = b"PWNED!!!"
 ORIGINAL = bytes(range(256)) * 64  # 16 KiB: spans pages, so every attack has a page to aim at
 
 
-@pytest.fixture
-def shared(public_dir: str) -> Iterator[RunningCoordinator]:
-    """A coordinator that lets READ_ONLY_UID read and READ_WRITE_UID write."""
-    coord = start_coordinator(
-        os.path.join(public_dir, "plasma.sock"),
-        *("--memory", "32MiB", "--segment-size", "4MiB"),
-        *("--allow-uid", str(READ_ONLY_UID), "--allow-uid", f"{READ_WRITE_UID}:rw"),
-    )
-    yield coord
-    assert coord.stop() == 0
-    coordinator_log_is_clean(coord)
-
-
 def owner_object(client: plasma.Client, name: str, data: bytes = ORIGINAL) -> plasma.ObjectID:
     """A sealed object of the owner, created and filled in place (no serialization header)."""
     object_id = plasma.ObjectID.from_name(name)

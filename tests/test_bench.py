@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import socket
 import struct
 import sys
@@ -18,6 +19,7 @@ import pytest
 from bench import echo_server, install, memcpy, report, rpc, run, scale, scenarios, spill, store_ops
 from bench.peers import PEERS, PeerSpec
 from bench.peers.base import read_memory, store_memory
+from bench.peers.plasma_coord import PlasmaCoordPeer
 from bench.peers.shared_memory import SharedMemoryPeer
 
 
@@ -373,6 +375,27 @@ def test_spill_scenario_for_plasma_coord(tmp_path: Path) -> None:
     assert set(metrics) == set(scenarios.SCENARIOS["spill"].metrics)
     assert all(v > 0 for v in metrics.values())
     assert metrics["verified_GB"] == spill.VOLUME * spill.MIN_STORE / 1e9  # every object
+
+
+@pytest.mark.coordinator
+@pytest.mark.timeout(180)
+@pytest.mark.skipif(not (shutil.which("make") and shutil.which("cc")), reason="no make or cc")
+def test_handoff_times_c_consumers_beside_the_python_ones(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """plasma-coord's hand-off, bounded: its Python consumers' timings, then (built from
+    clients/c) its C consumers' as the c-consumer column."""
+    monkeypatch.setattr(scenarios, "HANDOFF_OBJECTS", ((20, 20), (20, 20)))
+    peer = PlasmaCoordPeer(tmp_path, 64 << 20)
+    peer.start()
+    try:
+        metrics = scenarios.handoff(peer, "bench.peers.plasma_coord", 1, True, c_consumers=True)
+        assert peer.client.list() == {}  # every object handed off was deleted
+    finally:
+        peer.stop()
+    assert set(metrics) == {"p50_us", "p99_us", "c-consumer:p50_us", "c-consumer:p99_us"}
+    assert 0 < metrics["p50_us"] <= metrics["p99_us"]
+    assert 0 < metrics["c-consumer:p50_us"] <= metrics["c-consumer:p99_us"]
 
 
 def _torn(got: np.ndarray, key: str) -> np.ndarray:
