@@ -10,6 +10,7 @@ stays valid until the copy ends.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -38,10 +39,15 @@ class Spiller:
 
     ``restore``: take in the objects a previous coordinator spilled there; without it, a
     directory that holds spill files is refused (so nothing spilled is dropped by
-    accident)."""
+    accident). ``sync``: fsync every file written and every deletion recorded, so spilled
+    objects survive a reboot; without it they survive the coordinator (the page cache holds
+    them) but not the machine."""
 
-    def __init__(self, directory: str, store: Store, pool: SegmentPool, *, restore: bool) -> None:
+    def __init__(
+        self, directory: str, store: Store, pool: SegmentPool, *, restore: bool, sync: bool
+    ) -> None:
         self.directory = os.path.abspath(directory)
+        self.sync = sync
         self._store = store
         self._pool = pool
         self._dir = spill_files.open_directory(self.directory)
@@ -120,7 +126,9 @@ class Spiller:
                     )
                 )
             entries, size = await trio.to_thread.run_sync(
-                spill_files.write_batch, self._dir, file_id, sources
+                functools.partial(
+                    spill_files.write_batch, self._dir, file_id, sources, sync=self.sync
+                )
             )
         except Exception as exc:  # disk full, unwritable... (or a bug: not the store's end)
             nbytes = sum(loc.data_size + loc.metadata_size for _, loc, _ in objects)
@@ -171,7 +179,7 @@ class Spiller:
         self, event: Restore, fd: int, page_size: int, file_backed: bool
     ) -> list[tuple[int, int]]:
         """Read the object in parts of ``RESTORE_PART`` bytes, in parallel threads; the
-        parts' CRC-32s, or the first part's error."""
+        parts' CRC-32Cs, or the first part's error."""
         parts = spill_files.parts(event.entry.length, RESTORE_PART)
         crcs: list[tuple[int, int]] = [(0, 0)] * len(parts)
         failures: list[Exception] = []
@@ -228,9 +236,9 @@ class Spiller:
         for file_id in sorted(empty | set(marks)):
             try:
                 if file_id in empty:
-                    spill_files.remove_file(self._dir, file_id)
+                    spill_files.remove_file(self._dir, file_id, sync=self.sync)
                 else:
-                    spill_files.mark_dead(self._dir, file_id, marks[file_id])
+                    spill_files.mark_dead(self._dir, file_id, marks[file_id], sync=self.sync)
             except (OSError, spill_files.SpillDamaged) as exc:
                 # a restart may bring the objects back; nothing else is wrong
                 log.error("could not record deletions in spill file %d: %s", file_id, exc)

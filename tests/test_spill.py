@@ -17,6 +17,9 @@ import pytest
 
 import plasma
 from plasma import spill_files as files_module
+from plasma.cli import build_parser
+from plasma.cli.serve import config_from_args
+from plasma.coordinator import Coordinator
 from plasma.errors import ObjectLost, StoreFull
 from tests.conftest import RunningCoordinator, wait_until
 from tests.helpers import MIB
@@ -255,11 +258,30 @@ def test_fallback_segments_serve_creates_when_everything_is_referenced(running, 
 def test_spill_options_are_checked_before_the_store_starts(running, tmp_path):
     for args, error in [
         (["--restore"], "need --spill-dir"),
+        (["--spill-survives", "reboot"], "need --spill-dir"),
         (["--spill-dir", str(tmp_path), "--spill-threshold", "0"], "--spill-threshold"),
         (["--fallback-dir", str(tmp_path / "nowhere")], "not a directory"),
     ]:
         with pytest.raises(RuntimeError, match=error):
             running(*args)
+
+
+@pytest.mark.parametrize(("argv", "sync"), [([], False), (["--spill-survives", "reboot"], True)])
+def test_what_spills_survive_is_the_coordinators_choice(tmp_path, argv, sync):
+    """The spiller of a coordinator built from ``serve`` fsyncs only when asked to survive
+    a reboot (a crash of the coordinator needs no fsync: see the SIGKILL test above, which
+    runs with the default)."""
+    args = ["serve", "--socket", str(tmp_path / "s.sock"), "--memory", "16MiB"]
+    config = config_from_args(
+        build_parser("serve").parse_args([*args, "--spill-dir", str(tmp_path / "d"), *argv])
+    )
+    coordinator = Coordinator(config)
+    try:
+        assert coordinator.spiller is not None and coordinator.spiller.sync is sync
+    finally:
+        coordinator.spiller.close()
+        coordinator.pool.close()
+        coordinator.tables.close()
 
 
 def test_two_coordinators_cannot_share_a_spill_directory(running, tmp_path):

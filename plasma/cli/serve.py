@@ -27,6 +27,7 @@ from plasma.units import format_size, parse_size
 
 SHARED_SOCKET_MODE = 0o666  # with --allow-uid: SO_PEERCRED, not the mode, decides who is served
 SPILL_THRESHOLD = 0.8  # (Ray's default)
+SPILL_SURVIVES = ("crash", "reboot")
 FALLBACK_FILES = 1024
 MAX_PINS = 1 << 20  # pin-table entries per client (8 MiB of memory each)
 # what the coordinator itself needs besides its budget (Python, trio, tables, pin tables of a
@@ -146,6 +147,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"bytes of memory; default {SPILL_MAX_OBJECTS:,})",
     )
     spill.add_argument(
+        "--spill-survives",
+        choices=SPILL_SURVIVES,
+        default="crash",
+        help="what spilled objects survive: a crash of the coordinator (default: written "
+        "into the page cache, at the disk's write-back speed) or a reboot too (every file "
+        "and deletion fsynced, at the disk's synchronous speed)",
+    )
+    spill.add_argument(
         "--restore",
         action="store_true",
         help="bring back the objects a previous coordinator spilled to --spill-dir",
@@ -210,10 +219,15 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
 
 
 def _spill_options(args: argparse.Namespace) -> dict[str, Any]:
-    changed = args.spill_threshold != SPILL_THRESHOLD or args.spill_max_objects != SPILL_MAX_OBJECTS
+    changed = (
+        args.spill_threshold != SPILL_THRESHOLD
+        or args.spill_max_objects != SPILL_MAX_OBJECTS
+        or args.spill_survives != "crash"
+    )
     if args.spill_dir is None and (args.restore or args.spill_max or changed):
         raise BadRequest(
-            "--restore, --spill-max, --spill-max-objects and --spill-threshold need --spill-dir"
+            "--restore, --spill-max, --spill-max-objects, --spill-survives and "
+            "--spill-threshold need --spill-dir"
         )
     if args.spill_max_objects < 1:
         raise BadRequest(f"--spill-max-objects must be at least 1, got {args.spill_max_objects}")
@@ -232,6 +246,7 @@ def _spill_options(args: argparse.Namespace) -> dict[str, Any]:
         "spill_max": parse_size(args.spill_max) if args.spill_max else None,
         "spill_max_objects": args.spill_max_objects,
         "restore": args.restore,
+        "spill_survives": args.spill_survives,
         "fallback_dir": os.path.abspath(args.fallback_dir) if args.fallback_dir else None,
         "fallback_files": args.fallback_files,
         "fallback_max": parse_size(args.fallback_max) if args.fallback_max else None,

@@ -116,7 +116,11 @@ class Coordinator:
         if config.spill_dir is not None:
             try:
                 self.spiller = Spiller(
-                    config.spill_dir, self.store, self.pool, restore=config.restore
+                    config.spill_dir,
+                    self.store,
+                    self.pool,
+                    restore=config.restore,
+                    sync=config.spill_survives == "reboot",
                 )
             except BaseException:
                 self.tables.close()
