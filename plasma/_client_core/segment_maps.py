@@ -25,13 +25,16 @@ from plasma.directory import ORDERED_MEMORY, DirectoryReader, PinTable
 from plasma.errors import PlasmaError
 from plasma.linux.memfd import map_segment, populate_range
 
-__all__ = ["POPULATE_OBJECT_MIN", "SegmentMaps"]
+__all__ = ["POPULATE_OBJECT_MIN", "POPULATE_SEGMENT_MAX", "SegmentMaps"]
 
 # A segment first received to write into is mapped with its page tables filled in, so a put
-# writes at memcpy speed; one received to read from is mapped lazily (a reader of one object
-# need not pay for the whole segment), and a large object created in it later has just its
+# writes at memcpy speed, unless it is larger than POPULATE_SEGMENT_MAX (a whole budget of
+# `serve --prefault budget`: a client writing one small object need not pay for gigabytes of
+# page tables); one received to read from is mapped lazily (a reader of one object need not
+# pay for the whole segment). A large object created in a lazily mapped segment has just its
 # own range populated.
 POPULATE_OBJECT_MIN = 1 << 20
+POPULATE_SEGMENT_MAX = 64 << 20
 
 
 class SegmentMaps:
@@ -69,10 +72,11 @@ class SegmentMaps:
             self._close_segment_fd(info.id)
             with contextlib.suppress(OSError):  # (none: a writable get copies instead)
                 self.segment_fds[info.id] = (os.dup(fd), info.page_size)
+            populate = for_writing and info.size <= POPULATE_SEGMENT_MAX
             self.segments[info.id] = map_segment(
-                fd, info.size, writable=info.writable, populate=for_writing
+                fd, info.size, writable=info.writable, populate=populate
             )
-            if not for_writing:
+            if not populate:
                 self.lazy.add(info.id)
 
     def map_tables(self, tables: p.TablesInfo) -> None:

@@ -16,6 +16,7 @@ import trio
 
 from plasma.addresses import parse_address
 from plasma.coordinator import CoordinatorConfig, serve
+from plasma.coordinator.spares import PREFAULT_MODES
 from plasma.dashboard import options as dashboard_options
 from plasma.default_socket import DEFAULT_SOCKET, SOCKET_ENV, resolve
 from plasma.errors import BadRequest, PlasmaError
@@ -67,6 +68,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="use normal pages when hugepages run out instead of failing the create",
     )
     p.add_argument("--segment-size", default="64MiB", help="size of each shared-memory segment")
+    p.add_argument(
+        "--prefault",
+        choices=PREFAULT_MODES,
+        default="segment",
+        help="memory faulted in ahead of need, in the background, so that no create waits "
+        "for it: one spare segment per node (default), the whole budget at start (when the "
+        "node's free memory holds it twice over), or none (docs/protocol.md)",
+    )
     p.add_argument("--max-object-size", help="largest object accepted (default: the node budget)")
     p.add_argument(
         "--max-frame", default=str(DEFAULT_MAX_FRAME), help="largest request frame accepted"
@@ -204,6 +213,7 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
         max_frame=parse_size(args.max_frame),
         max_object_size=parse_size(args.max_object_size) if args.max_object_size else None,
         segment_size=parse_size(args.segment_size),
+        prefault=args.prefault,
         bind_memory=not args.no_bind,
         sample_interval=_positive(args.sample_interval, "--sample-interval"),
         max_clients=_at_least_one(args.max_clients, "--max-clients"),

@@ -36,6 +36,9 @@ class CoordinatorConfig:
     max_frame: int = p.DEFAULT_MAX_FRAME
     max_object_size: int | None = None
     segment_size: int = 64 << 20
+    # how much of each budget is faulted in ahead of need: "segment", "budget" or "off"
+    # (plasma.coordinator.spares)
+    prefault: str = "segment"
     bind_memory: bool = True
     node_cpus: dict[int, list[int]] = field(default_factory=dict)
     node_of_cpus: Callable[[list[int]], int | None] | None = None
