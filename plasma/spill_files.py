@@ -285,11 +285,15 @@ def read_part(
     start: int,
     length: int,
     file_backed: bool = False,
+    *,
+    cached_only: bool = False,
 ) -> int:
     """Read bytes ``[start, start + length)`` of ``entry``'s payload into ``offset + start``
     of segment fd ``fd``; their CRC-32C. SpillDamaged when the file is gone or short.
     ``file_backed``: the segment is a fallback file, written with pwrite, never mapped (a
-    client could shrink it under the mapping)."""
+    client could shrink it under the mapping). ``cached_only``: read only what the page
+    cache holds (``RWF_NOWAIT``), raising BlockingIOError rather than waiting for the disk
+    (then read it again without), so that a caller that must not block may try."""
     path = directory.name(file_id)
     try:
         src = directory.open(file_name(file_id), os.O_RDONLY)
@@ -308,11 +312,12 @@ def read_part(
                 crc = crc32c(data, crc)
                 _write_all(fd, data, offset + start + lo)
         elif length:
+            flags = os.RWF_NOWAIT if cached_only else 0
             with memfd.mapped(fd, offset + start, length, page_size, _WRITE) as view:
                 done = 0
                 while done < length:
                     with view[done : done + CHUNK] as chunk:
-                        n = os.preadv(src, [chunk], entry.offset + start + done)
+                        n = os.preadv(src, [chunk], entry.offset + start + done, flags)
                         if n == 0:
                             raise SpillDamaged(f"spill file {path} ends early")
                         with chunk[:n] as done_now:

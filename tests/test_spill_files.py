@@ -250,6 +250,36 @@ def test_a_missing_or_short_file_is_a_damaged_read(tmp_path):
         restore(tmp_path, 1, entries[0])
 
 
+def test_a_read_from_the_page_cache_only_never_waits_for_the_disk(tmp_path):
+    """``cached_only`` (a restore on the event loop) reads what the page cache holds and
+    refuses, with BlockingIOError, what it would have to wait for the disk for."""
+    path, entries = write_one(tmp_path, data=200_000)
+    entry = entries[0]
+    fd = memfd.memfd_create("restore")
+    try:
+        os.ftruncate(fd, entry.length)
+        with opened(tmp_path) as directory:
+            crc = spill_files.read_part(
+                directory, 1, entry, fd, 0, PAGE, 0, entry.length, cached_only=True
+            )
+            assert crc == entry.crc
+            assert (
+                os.pread(fd, entry.length, 0) == path.read_bytes()[entry.offset :][: entry.length]
+            )
+            with open(path, "rb") as f:  # (written synced: clean pages, which can be dropped)
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            try:
+                spill_files.read_part(
+                    directory, 1, entry, fd, 0, PAGE, 0, entry.length, cached_only=True
+                )
+            except BlockingIOError:
+                pass
+            else:
+                pytest.skip("this file system kept the pages (or serves RWF_NOWAIT reads anyway)")
+    finally:
+        os.close(fd)
+
+
 def test_one_coordinator_per_directory(tmp_path):
     with opened(tmp_path / "d"):
         assert (tmp_path / "d").stat().st_mode & 0o777 == 0o700
