@@ -378,9 +378,13 @@ def test_put_get_dict_is_na_for_a_peer_that_cannot_store_a_dict(tmp_path: Path) 
     row = _row(md, "put + get of a dict of ten numpy arrays, 10 MiB (")
     assert row[1:4] == ["2.00", "n/a", "missing"]
     shared = SharedMemoryPeer(tmp_path, 0)  # a peer that can, end to end
-    value = {"a": np.arange(1000.0), "b": np.ones(10)}
-    got = shared.get_value(shared.put_value(value))
-    assert sorted(got) == ["a", "b"] and np.array_equal(got["a"], value["a"])
+    try:
+        value = {"a": np.arange(1000.0), "b": np.ones(10)}
+        got = shared.get_value(shared.put_value(value))
+        assert sorted(got) == ["a", "b"] and np.array_equal(got["a"], value["a"])
+        del got
+    finally:
+        shared.stop()  # (its names are this process's: the next peer here reuses them)
 
 
 def test_put_first_restarts_the_store_and_has_memcpy_columns(tmp_path: Path) -> None:
