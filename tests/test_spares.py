@@ -164,6 +164,19 @@ def test_a_budget_that_does_not_fit_falls_back_to_one_spare_segment(tmp_path):
         coordinator.tables.close()
 
 
+def test_a_spare_is_the_size_the_store_asks_for_a_segment(tmp_path):
+    """Whole pages, as the store rounds ``--segment-size`` (a spare one byte short would be
+    dropped by every create it was made for)."""
+    args = ["serve", "--socket", str(tmp_path / "s.sock"), "--segment-size", "1000000"]
+    coordinator = Coordinator(config_from_args(build_parser("serve").parse_args(args)))
+    try:
+        assert coordinator.spares is not None
+        assert coordinator.spares.wanted_sizes() == {0: 1003520}  # 245 pages
+    finally:
+        coordinator.pool.close()
+        coordinator.tables.close()
+
+
 def spares(client: plasma.Client) -> dict:
     found: dict = client.stats()["spares"]
     return found

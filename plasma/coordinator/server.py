@@ -42,6 +42,7 @@ from plasma.segments import SegmentPool
 from plasma.shared_tables import SharedTables, close_map
 from plasma.spiller import Spiller
 from plasma.store import Pending, Store
+from plasma.store.pages import round_up
 from plasma.telemetry import Telemetry
 
 __all__ = ["FOLLOW_INTERVAL", "MESSAGES_PER_TURN", "Coordinator", "serve"]
@@ -121,7 +122,8 @@ class Coordinator:
         self.pages = PageMover(self.store, self.pool, bind=config.bind_memory)
         self.spares: Spares | None = None
         if self.prefault != "off":
-            size = None if self.prefault == "budget" else max(segment_size, self.pool.page_size)
+            # what the store asks for a segment of (it rounds the size up to whole pages)
+            size = None if self.prefault == "budget" else round_up(segment_size, page)
             self.spares = Spares(self.store, self.pool, size)
         self.telemetry = Telemetry(config.sample_interval)
         self._metrics_bind = parse_address(config.metrics) if config.metrics else None
