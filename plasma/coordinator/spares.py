@@ -10,8 +10,9 @@ for it (:data:`PREFAULT_MODES`):
   ``--segment-size``) faults its own in, as with ``off``.
 * ``budget``: each node's whole budget is one segment, prepared in the background at start
   (the store's segment size becomes the budget, so its first create on the node takes all
-  of it). Plasma's model: the memory is committed at start and nothing is faulted in later.
-  It falls back to ``segment`` on a node whose free memory cannot hold its budget.
+  of it). Plasma's model: the memory is committed at start and nothing is faulted in later;
+  no room is left for pages moved in from other nodes (migrate, interleave). It falls back
+  to ``segment`` when a node's free memory cannot hold its budget twice over.
 * ``off``: a segment is faulted in when a create first needs it (the create waits).
 
 :class:`Spares` sizes them (the room each node's budget leaves: its budget less its
