@@ -266,6 +266,13 @@ def test_a_read_from_the_page_cache_only_never_waits_for_the_disk(tmp_path):
             assert (
                 os.pread(fd, entry.length, 0) == path.read_bytes()[entry.offset :][: entry.length]
             )
+            flags: list[int] = []  # every read of it asks not to wait
+            real = os.preadv
+            with mock.patch.object(os, "preadv", lambda *a: flags.append(a[3]) or real(*a)):
+                spill_files.read_part(
+                    directory, 1, entry, fd, 0, PAGE, 0, entry.length, cached_only=True
+                )
+            assert flags and set(flags) == {os.RWF_NOWAIT}
             with open(path, "rb") as f:  # (written synced: clean pages, which can be dropped)
                 os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
             try:
