@@ -1,4 +1,5 @@
-"""The ``put_large`` baselines, measured in the harness process in the same run as the peers.
+"""The ``put_large`` and ``put_first`` baselines, measured in the harness process in the same
+run as the peers.
 
 Three columns, each numpy's copy of the same float64 array as ``put_large`` puts:
 

@@ -1,8 +1,8 @@
 """Run the benchmark: ``python -m bench.run [--quick] [--peers a,b] [--scenarios x,y]``.
 
 Installs each peer's venv if needed, drives one worker process per peer, repeats every case
-and keeps medians, measures the memcpy baselines of ``put_large`` in this process (see
-:mod:`bench.memcpy`), then writes results.json, results.md and PNG plots into
+and keeps medians, measures the memcpy baselines of ``put_large`` and ``put_first`` in this
+process (see :mod:`bench.memcpy`), then writes results.json, results.md and PNG plots into
 ``bench/results``.
 """
 
@@ -204,22 +204,22 @@ def split_columns(case: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def baseline_cases(plan: list[tuple[str, int]], args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The memcpy columns of ``put_large`` (see :mod:`bench.memcpy`), measured here; every
-    repeat measures each column in turn."""
-    sizes = [param for name, param in plan if name == "put_large"]
-    if not sizes:
+    """The memcpy columns of ``put_large`` and ``put_first`` (``Scenario.memcpy_baselines``,
+    see :mod:`bench.memcpy`), measured here; every repeat measures each column in turn."""
+    wanted = [(n, p) for n, p in plan if scenarios.SCENARIOS[n].memcpy_baselines]
+    if not wanted:
         return []
     cases = []
     with memcpy.ThreadedCopy(memcpy.threads()) as copier:
         measures = memcpy.columns(copier)
-        for size in sizes:
+        for name, size in wanted:
             runs: dict[str, list[dict[str, float]]] = {column: [] for column in measures}
             for _ in range(args.repeats):
                 for column, measure in measures.items():
                     runs[column].append(measure(size, args.quick))
             for column, column_runs in runs.items():
                 metrics = medians(column_runs)
-                case = {"scenario": "put_large", "param": size, "peer": column}
+                case = {"scenario": name, "param": size, "peer": column}
                 cases.append(case | {"metrics": metrics, "runs": column_runs})
                 print(f"  {column} {size}: {report.format_value(metrics['GB_per_s'])} GB/s")
     return cases

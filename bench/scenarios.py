@@ -75,6 +75,8 @@ class Scenario:
     serve_args: tuple[str, ...] = ()
     #: plot each metric as one line per peer over the parameter (log scale), not as bars
     lines: bool = False
+    #: the harness measures the memcpy baseline columns (:mod:`bench.memcpy`) at its sizes
+    memcpy_baselines: bool = False
 
     def params(self, quick: bool) -> tuple[int, ...]:
         return self.quick if quick else self.full
@@ -272,6 +274,21 @@ SCENARIOS: dict[str, Scenario] = {
             (MiB, 16 * MiB),
             {"GB_per_s": ("GB/s", True)},
             (Target(256 * MiB, "GB_per_s", "≥ 1.3x memcpy", _ratio_at_least("memcpy", 1.3)),),
+            memcpy_baselines=True,
+        ),
+        Scenario(
+            "put_first",
+            "first put of a numpy array into a fresh store",
+            "size",
+            (256 * MiB,),
+            (16 * MiB,),
+            {"GB_per_s": ("GB/s", True)},
+            (Target(256 * MiB, "GB_per_s", "≥ 0.9x memcpy", _ratio_at_least("memcpy", 0.9)),),
+            own_store=True,
+            # the whole budget faulted in at start (the default, one spare segment of 64 MiB,
+            # is too small for a first object of 256 MiB)
+            serve_args=("--prefault", "budget"),
+            memcpy_baselines=True,
         ),
         Scenario(
             "get_large",
@@ -292,6 +309,8 @@ SCENARIOS: dict[str, Scenario] = {
             (100 * MiB,),
             (10 * MiB,),
             {"both_GB_per_s": ("GB/s", True), "get_us": ("µs", False)},
+            # Arrow Plasma stores buffers, not Python values (its adapter: arrays only)
+            peers=("plasma-coord", "ray", "vineyard", "shared_memory"),
         ),
         Scenario(
             "producers_consumers",
@@ -541,6 +560,20 @@ def put_large(peer: Peer, size: int, quick: bool) -> Metrics:
         times.append(time.perf_counter() - t0)
         peer.delete([key])
     return {"GB_per_s": size / float(np.median(times)) / 1e9}
+
+
+def put_first(peer: Peer, size: int, quick: bool) -> Metrics:
+    """The first put into a fresh store: the store is restarted, given time to get ready
+    (``Peer.settle``), then one array is put, timed."""
+    array = filled_array(size)
+    peer.stop()
+    peer.start()
+    peer.settle()
+    t0 = time.perf_counter()
+    key = peer.put_array(array)
+    seconds = time.perf_counter() - t0
+    peer.delete([key])
+    return {"GB_per_s": size / seconds / 1e9}
 
 
 def get_large(peer: Peer, size: int, quick: bool) -> Metrics:
@@ -879,6 +912,7 @@ def run(peer: Peer, module: str, name: str, params: dict[str, Any]) -> Metrics:
         "create_seal_batch": create_seal_batch,
         "get": get,
         "put_large": put_large,
+        "put_first": put_first,
         "get_large": get_large,
         "put_get_dict": put_get_dict,
     }

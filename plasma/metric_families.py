@@ -142,6 +142,14 @@ def _spill_metrics(stats: Mapping[str, Any]) -> Iterator[Metric]:
         "bytes of objects in file-backed fallback segments (outside the budgets)",
         value=fallback.get("bytes", 0),
     )
+    spares = GaugeMetricFamily(
+        "plasma_spare_segment_bytes",
+        "bytes faulted in ahead of need, ready for the node's next segment (serve --prefault)",
+        labels=["node"],
+    )
+    for node, nbytes in ((stats.get("spares") or {}).get("ready") or {}).items():
+        spares.add_metric([str(node)], nbytes)
+    yield spares
 
 
 def _request_metrics(stats: Mapping[str, Any]) -> Iterator[Metric]:

@@ -87,7 +87,7 @@ class CreateItem(msgspec.Struct, array_like=True, gc=False):
 
 class SpillEntry(msgspec.Struct, array_like=True, gc=False):
     """One object in a spill file (:mod:`plasma.spill_files`): its payload (data, then
-    metadata) is ``length`` bytes at ``offset`` of the file, with CRC-32 ``crc``; ``index``
+    metadata) is ``length`` bytes at ``offset`` of the file, with CRC-32C ``crc``; ``index``
     is its position in the file's index."""
 
     id: bytes

@@ -5,15 +5,26 @@ keeps their fds (the coordinator hands them to clients with SCM_RIGHTS: the read
 clients that may write, a read-only reopening of it to the others), and closes them when the
 store frees a segment. The coordinator never keeps segments mapped: the pages belong to the
 memfd, so its own RSS stays small however much data the store holds.
+
+Faulting in a segment's pages (the kernel zeroes each one) runs at a fraction of memcpy's
+speed, so a create that had to wait for it would stall. The pool therefore makes *spares*
+ahead of need (:meth:`SegmentPool.prepare_spare`, in its own worker thread: the coordinator
+decides when and how big, see :mod:`plasma.coordinator.spares`): a memfd bound to its node
+and populated, handed out by :meth:`SegmentPool.new_segment` when it is at least as large as
+asked (its tail beyond the size asked is given back). One being prepared for the node asked
+is waited for rather than made twice, so the memory of segments and spares stays within what
+the coordinator sized them for.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import mmap
 import os
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from plasma.errors import StoreFull, Unsupported
@@ -22,6 +33,18 @@ from plasma.linux.dirs import NOFOLLOW, open_private_directory
 from plasma.records import SegmentInfo
 
 BASE_PAGE = mmap.PAGESIZE
+
+log = logging.getLogger("plasma.coordinator")
+
+
+@dataclass(slots=True)
+class Spare:
+    """A memfd of ``size`` bytes on ``node``, populated, its size not sealed yet."""
+
+    fd: int
+    size: int
+    node: int
+    page_size: int
 
 
 @dataclass(slots=True)
@@ -73,6 +96,12 @@ class SegmentPool:
     _segments: dict[int, Segment] = field(default_factory=dict)
     _next_id: int = 1
     _fallback_fd: int = -1  # the fallback directory, checked to be ours alone
+    _spares: dict[int, Spare] = field(default_factory=dict)  # node -> ready spare
+    _preparing: dict[int, Future[Spare]] = field(default_factory=dict)  # node -> being made
+    _worker: ThreadPoolExecutor | None = None  # makes spares (started when first needed)
+    #: a spare was taken or dropped, or a segment freed: the spares may want refilling
+    spares_changed: bool = False
+    spare_error: str = ""  # why the last spare could not be made ("" once one was)
 
     def __post_init__(self) -> None:
         if self.fallback_dir is not None:
@@ -83,11 +112,18 @@ class SegmentPool:
         return self.hugepage_size or BASE_PAGE
 
     def new_segment(self, node: int, size: int) -> int:
-        """Create a segment of ``size`` bytes (a multiple of ``page_size``) on ``node``.
+        """A segment of ``size`` bytes (a multiple of ``page_size``) on ``node``: the node's
+        spare when it is large enough (waiting for one being prepared), else a new one
+        faulted in now (the spare, too small, is dropped first: its memory is wanted).
 
         Unsupported when its memory cannot be bound to ``node`` (a node the kernel lacks or
         this process may no longer use: the request fails with that reason, not as an
         internal error)."""
+        spare = self._take_spare(node)
+        if spare is not None and spare.size >= size:
+            return self._adopt(spare, size)
+        if spare is not None:
+            os.close(spare.fd)
         try:
             return self._new_segment(node, size)
         except Unsupported:
@@ -102,26 +138,39 @@ class SegmentPool:
             ) from None
 
     def _new_segment(self, node: int, size: int) -> int:
+        spare = self._populated(f"plasma-{os.getpid()}-{self._next_id}", node, size)
+        return self._adopt(spare, size)
+
+    def _adopt(self, spare: Spare, size: int) -> int:
+        """Make ``spare`` segment ``size`` bytes long (its tail given back) and register it."""
+        try:
+            if spare.size > size:
+                os.ftruncate(spare.fd, size)
+            memfd.seal_size(spare.fd)
+        except BaseException:
+            os.close(spare.fd)
+            raise
         seg_id = self._next_id
         self._next_id += 1
+        self._segments[seg_id] = Segment(seg_id, spare.fd, size, spare.node, spare.page_size)
+        return seg_id
+
+    def _populated(self, name: str, node: int, size: int) -> Spare:
+        """A memfd of ``size`` bytes on ``node``, every page allocated (hugepages when asked,
+        falling back to normal pages where allowed); its size not sealed. Touches no state
+        of the pool: the spare worker calls it too."""
         if self.hugepage_size:
             try:
-                fd = self._create_hugepage(seg_id, node, size)
-                page_size = self.hugepage_size
+                return Spare(self._create_hugepage(name, node, size), size, node, self.page_size)
             except (StoreFull, Unsupported):
                 if not self.hugepage_fallback:
                     raise
-                fd, page_size = self._create_normal(seg_id, node, size), BASE_PAGE
-        else:
-            fd, page_size = self._create_normal(seg_id, node, size), BASE_PAGE
-        self._segments[seg_id] = Segment(seg_id, fd, size, node, page_size)
-        return seg_id
+        return Spare(self._create_normal(name, node, size), size, node, BASE_PAGE)
 
-    def _create_normal(self, seg_id: int, node: int, size: int) -> int:
-        fd = memfd.memfd_create(f"plasma-{os.getpid()}-{seg_id}")
+    def _create_normal(self, name: str, node: int, size: int) -> int:
+        fd = memfd.memfd_create(name)
         try:
             os.ftruncate(fd, size)
-            memfd.seal_size(fd)
             with mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE) as mm:
                 if self.bind:
                     self._bind(mm, size, node)
@@ -139,9 +188,9 @@ class SegmentPool:
                 raise
             # A kernel without NUMA support has exactly one node: nothing to bind.
 
-    def _create_hugepage(self, seg_id: int, node: int, size: int) -> int:
+    def _create_hugepage(self, name: str, node: int, size: int) -> int:
         assert self.hugepage_size is not None
-        fd = memfd.memfd_create(f"plasma-{os.getpid()}-{seg_id}", hugepage_size=self.hugepage_size)
+        fd = memfd.memfd_create(name, hugepage_size=self.hugepage_size)
         try:
             os.ftruncate(fd, size)
             with _thread_bound_to(node) if self.bind else contextlib.nullcontext():
@@ -155,11 +204,67 @@ class SegmentPool:
                             f"`plasma-coord hugepages`)"
                         ) from None
                     raise
-            memfd.seal_size(fd)
         except BaseException:
             os.close(fd)
             raise
         return fd
+
+    # ------------------------------------------------------------ spares
+
+    def prepare_spare(self, node: int, size: int) -> Future[Spare]:
+        """Start making a spare of ``size`` bytes (a multiple of ``page_size``) for ``node``
+        in the pool's worker thread (one at a time); :meth:`collect_spare` takes it in. The
+        node must have neither a spare nor one being prepared."""
+        assert node not in self._spares and node not in self._preparing
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(1, thread_name_prefix="plasma-spares")
+        name = f"plasma-{os.getpid()}-spare-{node}"
+        future = self._worker.submit(self._populated, name, node, size)
+        self._preparing[node] = future
+        return future
+
+    def collect_spare(self, node: int, room: int | None = None) -> None:
+        """Take in the spare prepared for ``node`` (waiting for it to be made), keeping it
+        only if it fits in ``room`` bytes (None: any size); a failure is logged and kept in
+        ``spare_error``."""
+        future = self._preparing.pop(node, None)
+        if future is None:
+            return
+        try:
+            spare = future.result()
+        except Exception as exc:  # (StoreFull: no hugepages; ENOMEM...: creates say it again)
+            self.spare_error = f"node {node}: {exc}"
+            log.warning("could not prepare a spare segment on %s", self.spare_error)
+            return
+        self.spare_error = ""
+        if room is not None and spare.size > room:
+            os.close(spare.fd)  # the room shrank meanwhile: the coordinator sizes another
+            self.spares_changed = True
+            return
+        self._spares[node] = spare
+
+    def _take_spare(self, node: int) -> Spare | None:
+        self.collect_spare(node)
+        spare = self._spares.pop(node, None)
+        if spare is not None:
+            self.spares_changed = True
+        return spare
+
+    def drop_spare(self, node: int) -> None:
+        """Give back ``node``'s spare (its memory is wanted elsewhere, e.g. pages moved in)."""
+        self.collect_spare(node)
+        spare = self._spares.pop(node, None)
+        if spare is not None:
+            os.close(spare.fd)
+            self.spares_changed = True
+
+    def spares(self) -> dict[int, int]:
+        """Bytes of the spare ready on each node that has one."""
+        return {node: spare.size for node, spare in self._spares.items()}
+
+    def preparing(self) -> list[int]:
+        """The nodes a spare is being prepared for."""
+        return sorted(self._preparing)
 
     def new_fallback_segment(self, node: int, size: int) -> int:
         """A segment of ``size`` bytes backed by an unnamed file in ``fallback_dir``, every
@@ -192,6 +297,7 @@ class SegmentPool:
         with contextlib.suppress(OSError):  # (then the memory goes when the last map does)
             memfd.punch_hole(seg.fd, 0, seg.size)
         seg.close()
+        self.spares_changed = True
 
     def get(self, segment: int) -> Segment:
         return self._segments[segment]
@@ -200,9 +306,18 @@ class SegmentPool:
         return iter(list(self._segments.values()))
 
     def close(self) -> None:
-        """Release every segment (their memory goes once no client maps it)."""
+        """Release every segment and spare (their memory goes once no client maps it)."""
         for seg in list(self._segments.values()):
             self.free_segment(seg.id)
+        if self._worker is not None:
+            self._worker.shutdown(wait=True, cancel_futures=True)
+            self._worker = None
+        for node in list(self._preparing):
+            with contextlib.suppress(Exception):  # (cancelled, or failed: nothing to close)
+                self._spares[node] = self._preparing.pop(node).result()
+        for spare in self._spares.values():
+            os.close(spare.fd)
+        self._spares.clear()
         if self._fallback_fd >= 0:
             os.close(self._fallback_fd)
             self._fallback_fd = -1

@@ -27,9 +27,13 @@ class FakeSegment:
 class FakePool:
     def __init__(self) -> None:
         self.segments: dict[int, FakeSegment] = {}
+        self.dropped: list[int] = []  # nodes whose spare was given back
 
     def get(self, seg_id: int) -> FakeSegment:
         return self.segments[seg_id]
+
+    def drop_spare(self, node: int) -> None:
+        self.dropped.append(node)
 
 
 class FakeStore:
@@ -109,3 +113,13 @@ async def test_a_place_in_a_segment_the_pool_lacks_is_reported_failed(pool: Fake
     ((token, error),) = store.placed_calls
     assert token == 9 and error is not None and error.startswith("KeyError")
     assert delivered == [True]
+
+
+async def test_a_place_gives_back_the_spares_of_the_nodes_pages_go_to(pool: FakePool) -> None:
+    """Pages moved to a node take room its spare segment was sized for: the spare goes (the
+    coordinator sizes the next); the home node's stays. (The move itself fails here on a
+    one-node kernel, and is reported so.)"""
+    store = FakeStore()
+    event = Place(token=10, segment=1, start=0, length=PAGE, mode="interleave", nodes=[0, 1])
+    await mover(store, pool).place(event, lambda: None)
+    assert pool.dropped == [1] and [token for token, _ in store.placed_calls] == [10]

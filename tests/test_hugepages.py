@@ -235,6 +235,31 @@ def test_hugepage_fallback_gives_normal_pages() -> None:
         pool.close()
 
 
+def test_a_hugepage_spare_is_reserved_ahead_or_says_why_not() -> None:
+    """A spare of hugepages is reserved with fallocate (in the pool's worker thread) like a
+    segment: a shortage is the spare's error (the create then says it again), and with
+    fallback the spare is made of normal pages."""
+    free = free_hugepages_or_skip()
+    pool = SegmentPool(hugepage_size=HUGE)
+    try:
+        pool.prepare_spare(0, (free + 1) * HUGE)
+        pool.collect_spare(0)
+        assert pool.spares() == {} and "not enough 2 MiB hugepages on node 0" in pool.spare_error
+        with pytest.raises(StoreFull, match="not enough 2 MiB hugepages"):
+            pool.new_segment(0, (free + 1) * HUGE)
+    finally:
+        pool.close()
+    pool = SegmentPool(hugepage_size=HUGE, hugepage_fallback=True)
+    try:
+        pool.prepare_spare(0, (free + 1) * HUGE)
+        pool.collect_spare(0)
+        assert pool.spares() == {0: (free + 1) * HUGE} and not pool.spare_error
+        seg = pool.get(pool.new_segment(0, (free + 1) * HUGE))
+        assert seg.page_size == BASE_PAGE and os.fstat(seg.fd).st_blocks * 512 >= seg.size
+    finally:
+        pool.close()
+
+
 def test_coordinator_hugepage_shortage_is_a_clear_error(
     coordinator_factory: Callable[..., RunningCoordinator],
 ) -> None:

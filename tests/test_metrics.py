@@ -264,6 +264,13 @@ def test_spilling_and_fallback_figures_are_exported_only_with_spilling() -> None
     assert got["plasma_fallback_bytes", ()] == 8192
 
 
+def test_spare_segments_are_exported_per_node() -> None:
+    spares = {"prefault": "segment", "ready": {"0": 64 << 20}, "preparing": [1], "error": ""}
+    got = _samples(_exposition({**STATS, "spares": spares}))
+    assert got["plasma_spare_segment_bytes", (("node", "0"),)] == 64 << 20
+    assert ("plasma_spare_segment_bytes", (("node", "1"),)) not in got  # (not ready yet)
+
+
 def test_bytes_moved_to_a_node_are_exported_per_node() -> None:
     stats = json.loads(json.dumps(STATS))
     stats["nodes"]["1"]["placed_in"] = 8192

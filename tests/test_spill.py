@@ -6,18 +6,28 @@ holding a view of an object the store would spill, fallback segments."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from unittest import mock
 
+import msgspec
 import numpy as np
 import pytest
 
 import plasma
 from plasma import spill_files as files_module
+from plasma.cli import build_parser
+from plasma.cli.serve import config_from_args
+from plasma.coordinator import Coordinator
 from plasma.errors import ObjectLost, StoreFull
+from plasma.protocol import ObjectLocation
+from plasma.records import SpillEntry
+from plasma.spiller import CACHED_RESTORE_MAX
+from plasma.store import Restore
 from tests.conftest import RunningCoordinator, wait_until
 from tests.helpers import MIB
 
@@ -84,6 +94,49 @@ def test_three_times_memory_streams_through_and_every_byte_comes_back(running, t
     assert coord.stop() == 0
 
 
+def test_objects_larger_than_a_cached_restore_come_back_through_threads(running, tmp_path):
+    """Objects over CACHED_RESTORE_MAX are read back in worker threads, in parts (the
+    1 MiB objects above are read on the event loop from the page cache)."""
+    size = CACHED_RESTORE_MAX + 3 * MIB // 2  # two parts of RESTORE_PART at most, here
+    coord = running("--spill-dir", str(tmp_path / "spill"))
+    with plasma.connect(coord.socket) as client:
+        for n in range(12):  # 42 MiB through 16 MiB of memory
+            client.put(np.full(size // 8, n, dtype=np.uint64), oid(n))
+        assert client.stats()["spill"]["objects"] >= 6
+        for n in range(12):
+            value = client.get_object(oid(n), timeout=30)
+            assert value.shape == (size // 8,) and (value == n).all()
+            del value
+        assert client.stats()["spill"]["restored_objects"] >= 6
+    assert coord.stop() == 0
+
+
+@pytest.mark.parametrize(
+    "error", [BlockingIOError(errno.EAGAIN, "x"), OSError(errno.EOPNOTSUPP, "x")]
+)
+def test_a_restore_the_page_cache_cannot_serve_goes_to_the_threads(tmp_path, error):
+    args = ["serve", "--socket", str(tmp_path / "s.sock"), "--memory", "16MiB"]
+    argv = [*args, "--spill-dir", str(tmp_path / "d")]
+    coordinator = Coordinator(config_from_args(build_parser("serve").parse_args(argv)))
+    spiller = coordinator.spiller
+    assert spiller is not None
+    try:
+        segment = coordinator.pool.new_segment(0, 4 * MIB)
+        entry = SpillEntry(b"x" * 20, 100, 0, 0, 0.0, 8, 100, 0)
+        event = Restore(1, entry.id, ObjectLocation(segment, 0, 100, 0, 0), 1, entry)
+        with mock.patch.object(files_module, "read_part", side_effect=error):
+            assert spiller._read_cached(event) is None  # (then _read_parts reads it)
+        with mock.patch.object(files_module, "read_part", return_value=7) as read:
+            assert spiller._read_cached(event) == [(7, 100)]
+        assert read.call_args.kwargs == {"cached_only": True}
+        big = msgspec.structs.replace(entry, length=CACHED_RESTORE_MAX + 1)
+        assert spiller._read_cached(msgspec.structs.replace(event, entry=big)) is None
+    finally:
+        spiller.close()
+        coordinator.pool.close()
+        coordinator.tables.close()
+
+
 def test_a_restart_with_restore_brings_back_what_was_spilled(running, tmp_path):
     spill = tmp_path / "spill"
     coord = running("--spill-dir", str(spill))
@@ -121,16 +174,21 @@ def test_a_restart_with_restore_brings_back_what_was_spilled(running, tmp_path):
     assert f"object {hit.hex()} quarantined" in coord.log()
 
 
-def test_sigkill_during_a_spill_loses_nothing_that_was_fully_spilled(running, tmp_path):
+@pytest.mark.parametrize("survives", ["crash", "reboot"])
+def test_sigkill_during_a_spill_loses_nothing_that_was_fully_spilled(running, tmp_path, survives):
+    """Either way (with or without fsync: the page cache outlives the coordinator)."""
     spill = tmp_path / "spill"
-    coord = running("--spill-dir", str(spill), "--spill-threshold", "0.25")
+    coord = running(
+        "--spill-dir", str(spill), "--spill-threshold", "0.25", "--spill-survives", survives
+    )
     with plasma.connect(coord.socket) as client:
         for n in range(12):
             put(client, n)
         fully_spilled = {o for o, v in client.list().items() if v["state"] == "spilled"}
         for n in range(12, 40):
             put(client, n)
-            if client.stats()["spill"]["in_flight"]:
+            # (a batch into the page cache takes a few ms: look while it may be under way)
+            if any(client.stats()["spill"]["in_flight"] for _ in range(20)):
                 break
         else:
             pytest.fail("no spill was ever in flight to kill")
@@ -255,11 +313,30 @@ def test_fallback_segments_serve_creates_when_everything_is_referenced(running, 
 def test_spill_options_are_checked_before_the_store_starts(running, tmp_path):
     for args, error in [
         (["--restore"], "need --spill-dir"),
+        (["--spill-survives", "reboot"], "need --spill-dir"),
         (["--spill-dir", str(tmp_path), "--spill-threshold", "0"], "--spill-threshold"),
         (["--fallback-dir", str(tmp_path / "nowhere")], "not a directory"),
     ]:
         with pytest.raises(RuntimeError, match=error):
             running(*args)
+
+
+@pytest.mark.parametrize(("argv", "sync"), [([], False), (["--spill-survives", "reboot"], True)])
+def test_what_spills_survive_is_the_coordinators_choice(tmp_path, argv, sync):
+    """The spiller of a coordinator built from ``serve`` fsyncs only when asked to survive
+    a reboot (a crash of the coordinator needs no fsync: see the SIGKILL test above, which
+    runs with the default)."""
+    args = ["serve", "--socket", str(tmp_path / "s.sock"), "--memory", "16MiB"]
+    config = config_from_args(
+        build_parser("serve").parse_args([*args, "--spill-dir", str(tmp_path / "d"), *argv])
+    )
+    coordinator = Coordinator(config)
+    try:
+        assert coordinator.spiller is not None and coordinator.spiller.sync is sync
+    finally:
+        coordinator.spiller.close()
+        coordinator.pool.close()
+        coordinator.tables.close()
 
 
 def test_two_coordinators_cannot_share_a_spill_directory(running, tmp_path):

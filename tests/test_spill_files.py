@@ -10,6 +10,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+from crc32c import crc32c
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -171,7 +172,7 @@ def rewrite_entry(path: Path, index: int, **changes: object) -> None:
     for name, value in changes.items():
         fields[names.index(name)] = value
     spill_files._RECORD.pack_into(data, at + index * size, *fields)
-    index_crc = zlib.crc32(bytes(data[at : at + count * size]))
+    index_crc = crc32c(bytes(data[at : at + count * size]))
     spill_files._TRAILER.pack_into(
         data, len(data) - spill_files._TRAILER.size, count, index_crc, end
     )
@@ -213,7 +214,7 @@ def test_a_damaged_index_is_reported(tmp_path):
 
 
 def test_a_half_written_file_is_never_taken_and_is_removed(tmp_path):
-    (tmp_path / ".spill-0000000003.tmp").write_bytes(b"PLSPILL1 partial")
+    (tmp_path / ".spill-0000000003.tmp").write_bytes(b"PLSPILL2 partial")
     write_one(tmp_path, 4)
     files, damaged = scan(tmp_path)
     assert list(files) == [4] and not damaged
@@ -247,6 +248,43 @@ def test_a_missing_or_short_file_is_a_damaged_read(tmp_path):
     path.unlink()
     with pytest.raises(SpillDamaged, match="gone"):
         restore(tmp_path, 1, entries[0])
+
+
+def test_a_read_from_the_page_cache_only_never_waits_for_the_disk(tmp_path):
+    """``cached_only`` (a restore on the event loop) reads what the page cache holds and
+    refuses, with BlockingIOError, what it would have to wait for the disk for."""
+    path, entries = write_one(tmp_path, data=200_000)
+    entry = entries[0]
+    fd = memfd.memfd_create("restore")
+    try:
+        os.ftruncate(fd, entry.length)
+        with opened(tmp_path) as directory:
+            crc = spill_files.read_part(
+                directory, 1, entry, fd, 0, PAGE, 0, entry.length, cached_only=True
+            )
+            assert crc == entry.crc
+            assert (
+                os.pread(fd, entry.length, 0) == path.read_bytes()[entry.offset :][: entry.length]
+            )
+            flags: list[int] = []  # every read of it asks not to wait
+            real = os.preadv
+            with mock.patch.object(os, "preadv", lambda *a: flags.append(a[3]) or real(*a)):
+                spill_files.read_part(
+                    directory, 1, entry, fd, 0, PAGE, 0, entry.length, cached_only=True
+                )
+            assert flags and set(flags) == {os.RWF_NOWAIT}
+            with open(path, "rb") as f:  # (written synced: clean pages, which can be dropped)
+                os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            try:
+                spill_files.read_part(
+                    directory, 1, entry, fd, 0, PAGE, 0, entry.length, cached_only=True
+                )
+            except BlockingIOError:
+                pass
+            else:
+                pytest.skip("this file system kept the pages (or serves RWF_NOWAIT reads anyway)")
+    finally:
+        os.close(fd)
 
 
 def test_one_coordinator_per_directory(tmp_path):
@@ -296,15 +334,106 @@ def test_a_symbolic_link_is_never_followed(tmp_path):
 @settings(max_examples=60, deadline=None)
 @given(st.binary(max_size=3000), st.integers(1, 700))
 def test_parts_and_their_crcs_make_up_the_whole(data, size):
-    import zlib
-
     pieces = spill_files.parts(len(data), size)
     assert sum(n for _, n in pieces) == len(data)
     assert all(0 < n <= size for _, n in pieces) or data == b""
     crc = 0
     for start, n in pieces:
-        crc = spill_files.crc32_combine(crc, zlib.crc32(data[start : start + n]), n)
-    assert crc == zlib.crc32(data)
+        crc = spill_files.crc32c_combine(crc, crc32c(data[start : start + n]), n)
+    assert crc == crc32c(data)
+
+
+def test_the_checksum_is_crc32c():
+    """The check value of the CRC-32C (Castagnoli) catalogue entry: a file's checksums are
+    what the format says, whichever implementation computes them."""
+    assert crc32c(b"123456789") == 0xE3069283
+
+
+def as_version_1(path: Path) -> None:
+    """Rewrite a spill file as a previous coordinator wrote it: format 1, zlib's CRC-32 of
+    every payload and of the index."""
+    data = bytearray(path.read_bytes())
+    trailer = spill_files._TRAILER
+    count, _, _ = trailer.unpack_from(data, len(data) - trailer.size)
+    at = spill_files._dead_map_at(len(data), count) + count
+    size = spill_files._RECORD.size
+    for i in range(count):
+        fields = list(spill_files._RECORD.unpack_from(data, at + i * size))
+        offset, length = fields[5], fields[6]
+        fields[7] = zlib.crc32(bytes(data[offset : offset + length]))
+        spill_files._RECORD.pack_into(data, at + i * size, *fields)
+    index_crc = zlib.crc32(bytes(data[at : at + count * size]))
+    data[: len(spill_files.MAGIC)] = b"PLSPILL1"
+    trailer.pack_into(data, len(data) - trailer.size, count, index_crc, b"PLSPEND1")
+    path.write_bytes(bytes(data))
+
+
+def test_a_file_a_previous_coordinator_wrote_in_format_1_is_adopted(tmp_path):
+    """Format 1 (zlib CRC-32) files are verified with CRC-32 at adoption and their objects
+    come back byte for byte, checked against the CRC-32C the scan computed: in one piece
+    and in parts (a parallel restore)."""
+    path, written = write_one(tmp_path, data=50_000)
+    payloads = [path.read_bytes()[e.offset : e.offset + e.length] for e in written]
+    as_version_1(path)
+    assert path.read_bytes()[:8] == b"PLSPILL1"
+    files, damaged = scan(tmp_path)
+    assert not damaged
+    entries = files[1][0]
+    assert [e.crc for e in entries] == [crc32c(p) for p in payloads]
+    for entry, payload in zip(entries, payloads, strict=True):
+        assert restore(tmp_path, 1, entry) == payload
+        assert restore(tmp_path, 1, entry, part=4096) == payload
+    with opened(tmp_path) as directory:  # deletions are recorded in it as in format 2
+        spill_files.mark_dead(directory, 1, [entries[0]])
+    assert [e.id for e in scan(tmp_path)[0][1][0]] == [entries[1].id]
+
+
+def test_a_damaged_payload_of_a_format_1_file_is_quarantined(tmp_path):
+    path, written = write_one(tmp_path)
+    as_version_1(path)
+    with open(path, "r+b") as f:
+        f.seek(written[1].offset)
+        first = f.read(1)
+        f.seek(written[1].offset)
+        f.write(bytes([first[0] ^ 0xFF]))
+    files, damaged = scan(tmp_path)
+    assert [e.id for e in files[1][0]] == [written[0].id]
+    assert len(damaged) == 1 and "fails its checksum" in damaged[0]
+
+
+def test_a_file_of_a_later_format_is_reported_and_not_served(tmp_path):
+    path, _ = write_one(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[7:8] = b"3"
+    path.write_bytes(bytes(data))
+    files, damaged = scan(tmp_path)
+    assert not files
+    assert "format '3' is not one this plasma-coord reads (1 to 2)" in damaged[0]
+    assert path.exists()  # left for the version that wrote it
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_sync_decides_whether_spill_files_and_deletions_are_fsynced(tmp_path, sync):
+    """``serve --spill-survives reboot`` fsyncs the file, then the directory after the
+    rename, and every deletion recorded; ``crash`` (the default) none of them."""
+    fd = segment(os.urandom(3000))
+    synced: list[int] = []
+    real_fsync = os.fsync
+    try:
+        with (
+            mock.patch.object(os, "fsync", lambda f: synced.append(f) or real_fsync(f)),
+            opened(tmp_path) as directory,
+        ):
+            entries, _ = spill_files.write_batch(
+                directory, 1, sources(fd, [(1000, 0), (500, 0)]), sync=sync
+            )
+            assert len(synced) == (2 if sync else 0) and (not sync or synced[1] == directory.fd)
+            spill_files.mark_dead(directory, 1, [entries[0]], sync=sync)
+            spill_files.remove_file(directory, 1, sync=sync)
+    finally:
+        os.close(fd)
+    assert len(synced) == (4 if sync else 0)
+    assert not (tmp_path / "spill-0000000001.plasma").exists()
 
 
 def test_a_restore_in_parts_finds_a_flipped_byte_in_any_part(tmp_path):

@@ -60,6 +60,11 @@ class Peer(abc.ABC):
         """Create and seal many objects; a loop of ``put_small`` unless ``batch_api``."""
         return [self.put_small(d) for d in items]
 
+    def settle(self) -> None:
+        """Return once a store just started is ready to serve at full speed (what it
+        prepares in the background after it accepts clients is done); nothing by default."""
+        return None
+
     def sync(self) -> None:
         """Return once the store applied everything this client sent (its seals are visible
         to every other client); nothing to do where seals are acknowledged already."""

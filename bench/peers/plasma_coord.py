@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ import plasma
 from bench.peers.base import Key, SocketPeer, stop_process, wait_for_path, worker_main
 
 SERVE_COMMAND = (sys.executable, "-m", "plasma", "serve")
+SETTLE_TIMEOUT = 120.0  # seconds a new store may take to fault its spares in
 
 
 class PlasmaCoordPeer(SocketPeer):
@@ -58,6 +60,16 @@ class PlasmaCoordPeer(SocketPeer):
         if cache:
             return plasma.connect(socket, client_name="bench-child")
         return plasma.connect(socket, client_name="bench-reader", release_delay=0)
+
+    def settle(self) -> None:
+        # the segments `serve --prefault` prepares in the background are ready
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while (spares := self.client.stats()["spares"])["preparing"] or (
+            spares["prefault"] != "off" and not spares["ready"] and not spares["error"]
+        ):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no spare segment ready after {SETTLE_TIMEOUT} s: {spares}")
+            time.sleep(0.05)
 
     def sync(self) -> None:
         self.client.flush()  # seals were sent without waiting: now they are applied

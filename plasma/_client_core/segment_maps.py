@@ -26,14 +26,18 @@ from plasma._client_core import fast_path
 from plasma.errors import PlasmaError
 from plasma.linux.memfd import map_segment, populate_range, populate_read
 
-__all__ = ["POPULATE_OBJECT_MIN", "Populator", "SegmentMaps"]
+__all__ = ["POPULATE_OBJECT_MIN", "POPULATE_SEGMENT_MAX", "Populator", "SegmentMaps"]
 
 # A segment first received to write into is mapped with its page tables filled in, so a put
 # writes at memcpy speed; one received to read from is mapped at once and its page tables
 # filled in the background (a get that maps it does not wait for the whole segment, and the
-# first reads of the objects sealed in it later do not fault page by page); a large object
-# created in it later has its own range populated for writing.
+# first reads of the objects sealed in it later do not fault page by page). Neither is done
+# for a segment larger than POPULATE_SEGMENT_MAX (a whole budget of `serve --prefault
+# budget`: a client that uses a few objects need not pay for gigabytes of page tables): it
+# is mapped lazily. A large object created in a lazily mapped segment has just its own
+# range populated.
 POPULATE_OBJECT_MIN = 1 << 20
+POPULATE_SEGMENT_MAX = 64 << 20
 
 
 class Populator:
@@ -112,11 +116,13 @@ class SegmentMaps:
             self._close_segment_fd(info.id)
             with contextlib.suppress(OSError):  # (none: a writable get copies instead)
                 self.segment_fds[info.id] = (os.dup(fd), info.page_size)
-            mm = map_segment(fd, info.size, writable=info.writable, populate=for_writing)
+            small = info.size <= POPULATE_SEGMENT_MAX
+            mm = map_segment(fd, info.size, writable=info.writable, populate=for_writing and small)
             self.segments[info.id] = mm
-            if not for_writing:
+            if not (for_writing and small):
                 self.lazy.add(info.id)
-                self.populator.add(mm)
+                if small:
+                    self.populator.add(mm)
 
     def map_tables(self, tables: p.TablesInfo) -> None:
         """Map the directory (and access bytes, and the pin table when sent) from their fds,

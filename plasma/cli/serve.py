@@ -16,6 +16,7 @@ import trio
 
 from plasma.addresses import parse_address
 from plasma.coordinator import CoordinatorConfig, serve
+from plasma.coordinator.spares import PREFAULT_MODES
 from plasma.dashboard import options as dashboard_options
 from plasma.default_socket import DEFAULT_SOCKET, SOCKET_ENV, resolve
 from plasma.errors import BadRequest, PlasmaError
@@ -27,6 +28,7 @@ from plasma.units import format_size, parse_size
 
 SHARED_SOCKET_MODE = 0o666  # with --allow-uid: SO_PEERCRED, not the mode, decides who is served
 SPILL_THRESHOLD = 0.8  # (Ray's default)
+SPILL_SURVIVES = ("crash", "reboot")
 FALLBACK_FILES = 1024
 MAX_PINS = 1 << 20  # pin-table entries per client (8 MiB of memory each)
 # what the coordinator itself needs besides its budget (Python, trio, tables, pin tables of a
@@ -66,6 +68,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="use normal pages when hugepages run out instead of failing the create",
     )
     p.add_argument("--segment-size", default="64MiB", help="size of each shared-memory segment")
+    p.add_argument(
+        "--prefault",
+        choices=PREFAULT_MODES,
+        default="segment",
+        help="memory faulted in ahead of need, in the background, so that no create waits "
+        "for it: one spare segment per node (default), the whole budget at start (when the "
+        "node's free memory holds it twice over), or none (docs/protocol.md)",
+    )
     p.add_argument("--max-object-size", help="largest object accepted (default: the node budget)")
     p.add_argument(
         "--max-frame", default=str(DEFAULT_MAX_FRAME), help="largest request frame accepted"
@@ -146,6 +156,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"bytes of memory; default {SPILL_MAX_OBJECTS:,})",
     )
     spill.add_argument(
+        "--spill-survives",
+        choices=SPILL_SURVIVES,
+        default="crash",
+        help="what spilled objects survive: a crash of the coordinator (default: written "
+        "into the page cache, at the disk's write-back speed) or a reboot too (every file "
+        "and deletion fsynced, at the disk's synchronous speed)",
+    )
+    spill.add_argument(
         "--restore",
         action="store_true",
         help="bring back the objects a previous coordinator spilled to --spill-dir",
@@ -195,6 +213,7 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
         max_frame=parse_size(args.max_frame),
         max_object_size=parse_size(args.max_object_size) if args.max_object_size else None,
         segment_size=parse_size(args.segment_size),
+        prefault=args.prefault,
         bind_memory=not args.no_bind,
         sample_interval=_positive(args.sample_interval, "--sample-interval"),
         max_clients=_at_least_one(args.max_clients, "--max-clients"),
@@ -210,10 +229,15 @@ def config_from_args(args: argparse.Namespace) -> CoordinatorConfig:
 
 
 def _spill_options(args: argparse.Namespace) -> dict[str, Any]:
-    changed = args.spill_threshold != SPILL_THRESHOLD or args.spill_max_objects != SPILL_MAX_OBJECTS
+    changed = (
+        args.spill_threshold != SPILL_THRESHOLD
+        or args.spill_max_objects != SPILL_MAX_OBJECTS
+        or args.spill_survives != "crash"
+    )
     if args.spill_dir is None and (args.restore or args.spill_max or changed):
         raise BadRequest(
-            "--restore, --spill-max, --spill-max-objects and --spill-threshold need --spill-dir"
+            "--restore, --spill-max, --spill-max-objects, --spill-survives and "
+            "--spill-threshold need --spill-dir"
         )
     if args.spill_max_objects < 1:
         raise BadRequest(f"--spill-max-objects must be at least 1, got {args.spill_max_objects}")
@@ -232,6 +256,7 @@ def _spill_options(args: argparse.Namespace) -> dict[str, Any]:
         "spill_max": parse_size(args.spill_max) if args.spill_max else None,
         "spill_max_objects": args.spill_max_objects,
         "restore": args.restore,
+        "spill_survives": args.spill_survives,
         "fallback_dir": os.path.abspath(args.fallback_dir) if args.fallback_dir else None,
         "fallback_files": args.fallback_files,
         "fallback_max": parse_size(args.fallback_max) if args.fallback_max else None,

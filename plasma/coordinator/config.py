@@ -36,6 +36,9 @@ class CoordinatorConfig:
     max_frame: int = p.DEFAULT_MAX_FRAME
     max_object_size: int | None = None
     segment_size: int = 64 << 20
+    # how much of each budget is faulted in ahead of need: "segment", "budget" or "off"
+    # (plasma.coordinator.spares)
+    prefault: str = "segment"
     bind_memory: bool = True
     node_cpus: dict[int, list[int]] = field(default_factory=dict)
     node_of_cpus: Callable[[list[int]], int | None] | None = None
@@ -52,6 +55,9 @@ class CoordinatorConfig:
     spill_max: int | None = None  # bytes the spill files may take
     spill_max_objects: int = SPILL_MAX_OBJECTS  # objects with a copy in them at most
     restore: bool = False  # take in what a previous coordinator spilled to spill_dir
+    # what spilled objects survive: "crash" (of the coordinator: the page cache keeps the
+    # files) or "reboot" too (every file and deletion fsynced); docs/spilling.md
+    spill_survives: str = "crash"
     fallback_dir: str | None = None  # file-backed segments here when nothing can make room
     fallback_files: int = 1024  # of them at once (each a descriptor)
     fallback_max: int | None = None  # bytes they may take

@@ -74,6 +74,9 @@ class PageMover:
         try:
             seg = self._pool.get(event.segment)
             home = seg.node
+            for node in event.nodes:  # the room of the nodes its pages go to shrank
+                if node != home:
+                    self._pool.drop_spare(node)
             fd = os.dup(seg.fd)
             try:
                 left = await trio.to_thread.run_sync(

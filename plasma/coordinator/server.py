@@ -34,6 +34,7 @@ from plasma.coordinator.listener import Credentials, Listener, hang_up
 from plasma.coordinator.page_mover import PageMover
 from plasma.coordinator.runs import RunRelay
 from plasma.coordinator.session import MAX_UNSENT, RECV_SIZE, Hangup, Session
+from plasma.coordinator.spares import Spares, fits_in_free_memory
 from plasma.coordinator.stats import collect_stats
 from plasma.follow import ReaderTracker
 from plasma.linux.fdlimit import fallback_file_limit
@@ -41,6 +42,7 @@ from plasma.segments import SegmentPool
 from plasma.shared_tables import SharedTables, close_map
 from plasma.spiller import Spiller
 from plasma.store import Pending, Store
+from plasma.store.pages import round_up
 from plasma.telemetry import Telemetry
 
 __all__ = ["FOLLOW_INTERVAL", "MESSAGES_PER_TURN", "Coordinator", "serve"]
@@ -74,12 +76,23 @@ class Coordinator:
             )
         largest = max(self.budgets.values())
         self.max_object_size = min(config.max_object_size or largest, largest)
+        self.prefault = config.prefault
+        if self.prefault == "budget" and not all(
+            fits_in_free_memory(b, n) for n, b in self.budgets.items()
+        ):
+            log.warning(
+                "--prefault budget: the free memory of a node cannot hold its budget twice "
+                "over; preparing one spare segment per node instead (--prefault segment)"
+            )
+            self.prefault = "segment"
+        # with the whole budget prefaulted, a node's first segment is all of it
+        segment_size = largest if self.prefault == "budget" else config.segment_size
         self.tables = SharedTables()
         self.store = Store(
             self.budgets,
             self.pool,
             page_size=self.pool.page_size,
-            segment_size=max(config.segment_size, self.pool.page_size),
+            segment_size=max(segment_size, self.pool.page_size),
             # unset: only the budgets limit objects, and a create larger than them is
             # store_full (as in Plasma), not bad_request
             max_object_size=config.max_object_size,
@@ -107,6 +120,11 @@ class Coordinator:
         self._deadline_changed = trio.Event()
         self.runs = RunRelay(self.uid, self.sessions, self.error_counts)
         self.pages = PageMover(self.store, self.pool, bind=config.bind_memory)
+        self.spares: Spares | None = None
+        if self.prefault != "off":
+            # what the store asks for a segment of (it rounds the size up to whole pages)
+            size = None if self.prefault == "budget" else round_up(segment_size, page)
+            self.spares = Spares(self.store, self.pool, size)
         self.telemetry = Telemetry(config.sample_interval)
         self._metrics_bind = parse_address(config.metrics) if config.metrics else None
         self.metrics_address: tuple[str, int] | None = None  # bound address once serving
@@ -116,7 +134,11 @@ class Coordinator:
         if config.spill_dir is not None:
             try:
                 self.spiller = Spiller(
-                    config.spill_dir, self.store, self.pool, restore=config.restore
+                    config.spill_dir,
+                    self.store,
+                    self.pool,
+                    restore=config.restore,
+                    sync=config.spill_survives == "reboot",
                 )
             except BaseException:
                 self.tables.close()
@@ -131,6 +153,8 @@ class Coordinator:
                 self._nursery = nursery
                 nursery.start_soon(self._expiry_loop)
                 nursery.start_soon(self.telemetry.run)
+                if self.spares is not None:
+                    nursery.start_soon(self.spares.run)
                 if self.config.follow_readers:
                     nursery.start_soon(self._follow_loop)
                 if self.spiller is not None:
@@ -284,6 +308,8 @@ class Coordinator:
         events = self.store.drain_events()
         if events:
             deliver(self, events)
+        if self.spares is not None:
+            self.spares.check()
 
     async def _expiry_loop(self) -> None:
         while True:

@@ -43,6 +43,12 @@ def collect_stats(
     found["segments"] = [
         {"id": s.id, "node": s.node, "size": s.size, "page_size": s.page_size} for s in coord.pool
     ]
+    found["spares"] = {
+        "prefault": coord.prefault,
+        "ready": coord.pool.spares(),
+        "preparing": coord.pool.preparing(),
+        "error": coord.pool.spare_error,
+    }
     holders = coord.store.holders(top_objects)
     holds = {h.pop("id"): h for h in holders.pop("clients")}
     found["clients"] = [
