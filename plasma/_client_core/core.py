@@ -512,11 +512,13 @@ class ClientCore:
         self, object_id: ObjectRef, data: memoryview, meta: memoryview, writable: bool
     ) -> Any:
         """What ``get_object`` returns for the views of an object: a read-only view of it,
-        or with ``writable`` a copy-on-write one the caller may modify."""
-        if not writable:
+        or with ``writable`` a copy-on-write one the caller may modify. Torch tensors cannot
+        be read-only: theirs is always copy-on-write (the rest of the value stays
+        read-only without ``writable``), so no reader changes the store's bytes."""
+        if not (writable or serialization.holds_tensors(meta)):
             return serialization.decode(data, meta)
         private = self.refs.private_view(as_id_bytes(object_id), data)
-        return serialization.decode(private, meta, writable=True)
+        return serialization.decode(private, meta, writable=writable)
 
     def close_maps(self) -> None:
         self._socket_fd = -1  # (the socket is closed: its number may be reused)
