@@ -114,18 +114,18 @@ def rebuild(buf: memoryview, form: Layout) -> Any:
         raise BadRequest(f"corrupt tensor layout: shape {form.shape}, strides {form.strides}")
     if 0 in form.shape:
         return torch.empty_strided(form.shape, form.strides, dtype=dtype)
-    itemsize = torch.empty((), dtype=dtype).element_size()
     span = 1 + sum((n - 1) * s for n, s in zip(form.shape, form.strides, strict=True))
-    if span * itemsize > len(buf):
+    if span * dtype.itemsize > len(buf):
         raise BadRequest(
             f"a {form.dtype} tensor {form.shape} with strides {form.strides} needs "
-            f"{span * itemsize} bytes, the object holds {len(buf)}"
+            f"{span * dtype.itemsize} bytes, the object holds {len(buf)}"
         )
-    source: Any = buf[: span * itemsize] if not buf.readonly else bytearray(buf[: span * itemsize])
-    flat = torch.frombuffer(source, dtype=torch.uint8).view(dtype)
+    source: Any = buf if not buf.readonly else bytearray(buf[: span * dtype.itemsize])
+    flat = torch.frombuffer(source, dtype=dtype, count=span)
     return flat.as_strided(form.shape, form.strides)
 
 
+@functools.lru_cache(maxsize=64)
 def _dtype(name: str) -> Any:
     import torch
 
