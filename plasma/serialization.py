@@ -12,13 +12,19 @@ The object's metadata is a small versioned header, ``MAGIC`` + one version byte 
 MessagePack record of the kind, so ``decode`` returns the type that was stored.
 
 Kinds: numpy ``ndarray`` (any fixed-width dtype, C or Fortran order; other layouts are
-made contiguous while writing), ``bytes`` / ``bytearray`` / ``memoryview``, pyarrow
+made contiguous while writing; any other object exporting DLPack on the CPU is stored as
+the numpy array ``numpy.from_dlpack`` gives), ``torch.tensor`` (a CPU torch tensor: dtype,
+shape and strides in the header, see :mod:`plasma.torch_tensors`; torch has no read-only
+tensors, so they are built over ``data`` only when it is writable, a private copy-on-write
+mapping of the object: see :func:`holds_tensors`), ``bytes`` / ``bytearray`` /
+``memoryview``, pyarrow
 ``Array``, ``ChunkedArray``, ``RecordBatch``, ``Table`` and ``Tensor`` (Arrow IPC; chunk
 boundaries survive, except that the IPC writer may drop empty chunks), and ``pickle5``:
 every other picklable value (dicts, lists, scalars, dataclasses, pandas ``DataFrame`` and
 ``Series``...), pickled with protocol 5. Its out-of-band buffers (``pickle.PickleBuffer``:
 contiguous numpy arrays, Arrow buffers, pandas blocks, bytearrays) are copied once, each to
-a 64-byte aligned offset after the in-band pickle bytes, and handed back to
+a 64-byte aligned offset after the in-band pickle bytes (so are the bytes of the CPU torch
+tensors inside, which torch itself would pickle in-band), and handed back to
 ``pickle.loads`` as read-only views of ``data``, so the arrays inside come back zero-copy
 and read-only. Decoding a ``pickle5`` object runs the unpickling code of the classes it
 names, in the reader: only read objects from writers you trust (see the README's
@@ -26,8 +32,8 @@ Security section: read-write uids are trusted writers of the whole store).
 
 ``pandas.dataframe`` (a DataFrame as an Arrow table) is still decoded, for objects
 written by earlier versions, but no longer written: pickle keeps the index, dtypes and
-extension types exactly. pyarrow and pandas are imported only when a value of theirs is
-encoded or such an object is decoded (unpickling imports what the pickle names).
+extension types exactly. pyarrow, pandas and torch are imported only when a value of theirs
+is encoded or such an object is decoded (unpickling imports what the pickle names).
 """
 
 from __future__ import annotations

@@ -112,17 +112,21 @@ def rebuild(buf: memoryview, form: Layout) -> Any:
     dtype = _dtype(form.dtype)
     if len(form.strides) != len(form.shape) or min((*form.shape, *form.strides), default=0) < 0:
         raise BadRequest(f"corrupt tensor layout: shape {form.shape}, strides {form.strides}")
-    if 0 in form.shape:
-        return torch.empty_strided(form.shape, form.strides, dtype=dtype)
     span = 1 + sum((n - 1) * s for n, s in zip(form.shape, form.strides, strict=True))
-    if span * dtype.itemsize > len(buf):
+    if 0 not in form.shape and span * dtype.itemsize > len(buf):
         raise BadRequest(
             f"a {form.dtype} tensor {form.shape} with strides {form.strides} needs "
             f"{span * dtype.itemsize} bytes, the object holds {len(buf)}"
         )
-    source: Any = buf if not buf.readonly else bytearray(buf[: span * dtype.itemsize])
-    flat = torch.frombuffer(source, dtype=dtype, count=span)
-    return flat.as_strided(form.shape, form.strides)
+    try:
+        if 0 in form.shape:
+            return torch.empty_strided(form.shape, form.strides, dtype=dtype)
+        source: Any = buf if not buf.readonly else bytearray(buf[: span * dtype.itemsize])
+        flat = torch.frombuffer(source, dtype=dtype, count=span)
+        return flat.as_strided(form.shape, form.strides)
+    except (RuntimeError, TypeError, ValueError) as exc:  # (sizes torch cannot hold)
+        reason = str(exc).splitlines()[0]
+        raise BadRequest(f"cannot rebuild a {form.dtype} tensor {form.shape}: {reason}") from None
 
 
 @functools.lru_cache(maxsize=64)

@@ -247,6 +247,7 @@ def test_decode_checks_what_a_header_says():
         (msgspec.structs.replace(header, shape=(4, 5), strides=(5, 1)), "needs 80 bytes"),
         (msgspec.structs.replace(header, strides=(4, -1)), "corrupt tensor layout"),
         (msgspec.structs.replace(header, strides=(4,)), "corrupt tensor layout"),
+        (msgspec.structs.replace(header, shape=(0, 1 << 63), strides=(1, 1)), "cannot rebuild"),
     ]:
         metadata = serialization.MAGIC + b"\x01" + serialization._header_encoder.encode(bad)
         with pytest.raises(plasma.BadRequest, match=match):
