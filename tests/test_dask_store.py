@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import pickle
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -193,3 +195,21 @@ def test_torch_tensors_live_in_the_store_and_travel_by_id(coord, stores) -> None
     assert peer.object_of("t") == owner.object_of("t")
     assert torch.equal(peer["t"], torch.arange(MIB, dtype=torch.float32))
     assert torch.equal(owner["state"]["w"], torch.ones(512, 512))
+
+
+@pytest.mark.parametrize(
+    "script",
+    [  # torch imported (and a tensor measured: dask caches what it found) before plasma.dask
+        "import torch; from dask.sizeof import sizeof; sizeof(torch.ones(1)); import plasma.dask",
+        # plasma.dask first: it must not import torch; the size registers when dask meets one
+        "import sys, plasma.dask; from dask.sizeof import sizeof; assert 'torch' not in"
+        " sys.modules; import torch",
+    ],
+)
+def test_dask_measures_tensors_by_their_bytes(script: str) -> None:
+    check = "; print(sizeof({'a': torch.ones(1000)}) > 4000,"
+    check += " sizeof(torch.nn.Parameter(torch.ones(10))))"
+    done = subprocess.run(
+        [sys.executable, "-c", script + check], capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.split() == ["True", "40"], done.stderr
