@@ -97,12 +97,14 @@ _header_encoder = msgspec.msgpack.Encoder()
 _header_decoder = msgspec.msgpack.Decoder(_Header)
 
 
-# copy(dst, src): the bytes of the contiguous buffer ``src`` into ``dst``, of the same size
-Copy = Callable[[memoryview, Any], None]
+# copy([(dst, src), ...]): the bytes of each contiguous buffer ``src`` into its ``dst``, of
+# the same size (all in one call: they may be copied in parallel)
+Copy = Callable[[list[tuple[memoryview, Any]]], None]
 
 
-def _assign(dst: memoryview, src: Any) -> None:
-    dst[:] = src
+def _assign(pairs: list[tuple[memoryview, Any]]) -> None:
+    for dst, src in pairs:
+        dst[:] = src
 
 
 class Encoded:
@@ -233,7 +235,7 @@ def _encode_ndarray(arr: np.ndarray) -> Encoded:
 
     def write(dst: memoryview, copy: Copy | None) -> None:
         if copy is not None and (arr.flags.c_contiguous or arr.flags.f_contiguous):
-            copy(dst, arr.view(np.ndarray).ravel(order="K").view(np.uint8))  # memory order
+            copy([(dst, arr.view(np.ndarray).ravel(order="K").view(np.uint8))])  # memory order
             return
         out = np.ndarray(arr.shape, arr.dtype, buffer=dst, order="F" if fortran else "C")
         np.copyto(out, arr, casting="no")
@@ -303,7 +305,7 @@ def _encode_tensor(tensor: Any) -> Encoded:
         if raw is None:
             torch_tensors.write_compact(dst, tensor, form)
         elif form.nbytes:
-            (copy or _assign)(dst, raw)
+            (copy or _assign)([(dst, raw)])
 
     return Encoded(header, form.nbytes, write)
 
@@ -330,7 +332,7 @@ def _rebuild_tensor(
 
 def _encode_bytes(mv: memoryview) -> Encoded:
     def write(dst: memoryview, copy: Copy | None) -> None:
-        (copy or _assign)(dst, mv.cast("B") if mv.c_contiguous else mv.tobytes())
+        (copy or _assign)([(dst, mv.cast("B") if mv.c_contiguous else mv.tobytes())])
 
     return Encoded(_Header(BYTES), mv.nbytes, write)
 
@@ -437,10 +439,12 @@ def _encode_pickle5(value: object) -> Encoded:
     def write(dst: memoryview, copy: Copy | None) -> None:
         dst[: len(inband)] = inband
         pos = len(inband)
+        pairs = []
         for (offset, length), raw in zip(layout, raws, strict=True):
             dst[pos:offset] = bytes(offset - pos)  # zeroed padding: equal values, equal bytes
-            (copy or _assign)(dst[offset : offset + length], raw)
+            pairs.append((dst[offset : offset + length], raw))
             pos = offset + length
+        (copy or _assign)(pairs)  # every buffer in one call: small ones in parallel too
 
     return Encoded(header, end, write)
 

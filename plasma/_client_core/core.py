@@ -486,7 +486,9 @@ class ClientCore:
     def copier(self, loc: p.ObjectLocation) -> serialization.Copy:
         """How to fill a created object: in ``copy_threads`` threads on its node's CPUs."""
         return functools.partial(
-            parallel_copy.copy, threads=self.copy_threads, cpus=self.node_cpus.get(loc.node, ())
+            parallel_copy.copy_many,
+            threads=self.copy_threads,
+            cpus=self.node_cpus.get(loc.node, ()),
         )
 
     def holds_creator_reference(self, object_id: ObjectRef) -> bool:
@@ -648,7 +650,7 @@ class ClientCore:
             reply = yield Call((*msgs, create))
             msgs = []
             for (_, data, meta), loc in zip(part, reply.locations, strict=True):
-                self.copier(loc)(self.maps.write_object(loc, meta), data)
+                self.copier(loc)([(self.maps.write_object(loc, meta), data)])
             msgs += self._seal_and_release([oid for oid, _, _ in part])
         if msgs:
             yield Send(tuple(msgs))
