@@ -21,9 +21,9 @@ byte (numpy's sum of every tensor: the pages' first touch in this process), whic
 values, drops the value and times a second get of the same object (``get_again``: what the
 ``get_large`` scenario of ``bench.run`` times; not for the queue, whose item is got once), and
 answers; the producer deletes the object. Medians of ``--rounds`` rounds (11; quick 3) after
-one untimed.
-``memcpy`` is ``numpy.copyto`` of the same bytes into a pre-faulted buffer in one thread, in the
-plasma-coord driver (same run). GB/s = bytes / median time. Prints a table; ``--json PATH``
+one untimed. ``memcpy`` is ``numpy.copyto`` of the same bytes into a pre-faulted buffer in one
+thread, in the plasma-coord driver, once each round after the put (in turn with it, as
+``bench.run`` measures it). GB/s = bytes / median time. Prints a table; ``--json PATH``
 writes the figures.
 """
 
@@ -238,7 +238,8 @@ def drive(system: str, case: str, quick: bool, rounds: int) -> dict[str, Any]:
         ours, theirs = ctx.Pipe()
         consumer = ctx.Process(target=consume, args=(system, made.config(), theirs))  # type: ignore[attr-defined]
         consumer.start()
-        puts, gets, reads, agains, wrong = [], [], [], [], 0
+        puts, gets, reads, agains, copies, wrong = [], [], [], [], [], 0
+        memcpy = _memcpy(value) if system == "plasma-coord" else None
         try:
             for i in range(rounds + 1):
                 source = value if system != "torch.multiprocessing" else _fresh(value)
@@ -250,6 +251,8 @@ def drive(system: str, case: str, quick: bool, rounds: int) -> dict[str, Any]:
                 made.done(key)
                 del source
                 wrong += not ok
+                if memcpy is not None:  # in turn with the puts, as bench.run measures it
+                    copies.append(memcpy())
                 if i:
                     puts.append(put_time)
                     gets.append(get_time)
@@ -266,8 +269,8 @@ def drive(system: str, case: str, quick: bool, rounds: int) -> dict[str, Any]:
     figures = {"put": puts, "get": gets, "read": reads, "wrong": wrong, "bytes": total}
     if agains:
         figures["get_again"] = agains
-    if system == "plasma-coord":
-        figures["memcpy"] = _memcpy(value, rounds)
+    if copies:
+        figures["memcpy"] = copies[1:]
     return figures
 
 
@@ -278,20 +281,22 @@ def _fresh(value: Any) -> Any:
     return value.clone()
 
 
-def _memcpy(value: Any, rounds: int) -> list[float]:
+def _memcpy(value: Any) -> Callable[[], float]:
+    """A timed copy of the bytes of ``value``'s tensors into a pre-faulted buffer, one thread."""
     import numpy as np
 
     sources = [t.numpy().reshape(-1).view(np.uint8) for t in tensors_of(value)]
     dest = np.ones(sum(s.size for s in sources), dtype=np.uint8)  # pre-faulted
-    times = []
-    for _ in range(rounds):
+
+    def timed() -> float:
         t0 = time.perf_counter()
         pos = 0
         for s in sources:
             np.copyto(dest[pos : pos + s.size], s)
             pos += s.size
-        times.append(time.perf_counter() - t0)
-    return times
+        return time.perf_counter() - t0
+
+    return timed
 
 
 # ---------------------------------------------------------------- the harness
