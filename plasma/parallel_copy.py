@@ -33,7 +33,7 @@ MAX_DEFAULT_THREADS = 8  # memory bandwidth, not CPUs, limits a copy beyond a fe
 MIN_CHUNK = 8 << 20  # a thread hand-off costs tens of µs; 8 MiB take about 1 ms to copy
 ALIGN = 64 << 10  # chunk boundaries: multiples of every base page size in use
 
-__all__ = ["ENV_THREADS", "copy", "copy_threads", "plan_chunks", "shutdown"]
+__all__ = ["ENV_THREADS", "copy", "copy_many", "copy_threads", "plan_chunks", "shutdown"]
 
 
 def copy_threads(requested: int | None = None) -> int:
@@ -73,26 +73,51 @@ def copy(dst: Any, src: Any, threads: int, cpus: Collection[int] = ()) -> None:
     writable) in up to ``threads`` threads, those of the pool pinned to ``cpus`` (the
     destination's node) as far as the caller may use them. Returns, or raises the first
     chunk's error, once every chunk is done."""
-    out = np.frombuffer(dst, np.uint8)
-    data = np.frombuffer(src, np.uint8)
-    if out.size != data.size:
-        raise ValueError(f"copy of {data.size} bytes into a buffer of {out.size}")
-    if threads > 1 and out.size >= 2 * MIN_CHUNK:
+    copy_many([(dst, src)], threads, cpus)
+
+
+def copy_many(pairs: list[tuple[Any, Any]], threads: int, cpus: Collection[int] = ()) -> None:
+    """:func:`copy` of each ``(dst, src)`` pair, all in one go: their bytes, taken in order
+    as one run, are split into chunks as one buffer's would be (a chunk may span the end of
+    one pair and the start of the next), so many buffers smaller than a chunk (the tensors
+    of a state dict) are copied in parallel too."""
+    arrays = [(np.frombuffer(dst, np.uint8), np.frombuffer(src, np.uint8)) for dst, src in pairs]
+    for out, data in arrays:
+        if out.size != data.size:
+            raise ValueError(f"copy of {data.size} bytes into a buffer of {out.size}")
+    total = sum(out.size for out, _ in arrays)
+    if threads > 1 and total >= 2 * MIN_CHUNK:
         allowed = frozenset(get_affinity())
         pinned = frozenset(cpus) & allowed or allowed
         # a thread per CPU the caller may use: the pool's on the node, and the caller's own
-        chunks = plan_chunks(out.size, min(threads, len(allowed), len(pinned) + 1))
+        chunks = plan_chunks(total, min(threads, len(allowed), len(pinned) + 1))
         if len(chunks) > 1:
-            _pool.run(out, data, chunks, pinned)
+            _pool.run([_pieces(arrays, start, stop) for start, stop in chunks], pinned)
             return
-    _copy_chunk(out, data)
+    for out, data in arrays:
+        _copy_chunk(out, data)
+
+
+_Pieces = list[tuple[np.ndarray, np.ndarray]]
+
+
+def _pieces(arrays: _Pieces, start: int, stop: int) -> _Pieces:
+    """The parts of ``arrays`` (taken in order as one run of bytes) in ``[start, stop)``."""
+    pieces = []
+    pos = 0
+    for out, data in arrays:
+        lo, hi = max(start, pos), min(stop, pos + out.size)
+        if lo < hi:
+            pieces.append((out[lo - pos : hi - pos], data[lo - pos : hi - pos]))
+        pos += out.size
+    return pieces
 
 
 def _copy_chunk(dst: np.ndarray, src: np.ndarray) -> None:
     np.copyto(dst, src)  # a memcpy that releases the GIL
 
 
-_Task = tuple[np.ndarray, np.ndarray, frozenset[int], "queue.SimpleQueue[BaseException | None]"]
+_Task = tuple[_Pieces, frozenset[int], "queue.SimpleQueue[BaseException | None]"]
 
 
 class CopyPool:
@@ -103,21 +128,15 @@ class CopyPool:
         self._tasks: queue.SimpleQueue[_Task | None] = queue.SimpleQueue()
         self._workers: list[threading.Thread] = []
 
-    def run(
-        self,
-        dst: np.ndarray,
-        src: np.ndarray,
-        chunks: list[tuple[int, int]],
-        cpus: frozenset[int],
-    ) -> None:
-        """Copy ``chunks`` of ``src`` into ``dst``: the first in this thread, the rest in the
-        pool's threads pinned to ``cpus``; raise the first error once all are done."""
+    def run(self, chunks: list[_Pieces], cpus: frozenset[int]) -> None:
+        """Copy ``chunks`` (each a list of (dst, src) pieces): the first in this thread, the
+        rest in the pool's threads pinned to ``cpus``; raise the first error once all are
+        done."""
         done: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
-        self._submit([(dst[a:b], src[a:b], cpus, done) for a, b in chunks[1:]])
+        self._submit([(pieces, cpus, done) for pieces in chunks[1:]])
         error: BaseException | None = None
         try:
-            start, stop = chunks[0]
-            _copy_chunk(dst[start:stop], src[start:stop])
+            _copy_pieces(chunks[0])
         except BaseException as exc:
             error = exc
         pending = len(chunks) - 1
@@ -163,18 +182,23 @@ class CopyPool:
 def _work(tasks: queue.SimpleQueue[_Task | None]) -> None:
     pinned: frozenset[int] | None = None  # inherited from the thread that started this one
     while (task := tasks.get()) is not None:
-        dst, src, cpus, done = task
+        pieces, cpus, done = task
         del task
         try:
             if cpus != pinned:
                 set_affinity(cpus)  # pid 0: this thread only
                 pinned = cpus
-            _copy_chunk(dst, src)
+            _copy_pieces(pieces)
         except BaseException as exc:
             done.put(exc)
         else:
             done.put(None)
-        del dst, src  # hold no view of the buffers while idle
+        del pieces  # hold no view of the buffers while idle
+
+
+def _copy_pieces(pieces: _Pieces) -> None:
+    for dst, src in pieces:
+        _copy_chunk(dst, src)
 
 
 _pool = CopyPool()

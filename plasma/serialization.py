@@ -12,13 +12,19 @@ The object's metadata is a small versioned header, ``MAGIC`` + one version byte 
 MessagePack record of the kind, so ``decode`` returns the type that was stored.
 
 Kinds: numpy ``ndarray`` (any fixed-width dtype, C or Fortran order; other layouts are
-made contiguous while writing), ``bytes`` / ``bytearray`` / ``memoryview``, pyarrow
+made contiguous while writing; any other object exporting DLPack on the CPU is stored as
+the numpy array ``numpy.from_dlpack`` gives), ``torch.tensor`` (a CPU torch tensor: dtype,
+shape and strides in the header, see :mod:`plasma.torch_tensors`; torch has no read-only
+tensors, so they are built over ``data`` only when it is writable, a private copy-on-write
+mapping of the object: see :func:`holds_tensors`), ``bytes`` / ``bytearray`` /
+``memoryview``, pyarrow
 ``Array``, ``ChunkedArray``, ``RecordBatch``, ``Table`` and ``Tensor`` (Arrow IPC; chunk
 boundaries survive, except that the IPC writer may drop empty chunks), and ``pickle5``:
 every other picklable value (dicts, lists, scalars, dataclasses, pandas ``DataFrame`` and
 ``Series``...), pickled with protocol 5. Its out-of-band buffers (``pickle.PickleBuffer``:
 contiguous numpy arrays, Arrow buffers, pandas blocks, bytearrays) are copied once, each to
-a 64-byte aligned offset after the in-band pickle bytes, and handed back to
+a 64-byte aligned offset after the in-band pickle bytes (so are the bytes of the CPU torch
+tensors inside, which torch itself would pickle in-band), and handed back to
 ``pickle.loads`` as read-only views of ``data``, so the arrays inside come back zero-copy
 and read-only. Decoding a ``pickle5`` object runs the unpickling code of the classes it
 names, in the reader: only read objects from writers you trust (see the README's
@@ -26,8 +32,8 @@ Security section: read-write uids are trusted writers of the whole store).
 
 ``pandas.dataframe`` (a DataFrame as an Arrow table) is still decoded, for objects
 written by earlier versions, but no longer written: pickle keeps the index, dtypes and
-extension types exactly. pyarrow and pandas are imported only when a value of theirs is
-encoded or such an object is decoded (unpickling imports what the pickle names).
+extension types exactly. pyarrow, pandas and torch are imported only when a value of theirs
+is encoded or such an object is decoded (unpickling imports what the pickle names).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
+from plasma import torch_tensors
 from plasma.errors import BadRequest
 
 MAGIC = b"PCS"
@@ -58,8 +65,10 @@ ARROW_TABLE = "arrow.table"
 ARROW_TENSOR = "arrow.tensor"
 PANDAS_DATAFRAME = "pandas.dataframe"  # decoded only: DataFrames are now written as pickle5
 PICKLE5 = "pickle5"
+TORCH_TENSOR = "torch.tensor"
 KINDS = (
     NDARRAY,
+    TORCH_TENSOR,
     BYTES,
     ARROW_ARRAY,
     ARROW_CHUNKED_ARRAY,
@@ -80,18 +89,22 @@ class _Header(msgspec.Struct, array_like=True, frozen=True):
     fortran: bool = False
     inband: int = 0  # pickle5 only: length of the in-band pickle bytes, at offset 0
     buffers: tuple[tuple[int, int], ...] = ()  # pickle5 only: (offset, length) per buffer
+    strides: tuple[int, ...] = ()  # torch.tensor only: in elements (dtype: torch's name)
+    tensors: tuple[int, ...] = ()  # pickle5 only: the buffers torch tensors are built over
 
 
 _header_encoder = msgspec.msgpack.Encoder()
 _header_decoder = msgspec.msgpack.Decoder(_Header)
 
 
-# copy(dst, src): the bytes of the contiguous buffer ``src`` into ``dst``, of the same size
-Copy = Callable[[memoryview, Any], None]
+# copy([(dst, src), ...]): the bytes of each contiguous buffer ``src`` into its ``dst``, of
+# the same size (all in one call: they may be copied in parallel)
+Copy = Callable[[list[tuple[memoryview, Any]]], None]
 
 
-def _assign(dst: memoryview, src: Any) -> None:
-    dst[:] = src
+def _assign(pairs: list[tuple[memoryview, Any]]) -> None:
+    for dst, src in pairs:
+        dst[:] = src
 
 
 class Encoded:
@@ -139,9 +152,24 @@ def encode(value: object) -> Encoded:
         value, (arrow.Array, arrow.ChunkedArray, arrow.RecordBatch, arrow.Table, arrow.Tensor)
     ):
         return _encode_arrow(value)
+    if torch_tensors.is_tensor(value):
+        tensor: Any = value
+        form = torch_tensors.stored_form(tensor)
+        if form is not None and type(form) is type(tensor) and not tensor.requires_grad:
+            return _encode_tensor(form)  # (a Parameter, or one requiring grad: pickled)
+    elif not isinstance(value, np.ndarray) and hasattr(type(value), "__dlpack__"):
+        return _encode_ndarray(_from_dlpack(value))
     # everything else, pandas DataFrame and Series included: pandas pickles its blocks as
     # out-of-band buffers, so numeric columns come back as views of the object
     return _encode_pickle5(value)
+
+
+def holds_tensors(metadata: bytes | memoryview) -> bool:
+    """Whether the object ``metadata`` describes decodes to torch tensors. Torch has no
+    read-only tensors: give :func:`decode` a private (copy-on-write) view of such an object,
+    or its tensors are copies."""
+    header = _parse_header(metadata)
+    return header.kind == TORCH_TENSOR or bool(header.tensors)
 
 
 def decode(
@@ -151,19 +179,24 @@ def decode(
     (with ``writable``, a writable one: numpy arrays and raw buffers the caller may modify,
     ``data`` being a private copy-on-write mapping of the object).
 
+    Torch tensors are built over ``data`` itself when it is writable, whatever
+    ``writable`` says (they cannot be read-only; see :func:`holds_tensors`), else over a copy.
+
     Raises :class:`~plasma.errors.BadRequest` when ``metadata`` is not a header written by
     ``encode`` or ``data`` does not hold what the header describes.
     """
     header = _parse_header(metadata)
-    view = memoryview(data).cast("B")
-    if not writable:
-        view = view.toreadonly()
+    source = memoryview(data).cast("B")
+    view = source if writable else source.toreadonly()
     if header.kind == NDARRAY:
         return _decode_ndarray(view, header)
     if header.kind == BYTES:
         return view
     if header.kind == PICKLE5:
-        return _decode_pickle5(view, header)
+        return _decode_pickle5(view, header, source)
+    if header.kind == TORCH_TENSOR:
+        form = torch_tensors.Layout(header.dtype, header.shape, header.strides, len(source))
+        return torch_tensors.rebuild(source, form)
     return _decode_arrow(view, header.kind)
 
 
@@ -202,7 +235,7 @@ def _encode_ndarray(arr: np.ndarray) -> Encoded:
 
     def write(dst: memoryview, copy: Copy | None) -> None:
         if copy is not None and (arr.flags.c_contiguous or arr.flags.f_contiguous):
-            copy(dst, arr.view(np.ndarray).ravel(order="K").view(np.uint8))  # memory order
+            copy([(dst, arr.view(np.ndarray).ravel(order="K").view(np.uint8))])  # memory order
             return
         out = np.ndarray(arr.shape, arr.dtype, buffer=dst, order="F" if fortran else "C")
         np.copyto(out, arr, casting="no")
@@ -249,12 +282,57 @@ def _decode_ndarray(view: memoryview, header: _Header) -> np.ndarray:
         ) from None
 
 
+def _from_dlpack(value: Any) -> np.ndarray:
+    """A numpy view of the memory a DLPack exporter (JAX, CuPy's host arrays...) shares."""
+    try:
+        return np.from_dlpack(value)
+    except (BufferError, RuntimeError, TypeError, ValueError) as exc:
+        raise TypeError(
+            f"cannot store a {_describe(value)} through DLPack: {type(exc).__name__}: {exc} "
+            "(numpy reads DLPack exports on the CPU, of the dtypes numpy has; put a torch "
+            "tensor of it, torch.from_dlpack(value), for bfloat16 and float8)"
+        ) from exc
+
+
+# ---------------------------------------------------------------- torch
+
+
+def _encode_tensor(tensor: Any) -> Encoded:
+    form, raw = torch_tensors.layout(tensor)
+    header = _Header(TORCH_TENSOR, form.dtype, form.shape, strides=form.strides)
+
+    def write(dst: memoryview, copy: Copy | None) -> None:
+        if raw is None:
+            torch_tensors.write_compact(dst, tensor, form)
+        elif form.nbytes:
+            (copy or _assign)([(dst, raw)])
+
+    return Encoded(header, form.nbytes, write)
+
+
+def _rebuild_tensor(
+    buf: memoryview,
+    dtype: str,
+    shape: tuple[int, ...],
+    strides: tuple[int, ...],
+    requires_grad: bool,
+    parameter: bool,
+) -> Any:
+    """Unpickle a tensor of :class:`_Pickler`: over ``buf`` (see :func:`decode`)."""
+    tensor = torch_tensors.rebuild(buf, torch_tensors.Layout(dtype, shape, strides, len(buf)))
+    if parameter:
+        import torch
+
+        return torch.nn.Parameter(tensor, requires_grad)
+    return tensor.requires_grad_(requires_grad)
+
+
 # ---------------------------------------------------------------- raw bytes
 
 
 def _encode_bytes(mv: memoryview) -> Encoded:
     def write(dst: memoryview, copy: Copy | None) -> None:
-        (copy or _assign)(dst, mv.cast("B") if mv.c_contiguous else mv.tobytes())
+        (copy or _assign)([(dst, mv.cast("B") if mv.c_contiguous else mv.tobytes())])
 
     return Encoded(_Header(BYTES), mv.nbytes, write)
 
@@ -326,17 +404,22 @@ def _decode_arrow(view: memoryview, kind: str) -> Any:
 
 def _encode_pickle5(value: object) -> Encoded:
     raws: list[memoryview] = []
+    tensors: list[int] = []  # indices in raws of the buffers of torch tensors
 
     def keep(buf: pickle.PickleBuffer) -> bool:
         try:
-            raws.append(buf.raw())  # one flat byte view of the source, C or Fortran order
+            raw = buf.raw()  # one flat byte view of the source, C or Fortran order
         except BufferError:
             return True  # not contiguous: in-band (pickle refuses such buffers, see below)
+        if id(buf) in pickler.tensor_buffers:
+            tensors.append(len(raws))
+        raws.append(raw)
         return False
 
     try:
         sink = io.BytesIO()
-        _Pickler(sink, protocol=5, buffer_callback=keep).dump(value)
+        pickler = _Pickler(sink, protocol=5, buffer_callback=keep)
+        pickler.dump(value)
         inband = sink.getvalue()
     except Exception as exc:
         for raw in raws:
@@ -351,28 +434,39 @@ def _encode_pickle5(value: object) -> Encoded:
         offset = -(-end // ALIGNMENT) * ALIGNMENT
         layout.append((offset, raw.nbytes))
         end = offset + raw.nbytes
-    header = _Header(PICKLE5, inband=len(inband), buffers=tuple(layout))
+    header = _Header(PICKLE5, inband=len(inband), buffers=tuple(layout), tensors=tuple(tensors))
 
     def write(dst: memoryview, copy: Copy | None) -> None:
         dst[: len(inband)] = inband
         pos = len(inband)
+        pairs = []
         for (offset, length), raw in zip(layout, raws, strict=True):
             dst[pos:offset] = bytes(offset - pos)  # zeroed padding: equal values, equal bytes
-            (copy or _assign)(dst[offset : offset + length], raw)
+            pairs.append((dst[offset : offset + length], raw))
             pos = offset + length
+        (copy or _assign)(pairs)  # every buffer in one call: small ones in parallel too
 
     return Encoded(header, end, write)
 
 
 class _Pickler(pickle.Pickler):
-    """Protocol 5 with every contiguous plain ndarray out-of-band, byte order kept.
+    """Protocol 5 with every contiguous plain ndarray and every CPU torch tensor
+    :mod:`plasma.torch_tensors` stores out-of-band, byte order kept.
 
     numpy itself pickles datetime64 / timedelta64 arrays in-band (and in native byte
     order), since they do not export the buffer protocol; here their bytes go out-of-band
-    like any other fixed-width array's.
+    like any other fixed-width array's. Torch pickles a tensor's storage in-band, through
+    ``torch.save``; here its bytes go out-of-band too (``tensor_buffers``: the ids of their
+    ``PickleBuffer`` objects, for the buffer callback).
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tensor_buffers: set[int] = set()
+
     def reducer_override(self, obj: Any) -> Any:
+        if torch_tensors.is_tensor(obj):
+            return self._reduce_tensor(obj)
         if (
             type(obj) is not np.ndarray
             or obj.dtype.hasobject
@@ -385,6 +479,18 @@ class _Pickler(pickle.Pickler):
         # export the buffer protocol themselves
         raw: Any = obj.ravel(order="K").view(np.uint8)  # numpy stubs: not a Buffer on 3.11
         return _rebuild_ndarray, (pickle.PickleBuffer(raw), obj.dtype, obj.shape, fortran)
+
+    def _reduce_tensor(self, obj: Any) -> Any:
+        tensor = torch_tensors.stored_form(obj)
+        if tensor is None:
+            return NotImplemented  # torch's own pickling
+        form, raw = torch_tensors.layout(tensor)
+        if raw is None:  # not dense: its elements in C order, copied once here
+            form, raw = torch_tensors.layout(tensor.contiguous())
+        buf = pickle.PickleBuffer(raw)  # type: ignore[arg-type]  # (contiguous: not None)
+        self.tensor_buffers.add(id(buf))
+        parameter = type(obj) is not type(tensor)
+        return _rebuild_tensor, (buf, *form[:3], obj.requires_grad, parameter)
 
 
 def _rebuild_ndarray(buf: Any, dtype: np.dtype, shape: tuple[int, ...], fortran: bool) -> Any:
@@ -403,7 +509,8 @@ def _describe(value: object) -> str:
     return f"{own} ({name})" if isinstance(own, str) else name
 
 
-def _decode_pickle5(view: memoryview, header: _Header) -> Any:
+def _decode_pickle5(view: memoryview, header: _Header, source: memoryview) -> Any:
+    """Unpickle, handing buffers as read-only views of ``view`` (tensors': of ``source``)."""
     size = len(view)
     if not 0 < header.inband <= size:
         raise BadRequest(f"pickle of {header.inband} bytes does not fit the object's {size}")
@@ -415,6 +522,11 @@ def _decode_pickle5(view: memoryview, header: _Header) -> Any:
                 f"{size} bytes (after the {header.inband}-byte pickle)"
             )
         buffers.append(view[offset : offset + length])
+    for i in header.tensors:
+        if not 0 <= i < len(buffers):
+            raise BadRequest(f"tensor buffer {i} of {len(buffers)} buffers")
+        offset, length = header.buffers[i]
+        buffers[i] = source[offset : offset + length]
     try:
         return pickle.loads(view[: header.inband], buffers=buffers)
     except Exception as exc:

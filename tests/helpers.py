@@ -566,11 +566,18 @@ os.setuid(int(sys.argv[1]))
 
 
 def run_as(
-    uid: int, body: str, *args: str, stdin: int | None = None, pass_fds: Sequence[int] = ()
+    uid: int,
+    body: str,
+    *args: str,
+    stdin: int | None = None,
+    pass_fds: Sequence[int] = (),
+    prelude: str = "",
 ) -> subprocess.Popen[str]:
-    """Start ``body`` (after the prelude) as ``uid`` with ``sys.argv[2:] == args``."""
+    """Start ``body`` (after the prelude) as ``uid`` with ``sys.argv[2:] == args``;
+    ``prelude`` names more modules to import before the uid drops."""
+    imports = f"import {prelude}\n" if prelude else ""
     return subprocess.Popen(
-        [sys.executable, "-c", AS_OTHER_UID + body, str(uid), *args],
+        [sys.executable, "-c", imports + AS_OTHER_UID + body, str(uid), *args],
         stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -458,6 +458,31 @@ def test_read_only_mapping_faults_on_a_raw_write(shared: RunningCoordinator) -> 
         assert bytes(owner.get(target)) == ORIGINAL
 
 
+_TENSOR_READER = """
+with plasma.connect(sys.argv[2]) as c:
+    oid = plasma.ObjectID(bytes.fromhex(sys.argv[3]))
+    state = c.get_object(oid, timeout=5)
+    out["mapping"] = mapping_perms(state["w"].data_ptr())
+    state["w"].add_(1)  # a tensor has no read-only mode: this writes a private copy
+    out["written"] = float(state["w"].sum())
+    out["fresh"] = float(c.get_object(oid, timeout=5)["w"].sum())
+done()
+"""
+
+
+@needs_root
+def test_read_only_uid_gets_tensors_it_may_write_privately(shared: RunningCoordinator) -> None:
+    """A tensor read by a read-only uid is a copy-on-write mapping: writing it neither faults
+    (as a write to the shared read-only mapping would) nor reaches the store."""
+    import torch
+
+    with plasma.connect(shared.socket) as owner:
+        oid = owner.put({"w": torch.zeros(1 << 18)})
+        reader = run_as(READ_ONLY_UID, _TENSOR_READER, shared.socket, oid.hex(), prelude="torch")
+        assert result(reader) == {"mapping": "rw-p", "written": 1 << 18, "fresh": 0.0}
+        assert float(owner.get_object(oid)["w"].sum()) == 0.0
+
+
 _SUBSCRIBER = """
 with plasma.connect(sys.argv[2]) as c:
     sub = c.subscribe(with_locations=True)

@@ -52,6 +52,21 @@ def fan_fails(ctx):
     (h,) = ctx.map({"name": "boom", "cmd": ["sh", "-c", "exit 4"]}, ["in"])
     ctx.wait([h])
 
+def weights(ctx):
+    import torch
+    return {"state": {"w": torch.full((256, 256), 2.0, dtype=torch.bfloat16), "b": torch.ones(256)}}
+
+def apply(ctx):
+    import torch
+    state = ctx.input("state")
+    w = state["w"]  # a tensor over the object's pages, mapped copy-on-write
+    with open("/proc/self/maps") as maps:
+        spans = [line.split() for line in maps]
+    where = [s[5] for s in spans if len(s) > 5 and
+             int(s[0].split("-")[0], 16) <= w.data_ptr() < int(s[0].split("-")[1], 16)]
+    assert where[0].startswith("/memfd:"), where
+    return {"out": (w.float() @ state["b"]).to(torch.float64)}
+
 def deadlock(ctx):
     (h,) = ctx.map({"name": "needs-parent", "cmd": ["true"]}, ["x"])  # x: the parent's output
     try:
@@ -118,6 +133,30 @@ async def test_dependent_tasks_exchange_objects_in_order(tmp_path: Path) -> None
     assert m[("plasma_dag_run_success", ())] == 1
     assert m[("plasma_dag_tasks", (("status", "succeeded"),))] == 3
     assert m[("plasma_dag_task_attempts", (("task", "double"),))] == 1
+
+
+SHOW_TENSOR = (
+    "import plasma.task as t; o = t.current().input('out');"
+    " print(type(o).__name__, o.dtype, o.sum().item())"
+)
+
+
+async def test_tasks_exchange_torch_tensors(tmp_path: Path) -> None:
+    """Task outputs and inputs of torch tensors: a state dict put by one task is read by the
+    next zero-copy (its tensors over the store's memory), and its result read back here."""
+    record, lines = await run(
+        tmp_path,
+        """
+        tasks:
+          - {name: weights, call: "dagtasks:weights", outputs: [state]}
+          - {name: apply, call: "dagtasks:apply", inputs: [state], outputs: [out]}
+          - name: show
+            cmd: [python, -c, "{SHOW}"]
+            inputs: [out]
+        """.replace("{SHOW}", SHOW_TENSOR),
+    )
+    assert record["status"] == "succeeded", lines
+    assert "[show] Tensor torch.float64 131072.0" in lines
 
 
 @pytest.mark.skipif(len(CPUS) < 2, reason="needs two CPUs to run two tasks at once")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import pickle
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -172,3 +174,42 @@ def test_reap_deletes_the_objects_of_a_store_that_vanished(coord, stores) -> Non
     with plasma.connect(coord.socket) as client:
         wait_until(lambda: not reap(client) and len(objects(coord)) == 1, what="the reap")
     assert objects(coord) == {alive.object_of("y")[0]}  # type: ignore[index]
+
+
+def test_torch_tensors_live_in_the_store_and_travel_by_id(coord, stores) -> None:
+    """dask.sizeof measures a tensor by its bytes (plasma.dask registers it), so a large one
+    goes to the store, comes back zero-copy, and a same-host peer borrows it by id."""
+    import torch
+
+    owner, peer = stores(), stores()
+    owner["t"] = torch.arange(MIB, dtype=torch.float32)
+    owner["state"] = {"w": torch.ones(512, 512), "b": torch.zeros(512)}
+    owner["small"] = torch.ones(10)
+    assert owner.object_of("small") is None and len(objects(coord)) == 2
+    t = owner["t"]
+    assert isinstance(t, torch.Tensor) and torch.equal(t, torch.arange(MIB, dtype=torch.float32))
+    t.add_(1)  # a private copy-on-write page: the store's bytes stay
+    handle, request = lend(owner, "t")
+    peer["t"] = pickle.loads(pickle.dumps(handle))
+    owner.return_lent(request.lent)
+    assert peer.object_of("t") == owner.object_of("t")
+    assert torch.equal(peer["t"], torch.arange(MIB, dtype=torch.float32))
+    assert torch.equal(owner["state"]["w"], torch.ones(512, 512))
+
+
+@pytest.mark.parametrize(
+    "script",
+    [  # torch imported (and a tensor measured: dask caches what it found) before plasma.dask
+        "import torch; from dask.sizeof import sizeof; sizeof(torch.ones(1)); import plasma.dask",
+        # plasma.dask first: it must not import torch; the size registers when dask meets one
+        "import sys, plasma.dask; from dask.sizeof import sizeof; assert 'torch' not in"
+        " sys.modules; import torch",
+    ],
+)
+def test_dask_measures_tensors_by_their_bytes(script: str) -> None:
+    check = "; print(sizeof({'a': torch.ones(1000)}) > 4000,"
+    check += " sizeof(torch.nn.Parameter(torch.ones(10))))"
+    done = subprocess.run(
+        [sys.executable, "-c", script + check], capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.split() == ["True", "40"], done.stderr

@@ -107,6 +107,23 @@ def test_copies_are_byte_exact_around_chunk_boundaries(size, threads, chunk_log)
     assert len({name for name, _, _ in chunk_log}) == len(expected)  # one thread per chunk
 
 
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs")
+def test_many_small_buffers_are_copied_in_parallel_as_one_run(chunk_log):
+    """A state dict's tensors, each below a chunk: copy_many splits their bytes as one run,
+    a chunk ending inside one buffer and the next starting there, every byte in place."""
+    sizes = [MIN // 2 + 4097 * i for i in range(7)]  # 3.5 chunks, no boundary at a buffer's
+    srcs = [random_bytes(n, seed=n) for n in sizes]
+    dsts = [np.zeros(n + 2, np.uint8) for n in sizes]  # a guard byte either side
+    pc.copy_many([(memoryview(d)[1:-1], s) for d, s in zip(dsts, srcs, strict=True)], 2)
+    for d, s in zip(dsts, srcs, strict=True):
+        assert d[0] == 0 and d[-1] == 0 and np.array_equal(d[1:-1], s)
+    assert len({name for name, _, _ in chunk_log}) == 2  # this thread and one of the pool
+    assert sum(n for _, n, _ in chunk_log) == sum(sizes)
+    assert len(chunk_log) == len(sizes) + 1  # the buffer at the chunk boundary in two pieces
+    with pytest.raises(ValueError, match="copy of 3 bytes"):
+        pc.copy_many([(memoryview(bytearray(4)), b"abc")], 2)
+
+
 def test_small_copies_and_one_thread_stay_in_the_callers_thread(fresh_pool, chunk_log):
     src = random_bytes(4 * MIN)
     dst = np.zeros_like(src)

@@ -510,7 +510,9 @@ class ClientCore:
     def copier(self, loc: p.ObjectLocation) -> serialization.Copy:
         """How to fill a created object: in ``copy_threads`` threads on its node's CPUs."""
         return functools.partial(
-            parallel_copy.copy, threads=self.copy_threads, cpus=self.node_cpus.get(loc.node, ())
+            parallel_copy.copy_many,
+            threads=self.copy_threads,
+            cpus=self.node_cpus.get(loc.node, ()),
         )
 
     def holds_creator_reference(self, object_id: ObjectRef) -> bool:
@@ -536,11 +538,13 @@ class ClientCore:
         self, object_id: ObjectRef, data: memoryview, meta: memoryview, writable: bool
     ) -> Any:
         """What ``get_object`` returns for the views of an object: a read-only view of it,
-        or with ``writable`` a copy-on-write one the caller may modify."""
-        if not writable:
+        or with ``writable`` a copy-on-write one the caller may modify. Torch tensors cannot
+        be read-only: theirs is always copy-on-write (the rest of the value stays
+        read-only without ``writable``), so no reader changes the store's bytes."""
+        if not (writable or serialization.holds_tensors(meta)):
             return serialization.decode(data, meta)
         private = self.refs.private_view(as_id_bytes(object_id), data)
-        return serialization.decode(private, meta, writable=True)
+        return serialization.decode(private, meta, writable=writable)
 
     def close_maps(self) -> None:
         self._socket_fd = -1  # (the socket is closed: its number may be reused)
@@ -670,7 +674,7 @@ class ClientCore:
             reply = yield Call((*msgs, create))
             msgs = []
             for (_, data, meta), loc in zip(part, reply.locations, strict=True):
-                self.copier(loc)(self.maps.write_object(loc, meta), data)
+                self.copier(loc)([(self.maps.write_object(loc, meta), data)])
             msgs += self._seal_and_release([oid for oid, _, _ in part])
         if msgs:
             yield Send(tuple(msgs))

@@ -40,6 +40,7 @@ import numpy as np
 from dask.sizeof import sizeof
 
 from plasma.client import Client, connect
+from plasma.dask import _sizeof  # noqa: F401  (tensors measured by their bytes)
 from plasma.dask._placement import Location
 from plasma.errors import Disconnected, ObjectNotFound, PlasmaError, StoreFull
 from plasma.ids import ObjectID
