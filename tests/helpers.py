@@ -196,7 +196,7 @@ def charges_placed_in(store: Any, records: Iterable[Any]) -> collections.Counter
     for rec in records:
         if rec.pages_on is not None:
             want.update(store._mem.charges(rec, rec.pages_on))
-    for job in store._placing.values():
+    for job in store._placing.jobs.values():
         if isinstance(job, RehomeJob):
             want.update(job.freed.charges)
     for held in store._after_io.values():

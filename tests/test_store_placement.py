@@ -466,7 +466,7 @@ class PlacementMachine(RuleBasedStateMachine):
         ]
         for o, rec in copies:
             ranges.append((rec.loc.segment, rec.loc.offset, rec.size, o))
-        for job in store._placing.values():
+        for job in store._placing.jobs.values():
             if isinstance(job, RehomeJob):
                 f = job.freed
                 ranges.append((f.segment.id, f.offset, f.size, b"rehome" + bytes([f.offset % 251])))

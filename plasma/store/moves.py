@@ -13,7 +13,7 @@ changes an object's state or answers a client.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -79,9 +79,6 @@ class Placements:
 
     def __len__(self) -> int:
         return len(self.jobs)
-
-    def values(self) -> Iterator[PlaceJob]:
-        return iter(self.jobs.values())
 
     def add(self, token: int, job: PlaceJob) -> None:
         self.jobs[token] = job
