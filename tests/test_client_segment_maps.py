@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from plasma import protocol as p
+from plasma._client_core import segment_maps
 from plasma._client_core.segment_maps import SegmentMaps
 from plasma.errors import PlasmaError
 from plasma.linux import memfd
@@ -79,6 +80,30 @@ def test_a_segment_received_to_read_from_is_populated_in_the_background() -> Non
     maps.unmap([2])  # closed before (or while) its turn comes: skipped
     assert maps.populator.join(timeout=60)
     assert resident(maps.segments[1]) == size
+    maps.close()
+
+
+def test_a_segment_larger_than_the_populate_bound_is_mapped_lazily_either_way(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A budget-sized segment (``serve --prefault budget``): neither mapped populated to
+    write into nor populated in the background to read from."""
+    size = 256 * PAGE
+    monkeypatch.setattr(segment_maps, "POPULATE_SEGMENT_MAX", size - PAGE)
+    fds = []
+    for n in (1, 2):
+        fd = memfd.memfd_create(f"plasma-test-{n}")
+        os.ftruncate(fd, size)
+        os.pwrite(fd, b"x" * size, 0)
+        fds.append(fd)
+    maps = SegmentMaps(threading.RLock())
+    maps.receive(fds)
+    read, write = (p.SegmentInfo(id=n, size=size, node=0, page_size=PAGE) for n in (1, 2))
+    maps.map_segments([read], for_writing=False)
+    maps.map_segments([write], for_writing=True)
+    assert maps.populator.join(timeout=60)
+    assert maps.lazy == {1, 2}
+    assert resident(maps.segments[1]) == resident(maps.segments[2]) == 0
     maps.close()
 
 
