@@ -13,9 +13,12 @@ from tests.conftest import RunningCoordinator, wait_until
 
 pytest.importorskip("distributed")
 
+import pandas as pd
+from distributed.spill import SpillBuffer
+
 import plasma
 from plasma.dask import PlasmaData, reap, stale_objects
-from plasma.dask._store import PREFIX, Handle, Serving, Shared, serving
+from plasma.dask._store import PREFIX, Handle, Serving, Shared, _reader, serving
 from plasma.ids import ObjectID
 from tests.helpers import MIB
 
@@ -26,7 +29,7 @@ def coord(coordinator_factory: Callable[..., RunningCoordinator]) -> RunningCoor
 
 
 @pytest.fixture
-def stores(coord: RunningCoordinator) -> Iterator[Callable[[], PlasmaData]]:
+def stores(coord: RunningCoordinator) -> Iterator[Callable[..., PlasmaData]]:
     made: list[PlasmaData] = []
 
     def make(**kwargs: object) -> PlasmaData:
@@ -44,9 +47,9 @@ def objects(coord: RunningCoordinator) -> set[bytes]:
         return {o.binary() for o in client.list() if o.binary().startswith(PREFIX)}
 
 
-def lend(store: PlasmaData, key: str) -> tuple[object, Serving]:
-    """What ``store[key]`` gives a same-host peer's ``get_data``, and the request."""
-    request = Serving(same_host=True)
+def lend(store: PlasmaData, key: str, same_host: bool = True) -> tuple[object, Serving]:
+    """What ``store[key]`` gives a peer's ``get_data`` (of this host or not), and the request."""
+    request = Serving(same_host=same_host)
     token = serving.set(request)
     try:
         return store[key], request
@@ -54,22 +57,50 @@ def lend(store: PlasmaData, key: str) -> tuple[object, Serving]:
         serving.reset(token)
 
 
-def test_large_values_live_in_the_store_as_read_only_views(coord, stores) -> None:
+def transfer(owner: PlasmaData, peer: PlasmaData, key: str) -> None:
+    """A same-host transfer of ``key`` from ``owner`` to ``peer``, as the plugin runs it."""
+    handle, request = lend(owner, key)
+    peer[key] = pickle.loads(pickle.dumps(handle))
+    owner.return_lent(request.lent)
+
+
+def address_range(socket: str, oid: bytes) -> tuple[int, int]:
+    """Where this process sees the bytes of object ``oid`` (its reader's mapping)."""
+    view = _reader(socket).get(ObjectID(oid), timeout=0)
+    start = np.frombuffer(view, np.uint8).ctypes.data
+    return start, start + len(view)
+
+
+def test_results_stay_in_memory_until_a_same_host_peer_reads_them(coord, stores) -> None:
+    store = stores()
+    x = np.arange(MIB, dtype="f8")
+    store["x"] = x
+    assert store["x"] is x and store.memory["x"] is x  # the worker's own value, untouched
+    assert lend(store, "x", same_host=False)[0] is x  # another host's peer: the bytes
+    assert store.object_of("x") is None and not objects(coord)
+    assert set(store) == {"x"} and len(store) == 1 and "x" in store
+
+
+def test_a_same_host_read_moves_the_result_into_the_store_once(coord, stores) -> None:
     store = stores()
     store["x"] = np.arange(MIB, dtype="f8")
-    store["frame"] = {"a": np.ones(MIB // 4), "label": "kept"}  # pickle 5, buffers in the object
-    x = store["x"]
+    first, request = lend(store, "x")
+    assert isinstance(first, Handle) and len(pickle.dumps(first)) < 400
+    store.return_lent(request.lent)
+    oid = first.oid
+    assert store.object_of("x") == (oid, store.node, 8 * MIB)
+    assert "x" not in store.memory and objects(coord) == {oid}  # the private copy went
+    x = store["x"]  # the worker's own tasks now read the zero-copy view
     assert isinstance(x, np.ndarray) and not x.flags.writeable
     np.testing.assert_array_equal(x, np.arange(MIB))
-    assert store["frame"]["label"] == "kept" and not store["frame"]["a"].flags.writeable
-    assert len(objects(coord)) == 2 and set(store) == {"x", "frame"} and len(store) == 2
+    again, request = lend(store, "x")
+    store.return_lent(request.lent)
+    assert isinstance(again, Handle) and again.oid == oid and objects(coord) == {oid}
     del store["x"]
-    assert len(objects(coord)) == 1
-    store.close()
-    assert not objects(coord)
+    assert not objects(coord) and not store
 
 
-def test_small_and_inexact_values_stay_in_memory(coord, stores) -> None:
+def test_small_and_inexact_values_are_sent_as_bytes(coord, stores) -> None:
     class Tagged(np.ndarray):
         pass
 
@@ -77,15 +108,17 @@ def test_small_and_inexact_values_stay_in_memory(coord, stores) -> None:
     store["small"] = np.ones(10)
     store["bytes"] = b"x" * (2 * MIB)  # put would hand back a memoryview
     store["sub"] = np.ones(MIB).view(Tagged)  # put would hand back a plain ndarray
-    assert type(store["bytes"]) is bytes and type(store["sub"]) is Tagged
+    store["lock"] = {"a": np.ones(MIB), "f": lambda: None}  # put cannot pickle it
+    for key in list(store):
+        value, request = lend(store, key)
+        assert value is store.memory[key] and not request.lent
     assert all(store.object_of(k) is None for k in store) and not objects(coord)
 
 
-def test_a_same_host_peer_gets_an_id_and_borrows_the_object(coord, stores) -> None:
+def test_a_same_host_peer_borrows_the_object(coord, stores) -> None:
     owner, peer = stores(), stores()
     owner["x"] = np.arange(MIB, dtype="f8")
     handle, request = lend(owner, "x")
-    assert isinstance(handle, Handle) and len(pickle.dumps(handle)) < 400
     received = pickle.loads(pickle.dumps(handle))
     assert isinstance(received, Shared)
     peer["x"] = received
@@ -96,6 +129,31 @@ def test_a_same_host_peer_gets_an_id_and_borrows_the_object(coord, stores) -> No
     assert len(objects(coord)) == 1
     del owner["x"]
     assert not objects(coord)
+
+
+def test_a_dataframe_read_by_a_peer_keeps_its_numeric_columns_zero_copy(coord, stores) -> None:
+    owner, peer = stores(), stores()
+    n = MIB // 4
+    frame = pd.DataFrame(
+        {
+            "x": np.arange(n, dtype="f8"),
+            "id": np.arange(n, dtype="i8") % 1000,
+            "name": pd.array([f"n{i % 7}" for i in range(n)], dtype="string"),
+        },
+        index=pd.date_range("2000-01-01", periods=n, freq="s"),
+    )
+    owner["df"] = frame
+    transfer(owner, peer, "df")
+    got = peer["df"]
+    pd.testing.assert_frame_equal(got, frame)
+    oid = peer.object_of("df")[0]  # type: ignore[index]
+    start, end = address_range(coord.socket, oid)
+    for column in ("x", "id"):
+        values = got[column].to_numpy()
+        assert start <= values.ctypes.data < end, f"{column} was copied out of the object"
+        assert not values.flags.writeable
+    index = got.index.asi8
+    assert start <= index.ctypes.data < end, "the index was copied out of the object"
 
 
 def test_an_object_lent_out_is_deleted_when_the_request_ends(coord, stores) -> None:
@@ -112,9 +170,7 @@ def test_an_object_lent_out_is_deleted_when_the_request_ends(coord, stores) -> N
 def test_a_borrowed_key_whose_owner_deleted_it_is_sent_as_bytes(coord, stores) -> None:
     owner, peer = stores(), stores()
     owner["x"] = np.ones(MIB)
-    handle, request = lend(owner, "x")
-    peer["x"] = pickle.loads(pickle.dumps(handle))
-    owner.return_lent(request.lent)
+    transfer(owner, peer, "x")
     del owner["x"]
     value, _ = lend(peer, "x")
     assert isinstance(value, np.ndarray)  # its view still holds the bytes
@@ -124,32 +180,58 @@ def test_a_borrowed_key_whose_owner_deleted_it_is_sent_as_bytes(coord, stores) -
 def test_reading_an_object_deleted_before_the_peer_read_it_raises_clearly(stores) -> None:
     owner = stores()
     owner["x"] = np.ones(MIB)
-    oid, node, nbytes = owner.object_of("x")  # type: ignore[misc]
+    handle, request = lend(owner, "x")
+    owner.return_lent(request.lent)
     del owner["x"]
-    data = pickle.dumps(Handle(owner.token, oid, node, nbytes))
     with pytest.raises(plasma.ObjectNotFound, match="deleted by the worker that sent its id"):
-        pickle.loads(data)
+        pickle.loads(pickle.dumps(handle))
 
 
-def test_a_full_store_keeps_results_in_worker_memory_with_a_log_line(
+def test_a_full_store_sends_the_bytes_with_a_log_line(
     coordinator_factory: Callable[..., RunningCoordinator], caplog: pytest.LogCaptureFixture
 ) -> None:
     coord = coordinator_factory("--memory", "8MiB", name="small.sock")
     store = PlasmaData(coord.socket)
     try:
+        store["big"] = np.ones(2 * MIB)  # 16 MiB
         with caplog.at_level(logging.WARNING, logger="plasma.dask"):
-            store["big"] = np.ones(2 * MIB)  # 16 MiB
-        assert store.object_of("big") is None
-        np.testing.assert_array_equal(store["big"], np.ones(2 * MIB))
-        assert "store full, keeping a ndarray result of 16.0 MiB in worker memory" in caplog.text
+            value, request = lend(store, "big")
+        assert value is store.memory["big"] and not request.lent
+        assert store.object_of("big") is None and not objects(coord)
+        assert "store full, sending a ndarray result of 16.0 MiB as bytes" in caplog.text
     finally:
         store.close()
 
 
 def test_an_unreachable_coordinator_is_a_clear_error(tmp_path) -> None:
     store = PlasmaData(str(tmp_path / "absent.sock"))
+    store["x"] = np.ones(MIB)
     with pytest.raises(plasma.Disconnected, match="cannot connect to plasma-coord at"):
-        store["x"] = np.ones(MIB)
+        lend(store, "x")
+
+
+def test_dask_spilling_works_on_results_in_memory(coord, stores, tmp_path) -> None:
+    assert not hasattr(stores(), "evict")  # over a dict: Dask sees no spilling, as plain Dask
+    buffer = SpillBuffer(str(tmp_path / "spill"), target=64 * MIB)
+    store = stores(memory=buffer)
+    store["x"] = np.arange(MIB, dtype="f8")
+    store["y"] = np.ones(MIB)
+    assert store.fast is buffer.fast and store.spilled_total == buffer.spilled_total
+    assert store.evict() > 0 and "x" in buffer.slow  # Dask's memory manager spills x
+    handle, request = lend(store, "x")  # a same-host peer reads it: unspilled, moved
+    store.return_lent(request.lent)
+    assert isinstance(handle, Handle) and "x" not in buffer and len(objects(coord)) == 1
+    np.testing.assert_array_equal(store["x"], np.arange(MIB))
+
+
+def test_close_deletes_the_objects_and_keeps_the_memory(coord, stores) -> None:
+    store = stores()
+    store["x"] = np.ones(MIB)
+    store["y"] = np.zeros(MIB)
+    lend(store, "x")
+    assert len(objects(coord)) == 1
+    store.close()
+    assert not objects(coord) and set(store) == {"y"}
 
 
 def test_stale_objects_are_those_of_clients_gone() -> None:
@@ -168,6 +250,8 @@ def test_reap_deletes_the_objects_of_a_store_that_vanished(coord, stores) -> Non
     dead, alive = stores(), stores()
     dead["x"] = np.ones(MIB)
     alive["y"] = np.ones(MIB)
+    lend(dead, "x")
+    lend(alive, "y")
     dead.client.close()  # a worker that died: its connection goes, its objects stay
     with plasma.connect(coord.socket) as client:
         wait_until(lambda: not reap(client) and len(objects(coord)) == 1, what="the reap")

@@ -36,9 +36,10 @@ _FLUSH_INTERVAL = 0.1  # seconds between two sends of the releases of dropped vi
 
 
 class PlasmaPlugin(WorkerPlugin):
-    """Keep the worker's results in the coordinator at ``socket_path`` (see :mod:`plasma.dask`).
+    """Share the worker's results with the workers of the coordinator at ``socket_path``
+    by id (see :mod:`plasma.dask`).
 
-    ``threshold``: results of at least this many bytes go to the store. ``reap_interval``:
+    ``threshold``: results of at least this many bytes are shared by id. ``reap_interval``:
     seconds between two sweeps for the objects of dead workers (0: only at start).
     ``place_tasks``: also register :class:`PlasmaScheduler` on the scheduler (once).
     One instance per worker (``Client.register_plugin`` sends each worker its own copy).
@@ -61,10 +62,10 @@ class PlasmaPlugin(WorkerPlugin):
 
     async def setup(self, worker: Worker) -> None:
         _log_like_distributed()
-        store = PlasmaData(self.socket_path, threshold=self.threshold, name=worker.address)
+        store = PlasmaData(
+            self.socket_path, threshold=self.threshold, name=worker.address, memory=worker.data
+        )
         _ = store.client  # connect now: a wrong socket fails the plugin with Disconnected
-        for key in list(worker.data):  # a running worker: its results move to the store
-            store[key] = worker.data[key]
         worker.memory_manager.data = worker.state.data = store
         self.worker, self.store = worker, store
         self._peers: set[str] = set()
@@ -87,7 +88,7 @@ class PlasmaPlugin(WorkerPlugin):
             )
         token, node = store.location
         logger.info(
-            "plasma.dask: worker %s keeps results of %d bytes or more in %s (node %s, "
+            "plasma.dask: worker %s shares results of %d bytes or more through %s (node %s, "
             "coordinator %s)",
             worker.address,
             self.threshold,
@@ -104,10 +105,13 @@ class PlasmaPlugin(WorkerPlugin):
         worker.handlers["get_data"] = self._get_data
         store = self.store
         if worker.status not in (Status.closing, Status.closed, Status.closing_gracefully):
-            # the plugin goes, the worker stays: give it copies of the values we hold
-            worker.memory_manager.data = worker.state.data = {
-                key: _detached(store[key]) for key in store
-            }
+            # the plugin goes, the worker stays: its own mapping takes copies of the values
+            # held in the store
+            for key in [key for key in store if store.object_of(key) is not None]:
+                value = _detached(store[key])
+                del store[key]
+                store.memory[key] = value
+            worker.memory_manager.data = worker.state.data = store.memory
         store.close()
 
     # ------------------------------------------------------------ transfers
