@@ -1,7 +1,8 @@
 """The worker and scheduler plugins: the I/O shell around the store and placement (internal).
 
 :class:`PlasmaPlugin` (a ``WorkerPlugin``) installs a :class:`~plasma.dask._store.PlasmaData`
-as the worker's data, answers ``get_data`` requests of same-host peers with object ids,
+over the worker's data (once :mod:`plasma.dask._internals` has checked the worker has what it
+relies on), answers ``get_data`` requests of same-host peers with object ids,
 reaps the objects of dead workers, tags each result with its location (task metadata, which
 the scheduler receives) and logs where the inputs of each task it runs are.
 :class:`PlasmaScheduler` (a ``SchedulerPlugin``) restricts a task whose inputs are ready to
@@ -22,10 +23,11 @@ from distributed import Scheduler, SchedulerPlugin, Worker, WorkerPlugin
 from distributed.core import Status
 from tornado.ioloop import PeriodicCallback
 
+from plasma.dask._internals import check_installed, check_worker
 from plasma.dask._placement import MIN_SHARE, Input, Location, choose_worker, describe_inputs
 from plasma.dask._reaper import reap
 from plasma.dask._store import CLIENT_NAME, DEFAULT_THRESHOLD, PlasmaData, Serving, serving
-from plasma.errors import PlasmaError
+from plasma.errors import PlasmaError, Unsupported
 
 logger = logging.getLogger("plasma.dask")
 
@@ -62,11 +64,18 @@ class PlasmaPlugin(WorkerPlugin):
 
     async def setup(self, worker: Worker) -> None:
         _log_like_distributed()
+        check_worker(worker)
         store = PlasmaData(
             self.socket_path, threshold=self.threshold, name=worker.address, memory=worker.data
         )
         _ = store.client  # connect now: a wrong socket fails the plugin with Disconnected
         worker.memory_manager.data = worker.state.data = store
+        try:
+            check_installed(worker, store)
+        except Unsupported:
+            worker.memory_manager.data = worker.state.data = store.memory
+            store.close()
+            raise
         self.worker, self.store = worker, store
         self._peers: set[str] = set()
         self._peers_checked = float("-inf")
