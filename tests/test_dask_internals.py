@@ -65,6 +65,26 @@ def test_get_data_reads_results_through_the_worker_data_in_its_handler(
         del x
 
 
+def test_workers_of_one_process_hand_each_other_values_not_ids(
+    coordinator_factory: Callable[..., RunningCoordinator],
+) -> None:
+    """``inproc://`` comms pass objects without pickling: a handle would arrive as is."""
+    coord = coordinator_factory("--memory", "64MiB")
+    with (
+        distributed.LocalCluster(
+            n_workers=2, processes=False, threads_per_worker=1, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        client.register_plugin(PlasmaPlugin(coord.socket))
+        a, b = cluster.workers.values()
+        assert a.address.startswith("inproc://")
+        x = client.submit(np.ones, MIB, workers=[a.address], pure=False)
+        assert client.submit(np.sum, x, workers=[b.address], pure=False).result() == MIB
+        assert a.data.object_of(x.key) is None  # nothing went through the store
+        del x
+
+
 def fake_worker(**changes: Any) -> Any:
     """A stand-in for a worker of a distributed release with ``changes``."""
     data: dict[str, object] = {}

@@ -128,8 +128,11 @@ class PlasmaPlugin(WorkerPlugin):
     async def get_data(
         self, comm: Any, keys: Any, who: str | None = None, serializers: Any = None
     ) -> Any:
-        """``Worker.get_data``, answering a peer of the same coordinator with object ids."""
-        request = Serving(same_host=who is not None and self._is_peer(who))
+        """``Worker.get_data``, answering a peer of the same coordinator with object ids
+        (a peer in this process, reached by ``inproc://``, gets the values themselves:
+        that comm hands objects over without pickling them)."""
+        in_process = str(getattr(comm, "peer_address", "")).startswith("inproc://")
+        request = Serving(same_host=who is not None and not in_process and self._is_peer(who))
         token = serving.set(request)
         try:
             return await self._get_data(comm, keys=keys, who=who, serializers=serializers)
