@@ -131,7 +131,7 @@ def test_a_same_host_peer_borrows_the_object(coord, stores) -> None:
     assert not objects(coord)
 
 
-def test_a_dataframe_read_by_a_peer_keeps_its_numeric_columns_zero_copy(coord, stores) -> None:
+def test_a_dataframe_read_by_a_peer_keeps_its_columns_zero_copy(coord, stores) -> None:
     owner, peer = stores(), stores()
     n = MIB // 4
     frame = pd.DataFrame(
@@ -154,6 +154,10 @@ def test_a_dataframe_read_by_a_peer_keeps_its_numeric_columns_zero_copy(coord, s
         assert not values.flags.writeable
     index = got.index.asi8
     assert start <= index.ctypes.data < end, "the index was copied out of the object"
+    strings = got["name"].array.__arrow_array__()  # Arrow-backed: its buffers, not a copy
+    for chunk in strings.chunks:
+        for buffer in chunk.buffers():
+            assert buffer is None or start <= buffer.address < end, "strings were copied"
 
 
 def test_an_object_lent_out_is_deleted_when_the_request_ends(coord, stores) -> None:
