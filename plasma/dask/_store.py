@@ -13,8 +13,8 @@ coordinator asks for it (see :class:`Serving`): then, if it is at least ``thresh
 pickled with protocol 5, its buffers copied straight into the object), its private copy is
 dropped, and the worker keeps the zero-copy read-only view :meth:`plasma.Client.get_object`
 returns; this and every later same-host request get the object's id. A result that no
-same-host peer reads is never copied. When the store is full the result stays in memory and
-is sent as bytes, with a log line.
+same-host peer reads is never copied. When the store cannot take it (full, or its
+coordinator gone) the result stays in memory and is sent as bytes, with a log line.
 
 No result goes into the store at once. None has to outlive its worker (Dask recomputes the
 results of a dead worker, and :mod:`plasma.dask._reaper` deletes its objects). And a move
@@ -56,7 +56,7 @@ from dask.sizeof import sizeof
 
 from plasma.client import Client, connect
 from plasma.dask._placement import Location
-from plasma.errors import Disconnected, ObjectNotFound, PlasmaError, StoreFull
+from plasma.errors import Disconnected, ObjectNotFound, PlasmaError
 from plasma.ids import ObjectID
 from plasma.units import format_size
 
@@ -337,24 +337,27 @@ class PlasmaData(MutableMapping[Any, object]):
 
     def _move(self, key: Any, value: object) -> _Object | None:
         """Write the in-memory result ``key`` into an object and keep its view instead; None
-        (the result stays in memory) when it is too small, cannot be stored or finds no room."""
+        (the result stays in memory and is sent as bytes) when it is too small, cannot be
+        stored, or the store cannot take it."""
         nbytes = sizeof(value)
         if nbytes < self.threshold or not _storable(value):
             return None
-        client = self.client
         oid = PREFIX + os.urandom(20 - len(PREFIX))
         try:
+            client = self.client
             client.put(value, oid, node=self.node)
             view = client.get_object(oid, timeout=0)
-        except (StoreFull, ObjectNotFound) as exc:  # no room, or evicted before we read it
+        except TypeError:  # put cannot pickle it (a lambda, a lock...): send it as Dask does
+            return None
+        except PlasmaError as exc:  # no room, evicted before we read it, no coordinator...
             logger.warning(
-                "plasma.dask: store full, sending a %s result of %s as bytes: %s",
+                "plasma.dask: cannot move a %s result of %s into the store, sending its "
+                "bytes: %s: %s",
                 type(value).__name__,
                 format_size(nbytes),
+                type(exc).__name__,
                 exc,
             )
-            return None
-        except TypeError:  # put cannot pickle it (a lambda, a lock...): send it as Dask does
             return None
         obj = self._objects[key] = _Object(view, oid, True, self.node, nbytes)
         del self.memory[key]
