@@ -96,6 +96,7 @@ def test_a_same_host_read_moves_the_result_into_the_store_once(coord, stores) ->
     again, request = lend(store, "x")
     store.return_lent(request.lent)
     assert isinstance(again, Handle) and again.oid == oid and objects(coord) == {oid}
+    assert (store.moves, store.moved_bytes) == (1, 8 * MIB)
     del store["x"]
     assert not objects(coord) and not store
 

@@ -191,7 +191,8 @@ class PlasmaData(MutableMapping[Any, object]):
 
     Connects on first use, as ``"plasma.dask NAME"`` (the plugin names it after its worker,
     which is how same-host peers recognise each other). :meth:`close` deletes the objects it
-    created and disconnects.
+    created and disconnects. ``moves`` and ``moved_bytes`` count the results moved into the
+    store so far.
     """
 
     def __init__(
@@ -210,6 +211,7 @@ class PlasmaData(MutableMapping[Any, object]):
         self._objects: dict[Any, _Object] = {}
         self._lent: collections.Counter[bytes] = collections.Counter()
         self._doomed: set[bytes] = set()  # deleted keys whose object is lent right now
+        self.moves = self.moved_bytes = 0
 
     def __getattr__(self, name: str) -> Any:
         if name in SPILL_API:  # Dask looks these up with hasattr: absent unless memory has them
@@ -361,6 +363,8 @@ class PlasmaData(MutableMapping[Any, object]):
             return None
         obj = self._objects[key] = _Object(view, oid, True, self.node, nbytes)
         del self.memory[key]
+        self.moves += 1
+        self.moved_bytes += nbytes
         return obj
 
 
