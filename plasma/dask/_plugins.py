@@ -35,6 +35,7 @@ PLACEMENT = "plasma-placement"  # the task annotation carrying the scheduler's r
 METADATA = "plasma"  # the task metadata key: {"location": [token, node], "stored": bool}
 _PEERS_REFRESH = 1.0  # seconds between two looks at the coordinator's client list
 _FLUSH_INTERVAL = 0.1  # seconds between two sends of the releases of dropped views
+_IDLE_FLUSH_INTERVAL = 1.0  # the same while the worker holds no object (each costs an RPC)
 
 
 class PlasmaPlugin(WorkerPlugin):
@@ -79,6 +80,7 @@ class PlasmaPlugin(WorkerPlugin):
         self.worker, self.store = worker, store
         self._peers: set[str] = set()
         self._peers_checked = float("-inf")
+        self._flushed, self._held = float("-inf"), False
         self._get_data = worker.handlers["get_data"]
         worker.handlers["get_data"] = self.get_data
         self._reap()
@@ -156,8 +158,15 @@ class PlasmaPlugin(WorkerPlugin):
         return address in self._peers
 
     def _flush(self) -> None:
-        with contextlib.suppress(PlasmaError):  # the coordinator went away: calls say so
-            self.store.flush()
+        """Send the releases of dropped views: every tick while the worker holds objects and
+        once after it let the last go; else every ``_IDLE_FLUSH_INTERVAL`` (for views its
+        tasks kept), so a worker whose results all stay in memory pays almost nothing."""
+        now, held = time.monotonic(), self.store.holds_objects
+        if held or self._held or now - self._flushed >= _IDLE_FLUSH_INTERVAL:
+            self._flushed = now
+            with contextlib.suppress(PlasmaError):  # the coordinator went away: calls say so
+                self.store.flush()
+        self._held = held
 
     def _reap(self) -> None:
         try:

@@ -315,6 +315,11 @@ class PlasmaData(MutableMapping[Any, object]):
             if client is not None:
                 client.flush()
 
+    @property
+    def holds_objects(self) -> bool:
+        """Whether any key is held in the store (owned or borrowed) right now."""
+        return bool(self._objects)
+
     def object_of(self, key: Any) -> tuple[bytes, int | None, int] | None:
         """The object holding ``key`` (id, node, bytes), or None when it is in memory."""
         obj = self._objects.get(key)
