@@ -27,9 +27,10 @@ generate their time series inside the timed graph. Measured for each run:
 
 Reported: the median of each over the repeats, and per workload the median of the
 per-repeat ratios: ``speedup`` = plain wall / plasma.dask wall (> 1: plasma.dask faster;
-with the lowest and highest of the repeats),
-``peak ratio`` = plasma.dask peak over idle / plain's (< 1: less memory). The results of
-both sides must be equal. ``--json PATH`` writes every run.
+with the lowest and highest of the repeats), the CPU ratio plasma.dask / plain and ``peak
+ratio`` = plasma.dask peak over idle / plain's (< 1: less memory). The results of both
+sides must be equal. ``--calibrate`` runs both sides plain (what noise alone does to the
+ratios); ``--json PATH`` writes every run.
 """
 
 from __future__ import annotations
@@ -211,15 +212,19 @@ def _wait_empty(client: Any, timeout: float = 60.0) -> None:
 
 
 @contextmanager
-def sides(workers: int, store_memory: int, threshold: int) -> Iterator[dict[str, Side]]:
-    """The two clusters, started side by side for the whole run."""
+def sides(
+    workers: int, store_memory: int, threshold: int, calibrate: bool = False
+) -> Iterator[dict[str, Side]]:
+    """The two clusters, started side by side for the whole run (``calibrate``: the second
+    one plain too, to see what the machine's noise alone makes of the ratios)."""
     from distributed import Client, LocalCluster
 
     import plasma
     from plasma.dask import PlasmaPlugin
 
     with ExitStack() as stack:
-        socket, coordinator_pid = stack.enter_context(coordinator(store_memory))
+        if not calibrate:
+            socket, coordinator_pid = stack.enter_context(coordinator(store_memory))
         made = {}
         for name in SIDES:
             cluster = stack.enter_context(
@@ -232,7 +237,7 @@ def sides(workers: int, store_memory: int, threshold: int) -> Iterator[dict[str,
             )
             client = stack.enter_context(Client(cluster, set_as_default=False))
             pids = list(client.run(os.getpid).values())
-            if name == "plain":
+            if name == "plain" or calibrate:
                 made[name] = Side(name, client, pids)
             else:
                 client.register_plugin(PlasmaPlugin(socket, threshold=threshold))
@@ -256,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_THRESHOLD,
         help=f"PlasmaPlugin's threshold in bytes ({DEFAULT_THRESHOLD})",
     )
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="run the plasma.dask side without the plugin: two plain clusters, whose "
+        "ratios show what the machine's noise alone does",
+    )
     parser.add_argument("--json", help="also write every run to this file")
     parser.add_argument(
         "--workloads",
@@ -272,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     repeat = args.repeat or (1 if args.quick else 5)
     store_memory = max(4 * size.n * size.n * 8, 1 << 30)
     runs: dict[str, dict[str, list[dict[str, float]]]] = {n: {s: [] for s in SIDES} for n in names}
-    with sides(args.workers, store_memory, args.threshold) as clusters:
+    with sides(args.workers, store_memory, args.threshold, args.calibrate) as clusters:
         for r in range(repeat):
             order = SIDES if r % 2 == 0 else SIDES[::-1]
             for name in names:
@@ -286,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"repeat {r + 1}/{repeat} {name}: " + _line(runs[name]), flush=True)
     report = summarise(runs)
     print()
+    if args.calibrate:
+        print("calibration: the plasma.dask side ran without the plugin (plain too)")
     print(table(report, size, args.workers, repeat))
     if args.json:
         with open(args.json, "w") as f:
@@ -318,6 +331,7 @@ def summarise(runs: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, A
             **medians,
             "speedup": statistics.median(p["wall"] / s["wall"] for p, s in pairs),
             "speedups": [p["wall"] / s["wall"] for p, s in pairs],
+            "cpu_ratio": statistics.median(s["cpu"] / p["cpu"] for p, s in pairs),
             "peak_ratio": statistics.median(
                 s["peak_data"] / p["peak_data"] if p["peak_data"] > 0 else float("nan")
                 for p, s in pairs
@@ -345,7 +359,7 @@ def table(report: dict[str, Any], size: Size, workers: int, repeat: int) -> str:
             f"| {plain['sent'] / MIB:.1f} MiB | {shared['sent'] / MIB:.1f} MiB"
             f" | {plain['peak_data'] / MIB:.0f} MiB | {shared['peak_data'] / MIB:.0f} MiB "
             f"({shared['store_held'] / MIB:.0f}) | {r['peak_ratio']:.2f}x "
-            f"| {plain['cpu']:.1f} s | {shared['cpu']:.1f} s "
+            f"| {plain['cpu']:.1f} s | {shared['cpu']:.1f} s ({r['cpu_ratio']:.2f}x) "
             f"| {shared['moves']:.0f} ({shared['moved'] / MIB:.0f} MiB) |"
         )
     lines.append("")
