@@ -1,15 +1,23 @@
-"""The worker plugin's own decisions, without a cluster: when it sends dropped views' releases."""
+"""The worker plugin's own decisions: when it sends dropped views' releases (no cluster), and
+what it leaves a worker it is removed from (two workers in this process, talking TCP)."""
 
 from __future__ import annotations
 
 import types
+from collections.abc import Callable
 
+import numpy as np
 import pytest
 
-pytest.importorskip("distributed")
+from tests.conftest import RunningCoordinator
+from tests.helpers import MIB
 
-from plasma.dask import _plugins
-from plasma.dask._plugins import PlasmaPlugin
+distributed = pytest.importorskip("distributed")
+
+import plasma  # noqa: E402
+from plasma.dask import _plugins  # noqa: E402
+from plasma.dask._plugins import PlasmaPlugin  # noqa: E402
+from plasma.dask._store import PREFIX  # noqa: E402
 
 
 class Store:
@@ -48,3 +56,35 @@ def test_releases_go_every_tick_while_objects_are_held_and_rarely_otherwise(
     store.holds_objects = False
     assert ticks(1) == 1  # the last one went: its release goes at once
     assert ticks(5) == 0
+
+
+def test_removing_the_plugin_gives_the_worker_back_its_mapping_with_copies(
+    coordinator_factory: Callable[..., RunningCoordinator],
+) -> None:
+    coord = coordinator_factory("--memory", "64MiB")
+    with (
+        distributed.LocalCluster(
+            n_workers=2,
+            processes=False,
+            protocol="tcp",
+            threads_per_worker=1,
+            dashboard_address=None,
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        a, b = cluster.workers.values()
+        own = a.data
+        client.register_plugin(PlasmaPlugin(coord.socket))
+        x = client.submit(np.arange, MIB, dtype="f8", workers=[a.address], pure=False)
+        assert client.submit(np.sum, x, workers=[b.address], pure=False).result() > 0
+        assert a.data.object_of(x.key) is not None  # moved: a holds the object, b borrows it
+        client.unregister_worker_plugin(PlasmaPlugin.name)
+        assert a.data is own and a.state.data is own  # its own mapping again
+        value = a.data[x.key]
+        assert value.flags.writeable  # a private copy, not a view of the store
+        np.testing.assert_array_equal(value, np.arange(MIB))
+        assert a.handlers["get_data"] == a.get_data
+        with plasma.connect(coord.socket) as store:
+            assert not [o for o in store.list() if o.binary().startswith(PREFIX)]
+        assert client.submit(np.sum, x, workers=[b.address], pure=False).result() > 0
+        del x

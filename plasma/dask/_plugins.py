@@ -13,6 +13,7 @@ the workers at the location holding most of its input bytes
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import pickle
 import time
@@ -219,8 +220,9 @@ def _log_like_distributed() -> None:
 
 
 def _detached(value: object) -> object:
-    """A copy of ``value`` that does not point into the store (pickle copies the buffers)."""
-    return pickle.loads(pickle.dumps(value, protocol=5))
+    """A private, writable copy of ``value``, which does not point into the store (a pickle
+    round trip would give arrays backed by immutable bytes: read-only)."""
+    return copy.deepcopy(value)
 
 
 class PlasmaScheduler(SchedulerPlugin):
