@@ -90,7 +90,7 @@ def fake_worker(**changes: Any) -> Any:
     data: dict[str, object] = {}
     worker = types.SimpleNamespace(
         data=data,
-        state=types.SimpleNamespace(data=data),
+        state=types.SimpleNamespace(data=data, tasks={}),
         memory_manager=types.SimpleNamespace(data=data),
     )
 
@@ -116,8 +116,9 @@ def test_a_worker_like_the_installed_ones_passes() -> None:
             {"handlers": {"get_data": lambda comm, keys, who=None, serializers=None: None}},
             "another plugin replaced it",
         ),
-        ({"state": types.SimpleNamespace(data={})}, "are not one mapping"),
-        ({"state": types.SimpleNamespace()}, "are not one mapping"),
+        ({"state": types.SimpleNamespace(data={}, tasks={})}, "are not one mapping"),
+        ({"state": types.SimpleNamespace(tasks={})}, "are not one mapping"),
+        ({"state": types.SimpleNamespace(data={})}, "worker.state.tasks is not a mapping"),
     ],
 )
 def test_a_release_without_them_is_refused_clearly(changes: dict[str, Any], message: str) -> None:
@@ -143,7 +144,7 @@ def test_a_data_assignment_that_does_not_take_is_refused() -> None:
 
 
 def test_the_plugin_leaves_a_worker_it_refuses_as_it_was(tmp_path) -> None:
-    worker = fake_worker(state=types.SimpleNamespace(data={}))
+    worker = fake_worker(state=types.SimpleNamespace(data={}, tasks={}))
     before = (worker.data, worker.state.data, worker.handlers["get_data"])
     with pytest.raises(Unsupported, match="not one mapping"):
         asyncio.run(PlasmaPlugin(str(tmp_path / "unused.sock")).setup(worker))

@@ -101,6 +101,19 @@ def test_a_same_host_read_moves_the_result_into_the_store_once(coord, stores) ->
     assert not objects(coord) and not store
 
 
+def test_the_sizes_the_worker_measured_decide_what_moves(coord, stores) -> None:
+    store = stores()
+    store["x"] = store["y"] = np.ones(MIB)  # 8 MiB
+    request = Serving(same_host=True, sizes={"x": 1000, "y": 3 * MIB})
+    token = serving.set(request)
+    try:
+        kept, moved = store["x"], store["y"]
+    finally:
+        serving.reset(token)
+    assert kept is store.memory["x"]  # its size said small: not measured again
+    assert isinstance(moved, Handle) and moved.nbytes == 3 * MIB
+
+
 def test_small_and_inexact_values_are_sent_as_bytes(coord, stores) -> None:
     class Tagged(np.ndarray):
         pass

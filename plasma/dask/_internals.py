@@ -9,7 +9,10 @@ results in a mapping the worker no longer reads (lost or stale data):
   wrapper), called with ``comm, keys, who, serializers``; it reads each value with
   ``self.data[key]`` in the handler's task (so :data:`plasma.dask._store.serving` is seen);
 - ``worker.data`` (a property reading ``worker.memory_manager.data``) and
-  ``worker.state.data`` are one mapping, and assigning both replaces it everywhere.
+  ``worker.state.data`` are one mapping, and assigning both replaces it everywhere;
+- ``worker.state.tasks`` maps each key to its task state, whose ``nbytes`` is the size the
+  worker measured when it stored the result (read, not trusted: a key without one is sized
+  again).
 
 :func:`check_worker` checks what can be seen before installing; :func:`check_installed`
 that the assignment took. ``tests/test_dask_internals.py`` pins the rest (the read through
@@ -19,7 +22,7 @@ that the assignment took. ``tests/test_dask_internals.py`` pins the rest (the re
 from __future__ import annotations
 
 import inspect
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any, NoReturn
 
 import distributed
@@ -54,6 +57,8 @@ def check_worker(worker: Any) -> None:
             f"{GET_DATA_PARAMETERS}"
         )
     state = getattr(worker, "state", None)
+    if not isinstance(getattr(state, "tasks", None), Mapping):
+        _fail("worker.state.tasks is not a mapping of the worker's task states")
     manager = getattr(worker, "memory_manager", None)
     data = getattr(worker, "data", None)
     if not (

@@ -136,6 +136,11 @@ class PlasmaPlugin(WorkerPlugin):
         that comm hands objects over without pickling them)."""
         in_process = str(getattr(comm, "peer_address", "")).startswith("inproc://")
         request = Serving(same_host=who is not None and not in_process and self._is_peer(who))
+        if request.same_host:  # the sizes the worker measured when it stored each result
+            tasks = self.worker.state.tasks
+            request.sizes = {
+                k: ts.nbytes for k in keys if (ts := tasks.get(k)) is not None and ts.nbytes
+            }
         token = serving.set(request)
         try:
             return await self._get_data(comm, keys=keys, who=who, serializers=serializers)
