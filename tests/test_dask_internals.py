@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import RunningCoordinator
-from tests.helpers import MIB
+from tests.helpers import MIB, workers_in_this_process
 
 distributed = pytest.importorskip("distributed")
 
@@ -30,11 +30,8 @@ VERSION = distributed.__version__
 
 @pytest.fixture
 def local_cluster() -> Iterator[Any]:
-    """Two workers in this process (their objects are at hand) talking TCP, as workers of
-    two processes do; no plugin yet."""
-    with distributed.LocalCluster(
-        n_workers=2, processes=False, protocol="tcp", threads_per_worker=1, dashboard_address=None
-    ) as cluster:
+    """Two workers in this process talking TCP; no plugin yet."""
+    with workers_in_this_process() as cluster:
         yield cluster
 
 
@@ -70,12 +67,7 @@ def test_workers_of_one_process_hand_each_other_values_not_ids(
 ) -> None:
     """``inproc://`` comms pass objects without pickling: a handle would arrive as is."""
     coord = coordinator_factory("--memory", "64MiB")
-    with (
-        distributed.LocalCluster(
-            n_workers=2, processes=False, threads_per_worker=1, dashboard_address=None
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
+    with workers_in_this_process(protocol=None) as cluster, distributed.Client(cluster) as client:
         client.register_plugin(PlasmaPlugin(coord.socket))
         a, b = cluster.workers.values()
         assert a.address.startswith("inproc://")

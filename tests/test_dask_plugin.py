@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import RunningCoordinator
-from tests.helpers import MIB
+from tests.helpers import MIB, workers_in_this_process
 
 distributed = pytest.importorskip("distributed")
 
@@ -62,16 +62,7 @@ def test_removing_the_plugin_gives_the_worker_back_its_mapping_with_copies(
     coordinator_factory: Callable[..., RunningCoordinator],
 ) -> None:
     coord = coordinator_factory("--memory", "64MiB")
-    with (
-        distributed.LocalCluster(
-            n_workers=2,
-            processes=False,
-            protocol="tcp",
-            threads_per_worker=1,
-            dashboard_address=None,
-        ) as cluster,
-        distributed.Client(cluster) as client,
-    ):
+    with workers_in_this_process() as cluster, distributed.Client(cluster) as client:
         a, b = cluster.workers.values()
         own = a.data
         client.register_plugin(PlasmaPlugin(coord.socket))
