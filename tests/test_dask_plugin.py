@@ -1,5 +1,6 @@
-"""The worker plugin's own decisions: when it sends dropped views' releases (no cluster), and
-what it leaves a worker it is removed from (two workers in this process, talking TCP)."""
+"""The worker plugin's own decisions: when it sends dropped views' releases (no cluster), what
+it leaves a worker it is removed from, and when results carry their location (two workers in
+this process, talking TCP)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ distributed = pytest.importorskip("distributed")
 
 import plasma  # noqa: E402
 from plasma.dask import _plugins  # noqa: E402
-from plasma.dask._plugins import PlasmaPlugin  # noqa: E402
+from plasma.dask._plugins import METADATA, PLACEMENT, PlasmaPlugin  # noqa: E402
 from plasma.dask._store import PREFIX  # noqa: E402
 
 
@@ -79,3 +80,25 @@ def test_removing_the_plugin_gives_the_worker_back_its_mapping_with_copies(
             assert not [o for o in store.list() if o.binary().startswith(PREFIX)]
         assert client.submit(np.sum, x, workers=[b.address], pure=False).result() > 0
         del x
+
+
+@pytest.mark.parametrize("place_tasks", [False, True])
+def test_results_carry_their_location_only_for_the_placement_plugin(
+    coordinator_factory: Callable[..., RunningCoordinator], place_tasks: bool
+) -> None:
+    coord = coordinator_factory("--memory", "64MiB")
+    with workers_in_this_process() as cluster, distributed.Client(cluster) as client:
+        client.register_plugin(PlasmaPlugin(coord.socket, place_tasks=place_tasks))
+        a, _ = cluster.workers.values()
+        x = client.submit(np.ones, MIB, workers=[a.address], pure=False)  # 8 MiB
+        y = client.submit(np.sum, x, pure=False)
+        assert y.result() == MIB
+        at_scheduler = (cluster.scheduler.tasks[x.key].metadata or {}).get(METADATA)
+        placed = (cluster.scheduler.tasks[y.key].annotations or {}).get(PLACEMENT, "")
+        if place_tasks:
+            assert list(at_scheduler["location"]) == [a.data.token, a.data.node]
+            assert "100% of its 8.0 MiB of input is on node" in placed  # the plugin placed y
+        else:  # nobody would read it: every task-finished message would carry it for nothing
+            assert at_scheduler is None and METADATA not in a.state.tasks[x.key].metadata
+            assert not placed
+        del x, y

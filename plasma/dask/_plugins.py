@@ -33,7 +33,7 @@ from plasma.errors import PlasmaError, Unsupported
 logger = logging.getLogger("plasma.dask")
 
 PLACEMENT = "plasma-placement"  # the task annotation carrying the scheduler's reason
-METADATA = "plasma"  # the task metadata key: {"location": [token, node], "stored": bool}
+METADATA = "plasma"  # the task metadata key: {"location": [token, node]}, for PlasmaScheduler
 _PEERS_REFRESH = 1.0  # seconds between two looks at the coordinator's client list
 _FLUSH_INTERVAL = 0.1  # seconds between two sends of the releases of dropped views
 _IDLE_FLUSH_INTERVAL = 1.0  # the same while the worker holds no object (each costs an RPC)
@@ -184,15 +184,19 @@ class PlasmaPlugin(WorkerPlugin):
     # ------------------------------------------------------------ task events
 
     def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
-        ts = self.worker.state.tasks.get(key)
-        if ts is None:
-            return
-        if finish == "memory":
-            stored = self.store.object_of(key)
-            location = self.store.location if stored is None else (self.store.token, stored[1])
-            ts.metadata[METADATA] = {"location": list(location), "stored": stored is not None}
-        elif finish == "executing":
-            self._log_placement(ts)
+        """Per transition of every task: kept to a few dictionary lookups (a worker runs
+        thousands of tasks a second), and the location is sent only to a scheduler plugin
+        that reads it (``place_tasks``): task metadata costs every task-finished message."""
+        if finish == "memory" and self.place_tasks:
+            ts = self.worker.state.tasks.get(key)
+            if ts is not None:
+                stored = self.store.object_of(key)
+                node = self.store.node if stored is None else stored[1]
+                ts.metadata[METADATA] = {"location": [self.store.token, node]}
+        elif finish == "executing" and logger.isEnabledFor(logging.INFO):
+            ts = self.worker.state.tasks.get(key)
+            if ts is not None:
+                self._log_placement(ts)
 
     def _log_placement(self, ts: Any) -> None:
         nodes: dict[int | None, int] = defaultdict(int)
@@ -205,6 +209,8 @@ class PlasmaPlugin(WorkerPlugin):
                 nodes[stored[1]] += stored[2]
         reason = (ts.annotations or {}).get(PLACEMENT)
         level = logging.INFO if reason or nodes else logging.DEBUG
+        if not logger.isEnabledFor(level):
+            return
         logger.log(
             level,
             "plasma.dask: running %s on node %s%s; inputs: %s",
