@@ -2,9 +2,10 @@
 
 :class:`PlasmaPlugin` (a ``WorkerPlugin``) installs a :class:`~plasma.dask._store.PlasmaData`
 over the worker's data (once :mod:`plasma.dask._internals` has checked the worker has what it
-relies on), answers ``get_data`` requests of same-host peers with object ids,
-reaps the objects of dead workers, tags each result with its location (task metadata, which
-the scheduler receives) and logs where the inputs of each task it runs are.
+relies on), answers ``get_data`` requests of same-host peers with object ids, reaps the
+objects of dead workers, tags each result with its location for :class:`PlasmaScheduler`
+when it placed one on the scheduler (task metadata, which the scheduler receives) and logs
+where the inputs of each task it runs are.
 :class:`PlasmaScheduler` (a ``SchedulerPlugin``) restricts a task whose inputs are ready to
 the workers at the location holding most of its input bytes
 (:func:`plasma.dask._placement.choose_worker`).
