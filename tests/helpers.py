@@ -738,3 +738,18 @@ NO_HARDWARE_COUNTERS = "perf_event_open cannot count hardware events here (no PM
 # the dask scheduler on a free port of localhost (the dask tests and the dask-worker CLI's)
 SCHEDULER = [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1"]
 SCHEDULER += ["--port", "0", "--no-dashboard"]
+
+
+def workers_in_this_process(protocol: str | None = "tcp") -> Any:
+    """A ``distributed.LocalCluster`` of two single-threaded workers in this process (their
+    objects are at hand to the test); ``tcp`` by default, so they pickle what they send each
+    other as workers of two processes do (``None``: distributed's ``inproc://``)."""
+    import distributed
+
+    return distributed.LocalCluster(
+        n_workers=2,
+        processes=False,
+        protocol=protocol,
+        threads_per_worker=1,
+        dashboard_address=None,
+    )

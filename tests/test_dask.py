@@ -3,8 +3,9 @@
 Two coordinators on two sockets stand in for two hosts, with two workers each. Checked with
 distributed's own counters (``transfer_outgoing_log``: ``total`` is the size of the keys,
 ``compressed`` the bytes the comm wrote): a same-host transfer of a large key sends its id,
-a cross-host one its bytes; results match plain Dask; freed keys, closed and killed workers
-leave the stores empty.
+a cross-host one its bytes; results no peer reads never enter a store; results match plain
+Dask; freed keys, closed and killed workers (also in the middle of a transfer) leave the
+stores empty.
 """
 
 from __future__ import annotations
@@ -29,10 +30,15 @@ from tests.helpers import MIB, REPO, SCHEDULER
 distributed = pytest.importorskip("distributed")
 da = pytest.importorskip("dask.array")
 
+import cloudpickle  # noqa: E402
+
 import plasma  # noqa: E402
 from plasma.dask._store import PREFIX  # noqa: E402
+from plasma.ids import ObjectID  # noqa: E402
 
 pytestmark = pytest.mark.coordinator  # starts coordinators without the conftest fixtures
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import tests
 
 
 def dask_objects(socket: str) -> dict[Any, dict[str, Any]]:
@@ -52,11 +58,18 @@ class Cluster:
         return next(s for s, ws in self.hosts.items() if worker in ws)
 
 
+# the scheduler's active memory manager drops replicas of keys every 2 s: the tests look at
+# which worker holds what, so it stays off
+NO_AMM = {"DASK_DISTRIBUTED__SCHEDULER__ACTIVE_MEMORY_MANAGER__START": "False"}
+
+
 def _spawn(
     argv: list[str], log: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        return subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ, **(env or {})}
+        )
 
 
 def start_worker(scheduler: str, socket: str, log: Path, *extra: str) -> subprocess.Popen[bytes]:
@@ -82,9 +95,7 @@ def start_cluster(tmp: Path) -> Iterator[Cluster]:
     sched = _spawn(
         [*SCHEDULER, "--scheduler-file", str(sched_file)],
         tmp / "scheduler.log",
-        # no Active Memory Manager: it drops replicas on its own clock (every 2 s), and the
-        # tests look at which worker holds what (it dropped a1's x under one ~1 run in 13)
-        env={**os.environ, "DASK_DISTRIBUTED__SCHEDULER__ACTIVE_MEMORY_MANAGER__START": "False"},
+        NO_AMM,
     )
     procs: list[subprocess.Popen[bytes]] = [sched]
     try:
@@ -162,7 +173,9 @@ def test_same_host_transfers_send_ids_and_cross_host_bytes(cluster: Cluster) -> 
         # a2 read x by id: a borrowed view of a1's object, not a copy in its own store
         on_a1 = objects_of(cluster, x.key, [a1])[a1]  # (the future holds it there)
         assert on_a1 is not None and on_a2 == on_a1
-        assert on_b1 is not None and on_b1[0] != on_a1[0]  # b1 stored its own copy
+        assert on_b1 is None  # b1 keeps the bytes it received in its memory, as plain Dask
+        assert set(dask_objects(cluster.host_of(a1))) == {ObjectID(on_a1[0])}  # moved once
+        assert not dask_objects(cluster.host_of(b1))
     finally:
         del x, same, cross  # (so that a failure here leaves nothing to the next tests)
     wait_until(lambda: not any(dask_objects(s) for s in cluster.hosts), what="freed objects")
@@ -178,13 +191,18 @@ def test_a_computation_across_both_hosts_matches_plain_dask(cluster: Cluster) ->
     wait_until(lambda: not any(dask_objects(s) for s in cluster.hosts), what="freed objects")
 
 
-def test_results_below_the_threshold_stay_in_worker_memory(cluster: Cluster) -> None:
+def test_results_no_peer_of_the_host_reads_stay_in_worker_memory(cluster: Cluster) -> None:
     client = cluster.client
-    (a1, _), _ = cluster.hosts.values()
+    (a1, a2), (b1, _) = cluster.hosts.values()
     small = client.submit(np.ones, 1000, workers=[a1], pure=False)
-    small.result()
-    assert objects_of(cluster, small.key, [a1])[a1] is None
-    assert not dask_objects(cluster.host_of(a1))
+    big = client.submit(np.ones, MIB, workers=[a1], pure=False)  # 8 MiB
+    local = client.submit(np.sum, big, workers=[a1], pure=False)  # read on its own worker
+    remote = client.submit(np.sum, big, workers=[b1], pure=False)  # and by another host
+    tiny = client.submit(np.sum, small, workers=[a2], pure=False)  # a small one, same host
+    assert local.result() == remote.result() == MIB and tiny.result() == 1000
+    held = objects_of(cluster, small.key, [a1])[a1], objects_of(cluster, big.key, [a1])[a1]
+    assert held == (None, None)
+    assert not any(dask_objects(s) for s in cluster.hosts)
 
 
 def test_the_worker_log_says_where_inputs_are(cluster: Cluster) -> None:
@@ -210,11 +228,44 @@ def test_a_killed_worker_leaves_its_store_clean(tmp_path: Path) -> None:
     with start_cluster(tmp_path) as cluster:  # its own: the module's keeps its four workers
         client = cluster.client
         socket = next(iter(cluster.hosts))
-        victim = cluster.hosts[socket][-1]
+        peer, victim = cluster.hosts[socket]
         x = client.submit(np.ones, 2 * MIB, workers=[victim], pure=False)  # 16 MiB
-        x.result()
-        assert dask_objects(socket)
+        assert client.submit(np.sum, x, workers=[peer], pure=False).result() == 2 * MIB
+        assert dask_objects(socket)  # the peer read it: moved into the store
         cluster.procs[victim].send_signal(signal.SIGKILL)
         cluster.procs[victim].wait(timeout=30)
         # its peer on the same host reaps it (every 0.2 s here) once the coordinator saw it go
         wait_until(lambda: not dask_objects(socket), timeout=30, what="the dead worker's objects")
+
+
+def _die_while_writing(dask_worker: Any) -> None:
+    """Make this worker's next move into the store stop dead half-way through writing the
+    object: it creates the object, writes half of it, and kills its own process."""
+    store = dask_worker.data
+    client = store.client
+
+    def put(value: Any, oid: Any, node: Any = None) -> None:
+        buffer = client.create(oid, 8 * MIB, node=node)
+        buffer[: 4 * MIB] = b"\xff" * (4 * MIB)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    client.put = put
+
+
+def test_a_worker_killed_in_the_middle_of_a_transfer_leaves_nothing(tmp_path: Path) -> None:
+    with start_cluster(tmp_path) as cluster:  # its own: this test kills one of its workers
+        client = cluster.client
+        socket = next(iter(cluster.hosts))
+        peer, victim = cluster.hosts[socket]
+        x = client.submit(
+            np.arange, MIB, dtype="f8", workers=[victim], allow_other_workers=True, pure=False
+        )
+        x.result()
+        client.run(_die_while_writing, workers=[victim])
+        # the peer asks for x: the victim dies writing it into the store; Dask computes x
+        # again on a live worker, so the result is still right
+        y = client.submit(np.sum, x, workers=[peer], pure=False)
+        assert y.result() == np.arange(MIB, dtype="f8").sum()
+        assert cluster.procs[victim].wait(timeout=30) == -signal.SIGKILL
+        # the coordinator aborted the half-written object when the victim's connection went
+        wait_until(lambda: not dask_objects(socket), timeout=30, what="the unsealed object")

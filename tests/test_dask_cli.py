@@ -88,7 +88,7 @@ def test_dask_worker_starts_pinned_workers_on_its_own_coordinator(tmp_path: Path
                 node = topo.node_for_cpus(cpus)
                 assert set(cpus) <= topo.nodes[node].cpus  # type: ignore[index]
                 assert policy == [2, [node]]  # MPOL_BIND to its node
-            x = client.submit(np.ones, 1 << 18, pure=False)  # 2 MiB: in the store
+            x = client.submit(np.ones, 1 << 18, pure=False)  # 2 MiB
             assert client.run(lambda dask_worker: x.key in dask_worker.data)
             assert x.result().sum() == 1 << 18
         cli.send_signal(signal.SIGTERM)

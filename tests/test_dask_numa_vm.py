@@ -48,7 +48,7 @@ info = client.scheduler_info()["workers"]
 resources = {w: sorted(i["resources"]) for w, i in info.items()}
 placed = client.run(where)
 node1 = next(w for w, r in resources.items() if r == ["numa-1"])
-x = client.submit(np.ones, 1 << 18, workers=[node1], pure=False)  # 2 MiB: in the store
+x = client.submit(np.ones, 1 << 18, workers=[node1], pure=False)  # 2 MiB, on node 1
 y = client.submit(cpus_of_task, x, pure=False)  # no restrictions: PlasmaScheduler places it
 ran = y.result()
 from plasma.topology import Topology

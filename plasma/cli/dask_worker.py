@@ -55,7 +55,9 @@ def register(subparsers: Any) -> None:
         help="memory of the coordinator started here: SIZE or a share of the nodes' (25%%)",
     )
     p.add_argument(
-        "--threshold", default="1MiB", help="results of this size or more go to the store"
+        "--threshold",
+        default="1MiB",
+        help="results of this size or more are shared with same-host workers by id",
     )
     p.add_argument(
         "--no-place",

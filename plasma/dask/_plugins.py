@@ -1,9 +1,11 @@
 """The worker and scheduler plugins: the I/O shell around the store and placement (internal).
 
 :class:`PlasmaPlugin` (a ``WorkerPlugin``) installs a :class:`~plasma.dask._store.PlasmaData`
-as the worker's data, answers ``get_data`` requests of same-host peers with object ids,
-reaps the objects of dead workers, tags each result with its location (task metadata, which
-the scheduler receives) and logs where the inputs of each task it runs are.
+over the worker's data (once :mod:`plasma.dask._internals` has checked the worker has what it
+relies on), answers ``get_data`` requests of same-host peers with object ids, reaps the
+objects of dead workers, tags each result with its location for :class:`PlasmaScheduler`
+when it placed one on the scheduler (task metadata, which the scheduler receives) and logs
+where the inputs of each task it runs are.
 :class:`PlasmaScheduler` (a ``SchedulerPlugin``) restricts a task whose inputs are ready to
 the workers at the location holding most of its input bytes
 (:func:`plasma.dask._placement.choose_worker`).
@@ -12,6 +14,7 @@ the workers at the location holding most of its input bytes
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import pickle
 import time
@@ -22,23 +25,26 @@ from distributed import Scheduler, SchedulerPlugin, Worker, WorkerPlugin
 from distributed.core import Status
 from tornado.ioloop import PeriodicCallback
 
+from plasma.dask._internals import check_installed, check_worker
 from plasma.dask._placement import MIN_SHARE, Input, Location, choose_worker, describe_inputs
 from plasma.dask._reaper import reap
 from plasma.dask._store import CLIENT_NAME, DEFAULT_THRESHOLD, PlasmaData, Serving, serving
-from plasma.errors import PlasmaError
+from plasma.errors import PlasmaError, Unsupported
 
 logger = logging.getLogger("plasma.dask")
 
 PLACEMENT = "plasma-placement"  # the task annotation carrying the scheduler's reason
-METADATA = "plasma"  # the task metadata key: {"location": [token, node], "stored": bool}
+METADATA = "plasma"  # the task metadata key: {"location": [token, node]}, for PlasmaScheduler
 _PEERS_REFRESH = 1.0  # seconds between two looks at the coordinator's client list
 _FLUSH_INTERVAL = 0.1  # seconds between two sends of the releases of dropped views
+_IDLE_FLUSH_INTERVAL = 1.0  # the same while the worker holds no object (each costs an RPC)
 
 
 class PlasmaPlugin(WorkerPlugin):
-    """Keep the worker's results in the coordinator at ``socket_path`` (see :mod:`plasma.dask`).
+    """Share the worker's results with the workers of the coordinator at ``socket_path``
+    by id (see :mod:`plasma.dask`).
 
-    ``threshold``: results of at least this many bytes go to the store. ``reap_interval``:
+    ``threshold``: results of at least this many bytes are shared by id. ``reap_interval``:
     seconds between two sweeps for the objects of dead workers (0: only at start).
     ``place_tasks``: also register :class:`PlasmaScheduler` on the scheduler (once).
     One instance per worker (``Client.register_plugin`` sends each worker its own copy).
@@ -61,14 +67,22 @@ class PlasmaPlugin(WorkerPlugin):
 
     async def setup(self, worker: Worker) -> None:
         _log_like_distributed()
-        store = PlasmaData(self.socket_path, threshold=self.threshold, name=worker.address)
+        check_worker(worker)
+        store = PlasmaData(
+            self.socket_path, threshold=self.threshold, name=worker.address, memory=worker.data
+        )
         _ = store.client  # connect now: a wrong socket fails the plugin with Disconnected
-        for key in list(worker.data):  # a running worker: its results move to the store
-            store[key] = worker.data[key]
         worker.memory_manager.data = worker.state.data = store
+        try:
+            check_installed(worker, store)
+        except Unsupported:
+            worker.memory_manager.data = worker.state.data = store.memory
+            store.close()
+            raise
         self.worker, self.store = worker, store
         self._peers: set[str] = set()
         self._peers_checked = float("-inf")
+        self._flushed, self._held = float("-inf"), False
         self._get_data = worker.handlers["get_data"]
         worker.handlers["get_data"] = self.get_data
         self._reap()
@@ -87,7 +101,7 @@ class PlasmaPlugin(WorkerPlugin):
             )
         token, node = store.location
         logger.info(
-            "plasma.dask: worker %s keeps results of %d bytes or more in %s (node %s, "
+            "plasma.dask: worker %s shares results of %d bytes or more through %s (node %s, "
             "coordinator %s)",
             worker.address,
             self.threshold,
@@ -104,10 +118,13 @@ class PlasmaPlugin(WorkerPlugin):
         worker.handlers["get_data"] = self._get_data
         store = self.store
         if worker.status not in (Status.closing, Status.closed, Status.closing_gracefully):
-            # the plugin goes, the worker stays: give it copies of the values we hold
-            worker.memory_manager.data = worker.state.data = {
-                key: _detached(store[key]) for key in store
-            }
+            # the plugin goes, the worker stays: its own mapping takes copies of the values
+            # held in the store
+            for key in [key for key in store if store.object_of(key) is not None]:
+                value = _detached(store[key])
+                del store[key]
+                store.memory[key] = value
+            worker.memory_manager.data = worker.state.data = store.memory
         store.close()
 
     # ------------------------------------------------------------ transfers
@@ -115,8 +132,16 @@ class PlasmaPlugin(WorkerPlugin):
     async def get_data(
         self, comm: Any, keys: Any, who: str | None = None, serializers: Any = None
     ) -> Any:
-        """``Worker.get_data``, answering a peer of the same coordinator with object ids."""
-        request = Serving(same_host=who is not None and self._is_peer(who))
+        """``Worker.get_data``, answering a peer of the same coordinator with object ids
+        (a peer in this process, reached by ``inproc://``, gets the values themselves:
+        that comm hands objects over without pickling them)."""
+        in_process = str(getattr(comm, "peer_address", "")).startswith("inproc://")
+        request = Serving(same_host=who is not None and not in_process and self._is_peer(who))
+        if request.same_host:  # the sizes the worker measured when it stored each result
+            tasks = self.worker.state.tasks
+            request.sizes = {
+                k: ts.nbytes for k in keys if (ts := tasks.get(k)) is not None and ts.nbytes
+            }
         token = serving.set(request)
         try:
             return await self._get_data(comm, keys=keys, who=who, serializers=serializers)
@@ -140,8 +165,15 @@ class PlasmaPlugin(WorkerPlugin):
         return address in self._peers
 
     def _flush(self) -> None:
-        with contextlib.suppress(PlasmaError):  # the coordinator went away: calls say so
-            self.store.flush()
+        """Send the releases of dropped views: every tick while the worker holds objects and
+        once after it let the last go; else every ``_IDLE_FLUSH_INTERVAL`` (for views its
+        tasks kept), so a worker whose results all stay in memory pays almost nothing."""
+        now, held = time.monotonic(), self.store.holds_objects
+        if held or self._held or now - self._flushed >= _IDLE_FLUSH_INTERVAL:
+            self._flushed = now
+            with contextlib.suppress(PlasmaError):  # the coordinator went away: calls say so
+                self.store.flush()
+        self._held = held
 
     def _reap(self) -> None:
         try:
@@ -153,15 +185,19 @@ class PlasmaPlugin(WorkerPlugin):
     # ------------------------------------------------------------ task events
 
     def transition(self, key: Any, start: str, finish: str, **kwargs: Any) -> None:
-        ts = self.worker.state.tasks.get(key)
-        if ts is None:
-            return
-        if finish == "memory":
-            stored = self.store.object_of(key)
-            location = self.store.location if stored is None else (self.store.token, stored[1])
-            ts.metadata[METADATA] = {"location": list(location), "stored": stored is not None}
-        elif finish == "executing":
-            self._log_placement(ts)
+        """Per transition of every task: kept to a few dictionary lookups (a worker runs
+        thousands of tasks a second), and the location is sent only to a scheduler plugin
+        that reads it (``place_tasks``): task metadata costs every task-finished message."""
+        if finish == "memory" and self.place_tasks:
+            ts = self.worker.state.tasks.get(key)
+            if ts is not None:
+                stored = self.store.object_of(key)
+                node = self.store.node if stored is None else stored[1]
+                ts.metadata[METADATA] = {"location": [self.store.token, node]}
+        elif finish == "executing" and logger.isEnabledFor(logging.INFO):
+            ts = self.worker.state.tasks.get(key)
+            if ts is not None:
+                self._log_placement(ts)
 
     def _log_placement(self, ts: Any) -> None:
         nodes: dict[int | None, int] = defaultdict(int)
@@ -174,6 +210,8 @@ class PlasmaPlugin(WorkerPlugin):
                 nodes[stored[1]] += stored[2]
         reason = (ts.annotations or {}).get(PLACEMENT)
         level = logging.INFO if reason or nodes else logging.DEBUG
+        if not logger.isEnabledFor(level):
+            return
         logger.log(
             level,
             "plasma.dask: running %s on node %s%s; inputs: %s",
@@ -194,8 +232,9 @@ def _log_like_distributed() -> None:
 
 
 def _detached(value: object) -> object:
-    """A copy of ``value`` that does not point into the store (pickle copies the buffers)."""
-    return pickle.loads(pickle.dumps(value, protocol=5))
+    """A private, writable copy of ``value``, which does not point into the store (a pickle
+    round trip would give arrays backed by immutable bytes: read-only)."""
+    return copy.deepcopy(value)
 
 
 class PlasmaScheduler(SchedulerPlugin):
