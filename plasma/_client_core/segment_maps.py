@@ -26,7 +26,14 @@ from plasma._client_core import fast_path
 from plasma.errors import PlasmaError
 from plasma.linux.memfd import map_segment, populate_range, populate_read
 
-__all__ = ["POPULATE_OBJECT_MIN", "POPULATE_SEGMENT_MAX", "Populator", "SegmentMaps"]
+__all__ = [
+    "POPULATE_GRANULE",
+    "POPULATE_OBJECT_MIN",
+    "POPULATE_SEGMENT_MAX",
+    "Populator",
+    "SegmentMaps",
+    "populate_granules",
+]
 
 # A segment first received to write into is mapped with its page tables filled in, so a put
 # writes at memcpy speed; one received to read from is mapped at once and its page tables
@@ -35,24 +42,27 @@ __all__ = ["POPULATE_OBJECT_MIN", "POPULATE_SEGMENT_MAX", "Populator", "SegmentM
 # for a segment larger than POPULATE_SEGMENT_MAX (a whole budget of `serve --prefault
 # budget`: a client that uses a few objects need not pay for gigabytes of page tables): it
 # is mapped lazily. A large object created in a lazily mapped segment has just its own
-# range populated.
+# range populated, in granules of POPULATE_GRANULE remembered as filled: filling the page
+# tables of pages already mapped still costs a walk of every page (about a third of a copy
+# of them), which a put into a range this client wrote before (a reused segment) skips.
 POPULATE_OBJECT_MIN = 1 << 20
 POPULATE_SEGMENT_MAX = 64 << 20
+POPULATE_GRANULE = 2 << 20
 
 
 class Populator:
     """Fills the page tables of maps (:func:`~plasma.linux.memfd.populate_read`) one at a
-    time, in a thread that runs while there is work and then ends. A map closed meanwhile is
-    skipped."""
+    time, in a thread that runs while there is work and then ends, and marks every granule
+    of each map filled once it is. A map closed meanwhile is skipped."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._queue: collections.deque[mmap.mmap] = collections.deque()
+        self._queue: collections.deque[tuple[mmap.mmap, bytearray]] = collections.deque()
         self._thread: threading.Thread | None = None
 
-    def add(self, mm: mmap.mmap) -> None:
+    def add(self, mm: mmap.mmap, filled: bytearray) -> None:
         with self._lock:
-            self._queue.append(mm)
+            self._queue.append((mm, filled))
             if self._thread is not None:
                 return
             thread = threading.Thread(target=self._run, name="plasma-populate", daemon=True)
@@ -65,8 +75,9 @@ class Populator:
                 if not self._queue:
                     self._thread = None
                     return
-                mm = self._queue.popleft()
-            populate_read(mm)
+                mm, filled = self._queue.popleft()
+            if populate_read(mm):
+                filled[:] = b"\1" * len(filled)
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until the queue is done (tests); False on a timeout."""
@@ -86,8 +97,10 @@ class SegmentMaps:
         self._lock = lock
         self.segments: dict[int, mmap.mmap] = {}
         self.fds: collections.deque[int] = collections.deque()  # received, not yet mapped
-        self.lazy: set[int] = set()  # segments mapped without MAP_POPULATE
-        self.populator = Populator()  # fills in the page tables of those, in the background
+        # segments mapped without MAP_POPULATE, and which of their granules (of
+        # POPULATE_GRANULE bytes) this client has filled the page tables of
+        self.lazy: dict[int, bytearray] = {}
+        self.populator = Populator()  # fills in the page tables of small ones, in the background
         # a descriptor of each mapped segment (read-only where our uid may only read) and its
         # page size: what a writable get maps privately (copy-on-write) from
         self.segment_fds: dict[int, tuple[int, int]] = {}
@@ -120,9 +133,9 @@ class SegmentMaps:
             mm = map_segment(fd, info.size, writable=info.writable, populate=for_writing and small)
             self.segments[info.id] = mm
             if not (for_writing and small):
-                self.lazy.add(info.id)
+                filled = self.lazy[info.id] = bytearray(-(-info.size // POPULATE_GRANULE))
                 if small:
-                    self.populator.add(mm)
+                    self.populator.add(mm, filled)
 
     def map_tables(self, tables: p.TablesInfo) -> None:
         """Map the directory (and access bytes, and the pin table when sent) from their fds,
@@ -170,7 +183,7 @@ class SegmentMaps:
         hold references, and a segment with a referenced object is not dropped)."""
         for segment in segments:
             mm = self.segments.pop(segment, None)
-            self.lazy.discard(segment)
+            self.lazy.pop(segment, None)
             self._close_segment_fd(segment)
             if mm is not None:
                 with contextlib.suppress(BufferError):  # (then unmapped when the view goes)
@@ -185,8 +198,9 @@ class SegmentMaps:
     def write_object(self, loc: p.ObjectLocation, metadata: bytes) -> memoryview:
         """The writable data view of a created object, its metadata already in place."""
         mm = self.segments[loc.segment]
-        if loc.segment in self.lazy and loc.data_size >= POPULATE_OBJECT_MIN:
-            populate_range(mm, loc.offset, loc.data_size)
+        filled = self.lazy.get(loc.segment)
+        if filled is not None and loc.data_size >= POPULATE_OBJECT_MIN:
+            populate_granules(mm, filled, loc.offset, loc.data_size)
         if metadata:
             start = loc.offset + loc.data_size
             mm[start : start + len(metadata)] = metadata
@@ -206,5 +220,23 @@ class SegmentMaps:
         for segment in list(self.segment_fds):
             self._close_segment_fd(segment)
         self.segments.clear()
+        self.lazy.clear()
         self.table_maps = []
         self.pin_map = None
+
+
+def populate_granules(mm: mmap.mmap, filled: bytearray, offset: int, length: int) -> None:
+    """Fill the page tables of the granules of ``mm`` (``POPULATE_GRANULE`` bytes each, the
+    last one cut at the map's end) that ``[offset, offset + length)`` touches and ``filled``
+    does not mark yet (:func:`~plasma.linux.memfd.populate_range`: an optimisation only),
+    each run of them in one call, and mark them. A granule marked wrongly (its page tables
+    since dropped) only costs the page faults it would have taken."""
+    first, end = offset // POPULATE_GRANULE, -(-(offset + length) // POPULATE_GRANULE)
+    i = filled.find(0, first, end)
+    while i >= 0:
+        j = filled.find(1, i, end)
+        j = end if j < 0 else j
+        start = i * POPULATE_GRANULE
+        populate_range(mm, start, min(j * POPULATE_GRANULE, len(mm)) - start)
+        filled[i:j] = b"\1" * (j - i)
+        i = filled.find(0, j, end)
