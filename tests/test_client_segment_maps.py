@@ -40,12 +40,12 @@ def test_each_segment_takes_the_next_descriptor_and_keeps_a_copy() -> None:
     (one, fd1), (two, fd2) = segment(1), segment(2, writable=False)
     os.pwrite(fd2, b"second", 0)
     maps.receive([fd1, fd2])
-    maps.map_segments([one, two], for_writing=False)
+    maps.map_segments([one, two])
     assert not maps.fds and set(maps.segments) == {1, 2}
     assert maps.segments[2][:6] == b"second"
     with pytest.raises(TypeError):  # read-only: mapped as it was sent
         maps.segments[2][:1] = b"x"
-    assert set(maps.lazy) == {1, 2}  # received to read: mapped lazily
+    assert set(maps.filled) == {1, 2}
     assert {s: page for s, (_, page) in maps.segment_fds.items()} == {1: PAGE, 2: PAGE}
     maps.close()
     assert not maps.segments and not maps.segment_fds
@@ -76,34 +76,25 @@ def test_a_segment_received_to_read_from_is_populated_in_the_background() -> Non
     maps = SegmentMaps(threading.RLock())
     maps.receive(fds)
     infos = [p.SegmentInfo(id=n, size=size, node=0, page_size=PAGE) for n in (1, 2)]
-    maps.map_segments(infos, for_writing=False)
+    maps.map_segments(infos)
     maps.unmap([2])  # closed before (or while) its turn comes: skipped
     assert maps.populator.join(timeout=60)
     assert resident(maps.segments[1]) == size
     maps.close()
 
 
-def test_a_segment_larger_than_the_populate_bound_is_mapped_lazily_either_way(
+def test_a_segment_larger_than_the_populate_bound_is_not_populated(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A budget-sized segment (``serve --prefault budget``): neither mapped populated to
-    write into nor populated in the background to read from."""
+    """A budget-sized segment (``serve --prefault budget``): no page table is filled in the
+    background (only those of the objects a put creates in it)."""
     size = 256 * PAGE
     monkeypatch.setattr(segment_maps, "POPULATE_SEGMENT_MAX", size - PAGE)
-    fds = []
-    for n in (1, 2):
-        fd = memfd.memfd_create(f"plasma-test-{n}")
-        os.ftruncate(fd, size)
-        os.pwrite(fd, b"x" * size, 0)
-        fds.append(fd)
     maps = SegmentMaps(threading.RLock())
-    maps.receive(fds)
-    read, write = (p.SegmentInfo(id=n, size=size, node=0, page_size=PAGE) for n in (1, 2))
-    maps.map_segments([read], for_writing=False)
-    maps.map_segments([write], for_writing=True)
+    maps.receive([filled_segment(size)])
+    maps.map_segments([p.SegmentInfo(id=1, size=size, node=0, page_size=PAGE)])
     assert maps.populator.join(timeout=60)
-    assert set(maps.lazy) == {1, 2}
-    assert resident(maps.segments[1]) == resident(maps.segments[2]) == 0
+    assert resident(maps.segments[1]) == 0 and not any(maps.filled[1])
     maps.close()
 
 
@@ -144,7 +135,7 @@ def test_a_large_object_in_a_lazy_segment_fills_its_granules_once(
     monkeypatch.setattr(segment_maps, "POPULATE_SEGMENT_MAX", size - PAGE)
     maps = SegmentMaps(threading.RLock())
     maps.receive([filled_segment(size)])
-    maps.map_segments([p.SegmentInfo(id=1, size=size, node=0, page_size=PAGE)], for_writing=True)
+    maps.map_segments([p.SegmentInfo(id=1, size=size, node=0, page_size=PAGE)])
     mm = maps.segments[1]
     assert resident(mm) == 0  # too large to populate whole
     big = segment_maps.POPULATE_OBJECT_MIN
@@ -155,14 +146,14 @@ def test_a_large_object_in_a_lazy_segment_fills_its_granules_once(
 
     write(granule + PAGE, big)  # inside granule 1
     assert present(mm, granule, 2 * granule) == pages
-    assert resident(mm) < 2 * granule and bytes(maps.lazy[1]) == b"\0\1" + b"\0" * 6
+    assert resident(mm) < 2 * granule and bytes(maps.filled[1]) == b"\0\1" + b"\0" * 6
     drop_page_tables(mm)
     write(granule + big, 2 * granule)  # granule 1 again (another offset in it), 2 and 3
     assert present(mm, 2 * granule, 4 * granule) == 2 * pages
     assert present(mm, granule, 2 * granule) < pages // 2  # filled before: not again
-    assert bytes(maps.lazy[1]) == b"\0\1\1\1" + b"\0" * 4
+    assert bytes(maps.filled[1]) == b"\0\1\1\1" + b"\0" * 4
     write(0, big - 1)  # below POPULATE_OBJECT_MIN: left to fault
-    assert present(mm, 0, granule) < pages // 2 and maps.lazy[1][0] == 0
+    assert present(mm, 0, granule) < pages // 2 and maps.filled[1][0] == 0
     maps.close()
 
 
@@ -171,9 +162,9 @@ def test_a_segment_populated_in_the_background_is_not_filled_again() -> None:
     size = 4 * segment_maps.POPULATE_GRANULE
     maps = SegmentMaps(threading.RLock())
     maps.receive([filled_segment(size)])
-    maps.map_segments([p.SegmentInfo(id=1, size=size, node=0, page_size=PAGE)], for_writing=False)
+    maps.map_segments([p.SegmentInfo(id=1, size=size, node=0, page_size=PAGE)])
     assert maps.populator.join(timeout=60)
-    assert bytes(maps.lazy[1]) == b"\1" * 4
+    assert bytes(maps.filled[1]) == b"\1" * 4
     drop_page_tables(maps.segments[1])
     where = p.ObjectLocation(segment=1, offset=0, data_size=size, metadata_size=0, node=0)
     maps.write_object(where, b"").release()
@@ -181,12 +172,38 @@ def test_a_segment_populated_in_the_background_is_not_filled_again() -> None:
     maps.close()
 
 
-def test_a_segment_received_to_write_into_is_populated_and_writable() -> None:
+def test_a_put_fills_its_granules_and_the_background_fills_the_others() -> None:
+    """A small segment received with a created object: the object's granule is filled by
+    the put (before its copy), the others by the Populator, which skips the put's."""
+    granule = segment_maps.POPULATE_GRANULE
+    size = 4 * granule
+    queued: list[tuple[mmap.mmap, bytearray]] = []
+    maps = SegmentMaps(threading.RLock())
+    maps.populator.add = lambda mm, filled: queued.append((mm, filled))  # type: ignore[method-assign]
+    maps.receive([filled_segment(size)])
+    maps.map_segments([p.SegmentInfo(id=1, size=size, node=0, page_size=PAGE)])
+    mm = maps.segments[1]
+    assert resident(mm) == 0 and queued == [(mm, maps.filled[1])]  # mapped at once
+    big = segment_maps.POPULATE_OBJECT_MIN
+    where = p.ObjectLocation(segment=1, offset=granule, data_size=big, metadata_size=0, node=0)
+    maps.write_object(where, b"").release()
+    assert present(mm, granule, 2 * granule) == granule // PAGE
+    drop_page_tables(mm)
+    populator = segment_maps.Populator()
+    populator.add(*queued[0])
+    assert populator.join(timeout=60)
+    assert bytes(maps.filled[1]) == b"\1" * 4
+    assert present(mm, 0, granule) == granule // PAGE
+    assert present(mm, 2 * granule, size) == 2 * granule // PAGE
+    assert present(mm, granule, 2 * granule) < granule // PAGE // 2  # the put's: skipped
+    maps.close()
+
+
+def test_a_segment_received_to_write_into_is_writable() -> None:
     maps = SegmentMaps(threading.RLock())
     info, fd = segment(3)
     maps.receive([fd])
-    maps.map_segments([info], for_writing=True)
-    assert 3 not in maps.lazy
+    maps.map_segments([info])
     where = p.ObjectLocation(segment=3, offset=PAGE, data_size=5, metadata_size=2, node=0)
     view = maps.write_object(where, b"md")
     view[:] = b"hello"
@@ -200,7 +217,7 @@ def test_a_segment_without_its_descriptor_is_refused() -> None:
     info, fd = segment(4)
     os.close(fd)
     with pytest.raises(PlasmaError, match="segment 4 arrived without its file descriptor"):
-        maps.map_segments([info], for_writing=False)
+        maps.map_segments([info])
     assert not maps.segments
 
 
@@ -211,7 +228,7 @@ def test_a_descriptor_that_cannot_be_mapped_is_refused_and_closed() -> None:
     read_end, write_end = os.pipe()  # not a segment: mmap(2) refuses it
     maps.receive([read_end])
     with pytest.raises(OSError):
-        maps.map_segments([info], for_writing=False)
+        maps.map_segments([info])
     assert 5 not in maps.segments and not fd_open(read_end)
     os.close(write_end)
     maps.close()
@@ -221,11 +238,11 @@ def test_dropped_segments_are_unmapped_and_their_descriptors_closed() -> None:
     maps = SegmentMaps(threading.RLock())
     (one, fd1), (two, fd2) = segment(1), segment(2)
     maps.receive([fd1, fd2])
-    maps.map_segments([one, two], for_writing=False)
+    maps.map_segments([one, two])
     kept = maps.segment_fds[1][0]
     dropped = maps.segments[1]
     maps.unmap([1, 99])  # (an unknown one: nothing to do)
-    assert set(maps.segments) == {2} and 1 not in maps.lazy and 1 not in maps.segment_fds
+    assert set(maps.segments) == {2} and 1 not in maps.filled and 1 not in maps.segment_fds
     assert dropped.closed and not fd_open(kept)
     maps.close()
 
@@ -234,7 +251,7 @@ def test_a_segment_still_viewed_is_left_for_its_view_to_unmap() -> None:
     maps = SegmentMaps(threading.RLock())
     info, fd = segment(1)
     maps.receive([fd])
-    maps.map_segments([info], for_writing=True)
+    maps.map_segments([info])
     view = memoryview(maps.segments[1])
     maps.unmap([1])  # (no error: the view keeps it)
     assert not maps.segments

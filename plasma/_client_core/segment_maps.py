@@ -24,7 +24,7 @@ from typing import Any
 from plasma import protocol as p
 from plasma._client_core import fast_path
 from plasma.errors import PlasmaError
-from plasma.linux.memfd import map_segment, populate_range, populate_read
+from plasma.linux.memfd import map_segment, populate_read
 
 __all__ = [
     "POPULATE_GRANULE",
@@ -35,25 +35,29 @@ __all__ = [
     "populate_granules",
 ]
 
-# A segment first received to write into is mapped with its page tables filled in, so a put
-# writes at memcpy speed; one received to read from is mapped at once and its page tables
-# filled in the background (a get that maps it does not wait for the whole segment, and the
-# first reads of the objects sealed in it later do not fault page by page). Neither is done
-# for a segment larger than POPULATE_SEGMENT_MAX (a whole budget of `serve --prefault
-# budget`: a client that uses a few objects need not pay for gigabytes of page tables): it
-# is mapped lazily. A large object created in a lazily mapped segment has just its own
-# range populated, in granules of POPULATE_GRANULE remembered as filled: filling the page
-# tables of pages already mapped still costs a walk of every page (about a third of a copy
-# of them), which a put into a range this client wrote before (a reused segment) skips.
+# Page tables: every segment is mapped at once, without them (a map that waited for them
+# would hold up the reply that brought it), and they are filled in granules of
+# POPULATE_GRANULE bytes, each remembered as filled (a walk over pages already mapped still
+# costs about a third of a copy of them, so nothing is filled twice):
+# - a created object of POPULATE_OBJECT_MIN bytes or more, and an arena, when created:
+#   the put writes into mapped pages at copy speed (a write fault maps one page; a
+#   smaller object's few faults cost less than filling a granule);
+# - every other granule of a segment up to POPULATE_SEGMENT_MAX bytes, in the background
+#   (the Populator's thread), ahead of the next puts and of the first reads of the objects
+#   sealed in it later;
+# - nothing else of a larger segment (a whole budget of `serve --prefault budget`: a client
+#   that uses a few objects need not pay for gigabytes of page tables, 2 MiB a GiB, nor for
+#   the CPU time of filling them, about that of copying the bytes).
 POPULATE_OBJECT_MIN = 1 << 20
 POPULATE_SEGMENT_MAX = 64 << 20
 POPULATE_GRANULE = 2 << 20
 
 
 class Populator:
-    """Fills the page tables of maps (:func:`~plasma.linux.memfd.populate_read`) one at a
-    time, in a thread that runs while there is work and then ends, and marks every granule
-    of each map filled once it is. A map closed meanwhile is skipped."""
+    """Fills the page tables of maps in the background, one at a time, a granule at a time,
+    in a thread that runs while there is work and then ends. A granule is marked filled
+    before it is filled, and one already marked (a put filled it) is skipped; a map closed
+    meanwhile is given up."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -76,8 +80,13 @@ class Populator:
                     self._thread = None
                     return
                 mm, filled = self._queue.popleft()
-            if populate_read(mm):
-                filled[:] = b"\1" * len(filled)
+            i = filled.find(0)
+            while i >= 0:
+                filled[i] = 1
+                start = i * POPULATE_GRANULE
+                if not populate_read(mm, start, min(POPULATE_GRANULE, len(mm) - start)):
+                    break
+                i = filled.find(0, i + 1)
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until the queue is done (tests); False on a timeout."""
@@ -97,10 +106,10 @@ class SegmentMaps:
         self._lock = lock
         self.segments: dict[int, mmap.mmap] = {}
         self.fds: collections.deque[int] = collections.deque()  # received, not yet mapped
-        # segments mapped without MAP_POPULATE, and which of their granules (of
-        # POPULATE_GRANULE bytes) this client has filled the page tables of
-        self.lazy: dict[int, bytearray] = {}
-        self.populator = Populator()  # fills in the page tables of small ones, in the background
+        # each mapped segment's granules (of POPULATE_GRANULE bytes): 1 where this client
+        # filled (or is filling) their page tables
+        self.filled: dict[int, bytearray] = {}
+        self.populator = Populator()  # fills those of small segments, in the background
         # a descriptor of each mapped segment (read-only where our uid may only read) and its
         # page size: what a writable get maps privately (copy-on-write) from
         self.segment_fds: dict[int, tuple[int, int]] = {}
@@ -119,9 +128,10 @@ class SegmentMaps:
         the messages decoded from them take them."""
         self.fds.extend(fds)
 
-    def map_segments(self, segments: list[p.SegmentInfo], *, for_writing: bool) -> None:
+    def map_segments(self, segments: list[p.SegmentInfo]) -> None:
         """Map each segment from its fd: read-only where the coordinator sent a read-only fd
-        (this client's uid may only read)."""
+        (this client's uid may only read); the page tables of one of at most
+        ``POPULATE_SEGMENT_MAX`` bytes are filled in the background."""
         for info in segments:
             if not self.fds:
                 raise PlasmaError(f"segment {info.id} arrived without its file descriptor")
@@ -129,13 +139,11 @@ class SegmentMaps:
             self._close_segment_fd(info.id)
             with contextlib.suppress(OSError):  # (none: a writable get copies instead)
                 self.segment_fds[info.id] = (os.dup(fd), info.page_size)
-            small = info.size <= POPULATE_SEGMENT_MAX
-            mm = map_segment(fd, info.size, writable=info.writable, populate=for_writing and small)
+            mm = map_segment(fd, info.size, writable=info.writable)
             self.segments[info.id] = mm
-            if not (for_writing and small):
-                filled = self.lazy[info.id] = bytearray(-(-info.size // POPULATE_GRANULE))
-                if small:
-                    self.populator.add(mm, filled)
+            filled = self.filled[info.id] = bytearray(-(-info.size // POPULATE_GRANULE))
+            if info.size <= POPULATE_SEGMENT_MAX:
+                self.populator.add(mm, filled)
 
     def map_tables(self, tables: p.TablesInfo) -> None:
         """Map the directory (and access bytes, and the pin table when sent) from their fds,
@@ -183,7 +191,7 @@ class SegmentMaps:
         hold references, and a segment with a referenced object is not dropped)."""
         for segment in segments:
             mm = self.segments.pop(segment, None)
-            self.lazy.pop(segment, None)
+            self.filled.pop(segment, None)
             self._close_segment_fd(segment)
             if mm is not None:
                 with contextlib.suppress(BufferError):  # (then unmapped when the view goes)
@@ -195,12 +203,16 @@ class SegmentMaps:
             with contextlib.suppress(OSError):
                 os.close(kept[0])
 
+    def fill(self, segment: int, offset: int, length: int) -> None:
+        """Fill the page tables of the granules of ``segment`` that ``[offset, offset +
+        length)`` touches and no one filled yet (:func:`populate_granules`)."""
+        populate_granules(self.segments[segment], self.filled[segment], offset, length)
+
     def write_object(self, loc: p.ObjectLocation, metadata: bytes) -> memoryview:
         """The writable data view of a created object, its metadata already in place."""
         mm = self.segments[loc.segment]
-        filled = self.lazy.get(loc.segment)
-        if filled is not None and loc.data_size >= POPULATE_OBJECT_MIN:
-            populate_granules(mm, filled, loc.offset, loc.data_size)
+        if loc.data_size >= POPULATE_OBJECT_MIN:
+            self.fill(loc.segment, loc.offset, loc.data_size)
         if metadata:
             start = loc.offset + loc.data_size
             mm[start : start + len(metadata)] = metadata
@@ -220,7 +232,7 @@ class SegmentMaps:
         for segment in list(self.segment_fds):
             self._close_segment_fd(segment)
         self.segments.clear()
-        self.lazy.clear()
+        self.filled.clear()
         self.table_maps = []
         self.pin_map = None
 
@@ -228,15 +240,16 @@ class SegmentMaps:
 def populate_granules(mm: mmap.mmap, filled: bytearray, offset: int, length: int) -> None:
     """Fill the page tables of the granules of ``mm`` (``POPULATE_GRANULE`` bytes each, the
     last one cut at the map's end) that ``[offset, offset + length)`` touches and ``filled``
-    does not mark yet (:func:`~plasma.linux.memfd.populate_range`: an optimisation only),
-    each run of them in one call, and mark them. A granule marked wrongly (its page tables
-    since dropped) only costs the page faults it would have taken."""
+    does not mark yet (:func:`~plasma.linux.memfd.populate_read`: an optimisation only),
+    each run of them in one call, marked first (the Populator then skips them). A granule
+    marked wrongly (its page tables since dropped) only costs the page faults it would have
+    taken."""
     first, end = offset // POPULATE_GRANULE, -(-(offset + length) // POPULATE_GRANULE)
     i = filled.find(0, first, end)
     while i >= 0:
         j = filled.find(1, i, end)
         j = end if j < 0 else j
-        start = i * POPULATE_GRANULE
-        populate_range(mm, start, min(j * POPULATE_GRANULE, len(mm)) - start)
         filled[i:j] = b"\1" * (j - i)
+        start = i * POPULATE_GRANULE
+        populate_read(mm, start, min(j * POPULATE_GRANULE, len(mm)) - start)
         i = filled.find(0, j, end)

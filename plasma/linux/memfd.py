@@ -194,10 +194,10 @@ def prefault(mm: mmap.mmap) -> None:
 MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
-def map_segment(fd: int, size: int, *, writable: bool, populate: bool) -> mmap.mmap:
+def map_segment(fd: int, size: int, *, writable: bool, populate: bool = False) -> mmap.mmap:
     """Map a received segment shared (``PROT_READ`` only unless ``writable``), then close
-    ``fd``: the map keeps the memory. ``populate`` fills the page tables now, so writes into
-    it run at memcpy speed."""
+    ``fd``: the map keeps the memory. ``populate`` fills the page tables now (else see
+    :func:`populate_read`)."""
     prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
     try:
         return mmap.mmap(fd, size, mmap.MAP_SHARED | (MAP_POPULATE if populate else 0), prot)
@@ -207,27 +207,22 @@ def map_segment(fd: int, size: int, *, writable: bool, populate: bool) -> mmap.m
         os.close(fd)
 
 
-def populate_read(mm: mmap.mmap) -> bool:
-    """Fill the page tables of a map with the pages its file has, reading nothing and
-    writing nothing (MADV_POPULATE_READ; the interpreter lock is released meanwhile), so
-    that first reads of its bytes do not fault. An optimisation only: False when it could
-    not (a kernel before 5.14, the map closed or unmapped meanwhile)."""
-    try:
-        mm.madvise(MADV_POPULATE_READ)
-    except (OSError, ValueError):
-        return False
-    return True
+def populate_read(mm: mmap.mmap, offset: int = 0, length: int | None = None) -> bool:
+    """Fill the page tables of ``[offset, offset + length)`` of a shared map (all of it by
+    default) with the pages its file has, reading and writing nothing (MADV_POPULATE_READ;
+    the interpreter lock is released meanwhile), so that neither a write nor a first read
+    of its bytes faults. An optimisation only: False when it could not (a kernel before
+    5.14, the map closed or unmapped meanwhile).
 
-
-def populate_range(mm: mmap.mmap, offset: int, length: int) -> None:
-    """Fill the page tables of ``[offset, offset + length)`` of a shared map of a segment, so
-    writing it takes no page fault; an optimisation only, skipped on kernels before 5.14.
-
-    MADV_POPULATE_READ, as MAP_POPULATE does: the segment's pages exist already (the
+    MADV_POPULATE_READ, as MAP_POPULATE does: a segment's pages exist already (the
     coordinator faulted them in), and in a shared writable map of shared memory a read fault
     maps them writable, sixteen pages a fault (fault-around); MADV_POPULATE_WRITE takes one
     write fault a page, 3-5x slower here. (A fallback file's pages, on disk, are mapped
     read-only until written: their writes fault as they would have.)"""
     start = offset - offset % mmap.PAGESIZE
-    with contextlib.suppress(OSError):
-        mm.madvise(MADV_POPULATE_READ, start, offset + length - start)
+    stop = len(mm) if length is None else offset + length
+    try:
+        mm.madvise(MADV_POPULATE_READ, start, stop - start)
+    except (OSError, ValueError):
+        return False
+    return True
