@@ -17,6 +17,7 @@ Four columns, each numpy's copy of the same float64 array as ``put_large`` puts:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import mmap
 import os
@@ -96,30 +97,8 @@ def memcpy(
     """``copy`` (one thread: ``np.copyto``), into a pre-faulted destination: an array, or
     with ``shared`` a shared mapping of a memfd."""
     array = filled_array(size)
-    if shared:
-        return _into_shared(size, quick, array, copy)
-    dest = np.ones_like(array)
-    times = []
-    for _ in range(large_rounds(size, quick)):
-        t0 = time.perf_counter()
-        copy(dest, array)
-        times.append(time.perf_counter() - t0)
-    if not np.array_equal(dest, array):
-        raise AssertionError("the copy left a different array")
-    return _gb_per_s(size, times)
-
-
-def _into_shared(
-    size: int, quick: bool, array: np.ndarray, copy: Callable[[np.ndarray, np.ndarray], object]
-) -> Metrics:
-    fd = os.memfd_create("bench-memcpy", os.MFD_CLOEXEC)
-    try:
-        os.ftruncate(fd, size)
-        mapping = mmap.mmap(fd, size)  # MAP_SHARED
-    finally:
-        os.close(fd)
-    try:
-        dest = np.frombuffer(mapping, dtype=array.dtype)
+    with _shared_mapping(size) if shared else contextlib.nullcontext() as mapping:
+        dest = np.ones_like(array) if mapping is None else np.frombuffer(mapping, array.dtype)
         dest[:] = 1  # every page allocated and mapped
         times = []
         for _ in range(large_rounds(size, quick)):
@@ -128,10 +107,18 @@ def _into_shared(
             times.append(time.perf_counter() - t0)
         if not np.array_equal(dest, array):
             raise AssertionError("the copy left a different array")
-        del dest
-    finally:
-        mapping.close()
+        del dest  # (before the mapping closes)
     return _gb_per_s(size, times)
+
+
+def _shared_mapping(size: int) -> mmap.mmap:
+    """A shared mapping of a new memfd of ``size`` bytes (closed when its ``with`` ends)."""
+    fd = os.memfd_create("bench-memcpy", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, size)
+        return mmap.mmap(fd, size)  # MAP_SHARED
+    finally:
+        os.close(fd)
 
 
 def memcpy_fresh(size: int, quick: bool) -> Metrics:
