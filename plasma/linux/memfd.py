@@ -207,9 +207,9 @@ def map_segment(fd: int, size: int, *, writable: bool, populate: bool = False) -
         os.close(fd)
 
 
-def populate_read(mm: mmap.mmap, offset: int = 0, length: int | None = None) -> bool:
-    """Fill the page tables of ``[offset, offset + length)`` of a shared map (all of it by
-    default) with the pages its file has, reading and writing nothing (MADV_POPULATE_READ;
+def populate_read(mm: mmap.mmap, offset: int, length: int) -> bool:
+    """Fill the page tables of ``[offset, offset + length)`` of a shared map with the pages
+    its file has, reading and writing nothing (MADV_POPULATE_READ;
     the interpreter lock is released meanwhile), so that neither a write nor a first read
     of its bytes faults. An optimisation only: False when it could not (a kernel before
     5.14, the map closed or unmapped meanwhile).
@@ -220,9 +220,8 @@ def populate_read(mm: mmap.mmap, offset: int = 0, length: int | None = None) -> 
     write fault a page, 3-5x slower here. (A fallback file's pages, on disk, are mapped
     read-only until written: their writes fault as they would have.)"""
     start = offset - offset % mmap.PAGESIZE
-    stop = len(mm) if length is None else offset + length
     try:
-        mm.madvise(MADV_POPULATE_READ, start, stop - start)
+        mm.madvise(MADV_POPULATE_READ, start, offset + length - start)
     except (OSError, ValueError):
         return False
     return True
