@@ -146,12 +146,12 @@ def test_a_large_object_in_a_lazy_segment_fills_its_granules_once(
 
     write(granule + PAGE, big)  # inside granule 1
     assert present(mm, granule, 2 * granule) == pages
-    assert resident(mm) < 2 * granule and bytes(maps.filled[1]) == b"\0\1" + b"\0" * 6
+    assert resident(mm) < 2 * granule and bytes(maps.filled[1]) == b"\0\2" + b"\0" * 6
     drop_page_tables(mm)
     write(granule + big, 2 * granule)  # granule 1 again (another offset in it), 2 and 3
     assert present(mm, 2 * granule, 4 * granule) == 2 * pages
     assert present(mm, granule, 2 * granule) < pages // 2  # filled before: not again
-    assert bytes(maps.filled[1]) == b"\0\1\1\1" + b"\0" * 4
+    assert bytes(maps.filled[1]) == b"\0\2\2\2" + b"\0" * 4
     write(0, big - 1)  # below POPULATE_OBJECT_MIN: left to fault
     assert present(mm, 0, granule) < pages // 2 and maps.filled[1][0] == 0
     maps.close()
@@ -164,7 +164,7 @@ def test_a_segment_populated_in_the_background_is_not_filled_again() -> None:
     maps.receive([filled_segment(size)])
     maps.map_segments([p.SegmentInfo(id=1, size=size, node=0, page_size=PAGE)])
     assert maps.populator.join(timeout=60)
-    assert bytes(maps.filled[1]) == b"\1" * 4
+    assert bytes(maps.filled[1]) == b"\2" * 4
     drop_page_tables(maps.segments[1])
     where = p.ObjectLocation(segment=1, offset=0, data_size=size, metadata_size=0, node=0)
     maps.write_object(where, b"").release()
@@ -192,10 +192,41 @@ def test_a_put_fills_its_granules_and_the_background_fills_the_others() -> None:
     populator = segment_maps.Populator()
     populator.add(*queued[0])
     assert populator.join(timeout=60)
-    assert bytes(maps.filled[1]) == b"\1" * 4
+    assert bytes(maps.filled[1]) == b"\2" * 4
     assert present(mm, 0, granule) == granule // PAGE
     assert present(mm, 2 * granule, size) == 2 * granule // PAGE
     assert present(mm, granule, 2 * granule) < granule // PAGE // 2  # the put's: skipped
+    maps.close()
+
+
+def test_a_put_fills_a_granule_the_background_is_filling_and_unmapping_stops_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A granule the Populator marked FILLING is not filled yet: a put into it fills it
+    itself rather than write page by page. A segment unmapped has its granules marked
+    FILLED, so that a Populator still at it fills nothing more of it (the coordinator has
+    punched its pages out: filling them would allocate them again)."""
+    granule = segment_maps.POPULATE_GRANULE
+    size = 4 * granule
+    queued: list[tuple[mmap.mmap, bytearray]] = []
+    maps = SegmentMaps(threading.RLock())
+    maps.populator.add = lambda mm, filled: queued.append((mm, filled))  # type: ignore[method-assign]
+    maps.receive([filled_segment(size)])
+    maps.map_segments([p.SegmentInfo(id=1, size=size, node=0, page_size=PAGE)])
+    mm, filled = queued[0]
+    filled[1] = segment_maps.FILLING  # (as the Populator does before its call)
+    where = p.ObjectLocation(segment=1, offset=granule, data_size=granule, metadata_size=0, node=0)
+    maps.write_object(where, b"").release()
+    assert present(mm, granule, 2 * granule) == granule // PAGE
+    assert filled[1] == segment_maps.FILLED
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(segment_maps, "populate", lambda mm, start, n: calls.append((start, n)))
+    maps.unmap([1])
+    assert bytes(filled) == bytes([segment_maps.FILLED]) * 4
+    populator = segment_maps.Populator()
+    populator.add(mmap.mmap(-1, size), filled)  # (a map still open, as it was when queued)
+    assert populator.join(timeout=60)
+    assert calls == []
     maps.close()
 
 
@@ -241,6 +272,7 @@ def test_dropped_segments_are_unmapped_and_their_descriptors_closed() -> None:
     maps.map_segments([one, two])
     kept = maps.segment_fds[1][0]
     dropped = maps.segments[1]
+    assert maps.populator.join(timeout=60)  # (while it fills a map, closing it waits)
     maps.unmap([1, 99])  # (an unknown one: nothing to do)
     assert set(maps.segments) == {2} and 1 not in maps.filled and 1 not in maps.segment_fds
     assert dropped.closed and not fd_open(kept)

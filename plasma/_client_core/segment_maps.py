@@ -21,17 +21,23 @@ import os
 import threading
 from typing import Any
 
+import numpy as np
+
 from plasma import protocol as p
 from plasma._client_core import fast_path
 from plasma.errors import PlasmaError
 from plasma.linux.memfd import map_segment, populate_read
 
 __all__ = [
+    "FILLED",
+    "FILLING",
+    "NOT_FILLED",
     "POPULATE_GRANULE",
     "POPULATE_OBJECT_MIN",
     "POPULATE_SEGMENT_MAX",
     "Populator",
     "SegmentMaps",
+    "populate",
     "populate_granules",
 ]
 
@@ -51,22 +57,25 @@ __all__ = [
 POPULATE_OBJECT_MIN = 1 << 20
 POPULATE_SEGMENT_MAX = 64 << 20
 POPULATE_GRANULE = 2 << 20
+# what SegmentMaps.filled says of each granule
+NOT_FILLED, FILLING, FILLED = 0, 1, 2
 
 
 class Populator:
     """Fills the page tables of maps in the background, one at a time, a granule at a time,
-    in a thread that runs while there is work and then ends. A granule is marked filled
-    before it is filled, and one already marked (a put filled it) is skipped; a map closed
-    meanwhile is given up."""
+    in a thread that runs while there is work and then ends. It takes only granules no one
+    marked (:data:`FILLING` while it fills one: a put that needs it fills it again rather
+    than write into it unfilled); a map unmapped meanwhile has every granule marked
+    :data:`FILLED`, so it stops there."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._queue: collections.deque[tuple[mmap.mmap, bytearray]] = collections.deque()
+        self._queue: collections.deque[tuple[mmap.mmap, bytearray, int]] = collections.deque()
         self._thread: threading.Thread | None = None
 
     def add(self, mm: mmap.mmap, filled: bytearray) -> None:
         with self._lock:
-            self._queue.append((mm, filled))
+            self._queue.append((mm, filled, len(mm)))
             if self._thread is not None:
                 return
             thread = threading.Thread(target=self._run, name="plasma-populate", daemon=True)
@@ -79,14 +88,18 @@ class Populator:
                 if not self._queue:
                     self._thread = None
                     return
-                mm, filled = self._queue.popleft()
-            i = filled.find(0)
+                mm, filled, size = self._queue.popleft()
+            i = filled.find(NOT_FILLED)
             while i >= 0:
-                filled[i] = 1
+                filled[i] = FILLING
                 start = i * POPULATE_GRANULE
-                if not populate_read(mm, start, min(POPULATE_GRANULE, len(mm) - start)):
+                done = populate(mm, start, min(POPULATE_GRANULE, size - start))
+                if filled[i] == FILLING:
+                    filled[i] = FILLED
+                if not done:
                     break
-                i = filled.find(0, i + 1)
+                i = filled.find(NOT_FILLED, i + 1)
+            del mm  # (a map unmapped meanwhile goes now)
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until the queue is done (tests); False on a timeout."""
@@ -106,8 +119,8 @@ class SegmentMaps:
         self._lock = lock
         self.segments: dict[int, mmap.mmap] = {}
         self.fds: collections.deque[int] = collections.deque()  # received, not yet mapped
-        # each mapped segment's granules (of POPULATE_GRANULE bytes): 1 where this client
-        # filled (or is filling) their page tables
+        # each mapped segment's granules (of POPULATE_GRANULE bytes): whether this client
+        # filled their page tables (NOT_FILLED, FILLING in the background, FILLED)
         self.filled: dict[int, bytearray] = {}
         self.populator = Populator()  # fills those of small segments, in the background
         # a descriptor of each mapped segment (read-only where our uid may only read) and its
@@ -191,11 +204,17 @@ class SegmentMaps:
         hold references, and a segment with a referenced object is not dropped)."""
         for segment in segments:
             mm = self.segments.pop(segment, None)
-            self.filled.pop(segment, None)
+            self._stop_filling(segment)
             self._close_segment_fd(segment)
             if mm is not None:
                 with contextlib.suppress(BufferError):  # (then unmapped when the view goes)
                     mm.close()
+
+    def _stop_filling(self, segment: int) -> None:
+        """Forget ``segment``'s granules, marked filled: the Populator stops at them."""
+        filled = self.filled.pop(segment, None)
+        if filled is not None:
+            filled[:] = bytes([FILLED]) * len(filled)
 
     def _close_segment_fd(self, segment: int) -> None:
         kept = self.segment_fds.pop(segment, None)
@@ -232,7 +251,8 @@ class SegmentMaps:
         for segment in list(self.segment_fds):
             self._close_segment_fd(segment)
         self.segments.clear()
-        self.filled.clear()
+        for segment in list(self.filled):
+            self._stop_filling(segment)
         self.table_maps = []
         self.pin_map = None
 
@@ -240,16 +260,35 @@ class SegmentMaps:
 def populate_granules(mm: mmap.mmap, filled: bytearray, offset: int, length: int) -> None:
     """Fill the page tables of the granules of ``mm`` (``POPULATE_GRANULE`` bytes each, the
     last one cut at the map's end) that ``[offset, offset + length)`` touches and ``filled``
-    does not mark yet (:func:`~plasma.linux.memfd.populate_read`: an optimisation only),
-    each run of them in one call, marked first (the Populator then skips them). A granule
-    marked wrongly (its page tables since dropped) only costs the page faults it would have
-    taken."""
+    does not mark :data:`FILLED` (:func:`populate`: an optimisation only), each run of them
+    in one call, marked first (the Populator then skips them; one it is filling is filled
+    again here). A granule marked wrongly (its page tables since dropped) only costs the
+    page faults it would have taken."""
     first, end = offset // POPULATE_GRANULE, -(-(offset + length) // POPULATE_GRANULE)
-    i = filled.find(0, first, end)
-    while i >= 0:
-        j = filled.find(1, i, end)
-        j = end if j < 0 else j
-        filled[i:j] = b"\1" * (j - i)
+    i = first
+    while i < end:
+        if filled[i] == FILLED:
+            i += 1
+            continue
+        j = i + 1
+        while j < end and filled[j] != FILLED:
+            j += 1
+        filled[i:j] = bytes([FILLED]) * (j - i)
         start = i * POPULATE_GRANULE
-        populate_read(mm, start, min(j * POPULATE_GRANULE, len(mm)) - start)
-        i = filled.find(0, j, end)
+        populate(mm, start, min(j * POPULATE_GRANULE, len(mm)) - start)
+        i = j
+
+
+def populate(mm: mmap.mmap, offset: int, length: int) -> bool:
+    """:func:`~plasma.linux.memfd.populate_read` of ``mm[offset:offset + length]``, holding
+    a view of ``mm`` meanwhile, so that it cannot be unmapped under the call (a close fails
+    with BufferError, which :meth:`SegmentMaps.unmap` expects: the map goes with its last
+    reference); False when it could not (``mm`` closed, or the kernel cannot)."""
+    try:
+        view = np.frombuffer(mm, np.uint8)
+    except (ValueError, TypeError):  # closed
+        return False
+    try:
+        return populate_read(view.ctypes.data + offset, length)
+    finally:
+        del view
