@@ -272,10 +272,40 @@ def test_dropped_segments_are_unmapped_and_their_descriptors_closed() -> None:
     maps.map_segments([one, two])
     kept = maps.segment_fds[1][0]
     dropped = maps.segments[1]
-    assert maps.populator.join(timeout=60)  # (while it fills a map, closing it waits)
     maps.unmap([1, 99])  # (an unknown one: nothing to do)
     assert set(maps.segments) == {2} and 1 not in maps.filled and 1 not in maps.segment_fds
     assert dropped.closed and not fd_open(kept)
+    maps.close()
+
+
+def test_unmapping_waits_for_the_granule_being_filled_then_closes_the_map(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The background fill holds a view of the map during its call (so that the map cannot
+    be unmapped under it); unmapping waits for that call, then closes the map."""
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(mm: mmap.mmap, start: int, length: int) -> bool:
+        view = memoryview(mm)  # (as the real one holds it)
+        entered.set()
+        release.wait(60)
+        view.release()
+        return True
+
+    monkeypatch.setattr(segment_maps, "populate", slow)
+    maps = SegmentMaps(threading.RLock())
+    info, fd = segment(1)
+    maps.receive([fd])
+    maps.map_segments([info])
+    dropped = maps.segments[1]
+    assert entered.wait(60)
+    unmapper = threading.Thread(target=maps.unmap, args=([1],))
+    unmapper.start()
+    unmapper.join(0.5)  # (unmapping without waiting would be done by now, the map open)
+    release.set()
+    unmapper.join(60)
+    assert not unmapper.is_alive() and dropped.closed
+    assert maps.populator.join(timeout=60)
     maps.close()
 
 

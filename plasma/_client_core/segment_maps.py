@@ -65,13 +65,16 @@ class Populator:
     """Fills the page tables of maps in the background, one at a time, a granule at a time,
     in a thread that runs while there is work and then ends. It takes only granules no one
     marked (:data:`FILLING` while it fills one: a put that needs it fills it again rather
-    than write into it unfilled); a map unmapped meanwhile has every granule marked
-    :data:`FILLED`, so it stops there."""
+    than write into it unfilled). To unmap a map, mark its granules :data:`FILLED` (it takes
+    none of them again), then :meth:`let_go` of it (waits for the granule in hand: its call
+    holds a view of the map, which a close would fail on)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)  # notified when a granule is done
         self._queue: collections.deque[tuple[mmap.mmap, bytearray, int]] = collections.deque()
         self._thread: threading.Thread | None = None
+        self._current: mmap.mmap | None = None  # the map of the granule being filled
 
     def add(self, mm: mmap.mmap, filled: bytearray) -> None:
         with self._lock:
@@ -82,6 +85,13 @@ class Populator:
             self._thread = thread
         thread.start()
 
+    def let_go(self, mm: mmap.mmap) -> None:
+        """Return once no granule of ``mm`` is being filled (its granules marked FILLED
+        before: none is taken after)."""
+        with self._idle:
+            while self._current is mm:
+                self._idle.wait()
+
     def _run(self) -> None:
         while True:
             with self._lock:
@@ -91,15 +101,25 @@ class Populator:
                 mm, filled, size = self._queue.popleft()
             i = filled.find(NOT_FILLED)
             while i >= 0:
-                filled[i] = FILLING
+                with self._lock:
+                    if filled[i] != NOT_FILLED:  # (a put took it, or the map is let go)
+                        i = filled.find(NOT_FILLED, i + 1)
+                        continue
+                    filled[i] = FILLING
+                    self._current = mm
                 start = i * POPULATE_GRANULE
-                done = populate(mm, start, min(POPULATE_GRANULE, size - start))
+                try:
+                    done = populate(mm, start, min(POPULATE_GRANULE, size - start))
+                finally:
+                    with self._idle:
+                        self._current = None
+                        self._idle.notify_all()
                 if filled[i] == FILLING:
                     filled[i] = FILLED
                 if not done:
                     break
                 i = filled.find(NOT_FILLED, i + 1)
-            del mm  # (a map unmapped meanwhile goes now)
+            del mm  # (no reference kept while idle)
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until the queue is done (tests); False on a timeout."""
@@ -204,17 +224,20 @@ class SegmentMaps:
         hold references, and a segment with a referenced object is not dropped)."""
         for segment in segments:
             mm = self.segments.pop(segment, None)
-            self._stop_filling(segment)
+            self._stop_filling(segment, mm)
             self._close_segment_fd(segment)
             if mm is not None:
                 with contextlib.suppress(BufferError):  # (then unmapped when the view goes)
                     mm.close()
 
-    def _stop_filling(self, segment: int) -> None:
-        """Forget ``segment``'s granules, marked filled: the Populator stops at them."""
+    def _stop_filling(self, segment: int, mm: mmap.mmap | None) -> None:
+        """Forget ``segment``'s granules, marked filled (the Populator takes none of them
+        again), and wait for the one it may be filling (its call holds a view of ``mm``)."""
         filled = self.filled.pop(segment, None)
         if filled is not None:
             filled[:] = bytes([FILLED]) * len(filled)
+        if mm is not None:
+            self.populator.let_go(mm)
 
     def _close_segment_fd(self, segment: int) -> None:
         kept = self.segment_fds.pop(segment, None)
@@ -242,6 +265,8 @@ class SegmentMaps:
         kept descriptors."""
         self.reader = None
         self.pins = None
+        for segment, mm in self.segments.items():
+            self._stop_filling(segment, mm)
         maps = [*self.segments.values(), *self.table_maps]
         if self.pin_map is not None:
             maps.append(self.pin_map)
@@ -251,8 +276,6 @@ class SegmentMaps:
         for segment in list(self.segment_fds):
             self._close_segment_fd(segment)
         self.segments.clear()
-        for segment in list(self.filled):
-            self._stop_filling(segment)
         self.table_maps = []
         self.pin_map = None
 
