@@ -1,9 +1,15 @@
 """The ``put_large`` and ``put_first`` baselines, measured in the harness process in the same
 run as the peers.
 
-Three columns, each numpy's copy of the same float64 array as ``put_large`` puts:
+Four columns, each numpy's copy of the same float64 array as ``put_large`` puts:
 
-* ``memcpy``: ``numpy.copyto`` in one thread into a pre-faulted array of the same size;
+* ``memcpy``: ``numpy.copyto`` in one thread into a pre-faulted array of the same size (numpy
+  asks for transparent huge pages for an array this large: where the kernel gives them, its
+  destination has 2 MiB pages);
+* ``memcpy-shm``: the same copy into a pre-faulted shared mapping of a memfd, its page
+  tables filled: the kind of memory a store's segment is (shared memory, whose pages are 4
+  KiB unless the host enables huge pages for it, ``shmem_enabled``), so a put can be
+  compared with a copy into the same kind of pages;
 * ``memcpy-mt``: the same copy split into N contiguous chunks, one per thread of a
   :class:`ThreadedCopy` (N = the CPUs this process may run on), into a pre-faulted array;
 * ``memcpy-fresh``: one thread into a fresh anonymous mapping, whose pages the copy faults in.
@@ -11,6 +17,7 @@ Three columns, each numpy's copy of the same float64 array as ``put_large`` puts
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import mmap
 import os
@@ -82,19 +89,36 @@ def _gb_per_s(size: int, times: list[float]) -> Metrics:
 
 
 def memcpy(
-    size: int, quick: bool, copy: Callable[[np.ndarray, np.ndarray], object] = np.copyto
+    size: int,
+    quick: bool,
+    copy: Callable[[np.ndarray, np.ndarray], object] = np.copyto,
+    shared: bool = False,
 ) -> Metrics:
-    """``copy`` (one thread: ``np.copyto``), into a pre-faulted destination."""
+    """``copy`` (one thread: ``np.copyto``), into a pre-faulted destination: an array, or
+    with ``shared`` a shared mapping of a memfd."""
     array = filled_array(size)
-    dest = np.ones_like(array)
-    times = []
-    for _ in range(large_rounds(size, quick)):
-        t0 = time.perf_counter()
-        copy(dest, array)
-        times.append(time.perf_counter() - t0)
-    if not np.array_equal(dest, array):
-        raise AssertionError("the copy left a different array")
+    with _shared_mapping(size) if shared else contextlib.nullcontext() as mapping:
+        dest = np.ones_like(array) if mapping is None else np.frombuffer(mapping, array.dtype)
+        dest[:] = 1  # every page allocated and mapped
+        times = []
+        for _ in range(large_rounds(size, quick)):
+            t0 = time.perf_counter()
+            copy(dest, array)
+            times.append(time.perf_counter() - t0)
+        if not np.array_equal(dest, array):
+            raise AssertionError("the copy left a different array")
+        del dest  # (before the mapping closes)
     return _gb_per_s(size, times)
+
+
+def _shared_mapping(size: int) -> mmap.mmap:
+    """A shared mapping of a new memfd of ``size`` bytes (closed when its ``with`` ends)."""
+    fd = os.memfd_create("bench-memcpy", os.MFD_CLOEXEC)
+    try:
+        os.ftruncate(fd, size)
+        return mmap.mmap(fd, size)  # MAP_SHARED
+    finally:
+        os.close(fd)
 
 
 def memcpy_fresh(size: int, quick: bool) -> Metrics:
@@ -121,6 +145,7 @@ def columns(copier: ThreadedCopy) -> dict[str, Callable[[int, bool], Metrics]]:
     """Each baseline column's measurement of one size (``quick``: fewer copies)."""
     return {
         "memcpy": memcpy,
+        "memcpy-shm": functools.partial(memcpy, shared=True),
         "memcpy-mt": functools.partial(memcpy, copy=copier.copy),
         "memcpy-fresh": memcpy_fresh,
     }

@@ -18,7 +18,10 @@ BASELINE = "plasma-coord"
 #: the columns that are not peers (baselines measured in the same run), in table order, and
 #: what each is; ``{threads}``: the run's ``meta.memcpy_threads``
 BASELINES = {
-    "memcpy": "numpy copyto in one thread into a pre-faulted buffer",
+    "memcpy": "numpy copyto in one thread into a pre-faulted buffer (numpy's: 2 MiB "
+    "transparent huge pages where the kernel gives them)",
+    "memcpy-shm": "the same into a pre-faulted shared mapping of a memfd (a segment's kind "
+    "of memory: 4 KiB pages unless the host enables huge pages for shared memory)",
     "memcpy-mt": "the same split over {threads} threads",
     "memcpy-fresh": "one thread into a fresh mapping (the copy faults its pages in)",
     "echo": "round trip of a Contains-sized frame through a bare trio echo server, "

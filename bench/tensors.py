@@ -21,10 +21,14 @@ byte (numpy's sum of every tensor: the pages' first touch in this process), whic
 values, drops the value and times a second get of the same object (``get_again``: what the
 ``get_large`` scenario of ``bench.run`` times; not for the queue, whose item is got once), and
 answers; the producer deletes the object. Medians of ``--rounds`` rounds (11; quick 3) after
-one untimed. ``memcpy`` is ``numpy.copyto`` of the same bytes into a pre-faulted buffer in one
-thread, in the plasma-coord driver, once each round after the put (in turn with it, as
-``bench.run`` measures it). GB/s = bytes / median time. Prints a table; ``--json PATH``
-writes the figures.
+one untimed. Two copies of the same bytes in one thread are the put's baselines, each
+timed once a round after the put in the plasma-coord driver (in turn with it, as
+``bench.run`` measures it): ``memcpy``, ``numpy.copyto`` into a pre-faulted numpy array
+(numpy asks for transparent huge pages for an array this large: where the kernel gives
+them, 2 MiB pages), and ``memcpy-shm``, the same into a pre-faulted shared mapping of a
+memfd, the store's kind of memory (4 KiB pages unless the host enables huge pages for
+shared memory): a put compared with a copy into the same kind of pages. GB/s = bytes /
+median time. Prints a table; ``--json PATH`` writes the figures.
 """
 
 from __future__ import annotations
@@ -238,8 +242,13 @@ def drive(system: str, case: str, quick: bool, rounds: int) -> dict[str, Any]:
         ours, theirs = ctx.Pipe()
         consumer = ctx.Process(target=consume, args=(system, made.config(), theirs))  # type: ignore[attr-defined]
         consumer.start()
-        puts, gets, reads, agains, copies, wrong = [], [], [], [], [], 0
-        memcpy = _memcpy(value) if system == "plasma-coord" else None
+        puts, gets, reads, agains, wrong = [], [], [], [], 0
+        copies: dict[str, list[float]] = {"memcpy": [], "memcpy_shm": []}
+        memcpys = (
+            {"memcpy": _memcpy(value), "memcpy_shm": _memcpy(value, shared=True)}
+            if system == "plasma-coord"
+            else {}
+        )
         try:
             for i in range(rounds + 1):
                 source = value if system != "torch.multiprocessing" else _fresh(value)
@@ -251,8 +260,8 @@ def drive(system: str, case: str, quick: bool, rounds: int) -> dict[str, Any]:
                 made.done(key)
                 del source
                 wrong += not ok
-                if memcpy is not None:  # in turn with the puts, as bench.run measures it
-                    copies.append(memcpy())
+                for name, memcpy in memcpys.items():  # in turn with the puts, as bench.run
+                    copies[name].append(memcpy())
                 if i:
                     puts.append(put_time)
                     gets.append(get_time)
@@ -269,8 +278,9 @@ def drive(system: str, case: str, quick: bool, rounds: int) -> dict[str, Any]:
     figures = {"put": puts, "get": gets, "read": reads, "wrong": wrong, "bytes": total}
     if agains:
         figures["get_again"] = agains
-    if copies:
-        figures["memcpy"] = copies[1:]
+    for name, times in copies.items():
+        if times:
+            figures[name] = times[1:]
     return figures
 
 
@@ -281,12 +291,23 @@ def _fresh(value: Any) -> Any:
     return value.clone()
 
 
-def _memcpy(value: Any) -> Callable[[], float]:
-    """A timed copy of the bytes of ``value``'s tensors into a pre-faulted buffer, one thread."""
+def _memcpy(value: Any, shared: bool = False) -> Callable[[], float]:
+    """A timed copy of the bytes of ``value``'s tensors into a pre-faulted buffer, one
+    thread: a numpy array, or with ``shared`` a shared mapping of a memfd."""
+    import mmap
+
     import numpy as np
 
     sources = [t.numpy().reshape(-1).view(np.uint8) for t in tensors_of(value)]
-    dest = np.ones(sum(s.size for s in sources), dtype=np.uint8)  # pre-faulted
+    size = sum(s.size for s in sources)
+    if shared:
+        fd = os.memfd_create("bench-memcpy", os.MFD_CLOEXEC)
+        os.ftruncate(fd, size)
+        dest = np.frombuffer(mmap.mmap(fd, size), dtype=np.uint8)  # (kept until exit)
+        os.close(fd)
+        dest[:] = 1  # pre-faulted
+    else:
+        dest = np.ones(size, dtype=np.uint8)  # pre-faulted
 
     def timed() -> float:
         t0 = time.perf_counter()
@@ -322,7 +343,7 @@ def run_driver(system: str, case: str, quick: bool, rounds: int) -> dict[str, An
 def summary(figures: dict[str, Any]) -> dict[str, float]:
     size = figures["bytes"]
     out = {}
-    for what in ("put", "get", "get_again", "read", "memcpy"):
+    for what in ("put", "get", "get_again", "read", "memcpy", "memcpy_shm"):
         if what in figures:
             median = statistics.median(figures[what])
             out[f"{what}_ms"] = median * 1e3
@@ -332,9 +353,10 @@ def summary(figures: dict[str, Any]) -> dict[str, float]:
 
 
 def table(results: dict[str, dict[str, dict[str, float]]], systems: list[str]) -> str:
+    baselines = ("memcpy", "memcpy_shm")
     rows = [
-        "| case | metric | " + " | ".join(systems) + " | memcpy |",
-        "| --- | --- |" + " ---: |" * (len(systems) + 1),
+        "| case | metric | " + " | ".join(systems) + " | memcpy | memcpy-shm |",
+        "| --- | --- |" + " ---: |" * (len(systems) + len(baselines)),
     ]
     for case, by_system in results.items():
         ours = by_system.get("plasma-coord", {})
@@ -358,11 +380,15 @@ def table(results: dict[str, dict[str, dict[str, float]]], systems: list[str]) -
                     ratio = mine / value if better_high else value / mine
                     cell += f" ({ratio:.2f}x)"
                 cells.append(cell)
-            memcpy = ours.get(metric.replace("put", "memcpy")) if metric.startswith("put") else None
-            mem = "-" if memcpy is None else f"{memcpy:,.3g}"
-            if memcpy and metric == "put_GB_per_s":
-                mem += f" ({ours[metric] / memcpy:.2f}x)"
-            rows.append(f"| {case} | {metric} | " + " | ".join(cells) + f" | {mem} |")
+            for baseline in baselines:
+                copy = (
+                    ours.get(metric.replace("put", baseline)) if metric.startswith("put") else None
+                )
+                mem = "-" if copy is None else f"{copy:,.3g}"
+                if copy and metric == "put_GB_per_s":
+                    mem += f" ({ours[metric] / copy:.2f}x)"
+                cells.append(mem)
+            rows.append(f"| {case} | {metric} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 

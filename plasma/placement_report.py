@@ -13,7 +13,7 @@ import mmap
 from typing import Any
 
 from plasma.linux import numa
-from plasma.linux.memfd import MADV_POPULATE_READ
+from plasma.linux.memfd import MADV_POPULATE_READ, madvise
 from plasma.segments import Segment, SegmentPool
 
 _CHUNK_PAGES = 16384  # move_pages batch: bounds the ctypes arrays for big segments
@@ -56,13 +56,13 @@ def segment_placement(seg: Segment) -> dict[str, Any]:
 
 
 def _read_touch(mm: mmap.mmap, page_size: int) -> None:
-    """Map every page of ``mm`` into this process by reading it (MADV_POPULATE_READ, else a
-    read per page)."""
+    """Map every page of ``mm`` into this process by reading it (MADV_POPULATE_READ, the
+    interpreter lock released; else a read per page)."""
     try:
-        mm.madvise(MADV_POPULATE_READ)
+        madvise(numa.buffer_address(mm), len(mm), MADV_POPULATE_READ, "MADV_POPULATE_READ")
         return
     except OSError as exc:
         if exc.errno != errno.EINVAL:  # EINVAL: kernel older than 5.14
-            raise OSError(exc.errno, f"madvise(MADV_POPULATE_READ): {exc.strerror}") from None
+            raise
     for offset in range(0, len(mm), page_size):
         _ = mm[offset]

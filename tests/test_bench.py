@@ -394,7 +394,7 @@ def test_put_first_restarts_the_store_and_has_memcpy_columns(tmp_path: Path) -> 
     assert run.main([*argv, "--out", str(tmp_path), "--no-plots"]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     cases = {c["peer"]: c for c in results["cases"]}
-    assert set(cases) == {"plasma-coord", "memcpy", "memcpy-mt", "memcpy-fresh"}
+    assert set(cases) == {"plasma-coord", "memcpy", "memcpy-shm", "memcpy-mt", "memcpy-fresh"}
     for case in cases.values():
         assert case["scenario"] == "put_first" and case["param"] == 16 << 20, case
         assert "error" not in case and case["metrics"]["GB_per_s"] > 0, case

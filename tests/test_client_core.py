@@ -168,7 +168,7 @@ def test_a_writable_view_is_a_private_copy_on_write_mapping_of_a_read_only_segme
     state.maps.fds.append(memfd.reopen_read_only(fd))
     info = p.SegmentInfo(id=1, size=4 * mmap.PAGESIZE, node=0, page_size=mmap.PAGESIZE)
     info.writable = False
-    state.maps.map_segments([info], for_writing=False)
+    state.maps.map_segments([info])
     oid = b"w" * 20
     where = p.ObjectLocation(
         segment=1, offset=offset, data_size=len(original), metadata_size=0, node=0

@@ -40,12 +40,12 @@ def test_each_segment_takes_the_next_descriptor_and_keeps_a_copy() -> None:
     (one, fd1), (two, fd2) = segment(1), segment(2, writable=False)
     os.pwrite(fd2, b"second", 0)
     maps.receive([fd1, fd2])
-    maps.map_segments([one, two], for_writing=False)
+    maps.map_segments([one, two])
     assert not maps.fds and set(maps.segments) == {1, 2}
     assert maps.segments[2][:6] == b"second"
     with pytest.raises(TypeError):  # read-only: mapped as it was sent
         maps.segments[2][:1] = b"x"
-    assert maps.lazy == {1, 2}  # received to read: mapped lazily
+    assert set(maps.filled) == {1, 2}
     assert {s: page for s, (_, page) in maps.segment_fds.items()} == {1: PAGE, 2: PAGE}
     maps.close()
     assert not maps.segments and not maps.segment_fds
@@ -76,43 +76,165 @@ def test_a_segment_received_to_read_from_is_populated_in_the_background() -> Non
     maps = SegmentMaps(threading.RLock())
     maps.receive(fds)
     infos = [p.SegmentInfo(id=n, size=size, node=0, page_size=PAGE) for n in (1, 2)]
-    maps.map_segments(infos, for_writing=False)
+    maps.map_segments(infos)
     maps.unmap([2])  # closed before (or while) its turn comes: skipped
     assert maps.populator.join(timeout=60)
     assert resident(maps.segments[1]) == size
     maps.close()
 
 
-def test_a_segment_larger_than_the_populate_bound_is_mapped_lazily_either_way(
+def test_a_segment_larger_than_the_populate_bound_is_not_populated(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A budget-sized segment (``serve --prefault budget``): neither mapped populated to
-    write into nor populated in the background to read from."""
+    """A budget-sized segment (``serve --prefault budget``): no page table is filled in the
+    background (only those of the objects a put creates in it)."""
     size = 256 * PAGE
     monkeypatch.setattr(segment_maps, "POPULATE_SEGMENT_MAX", size - PAGE)
-    fds = []
-    for n in (1, 2):
-        fd = memfd.memfd_create(f"plasma-test-{n}")
-        os.ftruncate(fd, size)
-        os.pwrite(fd, b"x" * size, 0)
-        fds.append(fd)
     maps = SegmentMaps(threading.RLock())
-    maps.receive(fds)
-    read, write = (p.SegmentInfo(id=n, size=size, node=0, page_size=PAGE) for n in (1, 2))
-    maps.map_segments([read], for_writing=False)
-    maps.map_segments([write], for_writing=True)
+    maps.receive([filled_segment(size)])
+    maps.map_segments([p.SegmentInfo(id=1, size=size, node=0, page_size=PAGE)])
     assert maps.populator.join(timeout=60)
-    assert maps.lazy == {1, 2}
-    assert resident(maps.segments[1]) == resident(maps.segments[2]) == 0
+    assert resident(maps.segments[1]) == 0 and not any(maps.filled[1])
     maps.close()
 
 
-def test_a_segment_received_to_write_into_is_populated_and_writable() -> None:
+def filled_segment(size: int) -> int:
+    """A memfd of ``size`` bytes with its pages in (as the coordinator makes segments)."""
+    fd = memfd.memfd_create("plasma-test-filled")
+    os.ftruncate(fd, size)
+    os.pwrite(fd, b"x" * size, 0)
+    return fd
+
+
+def drop_page_tables(mm: mmap.mmap) -> None:
+    """Unmap every page of ``mm`` from this process's page tables (a shared map: the bytes
+    stay in the memfd); the next access to each faults it back in."""
+    mm.madvise(mmap.MADV_DONTNEED)
+    assert resident(mm) == 0
+
+
+def present(mm: mmap.mmap, start: int, stop: int) -> int:
+    """Pages of ``mm[start:stop]`` this process's page tables map now (/proc/self/pagemap)."""
+    address = np.frombuffer(mm, np.uint8).ctypes.data + start
+    with open("/proc/self/pagemap", "rb") as pagemap:
+        pagemap.seek(address // PAGE * 8)
+        entries = np.frombuffer(pagemap.read((stop - start) // PAGE * 8), np.uint64)
+    return int(np.count_nonzero(entries >> np.uint64(63)))
+
+
+def test_a_large_object_in_a_lazy_segment_fills_its_granules_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Its range's page tables are filled when it is created (a whole granule each side),
+    and a later object in granules filled before fills nothing again (a reused segment:
+    each walk over pages already mapped costs a third of a copy of them). (Fault-around may
+    map a few pages past a granule's edge: counts allow less than a granule there.)"""
+    granule = segment_maps.POPULATE_GRANULE
+    pages = granule // PAGE
+    size = 8 * granule
+    monkeypatch.setattr(segment_maps, "POPULATE_SEGMENT_MAX", size - PAGE)
+    maps = SegmentMaps(threading.RLock())
+    maps.receive([filled_segment(size)])
+    maps.map_segments([p.SegmentInfo(id=1, size=size, node=0, page_size=PAGE)])
+    mm = maps.segments[1]
+    assert resident(mm) == 0  # too large to populate whole
+    big = segment_maps.POPULATE_OBJECT_MIN
+
+    def write(offset: int, size: int) -> None:
+        where = p.ObjectLocation(segment=1, offset=offset, data_size=size, metadata_size=0, node=0)
+        maps.write_object(where, b"").release()
+
+    write(granule + PAGE, big)  # inside granule 1
+    assert present(mm, granule, 2 * granule) == pages
+    assert resident(mm) < 2 * granule and bytes(maps.filled[1]) == b"\0\2" + b"\0" * 6
+    drop_page_tables(mm)
+    write(granule + big, 2 * granule)  # granule 1 again (another offset in it), 2 and 3
+    assert present(mm, 2 * granule, 4 * granule) == 2 * pages
+    assert present(mm, granule, 2 * granule) < pages // 2  # filled before: not again
+    assert bytes(maps.filled[1]) == b"\0\2\2\2" + b"\0" * 4
+    write(0, big - 1)  # below POPULATE_OBJECT_MIN: left to fault
+    assert present(mm, 0, granule) < pages // 2 and maps.filled[1][0] == 0
+    maps.close()
+
+
+def test_a_segment_populated_in_the_background_is_not_filled_again() -> None:
+    """Received to read (filled in the background), then written into by this client."""
+    size = 4 * segment_maps.POPULATE_GRANULE
+    maps = SegmentMaps(threading.RLock())
+    maps.receive([filled_segment(size)])
+    maps.map_segments([p.SegmentInfo(id=1, size=size, node=0, page_size=PAGE)])
+    assert maps.populator.join(timeout=60)
+    assert bytes(maps.filled[1]) == b"\2" * 4
+    drop_page_tables(maps.segments[1])
+    where = p.ObjectLocation(segment=1, offset=0, data_size=size, metadata_size=0, node=0)
+    maps.write_object(where, b"").release()
+    assert resident(maps.segments[1]) == 0
+    maps.close()
+
+
+def test_a_put_fills_its_granules_and_the_background_fills_the_others() -> None:
+    """A small segment received with a created object: the object's granule is filled by
+    the put (before its copy), the others by the Populator, which skips the put's."""
+    granule = segment_maps.POPULATE_GRANULE
+    size = 4 * granule
+    queued: list[tuple[mmap.mmap, bytearray]] = []
+    maps = SegmentMaps(threading.RLock())
+    maps.populator.add = lambda mm, filled: queued.append((mm, filled))  # type: ignore[method-assign]
+    maps.receive([filled_segment(size)])
+    maps.map_segments([p.SegmentInfo(id=1, size=size, node=0, page_size=PAGE)])
+    mm = maps.segments[1]
+    assert resident(mm) == 0 and queued == [(mm, maps.filled[1])]  # mapped at once
+    big = segment_maps.POPULATE_OBJECT_MIN
+    where = p.ObjectLocation(segment=1, offset=granule, data_size=big, metadata_size=0, node=0)
+    maps.write_object(where, b"").release()
+    assert present(mm, granule, 2 * granule) == granule // PAGE
+    drop_page_tables(mm)
+    populator = segment_maps.Populator()
+    populator.add(*queued[0])
+    assert populator.join(timeout=60)
+    assert bytes(maps.filled[1]) == b"\2" * 4
+    assert present(mm, 0, granule) == granule // PAGE
+    assert present(mm, 2 * granule, size) == 2 * granule // PAGE
+    assert present(mm, granule, 2 * granule) < granule // PAGE // 2  # the put's: skipped
+    maps.close()
+
+
+def test_a_put_fills_a_granule_the_background_is_filling_and_unmapping_stops_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A granule the Populator marked FILLING is not filled yet: a put into it fills it
+    itself rather than write page by page. A segment unmapped has its granules marked
+    FILLED, so that a Populator still at it fills nothing more of it (the coordinator has
+    punched its pages out: filling them would allocate them again)."""
+    granule = segment_maps.POPULATE_GRANULE
+    size = 4 * granule
+    queued: list[tuple[mmap.mmap, bytearray]] = []
+    maps = SegmentMaps(threading.RLock())
+    maps.populator.add = lambda mm, filled: queued.append((mm, filled))  # type: ignore[method-assign]
+    maps.receive([filled_segment(size)])
+    maps.map_segments([p.SegmentInfo(id=1, size=size, node=0, page_size=PAGE)])
+    mm, filled = queued[0]
+    filled[1] = segment_maps.FILLING  # (as the Populator does before its call)
+    where = p.ObjectLocation(segment=1, offset=granule, data_size=granule, metadata_size=0, node=0)
+    maps.write_object(where, b"").release()
+    assert present(mm, granule, 2 * granule) == granule // PAGE
+    assert filled[1] == segment_maps.FILLED
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(segment_maps, "populate", lambda mm, start, n: calls.append((start, n)))
+    maps.unmap([1])
+    assert bytes(filled) == bytes([segment_maps.FILLED]) * 4
+    populator = segment_maps.Populator()
+    populator.add(mmap.mmap(-1, size), filled)  # (a map still open, as it was when queued)
+    assert populator.join(timeout=60)
+    assert calls == []
+    maps.close()
+
+
+def test_a_segment_received_to_write_into_is_writable() -> None:
     maps = SegmentMaps(threading.RLock())
     info, fd = segment(3)
     maps.receive([fd])
-    maps.map_segments([info], for_writing=True)
-    assert 3 not in maps.lazy
+    maps.map_segments([info])
     where = p.ObjectLocation(segment=3, offset=PAGE, data_size=5, metadata_size=2, node=0)
     view = maps.write_object(where, b"md")
     view[:] = b"hello"
@@ -126,7 +248,7 @@ def test_a_segment_without_its_descriptor_is_refused() -> None:
     info, fd = segment(4)
     os.close(fd)
     with pytest.raises(PlasmaError, match="segment 4 arrived without its file descriptor"):
-        maps.map_segments([info], for_writing=False)
+        maps.map_segments([info])
     assert not maps.segments
 
 
@@ -137,7 +259,7 @@ def test_a_descriptor_that_cannot_be_mapped_is_refused_and_closed() -> None:
     read_end, write_end = os.pipe()  # not a segment: mmap(2) refuses it
     maps.receive([read_end])
     with pytest.raises(OSError):
-        maps.map_segments([info], for_writing=False)
+        maps.map_segments([info])
     assert 5 not in maps.segments and not fd_open(read_end)
     os.close(write_end)
     maps.close()
@@ -147,12 +269,43 @@ def test_dropped_segments_are_unmapped_and_their_descriptors_closed() -> None:
     maps = SegmentMaps(threading.RLock())
     (one, fd1), (two, fd2) = segment(1), segment(2)
     maps.receive([fd1, fd2])
-    maps.map_segments([one, two], for_writing=False)
+    maps.map_segments([one, two])
     kept = maps.segment_fds[1][0]
     dropped = maps.segments[1]
     maps.unmap([1, 99])  # (an unknown one: nothing to do)
-    assert set(maps.segments) == {2} and 1 not in maps.lazy and 1 not in maps.segment_fds
+    assert set(maps.segments) == {2} and 1 not in maps.filled and 1 not in maps.segment_fds
     assert dropped.closed and not fd_open(kept)
+    maps.close()
+
+
+def test_unmapping_waits_for_the_granule_being_filled_then_closes_the_map(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The background fill holds a view of the map during its call (so that the map cannot
+    be unmapped under it); unmapping waits for that call, then closes the map."""
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(mm: mmap.mmap, start: int, length: int) -> bool:
+        view = memoryview(mm)  # (as the real one holds it)
+        entered.set()
+        release.wait(60)
+        view.release()
+        return True
+
+    monkeypatch.setattr(segment_maps, "populate", slow)
+    maps = SegmentMaps(threading.RLock())
+    info, fd = segment(1)
+    maps.receive([fd])
+    maps.map_segments([info])
+    dropped = maps.segments[1]
+    assert entered.wait(60)
+    unmapper = threading.Thread(target=maps.unmap, args=([1],))
+    unmapper.start()
+    unmapper.join(0.5)  # (unmapping without waiting would be done by now, the map open)
+    release.set()
+    unmapper.join(60)
+    assert not unmapper.is_alive() and dropped.closed
+    assert maps.populator.join(timeout=60)
     maps.close()
 
 
@@ -160,7 +313,7 @@ def test_a_segment_still_viewed_is_left_for_its_view_to_unmap() -> None:
     maps = SegmentMaps(threading.RLock())
     info, fd = segment(1)
     maps.receive([fd])
-    maps.map_segments([info], for_writing=True)
+    maps.map_segments([info])
     view = memoryview(maps.segments[1])
     maps.unmap([1])  # (no error: the view keeps it)
     assert not maps.segments

@@ -121,6 +121,9 @@ def test_pages_of_a_shrunk_map_cannot_fault_the_coordinator(
     with plasma.connect(coordinator.socket) as c:
         c.put(np.ones(1 << 16))
         core = c._core
+        # (the background fill of a segment's page tables holds a view of its map meanwhile,
+        # which refuses a resize too, with BufferError: wait until it is done)
+        assert core.maps.populator.join(timeout=60)
         _, access = core.maps.table_maps
         for mm, held in [
             *((segment, False) for segment in core.maps.segments.values()),

@@ -10,6 +10,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -226,15 +227,53 @@ def test_memfd_without_cloexec() -> None:
 
 
 def test_prefault_falls_back_to_touching_pages(monkeypatch: pytest.MonkeyPatch) -> None:
-    class OldKernelMap(mmap.mmap):
-        def madvise(self, *args: int) -> None:
-            raise OSError(errno.EINVAL, "Invalid argument")
+    def old_kernel(*args: object) -> None:
+        raise OSError(errno.EINVAL, "Invalid argument")
 
-    mm = OldKernelMap(-1, 16 * PAGE)
+    monkeypatch.setattr(memfd, "madvise", old_kernel)
+    mm = mmap.mmap(-1, 16 * PAGE)
     address = numa.buffer_address(mm)
     memfd.prefault(mm)
     assert numa.page_nodes(address, len(mm), PAGE) == [0] * 16
+    assert not memfd.populate_read(address, len(mm))  # (an optimisation: no error)
     mm.close()
+
+
+@pytest.mark.parametrize("call", ["prefault", "populate_read"])
+def test_populating_lets_the_other_threads_of_the_process_run(call: str) -> None:
+    """The madvise runs with the interpreter lock released (``mmap.madvise`` holds it: a
+    coordinator populating a spare stopped its event loop, a client's background populate
+    its caller). With no forced switch between threads (a switch interval of 100 s), this
+    thread runs while the other is between its two flag writes only if the call in between
+    lets go of the lock."""
+    fd = memfd.memfd_create("plasma-test")
+    os.ftruncate(fd, 4 * MiB)
+    mm = mmap.mmap(fd, 4 * MiB)
+    os.close(fd)
+    inside = [False]
+
+    def populate() -> None:
+        inside[0] = True
+        if call == "prefault":
+            memfd.prefault(mm)
+        else:
+            memfd.populate_read(numa.buffer_address(mm), len(mm))
+        inside[0] = False
+
+    seen = False
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(100)
+    try:
+        thread = threading.Thread(target=populate)
+        thread.start()
+        while thread.is_alive() and not seen:
+            seen = inside[0]
+            time.sleep(0)  # (lets the other thread take the lock back)
+        thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    mm.close()
+    assert seen, "the other thread could not run while the madvise ran"
 
 
 @pytest.mark.skipif(hugepages(2048) > 0, reason="this test needs zero free 2 MiB hugepages")

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import plasma
+from plasma._client_core import segment_maps
 from plasma.cli import build_parser
 from plasma.cli.serve import config_from_args
 from plasma.coordinator import Coordinator
@@ -228,9 +229,10 @@ def minor_faults() -> int:
 def test_a_clients_first_write_into_a_fresh_segment_does_not_fault_page_by_page(
     coordinator_factory: Callable[..., RunningCoordinator], prefault: str
 ) -> None:
-    """The page tables of the client's mapping are filled before the create returns: a
-    segment of the segment size mapped populated, the object's own range of a larger one
-    (a whole budget). Writing every page then takes (almost) no page fault."""
+    """The page tables of the object's range of the client's mapping are filled before
+    the create returns, in a segment of the segment size (whose other pages are filled in
+    the background) as in a whole budget. Writing every page then takes (almost) no page
+    fault."""
     coord = coordinator_factory(
         "--memory", "256MiB", "--segment-size", "32MiB", "--prefault", prefault
     )
@@ -248,6 +250,25 @@ def test_a_clients_first_write_into_a_fresh_segment_does_not_fault_page_by_page(
         assert faults < size // PAGE // 16, f"{faults} faults writing {size // PAGE} pages"
         [segment] = client.stats()["segments"]
         assert segment["size"] == (256 * MIB if prefault == "budget" else 32 * MIB)
+
+
+def test_a_clients_writes_into_a_fresh_arena_do_not_fault_page_by_page(
+    coordinator_factory: Callable[..., RunningCoordinator], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The arena's page tables are filled when it is granted: small objects written into
+    it take (almost) no page fault. (The background fill of whole segments is turned off
+    here: only the arena's own fill can have filled them.)"""
+    monkeypatch.setattr(segment_maps, "POPULATE_SEGMENT_MAX", 0)
+    coord = coordinator_factory("--memory", "64MiB", "--segment-size", "32MiB")
+    item = 64 * 1024
+    with plasma.connect(coord.socket, copy_threads=1) as client:
+        client.create_and_seal(plasma.ObjectID.from_random(), b"x" * item)  # (the arena)
+        data = [bytes([i]) * item for i in range(8)]
+        before = minor_faults()
+        for chunk in data:
+            client.create_and_seal(plasma.ObjectID.from_random(), chunk)
+        faults = minor_faults() - before
+        assert faults < len(data) * item // PAGE // 4, f"{faults} faults writing 8 objects"
 
 
 def test_the_serve_option_is_checked(tmp_path: Path) -> None:

@@ -753,6 +753,7 @@ class ClientCore:
             seq=self.next_seq(), size=max(ARENA_SIZE, room, need), node=node, min_size=need
         )
         reply = yield Call((*pending, msg))
+        self.maps.fill(reply.segment, reply.offset, reply.size)  # (its page tables)
         arena = Arena(
             reply.segment,
             reply.offset,

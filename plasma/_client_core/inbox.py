@@ -32,7 +32,6 @@ REPLY_MAX_FRAME = 1 << 30
 MAX_DEFERRED_ERRORS = 64  # kept one by one; beyond, only counted
 MAX_ARENA_SEALS = 4096  # SealArenas remembered until answered (an older one's failure is missed)
 
-_WRITE_REPLIES = (p.Created, p.ArenaGranted)
 # replies that are only handed to their caller: nothing to map, queue or answer
 _PLAIN_REPLIES = frozenset(
     kind
@@ -83,7 +82,7 @@ class Inbox:
                 continue
             segments = getattr(msg, "segments", None)
             if segments:
-                self._maps.map_segments(segments, for_writing=isinstance(msg, _WRITE_REPLIES))
+                self._maps.map_segments(segments)
             tables = getattr(msg, "tables", None)
             if tables is not None:  # Connected, TablesMoved: their fds come first
                 self._maps.map_tables(tables)

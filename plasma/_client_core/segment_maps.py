@@ -21,43 +21,76 @@ import os
 import threading
 from typing import Any
 
+import numpy as np
+
 from plasma import protocol as p
 from plasma._client_core import fast_path
 from plasma.errors import PlasmaError
-from plasma.linux.memfd import map_segment, populate_range, populate_read
+from plasma.linux.memfd import map_segment, populate_read
 
-__all__ = ["POPULATE_OBJECT_MIN", "POPULATE_SEGMENT_MAX", "Populator", "SegmentMaps"]
+__all__ = [
+    "FILLED",
+    "FILLING",
+    "NOT_FILLED",
+    "POPULATE_GRANULE",
+    "POPULATE_OBJECT_MIN",
+    "POPULATE_SEGMENT_MAX",
+    "Populator",
+    "SegmentMaps",
+    "populate",
+    "populate_granules",
+]
 
-# A segment first received to write into is mapped with its page tables filled in, so a put
-# writes at memcpy speed; one received to read from is mapped at once and its page tables
-# filled in the background (a get that maps it does not wait for the whole segment, and the
-# first reads of the objects sealed in it later do not fault page by page). Neither is done
-# for a segment larger than POPULATE_SEGMENT_MAX (a whole budget of `serve --prefault
-# budget`: a client that uses a few objects need not pay for gigabytes of page tables): it
-# is mapped lazily. A large object created in a lazily mapped segment has just its own
-# range populated.
+# Page tables: every segment is mapped at once, without them (a map that waited for them
+# would hold up the reply that brought it), and they are filled in granules of
+# POPULATE_GRANULE bytes, each remembered as filled (a walk over pages already mapped still
+# costs about a third of a copy of them, so nothing is filled twice):
+# - a created object of POPULATE_OBJECT_MIN bytes or more, and an arena, when created:
+#   the put writes into mapped pages at copy speed (a write fault maps one page; a
+#   smaller object's few faults cost less than filling a granule);
+# - every other granule of a segment up to POPULATE_SEGMENT_MAX bytes, in the background
+#   (the Populator's thread), ahead of the next puts and of the first reads of the objects
+#   sealed in it later;
+# - nothing else of a larger segment (a whole budget of `serve --prefault budget`: a client
+#   that uses a few objects need not pay for gigabytes of page tables, 2 MiB a GiB, nor for
+#   the CPU time of filling them, about that of copying the bytes).
 POPULATE_OBJECT_MIN = 1 << 20
 POPULATE_SEGMENT_MAX = 64 << 20
+POPULATE_GRANULE = 2 << 20
+# what SegmentMaps.filled says of each granule
+NOT_FILLED, FILLING, FILLED = 0, 1, 2
 
 
 class Populator:
-    """Fills the page tables of maps (:func:`~plasma.linux.memfd.populate_read`) one at a
-    time, in a thread that runs while there is work and then ends. A map closed meanwhile is
-    skipped."""
+    """Fills the page tables of maps in the background, one at a time, a granule at a time,
+    in a thread that runs while there is work and then ends. It takes only granules no one
+    marked (:data:`FILLING` while it fills one: a put that needs it fills it again rather
+    than write into it unfilled). To unmap a map, mark its granules :data:`FILLED` (it takes
+    none of them again), then :meth:`let_go` of it (waits for the granule in hand: its call
+    holds a view of the map, which a close would fail on)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._queue: collections.deque[mmap.mmap] = collections.deque()
+        self._idle = threading.Condition(self._lock)  # notified when a granule is done
+        self._queue: collections.deque[tuple[mmap.mmap, bytearray, int]] = collections.deque()
         self._thread: threading.Thread | None = None
+        self._current: mmap.mmap | None = None  # the map of the granule being filled
 
-    def add(self, mm: mmap.mmap) -> None:
+    def add(self, mm: mmap.mmap, filled: bytearray) -> None:
         with self._lock:
-            self._queue.append(mm)
+            self._queue.append((mm, filled, len(mm)))
             if self._thread is not None:
                 return
             thread = threading.Thread(target=self._run, name="plasma-populate", daemon=True)
             self._thread = thread
         thread.start()
+
+    def let_go(self, mm: mmap.mmap) -> None:
+        """Return once no granule of ``mm`` is being filled (its granules marked FILLED
+        before: none is taken after)."""
+        with self._idle:
+            while self._current is mm:
+                self._idle.wait()
 
     def _run(self) -> None:
         while True:
@@ -65,8 +98,28 @@ class Populator:
                 if not self._queue:
                     self._thread = None
                     return
-                mm = self._queue.popleft()
-            populate_read(mm)
+                mm, filled, size = self._queue.popleft()
+            i = filled.find(NOT_FILLED)
+            while i >= 0:
+                with self._lock:
+                    if filled[i] != NOT_FILLED:  # (a put took it, or the map is let go)
+                        i = filled.find(NOT_FILLED, i + 1)
+                        continue
+                    filled[i] = FILLING
+                    self._current = mm
+                start = i * POPULATE_GRANULE
+                try:
+                    done = populate(mm, start, min(POPULATE_GRANULE, size - start))
+                finally:
+                    with self._idle:
+                        self._current = None
+                        self._idle.notify_all()
+                if filled[i] == FILLING:
+                    filled[i] = FILLED
+                if not done:
+                    break
+                i = filled.find(NOT_FILLED, i + 1)
+            del mm  # (no reference kept while idle)
 
     def join(self, timeout: float | None = None) -> bool:
         """Wait until the queue is done (tests); False on a timeout."""
@@ -86,8 +139,10 @@ class SegmentMaps:
         self._lock = lock
         self.segments: dict[int, mmap.mmap] = {}
         self.fds: collections.deque[int] = collections.deque()  # received, not yet mapped
-        self.lazy: set[int] = set()  # segments mapped without MAP_POPULATE
-        self.populator = Populator()  # fills in the page tables of those, in the background
+        # each mapped segment's granules (of POPULATE_GRANULE bytes): whether this client
+        # filled their page tables (NOT_FILLED, FILLING in the background, FILLED)
+        self.filled: dict[int, bytearray] = {}
+        self.populator = Populator()  # fills those of small segments, in the background
         # a descriptor of each mapped segment (read-only where our uid may only read) and its
         # page size: what a writable get maps privately (copy-on-write) from
         self.segment_fds: dict[int, tuple[int, int]] = {}
@@ -106,9 +161,10 @@ class SegmentMaps:
         the messages decoded from them take them."""
         self.fds.extend(fds)
 
-    def map_segments(self, segments: list[p.SegmentInfo], *, for_writing: bool) -> None:
+    def map_segments(self, segments: list[p.SegmentInfo]) -> None:
         """Map each segment from its fd: read-only where the coordinator sent a read-only fd
-        (this client's uid may only read)."""
+        (this client's uid may only read); the page tables of one of at most
+        ``POPULATE_SEGMENT_MAX`` bytes are filled in the background."""
         for info in segments:
             if not self.fds:
                 raise PlasmaError(f"segment {info.id} arrived without its file descriptor")
@@ -116,13 +172,11 @@ class SegmentMaps:
             self._close_segment_fd(info.id)
             with contextlib.suppress(OSError):  # (none: a writable get copies instead)
                 self.segment_fds[info.id] = (os.dup(fd), info.page_size)
-            small = info.size <= POPULATE_SEGMENT_MAX
-            mm = map_segment(fd, info.size, writable=info.writable, populate=for_writing and small)
+            mm = map_segment(fd, info.size, writable=info.writable)
             self.segments[info.id] = mm
-            if not (for_writing and small):
-                self.lazy.add(info.id)
-                if small:
-                    self.populator.add(mm)
+            filled = self.filled[info.id] = bytearray(-(-info.size // POPULATE_GRANULE))
+            if info.size <= POPULATE_SEGMENT_MAX:
+                self.populator.add(mm, filled)
 
     def map_tables(self, tables: p.TablesInfo) -> None:
         """Map the directory (and access bytes, and the pin table when sent) from their fds,
@@ -170,11 +224,20 @@ class SegmentMaps:
         hold references, and a segment with a referenced object is not dropped)."""
         for segment in segments:
             mm = self.segments.pop(segment, None)
-            self.lazy.discard(segment)
+            self._stop_filling(segment, mm)
             self._close_segment_fd(segment)
             if mm is not None:
                 with contextlib.suppress(BufferError):  # (then unmapped when the view goes)
                     mm.close()
+
+    def _stop_filling(self, segment: int, mm: mmap.mmap | None) -> None:
+        """Forget ``segment``'s granules, marked filled (the Populator takes none of them
+        again), and wait for the one it may be filling (its call holds a view of ``mm``)."""
+        filled = self.filled.pop(segment, None)
+        if filled is not None:
+            filled[:] = bytes([FILLED]) * len(filled)
+        if mm is not None:
+            self.populator.let_go(mm)
 
     def _close_segment_fd(self, segment: int) -> None:
         kept = self.segment_fds.pop(segment, None)
@@ -182,11 +245,16 @@ class SegmentMaps:
             with contextlib.suppress(OSError):
                 os.close(kept[0])
 
+    def fill(self, segment: int, offset: int, length: int) -> None:
+        """Fill the page tables of the granules of ``segment`` that ``[offset, offset +
+        length)`` touches and no one filled yet (:func:`populate_granules`)."""
+        populate_granules(self.segments[segment], self.filled[segment], offset, length)
+
     def write_object(self, loc: p.ObjectLocation, metadata: bytes) -> memoryview:
         """The writable data view of a created object, its metadata already in place."""
         mm = self.segments[loc.segment]
-        if loc.segment in self.lazy and loc.data_size >= POPULATE_OBJECT_MIN:
-            populate_range(mm, loc.offset, loc.data_size)
+        if loc.data_size >= POPULATE_OBJECT_MIN:
+            self.fill(loc.segment, loc.offset, loc.data_size)
         if metadata:
             start = loc.offset + loc.data_size
             mm[start : start + len(metadata)] = metadata
@@ -197,6 +265,8 @@ class SegmentMaps:
         kept descriptors."""
         self.reader = None
         self.pins = None
+        for segment, mm in self.segments.items():
+            self._stop_filling(segment, mm)
         maps = [*self.segments.values(), *self.table_maps]
         if self.pin_map is not None:
             maps.append(self.pin_map)
@@ -208,3 +278,40 @@ class SegmentMaps:
         self.segments.clear()
         self.table_maps = []
         self.pin_map = None
+
+
+def populate_granules(mm: mmap.mmap, filled: bytearray, offset: int, length: int) -> None:
+    """Fill the page tables of the granules of ``mm`` (``POPULATE_GRANULE`` bytes each, the
+    last one cut at the map's end) that ``[offset, offset + length)`` touches and ``filled``
+    does not mark :data:`FILLED` (:func:`populate`: an optimisation only), each run of them
+    in one call, marked first (the Populator then skips them; one it is filling is filled
+    again here). A granule marked wrongly (its page tables since dropped) only costs the
+    page faults it would have taken."""
+    first, end = offset // POPULATE_GRANULE, -(-(offset + length) // POPULATE_GRANULE)
+    i = first
+    while i < end:
+        if filled[i] == FILLED:
+            i += 1
+            continue
+        j = i + 1
+        while j < end and filled[j] != FILLED:
+            j += 1
+        filled[i:j] = bytes([FILLED]) * (j - i)
+        start = i * POPULATE_GRANULE
+        populate(mm, start, min(j * POPULATE_GRANULE, len(mm)) - start)
+        i = j
+
+
+def populate(mm: mmap.mmap, offset: int, length: int) -> bool:
+    """:func:`~plasma.linux.memfd.populate_read` of ``mm[offset:offset + length]``, holding
+    a view of ``mm`` meanwhile, so that it cannot be unmapped under the call (a close fails
+    with BufferError, which :meth:`SegmentMaps.unmap` expects: the map goes with its last
+    reference); False when it could not (``mm`` closed, or the kernel cannot)."""
+    try:
+        view = np.frombuffer(mm, np.uint8)
+    except (ValueError, TypeError):  # closed
+        return False
+    try:
+        return populate_read(view.ctypes.data + offset, length)
+    finally:
+        del view

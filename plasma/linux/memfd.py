@@ -15,6 +15,7 @@ from pathlib import Path
 
 from plasma.errors import BadRequest, Unsupported
 from plasma.linux._syscall import libc, libc_call, os_error
+from plasma.linux.numa import buffer_address
 
 MFD_CLOEXEC = 0x0001
 MFD_ALLOW_SEALING = 0x0002
@@ -175,18 +176,35 @@ def punch_hole(fd: int, offset: int, length: int) -> None:
     libc_call("fallocate", fd, mode, offset, length, call=call)
 
 
+def _declare_madvise() -> None:
+    func = libc().madvise
+    func.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    func.restype = ctypes.c_int
+
+
+def madvise(address: int, length: int, advice: int, what: str = "") -> None:
+    """madvise(2) of ``[address, address + length)`` (``address`` page-aligned) with the
+    interpreter lock released: ``mmap.madvise`` holds it throughout, so a populate of a
+    large range (tens of milliseconds) stopped every other thread of the process with it
+    (the coordinator's event loop behind a spare being populated, a client's caller behind
+    its background populate). The caller keeps the range mapped meanwhile. OSError naming
+    the call (``what``: the advice's name)."""
+    _declare_madvise()
+    call = f"madvise({what or advice}, {length} bytes)"
+    libc_call("madvise", address, length, advice, call=call)
+
+
 def prefault(mm: mmap.mmap) -> None:
-    """Fault in every page of a writable mapping now (MADV_POPULATE_WRITE, else touch)."""
+    """Fault in every page of a writable mapping now (MADV_POPULATE_WRITE, the interpreter
+    lock released; else touch)."""
     if len(mm) == 0:
         return
     try:
-        mm.madvise(MADV_POPULATE_WRITE)
+        madvise(buffer_address(mm), len(mm), MADV_POPULATE_WRITE, "MADV_POPULATE_WRITE")
         return
     except OSError as exc:
         if exc.errno != errno.EINVAL:  # EINVAL: kernel older than 5.14
-            raise os_error(
-                exc.errno or 0, f"madvise(MADV_POPULATE_WRITE, {len(mm)} bytes)"
-            ) from None
+            raise
     for offset in range(0, len(mm), mmap.PAGESIZE):
         mm[offset] = mm[offset]
 
@@ -194,10 +212,10 @@ def prefault(mm: mmap.mmap) -> None:
 MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 
-def map_segment(fd: int, size: int, *, writable: bool, populate: bool) -> mmap.mmap:
+def map_segment(fd: int, size: int, *, writable: bool, populate: bool = False) -> mmap.mmap:
     """Map a received segment shared (``PROT_READ`` only unless ``writable``), then close
-    ``fd``: the map keeps the memory. ``populate`` fills the page tables now, so writes into
-    it run at memcpy speed."""
+    ``fd``: the map keeps the memory. ``populate`` fills the page tables now (else see
+    :func:`populate_read`)."""
     prot = mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0)
     try:
         return mmap.mmap(fd, size, mmap.MAP_SHARED | (MAP_POPULATE if populate else 0), prot)
@@ -207,27 +225,21 @@ def map_segment(fd: int, size: int, *, writable: bool, populate: bool) -> mmap.m
         os.close(fd)
 
 
-def populate_read(mm: mmap.mmap) -> bool:
-    """Fill the page tables of a map with the pages its file has, reading nothing and
-    writing nothing (MADV_POPULATE_READ; the interpreter lock is released meanwhile), so
-    that first reads of its bytes do not fault. An optimisation only: False when it could
-    not (a kernel before 5.14, the map closed or unmapped meanwhile)."""
-    try:
-        mm.madvise(MADV_POPULATE_READ)
-    except (OSError, ValueError):
-        return False
-    return True
+def populate_read(address: int, length: int) -> bool:
+    """Fill the page tables of ``[address, address + length)`` of a shared map (its start
+    rounded down to a page) with the pages its file has, reading and writing nothing
+    (MADV_POPULATE_READ, the interpreter lock released: :func:`madvise`), so that neither a
+    write nor a first read of its bytes faults. The caller keeps the range mapped meanwhile.
+    An optimisation only: False when it could not (a kernel before 5.14).
 
-
-def populate_range(mm: mmap.mmap, offset: int, length: int) -> None:
-    """Fill the page tables of ``[offset, offset + length)`` of a shared map of a segment, so
-    writing it takes no page fault; an optimisation only, skipped on kernels before 5.14.
-
-    MADV_POPULATE_READ, as MAP_POPULATE does: the segment's pages exist already (the
+    MADV_POPULATE_READ, as MAP_POPULATE does: a segment's pages exist already (the
     coordinator faulted them in), and in a shared writable map of shared memory a read fault
     maps them writable, sixteen pages a fault (fault-around); MADV_POPULATE_WRITE takes one
     write fault a page, 3-5x slower here. (A fallback file's pages, on disk, are mapped
     read-only until written: their writes fault as they would have.)"""
-    start = offset - offset % mmap.PAGESIZE
-    with contextlib.suppress(OSError):
-        mm.madvise(MADV_POPULATE_READ, start, offset + length - start)
+    start = address - address % mmap.PAGESIZE
+    try:
+        madvise(start, address + length - start, MADV_POPULATE_READ, "MADV_POPULATE_READ")
+    except OSError:
+        return False
+    return True
