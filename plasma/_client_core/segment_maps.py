@@ -96,6 +96,9 @@ class SegmentMaps:
         self.read_path = fast_path.READ_PATH
         self.reader: Any = None
         self.pins: Any = None
+        # the C half of the client's references (a Getter) when there is one: it is told
+        # the reader and pin table in use (see use_tables)
+        self.fast: Any = None
         self.table_maps: list[mmap.mmap] = []  # directory and access bytes
         self.pin_map: mmap.mmap | None = None
         # the directory mapped was superseded and the current one asked for: until it comes
@@ -148,14 +151,22 @@ class SegmentMaps:
             reader = None
         with self._lock:  # (no other thread is in the middle of a fast get)
             old = self.table_maps
-            self.reader = reader
             self.table_maps = [m for m in (directory, access) if m is not None]
+            if pins is not None:
+                self.pin_map = pins
+                self.use_tables(reader, path.pins(pins) if path is not None else None)
+            else:
+                self.use_tables(reader, self.pins)
             for mm in old:
                 with contextlib.suppress(BufferError):
                     mm.close()
-            if pins is not None:
-                self.pin_map = pins
-                self.pins = path.pins(pins) if path is not None else None
+
+    def use_tables(self, reader: Any, pins: Any) -> None:
+        """Read through ``reader`` and pin in ``pins`` from now on (None: nothing is served
+        from the directory; no pin is let go here, the pin table not being ours)."""
+        self.reader, self.pins = reader, pins
+        if self.fast is not None:
+            self.fast.reader, self.fast.pins = reader, pins
 
     def superseded(self, reader: Any) -> int:
         """The token of ``reader``'s directory when it was replaced and the current one is
@@ -195,8 +206,7 @@ class SegmentMaps:
     def close(self) -> None:
         """Unmap everything (maps views still use go when the last view does) and close the
         kept descriptors."""
-        self.reader = None
-        self.pins = None
+        self.use_tables(None, None)
         maps = [*self.segments.values(), *self.table_maps]
         if self.pin_map is not None:
             maps.append(self.pin_map)
