@@ -284,6 +284,11 @@ class ClientCore:
         self.maps = SegmentMaps(self._held_lock)
         self.refs = Refs(self._held_lock, self.outbox, self.maps, release_delay)
         self.maps.fast = self.refs.fast
+        # a plain get (one id, its data, no timeout) in one call: the C half's, or None (see
+        # get_pinned; the sync client calls it first, saving a frame)
+        self.plain_get: Callable[[Any], memoryview | None] | None = (
+            self.refs.fast.get if self.refs.fast is not None else None
+        )
         self.inbox = Inbox(self.outbox, self.maps, self.refs, self._arena_failed)
         # what the drivers read of the inbox: pushed messages kept, errors to raise
         self.notifications = self.inbox.notifications
@@ -463,9 +468,9 @@ class ClientCore:
         no operation to drive); None otherwise (run :meth:`get`, which raises if the
         connection is gone). The fast path of both clients' ``get``: the plain case (one
         id, data only, no timeout) is one call of the C half where it is built."""
-        fast = self.refs.fast
-        if fast is not None and timeout is None and not (with_metadata or writable):
-            view = fast.get(object_ids)  # (looks for a hang-up as gone() does)
+        plain = self.plain_get
+        if plain is not None and timeout is None and not (with_metadata or writable):
+            view = plain(object_ids)  # (looks for a hang-up as gone() does)
             if view is not None:
                 return view
         # (inlined gone(): between looks, one read of the clock; fatal empties the reader)

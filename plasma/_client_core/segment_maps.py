@@ -129,7 +129,8 @@ class SegmentMaps:
 
     def map_tables(self, tables: p.TablesInfo) -> None:
         """Map the directory (and access bytes, and the pin table when sent) from their fds,
-        replacing the directory mapped before. One that cannot be read leaves this client
+        replacing the directory mapped before, their page tables filled (the pin table's
+        now, the others' in the background). One that cannot be read leaves this client
         reading through requests."""
         sizes = [tables.directory_size, tables.access_size, tables.pin_size]
         if len(self.fds) < sum(1 for s in sizes if s):
@@ -141,6 +142,11 @@ class SegmentMaps:
         directory, access, pins = maps
         assert directory is not None
         self.install_tables(directory, access, pins)
+        # (their page tables filled in the background too: a get reads a slot at random, and
+        # its first read of each page would fault)
+        self.populator.add(directory)
+        if access is not None:
+            self.populator.add(access)
 
     def install_tables(self, directory: Any, access: Any, pins: Any) -> None:
         """Read through ``directory`` (and ``access``, ``pins`` when given) from now on."""

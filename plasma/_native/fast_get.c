@@ -631,6 +631,22 @@ static int getter_set_pins(Getter *self, PyObject *value, void *closure) {
     return set_checked(&self->pins, value, &PinTableType, "pins");
 }
 
+static PyObject *getter_get_fd(Getter *self, void *closure) {
+    return PyLong_FromLong(self->fd);
+}
+
+static int getter_set_fd(Getter *self, PyObject *value, void *closure) {
+    long fd = value != NULL ? PyLong_AsLong(value) : -1;
+    if (value == NULL || (fd == -1 && PyErr_Occurred()) || fd > INT_MAX) {
+        if (!PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "fd must be an int");
+        return -1;
+    }
+    self->fd = fd < 0 ? -1 : (int)fd;
+    self->next_look = 0; /* (a new socket is looked at with the next get) */
+    return 0;
+}
+
 static int getter_set_node(Getter *self, PyObject *value, void *closure) {
     return set_checked(&self->node, value, NULL, "node");
 }
@@ -640,13 +656,14 @@ static PyGetSetDef getter_getset[] = {
      "the directory's Reader, or None (nothing is served)", NULL},
     {"pins", (getter)getter_get_pins, (setter)getter_set_pins,
      "this client's PinTable, or None (pins are let go by Refs' Python code)", NULL},
+    {"fd", (getter)getter_get_fd, (setter)getter_set_fd,
+     "the coordinator's socket, looked at for a hang-up (-1: none)", NULL},
     {"node", (getter)getter_get_node, (setter)getter_set_node,
      "this client's node, or None: its copy of an object is read first", NULL},
     {NULL},
 };
 
 static PyMemberDef getter_members[] = {
-    {"fd", T_INT, offsetof(Getter, fd), 0, "the coordinator's socket (-1: none)"},
     {"interval_ns", T_LONGLONG, offsetof(Getter, interval_ns), 0,
      "ns between two looks at the socket for a hang-up"},
     {"release_delay", T_PYSSIZET, offsetof(Getter, release_delay), 0,
