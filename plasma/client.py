@@ -16,6 +16,7 @@ import select
 import socket
 import threading
 import time
+import types
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
@@ -56,7 +57,11 @@ class Client:
         copy_threads: int | None = None,
     ) -> None:
         self._core = ClientCore(release_delay, copy_threads=copy_threads)
-        self._plain_get = self._core.plain_get
+        fast = self._core.refs.fast
+        if fast is not None and type(self).get is Client.get:
+            # get as one C call where the directory serves a plain get (one id, its data):
+            # an instance attribute comes before the class's method (which it calls else)
+            vars(self)["get"] = fast.bind(types.MethodType(Client.get, self))
         self.socket_path = default_socket.resolve(socket_path)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -245,11 +250,6 @@ class Client:
         with_metadata: bool = False,
         writable: bool = False,
     ) -> Any:
-        plain = self._plain_get  # (the core's get_pinned, one frame less: see there)
-        if plain is not None and timeout is None and not (with_metadata or writable):
-            view = plain(object_ids)
-            if view is not None:
-                return view
         local = self._core.get_pinned(object_ids, timeout, with_metadata, writable)
         if local is None:
             local = self._run(self._core.get(object_ids, timeout, with_metadata, writable))

@@ -269,3 +269,22 @@ def test_the_c_lock_is_a_reentrant_lock() -> None:
     assert got == [False, True]  # (held by that thread, gone: never released)
     with pytest.raises(TypeError):
         NATIVE.lock(1)
+
+
+def test_bind_serves_a_plain_get_in_c_and_passes_anything_else_on(parts: Parts) -> None:
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def fallback(*args: Any, **kwargs: Any) -> str:
+        calls.append((args, kwargs))
+        return "python"
+
+    get = parts.fast.bind(fallback)
+    parts.seal(A, 0, b"a")
+    view = get(A)
+    assert bytes(view) == b"a" and not calls
+    assert get(A) == "python"  # held: the Python half's
+    assert get(B, 5) == "python" and get(B, timeout=None) == "python"
+    assert calls == [((A,), {}), ((B, 5), {}), ((B,), {"timeout": None})]
+    assert get.__wrapped__ is fallback
+    with pytest.raises(TypeError):
+        parts.fast.bind(1)

@@ -60,6 +60,26 @@ def test_a_client_reads_the_directory_through_the_c_reader(coordinator: RunningC
         assert c._core.maps.pins.count == 0  # every view gone: every pin given back
 
 
+@needs_native
+def test_a_plain_get_of_a_client_is_one_c_call_and_the_rest_its_method(
+    coordinator: RunningCoordinator,
+):
+    with plasma.connect(coordinator.socket) as producer, plasma.connect(coordinator.socket) as c:
+        assert type(c.get).__name__ == "Bound" and c.get.__wrapped__.__func__ is plasma.Client.get
+        producer.create_and_seal(oid(1), b"abc")
+        producer.create_and_seal(oid(2), b"def", b"meta")
+        producer.flush()
+        assert bytes(c.get(oid(1), timeout=5)) == b"abc"  # maps the segment (a request)
+        before = c.stats()["operations"].get("Get", 0)
+        view = c.get(oid(2))
+        assert bytes(view) == b"def" and isinstance(c._core.refs.held[oid(2)], native.Pinned)
+        data, meta = c.get(oid(2), with_metadata=True)  # held: the method, reusing it
+        assert bytes(meta) == b"meta" and c.stats()["operations"].get("Get", 0) == before
+        del view, data, meta
+    with pytest.raises(plasma.PlasmaError):
+        c.get(oid(1))  # closed: the method raises
+
+
 def test_a_client_without_the_c_read_path_says_so_once(
     coordinator: RunningCoordinator, monkeypatch: pytest.MonkeyPatch
 ):

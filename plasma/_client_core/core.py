@@ -284,8 +284,7 @@ class ClientCore:
         self.maps = SegmentMaps(self._held_lock)
         self.refs = Refs(self._held_lock, self.outbox, self.maps, release_delay)
         self.maps.fast = self.refs.fast
-        # a plain get (one id, its data, no timeout) in one call: the C half's, or None (see
-        # get_pinned; the sync client calls it first, saving a frame)
+        # a plain get (one id, its data, no timeout) in one call: the C half's, or None
         self.plain_get: Callable[[Any], memoryview | None] | None = (
             self.refs.fast.get if self.refs.fast is not None else None
         )

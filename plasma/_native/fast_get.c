@@ -588,11 +588,97 @@ static PyObject *getter_get(Getter *g, PyObject *obj) {
     return out;
 }
 
+/* ------------------------------------------------------------------ Bound */
+
+/* A client's get method as one C call: get(oid) served by the Getter when it is one plain
+ * id with no other argument, else (or when the Getter cannot serve it) the method it
+ * stands in for, called with the same arguments. */
+typedef struct {
+    PyObject_HEAD
+    Getter *getter;
+    PyObject *fallback;
+    vectorcallfunc vectorcall;
+} Bound;
+
+static PyTypeObject BoundType;
+
+static PyObject *bound_call(Bound *self, PyObject *const *args, size_t nargsf,
+                            PyObject *kwnames) {
+    if (PyVectorcall_NARGS(nargsf) == 1 && (kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0)) {
+        PyObject *got = getter_get(self->getter, args[0]);
+        if (got != Py_None)
+            return got; /* (a view, or NULL: an error) */
+        Py_DECREF(got);
+    }
+    return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+}
+
+static int bound_traverse(Bound *self, visitproc visit, void *arg) {
+    Py_VISIT(self->getter);
+    Py_VISIT(self->fallback);
+    return 0;
+}
+
+static int bound_clear(Bound *self) {
+    Py_CLEAR(self->getter);
+    Py_CLEAR(self->fallback);
+    return 0;
+}
+
+static void bound_dealloc(Bound *self) {
+    PyObject_GC_UnTrack(self);
+    bound_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *bound_get_fallback(Bound *self, void *closure) {
+    Py_INCREF(self->fallback);
+    return self->fallback;
+}
+
+static PyGetSetDef bound_getset[] = {
+    {"__wrapped__", (getter)bound_get_fallback, NULL, "the method it stands in for", NULL},
+    {NULL},
+};
+
+static PyTypeObject BoundType = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "plasma._native._directory.Bound",
+    .tp_basicsize = sizeof(Bound),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "A get method served by a Getter where it can (Getter.bind).",
+    .tp_vectorcall_offset = offsetof(Bound, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_dealloc = (destructor)bound_dealloc,
+    .tp_traverse = (traverseproc)bound_traverse,
+    .tp_clear = (inquiry)bound_clear,
+    .tp_getset = bound_getset,
+};
+
+static PyObject *getter_bind(Getter *g, PyObject *fallback) {
+    if (!PyCallable_Check(fallback)) {
+        PyErr_SetString(PyExc_TypeError, "bind(fallback): fallback must be callable");
+        return NULL;
+    }
+    Bound *self = PyObject_GC_New(Bound, &BoundType);
+    if (self == NULL)
+        return NULL;
+    Py_INCREF(g);
+    self->getter = g;
+    Py_INCREF(fallback);
+    self->fallback = fallback;
+    self->vectorcall = (vectorcallfunc)bound_call;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
 static PyMethodDef getter_methods[] = {
     {"get", (PyCFunction)getter_get, METH_O,
      "get(oid): a read-only memoryview of the data of the sealed object oid (an ObjectID, or "
      "20 bytes) read from the directory and pinned; None when this is not the plain case "
      "(ask Refs, or the coordinator)"},
+    {"bind", (PyCFunction)getter_bind, METH_O,
+     "bind(fallback): a callable that is get(oid) when called with one argument that get "
+     "serves, else fallback(*args, **kwargs): a client's get method in one C call"},
     {NULL},
 };
 
@@ -691,7 +777,8 @@ static PyTypeObject GetterType = {
 
 int fast_get_ready(void) {
     if (PyType_Ready(&RLockType) < 0 || PyType_Ready(&PinnedType) < 0 ||
-        PyType_Ready(&GetViewType) < 0 || PyType_Ready(&GetterType) < 0)
+        PyType_Ready(&GetViewType) < 0 || PyType_Ready(&GetterType) < 0 ||
+        PyType_Ready(&BoundType) < 0)
         return -1;
     return 0;
 }
