@@ -2,9 +2,11 @@
  *
  * Reader and PinTable hold a buffer export of the map they read or write (so the map cannot
  * be closed under them: a close is refused until they go); Found is a consistent read of a
- * slot, a tuple like plasma.directory.Found. pin_from_directory is the whole fast path of a get in one call, with the signature
- * of plasma._client_core.fast_path.pin_from_directory; the write_* functions are the
- * coordinator's ordered slot writes (plasma.directory.Directory uses them). Nothing here
+ * slot, a tuple like plasma.directory.Found. pin_from_directory is the directory read of a
+ * get in one call, with the signature of plasma._client_core.fast_path.pin_from_directory
+ * (a client's plain get, with its record and view, is fast_get.c's Getter); the write_*
+ * functions are the coordinator's ordered slot writes (plasma.directory.Directory uses
+ * them). Nothing here
  * releases the GIL: callers that share a PinTable between threads hold the client core's
  * lock anyway, and every call is a few hundred nanoseconds. */
 #include "module.h"
