@@ -11,6 +11,7 @@ import gc
 import mmap
 import socket
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -274,17 +275,23 @@ def test_the_c_lock_is_a_reentrant_lock() -> None:
 def test_bind_serves_a_plain_get_in_c_and_passes_anything_else_on(parts: Parts) -> None:
     calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
 
-    def fallback(*args: Any, **kwargs: Any) -> str:
-        calls.append((args, kwargs))
-        return "python"
+    class Client:
+        def get(self, *args: Any, **kwargs: Any) -> str:
+            calls.append((args, kwargs))
+            return "python"
 
-    get = parts.fast.bind(fallback)
+    client = Client()
+    get = parts.fast.bind(Client.get, weakref.ref(client))
     parts.seal(A, 0, b"a")
     view = get(A)
     assert bytes(view) == b"a" and not calls
     assert get(A) == "python"  # held: the Python half's
     assert get(B, 5) == "python" and get(B, timeout=None) == "python"
-    assert calls == [((A,), {}), ((B, 5), {}), ((B,), {"timeout": None})]
-    assert get.__wrapped__ is fallback
+    assert get(*[B] * 9) == "python"  # (more arguments than fit on its stack)
+    assert calls == [((A,), {}), ((B, 5), {}), ((B,), {"timeout": None}), ((B,) * 9, {})]
+    assert get.__wrapped__ is Client.get
+    del client
+    with pytest.raises(ReferenceError):
+        get(B, 5)  # (held weakly: the client is gone)
     with pytest.raises(TypeError):
-        parts.fast.bind(1)
+        parts.fast.bind(Client.get, None)

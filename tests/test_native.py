@@ -11,6 +11,7 @@ import mmap
 import os
 import struct
 import warnings
+import weakref
 
 import pytest
 
@@ -65,7 +66,7 @@ def test_a_plain_get_of_a_client_is_one_c_call_and_the_rest_its_method(
     coordinator: RunningCoordinator,
 ):
     with plasma.connect(coordinator.socket) as producer, plasma.connect(coordinator.socket) as c:
-        assert type(c.get).__name__ == "Bound" and c.get.__wrapped__.__func__ is plasma.Client.get
+        assert type(c.get).__name__ == "Bound" and c.get.__wrapped__ is plasma.Client.get
         producer.create_and_seal(oid(1), b"abc")
         producer.create_and_seal(oid(2), b"def", b"meta")
         producer.flush()
@@ -286,3 +287,22 @@ def test_the_c_writer_writes_the_bytes_the_python_writer_does(
     c_written = churn()
     monkeypatch.setattr(directory_module, "native", None)
     assert churn() == c_written
+
+
+@needs_native
+def test_a_client_dropped_without_close_goes_at_once_and_its_get_serves_nothing(
+    coordinator: RunningCoordinator,
+):
+    with plasma.connect(coordinator.socket) as producer:
+        producer.create_and_seal(oid(1), b"abc")
+        producer.create_and_seal(oid(2), b"def")
+        producer.flush()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)  # (its socket, unclosed)
+            c = plasma.connect(coordinator.socket)
+            assert bytes(c.get(oid(1), timeout=5)) == b"abc"
+            get, gone = c.get, weakref.ref(c)
+            del c
+            assert gone() is None  # no cycle through its get method keeps it (and its socket)
+        with pytest.raises(ReferenceError):
+            get(oid(2))  # not served from the directory of a client that is gone

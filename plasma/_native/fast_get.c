@@ -591,37 +591,65 @@ static PyObject *getter_get(Getter *g, PyObject *obj) {
 /* ------------------------------------------------------------------ Bound */
 
 /* A client's get method as one C call: get(oid) served by the Getter when it is one plain
- * id with no other argument, else (or when the Getter cannot serve it) the method it
- * stands in for, called with the same arguments. */
+ * id with no other argument, else (or when the Getter cannot serve it) the method it stands
+ * in for, called on the client with the same arguments. It holds the client weakly (it
+ * lives in the client's own dict: no cycle keeps a dropped client, and its socket, alive). */
 typedef struct {
     PyObject_HEAD
     Getter *getter;
-    PyObject *fallback;
+    PyObject *method; /* the function it stands in for */
+    PyObject *owner;  /* a weak reference to the client */
     vectorcallfunc vectorcall;
 } Bound;
 
 static PyTypeObject BoundType;
 
+#define BOUND_STACK_ARGS 8
+
 static PyObject *bound_call(Bound *self, PyObject *const *args, size_t nargsf,
                             PyObject *kwnames) {
-    if (PyVectorcall_NARGS(nargsf) == 1 && (kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0)) {
+    Py_ssize_t n = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (n == 1 && nkw == 0) {
         PyObject *got = getter_get(self->getter, args[0]);
         if (got != Py_None)
             return got; /* (a view, or NULL: an error) */
         Py_DECREF(got);
     }
-    return PyObject_Vectorcall(self->fallback, args, nargsf, kwnames);
+    PyObject *owner = PyWeakref_GetObject(self->owner); /* (borrowed) */
+    if (owner == NULL)
+        return NULL;
+    if (owner == Py_None) {
+        PyErr_SetString(PyExc_ReferenceError, "the client of this get method is gone");
+        return NULL;
+    }
+    PyObject *stack[BOUND_STACK_ARGS], **all = stack;
+    if (1 + n + nkw > BOUND_STACK_ARGS) {
+        all = PyMem_Malloc((size_t)(1 + n + nkw) * sizeof(PyObject *));
+        if (all == NULL)
+            return PyErr_NoMemory();
+    }
+    Py_INCREF(owner);
+    all[0] = owner;
+    memcpy(all + 1, args, (size_t)(n + nkw) * sizeof(PyObject *));
+    PyObject *out = PyObject_Vectorcall(self->method, all, (size_t)(n + 1), kwnames);
+    Py_DECREF(owner);
+    if (all != stack)
+        PyMem_Free(all);
+    return out;
 }
 
 static int bound_traverse(Bound *self, visitproc visit, void *arg) {
     Py_VISIT(self->getter);
-    Py_VISIT(self->fallback);
+    Py_VISIT(self->method);
+    Py_VISIT(self->owner);
     return 0;
 }
 
 static int bound_clear(Bound *self) {
     Py_CLEAR(self->getter);
-    Py_CLEAR(self->fallback);
+    Py_CLEAR(self->method);
+    Py_CLEAR(self->owner);
     return 0;
 }
 
@@ -631,13 +659,13 @@ static void bound_dealloc(Bound *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static PyObject *bound_get_fallback(Bound *self, void *closure) {
-    Py_INCREF(self->fallback);
-    return self->fallback;
+static PyObject *bound_get_method(Bound *self, void *closure) {
+    Py_INCREF(self->method);
+    return self->method;
 }
 
 static PyGetSetDef bound_getset[] = {
-    {"__wrapped__", (getter)bound_get_fallback, NULL, "the method it stands in for", NULL},
+    {"__wrapped__", (getter)bound_get_method, NULL, "the method it stands in for", NULL},
     {NULL},
 };
 
@@ -645,7 +673,7 @@ static PyTypeObject BoundType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "plasma._native._directory.Bound",
     .tp_basicsize = sizeof(Bound),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
-    .tp_doc = "A get method served by a Getter where it can (Getter.bind).",
+    .tp_doc = "A client's get method served by a Getter where it can (Getter.bind).",
     .tp_vectorcall_offset = offsetof(Bound, vectorcall),
     .tp_call = PyVectorcall_Call,
     .tp_dealloc = (destructor)bound_dealloc,
@@ -654,9 +682,10 @@ static PyTypeObject BoundType = {
     .tp_getset = bound_getset,
 };
 
-static PyObject *getter_bind(Getter *g, PyObject *fallback) {
-    if (!PyCallable_Check(fallback)) {
-        PyErr_SetString(PyExc_TypeError, "bind(fallback): fallback must be callable");
+static PyObject *getter_bind(Getter *g, PyObject *const *args, Py_ssize_t n) {
+    if (n != 2 || !PyCallable_Check(args[0]) || !PyWeakref_CheckRef(args[1])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "bind(method, owner): a callable and a weak reference to the client");
         return NULL;
     }
     Bound *self = PyObject_GC_New(Bound, &BoundType);
@@ -664,8 +693,10 @@ static PyObject *getter_bind(Getter *g, PyObject *fallback) {
         return NULL;
     Py_INCREF(g);
     self->getter = g;
-    Py_INCREF(fallback);
-    self->fallback = fallback;
+    Py_INCREF(args[0]);
+    self->method = args[0];
+    Py_INCREF(args[1]);
+    self->owner = args[1];
     self->vectorcall = (vectorcallfunc)bound_call;
     PyObject_GC_Track(self);
     return (PyObject *)self;
@@ -676,9 +707,10 @@ static PyMethodDef getter_methods[] = {
      "get(oid): a read-only memoryview of the data of the sealed object oid (an ObjectID, or "
      "20 bytes) read from the directory and pinned; None when this is not the plain case "
      "(ask Refs, or the coordinator)"},
-    {"bind", (PyCFunction)getter_bind, METH_O,
-     "bind(fallback): a callable that is get(oid) when called with one argument that get "
-     "serves, else fallback(*args, **kwargs): a client's get method in one C call"},
+    {"bind", (PyCFunction)(void (*)(void))getter_bind, METH_FASTCALL,
+     "bind(method, owner): a client's get method in one C call: get(oid) when called with "
+     "one argument that get serves, else method(owner(), *args, **kwargs); owner is a weak "
+     "reference to the client"},
     {NULL},
 };
 
