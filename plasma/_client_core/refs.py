@@ -99,6 +99,20 @@ class _Creation:
     sealed: bool = False
 
 
+class _Count:
+    """An int attribute of :class:`Refs` kept in its ``_counts`` (its ``Getter`` where there
+    is one, so that the C half reads and updates the same)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, refs: Any, owner: type | None = None) -> int:
+        return int(getattr(refs._counts, self.name))
+
+    def __set__(self, refs: Any, value: int) -> None:
+        setattr(refs._counts, self.name, value)
+
+
 def _keep_until_called(*kept: object) -> None:
     """A finalizer that does nothing: its arguments live as long as what it watches."""
 
@@ -148,31 +162,10 @@ class Refs:
         # set in a forked child: the views it inherited are the parent's, never let go here
         self.forked = False
 
-    # the cache's counts, where the C half sees them too
-    @property
-    def release_delay(self) -> int:
-        return int(self._counts.release_delay)
-
-    @release_delay.setter
-    def release_delay(self, value: int) -> None:
-        self._counts.release_delay = value
-
-    @property
-    def cache_limit(self) -> int:
-        """Bytes the cache keeps at most (lowered for small stores, see ``connected``)."""
-        return int(self._counts.cache_limit)
-
-    @cache_limit.setter
-    def cache_limit(self, value: int) -> None:
-        self._counts.cache_limit = value
-
-    @property
-    def cache_bytes(self) -> int:
-        return int(self._counts.cache_bytes)
-
-    @cache_bytes.setter
-    def cache_bytes(self, value: int) -> None:
-        self._counts.cache_bytes = value
+    # the cache's bounds and bytes, kept where the C half sees them too
+    release_delay = _Count()
+    cache_limit = _Count()  # (lowered for small stores, see ``connected``)
+    cache_bytes = _Count()
 
     def holds(self, oid: bytes) -> bool:
         """Whether a reference to ``oid`` is held (in use or cached)."""
