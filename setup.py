@@ -11,8 +11,12 @@ setup(
     ext_modules=[
         Extension(
             "plasma._native._directory",
-            sources=["plasma/_native/module.c", "plasma/_native/directory.c"],
-            depends=["plasma/_native/directory.h"],
+            sources=[
+                "plasma/_native/module.c",
+                "plasma/_native/fast_get.c",
+                "plasma/_native/directory.c",
+            ],
+            depends=["plasma/_native/directory.h", "plasma/_native/module.h"],
             extra_compile_args=[
                 "-std=c11",
                 "-O2",

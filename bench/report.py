@@ -28,6 +28,8 @@ BASELINES = {
     "from plasma-coord's worker, interleaved with its calls",
     "c-consumer": "plasma-coord's hand-off with its consumers written in C (clients/c), "
     "right after the Python consumers' run, same producer",
+    "python-floor": "the same hand-off with Python consumers that only view and read one byte "
+    "of a buffer they mapped before (no store: what waking the interpreter costs)",
 }
 
 

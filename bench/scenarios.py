@@ -10,6 +10,7 @@ baselines, measured by the harness itself, in :mod:`bench.memcpy`.
 from __future__ import annotations
 
 import dataclasses
+import mmap
 import multiprocessing as mp
 import os
 import sys
@@ -814,25 +815,41 @@ def _handoff_consumer(module: str, config: dict[str, Any], conn: Any) -> None:
     peer.close()
 
 
-def handoff(peer: Peer, module: str, case: int, quick: bool, c_consumers: bool = False) -> Metrics:
-    """The hand-off pattern: ``HANDOFF_CONSUMERS`` consumer processes, each blocked on a pipe;
-    this process, the producer, seals one object at a time (and waits until the store applied
-    the seal: plasma-coord ``flush``, the others' seals are acknowledged), sends its key to
-    the next consumer, and lets ``spacing`` seconds pass between two objects. Timed: each
-    consumer's get + read of one byte + drop, from the moment its pipe read returned. With
-    ``c_consumers`` (plasma-coord's worker), the same again right after with consumers
-    written in C (:mod:`bench.c_consumer`): the ``c-consumer`` column."""
-    size, spacing = HANDOFF_CASES[case]
-    n = HANDOFF_OBJECTS[size >= MiB][quick]
-    ctx = mp.get_context("spawn")
-    config = peer.child_config()
+def _floor_consumer(size: int, conn: Any) -> None:
+    """handoff's Python floor: woken as a consumer is, view and read one byte of a mapped
+    buffer of ``size`` bytes (no store, no id decoded), timed the same way."""
+    buf = mmap.mmap(-1, max(size, 1))
+    clock = time.perf_counter_ns
+    samples: list[int] = []
+    warm = True
+    while conn.recv_bytes():
+        t0 = clock()
+        view = memoryview(buf)[:size]
+        view[0]
+        del view
+        elapsed = clock() - t0
+        if not warm:
+            samples.append(elapsed)
+        warm = False
+        conn.send_bytes(b"done")
+    conn.send(samples)
+
+
+def _consumers(ctx: Any, target: Any, args: tuple[Any, ...]) -> tuple[list[Any], list[Any]]:
+    """``HANDOFF_CONSUMERS`` processes running ``target(*args, conn)``, started: (pipes, procs)."""
     pipes, procs = [], []
     for _ in range(HANDOFF_CONSUMERS):
         mine, theirs = ctx.Pipe()
         pipes.append(mine)
-        procs.append(ctx.Process(target=_handoff_consumer, args=(module, config, theirs)))
+        procs.append(ctx.Process(target=target, args=(*args, theirs)))
     for proc in procs:
         proc.start()
+    return pipes, procs
+
+
+def _timed_hand_off(
+    peer: Peer, pipes: list[Any], procs: list[Any], size: int, spacing: float, n: int
+) -> Metrics:
     try:
         metrics = _percentiles(_hand_off(peer, pipes, size, spacing, n))
     finally:
@@ -840,8 +857,30 @@ def handoff(peer: Peer, module: str, case: int, quick: bool, c_consumers: bool =
             conn.close()
         _reap(procs)
     _check_exits(procs, "hand-off consumer")
+    return metrics
+
+
+def handoff(peer: Peer, module: str, case: int, quick: bool, c_consumers: bool = False) -> Metrics:
+    """The hand-off pattern: ``HANDOFF_CONSUMERS`` consumer processes, each blocked on a pipe;
+    this process, the producer, seals one object at a time (and waits until the store applied
+    the seal: plasma-coord ``flush``, the others' seals are acknowledged), sends its key to
+    the next consumer, and lets ``spacing`` seconds pass between two objects. Timed: each
+    consumer's get + read of one byte + drop, from the moment its pipe read returned. With
+    ``c_consumers`` (plasma-coord's worker), the same again right after with consumers
+    written in C (:mod:`bench.c_consumer`): the ``c-consumer`` column; and with Python
+    consumers that do no more than view and read one byte of a buffer they mapped before
+    (:func:`_floor_consumer`): the ``python-floor`` column."""
+    size, spacing = HANDOFF_CASES[case]
+    n = HANDOFF_OBJECTS[size >= MiB][quick]
+    ctx = mp.get_context("spawn")
+    pipes, procs = _consumers(ctx, _handoff_consumer, (module, peer.child_config()))
+    metrics = _timed_hand_off(peer, pipes, procs, size, spacing, n)
     if not c_consumers:
         return metrics
+    pipes, procs = _consumers(ctx, _floor_consumer, (size,))
+    floor = _timed_hand_off(peer, pipes, procs, size, spacing, n)
+    metrics |= {f"python-floor:{metric}": value for metric, value in floor.items()}
+    config = peer.child_config()
     try:
         program = c_consumer.build(peer.workdir)
     except RuntimeError as exc:  # (no compiler or make here: the column stays empty)

@@ -16,6 +16,7 @@ import select
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, overload
 
@@ -56,6 +57,13 @@ class Client:
         copy_threads: int | None = None,
     ) -> None:
         self._core = ClientCore(release_delay, copy_threads=copy_threads)
+        fast = self._core.refs.fast
+        if fast is not None and type(self).get is Client.get:
+            # get as one C call where the directory serves a plain get (one id, its data):
+            # an instance attribute comes before the class's method (which it calls else).
+            # It holds this client weakly; once the client is gone it serves nothing more.
+            vars(self)["get"] = fast.bind(Client.get, weakref.ref(self))
+            weakref.finalize(self, setattr, fast, "reader", None)
         self.socket_path = default_socket.resolve(socket_path)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:

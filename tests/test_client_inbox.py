@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import mmap
-import threading
 
 import msgspec
 import pytest
 
 from plasma import protocol as p
+from plasma._client_core.fast_path import client_lock
 from plasma._client_core.inbox import MAX_DEFERRED_ERRORS, Inbox
 from plasma._client_core.outbox import Outbox
 from plasma._client_core.refs import Refs
@@ -20,7 +20,7 @@ A, B = b"a" * 20, b"b" * 20
 
 class Parts:
     def __init__(self) -> None:
-        lock = threading.RLock()
+        lock = client_lock()
         self.failed_arenas: list[int] = []
         self.outbox = Outbox(lambda msg: self.inbox.nobodys(msg))
         self.maps = SegmentMaps(lock)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import gc
 import mmap
-import threading
 
 from plasma import protocol as p
+from plasma._client_core.fast_path import client_lock
 from plasma._client_core.outbox import Outbox
 from plasma._client_core.refs import Refs
 from plasma._client_core.segment_maps import SegmentMaps
@@ -15,7 +15,7 @@ A, B, C = b"a" * 20, b"b" * 20, b"c" * 20
 
 
 def parts(release_delay: int = 2) -> tuple[Refs, Outbox]:
-    lock = threading.RLock()
+    lock = client_lock()
     outbox = Outbox(lambda msg: None)
     maps = SegmentMaps(lock)
     maps.segments[1] = mmap.mmap(-1, 1 << 16)

@@ -13,6 +13,7 @@ import pytest
 from plasma import protocol as p
 from plasma._client_core import segment_maps
 from plasma._client_core.segment_maps import SegmentMaps
+from plasma.directory import Directory, directory_size, pin_table_size
 from plasma.errors import PlasmaError
 from plasma.linux import memfd
 
@@ -80,6 +81,27 @@ def test_a_segment_received_to_read_from_is_populated_in_the_background() -> Non
     maps.unmap([2])  # closed before (or while) its turn comes: skipped
     assert maps.populator.join(timeout=60)
     assert resident(maps.segments[1]) == size
+    maps.close()
+
+
+def test_the_directory_and_access_bytes_are_populated_in_the_background() -> None:
+    """A get reads a directory slot at random: no first read of a page of it faults."""
+    capacity = 4096
+    sizes = (directory_size(capacity), capacity, pin_table_size(8))
+    fds = []
+    for n, size in enumerate(sizes):
+        fd = memfd.memfd_create(f"plasma-test-{n}")
+        os.ftruncate(fd, size)
+        fds.append(fd)
+    with mmap.mmap(fds[0], sizes[0]) as mm:
+        Directory(mm, capacity)
+    maps = SegmentMaps(threading.RLock())
+    maps.receive(fds)
+    maps.map_tables(p.TablesInfo(*sizes))
+    assert maps.populator.join(timeout=60)
+    assert maps.reader is not None
+    directory, access = maps.table_maps
+    assert resident(directory) >= sizes[0] and resident(access) >= sizes[1]
     maps.close()
 
 

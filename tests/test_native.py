@@ -11,6 +11,7 @@ import mmap
 import os
 import struct
 import warnings
+import weakref
 
 import pytest
 
@@ -58,6 +59,26 @@ def test_a_client_reads_the_directory_through_the_c_reader(coordinator: RunningC
         assert [bytes(c.get(i, timeout=0)) for i in ids] == [b"0", b"1", b"2", b"3"]
         assert c.stats()["operations"].get("Get", 0) == before  # no request among them
         assert c._core.maps.pins.count == 0  # every view gone: every pin given back
+
+
+@needs_native
+def test_a_plain_get_of_a_client_is_one_c_call_and_the_rest_its_method(
+    coordinator: RunningCoordinator,
+):
+    with plasma.connect(coordinator.socket) as producer, plasma.connect(coordinator.socket) as c:
+        assert type(c.get).__name__ == "Bound" and c.get.__wrapped__ is plasma.Client.get
+        producer.create_and_seal(oid(1), b"abc")
+        producer.create_and_seal(oid(2), b"def", b"meta")
+        producer.flush()
+        assert bytes(c.get(oid(1), timeout=5)) == b"abc"  # maps the segment (a request)
+        before = c.stats()["operations"].get("Get", 0)
+        view = c.get(oid(2))
+        assert bytes(view) == b"def" and isinstance(c._core.refs.held[oid(2)], native.Pinned)
+        data, meta = c.get(oid(2), with_metadata=True)  # held: the method, reusing it
+        assert bytes(meta) == b"meta" and c.stats()["operations"].get("Get", 0) == before
+        del view, data, meta
+    with pytest.raises(plasma.PlasmaError):
+        c.get(oid(1))  # closed: the method raises
 
 
 def test_a_client_without_the_c_read_path_says_so_once(
@@ -266,3 +287,22 @@ def test_the_c_writer_writes_the_bytes_the_python_writer_does(
     c_written = churn()
     monkeypatch.setattr(directory_module, "native", None)
     assert churn() == c_written
+
+
+@needs_native
+def test_a_client_dropped_without_close_goes_at_once_and_its_get_serves_nothing(
+    coordinator: RunningCoordinator,
+):
+    with plasma.connect(coordinator.socket) as producer:
+        producer.create_and_seal(oid(1), b"abc")
+        producer.create_and_seal(oid(2), b"def")
+        producer.flush()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)  # (its socket, unclosed)
+            c = plasma.connect(coordinator.socket)
+            assert bytes(c.get(oid(1), timeout=5)) == b"abc"
+            get, gone = c.get, weakref.ref(c)
+            del c
+            assert gone() is None  # no cycle through its get method keeps it (and its socket)
+        with pytest.raises(ReferenceError):
+            get(oid(2))  # not served from the directory of a client that is gone

@@ -33,7 +33,6 @@ import mmap
 import os
 import select
 import sys
-import threading
 import time
 import types
 import warnings
@@ -46,7 +45,7 @@ import msgspec
 
 from plasma import parallel_copy, serialization
 from plasma import protocol as p
-from plasma._client_core.fast_path import fallback_warning
+from plasma._client_core.fast_path import client_lock, fallback_warning
 from plasma._client_core.inbox import Inbox
 from plasma._client_core.outbox import IDS_PER_FRAME, Outbox, chunks
 from plasma._client_core.refs import (
@@ -281,9 +280,14 @@ class ClientCore:
         self._socket_fd = -1
         self._poller = select.poll()
         self.next_hangup_check = 0.0  # (time.monotonic()) when a directory get looks again
-        self._held_lock = threading.RLock()  # finalizers may run on any thread
+        self._held_lock = client_lock()  # finalizers may run on any thread
         self.maps = SegmentMaps(self._held_lock)
         self.refs = Refs(self._held_lock, self.outbox, self.maps, release_delay)
+        self.maps.fast = self.refs.fast
+        # a plain get (one id, its data, no timeout) in one call: the C half's, or None
+        self.plain_get: Callable[[Any], memoryview | None] | None = (
+            self.refs.fast.get if self.refs.fast is not None else None
+        )
         self.inbox = Inbox(self.outbox, self.maps, self.refs, self._arena_failed)
         # what the drivers read of the inbox: pushed messages kept, errors to raise
         self.notifications = self.inbox.notifications
@@ -326,6 +330,8 @@ class ClientCore:
         self.alignment = reply.alignment
         self.node_cpus = {node.id: node.cpus for node in reply.nodes}
         self.refs.cache_limit = min(RELEASE_DELAY_BYTES, reply.capacity // RELEASE_DELAY_SHARE)
+        if self.refs.fast is not None:
+            self.refs.fast.node = reply.node
 
     def align(self, n: int) -> int:
         """``n`` rounded up to the coordinator's alignment."""
@@ -357,8 +363,7 @@ class ClientCore:
         self.forked_from = self.pid
         self.refs.forked = True
         self.pid = os.getpid()
-        self.maps.reader = None
-        self.maps.pins = None
+        self.maps.use_tables(None, None)
 
     def check_process(self) -> None:
         """Raise in a forked child: the connection and its pins belong to the parent."""
@@ -373,6 +378,10 @@ class ClientCore:
         (one poll(2), nothing read) whether the coordinator hung up."""
         self._socket_fd = fd
         self._poller = _hangup_poller(fd)
+        fast = self.refs.fast
+        if fast is not None:
+            fast.interval_ns = int(HANGUP_CHECK_INTERVAL * 1e9)
+            fast.fd = fd
 
     def hung_up(self) -> bool:
         """True when the connection is gone: known already, or seen now on the socket (the
@@ -398,7 +407,8 @@ class ClientCore:
         with self._held_lock:
             if self.fatal is None:
                 self.fatal = exc
-            self.maps.reader = None  # (the pin table stays: views that die still unpin)
+            # (the pin table stays: views that die still unpin)
+            self.maps.use_tables(None, self.maps.pins)
 
     def gone(self) -> bool:
         """:meth:`hung_up`, for what is served without a request: it looks at the socket at
@@ -455,7 +465,13 @@ class ClientCore:
     ) -> Any | None:
         """What ``get`` of one id returns, when the directory serves it at once (no I/O, so
         no operation to drive); None otherwise (run :meth:`get`, which raises if the
-        connection is gone). The fast path of both clients' ``get``."""
+        connection is gone). The fast path of both clients' ``get``: the plain case (one
+        id, data only, no timeout) is one call of the C half where it is built."""
+        plain = self.plain_get
+        if plain is not None and timeout is None and not (with_metadata or writable):
+            view = plain(object_ids)  # (looks for a hang-up as gone() does)
+            if view is not None:
+                return view
         # (inlined gone(): between looks, one read of the clock; fatal empties the reader)
         if self.maps.reader is None or (_monotonic() >= self.next_hangup_check and self._look()):
             return None  # (get raises it)
@@ -548,6 +564,8 @@ class ClientCore:
 
     def close_maps(self) -> None:
         self._socket_fd = -1  # (the socket is closed: its number may be reused)
+        if self.refs.fast is not None:
+            self.refs.fast.fd = -1
         self.maps.close()
 
     # ---------------------------------------------------------------- operations

@@ -15,6 +15,7 @@ one.
 from __future__ import annotations
 
 import platform
+import threading
 from collections.abc import Callable, Container
 from typing import Any, NamedTuple, Protocol
 
@@ -29,6 +30,7 @@ __all__ = [
     "READ_PATH",
     "Read",
     "ReadPath",
+    "client_lock",
     "fallback_warning",
     "pin_from_directory",
 ]
@@ -81,24 +83,44 @@ class ReadPath(NamedTuple):
     """One implementation of the fast path: a reader of the directory (its map, the access
     bytes' map or None), a pin table (its map), the get over them, and what makes an
     object's views (``views(segment map, offset, data size, metadata size, done, key)``,
-    calling ``done(key)`` when both are gone; None: numpy arrays own them)."""
+    calling ``done(key)`` when both are gone; None: numpy arrays own them), and the C half
+    of a client's references (``Getter``, see :class:`~plasma._client_core.refs.Refs`; None:
+    there is none) with the lock it takes (a ``threading.RLock`` for the Python one)."""
 
     name: str
     reader: Callable[[Any, Any], Any]
     pins: Callable[[Any], Any]
     pin: Callable[[Any, Any, Container[int], bytes, int | None], tuple[Any, int] | None]
     views: Callable[..., tuple[memoryview, memoryview]] | None
+    getter: Callable[..., Any] | None
+    lock: Callable[[], Any]
 
 
-PYTHON = ReadPath("python", DirectoryReader, PinTable, pin_from_directory, None)
+PYTHON = ReadPath(
+    "python", DirectoryReader, PinTable, pin_from_directory, None, None, threading.RLock
+)
 NATIVE = (
     None
     if native is None
-    else ReadPath("native", native.Reader, native.PinTable, native.pin_from_directory, native.views)
+    else ReadPath(
+        "native",
+        native.Reader,
+        native.PinTable,
+        native.pin_from_directory,
+        native.views,
+        native.Getter,
+        native.RLock,
+    )
 )
 # the C one where it was built, else the Python one where the CPU orders memory, else none
 # (every get a request)
 READ_PATH: ReadPath | None = NATIVE or (PYTHON if ORDERED_MEMORY else None)
+
+
+def client_lock() -> Any:
+    """A new client core's lock (reentrant: finalizers take it, on any thread): the one the
+    read path in use takes (the C one with no call), else a ``threading.RLock``."""
+    return READ_PATH.lock() if READ_PATH is not None else threading.RLock()
 
 
 def fallback_warning() -> str | None:

@@ -9,6 +9,12 @@ subscription handed over. It decides when a reference goes: the id is queued on 
 (a Release, or an Unpin hint after clearing the pin), which batches it into the next frames.
 It never sends, never decodes a reply and never maps or unmaps memory: views are made over
 the segment maps' mappings, which it only reads.
+
+Where the C read path is built, part of this has a C half (``fast``, a ``Getter`` of
+``plasma/_native/fast_get.c``): a plain get (one id, its data) served from the directory in
+one call, and the plain going of such a view (to the cache, or its pin let go), sharing
+these dicts, this lock and the cache's counts. Its records are ``Pinned`` (see
+:class:`Holding`); what is not plain it leaves to the code here.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import mmap
 import threading
 import weakref
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -24,6 +31,7 @@ from plasma import protocol as p
 from plasma._client_core.fast_path import Read
 from plasma._client_core.outbox import Outbox
 from plasma._client_core.segment_maps import SegmentMaps
+from plasma.ids import ObjectID
 
 __all__ = ["RELEASE_DELAY", "RELEASE_DELAY_BYTES", "RELEASE_DELAY_SHARE", "Refs", "Views"]
 
@@ -47,6 +55,29 @@ def _size(loc: p.ObjectLocation) -> int:
     return loc.data_size + loc.metadata_size
 
 
+class Holding(Protocol):
+    """A reference held: a :class:`_Held`, or the C ``Pinned`` a ``Getter`` records."""
+
+    @property
+    def loc(self) -> p.ObjectLocation: ...
+    @property
+    def pin(self) -> int: ...
+    @property
+    def found(self) -> Read | None: ...
+
+    views: int
+    revoked: bool
+
+
+@dataclass(slots=True)
+class _Counts:
+    """The release-delay cache's bounds and bytes (where no ``Getter`` keeps them)."""
+
+    release_delay: int
+    cache_limit: int = RELEASE_DELAY_BYTES
+    cache_bytes: int = 0
+
+
 @dataclass(slots=True)
 class _Held:
     """An object this client holds one reference to: a coordinator reference, or a pin
@@ -68,6 +99,20 @@ class _Creation:
     sealed: bool = False
 
 
+class _Count:
+    """An int attribute of :class:`Refs` kept in its ``_counts`` (its ``Getter`` where there
+    is one, so that the C half reads and updates the same)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, refs: Any, owner: type | None = None) -> int:
+        return int(getattr(refs._counts, self.name))
+
+    def __set__(self, refs: Any, value: int) -> None:
+        setattr(refs._counts, self.name, value)
+
+
 def _keep_until_called(*kept: object) -> None:
     """A finalizer that does nothing: its arguments live as long as what it watches."""
 
@@ -87,11 +132,24 @@ class Refs:
         self._c_views = path.views if path is not None else None
         # objects we hold one reference to: with live views (held) or recently released
         # (cache, oldest first, at most release_delay; revoked when someone deletes them)
-        self.held: dict[bytes, _Held] = {}
-        self.cache: dict[bytes, _Held] = {}
-        self.cache_bytes = 0
-        self.cache_limit = RELEASE_DELAY_BYTES  # lowered for small stores (see connected)
+        self.held: dict[bytes, Holding] = {}
+        self.cache: dict[bytes, Holding] = {}
+        # the C half (None without the C read path), which keeps the cache's counts then
+        self.fast: Any = None
+        if path is not None and path.getter is not None:
+            self.fast = path.getter(
+                maps.segments,
+                self.held,
+                self.cache,
+                lock,
+                self._drop_view,
+                self._evict_oldest,
+                outbox.unpins.append,
+                ObjectID,
+            )
+        self._counts: Any = self.fast if self.fast is not None else _Counts(release_delay)
         self.release_delay = release_delay
+        self.cache_limit = RELEASE_DELAY_BYTES  # lowered for small stores (see connected)
         # references a with_locations subscription handed over: id -> their locations
         self.prefetched: dict[bytes, list[p.ObjectLocation]] = {}
         # the arrays behind live views: id of a weak reference -> (it, the object's id)
@@ -103,6 +161,11 @@ class Refs:
         self._auto_released: dict[bytes, None] = {}
         # set in a forked child: the views it inherited are the parent's, never let go here
         self.forked = False
+
+    # the cache's bounds and bytes, kept where the C half sees them too
+    release_delay = _Count()
+    cache_limit = _Count()  # (lowered for small stores, see ``connected``)
+    cache_bytes = _Count()
 
     def holds(self, oid: bytes) -> bool:
         """Whether a reference to ``oid`` is held (in use or cached)."""
@@ -217,16 +280,19 @@ class Refs:
                 return
             self.cache[oid] = held
             self.cache_bytes += _size(held.loc)
-            cache = self.cache
-            while len(cache) > self.release_delay or self.cache_bytes > self.cache_limit:
-                oldest = next(iter(cache))
-                old = cache.pop(oldest)
-                self.cache_bytes -= _size(old.loc)
-                self._let_go(oldest, old)
+            while len(self.cache) > self.release_delay or self.cache_bytes > self.cache_limit:
+                self._evict_oldest()
+
+    def _evict_oldest(self) -> None:
+        """Let the oldest cached reference go (the lock held)."""
+        oldest = next(iter(self.cache))
+        old = self.cache.pop(oldest)
+        self.cache_bytes -= _size(old.loc)
+        self._let_go(oldest, old)
 
     # ---------------------------------------------------------------- letting go
 
-    def _let_go(self, oid: bytes, held: _Held) -> None:
+    def _let_go(self, oid: bytes, held: Holding) -> None:
         """Give up the reference ``held`` stands for: clear its pin (telling the coordinator
         when the object is dying, so its delete finishes now), or release it."""
         if held.pin < 0:

@@ -151,6 +151,9 @@ class SegmentMaps:
         self.read_path = fast_path.READ_PATH
         self.reader: Any = None
         self.pins: Any = None
+        # the C half of the client's references (a Getter) when there is one: it is told
+        # the reader and pin table in use (see use_tables)
+        self.fast: Any = None
         self.table_maps: list[mmap.mmap] = []  # directory and access bytes
         self.pin_map: mmap.mmap | None = None
         # the directory mapped was superseded and the current one asked for: until it comes
@@ -180,7 +183,8 @@ class SegmentMaps:
 
     def map_tables(self, tables: p.TablesInfo) -> None:
         """Map the directory (and access bytes, and the pin table when sent) from their fds,
-        replacing the directory mapped before. One that cannot be read leaves this client
+        replacing the directory mapped before, their page tables filled (the pin table's
+        now, the others' in the background). One that cannot be read leaves this client
         reading through requests."""
         sizes = [tables.directory_size, tables.access_size, tables.pin_size]
         if len(self.fds) < sum(1 for s in sizes if s):
@@ -192,6 +196,11 @@ class SegmentMaps:
         directory, access, pins = maps
         assert directory is not None
         self.install_tables(directory, access, pins)
+        # (their page tables filled in the background too: a get reads a slot at random, and
+        # its first read of each page would fault)
+        for mm in (directory, access):
+            if mm is not None:
+                self.populator.add(mm, bytearray(-(-len(mm) // POPULATE_GRANULE)))
 
     def install_tables(self, directory: Any, access: Any, pins: Any) -> None:
         """Read through ``directory`` (and ``access``, ``pins`` when given) from now on."""
@@ -202,14 +211,22 @@ class SegmentMaps:
             reader = None
         with self._lock:  # (no other thread is in the middle of a fast get)
             old = self.table_maps
-            self.reader = reader
             self.table_maps = [m for m in (directory, access) if m is not None]
+            if pins is not None:
+                self.pin_map = pins
+                self.use_tables(reader, path.pins(pins) if path is not None else None)
+            else:
+                self.use_tables(reader, self.pins)
             for mm in old:
                 with contextlib.suppress(BufferError):
                     mm.close()
-            if pins is not None:
-                self.pin_map = pins
-                self.pins = path.pins(pins) if path is not None else None
+
+    def use_tables(self, reader: Any, pins: Any) -> None:
+        """Read through ``reader`` and pin in ``pins`` from now on (None: nothing is served
+        from the directory; no pin is let go here, the pin table not being ours)."""
+        self.reader, self.pins = reader, pins
+        if self.fast is not None:
+            self.fast.reader, self.fast.pins = reader, pins
 
     def superseded(self, reader: Any) -> int:
         """The token of ``reader``'s directory when it was replaced and the current one is
@@ -263,8 +280,7 @@ class SegmentMaps:
     def close(self) -> None:
         """Unmap everything (maps views still use go when the last view does) and close the
         kept descriptors."""
-        self.reader = None
-        self.pins = None
+        self.use_tables(None, None)
         for segment, mm in self.segments.items():
             self._stop_filling(segment, mm)
         maps = [*self.segments.values(), *self.table_maps]

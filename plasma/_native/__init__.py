@@ -2,7 +2,9 @@
 
 ``directory.h`` / ``directory.c`` are a plain C11 library (lookup, pin, re-check, unpin, and
 the coordinator's ordered slot writes) that C programs compile against unchanged;
-``module.c`` wraps it as :mod:`plasma._native._directory`. ``native`` is that module, or
+``module.c`` wraps it as :mod:`plasma._native._directory`, and ``fast_get.c`` adds the
+client's plain get in one call (a ``Getter``: the C half of
+:class:`~plasma._client_core.refs.Refs`). ``native`` is that module, or
 None where it was not built or cannot be loaded (``unavailable`` then says why), or where
 ``$PLASMA_COORD_NATIVE`` is ``0`` (the Python read path, for comparison and tests).
 """

@@ -34,6 +34,50 @@ class View:
     ) -> None: ...
     def __buffer__(self, flags: int) -> memoryview: ...
 
+class RLock:
+    def __init__(self) -> None: ...
+    def acquire(self, blocking: bool = True) -> bool: ...
+    def release(self) -> None: ...
+    def __enter__(self) -> bool: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+class Pinned:
+    views: int
+    revoked: bool
+    @property
+    def pin(self) -> int: ...
+    @property
+    def found(self) -> Found: ...
+    @property
+    def loc(self) -> ObjectLocation: ...
+
+class Bound:
+    __wrapped__: Callable[..., Any]
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+class Getter:
+    reader: Reader | None
+    pins: PinTable | None
+    node: int | None
+    fd: int
+    interval_ns: int
+    release_delay: int
+    cache_limit: int
+    cache_bytes: int
+    def __init__(
+        self,
+        segments: dict[int, Any],
+        held: dict[bytes, Any],
+        cache: dict[bytes, Any],
+        lock: RLock,
+        drop: Callable[[bytes], object],
+        evict: Callable[[], object],
+        unpinned: Callable[[bytes], object],
+        id_type: type,
+    ) -> None: ...
+    def get(self, oid: Any) -> memoryview | None: ...
+    def bind(self, method: Callable[..., Any], owner: Any) -> Bound: ...
+
 def views(
     segment: Any,
     offset: int,

@@ -2,15 +2,14 @@
  *
  * Reader and PinTable hold a buffer export of the map they read or write (so the map cannot
  * be closed under them: a close is refused until they go); Found is a consistent read of a
- * slot, a tuple like plasma.directory.Found. pin_from_directory is the whole fast path of a get in one call, with the signature
- * of plasma._client_core.fast_path.pin_from_directory; the write_* functions are the
- * coordinator's ordered slot writes (plasma.directory.Directory uses them). Nothing here
+ * slot, a tuple like plasma.directory.Found. pin_from_directory is the directory read of a
+ * get in one call, with the signature of plasma._client_core.fast_path.pin_from_directory
+ * (a client's plain get, with its record and view, is fast_get.c's Getter); the write_*
+ * functions are the coordinator's ordered slot writes (plasma.directory.Directory uses
+ * them). Nothing here
  * releases the GIL: callers that share a PinTable between threads hold the client core's
  * lock anyway, and every call is a few hundred nanoseconds. */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-
-#include "directory.h"
+#include "module.h"
 
 /* plasma.records.ObjectLocation and plasma.ids.replica_id, imported on first use (the
  * package imports this module) */
@@ -68,7 +67,7 @@ static PyStructSequence_Desc found_desc = {
 
 static PyTypeObject FoundType;
 
-static PyObject *found_new_from(const pcd_found *f) {
+PyObject *found_new_from(const pcd_found *f) {
     if (import_helpers() < 0)
         return NULL;
     PyObject *args[5];
@@ -117,15 +116,6 @@ static int as_found(PyObject *obj, pcd_found *out) {
 
 /* ------------------------------------------------------------------ Reader */
 
-typedef struct {
-    PyObject_HEAD
-    pcd_reader r;
-    Py_buffer directory;
-    Py_buffer access;
-    int has_access;
-} Reader;
-
-static PyTypeObject ReaderType;
 
 static PyObject *reader_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     static char *names[] = {"directory", "access", NULL};
@@ -165,7 +155,7 @@ static void reader_dealloc(Reader *self) {
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static int id_bytes(PyObject *oid, const unsigned char **out) {
+int id_bytes(PyObject *oid, const unsigned char **out) {
     if (!PyBytes_Check(oid) || PyBytes_GET_SIZE(oid) != PCD_ID_SIZE) {
         PyErr_SetString(PyExc_ValueError, "an object id is 20 bytes");
         return -1;
@@ -231,7 +221,7 @@ static PyGetSetDef reader_getset[] = {
     {NULL},
 };
 
-static PyTypeObject ReaderType = {
+PyTypeObject ReaderType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "plasma._native._directory.Reader",
     .tp_basicsize = sizeof(Reader),
     .tp_flags = Py_TPFLAGS_DEFAULT,
@@ -244,13 +234,6 @@ static PyTypeObject ReaderType = {
 
 /* ------------------------------------------------------------------ PinTable */
 
-typedef struct {
-    PyObject_HEAD
-    pcd_pins p;
-    Py_buffer table;
-} PinTable;
-
-static PyTypeObject PinTableType;
 
 static PyObject *pins_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
     static char *names[] = {"table", NULL};
@@ -318,7 +301,7 @@ static PyGetSetDef pins_getset[] = {
     {NULL},
 };
 
-static PyTypeObject PinTableType = {
+PyTypeObject PinTableType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "plasma._native._directory.PinTable",
     .tp_basicsize = sizeof(PinTable),
     .tp_flags = Py_TPFLAGS_DEFAULT,
@@ -464,6 +447,26 @@ static PyObject *views(PyObject *module, PyObject *const *args, Py_ssize_t n) {
 
 /* ------------------------------------------------------------------ the get */
 
+int replica_of(Reader *reader, PyObject *oid, PyObject *node, PyObject **bytes,
+               const unsigned char **replica) {
+    *bytes = NULL;
+    *replica = NULL;
+    if (node == Py_None || !pcd_replicas(&reader->r))
+        return 0;
+    if (import_helpers() < 0)
+        return -1;
+    PyObject *call[2] = {oid, node};
+    PyObject *got = PyObject_Vectorcall(replica_id, call, 2, NULL);
+    if (got == NULL)
+        return -1;
+    if (id_bytes(got, replica) < 0) {
+        Py_DECREF(got);
+        return -1;
+    }
+    *bytes = got;
+    return 0;
+}
+
 typedef struct {
     PyObject *mapped;
     int failed;
@@ -500,18 +503,8 @@ static PyObject *pin_from_directory(PyObject *module, PyObject *const *args, Py_
     if (id_bytes(args[3], &id) < 0)
         return NULL;
     PyObject *replica_bytes = NULL;
-    if (args[4] != Py_None && pcd_replicas(&reader->r)) {
-        if (import_helpers() < 0)
-            return NULL;
-        PyObject *call[2] = {args[3], args[4]};
-        replica_bytes = PyObject_Vectorcall(replica_id, call, 2, NULL);
-        if (replica_bytes == NULL)
-            return NULL;
-        if (id_bytes(replica_bytes, &replica) < 0) {
-            Py_DECREF(replica_bytes);
-            return NULL;
-        }
-    }
+    if (replica_of(reader, args[3], args[4], &replica_bytes, &replica) < 0)
+        return NULL;
     mapped_ctx ctx = {args[2], 0};
     pcd_found f;
     int64_t index;
@@ -687,7 +680,7 @@ static struct PyModuleDef module_def = {
 
 PyMODINIT_FUNC PyInit__directory(void) {
     if (PyStructSequence_InitType2(&FoundType, &found_desc) < 0 || PyType_Ready(&ReaderType) < 0 ||
-        PyType_Ready(&PinTableType) < 0 || PyType_Ready(&ViewType) < 0)
+        PyType_Ready(&PinTableType) < 0 || PyType_Ready(&ViewType) < 0 || fast_get_ready() < 0)
         return NULL;
     PyObject *m = PyModule_Create(&module_def);
     if (m == NULL)
@@ -695,7 +688,7 @@ PyMODINIT_FUNC PyInit__directory(void) {
     if (PyModule_AddObjectRef(m, "Found", (PyObject *)&FoundType) < 0 ||
         PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) < 0 ||
         PyModule_AddObjectRef(m, "PinTable", (PyObject *)&PinTableType) < 0 ||
-        PyModule_AddObjectRef(m, "View", (PyObject *)&ViewType) < 0 ||
+        PyModule_AddObjectRef(m, "View", (PyObject *)&ViewType) < 0 || fast_get_add(m) < 0 ||
         PyModule_AddIntConstant(m, "PIN_HEADER", PCD_PIN_HEADER) < 0) {
         Py_DECREF(m);
         return NULL;
