@@ -181,7 +181,7 @@ def coordinator(
 # ---------------------------------------------------------------- fixtures several modules use
 
 
-@pytest.fixture(params=[p.values[0] for p in READ_PATHS], ids=lambda path: path.name)
+@pytest.fixture(params=[p.values[0] for p in READ_PATHS], ids=[p.id for p in READ_PATHS])
 def read_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> ReadPath:
     """Clients started in this test read the directory through this read path (the C one,
     then the Python one); processes they start too (``$PLASMA_COORD_NATIVE``)."""

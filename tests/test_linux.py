@@ -244,36 +244,43 @@ def test_populating_lets_the_other_threads_of_the_process_run(call: str) -> None
     """The madvise runs with the interpreter lock released (``mmap.madvise`` holds it: a
     coordinator populating a spare stopped its event loop, a client's background populate
     its caller). With no forced switch between threads (a switch interval of 100 s), this
-    thread runs while the other is between its two flag writes only if the call in between
-    lets go of the lock."""
+    thread runs while the other is inside its loop of populates only if a call in it lets
+    go of the lock; the loop goes on until this thread has run (or 200 rounds: one quick
+    call may end before this thread is scheduled, not all of them)."""
+    size = 16 * MiB
     fd = memfd.memfd_create("plasma-test")
-    os.ftruncate(fd, 4 * MiB)
-    mm = mmap.mmap(fd, 4 * MiB)
-    os.close(fd)
-    inside = [False]
+    os.ftruncate(fd, size)
+    os.pwrite(fd, b"x" * size, 0)  # pages to map: each populate has work to do
+    inside, seen = [False], [False]
+
+    mm = mmap.mmap(fd, size)
 
     def populate() -> None:
         inside[0] = True
-        if call == "prefault":
-            memfd.prefault(mm)
-        else:
-            memfd.populate_read(numa.buffer_address(mm), len(mm))
+        for _ in range(200):
+            if seen[0]:
+                break
+            if call == "prefault":
+                memfd.prefault(mm)
+            else:
+                memfd.populate_read(numa.buffer_address(mm), size)
+            mm.madvise(mmap.MADV_DONTNEED)  # (page tables to fill again; holds the lock)
         inside[0] = False
 
-    seen = False
     interval = sys.getswitchinterval()
     sys.setswitchinterval(100)
     try:
         thread = threading.Thread(target=populate)
         thread.start()
-        while thread.is_alive() and not seen:
-            seen = inside[0]
+        while thread.is_alive() and not seen[0]:
+            seen[0] = inside[0]
             time.sleep(0)  # (lets the other thread take the lock back)
         thread.join()
     finally:
         sys.setswitchinterval(interval)
-    mm.close()
-    assert seen, "the other thread could not run while the madvise ran"
+        mm.close()
+        os.close(fd)
+    assert seen[0], "the other thread could not run while the madvise ran"
 
 
 @pytest.mark.skipif(hugepages(2048) > 0, reason="this test needs zero free 2 MiB hugepages")
