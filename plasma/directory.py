@@ -271,6 +271,11 @@ class Directory:
         self.live -= 1
         self.tombstones += 1
 
+    def id(self, slot: int) -> bytes:
+        """The id in a live slot."""
+        base = HEADER_SIZE + slot * SLOT_SIZE + 16
+        return bytes(self._mv[base : base + ID_SIZE])
+
     def generation(self, slot: int) -> int:
         return int(_SEQ.unpack_from(self._mv, HEADER_SIZE + slot * SLOT_SIZE + 8)[0])
 

@@ -979,7 +979,7 @@ class PinnedStoreMachine(RuleBasedStateMachine):
 
 def unlisted(store: Store) -> list[Any]:
     """Published records the directory holds no slot for (their generation still counts)."""
-    return [rec for _, rec in store._dir.published.values() if rec.slot < 0]
+    return [rec for _, rec in store._dir.slotless.values()]
 
 
 def stats_objects(store: Store) -> int:

@@ -1152,7 +1152,7 @@ class Store:
             if c.node is None:
                 continue
             for gen in pins.get(c.id, ()):
-                published = self._dir.published.get(gen)
+                published = self._dir.find(gen)
                 if published is not None:
                     readers.read(published[0], c.node, now)
             for oid in c.refs:
@@ -1771,7 +1771,7 @@ class Store:
             self._objects,
             self._segments,
             self._pins.by_client(),
-            self._dir.published,
+            self._dir.find,
             objects,
         )
 
