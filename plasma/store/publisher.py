@@ -29,6 +29,7 @@ from plasma.directory import (
 )
 from plasma.errors import PlasmaError
 from plasma.store.generations import GenerationIndex
+from plasma.store.slots import SlotTable
 
 if TYPE_CHECKING:
     from plasma.store.directory_memory import DirectoryMemory
@@ -52,7 +53,7 @@ class Publisher:
         self._replicas = False  # whether readers were told copies exist
         # every published record until it is freed: by slot, found by generation (_index);
         # those a rebuild left without a slot by generation -> (id, record)
-        self._records: list[ObjectRecord | None] = [None] * capacity
+        self.slots = SlotTable(capacity, self._id_of)  # (its records, and the CLOCK rings)
         self._index = GenerationIndex()
         self.slotless: dict[int, tuple[bytes, ObjectRecord]] = {}
 
@@ -65,16 +66,19 @@ class Publisher:
         rec.slot = self.directory.insert(oid, gen, rec.loc, flags)
         if rec.slot >= 0:
             rec.gen = gen
-            self._records[rec.slot] = rec
+            self.slots.records[rec.slot] = rec
             self._index.add(gen, rec.slot)
         return rebuilt
+
+    def _id_of(self, slot: int) -> bytes:
+        return self.directory.id(slot)
 
     def find(self, gen: int) -> tuple[bytes, ObjectRecord] | None:
         """The id and record published under generation ``gen`` (until it is freed)."""
         slot = self._index.slot(gen)
         if slot < 0:
             return self.slotless.get(gen)
-        rec = self._records[slot]
+        rec = self.slots.records[slot]
         assert rec is not None and rec.gen == gen
         return self.directory.id(slot), rec
 
@@ -92,9 +96,13 @@ class Publisher:
     def unpublish(self, rec: ObjectRecord) -> None:
         """``rec`` is freed: its slot and generation go."""
         if rec.slot >= 0:
-            if self._index.remove(rec.gen) != rec.slot or self._records[rec.slot] is not rec:
-                raise AssertionError(f"slot {rec.slot} is not generation {rec.gen:#x}'s")
-            self._records[rec.slot] = None
+            if (
+                self._index.remove(rec.gen) != rec.slot
+                or self.slots.records[rec.slot] is not rec
+                or self.slots.linked(rec.slot)
+            ):
+                raise AssertionError(f"slot {rec.slot} is not generation {rec.gen:#x}'s alone")
+            self.slots.records[rec.slot] = None
             self.directory.remove(rec.slot)
             rec.slot = -1
         else:
@@ -136,19 +144,13 @@ class Publisher:
         np.frombuffer(access, dtype=np.uint8)[placed[kept]] = np.frombuffer(
             self.access, dtype=np.uint8
         )[np.asarray(old_slots, dtype=np.int64)[kept]]
-        records: list[ObjectRecord | None] = [None] * capacity
         for old_slot, slot in zip(old_slots, slots, strict=True):
-            rec = self._records[old_slot]
+            rec = self.slots.records[old_slot]
             assert rec is not None
             rec.slot = slot
-            if slot >= 0:
-                records[slot] = rec
-            else:
+            if slot < 0:
                 self.slotless[rec.gen] = (old.id(old_slot), rec)
-        new_of_old = np.full(old.capacity, -1, dtype=np.int64)
-        new_of_old[np.asarray(old_slots, dtype=np.int64)] = placed
-        self._index.move(new_of_old)
-        self._records = records
+        self._index.move(self.slots.move(capacity, old_slots, slots, old.id))
         old.supersede()
         self._memory.free_directory(*self.buffers)
         self.directory, self.access = new, access
