@@ -356,10 +356,12 @@ class GenerationSource:
 
 
 def rebuilt_capacity(live: int, minimum: int = MIN_CAPACITY) -> int:
-    """The capacity of a rebuilt directory for ``live`` objects: at most half full after the
-    rebuild, so it takes as many objects again before the next one."""
+    """The capacity of a rebuilt directory for ``live`` objects: the least power of two (at
+    least ``minimum``) at most half full after the rebuild, so a million objects take at most
+    2M slots (128 MiB), and it takes a quarter of its slots more (at least half as many
+    objects again) before the next one (at ``MAX_LOAD``)."""
     capacity = minimum
-    while capacity * MAX_LOAD < 2 * (live + 1):
+    while capacity < 2 * (live + 1):
         capacity *= 2
     return capacity
 
