@@ -10,6 +10,7 @@ import tracemalloc
 
 from plasma.records import ArenaObject
 from plasma.store import Grant, Store
+from tests.helpers import FakeProvider
 
 OBJECTS = 30_000
 # Today: the id (53 B, kept as the table's key), its dict entry (~52 B), the record (128 B)
@@ -26,7 +27,7 @@ def test_an_idle_sealed_object_costs_the_store_a_bounded_number_of_bytes() -> No
     tracemalloc.start()
     try:
         before = tracemalloc.take_snapshot()
-        store = Store({0: 1 << 30}, _Provider())
+        store = Store({0: 1 << 30}, FakeProvider())
         store.register_client(1)
         grant = store.grant_arena(1, 64 * OBJECTS)
         assert isinstance(grant, Grant)
@@ -49,18 +50,3 @@ def test_an_idle_sealed_object_costs_the_store_a_bounded_number_of_bytes() -> No
     grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
     per_object = (grown + 53 * OBJECTS) / OBJECTS  # (the ids were made before: add them)
     assert per_object <= MAX_BYTES_PER_OBJECT, f"{per_object:.0f} B per idle sealed object"
-
-
-class _Provider:
-    def __init__(self) -> None:
-        self.next = 0
-
-    def new_segment(self, node: int, size: int) -> int:
-        self.next += 1
-        return self.next
-
-    def free_segment(self, segment: int) -> None:
-        pass
-
-    def new_fallback_segment(self, node: int, size: int) -> int:
-        raise NotImplementedError
