@@ -105,10 +105,23 @@ class ClockRing:
     def remove(self, oid: bytes, rec: ObjectRecord) -> bool:
         """``rec`` gained a reference or goes: out of the ring (False: it was not in it;
         another record of the same id never is taken out)."""
-        if self.overflow.get(oid) is rec:
+        slot = rec.slot
+        t = self._slots
+        if slot >= 0 and t.prev[slot] != NOT_LINKED and t.records[slot] is rec:
+            before, after = t.prev[slot], t.next[slot]  # (unlinked: on every get and delete)
+            if before == END:
+                self._head = after
+            else:
+                t.next[before] = after
+            if after == END:
+                self._tail = before
+            else:
+                t.prev[after] = before
+            t.prev[slot] = NOT_LINKED
+            t.next[slot] = END
+            self._linked -= 1
+        elif self.overflow and self.overflow.get(oid) is rec:
             del self.overflow[oid]
-        elif self.holds(oid, rec):
-            self._unlink(rec.slot)
         else:
             return False
         self._changes += 1
@@ -158,21 +171,6 @@ class ClockRing:
             t.next[self._tail] = slot
         self._tail = slot
         self._linked += 1
-
-    def _unlink(self, slot: int) -> None:
-        t = self._slots
-        before, after = t.prev[slot], t.next[slot]
-        if before == END:
-            self._head = after
-        else:
-            t.next[before] = after
-        if after == END:
-            self._tail = before
-        else:
-            t.prev[after] = before
-        t.prev[slot] = NOT_LINKED
-        t.next[slot] = END
-        self._linked -= 1
 
     def candidates(
         self,

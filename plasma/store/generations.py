@@ -53,11 +53,12 @@ class GenerationIndex:
 
     def remove(self, gen: int) -> int:
         """``gen``'s object leaves its slot: its slot (KeyError if it has none)."""
-        i = self._find(gen)
-        if i < 0:
+        slots = self._slots
+        i = bisect.bisect_left(self._gens, gen)
+        if i == len(slots) or self._gens[i] != gen or slots[i] < 0:
             raise KeyError(gen)
-        slot = self._slots[i]
-        self._slots[i] = -1
+        slot = slots[i]
+        slots[i] = -1
         self._removed += 1
         if self._removed > COMPACT_MIN and 2 * self._removed > len(self._gens):
             self._compact()
