@@ -271,6 +271,11 @@ class Directory:
         self.live -= 1
         self.tombstones += 1
 
+    def id(self, slot: int) -> bytes:
+        """The id in a live slot."""
+        base = HEADER_SIZE + slot * SLOT_SIZE + 16
+        return bytes(self._mv[base : base + ID_SIZE])
+
     def generation(self, slot: int) -> int:
         return int(_SEQ.unpack_from(self._mv, HEADER_SIZE + slot * SLOT_SIZE + 8)[0])
 
@@ -351,10 +356,12 @@ class GenerationSource:
 
 
 def rebuilt_capacity(live: int, minimum: int = MIN_CAPACITY) -> int:
-    """The capacity of a rebuilt directory for ``live`` objects: at most half full after the
-    rebuild, so it takes as many objects again before the next one."""
+    """The capacity of a rebuilt directory for ``live`` objects: the least power of two (at
+    least ``minimum``) at most half full after the rebuild, so a million objects take at most
+    2M slots (128 MiB), and it takes a quarter of its slots more (at least half as many
+    objects again) before the next one (at ``MAX_LOAD``)."""
     capacity = minimum
-    while capacity * MAX_LOAD < 2 * (live + 1):
+    while capacity < 2 * (live + 1):
         capacity *= 2
     return capacity
 

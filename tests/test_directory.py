@@ -366,8 +366,9 @@ def test_rebuilt_capacity_is_the_least_half_empty_power_of_two(live: int, shift:
     minimum = 1 << shift
     cap = rebuilt_capacity(live, minimum)
     assert cap >= minimum and cap & (cap - 1) == 0
-    assert cap * MAX_LOAD >= 2 * (live + 1)
-    assert cap == minimum or (cap // 2) * MAX_LOAD < 2 * (live + 1)
+    assert cap >= 2 * (live + 1)  # (at most half full)
+    assert cap == minimum or cap // 2 < 2 * (live + 1)  # (the least such)
+    assert (cap * MAX_LOAD - live) >= (live + 1) / 2  # (room for half as many again)
 
 
 # ---------------------------------------------------------------- seqlock and readers

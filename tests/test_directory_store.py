@@ -979,7 +979,7 @@ class PinnedStoreMachine(RuleBasedStateMachine):
 
 def unlisted(store: Store) -> list[Any]:
     """Published records the directory holds no slot for (their generation still counts)."""
-    return [rec for _, rec in store._dir.published.values() if rec.slot < 0]
+    return [rec for _, rec in store._dir.slotless.values()]
 
 
 def stats_objects(store: Store) -> int:
@@ -1121,18 +1121,18 @@ def test_a_rebuild_while_an_eviction_victim_waits_keeps_one_slot_per_object() ->
         store.seal(1, o)
         store.release(1, o)
 
-    # an id whose slot in the rebuilt directory (64 slots) is past the old one's 16
-    victim = next(oid(n) for n in range(1000, 2000) if home_slot(oid(n), 6) >= 16)
+    # an id whose slot in the rebuilt directory (32 slots) is past the old one's 16
+    victim = next(oid(n) for n in range(1000, 2000) if home_slot(oid(n), 5) >= 16)
     put(victim)
     assert store.evict(1) == 64  # the victim waits for its pin scan
     for n in range(1, 13):
         put(oid(n))  # the 13th publish rebuilds the full directory
-    assert store.stats()["directory"]["capacity"] == 64
+    assert store.stats()["directory"]["capacity"] == 32
     slots = directory_slots(store.directory_buffers[0])
     assert len(slots) == 13 == len({gen for _, gen, _, _, _ in slots})
     store.expire(1.0)
     assert store.stats()["directory"] == {
-        "capacity": 64,
+        "capacity": 32,
         "objects": 12,
         "tombstones": 1,
         "rebuilds": 1,

@@ -278,3 +278,19 @@ def test_the_dashboard_state_has_the_holders() -> None:
     held = page["holders"]["objects"][0]
     assert held["holders"] == ["hog (pid 20)", "idle (pid 10) pins"]
     assert page["holders"]["total"]["references"] == 2048
+
+
+def test_pins_name_the_same_objects_after_the_directory_is_rebuilt() -> None:
+    """(The publisher finds a pinned object by its generation through an index of slots: a
+    rebuild moves every slot, and the index must follow.)"""
+    store = Store({0: 1 << 20}, FakeProvider(), segment_size=1 << 20, directory_capacity=16)
+    store.register_client(1)
+    put(store, 1, 1, 1024)
+    read, table = pin_reader(store, 2)
+    pin(store, read, table, 1)
+    for n in range(2, 40):  # a dozen more rebuild the 16-slot directory (twice)
+        put(store, 1, n, 64)
+    assert store.stats()["directory"]["rebuilds"] >= 2
+    held = store.holders(top_objects=1)
+    assert by_id(held)[2]["pins"] == {"bytes": 1024, "objects": 1}
+    assert held["objects"][0]["id"] == oid(1).hex() and held["objects"][0]["pinned_by"] == [2]

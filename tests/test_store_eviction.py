@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
+
 from plasma.records import ObjectLocation
 from plasma.store.eviction import ClockRing, plan_room
 from plasma.store.memory import Node, Segment
 from plasma.store.objects import Io, ObjectRecord, State
+from plasma.store.slots import SlotTable
 
 PAGE = 4096
 
@@ -52,9 +55,16 @@ def test_the_ring_counts_bytes_and_copies_through_its_hooks() -> None:
     assert (len(ring), ring.bytes, ring.copied) == (1, 128, 128)
 
 
+def published(n: int) -> tuple[ClockRing, dict[bytes, ObjectRecord]]:
+    """A ring over a slot table where objects ``bytes([i])`` are published in slots ``i``."""
+    table = SlotTable(16, lambda slot: bytes([slot]))
+    records = {bytes([i]): rec(i, gen=i + 1, slot=i) for i in range(n)}
+    table.records[:n] = records.values()
+    return ClockRing(table), records
+
+
 def test_the_walk_gives_second_chances_and_passes_over_pinned_and_moving_objects() -> None:
-    ring = ClockRing()
-    records = {bytes([i]): rec(i, gen=i + 1, slot=i) for i in range(5)}
+    ring, records = published(5)
     for oid, r in records.items():
         ring.add(oid, r)
     access = bytearray(16)
@@ -64,7 +74,7 @@ def test_the_walk_gives_second_chances_and_passes_over_pinned_and_moving_objects
     assert order == [b"\x00", b"\x04", b"\x01"]  # the second chance comes after all others
     assert pinned_seen == 1 and access[1] == 0
     # those passed over went to the back: the next walk starts with the others
-    assert list(ring.ring) == [b"\x00", b"\x03", b"\x04", b"\x01", b"\x02"]
+    assert [oid for oid, _ in ring.items()] == [b"\x00", b"\x03", b"\x04", b"\x01", b"\x02"]
 
 
 def test_the_walk_filters_by_copy_on_disk() -> None:
@@ -93,3 +103,51 @@ def test_plan_room_takes_the_shortest_run_that_frees_a_contiguous_range() -> Non
     seg.alloc.free(offsets[3], 1024)  # a free neighbour counts too
     plan = plan_room(nd, 2048, PAGE, {1: seg}, iter([recs[2], recs[0]]))
     assert [oid for oid, _ in plan] == [b"\x02"]
+
+
+def test_members_with_and_without_a_slot_walk_in_order_and_leave_by_identity() -> None:
+    ring, records = published(3)
+    stray = rec(9)  # (no slot: not published)
+    ring.add(b"\x01", records[b"\x01"])
+    ring.add(b"s", stray)
+    ring.add(b"\x00", records[b"\x00"])
+    assert [oid for oid, _ in ring.items()] == [b"\x01", b"\x00", b"s"]  # (slotless last)
+    assert ring.holds(b"s", stray) and not ring.holds(b"\x02", records[b"\x02"])
+    with pytest.raises(AssertionError):
+        ring.add(b"\x01", records[b"\x01"])  # (twice: its bytes would count twice)
+    assert not ring.remove(b"\x00", rec(0, slot=0))  # another record in that slot's place
+    assert ring.remove(b"\x01", records[b"\x01"]) and ring.remove(b"s", stray)
+    assert [oid for oid, _ in ring.items()] == [b"\x00"] and (len(ring), ring.bytes) == (1, 64)
+
+
+def test_a_walk_fails_loudly_if_the_ring_changes_under_it() -> None:
+    ring, records = published(3)
+    for oid, r in records.items():
+        ring.add(oid, r)
+    items = ring.items()
+    next(items)
+    ring.remove(b"\x01", records[b"\x01"])
+    with pytest.raises(RuntimeError):
+        next(items)
+
+
+def test_a_rebuild_keeps_each_rings_order_and_puts_those_left_out_after_them() -> None:
+    table = SlotTable(8, lambda slot: bytes([slot]))
+    rings = [ClockRing(table), ClockRing(table)]
+    records = {bytes([i]): rec(i, gen=i + 1, slot=i) for i in range(6)}
+    table.records[:6] = records.values()
+    for i in (4, 0, 2):
+        rings[0].add(bytes([i]), records[bytes([i])])
+    for i in (5, 1):
+        rings[1].add(bytes([i]), records[bytes([i])])
+    new_slots = [10, 11, -1, 13, 14, 15]  # object 2 is left without a slot
+    for r, slot in zip(records.values(), new_slots, strict=True):
+        r.slot = slot
+    table.move(16, list(range(6)), new_slots, lambda slot: bytes([slot]))
+    table.id_of = lambda slot: bytes([slot - 10])
+    assert [oid for oid, _ in rings[0].items()] == [b"\x04", b"\x00", b"\x02"]
+    assert [oid for oid, _ in rings[1].items()] == [b"\x05", b"\x01"]
+    assert list(rings[0].overflow) == [b"\x02"]
+    assert table.records[14] is records[b"\x04"] and table.records[2] is None
+    assert rings[0].remove(b"\x00", records[b"\x00"]) and rings[0].remove(b"\x02", records[b"\x02"])
+    assert [oid for oid, _ in rings[0].items()] == [b"\x04"] and rings[0].bytes == 64

@@ -15,6 +15,9 @@ One concern a module (see each module's docstring for what it owns and must neve
   what the store keeps per client and per arena.
 * :mod:`~plasma.store.publisher`: the directory readers find sealed objects in (publish,
   mark dying or sealed, unpublish, rebuild).
+* :mod:`~plasma.store.slots`, :mod:`~plasma.store.generations`: what the publisher keeps
+  beside the directory, with no Python object per object: the record in each slot and its
+  CLOCK ring links (arrays by slot), and generation -> slot (sorted arrays).
 * :mod:`~plasma.store.dying`: what waits for a scan of the pin tables, and when to scan.
 * :mod:`~plasma.store.moves`: page moves and copies under way (dataclass jobs).
 * :mod:`~plasma.store.holders`: who holds memory (per client and in all).

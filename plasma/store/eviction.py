@@ -17,12 +17,14 @@ with the victims it returns.
 from __future__ import annotations
 
 import itertools
+from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from plasma.store.objects import Io
 from plasma.store.pages import round_up
+from plasma.store.slots import END, NOT_LINKED, SlotTable
 
 if TYPE_CHECKING:
     from plasma.store.memory import Node, Segment
@@ -36,27 +38,66 @@ Candidate = tuple[bytes, "ObjectRecord"]
 class ClockRing:
     """One node's sealed objects that no reference holds, in CLOCK order, with their
     allocated bytes (``bytes``) and those of the ones with a copy on disk (``copied``:
-    evicting them loses nothing)."""
+    evicting them loses nothing).
 
-    __slots__ = ("bytes", "copied", "ring")
+    Members with a directory slot are a doubly linked list through the store's
+    :class:`~plasma.store.slots.SlotTable` (no Python object per member); the rare ones
+    without a slot (not published, or left out by a directory rebuild) are in ``overflow``
+    and come after them in a walk. A record is only ever in its own node's ring."""
 
-    def __init__(self) -> None:
-        self.ring: OrderedDict[bytes, ObjectRecord] = OrderedDict()
+    __slots__ = ("_changes", "_head", "_linked", "_slots", "_tail", "bytes", "copied", "overflow")
+
+    def __init__(self, slots: SlotTable | None = None) -> None:
+        self._slots = SlotTable(0) if slots is None else slots
+        self._slots.rings.append(self)
+        self._head = self._tail = END
+        self._linked = 0
+        self._changes = 0  # (a walk fails loudly if the ring changes under it)
+        self.overflow: OrderedDict[bytes, ObjectRecord] = OrderedDict()
         self.bytes = 0
         self.copied = 0
 
     def __len__(self) -> int:
-        return len(self.ring)
+        return self._linked + len(self.overflow)
 
     def holds(self, oid: bytes, rec: ObjectRecord) -> bool:
-        return self.ring.get(oid) is rec
+        if self.overflow.get(oid) is rec:
+            return True
+        slot = rec.slot
+        t = self._slots
+        return slot >= 0 and t.prev[slot] != NOT_LINKED and t.records[slot] is rec
 
-    def records(self) -> Iterable[ObjectRecord]:
-        return self.ring.values()
+    def items(self) -> Generator[Candidate, None, None]:
+        """Its members in CLOCK order (the ring must not change meanwhile)."""
+        t = self._slots
+        changes = self._changes
+        slot = self._head
+        while slot != END:
+            rec = t.records[slot]
+            assert rec is not None
+            nxt = t.next[slot]
+            yield t.id_of(slot), rec
+            if self._changes != changes:
+                raise RuntimeError("the CLOCK ring changed during a walk")
+            slot = nxt
+        yield from self.overflow.items()
+
+    def records(self) -> Iterator[ObjectRecord]:
+        return (rec for _, rec in self.items())
 
     def add(self, oid: bytes, rec: ObjectRecord) -> None:
         """``rec`` lost its last reference: at the back of the ring."""
-        self.ring[oid] = rec
+        slot = rec.slot
+        if slot >= 0:
+            t = self._slots
+            if t.records[slot] is not rec or t.prev[slot] != NOT_LINKED:
+                raise AssertionError(f"slot {slot} is not free to join a ring")
+            self._link(slot)
+        else:
+            if oid in self.overflow:
+                raise AssertionError(f"object {oid.hex()} is in the ring already")
+            self.overflow[oid] = rec
+        self._changes += 1
         self.bytes += rec.size
         if rec.spill is not None:
             self.copied += rec.size
@@ -64,9 +105,26 @@ class ClockRing:
     def remove(self, oid: bytes, rec: ObjectRecord) -> bool:
         """``rec`` gained a reference or goes: out of the ring (False: it was not in it;
         another record of the same id never is taken out)."""
-        if self.ring.get(oid) is not rec:
+        slot = rec.slot
+        t = self._slots
+        if slot >= 0 and t.prev[slot] != NOT_LINKED and t.records[slot] is rec:
+            before, after = t.prev[slot], t.next[slot]  # (unlinked: on every get and delete)
+            if before == END:
+                self._head = after
+            else:
+                t.next[before] = after
+            if after == END:
+                self._tail = before
+            else:
+                t.prev[after] = before
+            t.prev[slot] = NOT_LINKED
+            t.next[slot] = END
+            self._linked -= 1
+        elif self.overflow and self.overflow.get(oid) is rec:
+            del self.overflow[oid]
+        else:
             return False
-        del self.ring[oid]
+        self._changes += 1
         self.bytes -= rec.size
         if rec.spill is not None:
             self.copied -= rec.size
@@ -76,6 +134,43 @@ class ClockRing:
         """``rec`` (its ``spill`` just set) has a copy on disk now."""
         if self.holds(oid, rec):
             self.copied += rec.size
+
+    def moved(
+        self,
+        new_of_old: list[int],
+        old_next: array[int],
+        old_records: list[ObjectRecord | None],
+        old_id: Callable[[int], bytes],
+    ) -> None:
+        """The directory was rebuilt (:meth:`SlotTable.move`: the table's arrays are new):
+        relink the members in their order, those left without a slot into ``overflow``."""
+        order = []
+        slot = self._head
+        while slot != END:
+            order.append(slot)
+            slot = old_next[slot]
+        self._head = self._tail = END
+        self._linked = 0
+        self._changes += 1
+        for old in order:
+            new = new_of_old[old]
+            if new >= 0:
+                self._link(new)
+            else:
+                rec = old_records[old]
+                assert rec is not None
+                self.overflow[old_id(old)] = rec
+
+    def _link(self, slot: int) -> None:
+        t = self._slots
+        t.prev[slot] = self._tail
+        t.next[slot] = END
+        if self._tail == END:
+            self._head = slot
+        else:
+            t.next[self._tail] = slot
+        self._tail = slot
+        self._linked += 1
 
     def candidates(
         self,
@@ -92,9 +187,9 @@ class ClockRing:
         (one being written has none yet: the store walks for a batch only when none is being
         written). Objects whose pages move are never candidates. The ring must not change
         during the walk; close the generator to end it."""
-        passed: list[bytes] = []
+        passed: list[Candidate] = []
         second: list[Candidate] = []
-        items = iter(self.ring.items())
+        items = self.items()
         chunk = CLOCK_CHUNK
         try:
             while batch := list(itertools.islice(items, chunk)):
@@ -108,20 +203,20 @@ class ClockRing:
                     slot = rec.slot
                     if slot >= 0 and access[slot]:
                         access[slot] = 0
-                        passed.append(oid)
+                        passed.append((oid, rec))
                         second.append((oid, rec))
                         continue
                     if rec.gen and rec.gen in pinned:
-                        passed.append(oid)
+                        passed.append((oid, rec))
                         on_pinned()
                         continue
                     yield oid, rec
             yield from second
         finally:
-            ring = self.ring
-            for oid in passed:
-                if oid in ring:
-                    ring.move_to_end(oid)
+            items.close()
+            for oid, rec in passed:  # (to the back, if still in the ring)
+                if self.remove(oid, rec):
+                    self.add(oid, rec)
 
 
 def plan_room(

@@ -231,6 +231,9 @@ class Store:
         self._max_object_size = max_object_size
         self._reclaim_wait = reclaim_wait
         self._events: list[Event] = []
+        # the directory (and its access bytes, CLOCK's reference bits; and the table beside
+        # it that the nodes' CLOCK rings link through)
+        self._dir = Publisher(directory_memory or LocalDirectoryMemory(), directory_capacity)
         self._mem = Memory(
             budgets,
             provider,
@@ -241,6 +244,7 @@ class Store:
             fallback_files=fallback_files,
             fallback_max=fallback_max,
             on_freed=lambda segment: self._events.append(SegmentFreed(segment)),
+            slots=self._dir.slots,
         )
         self._nodes = self._mem.nodes  # (the same dicts, for short)
         self._segments = self._mem.segments
@@ -256,10 +260,8 @@ class Store:
         self._grants = 0  # arenas granted so far (each one's name)
         self._space_changed = False
         self._evictions = 0
-        # the directory (and its access bytes, CLOCK's reference bits), the pin tables, and
-        # what waits for a scan of them
+        # the pin tables, and what waits for a scan of them
         self._grace = grace
-        self._dir = Publisher(directory_memory or LocalDirectoryMemory(), directory_capacity)
         self._pins = PinScanner()
         self._dying = DyingSet(grace)  # what waits for a pin scan, and when to scan
         self._spill = SpillBook(spill, spill_threshold, spill_max, spill_max_objects)
@@ -1152,7 +1154,7 @@ class Store:
             if c.node is None:
                 continue
             for gen in pins.get(c.id, ()):
-                published = self._dir.published.get(gen)
+                published = self._dir.find(gen)
                 if published is not None:
                     readers.read(published[0], c.node, now)
             for oid in c.refs:
@@ -1771,7 +1773,7 @@ class Store:
             self._objects,
             self._segments,
             self._pins.by_client(),
-            self._dir.published,
+            self._dir.find,
             objects,
         )
 

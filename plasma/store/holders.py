@@ -92,7 +92,7 @@ def count_held(
     table: Mapping[bytes, ObjectRecord],
     segments: Mapping[int, Segment],
     pins: Mapping[int, Iterable[int]],
-    published: Mapping[int, tuple[bytes, ObjectRecord]],
+    published: Callable[[int], tuple[bytes, ObjectRecord] | None],
     objects: bool = False,
 ) -> Held:
     """Who holds memory (of ``nd``; None: of every node), per client and in all:
@@ -137,7 +137,7 @@ def count_held(
         holding = held.clients.get(cid)
         refs = clients[cid].refs if holding is not None else {}
         for gen in set(gens):
-            found_pin = published.get(gen)
+            found_pin = published(gen)
             if found_pin is None:
                 continue
             key, rec = found_pin

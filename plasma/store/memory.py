@@ -21,6 +21,7 @@ from plasma.allocator import Allocator
 from plasma.errors import StoreFull
 from plasma.store.eviction import ClockRing
 from plasma.store.pages import page_charges, round_up
+from plasma.store.slots import SlotTable
 
 if TYPE_CHECKING:
     from plasma.store.objects import ObjectRecord
@@ -72,7 +73,7 @@ class Node:
         "used",
     )
 
-    def __init__(self, node_id: int, budget: int) -> None:
+    def __init__(self, node_id: int, budget: int, slots: SlotTable | None = None) -> None:
         self.id = node_id
         self.budget = budget
         self.segments: list[Segment] = []
@@ -81,7 +82,8 @@ class Node:
         self.objects = 0
         self.shortage = ""  # why the provider last failed to make a segment (e.g. no hugepages)
         # sealed, unreferenced objects, in the order they became unreferenced (CLOCK's ring)
-        self.clock = ClockRing()
+        # (linked through ``slots``, the store's table beside its directory)
+        self.clock = ClockRing(slots)
         self.evicting = 0  # eviction victims waiting for their pin scan
         self.spill_demand = 0  # bytes creates and restores wait to have spilled
         self.placed_in = 0  # bytes of other nodes' objects whose pages were moved here
@@ -112,13 +114,16 @@ class Memory:
         fallback_files: int,
         fallback_max: int | None,
         on_freed: Callable[[int], None],
+        slots: SlotTable | None = None,
     ) -> None:
         self._provider = provider
         self._page = page_size
         self._segment_size = round_up(segment_size, page_size)
         self._alignment = alignment
         self._on_freed = on_freed
-        self.nodes = {n: Node(n, b // page_size * page_size) for n, b in sorted(budgets.items())}
+        self.nodes = {
+            n: Node(n, b // page_size * page_size, slots) for n, b in sorted(budgets.items())
+        }
         self.first = next(iter(self.nodes.values()))
         self.segments: dict[int, Segment] = {}
         self.used = 0  # bytes allocated within the budgets

@@ -7,6 +7,11 @@ directory the store writes, its access bytes (CLOCK's reference bits, set by rea
 generations pins name, and every published record until it is freed (a rebuilt directory
 may have no slot for some: ``slot`` -1, their generation still honoured). It writes slots
 only as the store tells it; it never decides an object's life, frees memory or scans pins.
+
+A published record with a slot costs no Python object here: it is kept in a list by slot
+(its id is the slot's), and found from its generation through a
+:class:`~plasma.store.generations.GenerationIndex`; only the rare ones a rebuild left without
+a slot are in a dict (:attr:`Publisher.slotless`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from plasma.directory import (
     rebuilt_capacity,
 )
 from plasma.errors import PlasmaError
+from plasma.store.generations import GenerationIndex
+from plasma.store.slots import SlotTable
 
 if TYPE_CHECKING:
     from plasma.store.directory_memory import DirectoryMemory
@@ -44,8 +51,11 @@ class Publisher:
         self.rebuilds = 0
         self._generations = GenerationSource()
         self._replicas = False  # whether readers were told copies exist
-        # generation -> (id, record), for every published record until it is freed
-        self.published: dict[int, tuple[bytes, ObjectRecord]] = {}
+        # every published record until it is freed: by slot, found by generation (_index);
+        # those a rebuild left without a slot by generation -> (id, record)
+        self.slots = SlotTable(capacity, self._id_of)  # (its records, and the CLOCK rings)
+        self._index = GenerationIndex()
+        self.slotless: dict[int, tuple[bytes, ObjectRecord]] = {}
 
     def publish(self, oid: bytes, rec: ObjectRecord, flags: int = 0) -> bool:
         """Put a newly sealed object (``flags`` REPLICA: a copy) in the directory, with a new
@@ -56,8 +66,21 @@ class Publisher:
         rec.slot = self.directory.insert(oid, gen, rec.loc, flags)
         if rec.slot >= 0:
             rec.gen = gen
-            self.published[gen] = (oid, rec)
+            self.slots.records[rec.slot] = rec
+            self._index.add(gen, rec.slot)
         return rebuilt
+
+    def _id_of(self, slot: int) -> bytes:
+        return self.directory.id(slot)
+
+    def find(self, gen: int) -> tuple[bytes, ObjectRecord] | None:
+        """The id and record published under generation ``gen`` (until it is freed)."""
+        slot = self._index.slot(gen)
+        if slot < 0:
+            return self.slotless.get(gen)
+        rec = self.slots.records[slot]
+        assert rec is not None and rec.gen == gen
+        return self.directory.id(slot), rec
 
     def announce_replicas(self) -> None:
         """Readers look for copies on their node from now on."""
@@ -72,11 +95,19 @@ class Publisher:
 
     def unpublish(self, rec: ObjectRecord) -> None:
         """``rec`` is freed: its slot and generation go."""
-        del self.published[rec.gen]
-        rec.gen = 0
         if rec.slot >= 0:
+            if (
+                self._index.remove(rec.gen) != rec.slot
+                or self.slots.records[rec.slot] is not rec
+                or self.slots.linked(rec.slot)
+            ):
+                raise AssertionError(f"slot {rec.slot} is not generation {rec.gen:#x}'s alone")
+            self.slots.records[rec.slot] = None
             self.directory.remove(rec.slot)
             rec.slot = -1
+        else:
+            del self.slotless[rec.gen]
+        rec.gen = 0
 
     def stats(self) -> dict[str, int]:
         d = self.directory
@@ -93,8 +124,7 @@ class Publisher:
         published object that does not fit keeps its generation (``slot`` -1), so pins on
         it are still honoured. When no memory is to be had, the old one stays (False)."""
         old = self.directory
-        published = [rec for _, rec in self.published.values() if rec.slot >= 0]
-        old_slots = [rec.slot for rec in published]
+        old_slots = list(self._index.slots())  # (in the order they were published)
         capacity = rebuilt_capacity(old.live, max(old.capacity // 2, self._min_capacity))
         for attempt in range(REBUILD_ATTEMPTS):
             try:
@@ -114,8 +144,13 @@ class Publisher:
         np.frombuffer(access, dtype=np.uint8)[placed[kept]] = np.frombuffer(
             self.access, dtype=np.uint8
         )[np.asarray(old_slots, dtype=np.int64)[kept]]
-        for rec, slot in zip(published, slots, strict=True):
+        for old_slot, slot in zip(old_slots, slots, strict=True):
+            rec = self.slots.records[old_slot]
+            assert rec is not None
             rec.slot = slot
+            if slot < 0:
+                self.slotless[rec.gen] = (old.id(old_slot), rec)
+        self._index.move(self.slots.move(capacity, old_slots, slots, old.id))
         old.supersede()
         self._memory.free_directory(*self.buffers)
         self.directory, self.access = new, access
