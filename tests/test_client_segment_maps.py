@@ -194,16 +194,25 @@ def test_a_segment_populated_in_the_background_is_not_filled_again() -> None:
     maps.close()
 
 
-def test_a_put_fills_its_granules_and_the_background_fills_the_others() -> None:
-    """A small segment received with a created object: the object's granule is filled by
-    the put (before its copy), the others by the Populator, which skips the put's."""
-    granule = segment_maps.POPULATE_GRANULE
-    size = 4 * granule
+def maps_holding_back_the_populator(
+    size: int,
+) -> tuple[SegmentMaps, list[tuple[mmap.mmap, bytearray]]]:
+    """Maps with segment 1 (``size`` bytes, its pages in) mapped, and what they gave their
+    Populator to fill kept back in the list returned, for the test to run when it chooses."""
     queued: list[tuple[mmap.mmap, bytearray]] = []
     maps = SegmentMaps(threading.RLock())
     maps.populator.add = lambda mm, filled: queued.append((mm, filled))  # type: ignore[method-assign]
     maps.receive([filled_segment(size)])
     maps.map_segments([p.SegmentInfo(id=1, size=size, node=0, page_size=PAGE)])
+    return maps, queued
+
+
+def test_a_put_fills_its_granules_and_the_background_fills_the_others() -> None:
+    """A small segment received with a created object: the object's granule is filled by
+    the put (before its copy), the others by the Populator, which skips the put's."""
+    granule = segment_maps.POPULATE_GRANULE
+    size = 4 * granule
+    maps, queued = maps_holding_back_the_populator(size)
     mm = maps.segments[1]
     assert resident(mm) == 0 and queued == [(mm, maps.filled[1])]  # mapped at once
     big = segment_maps.POPULATE_OBJECT_MIN
@@ -230,11 +239,7 @@ def test_a_put_fills_a_granule_the_background_is_filling_and_unmapping_stops_it(
     punched its pages out: filling them would allocate them again)."""
     granule = segment_maps.POPULATE_GRANULE
     size = 4 * granule
-    queued: list[tuple[mmap.mmap, bytearray]] = []
-    maps = SegmentMaps(threading.RLock())
-    maps.populator.add = lambda mm, filled: queued.append((mm, filled))  # type: ignore[method-assign]
-    maps.receive([filled_segment(size)])
-    maps.map_segments([p.SegmentInfo(id=1, size=size, node=0, page_size=PAGE)])
+    maps, queued = maps_holding_back_the_populator(size)
     mm, filled = queued[0]
     filled[1] = segment_maps.FILLING  # (as the Populator does before its call)
     where = p.ObjectLocation(segment=1, offset=granule, data_size=granule, metadata_size=0, node=0)
