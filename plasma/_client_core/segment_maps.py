@@ -37,6 +37,7 @@ __all__ = [
     "POPULATE_SEGMENT_MAX",
     "Populator",
     "SegmentMaps",
+    "none_filled",
     "populate",
     "populate_granules",
 ]
@@ -177,7 +178,7 @@ class SegmentMaps:
                 self.segment_fds[info.id] = (os.dup(fd), info.page_size)
             mm = map_segment(fd, info.size, writable=info.writable)
             self.segments[info.id] = mm
-            filled = self.filled[info.id] = bytearray(-(-info.size // POPULATE_GRANULE))
+            filled = self.filled[info.id] = none_filled(info.size)
             if info.size <= POPULATE_SEGMENT_MAX:
                 self.populator.add(mm, filled)
 
@@ -200,7 +201,7 @@ class SegmentMaps:
         # its first read of each page would fault)
         for mm in (directory, access):
             if mm is not None:
-                self.populator.add(mm, bytearray(-(-len(mm) // POPULATE_GRANULE)))
+                self.populator.add(mm, none_filled(len(mm)))
 
     def install_tables(self, directory: Any, access: Any, pins: Any) -> None:
         """Read through ``directory`` (and ``access``, ``pins`` when given) from now on."""
@@ -294,6 +295,11 @@ class SegmentMaps:
         self.segments.clear()
         self.table_maps = []
         self.pin_map = None
+
+
+def none_filled(size: int) -> bytearray:
+    """The granule marks of a map of ``size`` bytes with none filled yet (NOT_FILLED each)."""
+    return bytearray(-(-size // POPULATE_GRANULE))
 
 
 def populate_granules(mm: mmap.mmap, filled: bytearray, offset: int, length: int) -> None:
