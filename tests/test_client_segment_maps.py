@@ -84,9 +84,9 @@ def test_a_segment_received_to_read_from_is_populated_in_the_background() -> Non
     maps.close()
 
 
-def test_the_directory_and_access_bytes_are_populated_in_the_background() -> None:
-    """A get reads a directory slot at random: no first read of a page of it faults."""
-    capacity = 4096
+def table_files(capacity: int) -> tuple[list[int], p.TablesInfo]:
+    """The descriptors of a directory of ``capacity`` slots, its access bytes and a pin
+    table, as the coordinator sends them, and their sizes."""
     sizes = (directory_size(capacity), capacity, pin_table_size(8))
     fds = []
     for n, size in enumerate(sizes):
@@ -95,13 +95,67 @@ def test_the_directory_and_access_bytes_are_populated_in_the_background() -> Non
         fds.append(fd)
     with mmap.mmap(fds[0], sizes[0]) as mm:
         Directory(mm, capacity)
+    return fds, p.TablesInfo(*sizes)
+
+
+def test_the_directory_and_access_bytes_are_populated_in_the_background() -> None:
+    """A get reads a directory slot at random: no first read of a page of it faults."""
+    fds, sizes = table_files(4096)
     maps = SegmentMaps(threading.RLock())
     maps.receive(fds)
-    maps.map_tables(p.TablesInfo(*sizes))
+    maps.map_tables(sizes)
     assert maps.populator.join(timeout=60)
     assert maps.reader is not None
     directory, access = maps.table_maps
-    assert resident(directory) >= sizes[0] and resident(access) >= sizes[1]
+    assert resident(directory) >= sizes.directory_size
+    assert resident(access) >= sizes.access_size
+    maps.close()
+
+
+def test_a_directory_replaced_while_it_is_filled_is_closed_and_filled_no_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As for a dropped segment: the new directory's install marks the old maps' granules
+    filled and waits for the one being filled, then closes them at once (left to their last
+    view, a superseded directory stayed mapped, and was filled on, while the background
+    worked through it)."""
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(mm: mmap.mmap, start: int, length: int) -> bool:
+        view = memoryview(mm)  # (as the real one holds it)
+        entered.set()
+        release.wait(60)
+        view.release()
+        return True
+
+    monkeypatch.setattr(segment_maps, "POPULATE_GRANULE", PAGE)  # (several granules each)
+    monkeypatch.setattr(segment_maps, "populate", slow)
+    maps = SegmentMaps(threading.RLock())
+    fds, sizes = table_files(4096)
+    maps.receive(fds)
+    maps.map_tables(sizes)
+    old = list(maps.table_maps)
+    assert entered.wait(60)
+    fds, sizes = table_files(4096)
+    maps.receive(fds)
+    replacer = threading.Thread(target=maps.map_tables, args=(sizes,))
+    replacer.start()
+    replacer.join(0.5)  # (replacing without waiting would be done by now, the map open)
+    replaced = threading.Event()
+    late: list[mmap.mmap] = []  # filled after the replacement returned
+
+    def record(mm: mmap.mmap, start: int, length: int) -> bool:
+        if replaced.is_set():
+            late.append(mm)
+        return True
+
+    monkeypatch.setattr(segment_maps, "populate", record)
+    release.set()
+    replacer.join(60)
+    replaced.set()
+    assert not replacer.is_alive() and all(mm.closed for mm in old)
+    assert maps.populator.join(timeout=60)
+    assert not any(mm in late for mm in old)  # nothing more of them
     maps.close()
 
 

@@ -156,6 +156,8 @@ class SegmentMaps:
         # the reader and pin table in use (see use_tables)
         self.fast: Any = None
         self.table_maps: list[mmap.mmap] = []  # directory and access bytes
+        # the tables map_tables gave the Populator, with their granule marks
+        self.table_fills: list[tuple[mmap.mmap, bytearray]] = []
         self.pin_map: mmap.mmap | None = None
         # the directory mapped was superseded and the current one asked for: until it comes
         self.tables_asked = False
@@ -201,7 +203,9 @@ class SegmentMaps:
         # its first read of each page would fault)
         for mm in (directory, access):
             if mm is not None:
-                self.populator.add(mm, none_filled(len(mm)))
+                filled = none_filled(len(mm))
+                self.table_fills.append((mm, filled))
+                self.populator.add(mm, filled)
 
     def install_tables(self, directory: Any, access: Any, pins: Any) -> None:
         """Read through ``directory`` (and ``access``, ``pins`` when given) from now on."""
@@ -211,13 +215,16 @@ class SegmentMaps:
         except ValueError:  # a layout this client does not know (or cannot read): requests
             reader = None
         with self._lock:  # (no other thread is in the middle of a fast get)
-            old = self.table_maps
+            old, old_fills = self.table_maps, self.table_fills
             self.table_maps = [m for m in (directory, access) if m is not None]
+            self.table_fills = []
             if pins is not None:
                 self.pin_map = pins
                 self.use_tables(reader, path.pins(pins) if path is not None else None)
             else:
                 self.use_tables(reader, self.pins)
+            for mm, filled in old_fills:
+                self._stop_filling(mm, filled)
             for mm in old:
                 with contextlib.suppress(BufferError):
                     mm.close()
@@ -242,20 +249,20 @@ class SegmentMaps:
         hold references, and a segment with a referenced object is not dropped)."""
         for segment in segments:
             mm = self.segments.pop(segment, None)
-            self._stop_filling(segment, mm)
+            filled = self.filled.pop(segment, None)
             self._close_segment_fd(segment)
             if mm is not None:
+                self._stop_filling(mm, filled)
                 with contextlib.suppress(BufferError):  # (then unmapped when the view goes)
                     mm.close()
 
-    def _stop_filling(self, segment: int, mm: mmap.mmap | None) -> None:
-        """Forget ``segment``'s granules, marked filled (the Populator takes none of them
-        again), and wait for the one it may be filling (its call holds a view of ``mm``)."""
-        filled = self.filled.pop(segment, None)
+    def _stop_filling(self, mm: mmap.mmap, filled: bytearray | None) -> None:
+        """Mark ``mm``'s granules (``filled``) filled, so the Populator takes none of them
+        again, and wait for the one it may be filling (its call holds a view of ``mm``):
+        then ``mm`` can be closed at once."""
         if filled is not None:
             filled[:] = bytes([FILLED]) * len(filled)
-        if mm is not None:
-            self.populator.let_go(mm)
+        self.populator.let_go(mm)
 
     def _close_segment_fd(self, segment: int) -> None:
         kept = self.segment_fds.pop(segment, None)
@@ -283,7 +290,10 @@ class SegmentMaps:
         kept descriptors."""
         self.use_tables(None, None)
         for segment, mm in self.segments.items():
-            self._stop_filling(segment, mm)
+            self._stop_filling(mm, self.filled.pop(segment, None))
+        for mm, filled in self.table_fills:
+            self._stop_filling(mm, filled)
+        self.table_fills = []
         maps = [*self.segments.values(), *self.table_maps]
         if self.pin_map is not None:
             maps.append(self.pin_map)
