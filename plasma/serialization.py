@@ -139,12 +139,18 @@ class Encoded:
         return f"Encoded(kind={self.kind!r}, data_size={self.data_size})"
 
 
+def _is_masked(array: np.ndarray) -> bool:
+    """Whether ``array`` is a masked array, whose elements (and mask) are pickled. Looked up
+    in ``sys.modules``: ``np.ma`` would import numpy.ma (~10-30 ms) on a process's first
+    put, and a masked array exists only once it is imported."""
+    ma = sys.modules.get("numpy.ma")
+    return ma is not None and isinstance(array, ma.MaskedArray)
+
+
 def encode(value: object) -> Encoded:
     """Measure ``value`` and return how to write it; ``TypeError`` if it cannot be pickled."""
-    if isinstance(value, np.ndarray) and not (
-        value.dtype.hasobject or isinstance(value, np.ma.MaskedArray)
-    ):  # object and masked arrays are pickled: their elements are Python objects
-        return _encode_ndarray(value)
+    if isinstance(value, np.ndarray) and not (value.dtype.hasobject or _is_masked(value)):
+        return _encode_ndarray(value)  # (object and masked arrays are pickled)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return _encode_bytes(memoryview(value))
     arrow = sys.modules.get("pyarrow")  # an Arrow value implies pyarrow is already imported
