@@ -328,3 +328,22 @@ def test_dask_measures_tensors_by_their_bytes(script: str) -> None:
         [sys.executable, "-c", script + check], capture_output=True, text=True, timeout=120
     )
     assert done.stdout.split() == ["True", "40"], done.stderr
+
+
+
+def test_a_token_names_the_coordinator_connected_last(coordinator_factory, monkeypatch) -> None:
+    """A coordinator started after another stopped may get its socket's inode number again
+    (as one test's after the last one's), and with it the same token: a Handle of the new
+    coordinator must resolve through the new socket, not the old one remembered."""
+    monkeypatch.setattr("plasma.dask._store.coordinator_token", lambda path: "same")
+    monkeypatch.setattr("plasma.dask._store._sockets", {})
+    first, second = (coordinator_factory("--memory", "64MiB", name=f"{n}.sock") for n in "ab")
+    old = PlasmaData(first.socket, name="tcp://127.0.0.1:1")
+    new = PlasmaData(second.socket, name="tcp://127.0.0.1:2")
+    assert old.location[0] == new.location[0] == "same"
+    new["x"] = np.arange(MIB // 8)
+    handle, _ = lend(new, "x")
+    shared = pickle.loads(pickle.dumps(handle))
+    assert np.array_equal(shared.value, np.arange(MIB // 8))
+    old.close()
+    new.close()

@@ -70,9 +70,12 @@ SPILL_API = ("fast", "slow", "evict", "spilled_total")  # Dask's spilling, passe
 
 
 def coordinator_token(socket_path: str) -> str:
-    """Names one coordinator among all hosts: boot id + the socket's device and inode.
+    """Names one coordinator among all hosts: boot id + the socket's device, inode and
+    change time.
 
     Two coordinators on one host have different sockets; two hosts have different boot ids.
+    A coordinator started after another stopped may get its socket's inode number again: the
+    change time (ns) of its socket file tells them apart, as a rule (see PlasmaData.client).
     """
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
@@ -80,7 +83,7 @@ def coordinator_token(socket_path: str) -> str:
     except OSError:  # not Linux-like enough: the host name still tells hosts apart
         boot = os.uname().nodename
     st = os.stat(socket_path)
-    return f"{boot}:{st.st_dev}:{st.st_ino}"
+    return f"{boot}:{st.st_dev}:{st.st_ino}:{st.st_ctime_ns}"
 
 
 @dataclass(slots=True)
@@ -233,7 +236,9 @@ class PlasmaData(MutableMapping[Any, object]):
             client = connect(self.socket_path, name, release_delay=0)
             self.token = coordinator_token(self.socket_path)
             self.node: int | None = client.info.node
-            _sockets.setdefault(self.token, self.socket_path)
+            # (the latest path: a token of a coordinator gone, its socket's inode and change
+            # time met again, names the one this process connected to since)
+            _sockets[self.token] = self.socket_path
             self._client = client
         return self._client
 
