@@ -330,7 +330,6 @@ def test_dask_measures_tensors_by_their_bytes(script: str) -> None:
     assert done.stdout.split() == ["True", "40"], done.stderr
 
 
-
 def test_a_token_names_the_coordinator_connected_last(coordinator_factory, monkeypatch) -> None:
     """A coordinator started after another stopped may get its socket's inode number again
     (as one test's after the last one's), and with it the same token: a Handle of the new
