@@ -23,6 +23,12 @@ with its error thrown in), ``Send(msgs)`` (send, do not wait), ``POLL`` (take in
 coordinator pushed already, without blocking: the blocking client reads only when asked)
 and ``EXCLUSIVE`` (no other operation that writes into the arena may run until this one
 ends; asked only of a driver that runs operations concurrently).
+
+A plain call (one request, one reply with nothing to map or keep: :class:`Plain`, such as
+``contains`` or an acknowledged seal) is such an operation too (:meth:`ClientCore.plain`),
+and has a fast path the drivers take when nothing else is under way: the request's frame
+alone (:meth:`ClientCore.plain_frame`) and, in the blocking client, the one receive that
+follows taken as its reply when it is exactly that (:meth:`ClientCore.plain_reply`).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from __future__ import annotations
 import functools
 import math
 import mmap
+import operator
 import os
 import select
 import sys
@@ -149,6 +156,8 @@ class Plain(NamedTuple):
     msg: Any
     done: Callable[[Any], Any]
 
+
+_PRESENT = operator.attrgetter("present")  # contains' result, of its reply
 
 POLL = "poll"  # take in pushed messages already received, without blocking
 EXCLUSIVE = "exclusive"  # hold this client's arena until the operation ends
@@ -888,7 +897,7 @@ class ClientCore:
 
     def contains_call(self, object_id: ObjectRef) -> Plain:
         """``contains(object_id)``, a plain call."""
-        return Plain(p.Contains(seq=self.next_seq(), id=as_id_bytes(object_id)), _present)
+        return Plain(p.Contains(seq=self.next_seq(), id=as_id_bytes(object_id)), _PRESENT)
 
     def delete(self, object_ids: ObjectRef | Iterable[ObjectRef]) -> Op:
         ids, _ = _id_list(object_ids)
@@ -989,10 +998,6 @@ class ClientCore:
         view.release()
         yield Send(self._seal_and_release([oid.binary()]))
         return oid
-
-
-def _present(reply: p.Contained) -> bool:
-    return reply.present
 
 
 class PendingGet:
