@@ -33,6 +33,7 @@ from plasma._client_core import (
     Node,
     ObjectRef,
     Op,
+    Plain,
     Send,
     check_timeout,
 )
@@ -98,9 +99,20 @@ class AsyncClient:
             if exclusive:
                 self._arena_lock.release()
 
+    async def _plain(self, call: Plain) -> Any:
+        """Carry out a plain call of the core: its frame made in one step when nothing waits
+        to go ahead of it (see :meth:`ClientCore.plain_frame`), else the general way; the
+        reader task takes its reply in as any other."""
+        frame = None if self._closed is not None else self._core.plain_frame(call.msg)
+        if frame is None:
+            return await self._run(self._core.plain(call))
+        return call.done(await self._call((call.msg,), frame))
+
     async def _send(self, msgs: Iterable[msgspec.Struct]) -> None:
         self._check_open()
-        data = self._core.frames(*msgs)
+        await self._send_frames(self._core.frames(*msgs))
+
+    async def _send_frames(self, data: bytes) -> None:
         # shielded: a frame cut short by a cancellation would garble the stream
         with trio.CancelScope(shield=True):
             async with self._send_lock:
@@ -111,13 +123,17 @@ class AsyncClient:
                     self._check_open()  # the coordinator's reason, if the reader heard one
                     raise
 
-    async def _call(self, msgs: tuple[msgspec.Struct, ...]) -> Any:
+    async def _call(self, msgs: tuple[msgspec.Struct, ...], frame: bytes | None = None) -> Any:
+        """Send ``msgs`` (``frame``: encoded already) and wait for the reply to the last."""
         msg = msgs[-1]
         seq = msg.seq  # type: ignore[attr-defined]
         event = trio.Event()
         self._waiting[seq] = event
         try:
-            await self._send(msgs)
+            if frame is None:
+                await self._send(msgs)
+            else:
+                await self._send_frames(frame)
             await event.wait()
         except BaseException:  # cancelled, or the send failed: nobody will read the reply
             self._waiting.pop(seq, None)
@@ -205,7 +221,10 @@ class AsyncClient:
         return await self._run(self._core.create(object_id, size, metadata, node, timeout))
 
     async def seal(self, object_id: ObjectRef, *, wait: bool = False) -> None:
-        await self._run(self._core.seal(object_id, wait))
+        if wait:
+            await self._plain(self._core.sealed_call(object_id))
+        else:
+            await self._run(self._core.seal(object_id, False))
 
     async def abort(self, object_id: ObjectRef) -> None:
         await self._run(self._core.abort(object_id))
@@ -259,7 +278,7 @@ class AsyncClient:
         return await self._run(self._core.get_metadata(object_ids, timeout))
 
     async def contains(self, object_id: ObjectRef) -> bool:
-        return await self._run(self._core.contains(object_id))
+        return await self._plain(self._core.contains_call(object_id))
 
     async def delete(self, object_ids: ObjectRef | Iterable[ObjectRef]) -> list[ObjectID]:
         return await self._run(self._core.delete(object_ids))

@@ -32,6 +32,7 @@ from plasma._client_core import (
     Node,
     ObjectRef,
     Op,
+    Plain,
     Send,
     check_timeout,
 )
@@ -119,14 +120,43 @@ class Client:
         except OSError as exc:
             raise self._gone(exc) from None
 
+    def _plain(self, call: Plain) -> Any:
+        """Carry out a plain call of the core: its request sent alone and the one receive
+        that follows taken as its reply when it is exactly that (the fast path), else the
+        general way (see :meth:`ClientCore.plain_frame`)."""
+        core = self._core
+        msg = call.msg
+        with self._lock:
+            frame = None if self._closed else core.plain_frame(msg)
+            if frame is None:
+                return self._run(core.plain(call))
+            sock = self._sock
+            try:
+                sock.sendall(frame)
+                size, ancdata, flags, _ = sock.recvmsg_into(
+                    [core.recv_view], ANCILLARY_SPACE, RECV_FLAGS
+                )
+            except OSError as exc:
+                raise self._gone(exc) from None
+            reply = None if ancdata or flags else core.plain_reply(size, msg.seq)
+            if reply is None:  # more, less or something else came: the general way
+                reply = self._reply_to(msg.seq, self._received(size, ancdata, flags))
+            elif type(reply) is p.Error:
+                raise error_for(reply.code, reply.message)
+            return call.done(reply)
+
     def _call(self, msgs: tuple[msgspec.Struct, ...]) -> Any:
         """Send ``msgs`` and read until the reply to the last one arrives (pushes and
         deferred errors are kept)."""
         self._send(msgs)
-        seq = msgs[-1].seq  # type: ignore[attr-defined]
+        return self._reply_to(msgs[-1].seq, self._receive())  # type: ignore[attr-defined]
+
+    def _reply_to(self, seq: int, replies: list[Any]) -> Any:
+        """The reply to ``seq``, among ``replies`` (received already) or read until it
+        arrives; the others are the core's (:meth:`ClientCore.unexpected`)."""
         core = self._core
         while True:
-            for reply in self._receive():
+            for reply in replies:
                 if reply.seq == seq:
                     if isinstance(reply, p.Error):
                         raise error_for(reply.code, reply.message)
@@ -134,6 +164,7 @@ class Client:
                 core.unexpected(reply)
             if core.fatal is not None:  # the coordinator is hanging up: say why
                 core.check_usable()
+            replies = self._receive()
 
     def _receive(self, timeout: float | None = None) -> list[Any]:
         """Block for the next chunk of bytes (or until ``timeout``; 0 polls); returns the
@@ -145,14 +176,21 @@ class Client:
             ready, _, _ = select.select([self._sock], [], [], max(timeout, 0))
             if not ready:
                 return []
-        core = self._core
-        view = core.recv_view
         try:
-            size, ancdata, msg_flags, _ = self._sock.recvmsg_into([view], ANCILLARY_SPACE, flags)
+            size, ancdata, msg_flags, _ = self._sock.recvmsg_into(
+                [self._core.recv_view], ANCILLARY_SPACE, flags
+            )
         except BlockingIOError:
             return []
         except OSError as exc:
             raise self._gone(exc) from None
+        return self._received(size, ancdata, msg_flags)
+
+    def _received(self, size: int, ancdata: list[Any], msg_flags: int) -> list[Any]:
+        """The replies in the ``size`` bytes (and descriptors) received into the core's
+        buffer; a hang-up raises. Answers a Reclaim at once."""
+        core = self._core
+        view = core.recv_view
         fds = received_fds(ancdata, msg_flags)
         if not size:
             for fd in fds:
@@ -199,7 +237,10 @@ class Client:
         return self._run(self._core.create(object_id, size, metadata, node, timeout))
 
     def seal(self, object_id: ObjectRef, *, wait: bool = False) -> None:
-        self._run(self._core.seal(object_id, wait))
+        if wait:
+            self._plain(self._core.sealed_call(object_id))
+        else:
+            self._run(self._core.seal(object_id, False))
 
     def abort(self, object_id: ObjectRef) -> None:
         self._run(self._core.abort(object_id))
@@ -272,7 +313,7 @@ class Client:
         return self._run(self._core.get_metadata(object_ids, timeout))
 
     def contains(self, object_id: ObjectRef) -> bool:
-        return self._run(self._core.contains(object_id))
+        return self._plain(self._core.contains_call(object_id))
 
     def delete(self, object_ids: ObjectRef | Iterable[ObjectRef]) -> list[ObjectID]:
         return self._run(self._core.delete(object_ids))

@@ -23,6 +23,12 @@ with its error thrown in), ``Send(msgs)`` (send, do not wait), ``POLL`` (take in
 coordinator pushed already, without blocking: the blocking client reads only when asked)
 and ``EXCLUSIVE`` (no other operation that writes into the arena may run until this one
 ends; asked only of a driver that runs operations concurrently).
+
+A plain call (one request, one reply with nothing to map or keep: :class:`Plain`, such as
+``contains`` or an acknowledged seal) is such an operation too (:meth:`ClientCore.plain`),
+and has a fast path the drivers take when nothing else is under way: the request's frame
+alone (:meth:`ClientCore.plain_frame`) and, in the blocking client, the one receive that
+follows taken as its reply when it is exactly that (:meth:`ClientCore.plain_reply`).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from __future__ import annotations
 import functools
 import math
 import mmap
+import operator
 import os
 import select
 import sys
@@ -47,7 +54,7 @@ from plasma import parallel_copy, serialization
 from plasma import protocol as p
 from plasma._client_core.fast_path import client_lock, fallback_warning
 from plasma._client_core.inbox import Inbox
-from plasma._client_core.outbox import IDS_PER_FRAME, Outbox, chunks
+from plasma._client_core.outbox import IDS_PER_FRAME, Outbox, checked_frame, chunks
 from plasma._client_core.refs import (
     RELEASE_DELAY,
     RELEASE_DELAY_BYTES,
@@ -139,6 +146,18 @@ class Send(NamedTuple):
 
     msgs: tuple[msgspec.Struct, ...]
 
+
+class Plain(NamedTuple):
+    """A call that is one request and one plain reply (nothing to map, keep or answer):
+    ``msg``, and ``done``, which makes the call's result of the reply. A driver runs it
+    through :meth:`ClientCore.plain_frame` and :meth:`ClientCore.plain_reply` (the fast
+    path), or as the operation :meth:`ClientCore.plain` (the general one)."""
+
+    msg: Any
+    done: Callable[[Any], Any]
+
+
+_PRESENT = operator.attrgetter("present")  # contains' result, of its reply
 
 POLL = "poll"  # take in pushed messages already received, without blocking
 EXCLUSIVE = "exclusive"  # hold this client's arena until the operation ends
@@ -435,6 +454,39 @@ class ClientCore:
         if err is not None:
             raise err
 
+    # ---------------------------------------------------------------- plain calls
+    # A plain call (:class:`Plain`) skips the operation's machinery when nothing else is
+    # under way: its request alone is sent and, in the blocking client, the one receive
+    # that follows is decoded as its reply when it is exactly that; anything else (queued
+    # messages, an error to raise first, pushes, a partial frame, descriptors, a hang-up)
+    # goes the general way with the same message.
+
+    def plain_frame(self, msg: Any) -> bytes | None:
+        """The frame of ``msg`` alone, when its call may take the fast path: nothing waits
+        to go ahead of it or to be raised first, and the connection is this process's and
+        up. None: run :meth:`plain` (BadRequest for a message out of bounds)."""
+        inbox = self.inbox
+        if (
+            self.fatal is not None
+            or self.forked_from is not None
+            or inbox.deferred_errors
+            or inbox.reclaim_requested
+            or self.outbox.queued()
+        ):
+            return None
+        return checked_frame(msg)
+
+    def plain_reply(self, size: int, seq: int) -> Any | None:
+        """The reply to ``seq`` when the ``size`` bytes received into :attr:`recv_view`
+        (with no descriptors) are that one plain reply and nothing else; None: :meth:`feed`
+        them."""
+        return self.inbox.only_reply(self.recv_view[:size], seq)
+
+    def plain(self, call: Plain) -> Op:
+        """A plain call the general way (as the operation it is)."""
+        reply = yield Call((call.msg,))
+        return call.done(reply)
+
     # ---------------------------------------------------------------- incoming
 
     def feed(self, data: bytes | memoryview, fds: list[int]) -> list[Any]:
@@ -615,13 +667,19 @@ class ClientCore:
         return reply.nodes
 
     def seal(self, object_id: ObjectRef, wait: bool = False) -> Op:
+        if wait:
+            return (yield from self.plain(self.sealed_call(object_id)))
         oid = as_id_bytes(object_id)
-        msg = p.Seal(seq=self.next_seq(), ids=[oid], ack=wait)
-        if not wait:
-            yield Send((msg,))
-            self.refs.sealed(oid)
-            return
-        yield Call((msg,))
+        yield Send((p.Seal(seq=self.next_seq(), ids=[oid], ack=False),))
+        self.refs.sealed(oid)
+
+    def sealed_call(self, object_id: ObjectRef) -> Plain:
+        """``seal(object_id, wait=True)``, a plain call."""
+        oid = as_id_bytes(object_id)
+        msg = p.Seal(seq=self.next_seq(), ids=[oid], ack=True)
+        return Plain(msg, functools.partial(self._sealed, oid))
+
+    def _sealed(self, oid: bytes, reply: Any) -> None:
         self.refs.sealed(oid)
         self.check_usable()  # an error of an earlier call sent without waiting
 
@@ -835,8 +893,11 @@ class ClientCore:
         return [bytes(meta) for _, meta in pairs]
 
     def contains(self, object_id: ObjectRef) -> Op:
-        reply = yield Call((p.Contains(seq=self.next_seq(), id=as_id_bytes(object_id)),))
-        return reply.present
+        return self.plain(self.contains_call(object_id))
+
+    def contains_call(self, object_id: ObjectRef) -> Plain:
+        """``contains(object_id)``, a plain call."""
+        return Plain(p.Contains(seq=self.next_seq(), id=as_id_bytes(object_id)), _PRESENT)
 
     def delete(self, object_ids: ObjectRef | Iterable[ObjectRef]) -> Op:
         ids, _ = _id_list(object_ids)

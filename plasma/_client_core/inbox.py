@@ -104,6 +104,16 @@ class Inbox:
                 replies.append(msg)
         return replies
 
+    def only_reply(self, data: memoryview, seq: int) -> Any | None:
+        """The reply to ``seq`` when ``data`` (received with no descriptors) is that one plain
+        reply and nothing else; else None, taking nothing: :meth:`feed` it."""
+        msg = self.decoder.only_message(data)
+        if msg is None or msg.seq != seq or type(msg) not in _PLAIN_REPLIES:
+            return None
+        if self.arena_seals:
+            self._arena_sealed(msg)
+        return msg
+
     def expect_seal(self, seq: int, grant: int) -> None:
         """A SealArena of the arena ``grant`` goes out as ``seq`` without waiting."""
         seals = self.arena_seals
