@@ -35,10 +35,12 @@ SEGMENT = 1
 class Parts:
     """A Refs with its C half over a directory of 16 slots and a pin table."""
 
-    def __init__(self, release_delay: int = 2, pin_entries: int = 8) -> None:
+    def __init__(self, release_delay: int = 2, pin_entries: int = 8, unpins: Any = None) -> None:
         assert NATIVE is not None and NATIVE.getter is not None
         self.lock = NATIVE.lock()
         self.outbox = Outbox(lambda msg: None)
+        if unpins is not None:  # (where the Getter's Unpin hints go: unpins.append)
+            self.outbox.unpins = unpins
         self.maps = SegmentMaps(self.lock)
         self.maps.read_path = NATIVE
         self.segment = mmap.mmap(-1, 1 << 16)
@@ -117,6 +119,53 @@ def test_the_oldest_cached_pin_goes_beyond_the_release_delay_and_a_dying_one_say
     assert list(parts.refs.cache) == [B] and parts.pinned == 1  # A's pin given back
     assert list(parts.outbox.unpins) == [A]  # it was dying: the coordinator is told
     assert parts.refs.cache_bytes == 1
+
+
+class _PythonRecorder:
+    """An ``append`` written in Python (no built-in one-argument method to call directly)."""
+
+    def __init__(self) -> None:
+        self.ids: list[bytes] = []
+
+    def append(self, oid: bytes) -> None:
+        self.ids.append(oid)
+
+
+@pytest.mark.parametrize("unpins", [list, _PythonRecorder], ids=["built-in", "python"])
+def test_a_dying_pin_let_go_says_so_through_any_append(unpins: Any) -> None:
+    """The Getter calls a built-in one-argument append (deque's, list's) directly, anything
+    else through a call: the hint is queued either way, once."""
+    recorder = unpins()
+    parts = Parts(release_delay=0, unpins=recorder)
+    parts.seal(A, 0, b"a")
+    view = parts.fast.get(A)
+    parts.directory.set_state(parts.slots[A], DYING)
+    del view
+    assert parts.pinned == 0
+    assert (recorder if isinstance(recorder, list) else recorder.ids) == [A]
+
+
+def test_records_and_views_made_again_from_what_went_are_whole() -> None:
+    """A get after another's record and view went (a spare of each is kept for the next get)
+    gets a record and a view of its own object, none of what went kept: not revoked, one
+    view, its pin and read, its bytes; and no buffer of the segment is left once the views
+    are gone."""
+    parts = Parts(release_delay=0)
+    parts.seal(A, 0, b"aa", generation=7)
+    parts.seal(B, 64, b"bbb", generation=9)
+    view = parts.fast.get(A)
+    parts.refs.held[A].revoked = True  # (let go with its view, not cached)
+    del view
+    assert parts.pinned == 0 and not parts.refs.held
+    view = parts.fast.get(B)
+    held = parts.refs.held[B]
+    assert bytes(view) == b"bbb" and view.readonly
+    assert held.views == 1 and not held.revoked and held.pin >= 0
+    assert held.found is not None and held.found.generation == 9
+    assert held.loc == p.ObjectLocation(SEGMENT, 64, 3, 0, 0)
+    del view, held
+    assert parts.pinned == 0 and not parts.refs.held
+    parts.segment.close()  # (no export of it kept: it closes)
 
 
 def test_the_cache_is_bounded_in_bytes_too(parts: Parts) -> None:

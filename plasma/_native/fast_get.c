@@ -35,6 +35,28 @@ typedef struct {
 
 static PyTypeObject PinnedType;
 
+/* One spare object of each type a get makes (a Pinned, a GetView), kept when one goes and
+ * taken by the next get: an allocation and a free the fewer each (after a wake-up the
+ * allocator's lines are as cold as the rest). Only ever used with the GIL held. */
+static PyObject *spare_pinned, *spare_view;
+
+static PyObject *take_spare(PyObject **spare, PyTypeObject *type) {
+    PyObject *op = *spare;
+    if (op == NULL)
+        return _PyObject_New(type);
+    *spare = NULL;
+    return PyObject_Init(op, type);
+}
+
+static void keep_spare(PyObject **spare, PyObject *op) {
+    if (*spare == NULL)
+        *spare = op;
+    else
+        Py_TYPE(op)->tp_free(op);
+}
+
+static void pinned_dealloc(Pinned *self) { keep_spare(&spare_pinned, (PyObject *)self); }
+
 static Py_ssize_t pinned_size(const Pinned *rec) {
     return (Py_ssize_t)(rec->f.data_size + rec->f.metadata_size);
 }
@@ -70,6 +92,7 @@ static PyTypeObject PinnedType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "plasma._native._directory.Pinned",
     .tp_basicsize = sizeof(Pinned),
     .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = (destructor)pinned_dealloc,
     .tp_doc = "A reference held by a directory pin (made by Getter.get).",
     .tp_members = pinned_members,
     .tp_getset = pinned_getset,
@@ -202,6 +225,8 @@ typedef struct {
     PyObject *drop;              /* Refs._drop_view(id): the whole drop, in Python */
     PyObject *evict;             /* Refs._evict_oldest(): the oldest cached reference let go */
     PyObject *unpinned;          /* Outbox.unpins.append: a dying object's pin let go */
+    PyCFunction unpin_fn;        /* unpinned's C function when it is a built-in one-argument */
+    PyObject *unpin_self;        /* method (deque.append), called directly; else NULL */
     PyObject *id_type;           /* plasma.ObjectID */
     Py_ssize_t id_offset;        /* where an ObjectID keeps its bytes (its slot "_b") */
     PyObject *node;              /* this client's node (replicas), or None */
@@ -242,6 +267,11 @@ static PyObject *getter_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
     }
     self->id_offset = ((PyMemberDescrObject *)slot)->d_member->offset;
     Py_DECREF(slot);
+    if (PyCFunction_Check(unpinned) && PyCFunction_GET_FLAGS(unpinned) == METH_O) {
+        /* (borrowed: unpinned, which this Getter holds, holds it) */
+        self->unpin_fn = PyCFunction_GET_FUNCTION(unpinned);
+        self->unpin_self = PyCFunction_GET_SELF(unpinned);
+    }
     Py_INCREF(Py_None);
     self->reader = Py_None;
     Py_INCREF(Py_None);
@@ -277,6 +307,8 @@ static int getter_clear(Getter *self) {
     Py_CLEAR(self->drop);
     Py_CLEAR(self->evict);
     Py_CLEAR(self->unpinned);
+    self->unpin_fn = NULL;
+    self->unpin_self = NULL;
     Py_CLEAR(self->id_type);
     Py_CLEAR(self->node);
     return 0;
@@ -335,7 +367,9 @@ static void let_go(Getter *g, PyObject *key, Pinned *rec) {
         return;
     }
     if (g->reader != Py_None && pcd_dying(&((Reader *)g->reader)->r, &rec->f)) {
-        PyObject *r = PyObject_CallOneArg(g->unpinned, key);
+        /* (a built-in method called as its vectorcall would, minus the dispatch) */
+        PyObject *r = g->unpin_fn != NULL ? g->unpin_fn(g->unpin_self, key)
+                                          : PyObject_CallOneArg(g->unpinned, key);
         if (r == NULL)
             PyErr_WriteUnraisable(g->unpinned);
         Py_XDECREF(r);
@@ -430,8 +464,10 @@ static void getview_dealloc(GetView *self) {
     PyObject *key = self->key;
     if (self->segment.obj != NULL)
         PyBuffer_Release(&self->segment);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-    if (g != NULL) {
+    keep_spare(&spare_view, (PyObject *)self);
+    if (g != NULL && !PyErr_Occurred()) {
+        getter_drop(g, key, rec);
+    } else if (g != NULL) {
         /* (a finalizer: whatever exception is being handled stays as it was) */
         PyObject *type, *value, *traceback;
         PyErr_Fetch(&type, &value, &traceback);
@@ -500,8 +536,8 @@ static PyObject *serve(Getter *g, PyObject *key) {
         return NULL;
     if (!got)
         Py_RETURN_NONE;
-    Pinned *rec = PyObject_New(Pinned, &PinnedType);
-    GetView *view = rec != NULL ? PyObject_New(GetView, &GetViewType) : NULL;
+    Pinned *rec = (Pinned *)take_spare(&spare_pinned, &PinnedType);
+    GetView *view = rec != NULL ? (GetView *)take_spare(&spare_view, &GetViewType) : NULL;
     if (view == NULL) {
         Py_XDECREF(rec);
         pcd_unpin(&pins->p, (uint64_t)index);
