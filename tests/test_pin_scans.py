@@ -7,6 +7,8 @@ passes, never timed (``python -m bench.pin_scan`` has the timings)."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -261,3 +263,22 @@ def test_store_full_says_what_holds_the_memory_and_who() -> None:
     assert "held most by client 100 'reader' (pid 100) (4096 bytes: 4096 pinned)" in text
     assert "client 1 'writer' (pid 11) (3072 bytes: 1024 referenced, 2048 being written)" in text
     assert "`plasma-coord memory` lists every holder" in text
+
+
+def test_a_pin_scan_does_not_import_numpy_ma() -> None:
+    """np.unique imports numpy.ma: 19 ms on the coordinator's first scan, and 1.2 MiB."""
+    code = (
+        "import sys\n"
+        "from plasma.directory import PIN_HEADER, PinScanner, pin_table_size\n"
+        "buf = bytearray(pin_table_size(64))\n"
+        "buf[0] = 8\n"
+        "buf[PIN_HEADER] = 5\n"
+        "scanner = PinScanner()\n"
+        "scanner.add(1, buf)\n"
+        "gens = list(range(1, 40))\n"
+        "assert scanner.pinned(gens) == {5} and scanner.holders_of(gens) == {5: [1]}\n"
+        "assert scanner.holders_of([5, 6, 7]) == {5: [1]} and scanner.counts(gens) == {5: 1}\n"
+        "print('numpy.ma' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
