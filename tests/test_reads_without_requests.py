@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import select
+import signal
+import threading
 from multiprocessing.connection import Connection
 
 import numpy as np
@@ -212,6 +215,51 @@ def test_a_forked_child_cannot_touch_its_parents_pins(coordinator: RunningCoordi
         del view
         c.flush()
         assert c.stats()["pins"] == 0
+
+
+def test_a_fork_while_the_background_fills_page_tables_leaves_the_child_free(
+    coordinator: RunningCoordinator,
+):
+    """Forked while the Populator's thread held its lock in the middle of a granule: the
+    child (where that thread does not exist) still closes its client and exits. It waited
+    forever for that thread before (a CI timeout)."""
+    with plasma.connect(coordinator.socket, release_delay=0) as c:
+        c.create_and_seal(oid(1), b"x")
+        c.flush()
+        c.get(oid(1), timeout=5)  # maps the segment
+        populator = c._core.maps.populator
+        populator.join()
+        segment = next(iter(c._core.maps.segments.values()))
+        taken, forked = threading.Event(), threading.Event()
+
+        def busy() -> None:  # as the fill thread is in the middle of a granule of `segment`
+            with populator._lock:
+                populator._current = segment
+                taken.set()
+                forked.wait()
+                populator._current = None
+                populator._idle.notify_all()
+
+        thread = threading.Thread(target=busy)
+        thread.start()
+        taken.wait()
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                c.close()
+            finally:
+                os.write(write, b"\x00")
+                os._exit(0)
+        forked.set()
+        thread.join()
+        os.close(write)
+        ready, _, _ = select.select([read], [], [], 60)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        os.close(read)
+        assert ready, "the forked child hung closing its client"
 
 
 async def test_read_views_stay_valid_while_another_client_evicts(coordinator_factory, kind: str):

@@ -380,6 +380,7 @@ class ClientCore:
         """This process is a fork of the one that connected: never touch the connection or
         the pins again (they are the parent's); every call raises."""
         self.forked_from = self.pid
+        self.maps.populator.forked()  # (first: its thread is not in this process)
         self.refs.forked = True
         self.pid = os.getpid()
         self.maps.use_tables(None, None)

@@ -122,6 +122,17 @@ class Populator:
                 i = filled.find(NOT_FILLED, i + 1)
             del mm  # (no reference kept while idle)
 
+    def forked(self) -> None:
+        """This process is a fork: the thread that filled, and may have held the lock or a
+        granule when the fork happened, does not exist here. Start afresh with nothing to
+        fill (a forked child's client never uses its maps), so that a close in the child
+        does not wait forever for that thread."""
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._queue = collections.deque()
+        self._thread = None
+        self._current = None
+
     def join(self, timeout: float | None = None) -> bool:
         """Wait until the queue is done (tests); False on a timeout."""
         with self._lock:
