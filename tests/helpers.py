@@ -753,3 +753,11 @@ def workers_in_this_process(protocol: str | None = "tcp") -> Any:
         threads_per_worker=1,
         dashboard_address=None,
     )
+
+
+def imports_after(code: str, module: str) -> bool:
+    """Whether running ``code`` in a fresh interpreter leaves ``module`` imported (it must
+    run without error)."""
+    probe = f"{code}\nimport sys\nprint({module!r} in sys.modules)\n"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return out.stdout.strip() == "True"
