@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, settings
 from plasma._client_core import fast_path
 from plasma._client_core.fast_path import ReadPath
 from tests.helpers import READ_ONLY_UID, READ_PATHS, READ_WRITE_UID, REPO
+from tests.zygote import ForkedProcess, Zygotes
 
 # CI runs on a loaded 2-core machine: no per-example deadline, and a slow example is no error.
 # Based on Hypothesis's own defaults, not on whatever profile it chose itself: it loads its
@@ -45,7 +46,7 @@ sys.modules.setdefault("conftest", sys.modules[__name__])
 @dataclass
 class RunningCoordinator:
     socket: str
-    proc: subprocess.Popen[str]
+    proc: subprocess.Popen[str] | ForkedProcess
     log_path: Path  # its stderr: a file, so that no pipe fills up and blocks it
     allowed: tuple[str, ...] = ()  # errors the test provokes (see check_coordinator)
     killed: bool = False  # stopped with SIGKILL by the test: its status is -SIGKILL
@@ -65,7 +66,9 @@ def start_coordinator(
 ) -> RunningCoordinator:
     """Start ``plasma-coord serve`` (under ``wrapper``, a command such as ``prlimit``) and
     wait for its ``ready`` line; its stderr goes to a file of the session's log directory.
-    Fails a test that is not marked ``coordinator`` (see COORDINATOR_FIXTURES)."""
+    Without a wrapper it is forked from a zygote (see tests.zygote; ``$PLASMA_TEST_ZYGOTE=0``
+    starts every one as its own process). Fails a test that is not marked ``coordinator``
+    (see COORDINATOR_FIXTURES)."""
     unmarked = [item.nodeid for item in CURRENT if not item.get_closest_marker("coordinator")]
     if unmarked:
         pytest.fail(
@@ -75,14 +78,19 @@ def start_coordinator(
         )
     log_dir = LOG_DIR or Path(tempfile.gettempdir())
     log_path = log_dir / f"{next(LOG_NUMBERS)}-{os.path.basename(socket_path)}.log"
+    argv = ["serve", "--socket", socket_path, *args]
+    proc: subprocess.Popen[str] | ForkedProcess
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [*wrapper, sys.executable, "-m", "plasma", "serve", "--socket", socket_path, *args],
-            stdout=subprocess.PIPE,  # the ready line only
-            stderr=log,
-            text=True,
-            cwd=REPO,
-        )
+        if ZYGOTES is not None and not wrapper:
+            proc = ZYGOTES.start(argv, env=os.environ, cwd=str(REPO), stderr=log.fileno())
+        else:
+            proc = subprocess.Popen(
+                [*wrapper, sys.executable, "-m", "plasma", *argv],
+                stdout=subprocess.PIPE,  # the ready line only
+                stderr=log,
+                text=True,
+                cwd=REPO,
+            )
     coord = RunningCoordinator(socket_path, proc, log_path, tuple(allowed))
     assert proc.stdout is not None
     line = proc.stdout.readline()
@@ -98,6 +106,20 @@ def start_coordinator(
 STARTED: list[RunningCoordinator] = []  # by start_coordinator, for _coordinators_end_cleanly
 LOG_DIR: Path | None = None  # where coordinators log (set by _coordinator_log_dir)
 LOG_NUMBERS = itertools.count(1)
+# what forks coordinators (set by _coordinator_zygotes), unless $PLASMA_TEST_ZYGOTE is 0
+ZYGOTES: Zygotes | None = None
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _coordinator_zygotes() -> Iterator[None]:
+    global ZYGOTES
+    if os.environ.get("PLASMA_TEST_ZYGOTE", "1") == "0":
+        yield
+        return
+    ZYGOTES = Zygotes(str(REPO))
+    yield
+    ZYGOTES.close()
+    ZYGOTES = None
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -256,11 +278,22 @@ COLLECTED: list[pytest.Item] = []  # every item collected, before -m deselects a
 CURRENT: list[pytest.Item] = []  # the test being set up or run (start_coordinator checks it)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long",
+        action="store_true",
+        help="also run the tests marked long (minutes each; CI runs bounded versions)",
+    )
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    long = pytest.mark.skip(reason="long: run with --long (see the README's Development)")
     for item in items:
         if item.get_closest_marker("numa_vm"):
             item.add_marker(pytest.mark.timeout(VM_TEST_TIMEOUT))
+        if item.get_closest_marker("long") and not config.getoption("--long"):
+            item.add_marker(long)
         if COORDINATOR_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.coordinator)
     COLLECTED[:] = items
