@@ -67,6 +67,8 @@ print("RESULT " + json.dumps({"resources": resources, "placed": placed, "node1":
 
 
 @pytest.mark.numa_vm
+@pytest.mark.long  # 4-7 min under TCG (5 Python processes importing distributed); CI runs
+# test_dask_cli.py's pinned workers on the host's own nodes instead
 def test_each_worker_is_pinned_to_its_node_and_tasks_follow_their_input(tmp_path: Path) -> None:
     result = run_guest_script(GUEST, nodes=2, cwd=tmp_path)
     resources, placed = result["resources"], result["placed"]
