@@ -14,7 +14,6 @@ import contextlib
 import os
 import select
 import socket
-import threading
 import time
 import weakref
 from collections.abc import Iterable, Sequence
@@ -73,7 +72,7 @@ class Client:
             self._sock.close()
             where = default_socket.describe(socket_path)
             raise Disconnected(f"cannot connect to plasma-coord at {where}: {exc}") from exc
-        self._lock = threading.RLock()
+        self._lock = self._core.driver_lock
         self._closed = False
         self._core.watch(self._sock.fileno())
         try:

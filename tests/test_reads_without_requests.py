@@ -262,6 +262,56 @@ def test_a_fork_while_the_background_fills_page_tables_leaves_the_child_free(
         assert ready, "the forked child hung closing its client"
 
 
+@pytest.mark.parametrize("lock", ["the client's", "the core's"])
+def test_a_fork_while_another_thread_holds_a_lock_of_the_client_leaves_the_child_free(
+    coordinator: RunningCoordinator, lock: str
+):
+    """Forked while another thread of the parent held the client's lock (a call in the
+    middle) or the core's (a view dropped, a get): in the child, where that thread does not
+    exist, calls still refuse, views still drop and close still returns. close waited
+    forever for the client's lock before; nothing in a child takes the core's."""
+    with plasma.connect(coordinator.socket, release_delay=0) as c:
+        c.create_and_seal(oid(1), b"x")
+        c.flush()
+        view = c.get(oid(1), timeout=5)
+        held = c._lock if lock == "the client's" else c._core._held_lock
+        taken, forked = threading.Event(), threading.Event()
+
+        def busy() -> None:
+            with held:
+                taken.set()
+                forked.wait()
+
+        thread = threading.Thread(target=busy)
+        thread.start()
+        taken.wait()
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                try:
+                    c.contains(oid(1))
+                except PlasmaError as exc:
+                    code = 0 if "forked child" in str(exc) else 2
+                del view
+                c.close()
+            finally:
+                os.write(write, bytes([code]))
+                os._exit(0)
+        forked.set()
+        thread.join()
+        os.close(write)
+        ready, _, _ = select.select([read], [], [], 60)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        answer = os.read(read, 1) if ready else b""
+        os.close(read)
+        assert answer == b"\x00", "the forked child hung, or its call did not refuse"
+        assert bytes(view) == b"x"  # the parent's view, untouched
+
+
 async def test_read_views_stay_valid_while_another_client_evicts(coordinator_factory, kind: str):
     coord = coordinator_factory("--memory", "8MiB", "--segment-size", "8MiB")
     async with (

@@ -40,6 +40,7 @@ import operator
 import os
 import select
 import sys
+import threading
 import time
 import types
 import warnings
@@ -300,6 +301,9 @@ class ClientCore:
         self._poller = select.poll()
         self.next_hangup_check = 0.0  # (time.monotonic()) when a directory get looks again
         self._held_lock = client_lock()  # finalizers may run on any thread
+        # the blocking client's lock around a call (threads may share a client); Any: the
+        # type stubs lack the _at_fork_reinit forked() calls
+        self.driver_lock: Any = threading.RLock()
         self.maps = SegmentMaps(self._held_lock)
         self.refs = Refs(self._held_lock, self.outbox, self.maps, release_delay)
         self.maps.fast = self.refs.fast
@@ -380,7 +384,10 @@ class ClientCore:
         """This process is a fork of the one that connected: never touch the connection or
         the pins again (they are the parent's); every call raises."""
         self.forked_from = self.pid
-        self.maps.populator.forked()  # (first: its thread is not in this process)
+        # first, the locks a thread of the parent may have held (it is not in this process);
+        # the core's own is never taken in a child (every path checks forked first)
+        self.maps.populator.forked()
+        self.driver_lock._at_fork_reinit()
         self.refs.forked = True
         self.pid = os.getpid()
         self.maps.use_tables(None, None)
