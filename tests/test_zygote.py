@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import REPO
-from tests.zygote import Zygotes, import_key
+from tests.zygote import ForkedProcess, Zygotes, import_key
 
 pytestmark = pytest.mark.coordinator
 
@@ -77,3 +78,19 @@ def test_an_environment_read_at_import_gets_a_zygote_of_its_own(zygotes, tmp_pat
     for key, zygote in started.items():
         environ = Path(f"/proc/{zygote.pid}/environ").read_bytes().split(b"\0")
         assert f"PLASMA_COORD_NATIVE={dict(key)['PLASMA_COORD_NATIVE']}".encode() in environ
+
+
+def test_a_signal_to_a_coordinator_the_zygote_reaped_before_its_status_came_is_no_error():
+    """It ended and was reaped between poll() and kill(): a process of ours would be a
+    zombie until waited for, this one is gone (the start of a coordinator that fails at
+    once kills it so; that raised ProcessLookupError)."""
+    ended = subprocess.Popen(["true"])
+    ended.wait()  # reaped: its pid names no process
+    status_r, status_w = os.pipe()
+    with open(os.devnull) as stdout:
+        proc = ForkedProcess(ended.pid, stdout, status_r)
+        proc.kill()
+        assert proc.poll() is None  # (its status has not come yet)
+        os.write(status_w, struct.pack("i", signal.SIGKILL))
+        os.close(status_w)
+        assert proc.wait(timeout=30) == -signal.SIGKILL

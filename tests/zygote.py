@@ -17,6 +17,7 @@ zygote of its own, since the modules of the shared one were imported under other
 from __future__ import annotations
 
 import array
+import contextlib
 import os
 import pickle
 import random
@@ -75,7 +76,10 @@ class ForkedProcess:
 
     def send_signal(self, sig: int) -> None:
         if self.poll() is None:  # (after its end, the pid may be another process's)
-            os.kill(self.pid, sig)
+            # it may have ended since, and the zygote reaped it (its status is on the way):
+            # unlike a child of ours, it is not kept as a zombie until we wait
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, sig)
 
     def terminate(self) -> None:
         self.send_signal(signal.SIGTERM)
