@@ -373,6 +373,7 @@ class AsyncClient:
                     async with self._send_lock:
                         await _sendall(self._sock, data)
             self._fail(Disconnected("the client is closed"))
+        self._core.unwatch()  # (before the close: see ClientCore.unwatch)
         self._sock.close()
         self._core.close_maps()
 

@@ -64,6 +64,8 @@ class Client:
             # It holds this client weakly; once the client is gone it serves nothing more.
             vars(self)["get"] = fast.bind(Client.get, weakref.ref(self))
             weakref.finalize(self, setattr, fast, "reader", None)
+        if fast is not None:  # dropped without close: its socket's watcher stops with it
+            weakref.finalize(self, fast.watch, -1)
         self.socket_path = default_socket.resolve(socket_path)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -79,6 +81,7 @@ class Client:
             msg = self._core.connect_request(client_name, sorted(get_affinity()))
             reply = self._call((msg,))
         except BaseException:
+            self._core.unwatch()  # (before the close: see ClientCore.unwatch)
             self._sock.close()
             raise
         self._core.connected(reply)
@@ -386,6 +389,7 @@ class Client:
                 if data:
                     self._sock.sendall(data)
             self._closed = True
+            self._core.unwatch()
             self._sock.close()
             self._core.close_maps()
 

@@ -11,12 +11,15 @@ import errno
 import itertools
 import json
 import os
+import select
 import shutil
+import signal
 import socket
 import struct
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterable, Sequence
+import traceback
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -416,6 +419,46 @@ async def open_client(kind: str, path: str, **options: Any) -> AsyncIterator[Eit
 async def gets(c: Either) -> int:
     """How many Get requests the coordinator has served so far."""
     return (await c.stats())["operations"].get("Get", 0)
+
+
+def watchers(waiting: bool = False) -> set[int]:
+    """The thread ids of this process's socket watchers (threads named as the C read path
+    names them; asleep, if ``waiting``: one that started waits in epoll_wait then)."""
+    found = set()
+    for tid in os.listdir("/proc/self/task"):
+        with contextlib.suppress(FileNotFoundError):  # (a thread that ended meanwhile)
+            with open(f"/proc/self/task/{tid}/comm") as comm:
+                if comm.read().strip() != "plasma-watch":
+                    continue
+            with open(f"/proc/self/task/{tid}/stat") as stat:
+                state = stat.read().rpartition(")")[2].split()[0]
+            if not waiting or state == "S":
+                found.add(int(tid))
+    return found
+
+
+def in_forked_child(body: Callable[[], bool], timeout: float = 60.0) -> str:
+    """Run ``body`` in a forked child: "ok" when it returned True there, "failed" when it
+    returned False or raised, "hung" when it had not ended within ``timeout`` s (killed)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = b"f"
+        try:
+            code = b"o" if body() else b"f"
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os.write(write, code)
+            os._exit(0)
+    os.close(write)
+    ready, _, _ = select.select([read], [], [], timeout)
+    if not ready:
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    answer = os.read(read, 1) if ready else b""
+    os.close(read)
+    return {b"o": "ok", b"f": "failed"}.get(answer, "hung")
 
 
 # ---------------------------------------------------------------- clients run as other uids

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gc
 import mmap
+import os
+import resource
 import socket
 import threading
 import weakref
@@ -25,6 +27,8 @@ from plasma._client_core.segment_maps import SegmentMaps
 from plasma.directory import DYING, Directory, directory_size, pin_table_size
 from plasma.ids import ObjectID
 from plasma.records import ObjectLocation
+from tests.conftest import wait_until
+from tests.helpers import STRANGER_UID, in_forked_child, watchers
 
 pytestmark = pytest.mark.skipif(NATIVE is None, reason="the native read path is not built")
 
@@ -265,12 +269,102 @@ def test_a_forked_child_or_a_closed_client_lets_the_python_half_decide(parts: Pa
     assert A in parts.refs.held  # the parent's: never let go here
 
 
-def test_a_hang_up_on_the_socket_leaves_the_get_to_the_python_half(parts: Parts) -> None:
+def test_a_hang_up_seen_by_the_watcher_leaves_the_get_to_the_python_half(parts: Parts) -> None:
+    """A thread watches the socket; once the peer hangs up (unread bytes do not count) a get
+    serves nothing and pins nothing; watch(-1) stops and joins the thread."""
     parts.seal(A, 0, b"a")
     ours, theirs = socket.socketpair()
+    before = watchers()
     try:
+        assert parts.fast.watch(ours.fileno()) is True
+        started = watchers() - before
+        assert parts.fast.fd == ours.fileno() and len(started) == 1
+        theirs.sendall(b"a reply nobody read yet")
+        view = parts.fast.get(A)
+        assert view is not None and parts.fast.hung_up is False
+        del view
+        parts.refs.drop_cache()
+        theirs.close()
+        wait_until(lambda: parts.fast.hung_up, what="the watcher to see the hang-up")
+        assert parts.fast.get(A) is None  # seen: the Python half looks, and serves nothing
+        assert parts.pinned == 0
+        assert parts.fast.watch(-1) is False
+        assert parts.fast.hung_up is None and parts.fast.fd == -1
+        assert not started & watchers()  # (it ended by itself, and was joined)
+    finally:
+        ours.close()
+
+
+def test_the_watcher_never_keeps_the_socket_open(parts: Parts) -> None:
+    """Closed while its watcher waits on it, the socket goes at once: the peer sees the
+    close (the coordinator sees its client go). A thread in poll(2) on it would hold it."""
+    ours, theirs = socket.socketpair()
+    before = watchers()
+    try:
+        assert parts.fast.watch(ours.fileno())
+        (started,) = watchers() - before
+        wait_until(lambda: started in watchers(waiting=True), what="the watcher to wait")
+        ours.close()  # (a client stops its watcher first: see ClientCore.unwatch)
+        theirs.settimeout(30)
+        assert theirs.recv(1) == b""
+    finally:
+        parts.fast.watch(-1)
+        theirs.close()
+
+
+def test_a_new_socket_stops_the_old_watcher_and_starts_afresh(parts: Parts) -> None:
+    parts.seal(A, 0, b"a")
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        assert parts.fast.watch(pairs[0][0].fileno())
+        pairs[0][1].close()
+        wait_until(lambda: parts.fast.hung_up, what="the watcher to see the hang-up")
+        before = watchers()  # (the first one ended by itself)
+        assert parts.fast.watch(pairs[1][0].fileno())
+        assert parts.fast.hung_up is False  # the new socket's watcher's word
+        second = watchers() - before
+        view = parts.fast.get(A)
+        assert view is not None
+        del view
+        assert parts.fast.watch(pairs[2][0].fileno())
+        third = watchers() - before - second
+        assert len(second) == len(third) == 1 and not second & watchers()  # stopped first
+        pairs[2][1].close()
+        wait_until(lambda: parts.fast.hung_up, what="the watcher to see the hang-up")
+    finally:
+        parts.fast.watch(-1)
+        for pair in pairs:
+            for sock in pair:
+                sock.close()
+
+
+def test_a_forked_child_leaves_the_parents_watcher_alone(parts: Parts) -> None:
+    """A forked child has no watcher thread: watch(-1) there neither joins it (forever) nor
+    wakes the parent's (which would stop watching)."""
+    ours, theirs = socket.socketpair()
+    try:
+        assert parts.fast.watch(ours.fileno())
+        assert in_forked_child(lambda: parts.fast.watch(-1) is False) == "ok"
+        assert parts.fast.hung_up is False
+        theirs.close()
+        wait_until(lambda: parts.fast.hung_up, what="the parent's watcher to see the hang-up")
+    finally:
+        parts.fast.watch(-1)
+        ours.close()
+
+
+def test_where_no_thread_can_be_started_a_get_polls_the_socket(parts: Parts) -> None:
+    """No thread (EAGAIN: RLIMIT_NPROC reached, as a user without privileges): the socket
+    is polled by a get instead, at most every interval_ns."""
+    parts.seal(A, 0, b"a")
+
+    def without_threads() -> bool:
+        if os.getuid() == 0:
+            os.setuid(STRANGER_UID)  # (root may start threads beyond the limit)
+        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))
+        ours, theirs = socket.socketpair()
         parts.fast.interval_ns = 10**12  # (a look now, then not for a long while)
-        parts.fast.fd = ours.fileno()
+        assert parts.fast.watch(ours.fileno()) is False and parts.fast.hung_up is None
         view = parts.fast.get(A)
         assert view is not None
         del view
@@ -278,11 +372,11 @@ def test_a_hang_up_on_the_socket_leaves_the_get_to_the_python_half(parts: Parts)
         theirs.close()
         assert parts.fast.get(A) is not None  # not looked again yet (one read of the clock)
         parts.refs.drop_cache()
-        parts.fast.fd = ours.fileno()  # (a socket set is looked at with the next get)
+        assert parts.fast.watch(ours.fileno()) is False  # (a new socket: looked at next get)
         assert parts.fast.get(A) is None  # looked: hung up
-        assert parts.pinned == 0
-    finally:
-        ours.close()
+        return parts.pinned == 0
+
+    assert in_forked_child(without_threads) == "ok"
 
 
 def test_bad_arguments_are_errors() -> None:

@@ -13,6 +13,8 @@ import os
 import select
 import signal
 import threading
+import warnings
+import weakref
 from multiprocessing.connection import Connection
 
 import numpy as np
@@ -20,9 +22,10 @@ import pytest
 import trio
 
 import plasma
+from plasma._client_core.fast_path import NATIVE, ReadPath
 from plasma.errors import PlasmaError
-from tests.conftest import RunningCoordinator
-from tests.helpers import gets, open_client
+from tests.conftest import RunningCoordinator, wait_until
+from tests.helpers import Either, gets, open_client, watchers
 from tests.helpers import object_id as oid
 
 pytestmark = pytest.mark.usefixtures("read_path")
@@ -182,6 +185,62 @@ def _pin_and_wait(path: str, pipe: Connection) -> None:
         pipe.send("pinned")
         pipe.recv()  # killed while waiting here
         del view
+
+
+async def test_a_closed_client_goes_with_its_pins_and_its_watcher(
+    coordinator: RunningCoordinator, kind: str, read_path: ReadPath
+):
+    """Its close stops the thread watching its socket (the C read path's), then closes the
+    socket: the coordinator sees it go, and lets go of its pins."""
+    async with open_client(kind, coordinator.socket) as producer:
+        await producer.create_and_seal(oid(1), b"maps the segment")
+        await producer.create_and_seal(oid(2), b"pinned")
+        await producer.flush()
+        before = watchers()
+        async with open_client(kind, coordinator.socket) as c:
+            await c.get(oid(1), timeout=5)  # maps the segment (a request)
+            assert bytes(await c.get(oid(2), timeout=0)) == b"pinned"  # pinned, then cached
+            assert (await producer.stats())["pins"] == 1
+            started = watchers() - before
+            assert len(started) == (1 if read_path is NATIVE else 0)
+        assert not started & watchers()
+        await wait_until_gone(producer)
+
+
+def test_a_client_dropped_without_close_goes_with_its_pins_and_its_watcher(
+    coordinator: RunningCoordinator, read_path: ReadPath
+):
+    """Dropped without close, a client stops the thread watching its socket before its
+    socket closes: the coordinator sees it go, and lets go of its pins."""
+    with plasma.connect(coordinator.socket) as producer:
+        producer.create_and_seal(oid(1), b"maps the segment")
+        producer.create_and_seal(oid(2), b"pinned")
+        producer.flush()
+        before = watchers()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)  # (its socket, unclosed)
+            c = plasma.connect(coordinator.socket)
+            c.get(oid(1), timeout=5)
+            assert bytes(c.get(oid(2), timeout=0)) == b"pinned"
+            assert producer.stats()["pins"] == 1
+            started = watchers() - before
+            assert len(started) == (1 if read_path is NATIVE else 0)
+            gone = weakref.ref(c)
+            del c
+            assert gone() is None  # (no cycle keeps it: it went here)
+        assert not started & watchers()
+        wait_until(lambda: len(producer.stats()["clients"]) == 1, what="the client to go")
+        assert producer.stats()["pins"] == 0
+
+
+async def wait_until_gone(producer: Either) -> None:
+    """Until the coordinator has no client but ``producer``, and no pins (another process:
+    polled, as nothing tells us)."""
+    deadline = trio.current_time() + 10
+    while len((await producer.stats())["clients"]) > 1:
+        assert trio.current_time() < deadline, "the coordinator still has the client"
+        await trio.sleep(0.01)
+    assert (await producer.stats())["pins"] == 0
 
 
 def test_a_forked_child_cannot_touch_its_parents_pins(coordinator: RunningCoordinator):

@@ -16,7 +16,8 @@ hang-up seen on the socket, a fork), the small-object arena, the directory get's
 and the operations. Each operation is a generator of actions (:data:`Action`): the blocking
 client (:mod:`plasma.client`) and the trio client (:mod:`plasma.aio`) only carry out those
 actions, sending and receiving bytes and descriptors. A feature written here is a feature
-of both clients. Nothing here does I/O but the one poll(2) that looks for a hang-up.
+of both clients. Nothing here does I/O but the one poll(2) that looks for a hang-up (and,
+with the C read path, the thread that waits for one: see :meth:`ClientCore.watch`).
 
 An operation yields ``Call(msgs)`` (send ``msgs``, resume with the reply to the last one, or
 with its error thrown in), ``Send(msgs)`` (send, do not wait), ``POLL`` (take in what the
@@ -77,7 +78,9 @@ ARENA_SIZE = 1 << 20
 ARENA_OBJECTS = 16
 ARENA_OBJECT_LIMIT = 1 << 20
 # A get served without a request (through the directory, or of an object the client holds)
-# looks at the socket for a hang-up (one poll(2)) at most this often: a client serves
+# first asks whether the coordinator hung up. With the C read path a thread waits for that on
+# the socket and the get reads its flag (no syscall); without it (or where no thread could be
+# started) the get looks at the socket (one poll(2)) at most this often: a client serves
 # nothing more later than this after its coordinator hung up (a request learns at once).
 HANGUP_CHECK_INTERVAL = 0.001
 _monotonic = time.monotonic  # (the vDSO's clock: no syscall)
@@ -388,6 +391,7 @@ class ClientCore:
         # the core's own is never taken in a child (every path checks forked first)
         self.maps.populator.forked()
         self.driver_lock._at_fork_reinit()
+        self.unwatch()  # (nor is the socket's watcher: only its descriptors are closed)
         self.refs.forked = True
         self.pid = os.getpid()
         self.maps.use_tables(None, None)
@@ -401,14 +405,27 @@ class ClientCore:
             )
 
     def watch(self, fd: int) -> None:
-        """The driver's socket: before serving anything without a request, the core looks
-        (one poll(2), nothing read) whether the coordinator hung up."""
+        """The driver's socket: before serving anything without a request, the core knows
+        whether the coordinator hung up. With the C read path a thread of its own waits for
+        that (the Getter's watcher, stopped by :meth:`unwatch`); else, or where no thread
+        could be started, a get looks (one poll(2), nothing read) at most every
+        HANGUP_CHECK_INTERVAL. A socket watched before is let go first."""
         self._socket_fd = fd
         self._poller = _hangup_poller(fd)
         fast = self.refs.fast
         if fast is not None:
             fast.interval_ns = int(HANGUP_CHECK_INTERVAL * 1e9)
-            fast.fd = fd
+            fast.watch(fd)
+
+    def unwatch(self) -> None:
+        """The socket is about to close (or is the parent's, in a forked child): look at it
+        no more. Its watcher thread is stopped and joined, so that the thread ends with the
+        connection (call this before closing the socket; its epoll set would not keep the
+        socket open, a poll(2) would); a forked child, which has no such thread, only closes
+        its copies of the watcher's descriptors."""
+        self._socket_fd = -1  # (once closed, its number may be reused)
+        if self.refs.fast is not None:
+            self.refs.fast.watch(-1)
 
     def hung_up(self) -> bool:
         """True when the connection is gone: known already, or seen now on the socket (the
@@ -438,10 +455,17 @@ class ClientCore:
             self.maps.use_tables(None, self.maps.pins)
 
     def gone(self) -> bool:
-        """:meth:`hung_up`, for what is served without a request: it looks at the socket at
-        most every HANGUP_CHECK_INTERVAL (between looks it costs a read of the clock, the
-        vDSO's: no syscall)."""
-        return self.fatal is not None or (_monotonic() >= self.next_hangup_check and self._look())
+        """:meth:`hung_up`, for what is served without a request: it looks at the socket
+        once the thread watching it saw a hang-up (until then, a read of that thread's flag),
+        or, where no thread watches it, at most every HANGUP_CHECK_INTERVAL (between looks it
+        costs a read of the clock, the vDSO's: no syscall)."""
+        if self.fatal is not None:
+            return True
+        fast = self.refs.fast
+        seen = fast.hung_up if fast is not None else None
+        if seen is None:
+            return _monotonic() >= self.next_hangup_check and self._look()
+        return seen and self.hung_up()
 
     def _look(self) -> bool:
         self.next_hangup_check = _monotonic() + HANGUP_CHECK_INTERVAL
@@ -532,8 +556,7 @@ class ClientCore:
             view = plain(object_ids)  # (looks for a hang-up as gone() does)
             if view is not None:
                 return view
-        # (inlined gone(): between looks, one read of the clock; fatal empties the reader)
-        if self.maps.reader is None or (_monotonic() >= self.next_hangup_check and self._look()):
+        if self.maps.reader is None or self.gone():  # (fatal empties the reader)
             return None  # (get raises it)
         kind = type(object_ids)
         if kind is ObjectID:
@@ -623,9 +646,7 @@ class ClientCore:
         return serialization.decode(private, meta, writable=writable)
 
     def close_maps(self) -> None:
-        self._socket_fd = -1  # (the socket is closed: its number may be reused)
-        if self.refs.fast is not None:
-            self.refs.fast.fd = -1
+        """Unmap everything, once the socket is closed (after :meth:`unwatch`)."""
         self.maps.close()
 
     # ---------------------------------------------------------------- operations
@@ -869,7 +890,7 @@ class ClientCore:
         self, ids: list[bytes], timeout: float | None, with_metadata: bool, raise_missing: bool
     ) -> Op:
         check_timeout(timeout)
-        if self.fatal is not None or (_monotonic() >= self.next_hangup_check and self._look()):
+        if self.gone():
             self.check_connected()  # a dead store's directory and references serve nothing
         if any(self.refs.holds(oid) for oid in ids):
             yield POLL  # take in revocations already sent before serving locally

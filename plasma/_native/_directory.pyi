@@ -59,7 +59,10 @@ class Getter:
     reader: Reader | None
     pins: PinTable | None
     node: int | None
-    fd: int
+    @property
+    def fd(self) -> int: ...
+    @property
+    def hung_up(self) -> bool | None: ...
     interval_ns: int
     release_delay: int
     cache_limit: int
@@ -76,6 +79,7 @@ class Getter:
         id_type: type,
     ) -> None: ...
     def get(self, oid: Any) -> memoryview | None: ...
+    def watch(self, fd: int) -> bool: ...
     def bind(self, method: Callable[..., Any], owner: Any) -> Bound: ...
 
 def views(

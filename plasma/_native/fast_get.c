@@ -12,11 +12,25 @@
  * left to Refs' Python code: an id held or cached already, the lock held by another thread,
  * a possible hang-up on the socket, a forked child or closed client, a record Refs replaced.
  * Nothing here blocks in a get, and neither takes the lock where it is free and no Python
- * code runs: holding the GIL throughout is enough then (see getter_get). */
+ * code runs: holding the GIL throughout is enough then (see getter_get).
+ *
+ * Whether the coordinator hung up, a get learns from a flag its Getter's watcher thread sets
+ * (one load, no syscall; see "the watcher"), or, where that thread could not be started, from
+ * a poll(2) of the socket at most every interval_ns. */
 #include "module.h"
 
+#include <errno.h>
+#include <limits.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "structmember.h"
 
@@ -213,6 +227,109 @@ static PyTypeObject RLockType = {
     .tp_methods = rlock_methods,
 };
 
+/* ------------------------------------------------------------------ the watcher */
+
+/* A thread that waits for the coordinator to hang up on a client's socket, so that a get
+ * learns it from a flag (an acquire load) instead of a poll(2) of its own. It runs no Python
+ * code and holds no Python object (no finalizer or collection can run on it), with every
+ * signal blocked (they go to the interpreter's threads, as without it).
+ *
+ * It waits in epoll_wait on a set of two: the socket (EPOLLRDHUP; EPOLLHUP and EPOLLERR
+ * always count) and an eventfd that stops it. Not in poll(2) on the socket: a poll in
+ * progress holds the socket's file, so a close of the descriptor while it waits would not
+ * release the socket (the coordinator would not see the client go, and would keep its pins),
+ * and a poll that began after a close could look at whatever reused the number. An epoll set
+ * holds neither: it was given the socket once, while it was open, and forgets it when it
+ * closes. It is stopped (woken by the eventfd, and joined) before its client closes the
+ * socket all the same, so that a client's thread lives as long as its connection; only the
+ * process that started it does that (a forked child has no such thread: it closes its copies
+ * of the descriptors, and never touches the parent's thread or set). */
+
+enum { WATCHING, HUNG_UP, GAVE_UP }; /* a watcher's state (GAVE_UP: epoll_wait failed) */
+enum { SOCKET_EVENT, STOP_EVENT };    /* what an event of its set is about */
+
+#define WATCHER_STACK (64 * 1024)
+
+typedef struct {
+    atomic_int state;  /* set once by the thread (release), read by gets (acquire) */
+    int epoll_fd;      /* the set waited on */
+    int stop_fd;       /* an eventfd: a write stops the thread */
+    pid_t pid;         /* the process the thread runs in */
+    pthread_t thread;
+} Watcher;
+
+static void *watch_socket(void *arg) {
+    Watcher *w = arg;
+    struct epoll_event event;
+    int n;
+    do
+        n = epoll_wait(w->epoll_fd, &event, 1, -1);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        atomic_store_explicit(&w->state, GAVE_UP, memory_order_release);
+    else if (event.data.u32 == SOCKET_EVENT)
+        atomic_store_explicit(&w->state, HUNG_UP, memory_order_release);
+    return NULL; /* (a hang-up is for good: nothing more to wait for) */
+}
+
+static void watcher_free(Watcher *w) {
+    if (w->stop_fd >= 0)
+        close(w->stop_fd);
+    if (w->epoll_fd >= 0)
+        close(w->epoll_fd);
+    free(w);
+}
+
+/* A thread watching socket fd, or NULL where one cannot be had (no memory, no descriptors,
+ * no thread: EAGAIN under RLIMIT_NPROC; fd not a socket): gets poll it then. */
+static Watcher *watcher_start(int fd) {
+    Watcher *w = malloc(sizeof *w);
+    if (w == NULL)
+        return NULL;
+    atomic_init(&w->state, WATCHING);
+    w->pid = getpid();
+    w->stop_fd = eventfd(0, EFD_CLOEXEC);
+    w->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+    struct epoll_event on_socket = {.events = EPOLLRDHUP, .data.u32 = SOCKET_EVENT};
+    struct epoll_event on_stop = {.events = EPOLLIN, .data.u32 = STOP_EVENT};
+    if (w->stop_fd < 0 || w->epoll_fd < 0 ||
+        epoll_ctl(w->epoll_fd, EPOLL_CTL_ADD, fd, &on_socket) < 0 ||
+        epoll_ctl(w->epoll_fd, EPOLL_CTL_ADD, w->stop_fd, &on_stop) < 0) {
+        watcher_free(w);
+        return NULL;
+    }
+    pthread_attr_t attr;
+    sigset_t all, before;
+    if (pthread_attr_init(&attr) != 0) {
+        watcher_free(w);
+        return NULL;
+    }
+    pthread_attr_setstacksize(&attr, WATCHER_STACK < PTHREAD_STACK_MIN ? PTHREAD_STACK_MIN
+                                                                       : WATCHER_STACK);
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &before); /* (the thread starts with this mask) */
+    int rc = pthread_create(&w->thread, &attr, watch_socket, w);
+    pthread_sigmask(SIG_SETMASK, &before, NULL);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+        watcher_free(w);
+        return NULL;
+    }
+    pthread_setname_np(w->thread, "plasma-watch"); /* (what top -H and /proc show) */
+    return w;
+}
+
+/* The thread stopped and joined (in the process that started it), the descriptors closed. */
+static void watcher_stop(Watcher *w) {
+    if (w->pid == getpid()) {
+        uint64_t one = 1;
+        while (write(w->stop_fd, &one, sizeof one) < 0 && errno == EINTR)
+            ;
+        pthread_join(w->thread, NULL);
+    }
+    watcher_free(w);
+}
+
 /* ------------------------------------------------------------------ Getter */
 
 typedef struct {
@@ -231,7 +348,8 @@ typedef struct {
     Py_ssize_t id_offset;        /* where an ObjectID keeps its bytes (its slot "_b") */
     PyObject *node;              /* this client's node (replicas), or None */
     int fd;                      /* the coordinator's socket, or -1 */
-    long long interval_ns;       /* between two looks at it for a hang-up */
+    Watcher *watcher;            /* the thread watching it, or NULL: gets poll it */
+    long long interval_ns;       /* between two polls of it for a hang-up (no watcher) */
     long long next_look;         /* CLOCK_MONOTONIC ns */
     Py_ssize_t release_delay, cache_limit, cache_bytes;
 } Getter;
@@ -316,15 +434,23 @@ static int getter_clear(Getter *self) {
 
 static void getter_dealloc(Getter *self) {
     PyObject_GC_UnTrack(self);
+    if (self->watcher != NULL)
+        watcher_stop(self->watcher);
     getter_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* 1 when the socket may have hung up (Python looks then, and serves nothing if so); it is
- * looked at once every interval_ns at most, a read of the clock between looks */
+/* 1 when the socket may have hung up (Python looks then, and serves nothing if so): its
+ * watcher saw a hang-up; without one, it is polled once every interval_ns at most, a read of
+ * the clock between looks */
 static int may_have_hung_up(Getter *g) {
     if (g->fd < 0)
         return 0;
+    if (g->watcher != NULL) {
+        int state = atomic_load_explicit(&g->watcher->state, memory_order_acquire);
+        if (state != GAVE_UP)
+            return state == HUNG_UP;
+    }
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     long long now = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
@@ -336,6 +462,35 @@ static int may_have_hung_up(Getter *g) {
         return 0;
     g->next_look = 0; /* (an event or an error: look again next time) */
     return 1;
+}
+
+/* watch(fd): the watcher of the socket before (if any) stopped and joined, then fd watched */
+static PyObject *getter_watch(Getter *self, PyObject *arg) {
+    long fd = PyLong_AsLong(arg);
+    if (fd == -1 && PyErr_Occurred())
+        return NULL;
+    if (fd > INT_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "fd is not a descriptor");
+        return NULL;
+    }
+    if (self->watcher != NULL) {
+        watcher_stop(self->watcher);
+        self->watcher = NULL;
+    }
+    self->fd = fd < 0 ? -1 : (int)fd;
+    self->next_look = 0; /* (without a watcher, a new socket is polled with the next get) */
+    if (self->fd >= 0)
+        self->watcher = watcher_start(self->fd);
+    return PyBool_FromLong(self->watcher != NULL);
+}
+
+static PyObject *getter_get_hung_up(Getter *self, void *closure) {
+    int state = self->watcher != NULL
+                    ? atomic_load_explicit(&self->watcher->state, memory_order_acquire)
+                    : GAVE_UP;
+    if (state == GAVE_UP)
+        Py_RETURN_NONE;
+    return PyBool_FromLong(state == HUNG_UP);
 }
 
 /* ---------------------------------------------------------- the view and the drop */
@@ -743,6 +898,11 @@ static PyMethodDef getter_methods[] = {
      "get(oid): a read-only memoryview of the data of the sealed object oid (an ObjectID, or "
      "20 bytes) read from the directory and pinned; None when this is not the plain case "
      "(ask Refs, or the coordinator)"},
+    {"watch", (PyCFunction)getter_watch, METH_O,
+     "watch(fd): look at socket fd (-1: none) for a hang-up from now on, the socket watched "
+     "before let go first (its thread stopped and joined: call it before closing a socket). "
+     "True: a thread waits for the hang-up, and a get reads its flag; False: none could be "
+     "started (or fd is -1), and a get polls the socket every interval_ns at most"},
     {"bind", (PyCFunction)(void (*)(void))getter_bind, METH_FASTCALL,
      "bind(method, owner): a client's get method in one C call: get(oid) when called with "
      "one argument that get serves, else method(owner(), *args, **kwargs); owner is a weak "
@@ -789,18 +949,6 @@ static PyObject *getter_get_fd(Getter *self, void *closure) {
     return PyLong_FromLong(self->fd);
 }
 
-static int getter_set_fd(Getter *self, PyObject *value, void *closure) {
-    long fd = value != NULL ? PyLong_AsLong(value) : -1;
-    if (value == NULL || (fd == -1 && PyErr_Occurred()) || fd > INT_MAX) {
-        if (!PyErr_Occurred())
-            PyErr_SetString(PyExc_TypeError, "fd must be an int");
-        return -1;
-    }
-    self->fd = fd < 0 ? -1 : (int)fd;
-    self->next_look = 0; /* (a new socket is looked at with the next get) */
-    return 0;
-}
-
 static int getter_set_node(Getter *self, PyObject *value, void *closure) {
     return set_checked(&self->node, value, NULL, "node");
 }
@@ -810,8 +958,11 @@ static PyGetSetDef getter_getset[] = {
      "the directory's Reader, or None (nothing is served)", NULL},
     {"pins", (getter)getter_get_pins, (setter)getter_set_pins,
      "this client's PinTable, or None (pins are let go by Refs' Python code)", NULL},
-    {"fd", (getter)getter_get_fd, (setter)getter_set_fd,
-     "the coordinator's socket, looked at for a hang-up (-1: none)", NULL},
+    {"fd", (getter)getter_get_fd, NULL, "the coordinator's socket, watched (-1: none)", NULL},
+    {"hung_up", (getter)getter_get_hung_up, NULL,
+     "whether the thread watching the socket saw a hang-up; None when no thread watches "
+     "it (a get polls it then, every interval_ns at most)",
+     NULL},
     {"node", (getter)getter_get_node, (setter)getter_set_node,
      "this client's node, or None: its copy of an object is read first", NULL},
     {NULL},
@@ -819,7 +970,7 @@ static PyGetSetDef getter_getset[] = {
 
 static PyMemberDef getter_members[] = {
     {"interval_ns", T_LONGLONG, offsetof(Getter, interval_ns), 0,
-     "ns between two looks at the socket for a hang-up"},
+     "ns between two polls of the socket for a hang-up, where no thread watches it"},
     {"release_delay", T_PYSSIZET, offsetof(Getter, release_delay), 0,
      "cached references kept at most"},
     {"cache_limit", T_PYSSIZET, offsetof(Getter, cache_limit), 0, "cached bytes kept at most"},
