@@ -165,7 +165,10 @@ class Directory:
         _HEADER.pack_into(self._mv, 0, MAGIC, VERSION, SLOT_SIZE, capacity, 0, self.max_probe)
         self.token = int.from_bytes(os.urandom(8), "little") >> 1 | 1  # 63 bits: a msgpack int
         _SEQ.pack_into(self._mv, _TOKEN, self.token)
-        if native is not None:  # every slot write below goes through the C writer
+        # every slot write below goes through the C writer when it is built (chosen once, so
+        # the header's ordered word holds for the directory's life)
+        self._native = native
+        if native is not None:
             native.set_ordered(self._mv)
         self.live = 0  # sealed and dying slots
         self.tombstones = 0
@@ -174,6 +177,25 @@ class Directory:
         """Publish a sealed object (not in the directory yet; ``flags`` REPLICA for a copy);
         its slot, or -1 when it cannot be published (no free slot within the probe limit,
         or a field too large for a slot): such an object is served by requests only."""
+        if self._native is not None:  # the probe and the write in one call
+            placed = self._native.insert(
+                self._mv,
+                self.capacity,
+                self.max_probe,
+                generation,
+                oid,
+                loc.segment,
+                loc.offset,
+                loc.data_size,
+                loc.metadata_size,
+                loc.node,
+                flags,
+            )
+            if placed < 0:
+                return -1
+            self.live += 1
+            self.tombstones -= placed & 1  # (1: it took a tombstone)
+            return placed >> 1
         if (
             len(oid) != ID_SIZE
             or loc.metadata_size > MAX_METADATA
@@ -257,8 +279,8 @@ class Directory:
 
     def set_state(self, slot: int, state: int) -> None:
         """Mark a live slot SEALED or DYING."""
-        if native is not None:
-            native.set_state(self._mv, self.capacity, slot, state)
+        if self._native is not None:
+            self._native.set_state(self._mv, self.capacity, slot, state)
             return
         base = HEADER_SIZE + slot * SLOT_SIZE
         (seq,) = _SEQ.unpack_from(self._mv, base)
@@ -268,8 +290,8 @@ class Directory:
 
     def remove(self, slot: int) -> None:
         """The slot's object is gone: leave a tombstone (probes go on past it)."""
-        if native is not None:
-            native.clear_slot(self._mv, self.capacity, slot)
+        if self._native is not None:
+            self._native.clear_slot(self._mv, self.capacity, slot)
         else:
             base = HEADER_SIZE + slot * SLOT_SIZE
             mv = self._mv
@@ -312,8 +334,8 @@ class Directory:
 
     def supersede(self) -> None:
         """Tell readers this directory is stale (they fall back to requests and re-map)."""
-        if native is not None:
-            native.set_superseded(self._mv)
+        if self._native is not None:
+            self._native.set_superseded(self._mv)
         else:
             _SEQ.pack_into(self._mv, _SUPERSEDED, 1)
 
@@ -325,7 +347,13 @@ class Directory:
     def _write(
         self, slot: int, generation: int, oid: bytes, loc: ObjectLocation, state: int, flags: int
     ) -> None:
-        body = (
+        base = HEADER_SIZE + slot * SLOT_SIZE
+        mv = self._mv
+        (seq,) = _SEQ.unpack_from(mv, base)
+        _SEQ.pack_into(mv, base, seq + 1)
+        _BODY.pack_into(
+            mv,
+            base + 8,
             generation,
             oid,
             loc.segment,
@@ -336,14 +364,6 @@ class Directory:
             state,
             flags,
         )
-        if native is not None:
-            native.write_slot(self._mv, self.capacity, slot, *body)
-            return
-        base = HEADER_SIZE + slot * SLOT_SIZE
-        mv = self._mv
-        (seq,) = _SEQ.unpack_from(mv, base)
-        _SEQ.pack_into(mv, base, seq + 1)
-        _BODY.pack_into(mv, base + 8, *body)
         _SEQ.pack_into(mv, base, seq + 2)
 
 
