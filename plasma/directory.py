@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import array
 import collections
+import math
 import os
 import platform
 import struct
@@ -165,20 +166,18 @@ class Directory:
         _HEADER.pack_into(self._mv, 0, MAGIC, VERSION, SLOT_SIZE, capacity, 0, self.max_probe)
         self.token = int.from_bytes(os.urandom(8), "little") >> 1 | 1  # 63 bits: a msgpack int
         _SEQ.pack_into(self._mv, _TOKEN, self.token)
-        # every slot write below goes through the C writer when it is built (chosen once, so
-        # the header's ordered word holds for the directory's life)
-        self._native = native
-        if native is not None:
+        if native is not None:  # every slot write below goes through the C writer
             native.set_ordered(self._mv)
         self.live = 0  # sealed and dying slots
         self.tombstones = 0
+        self._most = math.ceil(capacity * MAX_LOAD)  # live + tombstones when full
 
     def insert(self, oid: bytes, generation: int, loc: ObjectLocation, flags: int = 0) -> int:
         """Publish a sealed object (not in the directory yet; ``flags`` REPLICA for a copy);
         its slot, or -1 when it cannot be published (no free slot within the probe limit,
         or a field too large for a slot): such an object is served by requests only."""
-        if self._native is not None:  # the probe and the write in one call
-            placed = self._native.insert(
+        if native is not None:  # the probe and the write in one call
+            placed = native.insert(
                 self._mv,
                 self.capacity,
                 self.max_probe,
@@ -279,8 +278,8 @@ class Directory:
 
     def set_state(self, slot: int, state: int) -> None:
         """Mark a live slot SEALED or DYING."""
-        if self._native is not None:
-            self._native.set_state(self._mv, self.capacity, slot, state)
+        if native is not None:
+            native.set_state(self._mv, self.capacity, slot, state)
             return
         base = HEADER_SIZE + slot * SLOT_SIZE
         (seq,) = _SEQ.unpack_from(self._mv, base)
@@ -290,8 +289,8 @@ class Directory:
 
     def remove(self, slot: int) -> None:
         """The slot's object is gone: leave a tombstone (probes go on past it)."""
-        if self._native is not None:
-            self._native.clear_slot(self._mv, self.capacity, slot)
+        if native is not None:
+            native.clear_slot(self._mv, self.capacity, slot)
         else:
             base = HEADER_SIZE + slot * SLOT_SIZE
             mv = self._mv
@@ -330,12 +329,12 @@ class Directory:
     def full(self) -> bool:
         """True when live and tombstone slots pass ``MAX_LOAD`` of the capacity: time to
         rebuild (:func:`rebuilt_capacity`)."""
-        return self.live + self.tombstones >= self.capacity * MAX_LOAD
+        return self.live + self.tombstones >= self._most
 
     def supersede(self) -> None:
         """Tell readers this directory is stale (they fall back to requests and re-map)."""
-        if self._native is not None:
-            self._native.set_superseded(self._mv)
+        if native is not None:
+            native.set_superseded(self._mv)
         else:
             _SEQ.pack_into(self._mv, _SUPERSEDED, 1)
 

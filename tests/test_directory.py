@@ -36,6 +36,7 @@ from plasma.directory import (
     Directory,
     DirectoryReader,
     Found,
+    GenerationSource,
     PinScanner,
     directory_size,
     home_slot,
@@ -364,6 +365,14 @@ def test_largest_fields_fit(path: ReadPath) -> None:
     loc = ObjectLocation(MAX_SEGMENT, 2**64 - 1, 2**64 - 1, MAX_METADATA, 2**16 - 1)
     slot = d.insert(ident(1), 2**64 - 1, loc)
     assert path.reader(buf).lookup(ident(1)) == Found(slot, 2, 2**64 - 1, loc)
+
+
+def test_generations_grow_with_the_counter_high_and_random_bits_low() -> None:
+    """Across batches: the high 32 bits count from 1, the low 32 are drawn (not all equal)."""
+    source = GenerationSource(batch=4)
+    gens = [source.next() for _ in range(11)]
+    assert [g >> 32 for g in gens] == list(range(1, 12))
+    assert all(isinstance(g, int) for g in gens) and len({g & 0xFFFFFFFF for g in gens}) > 1
 
 
 @pytest.mark.usefixtures("writer")
@@ -874,11 +883,13 @@ class DirectoryMachine(RuleBasedStateMachine):
 class PythonWriterMachine(DirectoryMachine):
     """The same, with directories the Python fallback writes (the C writer above, if built)."""
 
-    def _new(self, capacity: int) -> None:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(directory_module, "native", None)
-            super()._new(capacity)
-        assert self.d._native is None
+    def __init__(self) -> None:
+        self.patch = pytest.MonkeyPatch()
+        self.patch.setattr(directory_module, "native", None)
+        super().__init__()
+
+    def teardown(self) -> None:
+        self.patch.undo()
 
 
 TestDirectoryMachine = DirectoryMachine.TestCase
