@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import array
 import collections
+import math
 import os
 import platform
 import struct
@@ -169,11 +170,31 @@ class Directory:
             native.set_ordered(self._mv)
         self.live = 0  # sealed and dying slots
         self.tombstones = 0
+        self._most = math.ceil(capacity * MAX_LOAD)  # live + tombstones when full
 
     def insert(self, oid: bytes, generation: int, loc: ObjectLocation, flags: int = 0) -> int:
         """Publish a sealed object (not in the directory yet; ``flags`` REPLICA for a copy);
         its slot, or -1 when it cannot be published (no free slot within the probe limit,
         or a field too large for a slot): such an object is served by requests only."""
+        if native is not None:  # the probe and the write in one call
+            placed = native.insert(
+                self._mv,
+                self.capacity,
+                self.max_probe,
+                generation,
+                oid,
+                loc.segment,
+                loc.offset,
+                loc.data_size,
+                loc.metadata_size,
+                loc.node,
+                flags,
+            )
+            if placed < 0:
+                return -1
+            self.live += 1
+            self.tombstones -= placed & 1  # (1: it took a tombstone)
+            return placed >> 1
         if (
             len(oid) != ID_SIZE
             or loc.metadata_size > MAX_METADATA
@@ -308,7 +329,7 @@ class Directory:
     def full(self) -> bool:
         """True when live and tombstone slots pass ``MAX_LOAD`` of the capacity: time to
         rebuild (:func:`rebuilt_capacity`)."""
-        return self.live + self.tombstones >= self.capacity * MAX_LOAD
+        return self.live + self.tombstones >= self._most
 
     def supersede(self) -> None:
         """Tell readers this directory is stale (they fall back to requests and re-map)."""
@@ -325,7 +346,13 @@ class Directory:
     def _write(
         self, slot: int, generation: int, oid: bytes, loc: ObjectLocation, state: int, flags: int
     ) -> None:
-        body = (
+        base = HEADER_SIZE + slot * SLOT_SIZE
+        mv = self._mv
+        (seq,) = _SEQ.unpack_from(mv, base)
+        _SEQ.pack_into(mv, base, seq + 1)
+        _BODY.pack_into(
+            mv,
+            base + 8,
             generation,
             oid,
             loc.segment,
@@ -336,14 +363,6 @@ class Directory:
             state,
             flags,
         )
-        if native is not None:
-            native.write_slot(self._mv, self.capacity, slot, *body)
-            return
-        base = HEADER_SIZE + slot * SLOT_SIZE
-        mv = self._mv
-        (seq,) = _SEQ.unpack_from(mv, base)
-        _SEQ.pack_into(mv, base, seq + 1)
-        _BODY.pack_into(mv, base + 8, *body)
         _SEQ.pack_into(mv, base, seq + 2)
 
 

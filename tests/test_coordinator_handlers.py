@@ -16,6 +16,8 @@ from plasma import protocol as p
 from plasma.coordinator import handshake
 from plasma.coordinator.handlers import HANDLERS, WRITE_REQUESTS, handle, handler_for
 from plasma.coordinator.session import Hangup
+from plasma.store import Store
+from tests.helpers import FakeProvider, oid
 
 REQUESTS = set(typing.get_args(p.Request))
 REPLIES = set(typing.get_args(p.Reply))
@@ -126,3 +128,41 @@ def _request(kind: type, seq: int) -> Any:
     required = len(kind.__struct_fields__) - len(kind.__struct_defaults__)
     assert kind.__struct_fields__[0] == "seq"
     return kind(seq, *[None] * (required - 1))
+
+
+def _sealing(ids: list[bytes]) -> tuple[Any, FakeSession, Store]:
+    """A coordinator of a real store where client 1 created ``ids``, and its session."""
+    store = Store({0: 1 << 20}, FakeProvider(), segment_size=1 << 20)
+    store.register_client(1)
+    for key in ids:
+        store.create(1, key, 8)
+    coord = fake_coordinator()
+    coord.store = store
+    session = FakeSession()
+    session.client_id = 1  # type: ignore[attr-defined]
+    return coord, session, store
+
+
+@pytest.mark.parametrize("ack", [True, False])
+def test_a_seal_of_one_id_or_of_several_is_acknowledged_only_when_asked(ack: bool) -> None:
+    coord, session, store = _sealing([oid(1), oid(2), oid(3)])
+    handle(coord, session, p.Seal(seq=5, ids=[oid(1)], ack=ack))
+    handle(coord, session, p.Seal(seq=6, ids=[oid(2), oid(3)], ack=ack))
+    assert session.sent == ([p.Ok(seq=5), p.Ok(seq=6)] if ack else [])
+    assert all(store.info(oid(n)).state == "sealed" for n in (1, 2, 3))
+
+
+def test_a_failed_seal_of_one_id_is_the_same_error_as_in_a_list() -> None:
+    """The one-id seal (no failure list) answers as the general one does."""
+    coord, session, _ = _sealing([oid(1)])
+    handle(coord, session, p.Seal(seq=1, ids=[oid(1)], ack=True))
+    for seq, ids in ((2, [oid(1)]), (3, [oid(9)])):  # sealed already; never created
+        handle(coord, session, p.Seal(seq=seq, ids=ids, ack=True))
+        handle(coord, session, p.Seal(seq=seq, ids=[*ids, oid(1)], ack=True))
+    one_sealed, two_sealed, one_missing, two_missing = session.sent[1:]
+    assert all(isinstance(r, p.Error) for r in session.sent[1:])
+    assert [r.seq for r in session.sent[1:]] == [2, 2, 3, 3]
+    assert one_sealed.code == two_sealed.code == errors.BAD_REQUEST
+    assert one_missing.code == two_missing.code == errors.OBJECT_NOT_FOUND
+    assert two_sealed.message == one_sealed.message + " (and 1 more)"
+    assert two_missing.message == one_missing.message + " (and 1 more)"

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+import plasma.directory as directory_module
 from plasma._client_core.fast_path import ReadPath
 from plasma._native import native
 from plasma.directory import (
@@ -35,6 +36,7 @@ from plasma.directory import (
     Directory,
     DirectoryReader,
     Found,
+    GenerationSource,
     PinScanner,
     directory_size,
     home_slot,
@@ -67,6 +69,17 @@ def where(n: int = 1, size: int = 100) -> ObjectLocation:
 def new_directory(capacity: int = 16, max_probe: int = MAX_PROBE) -> tuple[Directory, bytearray]:
     buf = bytearray(directory_size(capacity))
     return Directory(buf, capacity, max_probe), buf
+
+
+@pytest.fixture(params=["native", "python"])
+def writer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Directories made in this test write their slots through this writer: the C one (one
+    call per insert), then the Python fallback (where the extension is not built)."""
+    if request.param == "python":
+        monkeypatch.setattr(directory_module, "native", None)
+    elif native is None:
+        pytest.skip("the C writer is not built")
+    return str(request.param)
 
 
 def slot_base(slot: int) -> int:
@@ -181,6 +194,7 @@ def test_reader_checks_the_header(path: ReadPath) -> None:
     node=st.integers(0, 2**16 - 1),
     bits=st.integers(1, 8),
 )
+@pytest.mark.usefixtures("writer")
 @pytest.mark.parametrize("path", READ_PATHS)
 def test_insert_lookup_round_trip(
     path: ReadPath,
@@ -230,6 +244,7 @@ def test_generations_are_whatever_the_writer_gives(path: ReadPath) -> None:
     assert [reader.lookup(ident(n)).generation for n in (1, 2, 3)] == [5, 1, 2**63]  # type: ignore[union-attr]
 
 
+@pytest.mark.usefixtures("writer")
 @pytest.mark.parametrize("path", READ_PATHS)
 def test_linear_probing_wraps_around(path: ReadPath) -> None:
     d, buf = new_directory(8)
@@ -258,6 +273,7 @@ def test_lookup_stops_at_a_free_slot(path: ReadPath) -> None:
     assert reader.lookup(a) is not None
 
 
+@pytest.mark.usefixtures("writer")
 @pytest.mark.parametrize("path", READ_PATHS)
 def test_lookup_goes_on_past_tombstones(path: ReadPath) -> None:
     d, buf = new_directory(16)
@@ -274,6 +290,7 @@ def test_lookup_goes_on_past_tombstones(path: ReadPath) -> None:
     assert (d.live, d.tombstones) == (2, 1)
 
 
+@pytest.mark.usefixtures("writer")
 @pytest.mark.parametrize("path", READ_PATHS)
 def test_a_recreated_id_is_found_past_its_dying_slot(path: ReadPath) -> None:
     d, buf = new_directory(16)
@@ -289,6 +306,7 @@ def test_a_recreated_id_is_found_past_its_dying_slot(path: ReadPath) -> None:
     assert reader.lookup(x) == Found(second, 2, 2, where(2))
 
 
+@pytest.mark.usefixtures("writer")
 @pytest.mark.parametrize("path", READ_PATHS)
 def test_a_recreated_id_may_take_an_earlier_tombstone(path: ReadPath) -> None:
     """The new object is not always after the dying one: an insert takes the first free or
@@ -304,6 +322,7 @@ def test_a_recreated_id_may_take_an_earlier_tombstone(path: ReadPath) -> None:
     assert sorted((g, s) for _, g, _, s in d.entries()) == [(2, DYING), (3, SEALED)]
 
 
+@pytest.mark.usefixtures("writer")
 @pytest.mark.parametrize("path", READ_PATHS)
 def test_insert_fails_past_the_probe_limit(path: ReadPath) -> None:
     d, buf = new_directory(8, max_probe=3)
@@ -321,6 +340,7 @@ def test_insert_fails_past_the_probe_limit(path: ReadPath) -> None:
     assert d.insert(ids[3], 6, where(6)) == window[1]  # a tombstone in reach: taken
 
 
+@pytest.mark.usefixtures("writer")
 @pytest.mark.parametrize(
     ("oid", "loc"),
     [
@@ -338,6 +358,7 @@ def test_insert_refuses_what_a_slot_cannot_hold(oid: bytes, loc: ObjectLocation)
     assert bytes(buf) == before and d.live == 0
 
 
+@pytest.mark.usefixtures("writer")
 @pytest.mark.parametrize("path", READ_PATHS)
 def test_largest_fields_fit(path: ReadPath) -> None:
     d, buf = new_directory(16)
@@ -346,6 +367,15 @@ def test_largest_fields_fit(path: ReadPath) -> None:
     assert path.reader(buf).lookup(ident(1)) == Found(slot, 2, 2**64 - 1, loc)
 
 
+def test_generations_grow_with_the_counter_high_and_random_bits_low() -> None:
+    """Across batches: the high 32 bits count from 1, the low 32 are drawn (not all equal)."""
+    source = GenerationSource(batch=4)
+    gens = [source.next() for _ in range(11)]
+    assert [g >> 32 for g in gens] == list(range(1, 12))
+    assert all(isinstance(g, int) for g in gens) and len({g & 0xFFFFFFFF for g in gens}) > 1
+
+
+@pytest.mark.usefixtures("writer")
 def test_full_counts_live_and_tombstone_slots() -> None:
     d, _ = new_directory(8)
     threshold = int(8 * MAX_LOAD)  # 6
@@ -850,8 +880,22 @@ class DirectoryMachine(RuleBasedStateMachine):
             assert reader.superseded
 
 
+class PythonWriterMachine(DirectoryMachine):
+    """The same, with directories the Python fallback writes (the C writer above, if built)."""
+
+    def __init__(self) -> None:
+        self.patch = pytest.MonkeyPatch()
+        self.patch.setattr(directory_module, "native", None)
+        super().__init__()
+
+    def teardown(self) -> None:
+        self.patch.undo()
+
+
 TestDirectoryMachine = DirectoryMachine.TestCase
 TestDirectoryMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+TestPythonWriterMachine = PythonWriterMachine.TestCase
+TestPythonWriterMachine.settings = TestDirectoryMachine.settings
 
 
 # ---------------------------------------------------------------- rebuild: bulk copy

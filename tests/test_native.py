@@ -172,7 +172,11 @@ def test_bad_pin_tables_and_arguments_are_errors() -> None:
     with pytest.raises(TypeError):
         reader.unchanged((1, 2))
     with pytest.raises(OverflowError):
-        native.write_slot(buf, 16, 0, 1, oid(1), 2**32, 0, 0, 0, 0, 1, 0)  # segment
+        native.insert(buf, 16, 4, 1, oid(1), 0, 0, 0, 0, 2**16, 0)  # node
+    with pytest.raises(TypeError):
+        native.insert(buf, 16, 4, 1, bytearray(oid(1)), 0, 0, 0, 0, 0, 0)
+    with pytest.raises(ValueError, match="power of two"):
+        native.insert(buf, 12, 4, 1, oid(1), 0, 0, 0, 0, 0, 0)
     with pytest.raises(ValueError, match="outside"):
         native.set_state(buf, 16, 16, 1)
     with pytest.raises(ValueError, match="no directory"):

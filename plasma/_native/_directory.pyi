@@ -93,10 +93,10 @@ def views(
 def pin_from_directory(
     reader: Reader, pins: PinTable, mapped: Any, oid: bytes, node: int | None
 ) -> tuple[Found, int] | None: ...
-def write_slot(
+def insert(
     directory: Any,
     capacity: int,
-    slot: int,
+    max_probe: int,
     generation: int,
     oid: bytes,
     segment: int,
@@ -104,9 +104,8 @@ def write_slot(
     data_size: int,
     metadata_size: int,
     node: int,
-    state: int,
     flags: int,
-) -> None: ...
+) -> int: ...
 def set_state(directory: Any, capacity: int, slot: int, state: int) -> None: ...
 def clear_slot(directory: Any, capacity: int, slot: int) -> None: ...
 def set_superseded(directory: Any) -> None: ...

@@ -300,12 +300,10 @@ static uint64_t begin_write(unsigned char *s) {
     return seq;
 }
 
-int pcd_write_slot(void *base, uint64_t capacity, uint64_t slot, const pcd_slot *f) {
+/* the seqlock write of a whole slot s (see begin_write) */
+static void write_fields(unsigned char *s, const pcd_slot *f) {
     uint64_t a, b;
     uint32_t c;
-    if (slot >= capacity)
-        return PCD_ERANGE;
-    unsigned char *s = slot_at(base, slot);
     uint64_t seq = begin_write(s);
     memcpy(&a, f->id, 8);
     memcpy(&b, f->id + 8, 8);
@@ -322,7 +320,46 @@ int pcd_write_slot(void *base, uint64_t capacity, uint64_t slot, const pcd_slot 
     store8(s + S_STATE, f->state);
     store8(s + S_FLAGS, f->flags);
     store64(s + S_SEQ, seq + 2);
+}
+
+int pcd_write_slot(void *base, uint64_t capacity, uint64_t slot, const pcd_slot *f) {
+    if (slot >= capacity)
+        return PCD_ERANGE;
+    write_fields(slot_at(base, slot), f);
     return PCD_OK;
+}
+
+/* The probe, then the same seqlock write as pcd_write_slot; the ordering argument is
+ * docs/protocol.md's ("Memory ordering"): seq odd, every field, seq even, each a release
+ * store, so a reader that saw any field of this write sees seq changed on its re-read. The
+ * probe's loads of the state bytes order nothing for readers: they are this writer's own
+ * last stores (the coordinator is the only writer of slots), read back in program order. A
+ * reader probing past a free slot being filled here either sees it free (the id it looks
+ * for is not there yet: it asks the coordinator) or seq odd or changed (it gives up and
+ * asks), as with any slot write. */
+int pcd_insert(void *base, uint64_t capacity, uint64_t max_probe, const pcd_slot *f,
+               uint64_t *slot, uint8_t *previous) {
+    unsigned bits = 0;
+    if (capacity < 2 || (capacity & (capacity - 1)) != 0)
+        return PCD_ECAPACITY;
+    while ((UINT64_C(1) << bits) < capacity)
+        bits++;
+    uint64_t at = pcd_home_slot(f->id, bits);
+    if (max_probe > capacity)
+        max_probe = capacity;
+    for (uint64_t i = 0; i < max_probe; i++, at = (at + 1) & (capacity - 1)) {
+        unsigned char *s = slot_at(base, at);
+        /* relaxed: the writer's own last store to it (see above) */
+        uint8_t state =
+            atomic_load_explicit((atomic_uchar *)(void *)(s + S_STATE), memory_order_relaxed);
+        if (state == PCD_FREE || state == PCD_TOMBSTONE) {
+            write_fields(s, f);
+            *slot = at;
+            *previous = state;
+            return 1;
+        }
+    }
+    return 0;
 }
 
 int pcd_set_state(void *base, uint64_t capacity, uint64_t slot, uint8_t state) {

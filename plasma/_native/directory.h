@@ -149,6 +149,13 @@ typedef struct pcd_slot {
 /* Seqlock writes of slot index slot of the directory at base (capacity slots; the caller
  * is its only writer): the whole slot, its state, a tombstone. PCD_ERANGE outside. */
 int pcd_write_slot(void *base, uint64_t capacity, uint64_t slot, const pcd_slot *fields);
+/* Publish fields (an id not in the directory) in the first free or tombstone slot of its
+ * probe run: its home slot and at most max_probe - 1 after it (a seqlock write of the whole
+ * slot, as pcd_write_slot). 1 with *slot and *previous (the state it had: PCD_FREE or
+ * PCD_TOMBSTONE) filled; 0 when the run has no such slot; PCD_ECAPACITY for a capacity not
+ * a power of two >= 2. */
+int pcd_insert(void *base, uint64_t capacity, uint64_t max_probe, const pcd_slot *fields,
+               uint64_t *slot, uint8_t *previous);
 int pcd_set_state(void *base, uint64_t capacity, uint64_t slot, uint8_t state);
 int pcd_clear_slot(void *base, uint64_t capacity, uint64_t slot);
 /* Header words: superseded = 1; ordered = 1 (written once, before the directory is

@@ -571,39 +571,67 @@ static PyObject *done(Py_buffer *buf, int rc) {
     Py_RETURN_NONE;
 }
 
-static PyObject *write_slot(PyObject *module, PyObject *const *args, Py_ssize_t n) {
-    /* (directory, capacity, slot, generation, oid, segment, offset, data_size,
-     *  metadata_size, node, state, flags) */
-    static const unsigned long long max[] = {UINT64_MAX, UINT32_MAX, UINT64_MAX, UINT64_MAX,
-                                             UINT32_MAX, UINT16_MAX, UINT8_MAX,  UINT8_MAX};
-    static const char *what[] = {"generation", "segment", "offset", "data size",
-                                 "metadata size", "node", "state", "flags"};
-    unsigned long long slot, v[8], capacity;
-    const unsigned char *id;
+/* 1 with *out when obj (an int) is in 0..UINT32_MAX, 0 when it is not, -1 on an error */
+static int u32_fits(PyObject *obj, uint32_t *out) {
+    int overflow;
+    long long v = PyLong_AsLongLongAndOverflow(obj, &overflow);
+    if (v == -1 && !overflow && PyErr_Occurred())
+        return -1;
+    if (overflow || v < 0 || v > (long long)UINT32_MAX)
+        return 0;
+    *out = (uint32_t)v;
+    return 1;
+}
+
+static PyObject *insert(PyObject *module, PyObject *const *args, Py_ssize_t n) {
+    /* (directory, capacity, max_probe, generation, oid, segment, offset, data_size,
+     *  metadata_size, node, flags) */
+    unsigned long long capacity, probe, generation, offset, data_size, node, flags;
+    uint32_t segment, metadata_size;
+    uint64_t slot;
+    uint8_t previous;
     Py_buffer buf;
-    if (n != 12) {
-        PyErr_SetString(PyExc_TypeError, "write_slot takes 12 arguments");
+    if (n != 11) {
+        PyErr_SetString(PyExc_TypeError, "insert takes 11 arguments");
         return NULL;
     }
-    if (u64_arg(args[2], UINT64_MAX, "slot", &slot) < 0 || id_bytes(args[4], &id) < 0)
+    PyObject *oid = args[4];
+    if (!PyBytes_Check(oid)) {
+        PyErr_SetString(PyExc_TypeError, "an object id is bytes");
         return NULL;
-    for (int i = 0; i < 8; i++)
-        if (u64_arg(args[i == 0 ? 3 : i + 4], max[i], what[i], &v[i]) < 0)
-            return NULL;
-    if (directory_arg(args, &buf, &capacity) < 0)
+    }
+    int fits_segment = u32_fits(args[5], &segment);
+    int fits_metadata = fits_segment < 0 ? -1 : u32_fits(args[8], &metadata_size);
+    if (fits_metadata < 0)
+        return NULL;
+    if (!fits_segment || !fits_metadata || PyBytes_GET_SIZE(oid) != PCD_ID_SIZE)
+        return PyLong_FromLong(-1); /* does not fit a slot: served by requests only */
+    if (u64_arg(args[2], UINT64_MAX, "max probe", &probe) < 0 ||
+        u64_arg(args[3], UINT64_MAX, "generation", &generation) < 0 ||
+        u64_arg(args[6], UINT64_MAX, "offset", &offset) < 0 ||
+        u64_arg(args[7], UINT64_MAX, "data size", &data_size) < 0 ||
+        u64_arg(args[9], UINT16_MAX, "node", &node) < 0 ||
+        u64_arg(args[10], UINT8_MAX, "flags", &flags) < 0 ||
+        directory_arg(args, &buf, &capacity) < 0)
         return NULL;
     pcd_slot fields = {
-        .generation = v[0],
-        .segment = (uint32_t)v[1],
-        .offset = v[2],
-        .data_size = v[3],
-        .metadata_size = (uint32_t)v[4],
-        .node = (uint16_t)v[5],
-        .state = (uint8_t)v[6],
-        .flags = (uint8_t)v[7],
+        .generation = generation,
+        .segment = segment,
+        .offset = offset,
+        .data_size = data_size,
+        .metadata_size = metadata_size,
+        .node = (uint16_t)node,
+        .state = PCD_SEALED,
+        .flags = (uint8_t)flags,
     };
-    memcpy(fields.id, id, PCD_ID_SIZE);
-    return done(&buf, pcd_write_slot(buf.buf, capacity, slot, &fields));
+    memcpy(fields.id, PyBytes_AS_STRING(oid), PCD_ID_SIZE);
+    int rc = pcd_insert(buf.buf, capacity, probe, &fields, &slot, &previous);
+    PyBuffer_Release(&buf);
+    if (rc < 0)
+        return error(rc);
+    if (rc == 0)
+        return PyLong_FromLong(-1);
+    return PyLong_FromUnsignedLongLong(slot << 1 | (previous == PCD_TOMBSTONE));
 }
 
 static PyObject *set_state(PyObject *module, PyObject *const *args, Py_ssize_t n) {
@@ -657,9 +685,11 @@ static PyMethodDef module_methods[] = {
     {"views", (PyCFunction)(void (*)(void))views, METH_FASTCALL,
      "views(segment, offset, data_size, metadata_size, done, key): (data, metadata) "
      "read-only memoryviews of an object over one View"},
-    {"write_slot", (PyCFunction)(void (*)(void))write_slot, METH_FASTCALL,
-     "write_slot(directory, capacity, slot, generation, oid, segment, offset, data_size, "
-     "metadata_size, node, state, flags): one seqlock write of a whole slot"},
+    {"insert", (PyCFunction)(void (*)(void))insert, METH_FASTCALL,
+     "insert(directory, capacity, max_probe, generation, oid, segment, offset, data_size, "
+     "metadata_size, node, flags): publish a sealed object in the first free or tombstone "
+     "slot of its probe run; its slot times 2, plus 1 when that was a tombstone, or -1 (no "
+     "such slot, or a field too large for a slot)"},
     {"set_state", (PyCFunction)(void (*)(void))set_state, METH_FASTCALL,
      "set_state(directory, capacity, slot, state): one seqlock write of a slot's state"},
     {"clear_slot", (PyCFunction)(void (*)(void))clear_slot, METH_FASTCALL,

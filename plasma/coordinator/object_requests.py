@@ -93,6 +93,11 @@ def _for_each(
 
 
 def seal(coord: Coordinator, session: Session, msg: p.Seal) -> None:
+    if len(msg.ids) == 1:  # the usual seal: its failure is the Error as it is
+        coord.store.seal(session.client_id, msg.ids[0], now=time.monotonic())
+        if msg.ack:
+            session.send(p.Ok(seq=msg.seq))
+        return
     op = functools.partial(coord.store.seal, now=time.monotonic())
     _for_each(session, msg.seq, msg.ids, op, msg.ack)
 

@@ -39,11 +39,12 @@ class GenerationIndex:
 
     def add(self, gen: int, slot: int) -> None:
         """``gen`` (above every generation added before) is published at ``slot``."""
-        if slot < 0:
-            raise ValueError(f"slot {slot}: only published objects with a slot are indexed")
-        if self._gens and gen <= self._gens[-1]:
+        gens = self._gens
+        if slot < 0 or (gens and gen <= gens[-1]):
+            if slot < 0:
+                raise ValueError(f"slot {slot}: only published objects with a slot are indexed")
             raise ValueError(f"generation {gen:#x} is not above the last one added")
-        self._gens.append(gen)
+        gens.append(gen)
         self._slots.append(slot)
 
     def slot(self, gen: int) -> int:

@@ -63,11 +63,11 @@ class Publisher:
         True when the directory was rebuilt first (it was full): readers must be told."""
         rebuilt = self.directory.full() and self._rebuild()
         gen = self._generations.next()
-        rec.slot = self.directory.insert(oid, gen, rec.loc, flags)
-        if rec.slot >= 0:
+        rec.slot = slot = self.directory.insert(oid, gen, rec.loc, flags)
+        if slot >= 0:
             rec.gen = gen
-            self.slots.records[rec.slot] = rec
-            self._index.add(gen, rec.slot)
+            self.slots.records[slot] = rec
+            self._index.add(gen, slot)
         return rebuilt
 
     def _id_of(self, slot: int) -> bytes:

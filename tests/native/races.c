@@ -115,17 +115,11 @@ static int pinned_anywhere(uint64_t gen) {
     return 0;
 }
 
-static int insert(const unsigned char id[PCD_ID_SIZE], const pcd_slot *s, uint64_t *slot) {
-    uint64_t at = pcd_home_slot(id, 4);
-    for (int i = 0; i < CAPACITY; i++, at = (at + 1) % CAPACITY) {
-        uint8_t state = dir_base[PCD_HEADER_SIZE + at * PCD_SLOT_SIZE + 62];
-        if (state == PCD_FREE || state == PCD_TOMBSTONE) {
-            pcd_write_slot(dir_base, CAPACITY, at, s);
-            *slot = at;
-            return 1;
-        }
-    }
-    return 0;
+/* the coordinator's insert (probe and write in one call), any slot of the directory in
+ * reach */
+static int insert(const pcd_slot *s, uint64_t *slot) {
+    uint8_t previous;
+    return pcd_insert(dir_base, CAPACITY, CAPACITY, s, slot, &previous) == 1;
 }
 
 /* the writer's books: blocks not in use, and objects retired (their slot cleared or
@@ -209,7 +203,7 @@ static void writer(double seconds) {
             int b = fill(id, &counter, &s);
             if (b < 0)
                 continue;
-            if (!insert(id, &s, &o->slot)) {
+            if (!insert(&s, &o->slot)) {
                 free_blocks[nfree++] = b;
                 continue;
             }
