@@ -302,8 +302,10 @@ def test_sigint_stops_every_task_and_leaves_no_process(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        _wait_for(lambda: (tmp_path / "a.pid").exists() and (tmp_path / "b.pid").exists())
-        pids = [int((tmp_path / n).read_text()) for n in ("a.pid", "b.pid")]
+        # (the shell creates each file, then writes the pid and its newline in one write)
+        files = [tmp_path / n for n in ("a.pid", "b.pid")]
+        _wait_for(lambda: all(f.exists() and f.read_text().endswith("\n") for f in files))
+        pids = [int(f.read_text()) for f in files]
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     finally:
