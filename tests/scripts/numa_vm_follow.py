@@ -135,7 +135,9 @@ def run(directory: str) -> dict[str, Any]:
         followed = client.put(pattern(3), node=0)
         proc, conn, before = start_reader(socket_path, followed, 1)
         started = time.monotonic()
-        while client.list()[followed]["pages_on"] != [1]:
+        # listed on node 1 from the start of the move; its pages are there once no page move
+        # is under way (a check between the two saw them still on node 0: a CI failure)
+        while client.list()[followed]["pages_on"] != [1] or client.stats()["moving"]:
             if time.monotonic() - started > FOLLOW_TIMEOUT:
                 break
             time.sleep(0.5)
