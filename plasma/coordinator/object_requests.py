@@ -78,26 +78,24 @@ def _for_each(
     session: Session, seq: int, ids: list[bytes], op: Callable[[int, bytes], object], ack: bool
 ) -> None:
     """Apply ``op`` to every id; report the failures in one Error, else Ok when asked."""
-    failures: list[PlasmaError] = []
-    for oid in ids:
-        try:
-            op(session.client_id, oid)
-        except PlasmaError as exc:
-            failures.append(exc)
-    if failures:
-        first = failures[0]
-        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-        raise type(first)(first.message + more)
+    if len(ids) == 1:  # the usual case: its failure is the Error as it is
+        op(session.client_id, ids[0])
+    else:
+        failures: list[PlasmaError] = []
+        for oid in ids:
+            try:
+                op(session.client_id, oid)
+            except PlasmaError as exc:
+                failures.append(exc)
+        if failures:
+            first = failures[0]
+            more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+            raise type(first)(first.message + more)
     if ack:
         session.send(p.Ok(seq=seq))
 
 
 def seal(coord: Coordinator, session: Session, msg: p.Seal) -> None:
-    if len(msg.ids) == 1:  # the usual seal: its failure is the Error as it is
-        coord.store.seal(session.client_id, msg.ids[0], now=time.monotonic())
-        if msg.ack:
-            session.send(p.Ok(seq=msg.seq))
-        return
     op = functools.partial(coord.store.seal, now=time.monotonic())
     _for_each(session, msg.seq, msg.ids, op, msg.ack)
 
