@@ -16,13 +16,17 @@ a slot are in a dict (:attr:`Publisher.slotless`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from plasma._native import native
 from plasma.directory import (
     DYING,
+    SEALED,
     Directory,
+    DirectoryReader,
     GenerationSource,
     directory_size,
     rebuilt_capacity,
@@ -38,6 +42,12 @@ if TYPE_CHECKING:
 REBUILD_ATTEMPTS = 4  # directory sizes tried (doubling) before leaving a published id out
 
 
+def _reader(buf: Any) -> Any:
+    """A reader of the directory in ``buf`` for the store's own lookups (the C one when
+    built: the store reads its own writes, so either is consistent)."""
+    return DirectoryReader(buf) if native is None else native.Reader(buf)
+
+
 class Publisher:
     """The directory the store publishes sealed objects in (see the module docstring)."""
 
@@ -46,6 +56,7 @@ class Publisher:
         self._min_capacity = capacity
         buf, access = memory.new_directory(directory_size(capacity), capacity)
         self.directory = Directory(buf, capacity)
+        self._reader = _reader(buf)  # (the store's own lookups: no access bytes set)
         self.access = access  # by slot: nonzero once a reader read the object
         self.buffers: tuple[Any, Any] = (buf, access)  # what readers map
         self.rebuilds = 0
@@ -70,17 +81,41 @@ class Publisher:
             self._index.add(gen, slot)
         return rebuilt
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_reader"]  # (a C reader holds an export of the buffer: made anew)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reader = _reader(self.buffers[0])
+
     def _id_of(self, slot: int) -> bytes:
         return self.directory.id(slot)
 
     def find(self, gen: int) -> tuple[bytes, ObjectRecord] | None:
-        """The id and record published under generation ``gen`` (until it is freed)."""
+        """The id and record published under generation ``gen`` (until it is freed; a
+        compact object's is materialized)."""
         slot = self._index.slot(gen)
         if slot < 0:
             return self.slotless.get(gen)
-        rec = self.slots.records[slot]
-        assert rec is not None and rec.gen == gen
+        rec = self.slots.record(slot)
+        assert rec.gen == gen
         return self.directory.id(slot), rec
+
+    def sealed_slot(self, oid: bytes) -> int:
+        """The slot ``oid`` (not a copy) is published in and reads sealed, or -1."""
+        found = self._reader.lookup(oid)
+        return -1 if found is None else found.slot
+
+    def compact_ids(self) -> list[bytes]:
+        """The ids of the sealed objects (not copies) published with no record."""
+        return self.directory.unrecorded_ids(self.slots.records)
+
+    def sealed_ids(self) -> Iterator[list[tuple[int, bytes]]]:
+        """``(slot, id)`` of the slots that read sealed and hold no copy, in slot order (a
+        list per chunk of slots)."""
+        return self.directory.ids_in_state(SEALED, flags=0)
 
     def announce_replicas(self) -> None:
         """Readers look for copies on their node from now on."""
@@ -146,12 +181,16 @@ class Publisher:
         )[np.asarray(old_slots, dtype=np.int64)[kept]]
         for old_slot, slot in zip(old_slots, slots, strict=True):
             rec = self.slots.records[old_slot]
-            assert rec is not None
+            if rec is None:  # (a compact object: its fields move with its slot)
+                if slot >= 0:
+                    continue
+                rec = self.slots.materialize(old_slot)  # (it has no slot to be compact in)
             rec.slot = slot
             if slot < 0:
                 self.slotless[rec.gen] = (old.id(old_slot), rec)
         self._index.move(self.slots.move(capacity, old_slots, slots, old.id))
         old.supersede()
+        self._reader = _reader(buf)  # (the old one's export of the buffer ends here)
         self._memory.free_directory(*self.buffers)
         self.directory, self.access = new, access
         self.buffers = (buf, access)
