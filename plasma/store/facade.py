@@ -1158,9 +1158,9 @@ class Store:
             if c.node is None:
                 continue
             for gen in pins.get(c.id, ()):
-                published = self._dir.find(gen)
-                if published is not None:
-                    readers.read(published[0], c.node, now)
+                pinned = self._dir.published_id(gen)
+                if pinned is not None:
+                    readers.read(pinned, c.node, now)
             for oid in c.refs:
                 readers.read(oid, c.node, now)
         started = 0

@@ -103,6 +103,15 @@ class Publisher:
         assert rec.gen == gen
         return self.directory.id(slot), rec
 
+    def published_id(self, gen: int) -> bytes | None:
+        """The id published under generation ``gen`` (until it is freed), with no record
+        made for a compact object."""
+        slot = self._index.slot(gen)
+        if slot < 0:
+            published = self.slotless.get(gen)
+            return None if published is None else published[0]
+        return self.directory.id(slot)
+
     def sealed_slot(self, oid: bytes) -> int:
         """The slot ``oid`` (not a copy) is published in and reads sealed, or -1."""
         found = self._reader.lookup(oid)
