@@ -10,9 +10,10 @@ import pytest
 
 import plasma.directory
 from plasma.directory import Directory
+from plasma.follow import ReaderTracker
 from plasma.records import ObjectInfo, ObjectLocation
-from plasma.store import Store
-from tests.helpers import FakeProvider, oid
+from plasma.store import Place, Store
+from tests.helpers import FakeProvider, oid, pin, pin_reader
 
 KIB = 1024
 
@@ -142,6 +143,28 @@ def test_a_compact_object_a_rebuild_has_no_slot_for_stays_whole(
     store.drain_events()
     assert oid(2) not in store._objects and not store._dir.slotless
     assert len(store.object_ids()) == n - 1
+
+
+def test_pins_on_compact_objects_count_as_reads_of_their_readers_node() -> None:
+    store = Store(
+        {0: 1 << 20, 1: 1 << 20},
+        FakeProvider(),
+        segment_size=1 << 20,
+        idle_records=0,
+        follow_readers=ReaderTracker(min_reads=2, cooldown=0.0),
+    )
+    for client in (1, 2, 3):
+        store.register_client(client, node=0)
+    put(store, 3)
+    loc = put(store, 4)
+    store.drain_events()
+    read, table = pin_reader(store, 7, node=1)
+    pin(store, read, table, 4)
+    for now in (1.0, 2.0):
+        assert store.follow(now) == (1 if now == 2.0 else 0)  # (two reads: the second pass)
+    (place,) = [e for e in store.drain_events() if isinstance(e, Place)]
+    assert place.nodes == [1] and place.segment == loc.segment
+    assert place.start <= loc.offset < place.start + place.length
 
 
 @pytest.mark.parametrize("native", [True, False], ids=["c", "python"])
