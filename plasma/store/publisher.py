@@ -27,6 +27,7 @@ from plasma.directory import (
     SEALED,
     Directory,
     DirectoryReader,
+    Found,
     GenerationSource,
     directory_size,
     rebuilt_capacity,
@@ -112,10 +113,10 @@ class Publisher:
             return None if published is None else published[0]
         return self.directory.id(slot)
 
-    def sealed_slot(self, oid: bytes) -> int:
-        """The slot ``oid`` (not a copy) is published in and reads sealed, or -1."""
-        found = self._reader.lookup(oid)
-        return -1 if found is None else found.slot
+    def lookup(self, oid: bytes) -> Found | None:
+        """``oid``'s slot (not a copy's) as read, if it is published and reads sealed."""
+        found: Found | None = self._reader.lookup(oid)
+        return found
 
     def compact_ids(self) -> list[bytes]:
         """The ids of the sealed objects (not copies) published with no record."""

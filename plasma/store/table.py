@@ -29,11 +29,14 @@ from typing import TYPE_CHECKING
 from plasma.store.objects import Io, ObjectRecord, State
 
 if TYPE_CHECKING:
+    from plasma.directory import Found
+    from plasma.records import ObjectLocation
     from plasma.store.publisher import Publisher
 
 __all__ = ["IDLE_RECORDS", "ObjectTable"]
 
 IDLE_RECORDS = 4096  # idle objects' records kept (the most recently touched), by default
+SEALED, NO_IO = State.SEALED, Io.NONE
 
 
 class ObjectTable:
@@ -54,7 +57,7 @@ class ObjectTable:
         self._pub = publisher
         self.keep_idle = keep_idle
         self.materialized = 0  # compact objects made a record of again, so far
-        publisher.slots.materialize = self._materialize
+        publisher.slots.materialize = self._materialize_slot
 
     # ------------------------------------------------------------ the mapping
 
@@ -62,9 +65,9 @@ class ObjectTable:
         """``oid``'s record (materialized, if it was compact), or None."""
         rec = self._busy.get(oid)
         if rec is None and self._compact:
-            slot = self._compact_slot(oid)
-            if slot >= 0:
-                return self._materialize(slot)
+            found = self._find(oid)
+            if found is not None:
+                return self._materialize(oid, found.slot, found.generation, found.location)
         return rec
 
     def __getitem__(self, oid: bytes) -> ObjectRecord:
@@ -78,9 +81,9 @@ class ObjectTable:
         reading a million objects keeps none of them)."""
         rec = self._busy.get(oid)
         if rec is None and self._compact:
-            slot = self._compact_slot(oid)
-            if slot >= 0:
-                return self._record(slot)[1]
+            found = self._find(oid)
+            if found is not None:
+                return self._made(found.slot, found.generation, found.location)
         return rec
 
     def busy(self, oid: bytes) -> ObjectRecord | None:
@@ -89,7 +92,7 @@ class ObjectTable:
 
     def is_compact(self, oid: bytes) -> bool:
         """Whether ``oid`` is an object kept with no record (sealed and idle)."""
-        return self._compact > 0 and self._compact_slot(oid) >= 0
+        return self._compact > 0 and self._find(oid) is not None
 
     def holds(self, oid: bytes, rec: ObjectRecord) -> bool:
         """Whether ``rec`` (a materialized record) is ``oid``'s record in the table."""
@@ -181,39 +184,41 @@ class ObjectTable:
 
     # ------------------------------------------------------------ compact objects
 
-    def _compact_slot(self, oid: bytes) -> int:
-        """The slot of compact object ``oid``, or -1 (not compact: busy or unknown)."""
-        slot = self._pub.sealed_slot(oid)
-        if slot >= 0 and self._pub.slots.records[slot] is not None:
+    def _find(self, oid: bytes) -> Found | None:
+        """Compact object ``oid``'s slot as read (None: not compact: busy or unknown)."""
+        found = self._pub.lookup(oid)
+        if found is not None and self._pub.slots.records[found.slot] is not None:
             # (a sealed object's slot with a record: the record is in the table)
-            raise AssertionError(f"slot {slot} of {oid.hex()} has a record the table lacks")
-        return slot
+            raise AssertionError(f"slot {found.slot} of {oid.hex()} has a record the table lacks")
+        return found
+
+    def _made(self, slot: int, gen: int, loc: ObjectLocation) -> ObjectRecord:
+        """A record of the compact object published at ``slot`` (not kept)."""
+        t = self._pub.slots
+        mask = self._mask
+        size = ((loc.data_size + loc.metadata_size or 1) + mask) & ~mask
+        return ObjectRecord(
+            loc, size, t.owner[slot], t.created[slot], SEALED, NO_IO, 0, 0, t.construct[slot],
+            slot, gen,
+        )  # fmt: skip
 
     def _record(self, slot: int) -> tuple[bytes, ObjectRecord]:
         """A compact object's id and a record of it (not kept)."""
         oid, gen, loc, _ = self._pub.directory.entry(slot)
-        t = self._pub.slots
-        mask = self._mask
-        rec = ObjectRecord(
-            loc,
-            ((loc.data_size + loc.metadata_size or 1) + mask) & ~mask,
-            t.owner[slot],
-            t.created[slot],
-            State.SEALED,
-            construct_duration=t.construct[slot],
-            slot=slot,
-            gen=gen,
-        )
-        return oid, rec
+        return oid, self._made(slot, gen, loc)
 
-    def _materialize(self, slot: int) -> ObjectRecord:
-        """Make compact object ``slot``'s record, kept from now on (until demoted)."""
-        oid, rec = self._record(slot)
+    def _materialize_slot(self, slot: int) -> ObjectRecord:
+        oid, gen, loc, _ = self._pub.directory.entry(slot)
+        return self._materialize(oid, slot, gen, loc)
+
+    def _materialize(self, oid: bytes, slot: int, gen: int, loc: ObjectLocation) -> ObjectRecord:
+        """Make compact object ``oid``'s record, kept from now on (until demoted)."""
+        rec = self._made(slot, gen, loc)
         self._pub.slots.records[slot] = rec
         self._busy[oid] = rec
         self._compact -= 1
         self.materialized += 1
-        self.touched(oid, rec)
+        self._idle[oid] = rec  # (a candidate: a compact object's id is not in _idle)
         return rec
 
     def _compact_records(self) -> Iterator[tuple[bytes, ObjectRecord]]:
