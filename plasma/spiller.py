@@ -3,9 +3,14 @@ spilled objects back, in worker threads off the trio loop.
 
 The decisions (what to spill, when, where a restore goes) are the store's
 (:meth:`plasma.store.Store.spill_batch`, :class:`~plasma.store.Restore`); this module only
-moves bytes between segments and :mod:`plasma.spill_files`, and reports back. Segment fds
-are duplicated for the duration of each copy, so a segment the store frees meanwhile
-stays valid until the copy ends.
+moves bytes between segments and :mod:`plasma.spill_files`, and reports back. A spill
+write duplicates the segment fds for the duration of the copy, so a segment the store frees
+meanwhile stays valid until the copy ends. A restore reads into the segment's map
+(:meth:`plasma.segments.Segment.mapping`), kept from one restore to the next: making,
+filling and tearing down a map for each restore cost more CPU than the copy and its
+checksum. The maps go when their segment is freed, or once no restore began for
+``MAP_IDLE`` seconds (each page a map touched counts in the coordinator's RSS). A view of
+the map held by a restore keeps it mapped even then (the store frees no memory under I/O).
 """
 
 from __future__ import annotations
