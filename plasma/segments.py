@@ -3,8 +3,11 @@
 A :class:`SegmentPool` is the store's ``SegmentProvider``: it creates segments on request,
 keeps their fds (the coordinator hands them to clients with SCM_RIGHTS: the read-write memfd to
 clients that may write, a read-only reopening of it to the others), and closes them when the
-store frees a segment. The coordinator never keeps segments mapped: the pages belong to the
-memfd, so its own RSS stays small however much data the store holds.
+store frees a segment. The coordinator keeps a segment mapped only while restores of spilled
+objects read into it (:meth:`Segment.mapping`; a map made and torn down for every restore
+cost more than the copy, see :mod:`plasma.spiller`): the map goes when the segment is freed
+or when restores pause (:meth:`SegmentPool.unmap_all`), so its RSS stays small however much
+data the store holds.
 
 Faulting in a segment's pages (the kernel zeroes each one) runs at a fraction of memcpy's
 speed, so a create that had to wait for it would stall. The pool therefore makes *spares*
@@ -30,9 +33,11 @@ from dataclasses import dataclass, field
 from plasma.errors import StoreFull, Unsupported
 from plasma.linux import memfd, numa
 from plasma.linux.dirs import NOFOLLOW, open_private_directory
+from plasma.linux.numa import buffer_address
 from plasma.records import SegmentInfo
 
 BASE_PAGE = mmap.PAGESIZE
+MAP_GRANULE = 2 << 20  # bytes of a restore map whose page tables are made at once
 
 log = logging.getLogger("plasma.coordinator")
 
@@ -60,6 +65,8 @@ class Segment:
     # and only the creator of its object gets a writable descriptor
     file_backed: bool = False
     _read_only_fd: int | None = None
+    _map: mmap.mmap | None = None  # writable, for restores (made by mapping())
+    _filled: bytearray = field(default_factory=bytearray)  # per MAP_GRANULE: page tables made
 
     def info(self, *, writable: bool = True) -> SegmentInfo:
         return SegmentInfo(
@@ -72,7 +79,48 @@ class Segment:
             self._read_only_fd = memfd.reopen_read_only(self.fd)
         return self._read_only_fd
 
+    def mapping(self) -> mmap.mmap:
+        """The whole segment mapped shared and writable (made on first use, without page
+        tables: the reader fills those of what it touches), kept until :meth:`unmap`. A memfd
+        only: its size is sealed, so no page of the map can vanish under a reader (a fallback
+        file is never mapped)."""
+        if self.file_backed:
+            raise ValueError(f"segment {self.id} is a fallback file: it is never mapped")
+        if self._map is None:
+            self._map = mmap.mmap(
+                self.fd, self.size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
+            )
+            self._filled = bytearray(-(-self.size // MAP_GRANULE))
+        return self._map
+
+    def fill(self, offset: int, length: int) -> None:
+        """Make the page tables of ``[offset, offset + length)`` of :meth:`mapping`, a
+        ``MAP_GRANULE`` at a time, each once per map (MADV_POPULATE_READ, the interpreter lock
+        released: safe from several threads): writing into pages without them faults each
+        one (about 3x the copy), and filling them again costs as much as the first time."""
+        mm = self.mapping()
+        first, last = offset // MAP_GRANULE, (offset + length - 1) // MAP_GRANULE
+        for granule in range(first, last + 1):
+            if not self._filled[granule]:
+                lo = granule * MAP_GRANULE
+                memfd.populate_read(buffer_address(mm) + lo, min(MAP_GRANULE, self.size - lo))
+                self._filled[granule] = 1
+
+    @property
+    def mapped(self) -> bool:
+        return self._map is not None
+
+    def unmap(self) -> None:
+        """Let go of :meth:`mapping`'s map. A view of it still held (a restore under way:
+        never, the store frees no memory under I/O) keeps it mapped until released."""
+        mm, self._map = self._map, None
+        self._filled = bytearray()
+        if mm is not None:
+            with contextlib.suppress(BufferError):  # (then the last view unmaps it)
+                mm.close()
+
     def close(self) -> None:
+        self.unmap()
         os.close(self.fd)
         if self._read_only_fd is not None:
             os.close(self._read_only_fd)
@@ -301,6 +349,11 @@ class SegmentPool:
 
     def get(self, segment: int) -> Segment:
         return self._segments[segment]
+
+    def unmap_all(self) -> None:
+        """Let go of every segment's :meth:`Segment.mapping`."""
+        for seg in self._segments.values():
+            seg.unmap()
 
     def __iter__(self) -> Iterator[Segment]:
         return iter(list(self._segments.values()))

@@ -25,8 +25,9 @@ previous coordinator is read: :func:`scan` verifies it with CRC-32 and hands bac
 carrying the CRC-32C of the same bytes, so everything after adoption speaks CRC-32C; the
 file itself is never rewritten. A file of a later version is reported and not served.
 
-Payloads are copied through a bounded buffer between a segment's file descriptor (mapped
-for the copy only) and the spill file, so the coordinator never keeps segments mapped.
+Payloads are written from a segment's file descriptor (mapped for the copy only) and read
+back either into a map the caller keeps (:func:`read_into`: the coordinator's restores, see
+:meth:`plasma.segments.Segment.mapping`) or through a descriptor (:func:`read_part`).
 
 The directory is the coordinator's alone (:func:`open_directory`, see
 :mod:`plasma.linux.dirs`): every file is opened relative to its descriptor with
@@ -64,6 +65,7 @@ __all__ = [
     "mark_dead",
     "open_directory",
     "parts",
+    "read_into",
     "read_object",
     "read_part",
     "remove_file",
@@ -81,6 +83,7 @@ _TRAILER = struct.Struct("<QI4x8s")  # object count, index checksum, END
 _RECORD = struct.Struct(f"<{ID_SIZE}sQQidQQI")  # a SpillEntry without its index
 CHUNK = 8 << 20  # bytes copied per step
 _WRITE = mmap.PROT_READ | mmap.PROT_WRITE
+CRC_CHUNK = 1 << 20  # bytes read per call of a restore (then checksummed while in cache)
 SMALL = 1 << 20  # objects below this are read with pread (a mapping costs more)
 _NAME = re.compile(r"spill-(\d{10})\.plasma")
 _TEMP = re.compile(r"\.spill-(\d{10})\.tmp")
@@ -294,38 +297,70 @@ def read_part(
     client could shrink it under the mapping). ``cached_only``: read only what the page
     cache holds (``RWF_NOWAIT``), raising BlockingIOError rather than waiting for the disk
     (then read it again without), so that a caller that must not block may try."""
+    if length and not file_backed:
+        with memfd.mapped(fd, offset + start, length, page_size, _WRITE) as view:
+            return read_into(directory, file_id, entry, view, start, cached_only=cached_only)
+    src = _open_payload(directory, file_id, entry)
+    crc = 0
+    try:
+        for lo in range(0, length, CHUNK):
+            want = min(CHUNK, length - lo)
+            data = os.pread(src, want, entry.offset + start + lo)
+            if len(data) != want:  # (a regular file reads short only at its end)
+                raise SpillDamaged(f"spill file {directory.name(file_id)} ends early")
+            crc = crc32c(data, crc)
+            _write_all(fd, data, offset + start + lo)
+    finally:
+        os.close(src)
+    return crc
+
+
+def read_into(
+    directory: SpillDirectory,
+    file_id: int,
+    entry: SpillEntry,
+    view: memoryview,
+    start: int = 0,
+    *,
+    cached_only: bool = False,
+) -> int:
+    """Read bytes ``[start, start + len(view))`` of ``entry``'s payload into ``view`` (a map
+    of the memory the restore owns, kept by the caller); their CRC-32C, computed a
+    ``CRC_CHUNK`` at a time right after it was read, while the bytes are in the CPU's cache.
+    SpillDamaged when the file is gone or short; ``cached_only`` as for :func:`read_part`."""
+    src = _open_payload(directory, file_id, entry)
+    crc = 0
+    flags = os.RWF_NOWAIT if cached_only else 0
+    try:
+        length = len(view)
+        done = 0
+        while done < length:
+            with view[done : done + CRC_CHUNK] as chunk:
+                n = os.preadv(src, [chunk], entry.offset + start + done, flags)
+                if n == 0:
+                    raise SpillDamaged(f"spill file {directory.name(file_id)} ends early")
+                with chunk[:n] as done_now:
+                    crc = crc32c(done_now, crc)
+            done += n
+    finally:
+        os.close(src)
+    return crc
+
+
+def _open_payload(directory: SpillDirectory, file_id: int, entry: SpillEntry) -> int:
+    """Spill file ``file_id`` opened for reading, checked to hold ``entry``'s payload."""
     path = directory.name(file_id)
     try:
         src = directory.open(file_name(file_id), os.O_RDONLY)
     except FileNotFoundError:
         raise SpillDamaged(f"spill file {path} is gone") from None
-    crc = 0
     try:
         if os.fstat(src).st_size < entry.offset + entry.length:
             raise SpillDamaged(f"spill file {path} is shorter than its index says")
-        if length and file_backed:
-            for lo in range(0, length, CHUNK):
-                want = min(CHUNK, length - lo)
-                data = os.pread(src, want, entry.offset + start + lo)
-                if len(data) != want:  # (a regular file reads short only at its end)
-                    raise SpillDamaged(f"spill file {path} ends early")
-                crc = crc32c(data, crc)
-                _write_all(fd, data, offset + start + lo)
-        elif length:
-            flags = os.RWF_NOWAIT if cached_only else 0
-            with memfd.mapped(fd, offset + start, length, page_size, _WRITE) as view:
-                done = 0
-                while done < length:
-                    with view[done : done + CHUNK] as chunk:
-                        n = os.preadv(src, [chunk], entry.offset + start + done, flags)
-                        if n == 0:
-                            raise SpillDamaged(f"spill file {path} ends early")
-                        with chunk[:n] as done_now:
-                            crc = crc32c(done_now, crc)
-                    done += n
-    finally:
+    except BaseException:
         os.close(src)
-    return crc
+        raise
+    return src
 
 
 def check_parts(

@@ -3,9 +3,14 @@ spilled objects back, in worker threads off the trio loop.
 
 The decisions (what to spill, when, where a restore goes) are the store's
 (:meth:`plasma.store.Store.spill_batch`, :class:`~plasma.store.Restore`); this module only
-moves bytes between segments and :mod:`plasma.spill_files`, and reports back. Segment fds
-are duplicated for the duration of each copy, so a segment the store frees meanwhile
-stays valid until the copy ends.
+moves bytes between segments and :mod:`plasma.spill_files`, and reports back. A spill
+write duplicates the segment fds for the duration of the copy, so a segment the store frees
+meanwhile stays valid until the copy ends. A restore reads into the segment's map
+(:meth:`plasma.segments.Segment.mapping`), kept from one restore to the next: making,
+filling and tearing down a map for each restore cost more CPU than the copy and its
+checksum. The maps go when their segment is freed, or once no restore began for
+``MAP_IDLE`` seconds (each page a map touched counts in the coordinator's RSS). A view of
+the map held by a restore keeps it mapped even then (the store frees no memory under I/O).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import trio
 from plasma import spill_files
 from plasma.errors import BadRequest
 from plasma.records import SpillEntry
-from plasma.segments import SegmentPool
+from plasma.segments import BASE_PAGE, Segment, SegmentPool
 from plasma.store import Restore, SpillDead, Store
 
 __all__ = ["SPILL_BATCH", "Spiller"]
@@ -34,6 +39,7 @@ RESTORE_PART = 8 << 20  # bytes of an object read (and checksummed) by one threa
 # objects up to this size are first read on the event loop when the page cache holds them
 # (a copy of ~0.1 ms a MiB; a hop to a worker thread and back costs more on a busy machine)
 CACHED_RESTORE_MAX = 2 << 20
+MAP_IDLE = 1.0  # seconds without a restore after which the segments' maps go
 
 log = logging.getLogger("plasma.coordinator")
 
@@ -57,6 +63,9 @@ class Spiller:
         self._dir = spill_files.open_directory(self.directory)
         self.wanted = trio.Event()
         self._restores = trio.CapacityLimiter(RESTORE_THREADS)
+        self._restoring = 0  # restores under way
+        self._restores_begun = 0
+        self._maps_held = trio.Event()  # set: segments may be mapped for restores
         # deletions to record in the files (a worker thread: each is synced)
         self._dead: list[SpillDead] = []
         self._dead_wanted = trio.Event()
@@ -95,6 +104,7 @@ class Spiller:
         deletions; ``deliver`` sends what the store's answers produced."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._record_deaths)
+            nursery.start_soon(self._unmap_when_idle)
             await self._write_batches(deliver)
 
     async def _write_batches(self, deliver: Callable[[], None]) -> None:
@@ -155,79 +165,115 @@ class Spiller:
         return True
 
     async def restore(self, event: Restore, deliver: Callable[[], None]) -> None:
-        """Read one spilled object back into the memory the store gave it."""
+        """Read one spilled object back into the memory the store gave it: through the
+        segment's map (:meth:`~plasma.segments.Segment.mapping`, kept while restores go on),
+        or through its descriptor for a fallback file."""
         started = time.monotonic()
         error: str | None = None
         lost = False
+        self._restoring += 1
+        self._restores_begun += 1
         try:
-            crcs = self._read_cached(event)
-            if crcs is None:
+            seg = self._pool.get(event.location.segment)
+            if seg.file_backed:
                 async with self._restores:  # (bounds the descriptors restores hold, too)
-                    seg = self._pool.get(event.location.segment)
                     fd = os.dup(seg.fd)
                     try:
-                        crcs = await self._read_parts(event, fd, seg.page_size, seg.file_backed)
+                        crcs = await self._read_parts(event, functools.partial(self._pwrite, fd))
                     finally:
                         os.close(fd)
+            else:
+                if not self._maps_held.is_set():
+                    self._maps_held.set()
+                crcs = await self._read_mapped(event, seg)
             spill_files.check_parts(self._dir, event.file, event.entry, crcs)
         except spill_files.SpillDamaged as exc:
             error, lost = str(exc), True
             log.error("spilled object %s is lost: %s", event.oid.hex(), exc)
-        except Exception as exc:  # EIO, EMFILE... (or a bug: not the store's end)
+        except Exception as exc:  # EIO, EMFILE, ENOMEM... (or a bug: not the store's end)
             error = f"reading spill file {event.file} failed: {exc}"
             log.error("restoring object %s failed, it stays on disk: %s", event.oid.hex(), exc)
+        finally:
+            self._restoring -= 1
         self._store.restored(
             event.token, error, lost=lost, seconds=time.monotonic() - started, now=time.monotonic()
         )
         deliver()
 
-    def _read_cached(self, event: Restore) -> list[tuple[int, int]] | None:
+    async def _read_mapped(self, event: Restore, seg: Segment) -> list[tuple[int, int]]:
+        offset, length = event.location.offset, event.entry.length
+        with memoryview(seg.mapping()) as whole, whole[offset : offset + length] as target:
+            crcs = self._read_cached(event, seg, target)
+            if crcs is None:
+                async with self._restores:
+                    crcs = await self._read_parts(
+                        event, functools.partial(self._read_into, seg, target)
+                    )
+        return crcs
+
+    def _read_cached(
+        self, event: Restore, seg: Segment, target: memoryview
+    ) -> list[tuple[int, int]] | None:
         """A small object read at once, when the page cache holds all of its bytes (as it
         does for what was spilled lately without a sync); None: read it in threads."""
-        seg = self._pool.get(event.location.segment)
-        if event.entry.length > CACHED_RESTORE_MAX or seg.file_backed:
+        if event.entry.length > CACHED_RESTORE_MAX:
             return None
         try:
-            crc = spill_files.read_part(
-                self._dir,
-                event.file,
-                event.entry,
-                seg.fd,
-                event.location.offset,
-                seg.page_size,
-                0,
-                event.entry.length,
-                cached_only=True,
-            )
+            crc = self._read_into(seg, target, event, 0, len(target), cached_only=True)
         except OSError as exc:  # (BlockingIOError: not all cached; EOPNOTSUPP: old kernel)
             if exc.errno in (errno.EAGAIN, errno.EOPNOTSUPP, errno.EINVAL):
                 return None
             raise
         return [(crc, event.entry.length)]
 
+    def _read_into(
+        self,
+        seg: Segment,
+        target: memoryview,
+        event: Restore,
+        start: int,
+        length: int,
+        *,
+        cached_only: bool = False,
+    ) -> int:
+        """Bytes ``[start, start + length)`` of the object read into ``target`` (its memory in
+        the segment's map); their CRC-32C."""
+        if not length:
+            return spill_files.read_into(self._dir, event.file, event.entry, target[:0])
+        seg.fill(event.location.offset + start, length)
+        with target[start : start + length] as part:
+            return spill_files.read_into(
+                self._dir, event.file, event.entry, part, start, cached_only=cached_only
+            )
+
+    def _pwrite(self, fd: int, event: Restore, start: int, length: int) -> int:
+        """Bytes ``[start, start + length)`` of the object written into fallback file ``fd``
+        at its place; their CRC-32C."""
+        return spill_files.read_part(
+            self._dir,
+            event.file,
+            event.entry,
+            fd,
+            event.location.offset,
+            BASE_PAGE,
+            start,
+            length,
+            file_backed=True,
+        )
+
     async def _read_parts(
-        self, event: Restore, fd: int, page_size: int, file_backed: bool
+        self, event: Restore, read_part: Callable[[Restore, int, int], int]
     ) -> list[tuple[int, int]]:
-        """Read the object in parts of ``RESTORE_PART`` bytes, in parallel threads; the
-        parts' CRC-32Cs, or the first part's error."""
+        """Read the object in parts of ``RESTORE_PART`` bytes (``read_part(event, start,
+        length)``, returning their CRC-32C), in parallel threads; the parts' CRC-32Cs, or the
+        first part's error."""
         parts = spill_files.parts(event.entry.length, RESTORE_PART)
         crcs: list[tuple[int, int]] = [(0, 0)] * len(parts)
         failures: list[Exception] = []
 
         async def read(i: int, start: int, length: int) -> None:
             try:
-                crc = await trio.to_thread.run_sync(
-                    spill_files.read_part,
-                    self._dir,
-                    event.file,
-                    event.entry,
-                    fd,
-                    event.location.offset,
-                    page_size,
-                    start,
-                    length,
-                    file_backed,
-                )
+                crc = await trio.to_thread.run_sync(read_part, event, start, length)
             except Exception as exc:  # (raised below, as itself: not as a group)
                 failures.append(exc)
             else:
@@ -239,6 +285,19 @@ class Spiller:
         if failures:
             raise failures[0]
         return crcs
+
+    async def _unmap_when_idle(self) -> None:
+        """Let go of the segments' maps once restores paused for ``MAP_IDLE`` seconds (a map
+        costs the coordinator RSS for every page it touched)."""
+        while True:
+            await self._maps_held.wait()
+            while True:
+                begun = self._restores_begun
+                await trio.sleep(MAP_IDLE)
+                if self._restores_begun == begun and not self._restoring:
+                    break
+            self._maps_held = trio.Event()
+            self._pool.unmap_all()
 
     def dead(self, event: SpillDead) -> None:
         """An object in a spill file was deleted: mark it, or remove the emptied file (in a

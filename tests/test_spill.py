@@ -122,15 +122,18 @@ def test_a_restore_the_page_cache_cannot_serve_goes_to_the_threads(tmp_path, err
     assert spiller is not None
     try:
         segment = coordinator.pool.new_segment(0, 4 * MIB)
+        seg = coordinator.pool.get(segment)
         entry = SpillEntry(b"x" * 20, 100, 0, 0, 0.0, 8, 100, 0)
         event = Restore(1, entry.id, ObjectLocation(segment, 0, 100, 0, 0), 1, entry)
-        with mock.patch.object(files_module, "read_part", side_effect=error):
-            assert spiller._read_cached(event) is None  # (then _read_parts reads it)
-        with mock.patch.object(files_module, "read_part", return_value=7) as read:
-            assert spiller._read_cached(event) == [(7, 100)]
+        target = memoryview(seg.mapping())[:100]
+        with mock.patch.object(files_module, "read_into", side_effect=error):
+            assert spiller._read_cached(event, seg, target) is None  # (then _read_parts)
+        with mock.patch.object(files_module, "read_into", return_value=7) as read:
+            assert spiller._read_cached(event, seg, target) == [(7, 100)]
         assert read.call_args.kwargs == {"cached_only": True}
         big = msgspec.structs.replace(entry, length=CACHED_RESTORE_MAX + 1)
-        assert spiller._read_cached(msgspec.structs.replace(event, entry=big)) is None
+        assert spiller._read_cached(msgspec.structs.replace(event, entry=big), seg, target) is None
+        target.release()
     finally:
         spiller.close()
         coordinator.pool.close()
