@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import plasma
+from plasma import _bulk_numpy
 from plasma import protocol as p
 from plasma.coordinator import MESSAGES_PER_TURN
 from plasma.directory import PIN_HEADER, PinScanner, pin_table_size
@@ -200,7 +201,7 @@ def test_colliding_hashes_are_still_told_apart() -> None:
     rng = np.random.default_rng(7)
     gens = np.unique(rng.integers(1, 2**64 - 1, size=50_000, dtype=np.uint64))
     pins = rng.permutation(np.concatenate([gens, gens[:1000]]))
-    positions, which = PinScanner._match(pins, gens)
+    positions, which = _bulk_numpy.match(pins, gens)
     assert len(positions) == len(pins) == len(set(positions.tolist()))
     assert (gens[which] == pins[positions]).all()
 

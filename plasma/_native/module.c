@@ -719,6 +719,7 @@ PyMODINIT_FUNC PyInit__directory(void) {
         PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) < 0 ||
         PyModule_AddObjectRef(m, "PinTable", (PyObject *)&PinTableType) < 0 ||
         PyModule_AddObjectRef(m, "View", (PyObject *)&ViewType) < 0 || fast_get_add(m) < 0 ||
+        bulk_add(m) < 0 ||
         PyModule_AddIntConstant(m, "PIN_HEADER", PCD_PIN_HEADER) < 0) {
         Py_DECREF(m);
         return NULL;

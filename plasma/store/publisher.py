@@ -18,8 +18,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from plasma.directory import (
     DYING,
     Directory,
@@ -139,12 +137,10 @@ class Publisher:
                 break
             self._memory.free_directory(buf, access)
             capacity *= 2
-        placed = np.asarray(slots, dtype=np.int64)
-        kept = placed >= 0
-        np.frombuffer(access, dtype=np.uint8)[placed[kept]] = np.frombuffer(
-            self.access, dtype=np.uint8
-        )[np.asarray(old_slots, dtype=np.int64)[kept]]
+        old_access = self.access
         for old_slot, slot in zip(old_slots, slots, strict=True):
+            if slot >= 0:
+                access[slot] = old_access[old_slot]
             rec = self.slots.records[old_slot]
             assert rec is not None
             rec.slot = slot
