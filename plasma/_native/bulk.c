@@ -11,6 +11,7 @@
 #define S_STATE 62
 
 static const uint64_t GOLDEN = 0x9E3779B97F4A7C15ull;
+#define SPARSE (UINT64_C(1) << 16) /* hash slots of a wanted set kept 1/8 full, at most */
 
 /* ------------------------------------------------------------------ pin scans */
 
@@ -22,12 +23,6 @@ uint64_t pcd_pins_below_mark(const void *base, size_t size) {
     uint64_t mark =
         atomic_load_explicit((const atomic_uint_least64_t *)base, memory_order_acquire);
     return mark < entries ? mark : entries;
-}
-
-uint64_t pcd_pins_entry(const void *base, uint64_t i) {
-    const unsigned char *p = (const unsigned char *)base + PCD_PIN_HEADER + 8 * i;
-    return atomic_load_explicit((const atomic_uint_least64_t *)(const void *)p,
-                                memory_order_relaxed);
 }
 
 static int wanted_table(pcd_wanted *w, unsigned bits) {
@@ -81,18 +76,13 @@ int pcd_wanted_add(pcd_wanted *w, uint64_t generation) {
         w->room = room;
     }
     w->keys[w->n++] = generation;
-    if (2 * w->n > w->mask + 1) /* at most half full: rehash into twice the slots */
+    /* at most 1/8 full up to SPARSE slots (a probe of an entry not wanted then mostly ends
+     * at once: scans look up every entry), at most half full past it (memory) */
+    uint64_t slots = w->mask + 1;
+    if ((slots <= SPARSE ? 8 : 2) * w->n > slots)
         return wanted_table(w, 65 - w->shift);
     w->table[at] = (uint32_t)w->n;
     return PCD_OK;
-}
-
-int64_t pcd_wanted_find(const pcd_wanted *w, uint64_t generation) {
-    uint64_t at = (generation * GOLDEN) >> w->shift;
-    for (uint32_t i; (i = w->table[at]) != 0; at = (at + 1) & w->mask)
-        if (w->keys[i - 1] == generation)
-            return (int64_t)i - 1;
-    return -1;
 }
 
 void pcd_wanted_free(pcd_wanted *w) {

@@ -10,6 +10,7 @@
 #ifndef PLASMA_BULK_H
 #define PLASMA_BULK_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -25,8 +26,13 @@ extern "C" {
  * high-water mark (the mark read once, clamped to the table's entries). */
 uint64_t pcd_pins_below_mark(const void *base, size_t size);
 
-/* Entry i of a pin table (i below the count pcd_pins_below_mark gave): one relaxed load. */
-uint64_t pcd_pins_entry(const void *base, uint64_t i);
+/* Entry i of a pin table (i below the count pcd_pins_below_mark gave): one relaxed load
+ * (inline: scans call it for every entry). */
+static inline uint64_t pcd_pins_entry(const void *base, uint64_t i) {
+    const unsigned char *p = (const unsigned char *)base + PCD_PIN_HEADER + 8 * i;
+    return atomic_load_explicit((const atomic_uint_least64_t *)(const void *)p,
+                                memory_order_relaxed);
+}
 
 /* A set of wanted generations (distinct, never 0), for matching pin entries against: the
  * values in keys[0..n) in the order first added, and a hash table of their indexes. */
@@ -44,8 +50,14 @@ int pcd_wanted_init(pcd_wanted *wanted, uint64_t hint);
 /* Add generation (0 and ones already in are ignored). PCD_ENOMEM, PCD_ERANGE (2**32 - 1
  * values already). */
 int pcd_wanted_add(pcd_wanted *wanted, uint64_t generation);
-/* The index of generation in keys, or -1. */
-int64_t pcd_wanted_find(const pcd_wanted *wanted, uint64_t generation);
+/* The index of generation in keys, or -1 (inline: scans call it for every entry). */
+static inline int64_t pcd_wanted_find(const pcd_wanted *w, uint64_t generation) {
+    uint64_t at = (generation * UINT64_C(0x9E3779B97F4A7C15)) >> w->shift;
+    for (uint32_t i; (i = w->table[at]) != 0; at = (at + 1) & w->mask)
+        if (w->keys[i - 1] == generation)
+            return (int64_t)i - 1;
+    return -1;
+}
 void pcd_wanted_free(pcd_wanted *wanted);
 
 /* ------------------------------------------------------------------ a rebuild's placement */

@@ -166,7 +166,32 @@ static void matches_free(matches_t *m) {
     PyMem_Free(m->holders);
 }
 
-/* one pass: every entry below the marks of t matched against w */
+/* table (a holder of wanted index found) added to its holders, unless it is the last one */
+static int add_holder(matches_t *m, int64_t found, uint32_t table) {
+    if (m->tail[found] != NONE && m->holders[m->tail[found]].table == table)
+        return 0; /* (a table is a holder once) */
+    if (m->nholders == m->room) {
+        if (m->room >= NONE / 2)
+            return -1;
+        uint64_t room = m->room ? 2 * m->room : 64;
+        holder_t *more = PyMem_Realloc(m->holders, room * sizeof *more);
+        if (more == NULL)
+            return -1;
+        m->holders = more;
+        m->room = room;
+    }
+    uint32_t h = (uint32_t)m->nholders++;
+    m->holders[h].table = table;
+    m->holders[h].next = NONE;
+    if (m->tail[found] == NONE)
+        m->head[found] = h;
+    else
+        m->holders[m->tail[found]].next = h;
+    m->tail[found] = h;
+    return 0;
+}
+
+/* one pass: every entry below the marks of t matched against w (each entry read once) */
 static int match(const tables_t *t, const pcd_wanted *w, int holders, matches_t *m) {
     memset(m, 0, sizeof *m);
     m->count = PyMem_Calloc(w->n, sizeof *m->count);
@@ -182,6 +207,15 @@ static int match(const tables_t *t, const pcd_wanted *w, int holders, matches_t 
     for (Py_ssize_t i = 0; i < t->n; i++) {
         const void *base = t->views[i].buf;
         uint64_t below = pcd_pins_below_mark(base, (size_t)t->views[i].len);
+        if (w->n == 1) { /* (one generation, the common case: a plain comparison) */
+            uint64_t key = w->keys[0], hits = 0;
+            for (uint64_t e = 0; e < below; e++)
+                hits += pcd_pins_entry(base, e) == key;
+            m->count[0] += hits;
+            if (hits && holders && add_holder(m, 0, (uint32_t)i) < 0)
+                goto nomem;
+            continue;
+        }
         for (uint64_t e = 0; e < below; e++) {
             uint64_t gen = pcd_pins_entry(base, e); /* read once */
             if (gen == 0)
@@ -190,26 +224,8 @@ static int match(const tables_t *t, const pcd_wanted *w, int holders, matches_t 
             if (found < 0)
                 continue;
             m->count[found]++;
-            if (!holders || (m->tail[found] != NONE && m->holders[m->tail[found]].table == i))
-                continue; /* (a table is a holder once) */
-            if (m->nholders == m->room) {
-                if (m->room >= NONE / 2)
-                    goto nomem;
-                uint64_t room = m->room ? 2 * m->room : 64;
-                holder_t *more = PyMem_Realloc(m->holders, room * sizeof *more);
-                if (more == NULL)
-                    goto nomem;
-                m->holders = more;
-                m->room = room;
-            }
-            uint32_t h = (uint32_t)m->nholders++;
-            m->holders[h].table = (uint32_t)i;
-            m->holders[h].next = NONE;
-            if (m->tail[found] == NONE)
-                m->head[found] = h;
-            else
-                m->holders[m->tail[found]].next = h;
-            m->tail[found] = h;
+            if (holders && add_holder(m, found, (uint32_t)i) < 0)
+                goto nomem;
         }
     }
     return 0;
