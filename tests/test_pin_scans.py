@@ -22,9 +22,11 @@ from plasma.errors import StoreFull
 from plasma.store import PIN_RESCAN, PIN_RESCAN_MAX, UNPIN_INTERVAL
 from tests.conftest import RunningCoordinator
 from tests.helpers import (
+    BULK_PATHS,
     GRACE,
     KIB,
     RawClient,
+    bulk_path,
     held_deleted,
     imports_after,
     oid,
@@ -165,9 +167,18 @@ def test_an_eviction_walk_scans_per_chunk_not_per_candidate() -> None:
     tables=st.integers(0, 6),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_one_pass_agrees_with_a_per_table_isin(wanted: int, tables: int, seed: int) -> None:
+@pytest.mark.parametrize("bulk", BULK_PATHS)
+def test_one_pass_agrees_with_a_per_table_isin(
+    bulk: str, wanted: int, tables: int, seed: int
+) -> None:
     """Random 64-bit generations, some wanted, in tables of random fill (entries past the
-    mark ignored): pinned, holders_of and counts agree with numpy's isin table by table."""
+    mark ignored): pinned, holders_of and counts agree with numpy's isin table by table, in
+    C and in numpy's fallback."""
+    with bulk_path(bulk):
+        one_pass_agrees_with_a_per_table_isin(wanted, tables, seed)
+
+
+def one_pass_agrees_with_a_per_table_isin(wanted: int, tables: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     universe = rng.integers(1, 2**64 - 1, size=2 * wanted + 8, dtype=np.uint64)
     want = rng.choice(universe, size=wanted, replace=False)
