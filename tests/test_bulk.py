@@ -24,9 +24,11 @@ from plasma.directory import (
     MAX_PROBE,
     PIN_HEADER,
     REPLICA,
+    SEALED,
     Directory,
     PinScanner,
     directory_size,
+    home_slot,
     pin_table_size,
 )
 from plasma.records import ObjectLocation
@@ -212,6 +214,29 @@ def test_placement_agrees_with_numpy(
     assert mine == theirs
     if mine[0] is None:
         assert not any(mine[1])
+
+
+@pytest.mark.parametrize("path", BULK_PATHS)
+def test_a_run_that_wraps_is_inserted_from_the_first_slot(path: str) -> None:
+    """Three objects at home in the last of 8 slots (the middle one dying, the last a copy)
+    and one at home in slot 0: the first keeps the last slot (seq 0, as written in bulk), the
+    others wrap past the one at home in slot 0, inserted as a publish would write them (seq
+    2) and the dying one marked dying after (seq 4)."""
+    last = [o for o in (ident(n) for n in range(1, 500)) if home_slot(o, 3) == 7][:3]
+    first = next(o for o in (ident(n) for n in range(1, 500)) if home_slot(o, 3) == 0)
+    old, slots = filled([*last, first], {1}, {2})
+    with bulk_path(path):
+        new = Directory(bytearray(directory_size(8)), 8, max_probe=4)
+        assert new.copy_from(old, slots) == [7, 1, 2, 0]
+    seqs = [U64.unpack_from(new._mv, HEADER_SIZE + 64 * s)[0] for s in (7, 1, 2, 0)]
+    assert seqs == [0, 4, 2, 0]
+    assert [new.state(s) for s in (7, 1, 2, 0)] == [SEALED, DYING, SEALED, SEALED]
+    assert [new.flags(s) for s in (7, 1, 2, 0)] == [0, 0, REPLICA, 0]
+    assert [new.entry(s)[:3] for s in (7, 1, 2, 0)] == [old.entry(s)[:3] for s in slots]
+    assert new.live == 4 and new.tombstones == 0
+    with bulk_path(path):  # (a probe limit of 2: the last one finds no slot in bulk)
+        new = Directory(bytearray(directory_size(8)), 8, max_probe=2)
+        assert new.copy_from(old, slots) == [7, 0, -1, 1]  # (one by one, in the order given)
 
 
 def test_placement_refuses_slots_outside_the_old_directory() -> None:

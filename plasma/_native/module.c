@@ -6,7 +6,7 @@
  * get in one call, with the signature of plasma._client_core.fast_path.pin_from_directory
  * (a client's plain get, with its record and view, is fast_get.c's Getter); the write_*
  * functions are the coordinator's ordered slot writes (plasma.directory.Directory uses
- * them). Nothing here
+ * them; its pin scans, rebuild placement and index compaction are bulk_module.c's). Nothing here
  * releases the GIL: callers that share a PinTable between threads hold the client core's
  * lock anyway, and every call is a few hundred nanoseconds. */
 #include "module.h"
