@@ -243,7 +243,7 @@ def test_placement_refuses_slots_outside_the_old_directory() -> None:
     old, slots = filled([ident(1), ident(2)], set(), set())
     new = bytearray(directory_size(16))
     for bad in ([slots[0], 256], [-1]):
-        with pytest.raises(IndexError):
+        with pytest.raises(IndexError, match="outside the old directory"):
             native.place(new, 16, 8, old._mv, 256, bad)
     with pytest.raises(ValueError, match="too short"):
         native.place(new, 32, 8, old._mv, 256, slots)

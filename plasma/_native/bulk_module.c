@@ -387,6 +387,10 @@ static PyObject *place(PyObject *module, PyObject *const *args, Py_ssize_t nargs
     }
     int rc = pcd_place(new_buf.buf, capacity, probe, old_buf.buf, old_capacity, slots,
                        (uint64_t)n, placed);
+    if (rc == PCD_ERANGE) {
+        PyErr_SetString(PyExc_IndexError, "a slot outside the old directory");
+        goto done;
+    }
     if (rc < 0) {
         error(rc);
         goto done;
@@ -445,7 +449,10 @@ static PyObject *compact(PyObject *module, PyObject *const *args, Py_ssize_t nar
     else if (args[2] == Py_None || words(args[2], &map, 0, "new_of_old") == 0) {
         int64_t kept = pcd_compact(gens.buf, slots.buf, (uint64_t)gens.len / 8,
                                    map.obj != NULL ? map.buf : NULL, (uint64_t)map.len / 8);
-        out = kept < 0 ? error((int)kept) : PyLong_FromLongLong(kept);
+        if (kept == PCD_ERANGE)
+            PyErr_SetString(PyExc_IndexError, "a slot outside new_of_old");
+        else
+            out = kept < 0 ? error((int)kept) : PyLong_FromLongLong(kept);
     }
     if (map.obj != NULL)
         PyBuffer_Release(&map);
