@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import array
 import collections
+import itertools
 import math
 import os
 import platform
@@ -59,6 +60,7 @@ VERSION = 2
 HEADER_SIZE = 64
 SLOT_SIZE = 64
 MAX_PROBE = 32  # slots a lookup visits at most; an insert that finds none free there fails
+SCAN_CHUNK = 1 << 15  # slots copied at once by a scan of the whole directory (2 MiB)
 MIN_CAPACITY = 1 << 14
 MAX_LOAD = 0.75  # live + tombstone slots beyond this share of the capacity: rebuild
 MAX_METADATA = 2**32 - 1  # larger metadata does not fit a slot: such objects use requests
@@ -89,6 +91,13 @@ _KEY = struct.Struct("<QQI")
 _GOLDEN = 0x9E3779B97F4A7C15
 _MASK64 = (1 << 64) - 1
 assert _BODY.size == _FLAGS - 8 + 1 and _SEQ.size + _BODY.size == SLOT_SIZE
+
+
+def _only(value: int) -> bytes:
+    """The translation table that maps byte ``value`` to 1 and every other byte to 0."""
+    table = bytearray(256)
+    table[value] = 1
+    return bytes(table)
 
 
 def home_slot(oid: bytes, bits: int) -> int:
@@ -226,6 +235,34 @@ class Directory:
             self._mv, HEADER_SIZE + slot * SLOT_SIZE + 8
         )
         return oid, gen, ObjectLocation(seg, off, dsize, msize, node), state
+
+    def ids_in_state(self, state: int, flags: int = 0) -> Iterator[list[tuple[int, bytes]]]:
+        """``(slot, id)`` of every slot that reads ``state`` with ``flags``, in slot order:
+        a list per ``SCAN_CHUNK`` slots (each chunk copied and read at once)."""
+        for first in range(0, self.capacity, SCAN_CHUNK):
+            n = min(SCAN_CHUNK, self.capacity - first)
+            start = HEADER_SIZE + first * SLOT_SIZE
+            with memoryview(self._mv) as mv:
+                chunk = mv[start : start + n * SLOT_SIZE].tobytes()
+            wanted = int.from_bytes(chunk[_STATE::SLOT_SIZE].translate(_only(state)), "little")
+            wanted &= int.from_bytes(chunk[_FLAGS::SLOT_SIZE].translate(_only(flags)), "little")
+            at = range(16, n * SLOT_SIZE, SLOT_SIZE)
+            yield [
+                (first + i, chunk[at[i] : at[i] + ID_SIZE])
+                for i in itertools.compress(range(n), wanted.to_bytes(n, "little"))
+            ]
+
+    def unrecorded_ids(self, records: list[Any]) -> list[bytes]:
+        """The ids of the slots that read sealed, hold no copy, and have None in
+        ``records`` (a list by slot), in slot order."""
+        if native is not None:
+            return native.compact_ids(self._mv, self.capacity, records)
+        return [
+            oid
+            for chunk in self.ids_in_state(SEALED)
+            for slot, oid in chunk
+            if records[slot] is None
+        ]
 
     def set_state(self, slot: int, state: int) -> None:
         """Mark a live slot SEALED or DYING."""

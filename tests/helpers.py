@@ -297,6 +297,7 @@ def events(store: Store, kind: type) -> list:
 def pin_scan_store(budget: int = 256 * KIB, **kw: object) -> Store:
     """One node of ``budget`` bytes in one segment, the grace period of pin tables."""
     kw.setdefault("reclaim_wait", 0)
+    kw.setdefault("idle_records", 0)  # every idle object compact between two calls
     return Store(
         {0: budget},
         FakeProvider(),

@@ -219,6 +219,7 @@ class PinnedStoreMachine(RuleBasedStateMachine):
             grace=GRACE,
             directory_capacity=self.DIRECTORY_CAPACITY,
             directory_memory=self.directory_memory,
+            idle_records=0,  # every idle object compact between two calls
         )
         self.clients = {c: Client(self.store, c) for c in CLIENTS}
         self.objects: dict[bytes, Incarnation] = {}

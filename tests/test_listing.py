@@ -38,6 +38,28 @@ async def test_a_listing_of_several_pages_has_every_object_once(
     assert all(v["data_size"] == 4 and v["metadata_size"] == 1 for v in listed.values())
 
 
+async def test_objects_kept_with_no_record_are_read_deleted_and_made_again(
+    coordinator: RunningCoordinator, kind: str
+):
+    """Beyond the 4,096 idle objects touched last the coordinator keeps no record of an
+    idle object (plasma.store.table): every request still finds it as it was."""
+    with plasma.connect(coordinator.socket) as filler:
+        fill(filler)
+    numbers = range(1, COUNT + 1, 97)
+    async with open_client(kind, coordinator.socket) as c:
+        assert (await c.stats())["objects"] == COUNT
+        assert all([await c.contains(oid(n)) for n in numbers])
+        got = await c.get_buffers([oid(n) for n in numbers], timeout=0)
+        assert [bytes(b) for b in got] == [n.to_bytes(4, "big") for n in numbers]
+        del got
+        deferred = await c.delete([oid(n) for n in range(1, COUNT + 1)])
+        assert set(deferred) <= {oid(n) for n in numbers}  # (what this client still caches)
+        with plasma.connect(coordinator.socket) as filler:
+            fill(filler, count=10, first=2)  # (none of them read: their ids are free)
+        assert sorted(await c.list()) == sorted(oid(n) for n in range(2, 12))
+        assert not await c.contains(oid(12))
+
+
 def pages(client: plasma.Client) -> Any:
     """The client core's list operation driven one page at a time: yields after each."""
     op = client._core.list()

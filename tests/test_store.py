@@ -42,6 +42,7 @@ def make(
     # (the pin-table tests, tests/test_directory_store.py, use a grace period)
     kw.setdefault("grace", 0.0)
     kw.setdefault("directory_capacity", 64)  # small: cheap to deepcopy, rebuilt often
+    kw.setdefault("idle_records", 0)  # every idle object compact between two calls
     store = Store({n: budget for n in range(nodes)}, provider, segment_size=segment_size, **kw)  # type: ignore[arg-type]
     return store, provider
 
@@ -899,6 +900,7 @@ class StoreMachine(RuleBasedStateMachine):
             subscriber_pin_limit=2**40,
             grace=0.0,  # no pins here: tests/test_directory_store.py has the machine with them
             directory_capacity=64,
+            idle_records=0,  # every idle object compact between two calls
         )
         for c in (1, 2, 3):
             self.store.register_client(c)

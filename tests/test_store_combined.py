@@ -155,7 +155,9 @@ class CombinedMachine(RuleBasedStateMachine):
             fallback_max=16 * KIB,
             max_waiters=16,
             follow_readers=ReaderTracker(min_reads=2, cooldown=0.0),
+            idle_records=0,  # every idle object compact between two calls (see keep_idle)
         )
+        self.materialized = 0  # compact objects the store made a record of again, so far
         self.clients: dict[int, ClientState] = {}  # by client id (never reused, as a coordinator's)
         self.slots: dict[int, int] = {}  # the three clients -> their id now
         self.next_client = 0
@@ -602,6 +604,11 @@ class CombinedMachine(RuleBasedStateMachine):
     def evict(self, nbytes: int) -> None:
         self.store.evict(nbytes, now=self.now)
 
+    @rule(n=st.sampled_from([0, 1, 3]))
+    def keep_idle(self, n: int) -> None:
+        """Keep the records of the ``n`` idle objects touched last (the others compact)."""
+        self.store._objects.keep_idle = n
+
     @rule(dt=st.sampled_from([GRACE / 2, GRACE * 2, 0.3, 1.0]))
     def advance(self, dt: float) -> None:
         self.now += dt
@@ -769,6 +776,34 @@ class CombinedMachine(RuleBasedStateMachine):
         }
 
     @invariant()
+    def the_object_table_agrees_with_the_directory(self) -> None:
+        """Every listed id once; a compact object (no record) is a sealed, idle object of
+        the directory, and every published record is the one its slot keeps."""
+        self._events()
+        table = self.store._objects
+        publisher = self.store._dir
+        listed = list(table)
+        assert len(listed) == len(set(listed)) == len(table)
+        busy = dict(table._busy)
+        compact = 0
+        for chunk in publisher.sealed_ids():
+            for slot, oid in chunk:
+                rec = publisher.slots.records[slot]
+                if rec is None:
+                    compact += 1
+                    assert oid not in busy, f"{oid.hex()} is compact and has a record"
+                    assert table.peek(oid).state is State.SEALED  # type: ignore[union-attr]
+                else:
+                    assert busy[oid] is rec, f"slot {slot} keeps another record of {oid.hex()}"
+        assert compact == table.compact
+        for oid, rec in busy.items():
+            if rec.slot >= 0:
+                assert publisher.slots.records[rec.slot] is rec, f"{oid.hex()}: not its slot's"
+        if table.materialized > self.materialized:
+            self.materialized = table.materialized
+            self.outcomes["compact object touched"] += 1
+
+    @invariant()
     def every_record_is_in_a_state_where_it_is_kept(self) -> None:
         """Each record's state and I/O agree with the table (plasma.store.objects) and with
         where the store keeps it: listed records are not freed, CLOCK candidates sealed,
@@ -860,5 +895,6 @@ def test_the_combined_machine_reaches_where_features_meet() -> None:
         "stale seal refused",
         "create done",
         "interleaved create done",
+        "compact object touched",
     ]
     reached(CombinedMachine, COMBINED_SETTINGS, wanted, examples=150, at_least=1)

@@ -31,6 +31,7 @@ def make(nodes: int = 2, **kw: object) -> Store:
     kw.setdefault("grace", GRACE)
     kw.setdefault("reclaim_wait", 0)
     kw.setdefault("directory_capacity", 16)
+    kw.setdefault("idle_records", 0)  # every idle object compact between two calls
     store = Store(
         {n: BUDGET for n in range(nodes)},
         FakeProvider(),

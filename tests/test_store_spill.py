@@ -41,6 +41,7 @@ def make(budget: int = 64 * KIB, **kw: object) -> tuple[Store, FallbackProvider]
     kw.setdefault("reclaim_wait", 0)
     kw.setdefault("directory_capacity", 64)
     kw.setdefault("spill", True)
+    kw.setdefault("idle_records", 0)  # every idle object compact between two calls
     store = Store({0: budget}, provider, segment_size=budget, **kw)  # type: ignore[arg-type]
     store.register_client(1)
     return store, provider

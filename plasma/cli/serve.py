@@ -20,6 +20,7 @@ from plasma.coordinator.spares import PREFAULT_MODES
 from plasma.dashboard import options as dashboard_options
 from plasma.default_socket import DEFAULT_SOCKET, SOCKET_ENV, resolve
 from plasma.errors import BadRequest, PlasmaError
+from plasma.linux import heap
 from plasma.linux.memcg import memory_limit
 from plasma.protocol import DEFAULT_MAX_FRAME
 from plasma.store import SPILL_MAX_OBJECTS
@@ -379,6 +380,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr)
     config = config_from_args(args)
     check_memory_limit(config, args.cgroup_root)
+    if not heap.map_large_blocks():
+        log.debug("this C library keeps its own mmap threshold (no glibc mallopt)")
     try:
         trio.run(_serve_until_signal, config)
     except BaseExceptionGroup as group:

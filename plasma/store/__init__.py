@@ -6,6 +6,8 @@ One concern a module (see each module's docstring for what it owns and must neve
   clients and subscriptions and applies the decisions the parts below return.
 * :mod:`~plasma.store.objects`: an object's record, its state and I/O enums, and the one
   transition table that changes them.
+* :mod:`~plasma.store.table`: the object table, id -> record, with no record kept for an
+  idle object (its directory slot and the slot table hold it; made a record when touched).
 * :mod:`~plasma.store.memory`: node budgets, segments, fallback files, the charges of pages
   moved to other nodes (:mod:`~plasma.store.pages`: page and alignment arithmetic).
 * :mod:`~plasma.store.eviction`: each node's CLOCK ring, and the victims that make room.
@@ -16,8 +18,9 @@ One concern a module (see each module's docstring for what it owns and must neve
 * :mod:`~plasma.store.publisher`: the directory readers find sealed objects in (publish,
   mark dying or sealed, unpublish, rebuild).
 * :mod:`~plasma.store.slots`, :mod:`~plasma.store.generations`: what the publisher keeps
-  beside the directory, with no Python object per object: the record in each slot and its
-  CLOCK ring links (arrays by slot), and generation -> slot (sorted arrays).
+  beside the directory, with no Python object per object: the record in each slot (None
+  for an idle one), its CLOCK ring links and an idle object's other fields (arrays by
+  slot), and generation -> slot (sorted arrays).
 * :mod:`~plasma.store.dying`: what waits for a scan of the pin tables, and when to scan.
 * :mod:`~plasma.store.moves`: page moves and copies under way (dataclass jobs).
 * :mod:`~plasma.store.holders`: who holds memory (per client and in all).

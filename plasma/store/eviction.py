@@ -41,7 +41,8 @@ class ClockRing:
     evicting them loses nothing).
 
     Members with a directory slot are a doubly linked list through the store's
-    :class:`~plasma.store.slots.SlotTable` (no Python object per member); the rare ones
+    :class:`~plasma.store.slots.SlotTable` (no Python object per member, and no record for
+    a compact one until a walk reaches it); the rare ones
     without a slot (not published, or left out by a directory rebuild) are in ``overflow``
     and come after them in a walk. A record is only ever in its own node's ring."""
 
@@ -73,8 +74,7 @@ class ClockRing:
         changes = self._changes
         slot = self._head
         while slot != END:
-            rec = t.records[slot]
-            assert rec is not None
+            rec = t.record(slot)  # (materialized, if compact)
             nxt = t.next[slot]
             yield t.id_of(slot), rec
             if self._changes != changes:

@@ -130,6 +130,7 @@ from plasma.store.objects import (
 from plasma.store.pages import page_range, round_up
 from plasma.store.publisher import Publisher
 from plasma.store.spill import SpillBook, adopted_record, restore_order
+from plasma.store.table import IDLE_RECORDS, ObjectTable
 from plasma.store.waiters import CreateAnswer, CreateWaiter, GetWaiter, Waiters
 
 RECLAIM_INTERVAL = 1.0  # seconds between two AskReclaim events to the same client
@@ -210,6 +211,7 @@ class Store:
         fallback_max: int | None = None,
         follow_readers: ReaderTracker | None = None,
         wall_clock: Callable[[], float] | None = None,
+        idle_records: int = IDLE_RECORDS,
     ) -> None:
         if alignment <= 0 or alignment & (alignment - 1):
             raise ValueError(f"alignment must be a power of two, got {alignment}")
@@ -252,7 +254,9 @@ class Store:
         self._subscriber_pin_limit = (
             capacity // 8 if subscriber_pin_limit is None else subscriber_pin_limit
         )
-        self._objects: dict[bytes, ObjectRecord] = {}
+        # every listed object; idle ones beyond the ``idle_records`` touched last with no
+        # record of their own (plasma.store.table)
+        self._objects = ObjectTable(self._dir, alignment, idle_records)
         self._clients: dict[int, ClientRecord] = {}
         self._subscribers: dict[int, bool] = {}  # client -> with_locations
         self._waiters = Waiters(max_waiters, max_waiting_ids)
@@ -522,7 +526,7 @@ class Store:
             on_disk = set(spilled)
             for i, r in enumerate(results):
                 if r is None and oids[i] not in on_disk:
-                    rec = objects.get(oids[i])
+                    rec = objects.peek(oids[i])
                     results[i] = (
                         NOT_SEALED if rec is not None and rec.state is State.CREATED else NOT_FOUND
                     )
@@ -549,7 +553,7 @@ class Store:
         return rec.loc
 
     def _on_disk(self, oid: bytes) -> bool:
-        rec = self._objects.get(oid)
+        rec = self._objects.peek(oid)
         return rec is not None and rec.state is State.SPILLED
 
     def release(self, client: int, oid: bytes, *, now: float = 0.0) -> None:
@@ -641,11 +645,11 @@ class Store:
 
     def contains(self, oid: bytes) -> bool:
         """True for a sealed object that is not being deleted."""
-        rec = self._objects.get(oid)
-        return rec is not None and rec.state in READABLE
+        rec = self._objects.busy(oid)
+        return rec.state in READABLE if rec is not None else self._objects.is_compact(oid)
 
     def info(self, oid: bytes) -> ObjectInfo:
-        rec = self._objects.get(oid)
+        rec = self._objects.peek(oid)
         if rec is None or rec.state is State.DELETED:
             raise ObjectNotFound(f"object {oid.hex()} not found")
         return object_info(oid, rec, self._pins.counts([rec.gen]) if rec.gen else {})
@@ -660,7 +664,7 @@ class Store:
             listed = [
                 (oid, rec)
                 for oid in ids
-                if (rec := objects.get(oid)) is not None and rec.state is not State.DELETED
+                if (rec := objects.peek(oid)) is not None and rec.state is not State.DELETED
             ]
         # one pass over the pin tables, for these objects' generations only
         gens = [rec.gen for _, rec in listed if rec.gen]
@@ -895,8 +899,8 @@ class Store:
         self._end_batch(picked, now)
 
     def _end_batch(self, picked: list[tuple[bytes, ObjectRecord]], now: float) -> None:
-        for _, rec in picked:
-            self._io_ended(rec)
+        for oid, rec in picked:
+            self._io_ended(oid, rec)
         self._space_changed = True
         self._free_due(now)
         self._retry_creates(now)
@@ -975,7 +979,7 @@ class Store:
     def _forget_spilled(self, oid: bytes, rec: ObjectRecord) -> None:
         """Drop a deleted object that is only on disk (its restore, if one is under way,
         frees the memory it was reading into when it ends)."""
-        if self._objects.get(oid) is rec:
+        if self._objects.holds(oid, rec):
             del self._objects[oid]
         self._spill.restore_queue.pop(oid, None)
         self._drop_copy(rec)
@@ -1094,7 +1098,7 @@ class Store:
         else:
             client, oid, rec = job.client, job.oid, job.rec
             end_io(rec, Io.MOVING)
-            present = self._objects.get(oid) is rec  # (else deleted or freed meanwhile)
+            present = self._objects.holds(oid, rec)  # (else deleted or freed meanwhile)
             if not job.create:
                 if client in self._clients:  # (every call is answered, whatever happened)
                     answer = moved_answer(oid, self._mem.nodes_of(rec), error, present)
@@ -1108,7 +1112,7 @@ class Store:
                     self._abort_placed(client, oid, rec)
                     err = PlasmaError(f"interleaving {oid.hex()} failed: {error}")
                     self._events.append(CreateDone(client, token, err))
-            self._io_ended(rec)
+            self._io_ended(oid, rec)
         self._space_changed = True
         self._retry_creates(now)
 
@@ -1130,7 +1134,7 @@ class Store:
             nodes = sorted({self._segments[rec.loc.segment].node.id, *rec.replicas})
             answer = copied_answer(oid, nodes, error, alive)
             self._events.append(ReplicateDone(client, token, answer))
-        self._io_ended(rec)
+        self._io_ended(oid, rec)
 
     def _orphan_replicas(self, oid: bytes, rec: ObjectRecord) -> None:
         """An object's memory is freed: its copies go too (each once no pin holds it)."""
@@ -1154,9 +1158,9 @@ class Store:
             if c.node is None:
                 continue
             for gen in pins.get(c.id, ()):
-                published = self._dir.find(gen)
-                if published is not None:
-                    readers.read(published[0], c.node, now)
+                pinned = self._dir.published_id(gen)
+                if pinned is not None:
+                    readers.read(pinned, c.node, now)
             for oid in c.refs:
                 readers.read(oid, c.node, now)
         started = 0
@@ -1289,7 +1293,9 @@ class Store:
                 self._events.append(CreateDone(w.client, w.token, err))
 
     def drain_events(self) -> list[Event]:
-        """Events produced since the last call, oldest first."""
+        """Events produced since the last call, oldest first. (Between two calls of the
+        store: the idle records beyond those kept are made compact here.)"""
+        self._objects.settle()
         events, self._events = self._events, []
         return events
 
@@ -1395,7 +1401,7 @@ class Store:
     def _free_object(self, oid: bytes, rec: ObjectRecord) -> None:
         """Forget an object no pin can hold (unsealed, never published, or scanned) and
         give back its memory (see :meth:`_free_memory`)."""
-        if self._objects.get(oid) is rec:
+        if self._objects.holds(oid, rec):
             del self._objects[oid]
         step(rec, Step.FREE)
         self._free_memory(oid, rec)
@@ -1416,8 +1422,9 @@ class Store:
         else:
             self._give_back(held)
 
-    def _io_ended(self, rec: ObjectRecord) -> None:
+    def _io_ended(self, oid: bytes, rec: ObjectRecord) -> None:
         """The I/O on ``rec``'s memory ended: free what was given back meanwhile."""
+        self._objects.touched(oid, rec)
         if self._after_io:
             for held in self._after_io.pop(rec.io_token, ()):
                 self._give_back(held)
@@ -1448,7 +1455,7 @@ class Store:
         (its slot reads dying from now on; returns True). A deleted object leaves the table
         now, so its id can be created again."""
         deleted = rec.state is State.DELETED
-        if deleted and self._objects.get(oid) is rec:
+        if deleted and self._objects.holds(oid, rec):
             del self._objects[oid]
         gen = rec.gen
         if not gen:
@@ -1642,6 +1649,7 @@ class Store:
         if rec.state is State.DELETED:
             self._free_once_unpinned(oid, rec, now)
             return
+        self._objects.touched(oid, rec)
         seg = self._segments[rec.loc.segment]
         if seg.fallback:
             return  # on disk already: it stays until deleted
@@ -1770,7 +1778,7 @@ class Store:
         return count_held(
             nd,
             self._clients,
-            self._objects,
+            self._objects.peek,
             self._segments,
             self._pins.by_client(),
             self._dir.find,

@@ -89,7 +89,7 @@ class Held:
 def count_held(
     nd: Node | None,
     clients: Mapping[int, ClientRecord],
-    table: Mapping[bytes, ObjectRecord],
+    record_of: Callable[[bytes], ObjectRecord | None],
     segments: Mapping[int, Segment],
     pins: Mapping[int, Iterable[int]],
     published: Callable[[int], tuple[bytes, ObjectRecord] | None],
@@ -107,7 +107,7 @@ def count_held(
     for c in clients.values():
         mine = held.clients[c.id] = Holding()
         for oid in c.refs:
-            rec = table.get(oid)
+            rec = record_of(oid)
             if rec is None or rec.state is State.SPILLED:
                 continue
             if nd is not None and segments[rec.loc.segment].node is not nd:

@@ -16,11 +16,16 @@ a slot are in a dict (:attr:`Publisher.slotless`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from plasma._native import native
 from plasma.directory import (
     DYING,
+    SEALED,
     Directory,
+    DirectoryReader,
+    Found,
     GenerationSource,
     directory_size,
     rebuilt_capacity,
@@ -36,6 +41,12 @@ if TYPE_CHECKING:
 REBUILD_ATTEMPTS = 4  # directory sizes tried (doubling) before leaving a published id out
 
 
+def _reader(buf: Any) -> Any:
+    """A reader of the directory in ``buf`` for the store's own lookups (the C one when
+    built: the store reads its own writes, so either is consistent)."""
+    return DirectoryReader(buf) if native is None else native.Reader(buf)
+
+
 class Publisher:
     """The directory the store publishes sealed objects in (see the module docstring)."""
 
@@ -44,6 +55,7 @@ class Publisher:
         self._min_capacity = capacity
         buf, access = memory.new_directory(directory_size(capacity), capacity)
         self.directory = Directory(buf, capacity)
+        self._reader = _reader(buf)  # (the store's own lookups: no access bytes set)
         self.access = access  # by slot: nonzero once a reader read the object
         self.buffers: tuple[Any, Any] = (buf, access)  # what readers map
         self.rebuilds = 0
@@ -68,17 +80,50 @@ class Publisher:
             self._index.add(gen, slot)
         return rebuilt
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        del state["_reader"]  # (a C reader holds an export of the buffer: made anew)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._reader = _reader(self.buffers[0])
+
     def _id_of(self, slot: int) -> bytes:
         return self.directory.id(slot)
 
     def find(self, gen: int) -> tuple[bytes, ObjectRecord] | None:
-        """The id and record published under generation ``gen`` (until it is freed)."""
+        """The id and record published under generation ``gen`` (until it is freed; a
+        compact object's is materialized)."""
         slot = self._index.slot(gen)
         if slot < 0:
             return self.slotless.get(gen)
-        rec = self.slots.records[slot]
-        assert rec is not None and rec.gen == gen
+        rec = self.slots.record(slot)
+        assert rec.gen == gen
         return self.directory.id(slot), rec
+
+    def published_id(self, gen: int) -> bytes | None:
+        """The id published under generation ``gen`` (until it is freed), with no record
+        made for a compact object."""
+        slot = self._index.slot(gen)
+        if slot < 0:
+            published = self.slotless.get(gen)
+            return None if published is None else published[0]
+        return self.directory.id(slot)
+
+    def lookup(self, oid: bytes) -> Found | None:
+        """``oid``'s slot (not a copy's) as read, if it is published and reads sealed."""
+        found: Found | None = self._reader.lookup(oid)
+        return found
+
+    def compact_ids(self) -> list[bytes]:
+        """The ids of the sealed objects (not copies) published with no record."""
+        return self.directory.unrecorded_ids(self.slots.records)
+
+    def sealed_ids(self) -> Iterator[list[tuple[int, bytes]]]:
+        """``(slot, id)`` of the slots that read sealed and hold no copy, in slot order (a
+        list per chunk of slots)."""
+        return self.directory.ids_in_state(SEALED, flags=0)
 
     def announce_replicas(self) -> None:
         """Readers look for copies on their node from now on."""
@@ -142,12 +187,16 @@ class Publisher:
             if slot >= 0:
                 access[slot] = old_access[old_slot]
             rec = self.slots.records[old_slot]
-            assert rec is not None
+            if rec is None:  # (a compact object: its fields move with its slot)
+                if slot >= 0:
+                    continue
+                rec = self.slots.materialize(old_slot)  # (it has no slot to be compact in)
             rec.slot = slot
             if slot < 0:
                 self.slotless[rec.gen] = (old.id(old_slot), rec)
         self._index.move(self.slots.move(capacity, old_slots, slots, old.id))
         old.supersede()
+        self._reader = _reader(buf)  # (the old one's export of the buffer ends here)
         self._memory.free_directory(*self.buffers)
         self.directory, self.access = new, access
         self.buffers = (buf, access)

@@ -1,0 +1,228 @@
+"""The object table: every object the store lists, by id, with no Python object for the idle.
+
+A store of a million objects holds most of them *idle*: sealed, in memory, published in the
+directory, with no reference, pin-scan, I/O, copy or page move under way. Such an object
+needs no :class:`~plasma.store.objects.ObjectRecord` of its own (with its location, ints,
+key and dict entry, about 450 bytes): the shared directory already holds its id, location
+and generation, and the publisher's :class:`~plasma.store.slots.SlotTable` keeps the rest
+(creator, create time, construct duration) in arrays by slot. :class:`ObjectTable` keeps a
+record only for *busy* objects (unsealed, referenced, dying, spilled or with a copy on disk,
+moving, copied, or without a directory slot) and for the ``keep_idle`` idle ones touched
+last; the others are *compact*: found through the directory, made into a record again
+(*materialized*) the moment the store touches one, and made compact again (*demoted*) by
+:meth:`ObjectTable.settle`.
+
+Identity is what the store's checks rely on (``table.holds(oid, rec)``, a ring's ``is``
+tests): while an object is materialized, every lookup returns the same record. So records are
+demoted only in :meth:`~ObjectTable.settle`, which the store calls between two calls of its
+own (in ``drain_events``), and only when nothing but the table and the slot table holds
+them: every other keeper of a record (the dying set, page moves and copies, spill batches
+and restores, copies' records) keeps only busy ones, which are never demoted.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from plasma.store.objects import Io, ObjectRecord, State
+
+if TYPE_CHECKING:
+    from plasma.directory import Found
+    from plasma.records import ObjectLocation
+    from plasma.store.publisher import Publisher
+
+__all__ = ["IDLE_RECORDS", "ObjectTable"]
+
+IDLE_RECORDS = 4096  # idle objects' records kept (the most recently touched), by default
+SEALED, NO_IO = State.SEALED, Io.NONE
+
+
+class ObjectTable:
+    """Object id -> record, over ``publisher``'s directory (see the module docstring).
+    ``alignment`` is the store's (an object's allocated size is its data and metadata
+    rounded up to it); ``keep_idle`` records of idle objects stay materialized at most."""
+
+    __slots__ = ("_busy", "_compact", "_idle", "_mask", "_pub", "keep_idle", "materialized")
+
+    def __init__(self, publisher: Publisher, alignment: int, keep_idle: int = IDLE_RECORDS):
+        if keep_idle < 0:
+            raise ValueError(f"keep_idle must not be negative, got {keep_idle}")
+        self._busy: dict[bytes, ObjectRecord] = {}  # every materialized record
+        self._compact = 0  # objects with no record (idle, in the slot table)
+        # materialized records that may be idle, least recently touched first
+        self._idle: OrderedDict[bytes, ObjectRecord] = OrderedDict()
+        self._mask = alignment - 1
+        self._pub = publisher
+        self.keep_idle = keep_idle
+        self.materialized = 0  # compact objects made a record of again, so far
+        publisher.slots.materialize = self._materialize_slot
+
+    # ------------------------------------------------------------ the mapping
+
+    def get(self, oid: bytes) -> ObjectRecord | None:
+        """``oid``'s record (materialized, if it was compact), or None."""
+        rec = self._busy.get(oid)
+        if rec is None and self._compact:
+            found = self._find(oid)
+            if found is not None:
+                return self._materialize(oid, found.slot, found.generation, found.location)
+        return rec
+
+    def __getitem__(self, oid: bytes) -> ObjectRecord:
+        rec = self.get(oid)
+        if rec is None:
+            raise KeyError(oid)
+        return rec
+
+    def peek(self, oid: bytes) -> ObjectRecord | None:
+        """``oid``'s record to read only: a compact object's is made up and not kept (so
+        reading a million objects keeps none of them)."""
+        rec = self._busy.get(oid)
+        if rec is None and self._compact:
+            found = self._find(oid)
+            if found is not None:
+                return self._made(found.slot, found.generation, found.location)
+        return rec
+
+    def busy(self, oid: bytes) -> ObjectRecord | None:
+        """``oid``'s record if it has one now (None: a compact object, or unknown)."""
+        return self._busy.get(oid)
+
+    def is_compact(self, oid: bytes) -> bool:
+        """Whether ``oid`` is an object kept with no record (sealed and idle)."""
+        return self._compact > 0 and self._find(oid) is not None
+
+    def holds(self, oid: bytes, rec: ObjectRecord) -> bool:
+        """Whether ``rec`` (a materialized record) is ``oid``'s record in the table."""
+        return self._busy.get(oid) is rec
+
+    def __contains__(self, oid: bytes) -> bool:
+        return oid in self._busy or self.is_compact(oid)
+
+    def __setitem__(self, oid: bytes, rec: ObjectRecord) -> None:
+        """Add a new object's record (``oid`` must not be in the table)."""
+        self._busy[oid] = rec
+
+    def __delitem__(self, oid: bytes) -> None:
+        """Remove a materialized record (an object leaves the table)."""
+        del self._busy[oid]
+        self._idle.pop(oid, None)
+
+    def __len__(self) -> int:
+        return len(self._busy) + self._compact
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield from list(self._busy)
+        if self._compact:
+            yield from self._pub.compact_ids()
+
+    def items(self) -> Iterator[tuple[bytes, ObjectRecord]]:
+        """Every ``(id, record)``; compact objects' records made up (to read only)."""
+        yield from list(self._busy.items())
+        if self._compact:
+            yield from self._compact_records()
+
+    def values(self) -> Iterator[ObjectRecord]:
+        return (rec for _, rec in self.items())
+
+    @property
+    def compact(self) -> int:
+        """Objects kept with no record now."""
+        return self._compact
+
+    # ------------------------------------------------------------ idle and busy
+
+    def touched(self, oid: bytes, rec: ObjectRecord) -> None:
+        """``rec`` may have become idle (it lost its last reference, its I/O ended, ...): a
+        candidate for :meth:`settle`, the most recently touched (a record no longer in the
+        table is ignored)."""
+        if self._busy.get(oid) is rec:
+            idle = self._idle
+            idle[oid] = rec
+            idle.move_to_end(oid)
+
+    def settle(self) -> int:
+        """Demote the idle records beyond the ``keep_idle`` most recently touched (only
+        between two calls of the store: see the module docstring); returns how many."""
+        idle = self._idle
+        busy = self._busy
+        demoted = 0
+        while len(idle) > self.keep_idle:
+            oid, rec = idle.popitem(last=False)
+            if busy.get(oid) is rec and self._demotable(rec):
+                t = self._pub.slots
+                slot = rec.slot
+                t.owner[slot] = rec.owner
+                t.created[slot] = rec.create_time
+                t.construct[slot] = rec.construct_duration
+                t.records[slot] = None
+                del busy[oid]
+                self._compact += 1
+                demoted += 1
+        return demoted
+
+    def _demotable(self, rec: ObjectRecord) -> bool:
+        """Idle, and all of it kept by the directory slot and the slot table."""
+        slot = rec.slot
+        if not (
+            rec.state is State.SEALED
+            and rec.io is Io.NONE
+            and rec.ref_count == 0
+            and slot >= 0
+            and rec.spill is None
+            and rec.pages_on is None
+            and not rec.replicas
+            and self._pub.slots.records[slot] is rec
+            and -(2**31) <= rec.owner < 2**31
+        ):
+            return False
+        loc = rec.loc
+        mask = self._mask
+        return rec.size == ((loc.data_size + loc.metadata_size or 1) + mask) & ~mask
+
+    # ------------------------------------------------------------ compact objects
+
+    def _find(self, oid: bytes) -> Found | None:
+        """Compact object ``oid``'s slot as read (None: not compact: busy or unknown)."""
+        found = self._pub.lookup(oid)
+        if found is not None and self._pub.slots.records[found.slot] is not None:
+            # (a sealed object's slot with a record: the record is in the table)
+            raise AssertionError(f"slot {found.slot} of {oid.hex()} has a record the table lacks")
+        return found
+
+    def _made(self, slot: int, gen: int, loc: ObjectLocation) -> ObjectRecord:
+        """A record of the compact object published at ``slot`` (not kept)."""
+        t = self._pub.slots
+        mask = self._mask
+        size = ((loc.data_size + loc.metadata_size or 1) + mask) & ~mask
+        return ObjectRecord(
+            loc, size, t.owner[slot], t.created[slot], SEALED, NO_IO, 0, 0, t.construct[slot],
+            slot, gen,
+        )  # fmt: skip
+
+    def _record(self, slot: int) -> tuple[bytes, ObjectRecord]:
+        """A compact object's id and a record of it (not kept)."""
+        oid, gen, loc, _ = self._pub.directory.entry(slot)
+        return oid, self._made(slot, gen, loc)
+
+    def _materialize_slot(self, slot: int) -> ObjectRecord:
+        oid, gen, loc, _ = self._pub.directory.entry(slot)
+        return self._materialize(oid, slot, gen, loc)
+
+    def _materialize(self, oid: bytes, slot: int, gen: int, loc: ObjectLocation) -> ObjectRecord:
+        """Make compact object ``oid``'s record, kept from now on (until demoted)."""
+        rec = self._made(slot, gen, loc)
+        self._pub.slots.records[slot] = rec
+        self._busy[oid] = rec
+        self._compact -= 1
+        self.materialized += 1
+        self._idle[oid] = rec  # (a candidate: a compact object's id is not in _idle)
+        return rec
+
+    def _compact_records(self) -> Iterator[tuple[bytes, ObjectRecord]]:
+        """Every compact object's id and a record of it (not kept)."""
+        records = self._pub.slots.records
+        for chunk in self._pub.sealed_ids():
+            yield from [self._record(slot) for slot, _ in chunk if records[slot] is None]
