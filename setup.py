@@ -1,4 +1,5 @@
-"""The C part of the package: the object directory's read path (plasma/_native/).
+"""The C part of the package: the object directory's read path and the coordinator's bulk
+work (pin scans, a rebuild's placement; plasma/_native/).
 
 Everything else is declared in pyproject.toml. The extension is optional: where it cannot be
 built (no C compiler or no Python headers) the install goes on without it, and clients
@@ -15,8 +16,14 @@ setup(
                 "plasma/_native/module.c",
                 "plasma/_native/fast_get.c",
                 "plasma/_native/directory.c",
+                "plasma/_native/bulk.c",
+                "plasma/_native/bulk_module.c",
             ],
-            depends=["plasma/_native/directory.h", "plasma/_native/module.h"],
+            depends=[
+                "plasma/_native/directory.h",
+                "plasma/_native/module.h",
+                "plasma/_native/bulk.h",
+            ],
             extra_compile_args=[
                 "-std=c11",
                 "-O2",

@@ -14,7 +14,8 @@ Every other module is internal (its docstring says so) and may change without no
 ``tests/test_exports.py`` holds this list.
 
 The client (and numpy/pyarrow with it), ``plasma.aio`` (and trio) and ``plasma.compat`` are
-imported on first use, so the command line and the coordinator start quickly.
+imported on first use, so the command line and the coordinator start quickly (the
+coordinator never imports numpy: tests/test_coordinator_numpy.py).
 """
 
 import importlib

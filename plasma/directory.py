@@ -9,8 +9,10 @@ coordinator never frees an object's bytes while a pin on it may exist: it marks 
 dying, waits a grace period, and scans the pin tables. docs/protocol.md ("The object
 directory") has the layout byte by byte and the memory-ordering argument.
 
-This module only reads and writes buffers (``bytearray``, ``mmap``, numpy arrays): the
-coordinator and the clients create, map and hand over the files.
+This module only reads and writes buffers (``bytearray``, ``mmap``): the coordinator and
+the clients create, map and hand over the files. Its bulk work (pin scans, a rebuild's
+placement) is C (:mod:`plasma._native`), or numpy where the extension is not built: the
+coordinator does not import numpy.
 
 Directory: a 64-byte header, then ``capacity`` (a power of two) 64-byte slots::
 
@@ -46,9 +48,8 @@ import os
 import platform
 import struct
 from collections.abc import Iterable, Iterator
+from types import ModuleType
 from typing import Any, NamedTuple
-
-import numpy as np
 
 from plasma._native import native
 from plasma.ids import ID_SIZE
@@ -90,26 +91,6 @@ _KEY = struct.Struct("<QQI")
 _GOLDEN = 0x9E3779B97F4A7C15
 _MASK64 = (1 << 64) - 1
 assert _BODY.size == _FLAGS - 8 + 1 and _SEQ.size + _BODY.size == SLOT_SIZE
-# the slot layout as a numpy record (the rebuild copies slots in bulk)
-_SLOT_DTYPE = np.dtype(
-    {
-        "names": [
-            "seq",
-            "gen",
-            "id",
-            "segment",
-            "offset",
-            "data",
-            "metadata",
-            "node",
-            "state",
-            "flags",
-        ],
-        "formats": ["<u8", "<u8", "V20", "<u4", "<u8", "<u8", "<u4", "<u2", "u1", "u1"],
-        "offsets": [0, 8, 16, 36, 40, 48, 56, 60, _STATE, _FLAGS],
-        "itemsize": SLOT_SIZE,
-    }
-)
 
 
 def _only(value: int) -> bytes:
@@ -126,22 +107,17 @@ def home_slot(oid: bytes, bits: int) -> int:
     return (((a ^ b ^ c) * _GOLDEN) & _MASK64) >> (64 - bits)
 
 
-def _unique(values: np.ndarray) -> np.ndarray:
-    """The distinct ``values``, sorted: ``np.unique``, which imports numpy.ma (19 ms and
-    1.2 MiB, on the coordinator's first pin scan)."""
-    values = np.sort(values)
-    keep = np.empty(len(values), dtype=bool)
-    keep[:1] = True
-    np.not_equal(values[1:], values[:-1], out=keep[1:])
-    return values[keep]
+_PINNED, _COUNTS, _HOLDERS = 0, 1, 2  # the questions of a pins_match pass
 
 
-def _home_slots(ids: np.ndarray, bits: int) -> np.ndarray:
-    """:func:`home_slot` of each id of a ``(n, 20)`` uint8 array."""
-    a = np.ascontiguousarray(ids[:, 0:8]).view("<u8").ravel()
-    b = np.ascontiguousarray(ids[:, 8:16]).view("<u8").ravel()
-    c = np.ascontiguousarray(ids[:, 16:20]).view("<u4").ravel().astype(np.uint64)
-    return ((a ^ b ^ c) * np.uint64(_GOLDEN)) >> np.uint64(64 - bits)  # wraps mod 2**64
+def _bulk() -> ModuleType:
+    """Where pin scans and a rebuild's placement run: the C extension, or numpy (imported
+    only then: the coordinator's import graph has no numpy)."""
+    if native is not None:
+        return native
+    from plasma import _bulk_numpy
+
+    return _bulk_numpy
 
 
 def directory_size(capacity: int) -> int:
@@ -229,43 +205,22 @@ class Directory:
         ``old``'s ``slots``: same generation, location and state. Returns their slots here,
         in order, -1 for any that found no slot within the probe limit.
 
-        Placed in bulk (numpy: linear probing in order of home slot is a running maximum)
-        when every object fits; otherwise inserted one by one in the order given, so the
-        ones left out are the last ones given."""
+        Placed in bulk (one C call, or numpy without the extension: linear probing in order
+        of home slot is a running maximum) when every object fits; otherwise inserted one by
+        one in the order given, so the ones left out are the last ones given."""
         if self.live or self.tombstones:
             raise ValueError("copy_from fills an empty directory")
-        placed = self._place_in_bulk(old, slots)
+        if native is not None:
+            placed = native.place(
+                self._mv, self.capacity, self.max_probe, old._mv, old.capacity, slots
+            )
+        else:
+            placed = _bulk().place_in_bulk(self, old, slots)
         if placed is not None:
+            self.live, self.tombstones = len(placed), 0
             return placed
-        new = self._slots()
-        new[:] = np.zeros(1, dtype=_SLOT_DTYPE)
-        self.live = self.tombstones = 0
+        self.live = self.tombstones = 0  # (the bulk placement left every slot free)
         return [self._copy_slot(old, slot) for slot in slots]
-
-    def _place_in_bulk(self, old: Directory, slots: list[int]) -> list[int] | None:
-        n = len(slots)
-        if not n:
-            return []
-        rows = old._slots()[np.asarray(slots, dtype=np.int64)]  # a copy
-        rows["seq"] = 0
-        ids = np.ascontiguousarray(rows["id"]).view(np.uint8).reshape(n, ID_SIZE)
-        homes = _home_slots(ids, self._bits).astype(np.int64)
-        order = np.argsort(homes, kind="stable")
-        home = homes[order]
-        index = np.arange(n)
-        pos = index + np.maximum.accumulate(home - index)  # first free slot at or after home
-        if (pos - home >= self.max_probe).any():
-            return None
-        placed = np.full(n, -1, dtype=np.int64)
-        inside = pos < self.capacity
-        self._slots()[pos[inside]] = rows[order[inside]]
-        placed[order[inside]] = pos[inside]
-        self.live += int(inside.sum())
-        for i in order[~inside].tolist():  # runs that wrap past the last slot: one by one
-            placed[i] = self._copy_slot(old, slots[i])
-            if placed[i] < 0:
-                return None
-        return placed.tolist()
 
     def _copy_slot(self, old: Directory, slot: int) -> int:
         oid, generation, loc, state = old.entry(slot)
@@ -273,10 +228,6 @@ class Directory:
         if new_slot >= 0 and state == DYING:
             self.set_state(new_slot, DYING)
         return new_slot
-
-    def _slots(self) -> np.ndarray:
-        """The slots as numpy records (a view: drop it before the buffer is closed)."""
-        return np.frombuffer(self._mv, dtype=_SLOT_DTYPE, count=self.capacity, offset=HEADER_SIZE)
 
     def entry(self, slot: int) -> tuple[bytes, int, ObjectLocation, int]:
         """``(id, generation, location, state)`` of a live slot."""
@@ -561,140 +512,78 @@ class PinScanner:
     """The coordinator's side: every client's pin table (mapped read-only), scanned for
     generations.
 
-    Every question is answered by one *pass*: a snapshot of all tables' entries below their
-    high-water marks (one copy into one array), then a few vectorised operations over it;
-    no Python work per entry, and whatever the question, at most one pass (``passes``
-    counts them, so the store's callers can be held to a bound)."""
+    Every question is answered by one *pass*: one C call (``plasma._native``'s
+    ``pins_match``, ``pin_count``, ``pins_by_table``) that reads every table's entries below
+    its high-water mark once each (a client writes its table meanwhile: each entry is used
+    as read, a snapshot entry by entry) and answers from them; no Python work per entry,
+    and whatever the question, at most one pass (``passes`` counts them, so the store's
+    callers can be held to a bound). Without the extension, the same passes in numpy
+    (:mod:`plasma._bulk_numpy`, imported then)."""
 
     def __init__(self) -> None:
-        self._tables: dict[int, np.ndarray] = {}
-        self.passes = 0  # snapshots taken so far (each reads every table once)
+        self._tables: dict[int, memoryview] = {}
+        self.passes = 0  # passes made so far (each reads every table once)
 
     def add(self, client: int, table: Any) -> None:
         """Start reading client ``client``'s pin table (a buffer of u64 words)."""
-        self._tables[client] = np.frombuffer(table, dtype="<u8")
+        self._tables[client] = memoryview(table).cast("B")
 
     def remove(self, client: int) -> bool:
         """The client is gone, and its pins with it; False if it had no table."""
         return self._tables.pop(client, None) is not None
 
-    @staticmethod
-    def _below_mark(words: np.ndarray) -> np.ndarray:
-        """A view of the entries below the table's high-water mark (clamped to the table)."""
-        first = PIN_HEADER // 8
-        return words[first : first + min(int(words[0]), len(words) - first)]
+    def __deepcopy__(self, memo: dict[int, Any]) -> PinScanner:
+        """A scanner of a copy of every table as it is now (a store's copy, in tests)."""
+        clone = PinScanner()
+        clone.passes = self.passes
+        for client, table in self._tables.items():
+            clone.add(client, bytearray(table))
+        return clone
 
-    def _pins(self, words: np.ndarray) -> np.ndarray:
-        """A snapshot of one table's pins below its high-water mark (the client writes the
-        table while we read: numpy must not see it change under one operation)."""
-        return self._below_mark(words).copy()
-
-    def snapshot(self) -> tuple[list[int], np.ndarray, np.ndarray]:
-        """One pass: ``(clients, pins, ends)``: every table's entries below its mark copied
-        into one array (0 for free entries), client ``clients[i]``'s ending at ``ends[i]``."""
-        self.passes += 1
-        clients = list(self._tables)
-        views = [self._below_mark(words) for words in self._tables.values()]
-        pins = np.concatenate(views) if views else np.zeros(0, dtype="<u8")
-        ends = np.cumsum([len(v) for v in views], dtype=np.int64)
-        return clients, pins, ends
-
-    @staticmethod
-    def _match(pins: np.ndarray, wanted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(positions, which)``: the entries of ``pins`` equal to one of ``wanted``
-        (sorted, unique, no 0), and the index in ``wanted`` of each. A few wanted: one
-        comparison each; more: a hash table of them (an array indexed by the hash of a
-        generation: which wanted one hashes there, or -2 where several do), looked up for
-        every entry at once; entries hashing where several do are then binary-searched."""
-        if len(wanted) <= 4:
-            positions_of = [np.flatnonzero(pins == g) for g in wanted.tolist()]
-            positions = np.concatenate(positions_of)
-            which = np.repeat(np.arange(len(wanted)), [len(p) for p in positions_of])
-            return positions, which
-        bits = min(max(10, (4 * len(wanted)).bit_length()), 24)
-        shift = np.uint64(64 - bits)
-        golden = np.uint64(_GOLDEN)
-        homes = (wanted * golden) >> shift  # (wraps mod 2**64)
-        table = np.full(1 << bits, -1, dtype=np.int32)
-        table[homes] = np.arange(len(wanted), dtype=np.int32)
-        table[np.bincount(homes.astype(np.intp), minlength=len(table)) > 1] = -2
-        hashed = pins * golden
-        hashed >>= shift
-        found = table[hashed]
-        direct = np.flatnonzero(found >= 0)
-        which = found[direct].astype(np.int64)
-        hit = wanted[which] == pins[direct]
-        positions, which = direct[hit], which[hit]
-        shared = np.flatnonzero(found == -2)
-        if len(shared):
-            values = pins[shared]
-            index = np.searchsorted(wanted, values)
-            np.minimum(index, len(wanted) - 1, out=index)
-            hit = wanted[index] == values
-            positions = np.concatenate([positions, shared[hit]])
-            which = np.concatenate([which, index[hit]])
-        return positions, which
-
-    @staticmethod
-    def _wanted(generations: Iterable[int]) -> np.ndarray:
-        wanted = _unique(np.fromiter(generations, dtype="<u8"))
-        return wanted[wanted != 0]
+    def _match(self, generations: Iterable[int], what: int) -> Any:
+        """One pass for the distinct nonzero ``generations`` (none: no pass, None)."""
+        if not self._tables:
+            return None
+        tables = list(self._tables.values())
+        clients = list(self._tables) if what == _HOLDERS else None
+        found = _bulk().pins_match(tables, generations, what, clients)
+        if found is not None:
+            self.passes += 1
+        return found
 
     def pinned(self, generations: Iterable[int]) -> set[int]:
         """Which of ``generations`` some client pins now (one pass)."""
-        wanted = self._wanted(generations)
-        if not len(wanted) or not self._tables:
-            return set()
-        _, pins, _ = self.snapshot()
-        _, which = self._match(pins, wanted)
-        return set(wanted[_unique(which)].tolist())
+        found: set[int] | None = self._match(generations, _PINNED)
+        return set() if found is None else found
 
     def holders_of(self, generations: Iterable[int]) -> dict[int, list[int]]:
         """The clients pinning each of ``generations`` now, in the order they were added
-        (generations no client pins left out; one pass)."""
-        wanted = self._wanted(generations)
-        if not len(wanted) or not self._tables:
-            return {}
-        clients, pins, ends = self.snapshot()
-        positions, which = self._match(pins, wanted)
-        owners = np.searchsorted(ends, positions, side="right")
-        # each (wanted, owner) pair once, ordered by wanted then owner: as one number
-        pairs = _unique(which * len(clients) + owners)
-        out: dict[int, list[int]] = {}
-        for w, owner in zip(*divmod(pairs, len(clients)), strict=True):
-            out.setdefault(int(wanted[w]), []).append(clients[owner])
-        return out
+        (generations no client pins left out; ascending; one pass)."""
+        found: dict[int, list[int]] | None = self._match(generations, _HOLDERS)
+        return {} if found is None else found
 
     def total(self) -> int:
         """How many pins all clients hold now."""
-        return int(np.count_nonzero(self.snapshot()[1]))
+        self.passes += 1
+        return int(_bulk().pin_count(list(self._tables.values())))
 
     def by_client(self) -> dict[int, list[int]]:
         """The generations each client pins now (clients pinning nothing left out)."""
         if not self._tables:
             return {}
-        clients, pins, ends = self.snapshot()
-        out = {}
-        for client, table in zip(clients, np.split(pins, ends[:-1]), strict=True):
-            held = table[table != 0]
-            if len(held):
-                out[client] = held.tolist()
-        return out
+        self.passes += 1
+        by_table = _bulk().pins_by_table(list(self._tables.values()))
+        return {c: pins for c, pins in zip(self._tables, by_table, strict=True) if pins}
 
     def counts(self, generations: Iterable[int]) -> collections.Counter[int]:
         """Pins per generation of ``generations``, over all clients (one pass)."""
         counts: collections.Counter[int] = collections.Counter()
-        wanted = self._wanted(generations)
-        if not self._tables or not len(wanted):
-            return counts
-        _, pins, _ = self.snapshot()
-        _, which = self._match(pins, wanted)
-        n = np.bincount(which, minlength=len(wanted))
-        gens, n = wanted[n > 0], n[n > 0]
-        counts.update(dict(zip(gens.tolist(), n.tolist(), strict=True)))
+        found: dict[int, int] | None = self._match(generations, _COUNTS)
+        if found is not None:
+            counts.update(found)
         return counts
 
     def pins_of(self, client: int) -> int:
         """How many pins client ``client`` holds now."""
-        words = self._tables.get(client)
-        return 0 if words is None else int(np.count_nonzero(self._pins(words)))
+        table = self._tables.get(client)
+        return 0 if table is None else int(_bulk().pin_count([table]))

@@ -19,7 +19,7 @@ import struct
 import subprocess
 import sys
 import traceback
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +30,11 @@ from hypothesis.stateful import RuleBasedStateMachine, run_state_machine_as_test
 
 import plasma
 import plasma.aio
+import plasma.directory
+import plasma.store.generations
 from plasma import protocol as p
 from plasma._client_core.fast_path import NATIVE, PYTHON
+from plasma._native import native
 from plasma.directory import DirectoryReader, PinTable, pin_table_size
 from plasma.errors import StoreFull
 from plasma.linux import perf as perf_event
@@ -56,6 +59,24 @@ READ_PATHS = [
     pytest.param(NATIVE, id="native", marks=pytest.mark.skipif(NATIVE is None, reason="not built")),
     pytest.param(PYTHON, id="python"),
 ]
+# where the coordinator's bulk work (pin scans, a rebuild's placement, the generation index's
+# compaction) runs, for bulk_path: the C extension (plasma._native) or numpy's fallback
+BULK_PATHS = [
+    pytest.param("native", marks=pytest.mark.skipif(native is None, reason="not built")),
+    "numpy",
+]
+
+
+@contextlib.contextmanager
+def bulk_path(name: str) -> Iterator[None]:
+    """Pin scans, rebuilds and compactions in this block run through ``name`` of
+    BULK_PATHS: "numpy" is the code without the extension (directory slots are then written
+    by the Python writer too)."""
+    with pytest.MonkeyPatch.context() as patch:
+        if name == "numpy":
+            patch.setattr(plasma.directory, "native", None)
+            patch.setattr(plasma.store.generations, "native", None)
+        yield
 
 
 def apt_install(packages: Sequence[str]) -> str | None:

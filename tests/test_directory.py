@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 import plasma.directory as directory_module
+from plasma import _bulk_numpy
 from plasma._client_core.fast_path import ReadPath
 from plasma._native import native
 from plasma.directory import (
@@ -45,7 +46,7 @@ from plasma.directory import (
 )
 from plasma.ids import ID_SIZE
 from plasma.records import ObjectLocation
-from tests.helpers import COLLIDE_KEY, KEY, READ_PATHS, colliding
+from tests.helpers import BULK_PATHS, COLLIDE_KEY, KEY, READ_PATHS, bulk_path, colliding
 from tests.helpers import oid as ident
 
 U64 = struct.Struct("<Q")
@@ -74,7 +75,8 @@ def new_directory(capacity: int = 16, max_probe: int = MAX_PROBE) -> tuple[Direc
 @pytest.fixture(params=["native", "python"])
 def writer(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Directories made in this test write their slots through this writer: the C one (one
-    call per insert), then the Python fallback (where the extension is not built)."""
+    call per insert), then the Python fallback (where the extension is not built); pin scans
+    and a rebuild's placement run in C, then in numpy (tests.helpers.bulk_path)."""
     if request.param == "python":
         monkeypatch.setattr(directory_module, "native", None)
     elif native is None:
@@ -570,6 +572,7 @@ def every_pinned(scanner: PinScanner) -> set[int]:
     return {g for gens in scanner.by_client().values() for g in gens}
 
 
+@pytest.mark.usefixtures("writer")
 @pytest.mark.parametrize("path", READ_PATHS)
 def test_a_generation_may_be_pinned_twice(path: ReadPath) -> None:
     buf = bytearray(pin_table_size(4))
@@ -583,6 +586,7 @@ def test_a_generation_may_be_pinned_twice(path: ReadPath) -> None:
     assert scanner.counts([9]) == {9: 1} and scanner.pinned([9]) == {9}
 
 
+@pytest.mark.usefixtures("writer")
 @pytest.mark.parametrize("path", READ_PATHS)
 def test_scanner_reads_every_table(path: ReadPath) -> None:
     bufs = {c: bytearray(pin_table_size(4)) for c in (1, 2, 3)}
@@ -605,6 +609,7 @@ def test_scanner_reads_every_table(path: ReadPath) -> None:
     assert PinScanner().pinned([5]) == set()
 
 
+@pytest.mark.usefixtures("writer")
 @pytest.mark.parametrize("path", READ_PATHS)
 def test_scanner_ignores_entries_past_the_high_water_mark(path: ReadPath) -> None:
     buf = bytearray(pin_table_size(4))
@@ -624,6 +629,7 @@ def test_scanner_ignores_entries_past_the_high_water_mark(path: ReadPath) -> Non
     assert every_pinned(scanner) == {5, 77, 78} and scanner.total() == 3
 
 
+@pytest.mark.usefixtures("writer")
 @pytest.mark.parametrize("path", READ_PATHS)
 def test_scanner_sees_writes_made_after_it_was_added(path: ReadPath) -> None:
     buf = bytearray(pin_table_size(8))
@@ -644,10 +650,18 @@ def test_scanner_sees_writes_made_after_it_was_added(path: ReadPath) -> None:
     )
 )
 @pytest.mark.parametrize("path", READ_PATHS)
+@pytest.mark.parametrize("bulk", BULK_PATHS)
 def test_pin_tables_and_scanner_agree_with_a_model(
-    path: ReadPath, ops: list[tuple[int, bool, int]]
+    path: ReadPath, bulk: str, ops: list[tuple[int, bool, int]]
 ) -> None:
     """Random pins and unpins by three clients of 5-entry tables against a multiset."""
+    with bulk_path(bulk):
+        pin_tables_and_scanner_agree_with_a_model(path, ops)
+
+
+def pin_tables_and_scanner_agree_with_a_model(
+    path: ReadPath, ops: list[tuple[int, bool, int]]
+) -> None:
     bufs = [bytearray(pin_table_size(5)) for _ in range(3)]
     tables = [path.pins(b) for b in bufs]
     scanner = PinScanner()
@@ -920,13 +934,21 @@ ids_for_copy = st.lists(
     probe=st.sampled_from([2, 4, 8, MAX_PROBE]),
 )
 @pytest.mark.parametrize("path", READ_PATHS)
+@pytest.mark.parametrize("bulk", BULK_PATHS)
 def test_copy_from_keeps_every_object_it_places_findable(
-    path: ReadPath, ids: list[bytes], dying: set[int], bits: int, probe: int
+    path: ReadPath, bulk: str, ids: list[bytes], dying: set[int], bits: int, probe: int
 ) -> None:
     """The bulk copy of a rebuild: every object placed is found at its slot with its
     generation, location and state, every slot between an object's home and its slot is
     taken (a lookup never stops short of it), and when some object finds no slot the copy
     is exactly the one-by-one insertion in the order given (the last ones are left out)."""
+    with bulk_path(bulk):
+        copy_from_keeps_every_object_it_places_findable(path, ids, dying, bits, probe)
+
+
+def copy_from_keeps_every_object_it_places_findable(
+    path: ReadPath, ids: list[bytes], dying: set[int], bits: int, probe: int
+) -> None:
     old = Directory(bytearray(directory_size(256)), 256)
     slots = [old.insert(oid, n + 1, where(n + 1)) for n, oid in enumerate(ids)]
     assert -1 not in slots  # (256 slots, probe 32: at most 41 of one family)
@@ -975,16 +997,18 @@ def test_copy_from_fills_only_an_empty_directory() -> None:
         new.copy_from(old, [slot])
 
 
+@pytest.mark.usefixtures("writer")
 @pytest.mark.parametrize("path", READ_PATHS)
 def test_copy_from_places_many_objects_in_bulk(
     path: ReadPath, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A rebuild of a big directory is numpy work: only objects whose probe run wraps past
-    the last slot are inserted one by one."""
+    """A rebuild of a big directory is one C call (numpy work without the extension: then
+    only objects whose probe run wraps past the last slot are inserted one by one)."""
     n, capacity = 1 << 18, 1 << 20
     old = Directory(bytearray(directory_size(capacity)), capacity)
     ids = np.random.default_rng(1).bytes(ID_SIZE * n)
-    rows = old._slots()[:n]  # (the old slots need not be where lookups would find them)
+    # (the old slots need not be where lookups would find them)
+    rows = _bulk_numpy.slot_records(old)[:n]
     rows["id"] = np.frombuffer(ids, dtype=f"V{ID_SIZE}")
     rows["gen"] = np.arange(1, n + 1)
     rows["state"] = SEALED

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import plasma
+from plasma import _bulk_numpy
 from plasma import protocol as p
 from plasma.coordinator import MESSAGES_PER_TURN
 from plasma.directory import PIN_HEADER, PinScanner, pin_table_size
@@ -21,9 +22,11 @@ from plasma.errors import StoreFull
 from plasma.store import PIN_RESCAN, PIN_RESCAN_MAX, UNPIN_INTERVAL
 from tests.conftest import RunningCoordinator
 from tests.helpers import (
+    BULK_PATHS,
     GRACE,
     KIB,
     RawClient,
+    bulk_path,
     held_deleted,
     imports_after,
     oid,
@@ -164,9 +167,18 @@ def test_an_eviction_walk_scans_per_chunk_not_per_candidate() -> None:
     tables=st.integers(0, 6),
     seed=st.integers(0, 2**32 - 1),
 )
-def test_one_pass_agrees_with_a_per_table_isin(wanted: int, tables: int, seed: int) -> None:
+@pytest.mark.parametrize("bulk", BULK_PATHS)
+def test_one_pass_agrees_with_a_per_table_isin(
+    bulk: str, wanted: int, tables: int, seed: int
+) -> None:
     """Random 64-bit generations, some wanted, in tables of random fill (entries past the
-    mark ignored): pinned, holders_of and counts agree with numpy's isin table by table."""
+    mark ignored): pinned, holders_of and counts agree with numpy's isin table by table, in
+    C and in numpy's fallback."""
+    with bulk_path(bulk):
+        one_pass_agrees_with_a_per_table_isin(wanted, tables, seed)
+
+
+def one_pass_agrees_with_a_per_table_isin(wanted: int, tables: int, seed: int) -> None:
     rng = np.random.default_rng(seed)
     universe = rng.integers(1, 2**64 - 1, size=2 * wanted + 8, dtype=np.uint64)
     want = rng.choice(universe, size=wanted, replace=False)
@@ -200,7 +212,7 @@ def test_colliding_hashes_are_still_told_apart() -> None:
     rng = np.random.default_rng(7)
     gens = np.unique(rng.integers(1, 2**64 - 1, size=50_000, dtype=np.uint64))
     pins = rng.permutation(np.concatenate([gens, gens[:1000]]))
-    positions, which = PinScanner._match(pins, gens)
+    positions, which = _bulk_numpy.match(pins, gens)
     assert len(positions) == len(pins) == len(set(positions.tolist()))
     assert (gens[which] == pins[positions]).all()
 

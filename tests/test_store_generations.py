@@ -3,12 +3,23 @@ slots moved by a rebuild; against a dict, and bounded in size."""
 
 from __future__ import annotations
 
+from array import array
+from collections.abc import Iterator
+
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from plasma.store.generations import COMPACT_MIN, GenerationIndex
+from tests.helpers import BULK_PATHS, bulk_path
+
+
+@pytest.fixture(params=BULK_PATHS, autouse=True)
+def bulk(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Compactions in C, then in numpy (the fallback without the extension)."""
+    with bulk_path(request.param):
+        yield
 
 
 def test_a_generation_finds_its_slot_until_it_is_removed() -> None:
@@ -51,7 +62,7 @@ def test_a_rebuild_moves_every_slot_and_drops_those_left_out() -> None:
     for i in range(6):
         index.add(100 + i, i)
     index.remove(102)
-    new_of_old = np.array([10, -1, 12, 13, 14, 15], dtype=np.int64)  # slot 1: no slot now
+    new_of_old = array("q", [10, -1, 12, 13, 14, 15])  # (as SlotTable.move gives) slot 1: none
     index.move(new_of_old)
     assert [index.slot(100 + i) for i in range(6)] == [10, -1, -1, 13, 14, 15]
     assert list(index.slots()) == [10, 13, 14, 15] and len(index) == 4
@@ -59,6 +70,7 @@ def test_a_rebuild_moves_every_slot_and_drops_those_left_out() -> None:
     assert index.slot(200) == 1
 
 
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])  # (bulk: no state)
 @given(
     st.lists(
         st.tuples(st.sampled_from(["add", "remove", "move"]), st.integers(0, 1 << 20)),

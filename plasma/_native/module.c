@@ -6,7 +6,7 @@
  * get in one call, with the signature of plasma._client_core.fast_path.pin_from_directory
  * (a client's plain get, with its record and view, is fast_get.c's Getter); the write_*
  * functions are the coordinator's ordered slot writes (plasma.directory.Directory uses
- * them). Nothing here
+ * them; its pin scans, rebuild placement and index compaction are bulk_module.c's). Nothing here
  * releases the GIL: callers that share a PinTable between threads hold the client core's
  * lock anyway, and every call is a few hundred nanoseconds. */
 #include "module.h"
@@ -760,6 +760,7 @@ PyMODINIT_FUNC PyInit__directory(void) {
         PyModule_AddObjectRef(m, "Reader", (PyObject *)&ReaderType) < 0 ||
         PyModule_AddObjectRef(m, "PinTable", (PyObject *)&PinTableType) < 0 ||
         PyModule_AddObjectRef(m, "View", (PyObject *)&ViewType) < 0 || fast_get_add(m) < 0 ||
+        bulk_add(m) < 0 ||
         PyModule_AddIntConstant(m, "PIN_HEADER", PCD_PIN_HEADER) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -43,4 +43,7 @@ int replica_of(Reader *reader, PyObject *oid, PyObject *node, PyObject **bytes,
 int fast_get_ready(void);
 int fast_get_add(PyObject *module);
 
+/* bulk_module.c: the coordinator's pin scans, placement and compaction added to the module */
+int bulk_add(PyObject *module);
+
 #endif

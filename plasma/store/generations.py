@@ -6,7 +6,9 @@ bits), so publishing appends to two flat arrays kept sorted by generation, and a
 binary search: 16 bytes an object where a dict of generation to record took over 100. A
 removed entry is marked (slot -1) and the arrays are compacted once marks are half of them,
 so removals cost O(1) amortised and the arrays hold at most twice the live entries. A
-directory rebuild moves slots: :meth:`GenerationIndex.move` maps them all at once.
+directory rebuild moves slots: :meth:`GenerationIndex.move` maps them all at once. Both are
+one C call (:mod:`plasma._native`; numpy where the extension is not built): the coordinator
+does not import numpy.
 
 This module only maps numbers: it never reads the directory or touches a record.
 """
@@ -16,8 +18,9 @@ from __future__ import annotations
 import bisect
 from array import array
 from collections.abc import Iterator
+from typing import Any
 
-import numpy as np
+from plasma._native import native
 
 __all__ = ["GenerationIndex"]
 
@@ -69,16 +72,10 @@ class GenerationIndex:
         """The slots of every entry, in the order their generations were added."""
         return (slot for slot in self._slots if slot >= 0)
 
-    def move(self, new_of_old: np.ndarray) -> None:
-        """A rebuild moved every slot ``s`` to ``new_of_old[s]`` (-1: the object has no slot
-        now, and leaves the index)."""
-        slots = np.frombuffer(self._slots, dtype=np.int64)
-        live = slots >= 0
-        moved = new_of_old[slots[live]]
-        self._removed += int((moved < 0).sum())
-        slots[live] = moved
-        del slots  # (the array may grow again only once no view holds its buffer)
-        self._compact()
+    def move(self, new_of_old: Any) -> None:
+        """A rebuild moved every slot ``s`` to ``new_of_old[s]`` (a buffer of int64, e.g. an
+        ``array('q')``; -1: the object has no slot now, and leaves the index)."""
+        self._compact(new_of_old)
 
     def _find(self, gen: int) -> int:
         i = bisect.bisect_left(self._gens, gen)
@@ -86,12 +83,14 @@ class GenerationIndex:
             return i
         return -1
 
-    def _compact(self) -> None:
-        gens = np.frombuffer(self._gens, dtype=np.uint64)
-        slots = np.frombuffer(self._slots, dtype=np.int64)
-        keep = slots >= 0
-        kept_gens, kept_slots = array("Q"), array("q")
-        kept_gens.frombytes(gens[keep].tobytes())
-        kept_slots.frombytes(slots[keep].tobytes())
-        del gens, slots
-        self._gens, self._slots, self._removed = kept_gens, kept_slots, 0
+    def _compact(self, new_of_old: Any = None) -> None:
+        """Drop the removed entries (after moving the slots through ``new_of_old``): one C
+        call in place (numpy, imported then, without the extension), then the arrays cut."""
+        if native is not None:
+            kept = native.compact(self._gens, self._slots, new_of_old)
+        else:
+            from plasma import _bulk_numpy
+
+            kept = _bulk_numpy.compact(self._gens, self._slots, new_of_old)
+        del self._gens[kept:], self._slots[kept:]
+        self._removed = 0

@@ -19,8 +19,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from plasma._native import native
 from plasma.directory import (
     DYING,
@@ -184,12 +182,10 @@ class Publisher:
                 break
             self._memory.free_directory(buf, access)
             capacity *= 2
-        placed = np.asarray(slots, dtype=np.int64)
-        kept = placed >= 0
-        np.frombuffer(access, dtype=np.uint8)[placed[kept]] = np.frombuffer(
-            self.access, dtype=np.uint8
-        )[np.asarray(old_slots, dtype=np.int64)[kept]]
+        old_access = self.access
         for old_slot, slot in zip(old_slots, slots, strict=True):
+            if slot >= 0:
+                access[slot] = old_access[old_slot]
             rec = self.slots.records[old_slot]
             if rec is None:  # (a compact object: its fields move with its slot)
                 if slot >= 0:

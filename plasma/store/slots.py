@@ -19,8 +19,6 @@ from array import array
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 if TYPE_CHECKING:
     from plasma.store.eviction import ClockRing
     from plasma.store.objects import ObjectRecord
@@ -85,13 +83,14 @@ class SlotTable:
         old_slots: list[int],
         new_slots: list[int],
         old_id: Callable[[int], bytes],
-    ) -> np.ndarray:
+    ) -> array[int]:
         """A rebuild moved the objects of ``old_slots`` to ``new_slots`` (-1: left without a
         slot) in a directory of ``capacity`` slots; ``old_id`` reads ids in the old one.
         Every ring keeps its order; a member left without a slot goes to its ring's
         ``overflow``. Returns the new slot of every old one (-1: none)."""
-        new_of_old = np.full(len(self.records), -1, dtype=np.int64)
-        new_of_old[np.asarray(old_slots, dtype=np.int64)] = np.asarray(new_slots, dtype=np.int64)
+        new_of_old = array("q", [-1]) * len(self.records)
+        for old, new in zip(old_slots, new_slots, strict=True):
+            new_of_old[old] = new
         old_records, old_next = self.records, self.next
         old_owner, old_created, old_construct = self.owner, self.created, self.construct
         records: list[ObjectRecord | None] = [None] * capacity
