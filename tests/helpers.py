@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 from hypothesis import settings
+from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, run_state_machine_as_test
 
 import plasma
@@ -111,6 +112,21 @@ def colliding(n: int, key: int = COLLIDE_KEY) -> bytes:
     the same home slot in a directory of any size."""
     a = n + 1
     return KEY.pack(a, a ^ key, 0)
+
+
+def directory_ids(max_size: int) -> st.SearchStrategy[list[bytes]]:
+    """Distinct ids to publish: random ones, and members of families that share a home
+    slot (long probe runs)."""
+    return st.lists(
+        st.one_of(
+            st.integers(0, 10**6).map(oid),
+            st.tuples(st.integers(0, 40), st.sampled_from([COLLIDE_KEY, 7, 2**63 + 5])).map(
+                lambda t: colliding(*t)
+            ),
+        ),
+        max_size=max_size,
+        unique=True,
+    )
 
 
 def raw_socket(path: str) -> socket.socket:

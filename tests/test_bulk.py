@@ -32,7 +32,7 @@ from plasma.directory import (
     pin_table_size,
 )
 from plasma.records import ObjectLocation
-from tests.helpers import BULK_PATHS, COLLIDE_KEY, bulk_path, colliding
+from tests.helpers import BULK_PATHS, bulk_path, directory_ids
 from tests.helpers import oid as ident
 
 pytestmark = pytest.mark.skipif(native is None, reason="the C extension is not built")
@@ -160,16 +160,7 @@ def test_a_table_written_while_it_is_scanned_is_read_entry_by_entry(path: str) -
 
 # ---------------------------------------------------------------- a rebuild's placement
 
-placement_ids = st.lists(
-    st.one_of(
-        st.integers(0, 10**6).map(ident),
-        st.tuples(st.integers(0, 40), st.sampled_from([COLLIDE_KEY, 7, 2**63 + 5])).map(
-            lambda t: colliding(*t)
-        ),
-    ),
-    max_size=60,
-    unique=True,
-)
+placement_ids = directory_ids(max_size=60)
 
 
 def filled(ids: list[bytes], dying: set[int], replicas: set[int]) -> tuple[Directory, list[int]]:

@@ -46,7 +46,14 @@ from plasma.directory import (
 )
 from plasma.ids import ID_SIZE
 from plasma.records import ObjectLocation
-from tests.helpers import BULK_PATHS, COLLIDE_KEY, KEY, READ_PATHS, bulk_path, colliding
+from tests.helpers import (
+    BULK_PATHS,
+    KEY,
+    READ_PATHS,
+    bulk_path,
+    colliding,
+    directory_ids,
+)
 from tests.helpers import oid as ident
 
 U64 = struct.Struct("<Q")
@@ -914,16 +921,7 @@ TestPythonWriterMachine.settings = TestDirectoryMachine.settings
 
 # ---------------------------------------------------------------- rebuild: bulk copy
 
-ids_for_copy = st.lists(
-    st.one_of(
-        st.integers(0, 10**6).map(ident),
-        st.tuples(st.integers(0, 40), st.sampled_from([COLLIDE_KEY, 7, 2**63 + 5])).map(
-            lambda t: colliding(*t)
-        ),
-    ),
-    max_size=48,
-    unique=True,
-)
+ids_for_copy = directory_ids(max_size=48)
 
 
 @settings(max_examples=300, deadline=None)
