@@ -9,9 +9,11 @@ may have no slot for some: ``slot`` -1, their generation still honoured). It wri
 only as the store tells it; it never decides an object's life, frees memory or scans pins.
 
 A published record with a slot costs no Python object here: it is kept in a list by slot
-(its id is the slot's), and found from its generation through a
+(its id is the slot's; None for an idle object kept with no record, made again when asked
+for: :mod:`plasma.store.table`), and found from its generation through a
 :class:`~plasma.store.generations.GenerationIndex`; only the rare ones a rebuild left without
-a slot are in a dict (:attr:`Publisher.slotless`).
+a slot are in a dict (:attr:`Publisher.slotless`). The store's own lookups by id go through
+a reader of the directory (:meth:`Publisher.lookup`).
 """
 
 from __future__ import annotations
