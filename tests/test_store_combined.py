@@ -39,7 +39,7 @@ from hypothesis.stateful import (
     rule,
 )
 
-from plasma.directory import REPLICA, DirectoryReader, Found, PinTable, pin_table_size
+from plasma.directory import REPLICA, SEALED, DirectoryReader, Found, PinTable, pin_table_size
 from plasma.errors import BadRequest, PlasmaError, StoreFull
 from plasma.follow import ReaderTracker
 from plasma.ids import replica_id
@@ -786,7 +786,7 @@ class CombinedMachine(RuleBasedStateMachine):
         assert len(listed) == len(set(listed)) == len(table)
         busy = dict(table._busy)
         compact = 0
-        for chunk in publisher.sealed_ids():
+        for chunk in publisher.directory.ids_in_state(SEALED):
             for slot, oid in chunk:
                 rec = publisher.slots.records[slot]
                 if rec is None:

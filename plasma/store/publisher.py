@@ -18,13 +18,11 @@ a reader of the directory (:meth:`Publisher.lookup`).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from plasma._native import native
 from plasma.directory import (
     DYING,
-    SEALED,
     Directory,
     DirectoryReader,
     Found,
@@ -121,11 +119,6 @@ class Publisher:
     def compact_ids(self) -> list[bytes]:
         """The ids of the sealed objects (not copies) published with no record."""
         return self.directory.unrecorded_ids(self.slots.records)
-
-    def sealed_ids(self) -> Iterator[list[tuple[int, bytes]]]:
-        """``(slot, id)`` of the slots that read sealed and hold no copy, in slot order (a
-        list per chunk of slots)."""
-        return self.directory.ids_in_state(SEALED, flags=0)
 
     def announce_replicas(self) -> None:
         """Readers look for copies on their node from now on."""

@@ -202,11 +202,6 @@ class ObjectTable:
             slot, gen,
         )  # fmt: skip
 
-    def _record(self, slot: int) -> tuple[bytes, ObjectRecord]:
-        """A compact object's id and a record of it (not kept)."""
-        oid, gen, loc, _ = self._pub.directory.entry(slot)
-        return oid, self._made(slot, gen, loc)
-
     def _materialize_slot(self, slot: int) -> ObjectRecord:
         oid, gen, loc, _ = self._pub.directory.entry(slot)
         return self._materialize(oid, slot, gen, loc)
@@ -223,6 +218,7 @@ class ObjectTable:
 
     def _compact_records(self) -> Iterator[tuple[bytes, ObjectRecord]]:
         """Every compact object's id and a record of it (not kept)."""
-        records = self._pub.slots.records
-        for chunk in self._pub.sealed_ids():
-            yield from [self._record(slot) for slot, _ in chunk if records[slot] is None]
+        for oid in self._pub.compact_ids():
+            found = self._find(oid)
+            assert found is not None
+            yield oid, self._made(found.slot, found.generation, found.location)
