@@ -178,9 +178,13 @@ class ObjectTable:
             and -(2**31) <= rec.owner < 2**31
         ):
             return False
-        loc = rec.loc
+        return rec.size == self._size(rec.loc)
+
+    def _size(self, loc: ObjectLocation) -> int:
+        """The allocated size of an object at ``loc`` made with no page alignment: its data
+        and metadata (at least 1 byte) rounded up to the store's alignment."""
         mask = self._mask
-        return rec.size == ((loc.data_size + loc.metadata_size or 1) + mask) & ~mask
+        return ((loc.data_size + loc.metadata_size or 1) + mask) & ~mask
 
     # ------------------------------------------------------------ compact objects
 
@@ -195,11 +199,9 @@ class ObjectTable:
     def _made(self, slot: int, gen: int, loc: ObjectLocation) -> ObjectRecord:
         """A record of the compact object published at ``slot`` (not kept)."""
         t = self._pub.slots
-        mask = self._mask
-        size = ((loc.data_size + loc.metadata_size or 1) + mask) & ~mask
         return ObjectRecord(
-            loc, size, t.owner[slot], t.created[slot], SEALED, NO_IO, 0, 0, t.construct[slot],
-            slot, gen,
+            loc, self._size(loc), t.owner[slot], t.created[slot], SEALED, NO_IO, 0, 0,
+            t.construct[slot], slot, gen,
         )  # fmt: skip
 
     def _materialize_slot(self, slot: int) -> ObjectRecord:
