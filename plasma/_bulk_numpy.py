@@ -169,7 +169,7 @@ def home_slots(ids: np.ndarray, bits: int) -> np.ndarray:
     return ((a ^ b ^ c) * np.uint64(_GOLDEN)) >> np.uint64(64 - bits)  # wraps mod 2**64
 
 
-def place_in_bulk(new: Directory, old: Directory, slots: list[int]) -> list[int] | None:
+def place_in_bulk(new: Directory, old: Directory, slots: Sequence[int]) -> list[int] | None:
     """:meth:`plasma.directory.Directory.copy_from`'s bulk placement (linear probing in
     order of home slot is a running maximum); None, and ``new``'s slots all zero, when some
     object finds no slot within the probe limit."""
@@ -179,7 +179,7 @@ def place_in_bulk(new: Directory, old: Directory, slots: list[int]) -> list[int]
     return placed
 
 
-def _place(new: Directory, old: Directory, slots: list[int]) -> list[int] | None:
+def _place(new: Directory, old: Directory, slots: Sequence[int]) -> list[int] | None:
     n = len(slots)
     if not n:
         return []

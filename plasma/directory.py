@@ -47,7 +47,7 @@ import math
 import os
 import platform
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -200,7 +200,7 @@ class Directory:
             slot = (slot + 1) & mask
         return -1
 
-    def copy_from(self, old: Directory, slots: list[int]) -> list[int]:
+    def copy_from(self, old: Directory, slots: Sequence[int]) -> list[int]:
         """Fill this new, empty directory (no reader maps it yet) with the live objects of
         ``old``'s ``slots``: same generation, location and state. Returns their slots here,
         in order, -1 for any that found no slot within the probe limit.
@@ -252,16 +252,13 @@ class Directory:
                 for i in itertools.compress(range(n), wanted.to_bytes(n, "little"))
             ]
 
-    def unrecorded_ids(self, records: list[Any]) -> list[bytes]:
-        """The ids of the slots that read sealed, hold no copy, and have None in
-        ``records`` (a list by slot), in slot order."""
+    def unrecorded_ids(self, recorded: bytes | bytearray) -> list[bytes]:
+        """The ids of the slots that read sealed, hold no copy, and have a 0 in
+        ``recorded`` (a byte by slot), in slot order."""
         if native is not None:
-            return native.compact_ids(self._mv, self.capacity, records)
+            return native.compact_ids(self._mv, self.capacity, recorded)
         return [
-            oid
-            for chunk in self.ids_in_state(SEALED)
-            for slot, oid in chunk
-            if records[slot] is None
+            oid for chunk in self.ids_in_state(SEALED) for slot, oid in chunk if not recorded[slot]
         ]
 
     def set_state(self, slot: int, state: int) -> None:

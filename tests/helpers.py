@@ -33,6 +33,7 @@ import plasma
 import plasma.aio
 import plasma.directory
 import plasma.store.generations
+import plasma.store.slots
 from plasma import protocol as p
 from plasma._client_core.fast_path import NATIVE, PYTHON
 from plasma._native import native
@@ -70,13 +71,15 @@ BULK_PATHS = [
 
 @contextlib.contextmanager
 def bulk_path(name: str) -> Iterator[None]:
-    """Pin scans, rebuilds and compactions in this block run through ``name`` of
-    BULK_PATHS: "numpy" is the code without the extension (directory slots are then written
-    by the Python writer too)."""
+    """Pin scans, rebuilds (their placement and moves) and compactions in this block run
+    through ``name`` of BULK_PATHS: "numpy" is the code without the extension (directory
+    slots are then written by the Python writer too, slot columns and rings moved by Python
+    loops)."""
     with pytest.MonkeyPatch.context() as patch:
         if name == "numpy":
             patch.setattr(plasma.directory, "native", None)
             patch.setattr(plasma.store.generations, "native", None)
+            patch.setattr(plasma.store.slots, "native", None)
         yield
 
 

@@ -1,10 +1,12 @@
-"""The coordinator's bulk work in C (plasma/_native/bulk.c: pin scans, a rebuild's placement,
-the generation index's compaction) against its numpy fallback (plasma._bulk_numpy, the code
-the coordinator ran before): the same answers, byte for byte, on random input; and a pin
-table its client writes while it is scanned is read entry by entry."""
+"""The coordinator's bulk work in C (plasma/_native/bulk.c: pin scans, a rebuild's placement
+and moves, the generation index's compaction) against its fallbacks (plasma._bulk_numpy, the
+code the coordinator ran before; the Python loops of plasma.store.slots): the same answers,
+byte for byte, on random input; and a pin table its client writes while it is scanned is
+read entry by entry."""
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import os
 import struct
@@ -32,6 +34,7 @@ from plasma.directory import (
     pin_table_size,
 )
 from plasma.records import ObjectLocation
+from plasma.store import slots
 from tests.helpers import BULK_PATHS, bulk_path, directory_ids
 from tests.helpers import oid as ident
 
@@ -271,3 +274,114 @@ def test_compaction_agrees_with_numpy(slots: list[int], new_of_old: list[int] | 
             del g[kept:], s[kept:]
         results.append((kept, g, s))
     assert results[0] == results[1]
+
+
+# ---------------------------------------------------------------- a rebuild's moves
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    typecode=st.sampled_from("bid"),
+    dst_n=st.integers(0, 40),
+    index=st.lists(st.integers(-2, 45), max_size=60),
+)
+def test_scatter_agrees_with_python(typecode: str, dst_n: int, index: list[int]) -> None:
+    """Random items moved through a random index (some -1 or -2: not moved; some past dst:
+    an IndexError with nothing written) into columns of each item size the store keeps."""
+    from array import array
+
+    src = array(typecode, [(i * 7 + 1) % 100 for i in range(len(index))])
+    indexes = array("q", index)
+    results = []
+    for path in ("native", "numpy"):
+        dst = array(typecode, [0]) * dst_n
+        with bulk_path(path):
+            try:
+                slots.scatter(dst, src, indexes)
+            except IndexError:
+                results.append(("IndexError", array(typecode, [0]) * dst_n))
+                assert dst == array(typecode, [0]) * dst_n  # (nothing written)
+                continue
+        results.append(("ok", dst))
+    assert results[0] == results[1]
+    expected = [0] * dst_n
+    outside = any(at >= dst_n for at in index)
+    for i, at in enumerate(index):
+        if at >= 0 and not outside:
+            expected[at] = src[i]
+    assert results[0] == ("IndexError" if outside else "ok", array(typecode, expected))
+
+
+def test_scatter_refuses_mismatched_buffers() -> None:
+    from array import array
+
+    with pytest.raises(ValueError, match="different sizes"):
+        native.scatter(array("i", [0]), array("q", [1]), array("q", [0]))
+    with pytest.raises(ValueError, match="as many indexes"):
+        native.scatter(array("q", [0, 0]), array("q", [1]), array("q", [0, 1]))
+    with pytest.raises(ValueError, match="8-byte words"):
+        native.scatter(bytearray(2), bytearray(1), array("i", [0]))
+    with pytest.raises(BufferError):  # (read-only)
+        native.scatter(b"\0", b"\1", array("q", [0]))
+
+
+def random_ring(seed: int, old_n: int, new_n: int) -> tuple[int, Any, Any]:
+    """A ring through some of ``old_n`` slots in random order (``head``, ``next``), and a
+    random map of slots to distinct new ones (a third or so left without one)."""
+    from array import array
+
+    rng = np.random.default_rng(seed)
+    members = rng.permutation(old_n)[: int(rng.integers(0, old_n + 1))].tolist()
+    old_next = array("i", [-1]) * old_n
+    for a, b in itertools.pairwise(members):
+        old_next[a] = b
+    targets = rng.permutation(new_n).tolist()
+    new_of_old = array("q", [-1]) * old_n
+    for old in range(old_n):
+        if targets and rng.random() < 0.7:
+            new_of_old[old] = targets.pop()
+    return (members[0] if members else -1), old_next, new_of_old
+
+
+@settings(max_examples=300, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), old_n=st.integers(0, 60), new_n=st.integers(0, 90))
+def test_relink_agrees_with_python(seed: int, old_n: int, new_n: int) -> None:
+    """A random ring relinked through a random map: the same ring (order kept, as the walk
+    of the new links shows) and the same members left out, from both."""
+    from array import array
+
+    head, old_next, new_of_old = random_ring(seed, old_n, new_n)
+    results = []
+    for path in ("native", "numpy"):
+        prev, nxt = array("i", [-2]) * new_n, array("i", [-1]) * new_n
+        with bulk_path(path):
+            ring = slots.relink(head, old_next, new_of_old, prev, nxt)
+        results.append((ring, prev, nxt))
+    assert results[0] == results[1]
+    (first, last, linked, left), prev, nxt = results[0]
+    members = []
+    at = head
+    while at != -1:
+        members.append(at)
+        at = old_next[at]
+    assert left == [m for m in members if new_of_old[m] < 0]
+    walk, at = [], first
+    while at != -1:
+        walk.append(at)
+        at = nxt[at]
+    assert walk == [new_of_old[m] for m in members if new_of_old[m] >= 0] and len(walk) == linked
+    assert last == (walk[-1] if walk else -1)
+    assert all(prev[b] == a for a, b in zip([-1, *walk], walk, strict=False))
+
+
+@pytest.mark.parametrize("path", BULK_PATHS)
+def test_relink_refuses_a_cycle_and_slots_outside(path: str) -> None:
+    from array import array
+
+    cycle = array("i", [1, 0])
+    with bulk_path(path), pytest.raises(IndexError):
+        slots.relink(0, cycle, array("q", [0, 1]), array("i", [-2]) * 2, array("i", [-1]) * 2)
+    with bulk_path(path), pytest.raises(IndexError):
+        slots.relink(5, array("i", [-1]), array("q", [0]), array("i", [-2]), array("i", [-1]))
+    with bulk_path(path), pytest.raises(IndexError):  # (a new slot outside prev)
+        slots.relink(0, array("i", [-1]), array("q", [3]), array("i", [-2]), array("i", [-1]))

@@ -62,11 +62,13 @@ from plasma.store import (
 )
 from plasma.store.objects import State
 from tests.helpers import (
+    BULK_PATHS,
     GRACE,
     KIB,
     Claim,
     FakeProvider,
     allocation_violations,
+    bulk_path,
     colliding,
     oid,
     reached,
@@ -1138,6 +1140,30 @@ def test_a_rebuild_while_an_eviction_victim_waits_keeps_one_slot_per_object() ->
         "tombstones": 1,
         "rebuilds": 1,
     }
+
+
+@pytest.mark.parametrize("path", BULK_PATHS)
+def test_a_rebuild_moves_each_access_byte_with_its_object(path: str) -> None:
+    """A reader's reference bit (the object's access byte, CLOCK's second chance) is at the
+    object's new slot after a rebuild, and nowhere else."""
+    store = Store({0: 64 * KIB}, FakeProvider(), segment_size=64 * KIB, directory_capacity=16)
+    store.register_client(1)
+    with bulk_path(path):
+        for n in range(12):
+            store.create(1, oid(n), 64)
+            store.seal(1, oid(n))
+            store.release(1, oid(n))
+        reader = DirectoryReader(*store.directory_buffers)  # (a lookup sets the byte)
+        touched = {oid(n) for n in (0, 5, 11)}
+        assert all(reader.lookup(o) is not None for o in touched)
+        store.create(1, oid(12), 64)
+        store.seal(1, oid(12))  # (the 13th publish rebuilds the full directory)
+    assert store.stats()["directory"]["rebuilds"] == 1
+    reader = DirectoryReader(store.directory_buffers[0])  # (sets no access byte)
+    slots = {o: reader.lookup(o).slot for o in map(oid, range(13))}  # type: ignore[union-attr]
+    access = store.directory_buffers[1]
+    assert {o for o, slot in slots.items() if access[slot]} == touched
+    assert sum(access[: reader.capacity]) == len(touched)
 
 
 def test_an_eviction_victim_deleted_in_its_grace_period_does_not_block_eviction() -> None:

@@ -788,7 +788,7 @@ class CombinedMachine(RuleBasedStateMachine):
         compact = 0
         for chunk in publisher.directory.ids_in_state(SEALED):
             for slot, oid in chunk:
-                rec = publisher.slots.records[slot]
+                rec = publisher.slots.records.get(slot)
                 if rec is None:
                     compact += 1
                     assert oid not in busy, f"{oid.hex()} is compact and has a record"

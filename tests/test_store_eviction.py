@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+from array import array
 
 import pytest
 
+import plasma.store.slots
 from plasma.records import ObjectLocation
 from plasma.store.eviction import ClockRing, plan_room
 from plasma.store.memory import Node, Segment
@@ -59,7 +61,7 @@ def published(n: int) -> tuple[ClockRing, dict[bytes, ObjectRecord]]:
     """A ring over a slot table where objects ``bytes([i])`` are published in slots ``i``."""
     table = SlotTable(16, lambda slot: bytes([slot]))
     records = {bytes([i]): rec(i, gen=i + 1, slot=i) for i in range(n)}
-    table.records[:n] = records.values()
+    table.records.update(enumerate(records.values()))
     return ClockRing(table), records
 
 
@@ -131,11 +133,19 @@ def test_a_walk_fails_loudly_if_the_ring_changes_under_it() -> None:
         next(items)
 
 
-def test_a_rebuild_keeps_each_rings_order_and_puts_those_left_out_after_them() -> None:
+@pytest.mark.parametrize("native", [True, False], ids=["c", "python"])
+def test_a_rebuild_keeps_each_rings_order_and_puts_those_left_out_after_them(
+    native: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not native:
+        monkeypatch.setattr(plasma.store.slots, "native", None)
+    elif plasma.store.slots.native is None:
+        pytest.skip("the C extension is not built")
     table = SlotTable(8, lambda slot: bytes([slot]))
     rings = [ClockRing(table), ClockRing(table)]
     records = {bytes([i]): rec(i, gen=i + 1, slot=i) for i in range(6)}
-    table.records[:6] = records.values()
+    table.records.update(enumerate(records.values()))
+    table.owner[3] = 7  # (a compact object's column moves with its slot)
     for i in (4, 0, 2):
         rings[0].add(bytes([i]), records[bytes([i])])
     for i in (5, 1):
@@ -143,11 +153,12 @@ def test_a_rebuild_keeps_each_rings_order_and_puts_those_left_out_after_them() -
     new_slots = [10, 11, -1, 13, 14, 15]  # object 2 is left without a slot
     for r, slot in zip(records.values(), new_slots, strict=True):
         r.slot = slot
-    table.move(16, list(range(6)), new_slots, lambda slot: bytes([slot]))
+    table.move(16, array("q", [*new_slots, -1, -1]), lambda slot: bytes([slot]))
     table.id_of = lambda slot: bytes([slot - 10])
     assert [oid for oid, _ in rings[0].items()] == [b"\x04", b"\x00", b"\x02"]
     assert [oid for oid, _ in rings[1].items()] == [b"\x05", b"\x01"]
     assert list(rings[0].overflow) == [b"\x02"]
-    assert table.records[14] is records[b"\x04"] and table.records[2] is None
+    assert table.records[14] is records[b"\x04"] and 2 not in table.records
+    assert table.owner[13] == 7 and table.owner.count(7) == 1 and len(table.owner) == 16
     assert rings[0].remove(b"\x00", records[b"\x00"]) and rings[0].remove(b"\x02", records[b"\x02"])
     assert [oid for oid, _ in rings[0].items()] == [b"\x04"] and rings[0].bytes == 64

@@ -187,11 +187,11 @@ def test_the_ids_of_compact_objects_by_either_reader(
     )
 
 
-def test_the_c_scan_refuses_a_short_record_list() -> None:
+def test_the_c_scan_refuses_a_short_record_mask() -> None:
     if plasma.directory.native is None:
         pytest.skip("the C extension is not built")
     store = make()
     put(store, 1)
     directory = store._dir.directory
-    with pytest.raises(ValueError, match="fewer entries"):
-        plasma.directory.native.compact_ids(directory._mv, directory.capacity, [None])
+    with pytest.raises(ValueError, match="fewer bytes"):
+        plasma.directory.native.compact_ids(directory._mv, directory.capacity, b"\0")

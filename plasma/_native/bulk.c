@@ -1,5 +1,5 @@
-/* The coordinator's bulk work in C11 (see bulk.h): pin scans, a rebuild's placement, the
- * generation index's compaction. No compiler builtins; shared words through <stdatomic.h>. */
+/* The coordinator's bulk work in C11 (see bulk.h): pin scans, a rebuild's placement and
+ * moves, the generation index's compaction. No compiler builtins; shared words through <stdatomic.h>. */
 #include "bulk.h"
 
 #include <stdatomic.h>
@@ -181,6 +181,68 @@ int pcd_place(void *new_base, uint64_t capacity, uint64_t max_probe, const void 
     }
     free(order);
     return 1;
+}
+
+/* ------------------------------------------------------------------ a rebuild's moves */
+
+int pcd_scatter(void *dst, uint64_t dst_n, const void *src, const int64_t *index, uint64_t n,
+                size_t itemsize) {
+    for (uint64_t i = 0; i < n; i++)
+        if (index[i] >= 0 && (uint64_t)index[i] >= dst_n)
+            return PCD_ERANGE;
+    unsigned char *to = dst;
+    const unsigned char *from = src;
+    switch (itemsize) { /* (a constant size: each copy is one load and one store) */
+    case 1:
+        for (uint64_t i = 0; i < n; i++)
+            if (index[i] >= 0)
+                to[index[i]] = from[i];
+        break;
+    case 4:
+        for (uint64_t i = 0; i < n; i++)
+            if (index[i] >= 0)
+                memcpy(to + 4 * (uint64_t)index[i], from + 4 * i, 4);
+        break;
+    case 8:
+        for (uint64_t i = 0; i < n; i++)
+            if (index[i] >= 0)
+                memcpy(to + 8 * (uint64_t)index[i], from + 8 * i, 8);
+        break;
+    default:
+        for (uint64_t i = 0; i < n; i++)
+            if (index[i] >= 0)
+                memcpy(to + itemsize * (uint64_t)index[i], from + itemsize * i, itemsize);
+    }
+    return PCD_OK;
+}
+
+int pcd_relink(int64_t head, const int32_t *old_next, uint64_t old_n, const int64_t *new_of_old,
+               int32_t *prev, int32_t *next, uint64_t new_n, pcd_ring *out, int64_t *left,
+               uint64_t *n_left) {
+    out->head = out->tail = -1;
+    out->linked = 0;
+    *n_left = 0;
+    uint64_t members = 0;
+    for (int64_t old = head; old != -1; old = old_next[old]) {
+        if (old < 0 || (uint64_t)old >= old_n || ++members > old_n)
+            return PCD_ERANGE;
+        int64_t at = new_of_old[old];
+        if (at < 0) {
+            left[(*n_left)++] = old;
+            continue;
+        }
+        if ((uint64_t)at >= new_n)
+            return PCD_ERANGE;
+        prev[at] = (int32_t)out->tail;
+        next[at] = -1;
+        if (out->tail == -1)
+            out->head = at;
+        else
+            next[out->tail] = (int32_t)at;
+        out->tail = at;
+        out->linked++;
+    }
+    return PCD_OK;
 }
 
 /* ------------------------------------------------------------------ the generation index */

@@ -1,7 +1,7 @@
 /* The coordinator's bulk work in C11: pin scans, a rebuild's placement of every live object
- * in a new directory, and the compaction of the store's generation index. Plain C with no
+ * in a new directory and its moves of what is kept by slot, and the compaction of the store's generation index. Plain C with no
  * dependency beyond libc, like directory.h: bulk_module.c wraps it for Python, one call per
- * scan, rebuild or compaction (never a call per entry), so the coordinator needs no numpy.
+ * scan, rebuild step or compaction (never a call per entry), so the coordinator needs no numpy.
  *
  * Pin tables are written by their clients while they are scanned: each entry is read once
  * (a relaxed atomic load) and only that value is used, so a scan sees each entry as it was
@@ -72,6 +72,32 @@ void pcd_wanted_free(pcd_wanted *wanted);
  * PCD_ERANGE for a slot outside old, PCD_ECAPACITY, PCD_ENOMEM. */
 int pcd_place(void *new_base, uint64_t capacity, uint64_t max_probe, const void *old_base,
               uint64_t old_capacity, const int64_t *slots, uint64_t n, int64_t *placed);
+
+/* ------------------------------------------------------------------ a rebuild's moves */
+
+/* dst[index[i]] = src[i] for every i < n with index[i] >= 0 (dst holds dst_n items and src
+ * n items, each itemsize bytes): what is kept by slot moves with its object's slot. 0, or
+ * PCD_ERANGE (nothing written) when some index[i] is not below dst_n. */
+int pcd_scatter(void *dst, uint64_t dst_n, const void *src, const int64_t *index, uint64_t n,
+                size_t itemsize);
+
+/* A ring of slots: its first and last slot (-1: none) and how many are linked. */
+typedef struct pcd_ring {
+    int64_t head;
+    int64_t tail;
+    uint64_t linked;
+} pcd_ring;
+
+/* A CLOCK ring relinked through a rebuild (plasma/store/eviction.py). The ring starts at
+ * head and goes on through old_next (old_n slots; -1 ends it). Each member's slot s moves
+ * to new_of_old[s] (old_n entries; -1: left without a slot): it is linked at the back of
+ * out, a ring in prev and next (new_n slots each; next[t] -1 at the tail), so the ring
+ * keeps its order. The old slots of those left out go to left[0..*n_left) (room for old_n).
+ * 0; PCD_ERANGE for a slot outside the arrays or a ring of more than old_n members (a
+ * cycle): prev and next are then part-written. */
+int pcd_relink(int64_t head, const int32_t *old_next, uint64_t old_n, const int64_t *new_of_old,
+               int32_t *prev, int32_t *next, uint64_t new_n, pcd_ring *out, int64_t *left,
+               uint64_t *n_left);
 
 /* ------------------------------------------------------------------ the generation index */
 

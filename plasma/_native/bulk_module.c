@@ -1,5 +1,5 @@
-/* The CPython face of bulk.c: the coordinator's pin scans, a rebuild's placement and the
- * generation index's compaction, each one call (plasma.directory.PinScanner,
+/* The CPython face of bulk.c: the coordinator's pin scans, a rebuild's placement and moves,
+ * and the generation index's compaction, each one call (plasma.directory.PinScanner,
  * plasma.directory.Directory.copy_from, plasma.store.generations.GenerationIndex). Added to
  * plasma._native._directory by bulk_add. */
 #include "bulk.h"
@@ -461,6 +461,106 @@ static PyObject *compact(PyObject *module, PyObject *const *args, Py_ssize_t nar
     return out;
 }
 
+/* a buffer of 4-byte ints, aligned (the store's array('i') of ring links) */
+static int ints32(PyObject *obj, Py_buffer *view, int writable, const char *what) {
+    if (PyObject_GetBuffer(obj, view, writable ? PyBUF_WRITABLE : PyBUF_SIMPLE) < 0)
+        return -1;
+    if (view->len % 4 != 0 || (view->len && ((uintptr_t)view->buf & 3) != 0) ||
+        (uint64_t)view->len / 4 > INT32_MAX) {
+        PyBuffer_Release(view);
+        PyErr_Format(PyExc_ValueError, "%s: an aligned buffer of 4-byte ints", what);
+        return -1;
+    }
+    return 0;
+}
+
+/* scatter(dst, src, index): dst[index[i]] = src[i] for every index[i] >= 0; dst and src
+ * buffers of items of one size, index 8-byte words, one per item of src */
+static PyObject *scatter(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "scatter(dst, src, index)");
+        return NULL;
+    }
+    Py_buffer dst = {0}, src = {0}, index = {0};
+    PyObject *out = NULL;
+    if (PyObject_GetBuffer(args[0], &dst, PyBUF_WRITABLE | PyBUF_ND | PyBUF_FORMAT) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &src, PyBUF_ND | PyBUF_FORMAT) < 0)
+        goto done;
+    if (words(args[2], &index, 0, "index") < 0)
+        goto done;
+    if (dst.itemsize != src.itemsize || dst.itemsize <= 0)
+        PyErr_SetString(PyExc_ValueError, "dst and src hold items of different sizes");
+    else if (src.len / src.itemsize != index.len / 8)
+        PyErr_SetString(PyExc_ValueError, "as many indexes as items of src");
+    else if (pcd_scatter(dst.buf, (uint64_t)(dst.len / dst.itemsize), src.buf, index.buf,
+                         (uint64_t)index.len / 8, (size_t)dst.itemsize) == PCD_ERANGE)
+        PyErr_SetString(PyExc_IndexError, "an index outside dst");
+    else
+        out = Py_NewRef(Py_None);
+done:
+    if (index.obj != NULL)
+        PyBuffer_Release(&index);
+    if (src.obj != NULL)
+        PyBuffer_Release(&src);
+    PyBuffer_Release(&dst);
+    return out;
+}
+
+/* relink(head, old_next, new_of_old, prev, next): pcd_relink; (head, tail, linked, [the
+ * old slots of the members left out]) */
+static PyObject *relink(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5) {
+        PyErr_SetString(PyExc_TypeError, "relink(head, old_next, new_of_old, prev, next)");
+        return NULL;
+    }
+    long long head = PyLong_AsLongLong(args[0]);
+    if (head == -1 && PyErr_Occurred())
+        return NULL;
+    Py_buffer old_next = {0}, map = {0}, prev = {0}, next = {0};
+    PyObject *out = NULL;
+    int64_t *left = NULL;
+    if (ints32(args[1], &old_next, 0, "old_next") < 0 ||
+        words(args[2], &map, 0, "new_of_old") < 0 || ints32(args[3], &prev, 1, "prev") < 0 ||
+        ints32(args[4], &next, 1, "next") < 0)
+        goto done;
+    uint64_t old_n = (uint64_t)old_next.len / 4, new_n = (uint64_t)prev.len / 4;
+    if ((uint64_t)map.len / 8 != old_n || (uint64_t)next.len / 4 != new_n) {
+        PyErr_SetString(PyExc_ValueError, "new_of_old as long as old_next, next as prev");
+        goto done;
+    }
+    left = PyMem_Malloc((old_n ? old_n : 1) * sizeof *left);
+    if (left == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    pcd_ring ring;
+    uint64_t n_left;
+    if (pcd_relink(head, old_next.buf, old_n, map.buf, prev.buf, next.buf, new_n, &ring, left,
+                   &n_left) == PCD_ERANGE) {
+        PyErr_SetString(PyExc_IndexError, "a ring slot outside the arrays, or a cycle");
+        goto done;
+    }
+    PyObject *left_list = PyList_New((Py_ssize_t)n_left);
+    for (uint64_t i = 0; left_list != NULL && i < n_left; i++) {
+        PyObject *slot = PyLong_FromLongLong(left[i]);
+        if (slot == NULL)
+            Py_CLEAR(left_list);
+        else
+            PyList_SET_ITEM(left_list, (Py_ssize_t)i, slot);
+    }
+    if (left_list != NULL)
+        out = Py_BuildValue("(LLKN)", (long long)ring.head, (long long)ring.tail,
+                            (unsigned long long)ring.linked, left_list);
+done:
+    PyMem_Free(left);
+    Py_buffer *views[] = {&old_next, &map, &prev, &next};
+    for (size_t i = 0; i < 4; i++)
+        if (views[i]->obj != NULL)
+            PyBuffer_Release(views[i]);
+    return out;
+}
+
 static PyMethodDef bulk_methods[] = {
     {"pin_count", pin_count, METH_O,
      "pin_count(tables): the pins (nonzero entries below the mark) in all the pin tables"},
@@ -476,6 +576,12 @@ static PyMethodDef bulk_methods[] = {
     {"compact", (PyCFunction)(void (*)(void))compact, METH_FASTCALL,
      "compact(gens, slots, new_of_old): slots mapped through new_of_old (None: not), then "
      "the entries with a slot >= 0 moved to the front; how many"},
+    {"scatter", (PyCFunction)(void (*)(void))scatter, METH_FASTCALL,
+     "scatter(dst, src, index): dst[index[i]] = src[i] for every index[i] >= 0 (a rebuild "
+     "moving what is kept by slot); IndexError (nothing written) for an index outside dst"},
+    {"relink", (PyCFunction)(void (*)(void))relink, METH_FASTCALL,
+     "relink(head, old_next, new_of_old, prev, next): a CLOCK ring's members relinked in "
+     "order at their new slots; (head, tail, linked, [old slots of those left out])"},
     {NULL},
 };
 

@@ -659,40 +659,42 @@ static PyObject *clear_slot(PyObject *module, PyObject *const *args, Py_ssize_t 
     return done(&buf, pcd_clear_slot(buf.buf, capacity, slot));
 }
 
-/* compact_ids(directory, capacity, records): the ids of the slots that read sealed, hold no
- * copy and have None in records (a list by slot: the store's compact objects), in slot
- * order. Only the directory's writer calls it (plain reads of its own stores). */
+/* compact_ids(directory, capacity, recorded): the ids of the slots that read sealed, hold no
+ * copy and have 0 in recorded (a byte by slot: 1 where the store keeps a record, so 0 for
+ * its compact objects), in slot order. Only the directory's writer calls it (plain reads of
+ * its own stores). */
 static PyObject *compact_ids(PyObject *module, PyObject *const *args, Py_ssize_t n) {
     unsigned long long capacity;
-    Py_buffer buf;
+    Py_buffer buf, recorded;
     if (n != 3) {
-        PyErr_SetString(PyExc_TypeError, "compact_ids(directory, capacity, records)");
+        PyErr_SetString(PyExc_TypeError, "compact_ids(directory, capacity, recorded)");
         return NULL;
     }
-    PyObject *records = args[2];
-    if (!PyList_Check(records)) {
-        PyErr_SetString(PyExc_TypeError, "records is a list");
+    if (PyObject_GetBuffer(args[2], &recorded, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (directory_arg(args, &buf, &capacity) < 0) {
+        PyBuffer_Release(&recorded);
         return NULL;
     }
-    if (directory_arg(args, &buf, &capacity) < 0)
-        return NULL;
     PyObject *out = PyList_New(0);
-    if ((unsigned long long)PyList_GET_SIZE(records) < capacity) {
-        PyErr_SetString(PyExc_ValueError, "records has fewer entries than the directory slots");
+    if ((unsigned long long)recorded.len < capacity) {
+        PyErr_SetString(PyExc_ValueError, "recorded has fewer bytes than the directory slots");
         Py_CLEAR(out);
     }
     const unsigned char *slots = (const unsigned char *)buf.buf + PCD_HEADER_SIZE;
+    const unsigned char *has_record = recorded.buf;
     for (unsigned long long i = 0; out != NULL && i < capacity; i++) {
         const unsigned char *slot = slots + i * PCD_SLOT_SIZE;
         /* (state and flags are the slot's last two bytes; its id follows seq and generation) */
         if (slot[PCD_SLOT_SIZE - 2] != PCD_SEALED || slot[PCD_SLOT_SIZE - 1] != 0 ||
-            PyList_GET_ITEM(records, (Py_ssize_t)i) != Py_None)
+            has_record[i])
             continue;
         PyObject *oid = PyBytes_FromStringAndSize((const char *)slot + 16, PCD_ID_SIZE);
         if (oid == NULL || PyList_Append(out, oid) < 0)
             Py_CLEAR(out);
         Py_XDECREF(oid);
     }
+    PyBuffer_Release(&recorded);
     PyBuffer_Release(&buf);
     return out;
 }
@@ -733,8 +735,8 @@ static PyMethodDef module_methods[] = {
     {"clear_slot", (PyCFunction)(void (*)(void))clear_slot, METH_FASTCALL,
      "clear_slot(directory, capacity, slot): the slot made a tombstone"},
     {"compact_ids", (PyCFunction)(void (*)(void))compact_ids, METH_FASTCALL,
-     "compact_ids(directory, capacity, records): ids of the slots that read sealed, hold no "
-     "copy and have None in records, in slot order"},
+     "compact_ids(directory, capacity, recorded): ids of the slots that read sealed, hold no "
+     "copy and have 0 in recorded (a byte by slot), in slot order"},
     {"set_superseded", set_superseded, METH_O, "set_superseded(directory)"},
     {"set_ordered", set_ordered, METH_O,
      "set_ordered(directory): say that every slot write is ordered (release stores)"},

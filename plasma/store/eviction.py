@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from plasma.store.objects import Io
 from plasma.store.pages import round_up
-from plasma.store.slots import END, NOT_LINKED, SlotTable
+from plasma.store.slots import END, NOT_LINKED, SlotTable, relink
 
 if TYPE_CHECKING:
     from plasma.store.memory import Node, Segment
@@ -66,7 +66,7 @@ class ClockRing:
             return True
         slot = rec.slot
         t = self._slots
-        return slot >= 0 and t.prev[slot] != NOT_LINKED and t.records[slot] is rec
+        return slot >= 0 and t.prev[slot] != NOT_LINKED and t.records.get(slot) is rec
 
     def items(self) -> Generator[Candidate, None, None]:
         """Its members in CLOCK order (the ring must not change meanwhile)."""
@@ -90,7 +90,7 @@ class ClockRing:
         slot = rec.slot
         if slot >= 0:
             t = self._slots
-            if t.records[slot] is not rec or t.prev[slot] != NOT_LINKED:
+            if t.records.get(slot) is not rec or t.prev[slot] != NOT_LINKED:
                 raise AssertionError(f"slot {slot} is not free to join a ring")
             self._link(slot)
         else:
@@ -107,7 +107,7 @@ class ClockRing:
         another record of the same id never is taken out)."""
         slot = rec.slot
         t = self._slots
-        if slot >= 0 and t.prev[slot] != NOT_LINKED and t.records[slot] is rec:
+        if slot >= 0 and t.prev[slot] != NOT_LINKED and t.records.get(slot) is rec:
             before, after = t.prev[slot], t.next[slot]  # (unlinked: on every get and delete)
             if before == END:
                 self._head = after
@@ -137,29 +137,20 @@ class ClockRing:
 
     def moved(
         self,
-        new_of_old: list[int],
+        new_of_old: array[int],
         old_next: array[int],
-        old_records: list[ObjectRecord | None],
+        old_records: dict[int, ObjectRecord],
         old_id: Callable[[int], bytes],
     ) -> None:
         """The directory was rebuilt (:meth:`SlotTable.move`: the table's arrays are new):
         relink the members in their order, those left without a slot into ``overflow``."""
-        order = []
-        slot = self._head
-        while slot != END:
-            order.append(slot)
-            slot = old_next[slot]
-        self._head = self._tail = END
-        self._linked = 0
+        t = self._slots
+        self._head, self._tail, self._linked, left = relink(
+            self._head, old_next, new_of_old, t.prev, t.next
+        )
         self._changes += 1
-        for old in order:
-            new = new_of_old[old]
-            if new >= 0:
-                self._link(new)
-            else:
-                rec = old_records[old]
-                assert rec is not None
-                self.overflow[old_id(old)] = rec
+        for old in left:
+            self.overflow[old_id(old)] = old_records[old]
 
     def _link(self, slot: int) -> None:
         t = self._slots

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import bisect
 from array import array
-from collections.abc import Iterator
 from typing import Any
 
 from plasma._native import native
@@ -68,9 +67,11 @@ class GenerationIndex:
             self._compact()
         return slot
 
-    def slots(self) -> Iterator[int]:
+    def slot_array(self) -> array[int]:
         """The slots of every entry, in the order their generations were added."""
-        return (slot for slot in self._slots if slot >= 0)
+        if self._removed:
+            self._compact()
+        return array("q", self._slots)
 
     def move(self, new_of_old: Any) -> None:
         """A rebuild moved every slot ``s`` to ``new_of_old[s]`` (a buffer of int64, e.g. an

@@ -8,16 +8,21 @@ generations pins name, and every published record until it is freed (a rebuilt d
 may have no slot for some: ``slot`` -1, their generation still honoured). It writes slots
 only as the store tells it; it never decides an object's life, frees memory or scans pins.
 
-A published record with a slot costs no Python object here: it is kept in a list by slot
-(its id is the slot's; None for an idle object kept with no record, made again when asked
-for: :mod:`plasma.store.table`), and found from its generation through a
+A published record with a slot is kept by its slot in the
+:class:`~plasma.store.slots.SlotTable` (its id is the slot's; an idle object kept with no
+record has none there, and is made one again when asked for: :mod:`plasma.store.table`),
+and found from its generation through a
 :class:`~plasma.store.generations.GenerationIndex`; only the rare ones a rebuild left without
 a slot are in a dict (:attr:`Publisher.slotless`). The store's own lookups by id go through
-a reader of the directory (:meth:`Publisher.lookup`).
+a reader of the directory (:meth:`Publisher.lookup`). A rebuild moves what is kept by slot
+(the slot table's columns and rings, the access bytes, the index) with a C call each
+(:func:`~plasma.store.slots.scatter`, :func:`~plasma.store.slots.relink`), and touches in
+Python only the objects that have a record.
 """
 
 from __future__ import annotations
 
+from array import array
 from typing import TYPE_CHECKING, Any
 
 from plasma._native import native
@@ -32,7 +37,7 @@ from plasma.directory import (
 )
 from plasma.errors import PlasmaError
 from plasma.store.generations import GenerationIndex
-from plasma.store.slots import SlotTable
+from plasma.store.slots import SlotTable, scatter
 
 if TYPE_CHECKING:
     from plasma.store.directory_memory import DirectoryMemory
@@ -118,7 +123,7 @@ class Publisher:
 
     def compact_ids(self) -> list[bytes]:
         """The ids of the sealed objects (not copies) published with no record."""
-        return self.directory.unrecorded_ids(self.slots.records)
+        return self.directory.unrecorded_ids(self.slots.recorded())
 
     def announce_replicas(self) -> None:
         """Readers look for copies on their node from now on."""
@@ -136,11 +141,11 @@ class Publisher:
         if rec.slot >= 0:
             if (
                 self._index.remove(rec.gen) != rec.slot
-                or self.slots.records[rec.slot] is not rec
+                or self.slots.records.get(rec.slot) is not rec
                 or self.slots.linked(rec.slot)
             ):
                 raise AssertionError(f"slot {rec.slot} is not generation {rec.gen:#x}'s alone")
-            self.slots.records[rec.slot] = None
+            del self.slots.records[rec.slot]
             self.directory.remove(rec.slot)
             rec.slot = -1
         else:
@@ -162,7 +167,7 @@ class Publisher:
         published object that does not fit keeps its generation (``slot`` -1), so pins on
         it are still honoured. When no memory is to be had, the old one stays (False)."""
         old = self.directory
-        old_slots = list(self._index.slots())  # (in the order they were published)
+        old_slots = self._index.slot_array()  # (in the order they were published)
         capacity = rebuilt_capacity(old.live, max(old.capacity // 2, self._min_capacity))
         for attempt in range(REBUILD_ATTEMPTS):
             try:
@@ -177,19 +182,20 @@ class Publisher:
                 break
             self._memory.free_directory(buf, access)
             capacity *= 2
-        old_access = self.access
-        for old_slot, slot in zip(old_slots, slots, strict=True):
-            if slot >= 0:
-                access[slot] = old_access[old_slot]
-            rec = self.slots.records[old_slot]
-            if rec is None:  # (a compact object: its fields move with its slot)
-                if slot >= 0:
-                    continue
-                rec = self.slots.materialize(old_slot)  # (it has no slot to be compact in)
-            rec.slot = slot
+        if -1 in slots:  # compact objects left without a slot get a record (as slotless)
+            for old_slot, slot in zip(old_slots, slots, strict=True):
+                if slot < 0 and old_slot not in self.slots.records:
+                    self.slots.materialize(old_slot)
+        new_of_old = array("q", [-1]) * old.capacity
+        scatter(new_of_old, array("q", slots), old_slots)
+        with memoryview(self.access) as whole, whole[: old.capacity] as old_access:
+            scatter(access, old_access, new_of_old)
+        for old_slot, rec in self.slots.records.items():
+            rec.slot = slot = new_of_old[old_slot]
             if slot < 0:
                 self.slotless[rec.gen] = (old.id(old_slot), rec)
-        self._index.move(self.slots.move(capacity, old_slots, slots, old.id))
+        self.slots.move(capacity, new_of_old, old.id)
+        self._index.move(new_of_old)
         old.supersede()
         self._reader = _reader(buf)  # (the old one's export of the buffer ends here)
         self._memory.free_directory(*self.buffers)

@@ -157,7 +157,7 @@ class ObjectTable:
                 t.owner[slot] = rec.owner
                 t.created[slot] = rec.create_time
                 t.construct[slot] = rec.construct_duration
-                t.records[slot] = None
+                del t.records[slot]
                 del busy[oid]
                 self._compact += 1
                 demoted += 1
@@ -174,7 +174,7 @@ class ObjectTable:
             and rec.spill is None
             and rec.pages_on is None
             and not rec.replicas
-            and self._pub.slots.records[slot] is rec
+            and self._pub.slots.records.get(slot) is rec
             and -(2**31) <= rec.owner < 2**31
         ):
             return False
@@ -191,7 +191,7 @@ class ObjectTable:
     def _find(self, oid: bytes) -> Found | None:
         """Compact object ``oid``'s slot as read (None: not compact: busy or unknown)."""
         found = self._pub.lookup(oid)
-        if found is not None and self._pub.slots.records[found.slot] is not None:
+        if found is not None and found.slot in self._pub.slots.records:
             # (a sealed object's slot with a record: the record is in the table)
             raise AssertionError(f"slot {found.slot} of {oid.hex()} has a record the table lacks")
         return found
