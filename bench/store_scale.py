@@ -4,13 +4,16 @@ For ``--objects`` idle sealed 64 B objects (sealed into an arena) and as many ob
 disk (adopted from spill files, as after a restart with ``--restore``): the Python memory
 each takes (tracemalloc, its id included; the directory's shared buffers not counted), and
 how long ``stats()``, ``object_ids()``, one page of ``objects()`` and ``holders()`` take
-(what ``list``, ``stats`` and ``/metrics`` call). No coordinator: the store's own share.
+(what ``list``, ``stats`` and ``/metrics`` call); then the longest seal call while a store
+grows to ``--objects`` from the smallest directory: the one in which the directory was
+rebuilt last. No coordinator: the store's own share.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import statistics
 import time
 import tracemalloc
 from collections.abc import Callable, Sequence
@@ -27,19 +30,46 @@ def _ids(start: int, stop: int) -> list[bytes]:
     return [i.to_bytes(20, "little") for i in range(start, stop)]
 
 
-def _sealed(objects: int) -> Store:
-    store = _store(objects)
+def _sealed(objects: int, store: Store | None = None) -> Store:
+    """A store (with a directory of room for ``objects``, unless ``store`` is given) that
+    ``objects`` idle sealed objects were sealed into, ``BATCH`` a call."""
+    store = _store(objects) if store is None else store
+    _grow(store, objects)
+    return store
+
+
+def _grow(store: Store, objects: int) -> list[float]:
+    """Seal ``objects`` objects into ``store``, ``BATCH`` a call: the seconds of each call."""
     grant = store.grant_arena(1, 64 * objects)
     assert isinstance(grant, Grant)
+    clock = time.perf_counter
+    seconds = []
     for start in range(0, objects, BATCH):
         ids = _ids(start, min(objects, start + BATCH))
+        began = clock()
         store.seal_arena(
             1,
             grant.grant,
             [ArenaObject(o, grant.offset + 64 * (start + i), 64, 0) for i, o in enumerate(ids)],
         )
         store.drain_events()
-    return store
+        seconds.append(clock() - began)
+    return seconds
+
+
+def _rebuilds(objects: int) -> None:
+    """Grow a store from the smallest directory: the seal calls in which it was rebuilt
+    (the coordinator answers no one meanwhile) against the others."""
+    store = Store({0: 1 << 40}, _Provider())
+    store.register_client(1)
+    seconds = _grow(store, objects)
+    directory = store.stats()["directory"]
+    slowest = max(seconds)
+    print(
+        f"{objects:,} objects sealed {BATCH:,} a call, {directory['rebuilds']} directory "
+        f"rebuilds (to {directory['capacity']:,} slots): the slowest call "
+        f"{slowest * 1e3:.0f} ms, the median {statistics.median(seconds) * 1e3:.0f} ms"
+    )
 
 
 def _spilled(objects: int) -> Store:
@@ -86,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _measure("idle sealed objects", _sealed, args.objects)
     _measure("spilled objects", _spilled, args.objects)
+    _rebuilds(args.objects)
     return 0
 
 
