@@ -616,23 +616,27 @@ class Store:
         # who pins these objects and their copies: one pass over the pin tables for all
         gens = [gen for _, _, gen in found if gen]
         for oid, rec, _ in found:
-            gens += [self._replicas[replica_id(oid, n)].gen for n in rec.replicas]
+            if rec.replicas:
+                gens += [self._replicas[replica_id(oid, n)].gen for n in rec.replicas]
         pinners = self._pins.holders_of(gens) if gens else {}
         for oid, rec, gen in found:
-            pinning = list(pinners.get(gen, ())) if gen else []
-            self._dir.set_state(rec, DYING)
-            self._mark_copies(oid, rec, DYING, now)  # hidden now, freed with the object
-            for n in rec.replicas:  # (after their pins)
-                copy = self._replicas[replica_id(oid, n)]
-                if copy.slot >= 0:
-                    pinning += pinners.get(copy.gen, [])
+            pinning = pinners.get(gen, []) if gen else []
+            if rec.replicas:
+                pinning = list(pinning)
+                for n in rec.replicas:  # (after their pins)
+                    copy = self._replicas[replica_id(oid, n)]
+                    if copy.slot >= 0:
+                        pinning += pinners.get(copy.gen, [])
             if rec.ref_count or pinning:
                 deferred.append(oid)
                 holders = {cid for cid, c in self._clients.items() if oid in c.refs}
                 self._events.extend(Revoke(cid, oid) for cid in sorted(holders | set(pinning)))
             else:
                 deleted.append(oid)
-            if not rec.ref_count:
+            if rec.ref_count:  # hidden now, freed with the object's last reference
+                self._dir.set_state(rec, DYING)
+                self._mark_copies(oid, rec, DYING, now)
+            else:  # (hidden, with its copies, by the wait for the pin scan)
                 self._unclock(oid, rec)
                 self._free_once_unpinned(oid, rec, now)
             self._drop_copy(rec)
