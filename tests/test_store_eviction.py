@@ -7,12 +7,12 @@ from array import array
 
 import pytest
 
-import plasma.store.slots
 from plasma.records import ObjectLocation
 from plasma.store.eviction import ClockRing, plan_room
 from plasma.store.memory import Node, Segment
 from plasma.store.objects import Io, ObjectRecord, State
 from plasma.store.slots import SlotTable
+from tests.helpers import BULK_PATHS, bulk_path
 
 PAGE = 4096
 
@@ -133,14 +133,8 @@ def test_a_walk_fails_loudly_if_the_ring_changes_under_it() -> None:
         next(items)
 
 
-@pytest.mark.parametrize("native", [True, False], ids=["c", "python"])
-def test_a_rebuild_keeps_each_rings_order_and_puts_those_left_out_after_them(
-    native: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    if not native:
-        monkeypatch.setattr(plasma.store.slots, "native", None)
-    elif plasma.store.slots.native is None:
-        pytest.skip("the C extension is not built")
+@pytest.mark.parametrize("path", BULK_PATHS)
+def test_a_rebuild_keeps_each_rings_order_and_puts_those_left_out_after_them(path: str) -> None:
     table = SlotTable(8, lambda slot: bytes([slot]))
     rings = [ClockRing(table), ClockRing(table)]
     records = {bytes([i]): rec(i, gen=i + 1, slot=i) for i in range(6)}
@@ -153,7 +147,8 @@ def test_a_rebuild_keeps_each_rings_order_and_puts_those_left_out_after_them(
     new_slots = [10, 11, -1, 13, 14, 15]  # object 2 is left without a slot
     for r, slot in zip(records.values(), new_slots, strict=True):
         r.slot = slot
-    table.move(16, array("q", [*new_slots, -1, -1]), lambda slot: bytes([slot]))
+    with bulk_path(path):
+        table.move(16, array("q", [*new_slots, -1, -1]), lambda slot: bytes([slot]))
     table.id_of = lambda slot: bytes([slot - 10])
     assert [oid for oid, _ in rings[0].items()] == [b"\x04", b"\x00", b"\x02"]
     assert [oid for oid, _ in rings[1].items()] == [b"\x05", b"\x01"]

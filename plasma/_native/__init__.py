@@ -7,8 +7,9 @@ the coordinator's ordered slot writes) that C programs compile against unchanged
 client's plain get in one call (a ``Getter``: the C half of
 :class:`~plasma._client_core.refs.Refs`). ``bulk.h`` / ``bulk.c`` (bound by
 ``bulk_module.c``) are the coordinator's bulk work: pin scans, a directory rebuild's
-placement, the generation index's compaction, one call each, so the coordinator needs no
-numpy (:mod:`plasma._bulk_numpy` is their fallback). ``native`` is that module, or
+placement and moves, the generation index's compaction, one call each, so the coordinator
+needs no numpy (:mod:`plasma._bulk_numpy` and the loops of :mod:`plasma.store.slots` are
+their fallback). ``native`` is that module, or
 None where it was not built or cannot be loaded (``unavailable`` then says why), or where
 ``$PLASMA_COORD_NATIVE`` is ``0`` (the Python read path, for comparison and tests).
 """

@@ -1,5 +1,6 @@
 /* The coordinator's bulk work in C11 (see bulk.h): pin scans, a rebuild's placement and
- * moves, the generation index's compaction. No compiler builtins; shared words through <stdatomic.h>. */
+ * moves, the generation index's compaction. No compiler builtins; shared words through
+ * <stdatomic.h>. */
 #include "bulk.h"
 
 #include <stdatomic.h>

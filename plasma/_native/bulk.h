@@ -1,7 +1,8 @@
 /* The coordinator's bulk work in C11: pin scans, a rebuild's placement of every live object
- * in a new directory and its moves of what is kept by slot, and the compaction of the store's generation index. Plain C with no
- * dependency beyond libc, like directory.h: bulk_module.c wraps it for Python, one call per
- * scan, rebuild step or compaction (never a call per entry), so the coordinator needs no numpy.
+ * in a new directory and its moves of what is kept by slot, and the compaction of the
+ * store's generation index. Plain C with no dependency beyond libc, like directory.h:
+ * bulk_module.c wraps it for Python, one call per scan, rebuild step or compaction (never a
+ * call per entry), so the coordinator needs no numpy.
  *
  * Pin tables are written by their clients while they are scanned: each entry is read once
  * (a relaxed atomic load) and only that value is used, so a scan sees each entry as it was
