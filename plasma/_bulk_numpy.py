@@ -169,21 +169,22 @@ def home_slots(ids: np.ndarray, bits: int) -> np.ndarray:
     return ((a ^ b ^ c) * np.uint64(_GOLDEN)) >> np.uint64(64 - bits)  # wraps mod 2**64
 
 
-def place_in_bulk(new: Directory, old: Directory, slots: Sequence[int]) -> list[int] | None:
+def place_in_bulk(new: Directory, old: Directory, slots: Any, placed: Any) -> bool:
     """:meth:`plasma.directory.Directory.copy_from`'s bulk placement (linear probing in
-    order of home slot is a running maximum); None, and ``new``'s slots all zero, when some
-    object finds no slot within the probe limit."""
-    placed = _place(new, old, slots)
-    if placed is None:
+    order of home slot is a running maximum) of ``old``'s ``slots`` (int64), their new slots
+    written to ``placed``; False, and ``new``'s slots all zero, when some object finds no
+    slot within the probe limit."""
+    fits = _place(new, old, np.frombuffer(slots, dtype=np.int64), placed)
+    if not fits:
         slot_records(new)[:] = np.zeros(1, dtype=SLOT_DTYPE)
-    return placed
+    return fits
 
 
-def _place(new: Directory, old: Directory, slots: Sequence[int]) -> list[int] | None:
+def _place(new: Directory, old: Directory, slots: Any, out: Any) -> bool:
     n = len(slots)
     if not n:
-        return []
-    rows = slot_records(old)[np.asarray(slots, dtype=np.int64)]  # a copy
+        return True
+    rows = slot_records(old)[slots]  # a copy
     rows["seq"] = 0
     ids = np.ascontiguousarray(rows["id"]).view(np.uint8).reshape(n, ID_SIZE)
     homes = home_slots(ids, new.capacity.bit_length() - 1).astype(np.int64)
@@ -192,16 +193,17 @@ def _place(new: Directory, old: Directory, slots: Sequence[int]) -> list[int] | 
     index = np.arange(n)
     pos = index + np.maximum.accumulate(home - index)  # first free slot at or after home
     if (pos - home >= new.max_probe).any():
-        return None
-    placed = np.full(n, -1, dtype=np.int64)
+        return False
+    placed = np.frombuffer(out, dtype=np.int64)
+    placed[:] = -1
     inside = pos < new.capacity
     slot_records(new)[pos[inside]] = rows[order[inside]]
     placed[order[inside]] = pos[inside]
     for i in order[~inside].tolist():  # runs that wrap past the last slot: one by one
-        placed[i] = new._copy_slot(old, slots[i])
+        placed[i] = new._copy_slot(old, int(slots[i]))
         if placed[i] < 0:
-            return None
-    return placed.tolist()
+            return False
+    return True
 
 
 # ---------------------------------------------------------------- the generation index

@@ -47,7 +47,7 @@ import math
 import os
 import platform
 import struct
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from types import ModuleType
 from typing import Any, NamedTuple
 
@@ -200,27 +200,29 @@ class Directory:
             slot = (slot + 1) & mask
         return -1
 
-    def copy_from(self, old: Directory, slots: Sequence[int]) -> list[int]:
+    def copy_from(self, old: Directory, slots: array.array[int]) -> array.array[int]:
         """Fill this new, empty directory (no reader maps it yet) with the live objects of
         ``old``'s ``slots``: same generation, location and state. Returns their slots here,
-        in order, -1 for any that found no slot within the probe limit.
+        in order, -1 for any that found no slot within the probe limit (then ``live`` is
+        below ``len(slots)``).
 
         Placed in bulk (one C call, or numpy without the extension: linear probing in order
         of home slot is a running maximum) when every object fits; otherwise inserted one by
         one in the order given, so the ones left out are the last ones given."""
         if self.live or self.tombstones:
             raise ValueError("copy_from fills an empty directory")
+        placed = array.array("q", [0]) * len(slots)
         if native is not None:
-            placed = native.place(
-                self._mv, self.capacity, self.max_probe, old._mv, old.capacity, slots
+            fits = native.place(
+                self._mv, self.capacity, self.max_probe, old._mv, old.capacity, slots, placed
             )
         else:
-            placed = _bulk().place_in_bulk(self, old, slots)
-        if placed is not None:
-            self.live, self.tombstones = len(placed), 0
+            fits = _bulk().place_in_bulk(self, old, slots, placed)
+        if fits:
+            self.live, self.tombstones = len(slots), 0
             return placed
         self.live = self.tombstones = 0  # (the bulk placement left every slot free)
-        return [self._copy_slot(old, slot) for slot in slots]
+        return array.array("q", [self._copy_slot(old, slot) for slot in slots])
 
     def _copy_slot(self, old: Directory, slot: int) -> int:
         oid, generation, loc, state = old.entry(slot)

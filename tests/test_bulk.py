@@ -10,6 +10,7 @@ import itertools
 import mmap
 import os
 import struct
+from array import array
 from collections.abc import Callable
 from typing import Any
 
@@ -166,10 +167,12 @@ def test_a_table_written_while_it_is_scanned_is_read_entry_by_entry(path: str) -
 placement_ids = directory_ids(max_size=60)
 
 
-def filled(ids: list[bytes], dying: set[int], replicas: set[int]) -> tuple[Directory, list[int]]:
+def filled(ids: list[bytes], dying: set[int], replicas: set[int]) -> tuple[Directory, array[int]]:
     old = Directory(bytearray(directory_size(256)), 256)
     loc = [ObjectLocation(n, 64 * n, 100 + n, n % 7, n % 3) for n in range(len(ids))]
-    slots = [old.insert(o, n + 1, loc[n], REPLICA * (n in replicas)) for n, o in enumerate(ids)]
+    slots = array(
+        "q", (old.insert(o, n + 1, loc[n], REPLICA * (n in replicas)) for n, o in enumerate(ids))
+    )
     assert -1 not in slots
     for i in dying & set(range(len(ids))):
         old.set_state(slots[i], DYING)
@@ -195,18 +198,20 @@ def test_placement_agrees_with_numpy(
     order.shuffle(slots)
     capacity = 1 << bits
 
-    def copy(place: Callable[[Directory], Any]) -> tuple[Any, bytes]:
+    def copy(place: Callable[[Directory, array[int]], bool]) -> tuple[Any, bytes]:
         new = Directory(bytearray(directory_size(capacity)), capacity, max_probe=probe)
-        placed = place(new)
-        return placed, bytes(new._mv[HEADER_SIZE:])
+        placed = array("q", [-2]) * len(slots)
+        return place(new, placed) and placed, bytes(new._mv[HEADER_SIZE:])
 
     mine = copy(
-        lambda new: native.place(new._mv, capacity, new.max_probe, old._mv, old.capacity, slots)
+        lambda new, placed: native.place(
+            new._mv, capacity, new.max_probe, old._mv, old.capacity, slots, placed
+        )
     )
     with bulk_path("numpy"):
-        theirs = copy(lambda new: _bulk_numpy.place_in_bulk(new, old, slots))
+        theirs = copy(lambda new, placed: _bulk_numpy.place_in_bulk(new, old, slots, placed))
     assert mine == theirs
-    if mine[0] is None:
+    if mine[0] is False:
         assert not any(mine[1])
 
 
@@ -221,7 +226,7 @@ def test_a_run_that_wraps_is_inserted_from_the_first_slot(path: str) -> None:
     old, slots = filled([*last, first], {1}, {2})
     with bulk_path(path):
         new = Directory(bytearray(directory_size(8)), 8, max_probe=4)
-        assert new.copy_from(old, slots) == [7, 1, 2, 0]
+        assert new.copy_from(old, slots).tolist() == [7, 1, 2, 0]
     seqs = [U64.unpack_from(new._mv, HEADER_SIZE + 64 * s)[0] for s in (7, 1, 2, 0)]
     assert seqs == [0, 4, 2, 0]
     assert [new.state(s) for s in (7, 1, 2, 0)] == [SEALED, DYING, SEALED, SEALED]
@@ -230,20 +235,30 @@ def test_a_run_that_wraps_is_inserted_from_the_first_slot(path: str) -> None:
     assert new.live == 4 and new.tombstones == 0
     with bulk_path(path):  # (a probe limit of 2: the last one finds no slot in bulk)
         new = Directory(bytearray(directory_size(8)), 8, max_probe=2)
-        assert new.copy_from(old, slots) == [7, 0, -1, 1]  # (one by one, in the order given)
+        placed = new.copy_from(old, slots)  # (one by one, in the order given)
+        assert placed.tolist() == [7, 0, -1, 1] and new.live == 3
 
 
 def test_placement_refuses_slots_outside_the_old_directory() -> None:
     old, slots = filled([ident(1), ident(2)], set(), set())
     new = bytearray(directory_size(16))
-    for bad in ([slots[0], 256], [-1]):
+    placed = array("q", [0, 0])
+    for bad in ([slots[0], 256], [-1, slots[0]]):
         with pytest.raises(IndexError, match="outside the old directory"):
-            native.place(new, 16, 8, old._mv, 256, bad)
+            native.place(new, 16, 8, old._mv, 256, array("q", bad), placed)
     with pytest.raises(ValueError, match="too short"):
-        native.place(new, 32, 8, old._mv, 256, slots)
+        native.place(new, 32, 8, old._mv, 256, slots, placed)
     with pytest.raises(ValueError):
-        native.place(new, 12, 8, old._mv, 256, slots)  # (not a power of two)
-    assert not any(new) and native.place(new, 16, 8, old._mv, 256, []) == []
+        native.place(new, 12, 8, old._mv, 256, slots, placed)  # (not a power of two)
+    with pytest.raises(ValueError, match="as many places as slots"):
+        native.place(new, 16, 8, old._mv, 256, slots, array("q", [0]))
+    with pytest.raises(ValueError, match="overlaps"):
+        native.place(new, 16, 8, old._mv, 256, slots, slots)
+    with pytest.raises(ValueError, match="8-byte words"):
+        native.place(new, 16, 8, old._mv, 256, array("i", [1, 2, 3]), placed)
+    with pytest.raises(TypeError):
+        native.place(new, 16, 8, old._mv, 256, list(slots), placed)
+    assert not any(new) and native.place(new, 16, 8, old._mv, 256, array("q"), array("q"))
 
 
 # ---------------------------------------------------------------- the generation index

@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import copy
 import struct
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -1210,9 +1211,9 @@ def test_a_pinned_object_a_rebuild_cannot_hold_keeps_its_pin(
     left_out = m.store._dir.directory.state  # (bound to the old directory: its slot of x)
     x_slot = next(slot for slot in range(64) if left_out(slot) == DYING)
 
-    def copy_without_x(self: Directory, old: Directory, slots: list[int]) -> list[int]:
-        placed = real(self, old, [s for s in slots if s != x_slot])
-        return [-1 if s == x_slot else placed.pop(0) for s in slots]
+    def copy_without_x(self: Directory, old: Directory, slots: array[int]) -> array[int]:
+        placed = iter(real(self, old, array("q", (s for s in slots if s != x_slot))))
+        return array("q", (-1 if s == x_slot else next(placed) for s in slots))
 
     monkeypatch.setattr(Directory, "copy_from", copy_without_x)
     while m.store.stats()["directory"]["capacity"] == 64:

@@ -5,6 +5,7 @@ again from the directory slot and the slot table; a directory rebuild keeps both
 from __future__ import annotations
 
 import itertools
+from array import array
 
 import pytest
 
@@ -123,9 +124,9 @@ def test_a_compact_object_a_rebuild_has_no_slot_for_stays_whole(
     left_out = store._dir.lookup(oid(2)).slot  # type: ignore[union-attr]
     real = Directory.copy_from
 
-    def copy_without(self: Directory, old: Directory, slots: list[int]) -> list[int]:
-        placed = real(self, old, [s for s in slots if s != left_out])
-        return [-1 if s == left_out else placed.pop(0) for s in slots]
+    def copy_without(self: Directory, old: Directory, slots: array[int]) -> array[int]:
+        placed = iter(real(self, old, array("q", (s for s in slots if s != left_out))))
+        return array("q", (-1 if s == left_out else next(placed) for s in slots))
 
     monkeypatch.setattr(Directory, "copy_from", copy_without)
     n = 4

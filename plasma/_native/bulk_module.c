@@ -346,78 +346,6 @@ static int u64_of(PyObject *obj, unsigned long long *out) {
     return *out == (unsigned long long)-1 && PyErr_Occurred() ? -1 : 0;
 }
 
-/* place(new, capacity, max_probe, old, old_capacity, slots): pcd_place; the new slots, a
- * list, or None when some object finds no slot (new's slots all zero) */
-static PyObject *place(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
-    unsigned long long capacity, probe, old_capacity;
-    if (nargs != 6) {
-        PyErr_SetString(PyExc_TypeError,
-                        "place(new, capacity, max_probe, old, old_capacity, slots)");
-        return NULL;
-    }
-    if (u64_of(args[1], &capacity) < 0 || u64_of(args[2], &probe) < 0 ||
-        u64_of(args[4], &old_capacity) < 0)
-        return NULL;
-    PyObject *fast = PySequence_Fast(args[5], "slots is a sequence of ints");
-    if (fast == NULL)
-        return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(fast);
-    int64_t *slots = PyMem_Malloc((n ? (size_t)n : 1) * sizeof *slots);
-    int64_t *placed = PyMem_Malloc((n ? (size_t)n : 1) * sizeof *placed);
-    Py_buffer new_buf = {0}, old_buf = {0};
-    PyObject *out = NULL;
-    if (slots == NULL || placed == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        slots[i] = PyLong_AsLongLong(PySequence_Fast_GET_ITEM(fast, i));
-        if (slots[i] == -1 && PyErr_Occurred())
-            goto done;
-    }
-    if (PyObject_GetBuffer(args[0], &new_buf, PyBUF_WRITABLE) < 0)
-        goto done;
-    if (PyObject_GetBuffer(args[3], &old_buf, PyBUF_SIMPLE) < 0)
-        goto done;
-    if (capacity > ((unsigned long long)new_buf.len - PCD_HEADER_SIZE) / PCD_SLOT_SIZE ||
-        old_capacity > ((unsigned long long)old_buf.len - PCD_HEADER_SIZE) / PCD_SLOT_SIZE ||
-        new_buf.len < PCD_HEADER_SIZE || old_buf.len < PCD_HEADER_SIZE) {
-        PyErr_SetString(PyExc_ValueError, "a buffer is too short for its directory");
-        goto done;
-    }
-    int rc = pcd_place(new_buf.buf, capacity, probe, old_buf.buf, old_capacity, slots,
-                       (uint64_t)n, placed);
-    if (rc == PCD_ERANGE) {
-        PyErr_SetString(PyExc_IndexError, "a slot outside the old directory");
-        goto done;
-    }
-    if (rc < 0) {
-        error(rc);
-        goto done;
-    }
-    if (rc == 0) {
-        out = Py_NewRef(Py_None);
-        goto done;
-    }
-    out = PyList_New(n);
-    for (Py_ssize_t i = 0; out != NULL && i < n; i++) {
-        PyObject *slot = PyLong_FromLongLong(placed[i]);
-        if (slot == NULL)
-            Py_CLEAR(out);
-        else
-            PyList_SET_ITEM(out, i, slot);
-    }
-done:
-    if (new_buf.obj != NULL)
-        PyBuffer_Release(&new_buf);
-    if (old_buf.obj != NULL)
-        PyBuffer_Release(&old_buf);
-    PyMem_Free(slots);
-    PyMem_Free(placed);
-    Py_DECREF(fast);
-    return out;
-}
-
 static int words(PyObject *obj, Py_buffer *view, int writable, const char *what) {
     if (PyObject_GetBuffer(obj, view, writable ? PyBUF_WRITABLE : PyBUF_SIMPLE) < 0)
         return -1;
@@ -428,6 +356,61 @@ static int words(PyObject *obj, Py_buffer *view, int writable, const char *what)
     }
     return 0;
 }
+
+/* place(new, capacity, max_probe, old, old_capacity, slots, placed): pcd_place, slots and
+ * placed int64 buffers of the same length; True, or False when some object finds no slot
+ * (new's slots all zero, placed undefined) */
+static PyObject *place(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    unsigned long long capacity, probe, old_capacity;
+    if (nargs != 7) {
+        PyErr_SetString(PyExc_TypeError,
+                        "place(new, capacity, max_probe, old, old_capacity, slots, placed)");
+        return NULL;
+    }
+    if (u64_of(args[1], &capacity) < 0 || u64_of(args[2], &probe) < 0 ||
+        u64_of(args[4], &old_capacity) < 0)
+        return NULL;
+    Py_buffer new_buf = {0}, old_buf = {0}, slots = {0}, placed = {0};
+    PyObject *out = NULL;
+    if (words(args[5], &slots, 0, "slots") < 0 || words(args[6], &placed, 1, "placed") < 0 ||
+        PyObject_GetBuffer(args[0], &new_buf, PyBUF_WRITABLE) < 0 ||
+        PyObject_GetBuffer(args[3], &old_buf, PyBUF_SIMPLE) < 0)
+        goto done;
+    if (slots.len != placed.len) {
+        PyErr_SetString(PyExc_ValueError, "as many places as slots");
+        goto done;
+    }
+    if (slots.len && (char *)placed.buf < (char *)slots.buf + slots.len &&
+        (char *)slots.buf < (char *)placed.buf + placed.len) {
+        PyErr_SetString(PyExc_ValueError, "placed overlaps slots");
+        goto done;
+    }
+    if (capacity > ((unsigned long long)new_buf.len - PCD_HEADER_SIZE) / PCD_SLOT_SIZE ||
+        old_capacity > ((unsigned long long)old_buf.len - PCD_HEADER_SIZE) / PCD_SLOT_SIZE ||
+        new_buf.len < PCD_HEADER_SIZE || old_buf.len < PCD_HEADER_SIZE) {
+        PyErr_SetString(PyExc_ValueError, "a buffer is too short for its directory");
+        goto done;
+    }
+    int rc = pcd_place(new_buf.buf, capacity, probe, old_buf.buf, old_capacity, slots.buf,
+                       (uint64_t)slots.len / 8, placed.buf);
+    if (rc == PCD_ERANGE)
+        PyErr_SetString(PyExc_IndexError, "a slot outside the old directory");
+    else if (rc < 0)
+        error(rc);
+    else
+        out = PyBool_FromLong(rc);
+done:
+    if (new_buf.obj != NULL)
+        PyBuffer_Release(&new_buf);
+    if (old_buf.obj != NULL)
+        PyBuffer_Release(&old_buf);
+    if (placed.obj != NULL)
+        PyBuffer_Release(&placed);
+    if (slots.obj != NULL)
+        PyBuffer_Release(&slots);
+    return out;
+}
+
 
 /* compact(gens, slots, new_of_old): pcd_compact over two arrays of as many 8-byte words
  * (new_of_old None for no move); how many entries are kept (at the front) */
@@ -571,8 +554,9 @@ static PyMethodDef bulk_methods[] = {
      "distinct nonzero generations, None if none; what 0: the set of those pinned, 1: "
      "{generation: pins}, 2: {generation: [clients[i] of each table i pinning it]}"},
     {"place", (PyCFunction)(void (*)(void))place, METH_FASTCALL,
-     "place(new, capacity, max_probe, old, old_capacity, slots): a rebuild's placement of "
-     "old's live slots in the empty directory new; their new slots, or None (none written)"},
+     "place(new, capacity, max_probe, old, old_capacity, slots, placed): a rebuild's "
+     "placement of old's live slots (int64) in the empty directory new, their new slots "
+     "written to placed; False when some object finds no slot (none written)"},
     {"compact", (PyCFunction)(void (*)(void))compact, METH_FASTCALL,
      "compact(gens, slots, new_of_old): slots mapped through new_of_old (None: not), then "
      "the entries with a slot >= 0 moved to the front; how many"},

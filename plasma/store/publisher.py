@@ -178,16 +178,16 @@ class Publisher:
             if self._replicas:
                 new.announce_replicas()
             slots = new.copy_from(old, old_slots)
-            if -1 not in slots or attempt == REBUILD_ATTEMPTS - 1:
+            if new.live == len(slots) or attempt == REBUILD_ATTEMPTS - 1:
                 break
             self._memory.free_directory(buf, access)
             capacity *= 2
-        if -1 in slots:  # compact objects left without a slot get a record (as slotless)
+        if new.live < len(slots):  # (compact objects left without a slot: slotless records)
             for old_slot, slot in zip(old_slots, slots, strict=True):
                 if slot < 0 and old_slot not in self.slots.records:
                     self.slots.materialize(old_slot)
         new_of_old = array("q", [-1]) * old.capacity
-        scatter(new_of_old, array("q", slots), old_slots)
+        scatter(new_of_old, slots, old_slots)
         with memoryview(self.access) as whole, whole[: old.capacity] as old_access:
             scatter(access, old_access, new_of_old)
         for old_slot, rec in self.slots.records.items():
