@@ -1,10 +1,12 @@
 """What one object costs the sans-I/O store alone: ``python -m bench.store_ops``.
 
 Times, per object, a create + seal + release by one client (what ``create`` then
-``seal`` with an acknowledgement costs the coordinator's store) and a ``seal_arena`` of one
+``seal`` with an acknowledgement costs the coordinator's store), a ``seal_arena`` of one
 object written into the client's arena (what ``create_and_seal`` of a small object costs
-it), over ``--objects`` objects, best of ``--rounds`` rounds: no socket, no coordinator,
-so the store's own per-object work shows. ``PYTHONPATH=TREE`` runs another tree's store
+it), and a ``delete`` of ``DELETE_BATCH`` objects sealed just before (the ``scale`` bench's
+round) with, apart, the free of their memory by the pin scan after the grace period, over
+``--objects`` objects, best of ``--rounds`` rounds: no socket, no coordinator, so the
+store's own per-object work shows. ``PYTHONPATH=TREE`` runs another tree's store
 (an extracted ``git archive``), for before/after comparisons on one machine (ratios).
 """
 
@@ -68,6 +70,36 @@ def seal_arena(objects: int) -> float:
     return (time.perf_counter() - start) / objects
 
 
+DELETE_BATCH = 2000
+
+
+def delete_and_free(objects: int) -> tuple[float, float]:
+    """Seconds per object of a delete of ``DELETE_BATCH`` objects sealed just before, and
+    of the free of their memory by the pin scan after the grace period."""
+    store = _store(DELETE_BATCH)
+    grant = store.grant_arena(1, 64 * objects)
+    assert isinstance(grant, Grant)
+    deleting = freeing = 0.0
+    now = 0.0
+    for first in range(0, objects, DELETE_BATCH):
+        ids = [i.to_bytes(20, "little") for i in range(first, min(objects, first + DELETE_BATCH))]
+        at = grant.offset + 64 * first
+        store.seal_arena(
+            1, grant.grant, [ArenaObject(o, at + 64 * i, 64, 0) for i, o in enumerate(ids)]
+        )
+        store.drain_events()
+        start = time.perf_counter()
+        store.delete(1, ids, now=now)
+        store.drain_events()
+        middle = time.perf_counter()
+        now += 1.0  # (past the grace period)
+        store.expire(now)
+        store.drain_events()
+        freeing += time.perf_counter() - middle
+        deleting += middle - start
+    return deleting / objects, freeing / objects
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--objects", type=int, default=100_000)
@@ -76,6 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, case in (("create+seal+release", create_seal_release), ("seal_arena", seal_arena)):
         best = min(case(args.objects) for _ in range(args.rounds))
         print(f"{name}: {best * 1e6:.2f} us per object")
+    rounds = [delete_and_free(args.objects) for _ in range(args.rounds)]
+    for name, seconds in zip(("delete", "free after the pin scan"), zip(*rounds), strict=True):
+        print(f"{name}: {min(seconds) * 1e6:.2f} us per object")
     return 0
 
 

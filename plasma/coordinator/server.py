@@ -19,7 +19,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
@@ -40,10 +40,12 @@ from plasma.follow import ReaderTracker
 from plasma.linux.fdlimit import fallback_file_limit
 from plasma.segments import SegmentPool
 from plasma.shared_tables import SharedTables, close_map
-from plasma.spiller import Spiller
 from plasma.store import Pending, Store
 from plasma.store.pages import round_up
 from plasma.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from plasma.spiller import Spiller
 
 __all__ = ["FOLLOW_INTERVAL", "MESSAGES_PER_TURN", "Coordinator", "serve"]
 
@@ -132,6 +134,10 @@ class Coordinator:
         self._nursery: trio.Nursery | None = None
         self.spiller: Spiller | None = None
         if config.spill_dir is not None:
+            # (imported here: the checksums' package alone costs a coordinator that never
+            # spills 5 MiB, importlib.metadata with it)
+            from plasma.spiller import Spiller
+
             try:
                 self.spiller = Spiller(
                     config.spill_dir,
