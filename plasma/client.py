@@ -39,7 +39,7 @@ from plasma._client_core.api import ClientAPI, documented
 from plasma.errors import Disconnected, PlasmaError, PlasmaTimeout, error_for
 from plasma.ids import ObjectID
 from plasma.linux.affinity import get_affinity
-from plasma.linux.fdpass import ANCILLARY_SPACE, RECV_FLAGS, received_fds
+from plasma.linux.fdpass import ANCILLARY_SPACE, RECV_FLAGS, bytes_alone, received_fds
 
 __all__ = ["Client", "Subscription", "connect"]
 
@@ -140,7 +140,7 @@ class Client:
                 )
             except OSError as exc:
                 raise self._gone(exc) from None
-            reply = None if ancdata or flags else core.plain_reply(size, msg.seq)
+            reply = core.plain_reply(size, msg.seq) if bytes_alone(ancdata, flags) else None
             if reply is None:  # more, less or something else came: the general way
                 reply = self._reply_to(msg.seq, self._received(size, ancdata, flags))
             elif type(reply) is p.Error:

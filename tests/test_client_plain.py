@@ -125,13 +125,18 @@ def blocking(server: Scripted) -> Iterator[plasma.Client]:
 
 
 def general_path_refused(client: plasma.Client) -> None:
-    """Make the general path fail: what still works took the fast path."""
+    """Make the general path fail, for the request and for its reply: what still works took
+    the fast path both ways."""
 
     def refuse(op: Any) -> None:
         op.close()
         raise AssertionError("the general path ran")
 
+    def refuse_feed(data: Any, fds: list[int]) -> list[Any]:
+        raise AssertionError("the reply was decoded the general way")
+
     client._run = refuse  # type: ignore[method-assign]
+    client._core.feed = refuse_feed  # type: ignore[method-assign]
 
 
 def test_plain_calls_with_nothing_under_way_take_the_fast_path(scripted: Scripted) -> None:

@@ -9,7 +9,13 @@ import socket
 import pytest
 
 from plasma.errors import PlasmaError
-from plasma.linux.fdpass import ANCILLARY_SPACE, RECV_FLAGS, received_fds, scm_rights
+from plasma.linux.fdpass import (
+    ANCILLARY_SPACE,
+    RECV_FLAGS,
+    bytes_alone,
+    received_fds,
+    scm_rights,
+)
 
 
 def _pipes(n: int) -> list[int]:
@@ -37,6 +43,27 @@ def test_descriptors_arrive_in_order_and_close_on_exec():
     finally:
         for fd in sent:
             os.close(fd)
+        a.close()
+        b.close()
+
+
+def test_bytes_alone_despite_the_flag_the_kernel_echoes():
+    """A receive of bytes only is told apart from one with descriptors, though its flags
+    are not 0 (the kernel hands MSG_CMSG_CLOEXEC back): the clients' fast path for a plain
+    reply depends on it."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    sent = _pipes(1)
+    try:
+        a.sendall(b"x")
+        _, anc, flags, _ = b.recvmsg(16, ANCILLARY_SPACE, RECV_FLAGS)
+        assert flags and bytes_alone(anc, flags) and received_fds(anc, flags) == []
+        a.sendmsg([b"y"], scm_rights(sent))
+        _, anc, flags, _ = b.recvmsg(16, ANCILLARY_SPACE, RECV_FLAGS)
+        assert not bytes_alone(anc, flags)
+        for fd in received_fds(anc, flags):
+            os.close(fd)
+    finally:
+        os.close(sent[0])
         a.close()
         b.close()
 

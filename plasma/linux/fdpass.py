@@ -26,13 +26,20 @@ def scm_rights(fds: list[int]) -> list[tuple[int, int, array.array]]:
     return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
 
 
+def bytes_alone(ancdata: list[tuple[int, int, bytes]], msg_flags: int) -> bool:
+    """True when a ``recvmsg`` with :data:`RECV_FLAGS` brought bytes and nothing else: no
+    descriptor, none cut off. (``msg_flags`` is never 0 then: the kernel starts it from
+    the flags given, so it carries ``MSG_CMSG_CLOEXEC`` back.)"""
+    return not ancdata and not msg_flags & _CTRUNC
+
+
 def received_fds(ancdata: list[tuple[int, int, bytes]], msg_flags: int) -> list[int]:
     """The descriptors a ``recvmsg`` returned, in order.
 
     Raises PlasmaError, after closing those that did arrive, when the kernel truncated them.
     """
     fds: list[int] = []
-    if not ancdata and not msg_flags:  # the common case: a reply without descriptors
+    if bytes_alone(ancdata, msg_flags):  # the common case: a reply without descriptors
         return fds
     for level, kind, data in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
