@@ -5,6 +5,7 @@ again from the directory slot and the slot table; a directory rebuild keeps both
 from __future__ import annotations
 
 import itertools
+import sys
 from array import array
 
 import pytest
@@ -67,6 +68,24 @@ def test_idle_objects_keep_no_record_and_read_the_same() -> None:
     assert store._objects.compact == 10  # (reading them made no record)
 
 
+def test_a_construct_duration_reads_the_same_compact_and_not() -> None:
+    """The slot table keeps construct durations as 4-byte floats, so the store keeps every
+    one at that precision from the seal on: what an object reports does not change when it
+    is made compact (a duration of 0.1 s is not a 4-byte float)."""
+    clock = itertools.count(1000.0, 0.1)
+    store = Store({0: 1 << 20}, FakeProvider(), grace=0.0, wall_clock=lambda: next(clock))
+    store.register_client(1)
+    store.create(1, oid(1), 100)
+    store.seal(1, oid(1))
+    store.release(1, oid(1))
+    before = store.info(oid(1))
+    assert before.construct_duration == pytest.approx(0.1, rel=1e-6)
+    assert before.construct_duration == array("f", [before.construct_duration])[0]
+    store._objects.keep_idle = 0
+    store.drain_events()
+    assert store._objects.compact == 1 and store.info(oid(1)) == before
+
+
 def test_a_touched_object_has_its_record_until_it_is_idle_again() -> None:
     store = make()
     locs = [put(store, n) for n in range(5)]
@@ -95,6 +114,28 @@ def test_the_most_recently_touched_idle_records_are_kept() -> None:
     store.release(1, oid(0))
     store.drain_events()
     assert set(store._objects._busy) == {oid(4), oid(0)}
+
+
+def test_a_burst_of_records_leaves_no_large_table_behind() -> None:
+    """Thousands of objects sealed between two drains, then all but the last 100 made
+    compact: the dicts that held every record are copied into tables sized for what is left
+    (Python's dicts do not shrink), keeping the same records, in the same order."""
+    store = make(idle_records=100, directory_capacity=8192)
+    for n in range(3000):
+        put(store, n)
+    table, slots = store._objects, store._dir.slots
+    assert sys.getsizeof(table._busy) > 100 * KIB  # (the burst's tables)
+    kept = [table._busy[oid(n)] for n in range(2900, 3000)]
+    store.drain_events()
+    for held in (table._busy, table._idle, slots.records):
+        assert len(held) == 100 and sys.getsizeof(held) < 16 * KIB
+    assert list(table._idle) == [oid(n) for n in range(2900, 3000)]
+    assert all(table._busy[oid(n)] is rec for n, rec in zip(range(2900, 3000), kept, strict=True))
+    assert all(slots.records[rec.slot] is rec for rec in kept)
+    assert store.contains(oid(5)) and store.info(oid(2950)).data_size == 100
+    put(store, 3000)  # (the copies are the table's from now on)
+    store.drain_events()
+    assert oid(3000) in table._busy and next(reversed(table._idle)) == oid(3000)
 
 
 def test_a_rebuild_moves_compact_objects_with_what_they_were() -> None:

@@ -129,6 +129,7 @@ from plasma.store.objects import (
 )
 from plasma.store.pages import page_range, round_up
 from plasma.store.publisher import Publisher
+from plasma.store.slots import kept_duration
 from plasma.store.spill import SpillBook, adopted_record, restore_order
 from plasma.store.table import IDLE_RECORDS, ObjectTable
 from plasma.store.waiters import CreateAnswer, CreateWaiter, GetWaiter, Waiters
@@ -467,7 +468,7 @@ class Store:
         """Make the creator's object immutable; wakes getters and notifies subscribers."""
         rec = self._unsealed_of(client, oid, "is already sealed")
         step(rec, Step.SEAL)
-        rec.construct_duration = max(0.0, self._wall(now) - rec.create_time)
+        rec.construct_duration = kept_duration(max(0.0, self._wall(now) - rec.create_time))
         self._clients[client].creating.discard(oid)
         self._announce(oid, rec)
 

@@ -2,12 +2,13 @@
 the slot, the slot's links in its node's CLOCK ring, and what an idle object's record would
 hold that the directory slot does not.
 
-Flat arrays indexed by slot (28 bytes a slot: two ``array('i')`` of links, and an idle
-object's creator, create time and construct duration), and a dict of the records of the
-slots that have one, so an idle sealed object costs no Python object of its own
-(:mod:`plasma.store.table`): its slot has no record here until the store touches it. The
-directory is at most 3/4 full, at most half after a rebuild, so that is 37 to 56 bytes an
-object. :class:`~plasma.store.publisher.Publisher` owns the table and moves it with the
+Flat arrays indexed by slot (24 bytes a slot: two ``array('i')`` of links, and an idle
+object's creator, create time and construct duration, the last as a 4-byte float: the
+store keeps every construct duration at that precision, :func:`kept_duration`), and a dict
+of the records of the slots that have one, so an idle sealed object costs no Python object
+of its own (:mod:`plasma.store.table`): its slot has no record here until the store touches
+it. The directory is at most 3/4 full, at most half after a rebuild, so that is 32 to 48
+bytes an object. :class:`~plasma.store.publisher.Publisher` owns the table and moves it with the
 directory on a rebuild (:meth:`SlotTable.move`: a C call per array and ring, see
 :func:`scatter` and :func:`relink`); each node's :class:`~plasma.store.eviction.ClockRing`
 links its members here.
@@ -27,10 +28,16 @@ if TYPE_CHECKING:
     from plasma.store.eviction import ClockRing
     from plasma.store.objects import ObjectRecord
 
-__all__ = ["END", "NOT_LINKED", "SlotTable", "relink", "scatter"]
+__all__ = ["END", "NOT_LINKED", "SlotTable", "kept_duration", "relink", "scatter"]
 
 END = -1  # no next (or previous) slot: the end of a ring
 NOT_LINKED = -2  # (a slot's ``prev``) the slot is in no ring
+
+
+def kept_duration(seconds: float) -> float:
+    """``seconds`` as the slot table's ``construct`` column keeps it (a 4-byte float: 7
+    significant digits), so a record made compact and back reports what it did before."""
+    return array("f", [seconds])[0]
 
 
 def _no_ids(slot: int) -> bytes:
@@ -68,7 +75,7 @@ class SlotTable:
         self.next = array("i", [END]) * capacity
         self.owner = array("i", [0]) * capacity
         self.created = array("d", [0.0]) * capacity
-        self.construct = array("d", [0.0]) * capacity
+        self.construct = array("f", [0.0]) * capacity  # (see kept_duration)
         self.id_of = id_of
         self.materialize: Callable[[int], ObjectRecord] = _no_records
         self.rings: list[ClockRing] = []  # the rings linked here (each node's)

@@ -22,6 +22,7 @@ and restores, copies' records) keeps only busy ones, which are never demoted.
 
 from __future__ import annotations
 
+import sys
 from collections import OrderedDict
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -36,6 +37,11 @@ if TYPE_CHECKING:
 __all__ = ["IDLE_RECORDS", "ObjectTable"]
 
 IDLE_RECORDS = 4096  # idle objects' records kept (the most recently touched), by default
+# a dict (an OrderedDict) of more bytes than this an entry, and than _SMALL_TABLE, is
+# copied into one sized for its entries (twice what a copy takes at most: ~47 B, ~100 B)
+_SPARSE_DICT = 96
+_SPARSE_ORDERED = 200
+_SMALL_TABLE = 64 << 10
 SEALED, NO_IO = State.SEALED, Io.NONE
 
 
@@ -161,7 +167,23 @@ class ObjectTable:
                 del busy[oid]
                 self._compact += 1
                 demoted += 1
+        if demoted:
+            self._shrink()
         return demoted
+
+    def _shrink(self) -> None:
+        """Copy a dict of records that keeps a hash table much larger than its entries need
+        (Python's dicts do not shrink as entries go: the table of a burst of records, such
+        as a seal of many objects, stays until the dict grows again). A copy is sized for
+        its entries; it is made only once at least half of them went since the table was
+        that size, so copying costs O(1) per record."""
+        if sys.getsizeof(self._busy) > _SPARSE_DICT * len(self._busy) + _SMALL_TABLE:
+            self._busy = dict(self._busy)
+        if sys.getsizeof(self._idle) > _SPARSE_ORDERED * len(self._idle) + _SMALL_TABLE:
+            self._idle = OrderedDict(self._idle)
+        slots = self._pub.slots
+        if sys.getsizeof(slots.records) > _SPARSE_DICT * len(slots.records) + _SMALL_TABLE:
+            slots.records = dict(slots.records)
 
     def _demotable(self, rec: ObjectRecord) -> bool:
         """Idle, and all of it kept by the directory slot and the slot table."""
