@@ -56,7 +56,8 @@ class ObjectInfo(msgspec.Struct, array_like=True, gc=False):
     ref_count: int
     create_time: float
     owner: int  # client id of the creator
-    construct_duration: float = -1.0  # seconds from create to seal; -1 while unsealed
+    # seconds from create to seal (kept to 7 significant digits); -1 while unsealed
+    construct_duration: float = -1.0
     pages_on: list[int] = []  # the nodes its pages were moved to (interleaved, migrated)
     replicas: list[int] = []  # the nodes with a read-only copy of it
 
