@@ -1,10 +1,12 @@
 """The coordinator does not import numpy (issue 29): 15 MiB of an empty coordinator's private
 memory. Its bulk work (pin scans, a directory rebuild's placement, the generation index's
-compaction) is C (plasma/_native/bulk.c); clients still use numpy."""
+compaction) is C (plasma/_native/bulk.c); clients still use numpy. Nor does one that does
+not spill import the spiller's checksum package (with importlib.metadata, 1.7 MiB)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -18,10 +20,10 @@ from tests.helpers import object_id as oid
 pytestmark = pytest.mark.coordinator
 
 
-def numpy_maps(pid: int) -> list[str]:
-    """The files of numpy's that process ``pid`` maps (its extension modules)."""
+def package_maps(pid: int, package: str = "numpy") -> list[str]:
+    """The files of ``package`` that process ``pid`` maps (its extension modules)."""
     with open(f"/proc/{pid}/maps") as maps:
-        return sorted({line.split()[-1] for line in maps if "/numpy/" in line})
+        return sorted({line.split()[-1] for line in maps if f"/{package}/" in line})
 
 
 def test_a_coordinator_that_rebuilt_scanned_and_compacted_never_imported_numpy(
@@ -56,5 +58,18 @@ def test_a_coordinator_that_rebuilt_scanned_and_compacted_never_imported_numpy(
         del views  # (unpinned: the coordinator scans again)
         reader.flush()
         assert producer.stats()["pins"] == 0
-        assert numpy_maps(coord.proc.pid) == []
+        assert package_maps(coord.proc.pid) == []
+        assert package_maps(coord.proc.pid, "crc32c") == []  # (it spills nothing)
+    assert coord.stop() == 0
+
+
+def test_a_coordinator_that_spills_loads_its_checksums(
+    coordinator_factory: Callable[..., RunningCoordinator], tmp_path: Path
+) -> None:
+    """With ``--spill-dir`` the checksum package is loaded at start (what the test above
+    looks for is there to be found)."""
+    spill = tmp_path / "spill"
+    spill.mkdir(mode=0o700)
+    coord = coordinator_factory("--memory", "64MiB", "--spill-dir", str(spill), wrapper=["env"])
+    assert package_maps(coord.proc.pid, "crc32c") != []
     assert coord.stop() == 0

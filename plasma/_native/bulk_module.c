@@ -411,7 +411,6 @@ done:
     return out;
 }
 
-
 /* compact(gens, slots, new_of_old): pcd_compact over two arrays of as many 8-byte words
  * (new_of_old None for no move); how many entries are kept (at the front) */
 static PyObject *compact(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
