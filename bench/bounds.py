@@ -6,7 +6,9 @@
 - ``starve``: a 64 MiB store with 10 MiB held and a 60 MiB create(timeout=None) waiting: how
   many of 600 puts of 200 KB fail StoreFull (and how many without the waiter).
 
-Run it against another tree with ``PYTHONPATH=TREE python -m bench.bounds ...``.
+Run it against another tree with ``cd TREE && PYTHONPATH=TREE python -m bench.bounds ...``
+(from here, ``python -m`` finds this tree's ``plasma`` first: the current directory goes
+ahead of ``PYTHONPATH``).
 """
 
 from __future__ import annotations

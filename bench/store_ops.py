@@ -6,8 +6,10 @@ object written into the client's arena (what ``create_and_seal`` of a small obje
 it), and a ``delete`` of ``DELETE_BATCH`` objects sealed just before (the ``scale`` bench's
 round) with, apart, the free of their memory by the pin scan after the grace period, over
 ``--objects`` objects, best of ``--rounds`` rounds: no socket, no coordinator, so the
-store's own per-object work shows. ``PYTHONPATH=TREE`` runs another tree's store
-(an extracted ``git archive``), for before/after comparisons on one machine (ratios).
+store's own per-object work shows. ``cd TREE && PYTHONPATH=TREE python -m
+bench.store_ops`` runs another tree's store (an extracted ``git archive``), for
+before/after comparisons on one machine (ratios); from this tree's directory, ``python -m``
+finds this tree's ``plasma`` first (the current directory goes ahead of ``PYTHONPATH``).
 """
 
 from __future__ import annotations
@@ -109,8 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         best = min(case(args.objects) for _ in range(args.rounds))
         print(f"{name}: {best * 1e6:.2f} us per object")
     rounds = [delete_and_free(args.objects) for _ in range(args.rounds)]
-    for name, seconds in zip(("delete", "free after the pin scan"), zip(*rounds), strict=True):
-        print(f"{name}: {min(seconds) * 1e6:.2f} us per object")
+    deletes, frees = (min(seconds) for seconds in zip(*rounds, strict=True))
+    print(f"delete: {deletes * 1e6:.2f} us per object")
+    print(f"free after the pin scan: {frees * 1e6:.2f} us per object")
     return 0
 
 
