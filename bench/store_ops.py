@@ -99,6 +99,9 @@ def delete_and_free(objects: int) -> tuple[float, float]:
         store.drain_events()
         freeing += time.perf_counter() - middle
         deleting += middle - start
+        stats = store.stats()
+        if stats["objects"] or stats["dying"]:
+            raise RuntimeError(f"a round left objects behind: {stats}")
     return deleting / objects, freeing / objects
 
 

@@ -470,5 +470,10 @@ def test_store_ops_times_the_stores_per_object_work(capsys: pytest.CaptureFixtur
     """bench.store_ops runs the store alone and prints one figure per case."""
     assert store_ops.main(["--objects", "2000", "--rounds", "1"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split(":")[0] for line in lines] == ["create+seal+release", "seal_arena"]
+    assert [line.split(":")[0] for line in lines] == [
+        "create+seal+release",
+        "seal_arena",
+        "delete",
+        "free after the pin scan",
+    ]
     assert all(float(line.split()[-4]) > 0 for line in lines)
