@@ -536,13 +536,17 @@ class CombinedMachine(RuleBasedStateMachine):
         if ids:
             self._take_pinned(self.slots[slot], data.draw(st.sampled_from(ids)))
 
-    @rule(data=st.data())
-    def fast_get_of_a_copy(self, data: st.DataObject) -> None:
-        """A client on a node with a copy of the object reads it."""
+    @rule(data=st.data(), current=st.booleans())
+    def fast_get_of_a_copy(self, data: st.DataObject, current: bool) -> None:
+        """A client on a node with a copy of the object reads it; ``current``: with the
+        current directory (as a client does once it found its own superseded and mapped
+        the new one), else with the one it has."""
         copied = [(i.id, n) for i in self.store.objects() for n in i.replicas]
         if copied:
             o, node = data.draw(st.sampled_from(sorted(copied)))
             slot = next(s for s, n in CLIENTS.items() if n == node)
+            if current:
+                self.remap(slot)
             self._take_pinned(self.slots[slot], o)
 
     def _take_pinned(self, client: int, o: bytes) -> None:
@@ -693,8 +697,12 @@ class CombinedMachine(RuleBasedStateMachine):
         data=st.data(),
         slot=SLOTS,
         nodes=st.sampled_from([[0], [1], [0, 1]]),
+        at_once=st.booleans(),
     )
-    def replicate(self, data: st.DataObject, slot: int, nodes: list[int]) -> None:
+    def replicate(self, data: st.DataObject, slot: int, nodes: list[int], at_once: bool) -> None:
+        """Copy an object to other nodes; ``at_once``: the copies are done before anything
+        else happens (so that a copy is read often enough, not only after a rare
+        ``move_done`` of the right move)."""
         client = self.slots[slot]
         ids = self._listed("sealed")
         if ids:
@@ -703,12 +711,19 @@ class CombinedMachine(RuleBasedStateMachine):
                 res = self.store.replicate(client, o, nodes, now=self.now)
                 if isinstance(res, Pending):
                     self.waiting[res.token] = (client, "replicate", [o])
+                    moves_before = len(self.moves)
+                    self._events()
+                    while at_once and len(self.moves) > moves_before:
+                        self._finish_move(*self.moves.pop(), ok=True)
 
-    @rule()
-    def follow(self) -> None:
-        """Objects read mostly from another node move there (--follow-readers)."""
-        if self.store.follow(self.now):
-            self.outcomes["followed"] += 1
+    @rule(rounds=st.integers(1, 3))
+    def follow(self, rounds: int) -> None:
+        """Objects read mostly from another node move there (--follow-readers): the
+        coordinator's loop runs ``rounds`` times in a row (a read held across rounds counts
+        in each)."""
+        for _ in range(rounds):
+            if self.store.follow(self.now):
+                self.outcomes["followed"] += 1
 
     @precondition(lambda self: self.moves)
     @rule(data=st.data(), ok=st.sampled_from([True, True, False]))
@@ -897,4 +912,4 @@ def test_the_combined_machine_reaches_where_features_meet() -> None:
         "interleaved create done",
         "compact object touched",
     ]
-    reached(CombinedMachine, COMBINED_SETTINGS, wanted, examples=150, at_least=1)
+    reached(CombinedMachine, COMBINED_SETTINGS, wanted, examples=150, at_least=1, runs=6)
