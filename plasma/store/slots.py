@@ -8,8 +8,8 @@ store keeps every construct duration at that precision, :func:`kept_duration`), 
 of the records of the slots that have one, so an idle sealed object costs no Python object
 of its own (:mod:`plasma.store.table`): its slot has no record here until the store touches
 it. The directory is at most 3/4 full, at most half after a rebuild, so that is 32 to 48
-bytes an object. :class:`~plasma.store.publisher.Publisher` owns the table and moves it with the
-directory on a rebuild (:meth:`SlotTable.move`: a C call per array and ring, see
+bytes an object. :class:`~plasma.store.publisher.Publisher` owns the table and moves it
+with the directory on a rebuild (:meth:`SlotTable.move`: a C call per array and ring, see
 :func:`scatter` and :func:`relink`); each node's :class:`~plasma.store.eviction.ClockRing`
 links its members here.
 

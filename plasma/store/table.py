@@ -25,7 +25,7 @@ from __future__ import annotations
 import sys
 from collections import OrderedDict
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from plasma.store.objects import Io, ObjectRecord, State
 
@@ -177,12 +177,12 @@ class ObjectTable:
         as a seal of many objects, stays until the dict grows again). A copy is sized for
         its entries; it is made only once at least half of them went since the table was
         that size, so copying costs O(1) per record."""
-        if sys.getsizeof(self._busy) > _SPARSE_DICT * len(self._busy) + _SMALL_TABLE:
+        if _oversized(self._busy, _SPARSE_DICT):
             self._busy = dict(self._busy)
-        if sys.getsizeof(self._idle) > _SPARSE_ORDERED * len(self._idle) + _SMALL_TABLE:
+        if _oversized(self._idle, _SPARSE_ORDERED):
             self._idle = OrderedDict(self._idle)
         slots = self._pub.slots
-        if sys.getsizeof(slots.records) > _SPARSE_DICT * len(slots.records) + _SMALL_TABLE:
+        if _oversized(slots.records, _SPARSE_DICT):
             slots.records = dict(slots.records)
 
     def _demotable(self, rec: ObjectRecord) -> bool:
@@ -246,3 +246,9 @@ class ObjectTable:
             found = self._find(oid)
             assert found is not None
             yield oid, self._made(found.slot, found.generation, found.location)
+
+
+def _oversized(table: dict[Any, Any], per_entry: int) -> bool:
+    """Whether ``table`` takes over ``per_entry`` bytes an entry (and more than a small
+    table's bytes)."""
+    return sys.getsizeof(table) > per_entry * len(table) + _SMALL_TABLE
