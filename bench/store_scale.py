@@ -80,6 +80,7 @@ def _spilled(objects: int) -> Store:
         entries = [SpillEntry(o, 64, 0, 0, 0.0, 64 * i, 64, 0, i) for i, o in enumerate(ids)]
         files[n] = (entries, 64 * len(entries))
     store.adopt_spilled(files)
+    store.drain_events()  # (as the coordinator does after it: the idle records made compact)
     return store
 
 

@@ -158,6 +158,7 @@ class CombinedMachine(RuleBasedStateMachine):
             idle_records=0,  # every idle object compact between two calls (see keep_idle)
         )
         self.materialized = 0  # compact objects the store made a record of again, so far
+        self.materialized_spilled = 0  # ... of them spilled ones
         self.clients: dict[int, ClientState] = {}  # by client id (never reused, as a coordinator's)
         self.slots: dict[int, int] = {}  # the three clients -> their id now
         self.next_client = 0
@@ -170,6 +171,7 @@ class CombinedMachine(RuleBasedStateMachine):
         self.batch: tuple[int, list[tuple[bytes, ObjectLocation, float]], list[Hold]] | None
         self.batch = None
         self.disk: dict[tuple[int, bytes], bytes] = {}  # (spill file, id) -> bytes written
+        self.entries: dict[tuple[int, bytes], SpillEntry] = {}  # ... -> where in the file
         self.files_live: set[int] = set()  # spill files not yet removed
         self.restores: list[tuple[Restore, Hold]] = []
         self.moves: list[tuple[Place | Copy, list[Hold]]] = []
@@ -268,8 +270,11 @@ class CombinedMachine(RuleBasedStateMachine):
                 holds = [self._hold("copy source", (e.segment, e.offset, e.length))]
                 holds += [self._hold("copy target", t) for t in e.targets]
                 self.moves.append((e, holds))
-            elif isinstance(e, SpillDead) and e.empty:
-                self.files_live.discard(e.file)
+            elif isinstance(e, SpillDead):
+                if e.entry is not None:
+                    assert e.entry == self.entries[(e.file, e.entry.id)], "another copy dead"
+                if e.empty:
+                    self.files_live.discard(e.file)
         # (Revoke, AskReclaim, Notify, DirectoryMoved, SegmentFreed: a
         # client may act on them or not; nothing here depends on it)
 
@@ -641,12 +646,16 @@ class CombinedMachine(RuleBasedStateMachine):
             self.store.spill_failed(file_id, "ENOSPC", self.now)
             return
         entries = []
+        offset = 8
         for i, ((o, where, t), h) in enumerate(zip(objects, holds, strict=True)):
             self.disk[(file_id, o)] = h.bytes_then
             length = where.data_size + where.metadata_size
-            entries.append(
-                SpillEntry(o, where.data_size, where.metadata_size, 0, t, 8, length, 0, i)
-            )
+            crc = int.from_bytes(hashlib.blake2b(h.bytes_then, digest_size=4).digest(), "big")
+            e = SpillEntry(o, where.data_size, where.metadata_size, where.node, t, offset,
+                           length, crc, i)  # fmt: skip
+            self.entries[(file_id, o)] = e
+            entries.append(e)
+            offset += length
         self.files_live.add(file_id)
         self.store.spilled(file_id, entries, 64 + len(entries), 0.0, self.now)
         self.outcomes["spilled"] += 1
@@ -675,6 +684,7 @@ class CombinedMachine(RuleBasedStateMachine):
     @rule(data=st.data(), outcome=st.sampled_from(["ok", "ok", "lost", "error"]))
     def restore_done(self, data: st.DataObject, outcome: str) -> None:
         r, hold = self.restores.pop(data.draw(st.integers(0, len(self.restores) - 1)))
+        assert r.entry == self.entries[(r.file, r.oid)], "a restore of another copy"
         if outcome == "ok":
             self.memory.write(hold.segment, hold.offset, self.disk[(r.file, r.oid)])
             self.store.restored(r.token, now=self.now)
@@ -811,12 +821,20 @@ class CombinedMachine(RuleBasedStateMachine):
                 else:
                     assert busy[oid] is rec, f"slot {slot} keeps another record of {oid.hex()}"
         assert compact == table.compact
+        for oid in table.spilled.ids():  # (spilled, idle, in arrays)
+            assert oid not in busy, f"{oid.hex()} is compact (spilled) and has a record"
+            made = table.peek(oid)
+            assert made is not None and made.state is State.SPILLED and made.io is Io.NONE
+            assert made.spill is not None and made.spill[0] in self.files_live
         for oid, rec in busy.items():
             if rec.slot >= 0:
                 assert publisher.slots.records[rec.slot] is rec, f"{oid.hex()}: not its slot's"
         if table.materialized > self.materialized:
             self.materialized = table.materialized
             self.outcomes["compact object touched"] += 1
+        if table.materialized_spilled > self.materialized_spilled:
+            self.materialized_spilled = table.materialized_spilled
+            self.outcomes["compact spilled object touched"] += 1
 
     @invariant()
     def every_record_is_in_a_state_where_it_is_kept(self) -> None:
@@ -911,5 +929,6 @@ def test_the_combined_machine_reaches_where_features_meet() -> None:
         "create done",
         "interleaved create done",
         "compact object touched",
+        "compact spilled object touched",
     ]
     reached(CombinedMachine, COMBINED_SETTINGS, wanted, examples=150, at_least=1, runs=6)

@@ -8,6 +8,8 @@ One concern a module (see each module's docstring for what it owns and must neve
   transition table that changes them.
 * :mod:`~plasma.store.table`: the object table, id -> record, with no record kept for an
   idle object (its directory slot and the slot table hold it; made a record when touched).
+* :mod:`~plasma.store.spilled`: the idle spilled objects, with no record either (their
+  ids, sizes, times and places in spill files in arrays, found through a hash table).
 * :mod:`~plasma.store.memory`: node budgets, segments, fallback files, the charges of pages
   moved to other nodes (:mod:`~plasma.store.pages`: page and alignment arithmetic).
 * :mod:`~plasma.store.eviction`: each node's CLOCK ring, and the victims that make room.

@@ -255,9 +255,6 @@ class Store:
         self._subscriber_pin_limit = (
             capacity // 8 if subscriber_pin_limit is None else subscriber_pin_limit
         )
-        # every listed object; idle ones beyond the ``idle_records`` touched last with no
-        # record of their own (plasma.store.table)
-        self._objects = ObjectTable(self._dir, alignment, idle_records)
         self._clients: dict[int, ClientRecord] = {}
         self._subscribers: dict[int, bool] = {}  # client -> with_locations
         self._waiters = Waiters(max_waiters, max_waiting_ids)
@@ -270,6 +267,11 @@ class Store:
         self._pins = PinScanner()
         self._dying = DyingSet(grace)  # what waits for a pin scan, and when to scan
         self._spill = SpillBook(spill, spill_threshold, spill_max, spill_max_objects)
+        # every listed object; idle ones beyond the ``idle_records`` touched last with no
+        # record of their own (plasma.store.table)
+        self._objects = ObjectTable(
+            self._dir, alignment, idle_records, restoring=self._spill.restore_queue
+        )
         # memory of objects freed (or gone to disk) while it was being written to disk,
         # moved or copied, by the token of that I/O: given back when it ends
         self._after_io: dict[int, list[FreedRange]] = {}
@@ -941,6 +943,7 @@ class Store:
                     step(rec, Step.DELETE)
                     self._forget_spilled(oid, rec)
                 self._fail_getters(oid, OBJECT_LOST if lost else IO_ERROR)
+            self._objects.touched(oid, rec)
         self._retry_creates(now)
 
     def adopt_spilled(self, files: dict[int, tuple[list[SpillEntry], int]]) -> int:
@@ -959,7 +962,8 @@ class Store:
                     self._forget_spilled(e.id, old)
                     adopted -= 1
                 node = e.node if e.node in self._nodes else self._mem.first.id
-                self._objects[e.id] = adopted_record(e, file_id, node, self.alignment)
+                rec = self._objects[e.id] = adopted_record(e, file_id, node, self.alignment)
+                self._objects.touched(e.id, rec)
                 self._spill.adopt_copy(file_id)
                 self._spill.to_disk(e.length)
                 adopted += 1
@@ -972,6 +976,7 @@ class Store:
         self._free_memory(oid, rec)
         step(rec, Step.TO_DISK)
         self._spill.to_disk(rec.loc.data_size + rec.loc.metadata_size)
+        self._objects.touched(oid, rec)
 
     def _drop_copy(self, rec: ObjectRecord) -> None:
         """Forget a deleted object's copy on disk (the file goes with its last object)."""
@@ -1030,6 +1035,7 @@ class Store:
         for oid, (rec, node) in list(self._spill.restore_queue.items()):
             if not self._waiters.waits_for(oid) or self._try_restore(oid, rec, node, now):
                 del self._spill.restore_queue[oid]
+                self._objects.touched(oid, rec)
 
     # ------------------------------------------------------------ pages on other nodes
 

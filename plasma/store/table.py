@@ -6,11 +6,13 @@ needs no :class:`~plasma.store.objects.ObjectRecord` of its own (with its locati
 key and dict entry, about 450 bytes): the shared directory already holds its id, location
 and generation, and the publisher's :class:`~plasma.store.slots.SlotTable` keeps the rest
 (creator, create time, construct duration) in arrays by slot. :class:`ObjectTable` keeps a
-record only for *busy* objects (unsealed, referenced, dying, spilled or with a copy on disk,
-moving, copied, or without a directory slot) and for the ``keep_idle`` idle ones touched
-last; the others are *compact*: found through the directory, made into a record again
-(*materialized*) the moment the store touches one, and made compact again (*demoted*) by
-:meth:`ObjectTable.settle`.
+record only for *busy* objects (unsealed, referenced, dying, with a copy on disk, moving,
+copied, restoring or waiting to, or without a directory slot) and for the ``keep_idle``
+idle ones touched last; the others are *compact*: found through the directory, made into a
+record again (*materialized*) the moment the store touches one, and made compact again
+(*demoted*) by :meth:`ObjectTable.settle`. An idle *spilled* object (only on disk, nothing
+under way on it, no get waiting for memory to read it back into) is compact the same way,
+in the arrays of a :class:`~plasma.store.spilled.SpilledTable`.
 
 Identity is what the store's checks rely on (``table.holds(oid, rec)``, a ring's ``is``
 tests): while an object is materialized, every lookup returns the same record. So records are
@@ -24,10 +26,11 @@ from __future__ import annotations
 
 import sys
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Container, Iterator
 from typing import TYPE_CHECKING, Any
 
 from plasma.store.objects import Io, ObjectRecord, State
+from plasma.store.spilled import SpilledTable
 
 if TYPE_CHECKING:
     from plasma.directory import Found
@@ -48,21 +51,43 @@ SEALED, NO_IO = State.SEALED, Io.NONE
 class ObjectTable:
     """Object id -> record, over ``publisher``'s directory (see the module docstring).
     ``alignment`` is the store's (an object's allocated size is its data and metadata
-    rounded up to it); ``keep_idle`` records of idle objects stay materialized at most."""
+    rounded up to it); ``keep_idle`` records of idle objects stay materialized at most;
+    ``restoring`` holds the ids of spilled objects something waits to read back (they stay
+    records)."""
 
-    __slots__ = ("_busy", "_compact", "_idle", "_mask", "_pub", "keep_idle", "materialized")
+    __slots__ = (
+        "_busy",
+        "_compact",
+        "_idle",
+        "_mask",
+        "_pub",
+        "_restoring",
+        "_spilled",
+        "keep_idle",
+        "materialized",
+        "materialized_spilled",
+    )
 
-    def __init__(self, publisher: Publisher, alignment: int, keep_idle: int = IDLE_RECORDS):
+    def __init__(
+        self,
+        publisher: Publisher,
+        alignment: int,
+        keep_idle: int = IDLE_RECORDS,
+        restoring: Container[bytes] = (),
+    ):
         if keep_idle < 0:
             raise ValueError(f"keep_idle must not be negative, got {keep_idle}")
         self._busy: dict[bytes, ObjectRecord] = {}  # every materialized record
-        self._compact = 0  # objects with no record (idle, in the slot table)
+        self._compact = 0  # sealed objects with no record (idle, in the slot table)
+        self._spilled = SpilledTable(alignment)  # spilled objects with no record
+        self._restoring = restoring
         # materialized records that may be idle, least recently touched first
         self._idle: OrderedDict[bytes, ObjectRecord] = OrderedDict()
         self._mask = alignment - 1
         self._pub = publisher
         self.keep_idle = keep_idle
         self.materialized = 0  # compact objects made a record of again, so far
+        self.materialized_spilled = 0  # ... of them spilled ones
         publisher.slots.materialize = self._materialize_slot
 
     # ------------------------------------------------------------ the mapping
@@ -74,6 +99,12 @@ class ObjectTable:
             found = self._find(oid)
             if found is not None:
                 return self._materialize(oid, found.slot, found.generation, found.location)
+        if rec is None and len(self._spilled):
+            rec = self._spilled.pop(oid)
+            if rec is not None:
+                self._busy[oid] = self._idle[oid] = rec
+                self.materialized += 1
+                self.materialized_spilled += 1
         return rec
 
     def __getitem__(self, oid: bytes) -> ObjectRecord:
@@ -90,6 +121,8 @@ class ObjectTable:
             found = self._find(oid)
             if found is not None:
                 return self._made(found.slot, found.generation, found.location)
+        if rec is None and len(self._spilled):
+            return self._spilled.peek(oid)
         return rec
 
     def busy(self, oid: bytes) -> ObjectRecord | None:
@@ -97,8 +130,10 @@ class ObjectTable:
         return self._busy.get(oid)
 
     def is_compact(self, oid: bytes) -> bool:
-        """Whether ``oid`` is an object kept with no record (sealed and idle)."""
-        return self._compact > 0 and self._find(oid) is not None
+        """Whether ``oid`` is an object kept with no record (sealed or spilled, and idle)."""
+        return (self._compact > 0 and self._find(oid) is not None) or (
+            len(self._spilled) > 0 and oid in self._spilled
+        )
 
     def holds(self, oid: bytes, rec: ObjectRecord) -> bool:
         """Whether ``rec`` (a materialized record) is ``oid``'s record in the table."""
@@ -117,26 +152,38 @@ class ObjectTable:
         self._idle.pop(oid, None)
 
     def __len__(self) -> int:
-        return len(self._busy) + self._compact
+        return len(self._busy) + self._compact + len(self._spilled)
 
     def __iter__(self) -> Iterator[bytes]:
         yield from list(self._busy)
         if self._compact:
             yield from self._pub.compact_ids()
+        if len(self._spilled):
+            yield from self._spilled.ids()
 
     def items(self) -> Iterator[tuple[bytes, ObjectRecord]]:
         """Every ``(id, record)``; compact objects' records made up (to read only)."""
         yield from list(self._busy.items())
         if self._compact:
             yield from self._compact_records()
+        if len(self._spilled):
+            for oid in self._spilled.ids():
+                rec = self._spilled.peek(oid)
+                if rec is not None:  # (not touched meanwhile)
+                    yield oid, rec
 
     def values(self) -> Iterator[ObjectRecord]:
         return (rec for _, rec in self.items())
 
     @property
     def compact(self) -> int:
-        """Objects kept with no record now."""
+        """Sealed objects kept with no record now."""
         return self._compact
+
+    @property
+    def spilled(self) -> SpilledTable:
+        """The spilled objects kept with no record now."""
+        return self._spilled
 
     # ------------------------------------------------------------ idle and busy
 
@@ -157,7 +204,9 @@ class ObjectTable:
         demoted = 0
         while len(idle) > self.keep_idle:
             oid, rec = idle.popitem(last=False)
-            if busy.get(oid) is rec and self._demotable(rec):
+            if busy.get(oid) is not rec:
+                continue
+            if self._demotable(rec):
                 t = self._pub.slots
                 slot = rec.slot
                 t.owner[slot] = rec.owner
@@ -166,6 +215,9 @@ class ObjectTable:
                 del t.records[slot]
                 del busy[oid]
                 self._compact += 1
+                demoted += 1
+            elif self._spilled_idle(oid, rec) and self._spilled.add(oid, rec):
+                del busy[oid]
                 demoted += 1
         if demoted:
             self._shrink()
@@ -201,6 +253,19 @@ class ObjectTable:
         ):
             return False
         return rec.size == self._size(rec.loc)
+
+    def _spilled_idle(self, oid: bytes, rec: ObjectRecord) -> bool:
+        """Only on disk, with nothing under way or waiting on it, and kept by nothing else."""
+        return (
+            rec.state is State.SPILLED
+            and rec.io is Io.NONE
+            and rec.ref_count == 0
+            and rec.slot < 0
+            and not rec.gen
+            and rec.pages_on is None
+            and not rec.replicas
+            and oid not in self._restoring
+        )
 
     def _size(self, loc: ObjectLocation) -> int:
         """The allocated size of an object at ``loc`` made with no page alignment: its data
