@@ -5,15 +5,17 @@ memory to read it back into, no reference), needs little: its id, its sizes, nod
 create time and construct duration (what ``list()`` shows) and where its copy is in which
 spill file (what a :class:`~plasma.store.events.Restore` reads). As an
 :class:`~plasma.store.objects.ObjectRecord` with its location, spill entry, id key and
-dict entry that was about 500 bytes; :class:`SpilledTable` keeps it in 70 bytes of arrays
+dict entry that was about 500 bytes; :class:`SpilledTable` keeps it in 62 bytes of arrays
 and a slot of an open-addressing hash table (linear probing over 4-byte positions, kept
-between 1/3 and 2/3 full). :class:`~plasma.store.table.ObjectTable` demotes idle spilled
-records here and makes them records again (:meth:`SpilledTable.pop`) when the store touches
-one.
+between 1/3 and 2/3 full). Sizes and offsets take 4 bytes: a spill batch is at most 64 MiB
+(or one larger object), so only an object of 4 GiB or more keeps its record.
+:class:`~plasma.store.table.ObjectTable` demotes idle spilled records here and makes them
+records again (:meth:`SpilledTable.pop`) when the store touches one.
 
-A record that the arrays cannot hold exactly (sizes, file or index out of their ranges, an
-entry that disagrees with the record, a node the copy was not written from) stays a record:
-:meth:`SpilledTable.add` says so. This module holds numbers only: it decides nothing.
+A record that the arrays cannot hold exactly (sizes, offset, file or index out of their
+ranges, an entry that disagrees with the record, a node the copy was not written from)
+stays a record: :meth:`SpilledTable.add` says so. This module holds numbers only: it
+decides nothing.
 """
 
 from __future__ import annotations
@@ -32,7 +34,6 @@ _MIN_CAPACITY = 64  # hash slots at least (a power of two)
 _U32 = 1 << 32
 _I32 = 1 << 31
 _I16 = 1 << 15
-_I64 = 1 << 63
 
 
 class SpilledTable:
@@ -61,9 +62,9 @@ class SpilledTable:
         self._ids = bytearray()  # ID_SIZE bytes a position
         self._file = array("I")  # spill file
         self._index = array("I")  # its entry's position in the file's index
-        self._offset = array("q")  # the payload's offset in the file
+        self._offset = array("I")  # the payload's offset in the file
         self._crc = array("I")
-        self._data = array("q")
+        self._data = array("I")
         self._meta = array("I")
         self._node = array("h")
         self._owner = array("i")
@@ -167,9 +168,9 @@ class SpilledTable:
             and rec.size == self._size(e.data_size, e.metadata_size)
             and 0 <= file_id < _U32
             and 0 <= e.index < _U32
-            and 0 <= e.offset < _I64
+            and 0 <= e.offset < _U32
             and 0 <= e.crc < _U32
-            and 0 <= e.data_size < _I64
+            and 0 <= e.data_size < _U32
             and 0 <= e.metadata_size < _U32
             and -_I16 <= e.node < _I16
             and -_I32 <= rec.owner < _I32
