@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -250,19 +251,30 @@ def test_locality_counts_pages_on_the_task_node_of_a_two_node_kernel(tmp_path: P
           - {name: use, call: "vmtasks:use", inputs: [x], membind: true}
         """)
     )
-    run = [sys.executable, "-m", "plasma", "dag", "run", "p.yaml", "--memory", "64MiB"]
-    outputs = ["--record", "rec.json", "--prom-file", "m.prom"]
-    proc = subprocess.run(
-        [str(numa_vm), "--nodes", "2", "--timeout", "280", "--", *run, *outputs],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
-        capture_output=True,
-        text=True,
-        timeout=290,
-        check=False,
-    )
-    if proc.returncode == 125:
-        pytest.skip(f"numa-vm could not start the VM: {proc.stderr.strip()[-500:]}")
+    # (a run that hangs is stopped with SIGABRT after 200 s, so faulthandler shows where)
+    run = ["timeout", "-s", "ABRT", "200", sys.executable, "-X", "faulthandler", "-m", "plasma"]
+    run += ["dag", "run", "p.yaml", "--memory", "64MiB", "--record", "rec.json"]
+    run += ["--prom-file", "m.prom"]
+    for attempt in (1, 2):
+        proc = subprocess.run(
+            [str(numa_vm), "--nodes", "2", "--timeout", "280", "--", *run],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+            capture_output=True,
+            text=True,
+            timeout=290,
+            check=False,
+        )
+        if proc.returncode == 125:
+            pytest.skip(f"numa-vm could not start the VM: {proc.stderr.strip()[-500:]}")
+        if proc.returncode != 124 or attempt == 2:
+            break
+        # Counting perf events under QEMU's emulation, this run has hung in 1 of about 20
+        # runs (the guest silent, no soft-lockup report, the run's own output empty): tried
+        # once more, and said, with what the first run showed.
+        warnings.warn(
+            f"the VM run hung, tried again; it showed:\n{proc.stdout}{proc.stderr}", stacklevel=1
+        )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     use = {t["id"]: t for t in json.loads((tmp_path / "rec.json").read_text())["tasks"]}["use"]
     locality = use["perf"]["locality"]
