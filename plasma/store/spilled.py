@@ -26,6 +26,7 @@ from typing import Any
 from plasma.ids import ID_SIZE
 from plasma.records import ObjectLocation, SpillEntry
 from plasma.store.objects import Io, ObjectRecord, State
+from plasma.store.pages import round_up
 from plasma.store.slots import kept_duration
 
 __all__ = ["SpilledTable"]
@@ -41,6 +42,7 @@ class SpilledTable:
     the store's: an object's allocated size is its data and metadata rounded up to it."""
 
     __slots__ = (
+        "_alignment",
         "_construct",
         "_crc",
         "_created",
@@ -53,12 +55,11 @@ class SpilledTable:
         "_node",
         "_offset",
         "_owner",
-        "_round",
         "_slots",
     )
 
     def __init__(self, alignment: int) -> None:
-        self._round = alignment - 1
+        self._alignment = alignment
         self._ids = bytearray()  # ID_SIZE bytes a position
         self._file = array("I")  # spill file
         self._index = array("I")  # its entry's position in the file's index
@@ -150,7 +151,7 @@ class SpilledTable:
 
     def _size(self, data_size: int, metadata_size: int) -> int:
         """An object's allocated size (at least 1 byte, rounded up to the alignment)."""
-        return ((data_size + metadata_size or 1) + self._round) & ~self._round
+        return round_up(data_size + metadata_size or 1, self._alignment)
 
     def _fits(self, oid: bytes, rec: ObjectRecord) -> bool:
         """Whether the arrays hold all of idle spilled ``rec`` (of ``oid``) exactly."""
